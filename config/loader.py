@@ -1,0 +1,131 @@
+"""Load a site file and turn every problem into "field path: what is wrong; fix: what to do"."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from config.site import InvariantError, Problem, Site
+
+_FIXES: dict[str, str] = {
+    "missing": "add this field",
+    "extra_forbidden": "remove it, or check its spelling",
+    "string_pattern_mismatch": (
+        "use only letters, digits and . _ - (no spaces, ';', quotes or other shell characters)"
+    ),
+    "literal_error": "use one of the values named",
+    "enum": "use one of the values named",
+    "int_parsing": "give a whole number",
+    "float_parsing": "give a number",
+    "greater_than": "give a larger value",
+    "greater_than_equal": "give a larger value",
+    "less_than_equal": "give a smaller value",
+    "less_than": "give a smaller value",
+    "too_short": "give at least one entry",
+    "model_type": "give a mapping (key: value)",
+    "list_type": "give a list",
+    "dict_type": "give a mapping (key: value)",
+    "string_type": "give a string",
+}
+
+
+class SiteConfigError(ValueError):
+    """A site file is malformed. `problems` lists each one with its field path and fix."""
+
+    def __init__(self, source: str, problems: list[Problem]) -> None:
+        self.source = source
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{source}: {len(problems)} problem(s)\n{lines}")
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _clean_loc(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
+    # pydantic adds the union member tag ("SecretRef", "function-after[...]") to some locations
+    return tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p[:1].isupper())))
+
+
+def problems_from_validation(exc: ValidationError) -> list[Problem]:
+    """Translate pydantic's errors into problems with field paths and fixes."""
+    problems: list[Problem] = []
+    for err in exc.errors():
+        ctx: dict[str, Any] = err.get("ctx") or {}
+        inner = ctx.get("error")
+        prefix = _path(_clean_loc(err["loc"]))
+        if isinstance(inner, InvariantError):
+            for p in inner.problems:
+                path = p.path if prefix == "(top level)" else f"{prefix}.{p.path}"
+                problems.append(Problem(path, p.message, p.fix))
+            continue
+        msg = err["msg"].removeprefix("Value error, ")
+        kind = err["type"]
+        fix = _FIXES.get(kind, "correct the value")
+        if kind == "value_error" and "; " not in msg and "inline secrets" in msg:
+            fix = "reference the secret: {env: VAR}, {file: /path} or {prefect_secret: name}"
+            msg = "inline secrets are not allowed"
+        elif kind == "value_error":
+            fix = "see the message"
+        if kind == "extra_forbidden":
+            msg = "unknown field"
+        problems.append(Problem(prefix, msg, fix))
+    return problems
+
+
+def parse_site(data: object, source: str = "<site>") -> Site:
+    """Validate already-parsed YAML data as a site.
+
+    Raises:
+        SiteConfigError: listing every problem found.
+    """
+    if not isinstance(data, dict):
+        raise SiteConfigError(
+            source,
+            [Problem("(top level)", "the file is not a mapping", "start with `site: NAME`")],
+        )
+    try:
+        return Site.model_validate(data)
+    except ValidationError as exc:
+        raise SiteConfigError(source, problems_from_validation(exc)) from None
+
+
+def load_site(path: str | Path) -> Site:
+    """Read and validate a site file.
+
+    Args:
+        path: the YAML file.
+
+    Returns:
+        The validated site; cross-field invariants have been checked.
+
+    Raises:
+        SiteConfigError: the file is missing, not YAML, or invalid (every problem is listed).
+    """
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise SiteConfigError(
+            str(p), [Problem("(file)", f"cannot read: {exc.strerror}", "check the path")]
+        ) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(file)"
+        raise SiteConfigError(
+            str(p),
+            [Problem(where, f"not valid YAML: {getattr(exc, 'problem', exc)}", "fix the syntax")],
+        ) from None
+    return parse_site(data, str(p))

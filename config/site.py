@@ -1,0 +1,647 @@
+"""The site model: what a site is made of, and the invariants a site file must satisfy.
+
+A site file (YAML) describes one grid service deployment: its hosts, the agents of the service with
+their primary and backup hosts, the commands used to act on the hosts (the "command profile", seed
+000's commands by default), SSH settings, the database, DNS, Slack and per-procedure policies.
+
+Secrets are never inline: a secret field holds a reference (`{env: NAME}`, `{file: PATH}` or
+`{prefect_secret: BLOCK}`) that is resolved only when the secret is used.
+
+Every name that can reach a remote shell (host, channel, VO and agent names) is checked against a
+strict pattern when the file loads, and commands are argv templates whose placeholders are whole
+words, so quoting is structural rather than a matter of care.
+
+Example:
+    >>> from config.loader import load_site
+    >>> site = load_site("config/sites/lab.yaml")
+    >>> [a.name for a in site.agents_on("fts101")][:1]
+    ['glite-transfer-channel-agent-urlcopy-CERN-CERN']
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal, cast
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+# --- names that reach a shell -------------------------------------------------------------------
+
+HOST_NAME_RE = r"^[a-z][a-z0-9-]{0,62}$"
+CHANNEL_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+VO_NAME_RE = r"^[a-z][a-z0-9._-]{0,31}$"
+AGENT_NAME_RE = r"^[A-Za-z][A-Za-z0-9._-]{0,127}$"
+ENV_NAME_RE = r"^[A-Z_][A-Z0-9_]{0,127}$"
+SLACK_USER_RE = r"^[UW][A-Z0-9]{2,20}$"
+
+HostName = Annotated[str, StringConstraints(pattern=HOST_NAME_RE)]
+ChannelName = Annotated[str, StringConstraints(pattern=CHANNEL_NAME_RE)]
+VoName = Annotated[str, StringConstraints(pattern=VO_NAME_RE)]
+AgentName = Annotated[str, StringConstraints(pattern=AGENT_NAME_RE)]
+
+CHANNEL_AGENT_PREFIX = "glite-transfer-channel-agent-urlcopy-"
+VO_AGENT_PREFIX = "glite-transfer-vo-agent-"
+
+
+class _Model(BaseModel):
+    """Base for every site model: unknown keys are errors (a typo must not pass silently)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- secrets ------------------------------------------------------------------------------------
+
+
+class SecretError(RuntimeError):
+    """A secret reference could not be resolved; the message names the reference, never a value."""
+
+
+class SecretRef(_Model):
+    """A reference to a secret. Exactly one of `env`, `file` or `prefect_secret` is set.
+
+    Example:
+        ``password: {env: FTS_DB_PASSWORD}`` or ``password: {file: /etc/handover/db-password}``.
+    """
+
+    env: Annotated[str, StringConstraints(pattern=ENV_NAME_RE)] | None = None
+    file: Path | None = None
+    prefect_secret: (
+        Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,63}$")] | None
+    ) = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_inline(cls, data: object) -> object:
+        if isinstance(data, str | int | float):
+            raise ValueError(
+                "inline secrets are not allowed; reference it instead: "
+                "{env: VARIABLE}, {file: /absolute/path} or {prefect_secret: block-name}"
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SecretRef:
+        given = [k for k in ("env", "file", "prefect_secret") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "a secret reference needs exactly one of env, file or prefect_secret "
+                f"(got {', '.join(given) or 'none'})"
+            )
+        if self.file is not None and not self.file.is_absolute():
+            raise ValueError(f"secret file path must be absolute, got {self.file}")
+        return self
+
+    def describe(self) -> str:
+        """Say where the secret comes from, without its value."""
+        if self.env is not None:
+            return f"environment variable {self.env}"
+        if self.file is not None:
+            return f"file {self.file}"
+        return f"Prefect Secret block {self.prefect_secret}"
+
+    def resolve(self) -> SecretStr:
+        """Read the secret now.
+
+        Returns:
+            The secret, wrapped so that printing it shows ``**********``.
+
+        Raises:
+            SecretError: the variable is unset, the file unreadable or the block missing.
+        """
+        if self.env is not None:
+            value = os.environ.get(self.env)
+            if not value:
+                raise SecretError(f"secret from {self.describe()} is not set; export it first")
+            return SecretStr(value)
+        if self.file is not None:
+            try:
+                return SecretStr(self.file.read_text().strip())
+            except OSError as exc:
+                raise SecretError(
+                    f"secret from {self.describe()} cannot be read ({exc.strerror}); "
+                    "check the path and its permissions"
+                ) from exc
+        from prefect.blocks.system import Secret
+
+        try:
+            block = cast("Secret[Any]", Secret.load(str(self.prefect_secret)))
+        except ValueError as exc:
+            raise SecretError(
+                f"secret from {self.describe()} does not exist; create it in the Prefect UI "
+                "(Blocks > Secret) or with prefect.blocks.system.Secret(value=...).save(name)"
+            ) from exc
+        return SecretStr(str(block.get()))
+
+
+# --- hosts and agents ---------------------------------------------------------------------------
+
+
+class HostRole(StrEnum):
+    """What a host is for."""
+
+    CHANNEL_AGENTS = "channel-agents"
+    VO_AGENTS = "vo-agents"
+    SPARE = "spare"
+    DATABASE = "database"
+    WEB = "web"
+
+
+class Host(_Model):
+    """A machine of the site, reached by SSH."""
+
+    name: HostName
+    address: str
+    port: int = Field(default=22, ge=1, le=65535)
+    roles: list[HostRole] = Field(default_factory=list)
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        try:
+            ipaddress.ip_address(v)
+        except ValueError:
+            if not re.fullmatch(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$", v):
+                raise ValueError(f"{v!r} is neither an IP address nor a valid DNS name") from None
+        return v
+
+
+class Agent(_Model):
+    """One agent daemon of the service: a channel agent (one channel) or a VO agent (one VO).
+
+    The name defaults to the FTS 2 process name: ``glite-transfer-channel-agent-urlcopy-<CHANNEL>``
+    or ``glite-transfer-vo-agent-<VO>``.
+    """
+
+    channel: ChannelName | None = None
+    vo: VoName | None = None
+    name: AgentName = ""
+    primary: HostName
+    backup: HostName
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_name(cls, data: object) -> object:
+        if isinstance(data, dict) and not data.get("name"):
+            if data.get("channel") and not data.get("vo"):
+                data = {**data, "name": f"{CHANNEL_AGENT_PREFIX}{data['channel']}"}
+            elif data.get("vo") and not data.get("channel"):
+                data = {**data, "name": f"{VO_AGENT_PREFIX}{data['vo']}"}
+        return data
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Agent:
+        if (self.channel is None) == (self.vo is None):
+            raise ValueError("an agent serves exactly one channel or one VO: set `channel` or `vo`")
+        return self
+
+    @property
+    def kind(self) -> Literal["channel", "vo"]:
+        """``channel`` for a channel agent, ``vo`` for a VO agent."""
+        return "channel" if self.channel is not None else "vo"
+
+
+class Service(_Model):
+    """The service whose agents handover moves."""
+
+    name: HostName
+    kind: Literal["fts2-agents"] = "fts2-agents"
+    agents: list[Agent] = Field(min_length=1)
+
+
+# --- command profile ----------------------------------------------------------------------------
+
+ArgvTemplate = list[Annotated[str, StringConstraints(min_length=1)]]
+
+#: The placeholders each command template may use (all values are validated names).
+COMMAND_PLACEHOLDERS: dict[str, frozenset[str]] = {
+    "list_processes": frozenset(),
+    "channel_state": frozenset({"channel"}),
+    "set_channel_state": frozenset({"channel", "state"}),
+    "start_all": frozenset(),
+    "stop_all": frozenset(),
+    "start_agent": frozenset({"agent"}),
+    "stop_agent": frozenset({"agent"}),
+}
+
+
+class Commands(_Model):
+    """The command profile: how each verb is done on a host (seed 000's commands by default).
+
+    Each command is an argv template; a placeholder (``{channel}``, ``{state}``, ``{agent}``)
+    must be a whole word, so a value can never change the shape of the command.
+    """
+
+    list_processes: ArgvTemplate = ["ps", "-eo", "pid=,user=,args="]
+    channel_state: ArgvTemplate = ["glite-transfer-channel-list", "{channel}"]
+    channel_state_regex: str = r"State:\s*(\w+)"
+    set_channel_state: ArgvTemplate = ["glite-transfer-channel-set", "-S", "{state}", "{channel}"]
+    start_all: ArgvTemplate = ["service", "transfer-agents", "start"]
+    stop_all: ArgvTemplate = ["service", "transfer-agents", "stop"]
+    start_agent: ArgvTemplate = ["service", "transfer-agents", "start", "--instance", "{agent}"]
+    stop_agent: ArgvTemplate = ["service", "transfer-agents", "stop", "--instance", "{agent}"]
+    disabled_file: Path = Path("/etc/glite-data-transfer-agents.disabled")
+    agent_user: Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")] = "edguser"
+    agent_process_regex: str = r"^(glite-transfer-(?:channel-agent-urlcopy|vo-agent)-\S+)"
+    transfer_process_regex: str = r"^([A-Za-z0-9][A-Za-z0-9._-]*)__(\S+)"
+
+    @model_validator(mode="after")
+    def _placeholders(self) -> Commands:
+        for name, allowed in COMMAND_PLACEHOLDERS.items():
+            for word in getattr(self, name):
+                for found in re.findall(r"\{([^{}]*)\}", word):
+                    if found not in allowed:
+                        raise ValueError(
+                            f"{name}: placeholder {{{found}}} is not allowed here "
+                            f"(allowed: {', '.join(sorted(allowed)) or 'none'})"
+                        )
+                    if word != "{" + found + "}":
+                        raise ValueError(
+                            f"{name}: placeholder {{{found}}} must be a whole word, got {word!r}"
+                        )
+        for name in ("channel_state_regex", "agent_process_regex", "transfer_process_regex"):
+            try:
+                if re.compile(getattr(self, name)).groups < 1:
+                    raise ValueError(f"{name}: the pattern needs a capturing group")
+            except re.error as exc:
+                raise ValueError(f"{name}: invalid regular expression ({exc})") from exc
+        if not self.disabled_file.is_absolute():
+            raise ValueError("disabled_file must be an absolute path")
+        return self
+
+    def disabled_argv(self, op: Literal["read", "write", "remove"]) -> list[str]:
+        """Read (`cat`), write (`tee`, content on stdin) or remove (`rm -f`) the disabled file."""
+        f = str(self.disabled_file)
+        return {"read": ["cat", f], "write": ["tee", f], "remove": ["rm", "-f", f]}[op]
+
+    def argv(self, command: str, **values: str) -> list[str]:
+        """Fill one template with already-validated values.
+
+        Args:
+            command: a key of ``COMMAND_PLACEHOLDERS``.
+            **values: the placeholder values.
+
+        Returns:
+            The argv, ready for ``tasks.ssh.shell_command``.
+        """
+        out: list[str] = []
+        for word in getattr(self, command):
+            m = re.fullmatch(r"\{(\w+)\}", word)
+            out.append(values[m.group(1)] if m else word)
+        return out
+
+
+# --- SSH, database, DNS, Slack ------------------------------------------------------------------
+
+
+class SshConfig(_Model):
+    """How handover logs in to hosts. Host keys are checked against `known_hosts`, never added."""
+
+    user: Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")] = "root"
+    key_file: Path
+    known_hosts: Path
+    connect_timeout_s: float = Field(default=5.0, gt=0, le=120)
+    command_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    parallelism: int = Field(default=8, ge=1, le=256)
+
+
+class Database(_Model):
+    """The service's database; handover uses it to find and kill DB sessions (the DB lock)."""
+
+    kind: Literal["oracle", "mariadb", "postgresql"]
+    host: str
+    port: int = Field(ge=1, le=65535)
+    database: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.$-]{1,128}$")]
+    user: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_$#]{1,128}$")]
+    password: SecretRef
+
+
+class Dns(_Model):
+    """The DNS alias of the service and the TSIG key used for RFC 2136 updates."""
+
+    server: str
+    port: int = Field(default=53, ge=1, le=65535)
+    zone: str
+    alias: str
+    ttl_s: int = Field(default=60, ge=1, le=86400)
+    tsig_key_name: str
+    tsig_algorithm: Literal["hmac-sha256", "hmac-sha512", "hmac-sha384"] = "hmac-sha256"
+    tsig_key: SecretRef
+
+
+class Slack(_Model):
+    """Where the procedures post, who may approve, and the credentials (by reference)."""
+
+    channel: Annotated[str, StringConstraints(pattern=r"^[#A-Za-z0-9][A-Za-z0-9._-]{0,79}$")]
+    approvers: list[Annotated[str, StringConstraints(pattern=SLACK_USER_RE)]] = Field(
+        default_factory=list
+    )
+    approver_group: Annotated[str, StringConstraints(pattern=r"^S[A-Z0-9]{2,20}$")] | None = None
+    two_person_rule: bool = False
+    bot_token: SecretRef
+    signing_secret: SecretRef
+    app_token: SecretRef | None = None
+
+
+class MaintenanceWindow(_Model):
+    """A cron schedule and how long each window lasts."""
+
+    cron: Annotated[str, StringConstraints(pattern=r"^(\S+\s+){4}\S+$")]
+    duration_s: float = Field(gt=0)
+    timezone: str = "UTC"
+
+
+class ProcedurePolicy(_Model):
+    """Per-procedure policy: approval, its timeout, and the bounds of the procedure's waits."""
+
+    approval: Literal["required", "none"] = "required"
+    approval_timeout_s: float = Field(default=900.0, gt=0)
+    on_approval_timeout: Literal["reject", "proceed"] = "reject"
+    emergency: bool = False
+    drain_timeout_s: float = Field(default=900.0, gt=0)
+    poll_interval_s: float = Field(default=2.0, gt=0)
+    step_timeout_s: float = Field(default=120.0, gt=0)
+    maintenance_window: MaintenanceWindow | None = None
+
+
+# --- the lab ------------------------------------------------------------------------------------
+
+
+class LabTransfers(_Model):
+    """Durations of lab transfers: a mixture of short and long ones, drawn with a fixed seed."""
+
+    short_s: tuple[float, float] = (0.5, 2.0)
+    long_s: tuple[float, float] = (4.0, 8.0)
+    long_fraction: float = Field(default=0.2, ge=0, le=1)
+    seed: int = 42
+
+    @model_validator(mode="after")
+    def _ranges(self) -> LabTransfers:
+        for name in ("short_s", "long_s"):
+            lo, hi = getattr(self, name)
+            if not 0 < lo <= hi:
+                raise ValueError(f"{name}: need 0 < min <= max, got ({lo}, {hi})")
+        return self
+
+
+class Lab(_Model):
+    """How the lab simulates this site on one machine (only for lab sites)."""
+
+    state_dir: Path
+    db_address: str = "127.0.0.1"
+    db_port: int = Field(default=55432, ge=1024, le=65535)
+    lock_wait_s: float = Field(default=8.0, gt=0, le=600)
+    max_active_per_channel: int = Field(default=4, ge=1, le=1000)
+    jobs_per_second_per_channel: float = Field(default=1.0, ge=0, le=100)
+    load_on_start: bool = True
+    tick_s: float = Field(default=0.2, gt=0, le=5)
+    transfers: LabTransfers = Field(default_factory=LabTransfers)
+
+
+# --- the site -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a site file: where (a field path), what, and the fix."""
+
+    path: str
+    message: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}; fix: {self.fix}"
+
+
+class InvariantError(ValueError):
+    """Cross-field invariants violated; carries every problem found, not only the first."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(str(p) for p in problems))
+
+
+class Site(_Model):
+    """A whole site: the root of a site file."""
+
+    site: HostName
+    description: str = ""
+    hosts: list[Host] = Field(min_length=1)
+    service: Service
+    commands: Commands = Field(default_factory=Commands)
+    ssh: SshConfig
+    database: Database | None = None
+    dns: Dns | None = None
+    slack: Slack | None = None
+    procedures: dict[str, ProcedurePolicy] = Field(default_factory=dict)
+    lab: Lab | None = None
+
+    @model_validator(mode="after")
+    def _invariants(self) -> Site:
+        problems = self.invariant_problems()
+        if problems:
+            raise InvariantError(problems)
+        return self
+
+    def invariant_problems(self) -> list[Problem]:
+        """Check what single fields cannot: references between fields and consistent bounds."""
+        p: list[Problem] = []
+        names = [h.name for h in self.hosts]
+        known = ", ".join(names)
+        seen: dict[str, int] = {}
+        endpoints: dict[tuple[str, int], str] = {}
+        for i, h in enumerate(self.hosts):
+            if h.name in seen:
+                p.append(
+                    Problem(f"hosts[{i}].name", f"host {h.name!r} is defined twice", "rename one")
+                )
+            seen.setdefault(h.name, i)
+            ep = (h.address, h.port)
+            if ep in endpoints:
+                p.append(
+                    Problem(
+                        f"hosts[{i}].address",
+                        f"{h.address}:{h.port} is also the address of {endpoints[ep]}",
+                        "give each host its own address or port",
+                    )
+                )
+            endpoints.setdefault(ep, h.name)
+        agent_names: dict[str, int] = {}
+        for i, a in enumerate(self.service.agents):
+            where = f"service.agents[{i}]"
+            for side in ("primary", "backup"):
+                host = getattr(a, side)
+                if host not in seen:
+                    p.append(
+                        Problem(
+                            f"{where}.{side}",
+                            f"host {host!r} is not defined in hosts",
+                            f"use one of {known}, or add {host!r} to hosts",
+                        )
+                    )
+            if a.primary == a.backup:
+                p.append(
+                    Problem(
+                        f"{where}.backup",
+                        f"backup host is the primary host ({a.primary})",
+                        "name another host as backup",
+                    )
+                )
+            if a.name in agent_names:
+                p.append(
+                    Problem(
+                        f"{where}.name",
+                        f"agent {a.name!r} is also service.agents[{agent_names[a.name]}]",
+                        "an agent runs once per site; remove the duplicate",
+                    )
+                )
+            agent_names.setdefault(a.name, i)
+        if self.ssh.connect_timeout_s > self.ssh.command_timeout_s:
+            p.append(
+                Problem(
+                    "ssh.connect_timeout_s",
+                    f"{self.ssh.connect_timeout_s} s is longer than command_timeout_s "
+                    f"({self.ssh.command_timeout_s} s)",
+                    "make connect_timeout_s at most command_timeout_s",
+                )
+            )
+        for name, pol in self.procedures.items():
+            where = f"procedures.{name}"
+            if not re.fullmatch(r"^[a-z][a-z0-9-]{0,63}$", name):
+                p.append(Problem(where, f"{name!r} is not a procedure name", "use e.g. clean-move"))
+            if pol.poll_interval_s >= pol.drain_timeout_s:
+                p.append(
+                    Problem(
+                        f"{where}.poll_interval_s",
+                        f"poll interval {pol.poll_interval_s} s is not shorter than the drain "
+                        f"timeout {pol.drain_timeout_s} s",
+                        "poll more often than the timeout",
+                    )
+                )
+            if pol.on_approval_timeout == "proceed" and not pol.emergency:
+                p.append(
+                    Problem(
+                        f"{where}.on_approval_timeout",
+                        "proceed-on-timeout is only allowed for emergency procedures",
+                        "use reject, or set emergency: true if this is an emergency procedure",
+                    )
+                )
+            win = pol.maintenance_window
+            if win is not None:
+                if pol.approval == "required" and pol.approval_timeout_s >= win.duration_s:
+                    p.append(
+                        Problem(
+                            f"{where}.approval_timeout_s",
+                            f"approval may take {pol.approval_timeout_s} s but the window lasts "
+                            f"{win.duration_s} s",
+                            "shorten approval_timeout_s below maintenance_window.duration_s",
+                        )
+                    )
+                if pol.drain_timeout_s + pol.step_timeout_s > win.duration_s:
+                    p.append(
+                        Problem(
+                            f"{where}.drain_timeout_s",
+                            f"drain ({pol.drain_timeout_s} s) plus one step "
+                            f"({pol.step_timeout_s} s) does not fit the {win.duration_s} s window",
+                            "shorten the drain timeout or lengthen the window",
+                        )
+                    )
+        if (
+            self.slack is not None
+            and pol_needs_approvers(self)
+            and not (self.slack.approvers or self.slack.approver_group)
+        ):
+            p.append(
+                Problem(
+                    "slack.approvers",
+                    "a procedure requires approval but nobody may approve",
+                    "list Slack user IDs in approvers or set approver_group",
+                )
+            )
+        if self.lab is not None:
+            for i, h in enumerate(self.hosts):
+                try:
+                    loopback = ipaddress.ip_address(h.address).is_loopback
+                except ValueError:
+                    loopback = False
+                if not loopback or ipaddress.ip_address(h.address).version != 4:
+                    p.append(
+                        Problem(
+                            f"hosts[{i}].address",
+                            f"lab host {h.name} has address {h.address}, outside 127.0.0.0/8",
+                            "lab hosts live on loopback addresses such as 127.0.1.1",
+                        )
+                    )
+            if not self.lab.state_dir.is_absolute():
+                p.append(
+                    Problem(
+                        "lab.state_dir", "must be an absolute path", "e.g. /var/tmp/handover-lab"
+                    )
+                )
+            elif str(self.lab.state_dir).startswith(("/tmp/", "/run/")):
+                p.append(
+                    Problem(
+                        "lab.state_dir",
+                        "lab hosts mount their own /tmp and /run, which would hide this directory",
+                        "use a directory under /var/tmp or /var/lib",
+                    )
+                )
+        return p
+
+    # --- lookups -------------------------------------------------------------------------------
+
+    def host(self, name: str) -> Host:
+        """The host called `name`.
+
+        Raises:
+            KeyError: with the known host names.
+        """
+        for h in self.hosts:
+            if h.name == name:
+                return h
+        raise KeyError(f"no host {name!r} in site {self.site}; hosts: {self.host_names()}")
+
+    def host_names(self) -> str:
+        """Comma-separated host names, for messages."""
+        return ", ".join(h.name for h in self.hosts)
+
+    def agent(self, name: str) -> Agent:
+        """The agent called `name` (KeyError if none)."""
+        for a in self.service.agents:
+            if a.name == name:
+                return a
+        raise KeyError(f"no agent {name!r} in site {self.site}")
+
+    def agents_on(self, host: str) -> list[Agent]:
+        """Agents whose primary host is `host`, in file order."""
+        return [a for a in self.service.agents if a.primary == host]
+
+    def agents_configured_on(self, host: str) -> list[Agent]:
+        """Agents that may run on `host` (as primary or backup)."""
+        return [a for a in self.service.agents if host in (a.primary, a.backup)]
+
+    @property
+    def channels(self) -> list[str]:
+        """All channels served by the site's channel agents."""
+        return [a.channel for a in self.service.agents if a.channel is not None]
+
+    def policy(self, procedure: str) -> ProcedurePolicy:
+        """The policy for a procedure, or the default policy."""
+        return self.procedures.get(procedure, ProcedurePolicy())
+
+
+def pol_needs_approvers(site: Site) -> bool:
+    """Whether any procedure of the site requires a human approval."""
+    return any(p.approval == "required" for p in site.procedures.values())

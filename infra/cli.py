@@ -1,0 +1,312 @@
+"""The `handover` command line.
+
+handover check-config FILE [FILE ...]
+handover snapshot [--site FILE] [--json]
+handover lab up|down|status|fault|heal|score|load|exec ...
+handover bench lab [--rounds N] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from config.loader import SiteConfigError, load_site
+
+DEFAULT_SITE = Path(__file__).resolve().parent.parent / "config" / "sites" / "lab.yaml"
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+def _site_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--site",
+        default=os.environ.get("HANDOVER_SITE", str(DEFAULT_SITE)),
+        help="site file (default: $HANDOVER_SITE or config/sites/lab.yaml)",
+    )
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+# --- check-config -------------------------------------------------------------------------------
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    """Validate site files; print each problem with its field path and fix."""
+    rc = 0
+    for f in args.files:
+        try:
+            site = load_site(f)
+        except SiteConfigError as exc:
+            rc = 1
+            err.print(f"[red]invalid[/red] {exc.source}: {len(exc.problems)} problem(s)")
+            for p in exc.problems:
+                err.print(f"  - [bold]{p.path}[/bold]: {p.message}\n      fix: {p.fix}")
+            continue
+        out.print(
+            f"[green]ok[/green] {f}: site {site.site}, {len(site.hosts)} hosts, "
+            f"{len(site.service.agents)} agents, {len(site.channels)} channels"
+        )
+    return rc
+
+
+# --- snapshot -----------------------------------------------------------------------------------
+
+
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    """Take a live snapshot of every host through the SSH layer."""
+    from tasks.site_state import snapshot_site
+
+    site = load_site(args.site)
+    snap = snapshot_site(site)
+    if args.json:
+        print(snap.model_dump_json(indent=2))
+        return 0 if all(h.reachable for h in snap.hosts) else 1
+    table = Table(title=f"site {site.site}: live snapshot over SSH ({snap.taken_at:%H:%M:%S} UTC)")
+    for col in ("host", "reachable", "agents running", "transfers", "disabled"):
+        table.add_column(col)
+    for h in snap.hosts:
+        table.add_row(
+            h.host,
+            "yes" if h.reachable else f"[red]no[/red]: {h.error}",
+            "\n".join(a.name for a in h.agents) or "-",
+            ", ".join(f"{c}: {n}" for c, n in h.transfers.items()) or "-",
+            "\n".join(h.disabled) or "-",
+        )
+    out.print(table)
+    if snap.channels:
+        out.print("channels: " + ", ".join(f"{c} {s}" for c, s in sorted(snap.channels.items())))
+    return 0 if all(h.reachable for h in snap.hosts) else 1
+
+
+# --- lab ----------------------------------------------------------------------------------------
+
+
+def _lab(args: argparse.Namespace) -> Any:
+    from infra.lab.lab import Lab
+
+    return Lab.from_file(args.site)
+
+
+def cmd_lab(args: argparse.Namespace) -> int:
+    """`handover lab ...`."""
+    from infra.lab.lab import LabError
+
+    try:
+        return _lab_dispatch(args)
+    except LabError as exc:
+        err.print(f"[red]lab:[/red] {exc}")
+        return 1
+
+
+def _lab_dispatch(args: argparse.Namespace) -> int:
+    lab = _lab(args)
+    action = args.lab_action
+    if action == "up":
+        report = lab.up(hosts=args.hosts, progress=lambda m: err.print(f"[dim]{m}[/dim]"))
+        if args.json:
+            _print_json(report)
+        else:
+            s = report["seconds"]
+            out.print(
+                f"lab up: site {report['site']}, {len(report['hosts'])} hosts, "
+                f"{report['agents']} agents serving, in {s['total']:.1f} s "
+                f"(database {s['database']:.1f} s, hosts {s['hosts']:.1f} s, "
+                f"agents {s['agents']:.1f} s)\nsite file: {report['site_file']}"
+            )
+        return 0
+    if action == "down":
+        report = lab.down()
+        if args.json:
+            _print_json(report)
+        else:
+            out.print(
+                f"lab down: {report['hosts_stopped']} hosts stopped in {report['seconds']:.1f} s; "
+                + (
+                    "nothing left running"
+                    if not report["leftovers"]
+                    else f"[red]left running: {report['leftovers']}[/red]"
+                )
+            )
+        return 0 if not report["leftovers"] else 1
+    if action == "status":
+        st = lab.status()
+        if args.json:
+            print(st.model_dump_json(indent=2))
+            return 0
+        _print_status(st)
+        return 0
+    if action == "score":
+        score = lab.score(reset=args.reset)
+        if args.json:
+            print(score.model_dump_json(indent=2))
+        else:
+            out.print(
+                f"since {score.since}: {score.jobs_done} jobs done, {score.jobs_lost} lost; "
+                f"downtime total {score.downtime_total_s:.1f} s, max {score.downtime_max_s:.1f} s; "
+                f"agents serving twice: {len(score.agents_running_twice)}; "
+                f"alive on two hosts: {len(score.agents_alive_on_two_hosts)}"
+            )
+        return 0
+    if action == "fault":
+        out.print(lab.fault(args.host, args.kind))
+        return 0
+    if action == "heal":
+        out.print(lab.heal(args.host))
+        return 0
+    if action == "load":
+        lab.set_load(on=args.state == "on", rate=args.rate)
+        out.print(
+            f"load {args.state}" + (f" at {args.rate} jobs/s per channel" if args.rate else "")
+        )
+        return 0
+    if action == "exec":
+        argv = [a for a in args.argv if a != "--"]
+        res = lab.exec(args.host, argv)
+        sys.stdout.write(res.stdout)
+        sys.stderr.write(res.stderr)
+        return int(res.returncode)
+    raise AssertionError(action)
+
+
+def _print_status(st: Any) -> None:
+    out.print(
+        f"lab {'[green]up[/green]' if st.up else '[red]down[/red]'} (site {st.site}); "
+        f"database {st.database}; lab daemon {'running' if st.labd else 'stopped'}"
+    )
+    table = Table()
+    for col in ("host", "address", "state", "agents (user, state)", "transfers", "disabled"):
+        table.add_column(col)
+    for h in st.hosts:
+        state = "up" if h.up else "down"
+        if h.fault:
+            state += f" [red]({h.fault})[/red]"
+        if h.up and not h.sshd:
+            state += " no sshd"
+        table.add_row(
+            h.name,
+            f"{h.address}:{h.port}",
+            state,
+            "\n".join(f"{a.name} ({a.user}, {a.state})" for a in h.agents) or "-",
+            ", ".join(f"{c}: {n}" for c, n in h.transfers.items()) or "-",
+            "\n".join(h.disabled) or "-",
+        )
+    out.print(table)
+    if st.channels:
+        ch = Table()
+        for col in ("channel", "state", "pending", "active"):
+            ch.add_column(col)
+        for name, c in st.channels.items():
+            ch.add_row(name, c.state, str(c.pending), str(c.active))
+        out.print(ch)
+
+
+# --- bench --------------------------------------------------------------------------------------
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """`handover bench lab`: lab up/down times (medians) and memory."""
+    from infra.bench.lab import bench_lab
+
+    result = bench_lab(
+        args.site,
+        rounds=args.rounds,
+        hosts=args.hosts,
+        progress=lambda m: err.print(f"[dim]{m}[/dim]"),
+    )
+    if args.json:
+        _print_json(result)
+    else:
+        for line in result["summary"]:
+            out.print(line)
+    return 0 if result["ok"] else 1
+
+
+# --- main ---------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and docs)."""
+    ap = argparse.ArgumentParser(prog="handover", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("check-config", help="validate site files")
+    p.add_argument("files", nargs="+")
+    p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("snapshot", help="live snapshot of a site over SSH")
+    _site_arg(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_snapshot)
+
+    lab = sub.add_parser("lab", help="the simulated site")
+    lsub = lab.add_subparsers(dest="lab_action", required=True)
+    p = lsub.add_parser("up", help="start the lab")
+    p.add_argument("--hosts", type=int, help="a generated lab of N hosts (scale runs)")
+    p.add_argument("--json", action="store_true")
+    _site_arg(p)
+    for name, helptext in (
+        ("down", "stop everything the lab started"),
+        ("status", "hosts, agents, channels"),
+    ):
+        p = lsub.add_parser(name, help=helptext)
+        p.add_argument("--json", action="store_true")
+        _site_arg(p)
+    p = lsub.add_parser("score", help="jobs done/lost, downtime, agents running twice")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--reset", action="store_true", help="start counting again from now")
+    _site_arg(p)
+    p = lsub.add_parser("fault", help="inject a fault into a host")
+    p.add_argument("host")
+    p.add_argument("kind", choices=["sshd-down", "frozen", "crash", "db-unreachable", "slow"])
+    _site_arg(p)
+    p = lsub.add_parser("heal", help="undo a host's fault (a crashed host reboots)")
+    p.add_argument("host")
+    _site_arg(p)
+    p = lsub.add_parser("load", help="switch the load generator on or off")
+    p.add_argument("state", choices=["on", "off"])
+    p.add_argument("--rate", type=float, help="jobs per second per channel")
+    _site_arg(p)
+    p = lsub.add_parser("exec", help="run a command inside a host (not over SSH)")
+    p.add_argument("host")
+    p.add_argument("argv", nargs=argparse.REMAINDER)
+    _site_arg(p)
+    lab.set_defaults(func=cmd_lab)
+
+    bench = sub.add_parser("bench", help="benchmarks")
+    bsub = bench.add_subparsers(dest="bench_what", required=True)
+    p = bsub.add_parser("lab", help="lab up/down time (medians) and memory")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--hosts", type=int, help="also measure a generated lab of N hosts")
+    p.add_argument("--json", action="store_true")
+    _site_arg(p)
+    bench.set_defaults(func=cmd_bench)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `handover` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except SiteConfigError as exc:
+        err.print(f"[red]invalid site file[/red] {exc}")
+        return 2
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,255 @@
+"""The commands a lab host offers, as on an FTS 2 agent box.
+
+* ``service transfer-agents start|stop|restart|status [--instance NAME]`` (the init script
+  ``/etc/init.d/transfer-agents`` runs ``python -m infra.lab.hostcmd service ...``). ``start``
+  honours ``/etc/glite-data-transfer-agents.disabled`` and blocks while an agent waits for its DB
+  lock, then reports each agent's outcome; ``stop`` is graceful (SIGTERM, then SIGKILL after 10 s).
+* ``glite-transfer-channel-set -S Active|Inactive CHANNEL`` and ``glite-transfer-channel-list
+  CHANNEL`` (state in the database).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from infra.lab.db import connect
+from infra.lab.runtime import (
+    RUN_DIR,
+    AgentRuntime,
+    HostRuntime,
+    load_runtime,
+    read_disabled,
+    read_state,
+    state_file,
+)
+
+EXIT_FAILED = 1
+EXIT_NOT_RUNNING = 3
+STOP_GRACE_S = 10.0
+
+
+def agent_pids(name: str) -> list[int]:
+    """PIDs of processes on this host whose process title is `name`."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                title = f.read().split(b"\0", 1)[0].decode(errors="replace").strip()
+        except OSError:
+            continue
+        if title == name:
+            pids.append(int(entry))
+    return pids
+
+
+def _targets(rt: HostRuntime, instance: str | None) -> list[AgentRuntime]:
+    if instance is None:
+        return list(rt["agents"])
+    for a in rt["agents"]:
+        if a["name"] == instance:
+            return [a]
+    names = ", ".join(a["name"] for a in rt["agents"]) or "none"
+    raise SystemExit(f"transfer-agents: {instance} is not configured on {rt['host']} ({names})")
+
+
+def start(rt: HostRuntime, instance: str | None) -> int:
+    """Start agents; block until each serves or fails (bounded by the lock wait)."""
+    disabled = set(read_disabled(rt["disabled_file"]))
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    os.chown(RUN_DIR, rt["agent_uid"], rt["agent_uid"])
+    Path(rt["log_dir"]).mkdir(parents=True, exist_ok=True)
+    launched: dict[str, subprocess.Popen[bytes]] = {}
+    rc = 0
+    for a in _targets(rt, instance):
+        name = a["name"]
+        if name in disabled:
+            print(f"{name}: disabled in {rt['disabled_file']}, not started")
+            if instance is not None:
+                rc = EXIT_FAILED
+            continue
+        running = agent_pids(name)
+        if running:
+            print(f"Starting {name}: already running (pid {running[0]})")
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            state_file(name).unlink()
+        log = open(Path(rt["log_dir"]) / f"{name}.log", "ab")
+        launched[name] = subprocess.Popen(
+            [rt["python"], "-m", "infra.lab.agent", "--name", name],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+        )
+        log.close()
+    deadline = time.monotonic() + rt["lock_wait_s"] + 15
+    pending = dict(launched)
+    while pending and time.monotonic() < deadline:
+        for name, proc in list(pending.items()):
+            st = read_state(name) or {}
+            if st.get("state") == "serving":
+                print(f"Starting {name}: [  OK  ] (pid {proc.pid})")
+                del pending[name]
+            elif st.get("state") == "failed" or proc.poll() is not None:
+                reason = st.get("reason") or f"exited with code {proc.poll()}"
+                print(f"Starting {name}: [FAILED] {reason}")
+                rc = EXIT_FAILED
+                del pending[name]
+        time.sleep(0.05)
+    for name, proc in pending.items():
+        print(f"Starting {name}: [FAILED] did not report serving in time; stopped")
+        proc.kill()
+        rc = EXIT_FAILED
+    sys.stdout.flush()
+    return rc
+
+
+def stop(rt: HostRuntime, instance: str | None) -> int:
+    """Stop agents gracefully; an agent already stopped is not an error."""
+    victims: dict[str, list[int]] = {}
+    for a in _targets(rt, instance):
+        pids = agent_pids(a["name"])
+        if not pids:
+            print(f"Stopping {a['name']}: not running")
+            continue
+        victims[a["name"]] = pids
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_S
+    while victims and time.monotonic() < deadline:
+        for name in [n for n, pids in victims.items() if not any(_alive(p) for p in pids)]:
+            print(f"Stopping {name}: [  OK  ]")
+            del victims[name]
+        time.sleep(0.05)
+    for name, pids in victims.items():
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        print(f"Stopping {name}: [  OK  ] (killed after {STOP_GRACE_S:g} s)")
+    return 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def status(rt: HostRuntime, instance: str | None) -> int:
+    """Print each agent's status; exit 3 when any enabled agent is not running."""
+    disabled = set(read_disabled(rt["disabled_file"]))
+    rc = 0
+    for a in _targets(rt, instance):
+        pids = agent_pids(a["name"])
+        st = (read_state(a["name"]) or {}).get("state", "unknown")
+        if pids:
+            print(f"{a['name']} (pid {pids[0]}) is running ({st})")
+        elif a["name"] in disabled:
+            print(f"{a['name']} is stopped (disabled)")
+        else:
+            print(f"{a['name']} is stopped")
+            rc = EXIT_NOT_RUNNING
+    return rc
+
+
+def service(argv: list[str]) -> int:
+    """``service transfer-agents ACTION [--instance NAME]``."""
+    ap = argparse.ArgumentParser(prog="transfer-agents")
+    ap.add_argument("action", choices=["start", "stop", "restart", "status"])
+    ap.add_argument("--instance")
+    args = ap.parse_args(argv)
+    rt = load_runtime()
+    if args.action == "start":
+        return start(rt, args.instance)
+    if args.action == "stop":
+        return stop(rt, args.instance)
+    if args.action == "restart":
+        stop(rt, args.instance)
+        return start(rt, args.instance)
+    return status(rt, args.instance)
+
+
+def _db(rt: HostRuntime) -> object:
+    with open(rt["db_password_file"]) as f:
+        pw = f.read().strip()
+    return connect(rt["db_address"], rt["db_port"], pw, source_address=rt["address"], timeout=5)
+
+
+def channel_set(argv: list[str]) -> int:
+    """``glite-transfer-channel-set -S STATE CHANNEL``."""
+    ap = argparse.ArgumentParser(prog="glite-transfer-channel-set")
+    ap.add_argument("-S", dest="state", required=True, choices=["Active", "Inactive"])
+    ap.add_argument("channel")
+    args = ap.parse_args(argv)
+    conn = _db(load_runtime())
+    try:
+        rows = conn.run(  # type: ignore[attr-defined]
+            "UPDATE channels SET state = :s, changed_at = clock_timestamp() WHERE name = :c "
+            "RETURNING name",
+            s=args.state,
+            c=args.channel,
+        )
+    finally:
+        conn.close()  # type: ignore[attr-defined]
+    if not rows:
+        print(f"glite-transfer-channel-set: no such channel: {args.channel}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"Channel {args.channel}: state set to {args.state}")
+    return 0
+
+
+def channel_list(argv: list[str]) -> int:
+    """``glite-transfer-channel-list CHANNEL``: prints ``State: Active`` among other lines."""
+    ap = argparse.ArgumentParser(prog="glite-transfer-channel-list")
+    ap.add_argument("channel")
+    args = ap.parse_args(argv)
+    conn = _db(load_runtime())
+    try:
+        rows = conn.run(  # type: ignore[attr-defined]
+            "SELECT c.state, (SELECT count(*) FROM jobs j WHERE j.channel = c.name AND "
+            "j.state = 'Active'), (SELECT count(*) FROM jobs j WHERE j.channel = c.name AND "
+            "j.state = 'Pending') FROM channels c WHERE c.name = :c",
+            c=args.channel,
+        )
+    finally:
+        conn.close()  # type: ignore[attr-defined]
+    if not rows:
+        print(f"glite-transfer-channel-list: no such channel: {args.channel}", file=sys.stderr)
+        return EXIT_FAILED
+    state, active, pending = rows[0]
+    print(f"Channel: {args.channel}\nState: {state}\nActive: {active}\nPending: {pending}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch: ``python -m infra.lab.hostcmd service|channel-set|channel-list ARGS``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args:
+        print("usage: hostcmd service|channel-set|channel-list ...", file=sys.stderr)
+        return 2
+    cmd, rest = args[0], args[1:]
+    if cmd == "service":
+        return service(rest)
+    if cmd == "channel-set":
+        return channel_set(rest)
+    if cmd == "channel-list":
+        return channel_list(rest)
+    print(f"hostcmd: unknown command {cmd}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""What a lab host knows about itself: written by `handover lab up`, read inside the host.
+
+Kept free of heavy imports: the commands that read it run on every `service` or
+`glite-transfer-channel-set` call inside a lab host.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TypedDict
+
+#: Where the runtime file lives inside a host (in the host's own /etc).
+RUNTIME_FILE = Path("/etc/transfer-agents/lab.json")
+#: Where agents keep their PID and state files inside a host (the host's own /run).
+RUN_DIR = Path("/run/transfer-agents")
+
+
+class AgentRuntime(TypedDict):
+    """One agent configured on a host."""
+
+    name: str
+    channel: str | None
+    vo: str | None
+
+
+class HostRuntime(TypedDict):
+    """Everything the host-side commands and agents need."""
+
+    host: str
+    address: str
+    agents: list[AgentRuntime]
+    db_address: str
+    db_port: int
+    db_password_file: str
+    lock_wait_s: float
+    tick_s: float
+    max_active: int
+    agent_uid: int
+    python: str
+    log_dir: str
+    disabled_file: str
+
+
+def load_runtime(path: Path | None = None) -> HostRuntime:
+    """Read the host's runtime file (inside a lab host)."""
+    p = path or Path(os.environ.get("HANDOVER_LAB_RUNTIME", str(RUNTIME_FILE)))
+    data: HostRuntime = json.loads(p.read_text())
+    return data
+
+
+def read_disabled(path: str) -> list[str]:
+    """The agent names listed in the `.disabled` file (empty when it does not exist)."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        return []
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def state_file(name: str) -> Path:
+    """An agent's state file (JSON: state, pid, backend_pid, reason)."""
+    return RUN_DIR / f"{name}.state"
+
+
+def write_state(name: str, **fields: object) -> None:
+    """Replace an agent's state file atomically."""
+    target = state_file(name)
+    tmp = target.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(fields))
+    os.replace(tmp, target)
+
+
+def read_state(name: str, root: Path = Path("/")) -> dict[str, object] | None:
+    """An agent's last state, read inside the host or through `/proc/PID/root` from outside."""
+    try:
+        data: dict[str, object] = json.loads((root / str(state_file(name)).lstrip("/")).read_text())
+    except (OSError, ValueError):
+        return None
+    return data

@@ -1,0 +1,273 @@
+"""Verbs on agents and the `.disabled` file: idempotent, verified, each with an outcome sentence.
+
+Every verb reads the host first, acts only on what differs from the wanted state, then reads the
+host again and fails with `StepFailed` if the post-condition does not hold. Running a verb twice is
+harmless: the second run changes nothing and says so.
+
+The plain functions take a `Site`; the `*_task` objects are the same verbs as Prefect tasks that
+retry only on transient SSH errors.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from config.site import Site
+from tasks import remote
+from tasks.outcome import StepFailed, StepResult, count, now, was
+from tasks.site_state import HostSnapshot, snapshot_host
+from tasks.ssh import CommandResult, TransientSshError
+
+#: How long `service transfer-agents start` may block (it waits for the DB lock, ~1 min on FTS 2).
+START_TIMEOUT_S = 120.0
+
+
+def _read(site: Site, host: str, verb: str) -> HostSnapshot:
+    snap = snapshot_host(site, host)
+    if not snap.reachable:
+        if snap.error_kind == "transient":
+            raise TransientSshError(f"{verb}: {snap.error}", host=host)
+        raise StepFailed(f"{verb}: {snap.error}", host=host, verb=verb)
+    return snap
+
+
+def _check_configured(site: Site, host: str, agents: list[str], verb: str) -> None:
+    allowed = {a.name for a in site.agents_configured_on(host)}
+    foreign = [a for a in agents if a not in allowed]
+    if foreign:
+        raise StepFailed(
+            f"{host}: {verb}: {', '.join(foreign)} not configured on {host} in site {site.site} "
+            f"(configured there: {', '.join(sorted(allowed)) or 'none'}); fix the site file's "
+            "primary/backup or choose another host",
+            host=host,
+            verb=verb,
+        )
+
+
+def _tail(res: CommandResult) -> str:
+    text = (res.stdout + res.stderr).strip()
+    return text[-300:] if text else "no output"
+
+
+def stop_agents(site: Site, host: str, agents: list[str] | None = None) -> StepResult:
+    """Stop agents on a host (all agent processes running there when `agents` is None).
+
+    Post-condition: none of those agents runs on the host.
+    """
+    verb = "stop-agents"
+    started = now()
+    snap = _read(site, host, verb)
+    wanted = agents if agents is not None else [a.name for a in snap.agents]
+    running = [a for a in wanted if snap.runs(a)]
+    already = [a for a in wanted if a not in running]
+    commands: list[str] = []
+    if running:
+        if agents is None:
+            res = remote.run(site, host, "stop_all", timeout=START_TIMEOUT_S)
+            commands.append(res.command)
+        else:
+            with ThreadPoolExecutor(max_workers=min(8, len(running))) as ex:
+                results = list(
+                    ex.map(
+                        lambda a: remote.run(
+                            site, host, "stop_agent", agent=a, timeout=START_TIMEOUT_S
+                        ),
+                        running,
+                    )
+                )
+            commands += [r.command for r in results]
+        after = _read(site, host, verb)
+        still = [a for a in running if after.runs(a)]
+        if still:
+            raise StepFailed(
+                f"{host}: {', '.join(still)} still running after `{'; '.join(commands)}`; "
+                f"stop it by hand on {host} (kill the process) and run the step again",
+                host=host,
+                verb=verb,
+            )
+    sentence = (
+        f"{host}: stopped {count(len(running), 'agent')}, {len(already)} {was(len(already))} "
+        "already stopped"
+    )
+    return StepResult(
+        host=host,
+        verb=verb,
+        changed=running,
+        unchanged=already,
+        sentence=sentence,
+        commands=commands,
+        started_at=started,
+        ended_at=now(),
+    )
+
+
+def start_agents(site: Site, host: str, agents: list[str]) -> StepResult:
+    """Start agents on a host; each start blocks while the agent waits for its DB lock.
+
+    Pre-condition: the agents are configured on the host and not listed in its `.disabled` file
+    (clear them first with `clear_disabled`). Post-condition: each agent runs on the host.
+    """
+    verb = "start-agents"
+    started = now()
+    _check_configured(site, host, agents, verb)
+    snap = _read(site, host, verb)
+    blocked = [a for a in agents if a in snap.disabled and not snap.runs(a)]
+    if blocked:
+        raise StepFailed(
+            f"{host}: {', '.join(blocked)} listed in {site.commands.disabled_file}; clear the "
+            "entries first (clear-disabled), then start",
+            host=host,
+            verb=verb,
+        )
+    to_start = [a for a in agents if not snap.runs(a)]
+    already = [a for a in agents if a not in to_start]
+    commands: list[str] = []
+    failures: list[str] = []
+    if to_start:
+        with ThreadPoolExecutor(max_workers=min(8, len(to_start))) as ex:
+            results = list(
+                ex.map(
+                    lambda a: remote.run(
+                        site, host, "start_agent", agent=a, timeout=START_TIMEOUT_S
+                    ),
+                    to_start,
+                )
+            )
+        commands += [r.command for r in results]
+        after = _read(site, host, verb)
+        for a, res in zip(to_start, results, strict=True):
+            if not after.runs(a):
+                failures.append(f"{a}: `{res.command}` exited {res.exit_code}: {_tail(res)}")
+        if failures:
+            raise StepFailed(
+                f"{host}: {count(len(failures), 'agent')} did not start: "
+                + "; ".join(failures)
+                + "; if the DB lock is held by the old host's session, run drop-db-lock or wait",
+                host=host,
+                verb=verb,
+            )
+    sentence = (
+        f"{host}: started {count(len(to_start), 'agent')}, {len(already)} {was(len(already))} "
+        "already running"
+    )
+    return StepResult(
+        host=host,
+        verb=verb,
+        changed=to_start,
+        unchanged=already,
+        sentence=sentence,
+        commands=commands,
+        started_at=started,
+        ended_at=now(),
+    )
+
+
+def _write_disabled(site: Site, host: str, names: list[str], verb: str) -> str:
+    if names:
+        content = "".join(f"{n}\n" for n in names)
+        res = remote.run_argv(site, host, site.commands.disabled_argv("write"), stdin=content)
+    else:
+        res = remote.run_argv(site, host, site.commands.disabled_argv("remove"))
+    if not res.ok:
+        raise StepFailed(
+            f"{host}: cannot write {site.commands.disabled_file}: `{res.command}` exited "
+            f"{res.exit_code}: {_tail(res)}",
+            host=host,
+            verb=verb,
+        )
+    return res.command
+
+
+def write_disabled(site: Site, host: str, agents: list[str]) -> StepResult:
+    """Add agents to the host's `.disabled` file, so a reboot does not start them there."""
+    verb = "write-disabled"
+    started = now()
+    snap = _read(site, host, verb)
+    missing = [a for a in agents if a not in snap.disabled]
+    present = [a for a in agents if a in snap.disabled]
+    commands = []
+    if missing:
+        commands.append(_write_disabled(site, host, snap.disabled + missing, verb))
+        after = _read(site, host, verb)
+        lost = [a for a in agents if a not in after.disabled]
+        if lost:
+            raise StepFailed(
+                f"{host}: {', '.join(lost)} not in {site.commands.disabled_file} "
+                "after writing it; check the file system",
+                host=host,
+                verb=verb,
+            )
+    sentence = (
+        f"{host}: disabled {count(len(missing), 'agent')} in {site.commands.disabled_file}, "
+        f"{len(present)} {was(len(present))} already listed"
+    )
+    return StepResult(
+        host=host,
+        verb=verb,
+        changed=missing,
+        unchanged=present,
+        sentence=sentence,
+        commands=commands,
+        started_at=started,
+        ended_at=now(),
+    )
+
+
+def clear_disabled(site: Site, host: str, agents: list[str]) -> StepResult:
+    """Remove agents from the host's `.disabled` file (the file goes when it would be empty)."""
+    verb = "clear-disabled"
+    started = now()
+    snap = _read(site, host, verb)
+    listed = [a for a in agents if a in snap.disabled]
+    absent = [a for a in agents if a not in listed]
+    commands = []
+    if listed:
+        keep = [a for a in snap.disabled if a not in agents]
+        commands.append(_write_disabled(site, host, keep, verb))
+        after = _read(site, host, verb)
+        left = [a for a in agents if a in after.disabled]
+        if left:
+            raise StepFailed(
+                f"{host}: {', '.join(left)} still in {site.commands.disabled_file} "
+                "after rewriting it; check the file system",
+                host=host,
+                verb=verb,
+            )
+    sentence = (
+        f"{host}: cleared {count(len(listed), 'agent')} from {site.commands.disabled_file}, "
+        f"{len(absent)} {was(len(absent))} not listed"
+    )
+    return StepResult(
+        host=host,
+        verb=verb,
+        changed=listed,
+        unchanged=absent,
+        sentence=sentence,
+        commands=commands,
+        started_at=started,
+        ended_at=now(),
+    )
+
+
+_retry = {
+    "retries": 2,
+    "retry_delay_seconds": 2,
+    "cache_policy": NO_CACHE,
+    "retry_condition_fn": remote.retry_if_transient,
+}
+
+stop_agents_task = task(
+    stop_agents, name="stop-agents", task_run_name="stop-agents-{host}", **_retry
+)  # type: ignore[call-overload]
+start_agents_task = task(
+    start_agents, name="start-agents", task_run_name="start-agents-{host}", **_retry
+)  # type: ignore[call-overload]
+write_disabled_task = task(
+    write_disabled, name="write-disabled", task_run_name="write-disabled-{host}", **_retry
+)  # type: ignore[call-overload]
+clear_disabled_task = task(
+    clear_disabled, name="clear-disabled", task_run_name="clear-disabled-{host}", **_retry
+)  # type: ignore[call-overload]

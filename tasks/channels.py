@@ -1,0 +1,97 @@
+"""The channel verb: set channels Active or Inactive, idempotent and verified."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Literal
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from config.site import Site
+from tasks import remote
+from tasks.outcome import StepFailed, StepResult, count, now, was
+from tasks.site_state import read_channel_state
+
+ChannelState = Literal["Active", "Inactive"]
+
+
+def set_channels(site: Site, host: str, channels: list[str], state: ChannelState) -> StepResult:
+    """Set channels to `state` with the profile's command, run on `host`.
+
+    Channels already in that state are left alone. Post-condition: each channel reads `state`.
+    """
+    verb = f"set-channels-{state.lower()}"
+    started = now()
+    unknown = [c for c in channels if c not in site.channels]
+    if unknown:
+        raise StepFailed(
+            f"{host}: unknown channel(s) {', '.join(unknown)}; the site's channels are "
+            f"{', '.join(site.channels)}",
+            host=host,
+            verb=verb,
+        )
+    workers = max(1, min(8, len(channels)))
+    with ThreadPoolExecutor(max_workers=workers) as ex:
+        before = dict(
+            zip(
+                channels, ex.map(lambda c: read_channel_state(site, host, c), channels), strict=True
+            )
+        )
+    to_set = [c for c in channels if before[c] != state]
+    same = [c for c in channels if c not in to_set]
+    commands: list[str] = []
+    if to_set:
+        with ThreadPoolExecutor(max_workers=max(1, min(8, len(to_set)))) as ex:
+            results = list(
+                ex.map(
+                    lambda c: remote.run(site, host, "set_channel_state", channel=c, state=state),
+                    to_set,
+                )
+            )
+        commands = [r.command for r in results]
+        failed = [
+            f"{c} (`{r.command}` exited {r.exit_code}: {(r.stderr or r.stdout).strip()[-200:]})"
+            for c, r in zip(to_set, results, strict=True)
+            if not r.ok
+        ]
+        with ThreadPoolExecutor(max_workers=max(1, min(8, len(to_set)))) as ex:
+            after = dict(
+                zip(
+                    to_set, ex.map(lambda c: read_channel_state(site, host, c), to_set), strict=True
+                )
+            )
+        wrong = [c for c in to_set if after[c] != state]
+        if failed or wrong:
+            raise StepFailed(
+                f"{host}: could not set {', '.join(failed or wrong)} {state}; channels already "
+                f"set: {', '.join(c for c in to_set if after[c] == state) or 'none'}; run "
+                f"`glite-transfer-channel-set -S {state} CHANNEL` by hand or run the step again",
+                host=host,
+                verb=verb,
+            )
+    sentence = (
+        f"{host}: set {count(len(to_set), 'channel')} {state}, {len(same)} {was(len(same))} "
+        f"already {state}"
+    )
+    return StepResult(
+        host=host,
+        verb=verb,
+        changed=to_set,
+        unchanged=same,
+        sentence=sentence,
+        commands=commands,
+        started_at=started,
+        ended_at=now(),
+    )
+
+
+set_channels_task = task(  # type: ignore[call-overload]
+    set_channels,
+    name="set-channels",
+    task_run_name="set-channels-{state}-{host}",
+    retries=2,
+    retry_delay_seconds=2,
+    cache_policy=NO_CACHE,
+    retry_condition_fn=remote.retry_if_transient,
+)

@@ -1,0 +1,55 @@
+"""What every verb returns (a typed result with an outcome sentence) and how it fails."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from pydantic import BaseModel, Field
+
+
+class StepResult(BaseModel):
+    """The outcome of one idempotent verb on one host.
+
+    `sentence` says what was done in words an operator reads at 3 a.m., e.g.
+    ``"fts101: stopped 3 agents, 1 was already stopped"``.
+    """
+
+    host: str
+    verb: str
+    changed: list[str] = Field(default_factory=list)
+    unchanged: list[str] = Field(default_factory=list)
+    sentence: str
+    commands: list[str] = Field(default_factory=list)
+    started_at: dt.datetime
+    ended_at: dt.datetime
+
+
+class StepFailed(RuntimeError):
+    """A verb could not reach its post-condition. The message says what, where and what next."""
+
+    def __init__(self, message: str, *, host: str, verb: str) -> None:
+        super().__init__(message)
+        self.host = host
+        self.verb = verb
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_restore, (str(self), self.host, self.verb))
+
+
+def _restore(message: str, host: str, verb: str) -> StepFailed:
+    return StepFailed(message, host=host, verb=verb)
+
+
+def count(n: int, noun: str) -> str:
+    """``count(1, "agent")`` -> ``"1 agent"``; ``count(3, "agent")`` -> ``"3 agents"``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def was(n: int) -> str:
+    """``was`` or ``were``."""
+    return "was" if n == 1 else "were"
+
+
+def now() -> dt.datetime:
+    """The current time in UTC."""
+    return dt.datetime.now(dt.UTC)

@@ -1,0 +1,139 @@
+"""Shared fixtures: the lab (real sshd, PostgreSQL, namespaces) for tests, isolated from a demo lab.
+
+Tests that need the lab call `require_lab()`: when something is missing it skips with what to
+install, except in CI (`CI=true`) where a missing piece fails the run.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from config.loader import load_site
+from config.site import Site
+from infra.lab.lab import Lab, missing_prerequisites
+from tasks import remote
+
+ROOT = Path(__file__).resolve().parent.parent
+LAB_SITE = ROOT / "config" / "sites" / "lab.yaml"
+IN_CI = os.environ.get("CI", "").lower() == "true"
+_lab_numbers = itertools.count(10)
+
+
+def require(ok: bool, what: str) -> None:
+    """Skip (developer machine) or fail (CI) when a prerequisite is missing."""
+    if ok:
+        return
+    if IN_CI:
+        pytest.fail(f"CI: missing prerequisite: {what}", pytrace=False)
+    pytest.skip(f"missing prerequisite: {what}")
+
+
+def require_lab() -> None:
+    """The lab's prerequisites (root, sshd, PostgreSQL, nft, util-linux)."""
+    missing = missing_prerequisites()
+    require(not missing, "; ".join(missing) + " (run `make test` as root: it installs them)")
+
+
+def make_test_site(tmp: Path, name: str, octet: int, db_port: int, **lab: object) -> Path:
+    """A copy of the lab site with its own state dir, addresses and DB port, so tests never touch
+    a lab an operator runs with config/sites/lab.yaml."""
+    data = yaml.safe_load(LAB_SITE.read_text())
+    data["site"] = name
+    state = Path("/var/tmp/handover-lab") / f"{name}-{os.getpid()}"
+    for h in data["hosts"]:
+        last = h["address"].rsplit(".", 1)[1]
+        h["address"] = f"127.0.{octet}.{last}"
+    data["ssh"]["key_file"] = str(state / "ssh" / "id_ed25519")
+    data["ssh"]["known_hosts"] = str(state / "ssh" / "known_hosts")
+    data["database"]["port"] = db_port
+    data["database"]["password"] = {"file": str(state / "secrets" / "db-password")}
+    data["lab"].update(
+        {"state_dir": str(state), "db_port": db_port, "lock_wait_s": 3.0, "tick_s": 0.1, **lab}
+    )
+    data["lab"]["transfers"] = {
+        "short_s": [0.3, 1.0],
+        "long_s": [2.0, 3.0],
+        "long_fraction": 0.2,
+        "seed": 7,
+    }
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+class RunningLab:
+    """A started lab and its site, for tests."""
+
+    def __init__(self, site_file: Path) -> None:
+        self.site_file = site_file
+        self.site: Site = load_site(site_file)
+        self.lab = Lab(self.site)
+
+    def agents_on(self, host: str) -> list[str]:
+        """Names of the agents whose primary is `host`."""
+        return [a.name for a in self.site.agents_on(host)]
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningLab]:
+    """A fresh lab for the test module, stopped (and checked) afterwards."""
+    require_lab()
+    tmp = tmp_path_factory.mktemp("lab")
+    # one address block and DB port per module, so a module's leftovers cannot disturb another
+    n = next(_lab_numbers)
+    site_file = make_test_site(tmp, f"labtest{n}", n, 56000 + n)
+    running = RunningLab(site_file)
+    running.lab.up()
+    try:
+        yield running
+    finally:
+        remote.close_pools()
+        report = running.lab.down()
+        assert report["leftovers"] == [], report
+
+
+def wait_for(predicate: object, timeout: float, what: str, interval: float = 0.05) -> object:
+    """Poll `predicate()` until it returns a truthy value; fail after `timeout` seconds."""
+    import time
+
+    assert callable(predicate)
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def db_sessions(running: RunningLab, address: str) -> list[tuple[int, str]]:
+    """(backend pid, application name) of the lab DB sessions coming from an address."""
+    import contextlib
+
+    with contextlib.closing(running.lab.db.connect()) as conn:
+        rows = conn.run(
+            "SELECT pid, application_name FROM pg_stat_activity WHERE host(client_addr) = :a",
+            a=address,
+        )
+    return [(int(r[0]), str(r[1])) for r in rows]
+
+
+def kill_sessions(running: RunningLab, address: str, application: str | None = None) -> int:
+    """Terminate the lab DB sessions from an address (optionally one agent's); returns how many."""
+    import contextlib
+
+    with contextlib.closing(running.lab.db.connect()) as conn:
+        rows = conn.run(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE host(client_addr) = :a "
+            "AND (CAST(:n AS text) IS NULL OR application_name = :n)",
+            a=address,
+            n=application,
+        )
+    return len(rows)

@@ -1,0 +1,241 @@
+"""The site model: shipped sites load; malformed ones are refused with the field named and a fix."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from config.loader import SiteConfigError, load_site, parse_site
+from config.site import SecretError, SecretRef
+
+ROOT = Path(__file__).resolve().parent.parent
+SITES = ROOT / "config" / "sites"
+
+
+def base() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((SITES / "lab.yaml").read_text())
+    return copy.deepcopy(data)
+
+
+@pytest.mark.parametrize("name", ["lab.yaml", "cern-fts.yaml"])
+def test_shipped_sites_load(name: str) -> None:
+    site = load_site(SITES / name)
+    assert len(site.channels) >= 6
+    assert site.agent("glite-transfer-channel-agent-urlcopy-CERN-CERN").primary == "fts101"
+    assert site.agent("glite-transfer-channel-agent-urlcopy-CERN-CERN").backup == "fts102"
+
+
+def test_lab_site_shape() -> None:
+    site = load_site(SITES / "lab.yaml")
+    assert len(site.hosts) >= 4
+    roles = {r for h in site.hosts for r in h.roles}
+    assert {"channel-agents", "vo-agents", "spare"} <= {str(r) for r in roles}
+    assert site.slack is not None and site.slack.approvers == ["U0LABOPS1"]
+    assert site.slack.bot_token.env == "HANDOVER_SLACK_BOT_TOKEN"
+    assert site.slack.signing_secret.env == "HANDOVER_SLACK_SIGNING_SECRET"
+    assert site.policy("clean-move").approval == "required"
+
+
+def test_cern_site_has_the_seed_nodes() -> None:
+    site = load_site(SITES / "cern-fts.yaml")
+    assert [h.name for h in site.hosts] == ["fts101", "fts102", "fts105"]
+    vo_hosts = {a.primary for a in site.service.agents if a.vo}
+    assert vo_hosts == {"fts105"}
+    assert site.commands.argv("set_channel_state", channel="CERN-CERN", state="Inactive") == [
+        "glite-transfer-channel-set",
+        "-S",
+        "Inactive",
+        "CERN-CERN",
+    ]
+
+
+def _mutate(path: list[Any], value: Any, delete: bool = False) -> dict[str, Any]:
+    data = base()
+    node: Any = data
+    for key in path[:-1]:
+        node = node[key]
+    if delete:
+        del node[path[-1]]
+    else:
+        node[path[-1]] = value
+    return data
+
+
+# (case id, mutated data, expected field path, words expected in the message or fix)
+MALFORMED: list[tuple[str, dict[str, Any], str, str]] = [
+    (
+        "unknown backup host",
+        _mutate(["service", "agents", 0, "backup"], "fts109"),
+        "service.agents[0].backup",
+        "not defined in hosts",
+    ),
+    (
+        "unknown primary host",
+        _mutate(["service", "agents", 2, "primary"], "fts999"),
+        "service.agents[2].primary",
+        "fts999",
+    ),
+    (
+        "primary equals backup",
+        _mutate(["service", "agents", 1, "backup"], "fts101"),
+        "service.agents[1].backup",
+        "backup host is the primary",
+    ),
+    (
+        "channel name with ;",
+        _mutate(["service", "agents", 0, "channel"], "CERN;rm -rf /"),
+        "service.agents[0].channel",
+        "no spaces, ';'",
+    ),
+    (
+        "channel name with space",
+        _mutate(["service", "agents", 3, "channel"], "CERN CERN"),
+        "service.agents[3].channel",
+        "pattern",
+    ),
+    ("host name with $", _mutate(["hosts", 1, "name"], "fts$(id)"), "hosts[1].name", "pattern"),
+    (
+        "missing secret reference",
+        _mutate(["slack", "signing_secret"], None, delete=True),
+        "slack.signing_secret",
+        "add this field",
+    ),
+    (
+        "inline password",
+        _mutate(["database", "password"], "hunter2"),
+        "database.password",
+        "inline secrets are not allowed",
+    ),
+    (
+        "secret reference with two sources",
+        _mutate(["database", "password"], {"env": "A", "file": "/x"}),
+        "database.password",
+        "exactly one",
+    ),
+    (
+        "unknown field (typo)",
+        _mutate(["ssh", "conect_timeout_s"], 3),
+        "ssh.conect_timeout_s",
+        "unknown field",
+    ),
+    (
+        "connect timeout longer than command timeout",
+        _mutate(["ssh", "connect_timeout_s"], 60),
+        "ssh.connect_timeout_s",
+        "longer than command_timeout_s",
+    ),
+    (
+        "proceed on approval timeout for a non-emergency procedure",
+        _mutate(["procedures", "clean-move", "on_approval_timeout"], "proceed"),
+        "procedures.clean-move.on_approval_timeout",
+        "only allowed for emergency",
+    ),
+    (
+        "poll interval not shorter than drain timeout",
+        _mutate(["procedures", "clean-move", "poll_interval_s"], 500),
+        "procedures.clean-move.poll_interval_s",
+        "not shorter",
+    ),
+    ("duplicate host", _mutate(["hosts", 3, "name"], "fts101"), "hosts[3].name", "defined twice"),
+    (
+        "lab host outside loopback",
+        _mutate(["hosts", 0, "address"], "10.0.0.1"),
+        "hosts[0].address",
+        "outside 127.0.0.0/8",
+    ),
+    (
+        "lab state under /tmp",
+        _mutate(["lab", "state_dir"], "/tmp/lab"),
+        "lab.state_dir",
+        "/var/tmp",
+    ),
+    ("wrong database kind", _mutate(["database", "kind"], "sqlite"), "database.kind", "oracle"),
+    (
+        "slack approver that is not a user id",
+        _mutate(["slack", "approvers"], ["@alice"]),
+        "slack.approvers[0]",
+        "pattern",
+    ),
+    (
+        "command template with a partial placeholder",
+        _mutate(["commands"], {"start_agent": ["service", "x", "--instance={agent}"]}),
+        "commands",
+        "whole word",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("data", "path", "words"), [c[1:] for c in MALFORMED], ids=[c[0] for c in MALFORMED]
+)
+def test_malformed_site_is_refused_with_the_field_named(
+    data: dict[str, Any], path: str, words: str
+) -> None:
+    with pytest.raises(SiteConfigError) as info:
+        parse_site(data, "broken.yaml")
+    problems = info.value.problems
+    matching = [p for p in problems if p.path == path]
+    assert matching, f"no problem at {path}: {[str(p) for p in problems]}"
+    assert any(words in f"{p.message} {p.fix}" for p in matching), [str(p) for p in matching]
+    assert all(p.fix for p in problems)
+
+
+def test_every_problem_is_reported_not_only_the_first() -> None:
+    data = _mutate(["service", "agents", 0, "backup"], "fts109")
+    data["service"]["agents"][1]["backup"] = "fts101"
+    with pytest.raises(SiteConfigError) as info:
+        parse_site(data)
+    paths = {p.path for p in info.value.problems}
+    assert {"service.agents[0].backup", "service.agents[1].backup"} <= paths
+
+
+def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:
+    f = tmp_path / "bad.yaml"
+    f.write_text("site: lab\nhosts: [\n  - name: x\n")
+    with pytest.raises(SiteConfigError) as info:
+        load_site(f)
+    assert info.value.problems[0].path.startswith("line ")
+
+
+def test_secret_refs_resolve_without_leaking(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HANDOVER_TEST_SECRET", "s3cret-value")
+    ref = SecretRef(env="HANDOVER_TEST_SECRET")
+    value = ref.resolve()
+    assert value.get_secret_value() == "s3cret-value"
+    assert "s3cret" not in repr(value) and "s3cret" not in str(value)
+    f = tmp_path / "pw"
+    f.write_text("from-file\n")
+    assert SecretRef(file=f).resolve().get_secret_value() == "from-file"
+    monkeypatch.delenv("HANDOVER_TEST_SECRET")
+    with pytest.raises(SecretError, match="HANDOVER_TEST_SECRET is not set"):
+        ref.resolve()
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "infra.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+
+
+def test_check_config_cli(tmp_path: Path) -> None:
+    ok = _cli("check-config", str(SITES / "lab.yaml"), str(SITES / "cern-fts.yaml"))
+    assert ok.returncode == 0, ok.stderr
+    assert "ok" in ok.stdout and "cern-fts" in ok.stdout
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(yaml.safe_dump(_mutate(["service", "agents", 0, "backup"], "fts109")))
+    res = _cli("check-config", str(broken))
+    assert res.returncode != 0
+    assert "service.agents[0].backup" in res.stderr
+    assert "fts109" in res.stderr and "fix:" in res.stderr

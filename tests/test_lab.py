@@ -1,0 +1,278 @@
+"""The lab behaves like an FTS 2 site: transfers flow, channels, agents, the DB lock, faults."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import pytest
+
+from tasks import agents as verbs
+from tasks.channels import set_channels
+from tasks.outcome import StepFailed
+from tasks.site_state import snapshot_host
+from tasks.ssh import TransientSshError
+from tests.conftest import RunningLab, db_sessions, kill_sessions, wait_for
+
+CERN = "CERN-CERN"
+CERN_AGENT = f"glite-transfer-channel-agent-urlcopy-{CERN}"
+
+
+def test_transfers_flow(lab: RunningLab) -> None:
+    start = lab.lab.score().jobs_done
+    wait_for(lambda: lab.lab.score().jobs_done >= start + 10, 20, "10 jobs done")
+    st = lab.lab.status()
+    assert all(c.state == "Active" for c in st.channels.values())
+    snap = snapshot_host(lab.site, "fts101")
+    assert snap.reachable and snap.transfers, snap
+
+
+def test_status_shows_every_host_agent_and_channel(lab: RunningLab) -> None:
+    st = lab.lab.status()
+    assert st.up and st.labd
+    assert [h.name for h in st.hosts] == [h.name for h in lab.site.hosts]
+    for a in lab.site.service.agents:
+        host = next(h for h in st.hosts if h.name == a.primary)
+        view = next(v for v in host.agents if v.name == a.name)
+        assert view.user == "edguser" and view.state == "serving"
+        backup = next(h for h in st.hosts if h.name == a.backup)
+        assert a.name in backup.disabled
+    assert set(st.channels) == set(lab.site.channels)
+
+
+def test_inactive_channel_starts_no_new_transfer(lab: RunningLab) -> None:
+    ch = "CERN-RAL"
+    res = set_channels(lab.site, "fts101", [ch], "Inactive")
+    assert res.changed == [ch]
+    try:
+        # running transfers finish (at most 3 s each), then nothing new starts
+        wait_for(
+            lambda: snapshot_host(lab.site, "fts101").running_transfers(ch) == 0,
+            10,
+            f"{ch} to drain",
+        )
+        seen = set()
+        for _ in range(10):
+            snap = snapshot_host(lab.site, "fts101")
+            seen |= {t.transfer_id for t in snap.transfer_processes if t.channel == ch}
+            time.sleep(0.2)
+        assert seen == set()
+        assert lab.lab.status().channels[ch].pending > 0, "load should keep jobs pending"
+    finally:
+        set_channels(lab.site, "fts101", [ch], "Active")
+    wait_for(
+        lambda: snapshot_host(lab.site, "fts101").running_transfers(ch) > 0,
+        10,
+        f"{ch} to run transfers again",
+    )
+
+
+def _submit(lab: RunningLab, channel: str, duration_s: float) -> int:
+    with contextlib.closing(lab.lab.db.connect()) as conn:
+        rows = conn.run(
+            "INSERT INTO jobs (channel, state, duration_s) VALUES (:c, 'Pending', :d) RETURNING id",
+            c=channel,
+            d=duration_s,
+        )
+    return int(rows[0][0])
+
+
+def _job_state(lab: RunningLab, job: int) -> str:
+    with contextlib.closing(lab.lab.db.connect()) as conn:
+        return str(conn.run("SELECT state FROM jobs WHERE id = :i", i=job)[0][0])
+
+
+def test_stopping_an_agent_with_running_transfers_loses_them(lab: RunningLab) -> None:
+    ch = "CERN-FNAL"
+    agent = f"glite-transfer-channel-agent-urlcopy-{ch}"
+    before = lab.lab.score().jobs_lost
+    job = _submit(lab, ch, 60.0)
+    wait_for(
+        lambda: any(
+            t.transfer_id == str(job) for t in snapshot_host(lab.site, "fts101").transfer_processes
+        ),
+        10,
+        f"transfer {ch}__{job} to run",
+    )
+    res = verbs.stop_agents(lab.site, "fts101", [agent])
+    assert res.changed == [agent]
+    try:
+        assert _job_state(lab, job) == "Lost"
+        assert lab.lab.score().jobs_lost > before
+        # the transfer process itself is still there: its state is what was lost
+        assert any(
+            t.transfer_id == str(job) for t in snapshot_host(lab.site, "fts101").transfer_processes
+        )
+    finally:
+        verbs.start_agents(lab.site, "fts101", [agent])
+
+
+def test_a_transfer_that_finishes_under_its_agent_is_done(lab: RunningLab) -> None:
+    job = _submit(lab, "CERN-IN2P3", 0.5)
+    wait_for(lambda: _job_state(lab, job) == "Done", 15, f"job {job} to be Done")
+
+
+def test_second_agent_blocks_on_the_db_lock_until_the_session_is_killed(lab: RunningLab) -> None:
+    primary, backup = lab.site.host("fts101"), lab.site.host("fts102")
+    verbs.clear_disabled(lab.site, "fts102", [CERN_AGENT])
+    t0 = time.monotonic()
+    with pytest.raises(StepFailed) as info:
+        verbs.start_agents(lab.site, "fts102", [CERN_AGENT])
+    waited = time.monotonic() - t0
+    msg = str(info.value)
+    assert "could not take the DB lock" in msg and f"from {primary.address}" in msg, msg
+    assert waited >= lab.site.lab.lock_wait_s  # type: ignore[union-attr]
+    # now start it again and, while it waits, kill the primary's session for that agent
+    import threading
+
+    outcome: dict[str, object] = {}
+
+    def start() -> None:
+        try:
+            outcome["result"] = verbs.start_agents(lab.site, "fts102", [CERN_AGENT])
+        except Exception as exc:  # noqa: BLE001
+            outcome["error"] = exc
+
+    th = threading.Thread(target=start)
+    th.start()
+    time.sleep(0.5)
+    assert kill_sessions(lab, primary.address, CERN_AGENT) == 1
+    th.join(30)
+    assert "result" in outcome, outcome
+    assert lab.lab.serving(lab.site, lab.lab.record())[CERN_AGENT] == {"fts102"}
+    # the primary's agent still runs (it keeps trying to reconnect) but does not serve
+    assert snapshot_host(lab.site, "fts101").runs(CERN_AGENT)
+    assert any(s[1] == CERN_AGENT for s in db_sessions(lab, backup.address))
+    score = wait_for(
+        lambda: (s := lab.lab.score()).agents_alive_on_two_hosts and s,
+        5,
+        "the agent alive on two hosts to be recorded",
+    )
+    assert score.agents_running_twice == []  # type: ignore[union-attr]
+    # tidy up: stop the old one, put the agent back on its primary
+    verbs.stop_agents(lab.site, "fts101", [CERN_AGENT])
+    verbs.stop_agents(lab.site, "fts102", [CERN_AGENT])
+    verbs.write_disabled(lab.site, "fts102", [CERN_AGENT])
+    verbs.start_agents(lab.site, "fts101", [CERN_AGENT])
+
+
+def _proc_states(lab: RunningLab, host: str) -> set[str]:
+    return {p.state for p in lab.lab.host_processes().get(host, [])}
+
+
+def test_fault_sshd_down(lab: RunningLab) -> None:
+    lab.lab.fault("fts102", "sshd-down")
+    try:
+        snap = snapshot_host(lab.site, "fts102")
+        assert not snap.reachable and snap.error_kind == "transient"
+        assert "connection refused" in (snap.error or "")
+        host = next(h for h in lab.lab.status().hosts if h.name == "fts102")
+        assert host.up and not host.sshd and host.agents, "agents keep running without sshd"
+    finally:
+        lab.lab.heal("fts102")
+    assert snapshot_host(lab.site, "fts102").reachable
+
+
+def test_fault_frozen(lab: RunningLab) -> None:
+    lab.lab.fault("fts106", "frozen")
+    try:
+        assert _proc_states(lab, "fts106") == {"T"}
+        snap = snapshot_host(lab.site, "fts106")
+        assert not snap.reachable and snap.error_kind == "transient"
+    finally:
+        lab.lab.heal("fts106")
+    assert "T" not in _proc_states(lab, "fts106")
+    assert snapshot_host(lab.site, "fts106").reachable
+
+
+def test_fault_slow(lab: RunningLab) -> None:
+    lab.lab.fault("fts106", "slow")
+    try:
+        stopped = wait_for(
+            lambda: _proc_states(lab, "fts106") == {"T"},
+            5,
+            "the slow host's processes to be seen stopped",
+            interval=0.01,
+        )
+        assert stopped
+        assert snapshot_host(lab.site, "fts106").reachable, "slow, not unreachable"
+    finally:
+        lab.lab.heal("fts106")
+    for _ in range(20):
+        assert "T" not in _proc_states(lab, "fts106")
+        time.sleep(0.02)
+
+
+def test_fault_db_unreachable(lab: RunningLab) -> None:
+    host = lab.site.host("fts102")
+    agents = lab.agents_on("fts102")
+    lab.lab.fault("fts102", "db-unreachable")
+    try:
+        wait_for(
+            lambda: not (lab.lab.serving(lab.site, lab.lab.record()).keys() & set(agents)),
+            20,
+            "fts102's agents to lose their DB sessions",
+        )
+        res = lab.lab.exec("fts102", ["glite-transfer-channel-list", "CERN-PIC"], timeout=30)
+        assert res.returncode != 0
+    finally:
+        lab.lab.heal("fts102")
+    # the server still holds the sessions it never heard closing: kill them, agents take over
+    kill_sessions(lab, host.address)
+    wait_for(
+        lambda: set(agents) <= lab.lab.serving(lab.site, lab.lab.record()).keys(),
+        20,
+        "fts102's agents to serve again",
+    )
+
+
+def test_fault_crash_and_reboot(lab: RunningLab) -> None:
+    host = lab.site.host("fts105")
+    agents = lab.agents_on("fts105")
+    assert {name for _, name in db_sessions(lab, host.address)} >= set(agents)
+    lab.lab.fault("fts105", "crash")
+    try:
+        assert lab.lab.host_processes().get("fts105", []) == []
+        snap = snapshot_host(lab.site, "fts105")
+        assert not snap.reachable and snap.error_kind == "transient"
+        # as after a real crash, the database still holds the dead host's sessions (and locks)
+        assert {name for _, name in db_sessions(lab, host.address)} >= set(agents)
+    finally:
+        lab.lab.heal("fts105")
+    snap = snapshot_host(lab.site, "fts105")
+    assert snap.reachable
+    # on reboot it ran `service transfer-agents start`; the agents wait for the dead sessions'
+    # locks. Kill those sessions and start them: they serve again.
+    wait_for(
+        lambda: not snapshot_host(lab.site, "fts105").agents,
+        20,
+        "the rebooted host's agents to give up on the lock",
+    )
+    kill_sessions(lab, host.address)
+    verbs.start_agents(lab.site, "fts105", agents)
+    assert set(agents) <= lab.lab.serving(lab.site, lab.lab.record()).keys()
+
+
+def test_unknown_fault_kind_is_refused(lab: RunningLab) -> None:
+    from infra.lab.lab import LabError
+
+    with pytest.raises(LabError, match="unknown fault kind"):
+        lab.lab.fault("fts101", "melted")
+
+
+def test_no_agent_ever_served_twice(lab: RunningLab) -> None:
+    assert lab.lab.score().agents_running_twice == []
+
+
+def test_transient_error_on_dead_sshd_is_classified(lab: RunningLab) -> None:
+    from tasks import remote
+
+    lab.lab.fault("fts106", "sshd-down")
+    try:
+        remote.pool_for(lab.site).drop("fts106")
+        with pytest.raises(TransientSshError) as info:
+            remote.run_argv(lab.site, "fts106", ["hostname"])
+        assert "fts106" in str(info.value) and lab.site.host("fts106").address in str(info.value)
+    finally:
+        lab.lab.heal("fts106")
+    assert remote.run_argv(lab.site, "fts106", ["hostname"]).stdout.strip() == "fts106"
