@@ -80,9 +80,9 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
         table.add_row(
             h.host,
             "yes" if h.reachable else f"[red]no[/red]: {h.error}",
-            "\n".join(a.name for a in h.agents) or "-",
-            ", ".join(f"{c}: {n}" for c, n in h.transfers.items()) or "-",
-            "\n".join(h.disabled) or "-",
+            "\n".join(short(a.name) for a in h.agents) or "-",
+            "\n".join(f"{c}: {n}" for c, n in h.transfers.items()) or "-",
+            "\n".join(short(d) for d in h.disabled) or "-",
         )
     out.print(table)
     if snap.channels:
@@ -180,13 +180,24 @@ def _lab_dispatch(args: argparse.Namespace) -> int:
     raise AssertionError(action)
 
 
+def short(agent: str) -> str:
+    """A short label for an agent: its channel, or `vo NAME`."""
+    from config.site import CHANNEL_AGENT_PREFIX, VO_AGENT_PREFIX
+
+    if agent.startswith(CHANNEL_AGENT_PREFIX):
+        return agent.removeprefix(CHANNEL_AGENT_PREFIX)
+    if agent.startswith(VO_AGENT_PREFIX):
+        return "vo " + agent.removeprefix(VO_AGENT_PREFIX)
+    return agent
+
+
 def _print_status(st: Any) -> None:
     out.print(
         f"lab {'[green]up[/green]' if st.up else '[red]down[/red]'} (site {st.site}); "
         f"database {st.database}; lab daemon {'running' if st.labd else 'stopped'}"
     )
     table = Table()
-    for col in ("host", "address", "state", "agents (user, state)", "transfers", "disabled"):
+    for col in ("host", "address", "state", "agents (as edguser)", "transfers", "disabled"):
         table.add_column(col)
     for h in st.hosts:
         state = "up" if h.up else "down"
@@ -198,11 +209,16 @@ def _print_status(st: Any) -> None:
             h.name,
             f"{h.address}:{h.port}",
             state,
-            "\n".join(f"{a.name} ({a.user}, {a.state})" for a in h.agents) or "-",
-            ", ".join(f"{c}: {n}" for c, n in h.transfers.items()) or "-",
-            "\n".join(h.disabled) or "-",
+            "\n".join(
+                f"{short(a.name)} {a.state}" + ("" if a.user == "edguser" else f" (as {a.user})")
+                for a in h.agents
+            )
+            or "-",
+            "\n".join(f"{c}: {n}" for c, n in h.transfers.items()) or "-",
+            "\n".join(short(d) for d in h.disabled) or "-",
         )
     out.print(table)
+    out.print("[dim]agents are shown by channel (channel agents) or VO (VO agents)[/dim]")
     if st.channels:
         ch = Table()
         for col in ("channel", "state", "pending", "active"):
@@ -210,6 +226,33 @@ def _print_status(st: Any) -> None:
         for name, c in st.channels.items():
             ch.add_row(name, c.state, str(c.pending), str(c.active))
         out.print(ch)
+
+
+# --- server -------------------------------------------------------------------------------------
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    """`handover server start|stop|status`: a local Prefect server on SQLite."""
+    from infra import prefect_server as ps
+
+    url = ps.api_url(args.host, args.port)
+    if args.server_action == "start":
+        url, started = ps.ensure_server(args.host, args.port)
+        out.print(
+            f"Prefect server {'started' if started else 'already running'} at {url}; "
+            f"export PREFECT_API_URL={url}"
+        )
+        return 0
+    if args.server_action == "stop":
+        out.print(
+            "Prefect server stopped"
+            if ps.stop_server()
+            else "no Prefect server started by handover is running"
+        )
+        return 0
+    up = ps.healthy(url)
+    out.print(f"Prefect server at {url}: {'healthy' if up else 'not answering'}")
+    return 0 if up else 1
 
 
 # --- bench --------------------------------------------------------------------------------------
@@ -283,6 +326,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("argv", nargs=argparse.REMAINDER)
     _site_arg(p)
     lab.set_defaults(func=cmd_lab)
+
+    srv = sub.add_parser("server", help="a local Prefect server (embedded SQLite)")
+    srv.add_argument("server_action", choices=["start", "stop", "status"])
+    srv.add_argument("--host", default="127.0.0.1")
+    srv.add_argument("--port", type=int, default=4200)
+    srv.set_defaults(func=cmd_server)
 
     bench = sub.add_parser("bench", help="benchmarks")
     bsub = bench.add_subparsers(dest="bench_what", required=True)

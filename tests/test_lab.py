@@ -130,7 +130,7 @@ def test_second_agent_blocks_on_the_db_lock_until_the_session_is_killed(lab: Run
     def start() -> None:
         try:
             outcome["result"] = verbs.start_agents(lab.site, "fts102", [CERN_AGENT])
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             outcome["error"] = exc
 
     th = threading.Thread(target=start)

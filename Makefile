@@ -1,0 +1,38 @@
+# The two commands of the README: `make demo` and `make test`. Each installs what it needs:
+# Debian packages via apt-get when root (infra/system-deps.sh), Python packages in .venv.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+
+.PHONY: demo test deps system-deps lint typecheck unit lab-down
+
+demo: deps
+	$(PY) -m infra.demo
+
+test: deps lint typecheck
+	$(PY) -m pytest -q
+
+deps: system-deps $(VENV)/.installed
+
+system-deps:
+	@bash infra/system-deps.sh
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+lint: $(VENV)/.installed
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+typecheck: $(VENV)/.installed
+	$(PY) -m mypy
+
+# tests that need no server (no root, no lab)
+unit: $(VENV)/.installed
+	$(PY) -m pytest -q tests/test_config.py tests/test_site_state.py
+
+lab-down: $(VENV)/.installed
+	$(VENV)/bin/handover lab down

@@ -1,0 +1,108 @@
+"""A local Prefect server on its embedded SQLite, for the demo and for operators trying handover.
+
+`ensure_server()` reuses a server already answering at the address, or starts one in the
+background (state under /var/tmp/handover-prefect) and waits, with a bound, until it is healthy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+HOME = Path(os.environ.get("HANDOVER_PREFECT_HOME", "/var/tmp/handover-prefect"))
+PID_FILE = HOME / "server.pid"
+LOG_FILE = HOME / "server.log"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 4200
+
+
+def api_url(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> str:
+    """The API URL of a server at host:port."""
+    return f"http://{host}:{port}/api"
+
+
+def healthy(url: str) -> bool:
+    """Whether a Prefect API answers its health check."""
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:  # noqa: S310 - http only
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def ensure_server(
+    host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, timeout: float = 120.0
+) -> tuple[str, bool]:
+    """Make sure a local server answers; returns (API URL, whether this call started it)."""
+    url = api_url(host, port)
+    if healthy(url):
+        return url, False
+    HOME.mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(HOME),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "true",
+    }
+    env.pop("PREFECT_API_URL", None)
+    with open(LOG_FILE, "ab") as log:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "prefect",
+                "server",
+                "start",
+                "--host",
+                host,
+                "--port",
+                str(port),
+            ],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    PID_FILE.write_text(f"{proc.pid}\n")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if healthy(url):
+            return url, True
+        if proc.poll() is not None:
+            break
+        time.sleep(0.5)
+    tail = LOG_FILE.read_text(errors="replace")[-1500:] if LOG_FILE.exists() else ""
+    raise RuntimeError(f"the Prefect server did not become healthy at {url}; log tail:\n{tail}")
+
+
+def stop_server() -> bool:
+    """Stop the server this module started (by its recorded PID). Returns whether one ran."""
+    try:
+        pid = int(PID_FILE.read_text().strip())
+    except (OSError, ValueError):
+        return False
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        PID_FILE.unlink(missing_ok=True)
+        return False
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+    PID_FILE.unlink(missing_ok=True)
+    return True

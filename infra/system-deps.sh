@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Install the Debian packages handover's lab and tests need, or say which are missing.
+set -euo pipefail
+PACKAGES=(openssh-server openssh-client postgresql nftables procps util-linux iproute2 python3-venv)
+missing=()
+for p in "${PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+  echo "handover needs these Debian packages: ${missing[*]}" >&2
+  echo "install them as root: apt-get install -y ${missing[*]}" >&2
+  echo "(the lab also needs root to run: it creates namespaces, mounts and firewall rules)" >&2
+  exit 1
+fi
+echo "installing Debian packages: ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

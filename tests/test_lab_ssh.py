@@ -1,0 +1,108 @@
+"""The SSH layer against the lab's hosts, and snapshots checked against `ps` inside each host."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tasks import remote
+from tasks.site_state import parse_processes, snapshot_host, snapshot_site
+from tasks.ssh import CommandTimeout, HostKeyError, SshEndpoint, SshPool, SshSettings
+from tests.conftest import RunningLab
+
+
+def test_each_lab_host_answers_with_its_own_hostname(lab: RunningLab) -> None:
+    pool = remote.pool_for(lab.site)
+    endpoints = [remote.endpoint(lab.site, h.name) for h in lab.site.hosts]
+    results = pool.fan_out(endpoints, ["hostname"])
+    for h in lab.site.hosts:
+        res = results[h.name]
+        assert not isinstance(res, Exception), res
+        assert res.stdout.strip() == h.name
+
+
+def test_each_host_has_its_own_process_table_and_etc(lab: RunningLab) -> None:
+    pool = remote.pool_for(lab.site)
+    a = pool.run(remote.endpoint(lab.site, "fts101"), ["cat", "/proc/1/cmdline"])
+    assert "init.sh" in a.stdout
+    f101 = remote.run_argv(lab.site, "fts101", lab.site.commands.disabled_argv("read")).stdout
+    f102 = remote.run_argv(lab.site, "fts102", lab.site.commands.disabled_argv("read")).stdout
+    assert f101 != f102
+
+
+def _settings(lab: RunningLab, known_hosts: Path) -> SshSettings:
+    return SshSettings(
+        user="root",
+        key_file=lab.site.ssh.key_file,
+        known_hosts=known_hosts,
+        connect_timeout=3,
+        command_timeout=10,
+    )
+
+
+def test_unknown_host_key_is_refused(lab: RunningLab, tmp_path: Path) -> None:
+    kh = tmp_path / "known_hosts"
+    # fts102's key only: fts101 is unknown
+    lines = lab.site.ssh.known_hosts.read_text().splitlines()
+    addr102 = lab.site.host("fts102").address
+    kh.write_text("".join(line + "\n" for line in lines if addr102 in line))
+    before = kh.read_bytes()
+    with SshPool(_settings(lab, kh)) as pool, pytest.raises(HostKeyError) as info:
+        pool.run(remote.endpoint(lab.site, "fts101"), ["true"])
+    assert not info.value.changed
+    assert "fts101" in str(info.value) and str(kh) in str(info.value)
+    assert kh.read_bytes() == before, "a host key must never be added"
+
+
+def test_changed_host_key_is_refused(lab: RunningLab, tmp_path: Path) -> None:
+    kh = tmp_path / "known_hosts"
+    h101, h102 = lab.site.host("fts101"), lab.site.host("fts102")
+    lines = lab.site.ssh.known_hosts.read_text().splitlines()
+    key102 = next(line for line in lines if f"[{h102.address}]" in line).split(" ", 1)[1]
+    kh.write_text(f"[{h101.address}]:{h101.port} {key102}\n")
+    with SshPool(_settings(lab, kh)) as pool, pytest.raises(HostKeyError) as info:
+        pool.run(remote.endpoint(lab.site, "fts101"), ["true"])
+    assert info.value.changed and "CHANGED" in str(info.value)
+
+
+def test_command_past_its_timeout_names_host_and_command(lab: RunningLab) -> None:
+    ep = SshEndpoint(
+        host="fts105", address=lab.site.host("fts105").address, port=lab.site.host("fts105").port
+    )
+    pool = remote.pool_for(lab.site)
+    with pytest.raises(CommandTimeout) as info:
+        pool.run(ep, ["sleep", "20"], timeout=1)
+    assert "fts105" in str(info.value) and "sleep 20" in str(info.value)
+    assert pool.run(ep, ["hostname"]).stdout.strip() == "fts105"
+
+
+def _ps_inside(lab: RunningLab, host: str) -> str:
+    res = lab.lab.exec(host, ["ps", "-eo", "pid=,user=,args="])
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
+def test_snapshot_matches_ps_on_each_host(lab: RunningLab) -> None:
+    for h in lab.site.hosts:
+        before = parse_processes(_ps_inside(lab, h.name), lab.site.commands)
+        snap = snapshot_host(lab.site, h.name)
+        after = parse_processes(_ps_inside(lab, h.name), lab.site.commands)
+        assert snap.reachable
+        # agents are stable: exactly what ps shows (name, pid, user)
+        assert [a.model_dump() for a in snap.agents] == [a.model_dump() for a in before[0]]
+        assert [a.model_dump() for a in snap.agents] == [a.model_dump() for a in after[0]]
+        # transfers come and go: each one the snapshot saw was in ps before or after it, and
+        # each one ps saw both before and after was in the snapshot
+        seen = {(t.channel, t.transfer_id) for t in snap.transfer_processes}
+        b = {(t.channel, t.transfer_id) for t in before[1]}
+        a = {(t.channel, t.transfer_id) for t in after[1]}
+        assert seen <= b | a
+        assert b & a <= seen
+        disabled = lab.lab.exec(h.name, ["cat", str(lab.site.commands.disabled_file)]).stdout
+        assert snap.disabled == [x for x in disabled.split() if x]
+    site_snap = snapshot_site(lab.site)
+    assert set(site_snap.channels) == set(lab.site.channels)
+    assert set(site_snap.channels.values()) == {"Active"}
+    for a in lab.site.service.agents:
+        assert site_snap.where(a.name) == [a.primary]

@@ -1,0 +1,98 @@
+"""The site verbs on the lab: idempotent, verified, with outcome sentences; and as Prefect tasks."""
+
+from __future__ import annotations
+
+import pytest
+from prefect import flow
+from prefect.testing.utilities import prefect_test_harness
+
+from tasks import agents as verbs
+from tasks.channels import set_channels, set_channels_task
+from tasks.outcome import StepFailed
+from tasks.site_state import snapshot_host, snapshot_site_task
+from tests.conftest import RunningLab
+
+PIC = "glite-transfer-channel-agent-urlcopy-CERN-PIC"
+CNAF = "glite-transfer-channel-agent-urlcopy-CERN-CNAF"
+
+
+def test_stop_is_idempotent_and_says_what_it_did(lab: RunningLab) -> None:
+    first = verbs.stop_agents(lab.site, "fts102", [PIC])
+    assert first.sentence == "fts102: stopped 1 agent, 0 were already stopped"
+    assert first.changed == [PIC] and first.commands
+    second = verbs.stop_agents(lab.site, "fts102", [PIC, CNAF])
+    assert second.sentence == "fts102: stopped 1 agent, 1 was already stopped"
+    assert not snapshot_host(lab.site, "fts102").agents
+    again = verbs.start_agents(lab.site, "fts102", [PIC, CNAF])
+    assert again.sentence == "fts102: started 2 agents, 0 were already running"
+    same = verbs.start_agents(lab.site, "fts102", [PIC, CNAF])
+    assert same.sentence == "fts102: started 0 agents, 2 were already running"
+    assert same.commands == []
+
+
+def test_stop_all_uses_the_profile_stop_command(lab: RunningLab) -> None:
+    res = verbs.stop_agents(lab.site, "fts105")
+    assert res.commands == ["service transfer-agents stop"]
+    assert len(res.changed) == 2
+    verbs.start_agents(lab.site, "fts105", lab.agents_on("fts105"))
+
+
+def test_disabled_entries(lab: RunningLab) -> None:
+    res = verbs.write_disabled(lab.site, "fts106", ["glite-transfer-vo-agent-atlas"])
+    assert res.sentence.endswith(
+        "0 agents in /etc/glite-data-transfer-agents.disabled, 1 was already listed"
+    )
+    res = verbs.clear_disabled(lab.site, "fts106", ["glite-transfer-vo-agent-atlas"])
+    assert res.changed == ["glite-transfer-vo-agent-atlas"]
+    assert snapshot_host(lab.site, "fts106").disabled == ["glite-transfer-vo-agent-cms"]
+    verbs.clear_disabled(lab.site, "fts106", ["glite-transfer-vo-agent-cms"])
+    assert snapshot_host(lab.site, "fts106").disabled == []
+    # the file is gone, as seed 000's `rm -f` leaves it
+    gone = lab.lab.exec("fts106", ["test", "-e", str(lab.site.commands.disabled_file)])
+    assert gone.returncode == 1
+    res = verbs.write_disabled(
+        lab.site, "fts106", ["glite-transfer-vo-agent-atlas", "glite-transfer-vo-agent-cms"]
+    )
+    assert res.sentence == (
+        "fts106: disabled 2 agents in /etc/glite-data-transfer-agents.disabled, "
+        "0 were already listed"
+    )
+
+
+def test_start_refuses_a_disabled_agent(lab: RunningLab) -> None:
+    with pytest.raises(StepFailed, match="clear the entries first"):
+        verbs.start_agents(lab.site, "fts106", ["glite-transfer-vo-agent-atlas"])
+    assert not snapshot_host(lab.site, "fts106").agents
+
+
+def test_start_refuses_an_agent_not_configured_there(lab: RunningLab) -> None:
+    with pytest.raises(StepFailed, match="not configured on fts106"):
+        verbs.start_agents(lab.site, "fts106", [PIC])
+
+
+def test_channels(lab: RunningLab) -> None:
+    res = set_channels(lab.site, "fts102", ["CERN-PIC", "CERN-CNAF"], "Inactive")
+    assert res.sentence == "fts102: set 2 channels Inactive, 0 were already Inactive"
+    res = set_channels(lab.site, "fts102", ["CERN-PIC", "CERN-CNAF"], "Active")
+    assert res.sentence == "fts102: set 2 channels Active, 0 were already Active"
+    with pytest.raises(StepFailed, match="unknown channel"):
+        set_channels(lab.site, "fts102", ["CERN-NOWHERE"], "Active")
+
+
+def test_verbs_run_as_prefect_tasks(lab: RunningLab) -> None:
+    @flow
+    def little_procedure() -> list[str]:
+        snap = snapshot_site_task(lab.site, ["fts102"])
+        running = [a.name for a in snap.host("fts102").agents]
+        out = [verbs.stop_agents_task(lab.site, "fts102", running).sentence]
+        out.append(verbs.start_agents_task(lab.site, "fts102", running).sentence)
+        out.append(set_channels_task(lab.site, "fts102", ["CERN-PIC"], "Active").sentence)
+        return out
+
+    with prefect_test_harness(server_startup_timeout=120):
+        sentences = little_procedure()
+    assert sentences == [
+        "fts102: stopped 2 agents, 0 were already stopped",
+        "fts102: started 2 agents, 0 were already running",
+        "fts102: set 0 channels Active, 1 was already Active",
+    ]
