@@ -165,91 +165,69 @@ def start_agents(site: Site, host: str, agents: list[str]) -> StepResult:
     )
 
 
-def _write_disabled(site: Site, host: str, names: list[str], verb: str) -> str:
-    if names:
-        content = "".join(f"{n}\n" for n in names)
-        res = remote.run_argv(site, host, site.commands.disabled_argv("write"), stdin=content)
-    else:
-        res = remote.run_argv(site, host, site.commands.disabled_argv("remove"))
-    if not res.ok:
-        raise StepFailed(
-            f"{host}: cannot write {site.commands.disabled_file}: `{res.command}` exited "
-            f"{res.exit_code}: {_tail(res)}",
-            host=host,
-            verb=verb,
-        )
-    return res.command
-
-
-def write_disabled(site: Site, host: str, agents: list[str]) -> StepResult:
-    """Add agents to the host's `.disabled` file, so a reboot does not start them there."""
-    verb = "write-disabled"
+def _edit_disabled(site: Site, host: str, agents: list[str], listed: bool) -> StepResult:
+    """Make each agent listed (`listed=True`) or not listed in the host's `.disabled` file."""
+    verb = "write-disabled" if listed else "clear-disabled"
+    path = site.commands.disabled_file
     started = now()
     snap = _read(site, host, verb)
-    missing = [a for a in agents if a not in snap.disabled]
-    present = [a for a in agents if a in snap.disabled]
+    change = [a for a in agents if (a in snap.disabled) != listed]
+    same = [a for a in agents if a not in change]
     commands = []
-    if missing:
-        commands.append(_write_disabled(site, host, snap.disabled + missing, verb))
-        after = _read(site, host, verb)
-        lost = [a for a in agents if a not in after.disabled]
-        if lost:
+    if change:
+        names = snap.disabled + change if listed else [a for a in snap.disabled if a not in change]
+        if names:
+            content = "".join(f"{n}\n" for n in names)
+            res = remote.run_argv(site, host, site.commands.disabled_argv("write"), stdin=content)
+        else:  # as seed 000 does: no entry left, no file
+            res = remote.run_argv(site, host, site.commands.disabled_argv("remove"))
+        commands.append(res.command)
+        if not res.ok:
             raise StepFailed(
-                f"{host}: {', '.join(lost)} not in {site.commands.disabled_file} "
+                f"{host}: cannot write {path}: `{res.command}` exited {res.exit_code}: "
+                f"{_tail(res)}; check the disk and the file's permissions on {host}",
+                host=host,
+                verb=verb,
+            )
+        after = _read(site, host, verb)
+        wrong = [a for a in agents if (a in after.disabled) != listed]
+        if wrong:
+            raise StepFailed(
+                f"{host}: {', '.join(wrong)} {'missing from' if listed else 'still in'} {path} "
                 "after writing it; check the file system",
                 host=host,
                 verb=verb,
             )
-    sentence = (
-        f"{host}: disabled {count(len(missing), 'agent')} in {site.commands.disabled_file}, "
-        f"{len(present)} {was(len(present))} already listed"
-    )
+    if listed:
+        sentence = (
+            f"{host}: disabled {count(len(change), 'agent')} in {path}, {len(same)} "
+            f"{was(len(same))} already listed"
+        )
+    else:
+        sentence = (
+            f"{host}: cleared {count(len(change), 'agent')} from {path}, {len(same)} "
+            f"{was(len(same))} not listed"
+        )
     return StepResult(
         host=host,
         verb=verb,
-        changed=missing,
-        unchanged=present,
+        changed=change,
+        unchanged=same,
         sentence=sentence,
         commands=commands,
         started_at=started,
         ended_at=now(),
     )
+
+
+def write_disabled(site: Site, host: str, agents: list[str]) -> StepResult:
+    """Add agents to the host's `.disabled` file, so a reboot does not start them there."""
+    return _edit_disabled(site, host, agents, listed=True)
 
 
 def clear_disabled(site: Site, host: str, agents: list[str]) -> StepResult:
     """Remove agents from the host's `.disabled` file (the file goes when it would be empty)."""
-    verb = "clear-disabled"
-    started = now()
-    snap = _read(site, host, verb)
-    listed = [a for a in agents if a in snap.disabled]
-    absent = [a for a in agents if a not in listed]
-    commands = []
-    if listed:
-        keep = [a for a in snap.disabled if a not in agents]
-        commands.append(_write_disabled(site, host, keep, verb))
-        after = _read(site, host, verb)
-        left = [a for a in agents if a in after.disabled]
-        if left:
-            raise StepFailed(
-                f"{host}: {', '.join(left)} still in {site.commands.disabled_file} "
-                "after rewriting it; check the file system",
-                host=host,
-                verb=verb,
-            )
-    sentence = (
-        f"{host}: cleared {count(len(listed), 'agent')} from {site.commands.disabled_file}, "
-        f"{len(absent)} {was(len(absent))} not listed"
-    )
-    return StepResult(
-        host=host,
-        verb=verb,
-        changed=listed,
-        unchanged=absent,
-        sentence=sentence,
-        commands=commands,
-        started_at=started,
-        ended_at=now(),
-    )
+    return _edit_disabled(site, host, agents, listed=False)
 
 
 _retry = {
