@@ -373,6 +373,10 @@ class ProcedurePolicy(_Model):
     drain_timeout_s: float = Field(default=900.0, gt=0)
     poll_interval_s: float = Field(default=2.0, gt=0)
     step_timeout_s: float = Field(default=120.0, gt=0)
+    #: typical duration of one transfer, for downtime estimates (seed 000: 3-4 minutes)
+    expected_transfer_s: float = Field(default=210.0, ge=0)
+    #: typical time to stop an agent and start it elsewhere, for downtime estimates
+    expected_restart_s: float = Field(default=5.0, ge=0)
     maintenance_window: MaintenanceWindow | None = None
 
 

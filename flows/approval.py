@@ -1,0 +1,150 @@
+"""Human approval of a risky step: the flow pauses with a typed input and resumes on a decision.
+
+The pause uses Prefect's `pause_flow_run(wait_for_input=ApprovalInput)`, so the Prefect UI shows a
+form (decision, who, comment) on the paused run, and any other front end (the Slack gateway) can
+resume the run with the same input through the API (`resume_flow_run(id, run_input=...)`).
+`request_approval` takes optional `announce`/`conclude` callbacks so a notifier can post the
+request and update it after the decision; it never waits on them.
+
+A pause that times out follows the policy: ``reject`` (default) or ``proceed`` (emergency
+procedures only). Prefect can leave a timed-out run shown as Paused, so the outcome is set here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from typing import Literal
+
+from prefect import get_run_logger
+from prefect.client.orchestration import get_client
+from prefect.context import FlowRunContext
+from prefect.exceptions import FlowPauseTimeout
+from prefect.flow_runs import pause_flow_run
+from prefect.input import RunInput
+from prefect.states import Running
+from pydantic import BaseModel, Field
+
+from config.site import ProcedurePolicy
+
+
+class ApprovalInput(RunInput):
+    """What an approver gives to resume a paused procedure."""
+
+    decision: Literal["approve", "reject"] = Field(
+        description="approve to go ahead, reject to stop without changing anything"
+    )
+    who: str = Field(min_length=1, max_length=120, description="your name or user ID")
+    comment: str = Field(default="", max_length=2000)
+
+
+class ApprovalRecord(BaseModel):
+    """The recorded decision: who, what, when, from where."""
+
+    decision: Literal["approve", "reject", "timeout-reject", "timeout-proceed", "pre-approved"]
+    who: str
+    comment: str = ""
+    source: str
+    decided_at: dt.datetime
+    waited_s: float = 0.0
+
+    @property
+    def approved(self) -> bool:
+        """Whether the procedure may go ahead."""
+        return self.decision in ("approve", "timeout-proceed", "pre-approved")
+
+    def sentence(self) -> str:
+        """E.g. ``approved by alice at 14:03 UTC (Prefect UI): "go"``."""
+        when = f"{self.decided_at:%H:%M} UTC"
+        comment = f': "{self.comment}"' if self.comment else ""
+        labels = {
+            "approve": f"approved by {self.who} at {when} ({self.source}){comment}",
+            "reject": f"rejected by {self.who} at {when} ({self.source}){comment}",
+            "timeout-reject": f"no decision within {self.waited_s:.0f} s: rejected by policy",
+            "timeout-proceed": f"no decision within {self.waited_s:.0f} s: proceeding by the "
+            "emergency policy",
+            "pre-approved": f"approved up front by {self.who} ({self.source})",
+        }
+        return labels[self.decision]
+
+
+def pre_approved(who: str, source: str) -> ApprovalRecord:
+    """The record for a run started with the approval already given (e.g. `handover run --yes`)."""
+    return ApprovalRecord(
+        decision="pre-approved",
+        who=who or "unknown",
+        source=source,
+        decided_at=dt.datetime.now(dt.UTC),
+    )
+
+
+def _unstick_paused_run() -> None:
+    ctx = FlowRunContext.get()
+    if ctx is None or ctx.flow_run is None:
+        return
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(
+            ctx.flow_run.id, Running(message="approval timed out"), force=True
+        )
+
+
+def request_approval(
+    policy: ProcedurePolicy,
+    *,
+    what: str,
+    poll_interval_s: float = 1.0,
+    announce: Callable[[], None] | None = None,
+    conclude: Callable[[ApprovalRecord], None] | None = None,
+) -> ApprovalRecord:
+    """Pause the current flow run until a human decides, or the policy's timeout passes.
+
+    Args:
+        policy: the procedure's policy (approval timeout, what a timeout does).
+        what: one line saying what is to be approved (logged; shown by notifiers).
+        poll_interval_s: how often the paused run checks for the decision.
+        announce: called once the run is about to pause (e.g. post the request to Slack).
+        conclude: called with the decision (e.g. update the Slack message).
+
+    Returns:
+        The decision record; ``approved`` tells whether to go ahead.
+    """
+    logger = get_run_logger()
+    logger.info("Waiting for approval (up to %.0f s): %s", policy.approval_timeout_s, what)
+    if announce is not None:
+        announce()
+    started = dt.datetime.now(dt.UTC)
+    try:
+        answer = pause_flow_run(  # type: ignore[call-overload]  # a float poll interval is fine
+            wait_for_input=ApprovalInput,
+            timeout=int(policy.approval_timeout_s),
+            poll_interval=poll_interval_s,
+            key="approval",
+        )
+    except FlowPauseTimeout:
+        _unstick_paused_run()
+        waited = (dt.datetime.now(dt.UTC) - started).total_seconds()
+        proceed = policy.on_approval_timeout == "proceed" and policy.emergency
+        record = ApprovalRecord(
+            decision="timeout-proceed" if proceed else "timeout-reject",
+            who="policy",
+            source="timeout",
+            decided_at=dt.datetime.now(dt.UTC),
+            waited_s=waited,
+        )
+    else:
+        assert answer is not None
+        record = ApprovalRecord(
+            decision=answer.decision,
+            who=answer.who,
+            comment=answer.comment,
+            source=getattr(answer, "source", None) or "Prefect UI/API",
+            decided_at=dt.datetime.now(dt.UTC),
+            waited_s=(dt.datetime.now(dt.UTC) - started).total_seconds(),
+        )
+    logger.info("Approval: %s", record.sentence())
+    if conclude is not None:
+        try:
+            conclude(record)
+        except Exception as exc:  # noqa: BLE001 - a notifier must never change the outcome
+            logger.warning("could not publish the decision: %s", exc)
+    return record

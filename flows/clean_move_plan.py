@@ -1,0 +1,460 @@
+"""The clean move's plan: a pure function of the site and a snapshot of it (seed 000).
+
+`plan_clean_move` decides, for each agent, what a move from one host to another still has to do,
+and lays the steps out for the chosen mode:
+
+* ``full``: seed 000's full clean move. Every channel Inactive, wait until none runs a transfer,
+  write the `.disabled` entries, stop the agents, start them on the backup, every channel Active.
+* ``staged``: seed 000's per-agent procedure, one agent after the other.
+* ``pipelined``: every channel Inactive at once; each agent moves the moment its own channel has
+  drained, so a channel's downtime is its own drain plus the restart.
+
+A re-run after a crash converges because the plan is derived from what is live: an agent already
+on the target only has the move finished (its channel set Active), an agent stopped on the source
+but not yet started on the target is started there, and so on. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from config.site import Site
+from tasks.site_state import SiteSnapshot
+from tasks.ssh import shell_command
+
+Mode = Literal["full", "staged", "pipelined"]
+Verb = Literal[
+    "set-inactive",
+    "wait-drained",
+    "write-disabled",
+    "stop",
+    "clear-disabled",
+    "start",
+    "set-active",
+]
+AgentState = Literal["on-source", "on-target", "on-neither"]
+
+
+class MoveRequest(BaseModel):
+    """What the operator asked for."""
+
+    from_host: str
+    to_host: str
+    agents: list[str] | None = None
+    mode: Mode = "pipelined"
+    drain_timeout_s: float = 900.0
+    force: bool = False
+    expected_transfer_s: float = 210.0
+    expected_restart_s: float = 5.0
+
+
+class AgentMove(BaseModel):
+    """One agent in the plan: where it is now and what the move still has to do for it."""
+
+    agent: str
+    channel: str | None
+    vo: str | None
+    state: AgentState
+    running_transfers: int = 0
+    channel_state: str | None = None
+    #: "move": the whole procedure; "start": stopped on the source, start it on the target;
+    #: "finish": already on the target, only make sure its channel is Active.
+    action: Literal["move", "start", "finish"]
+    estimated_drain_s: float = 0.0
+
+
+class PlannedStep(BaseModel):
+    """One step: a verb on a host for some agents or channels, with the exact commands."""
+
+    id: str
+    verb: Verb
+    host: str
+    agents: list[str] = Field(default_factory=list)
+    channels: list[str] = Field(default_factory=list)
+    commands: list[str] = Field(default_factory=list)
+    #: a stop of every agent of the host: the profile's stop-all command (seed 000 step 6)
+    all_agents: bool = False
+
+
+class Chain(BaseModel):
+    """Steps run one after the other."""
+
+    name: str
+    steps: list[PlannedStep]
+
+
+class Phase(BaseModel):
+    """Chains run at the same time; the next phase starts when all have ended."""
+
+    name: str
+    chains: list[Chain]
+
+
+class MovePlan(BaseModel):
+    """The plan of a clean move, shown before anything changes (and all a dry run does)."""
+
+    site: str
+    from_host: str
+    to_host: str
+    mode: Mode
+    force: bool
+    drain_timeout_s: float
+    ok: bool
+    problems: list[str] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
+    agents: list[AgentMove] = Field(default_factory=list)
+    phases: list[Phase] = Field(default_factory=list)
+    estimated_downtime_s: dict[str, float] = Field(default_factory=dict)
+    estimated_duration_s: float = 0.0
+
+    @property
+    def steps(self) -> list[PlannedStep]:
+        """Every step, in plan order."""
+        return [s for p in self.phases for c in p.chains for s in c.steps]
+
+    def steps_on(self, host: str) -> list[PlannedStep]:
+        """The steps that act on one host, in order."""
+        return [s for s in self.steps if s.host == host]
+
+    @property
+    def channels(self) -> list[str]:
+        """The channels the move touches."""
+        return [m.channel for m in self.agents if m.channel is not None]
+
+
+def _cmd(site: Site, command: str, **values: str) -> str:
+    return shell_command(site.commands.argv(command, **values))
+
+
+def _step(
+    site: Site,
+    sid: str,
+    verb: Verb,
+    host: str,
+    agents: list[str],
+    channels: list[str],
+    *,
+    all_agents: bool = False,
+) -> PlannedStep:
+    cmds: list[str]
+    if verb == "set-inactive":
+        cmds = [_cmd(site, "set_channel_state", channel=c, state="Inactive") for c in channels]
+    elif verb == "set-active":
+        cmds = [_cmd(site, "set_channel_state", channel=c, state="Active") for c in channels]
+    elif verb == "wait-drained":
+        cmds = [
+            shell_command(site.commands.argv("list_processes"))
+            + f"  # until no {c}__* process runs"
+            for c in channels
+        ]
+    elif verb == "write-disabled":
+        cmds = [
+            shell_command(site.commands.disabled_argv("write")) + "  # adds " + ", ".join(agents)
+        ]
+    elif verb == "clear-disabled":
+        cmds = [
+            shell_command(site.commands.disabled_argv("write")) + "  # removes " + ", ".join(agents)
+        ]
+    elif verb == "stop":
+        cmds = (
+            [_cmd(site, "stop_all")]
+            if all_agents
+            else [_cmd(site, "stop_agent", agent=a) for a in agents]
+        )
+    else:
+        cmds = [_cmd(site, "start_agent", agent=a) for a in agents]
+    return PlannedStep(
+        id=sid,
+        verb=verb,
+        host=host,
+        agents=agents,
+        channels=channels,
+        commands=cmds,
+        all_agents=all_agents and verb == "stop",
+    )
+
+
+def _classify(
+    site: Site, snap: SiteSnapshot, req: MoveRequest, problems: list[str], notes: list[str]
+) -> list[AgentMove]:
+    src, dst = snap.host(req.from_host), snap.host(req.to_host)
+    pair = {req.from_host, req.to_host}
+    candidates = [a for a in site.service.agents if {a.primary, a.backup} == pair]
+    if req.agents is not None:
+        known = {a.name: a for a in site.service.agents}
+        chosen = []
+        for name in req.agents:
+            agent = known.get(name)
+            if agent is None:
+                problems.append(f"agent {name} is not in site {site.site}")
+            elif {agent.primary, agent.backup} != pair:
+                problems.append(
+                    f"{name} is configured on {agent.primary} and {agent.backup}, not on "
+                    f"{req.from_host} and {req.to_host}; it cannot move between them"
+                )
+            else:
+                chosen.append(agent)
+        candidates = chosen
+    moves: list[AgentMove] = []
+    for a in candidates:
+        on_src, on_dst = src.runs(a.name), dst.runs(a.name)
+        ch_state = snap.channels.get(a.channel) if a.channel else None
+        if on_src and on_dst:
+            problems.append(
+                f"{a.name} runs on both {req.from_host} and {req.to_host}; stop the one that "
+                "should not run (one of them cannot hold the DB lock) and plan again"
+            )
+            continue
+        if on_src:
+            state: AgentState = "on-source"
+            action: Literal["move", "start", "finish"] = "move"
+        elif on_dst:
+            state, action = "on-target", "finish"
+            unfinished = (ch_state not in (None, "Active")) or a.name not in src.disabled
+            if req.agents is None and not unfinished:
+                continue  # it simply lives there: not part of this move
+            notes.append(f"{a.name} already runs on {req.to_host}: only finishing its move")
+        else:
+            state, action = "on-neither", "start"
+            began = a.name in src.disabled or (ch_state not in (None, "Active"))
+            if req.agents is None and not began:
+                notes.append(f"{a.name} runs on neither host and no move of it began; left alone")
+                continue
+            notes.append(f"{a.name} runs on neither host: it will be started on {req.to_host}")
+        running = src.running_transfers(a.channel) if a.channel else 0
+        moves.append(
+            AgentMove(
+                agent=a.name,
+                channel=a.channel,
+                vo=a.vo,
+                state=state,
+                action=action,
+                running_transfers=running,
+                channel_state=ch_state,
+                estimated_drain_s=req.expected_transfer_s if running and action == "move" else 0.0,
+            )
+        )
+    return moves
+
+
+def _chain_steps(
+    site: Site,
+    req: MoveRequest,
+    ms: list[AgentMove],
+    prefix: str,
+    *,
+    drain: bool = True,
+    all_agents: bool = False,
+) -> list[PlannedStep]:
+    """The seed's steps 3-8 for a group of agents (all of them in one step each)."""
+    steps: list[PlannedStep] = []
+    src, dst = req.from_host, req.to_host
+    moving = [m for m in ms if m.action == "move"]
+    starting = [m for m in ms if m.action in ("move", "start")]
+    chans = [m.channel for m in ms if m.channel]
+    move_chans = [m.channel for m in moving if m.channel]
+    if drain and move_chans:
+        steps.append(_step(site, f"{prefix}set-inactive", "set-inactive", src, [], move_chans))
+        steps.append(_step(site, f"{prefix}wait-drained", "wait-drained", src, [], move_chans))
+    if ms:
+        # every agent of the move is listed on the source (a no-op where it already is), so a
+        # reboot of the source does not start it there again
+        steps.append(
+            _step(site, f"{prefix}write-disabled", "write-disabled", src, [m.agent for m in ms], [])
+        )
+    if moving:
+        steps.append(
+            _step(
+                site,
+                f"{prefix}stop",
+                "stop",
+                src,
+                [m.agent for m in moving],
+                [],
+                all_agents=all_agents,
+            )
+        )
+    if starting:
+        names = [m.agent for m in starting]
+        steps.append(_step(site, f"{prefix}clear-disabled", "clear-disabled", dst, names, []))
+        steps.append(_step(site, f"{prefix}start", "start", dst, names, []))
+    if chans:
+        steps.append(_step(site, f"{prefix}set-active", "set-active", dst, [], chans))
+    return steps
+
+
+def plan_clean_move(site: Site, snap: SiteSnapshot, req: MoveRequest) -> MovePlan:
+    """Plan a clean move of agents from `req.from_host` to `req.to_host`.
+
+    Args:
+        site: the site.
+        snap: a snapshot of (at least) both hosts, with channel states.
+        req: the request.
+
+    Returns:
+        The plan. ``ok`` is False when a pre-check failed; ``problems`` then says why, and the plan
+        has no steps (nothing may change).
+    """
+    problems: list[str] = []
+    notes: list[str] = []
+    base = dict(
+        site=site.site,
+        from_host=req.from_host,
+        to_host=req.to_host,
+        mode=req.mode,
+        force=req.force,
+        drain_timeout_s=req.drain_timeout_s,
+    )
+    if req.from_host == req.to_host:
+        problems.append(f"source and target are both {req.from_host}")
+    for h in (req.from_host, req.to_host):
+        if h not in {x.name for x in site.hosts}:
+            problems.append(f"host {h} is not in site {site.site} ({site.host_names()})")
+    if problems:
+        return MovePlan(**base, ok=False, problems=problems)
+    for h in (req.from_host, req.to_host):
+        try:
+            hs = snap.host(h)
+        except KeyError:
+            problems.append(f"{h} is missing from the snapshot")
+            continue
+        if not hs.reachable:
+            problems.append(
+                f"{h} is unreachable ({hs.error}); a clean move needs both hosts. If {h} has "
+                "failed, use the emergency move"
+            )
+    if not problems and site.channels and not snap.channels:
+        problems.append("channel states could not be read")
+    if problems:
+        return MovePlan(**base, ok=False, problems=problems)
+    moves = _classify(site, snap, req, problems, notes)
+    if problems:
+        return MovePlan(**base, ok=False, problems=problems, notes=notes, agents=moves)
+    if not moves:
+        notes.append(f"nothing to move from {req.from_host} to {req.to_host}")
+        return MovePlan(**base, ok=True, notes=notes)
+
+    phases: list[Phase] = []
+    if req.mode == "full":
+        everything = moves
+        all_on_source = (
+            all(m.action == "move" for m in moves)
+            and req.agents is None
+            and len(snap.host(req.from_host).agents) == len(moves)
+        )
+        phases.append(
+            Phase(
+                name="full move",
+                chains=[
+                    Chain(
+                        name="all agents",
+                        steps=_chain_steps(site, req, everything, "all/", all_agents=all_on_source),
+                    )
+                ],
+            )
+        )
+    elif req.mode == "staged":
+        steps: list[PlannedStep] = []
+        for m in moves:
+            steps += _chain_steps(site, req, [m], f"{m.channel or m.vo}/")
+        phases.append(
+            Phase(name="staged move", chains=[Chain(name="one agent at a time", steps=steps)])
+        )
+    else:
+        move_chans = [m.channel for m in moves if m.action == "move" and m.channel]
+        if move_chans:
+            phases.append(
+                Phase(
+                    name="stop new transfers",
+                    chains=[
+                        Chain(
+                            name="all channels",
+                            steps=[
+                                _step(
+                                    site,
+                                    "all/set-inactive",
+                                    "set-inactive",
+                                    req.from_host,
+                                    [],
+                                    move_chans,
+                                )
+                            ],
+                        )
+                    ],
+                )
+            )
+        chains = []
+        for m in moves:
+            label = m.channel or f"vo-{m.vo}"
+            steps = []
+            if m.action == "move" and m.channel:
+                steps.append(
+                    _step(
+                        site,
+                        f"{label}/wait-drained",
+                        "wait-drained",
+                        req.from_host,
+                        [],
+                        [m.channel],
+                    )
+                )
+            steps += _chain_steps(site, req, [m], f"{label}/", drain=False)
+            chains.append(Chain(name=label, steps=steps))
+        phases.append(Phase(name="move each agent as its channel drains", chains=chains))
+
+    restart = req.expected_restart_s
+    chans = [m for m in moves if m.channel]
+    longest = max((m.estimated_drain_s for m in chans), default=0.0)
+    if req.mode == "full":
+        downtime = {str(m.channel): longest + restart for m in chans}
+        duration = longest + restart
+    else:
+        downtime = {str(m.channel): m.estimated_drain_s + restart for m in chans}
+        duration = sum(downtime.values()) if req.mode == "staged" else longest + restart
+    return MovePlan(
+        **base,
+        ok=True,
+        notes=notes,
+        agents=moves,
+        phases=phases,
+        estimated_downtime_s=downtime,
+        estimated_duration_s=duration,
+    )
+
+
+def plan_markdown(plan: MovePlan) -> str:
+    """The plan as markdown: per phase and chain, each step with its host and exact commands."""
+    out = [f"## Clean move plan: {plan.from_host} -> {plan.to_host} ({plan.mode} mode)", ""]
+    if not plan.ok:
+        out += ["**Pre-checks failed; nothing will change:**", ""]
+        out += [f"- {p}" for p in plan.problems]
+        return "\n".join(out)
+    out += [
+        "| agent | now | running transfers | channel | action | est. downtime |",
+        "|---|---|---|---|---|---|",
+    ]
+    for m in plan.agents:
+        est = plan.estimated_downtime_s.get(m.channel or "", 0.0)
+        out.append(
+            f"| {m.agent} | {m.state} | {m.running_transfers} | "
+            f"{m.channel or '-'} {m.channel_state or ''} | {m.action} | "
+            f"{est:.0f} s |"
+        )
+    out += [
+        "",
+        f"Estimated duration: {plan.estimated_duration_s:.0f} s; drain timeout "
+        f"{plan.drain_timeout_s:.0f} s{'; FORCED after timeout' if plan.force else ''}.",
+        "",
+    ]
+    for note in plan.notes:
+        out.append(f"- {note}")
+    for phase in plan.phases:
+        out += ["", f"### {phase.name}"]
+        for chain in phase.chains:
+            if len(phase.chains) > 1:
+                out.append(f"- **{chain.name}**")
+            for s in chain.steps:
+                out.append(f"  1. `{s.host}` {s.verb}: " + "; ".join(f"`{c}`" for c in s.commands))
+    return "\n".join(out)

@@ -1,0 +1,50 @@
+"""Progress events of a running procedure, for whoever watches it in this process.
+
+A procedure calls `emit(kind, **data)` at each milestone. The events always go to the run's log;
+`handover run` also registers a sink that draws them in the terminal, and tests register sinks to
+act at a precise moment of a procedure (e.g. inject a fault right after the agents have stopped).
+Sinks must be quick and must not raise; a failing sink is dropped from that event, never the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+Sink = Callable[[str, dict[str, Any]], None]
+
+_sinks: list[Sink] = []
+_lock = threading.Lock()
+
+
+def add_sink(sink: Sink) -> None:
+    """Register a sink for every event emitted in this process."""
+    with _lock:
+        _sinks.append(sink)
+
+
+def remove_sink(sink: Sink) -> None:
+    """Unregister a sink (no error if it was not registered)."""
+    with _lock, contextlib.suppress(ValueError):
+        _sinks.remove(sink)
+
+
+@contextlib.contextmanager
+def sink(fn: Sink) -> Iterator[None]:
+    """Register `fn` for the duration of a block."""
+    add_sink(fn)
+    try:
+        yield
+    finally:
+        remove_sink(fn)
+
+
+def emit(kind: str, **data: Any) -> None:
+    """Send an event to every sink."""
+    with _lock:
+        sinks = list(_sinks)
+    for s in sinks:
+        with contextlib.suppress(Exception):
+            s(kind, data)

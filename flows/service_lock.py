@@ -1,0 +1,148 @@
+"""One procedure per service at a time (DESIGN rule 5).
+
+The lock is a Prefect global concurrency limit of 1 slot per service, acquired with a lease that
+the holder renews in the background: a killed flow stops renewing and the server reclaims the slot
+(lease duration plus the repossessor's loop, 15 s by default). The holder also records itself in a
+Prefect Variable, so a refusal names the run that holds the service, and so a run on the same
+machine can take over at once from a holder whose process has died.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import re
+import socket
+from collections.abc import Iterator
+from typing import Any
+from uuid import UUID
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.concurrency._leases import maintain_concurrency_lease
+from prefect.concurrency._sync import acquire_concurrency_slots_with_lease
+from prefect.context import FlowRunContext
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+LEASE_S = float(os.environ.get("HANDOVER_LOCK_LEASE_S", "60"))
+
+
+class ServiceBusy(RuntimeError):
+    """Another procedure runs for this service; the message names it."""
+
+
+def lock_name(site: str, service: str) -> str:
+    """The concurrency limit's name for a service."""
+    return re.sub(r"[^a-z0-9-]", "-", f"handover-{site}-{service}".lower())
+
+
+def _holder_var(name: str) -> str:
+    return name.replace("-", "_") + "_holder"
+
+
+def _describe(holder: dict[str, Any]) -> str:
+    return (
+        f"{holder.get('procedure', '?')} run {holder.get('flow_run_name', '?')} "
+        f"(id {holder.get('flow_run_id', '?')}, started {holder.get('since', '?')} by pid "
+        f"{holder.get('pid', '?')} on {holder.get('hostname', '?')})"
+    )
+
+
+def _read_holder(client: Any, name: str) -> dict[str, Any] | None:
+    var = client.read_variable_by_name(_holder_var(name))
+    if var is None:
+        return None
+    try:
+        data: dict[str, Any] = json.loads(str(var.value))
+    except ValueError:
+        return None
+    return data
+
+
+def _holder_dead_here(holder: dict[str, Any]) -> bool:
+    if holder.get("hostname") != socket.gethostname():
+        return False
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, KeyError, ValueError):
+        return False
+    return False
+
+
+@contextlib.contextmanager
+def service_lock(site: str, service: str, procedure: str) -> Iterator[None]:
+    """Hold the service for the duration of the block, or raise `ServiceBusy` at once.
+
+    Raises:
+        ServiceBusy: another procedure holds the service; the message names it and says what to do.
+    """
+    name = lock_name(site, service)
+    with get_client(sync_client=True) as client:
+        with contextlib.suppress(ObjectAlreadyExists):
+            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+    lease: UUID | None = None
+    for attempt in range(2):
+        try:
+            response = acquire_concurrency_slots_with_lease(
+                [name],
+                1,
+                timeout_seconds=1,
+                strict=True,
+                lease_duration=LEASE_S,
+                max_retries=0,
+                suppress_warnings=True,
+            )
+            lease = response.lease_id
+            break
+        except TimeoutError:
+            with get_client(sync_client=True) as client:
+                holder = _read_holder(client, name)
+                if attempt == 0 and holder and holder.get("lease") and _holder_dead_here(holder):
+                    # the holder's process is gone: free its slot now rather than in a minute
+                    with contextlib.suppress(ObjectNotFound):
+                        client.release_concurrency_slots_with_lease(UUID(holder["lease"]))
+                    continue
+            who = _describe(holder) if holder else "another run (it did not record itself)"
+            raise ServiceBusy(
+                f"refused: a procedure is already running for service {service} of site {site}: "
+                f"{who}. Wait for it to end, or cancel it in the Prefect UI; a run whose process "
+                f"died releases the service within {LEASE_S + 15:.0f} s"
+            ) from None
+    assert lease is not None
+    ctx = FlowRunContext.get()
+    holder = {
+        "procedure": procedure,
+        "flow_run_id": str(ctx.flow_run.id) if ctx and ctx.flow_run else None,
+        "flow_run_name": ctx.flow_run.name if ctx and ctx.flow_run else None,
+        "since": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "pid": os.getpid(),
+        "hostname": socket.gethostname(),
+        "lease": str(lease),
+    }
+    try:
+        with get_client(sync_client=True) as client:
+            _write_holder(client, name, holder)
+        with maintain_concurrency_lease(
+            lease, LEASE_S, raise_on_lease_renewal_failure=False, suppress_warnings=True
+        ):
+            yield
+    finally:
+        with get_client(sync_client=True) as client:
+            with contextlib.suppress(ObjectNotFound):
+                client.delete_variable_by_name(_holder_var(name))
+            with contextlib.suppress(ObjectNotFound):
+                client.release_concurrency_slots_with_lease(lease)
+
+
+def _write_holder(client: Any, name: str, holder: dict[str, Any]) -> None:
+    from prefect.client.schemas.actions import VariableCreate, VariableUpdate
+
+    value = json.dumps(holder)
+    try:
+        client.create_variable(VariableCreate(name=_holder_var(name), value=value))
+    except ObjectAlreadyExists:
+        client.update_variable(VariableUpdate(name=_holder_var(name), value=value))

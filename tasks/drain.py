@@ -1,0 +1,120 @@
+"""The drain wait: until no transfer of some channels runs on a host, with a bound.
+
+One `DrainMonitor` polls the host (one `ps` per poll, whatever the number of channels) and keeps
+the running-transfer count of each channel; each waiter blocks until a poll that began after its
+channel was set Inactive shows zero transfers for it, or until its deadline. The monitor calls
+`on_poll` after every poll (the flow publishes progress from there).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from config.site import Site
+from tasks.site_state import snapshot_host
+
+
+class DrainTimeout(RuntimeError):
+    """Channels still ran transfers at the deadline. `running` has the last counts."""
+
+    def __init__(self, host: str, running: dict[str, int], timeout_s: float) -> None:
+        self.host = host
+        self.running = running
+        self.timeout_s = timeout_s
+        busy = ", ".join(f"{c} ({n} running)" for c, n in running.items() if n)
+        super().__init__(
+            f"{host}: {busy} did not drain within {timeout_s:.0f} s; their agents stay on "
+            f"{host} and their channels are set Active again. Re-run the move later, or force "
+            "it (running transfers then lose their state)"
+        )
+
+
+class Cancelled(RuntimeError):
+    """The procedure was asked to stop."""
+
+
+class DrainMonitor:
+    """Polls a host's transfers per channel while waiters wait for their channels to drain."""
+
+    def __init__(
+        self,
+        site: Site,
+        host: str,
+        channels: list[str],
+        poll_s: float,
+        cancel: threading.Event,
+        on_poll: Callable[[dict[str, int]], None] | None = None,
+    ) -> None:
+        self.site = site
+        self.host = host
+        self.channels = channels
+        self.poll_s = poll_s
+        self.cancel = cancel
+        self.on_poll = on_poll
+        self.running: dict[str, int] = dict.fromkeys(channels, -1)
+        self.polled_at = 0.0  # monotonic time at which the last good poll began
+        self.error: str | None = None
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, runner: Callable[[Callable[[], None]], threading.Thread] | None = None) -> None:
+        """Start polling in a thread (`runner` may wrap the target, e.g. to copy a context)."""
+        self._thread = (runner or (lambda f: threading.Thread(target=f, daemon=True)))(self._loop)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop polling."""
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=self.poll_s + 35)
+
+    def poll_once(self) -> None:
+        """One poll of the host (also usable without the thread)."""
+        began = time.monotonic()
+        snap = snapshot_host(self.site, self.host)
+        with self._cond:
+            if snap.reachable:
+                self.running = {c: snap.running_transfers(c) for c in self.channels}
+                self.polled_at = began
+                self.error = None
+            else:
+                self.error = snap.error
+            self._cond.notify_all()
+        if self.on_poll is not None and snap.reachable:
+            self.on_poll(dict(self.running))
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            start = time.monotonic()
+            self.poll_once()
+            self._stop.wait(max(0.0, self.poll_s - (time.monotonic() - start)))
+
+    def wait(self, channels: list[str], since: float, timeout_s: float) -> dict[str, int]:
+        """Block until `channels` run no transfer in a poll begun after `since` (monotonic).
+
+        Returns:
+            The counts of the poll that showed them drained (all zero).
+
+        Raises:
+            DrainTimeout: at the deadline, with the last counts.
+            Cancelled: when the procedure is cancelled while waiting.
+        """
+        deadline = since + timeout_s
+        with self._cond:
+            while True:
+                if self.cancel.is_set():
+                    raise Cancelled("cancelled while waiting for the drain")
+                fresh = self.polled_at > since
+                if fresh and all(self.running.get(c, 0) == 0 for c in channels):
+                    return {c: 0 for c in channels}
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise DrainTimeout(
+                        self.host, {c: self.running.get(c, -1) for c in channels}, timeout_s
+                    )
+                self._cond.wait(timeout=min(left, 0.5))
