@@ -56,6 +56,15 @@ CHANNEL_AGENT_PREFIX = "glite-transfer-channel-agent-urlcopy-"
 VO_AGENT_PREFIX = "glite-transfer-vo-agent-"
 
 
+def short_name(agent: str) -> str:
+    """A short label for an agent: its channel (``CERN-CERN``) or ``vo atlas``."""
+    if agent.startswith(CHANNEL_AGENT_PREFIX):
+        return agent.removeprefix(CHANNEL_AGENT_PREFIX)
+    if agent.startswith(VO_AGENT_PREFIX):
+        return "vo " + agent.removeprefix(VO_AGENT_PREFIX)
+    return agent
+
+
 class _Model(BaseModel):
     """Base for every site model: unknown keys are errors (a typo must not pass silently)."""
 

@@ -21,6 +21,7 @@ from uuid import UUID
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
 from prefect.concurrency._leases import maintain_concurrency_lease
 from prefect.concurrency._sync import acquire_concurrency_slots_with_lease
 from prefect.context import FlowRunContext
@@ -98,7 +99,7 @@ def service_lock(site: str, service: str, procedure: str) -> Iterator[None]:
             )
             lease = response.lease_id
             break
-        except TimeoutError:
+        except (TimeoutError, ConcurrencySlotAcquisitionError):
             with get_client(sync_client=True) as client:
                 holder = _read_holder(client, name)
                 if attempt == 0 and holder and holder.get("lease") and _holder_dead_here(holder):

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from config.loader import SiteConfigError, load_site
+from config.site import short_name as short
 
 DEFAULT_SITE = Path(__file__).resolve().parent.parent / "config" / "sites" / "lab.yaml"
 
@@ -180,17 +181,6 @@ def _lab_dispatch(args: argparse.Namespace) -> int:
     raise AssertionError(action)
 
 
-def short(agent: str) -> str:
-    """A short label for an agent: its channel, or `vo NAME`."""
-    from config.site import CHANNEL_AGENT_PREFIX, VO_AGENT_PREFIX
-
-    if agent.startswith(CHANNEL_AGENT_PREFIX):
-        return agent.removeprefix(CHANNEL_AGENT_PREFIX)
-    if agent.startswith(VO_AGENT_PREFIX):
-        return "vo " + agent.removeprefix(VO_AGENT_PREFIX)
-    return agent
-
-
 def _print_status(st: Any) -> None:
     out.print(
         f"lab {'[green]up[/green]' if st.up else '[red]down[/red]'} (site {st.site}); "
@@ -226,6 +216,44 @@ def _print_status(st: Any) -> None:
         for name, c in st.channels.items():
             ch.add_row(name, c.state, str(c.pending), str(c.active))
         out.print(ch)
+
+
+# --- procedures ---------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """`handover run clean-move ...`."""
+    from infra.run import run_procedure
+
+    load_site(args.site)  # a malformed site file is reported before anything starts
+    params: dict[str, Any] = {
+        "site_file": str(Path(args.site).resolve()),
+        "from_host": args.from_host,
+        "to_host": args.to_host,
+        "mode": args.mode,
+        "dry_run": args.dry_run,
+        "force_after_drain_timeout": args.force,
+    }
+    if args.agents:
+        params["agents"] = [a.strip() for a in args.agents.split(",") if a.strip()]
+    if args.drain_timeout:
+        params["drain_timeout_s"] = args.drain_timeout
+    if args.poll_interval:
+        params["poll_interval_s"] = args.poll_interval
+    if args.yes:
+        params["pause_for_approval"] = False
+    return run_procedure(args.procedure, params, as_json=args.json)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """`handover serve`: serve every deployment from one process."""
+    from infra.run import configure_api
+    from infra.serve import serve_all
+
+    load_site(args.site)
+    configure_api(err)
+    serve_all(args.site, poll_s=args.poll_interval, limit=args.limit)
+    return 0
 
 
 # --- server -------------------------------------------------------------------------------------
@@ -326,6 +354,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("argv", nargs=argparse.REMAINDER)
     _site_arg(p)
     lab.set_defaults(func=cmd_lab)
+
+    p = sub.add_parser("run", help="run a procedure and print its report")
+    p.add_argument("procedure", choices=["clean-move"])
+    _site_arg(p)
+    p.add_argument("--from", dest="from_host", required=True, help="host the agents leave")
+    p.add_argument("--to", dest="to_host", required=True, help="host they go to")
+    p.add_argument("--mode", choices=["pipelined", "full", "staged"], default="pipelined")
+    p.add_argument("--agents", help="comma-separated agent names (default: all on the host)")
+    p.add_argument("--drain-timeout", type=float, help="seconds (default: the site's policy)")
+    p.add_argument("--poll-interval", type=float, help="seconds (default: the site's policy)")
+    p.add_argument("--dry-run", action="store_true", help="show the plan, change nothing")
+    p.add_argument(
+        "--yes",
+        action="store_true",
+        help="approve up front (no pause for approval; recorded as yours)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="after the drain timeout, move anyway: running transfers lose their state",
+    )
+    p.add_argument("--json", action="store_true", help="print the typed result as JSON")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("serve", help="serve the deployments of deployments/prefect.yaml")
+    _site_arg(p)
+    p.add_argument(
+        "--poll-interval",
+        type=float,
+        default=1.0,
+        help="seconds between checks for runs to start (default 1)",
+    )
+    p.add_argument("--limit", type=int, default=None, help="at most this many runs at once")
+    p.set_defaults(func=cmd_serve)
 
     srv = sub.add_parser("server", help="a local Prefect server (embedded SQLite)")
     srv.add_argument("server_action", choices=["start", "stop", "status"])

@@ -12,7 +12,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from config.loader import load_site
-from infra.cli import DEFAULT_SITE, _print_status, short
+from config.site import short_name as short
+from infra.cli import DEFAULT_SITE, _print_status
 from infra.lab.lab import Lab, LabError, missing_prerequisites
 from infra.prefect_server import ensure_server
 

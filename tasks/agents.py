@@ -10,6 +10,7 @@ retry only on transient SSH errors.
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from prefect import task
@@ -17,7 +18,7 @@ from prefect.cache_policies import NO_CACHE
 
 from config.site import Site
 from tasks import remote
-from tasks.outcome import StepFailed, StepResult, count, now, was
+from tasks.outcome import StepFailed, StepResult, count, listing, now, was
 from tasks.site_state import HostSnapshot, snapshot_host
 from tasks.ssh import CommandResult, TransientSshError
 
@@ -89,7 +90,8 @@ def stop_agents(site: Site, host: str, agents: list[str] | None = None) -> StepR
                 verb=verb,
             )
     sentence = (
-        f"{host}: stopped {count(len(running), 'agent')}, {len(already)} {was(len(already))} "
+        f"{host}: stopped {count(len(running), 'agent')}{listing(running)}, {len(already)} "
+        f"{was(len(already))} "
         "already stopped"
     )
     return StepResult(
@@ -150,7 +152,8 @@ def start_agents(site: Site, host: str, agents: list[str]) -> StepResult:
                 verb=verb,
             )
     sentence = (
-        f"{host}: started {count(len(to_start), 'agent')}, {len(already)} {was(len(already))} "
+        f"{host}: started {count(len(to_start), 'agent')}{listing(to_start)}, {len(already)} "
+        f"{was(len(already))} "
         "already running"
     )
     return StepResult(
@@ -165,8 +168,24 @@ def start_agents(site: Site, host: str, agents: list[str]) -> StepResult:
     )
 
 
+_edit_locks: dict[tuple[str, str], threading.Lock] = {}
+_edit_locks_guard = threading.Lock()
+
+
+def _edit_lock(site: Site, host: str) -> threading.Lock:
+    # the edit is read-modify-write on the host: two chains of one move (pipelined) must not
+    # interleave on the same file; two procedures never run at once for a service
+    with _edit_locks_guard:
+        return _edit_locks.setdefault((site.site, host), threading.Lock())
+
+
 def _edit_disabled(site: Site, host: str, agents: list[str], listed: bool) -> StepResult:
     """Make each agent listed (`listed=True`) or not listed in the host's `.disabled` file."""
+    with _edit_lock(site, host):
+        return _edit_disabled_locked(site, host, agents, listed)
+
+
+def _edit_disabled_locked(site: Site, host: str, agents: list[str], listed: bool) -> StepResult:
     verb = "write-disabled" if listed else "clear-disabled"
     path = site.commands.disabled_file
     started = now()
@@ -200,13 +219,13 @@ def _edit_disabled(site: Site, host: str, agents: list[str], listed: bool) -> St
             )
     if listed:
         sentence = (
-            f"{host}: disabled {count(len(change), 'agent')} in {path}, {len(same)} "
-            f"{was(len(same))} already listed"
+            f"{host}: disabled {count(len(change), 'agent')}{listing(change)} in {path}, "
+            f"{len(same)} {was(len(same))} already listed"
         )
     else:
         sentence = (
-            f"{host}: cleared {count(len(change), 'agent')} from {path}, {len(same)} "
-            f"{was(len(same))} not listed"
+            f"{host}: cleared {count(len(change), 'agent')}{listing(change)} from {path}, "
+            f"{len(same)} {was(len(same))} not listed"
         )
     return StepResult(
         host=host,

@@ -10,7 +10,7 @@ from prefect.cache_policies import NO_CACHE
 
 from config.site import Site
 from tasks import remote
-from tasks.outcome import StepFailed, StepResult, count, now, was
+from tasks.outcome import StepFailed, StepResult, count, listing, now, was
 from tasks.site_state import read_channel_state
 
 ChannelState = Literal["Active", "Inactive"]
@@ -71,7 +71,8 @@ def set_channels(site: Site, host: str, channels: list[str], state: ChannelState
                 verb=verb,
             )
     sentence = (
-        f"{host}: set {count(len(to_set), 'channel')} {state}, {len(same)} {was(len(same))} "
+        f"{host}: set {count(len(to_set), 'channel')}{listing(to_set)} {state}, {len(same)} "
+        f"{was(len(same))} "
         f"already {state}"
     )
     return StepResult(

@@ -45,6 +45,17 @@ def count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
+def listing(items: list[str], most: int = 6) -> str:
+    """`` (a, b)`` for the items (agents by their short name), or ``""`` when there are none."""
+    from config.site import short_name
+
+    if not items:
+        return ""
+    shown = [short_name(i) for i in items[:most]]
+    more = f", +{len(items) - most} more" if len(items) > most else ""
+    return f" ({', '.join(shown)}{more})"
+
+
 def was(n: int) -> str:
     """``was`` or ``were``."""
     return "was" if n == 1 else "were"

@@ -137,3 +137,45 @@ def kill_sessions(running: RunningLab, address: str, application: str | None = N
             n=application,
         )
     return len(rows)
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[str]:
+    """A real (temporary) Prefect server for the whole test session; yields its API URL."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield str(PREFECT_API_URL.value())
+
+
+def place_on_primaries(running: RunningLab) -> None:
+    """Put every agent back on its primary host, listed disabled on its backup, channels Active."""
+    from tasks import agents as verbs
+    from tasks.channels import set_channels
+    from tasks.site_state import snapshot_site
+
+    site = running.site
+    snap = snapshot_site(site)
+    in_place = all(snap.where(a.name) == [a.primary] for a in site.service.agents) and all(
+        sorted(h.disabled) == sorted(a.name for a in site.service.agents if a.backup == h.host)
+        for h in snap.hosts
+    )
+    if in_place and set(snap.channels.values()) == {"Active"}:
+        return
+    by_host: dict[str, list[str]] = {}
+    for a in site.service.agents:
+        for h in snap.where(a.name):
+            if h != a.primary:
+                by_host.setdefault(h, []).append(a.name)
+    for host, names in by_host.items():
+        verbs.stop_agents(site, host, names)
+    for h in site.hosts:
+        backups = [a.name for a in site.service.agents if a.backup == h.name]
+        primaries = [a.name for a in site.service.agents if a.primary == h.name]
+        if backups:
+            verbs.write_disabled(site, h.name, backups)
+        if primaries:
+            verbs.clear_disabled(site, h.name, primaries)
+            verbs.start_agents(site, h.name, primaries)
+    set_channels(site, site.hosts[0].name, site.channels, "Active")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 from prefect import flow
-from prefect.testing.utilities import prefect_test_harness
 
 from tasks import agents as verbs
 from tasks.channels import set_channels, set_channels_task
@@ -18,13 +17,15 @@ CNAF = "glite-transfer-channel-agent-urlcopy-CERN-CNAF"
 
 def test_stop_is_idempotent_and_says_what_it_did(lab: RunningLab) -> None:
     first = verbs.stop_agents(lab.site, "fts102", [PIC])
-    assert first.sentence == "fts102: stopped 1 agent, 0 were already stopped"
+    assert first.sentence == "fts102: stopped 1 agent (CERN-PIC), 0 were already stopped"
     assert first.changed == [PIC] and first.commands
     second = verbs.stop_agents(lab.site, "fts102", [PIC, CNAF])
-    assert second.sentence == "fts102: stopped 1 agent, 1 was already stopped"
+    assert second.sentence == "fts102: stopped 1 agent (CERN-CNAF), 1 was already stopped"
     assert not snapshot_host(lab.site, "fts102").agents
     again = verbs.start_agents(lab.site, "fts102", [PIC, CNAF])
-    assert again.sentence == "fts102: started 2 agents, 0 were already running"
+    assert (
+        again.sentence == "fts102: started 2 agents (CERN-PIC, CERN-CNAF), 0 were already running"
+    )
     same = verbs.start_agents(lab.site, "fts102", [PIC, CNAF])
     assert same.sentence == "fts102: started 0 agents, 2 were already running"
     assert same.commands == []
@@ -72,14 +73,19 @@ def test_start_refuses_an_agent_not_configured_there(lab: RunningLab) -> None:
 
 def test_channels(lab: RunningLab) -> None:
     res = set_channels(lab.site, "fts102", ["CERN-PIC", "CERN-CNAF"], "Inactive")
-    assert res.sentence == "fts102: set 2 channels Inactive, 0 were already Inactive"
+    assert (
+        res.sentence
+        == "fts102: set 2 channels (CERN-PIC, CERN-CNAF) Inactive, 0 were already Inactive"
+    )
     res = set_channels(lab.site, "fts102", ["CERN-PIC", "CERN-CNAF"], "Active")
-    assert res.sentence == "fts102: set 2 channels Active, 0 were already Active"
+    assert (
+        res.sentence == "fts102: set 2 channels (CERN-PIC, CERN-CNAF) Active, 0 were already Active"
+    )
     with pytest.raises(StepFailed, match="unknown channel"):
         set_channels(lab.site, "fts102", ["CERN-NOWHERE"], "Active")
 
 
-def test_verbs_run_as_prefect_tasks(lab: RunningLab) -> None:
+def test_verbs_run_as_prefect_tasks(lab: RunningLab, prefect_api: str) -> None:
     @flow
     def little_procedure() -> list[str]:
         snap = snapshot_site_task(lab.site, ["fts102"])
@@ -89,10 +95,9 @@ def test_verbs_run_as_prefect_tasks(lab: RunningLab) -> None:
         out.append(set_channels_task(lab.site, "fts102", ["CERN-PIC"], "Active").sentence)
         return out
 
-    with prefect_test_harness(server_startup_timeout=120):
-        sentences = little_procedure()
+    sentences = little_procedure()
     assert sentences == [
-        "fts102: stopped 2 agents, 0 were already stopped",
-        "fts102: started 2 agents, 0 were already running",
+        "fts102: stopped 2 agents (CERN-PIC, CERN-CNAF), 0 were already stopped",
+        "fts102: started 2 agents (CERN-PIC, CERN-CNAF), 0 were already running",
         "fts102: set 0 channels Active, 1 was already Active",
     ]

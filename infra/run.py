@@ -1,0 +1,119 @@
+"""`handover run PROCEDURE ...`: run a procedure against the configured Prefect API, show its
+progress in the terminal and print its report (or, with --json, its typed result).
+
+Exit codes: 0 completed (or dry run), 2 partial (the site is consistent but not everything moved),
+3 rejected, 1 failed, refused or cancelled.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.markup import escape
+from rich.text import Text
+
+from flows import progress
+from infra import prefect_server
+
+EXIT = {"completed": 0, "dry-run": 0, "partial": 2, "rejected": 3}
+
+
+def configure_api(console: Console) -> str:
+    """Use PREFECT_API_URL when set; otherwise the local server (started if needed)."""
+    url = os.environ.get("PREFECT_API_URL")
+    if url:
+        return url
+    url, started = prefect_server.ensure_server()
+    os.environ["PREFECT_API_URL"] = url
+    console.print(
+        f"[dim]PREFECT_API_URL not set: using the local Prefect server at {url}"
+        f"{' (started it)' if started else ''}[/dim]"
+    )
+    return url
+
+
+class TerminalProgress:
+    """Draws a procedure's progress events: one line per step, a live drain line."""
+
+    def __init__(self, console: Console, ui: str) -> None:
+        self.console = console
+        self.ui = ui
+        self.live = Live(Text(""), console=console, refresh_per_second=8, transient=True)
+
+    def __enter__(self) -> TerminalProgress:
+        self.live.__enter__()
+        progress.add_sink(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        progress.remove_sink(self)
+        self.live.__exit__(None, None, None)
+
+    def __call__(self, kind: str, data: dict[str, Any]) -> None:
+        c = self.live.console
+        if kind == "plan":
+            plan = data["plan"]
+            if plan.ok:
+                c.print(
+                    f"plan: {len(plan.agents)} agent(s), {len(plan.steps)} steps, "
+                    f"est. {plan.estimated_duration_s:.0f} s ({plan.mode})"
+                )
+                for n in plan.notes:
+                    c.print(f"  [dim]{escape(n)}[/dim]")
+        elif kind == "approval-wait":
+            from prefect.context import FlowRunContext
+
+            ctx = FlowRunContext.get()
+            rid = ctx.flow_run.id if ctx and ctx.flow_run else "?"
+            c.print(
+                f"[yellow]waiting for approval[/yellow]: open {self.ui}/runs/flow-run/{rid} "
+                "and fill in the form (decision, who, comment)"
+            )
+        elif kind == "approval":
+            c.print(f"approval: {escape(data['record'].sentence())}")
+        elif kind == "step":
+            rec = data["record"]
+            mark = {
+                "done": "[green]ok[/green]",
+                "forced": "[red]forced[/red]",
+                "failed": "[red]FAILED[/red]",
+                "compensation": "[yellow]undo[/yellow]",
+            }
+            c.print(
+                f"{rec.ended_at:%H:%M:%S} {mark.get(rec.outcome, rec.outcome)} "
+                f"{escape(rec.sentence)}  [dim]({data['done']}/{data['total']})[/dim]"
+            )
+        elif kind == "drain":
+            busy = ", ".join(f"{ch} {n}" for ch, n in data["running"].items())
+            self.live.update(Text(f"running transfers on {data['host']}: {busy}", style="cyan"))
+
+
+def run_procedure(procedure: str, params: dict[str, Any], *, as_json: bool) -> int:
+    """Run a procedure in this process against the Prefect API; print the report or JSON."""
+    console = Console(stderr=True, highlight=False)
+    url = configure_api(console)
+    ui = url.removesuffix("/api")
+    if procedure != "clean-move":
+        console.print(f"[red]unknown procedure {procedure!r}[/red]; available: clean-move")
+        return 1
+    from flows.clean_move import clean_move, report_markdown
+
+    params.setdefault("requested_by", getpass.getuser())
+    with TerminalProgress(console, ui):
+        state = clean_move(**params, return_state=True)
+    result: Any = state.result(raise_on_failure=False)
+    if isinstance(result, BaseException):
+        console.print(f"[red]the flow crashed:[/red] {escape(str(result))}")
+        return 1
+    if as_json:
+        print(result.model_dump_json(indent=2))
+    else:
+        from rich.markdown import Markdown
+
+        Console(highlight=False).print(Markdown(report_markdown(result)))
+        console.print(f"[dim]run: {ui}/runs/flow-run/{result.flow_run_id}[/dim]")
+    return EXIT.get(result.status, 1)

@@ -1,0 +1,293 @@
+"""The clean-move flow on the lab, with a real Prefect server: modes, dry run, approval, timeouts,
+faults mid-move, a second move, and a killed move run again."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.flow_runs import resume_flow_run
+
+from flows import progress
+from flows.clean_move import CleanMoveResult, clean_move
+from tasks.site_state import snapshot_site
+from tests.conftest import ROOT, RunningLab, place_on_primaries, wait_for
+
+P = "glite-transfer-channel-agent-urlcopy-"
+MOVED = [P + c for c in ("CERN-CERN", "CERN-RAL", "CERN-FNAL", "CERN-IN2P3")]
+
+
+@pytest.fixture(autouse=True)
+def on_primaries(lab: RunningLab, prefect_api: str) -> Iterator[None]:
+    place_on_primaries(lab)
+    yield
+
+
+def move(lab: RunningLab, **kw: Any) -> CleanMoveResult:
+    params: dict[str, Any] = dict(
+        site_file=str(lab.site_file), from_host="fts101", to_host="fts102", pause_for_approval=False
+    )
+    params.update(kw)
+    state = clean_move(**params, return_state=True)
+    result = state.result(raise_on_failure=False)
+    assert isinstance(result, CleanMoveResult), result
+    return result
+
+
+def placement(lab: RunningLab) -> dict[str, Any]:
+    snap = snapshot_site(lab.site)
+    return {
+        "where": {a.name: snap.where(a.name) for a in lab.site.service.agents},
+        "disabled": {h.host: sorted(h.disabled) for h in snap.hosts},
+        "channels": snap.channels,
+    }
+
+
+def assert_moved(lab: RunningLab, result: CleanMoveResult, agents: list[str], to: str) -> None:
+    where = placement(lab)["where"]
+    for a in agents:
+        assert where[a] == [to], (a, where[a], result.summary)
+    assert set(placement(lab)["channels"].values()) == {"Active"}
+
+
+@pytest.mark.parametrize("mode", ["pipelined", "full", "staged"])
+def test_each_mode_moves_every_agent_without_losing_a_job(lab: RunningLab, mode: str) -> None:
+    before = lab.lab.score()
+    result = move(lab, mode=mode)
+    assert result.status == "completed", result.summary
+    assert_moved(lab, result, MOVED, "fts102")
+    assert result.jobs_lost == 0
+    assert set(result.downtime_s) == {"CERN-CERN", "CERN-RAL", "CERN-FNAL", "CERN-IN2P3"}
+    assert all(a.result == "moved" and a.running_on == ["fts102"] for a in result.agents)
+    assert [s.outcome for s in result.steps] == ["done"] * len(result.steps)
+    after = lab.lab.score()
+    assert after.jobs_lost == before.jobs_lost
+    assert after.agents_running_twice == []
+    # the source will not start them again on reboot
+    assert set(MOVED) <= set(placement(lab)["disabled"]["fts101"])
+
+
+def test_dry_run_changes_nothing(lab: RunningLab) -> None:
+    before = placement(lab)
+    result = move(lab, dry_run=True, mode="full")
+    assert result.status == "dry-run" and result.steps == []
+    assert result.plan is not None and len(result.plan.steps) == 7
+    assert "nothing changed" in result.summary
+    assert placement(lab) == before
+
+
+def _submit_long_job(lab: RunningLab, channel: str, seconds: float) -> int:
+    with contextlib.closing(lab.lab.db.connect()) as conn:
+        rows = conn.run(
+            "INSERT INTO jobs (channel, state, duration_s) VALUES (:c, 'Pending', :d) RETURNING id",
+            c=channel,
+            d=seconds,
+        )
+    job = int(rows[0][0])
+    wait_for(
+        lambda: any(
+            t.transfer_id == str(job)
+            for h in snapshot_site(lab.site).hosts
+            for t in h.transfer_processes
+        ),
+        15,
+        f"long transfer {job} to run",
+    )
+    return job
+
+
+def test_drain_timeout_restores_the_channel_and_reports_it(lab: RunningLab) -> None:
+    _submit_long_job(lab, "CERN-CERN", 30)
+    before = lab.lab.score().jobs_lost
+    result = move(lab, drain_timeout_s=2.0)
+    assert result.status == "partial", result.summary
+    cern = next(a for a in result.agents if a.agent == P + "CERN-CERN")
+    assert cern.result == "left-on-source" and cern.running_on == ["fts101"]
+    assert "did not drain within 2 s" in cern.note
+    assert_moved(lab, result, MOVED[1:], "fts102")
+    assert placement(lab)["where"][P + "CERN-CERN"] == ["fts101"]
+    assert placement(lab)["channels"]["CERN-CERN"] == "Active"
+    assert P + "CERN-CERN" not in placement(lab)["disabled"]["fts101"]
+    assert any(s.outcome == "compensation" and "CERN-CERN" in s.sentence for s in result.steps)
+    assert lab.lab.score().jobs_lost == before
+
+
+def test_forced_move_after_drain_timeout_is_reported(lab: RunningLab) -> None:
+    _submit_long_job(lab, "CERN-RAL", 30)
+    before = lab.lab.score().jobs_lost
+    result = move(lab, drain_timeout_s=1.5, force_after_drain_timeout=True, agents=[P + "CERN-RAL"])
+    assert result.status == "completed" and result.forced
+    assert result.jobs_lost >= 1 and "FORCED" in result.summary
+    assert any(s.outcome == "forced" for s in result.steps)
+    assert lab.lab.score().jobs_lost > before
+
+
+def test_backup_sshd_down_mid_move_leaves_agents_running_on_the_source(lab: RunningLab) -> None:
+    fired = threading.Event()
+
+    def on_event(kind: str, data: dict[str, Any]) -> None:
+        if kind == "step" and data["record"].verb == "stop" and not fired.is_set():
+            fired.set()
+            lab.lab.fault("fts102", "sshd-down")
+
+    try:
+        with progress.sink(on_event):
+            result = move(lab, mode="full", agents=MOVED[:2])
+    finally:
+        lab.lab.heal("fts102")
+    assert fired.is_set()
+    assert result.status == "partial", result.summary
+    for a in result.agents:
+        assert a.result == "rolled-back" and a.running_on == ["fts101"], a
+        assert "fts102 could not start it" in a.note
+    assert placement(lab)["where"][MOVED[0]] == ["fts101"]
+    assert placement(lab)["channels"]["CERN-CERN"] == "Active"
+    md_where = {a.agent: a.running_on for a in result.agents}
+    assert result.where == md_where
+
+
+def _run_in_thread(lab: RunningLab, **kw: Any) -> tuple[threading.Thread, dict[str, Any]]:
+    box: dict[str, Any] = {}
+
+    def on_event(kind: str, data: dict[str, Any]) -> None:
+        if kind == "approval-wait":
+            from prefect.context import FlowRunContext
+
+            ctx = FlowRunContext.get()
+            assert ctx is not None and ctx.flow_run is not None
+            box["run_id"] = ctx.flow_run.id
+
+    def target() -> None:
+        with progress.sink(on_event):
+            box["result"] = move(lab, pause_for_approval=True, **kw)
+
+    th = threading.Thread(target=target)
+    th.start()
+    return th, box
+
+
+def _wait_paused(box: dict[str, Any]) -> Any:
+    run_id = wait_for(lambda: box.get("run_id"), 60, "the move to ask for approval")
+
+    def paused() -> bool:
+        with get_client(sync_client=True) as client:
+            st = client.read_flow_run(run_id).state
+        return bool(st and st.is_paused())
+
+    wait_for(paused, 30, "the run to be Paused")
+    return run_id
+
+
+def test_rejected_approval_changes_nothing(lab: RunningLab) -> None:
+    before = placement(lab)
+    th, box = _run_in_thread(lab)
+    run_id = _wait_paused(box)
+    resume_flow_run(
+        run_id,
+        run_input={"decision": "reject", "who": "alice", "comment": "not during the LHC fill"},
+    )
+    th.join(60)
+    result = box["result"]
+    assert result.status == "rejected" and result.steps == []
+    assert result.approval.who == "alice" and result.approval.decision == "reject"
+    assert "rejected by alice" in result.summary
+    assert placement(lab) == before
+
+
+def test_approved_through_the_api_form_moves(lab: RunningLab) -> None:
+    th, box = _run_in_thread(lab, agents=[P + "CERN-IN2P3"])
+    run_id = _wait_paused(box)
+    resume_flow_run(run_id, run_input={"decision": "approve", "who": "bob"})
+    th.join(120)
+    result = box["result"]
+    assert result.status == "completed", result.summary
+    assert result.approval.sentence().startswith("approved by bob")
+    assert placement(lab)["where"][P + "CERN-IN2P3"] == ["fts102"]
+
+
+def test_a_second_move_for_the_service_is_refused_naming_the_first(lab: RunningLab) -> None:
+    th, box = _run_in_thread(lab)
+    run_id = _wait_paused(box)
+    try:
+        second = move(lab, from_host="fts102", to_host="fts101")
+        assert second.status == "refused"
+        assert str(run_id) in second.summary and "already running for service" in second.summary
+    finally:
+        resume_flow_run(run_id, run_input={"decision": "reject", "who": "test"})
+        th.join(60)
+    assert box["result"].status == "rejected"
+
+
+def test_a_killed_move_run_again_converges(lab: RunningLab, prefect_api: str) -> None:
+    script = (
+        "import sys; from flows.clean_move import clean_move; "
+        f"clean_move({str(lab.site_file)!r}, 'fts101', 'fts102', mode='pipelined', "
+        "pause_for_approval=False)"
+    )
+    env = {**os.environ, "PREFECT_API_URL": prefect_api, "PREFECT_LOGGING_LEVEL": "WARNING"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        # kill it as soon as some agent has left fts101 but the move is not over
+        wait_for(
+            lambda: len(snapshot_site(lab.site, ["fts101"]).hosts[0].agents) < 4,
+            90,
+            "the move to stop a first agent",
+        )
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    mid = placement(lab)
+    assert any(mid["where"][a] != ["fts102"] for a in MOVED), "killed too late to be useful"
+    result = move(lab)
+    assert result.status == "completed", result.summary
+    assert_moved(lab, result, MOVED, "fts102")
+    score = lab.lab.score()
+    assert score.agents_running_twice == []
+    assert lab.lab.score().jobs_lost == score.jobs_lost
+
+
+def test_cli_run_json(lab: RunningLab, prefect_api: str) -> None:
+    env = {**os.environ, "PREFECT_API_URL": prefect_api}
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "infra.cli",
+            "run",
+            "clean-move",
+            "--site",
+            str(lab.site_file),
+            "--from",
+            "fts101",
+            "--to",
+            "fts102",
+            "--yes",
+            "--json",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    result = CleanMoveResult.model_validate_json(res.stdout)
+    assert result.status == "completed"
+    assert all(result.where[a] == ["fts102"] for a in MOVED)
+    assert set(result.channels.values()) == {"Active"}
+    assert result.approval is not None and result.approval.decision == "pre-approved"

@@ -1,0 +1,243 @@
+"""The clean-move planner on recorded site snapshots (pure: no server)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from config.loader import load_site
+from config.site import Site
+from flows.clean_move_plan import MoveRequest, plan_clean_move, plan_markdown
+from tasks.site_state import AgentProcess, HostSnapshot, SiteSnapshot
+
+SITE: Site = load_site(Path(__file__).resolve().parent.parent / "config/sites/lab.yaml")
+T0 = dt.datetime(2026, 11, 22, 14, 0, tzinfo=dt.UTC)
+P = "glite-transfer-channel-agent-urlcopy-"
+ON_101 = [P + c for c in ("CERN-CERN", "CERN-RAL", "CERN-FNAL", "CERN-IN2P3")]
+ON_102 = [P + c for c in ("CERN-PIC", "CERN-CNAF")]
+ACTIVE = dict.fromkeys(SITE.channels, "Active")
+
+
+def host(
+    name: str,
+    agents: list[str],
+    transfers: dict[str, int] | None = None,
+    disabled: list[str] | None = None,
+    reachable: bool = True,
+) -> HostSnapshot:
+    return HostSnapshot(
+        host=name,
+        reachable=reachable,
+        error=None if reachable else "connection refused",
+        error_kind=None if reachable else "transient",
+        agents=[AgentProcess(name=a, pid=100 + i, user="edguser") for i, a in enumerate(agents)],
+        transfers=transfers or {},
+        disabled=disabled or [],
+        taken_at=T0,
+    )
+
+
+def recorded(
+    h101: HostSnapshot, h102: HostSnapshot, channels: dict[str, str] | None = None
+) -> SiteSnapshot:
+    return SiteSnapshot(
+        site="lab",
+        taken_at=T0,
+        hosts=[h101, h102],
+        channels=ACTIVE if channels is None else channels,
+    )
+
+
+# the lab as it starts: fts101 runs 4 channel agents with transfers, fts102 runs 2
+STEADY = recorded(
+    host(
+        "fts101",
+        ON_101,
+        {"CERN-CERN": 2, "CERN-RAL": 0, "CERN-FNAL": 3, "CERN-IN2P3": 1},
+        disabled=ON_102,
+    ),
+    host("fts102", ON_102, {"CERN-PIC": 1}, disabled=ON_101),
+)
+
+
+def req(**kw: object) -> MoveRequest:
+    base: dict[str, object] = dict(
+        from_host="fts101", to_host="fts102", expected_transfer_s=180, expected_restart_s=5
+    )
+    base.update(kw)
+    return MoveRequest.model_validate(base)
+
+
+def test_pipelined_moves_each_agent_as_its_channel_drains() -> None:
+    plan = plan_clean_move(SITE, STEADY, req(mode="pipelined"))
+    assert plan.ok and [m.agent for m in plan.agents] == ON_101
+    assert all(m.action == "move" and m.state == "on-source" for m in plan.agents)
+    first, per_agent = plan.phases
+    assert [s.verb for c in first.chains for s in c.steps] == ["set-inactive"]
+    assert first.chains[0].steps[0].channels == ["CERN-CERN", "CERN-RAL", "CERN-FNAL", "CERN-IN2P3"]
+    assert len(per_agent.chains) == 4
+    for chain in per_agent.chains:
+        assert [s.verb for s in chain.steps] == [
+            "wait-drained",
+            "write-disabled",
+            "stop",
+            "clear-disabled",
+            "start",
+            "set-active",
+        ]
+        assert [s.host for s in chain.steps] == ["fts101"] * 3 + ["fts102"] * 3
+    # a channel with no running transfer is down only for the restart
+    assert plan.estimated_downtime_s["CERN-RAL"] == 5
+    assert plan.estimated_downtime_s["CERN-CERN"] == 185
+
+
+def test_full_mode_is_the_seed_procedure_with_one_stop_of_every_agent() -> None:
+    plan = plan_clean_move(SITE, STEADY, req(mode="full"))
+    (phase,) = plan.phases
+    (chain,) = phase.chains
+    assert [s.verb for s in chain.steps] == [
+        "set-inactive",
+        "wait-drained",
+        "write-disabled",
+        "stop",
+        "clear-disabled",
+        "start",
+        "set-active",
+    ]
+    stop = chain.steps[3]
+    assert stop.all_agents and stop.commands == ["service transfer-agents stop"]
+    assert chain.steps[0].commands[0] == "glite-transfer-channel-set -S Inactive CERN-CERN"
+    assert chain.steps[5].commands[0] == (
+        "service transfer-agents start --instance glite-transfer-channel-agent-urlcopy-CERN-CERN"
+    )
+    # every channel waits for the slowest: the full move's downtime is the longest drain for all
+    assert set(plan.estimated_downtime_s.values()) == {185}
+
+
+def test_full_mode_of_some_agents_stops_them_one_by_one() -> None:
+    plan = plan_clean_move(SITE, STEADY, req(mode="full", agents=ON_101[:2]))
+    stop = next(s for s in plan.steps if s.verb == "stop")
+    assert not stop.all_agents
+    assert stop.commands == [f"service transfer-agents stop --instance {a}" for a in ON_101[:2]]
+
+
+def test_staged_mode_moves_one_agent_after_the_other() -> None:
+    plan = plan_clean_move(SITE, STEADY, req(mode="staged"))
+    (phase,) = plan.phases
+    (chain,) = phase.chains
+    assert len(chain.steps) == 4 * 7
+    assert chain.steps[0].channels == ["CERN-CERN"]
+    assert chain.steps[7].channels == ["CERN-RAL"]
+    assert plan.estimated_duration_s == sum(plan.estimated_downtime_s.values())
+
+
+@pytest.mark.parametrize("down", ["fts101", "fts102"])
+def test_an_unreachable_host_fails_the_pre_checks(down: str) -> None:
+    snap = recorded(
+        host("fts101", ON_101, reachable=down != "fts101"),
+        host("fts102", ON_102, reachable=down != "fts102"),
+    )
+    plan = plan_clean_move(SITE, snap, req())
+    assert not plan.ok and not plan.steps
+    assert any(f"{down} is unreachable" in p and "emergency move" in p for p in plan.problems)
+
+
+def test_an_agent_running_on_both_hosts_fails_the_pre_checks() -> None:
+    snap = recorded(host("fts101", ON_101), host("fts102", [*ON_102, ON_101[0]]))
+    plan = plan_clean_move(SITE, snap, req())
+    assert not plan.ok
+    assert any(ON_101[0] in p and "runs on both" in p for p in plan.problems)
+
+
+def test_rerun_after_a_crash_finishes_what_was_left() -> None:
+    # killed mid-move: CERN-CERN started on fts102 but its channel still Inactive, CERN-RAL
+    # stopped on fts101 but not started, CERN-FNAL and CERN-IN2P3 not touched yet
+    channels = {**ACTIVE, "CERN-CERN": "Inactive", "CERN-RAL": "Inactive"}
+    snap = recorded(
+        host("fts101", ON_101[2:], disabled=[*ON_102, ON_101[0], ON_101[1]]),
+        host("fts102", [*ON_102, ON_101[0]], disabled=ON_101[1:]),
+        channels,
+    )
+    plan = plan_clean_move(SITE, snap, req())
+    actions = {m.agent.removeprefix(P): m.action for m in plan.agents}
+    assert actions == {
+        "CERN-CERN": "finish",
+        "CERN-RAL": "start",
+        "CERN-FNAL": "move",
+        "CERN-IN2P3": "move",
+    }
+    chains = {c.name: [s.verb for s in c.steps] for c in plan.phases[-1].chains}
+    assert chains["CERN-CERN"] == ["write-disabled", "set-active"]
+    assert chains["CERN-RAL"] == ["write-disabled", "clear-disabled", "start", "set-active"]
+    assert plan.phases[0].chains[0].steps[0].channels == ["CERN-FNAL", "CERN-IN2P3"]
+
+
+def test_nothing_to_move_when_the_move_is_complete() -> None:
+    snap = recorded(
+        host("fts101", [], disabled=ON_101 + ON_102), host("fts102", ON_102 + ON_101, disabled=[])
+    )
+    plan = plan_clean_move(SITE, snap, req())
+    assert plan.ok and plan.agents == [] and plan.steps == []
+    assert "nothing to move" in plan.notes[0]
+
+
+def test_an_agent_stopped_by_hand_is_left_alone() -> None:
+    snap = recorded(
+        host("fts101", ON_101[1:], disabled=ON_102), host("fts102", ON_102, disabled=ON_101)
+    )
+    plan = plan_clean_move(SITE, snap, req())
+    assert ON_101[0] not in [m.agent for m in plan.agents]
+    assert any("no move of it began" in n for n in plan.notes)
+
+
+def test_explicit_agents_are_checked() -> None:
+    plan = plan_clean_move(
+        SITE, STEADY, req(agents=[P + "CERN-NOWHERE", "glite-transfer-vo-agent-atlas"])
+    )
+    assert not plan.ok
+    assert any("CERN-NOWHERE is not in site" in p for p in plan.problems)
+    assert any("configured on fts105 and fts106" in p for p in plan.problems)
+
+
+def test_same_source_and_target_is_refused() -> None:
+    plan = plan_clean_move(SITE, STEADY, req(to_host="fts101"))
+    assert not plan.ok and "both fts101" in plan.problems[0]
+
+
+def test_unknown_host_is_refused() -> None:
+    plan = plan_clean_move(SITE, STEADY, req(to_host="fts999"))
+    assert not plan.ok and "fts999 is not in site lab" in plan.problems[0]
+
+
+def test_vo_agents_move_without_channel_steps() -> None:
+    vo = ["glite-transfer-vo-agent-atlas", "glite-transfer-vo-agent-cms"]
+    snap = SiteSnapshot(
+        site="lab",
+        taken_at=T0,
+        channels=ACTIVE,
+        hosts=[host("fts105", vo), host("fts106", [], disabled=vo)],
+    )
+    plan = plan_clean_move(SITE, snap, req(from_host="fts105", to_host="fts106"))
+    assert plan.ok and len(plan.phases) == 1
+    for chain in plan.phases[0].chains:
+        assert [s.verb for s in chain.steps] == [
+            "write-disabled",
+            "stop",
+            "clear-disabled",
+            "start",
+        ]
+    assert plan.estimated_downtime_s == {}
+
+
+def test_unknown_channel_states_fail_the_pre_checks() -> None:
+    plan = plan_clean_move(SITE, recorded(STEADY.hosts[0], STEADY.hosts[1], {}), req())
+    assert not plan.ok and "channel states could not be read" in plan.problems
+
+
+def test_plan_markdown_shows_hosts_and_commands() -> None:
+    md = plan_markdown(plan_clean_move(SITE, STEADY, req(mode="full")))
+    assert "`service transfer-agents stop`" in md and "`fts102` start" in md
+    bad = plan_markdown(plan_clean_move(SITE, STEADY, req(to_host="fts101")))
+    assert "nothing will change" in bad
