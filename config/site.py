@@ -392,21 +392,32 @@ class ProcedurePolicy(_Model):
 # --- the lab ------------------------------------------------------------------------------------
 
 
-class LabTransfers(_Model):
-    """Durations of lab transfers: a mixture of short and long ones, drawn with a fixed seed."""
+class TransferProfile(_Model):
+    """Durations of transfers: a mixture of short and long ones (uniform within each range)."""
 
     short_s: tuple[float, float] = (0.5, 2.0)
     long_s: tuple[float, float] = (4.0, 8.0)
     long_fraction: float = Field(default=0.2, ge=0, le=1)
-    seed: int = 42
 
     @model_validator(mode="after")
-    def _ranges(self) -> LabTransfers:
+    def _ranges(self) -> TransferProfile:
         for name in ("short_s", "long_s"):
             lo, hi = getattr(self, name)
             if not 0 < lo <= hi:
                 raise ValueError(f"{name}: need 0 < min <= max, got ({lo}, {hi})")
         return self
+
+
+class LabTransfers(TransferProfile):
+    """Durations of lab transfers, drawn with a fixed seed; channels may have their own profile
+    (a transatlantic link carries longer transfers than a local one)."""
+
+    seed: int = 42
+    per_channel: dict[str, TransferProfile] = Field(default_factory=dict)
+
+    def profile(self, channel: str) -> TransferProfile:
+        """The profile of one channel."""
+        return self.per_channel.get(channel, self)
 
 
 class Lab(_Model):

@@ -85,6 +85,26 @@ class StepRecord(BaseModel):
     commands: list[str] = Field(default_factory=list)
     started_at: dt.datetime
     ended_at: dt.datetime
+    #: time spent in the remote commands (or the necessary wait) of the step itself, without
+    #: the orchestration around it
+    remote_s: float = 0.0
+
+
+class Timing(BaseModel):
+    """Where the time went: the flow against the remote work it could not avoid."""
+
+    flow_wall_s: float
+    act_wall_s: float
+    critical_path_s: float
+    snapshots_s: float
+    human_wait_s: float = 0.0
+
+    @property
+    def overhead_ratio(self) -> float:
+        """Flow wall time (less any wait for a human) over remote commands + necessary waits
+        (1.0 = no overhead)."""
+        need = self.critical_path_s + self.snapshots_s
+        return round((self.flow_wall_s - self.human_wait_s) / need, 3) if need > 0 else 0.0
 
 
 class AgentOutcome(BaseModel):
@@ -120,6 +140,7 @@ class CleanMoveResult(BaseModel):
     channels: dict[str, str] = Field(default_factory=dict)
     where: dict[str, list[str]] = Field(default_factory=dict)
     human_actions: list[str] = Field(default_factory=list)
+    timing: Timing | None = None
     started_at: dt.datetime
     ended_at: dt.datetime
     flow_run_id: str | None = None
@@ -134,9 +155,11 @@ def _now() -> dt.datetime:
 
 def _wait_drained(
     monitor: DrainMonitor, host: str, channels: list[str], since: float, timeout_s: float
-) -> str:
+) -> tuple[str, float]:
+    started = time.monotonic()
     monitor.wait(channels, since, timeout_s)
-    return f"{host}: {', '.join(channels)} drained: no transfer running"
+    waited = time.monotonic() - started
+    return f"{host}: {', '.join(channels)} drained after {waited:.1f} s", waited
 
 
 wait_drained_task = task(  # type: ignore[call-overload]
@@ -178,6 +201,7 @@ class MoveRun:
             site, self.src, drain_channels, poll_s, self.cancel, on_poll=self._on_poll
         )
         self._last_table: dict[str, int] | None = None
+        self._last_table_at = 0.0
 
     # --- bookkeeping ---------------------------------------------------------------------------
 
@@ -193,6 +217,7 @@ class MoveRun:
         agents: list[str] | None = None,
         channels: list[str] | None = None,
         commands: list[str] | None = None,
+        remote_s: float = 0.0,
     ) -> None:
         rec = StepRecord(
             step=step.id if step else f"compensation/{verb}",
@@ -205,6 +230,7 @@ class MoveRun:
             commands=commands or [],
             started_at=started,
             ended_at=_now(),
+            remote_s=round(remote_s, 3),
         )
         with self.lock:
             self.records.append(rec)
@@ -222,9 +248,11 @@ class MoveRun:
 
     def _on_poll(self, running: dict[str, int]) -> None:
         progress.emit("drain", host=self.src, running=running)
-        if running == self._last_table:
+        # the table artifact is a call to the API: at most one a second, and only on change
+        if running == self._last_table or time.monotonic() - self._last_table_at < 1.0:
             return
         self._last_table = running
+        self._last_table_at = time.monotonic()
         rows = [
             {
                 "channel": c,
@@ -242,7 +270,26 @@ class MoveRun:
         )
 
     def _done(self, step: PlannedStep, res: StepResult) -> None:
-        self._record(step, "done", res.sentence, res.started_at, commands=res.commands)
+        self._record(
+            step,
+            "done",
+            res.sentence,
+            res.started_at,
+            commands=res.commands,
+            remote_s=(res.ended_at - res.started_at).total_seconds(),
+        )
+
+    def critical_path_s(self) -> float:
+        """The remote work the plan could not avoid: phases in sequence, the slowest chain of
+        each phase, the steps of a chain in sequence."""
+        by_step = {r.step: r.remote_s for r in self.records if r.outcome in ("done", "forced")}
+        return round(
+            sum(
+                max((sum(by_step.get(st.id, 0.0) for st in c.steps) for c in p.chains), default=0.0)
+                for p in self.plan.phases
+            ),
+            3,
+        )
 
     # --- steps ---------------------------------------------------------------------------------
 
@@ -262,10 +309,10 @@ class MoveRun:
         elif step.verb == "wait-drained":
             since = max(self.inactive_mono[c] for c in step.channels)
             try:
-                sentence = wait_drained_task(
+                sentence, waited = wait_drained_task(
                     self.monitor, step.host, step.channels, since, self.plan.drain_timeout_s
                 )
-                self._record(step, "done", sentence, started)
+                self._record(step, "done", sentence, started, remote_s=waited)
             except DrainTimeout as exc:
                 if not self.plan.force:
                     raise
@@ -280,6 +327,7 @@ class MoveRun:
                     f"{exc.timeout_s:.0f} s: {count(lost, 'running transfer')} of "
                     f"{', '.join(step.channels)} will lose their state",
                     started,
+                    remote_s=exc.timeout_s,
                 )
         elif step.verb == "write-disabled":
             self._done(step, write_disabled_task(site, step.host, step.agents))
@@ -309,6 +357,7 @@ class MoveRun:
             for step in chain.steps:
                 self.run_step(step)
         except BaseException as exc:
+            get_run_logger().exception("%s failed", chain.name)
             self._record(
                 None, "failed", f"{chain.name}: {exc}", _now(), verb="error", host=self.src
             )
@@ -655,7 +704,9 @@ def clean_move(
         if dry_run:
             return _plan_only(site, req, finish)
         with service_lock(site.site, site.service.name, PROCEDURE):
-            return _move(site, req, policy, poll_s, requested_by, pause_for_approval, finish)
+            return _move(
+                site, req, policy, poll_s, requested_by, pause_for_approval, finish, started
+            )
     except ServiceBusy as exc:
         logger.error("%s", exc)
         return finish("refused", str(exc))
@@ -692,6 +743,7 @@ def _move(
     requested_by: str,
     pause: bool | None,
     finish: Finish,
+    flow_started: dt.datetime,
 ) -> State[Any]:
     logger = get_run_logger()
     snap = snapshot_site_task(site, [req.from_host, req.to_host])
@@ -734,6 +786,7 @@ def _move(
         )
     run = MoveRun(site, plan, poll_s)
     status: Status
+    act_started = time.monotonic()
     try:
         run.execute()
     except BaseException as exc:
@@ -751,9 +804,17 @@ def _move(
             human_actions=run.human,
         )
         raise
+    act_wall = time.monotonic() - act_started
     after = snapshot_site_task(site, [req.from_host, req.to_host])
     status, outcomes = _finalise(run, after)
     downtime = _downtime(run)
+    timing = Timing(
+        flow_wall_s=round((_now() - flow_started).total_seconds(), 3),
+        act_wall_s=round(act_wall, 3),
+        critical_path_s=run.critical_path_s(),
+        snapshots_s=round(snap.duration_s + after.duration_s, 3),
+        human_wait_s=round(approval.waited_s, 3),
+    )
     moved = [o for o in outcomes if o.result in ("moved", "finished")]
     total = sum(downtime.values())
     summary = (
@@ -779,4 +840,5 @@ def _move(
         channels=after.channels,
         where={o.agent: o.running_on for o in outcomes},
         human_actions=run.human,
+        timing=timing,
     )

@@ -288,14 +288,18 @@ def cmd_server(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """`handover bench lab`: lab up/down times (medians) and memory."""
-    from infra.bench.lab import bench_lab
 
-    result = bench_lab(
-        args.site,
-        rounds=args.rounds,
-        hosts=args.hosts,
-        progress=lambda m: err.print(f"[dim]{m}[/dim]"),
-    )
+    def say(m: str) -> None:
+        err.print(f"[dim]{m}[/dim]")
+
+    if args.bench_what == "clean-move":
+        from infra.bench.clean_move import bench_clean_move
+
+        result = bench_clean_move(rounds=args.rounds, warmup_s=args.warmup, progress=say)
+    else:
+        from infra.bench.lab import bench_lab
+
+        result = bench_lab(args.site, rounds=args.rounds, hosts=args.hosts, progress=say)
     if args.json:
         _print_json(result)
     else:
@@ -402,6 +406,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hosts", type=int, help="also measure a generated lab of N hosts")
     p.add_argument("--json", action="store_true")
     _site_arg(p)
+    p = bsub.add_parser("clean-move", help="full vs pipelined clean move: downtime, overhead")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--warmup", type=float, default=6.0, help="seconds of load before each move")
+    p.add_argument("--json", action="store_true")
     bench.set_defaults(func=cmd_bench)
     return ap
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
@@ -66,6 +67,8 @@ class SiteSnapshot(BaseModel):
     taken_at: dt.datetime
     hosts: list[HostSnapshot]
     channels: dict[str, str] = Field(default_factory=dict)
+    #: how long taking the snapshot took (remote commands, in parallel)
+    duration_s: float = 0.0
 
     def host(self, name: str) -> HostSnapshot:
         """The snapshot of one host (KeyError if absent)."""
@@ -187,6 +190,7 @@ def snapshot_site(site: Site, hosts: list[str] | None = None) -> SiteSnapshot:
     Channel states are read on the first reachable host; they are left empty when no host can be
     reached.
     """
+    started = time.monotonic()
     names = hosts or [h.name for h in site.hosts]
     with ThreadPoolExecutor(max_workers=min(site.ssh.parallelism, len(names))) as ex:
         snaps = list(ex.map(lambda h: snapshot_host(site, h), names))
@@ -196,7 +200,13 @@ def snapshot_site(site: Site, hosts: list[str] | None = None) -> SiteSnapshot:
         with ThreadPoolExecutor(max_workers=min(site.ssh.parallelism, len(site.channels))) as ex:
             states = list(ex.map(lambda c: read_channel_state(site, reader, c), site.channels))
         channels = dict(zip(site.channels, states, strict=True))
-    return SiteSnapshot(site=site.site, taken_at=_now(), hosts=snaps, channels=channels)
+    return SiteSnapshot(
+        site=site.site,
+        taken_at=_now(),
+        hosts=snaps,
+        channels=channels,
+        duration_s=round(time.monotonic() - started, 3),
+    )
 
 
 @task(

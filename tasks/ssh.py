@@ -28,6 +28,7 @@ Contract of the adapter (what callers may rely on):
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import shlex
@@ -684,6 +685,11 @@ class SshPool:
         transport = client.get_transport()
         if transport is not None:
             transport.set_keepalive(_KEEPALIVE_S)
+            # SSH messages are small and answered one by one: without TCP_NODELAY, Nagle's
+            # algorithm and delayed ACKs add ~40 ms to every command (measured: 47 ms -> 3 ms)
+            if isinstance(transport.sock, socket.socket):
+                with contextlib.suppress(OSError):
+                    transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         log.debug("%s: connected as %s", where, settings.user)
         return client
 

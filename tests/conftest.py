@@ -12,11 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
 from config.loader import load_site
 from config.site import Site
-from infra.lab.lab import Lab, missing_prerequisites
+from infra.lab.lab import Lab, derive_site_file, missing_prerequisites
 from tasks import remote
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,29 +41,26 @@ def require_lab() -> None:
 
 def make_test_site(tmp: Path, name: str, octet: int, db_port: int, **lab: object) -> Path:
     """A copy of the lab site with its own state dir, addresses and DB port, so tests never touch
-    a lab an operator runs with config/sites/lab.yaml."""
-    data = yaml.safe_load(LAB_SITE.read_text())
-    data["site"] = name
-    state = Path("/var/tmp/handover-lab") / f"{name}-{os.getpid()}"
-    for h in data["hosts"]:
-        last = h["address"].rsplit(".", 1)[1]
-        h["address"] = f"127.0.{octet}.{last}"
-    data["ssh"]["key_file"] = str(state / "ssh" / "id_ed25519")
-    data["ssh"]["known_hosts"] = str(state / "ssh" / "known_hosts")
-    data["database"]["port"] = db_port
-    data["database"]["password"] = {"file": str(state / "secrets" / "db-password")}
-    data["lab"].update(
-        {"state_dir": str(state), "db_port": db_port, "lock_wait_s": 3.0, "tick_s": 0.1, **lab}
+    a lab an operator runs with config/sites/lab.yaml; short lock wait and transfers."""
+    return derive_site_file(
+        LAB_SITE,
+        tmp / f"{name}.yaml",
+        name=name,
+        octet=octet,
+        db_port=db_port,
+        state_dir=Path("/var/tmp/handover-lab") / f"{name}-{os.getpid()}",
+        lab={
+            "lock_wait_s": 3.0,
+            "tick_s": 0.1,
+            **lab,
+            "transfers": {
+                "short_s": [0.3, 1.0],
+                "long_s": [2.0, 3.0],
+                "long_fraction": 0.2,
+                "seed": 7,
+            },
+        },
     )
-    data["lab"]["transfers"] = {
-        "short_s": [0.3, 1.0],
-        "long_s": [2.0, 3.0],
-        "long_fraction": 0.2,
-        "seed": 7,
-    }
-    path = tmp / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
 
 
 class RunningLab:

@@ -19,7 +19,6 @@ import sys
 import time
 from pathlib import Path
 
-from infra.lab.db import connect
 from infra.lab.runtime import (
     RUN_DIR,
     AgentRuntime,
@@ -183,6 +182,8 @@ def service(argv: list[str]) -> int:
 
 
 def _db(rt: HostRuntime) -> object:
+    from infra.lab.db import connect  # pg8000 only for the commands that need the database
+
     with open(rt["db_password_file"]) as f:
         pw = f.read().strip()
     return connect(rt["db_address"], rt["db_port"], pw, source_address=rt["address"], timeout=5)

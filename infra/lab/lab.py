@@ -222,6 +222,34 @@ def scaled_site(base: Site, hosts: int) -> Site:
     return Site.model_validate(data)
 
 
+def derive_site_file(
+    base_file: Path,
+    out: Path,
+    *,
+    name: str,
+    octet: int,
+    db_port: int,
+    state_dir: Path,
+    lab: dict[str, Any] | None = None,
+    procedures: dict[str, dict[str, Any]] | None = None,
+) -> Path:
+    """Write a copy of a lab site with its own name, addresses (127.0.OCTET.x), DB port and state
+    directory, so that tests and benchmarks never touch a lab an operator runs."""
+    data = yaml.safe_load(base_file.read_text())
+    data["site"] = name
+    for h in data["hosts"]:
+        h["address"] = f"127.0.{octet}.{h['address'].rsplit('.', 1)[1]}"
+    data["ssh"]["key_file"] = str(state_dir / "ssh" / "id_ed25519")
+    data["ssh"]["known_hosts"] = str(state_dir / "ssh" / "known_hosts")
+    data["database"]["port"] = db_port
+    data["database"]["password"] = {"file": str(state_dir / "secrets" / "db-password")}
+    data["lab"].update({"state_dir": str(state_dir), "db_port": db_port, **(lab or {})})
+    for proc, policy in (procedures or {}).items():
+        data.setdefault("procedures", {}).setdefault(proc, {}).update(policy)
+    out.write_text(yaml.safe_dump(data, sort_keys=False))
+    return out
+
+
 # --- the lab ------------------------------------------------------------------------------------
 
 
@@ -425,7 +453,15 @@ class Lab:
                 timeout=30,
             )
         upper = d / "etc.upper"
-        passwd = Path("/etc/passwd").read_text()
+        # root's home on a lab host is its own: the machine's ~/.bashrc (which may set up
+        # language version managers) would otherwise run on every SSH command
+        home = d / "root"
+        home.mkdir(exist_ok=True)
+        passwd = "".join(
+            (":".join([*f[:5], str(home), *f[6:]]) if f[0] == "root" else line) + "\n"
+            for line in Path("/etc/passwd").read_text().splitlines()
+            if (f := line.split(":"))
+        )
         group = Path("/etc/group").read_text()
         if "\nedguser:" not in "\n" + passwd:
             passwd += (

@@ -37,10 +37,10 @@ BACKLOG_CAP = 40
 SLOW_DUTY = 0.75
 
 
-def draw_duration(rng: random.Random, site: Site) -> float:
-    """One transfer duration from the lab's mixture."""
+def draw_duration(rng: random.Random, site: Site, channel: str) -> float:
+    """One transfer duration from the channel's mixture."""
     assert site.lab is not None
-    t = site.lab.transfers
+    t = site.lab.transfers.profile(channel)
     lo, hi = t.long_s if rng.random() < t.long_fraction else t.short_s
     return round(rng.uniform(lo, hi), 2)
 
@@ -99,7 +99,7 @@ class LabDaemon:
             for _ in range(n):
                 vo = self.rng.choice(self.vos) if self.vos else None
                 state = "Submitted" if vo else "Pending"
-                rows.append((ch, vo, state, draw_duration(self.rng, self.site)))
+                rows.append((ch, vo, state, draw_duration(self.rng, self.site, ch)))
         if rows:
             self.conn.run(
                 "INSERT INTO jobs (channel, vo, state, duration_s) SELECT * FROM "
