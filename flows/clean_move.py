@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextvars
 import datetime as dt
 import getpass
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -541,6 +542,16 @@ move_chain_task = task(  # type: ignore[call-overload]
 # --- verify and report --------------------------------------------------------------------------
 
 
+def _why(exc: BaseException) -> str:
+    """Why a move stopped, in words (``terminated by SIGTERM``, ``interrupted``, ...)."""
+    sig = getattr(exc, "signal", None)
+    if isinstance(sig, int):
+        return f"terminated by {signal.Signals(sig).name}"
+    if isinstance(exc, KeyboardInterrupt):
+        return f"interrupted{': ' + str(exc) if str(exc) else ''}"
+    return f"{type(exc).__name__}: {exc}"
+
+
 def _downtime(run: MoveRun) -> dict[str, float]:
     out = {}
     for ch, t0 in run.inactive_at.items():
@@ -795,13 +806,16 @@ def _move(
         _, outcomes = _finalise(run, after)
         finish(
             "cancelled",
-            f"cancelled ({type(exc).__name__}); agents now: "
+            f"cancelled ({_why(exc)}); agents now: "
             + ", ".join(f"{o.agent} on {','.join(o.running_on) or 'nowhere'}" for o in outcomes),
             plan=plan,
             approval=approval,
             steps=run.records,
             agents=outcomes,
             human_actions=run.human,
+            channels=after.channels,
+            where={o.agent: o.running_on for o in outcomes},
+            downtime_s=_downtime(run),
         )
         raise
     act_wall = time.monotonic() - act_started

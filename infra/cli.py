@@ -223,7 +223,9 @@ def _print_status(st: Any) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """`handover run clean-move ...`."""
-    from infra.run import run_procedure
+    from infra.run import protect_terminal, run_procedure
+
+    protect_terminal()
 
     load_site(args.site)  # a malformed site file is reported before anything starts
     params: dict[str, Any] = {

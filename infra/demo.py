@@ -1,5 +1,9 @@
-"""`make demo`: the lab up with its load running, and a live snapshot of the site taken through the
-SSH layer by the `site-snapshot` flow on a local Prefect server (embedded SQLite).
+"""`make demo`: a real procedure on the lab, end to end.
+
+The lab comes up with its load running; a local Prefect server starts on its embedded SQLite; the
+`site-snapshot` flow shows what runs where; then a pipelined clean move takes every channel agent
+off its host onto the backup while transfers keep arriving, with its progress in the terminal, its
+report, and the lab's independent score (jobs lost, agents running twice).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from rich.markup import escape
 
 from config.loader import load_site
 from config.site import short_name as short
-from infra.cli import DEFAULT_SITE, _print_status
+from infra.cli import DEFAULT_SITE
 from infra.lab.lab import Lab, LabError, missing_prerequisites
 from infra.prefect_server import ensure_server
 
@@ -45,35 +49,49 @@ def main() -> int:
     url, started = ensure_server()
     os.environ["PREFECT_API_URL"] = url
     from flows.site_snapshot import site_snapshot
+    from infra.run import run_procedure
 
-    time.sleep(2)  # let a few transfers start, so the snapshot shows some
+    time.sleep(3)  # let transfers run, so the move has something to drain
     snap = site_snapshot(site_file)
-    console.print()
-    console.rule(f"live snapshot of site {site.site}, read over SSH by the site-snapshot flow")
+    console.rule(f"site {site.site} before the move (read over SSH by the site-snapshot flow)")
     for h in snap.hosts:
         agents = ", ".join(short(a.name) for a in h.agents) or "none"
         transfers = ", ".join(f"{c} {n}" for c, n in h.transfers.items()) or "none"
-        console.print(
-            escape(
-                f"{h.host}: agents: {agents}; transfers: {transfers}; {len(h.disabled)} disabled"
-            )
-        )
-    console.print("channels: " + ", ".join(f"{c} {s}" for c, s in sorted(snap.channels.items())))
-    console.print()
-    console.rule("the lab's own view")
-    _print_status(lab.status())
+        console.print(escape(f"{h.host}: agents: {agents}; running transfers: {transfers}"))
+    # move the channel agents off whichever host of the pair runs them now
+    first = next(a for a in site.service.agents if a.channel)
+    src = snap.where(first.name)[0] if snap.where(first.name) else first.primary
+    dst = first.backup if src == first.primary else first.primary
+    lab.score(reset=True)
+    console.rule(f"pipelined clean move {src} -> {dst} (approved up front for the demo)")
+    code = run_procedure(
+        "clean-move",
+        {
+            "site_file": site_file,
+            "from_host": src,
+            "to_host": dst,
+            "mode": "pipelined",
+            "pause_for_approval": False,
+            "requested_by": "make demo",
+        },
+        as_json=False,
+    )
+    time.sleep(0.5)
     score = lab.score()
+    console.rule("the lab's own score of the move")
     console.print(
-        f"score: {score.jobs_done} jobs done, {score.jobs_lost} lost, "
-        f"{len(score.agents_running_twice)} agents serving twice"
+        f"{score.jobs_done} jobs done, {score.jobs_lost} lost; channel downtime total "
+        f"{score.downtime_total_s:.1f} s, max {score.downtime_max_s:.1f} s; agents serving on "
+        f"two hosts at once: {len(score.agents_running_twice)}"
     )
     ui = url.removesuffix("/api")
     console.print(
-        f"\nPrefect UI: {ui} (flow run 'site-snapshot' and its artifacts)"
+        f"\nPrefect UI: {ui} (flow runs 'site-snapshot' and 'clean-move', their artifacts)"
         + (" [dim](server started by the demo)[/dim]" if started else "")
+        + f"\nMove back: .venv/bin/handover run clean-move --from {dst} --to {src}"
         + "\nTear down: .venv/bin/handover lab down && .venv/bin/handover server stop"
     )
-    return 0
+    return 0 if code == 0 and score.jobs_lost == 0 and not score.agents_running_twice else 1
 
 
 if __name__ == "__main__":

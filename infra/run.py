@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import getpass
 import os
+import signal
+import sys
 from typing import Any
 
 from rich.console import Console
@@ -20,6 +22,48 @@ from flows import progress
 from infra import prefect_server
 
 EXIT = {"completed": 0, "dry-run": 0, "partial": 2, "rejected": 3}
+
+
+class _SafeStream:
+    """A terminal stream whose loss (closed pipe, hung-up terminal) never stops a procedure:
+    writes after the loss are dropped. Everything else is the wrapped stream's."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self.lost = False
+
+    def write(self, text: str) -> int:
+        if not self.lost:
+            try:
+                return int(self._stream.write(text))
+            except (BrokenPipeError, OSError):
+                self.lost = True
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.lost:
+            try:
+                self._stream.flush()
+            except (BrokenPipeError, OSError):
+                self.lost = True
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def _interrupt(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
+def protect_terminal() -> None:
+    """Make a procedure run from a terminal survive the terminal: a closed pipe or a hung-up
+    session (SIGHUP) lets the procedure go on to its end; SIGTERM cancels it the way Ctrl-C does,
+    through its compensation. Call before Prefect is imported (its console handler keeps the
+    stream it finds)."""
+    sys.stdout = _SafeStream(sys.stdout)
+    sys.stderr = _SafeStream(sys.stderr)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _interrupt)
 
 
 def configure_api(console: Console) -> str:
@@ -100,12 +144,33 @@ def run_procedure(procedure: str, params: dict[str, Any], *, as_json: bool) -> i
     if procedure != "clean-move":
         console.print(f"[red]unknown procedure {procedure!r}[/red]; available: clean-move")
         return 1
+    # the terminal shows progress lines; Prefect's console lines would repeat them (the run's
+    # logs still reach the API and the UI)
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_FLOW_RUNS_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_TASK_RUNS_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
     from flows.clean_move import clean_move, report_markdown
 
     params.setdefault("requested_by", getpass.getuser())
-    with TerminalProgress(console, ui):
-        state = clean_move(**params, return_state=True)
-    result: Any = state.result(raise_on_failure=False)
+    seen: dict[str, Any] = {}
+
+    def keep_result(kind: str, data: dict[str, Any]) -> None:
+        if kind == "result":
+            seen["result"] = data["result"]
+
+    result: Any
+    with TerminalProgress(console, ui), progress.sink(keep_result):
+        try:
+            state = clean_move(**params, return_state=True)
+            result = state.result(raise_on_failure=False)
+        except KeyboardInterrupt as exc:
+            console.print(
+                f"[red]interrupted ({escape(str(exc) or 'Ctrl-C')})[/red]: the move "
+                "compensated what it had started; see the report"
+            )
+            result = seen.get("result")
+            if result is None:
+                return 130
     if isinstance(result, BaseException):
         console.print(f"[red]the flow crashed:[/red] {escape(str(result))}")
         return 1

@@ -21,6 +21,8 @@ from tasks import remote
 ROOT = Path(__file__).resolve().parent.parent
 LAB_SITE = ROOT / "config" / "sites" / "lab.yaml"
 IN_CI = os.environ.get("CI", "").lower() == "true"
+# the test server's telemetry writes race with the runs' writes on its SQLite file
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 _lab_numbers = itertools.count(10)
 
 

@@ -291,3 +291,47 @@ def test_cli_run_json(lab: RunningLab, prefect_api: str) -> None:
     assert all(result.where[a] == ["fts102"] for a in MOVED)
     assert set(result.channels.values()) == {"Active"}
     assert result.approval is not None and result.approval.decision == "pre-approved"
+
+
+def test_sigterm_mid_move_compensates_and_reports(lab: RunningLab, prefect_api: str) -> None:
+    _submit_long_job(lab, "CERN-CERN", 40)
+    env = {**os.environ, "PREFECT_API_URL": prefect_api}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "infra.cli",
+            "run",
+            "clean-move",
+            "--site",
+            str(lab.site_file),
+            "--from",
+            "fts101",
+            "--to",
+            "fts102",
+            "--yes",
+            "--json",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    # the other channels move while CERN-CERN drains; then the operator's session is terminated
+    wait_for(
+        lambda: placement(lab)["where"][P + "CERN-RAL"] == ["fts102"], 90, "CERN-RAL to be moved"
+    )
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    where = placement(lab)
+    assert where["where"][P + "CERN-CERN"] == ["fts101"], "left where it was, still serving"
+    assert where["channels"]["CERN-CERN"] == "Active", "its channel set Active again"
+    assert all(len(where["where"][a]) == 1 for a in MOVED)
+    assert set(where["channels"].values()) == {"Active"}
+    assert lab.lab.score().agents_running_twice == []
+    result = CleanMoveResult.model_validate_json(out)
+    assert result.status == "cancelled" and "SIGTERM" in result.summary
+    cern = next(a for a in result.agents if a.agent == P + "CERN-CERN")
+    assert cern.running_on == ["fts101"]
