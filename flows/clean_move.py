@@ -405,7 +405,8 @@ class MoveRun:
         for m in moves:
             a, ch = m.agent, m.channel
             with self.lock:
-                started_on_target = a in self.started
+                # an agent the plan only had to finish already runs on the target
+                started_on_target = a in self.started or m.action == "finish"
                 stopped = a in self.stopped or m.action == "start"
                 inactive = ch is not None and ch in self.inactive_at and ch not in self.active_at
             if started_on_target:

@@ -19,13 +19,18 @@ from tasks.site_state import snapshot_host
 class DrainTimeout(RuntimeError):
     """Channels still ran transfers at the deadline. `running` has the last counts."""
 
-    def __init__(self, host: str, running: dict[str, int], timeout_s: float) -> None:
+    def __init__(
+        self, host: str, running: dict[str, int], timeout_s: float, error: str | None = None
+    ) -> None:
         self.host = host
         self.running = running
         self.timeout_s = timeout_s
-        busy = ", ".join(f"{c} ({n} running)" for c, n in running.items() if n)
+        busy = ", ".join(
+            f"{c} ({n} running)" if n >= 0 else f"{c} (never read)" for c, n in running.items() if n
+        )
+        seen = f"; the last look at {host} failed: {error}" if error else ""
         super().__init__(
-            f"{host}: {busy} did not drain within {timeout_s:.0f} s; their agents stay on "
+            f"{host}: {busy} did not drain within {timeout_s:.0f} s{seen}; their agents stay on "
             f"{host} and their channels are set Active again. Re-run the move later, or force "
             "it (running transfers then lose their state)"
         )
@@ -115,6 +120,9 @@ class DrainMonitor:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise DrainTimeout(
-                        self.host, {c: self.running.get(c, -1) for c in channels}, timeout_s
+                        self.host,
+                        {c: self.running.get(c, -1) for c in channels},
+                        timeout_s,
+                        self.error,
                     )
                 self._cond.wait(timeout=min(left, 0.5))

@@ -241,3 +241,19 @@ def test_plan_markdown_shows_hosts_and_commands() -> None:
     assert "`service transfer-agents stop`" in md and "`fts102` start" in md
     bad = plan_markdown(plan_clean_move(SITE, STEADY, req(to_host="fts101")))
     assert "nothing will change" in bad
+
+
+def test_drain_timeout_message_names_channels_and_the_last_error() -> None:
+    from tasks.drain import DrainTimeout
+
+    exc = DrainTimeout(
+        "fts101",
+        {"CERN-CERN": 2, "CERN-RAL": 0, "CERN-FNAL": -1},
+        60,
+        "fts101 (127.0.1.1:2222): connection refused",
+    )
+    msg = str(exc)
+    assert "CERN-CERN (2 running)" in msg and "CERN-FNAL (never read)" in msg
+    assert "CERN-RAL" not in msg
+    assert "the last look at fts101 failed: fts101 (127.0.1.1:2222): connection refused" in msg
+    assert "channels are set Active again" in msg

@@ -55,8 +55,8 @@ def test_disabled_entries(lab: RunningLab) -> None:
         lab.site, "fts106", ["glite-transfer-vo-agent-atlas", "glite-transfer-vo-agent-cms"]
     )
     assert res.sentence == (
-        "fts106: disabled 2 agents in /etc/glite-data-transfer-agents.disabled, "
-        "0 were already listed"
+        "fts106: disabled 2 agents (vo atlas, vo cms) in "
+        "/etc/glite-data-transfer-agents.disabled, 0 were already listed"
     )
 
 
@@ -89,7 +89,7 @@ def test_verbs_run_as_prefect_tasks(lab: RunningLab, prefect_api: str) -> None:
     @flow
     def little_procedure() -> list[str]:
         snap = snapshot_site_task(lab.site, ["fts102"])
-        running = [a.name for a in snap.host("fts102").agents]
+        running = sorted(a.name for a in snap.host("fts102").agents)
         out = [verbs.stop_agents_task(lab.site, "fts102", running).sentence]
         out.append(verbs.start_agents_task(lab.site, "fts102", running).sentence)
         out.append(set_channels_task(lab.site, "fts102", ["CERN-PIC"], "Active").sentence)
@@ -97,7 +97,7 @@ def test_verbs_run_as_prefect_tasks(lab: RunningLab, prefect_api: str) -> None:
 
     sentences = little_procedure()
     assert sentences == [
-        "fts102: stopped 2 agents (CERN-PIC, CERN-CNAF), 0 were already stopped",
-        "fts102: started 2 agents (CERN-PIC, CERN-CNAF), 0 were already running",
+        "fts102: stopped 2 agents (CERN-CNAF, CERN-PIC), 0 were already stopped",
+        "fts102: started 2 agents (CERN-CNAF, CERN-PIC), 0 were already running",
         "fts102: set 0 channels Active, 1 was already Active",
     ]
