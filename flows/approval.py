@@ -36,6 +36,9 @@ class ApprovalInput(RunInput):
     )
     who: str = Field(min_length=1, max_length=120, description="your name or user ID")
     comment: str = Field(default="", max_length=2000)
+    source: str = Field(
+        default="Prefect UI", max_length=60, description="where the decision was made"
+    )
 
 
 class ApprovalRecord(BaseModel):
@@ -137,7 +140,7 @@ def request_approval(
             decision=answer.decision,
             who=answer.who,
             comment=answer.comment,
-            source=getattr(answer, "source", None) or "Prefect UI/API",
+            source=answer.source or "Prefect UI",
             decided_at=dt.datetime.now(dt.UTC),
             waited_s=(dt.datetime.now(dt.UTC) - started).total_seconds(),
         )

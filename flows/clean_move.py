@@ -39,7 +39,7 @@ from prefect.states import Completed, Failed
 from pydantic import BaseModel, Field
 
 from config.loader import load_site
-from config.site import ProcedurePolicy, Site
+from config.site import ProcedurePolicy, Site, short_name
 from flows import progress
 from flows.approval import ApprovalRecord, pre_approved, request_approval
 from flows.clean_move_plan import (
@@ -52,6 +52,7 @@ from flows.clean_move_plan import (
     plan_clean_move,
     plan_markdown,
 )
+from flows.notify import ProcedureThread
 from flows.service_lock import ServiceBusy, service_lock
 from tasks import remote
 from tasks.agents import (
@@ -66,6 +67,7 @@ from tasks.channels import set_channels, set_channels_task
 from tasks.drain import Cancelled, DrainMonitor, DrainTimeout
 from tasks.outcome import StepResult, count
 from tasks.site_state import SiteSnapshot, snapshot_site, snapshot_site_task
+from tasks.slack import SlackNotifier
 from tasks.ssh import shell_command
 
 PROCEDURE = "clean-move"
@@ -141,6 +143,7 @@ class CleanMoveResult(BaseModel):
     channels: dict[str, str] = Field(default_factory=dict)
     where: dict[str, list[str]] = Field(default_factory=dict)
     human_actions: list[str] = Field(default_factory=list)
+    notifications: str = ""
     timing: Timing | None = None
     started_at: dt.datetime
     ended_at: dt.datetime
@@ -543,6 +546,16 @@ move_chain_task = task(  # type: ignore[call-overload]
 # --- verify and report --------------------------------------------------------------------------
 
 
+def _run_url(run_id: str | None) -> str | None:
+    """The run's page in the Prefect UI (from PREFECT_UI_URL or the API URL)."""
+    if run_id is None:
+        return None
+    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
+
+    ui = PREFECT_UI_URL.value() or (str(PREFECT_API_URL.value() or "").removesuffix("/api"))
+    return f"{ui}/runs/flow-run/{run_id}" if ui else None
+
+
 def _why(exc: BaseException) -> str:
     """Why a move stopped, in words (``terminated by SIGTERM``, ``interrupted``, ...)."""
     sig = getattr(exc, "signal", None)
@@ -696,7 +709,7 @@ def clean_move(
         expected_restart_s=policy.expected_restart_s,
     )
     poll_s = poll_interval_s or policy.poll_interval_s
-    base = dict(
+    base: dict[str, Any] = dict(
         site=site.site,
         from_host=from_host,
         to_host=to_host,
@@ -712,18 +725,51 @@ def clean_move(
             CleanMoveResult(**base, status=status, summary=summary, ended_at=_now(), **kw)
         )
 
-    try:
-        if dry_run:
+    if dry_run:
+        try:
             return _plan_only(site, req, finish)
-        with service_lock(site.site, site.service.name, PROCEDURE):
-            return _move(
-                site, req, policy, poll_s, requested_by, pause_for_approval, finish, started
-            )
-    except ServiceBusy as exc:
-        logger.error("%s", exc)
-        return finish("refused", str(exc))
-    finally:
-        remote.close_pools()
+        finally:
+            remote.close_pools()
+    who = requested_by or getpass.getuser()
+    notifier = SlackNotifier.for_site(site)
+    thread = ProcedureThread(
+        notifier,
+        site,
+        PROCEDURE,
+        run_id,
+        _run_url(run_id),
+        f"{from_host} → {to_host} ({mode})",
+        who,
+        {
+            "agents": ",".join(short_name(a) for a in agents or []) or "all",
+            "mode": mode,
+            "force": force_after_drain_timeout,
+        },
+    )
+
+    def finish_noted(status: Status, summary: str, **kw: Any) -> State[Any]:
+        return finish(status, summary, notifications=notifier.status(), **kw)
+
+    with progress.sink(thread):
+        thread.open()
+        try:
+            with service_lock(site.site, site.service.name, PROCEDURE):
+                return _move(
+                    site,
+                    req,
+                    policy,
+                    poll_s,
+                    who,
+                    pause_for_approval,
+                    finish_noted,
+                    started,
+                    thread,
+                )
+        except ServiceBusy as exc:
+            logger.error("%s", exc)
+            return finish_noted("refused", str(exc))
+        finally:
+            remote.close_pools()
 
 
 def _plan_only(site: Site, req: MoveRequest, finish: Finish) -> State[Any]:
@@ -756,6 +802,7 @@ def _move(
     pause: bool | None,
     finish: Finish,
     flow_started: dt.datetime,
+    thread: ProcedureThread | None = None,
 ) -> State[Any]:
     logger = get_run_logger()
     snap = snapshot_site_task(site, [req.from_host, req.to_host])
@@ -781,6 +828,8 @@ def _move(
             what=f"clean move of {count(len(plan.agents), 'agent')} {req.from_host} -> "
             f"{req.to_host} ({req.mode}), est. {plan.estimated_duration_s:.0f} s",
             poll_interval_s=1.0,
+            announce=(lambda: thread.request_approval(plan, requested_by)) if thread else None,
+            conclude=thread.decided if thread else None,
         )
         progress.emit("approval", record=approval)
         if not approval.approved:
@@ -793,7 +842,7 @@ def _move(
             )
     else:
         approval = pre_approved(
-            requested_by or getpass.getuser(),
+            requested_by,
             "no approval required" if pause is None else "started with --yes",
         )
     run = MoveRun(site, plan, poll_s)

@@ -41,8 +41,19 @@ def sink(fn: Sink) -> Iterator[None]:
         remove_sink(fn)
 
 
+def _run_id() -> str | None:
+    try:
+        from prefect.context import FlowRunContext
+
+        ctx = FlowRunContext.get()
+    except ImportError:  # pragma: no cover - prefect is a dependency
+        return None
+    return str(ctx.flow_run.id) if ctx and ctx.flow_run else None
+
+
 def emit(kind: str, **data: Any) -> None:
-    """Send an event to every sink."""
+    """Send an event to every sink; `run_id` (the current flow run's) is added to the data."""
+    data.setdefault("run_id", _run_id())
     with _lock:
         sinks = list(_sinks)
     for s in sinks:

@@ -258,6 +258,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- gateway ------------------------------------------------------------------------------------
+
+
+def cmd_gateway(args: argparse.Namespace) -> int:
+    """`handover gateway`: Slack interactions in, decisions applied to paused runs."""
+    from infra.gateway.server import GatewayError, serve_http, serve_socket_mode
+    from infra.run import configure_api
+
+    configure_api(err)
+    try:
+        if args.socket_mode:
+            serve_socket_mode(args.site)
+        else:
+            err.print(
+                f"gateway for {args.site} on http://{args.host}:{args.port} "
+                "(POST /slack/interactions, GET /healthz)"
+            )
+            serve_http(args.site, args.host, args.port)
+    except GatewayError as exc:
+        err.print(f"[red]gateway:[/red] {exc}")
+        return 1
+    return 0
+
+
 # --- server -------------------------------------------------------------------------------------
 
 
@@ -394,6 +418,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--limit", type=int, default=None, help="at most this many runs at once")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("gateway", help="Slack approvals in (HTTP or Socket Mode)")
+    _site_arg(p)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8787)
+    p.add_argument(
+        "--socket-mode",
+        action="store_true",
+        help="receive interactions over Slack's Socket Mode instead of HTTP",
+    )
+    p.set_defaults(func=cmd_gateway)
 
     srv = sub.add_parser("server", help="a local Prefect server (embedded SQLite)")
     srv.add_argument("server_action", choices=["start", "stop", "status"])

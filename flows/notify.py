@@ -1,0 +1,267 @@
+"""What a procedure says in Slack, in Block Kit: pure builders, and the glue to a run's events.
+
+`ProcedureThread` is a progress sink for one flow run: it opens the run's thread, posts each step's
+outcome sentence, keeps one progress message up to date while channels drain, posts the approval
+request (with Approve and Reject buttons whose value is the flow run id), replaces it by the
+decision, and closes the thread with the result.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from config.site import Site, short_name
+from flows.approval import ApprovalRecord
+from flows.clean_move_plan import MovePlan
+from tasks.slack import SlackNotifier
+
+Blocks = list[dict[str, Any]]
+MAX_TEXT = 2900  # Slack refuses a section text over 3000 characters
+ICON = {
+    "done": ":white_check_mark:",
+    "forced": ":warning:",
+    "failed": ":x:",
+    "compensation": ":leftwards_arrow_with_hook:",
+}
+STATUS_ICON = {
+    "completed": ":white_check_mark:",
+    "partial": ":warning:",
+    "failed": ":x:",
+    "refused": ":no_entry:",
+    "rejected": ":no_entry_sign:",
+    "dry-run": ":memo:",
+    "cancelled": ":octagonal_sign:",
+}
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 20] + "\n... (truncated)"
+
+
+def _section(text: str) -> dict[str, Any]:
+    return {"type": "section", "text": {"type": "mrkdwn", "text": _clip(text)}}
+
+
+def _context(text: str) -> dict[str, Any]:
+    return {"type": "context", "elements": [{"type": "mrkdwn", "text": _clip(text)}]}
+
+
+def impact_text(site: Site, plan: MovePlan) -> str:
+    """What stops for users while the move runs, in words (seed 002's component notes)."""
+    chans = [m.channel for m in plan.agents if m.channel]
+    vos = [m.vo for m in plan.agents if m.vo]
+    parts = []
+    if chans:
+        parts.append(
+            f"New transfers on {', '.join(chans)} stop, retries included, from the moment each "
+            "channel is set Inactive until its agent serves on the backup (bandwidth is lost "
+            "meanwhile). Transfers can still be submitted and queried; jobs already transferred "
+            "complete normally; no job is lost."
+        )
+    if vos:
+        parts.append(
+            f"For VO {', '.join(vos)}: transfers can be submitted but are not assigned to "
+            "channels nor retried, and VO actions (catalog updates) wait until the agent is "
+            "back; nothing is lost, jobs stall and then complete."
+        )
+    return " ".join(parts) or "No agent is moved."
+
+
+def root_blocks(
+    procedure: str,
+    site: Site,
+    title: str,
+    who: str,
+    params: dict[str, Any],
+    run_url: str | None,
+    status: str | None = None,
+) -> Blocks:
+    """The thread's first message."""
+    head = f"{STATUS_ICON.get(status or '', ':arrows_counterclockwise:')} *{procedure}* on "
+    head += f"site *{site.site}*: {title}"
+    shown = ", ".join(f"{k}={v}" for k, v in params.items() if v not in (None, "", False))
+    blocks = [_section(head), _context(f"started by {who} · {shown}")]
+    if run_url:
+        blocks.append(_context(f"<{run_url}|Prefect run>"))
+    return blocks
+
+
+def step_blocks(outcome: str, sentence: str) -> Blocks:
+    """One step's outcome sentence."""
+    return [_context(f"{ICON.get(outcome, ':small_blue_diamond:')} {sentence}")]
+
+
+def approval_blocks(
+    run_id: str,
+    site: Site,
+    plan: MovePlan,
+    what: str,
+    requester: str,
+    timeout_s: float,
+    on_timeout: str,
+) -> Blocks:
+    """The approval request: what, where, the plan, the estimate, the impact, and two buttons."""
+    est = plan.estimated_downtime_s
+    downtime = ", ".join(f"{c} ~{s:.0f} s" for c, s in est.items()) or "none"
+    lines = []
+    for phase in plan.phases:
+        for chain in phase.chains:
+            for st in chain.steps:
+                who = ", ".join(short_name(a) for a in st.agents) or ", ".join(st.channels)
+                lines.append(f"{st.host:8} {st.verb:14} {who}")
+    running = ", ".join(f"{m.channel}: {m.running_transfers}" for m in plan.agents if m.channel)
+    return [
+        _section(
+            f":raising_hand: *Approval needed*: {what}\nSite *{site.site}*, "
+            f"{plan.from_host} → {plan.to_host}, requested by {requester}."
+        ),
+        _section(
+            f"*Running transfers now*: {running or 'none'}\n*Estimated downtime*: "
+            f"{downtime}; about {plan.estimated_duration_s:.0f} s in all."
+        ),
+        _section(f"*Impact*: {impact_text(site, plan)}"),
+        _section("*Plan*\n```" + "\n".join(lines) + "```"),
+        _context(f"No decision within {timeout_s:.0f} s: {on_timeout}."),
+        {
+            "type": "actions",
+            "block_id": "approval",
+            "elements": [
+                {
+                    "type": "button",
+                    "action_id": "approve",
+                    "style": "primary",
+                    "value": run_id,
+                    "text": {"type": "plain_text", "text": "Approve"},
+                },
+                {
+                    "type": "button",
+                    "action_id": "reject",
+                    "style": "danger",
+                    "value": run_id,
+                    "text": {"type": "plain_text", "text": "Reject"},
+                },
+            ],
+        },
+    ]
+
+
+def decision_text(record: ApprovalRecord) -> str:
+    """``Approved by <@U0LABOPS1> at 14:03 UTC`` and the like."""
+    icon = ":white_check_mark:" if record.approved else ":no_entry_sign:"
+    sentence = record.sentence()
+    return f"{icon} {sentence[0].upper()}{sentence[1:]}"
+
+
+def decision_blocks(record: ApprovalRecord, what: str) -> Blocks:
+    """The approval message once decided: no buttons any more."""
+    return [_section(f"*Approval*: {what}"), _context(decision_text(record))]
+
+
+def end_blocks(
+    status: str,
+    summary: str,
+    human_actions: list[str],
+    where: dict[str, list[str]],
+    channels: dict[str, str],
+) -> Blocks:
+    """The last message: the outcome, the site's state, and what a human must still do."""
+    blocks = [_section(f"{STATUS_ICON.get(status, '')} *{status.upper()}*: {summary}")]
+    if where:
+        state = ", ".join(
+            f"{short_name(a)} on {'+'.join(h) or 'nowhere'}" for a, h in where.items()
+        )
+        blocks.append(_context(f"Agents now: {state}"))
+    if channels:
+        blocks.append(_context("Channels: " + ", ".join(f"{c} {s}" for c, s in channels.items())))
+    if human_actions:
+        blocks.append(
+            _section("*A human must act:*\n" + "\n".join(f"• {h}" for h in human_actions))
+        )
+    return blocks
+
+
+class ProcedureThread:
+    """The Slack thread of one run, fed by the run's progress events (a progress sink)."""
+
+    def __init__(
+        self,
+        notifier: SlackNotifier,
+        site: Site,
+        procedure: str,
+        run_id: str | None,
+        run_url: str | None,
+        title: str,
+        who: str,
+        params: dict[str, Any],
+    ) -> None:
+        self.n = notifier
+        self.site = site
+        self.procedure = procedure
+        self.run_id = run_id
+        self.run_url = run_url
+        self.title = title
+        self.who = who
+        self.params = params
+        self.what = title
+
+    def open(self) -> None:
+        """Post the thread's first message."""
+        self.n.start(
+            f"{self.procedure} on {self.site.site}: {self.title}",
+            root_blocks(self.procedure, self.site, self.title, self.who, self.params, self.run_url),
+        )
+
+    def __call__(self, kind: str, data: dict[str, Any]) -> None:
+        if data.get("run_id") != self.run_id:
+            return  # another run's event (runs share the process in tests and `serve`)
+        if kind == "step":
+            rec = data["record"]
+            self.n.step(rec.sentence, step_blocks(rec.outcome, rec.sentence))
+        elif kind == "drain":
+            busy = ", ".join(f"{c} {n}" for c, n in data["running"].items())
+            self.n.progress(f":hourglass_flowing_sand: running transfers on {data['host']}: {busy}")
+        elif kind == "result":
+            r = data["result"]
+            self.n.finish(
+                f"{r.status}: {r.summary}",
+                end_blocks(r.status, r.summary, r.human_actions, r.where, r.channels),
+                f"{self.procedure} on {self.site.site}: {r.status}",
+                root_blocks(
+                    self.procedure,
+                    self.site,
+                    self.title,
+                    self.who,
+                    self.params,
+                    self.run_url,
+                    status=r.status,
+                ),
+            )
+
+    def request_approval(self, plan: MovePlan, requester: str) -> None:
+        """Post the approval request for `plan`."""
+        pol = self.site.policy(self.procedure)
+        on_timeout = (
+            "proceed (emergency policy)"
+            if pol.on_approval_timeout == "proceed" and pol.emergency
+            else "rejected"
+        )
+        self.what = (
+            f"{self.procedure} of {len(plan.agents)} agent(s), {plan.from_host} → "
+            f"{plan.to_host} ({plan.mode})"
+        )
+        self.n.approval(
+            f"Approval needed: {self.what}",
+            approval_blocks(
+                self.run_id or "",
+                self.site,
+                plan,
+                self.what,
+                requester,
+                pol.approval_timeout_s,
+                on_timeout,
+            ),
+        )
+
+    def decided(self, record: ApprovalRecord) -> None:
+        """Replace the request by the decision, and say it in the thread."""
+        self.n.decided(decision_text(record), decision_blocks(record, self.what))

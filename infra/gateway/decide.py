@@ -1,0 +1,153 @@
+"""Who may resume a paused procedure, and the resume itself (the same for every transport).
+
+`Decider.decide` takes a decision already authenticated by its transport (a Slack request whose
+signature was verified, or a Socket Mode envelope) and checks, in order: the action, the run id,
+that the run exists, belongs to this gateway's site and waits for an approval, that the user is an
+approver (user IDs or a user group from the site file) and, under the two-person rule, not the
+one who requested the run. Only then does it resume the run with the typed input. Every outcome,
+refused or not, is an audit line.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+from prefect.client.orchestration import get_client
+from prefect.exceptions import ObjectNotFound
+from prefect.flow_runs import resume_flow_run
+
+from config.loader import SiteConfigError, load_site
+from config.site import Site
+
+audit_log = logging.getLogger("handover.audit")
+
+ACTIONS = {"approve": "approve", "reject": "reject"}
+GROUP_CACHE_S = 60.0
+
+
+@dataclass
+class Decision:
+    """What became of a click: resumed or refused, and the words for the user."""
+
+    resumed: bool
+    message: str
+    reason: str = ""
+
+
+@dataclass
+class Decider:
+    """Checks and applies decisions for one site."""
+
+    site: Site
+    group_members: Any = None  # callable(group_id) -> list[str], e.g. Slack's usergroups.users.list
+    audit: list[dict[str, Any]] = field(default_factory=list)
+    _locks: dict[str, threading.Lock] = field(default_factory=dict)
+    _guard: threading.Lock = field(default_factory=threading.Lock)
+    _group_cache: tuple[float, set[str]] = (0.0, set())
+
+    def _lock_for(self, run_id: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(run_id, threading.Lock())
+
+    def record(self, **entry: Any) -> None:
+        """Append an audit entry and write it as one JSON log line."""
+        entry = {"at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), **entry}
+        with self._guard:
+            self.audit.append(entry)
+        audit_log.info("%s", json.dumps(entry, sort_keys=True))
+
+    def approvers(self) -> set[str]:
+        """User IDs allowed to decide: the listed ones plus the group's members (cached 60 s)."""
+        slack = self.site.slack
+        if slack is None:
+            return set()
+        allowed = set(slack.approvers)
+        if slack.approver_group and self.group_members is not None:
+            at, members = self._group_cache
+            if time.monotonic() - at > GROUP_CACHE_S:
+                try:
+                    members = set(self.group_members(slack.approver_group))
+                    self._group_cache = (time.monotonic(), members)
+                except Exception as exc:  # noqa: BLE001 - fall back to the listed approvers
+                    audit_log.warning("could not read user group %s: %s", slack.approver_group, exc)
+            allowed |= members
+        return allowed
+
+    def decide(
+        self, *, user_id: str, user_name: str, action_id: str, value: str, source: str
+    ) -> Decision:
+        """Check and apply one decision (see the module docstring for the order of checks)."""
+        base = {"user": user_id, "action": action_id, "run": value, "source": source}
+
+        def refuse(reason: str, message: str) -> Decision:
+            self.record(**base, result="refused", reason=reason)
+            return Decision(False, message, reason)
+
+        decision = ACTIONS.get(action_id)
+        if decision is None:
+            return refuse("unknown-action", f"Unknown action {action_id!r}.")
+        try:
+            run_id = UUID(value)
+        except (ValueError, TypeError):
+            return refuse("bad-run-id", "This button does not name a run.")
+        with get_client(sync_client=True) as client:
+            try:
+                run = client.read_flow_run(run_id)
+            except ObjectNotFound:
+                return refuse("unknown-run", f"No run {run_id} is known; nothing was resumed.")
+        site_file = (run.parameters or {}).get("site_file")
+        try:
+            run_site = load_site(site_file).site if site_file else None
+        except SiteConfigError:
+            run_site = None
+        if run_site != self.site.site:
+            return refuse("other-site", f"Run {run.name} is not a run of site {self.site.site}.")
+        if user_id not in self.approvers():
+            return refuse(
+                "not-an-approver",
+                f"You are not an approver for site {self.site.site}; nothing was "
+                "resumed. Ask one of the site's approvers.",
+            )
+        slack = self.site.slack
+        requester = str((run.parameters or {}).get("requested_by") or "")
+        if (
+            slack is not None
+            and slack.two_person_rule
+            and requester
+            and requester in (user_id, user_name)
+        ):
+            return refuse(
+                "own-request", "Two-person rule: you requested this run, someone else must decide."
+            )
+        with self._lock_for(str(run_id)):
+            with get_client(sync_client=True) as client:
+                state = client.read_flow_run(run_id).state
+            if state is None or not state.is_paused():
+                name = state.name if state else "unknown"
+                return refuse(
+                    "not-waiting",
+                    f"Run {run.name} is not waiting for a decision (it is {name}); "
+                    "it was decided already or has ended.",
+                )
+            try:
+                resume_flow_run(
+                    run_id,
+                    run_input={
+                        "decision": decision,
+                        "who": f"<@{user_id}>" if source == "Slack" else user_name or user_id,
+                        "comment": "",
+                        "source": source,
+                    },
+                )
+            except Exception as exc:  # noqa: BLE001 - said to the user and audited
+                return refuse("resume-failed", f"Could not resume run {run.name}: {exc}")
+        self.record(**base, result="resumed", decision=decision, flow_run=run.name)
+        verb = "Approved" if decision == "approve" else "Rejected"
+        return Decision(True, f"{verb}: run {run.name} resumes.")

@@ -1,0 +1,189 @@
+"""Slack: one thread per procedure run, Block Kit messages, an approval message with buttons.
+
+Contract of `SlackNotifier`:
+    * It never raises and never blocks a procedure for long: every call has a 5 s timeout, and a
+      failure (Slack unreachable, token refused, rate limit) is logged and remembered in
+      `failures`; later calls still try. Only an approval waits, and it waits on Prefect (the
+      pause), not on Slack: the Prefect UI can always decide.
+    * The bot token is read once from its reference and never appears in a log, a message or an
+      error; errors are reported by Slack's error code (``invalid_auth``).
+    * The approval buttons carry the flow run id as their value, with action ids ``approve`` and
+      ``reject``; the gateway resumes the run, the flow updates the message in place.
+
+The Web API base URL is Slack's unless `HANDOVER_SLACK_API_URL` is set (the tests' fake Slack).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+
+from config.site import SecretError, Site
+
+log = logging.getLogger("handover.slack")
+
+DEFAULT_API_URL = "https://slack.com/api/"
+TIMEOUT_S = 5
+#: the progress message is edited at most this often
+PROGRESS_EVERY_S = 2.0
+
+
+def api_url() -> str:
+    """The Slack Web API base URL (`HANDOVER_SLACK_API_URL` or Slack's)."""
+    url = os.environ.get("HANDOVER_SLACK_API_URL", DEFAULT_API_URL)
+    return url if url.endswith("/") else url + "/"
+
+
+def slack_client(site: Site) -> WebClient:
+    """A WebClient with the site's bot token.
+
+    Raises:
+        SecretError: the site has no Slack section or its token cannot be read.
+    """
+    if site.slack is None:
+        raise SecretError(f"site {site.site} has no slack section")
+    token = site.slack.bot_token.resolve().get_secret_value()
+    return WebClient(token=token, base_url=api_url(), timeout=TIMEOUT_S)
+
+
+class SlackNotifier:
+    """The Slack thread of one procedure run (see the module's contract)."""
+
+    def __init__(self, site: Site, client: WebClient | None, *, disabled_reason: str = "") -> None:
+        self.site = site
+        self.client = client
+        self.channel = site.slack.channel if site.slack else ""
+        self.channel_id: str | None = None
+        self.root_ts: str | None = None
+        self.approval_ts: str | None = None
+        self.progress_ts: str | None = None
+        self._progress_at = 0.0
+        self._lock = threading.Lock()
+        self.failures: list[str] = []
+        self.disabled_reason = disabled_reason
+
+    @classmethod
+    def for_site(cls, site: Site) -> SlackNotifier:
+        """A notifier for the site; a disabled one (saying why) when Slack is not configured."""
+        if site.slack is None:
+            return cls(site, None, disabled_reason="the site has no slack section")
+        try:
+            return cls(site, slack_client(site))
+        except SecretError as exc:
+            return cls(site, None, disabled_reason=f"Slack notifications off: {exc}")
+
+    @property
+    def enabled(self) -> bool:
+        """Whether messages are being sent."""
+        return self.client is not None
+
+    def status(self) -> str:
+        """One line for the run's report: how notification went."""
+        if not self.enabled:
+            return self.disabled_reason
+        if self.failures:
+            return (
+                f"Slack notification failed {len(self.failures)} time(s) (the procedure went "
+                f"on): {self.failures[-1]}"
+            )
+        return f"Slack thread in {self.channel}"
+
+    # --- plumbing ------------------------------------------------------------------------------
+
+    def _call(self, method: str, **kwargs: Any) -> dict[str, Any] | None:
+        if self.client is None:
+            return None
+        try:
+            resp = self.client.api_call(method, json=kwargs)
+            data: dict[str, Any] = dict(resp.data) if isinstance(resp.data, dict) else {}
+            return data
+        except SlackApiError as exc:
+            error = exc.response.get("error", "unknown") if exc.response else "unknown"
+            self._failed(f"{method}: Slack answered {error}")
+        except Exception as exc:  # noqa: BLE001 - Slack must never stop a procedure
+            self._failed(f"{method}: Slack unreachable ({type(exc).__name__}: {exc})")
+        return None
+
+    def _failed(self, what: str) -> None:
+        with self._lock:
+            self.failures.append(what)
+        log.warning("%s", what)
+
+    def post(
+        self, text: str, blocks: list[dict[str, Any]] | None = None, *, in_thread: bool = True
+    ) -> str | None:
+        """Post a message (in the run's thread once it exists). Returns its ts or None."""
+        kwargs: dict[str, Any] = {"channel": self.channel_id or self.channel, "text": text}
+        if blocks:
+            kwargs["blocks"] = blocks
+        if in_thread and self.root_ts:
+            kwargs["thread_ts"] = self.root_ts
+        data = self._call("chat.postMessage", **kwargs)
+        if not data:
+            return None
+        self.channel_id = self.channel_id or data.get("channel")
+        return str(data.get("ts")) if data.get("ts") else None
+
+    def update(self, ts: str, text: str, blocks: list[dict[str, Any]] | None = None) -> bool:
+        """Edit a message in place."""
+        kwargs: dict[str, Any] = {
+            "channel": self.channel_id or self.channel,
+            "ts": ts,
+            "text": text,
+            "blocks": blocks or [],
+        }
+        return self._call("chat.update", **kwargs) is not None
+
+    # --- what procedures say -------------------------------------------------------------------
+
+    def start(self, text: str, blocks: list[dict[str, Any]]) -> None:
+        """Open the run's thread."""
+        self.root_ts = self.post(text, blocks, in_thread=False)
+
+    def step(self, text: str, blocks: list[dict[str, Any]]) -> None:
+        """One step's outcome sentence."""
+        self.post(text, blocks)
+
+    def progress(self, text: str, *, force: bool = False) -> None:
+        """The live progress line: one message, edited in place, at most every few seconds."""
+        now = time.monotonic()
+        with self._lock:
+            if not force and self.progress_ts and now - self._progress_at < PROGRESS_EVERY_S:
+                return
+            self._progress_at = now
+            ts = self.progress_ts
+        block = [{"type": "context", "elements": [{"type": "mrkdwn", "text": text}]}]
+        if ts is None:
+            new = self.post(text, block)
+            with self._lock:
+                self.progress_ts = new
+        else:
+            self.update(ts, text, block)
+
+    def approval(self, text: str, blocks: list[dict[str, Any]]) -> None:
+        """Post the approval request (with its buttons)."""
+        self.approval_ts = self.post(text, blocks)
+
+    def decided(self, text: str, blocks: list[dict[str, Any]]) -> None:
+        """Replace the approval request by the decision (the buttons go)."""
+        if self.approval_ts:
+            self.update(self.approval_ts, text, blocks)
+        self.post(text, blocks)
+
+    def finish(
+        self,
+        text: str,
+        blocks: list[dict[str, Any]],
+        root_text: str,
+        root_blocks: list[dict[str, Any]],
+    ) -> None:
+        """The end: a final message in the thread, and the thread's first message updated."""
+        self.post(text, blocks)
+        if self.root_ts:
+            self.update(self.root_ts, root_text, root_blocks)

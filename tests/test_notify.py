@@ -1,0 +1,90 @@
+"""Slack messages of a procedure (pure Block Kit builders) and the notifier's failure contract."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from config.loader import load_site
+from flows.approval import ApprovalRecord
+from flows.clean_move_plan import MoveRequest, plan_clean_move
+from flows.notify import approval_blocks, decision_blocks, end_blocks, impact_text
+from tasks.slack import SlackNotifier
+from tests.test_clean_move_plan import STEADY
+
+SITE = load_site(Path(__file__).resolve().parent.parent / "config/sites/lab.yaml")
+RUN = "6f1d7f7e-3a52-4d84-9c7a-4b1d2b6c0a11"
+
+
+def _plan() -> object:
+    return plan_clean_move(SITE, STEADY, MoveRequest(from_host="fts101", to_host="fts102"))
+
+
+def test_approval_message_has_plan_estimate_impact_and_two_buttons() -> None:
+    plan = _plan()
+    blocks = approval_blocks(
+        RUN,
+        SITE,
+        plan,
+        "clean-move of 4 agent(s)",
+        "alice",
+        600,  # type: ignore[arg-type]
+        "rejected",
+    )
+    actions = [b for b in blocks if b["type"] == "actions"]
+    assert len(actions) == 1 and actions[0]["block_id"] == "approval"
+    buttons = actions[0]["elements"]
+    assert [(b["action_id"], b["value"]) for b in buttons] == [("approve", RUN), ("reject", RUN)]
+    text = str(blocks)
+    assert "Estimated downtime" in text and "CERN-CERN ~" in text
+    assert "fts101" in text and "stop" in text and "No decision within 600 s: rejected" in text
+
+
+def test_impact_follows_seed_002() -> None:
+    text = impact_text(SITE, _plan())  # type: ignore[arg-type]
+    assert "New transfers on CERN-CERN, CERN-RAL, CERN-FNAL, CERN-IN2P3 stop" in text
+    assert "no job is lost" in text
+
+
+def test_decision_replaces_the_buttons() -> None:
+    rec = ApprovalRecord(
+        decision="approve",
+        who="<@U0LABOPS1>",
+        source="Slack",
+        decided_at=dt.datetime(2026, 11, 22, 14, 3, tzinfo=dt.UTC),
+    )
+    blocks = decision_blocks(rec, "clean-move")
+    assert not any(b["type"] == "actions" for b in blocks)
+    assert "Approved by <@U0LABOPS1> at 14:03 UTC (Slack)" in str(blocks)
+
+
+def test_end_message_says_what_a_human_must_do() -> None:
+    blocks = end_blocks(
+        "failed",
+        "1 agent stranded",
+        ["run `service transfer-agents start`"],
+        {"glite-transfer-channel-agent-urlcopy-CERN-CERN": []},
+        {"CERN-CERN": "Inactive"},
+    )
+    text = str(blocks)
+    assert "FAILED" in text and "A human must act" in text and "CERN-CERN on nowhere" in text
+
+
+def test_notifier_without_token_is_off_and_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HANDOVER_SLACK_BOT_TOKEN", raising=False)
+    n = SlackNotifier.for_site(SITE)
+    assert not n.enabled
+    assert "HANDOVER_SLACK_BOT_TOKEN is not set" in n.status()
+    n.step("x", [])  # no error: nothing is sent
+
+
+def test_notifier_survives_an_unreachable_slack(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HANDOVER_SLACK_API_URL", "http://127.0.0.1:9/api/")
+    monkeypatch.setenv("HANDOVER_SLACK_BOT_TOKEN", "xoxb-nowhere")
+    n = SlackNotifier.for_site(SITE)
+    n.start("hello", [])
+    n.step("a step", [])
+    assert n.root_ts is None and len(n.failures) == 2
+    assert "unreachable" in n.status() and "xoxb-nowhere" not in n.status()
