@@ -1,0 +1,92 @@
+"""The fake Slack Web API answers the real slack_sdk like Slack, and signs like Slack."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+from slack_sdk.signature import SignatureVerifier
+
+from infra.fakeslack import FakeSlack, interaction_body, signed_headers, slack_signature
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeSlack]:
+    with FakeSlack(tokens={"xoxb-t"}, usergroups={"S0OPS": ["U1", "U2"]}) as f:
+        yield f
+
+
+def test_threads_updates_and_blocks(fake: FakeSlack) -> None:
+    c = WebClient(token="xoxb-t", base_url=fake.base_url, timeout=3)
+    root = c.chat_postMessage(
+        channel="#fts-ops-lab",
+        text="root",
+        blocks=[{"type": "section", "text": {"type": "mrkdwn", "text": "hi"}}],
+    )
+    assert root["channel"] == "C0LABOPS01"
+    c.chat_postMessage(channel=root["channel"], thread_ts=root["ts"], text="reply")
+    c.chat_update(channel=root["channel"], ts=root["ts"], text="root v2", blocks=[])
+    thread = fake.thread(root["channel"], root["ts"])
+    assert [m.text for m in thread] == ["root v2", "reply"]
+    assert thread[0].edits[0]["blocks"][0]["type"] == "section"
+    with pytest.raises(SlackApiError) as info:
+        c.chat_update(channel=root["channel"], ts="1.000001", text="x")
+    assert info.value.response["error"] == "message_not_found"
+    assert c.usergroups_users_list(usergroup="S0OPS")["users"] == ["U1", "U2"]
+
+
+def test_errors_like_slack(fake: FakeSlack) -> None:
+    with pytest.raises(SlackApiError) as info:
+        WebClient(token="xoxb-wrong", base_url=fake.base_url).auth_test()
+    assert info.value.response["error"] == "invalid_auth"
+    c = WebClient(token="xoxb-t", base_url=fake.base_url)
+    with pytest.raises(SlackApiError) as info:
+        c.chat_postMessage(channel="#nowhere", text="x")
+    assert info.value.response["error"] == "channel_not_found"
+    fake.fail_next("chat.postMessage", "fatal_error")
+    with pytest.raises(SlackApiError):
+        c.chat_postMessage(channel="#fts-ops-lab", text="x")
+    assert c.chat_postMessage(channel="#fts-ops-lab", text="x")["ok"]
+
+
+def test_unreachable_after_stop(fake: FakeSlack) -> None:
+    c = WebClient(token="xoxb-t", base_url=fake.base_url, timeout=2)
+    fake.stop()
+    t0 = time.monotonic()
+    with pytest.raises(Exception):  # noqa: B017 - urllib's connection error
+        c.auth_test()
+    assert time.monotonic() - t0 < 5
+
+
+def test_response_url_records_posts(fake: FakeSlack) -> None:
+    url = fake.response_url()
+    req = urllib.request.Request(
+        url,
+        data=json.dumps({"text": "only you"}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=3) as resp:
+        assert resp.status == 200
+    assert fake.responses[-1][1] == {"text": "only you"}
+
+
+def test_signatures_and_interactions_as_slack_makes_them() -> None:
+    body = interaction_body(user_id="U0LABOPS1", action_id="approve", value="run-1")
+    h = signed_headers("s3cret", body)
+    v = SignatureVerifier("s3cret")
+    assert v.is_valid(body, h["X-Slack-Request-Timestamp"], h["X-Slack-Signature"])
+    assert not v.is_valid(body + "x", h["X-Slack-Request-Timestamp"], h["X-Slack-Signature"])
+    assert not SignatureVerifier("other").is_valid(
+        body, h["X-Slack-Request-Timestamp"], h["X-Slack-Signature"]
+    )
+    assert slack_signature("s3cret", 1, "b").startswith("v0=")
+    payload = json.loads(urllib.parse.parse_qs(body)["payload"][0])
+    assert payload["type"] == "block_actions" and payload["user"]["id"] == "U0LABOPS1"
+    assert payload["actions"][0]["action_id"] == "approve"
+    assert payload["actions"][0]["value"] == "run-1"
