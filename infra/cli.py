@@ -282,6 +282,29 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fake_slack(args: argparse.Namespace) -> int:
+    """`handover fake-slack`: the fake Slack Web API, for rehearsals without Slack."""
+    import threading
+
+    from infra.fakeslack import FakeSlack
+
+    token = os.environ.get("HANDOVER_SLACK_BOT_TOKEN")
+    if not token:
+        err.print("[red]fake-slack:[/red] export HANDOVER_SLACK_BOT_TOKEN (any xoxb- value) first")
+        return 1
+    fake = FakeSlack(tokens={token}).start(args.host, args.port)
+    out.print(
+        f"fake Slack Web API at {fake.base_url}\n"
+        f"  export HANDOVER_SLACK_API_URL={fake.base_url}\n"
+        f"  what it received: GET {fake.base_url.removesuffix('/api/')}/_fake/record"
+    )
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        fake.stop()
+    return 0
+
+
 # --- server -------------------------------------------------------------------------------------
 
 
@@ -429,6 +452,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="receive interactions over Slack's Socket Mode instead of HTTP",
     )
     p.set_defaults(func=cmd_gateway)
+
+    p = sub.add_parser("fake-slack", help="a fake Slack Web API on loopback (rehearsals, tests)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8788)
+    p.set_defaults(func=cmd_fake_slack)
 
     srv = sub.add_parser("server", help="a local Prefect server (embedded SQLite)")
     srv.add_argument("server_action", choices=["start", "stop", "status"])

@@ -136,6 +136,27 @@ class FakeSlack:
             ]
         return sorted(msgs, key=lambda m: (m.thread_ts is not None, m.ts))
 
+    def record(self) -> dict[str, Any]:
+        """Everything received, as JSON-ready data (also served at ``GET /_fake/record``)."""
+        with self._lock:
+            msgs = sorted(self.messages.values(), key=lambda m: m.ts)
+            return {
+                "calls": [{"method": c.method, "at": c.at} for c in self.calls],
+                "messages": [
+                    {
+                        "channel": m.channel,
+                        "ts": m.ts,
+                        "thread_ts": m.thread_ts,
+                        "text": m.text,
+                        "blocks": m.blocks,
+                        "edits": len(m.edits),
+                        "deleted": m.deleted,
+                    }
+                    for m in msgs
+                ],
+                "responses": [{"id": i, "body": b} for i, b in self.responses],
+            }
+
     def fail_next(
         self, method: str, error: str, *, status: int = 200, retry_after: int | None = None
     ) -> None:
@@ -161,6 +182,9 @@ class FakeSlack:
             with self._lock:
                 self.responses.append((url.path.rsplit("/", 1)[-1], body))
             self._send(req, 200, b"ok", "text/plain")
+            return
+        if url.path == "/_fake/record":
+            self._json(req, 200, self.record())
             return
         if not url.path.startswith("/api/"):
             self._json(req, 404, {"ok": False, "error": "unknown_method"})

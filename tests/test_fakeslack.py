@@ -90,3 +90,14 @@ def test_signatures_and_interactions_as_slack_makes_them() -> None:
     assert payload["type"] == "block_actions" and payload["user"]["id"] == "U0LABOPS1"
     assert payload["actions"][0]["action_id"] == "approve"
     assert payload["actions"][0]["value"] == "run-1"
+
+
+def test_record_endpoint(fake: FakeSlack) -> None:
+    WebClient(token="xoxb-t", base_url=fake.base_url).chat_postMessage(
+        channel="#fts-ops-lab", text="hello"
+    )
+    url = fake.base_url.removesuffix("/api/") + "/_fake/record"
+    with urllib.request.urlopen(url, timeout=3) as resp:
+        data = json.loads(resp.read())
+    assert data["messages"][0]["text"] == "hello"
+    assert data["calls"][0]["method"] == "chat.postMessage"
