@@ -772,15 +772,26 @@ def clean_move(
             remote.close_pools()
 
 
-def _plan_only(site: Site, req: MoveRequest, finish: Finish) -> State[Any]:
+def _snapshot_and_plan(
+    site: Site, req: MoveRequest, finish: Finish
+) -> tuple[SiteSnapshot, MovePlan, State[Any] | None]:
+    """Snapshot both hosts, plan, publish the plan; the refusal state when a pre-check failed."""
     snap = snapshot_site_task(site, [req.from_host, req.to_host])
     plan = plan_clean_move(site, snap, req)
     progress.emit("plan", plan=plan)
     create_markdown_artifact(key="clean-move-plan", markdown=plan_markdown(plan))
+    refused = None
     if not plan.ok:
-        return finish(
+        refused = finish(
             "refused", "pre-checks failed, nothing changed: " + "; ".join(plan.problems), plan=plan
         )
+    return snap, plan, refused
+
+
+def _plan_only(site: Site, req: MoveRequest, finish: Finish) -> State[Any]:
+    snap, plan, refused = _snapshot_and_plan(site, req, finish)
+    if refused is not None:
+        return refused
     n = len(plan.agents)
     return finish(
         "dry-run",
@@ -805,14 +816,9 @@ def _move(
     thread: ProcedureThread | None = None,
 ) -> State[Any]:
     logger = get_run_logger()
-    snap = snapshot_site_task(site, [req.from_host, req.to_host])
-    plan = plan_clean_move(site, snap, req)
-    progress.emit("plan", plan=plan)
-    create_markdown_artifact(key="clean-move-plan", markdown=plan_markdown(plan))
-    if not plan.ok:
-        return finish(
-            "refused", "pre-checks failed, nothing changed: " + "; ".join(plan.problems), plan=plan
-        )
+    snap, plan, refused = _snapshot_and_plan(site, req, finish)
+    if refused is not None:
+        return refused
     if not plan.agents:
         return finish(
             "completed",

@@ -23,7 +23,9 @@ LAB_SITE = ROOT / "config" / "sites" / "lab.yaml"
 IN_CI = os.environ.get("CI", "").lower() == "true"
 # the test server's telemetry writes race with the runs' writes on its SQLite file
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-_lab_numbers = itertools.count(10)
+# test labs get loopback blocks 127.0.N.x and DB ports 56000+N; two test sessions on one machine
+# (a developer's and CI's) start from different N
+_lab_numbers = itertools.count(10 + (os.getpid() % 40) * 6)
 
 
 def require(ok: bool, what: str) -> None:

@@ -286,24 +286,28 @@ def test_a_killed_move_run_again_converges(lab: RunningLab, prefect_api: str) ->
     assert lab.lab.score().jobs_lost == score.jobs_lost
 
 
+def _cli_run_argv(lab: RunningLab) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "infra.cli",
+        "run",
+        "clean-move",
+        "--site",
+        str(lab.site_file),
+        "--from",
+        "fts101",
+        "--to",
+        "fts102",
+        "--yes",
+        "--json",
+    ]
+
+
 def test_cli_run_json(lab: RunningLab, prefect_api: str) -> None:
     env = {**os.environ, "PREFECT_API_URL": prefect_api}
     res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "infra.cli",
-            "run",
-            "clean-move",
-            "--site",
-            str(lab.site_file),
-            "--from",
-            "fts101",
-            "--to",
-            "fts102",
-            "--yes",
-            "--json",
-        ],
+        _cli_run_argv(lab),
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -322,21 +326,7 @@ def test_sigterm_mid_move_compensates_and_reports(lab: RunningLab, prefect_api: 
     job = _submit_long_job(lab, "CERN-CERN", 40)
     env = {**os.environ, "PREFECT_API_URL": prefect_api}
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "infra.cli",
-            "run",
-            "clean-move",
-            "--site",
-            str(lab.site_file),
-            "--from",
-            "fts101",
-            "--to",
-            "fts102",
-            "--yes",
-            "--json",
-        ],
+        _cli_run_argv(lab),
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
