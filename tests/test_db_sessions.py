@@ -1,0 +1,137 @@
+"""drop-db-lock: the PostgreSQL backend for real on the lab; Oracle and MariaDB at the driver's
+connection boundary (fake connections that check the SQL and the binds)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from config.loader import load_site
+from flows.drop_db_lock import drop_db_lock
+from tasks.db_sessions import (
+    DbSession,
+    MySqlSessions,
+    OracleSessions,
+    drop_sessions,
+    find_sessions,
+)
+from tests.conftest import RunningLab, db_sessions, wait_for
+
+P = "glite-transfer-channel-agent-urlcopy-"
+
+
+class FakeCursor:
+    def __init__(self, conn: FakeConnection) -> None:
+        self.conn = conn
+
+    def execute(self, sql: str, params: Any = None) -> None:
+        self.conn.executed.append((sql, params))
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        return self.conn.rows
+
+
+class FakeConnection:
+    def __init__(self, rows: list[tuple[Any, ...]] | None = None) -> None:
+        self.rows = rows or []
+        self.executed: list[tuple[str, Any]] = []
+        self.closed = False
+
+    def cursor(self) -> FakeCursor:
+        return FakeCursor(self)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+# rows shaped like gv$session: sid, serial#, inst_id, machine, program, module, username, status
+GV_SESSION = [
+    (
+        123,
+        4567,
+        1,
+        "fts101.cern.ch",
+        f"{P}CERN-CERN@fts101 (TNS V1-V3)",
+        None,
+        "FTS_AGENT",
+        "INACTIVE",
+    ),
+    (130, 88, 2, "fts101.cern.ch", "sqlplus@fts101", "SQL*Plus", "FTS_AGENT", "ACTIVE"),
+]
+
+
+def test_oracle_lists_with_binds_and_kills_by_sid_serial_inst() -> None:
+    conn = FakeConnection(GV_SESSION)
+    be = OracleSessions(lambda: conn)
+    found = be.list_sessions(["fts101", "fts101.cern.ch"], None, P + "CERN-CERN")
+    sql, binds = conn.executed[0]
+    assert "FROM gv$session" in sql and ":m1" in sql and ":prog" in sql
+    assert "fts101" not in sql, "values only as binds"
+    assert binds == {"m1": "fts101", "m2": "fts101.cern.ch", "prog": P + "CERN-CERN"}
+    assert [s.id for s in found] == ["123,4567,@1", "130,88,@2"]
+    assert found[1].program.startswith("sqlplus") and found[0].user == "FTS_AGENT"
+    be.kill(found[0])
+    assert conn.executed[-1][0] == "ALTER SYSTEM KILL SESSION '123,4567,@1' IMMEDIATE"
+    assert conn.closed
+
+
+def test_oracle_refuses_malformed_names_before_any_sql() -> None:
+    conn = FakeConnection()
+    be = OracleSessions(lambda: conn)
+    with pytest.raises(ValueError, match="not a host name"):
+        be.list_sessions(["fts101'; DROP TABLE x; --"], None, None)
+    with pytest.raises(ValueError, match="not an agent name"):
+        be.list_sessions(["fts101"], None, "agent' OR '1'='1")
+    with pytest.raises(ValueError, match="not an Oracle session id"):
+        be.kill(DbSession(id="1,2,@3' IMMEDIATE; --", machine="x", program="y"))
+    assert conn.executed == []
+
+
+def test_mysql_lists_by_host_and_kills_by_id() -> None:
+    conn = FakeConnection([(17, "fts101", "fts", "", "fts")])
+    be = MySqlSessions(lambda: conn)
+    found = be.list_sessions(["fts101"], "10.1.2.3", None)
+    sql, params = conn.executed[0]
+    assert "information_schema.PROCESSLIST" in sql and "%s" in sql
+    assert params == ("fts101,10.1.2.3",)
+    assert found[0].id == "17"
+    be.kill(found[0])
+    assert conn.executed[-1][0] == "KILL CONNECTION 17"
+
+
+def test_lab_sessions_of_one_machine_and_one_agent(lab: RunningLab) -> None:
+    h101, h102 = lab.site.host("fts101"), lab.site.host("fts102")
+    mine = find_sessions(lab.site, "fts101")
+    assert sorted(s.program for s in mine) == sorted(lab.agents_on("fts101"))
+    others_before = db_sessions(lab, h102.address)
+    one = drop_sessions(lab.site, "fts101", P + "CERN-RAL")
+    assert one.sentence.startswith("fts101: killed 1 DB session of CERN-RAL")
+    left = {s.program for s in find_sessions(lab.site, "fts101")}
+    assert P + "CERN-RAL" not in left and P + "CERN-CERN" in left
+    assert db_sessions(lab, h102.address) == others_before, "other machines untouched"
+    assert all(name != P + "CERN-RAL" for _, name in db_sessions(lab, h101.address))
+    # the agent reconnects and takes its lock again (nobody else holds it)
+    wait_for(
+        lambda: any(s.program == P + "CERN-RAL" for s in find_sessions(lab.site, "fts101")),
+        15,
+        "CERN-RAL's agent to reconnect",
+    )
+
+
+def test_drop_db_lock_flow(lab: RunningLab, prefect_api: str) -> None:
+    dry = drop_db_lock(str(lab.site_file), "fts105", dry_run=True)
+    assert dry.dry_run and len(dry.found) == 2 and "nothing killed" in dry.sentence
+    assert len(find_sessions(lab.site, "fts105")) == 2
+    done = drop_db_lock(str(lab.site_file), "fts105")
+    assert done.step is not None and len(done.step.changed) == 2
+    assert "killed 2 DB sessions" in done.sentence
+    wait_for(lambda: len(find_sessions(lab.site, "fts105")) == 2, 15, "the VO agents to reconnect")
+
+
+def test_a_site_without_database_is_refused() -> None:
+    site = load_site(Path(__file__).resolve().parent.parent / "config/sites/lab.yaml")
+    bare = site.model_copy(update={"database": None})
+    with pytest.raises(ValueError, match="no database section"):
+        find_sessions(bare, "fts101")
