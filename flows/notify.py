@@ -22,6 +22,7 @@ ICON = {
     "forced": ":warning:",
     "failed": ":x:",
     "compensation": ":leftwards_arrow_with_hook:",
+    "note": ":bell:",
 }
 STATUS_ICON = {
     "completed": ":white_check_mark:",
@@ -91,36 +92,11 @@ def step_blocks(outcome: str, sentence: str) -> Blocks:
     return [_context(f"{ICON.get(outcome, ':small_blue_diamond:')} {sentence}")]
 
 
-def approval_blocks(
-    run_id: str,
-    site: Site,
-    plan: MovePlan,
-    what: str,
-    requester: str,
-    timeout_s: float,
-    on_timeout: str,
-) -> Blocks:
-    """The approval request: what, where, the plan, the estimate, the impact, and two buttons."""
-    est = plan.estimated_downtime_s
-    downtime = ", ".join(f"{c} ~{s:.0f} s" for c, s in est.items()) or "none"
-    lines = []
-    for phase in plan.phases:
-        for chain in phase.chains:
-            for st in chain.steps:
-                who = ", ".join(short_name(a) for a in st.agents) or ", ".join(st.channels)
-                lines.append(f"{st.host:8} {st.verb:14} {who}")
-    running = ", ".join(f"{m.channel}: {m.running_transfers}" for m in plan.agents if m.channel)
+def request_blocks(run_id: str, sections: list[str], timeout_s: float, on_timeout: str) -> Blocks:
+    """An approval request: its sections, what a timeout does, and Approve/Reject buttons whose
+    value is the flow run id (what the gateway resumes)."""
     return [
-        _section(
-            f":raising_hand: *Approval needed*: {what}\nSite *{site.site}*, "
-            f"{plan.from_host} → {plan.to_host}, requested by {requester}."
-        ),
-        _section(
-            f"*Running transfers now*: {running or 'none'}\n*Estimated downtime*: "
-            f"{downtime}; about {plan.estimated_duration_s:.0f} s in all."
-        ),
-        _section(f"*Impact*: {impact_text(site, plan)}"),
-        _section("*Plan*\n```" + "\n".join(lines) + "```"),
+        *(_section(text) for text in sections),
         _context(f"No decision within {timeout_s:.0f} s: {on_timeout}."),
         {
             "type": "actions",
@@ -143,6 +119,40 @@ def approval_blocks(
             ],
         },
     ]
+
+
+def approval_blocks(
+    run_id: str,
+    site: Site,
+    plan: MovePlan,
+    what: str,
+    requester: str,
+    timeout_s: float,
+    on_timeout: str,
+) -> Blocks:
+    """A clean move's approval request: what, where, the plan, the estimate, the impact."""
+    est = plan.estimated_downtime_s
+    downtime = ", ".join(f"{c} ~{s:.0f} s" for c, s in est.items()) or "none"
+    lines = []
+    for phase in plan.phases:
+        for chain in phase.chains:
+            for st in chain.steps:
+                who = ", ".join(short_name(a) for a in st.agents) or ", ".join(st.channels)
+                lines.append(f"{st.host:8} {st.verb:14} {who}")
+    running = ", ".join(f"{m.channel}: {m.running_transfers}" for m in plan.agents if m.channel)
+    return request_blocks(
+        run_id,
+        [
+            f":raising_hand: *Approval needed*: {what}\nSite *{site.site}*, "
+            f"{plan.from_host} → {plan.to_host}, requested by {requester}.",
+            f"*Running transfers now*: {running or 'none'}\n*Estimated downtime*: "
+            f"{downtime}; about {plan.estimated_duration_s:.0f} s in all.",
+            f"*Impact*: {impact_text(site, plan)}",
+            "*Plan*\n```" + "\n".join(lines) + "```",
+        ],
+        timeout_s,
+        on_timeout,
+    )
 
 
 def decision_text(record: ApprovalRecord) -> str:
@@ -217,6 +227,8 @@ class ProcedureThread:
         if kind == "step":
             rec = data["record"]
             self.n.step(rec.sentence, step_blocks(rec.outcome, rec.sentence))
+        elif kind == "step-sentence":
+            self.n.step(data["sentence"], step_blocks("done", data["sentence"]))
         elif kind == "drain":
             busy = ", ".join(f"{c} {n}" for c, n in data["running"].items())
             self.n.progress(f":hourglass_flowing_sand: running transfers on {data['host']}: {busy}")
@@ -224,7 +236,13 @@ class ProcedureThread:
             r = data["result"]
             self.n.finish(
                 f"{r.status}: {r.summary}",
-                end_blocks(r.status, r.summary, r.human_actions, r.where, r.channels),
+                end_blocks(
+                    r.status,
+                    r.summary,
+                    r.human_actions,
+                    getattr(r, "where", None) or getattr(r, "agents", {}),
+                    r.channels,
+                ),
                 f"{self.procedure} on {self.site.site}: {r.status}",
                 root_blocks(
                     self.procedure,
@@ -237,14 +255,33 @@ class ProcedureThread:
                 ),
             )
 
+    def _on_timeout(self) -> str:
+        pol = self.site.policy(self.procedure)
+        if pol.on_approval_timeout == "proceed" and pol.emergency:
+            return "proceed (emergency policy)"
+        return "rejected"
+
+    def request(self, what: str, sections: list[str]) -> None:
+        """Post an approval request for `what`, with its details (any procedure)."""
+        self.what = what
+        self.n.approval(
+            f"Approval needed: {what}",
+            request_blocks(
+                self.run_id or "",
+                [f":raising_hand: *Approval needed*: {what}", *sections],
+                self.site.policy(self.procedure).approval_timeout_s,
+                self._on_timeout(),
+            ),
+        )
+
+    def note(self, sentence: str) -> None:
+        """Say one line in the thread (e.g. an alert attached to this run)."""
+        self.n.step(sentence, step_blocks("note", sentence))
+
     def request_approval(self, plan: MovePlan, requester: str) -> None:
         """Post the approval request for `plan`."""
         pol = self.site.policy(self.procedure)
-        on_timeout = (
-            "proceed (emergency policy)"
-            if pol.on_approval_timeout == "proceed" and pol.emergency
-            else "rejected"
-        )
+        on_timeout = self._on_timeout()
         self.what = (
             f"{self.procedure} of {len(plan.agents)} agent(s), {plan.from_host} → "
             f"{plan.to_host} ({plan.mode})"

@@ -228,6 +228,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     protect_terminal()
 
     load_site(args.site)  # a malformed site file is reported before anything starts
+    if args.procedure in ("emergency-move", "fence-host"):
+        if not args.host:
+            err.print(f"[red]{args.procedure} needs --host[/red]")
+            return 2
+        hp: dict[str, Any] = {"site_file": str(Path(args.site).resolve()), "host": args.host}
+        if args.yes and args.procedure == "emergency-move":
+            hp["pause_for_approval"] = False
+        return run_procedure(args.procedure, hp, as_json=args.json)
+    if not (args.from_host and args.to_host):
+        err.print("[red]clean-move needs --from and --to[/red]")
+        return 2
     params: dict[str, Any] = {
         "site_file": str(Path(args.site).resolve()),
         "from_host": args.from_host,
@@ -409,10 +420,11 @@ def build_parser() -> argparse.ArgumentParser:
     lab.set_defaults(func=cmd_lab)
 
     p = sub.add_parser("run", help="run a procedure and print its report")
-    p.add_argument("procedure", choices=["clean-move"])
+    p.add_argument("procedure", choices=["clean-move", "emergency-move", "fence-host"])
     _site_arg(p)
-    p.add_argument("--from", dest="from_host", required=True, help="host the agents leave")
-    p.add_argument("--to", dest="to_host", required=True, help="host they go to")
+    p.add_argument("--from", dest="from_host", help="clean-move: host the agents leave")
+    p.add_argument("--to", dest="to_host", help="clean-move: host they go to")
+    p.add_argument("--host", help="emergency-move, fence-host: the failed (or returning) host")
     p.add_argument("--mode", choices=["pipelined", "full", "staged"], default="pipelined")
     p.add_argument("--agents", help="comma-separated agent names (default: all on the host)")
     p.add_argument("--drain-timeout", type=float, help="seconds (default: the site's policy)")

@@ -8,6 +8,7 @@ Exit codes: 0 completed (or dry run), 2 partial (the site is consistent but not 
 from __future__ import annotations
 
 import getpass
+import json
 import os
 import signal
 import sys
@@ -141,14 +142,16 @@ def run_procedure(procedure: str, params: dict[str, Any], *, as_json: bool) -> i
     console = Console(stderr=True, highlight=False)
     url = configure_api(console)
     ui = url.removesuffix("/api")
-    if procedure != "clean-move":
-        console.print(f"[red]unknown procedure {procedure!r}[/red]; available: clean-move")
-        return 1
     # the terminal shows progress lines; Prefect's console lines would repeat them (the run's
     # logs still reach the API and the UI)
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_FLOW_RUNS_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_TASK_RUNS_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+    if procedure in ("emergency-move", "fence-host"):
+        return _run_host_procedure(procedure, params, console, as_json=as_json)
+    if procedure != "clean-move":
+        console.print(f"[red]unknown procedure {procedure!r}[/red]")
+        return 1
     from flows.clean_move import clean_move, report_markdown
 
     params.setdefault("requested_by", getpass.getuser())
@@ -181,4 +184,38 @@ def run_procedure(procedure: str, params: dict[str, Any], *, as_json: bool) -> i
 
         Console(highlight=False).print(Markdown(report_markdown(result)))
         console.print(f"[dim]run: {ui}/runs/flow-run/{result.flow_run_id}[/dim]")
+    return EXIT.get(result.status, 1)
+
+
+def _run_host_procedure(
+    procedure: str, params: dict[str, Any], console: Console, *, as_json: bool
+) -> int:
+    from flows.emergency_move import emergency_move, fence_host, report_markdown
+
+    def say(kind: str, data: dict[str, Any]) -> None:
+        if kind == "step-sentence":
+            console.print(escape(data["sentence"]))
+
+    with progress.sink(say):
+        if procedure == "emergency-move":
+            params.setdefault("requested_by", getpass.getuser())
+            state = emergency_move(**params, return_state=True)
+        else:
+            state = fence_host(params["site_file"], params["host"], return_state=True)
+    result: Any = state.result(raise_on_failure=False)
+    if procedure == "fence-host":
+        if as_json:
+            print(json.dumps({"state": state.type.value, "message": state.message}))
+        else:
+            console.print(state.message or "")
+        return 0 if state.is_completed() else 1
+    if isinstance(result, BaseException):
+        console.print(f"[red]the flow crashed:[/red] {escape(str(result))}")
+        return 1
+    if as_json:
+        print(result.model_dump_json(indent=2))
+    else:
+        from rich.markdown import Markdown
+
+        Console(highlight=False).print(Markdown(report_markdown(result)))
     return EXIT.get(result.status, 1)

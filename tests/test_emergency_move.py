@@ -1,0 +1,150 @@
+"""The emergency move in its three cases, driven by the lab's faults, and fence-host."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prefect.flow_runs import resume_flow_run
+
+from flows import progress
+from flows.clean_move import clean_move
+from flows.emergency_move import EmergencyResult, classify, emergency_move, fence_host
+from tasks.site_state import snapshot_site
+from tests.conftest import RunningLab, place_on_primaries, wait_for
+
+P = "glite-transfer-channel-agent-urlcopy-"
+ON_101 = [P + c for c in ("CERN-CERN", "CERN-RAL", "CERN-FNAL", "CERN-IN2P3")]
+
+
+@pytest.fixture(autouse=True)
+def fresh(lab: RunningLab, prefect_api: str) -> Iterator[None]:
+    place_on_primaries(lab)
+    wait_for(
+        lambda: set(ON_101) <= lab.lab.serving(lab.site, lab.lab.record()).keys(),
+        20,
+        "fts101's agents to serve",
+    )
+    yield
+    for h in lab.site.hosts:
+        lab.lab.heal(h.name)
+
+
+def run(lab: RunningLab, host: str = "fts101") -> EmergencyResult:
+    state = emergency_move(str(lab.site_file), host, return_state=True)
+    result = state.result(raise_on_failure=False)
+    assert isinstance(result, EmergencyResult), result
+    return result
+
+
+def assert_on_backup_only(lab: RunningLab) -> None:
+    serving = lab.lab.serving(lab.site, lab.lab.record())
+    for a in ON_101:
+        assert serving.get(a) == {"fts102"}, (a, serving.get(a))
+    assert set(snapshot_site(lab.site, ["fts102"]).channels.values()) == {"Active"}
+    assert lab.lab.score().agents_running_twice == []
+
+
+def test_classify() -> None:
+    assert classify("open", True)[0] == "A"
+    assert classify("refused", False)[0] == "B"
+    assert classify("open", False)[0] == "B"
+    assert classify("silent", False)[0] == "C"
+
+
+def test_case_a_healthy_host(lab: RunningLab) -> None:
+    result = run(lab)
+    assert result.status == "completed" and result.case == "A", result.summary
+    assert result.sessions_killed == 0 and result.human_actions == []
+    assert_on_backup_only(lab)
+    assert set(ON_101) <= set(snapshot_site(lab.site, ["fts101"]).hosts[0].disabled)
+
+
+def test_an_emergency_policy_proceeds_when_nobody_answers(lab: RunningLab, tmp_path: Path) -> None:
+    data = yaml.safe_load(lab.site_file.read_text())
+    data["procedures"]["emergency-move"].update(approval="required", approval_timeout_s=2)
+    site_file = tmp_path / "ask-first.yaml"
+    site_file.write_text(yaml.safe_dump(data))
+    state = emergency_move(str(site_file), "fts101", return_state=True)
+    result = state.result(raise_on_failure=False)
+    assert isinstance(result, EmergencyResult), result
+    assert result.approval is not None and result.approval.decision == "timeout-proceed"
+    assert result.status == "completed" and result.case == "A", result.summary
+    assert_on_backup_only(lab)
+
+
+def test_case_b_sshd_down_kills_the_sessions_then_fence(lab: RunningLab) -> None:
+    assert lab.site.lab is not None
+    lab.lab.fault("fts101", "sshd-down")
+    result = run(lab)
+    assert result.status == "completed" and result.case == "B", result.summary
+    assert result.sessions_killed == 4
+    assert result.lock_wait_s is not None and result.lock_wait_s < lab.site.lab.lock_wait_s, (
+        "the DB-session kill freed the locks before the start gave up"
+    )
+    assert any("fence-host" in h for h in result.human_actions)
+    assert_on_backup_only(lab)
+    # the host comes back: its old agents still run (they lost their sessions); fence it
+    lab.lab.heal("fts101")
+    state = fence_host(str(lab.site_file), "fts101", return_state=True)
+    assert state.is_completed() and "4 agents stopped there" in (state.message or "")
+    assert snapshot_site(lab.site, ["fts101"]).hosts[0].agents == []
+    assert lab.lab.score().agents_running_twice == []
+
+
+def test_case_c_crashed_host_and_its_return(lab: RunningLab) -> None:
+    lab.lab.fault("fts101", "crash")
+    result = run(lab)
+    assert result.status == "completed" and result.case == "C", result.summary
+    assert result.sessions_killed == 4
+    assert_on_backup_only(lab)
+    # it reboots and runs `service transfer-agents start`: its agents cannot take the locks
+    lab.lab.heal("fts101")
+    wait_for(
+        lambda: not snapshot_site(lab.site, ["fts101"]).hosts[0].agents,
+        30,
+        "the rebooted host's agents to give up",
+    )
+    assert lab.lab.serving(lab.site, lab.lab.record()).get(ON_101[0]) == {"fts102"}
+    state = fence_host(str(lab.site_file), "fts101", return_state=True)
+    assert state.is_completed()
+    assert set(ON_101) <= set(snapshot_site(lab.site, ["fts101"]).hosts[0].disabled)
+    assert lab.lab.score().agents_running_twice == []
+
+
+def test_a_second_procedure_for_the_service_is_refused(lab: RunningLab) -> None:
+    box: dict[str, Any] = {}
+
+    def watch(kind: str, data: dict[str, Any]) -> None:
+        if kind == "approval-wait":
+            box["run_id"] = data["run_id"]
+
+    def hold() -> None:
+        with progress.sink(watch):
+            clean_move(
+                str(lab.site_file), "fts101", "fts102", pause_for_approval=True, return_state=True
+            )
+
+    th = threading.Thread(target=hold)
+    th.start()
+    try:
+        run_id = wait_for(lambda: box.get("run_id"), 60, "the clean move to hold the service")
+        result = run(lab)
+        assert result.status == "refused" and str(run_id) in result.summary
+    finally:
+        if "run_id" in box:
+            wait_for(lambda: _paused(str(box["run_id"])), 30, "the pause")
+            resume_flow_run(box["run_id"], run_input={"decision": "reject", "who": "test"})
+        th.join(60)
+
+
+def _paused(run_id: str) -> bool:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        st = client.read_flow_run(run_id).state
+    return bool(st and st.is_paused())

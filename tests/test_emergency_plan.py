@@ -1,0 +1,48 @@
+"""Which agents an emergency move takes off a failed host, and where to (pure: no server)."""
+
+from __future__ import annotations
+
+from flows.emergency_move import choose_moves
+from tasks.site_state import HostSnapshot, SiteSnapshot
+from tests.test_clean_move_plan import ON_101, ON_102, SITE, T0, host
+
+
+def others(*hosts: HostSnapshot) -> SiteSnapshot:
+    return SiteSnapshot(site="lab", taken_at=T0, hosts=list(hosts))
+
+
+def test_case_a_moves_what_runs_there_to_its_other_host() -> None:
+    moves = choose_moves(SITE, "fts101", host("fts101", ON_101), others(host("fts102", ON_102)))
+    assert [(m.agent, m.to) for m in moves] == [(a, "fts102") for a in ON_101]
+
+
+def test_case_a_an_agent_moved_there_earlier_goes_back_to_its_primary() -> None:
+    moves = choose_moves(
+        SITE, "fts101", host("fts101", ON_101 + ON_102[:1]), others(host("fts102", ON_102[1:]))
+    )
+    assert {m.agent: m.to for m in moves} == {
+        **dict.fromkeys(ON_101, "fts102"),
+        ON_102[0]: "fts102",
+    }
+
+
+def test_case_a_an_agent_stopped_on_the_host_is_left_alone() -> None:
+    moves = choose_moves(SITE, "fts101", host("fts101", ON_101[1:]), others(host("fts102", [])))
+    assert [m.agent for m in moves] == ON_101[1:]
+
+
+def test_without_the_hosts_snapshot_whatever_its_partner_does_not_run_moves() -> None:
+    # fts101 ran everything (after a clean move onto it) and crashed
+    moves = choose_moves(SITE, "fts101", None, others(host("fts102", [])))
+    assert sorted(m.agent for m in moves) == sorted(ON_101 + ON_102)
+    assert {m.to for m in moves} == {"fts102"}
+
+
+def test_without_the_hosts_snapshot_agents_served_elsewhere_stay() -> None:
+    moves = choose_moves(SITE, "fts101", None, others(host("fts102", ON_102 + ON_101[:1])))
+    assert [m.agent for m in moves] == ON_101[1:]
+
+
+def test_a_spare_whose_agents_run_on_their_primary_has_nothing_to_move() -> None:
+    vo = ["glite-transfer-vo-agent-atlas", "glite-transfer-vo-agent-cms"]
+    assert choose_moves(SITE, "fts106", None, others(host("fts105", vo))) == []
