@@ -364,6 +364,70 @@ class Slack(_Model):
     app_token: SecretRef | None = None
 
 
+AlertKind = Literal["host_down", "service_down", "resource_failed", "recovered"]
+
+
+DEFAULT_AM_KINDS: dict[str, AlertKind] = {"HostDown": "host_down", "FtsAgentDown": "service_down"}
+# until the master-to-slave switch exists, every failure kind starts the emergency move
+DEFAULT_ALERT_PROCEDURES: dict[AlertKind, Literal["emergency-move"]] = {
+    "host_down": "emergency-move",
+    "service_down": "emergency-move",
+    "resource_failed": "emergency-move",
+}
+
+
+class BasicAuth(_Model):
+    """HTTP basic auth as Alertmanager sends it (`http_config.basic_auth`)."""
+
+    username: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    password: SecretRef
+
+
+class AlertmanagerIntake(_Model):
+    """How the gateway authenticates Alertmanager, and how its alerts map to handover's kinds."""
+
+    bearer_token: SecretRef | None = None
+    basic_auth: BasicAuth | None = None
+    #: alertname -> kind, for alerts without a `handover_kind` label
+    kinds: dict[str, AlertKind] = Field(default_factory=lambda: dict(DEFAULT_AM_KINDS))
+
+    @model_validator(mode="after")
+    def _one_auth(self) -> AlertmanagerIntake:
+        if (self.bearer_token is None) == (self.basic_auth is None):
+            raise ValueError(
+                "set exactly one of bearer_token or basic_auth (as in Alertmanager's "
+                "webhook_configs[].http_config)"
+            )
+        return self
+
+
+class Alerts(_Model):
+    """Alert intake (the gateway) and what alerts start.
+
+    Example:
+        ``alerts: {webhook_secret: {env: HANDOVER_WEBHOOK_SECRET}, dedup_window_s: 300}``
+    """
+
+    #: the HMAC-SHA256 secret of `POST /alerts/webhook` (hooks and generic monitors)
+    webhook_secret: SecretRef
+    alertmanager: AlertmanagerIntake | None = None
+    #: identical alerts for one host within this window start one run; later ones attach to it
+    dedup_window_s: float = Field(default=300.0, ge=1, le=86400)
+    #: the accepted clock skew of signed requests (replay window)
+    signature_window_s: float = Field(default=300.0, ge=10, le=3600)
+    max_body_bytes: int = Field(default=65536, ge=1024, le=1048576)
+    #: what each alert kind starts (`recovered` never starts anything)
+    procedures: dict[AlertKind, Literal["emergency-move"]] = Field(
+        default_factory=lambda: dict(DEFAULT_ALERT_PROCEDURES)
+    )
+
+    @model_validator(mode="after")
+    def _recovered_starts_nothing(self) -> Alerts:
+        if "recovered" in self.procedures:
+            raise ValueError("procedures.recovered: a recovered alert never starts a procedure")
+        return self
+
+
 class MaintenanceWindow(_Model):
     """A cron schedule and how long each window lasts."""
 
@@ -469,6 +533,7 @@ class Site(_Model):
     database: Database | None = None
     dns: Dns | None = None
     slack: Slack | None = None
+    alerts: Alerts | None = None
     procedures: dict[str, ProcedurePolicy] = Field(default_factory=dict)
     lab: Lab | None = None
 

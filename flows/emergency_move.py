@@ -94,6 +94,7 @@ class EmergencyResult(BaseModel):
     status: Literal["completed", "failed", "refused", "rejected"]
     summary: str
     requested_by: str = ""
+    alert_id: str = ""
     flow_run_id: str | None = None
     approval: ApprovalRecord | None = None
     actions: list[str] = Field(default_factory=list)
@@ -142,6 +143,7 @@ def emergency_move(
     host: str,
     requested_by: str = "",
     pause_for_approval: bool | None = None,
+    alert_id: str = "",
 ) -> State[Any]:
     """Move every agent whose primary is `host` to its backup now (see the module docstring).
 
@@ -151,6 +153,8 @@ def emergency_move(
         requested_by: who or what asked (an operator, an alert).
         pause_for_approval: ask a human first (default: the site's policy for emergency-move;
             with an emergency policy, no answer within the timeout means proceed).
+        alert_id: the id of the alert event that started the run (set by the deployment's
+            trigger; the gateway attaches later alerts for the host to this run).
 
     Returns:
         A Completed state (completed, rejected) or a Failed one (failed, refused) whose data is
@@ -164,12 +168,24 @@ def emergency_move(
     who = requested_by or getpass.getuser()
     notifier = SlackNotifier.for_site(site)
     thread = ProcedureThread(
-        notifier, site, PROCEDURE, run_id, _run_url(run_id), f"{host} failed", who, {"host": host}
+        notifier,
+        site,
+        PROCEDURE,
+        run_id,
+        _run_url(run_id),
+        f"{host} failed",
+        who,
+        {"host": host, "alert": alert_id},
     )
     actions: list[str] = []
     human: list[str] = []
     res: dict[str, Any] = dict(
-        site=site.site, host=host, started_at=started, requested_by=who, flow_run_id=run_id
+        site=site.site,
+        host=host,
+        started_at=started,
+        requested_by=who,
+        flow_run_id=run_id,
+        alert_id=alert_id,
     )
 
     def finish(status: str, summary: str, **kw: Any) -> State[Any]:

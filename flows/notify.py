@@ -215,11 +215,14 @@ class ProcedureThread:
         self.what = title
 
     def open(self) -> None:
-        """Post the thread's first message."""
+        """Post the thread's first message, and say where the thread is (a Prefect Variable
+        named after the run) so that the gateway can note alerts attached to the run in it."""
         self.n.start(
             f"{self.procedure} on {self.site.site}: {self.title}",
             root_blocks(self.procedure, self.site, self.title, self.who, self.params, self.run_url),
         )
+        if self.run_id and self.n.root_ts:
+            _remember_thread(self.run_id, self.n.channel_id or self.n.channel, self.n.root_ts)
 
     def __call__(self, kind: str, data: dict[str, Any]) -> None:
         if data.get("run_id") != self.run_id:
@@ -233,6 +236,8 @@ class ProcedureThread:
             busy = ", ".join(f"{c} {n}" for c, n in data["running"].items())
             self.n.progress(f":hourglass_flowing_sand: running transfers on {data['host']}: {busy}")
         elif kind == "result":
+            if self.run_id and self.n.root_ts:
+                _remember_thread(self.run_id, None, None)
             r = data["result"]
             self.n.finish(
                 f"{r.status}: {r.summary}",
@@ -302,3 +307,24 @@ class ProcedureThread:
     def decided(self, record: ApprovalRecord) -> None:
         """Replace the request by the decision, and say it in the thread."""
         self.n.decided(decision_text(record), decision_blocks(record, self.what))
+
+
+def thread_variable(run_id: str) -> str:
+    """The Prefect Variable in which a run keeps where its Slack thread is."""
+    return f"slack-thread-{run_id}"
+
+
+def _remember_thread(run_id: str, channel: str | None, ts: str | None) -> None:
+    """Keep (or, with None, forget) where a run's Slack thread is; best effort."""
+    import logging
+
+    from prefect.variables import Variable
+
+    name = thread_variable(run_id)
+    try:
+        if channel and ts:
+            Variable.set(name, {"channel": channel, "ts": ts}, overwrite=True)
+        else:
+            Variable.unset(name)
+    except Exception as exc:  # noqa: BLE001 - a notifier must never change the outcome
+        logging.getLogger("handover.notify").warning("could not record the Slack thread: %s", exc)

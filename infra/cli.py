@@ -269,6 +269,48 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_deploy(args: argparse.Namespace) -> int:
+    """`handover deploy`: register the deployments and their automations (idempotent)."""
+    from infra.run import configure_api
+    from infra.serve import DeploymentsError, deploy_all
+
+    load_site(args.site)
+    configure_api(err)
+    try:
+        for line in deploy_all(args.site):
+            out.print(line)
+    except DeploymentsError as exc:
+        err.print(f"[red]{exc}[/red]")
+        return 2
+    return 0
+
+
+def cmd_alert(args: argparse.Namespace) -> int:
+    """`handover alert`: send one signed alert to the gateway."""
+    from config.site import SecretError
+    from infra.send_alert import alert_body, post_alert
+
+    site = load_site(args.site)
+    if site.alerts is None:
+        err.print(f"[red]site {site.site} has no alerts section[/red]")
+        return 2
+    try:
+        secret = site.alerts.webhook_secret.resolve().get_secret_value().encode()
+    except SecretError as exc:
+        err.print(f"[red]alerts.webhook_secret: {exc}[/red]")
+        return 2
+    body = alert_body(
+        site.site, args.host, site.service.name, args.kind, summary=args.summary or ""
+    )
+    try:
+        status, answer = post_alert(args.gateway, secret, body)
+    except OSError as exc:
+        err.print(f"[red]the gateway at {args.gateway} did not answer: {exc}[/red]")
+        return 1
+    _print_json({"status": status, **answer})
+    return 0 if 200 <= status < 300 else 1
+
+
 # --- gateway ------------------------------------------------------------------------------------
 
 
@@ -284,7 +326,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         else:
             err.print(
                 f"gateway for {args.site} on http://{args.host}:{args.port} "
-                "(POST /slack/interactions, GET /healthz)"
+                "(POST /slack/interactions, /alerts/webhook, /alerts/alertmanager; GET /healthz)"
             )
             serve_http(args.site, args.host, args.port)
     except GatewayError as exc:
@@ -454,7 +496,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="at most this many runs at once")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("gateway", help="Slack approvals in (HTTP or Socket Mode)")
+    p = sub.add_parser("alert", help="send one signed alert to the gateway")
+    _site_arg(p)
+    p.add_argument("--host", required=True)
+    p.add_argument(
+        "--kind",
+        default="host_down",
+        choices=["host_down", "service_down", "resource_failed", "recovered"],
+    )
+    p.add_argument("--summary")
+    p.add_argument("--gateway", default="http://127.0.0.1:8787")
+    p.set_defaults(func=cmd_alert)
+
+    p = sub.add_parser(
+        "deploy", help="register the deployments and their automations with the Prefect API"
+    )
+    _site_arg(p)
+    p.set_defaults(func=cmd_deploy)
+
+    p = sub.add_parser("gateway", help="Slack approvals and alerts in (HTTP or Socket Mode)")
     _site_arg(p)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8787)

@@ -10,6 +10,8 @@ from typing import Any
 
 import yaml
 
+from config.site import Site
+
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOYMENTS_FILE = ROOT / "deployments" / "prefect.yaml"
 
@@ -42,14 +44,42 @@ def load_flow(entrypoint: str) -> Any:
     return getattr(module, func)
 
 
+def site_triggers(name: str, specs: list[dict[str, Any]], site: Site) -> list[Any]:
+    """A deployment's `triggers:` for one site: each matches only that site's events
+    (``handover.site``) and its window is the site's `alerts.dedup_window_s`.
+
+    Raises:
+        DeploymentsError: a trigger is malformed (the message names it).
+    """
+    from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
+    from pydantic import TypeAdapter, ValidationError
+
+    out = []
+    for i, spec in enumerate(specs, start=1):
+        spec = {**spec, "name": spec.get("name") or f"{name}: {site.site} alert {i}"}
+        spec["match"] = {**(spec.get("match") or {}), "handover.site": site.site}
+        if site.alerts is not None and spec.get("posture", "Reactive") == "Reactive":
+            spec["within"] = site.alerts.dedup_window_s
+        try:
+            out.append(TypeAdapter(DeploymentEventTrigger).validate_python(spec))
+        except ValidationError as exc:
+            raise DeploymentsError(f"deployment {name}: triggers[{i - 1}]: {exc}") from None
+    return out
+
+
 def build_deployments(site_file: str, path: Path = DEPLOYMENTS_FILE) -> list[Any]:
-    """RunnerDeployments for every entry, with `site_file` as the default site."""
+    """RunnerDeployments for every entry, with `site_file` as the default site and the entry's
+    triggers (automations) bound to that site."""
     from prefect.types.entrypoint import EntrypointType
 
+    from config.loader import load_site
+
+    site = load_site(site_file)
     out = []
     for d in read_deployments(path):
         fl = load_flow(d["entrypoint"])
         params = {**(d.get("parameters") or {}), "site_file": str(Path(site_file).resolve())}
+        triggers = site_triggers(d["name"], d.get("triggers") or [], site)
         out.append(
             fl.to_deployment(
                 name=d["name"],
@@ -58,9 +88,24 @@ def build_deployments(site_file: str, path: Path = DEPLOYMENTS_FILE) -> list[Any
                 description=d.get("description"),
                 concurrency_limit=d.get("concurrency_limit"),
                 entrypoint_type=EntrypointType.MODULE_PATH,
+                triggers=triggers,
             )
         )
     return out
+
+
+def deploy_all(site_file: str) -> list[str]:
+    """Register every deployment and its automations with the configured Prefect API
+    (idempotent: a deployment is updated in place, its automations replaced).
+
+    Returns:
+        One line per deployment: its name, id and number of triggers.
+    """
+    lines = []
+    for dep in build_deployments(site_file):
+        dep_id = dep.apply()
+        lines.append(f"{dep.flow_name}/{dep.name} {dep_id} ({len(dep.triggers)} trigger(s))")
+    return lines
 
 
 def serve_all(site_file: str, *, poll_s: float = 1.0, limit: int | None = None) -> None:

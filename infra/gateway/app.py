@@ -1,4 +1,12 @@
-"""The handover gateway (HTTP): Slack interactions in, decisions applied to paused runs.
+"""The handover gateway (HTTP): Slack interactions and alerts in.
+
+Alerts: ``POST /alerts/webhook`` (the generic signed alert, `infra.gateway.alerts`) and
+``POST /alerts/alertmanager`` (Alertmanager's webhook with a bearer token or basic auth) become
+Prefect events through the incident book (`infra.gateway.incidents`): one run per host and
+procedure, later reports attached to it. Refused alerts get a precise 4xx and an audit line and
+never reach Prefect; when Prefect cannot take an event the answer is 503 (the sender retries).
+
+Slack interactions:
 
 ``POST /slack/interactions`` verifies Slack's request signature with the signing secret
 (slack_sdk's verifier: HMAC-SHA256 over ``v0:timestamp:body``, 5-minute window against replay),
@@ -12,11 +20,14 @@ Prefect. Secrets come from the site file's references and are never logged.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import BackgroundTasks, FastAPI, Request
@@ -25,7 +36,16 @@ from slack_sdk.signature import SignatureVerifier
 from starlette.concurrency import run_in_threadpool
 
 from config.site import Site
+from infra.gateway.alerts import (
+    Alert,
+    AlertRefused,
+    check_basic_or_bearer,
+    parse_alertmanager,
+    parse_generic,
+    verify_signature,
+)
 from infra.gateway.decide import Decider
+from infra.gateway.intake import AlertIntake, PrefectUnavailable
 
 log = logging.getLogger("handover.gateway")
 WINDOW_S = 300
@@ -73,16 +93,127 @@ def parse_interaction(body: bytes) -> dict[str, Any]:
     return payload
 
 
-def create_app(site: Site, signing_secret: str, decider: Decider) -> FastAPI:
-    """The gateway's FastAPI application for one site."""
-    app = FastAPI(title="handover gateway", docs_url=None, redoc_url=None)
-    verifier = SignatureVerifier(signing_secret)
+class AlertSecrets:
+    """The resolved credentials of the alert endpoints (never logged)."""
+
+    def __init__(
+        self, webhook: bytes, am_token: str | None = None, am_password: str | None = None
+    ) -> None:
+        self.webhook = webhook
+        self.am_token = am_token
+        self.am_password = am_password
+
+
+def create_app(
+    site: Site,
+    signing_secret: str | None,
+    decider: Decider,
+    intake: AlertIntake | None = None,
+    alert_secrets: AlertSecrets | None = None,
+) -> FastAPI:
+    """The gateway's FastAPI application for one site.
+
+    Args:
+        site: the site.
+        signing_secret: Slack's signing secret (None: no Slack interactions endpoint).
+        decider: applies approval decisions; also writes the audit log.
+        intake: alert intake (None: no alert endpoints).
+        alert_secrets: the webhook secret and Alertmanager's credentials.
+    """
+    state: dict[str, Any] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if intake is None:
+            yield
+            return
+        from prefect.client.orchestration import get_client
+
+        async with get_client() as client:
+            state["client"] = client
+            task = asyncio.create_task(intake.run_forever(get_client))
+            try:
+                yield
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    app = FastAPI(title="handover gateway", docs_url=None, redoc_url=None, lifespan=lifespan)
+    verifier = SignatureVerifier(signing_secret or "unused: no Slack signing secret")
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
         return {"ok": True, "site": site.site}
 
-    @app.post("/slack/interactions")
+    def refused(status: int, reason: str, source: str, peer: str) -> JSONResponse:
+        decider.record(source=source, peer=peer, result="refused", status=status, reason=reason)
+        return JSONResponse({"ok": False, "error": reason}, status_code=status)
+
+    async def accept_all(alerts: list[Alert], source: str, peer: str) -> JSONResponse:
+        assert intake is not None
+        results = []
+        for alert in alerts:
+            try:
+                results.append(await intake.accept(alert, state["client"]))
+            except PrefectUnavailable as exc:
+                return refused(503, str(exc), source, peer)
+        return JSONResponse({"ok": True, "alerts": results}, status_code=202)
+
+    if intake is not None and alert_secrets is not None:
+        assert site.alerts is not None
+        cfg = site.alerts
+
+        @app.post("/alerts/webhook")
+        async def alert_webhook(request: Request) -> JSONResponse:
+            peer = request.client.host if request.client else "?"
+            body = await _bounded_body(request, cfg.max_body_bytes)
+            if body is None:
+                return refused(413, f"body over {cfg.max_body_bytes} bytes", "webhook", peer)
+            try:
+                verify_signature(
+                    alert_secrets.webhook,
+                    request.headers.get("X-Handover-Timestamp", ""),
+                    request.headers.get("X-Handover-Signature", ""),
+                    body,
+                    window_s=cfg.signature_window_s,
+                    now=time.time(),
+                )
+                alert = parse_generic(site, body)
+            except AlertRefused as exc:
+                return refused(exc.status, exc.reason, "webhook", peer)
+            return await accept_all([alert], alert.source, peer)
+
+        @app.post("/alerts/alertmanager")
+        async def alert_alertmanager(request: Request) -> JSONResponse:
+            peer = request.client.host if request.client else "?"
+            if cfg.alertmanager is None:
+                return refused(404, "no alerts.alertmanager in the site file", "alertmanager", peer)
+            body = await _bounded_body(request, cfg.max_body_bytes)
+            if body is None:
+                return refused(413, f"body over {cfg.max_body_bytes} bytes", "alertmanager", peer)
+            try:
+                check_basic_or_bearer(
+                    cfg.alertmanager,
+                    request.headers.get("Authorization", ""),
+                    alert_secrets.am_token,
+                    alert_secrets.am_password,
+                )
+                alerts, problems = parse_alertmanager(site, cfg.alertmanager, body)
+            except AlertRefused as exc:
+                return refused(exc.status, exc.reason, "alertmanager", peer)
+            for p in problems:
+                decider.record(source="alertmanager", peer=peer, result="refused", reason=p)
+            if not alerts:
+                return refused(422, "; ".join(problems), "alertmanager", peer)
+            resp = await accept_all(alerts, "alertmanager", peer)
+            if problems and resp.status_code == 202:
+                data = json.loads(bytes(resp.body))
+                data["refused"] = problems
+                return JSONResponse(data, status_code=202)
+            return resp
+
+    @app.post("/slack/interactions", include_in_schema=signing_secret is not None)
     async def interactions(request: Request, background: BackgroundTasks) -> JSONResponse:
         body = await request.body()
         ts = request.headers.get("X-Slack-Request-Timestamp", "")
@@ -93,6 +224,8 @@ def create_app(site: Site, signing_secret: str, decider: Decider) -> FastAPI:
             decider.record(source="Slack", peer=peer, result="refused", reason=reason)
             return JSONResponse({"ok": False, "error": reason}, status_code=status)
 
+        if signing_secret is None:
+            return refuse(404, "this gateway has no Slack signing secret")
         if len(body) > MAX_BODY:
             return refuse(413, "body too large")
         try:
@@ -122,3 +255,18 @@ def create_app(site: Site, signing_secret: str, decider: Decider) -> FastAPI:
         return JSONResponse({"ok": decision.resumed, "result": decision.message})
 
     return app
+
+
+async def _bounded_body(request: Request, limit: int) -> bytes | None:
+    """The body, or None as soon as it grows over `limit` (never read a huge body whole)."""
+    declared = request.headers.get("Content-Length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -6,8 +6,11 @@ import logging
 from typing import Any
 
 from config.loader import load_site
-from config.site import SecretError, Site
+from config.site import SecretError, SecretRef, Site
+from infra.gateway.app import AlertSecrets
 from infra.gateway.decide import Decider
+from infra.gateway.incidents import Incidents
+from infra.gateway.intake import AlertIntake
 
 
 class GatewayError(RuntimeError):
@@ -24,27 +27,90 @@ def _group_members(site: Site) -> Any:
     return members
 
 
-def build(site_file: str) -> tuple[Site, Decider, str]:
-    """The site, its decider and its signing secret (resolved now, never logged)."""
+def build(site_file: str) -> tuple[Site, Decider, str | None]:
+    """The site, its decider and its Slack signing secret (resolved now, never logged)."""
     site = load_site(site_file)
-    if site.slack is None:
-        raise GatewayError(f"site {site.site} has no slack section: nothing to approve from")
-    try:
-        secret = site.slack.signing_secret.resolve().get_secret_value()
-    except SecretError as exc:
-        raise GatewayError(f"the Slack signing secret: {exc}") from None
-    return site, Decider(site, group_members=_group_members(site)), secret
+    if site.slack is None and site.alerts is None:
+        raise GatewayError(
+            f"site {site.site} has neither a slack nor an alerts section: nothing to serve"
+        )
+    secret = None
+    if site.slack is not None:
+        try:
+            secret = site.slack.signing_secret.resolve().get_secret_value()
+        except SecretError as exc:
+            if site.alerts is None:
+                raise GatewayError(f"the Slack signing secret: {exc}") from None
+            # alerts still come in; approvals then go through the Prefect UI only
+            logging.getLogger("handover.gateway").warning(
+                "Slack interactions OFF (POST /slack/interactions answers 404): the Slack "
+                "signing secret: %s",
+                exc,
+            )
+    members = _group_members(site) if site.slack is not None else None
+    return site, Decider(site, group_members=members), secret
+
+
+def build_intake(site: Site, decider: Decider) -> tuple[AlertIntake, AlertSecrets] | None:
+    """The alert intake and its resolved credentials (None when the site takes no alerts)."""
+    cfg = site.alerts
+    if cfg is None:
+        return None
+
+    def resolve(what: str, ref: SecretRef | None) -> str | None:
+        if ref is None:
+            return None
+        try:
+            return ref.resolve().get_secret_value()
+        except SecretError as exc:
+            raise GatewayError(f"{what}: {exc}") from None
+
+    secrets = AlertSecrets(
+        webhook=(resolve("alerts.webhook_secret", cfg.webhook_secret) or "").encode(),
+        am_token=resolve(
+            "alerts.alertmanager.bearer_token",
+            cfg.alertmanager.bearer_token if cfg.alertmanager else None,
+        ),
+        am_password=resolve(
+            "alerts.alertmanager.basic_auth.password",
+            cfg.alertmanager.basic_auth.password
+            if cfg.alertmanager and cfg.alertmanager.basic_auth
+            else None,
+        ),
+    )
+    if len(secrets.webhook) < 16:
+        raise GatewayError("alerts.webhook_secret: use at least 16 characters")
+    post = None
+    if site.slack is not None:
+        from tasks.slack import slack_client
+
+        try:
+            client = slack_client(site)
+        except SecretError as exc:
+            logging.getLogger("handover.gateway").warning(
+                "attached alerts are noted in the runs' logs only (no Slack): %s", exc
+            )
+        else:
+
+            def post(channel: str, thread_ts: str, text: str) -> None:
+                client.chat_postMessage(channel=channel, thread_ts=thread_ts, text=text)
+
+    intake = AlertIntake(site, Incidents(cfg.dedup_window_s), decider.record, post)
+    return intake, secrets
 
 
 def serve_http(site_file: str, host: str = "127.0.0.1", port: int = 8787) -> None:
-    """Serve `POST /slack/interactions` and `GET /healthz` until interrupted."""
+    """Serve `POST /slack/interactions`, `POST /alerts/*` and `GET /healthz` until interrupted."""
     import uvicorn
 
     from infra.gateway.app import create_app
 
     site, decider, secret = build(site_file)
+    built = build_intake(site, decider)
+    intake, alert_secrets = built if built else (None, None)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    uvicorn.run(create_app(site, secret, decider), host=host, port=port, log_level="warning")
+    app = create_app(site, secret, decider, intake, alert_secrets)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
 def serve_socket_mode(site_file: str) -> None:
@@ -54,7 +120,8 @@ def serve_socket_mode(site_file: str) -> None:
     from infra.gateway.socket_mode import socket_mode_client
 
     site, decider, _ = build(site_file)
-    assert site.slack is not None
+    if site.slack is None:
+        raise GatewayError(f"site {site.site} has no slack section: Socket Mode needs Slack")
     if site.slack.app_token is None:
         raise GatewayError("Socket Mode needs slack.app_token (an xapp- token) in the site file")
     try:

@@ -1,0 +1,306 @@
+"""Alerts in: the generic signed webhook and Alertmanager's webhook, checked and normalised (pure).
+
+Every source ends as the same `Alert`: site, host, service, kind, severity, time, summary, and
+whatever else the sender put in (kept). An alert becomes one Prefect event whose resource names
+the site, the host and the service (`event_for`); automations declared with the deployments
+match on those labels.
+
+The generic webhook's signature (a stable interface; the Pacemaker and Heartbeat hooks speak it):
+``X-Handover-Timestamp: <Unix seconds>`` and ``X-Handover-Signature: sha256=<hex>``, the hex
+HMAC-SHA256 of ``"<timestamp>.<raw body>"`` with the site's webhook secret; requests more than
+the signature window (5 minutes) away from the gateway's clock are refused as replays.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import json
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from config.site import AlertKind, AlertmanagerIntake, Site
+
+#: a namespace for event ids derived from an alert's identity (the same alert, the same id)
+EVENT_NAMESPACE = uuid.UUID("6f1f4c52-5a43-4a43-9a8e-2f0b7f6c1d11")
+
+
+class AlertRefused(ValueError):
+    """The alert cannot be accepted; `status` is the HTTP status that says why."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class Alert(BaseModel):
+    """One alert, whatever sent it; fields beyond the interface's are kept in `extra`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    site: str = Field(min_length=1, max_length=63)
+    host: str = Field(min_length=1, max_length=253)
+    service: str = Field(min_length=1, max_length=63)
+    kind: AlertKind
+    severity: str = Field(default="critical", max_length=32)
+    time: dt.datetime
+    summary: str = Field(default="", max_length=2000)
+    source: str = Field(default="webhook", max_length=64)
+    #: what makes two reports the same alert (e.g. Alertmanager's fingerprint, Pacemaker's
+    #: node sequence); default: site, host, kind and time
+    dedup_key: str = Field(default="", max_length=256)
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("time")
+    @classmethod
+    def _aware(cls, v: dt.datetime) -> dt.datetime:
+        return v if v.tzinfo else v.replace(tzinfo=dt.UTC)
+
+    def identity(self) -> str:
+        """The same alert reported again (a repeat, a retry) has the same identity."""
+        return "/".join((self.site, self.host, self.kind, self.dedup_key or self.time.isoformat()))
+
+
+# --- signatures ---------------------------------------------------------------------------------
+
+
+def sign(secret: bytes, timestamp: int, body: bytes) -> str:
+    """The ``X-Handover-Signature`` value for a body sent at `timestamp`."""
+    mac = hmac.new(secret, f"{timestamp}.".encode() + body, hashlib.sha256)
+    return "sha256=" + mac.hexdigest()
+
+
+def verify_signature(
+    secret: bytes,
+    timestamp: str,
+    signature: str,
+    body: bytes,
+    *,
+    window_s: float,
+    now: float,
+) -> None:
+    """Check a generic webhook's signature and its timestamp window.
+
+    Raises:
+        AlertRefused: 401 with the reason (missing, malformed, stale or wrong).
+    """
+    if not timestamp:
+        raise AlertRefused(401, "missing X-Handover-Timestamp")
+    try:
+        ts = int(timestamp)
+    except ValueError:
+        raise AlertRefused(401, "malformed X-Handover-Timestamp (Unix seconds)") from None
+    if abs(now - ts) > window_s:
+        raise AlertRefused(401, f"stale request: timestamp {int(abs(now - ts))} s away (replay?)")
+    if not signature.startswith("sha256="):
+        raise AlertRefused(401, "missing or malformed X-Handover-Signature (sha256=<hex>)")
+    if not hmac.compare_digest(sign(secret, ts, body), signature):
+        raise AlertRefused(401, "bad signature")
+
+
+def check_basic_or_bearer(
+    intake: AlertmanagerIntake, authorization: str, token: str | None, password: str | None
+) -> None:
+    """Alertmanager's credentials: ``Bearer <token>`` or ``Basic <base64 user:password>``.
+
+    Raises:
+        AlertRefused: 401 when they are missing or wrong.
+    """
+    import base64
+
+    scheme, _, value = authorization.partition(" ")
+    if intake.bearer_token is not None:
+        if scheme.lower() != "bearer" or not value:
+            raise AlertRefused(401, "missing bearer token")
+        if token is None or not hmac.compare_digest(value.encode(), token.encode()):
+            raise AlertRefused(401, "bad bearer token")
+        return
+    assert intake.basic_auth is not None
+    if scheme.lower() != "basic" or not value:
+        raise AlertRefused(401, "missing basic auth")
+    try:
+        user, _, pw = base64.b64decode(value, validate=True).decode().partition(":")
+    except (ValueError, UnicodeDecodeError):
+        raise AlertRefused(401, "malformed basic auth") from None
+    good_user = hmac.compare_digest(user.encode(), intake.basic_auth.username.encode())
+    good_pw = password is not None and hmac.compare_digest(pw.encode(), password.encode())
+    if not (good_user and good_pw):
+        raise AlertRefused(401, "bad basic auth credentials")
+
+
+# --- parsing ------------------------------------------------------------------------------------
+
+GENERIC_FIELDS = {"site", "host", "service", "kind", "severity", "time", "summary"}
+REQUIRED = ("site", "host", "service", "kind", "time")
+
+
+def _known_host(site: Site, name: str) -> str:
+    """The site's host name for `name` (a host name, or a host's address)."""
+    for h in site.hosts:
+        if name in (h.name, h.address):
+            return h.name
+    raise AlertRefused(
+        422,
+        f"unknown host {name!r} for site {site.site} (known: "
+        + ", ".join(h.name for h in site.hosts)
+        + ")",
+    )
+
+
+def _validated(site: Site, data: dict[str, Any]) -> Alert:
+    if data.get("site") != site.site:
+        raise AlertRefused(
+            422, f"unknown site {data.get('site')!r} (this gateway serves {site.site})"
+        )
+    data["host"] = _known_host(site, str(data.get("host")))
+    if data.get("service") != site.service.name:
+        raise AlertRefused(
+            422,
+            f"unknown service {data.get('service')!r} (site {site.site} runs {site.service.name})",
+        )
+    try:
+        return Alert.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(x) for x in first["loc"]) or "body"
+        raise AlertRefused(422, f"{where}: {first['msg']}") from None
+
+
+def parse_generic(site: Site, body: bytes) -> Alert:
+    """A generic alert body (the webhook interface), checked against the site.
+
+    Raises:
+        AlertRefused: 400 for a body that is not a JSON object, 422 for a missing or bad field,
+            an unknown site, host or service.
+    """
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise AlertRefused(400, f"body is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise AlertRefused(400, "body is not a JSON object")
+    missing = [k for k in REQUIRED if k not in data]
+    if missing:
+        raise AlertRefused(422, f"missing field(s): {', '.join(missing)}")
+    fields = {k: v for k, v in data.items() if k in GENERIC_FIELDS}
+    extra = {k: v for k, v in data.items() if k not in GENERIC_FIELDS}
+    fields["source"] = str(extra.pop("source", "webhook"))[:64]
+    fields["dedup_key"] = str(extra.pop("dedup_key", ""))[:256]
+    fields["extra"] = extra
+    return _validated(site, fields)
+
+
+class AlertmanagerItem(BaseModel):
+    """One alert of an Alertmanager webhook (version 4)."""
+
+    status: Literal["firing", "resolved"]
+    labels: dict[str, str]
+    annotations: dict[str, str] = Field(default_factory=dict)
+    startsAt: dt.datetime
+    endsAt: dt.datetime | None = None
+    fingerprint: str = ""
+    generatorURL: str = ""
+
+
+class AlertmanagerPayload(BaseModel):
+    """Alertmanager's webhook payload (version 4)."""
+
+    version: Literal["4"]
+    status: Literal["firing", "resolved"]
+    receiver: str = ""
+    groupKey: str = ""
+    alerts: list[AlertmanagerItem] = Field(min_length=1)
+
+
+def parse_alertmanager(
+    site: Site, intake: AlertmanagerIntake, body: bytes
+) -> tuple[list[Alert], list[str]]:
+    """The alerts of one Alertmanager notification (a group), and why any were refused.
+
+    Labels used: ``site`` (default: this site), ``host`` (or ``instance``, without its port),
+    ``service`` (default: the site's), ``handover_kind`` (else `intake.kinds[alertname]`),
+    ``severity``; a resolved alert becomes kind ``recovered``.
+
+    Raises:
+        AlertRefused: 400 when the payload is not Alertmanager's version 4 webhook.
+    """
+    try:
+        payload = AlertmanagerPayload.model_validate_json(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(x) for x in first["loc"]) or "body"
+        raise AlertRefused(
+            400, f"not an Alertmanager v4 webhook: {where}: {first['msg']}"
+        ) from None
+    alerts: list[Alert] = []
+    refused: list[str] = []
+    for i, a in enumerate(payload.alerts):
+        lb = a.labels
+        name = lb.get("alertname", "")
+        kind: str | None = lb.get("handover_kind") or intake.kinds.get(name)
+        if a.status == "resolved":
+            kind = "recovered"
+        host = lb.get("host") or lb.get("instance", "").rsplit(":", 1)[0]
+        if kind is None:
+            refused.append(
+                f"alerts[{i}] ({name or 'no alertname'}): no handover_kind label and no kind "
+                "for this alertname in alerts.alertmanager.kinds"
+            )
+            continue
+        try:
+            alerts.append(
+                _validated(
+                    site,
+                    {
+                        "site": lb.get("site", site.site),
+                        "host": host,
+                        "service": lb.get("service", site.service.name),
+                        "kind": kind,
+                        "severity": lb.get("severity", "critical"),
+                        "time": a.endsAt if a.status == "resolved" and a.endsAt else a.startsAt,
+                        "summary": a.annotations.get("summary")
+                        or a.annotations.get("description")
+                        or name,
+                        "source": "alertmanager",
+                        "dedup_key": f"{a.fingerprint or name}@{a.startsAt.isoformat()}",
+                        "extra": {
+                            "labels": lb,
+                            "annotations": a.annotations,
+                            "group_key": payload.groupKey,
+                            "generator_url": a.generatorURL,
+                        },
+                    },
+                )
+            )
+        except AlertRefused as exc:
+            refused.append(f"alerts[{i}] ({name}): {exc.reason}")
+    return alerts, refused
+
+
+# --- events -------------------------------------------------------------------------------------
+
+
+def event_name(alert: Alert) -> str:
+    """``handover.alert.host_down`` and the like."""
+    return f"handover.alert.{alert.kind}"
+
+
+def event_resource(alert: Alert) -> dict[str, str]:
+    """The event's resource: the host of the site, with the labels automations match on."""
+    return {
+        "prefect.resource.id": f"handover.host.{alert.site}.{alert.host}",
+        "prefect.resource.name": alert.host,
+        "handover.site": alert.site,
+        "handover.host": alert.host,
+        "handover.service": alert.service,
+    }
+
+
+def event_id(alert: Alert) -> uuid.UUID:
+    """A deterministic id: Prefect ignores an event whose id it has already seen, so the same
+    alert sent twice (two gateways, a retried hook) is evaluated once."""
+    return uuid.uuid5(EVENT_NAMESPACE, alert.identity())

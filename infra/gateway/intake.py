@@ -1,0 +1,214 @@
+"""Alerts to Prefect: send an incident's event, find the run it started, and note on that run
+(its log and its Slack thread) every alert attached to it afterwards.
+
+The event goes to the Prefect API (``POST /api/events``, what `emit_event` sends over its
+websocket) and is acknowledged: when Prefect cannot take it, the gateway answers 503, the
+incident is dropped and the sender retries (the hooks spool), so an alert is never acknowledged
+and lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from config.site import Site
+from flows.notify import thread_variable
+from infra.gateway.alerts import Alert, event_name, event_resource
+from infra.gateway.incidents import Incident, Incidents
+
+log = logging.getLogger("handover.gateway.alerts")
+SLACK_NOTE_EVERY_S = 10.0
+
+
+class PrefectUnavailable(RuntimeError):
+    """The Prefect API did not take the event."""
+
+
+class AlertIntake:
+    """Turns admitted alerts into Prefect events and keeps their incidents' runs informed.
+
+    Args:
+        site: the gateway's site.
+        incidents: the incident book.
+        audit: writes one audit entry (the gateway's JSON audit log).
+        slack_post: posts ``(channel, thread_ts, text)`` to Slack, or None without Slack.
+    """
+
+    def __init__(
+        self,
+        site: Site,
+        incidents: Incidents,
+        audit: Callable[..., None],
+        slack_post: Callable[[str, str, str], None] | None = None,
+    ) -> None:
+        self.site = site
+        self.incidents = incidents
+        self.audit = audit
+        self.slack_post = slack_post
+        self._slack_backlog: dict[str, list[str]] = {}
+        self._slack_noted_at: dict[str, float] = {}
+
+    def procedure_for(self, alert: Alert) -> str | None:
+        """The procedure an alert's kind starts (None: it starts nothing)."""
+        assert self.site.alerts is not None
+        return self.site.alerts.procedures.get(alert.kind)
+
+    async def accept(self, alert: Alert, client: Any) -> dict[str, Any]:
+        """Admit one valid alert: send its event when it opens an incident, else attach it.
+
+        Raises:
+            PrefectUnavailable: the event could not be sent (nothing is recorded as sent).
+        """
+        procedure = self.procedure_for(alert)
+        verdict, inc = self.incidents.admit(alert, procedure)
+        answer: dict[str, Any] = {"ok": True, "result": verdict, "host": alert.host}
+        if inc is not None:
+            answer["incident"] = str(inc.event_id)
+            answer["run_id"] = inc.run_id
+        ev = _event(alert, inc if verdict == "new" else None, attached=verdict == "attached")
+        try:
+            resp = await client._client.post("/events", json=[ev])
+            resp.raise_for_status()
+            answer["event_id"] = ev["id"]
+        except Exception as exc:
+            if verdict == "new":
+                assert inc is not None
+                self.incidents.forget(inc)
+                raise PrefectUnavailable(f"Prefect did not take the event: {exc}") from exc
+            # attached or a recovery: already noted on its incident; the event is the audit trail
+            log.warning("could not send the %s event of an alert: %s", verdict, exc)
+        if verdict == "new":
+            answer["starts"] = procedure
+        self.audit(
+            source=alert.source,
+            result=verdict,
+            kind=alert.kind,
+            host=alert.host,
+            incident=answer.get("incident"),
+            event=answer.get("event_id"),
+        )
+        return answer
+
+    async def resolve_once(self, client: Any) -> None:
+        """Find each open incident's run, see whether it finished, write its pending notes to
+        the run's log, and say them in its Slack thread once the run has opened it."""
+        for inc in self.incidents.open_incidents():
+            try:
+                if inc.run_id is None:
+                    inc.run_id = await _find_run(client, inc)
+                if inc.run_id is None:
+                    continue
+                run = await client.read_flow_run(inc.run_id)
+                inc.run_finished = bool(run.state and run.state.is_final())
+                notes = self.incidents.take_pending(inc)
+                if notes:
+                    await self._log(client, inc.run_id, notes)
+                    self._slack_backlog.setdefault(inc.run_id, []).extend(notes)
+                if self._slack_backlog.get(inc.run_id):
+                    await self._say_in_slack(client, inc)
+            except Exception as exc:  # noqa: BLE001 - keep resolving the others; retry next time
+                log.warning("could not follow the run of incident %s: %s", inc.event_id, exc)
+
+    async def run_forever(self, client_factory: Callable[[], Any], every_s: float = 1.0) -> None:
+        """The background resolver of the gateway."""
+        async with client_factory() as client:
+            while True:
+                await self.resolve_once(client)
+                await asyncio.sleep(every_s)
+
+    async def _log(self, client: Any, run_id: str, notes: list[str]) -> None:
+        from prefect.client.schemas.actions import LogCreate
+
+        now = dt.datetime.now(dt.UTC)
+        await client.create_logs(
+            [
+                LogCreate(
+                    name="handover.alerts",
+                    level=logging.INFO,
+                    message=n,
+                    timestamp=now,
+                    flow_run_id=run_id,
+                )
+                for n in notes
+            ]
+        )
+
+    async def _say_in_slack(self, client: Any, inc: Incident) -> None:
+        """One message for the backlog: a storm must not flood the thread (at most one note per
+        10 s; the run's log has every alert)."""
+        assert inc.run_id is not None
+        backlog = self._slack_backlog[inc.run_id]
+        if self.slack_post is None:
+            backlog.clear()
+            return
+        mono = self.incidents.clock()
+        if mono - self._slack_noted_at.get(inc.run_id, -SLACK_NOTE_EVERY_S) < SLACK_NOTE_EVERY_S:
+            return
+        where = await _thread_of(client, inc.run_id)
+        if where is None:
+            if inc.run_finished:  # its thread is closed (or it never had one)
+                backlog.clear()
+            return  # not opened yet: the run has not started
+        text = (
+            f":bell: {backlog[-1]}"
+            if len(backlog) == 1
+            else f":bell: {len(backlog)} more alerts for this run (sources: "
+            + ", ".join(f"{s} {n}" for s, n in inc.sources.items())
+            + f"); latest: {backlog[-1]}"
+        )
+        try:
+            await asyncio.to_thread(self.slack_post, where[0], where[1], text)
+        except Exception as exc:  # noqa: BLE001 - Slack is best effort
+            log.warning("could not note the alert in Slack: %s", exc)
+            return
+        backlog.clear()
+        self._slack_noted_at[inc.run_id] = mono
+
+
+def _event(alert: Alert, inc: Incident | None, *, attached: bool) -> dict[str, Any]:
+    """The Prefect event of an alert: ``handover.alert.<kind>`` for the one that opens an
+    incident (what the deployment triggers expect), ``handover.alert.attached`` for the others
+    (no trigger expects it: the event feed keeps them all)."""
+    payload = alert.model_dump(mode="json")
+    return {
+        "id": str(inc.event_id) if inc else str(uuid.uuid4()),
+        "occurred": dt.datetime.now(dt.UTC).isoformat(),
+        "event": "handover.alert.attached" if attached else event_name(alert),
+        "resource": event_resource(alert),
+        "related": [],
+        "payload": payload,
+    }
+
+
+async def _find_run(client: Any, inc: Incident) -> str | None:
+    """The flow run the incident's event started (its `alert_id` parameter is the event id)."""
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    runs = await client.read_flow_runs(
+        deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[inc.procedure])),
+        sort=FlowRunSort.EXPECTED_START_TIME_DESC,
+        limit=50,
+    )
+    for r in runs:
+        if str(r.parameters.get("alert_id", "")) == str(inc.event_id):
+            return str(r.id)
+    return None
+
+
+async def _thread_of(client: Any, run_id: str) -> tuple[str, str] | None:
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        var = await client.read_variable_by_name(thread_variable(run_id))
+    except ObjectNotFound:
+        return None
+    if var is None or not isinstance(var.value, dict):
+        return None
+    channel, ts = var.value.get("channel"), var.value.get("ts")
+    return (str(channel), str(ts)) if channel and ts else None

@@ -1,0 +1,263 @@
+"""Alert-triggered runs end to end: `handover serve` and `handover gateway` as real processes, a
+real Prefect server running the deployment triggers, the lab, and a fake Slack Web API."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterName,
+    FlowRunFilter,
+    FlowRunFilterId,
+    LogFilter,
+    LogFilterFlowRunId,
+)
+from prefect.client.schemas.objects import FlowRun
+from prefect.exceptions import ObjectNotFound
+
+from infra.fakeslack import FakeSlack
+from infra.send_alert import alert_body, post_alert
+from tests.conftest import ROOT, RunningLab, place_on_primaries, wait_for
+
+SECRET = b"alert-test-webhook-secret-0123456789"
+AM_TOKEN = "alert-test-am-token"
+SLACK_TOKEN = "xoxb-alert-test"
+P = "glite-transfer-channel-agent-urlcopy-"
+ON_101 = [P + c for c in ("CERN-CERN", "CERN-RAL", "CERN-FNAL", "CERN-IN2P3")]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Stack:
+    """`handover serve` and `handover gateway` for the test lab, and their environment."""
+
+    def __init__(self, lab: RunningLab, prefect_api: str, slack: FakeSlack) -> None:
+        self.lab = lab
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            **os.environ,
+            "PREFECT_API_URL": prefect_api,
+            "HANDOVER_WEBHOOK_SECRET": SECRET.decode(),
+            "HANDOVER_ALERTMANAGER_TOKEN": AM_TOKEN,
+            "HANDOVER_SLACK_API_URL": slack.base_url,
+            "HANDOVER_SLACK_BOT_TOKEN": SLACK_TOKEN,
+            "HANDOVER_SLACK_SIGNING_SECRET": "alert-test-slack-signing-secret",
+        }
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> Stack:
+        site = str(self.lab.site_file)
+        for argv in (
+            ["serve", "--site", site, "--poll-interval", "1"],
+            ["gateway", "--site", site, "--port", str(self.port)],
+        ):
+            self.procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "infra.cli", *argv],
+                    cwd=ROOT,
+                    env=self.env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            )
+        wait_for(self._ready, 90, "handover serve and handover gateway to be ready")
+        return self
+
+    def _ready(self) -> bool:
+        for p in self.procs:
+            assert p.poll() is None, f"{p.args} exited with {p.returncode}"
+        try:
+            with urllib.request.urlopen(self.url + "/healthz", timeout=2):
+                pass
+        except OSError:
+            return False
+        with get_client(sync_client=True) as client:
+            try:
+                dep = client.read_deployment_by_name("emergency-move/emergency-move")
+            except ObjectNotFound:
+                return False
+            owned = client.read_resource_related_automations(f"prefect.deployment.{dep.id}")
+        return bool(owned)
+
+    def stop(self) -> None:
+        for p in self.procs:
+            os.killpg(p.pid, signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait(5)
+
+    def send(self, host: str, kind: str = "host_down", **kw: Any) -> tuple[int, dict[str, Any]]:
+        body = alert_body(self.lab.site.site, host, self.lab.site.service.name, kind, **kw)
+        return post_alert(self.url, SECRET, body)
+
+
+@pytest.fixture(scope="module")
+def stack(lab: RunningLab, prefect_api: str) -> Iterator[Stack]:
+    with FakeSlack(tokens={SLACK_TOKEN}) as slack:
+        s = Stack(lab, prefect_api, slack)
+        s.slack = slack  # type: ignore[attr-defined]
+        try:
+            yield s.start()
+        finally:
+            s.stop()
+
+
+def emergency_runs(host: str | None = None) -> list[FlowRun]:
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["emergency-move"]))
+        )
+    return [r for r in runs if host is None or r.parameters.get("host") == host]
+
+
+def run_logs(run_id: Any) -> list[str]:
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])), limit=200
+        )
+        logs += client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])),
+            limit=200,
+            offset=200,
+        )
+    return [entry.message for entry in logs]
+
+
+def final(run_id: Any) -> FlowRun | None:
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id]))
+        )
+    return run[0] if run and run[0].state and run[0].state.is_final() else None
+
+
+def test_a_storm_of_identical_alerts_starts_exactly_one_run(lab: RunningLab, stack: Stack) -> None:
+    place_on_primaries(lab)
+    when = dt.datetime.now(dt.UTC)
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=16) as ex:
+        answers = list(
+            ex.map(lambda _: stack.send("fts101", when=when, summary="fts101 down"), range(200))
+        )
+    assert time.monotonic() - started < 5, "the storm must arrive within 5 s"
+    verdicts = Counter((status, a["alerts"][0]["result"]) for status, a in answers)
+    assert verdicts == {(202, "new"): 1, (202, "attached"): 199}, verdicts
+    run = wait_for(lambda: emergency_runs("fts101") or None, 30, "the emergency move to start")[0]
+    done = wait_for(lambda: final(run.id), 120, "the emergency move to finish")
+    assert done.state is not None and done.state.is_completed(), done.state
+    assert "case A" in (done.state.message or ""), done.state.message
+    serving = lab.lab.serving(lab.site, lab.lab.record())
+    assert all(serving.get(a) == {"fts102"} for a in ON_101), serving
+    # every other alert is recorded on that run: its log and its Slack thread
+    wait_for(
+        lambda: sum("alert attached" in m for m in run_logs(run.id)) == 199 or None,
+        30,
+        "the 199 attached alerts in the run's log",
+    )
+    slack: FakeSlack = stack.slack  # type: ignore[attr-defined]
+    notes = [m for m in slack.messages.values() if m.thread_ts and ":bell:" in m.text]
+    assert notes, "no alert note in the run's Slack thread"
+    time.sleep(3)  # a late second run would have been created by now
+    assert len(emergency_runs("fts101")) == 1
+
+
+def test_a_resolved_alert_starts_nothing(stack: Stack) -> None:
+    status, answer = stack.send("fts105", kind="recovered")
+    assert status == 202 and answer["alerts"][0]["result"] == "ignored", answer
+    time.sleep(6)  # a run would be scheduled well within this (the trigger fires in < 2 s)
+    assert emergency_runs("fts105") == []
+
+
+def test_a_forged_alert_is_refused_and_starts_nothing(stack: Stack) -> None:
+    body = alert_body(stack.lab.site.site, "fts105", stack.lab.site.service.name, "host_down")
+    status, answer = post_alert(stack.url, b"not-the-secret-0123456789", body)
+    assert status == 401 and answer["error"] == "bad signature"
+    status, answer = post_alert(stack.url, SECRET, body, timestamp=int(time.time()) - 600)
+    assert status == 401 and "stale" in answer["error"]
+    time.sleep(6)
+    assert emergency_runs("fts105") == []
+
+
+def _post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    import json
+    import urllib.error
+
+    req = urllib.request.Request(url, data=body, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_the_gateway_refuses_bad_alerts_precisely(stack: Stack) -> None:
+    site, svc = stack.lab.site.site, stack.lab.site.service.name
+    big = alert_body(site, "fts105", svc, "host_down", padding="x" * 70_000)
+    status, answer = post_alert(stack.url, SECRET, big)
+    assert status == 413 and "body over 65536 bytes" in answer["error"]
+    status, answer = post_alert(stack.url, SECRET, b'{"site": "lab", "host": "fts105"}')
+    assert status == 422 and answer["error"] == "missing field(s): service, kind, time"
+    status, answer = post_alert(stack.url, SECRET, alert_body(site, "fts999", svc, "host_down"))
+    assert status == 422 and "unknown host 'fts999'" in answer["error"]
+    status, answer = post_alert(stack.url, SECRET, alert_body("cern", "fts105", svc, "host_down"))
+    assert status == 422 and "unknown site 'cern'" in answer["error"]
+
+
+def test_alertmanager_notifications(stack: Stack) -> None:
+    import json
+
+    def payload(status: str) -> bytes:
+        return json.dumps(
+            {
+                "version": "4",
+                "status": status,
+                "receiver": "handover",
+                "groupKey": "{}:{}",
+                "alerts": [
+                    {
+                        "status": status,
+                        "labels": {"alertname": "HostDown", "instance": f"{ip}:9100"},
+                        "annotations": {"summary": "down"},
+                        "startsAt": "2026-11-23T01:00:00Z",
+                        "endsAt": "2026-11-23T01:05:00Z",
+                        "fingerprint": ip,
+                    }
+                    for ip in (stack.lab.site.host("fts105").address, "192.0.2.7")
+                ],
+            }
+        ).encode()
+
+    url = stack.url + "/alerts/alertmanager"
+    json_ct = {"Content-Type": "application/json"}
+    status, answer = _post(url, payload("resolved"), {**json_ct, "Authorization": "Bearer no"})
+    assert status == 401 and answer["error"] == "bad bearer token"
+    auth = {**json_ct, "Authorization": f"Bearer {AM_TOKEN}"}
+    status, answer = _post(url, payload("resolved"), auth)
+    assert status == 202, answer
+    assert [a["result"] for a in answer["alerts"]] == ["ignored"]
+    assert "unknown host '192.0.2.7'" in answer["refused"][0]
+    time.sleep(4)
+    assert emergency_runs("fts105") == []

@@ -1,0 +1,296 @@
+"""Alert intake, pure: the generic webhook's signature and body, Alertmanager's payloads, the
+credentials, the events an alert becomes, and the incident book (one run per host)."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from config.loader import load_site
+from config.site import AlertmanagerIntake, BasicAuth, SecretRef, Site
+from infra.gateway.alerts import (
+    Alert,
+    AlertRefused,
+    check_basic_or_bearer,
+    event_id,
+    event_name,
+    event_resource,
+    parse_alertmanager,
+    parse_generic,
+    sign,
+    verify_signature,
+)
+from infra.gateway.incidents import Incidents
+
+SITE: Site = load_site(Path(__file__).resolve().parent.parent / "config/sites/lab.yaml")
+SECRET = b"a-test-secret-0123456789"
+NOW = 1_800_000_000
+T = "2026-11-23T01:00:00+00:00"
+
+
+def generic(**over: Any) -> bytes:
+    body = {
+        "site": "lab",
+        "host": "fts101",
+        "service": "fts-lab",
+        "kind": "host_down",
+        "severity": "critical",
+        "time": T,
+        "summary": "fts101 does not answer",
+        **over,
+    }
+    return json.dumps({k: v for k, v in body.items() if v is not None}).encode()
+
+
+def refused(fn: Any, *args: Any, **kw: Any) -> AlertRefused:
+    with pytest.raises(AlertRefused) as info:
+        fn(*args, **kw)
+    return info.value
+
+
+# --- the generic webhook ---------------------------------------------------------------------
+
+
+def test_a_signed_body_is_accepted() -> None:
+    body = generic()
+    verify_signature(SECRET, str(NOW), sign(SECRET, NOW, body), body, window_s=300, now=NOW + 10)
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "signature", "now", "reason"),
+    [
+        ("", None, NOW, "missing X-Handover-Timestamp"),
+        ("yesterday", None, NOW, "malformed X-Handover-Timestamp"),
+        (str(NOW), None, NOW + 301, "stale request"),
+        (str(NOW), None, NOW - 301, "stale request"),
+        (str(NOW), "", NOW, "missing or malformed X-Handover-Signature"),
+        (str(NOW), "sha256=" + "0" * 64, NOW, "bad signature"),
+    ],
+)
+def test_bad_signatures_are_refused(
+    timestamp: str, signature: str | None, now: int, reason: str
+) -> None:
+    body = generic()
+    sig = sign(SECRET, NOW, body) if signature is None else signature
+    err = refused(verify_signature, SECRET, timestamp, sig, body, window_s=300, now=now)
+    assert err.status == 401 and reason in err.reason
+
+
+def test_a_signature_covers_the_timestamp_and_the_body() -> None:
+    body = generic()
+    sig = sign(SECRET, NOW, body)
+    tampered = generic(host="fts102")
+    err = refused(verify_signature, SECRET, str(NOW), sig, tampered, window_s=300, now=NOW)
+    assert err.reason == "bad signature"
+    err = refused(verify_signature, SECRET, str(NOW + 1), sig, body, window_s=300, now=NOW)
+    assert err.reason == "bad signature"
+
+
+def test_a_generic_alert_keeps_its_extra_fields() -> None:
+    alert = parse_generic(SITE, generic(source="lemon", dedup_key="seq-7", rack="B12"))
+    assert (alert.host, alert.kind, alert.source, alert.dedup_key) == (
+        "fts101",
+        "host_down",
+        "lemon",
+        "seq-7",
+    )
+    assert alert.extra == {"rack": "B12"}
+    assert alert.time == dt.datetime(2026, 11, 23, 1, tzinfo=dt.UTC)
+
+
+def test_a_host_may_be_named_by_its_address() -> None:
+    assert parse_generic(SITE, generic(host="127.0.1.2")).host == "fts102"
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "reason"),
+    [
+        (b"not json", 400, "not JSON"),
+        (b"[1, 2]", 400, "not a JSON object"),
+        (generic(host=None), 422, "missing field(s): host"),
+        (generic(kind=None, time=None), 422, "missing field(s): kind, time"),
+        (generic(site="elsewhere"), 422, "unknown site 'elsewhere'"),
+        (generic(host="fts999"), 422, "unknown host 'fts999'"),
+        (generic(service="dcache"), 422, "unknown service 'dcache'"),
+        (generic(kind="on_fire"), 422, "kind:"),
+        (generic(time="last tuesday"), 422, "time:"),
+    ],
+)
+def test_bad_bodies_are_refused_precisely(body: bytes, status: int, reason: str) -> None:
+    err = refused(parse_generic, SITE, body)
+    assert err.status == status and reason in err.reason, err.reason
+
+
+# --- Alertmanager ----------------------------------------------------------------------------
+
+INTAKE = AlertmanagerIntake(bearer_token=SecretRef(env="X"))
+
+
+def am(*alerts: dict[str, Any], status: str = "firing") -> bytes:
+    return json.dumps(
+        {
+            "version": "4",
+            "status": status,
+            "receiver": "handover",
+            "groupKey": '{}:{alertname="HostDown"}',
+            "groupLabels": {"alertname": "HostDown"},
+            "commonLabels": {},
+            "commonAnnotations": {},
+            "externalURL": "http://alertmanager:9093",
+            "truncatedAlerts": 0,
+            "alerts": list(alerts),
+        }
+    ).encode()
+
+
+def am_alert(status: str = "firing", **labels: str) -> dict[str, Any]:
+    return {
+        "status": status,
+        "labels": {"alertname": "HostDown", "severity": "page", **labels},
+        "annotations": {"summary": f"{labels.get('instance', '?')} is down"},
+        "startsAt": "2026-11-23T01:00:00Z",
+        "endsAt": "2026-11-23T01:05:00Z" if status == "resolved" else "0001-01-01T00:00:00Z",
+        "generatorURL": "http://prometheus:9090/graph",
+        "fingerprint": "c0ffee" + labels.get("instance", "")[-1:],
+    }
+
+
+def test_a_firing_alertmanager_alert_maps_to_host_down() -> None:
+    alerts, problems = parse_alertmanager(SITE, INTAKE, am(am_alert(instance="127.0.1.1:9100")))
+    assert problems == []
+    [a] = alerts
+    assert (a.host, a.kind, a.severity, a.source) == ("fts101", "host_down", "page", "alertmanager")
+    assert a.summary == "127.0.1.1:9100 is down"
+    assert a.extra["labels"]["alertname"] == "HostDown"
+
+
+def test_a_resolved_alertmanager_alert_is_a_recovery() -> None:
+    alerts, _ = parse_alertmanager(
+        SITE, INTAKE, am(am_alert("resolved", host="fts101"), status="resolved")
+    )
+    assert [a.kind for a in alerts] == ["recovered"]
+    assert alerts[0].time == dt.datetime(2026, 11, 23, 1, 5, tzinfo=dt.UTC)
+
+
+def test_a_grouped_notification_gives_one_alert_each_and_says_what_it_refused() -> None:
+    alerts, problems = parse_alertmanager(
+        SITE,
+        INTAKE,
+        am(
+            am_alert(host="fts101"),
+            am_alert(instance="127.0.1.2:9100"),
+            am_alert(host="fts105", handover_kind="service_down"),
+            am_alert(host="fts999"),
+            {**am_alert(host="fts106"), "labels": {"alertname": "DiskFull", "host": "fts106"}},
+        ),
+    )
+    assert [(a.host, a.kind) for a in alerts] == [
+        ("fts101", "host_down"),
+        ("fts102", "host_down"),
+        ("fts105", "service_down"),
+    ]
+    assert len(problems) == 2
+    assert "unknown host 'fts999'" in problems[0]
+    assert "DiskFull" in problems[1] and "alerts.alertmanager.kinds" in problems[1]
+
+
+def test_a_payload_that_is_not_alertmanagers_is_refused() -> None:
+    err = refused(parse_alertmanager, SITE, INTAKE, b'{"version": "3", "alerts": []}')
+    assert err.status == 400 and "not an Alertmanager v4 webhook" in err.reason
+
+
+def test_alertmanager_repeats_are_the_same_alert() -> None:
+    one, _ = parse_alertmanager(SITE, INTAKE, am(am_alert(host="fts101")))
+    again, _ = parse_alertmanager(SITE, INTAKE, am(am_alert(host="fts101")))
+    assert event_id(one[0]) == event_id(again[0])
+
+
+def test_bearer_and_basic_credentials() -> None:
+    check_basic_or_bearer(INTAKE, "Bearer tok", "tok", None)
+    for header, reason in [("", "missing bearer"), ("Bearer nope", "bad bearer")]:
+        assert reason in refused(check_basic_or_bearer, INTAKE, header, "tok", None).reason
+    basic = AlertmanagerIntake(basic_auth=BasicAuth(username="am", password=SecretRef(env="Y")))
+    good = "Basic " + base64.b64encode(b"am:pw").decode()
+    check_basic_or_bearer(basic, good, None, "pw")
+    bad = "Basic " + base64.b64encode(b"am:wrong").decode()
+    assert "bad basic" in refused(check_basic_or_bearer, basic, bad, None, "pw").reason
+    assert "malformed" in refused(check_basic_or_bearer, basic, "Basic %%%", None, "pw").reason
+
+
+# --- events and incidents --------------------------------------------------------------------
+
+
+def alert(host: str = "fts101", kind: str = "host_down", when: str = T, **kw: Any) -> Alert:
+    return parse_generic(SITE, generic(host=host, kind=kind, time=when, **kw))
+
+
+def test_an_alert_becomes_an_event_naming_site_host_and_service() -> None:
+    a = alert()
+    assert event_name(a) == "handover.alert.host_down"
+    assert event_resource(a) == {
+        "prefect.resource.id": "handover.host.lab.fts101",
+        "prefect.resource.name": "fts101",
+        "handover.site": "lab",
+        "handover.host": "fts101",
+        "handover.service": "fts-lab",
+    }
+    assert event_id(a) == event_id(alert()) != event_id(alert(when="2026-11-23T02:00:00Z"))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_one_incident_per_host_and_procedure_within_the_window() -> None:
+    clock = Clock()
+    book = Incidents(300, clock)
+    verdict, first = book.admit(alert(), "emergency-move")
+    assert verdict == "new" and first is not None
+    # the same failure from other monitors, in other words
+    for kind, source in [("host_down", "lemon"), ("resource_failed", "pacemaker")]:
+        v, inc = book.admit(alert(kind=kind, source=source), "emergency-move")
+        assert v == "attached" and inc is first
+    assert first.attached == 2 and first.sources == {"webhook": 1, "lemon": 1, "pacemaker": 1}
+    assert book.admit(alert(host="fts105"), "emergency-move")[0] == "new"
+    assert len(book.take_pending(first)) == 2 and book.take_pending(first) == []
+    clock.t += 301
+    assert book.admit(alert(), "emergency-move")[0] == "new"
+
+
+def test_an_incident_stays_open_while_its_run_runs() -> None:
+    clock = Clock()
+    book = Incidents(60, clock)
+    _, inc = book.admit(alert(), "emergency-move")
+    assert inc is not None
+    inc.run_id = "run-1"
+    clock.t += 3600
+    assert book.admit(alert(), "emergency-move")[0] == "attached"
+    inc.run_finished = True
+    book.take_pending(inc)
+    assert book.admit(alert(), "emergency-move")[0] == "new"
+
+
+def test_a_recovery_never_opens_an_incident() -> None:
+    book = Incidents(300, Clock())
+    assert book.admit(alert(kind="recovered"), None) == ("ignored", None)
+    _, inc = book.admit(alert(), "emergency-move")
+    verdict, noted = book.admit(alert(kind="recovered"), None)
+    assert verdict == "noted" and noted is inc and inc is not None
+    assert book.take_pending(inc)[0].startswith("recovery reported: recovered for fts101")
+
+
+def test_an_incident_whose_event_was_not_taken_is_forgotten() -> None:
+    book = Incidents(300, Clock())
+    _, inc = book.admit(alert(), "emergency-move")
+    assert inc is not None
+    book.forget(inc)
+    assert book.admit(alert(), "emergency-move")[0] == "new"
