@@ -83,8 +83,14 @@ def service_lock(site: str, service: str, procedure: str) -> Iterator[None]:
     """
     name = lock_name(site, service)
     with get_client(sync_client=True) as client:
-        with contextlib.suppress(ObjectAlreadyExists):
-            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+        # read first: creating one that exists makes the server log an integrity error
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            with contextlib.suppress(ObjectAlreadyExists):  # another run created it meanwhile
+                client.create_global_concurrency_limit(
+                    GlobalConcurrencyLimitCreate(name=name, limit=1)
+                )
     lease: UUID | None = None
     for attempt in range(2):
         try:

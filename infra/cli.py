@@ -394,7 +394,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     def say(m: str) -> None:
         err.print(f"[dim]{m}[/dim]")
 
-    if args.bench_what == "clean-move":
+    if args.bench_what == "alert":
+        from infra.bench.alert import bench_alert
+
+        backends = ("postgresql", "sqlite") if args.prefect_db == "both" else (args.prefect_db,)
+        result = bench_alert(rounds=args.rounds, backends=backends, progress=say)
+    elif args.bench_what == "clean-move":
         from infra.bench.clean_move import bench_clean_move
 
         result = bench_clean_move(rounds=args.rounds, warmup_s=args.warmup, progress=say)
@@ -546,6 +551,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = bsub.add_parser("clean-move", help="full vs pipelined clean move: downtime, overhead")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--warmup", type=float, default=6.0, help="seconds of load before each move")
+    p.add_argument("--json", action="store_true")
+    p = bsub.add_parser("alert", help="alert -> flow start -> first agent serving (p50, p95)")
+    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument(
+        "--prefect-db",
+        choices=["both", "postgresql", "sqlite"],
+        default="both",
+        help="the temporary Prefect server's database (default: both, side by side)",
+    )
     p.add_argument("--json", action="store_true")
     bench.set_defaults(func=cmd_bench)
     return ap

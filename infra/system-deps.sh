@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the Debian packages handover's lab and tests need, or say which are missing.
 set -euo pipefail
-PACKAGES=(openssh-server openssh-client postgresql nftables procps util-linux iproute2 python3-venv)
+PACKAGES=(openssh-server openssh-client postgresql nftables procps util-linux iproute2 python3-venv
+  corosync pacemaker)
 missing=()
 for p in "${PACKAGES[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then

@@ -14,6 +14,7 @@ import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,7 +32,7 @@ from prefect.exceptions import ObjectNotFound
 
 from infra.fakeslack import FakeSlack
 from infra.send_alert import alert_body, post_alert
-from tests.conftest import ROOT, RunningLab, place_on_primaries, wait_for
+from tests.conftest import ROOT, RunningLab, place_on_primaries, require, wait_for
 
 SECRET = b"alert-test-webhook-secret-0123456789"
 AM_TOKEN = "alert-test-am-token"
@@ -261,3 +262,61 @@ def test_alertmanager_notifications(stack: Stack) -> None:
     assert "unknown host '192.0.2.7'" in answer["refused"][0]
     time.sleep(4)
     assert emergency_runs("fts105") == []
+
+
+def test_a_pacemaker_resource_failure_reaches_the_gateway_and_starts_a_run(
+    lab: RunningLab, stack: Stack
+) -> None:
+    """A real one-node cluster (corosync + pacemakerd, stonith off, a Dummy resource) with the
+    alert agent registered: its resource fails, the agent (run by Pacemaker as hacluster) sends
+    a signed resource_failed alert for the host the node stands for, and a run starts."""
+    import pwd
+    import shutil
+
+    from infra.lab.pacemaker import OneNodeCluster
+
+    require(
+        bool(shutil.which("corosync") and shutil.which("pacemakerd")),
+        "corosync and pacemakerd (Debian packages corosync pacemaker)",
+    )
+    hacluster = pwd.getpwnam("hacluster")
+    work = Path(f"/var/tmp/handover-lab/pacemaker-{os.getpid()}")
+    work.mkdir(parents=True, exist_ok=True)
+    work.chmod(0o755)
+    secret = work / "webhook.secret"
+    secret.write_bytes(SECRET)
+    spool = work / "spool"
+    spool.mkdir(exist_ok=True)
+    for path in (secret, spool):
+        os.chown(path, hacluster.pw_uid, hacluster.pw_gid)
+    secret.chmod(0o600)
+    agent = ROOT / "infra" / "hooks" / "pacemaker_alert.py"
+    cluster = OneNodeCluster(
+        str(agent),
+        workdir=str(work / "cluster"),
+        alert_env={
+            "HANDOVER_GATEWAY_URL": stack.url,
+            "HANDOVER_SITE": lab.site.site,
+            "HANDOVER_SERVICE": lab.site.service.name,
+            "HANDOVER_WEBHOOK_SECRET_FILE": str(secret),
+            "HANDOVER_SPOOL_DIR": str(spool),
+            "HANDOVER_HOST_MAP": f"{os.uname().nodename}=fts105",
+            "HANDOVER_TIMEOUT_S": "3",
+        },
+    )
+    cluster.start(timeout_s=90)
+    try:
+        cluster.fail_resource()
+        run = wait_for(
+            lambda: emergency_runs("fts105") or None, 60, "a run started by the Pacemaker alert"
+        )[0]
+        assert "pacemaker" in run.parameters["requested_by"], run.parameters
+        done = wait_for(lambda: final(run.id), 120, "the emergency move of fts105 to finish")
+        assert done.state is not None and done.state.is_completed(), done.state
+        assert list(spool.iterdir()) == [], "alerts left in the spool"
+    finally:
+        cluster.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    serving = lab.lab.serving(lab.site, lab.lab.record())
+    vo = [a.name for a in lab.site.service.agents if a.primary == "fts105"]
+    assert vo and all(serving.get(a) == {"fts106"} for a in vo), serving

@@ -1,0 +1,360 @@
+"""`handover bench alert`: from a signed "host down" alert to the flow run and to the agents.
+
+A bench lab (its own addresses, port and state directory) and a temporary Prefect server (its own
+SQLite database, so an operator's deployments are never replaced) are started, then
+`handover serve` (1 s poll) and `handover gateway` as real processes. Each round sends one signed
+alert for the host that runs the agents and measures, from the moment the alert is sent:
+
+* **flow start**: the emergency-move run's start time as Prefect records it (the gateway, the
+  event, the automation, the served process picking the run up);
+* **first agent serving**: the first of the host's agents serving on its other host, as the lab
+  records it (the flow's probe, snapshot and case-A work added).
+
+Rounds alternate between fts101 and fts102 (each move puts the agents on the other host), with
+the site's dedup window set to 1 s so that each round is a new incident. Medians and p95.
+Targets: flow start p50 <= 2.5 s and p95 <= 4 s.
+
+The same rounds run against a Prefect server on PostgreSQL (a database in the bench lab's
+server) and on SQLite, side by side: on SQLite, Prefect's run-deployment action loses a write
+race with the trigger that fired it and its client retries after 2 s, which PostgreSQL avoids.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import secrets
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from infra.lab.lab import Lab, derive_site_file
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+P50_TARGET_S = 2.5
+P95_TARGET_S = 4.0
+
+
+class ServeAndGateway:
+    """`handover serve` and `handover gateway` for a site, as real processes (stopped by PID).
+
+    Args:
+        site_file: the site.
+        port: the gateway's port on 127.0.0.1.
+        env: their environment (PREFECT_API_URL, the secrets' variables).
+    """
+
+    def __init__(self, site_file: Path, port: int, env: dict[str, str]) -> None:
+        self.site_file = site_file
+        self.url = f"http://127.0.0.1:{port}"
+        self.port = port
+        self.env = env
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, timeout_s: float = 90.0) -> ServeAndGateway:
+        """Start both and wait until the gateway answers and the trigger is registered."""
+        site = str(self.site_file)
+        for argv in (
+            ["serve", "--site", site, "--poll-interval", "1"],
+            ["gateway", "--site", site, "--port", str(self.port)],
+        ):
+            self.procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "infra.cli", *argv],
+                    cwd=ROOT,
+                    env=self.env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            )
+        deadline = time.monotonic() + timeout_s
+        while not self.ready():
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("handover serve / handover gateway did not become ready")
+            time.sleep(0.5)
+        return self
+
+    def ready(self) -> bool:
+        """Whether the gateway answers and the emergency-move trigger exists."""
+        from prefect.client.orchestration import get_client
+        from prefect.exceptions import ObjectNotFound
+
+        for p in self.procs:
+            if p.poll() is not None:
+                raise RuntimeError(f"{p.args!r} exited with {p.returncode}")
+        try:
+            with urllib.request.urlopen(self.url + "/healthz", timeout=2):  # noqa: S310
+                pass
+        except OSError:
+            return False
+        with get_client(sync_client=True) as client:
+            try:
+                dep = client.read_deployment_by_name("emergency-move/emergency-move")
+            except ObjectNotFound:
+                return False
+            return bool(client.read_resource_related_automations(f"prefect.deployment.{dep.id}"))
+
+    def stop(self) -> None:
+        """Stop both (SIGTERM to their process groups, then SIGKILL)."""
+        for p in self.procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait(5)
+
+
+@contextmanager
+def temporary_prefect(home: Path, port: int, db_url: str | None = None) -> Iterator[str]:
+    """A temporary `prefect server start` (SQLite in `home`, or the PostgreSQL at `db_url`),
+    stopped by its PID at the end; yields its API URL, also set for this process."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from infra.prefect_server import healthy
+
+    home.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    if db_url:
+        env["PREFECT_API_DATABASE_CONNECTION_URL"] = db_url
+    with open(home / "server.log", "ab") as log:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "prefect",
+                "server",
+                "start",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.monotonic() + 120
+        while not healthy(url):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the Prefect server did not start; see {home / 'server.log'}")
+            time.sleep(0.5)
+        with temporary_settings({PREFECT_API_URL: url}):
+            yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    k = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return round(ordered[k], 3)
+
+
+def _backend_rounds(
+    lab: Lab,
+    site_file: Path,
+    tmp: Path,
+    backend: str,
+    rounds: int,
+    port: int,
+    progress: Callable[[str], None],
+) -> list[dict[str, Any]]:
+    """Rounds against a fresh Prefect server on one database backend."""
+    from infra.send_alert import alert_body, post_alert
+
+    db_url = None
+    if backend == "postgresql":
+        name = f"prefect_{os.getpid()}"
+        lab.db.psql_admin(f"CREATE ROLE {name} LOGIN PASSWORD '{name}'")
+        lab.db.psql_admin(f"CREATE DATABASE {name} OWNER {name}")
+        db_url = f"postgresql+asyncpg://{name}:{name}@{lab.db.address}:{lab.db.port}/{name}"
+    secret = secrets.token_hex(16)
+    samples: list[dict[str, Any]] = []
+    progress(f"{backend}: temporary Prefect server")
+    with temporary_prefect(tmp / f"prefect-{backend}", port, db_url) as api:
+        env = {
+            **os.environ,
+            "PREFECT_API_URL": api,
+            "HANDOVER_WEBHOOK_SECRET": secret,
+            "HANDOVER_ALERTMANAGER_TOKEN": secrets.token_hex(8),
+        }
+        for k in ("HANDOVER_SLACK_BOT_TOKEN", "HANDOVER_SLACK_SIGNING_SECRET"):
+            env.pop(k, None)
+        stack = ServeAndGateway(site_file, port + 100, env)
+        progress(f"{backend}: handover serve and handover gateway")
+        stack.start()
+        try:
+            for i in range(rounds):
+                host = "fts101" if i % 2 == 0 else "fts102"
+                s = _round(lab, stack, host, secret.encode(), alert_body, post_alert)
+                samples.append(s)
+                progress(
+                    f"{backend} round {i + 1}/{rounds}: {host} down -> run started "
+                    f"{s['flow_start_s']:.2f} s (run created {s['run_created_s']:.2f} s), "
+                    f"first agent serving {s['first_serving_s']:.2f} s"
+                )
+        finally:
+            stack.stop()
+    return samples
+
+
+def _figures(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    def stats(key: str) -> dict[str, float]:
+        values = [s[key] for s in samples]
+        return {
+            "p50": round(statistics.median(values), 3),
+            "p95": _pct(values, 0.95),
+            "max": round(max(values), 3),
+        }
+
+    out: dict[str, Any] = {
+        "run_created_s": stats("run_created_s"),
+        "flow_start_s": stats("flow_start_s"),
+        "first_agent_serving_s": stats("first_serving_s"),
+        "samples": samples,
+    }
+    fs = out["flow_start_s"]
+    out["meets_targets"] = fs["p50"] <= P50_TARGET_S and fs["p95"] <= P95_TARGET_S
+    return out
+
+
+def bench_alert(
+    *,
+    rounds: int = 10,
+    backends: tuple[str, ...] = ("postgresql", "sqlite"),
+    progress: Callable[[str], None] = lambda m: None,
+) -> dict[str, Any]:
+    """Send `rounds` alerts per Prefect database backend; return latencies (p50, p95)."""
+    tmp = Path(tempfile.mkdtemp(prefix="handover-bench-alert-"))
+    site_file = derive_site_file(
+        ROOT / "config" / "sites" / "lab.yaml",
+        tmp / "benchalert.yaml",
+        name="benchalert",
+        octet=249,
+        db_port=56249,
+        state_dir=Path(f"/var/tmp/handover-lab/bench-alert-{os.getpid()}"),
+    )
+    data = yaml.safe_load(site_file.read_text())
+    data["alerts"]["dedup_window_s"] = 1
+    site_file.write_text(yaml.safe_dump(data, sort_keys=False))
+    lab = Lab.from_file(site_file)
+    progress("bench lab up")
+    lab.up()
+    out: dict[str, Any] = {
+        "rounds": rounds,
+        "targets": {"flow_start_p50_s": P50_TARGET_S, "flow_start_p95_s": P95_TARGET_S},
+    }
+    try:
+        for i, backend in enumerate(backends):
+            samples = _backend_rounds(lab, site_file, tmp, backend, rounds, 56350 + i, progress)
+            out[backend] = _figures(samples)
+    finally:
+        lab.down()
+    out["ok"] = any(out[b]["meets_targets"] for b in backends)
+    out["summary"] = [
+        f"signed 'host down' alert -> emergency move (case A), {rounds} alerts per Prefect "
+        f"database; targets for the flow start: p50 <= {P50_TARGET_S} s, p95 <= {P95_TARGET_S} s",
+    ]
+    for b in backends:
+        f = out[b]
+        rc, fs, fa = f["run_created_s"], f["flow_start_s"], f["first_agent_serving_s"]
+        out["summary"] += [
+            f"  Prefect on {b}:",
+            f"    alert -> run created:          p50 {rc['p50']:.2f} s, p95 {rc['p95']:.2f} s",
+            f"    alert -> flow run started:     p50 {fs['p50']:.2f} s, p95 {fs['p95']:.2f} s "
+            f"({'meets' if f['meets_targets'] else 'MISSES'} the targets)",
+            f"    alert -> first agent serving:  p50 {fa['p50']:.2f} s, p95 {fa['p95']:.2f} s",
+        ]
+    return out
+
+
+def _round(
+    lab: Lab,
+    stack: ServeAndGateway,
+    host: str,
+    secret: bytes,
+    alert_body: Any,
+    post_alert: Any,
+) -> dict[str, Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    site = lab.site
+    other = "fts102" if host == "fts101" else "fts101"
+    before = lab.serving(site, lab.record())
+    moving = sorted(a for a, hosts in before.items() if hosts == {host})
+    if not moving:
+        raise RuntimeError(f"no agent serves on {host}: the bench lab is not as expected")
+    time.sleep(1.2)  # the previous incident's dedup window (1 s) has passed
+    body = alert_body(site.site, host, site.service.name, "host_down", summary="bench")
+    sent_wall = time.time()
+    sent = time.monotonic()
+    status, answer = post_alert(stack.url, secret, body)
+    if status != 202 or answer["alerts"][0]["result"] != "new":
+        raise RuntimeError(f"the gateway did not open an incident: {status} {answer}")
+    first_serving = None
+    deadline = sent + 60
+    while first_serving is None and time.monotonic() < deadline:
+        now = lab.serving(site, lab.record())
+        if any(now.get(a) == {other} for a in moving):
+            first_serving = time.monotonic() - sent
+        else:
+            time.sleep(0.05)
+    if first_serving is None:
+        raise RuntimeError(f"no agent of {host} served on {other} within 60 s")
+    event = answer["alerts"][0]["event_id"]
+    run = None
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            runs = [
+                r
+                for r in client.read_flow_runs(limit=20, sort=FlowRunSort.EXPECTED_START_TIME_DESC)
+                if r.parameters.get("alert_id") == event
+            ]
+            if runs and runs[0].state and runs[0].state.is_final():
+                run = runs[0]
+                break
+            time.sleep(0.2)
+        if run is None or run.start_time is None:
+            raise RuntimeError(f"the run of alert {event} did not finish within 60 s")
+        run = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id]))
+        )[0]
+    assert run.start_time is not None
+    flow_start = run.start_time.timestamp() - sent_wall
+    created = run.created.timestamp() - sent_wall if run.created else float("nan")
+    if not (run.state and run.state.is_completed()):
+        raise RuntimeError(f"the emergency move of {host} did not complete: {run.state}")
+    return {
+        "host": host,
+        "at": dt.datetime.fromtimestamp(sent_wall, dt.UTC).isoformat(timespec="seconds"),
+        "run_created_s": round(created, 3),
+        "flow_start_s": round(flow_start, 3),
+        "first_serving_s": round(first_serving, 3),
+        "agents": len(moving),
+    }
