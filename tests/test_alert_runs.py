@@ -5,12 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import signal
 import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -28,8 +24,8 @@ from prefect.client.schemas.filters import (
     LogFilterFlowRunId,
 )
 from prefect.client.schemas.objects import FlowRun
-from prefect.exceptions import ObjectNotFound
 
+from infra.bench.alert import ServeAndGateway
 from infra.fakeslack import FakeSlack
 from infra.send_alert import alert_body, post_alert
 from tests.conftest import ROOT, RunningLab, place_on_primaries, require, wait_for
@@ -47,68 +43,25 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class Stack:
+class Stack(ServeAndGateway):
     """`handover serve` and `handover gateway` for the test lab, and their environment."""
 
     def __init__(self, lab: RunningLab, prefect_api: str, slack: FakeSlack) -> None:
+        super().__init__(
+            lab.site_file,
+            _free_port(),
+            {
+                **os.environ,
+                "PREFECT_API_URL": prefect_api,
+                "HANDOVER_WEBHOOK_SECRET": SECRET.decode(),
+                "HANDOVER_ALERTMANAGER_TOKEN": AM_TOKEN,
+                "HANDOVER_SLACK_API_URL": slack.base_url,
+                "HANDOVER_SLACK_BOT_TOKEN": SLACK_TOKEN,
+                "HANDOVER_SLACK_SIGNING_SECRET": "alert-test-slack-signing-secret",
+            },
+        )
         self.lab = lab
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {
-            **os.environ,
-            "PREFECT_API_URL": prefect_api,
-            "HANDOVER_WEBHOOK_SECRET": SECRET.decode(),
-            "HANDOVER_ALERTMANAGER_TOKEN": AM_TOKEN,
-            "HANDOVER_SLACK_API_URL": slack.base_url,
-            "HANDOVER_SLACK_BOT_TOKEN": SLACK_TOKEN,
-            "HANDOVER_SLACK_SIGNING_SECRET": "alert-test-slack-signing-secret",
-        }
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self) -> Stack:
-        site = str(self.lab.site_file)
-        for argv in (
-            ["serve", "--site", site, "--poll-interval", "1"],
-            ["gateway", "--site", site, "--port", str(self.port)],
-        ):
-            self.procs.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "infra.cli", *argv],
-                    cwd=ROOT,
-                    env=self.env,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                    start_new_session=True,
-                )
-            )
-        wait_for(self._ready, 90, "handover serve and handover gateway to be ready")
-        return self
-
-    def _ready(self) -> bool:
-        for p in self.procs:
-            assert p.poll() is None, f"{p.args} exited with {p.returncode}"
-        try:
-            with urllib.request.urlopen(self.url + "/healthz", timeout=2):
-                pass
-        except OSError:
-            return False
-        with get_client(sync_client=True) as client:
-            try:
-                dep = client.read_deployment_by_name("emergency-move/emergency-move")
-            except ObjectNotFound:
-                return False
-            owned = client.read_resource_related_automations(f"prefect.deployment.{dep.id}")
-        return bool(owned)
-
-    def stop(self) -> None:
-        for p in self.procs:
-            os.killpg(p.pid, signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait(5)
+        self.slack = slack
 
     def send(self, host: str, kind: str = "host_down", **kw: Any) -> tuple[int, dict[str, Any]]:
         body = alert_body(self.lab.site.site, host, self.lab.site.service.name, kind, **kw)
@@ -119,9 +72,9 @@ class Stack:
 def stack(lab: RunningLab, prefect_api: str) -> Iterator[Stack]:
     with FakeSlack(tokens={SLACK_TOKEN}) as slack:
         s = Stack(lab, prefect_api, slack)
-        s.slack = slack  # type: ignore[attr-defined]
+        s.start()
         try:
-            yield s.start()
+            yield s
         finally:
             s.stop()
 
@@ -178,8 +131,7 @@ def test_a_storm_of_identical_alerts_starts_exactly_one_run(lab: RunningLab, sta
         30,
         "the 199 attached alerts in the run's log",
     )
-    slack: FakeSlack = stack.slack  # type: ignore[attr-defined]
-    notes = [m for m in slack.messages.values() if m.thread_ts and ":bell:" in m.text]
+    notes = [m for m in stack.slack.messages.values() if m.thread_ts and ":bell:" in m.text]
     assert notes, "no alert note in the run's Slack thread"
     time.sleep(3)  # a late second run would have been created by now
     assert len(emergency_runs("fts101")) == 1

@@ -43,12 +43,14 @@ def test_served_clean_move_runs_from_the_api(lab: RunningLab, prefect_api: str) 
     try:
 
         def deployed() -> bool:
+            # registered by this serve process: an earlier one (another test module) may have
+            # left the same deployment with its own site
             with get_client(sync_client=True) as client:
                 try:
-                    client.read_deployment_by_name("clean-move/clean-move")
+                    dep = client.read_deployment_by_name("clean-move/clean-move")
                 except ObjectNotFound:
                     return False
-            return True
+            return bool(dep.parameters.get("site_file") == str(lab.site_file.resolve()))
 
         wait_for(deployed, 60, "handover serve to register the deployment")
         run = run_deployment(

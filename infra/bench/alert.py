@@ -104,6 +104,9 @@ class ServeAndGateway:
                 dep = client.read_deployment_by_name("emergency-move/emergency-move")
             except ObjectNotFound:
                 return False
+            # registered by this serve process, not left by an earlier one with another site
+            if dep.parameters.get("site_file") != str(self.site_file.resolve()):
+                return False
             return bool(client.read_resource_related_automations(f"prefect.deployment.{dep.id}"))
 
     def stop(self) -> None:
