@@ -97,7 +97,13 @@ class AlertIntake:
     async def resolve_once(self, client: Any) -> None:
         """Find each open incident's run, see whether it finished, write its pending notes to
         the run's log, and say them in its Slack thread once the run has opened it."""
-        for inc in self.incidents.open_incidents():
+        open_now = self.incidents.open_incidents()
+        live = {inc.run_id for inc in open_now if inc.run_id}
+        for gone in [r for r in self._slack_noted_at if r not in live]:
+            del self._slack_noted_at[gone]
+        for gone in [r for r in self._slack_backlog if r not in live]:
+            del self._slack_backlog[gone]
+        for inc in open_now:
             try:
                 if inc.run_id is None:
                     inc.run_id = await _find_run(client, inc)
