@@ -294,3 +294,46 @@ def test_an_incident_whose_event_was_not_taken_is_forgotten() -> None:
     assert inc is not None
     book.forget(inc)
     assert book.admit(alert(), "emergency-move")[0] == "new"
+
+
+# --- the gateway when Prefect is down ---------------------------------------------------------
+
+
+def test_an_alert_prefect_cannot_take_is_answered_503_and_not_kept() -> None:
+    """The sender must retry (the hooks spool): the gateway neither acknowledges the alert nor
+    keeps an incident that would swallow the retry as a duplicate."""
+    import socket
+    import time
+
+    from fastapi.testclient import TestClient
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from infra.gateway.app import AlertSecrets, create_app
+    from infra.gateway.decide import Decider
+    from infra.gateway.intake import AlertIntake
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    decider = Decider(SITE)
+    book = Incidents(300)
+    app = create_app(
+        SITE, None, decider, AlertIntake(SITE, book, decider.record), AlertSecrets(SECRET)
+    )
+    body = generic()
+    with temporary_settings({PREFECT_API_URL: f"http://127.0.0.1:{dead}/api"}):
+        with TestClient(app) as client:
+            for _ in range(2):
+                ts = int(time.time())
+                resp = client.post(
+                    "/alerts/webhook",
+                    content=body,
+                    headers={
+                        "X-Handover-Timestamp": str(ts),
+                        "X-Handover-Signature": sign(SECRET, ts, body),
+                    },
+                )
+                assert resp.status_code == 503, resp.text
+                assert "Prefect did not take the event" in resp.json()["error"]
+    assert book.open_incidents() == []
+    assert [e["status"] for e in decider.audit] == [503, 503]

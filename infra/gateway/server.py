@@ -108,7 +108,7 @@ def serve_http(site_file: str, host: str = "127.0.0.1", port: int = 8787) -> Non
     site, decider, secret = build(site_file)
     built = build_intake(site, decider)
     intake, alert_secrets = built if built else (None, None)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    _log_to_stderr()
     app = create_app(site, secret, decider, intake, alert_secrets)
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
@@ -128,7 +128,19 @@ def serve_socket_mode(site_file: str) -> None:
         app_token = site.slack.app_token.resolve().get_secret_value()
     except SecretError as exc:
         raise GatewayError(f"the Slack app token: {exc}") from None
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    _log_to_stderr()
     client = socket_mode_client(site, app_token, decider)
     client.connect()
     threading.Event().wait()
+
+
+def _log_to_stderr() -> None:
+    """The gateway's own lines (the audit log, one JSON line per request, at INFO) on stderr,
+    whatever logging Prefect has set up for the root logger (WARNING)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    for name in ("handover",):
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.INFO)
+        logger.handlers = [handler]
+        logger.propagate = False
