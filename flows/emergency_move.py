@@ -389,6 +389,7 @@ def _approve(
         return pre_approved(who, "no approval required" if pause is None else "started with --yes")
     what = f"emergency move of {count(len(moves), 'agent')} off {host} (case {case})"
     shown = ", ".join(f"{short_name(m.agent)} → {m.to}" for m in moves) or "none"
+    progress.emit("approval-wait", what=what)
     return request_approval(
         policy,
         what=what,

@@ -195,6 +195,12 @@ def _run_host_procedure(
     def say(kind: str, data: dict[str, Any]) -> None:
         if kind == "step-sentence":
             console.print(escape(data["sentence"]))
+        elif kind == "approval-wait":
+            console.print(
+                f"[yellow]waiting for approval[/yellow] of the {escape(data['what'])}: approve "
+                f"or reject in Slack or in the Prefect UI (run {data.get('run_id')}); "
+                "--yes skips this"
+            )
 
     with progress.sink(say):
         if procedure == "emergency-move":

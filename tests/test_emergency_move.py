@@ -142,6 +142,41 @@ def test_a_second_procedure_for_the_service_is_refused(lab: RunningLab) -> None:
         th.join(60)
 
 
+def test_a_second_emergency_move_for_the_host_is_refused_naming_the_first(
+    lab: RunningLab, tmp_path: Path
+) -> None:
+    data = yaml.safe_load(lab.site_file.read_text())
+    data["procedures"]["emergency-move"].update(approval="required", approval_timeout_s=300)
+    ask_first = tmp_path / "ask-first.yaml"
+    ask_first.write_text(yaml.safe_dump(data))
+    box: dict[str, Any] = {}
+
+    def watch(kind: str, data: dict[str, Any]) -> None:
+        if kind == "approval-wait":
+            box["run_id"] = data["run_id"]
+
+    def first() -> None:
+        with progress.sink(watch):
+            box["first"] = emergency_move(str(ask_first), "fts101", return_state=True)
+
+    th = threading.Thread(target=first)
+    th.start()
+    try:
+        run_id = wait_for(lambda: box.get("run_id"), 60, "the first emergency move to wait")
+        second = run(lab)
+        assert second.status == "refused", second.summary
+        assert str(run_id) in second.summary and "emergency-move" in second.summary
+    finally:
+        if "run_id" in box:
+            wait_for(lambda: _paused(str(box["run_id"])), 30, "the pause")
+            resume_flow_run(box["run_id"], run_input={"decision": "reject", "who": "test"})
+        th.join(60)
+    result = box["first"].result(raise_on_failure=False)
+    assert result.status == "rejected" and "nothing changed" in result.summary
+    serving = lab.lab.serving(lab.site, lab.lab.record())
+    assert all(serving.get(a) == {"fts101"} for a in ON_101), serving
+
+
 def _paused(run_id: str) -> bool:
     from prefect.client.orchestration import get_client
 
