@@ -129,6 +129,9 @@ def _lab_dispatch(args: argparse.Namespace) -> int:
         return 0
     if action == "down":
         report = lab.down()
+        if args.purge and not report["leftovers"]:
+            lab.remove_state()
+            report["purged"] = str(lab.paths.root)
         if args.json:
             _print_json(report)
         else:
@@ -445,6 +448,12 @@ def build_parser() -> argparse.ArgumentParser:
         p = lsub.add_parser(name, help=helptext)
         p.add_argument("--json", action="store_true")
         _site_arg(p)
+        if name == "down":
+            p.add_argument(
+                "--purge",
+                action="store_true",
+                help="also delete the state directory (database, host roots, logs)",
+            )
     p = lsub.add_parser("score", help="jobs done/lost, downtime, agents running twice")
     p.add_argument("--json", action="store_true")
     p.add_argument("--reset", action="store_true", help="start counting again from now")

@@ -96,6 +96,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningLab]:
         remote.close_pools()
         report = running.lab.down()
         assert report["leftovers"] == [], report
+        running.lab.remove_state()
 
 
 def wait_for(predicate: object, timeout: float, what: str, interval: float = 0.05) -> object:

@@ -57,9 +57,11 @@ def test_up_status_down_leaves_nothing(site_file: Path) -> None:
         assert fault.returncode == 0, fault.stderr
         assert "handover_lab_labcycle" in _nft_tables()
     finally:
-        down = _cli("lab", "down", "--site", str(site_file), "--json")
+        down = _cli("lab", "down", "--site", str(site_file), "--json", "--purge")
     assert down.returncode == 0, down.stderr
-    assert json.loads(down.stdout)["leftovers"] == []
+    report = json.loads(down.stdout)
+    assert report["leftovers"] == []
+    assert not Path(report["purged"]).exists(), "lab down --purge left its state directory"
     left = processes_by_namespace(nss)
     assert all(not procs for procs in left.values()), left
     for pid in pids:

@@ -277,6 +277,7 @@ def bench_alert(
             out[backend] = _figures(samples)
     finally:
         lab.down()
+        lab.remove_state()
     out["ok"] = any(out[b]["meets_targets"] for b in backends)
     out["summary"] = [
         f"signed 'host down' alert -> emergency move (case A), {rounds} alerts per Prefect "

@@ -71,6 +71,7 @@ def _one(site_file: Path, mode: str, warmup_s: float) -> dict[str, Any]:
         score = lab.score()
     finally:
         lab.down()
+        lab.remove_state()
     moved = {a.channel for a in result.agents if a.channel}
     lab_down = {c: s for c, s in score.downtime_s.items() if c in moved}
     assert result.timing is not None
