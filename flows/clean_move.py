@@ -34,7 +34,6 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State
-from prefect.context import FlowRunContext
 from prefect.states import Completed, Failed
 from pydantic import BaseModel, Field
 
@@ -67,7 +66,6 @@ from tasks.channels import set_channels, set_channels_task
 from tasks.drain import Cancelled, DrainMonitor, DrainTimeout
 from tasks.outcome import StepResult, count
 from tasks.site_state import SiteSnapshot, snapshot_site, snapshot_site_task
-from tasks.slack import SlackNotifier
 from tasks.ssh import shell_command
 
 PROCEDURE = "clean-move"
@@ -546,16 +544,6 @@ move_chain_task = task(  # type: ignore[call-overload]
 # --- verify and report --------------------------------------------------------------------------
 
 
-def _run_url(run_id: str | None) -> str | None:
-    """The run's page in the Prefect UI (from PREFECT_UI_URL or the API URL)."""
-    if run_id is None:
-        return None
-    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
-
-    ui = PREFECT_UI_URL.value() or (str(PREFECT_API_URL.value() or "").removesuffix("/api"))
-    return f"{ui}/runs/flow-run/{run_id}" if ui else None
-
-
 def _why(exc: BaseException) -> str:
     """Why a move stopped, in words (``terminated by SIGTERM``, ``interrupted``, ...)."""
     sig = getattr(exc, "signal", None)
@@ -694,8 +682,7 @@ def clean_move(
     """
     logger = get_run_logger()
     started = _now()
-    ctx = FlowRunContext.get()
-    run_id = str(ctx.flow_run.id) if ctx and ctx.flow_run else None
+    run_id = progress.current_run_id()
     site = load_site(site_file)
     policy = site.policy(PROCEDURE)
     req = MoveRequest(
@@ -731,13 +718,9 @@ def clean_move(
         finally:
             remote.close_pools()
     who = requested_by or getpass.getuser()
-    notifier = SlackNotifier.for_site(site)
-    thread = ProcedureThread(
-        notifier,
+    thread = ProcedureThread.for_current_run(
         site,
         PROCEDURE,
-        run_id,
-        _run_url(run_id),
         f"{from_host} → {to_host} ({mode})",
         who,
         {
@@ -748,7 +731,7 @@ def clean_move(
     )
 
     def finish_noted(status: Status, summary: str, **kw: Any) -> State[Any]:
-        return finish(status, summary, notifications=notifier.status(), **kw)
+        return finish(status, summary, notifications=thread.n.status(), **kw)
 
     with progress.sink(thread):
         thread.open()

@@ -35,7 +35,6 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.client.schemas.objects import State
-from prefect.context import FlowRunContext
 from prefect.exceptions import MissingContextError
 from prefect.states import Completed, Failed
 from pydantic import BaseModel, Field
@@ -44,7 +43,6 @@ from config.loader import load_site
 from config.site import Site, short_name
 from flows import progress
 from flows.approval import ApprovalRecord, pre_approved, request_approval
-from flows.clean_move import _run_url
 from flows.notify import ProcedureThread
 from flows.service_lock import ServiceBusy, service_lock
 from tasks import remote
@@ -53,7 +51,6 @@ from tasks.channels import set_channels
 from tasks.db_sessions import drop_sessions
 from tasks.outcome import StepFailed, count
 from tasks.site_state import HostSnapshot, SiteSnapshot, snapshot_host, snapshot_site
-from tasks.slack import SlackNotifier
 from tasks.ssh import SshError
 
 PROCEDURE = "emergency-move"
@@ -163,19 +160,9 @@ def emergency_move(
     started = _now()
     site = load_site(site_file)
     site.host(host)  # an unknown host is refused before anything else
-    ctx = FlowRunContext.get()
-    run_id = str(ctx.flow_run.id) if ctx and ctx.flow_run else None
     who = requested_by or getpass.getuser()
-    notifier = SlackNotifier.for_site(site)
-    thread = ProcedureThread(
-        notifier,
-        site,
-        PROCEDURE,
-        run_id,
-        _run_url(run_id),
-        f"{host} failed",
-        who,
-        {"host": host, "alert": alert_id},
+    thread = ProcedureThread.for_current_run(
+        site, PROCEDURE, f"{host} failed", who, {"host": host, "alert": alert_id}
     )
     actions: list[str] = []
     human: list[str] = []
@@ -184,7 +171,7 @@ def emergency_move(
         host=host,
         started_at=started,
         requested_by=who,
-        flow_run_id=run_id,
+        flow_run_id=thread.run_id,
         alert_id=alert_id,
     )
 
@@ -196,7 +183,7 @@ def emergency_move(
             actions=actions,
             human_actions=human,
             ended_at=_now(),
-            notifications=notifier.status(),
+            notifications=thread.n.status(),
             **kw,
         )
         create_markdown_artifact(

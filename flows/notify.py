@@ -190,8 +190,37 @@ def end_blocks(
     return blocks
 
 
+def run_url(run_id: str | None) -> str | None:
+    """The run's page in the Prefect UI (from PREFECT_UI_URL or the API URL)."""
+    if run_id is None:
+        return None
+    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
+
+    ui = PREFECT_UI_URL.value() or (str(PREFECT_API_URL.value() or "").removesuffix("/api"))
+    return f"{ui}/runs/flow-run/{run_id}" if ui else None
+
+
 class ProcedureThread:
     """The Slack thread of one run, fed by the run's progress events (a progress sink)."""
+
+    @classmethod
+    def for_current_run(
+        cls, site: Site, procedure: str, title: str, who: str, params: dict[str, Any]
+    ) -> ProcedureThread:
+        """The thread of the flow run this code runs in, with the site's notifier."""
+        from flows.progress import current_run_id
+
+        run_id = current_run_id()
+        return cls(
+            SlackNotifier.for_site(site),
+            site,
+            procedure,
+            run_id,
+            run_url(run_id),
+            title,
+            who,
+            params,
+        )
 
     def __init__(
         self,

@@ -41,7 +41,8 @@ def sink(fn: Sink) -> Iterator[None]:
         remove_sink(fn)
 
 
-def _run_id() -> str | None:
+def current_run_id() -> str | None:
+    """The id of the flow run this code runs in (None outside a flow run)."""
     try:
         from prefect.context import FlowRunContext
 
@@ -53,7 +54,7 @@ def _run_id() -> str | None:
 
 def emit(kind: str, **data: Any) -> None:
     """Send an event to every sink; `run_id` (the current flow run's) is added to the data."""
-    data.setdefault("run_id", _run_id())
+    data.setdefault("run_id", current_run_id())
     with _lock:
         sinks = list(_sinks)
     for s in sinks:

@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console
@@ -148,7 +149,7 @@ def run_procedure(procedure: str, params: dict[str, Any], *, as_json: bool) -> i
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_TASK_RUNS_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
     if procedure in ("emergency-move", "fence-host"):
-        return _run_host_procedure(procedure, params, console, as_json=as_json)
+        return _run_host_procedure(procedure, params, console, ui, as_json=as_json)
     if procedure != "clean-move":
         console.print(f"[red]unknown procedure {procedure!r}[/red]")
         return 1
@@ -174,21 +175,11 @@ def run_procedure(procedure: str, params: dict[str, Any], *, as_json: bool) -> i
             result = seen.get("result")
             if result is None:
                 return 130
-    if isinstance(result, BaseException):
-        console.print(f"[red]the flow crashed:[/red] {escape(str(result))}")
-        return 1
-    if as_json:
-        print(result.model_dump_json(indent=2))
-    else:
-        from rich.markdown import Markdown
-
-        Console(highlight=False).print(Markdown(report_markdown(result)))
-        console.print(f"[dim]run: {ui}/runs/flow-run/{result.flow_run_id}[/dim]")
-    return EXIT.get(result.status, 1)
+    return _report(console, result, report_markdown, ui, as_json=as_json)
 
 
 def _run_host_procedure(
-    procedure: str, params: dict[str, Any], console: Console, *, as_json: bool
+    procedure: str, params: dict[str, Any], console: Console, ui: str, *, as_json: bool
 ) -> int:
     from flows.emergency_move import emergency_move, fence_host, report_markdown
 
@@ -215,6 +206,18 @@ def _run_host_procedure(
         else:
             console.print(state.message or "")
         return 0 if state.is_completed() else 1
+    return _report(console, result, report_markdown, ui, as_json=as_json)
+
+
+def _report(
+    console: Console,
+    result: Any,
+    report_markdown: Callable[[Any], str],
+    ui: str,
+    *,
+    as_json: bool,
+) -> int:
+    """Print a procedure's typed result (JSON) or its report (markdown); its exit code."""
     if isinstance(result, BaseException):
         console.print(f"[red]the flow crashed:[/red] {escape(str(result))}")
         return 1
@@ -224,4 +227,6 @@ def _run_host_procedure(
         from rich.markdown import Markdown
 
         Console(highlight=False).print(Markdown(report_markdown(result)))
+        if result.flow_run_id:
+            console.print(f"[dim]run: {ui}/runs/flow-run/{result.flow_run_id}[/dim]")
     return EXIT.get(result.status, 1)
