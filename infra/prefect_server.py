@@ -18,7 +18,6 @@ from pathlib import Path
 
 HOME = Path(os.environ.get("HANDOVER_PREFECT_HOME", "/var/tmp/handover-prefect"))
 PID_FILE = HOME / "server.pid"
-LOG_FILE = HOME / "server.log"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 4200
 
@@ -37,23 +36,20 @@ def healthy(url: str) -> bool:
         return False
 
 
-def ensure_server(
-    host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, timeout: float = 120.0
-) -> tuple[str, bool]:
-    """Make sure a local server answers; returns (API URL, whether this call started it)."""
-    url = api_url(host, port)
-    if healthy(url):
-        return url, False
-    HOME.mkdir(parents=True, exist_ok=True)
+def spawn(
+    home: Path, host: str, port: int, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start `prefect server start` in its own session with its state (and log) in `home`."""
+    home.mkdir(parents=True, exist_ok=True)
     env = {
         **os.environ,
-        "PREFECT_HOME": str(HOME),
+        "PREFECT_HOME": str(home),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_UI_ENABLED": "true",
+        **(extra_env or {}),
     }
     env.pop("PREFECT_API_URL", None)
-    with open(LOG_FILE, "ab") as log:
-        proc = subprocess.Popen(
+    with open(home / "server.log", "ab") as log:
+        return subprocess.Popen(
             [
                 sys.executable,
                 "-m",
@@ -71,16 +67,37 @@ def ensure_server(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    PID_FILE.write_text(f"{proc.pid}\n")
+
+
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], home: Path, timeout: float) -> None:
+    """Wait, with a bound, until the server answers.
+
+    Raises:
+        RuntimeError: it exited or did not answer in time; the message has its log's tail.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if healthy(url):
-            return url, True
+            return
         if proc.poll() is not None:
             break
         time.sleep(0.5)
-    tail = LOG_FILE.read_text(errors="replace")[-1500:] if LOG_FILE.exists() else ""
+    log = home / "server.log"
+    tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
     raise RuntimeError(f"the Prefect server did not become healthy at {url}; log tail:\n{tail}")
+
+
+def ensure_server(
+    host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, timeout: float = 120.0
+) -> tuple[str, bool]:
+    """Make sure a local server answers; returns (API URL, whether this call started it)."""
+    url = api_url(host, port)
+    if healthy(url):
+        return url, False
+    proc = spawn(HOME, host, port, {"PREFECT_UI_ENABLED": "true"})
+    PID_FILE.write_text(f"{proc.pid}\n")
+    wait_healthy(url, proc, HOME, timeout)
+    return url, True
 
 
 def stop_server() -> bool:

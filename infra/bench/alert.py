@@ -21,6 +21,7 @@ race with the trigger that fired it and its client retries after 2 s, which Post
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import secrets
@@ -111,15 +112,23 @@ class ServeAndGateway:
 
     def stop(self) -> None:
         """Stop both (SIGTERM to their process groups, then SIGKILL)."""
-        for p in self.procs:
-            if p.poll() is None:
+        stop_groups(self.procs)
+
+
+def stop_groups(procs: list[subprocess.Popen[bytes]], grace_s: float = 20.0) -> None:
+    """Stop processes started in their own sessions: SIGTERM to each group, SIGKILL after
+    `grace_s`."""
+    for p in procs:
+        if p.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(p.pid, signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
+    for p in procs:
+        try:
+            p.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(p.pid, signal.SIGKILL)
-                p.wait(5)
+            p.wait(5)
 
 
 @contextmanager
@@ -128,47 +137,17 @@ def temporary_prefect(home: Path, port: int, db_url: str | None = None) -> Itera
     stopped by its PID at the end; yields its API URL, also set for this process."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from infra.prefect_server import healthy
+    from infra.prefect_server import api_url, spawn, wait_healthy
 
-    home.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    env.pop("PREFECT_API_URL", None)
-    if db_url:
-        env["PREFECT_API_DATABASE_CONNECTION_URL"] = db_url
-    with open(home / "server.log", "ab") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "prefect",
-                "server",
-                "start",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}/api"
+    extra = {"PREFECT_API_DATABASE_CONNECTION_URL": db_url} if db_url else {}
+    proc = spawn(home, "127.0.0.1", port, extra)
+    url = api_url("127.0.0.1", port)
     try:
-        deadline = time.monotonic() + 120
-        while not healthy(url):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the Prefect server did not start; see {home / 'server.log'}")
-            time.sleep(0.5)
+        wait_healthy(url, proc, home, 120)
         with temporary_settings({PREFECT_API_URL: url}):
             yield url
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+        stop_groups([proc])
 
 
 def _pct(values: list[float], q: float) -> float:
