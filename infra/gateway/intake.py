@@ -72,7 +72,7 @@ class AlertIntake:
             answer["run_id"] = inc.run_id
         ev = _event(alert, inc if verdict == "new" else None, attached=verdict == "attached")
         try:
-            resp = await client._client.post("/events", json=[ev])
+            resp = await client.request("POST", "/events", json=[ev])
             resp.raise_for_status()
             answer["event_id"] = ev["id"]
         except Exception as exc:
