@@ -52,7 +52,7 @@ from flows.clean_move_plan import (
     plan_markdown,
 )
 from flows.notify import ProcedureThread
-from flows.service_lock import ServiceBusy, service_lock
+from flows.service_lock import ServiceLockError, service_lock
 from tasks import remote
 from tasks.agents import (
     clear_disabled,
@@ -748,7 +748,7 @@ def clean_move(
                     started,
                     thread,
                 )
-        except ServiceBusy as exc:
+        except ServiceLockError as exc:
             logger.error("%s", exc)
             return finish_noted("refused", str(exc))
         finally:

@@ -44,7 +44,7 @@ from config.site import Site, short_name
 from flows import progress
 from flows.approval import ApprovalRecord, pre_approved, request_approval
 from flows.notify import ProcedureThread
-from flows.service_lock import ServiceBusy, service_lock
+from flows.service_lock import ServiceLockError, service_lock
 from tasks import remote
 from tasks.agents import clear_disabled, start_agents, stop_agents, write_disabled
 from tasks.channels import set_channels
@@ -353,7 +353,7 @@ def _emergency(
                 sessions_killed=killed,
                 lock_wait_s=lock_wait,
             )
-    except ServiceBusy as exc:
+    except ServiceLockError as exc:
         logger.error("%s", exc)
         return finish("refused", str(exc))
     finally:

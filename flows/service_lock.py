@@ -5,6 +5,10 @@ the holder renews in the background: a killed flow stops renewing and the server
 (lease duration plus the repossessor's loop, 15 s by default). The holder also records itself in a
 Prefect Variable, so a refusal names the run that holds the service, and so a run on the same
 machine can take over at once from a holder whose process has died.
+
+Only the server's own answer "the slot is taken" (HTTP 423) means busy. A server that is slow to
+answer (a loaded machine, a busy SQLite) or that fails is a different refusal: `LockUnavailable`,
+which says so instead of blaming a run that does not exist.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from collections.abc import Iterator
 from typing import Any
 from uuid import UUID
 
+import httpx
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
@@ -28,10 +33,27 @@ from prefect.context import FlowRunContext
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 LEASE_S = float(os.environ.get("HANDOVER_LOCK_LEASE_S", "60"))
+# How long the server may take to answer one acquisition request. It is no wait for the slot
+# (a held slot is refused at once); it bounds a slow or hung API.
+ACQUIRE_TIMEOUT_S = float(os.environ.get("HANDOVER_LOCK_ACQUIRE_TIMEOUT_S", "30"))
 
 
-class ServiceBusy(RuntimeError):
+class ServiceLockError(RuntimeError):
+    """The service could not be locked; nothing was changed. The message says why."""
+
+
+class ServiceBusy(ServiceLockError):
     """Another procedure runs for this service; the message names it."""
+
+
+class LockUnavailable(ServiceLockError):
+    """The Prefect API did not grant or refuse the lock (slow, failing or unreachable)."""
+
+
+def _slot_taken(exc: BaseException) -> bool:
+    """Whether an acquisition error is the server's "slot taken" answer (HTTP 423)."""
+    cause = exc.__cause__
+    return isinstance(cause, httpx.HTTPStatusError) and cause.response.status_code == 423
 
 
 def lock_name(site: str, service: str) -> str:
@@ -76,10 +98,11 @@ def _holder_dead_here(holder: dict[str, Any]) -> bool:
 
 @contextlib.contextmanager
 def service_lock(site: str, service: str, procedure: str) -> Iterator[None]:
-    """Hold the service for the duration of the block, or raise `ServiceBusy` at once.
+    """Hold the service for the duration of the block, or raise at once.
 
     Raises:
         ServiceBusy: another procedure holds the service; the message names it and says what to do.
+        LockUnavailable: the Prefect API neither granted nor refused the lock in time.
     """
     name = lock_name(site, service)
     with get_client(sync_client=True) as client:
@@ -97,7 +120,7 @@ def service_lock(site: str, service: str, procedure: str) -> Iterator[None]:
             response = acquire_concurrency_slots_with_lease(
                 [name],
                 1,
-                timeout_seconds=1,
+                timeout_seconds=ACQUIRE_TIMEOUT_S,
                 strict=True,
                 lease_duration=LEASE_S,
                 max_retries=0,
@@ -105,7 +128,18 @@ def service_lock(site: str, service: str, procedure: str) -> Iterator[None]:
             )
             lease = response.lease_id
             break
-        except (TimeoutError, ConcurrencySlotAcquisitionError):
+        except TimeoutError:
+            raise LockUnavailable(
+                f"refused: the Prefect API did not answer the lock request for service {service} "
+                f"of site {site} within {ACQUIRE_TIMEOUT_S:.0f} s; nothing was changed. Check the "
+                "Prefect server (`handover server status`) and run again"
+            ) from None
+        except ConcurrencySlotAcquisitionError as exc:
+            if not _slot_taken(exc):
+                raise LockUnavailable(
+                    f"refused: the Prefect API could not lock service {service} of site {site} "
+                    f"({exc}); nothing was changed. Check the Prefect server and run again"
+                ) from None
             with get_client(sync_client=True) as client:
                 holder = _read_holder(client, name)
                 if attempt == 0 and holder and holder.get("lease") and _holder_dead_here(holder):
@@ -113,7 +147,11 @@ def service_lock(site: str, service: str, procedure: str) -> Iterator[None]:
                     with contextlib.suppress(ObjectNotFound):
                         client.release_concurrency_slots_with_lease(UUID(holder["lease"]))
                     continue
-            who = _describe(holder) if holder else "another run (it did not record itself)"
+            who = (
+                _describe(holder)
+                if holder
+                else "another run, which holds the lock but has not yet recorded its name"
+            )
             raise ServiceBusy(
                 f"refused: a procedure is already running for service {service} of site {site}: "
                 f"{who}. Wait for it to end, or cancel it in the Prefect UI; a run whose process "

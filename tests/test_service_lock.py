@@ -1,0 +1,83 @@
+"""The one-procedure-per-service lock against a real Prefect server: busy means busy, and only that.
+
+A slow or failing Prefect API must never be reported as "a procedure is already running": on a
+loaded machine that refusal sent operators looking for a run that did not exist.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from flows import service_lock as sl
+from tests.conftest import ROOT
+
+
+def _service() -> str:
+    return f"svc-{uuid.uuid4().hex[:8]}"
+
+
+def test_a_held_service_is_refused_naming_the_holder(prefect_api: str) -> None:
+    service = _service()
+    with sl.service_lock("locktest", service, "clean-move"):
+        with pytest.raises(sl.ServiceBusy) as refused:
+            with sl.service_lock("locktest", service, "emergency-move"):
+                pytest.fail("a second holder entered the lock")
+    msg = str(refused.value)
+    assert f"already running for service {service} of site locktest" in msg
+    assert "clean-move run None (id None, started" in msg and f"pid {os.getpid()}" in msg
+    # released on exit: the next procedure gets it
+    with sl.service_lock("locktest", service, "emergency-move"):
+        pass
+
+
+def test_an_api_that_does_not_answer_in_time_is_not_called_busy(
+    prefect_api: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service = _service()
+    monkeypatch.setattr(sl, "ACQUIRE_TIMEOUT_S", 1e-6)
+    with pytest.raises(sl.LockUnavailable) as refused:
+        with sl.service_lock("locktest", service, "clean-move"):
+            pytest.fail("entered the lock although the request timed out")
+    msg = str(refused.value)
+    assert "did not answer the lock request" in msg and "nothing was changed" in msg
+    assert "already running" not in msg
+    assert not isinstance(refused.value, sl.ServiceBusy)
+
+
+def test_a_holder_whose_process_died_here_is_taken_over_at_once(prefect_api: str) -> None:
+    service = _service()
+    # a holder in another process, killed without releasing: its lease would hold for a minute
+    script = (
+        "import os, sys\n"
+        "from flows.service_lock import service_lock\n"
+        f"with service_lock('locktest', {service!r}, 'clean-move'):\n"
+        "    print('held', flush=True)\n"
+        "    sys.stdin.read()\n"
+    )
+    env = {**os.environ, "PREFECT_API_URL": prefect_api, "PREFECT_LOGGING_LEVEL": "WARNING"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+        with pytest.raises(sl.ServiceBusy, match=f"pid {proc.pid}"):
+            with sl.service_lock("locktest", service, "emergency-move"):
+                pass
+        proc.kill()
+        proc.wait(10)
+        with sl.service_lock("locktest", service, "emergency-move"):
+            pass
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
