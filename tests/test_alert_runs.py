@@ -252,9 +252,11 @@ def test_a_pacemaker_resource_failure_reaches_the_gateway_and_starts_a_run(
 
     from infra.lab.pacemaker import OneNodeCluster
 
+    tools = ("corosync", "pacemakerd", "cibadmin", "crm_resource", "crm_mon", "stonith_admin")
+    absent = [t for t in tools if shutil.which(t) is None]
     require(
-        bool(shutil.which("corosync") and shutil.which("pacemakerd")),
-        "corosync and pacemakerd (Debian packages corosync pacemaker)",
+        not absent,
+        f"{', '.join(absent)} (Debian packages corosync pacemaker pacemaker-cli-utils)",
     )
     hacluster = pwd.getpwnam("hacluster")
     work = Path(f"/var/tmp/handover-lab/pacemaker-{os.getpid()}")
