@@ -268,7 +268,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     load_site(args.site)
     configure_api(err)
-    serve_all(args.site, poll_s=args.poll_interval, limit=args.limit)
+    serve_all(args.site, poll_s=args.poll_interval, limit=args.limit, start=args.start)
     return 0
 
 
@@ -401,7 +401,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from infra.bench.alert import bench_alert
 
         backends = ("postgresql", "sqlite") if args.prefect_db == "both" else (args.prefect_db,)
-        result = bench_alert(rounds=args.rounds, backends=backends, progress=say)
+        starts = ("forkserver", "spawn") if args.start == "both" else (args.start,)
+        result = bench_alert(rounds=args.rounds, backends=backends, starts=starts, progress=say)
     elif args.bench_what == "clean-move":
         from infra.bench.clean_move import bench_clean_move
 
@@ -508,6 +509,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between checks for runs to start (default 1)",
     )
     p.add_argument("--limit", type=int, default=None, help="at most this many runs at once")
+    p.add_argument(
+        "--start",
+        choices=["forkserver", "spawn"],
+        default="forkserver",
+        help="how a run's process starts: from a fork server that has imported Prefect and the "
+        "flows (default), or spawned fresh as Prefect does",
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("alert", help="send one signed alert to the gateway")
@@ -568,6 +576,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["both", "postgresql", "sqlite"],
         default="both",
         help="the temporary Prefect server's database (default: both, side by side)",
+    )
+    p.add_argument(
+        "--start",
+        choices=["both", "forkserver", "spawn"],
+        default="both",
+        help="handover serve's start method for runs (default: both, side by side)",
     )
     p.add_argument("--json", action="store_true")
     bench.set_defaults(func=cmd_bench)

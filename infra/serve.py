@@ -1,12 +1,30 @@
-"""`handover serve`: serve every deployment of deployments/prefect.yaml from one process."""
+"""`handover serve`: serve every deployment of deployments/prefect.yaml from one process.
+
+Every flow run gets a process of its own. `prefect.serve()` starts it with `python -m
+prefect.engine`, which imports Prefect and the flow's module afresh: about 1.5 s on a 2-core
+machine, most of an alert's way to its emergency move. `handover serve` instead registers each
+flow with the runner (`Runner.add_flow`), so that the runner hands the flow object itself to the
+run's process, and starts that process from a fork server (`--start forkserver`, the default): a
+single-threaded process, started with the serve process, that has imported Prefect and every
+served flow's module once and forks a ready interpreter for each run. The run itself is the same
+call, with the same arguments, environment and settings as under `spawn` (`--start spawn`,
+Prefect's own start for a flow handed over); only the imports are already done. Flows are
+pickled by reference (`_reduce_flow`). `handover bench alert` measures both start methods side by
+side.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import copyreg
+import multiprocessing
 import os
+import pickle
 import re
+import sys
 from importlib import import_module
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -39,9 +57,8 @@ def read_deployments(path: Path = DEPLOYMENTS_FILE) -> list[dict[str, Any]]:
 
 def load_flow(entrypoint: str) -> Any:
     """Import the flow object named by `flows/file.py:function` (as a module of this package)."""
-    file, func = entrypoint.rsplit(":", 1)
-    module = import_module(file.removesuffix(".py").replace("/", "."))
-    return getattr(module, func)
+    module = import_module(_module_of(entrypoint))
+    return getattr(module, entrypoint.rsplit(":", 1)[1])
 
 
 def site_triggers(name: str, specs: list[dict[str, Any]], site: Site) -> list[Any]:
@@ -67,9 +84,11 @@ def site_triggers(name: str, specs: list[dict[str, Any]], site: Site) -> list[An
     return out
 
 
-def build_deployments(site_file: str, path: Path = DEPLOYMENTS_FILE) -> list[Any]:
-    """RunnerDeployments for every entry, with `site_file` as the default site and the entry's
-    triggers (automations) bound to that site."""
+def deployment_specs(
+    site_file: str, path: Path = DEPLOYMENTS_FILE
+) -> list[tuple[Any, dict[str, Any]]]:
+    """Each entry's flow and its deployment settings, with `site_file` as the default site and
+    the entry's triggers (automations) bound to that site."""
     from prefect.types.entrypoint import EntrypointType
 
     from config.loader import load_site
@@ -79,19 +98,22 @@ def build_deployments(site_file: str, path: Path = DEPLOYMENTS_FILE) -> list[Any
     for d in read_deployments(path):
         fl = load_flow(d["entrypoint"])
         params = {**(d.get("parameters") or {}), "site_file": str(Path(site_file).resolve())}
-        triggers = site_triggers(d["name"], d.get("triggers") or [], site)
-        out.append(
-            fl.to_deployment(
-                name=d["name"],
-                parameters=params,
-                tags=d.get("tags") or [],
-                description=d.get("description"),
-                concurrency_limit=d.get("concurrency_limit"),
-                entrypoint_type=EntrypointType.MODULE_PATH,
-                triggers=triggers,
-            )
-        )
+        settings = {
+            "name": d["name"],
+            "parameters": params,
+            "tags": d.get("tags") or [],
+            "description": d.get("description"),
+            "concurrency_limit": d.get("concurrency_limit"),
+            "entrypoint_type": EntrypointType.MODULE_PATH,
+            "triggers": site_triggers(d["name"], d.get("triggers") or [], site),
+        }
+        out.append((fl, settings))
     return out
+
+
+def build_deployments(site_file: str, path: Path = DEPLOYMENTS_FILE) -> list[Any]:
+    """RunnerDeployments for every entry (see `deployment_specs`)."""
+    return [fl.to_deployment(**settings) for fl, settings in deployment_specs(site_file, path)]
 
 
 def deploy_all(site_file: str) -> list[str]:
@@ -108,9 +130,113 @@ def deploy_all(site_file: str) -> list[str]:
     return lines
 
 
-def serve_all(site_file: str, *, poll_s: float = 1.0, limit: int | None = None) -> None:
-    """Serve every deployment until interrupted; poll for scheduled runs every `poll_s` seconds."""
-    os.environ.setdefault("PREFECT_RUNNER_POLL_FREQUENCY", str(max(1, int(poll_s))))
-    from prefect import serve
+StartMethod = Literal["forkserver", "spawn"]
 
-    serve(*build_deployments(site_file), pause_on_shutdown=False, limit=limit, query_seconds=poll_s)
+
+class _ForkserverForSpawn:
+    """Stands for the `multiprocessing` module inside `prefect.flow_engine`: its
+    `get_context("spawn")` answers the fork server context, everything else is multiprocessing's."""
+
+    def __init__(self, ctx: Any) -> None:
+        self._ctx = ctx
+
+    def get_context(self, method: str | None = None) -> Any:
+        return self._ctx if method == "spawn" else multiprocessing.get_context(method)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(multiprocessing, name)
+
+
+def _module_attribute(module: str, name: str) -> Any:
+    """`module.name`, imported (how a flow pickled by reference is unpickled)."""
+    return getattr(import_module(module), name)
+
+
+def _reduce_flow(fl: Any) -> Any:
+    """Pickle a flow that is its module's attribute by reference, as pickle does functions.
+
+    The runner hands a run's child process the flow object, cloudpickled. A flow object is not
+    the function it wraps, so cloudpickle does not find the function under its name in its
+    module and copies it by value, with only the globals its body names: its parameter
+    annotations (`mode: Mode`) no longer resolve and Prefect refuses the run's parameters. By
+    reference, the child uses the module's own flow, as `python -m prefect.engine` does.
+    """
+    module = getattr(fl.fn, "__module__", None)
+    name = getattr(fl.fn, "__qualname__", None)
+    if module and name and getattr(sys.modules.get(module), name, None) is fl:
+        return (_module_attribute, (module, name))
+    return fl.__reduce_ex__(pickle.DEFAULT_PROTOCOL)
+
+
+def pickle_flows_by_reference() -> None:
+    """Register `_reduce_flow` for Prefect's `Flow` (cloudpickle honours copyreg)."""
+    from prefect import Flow
+
+    copyreg.pickle(Flow, _reduce_flow)
+
+
+def start_runs_from_forkserver(modules: list[str]) -> Any:
+    """Make this process start Prefect flow runs from a fork server that has imported `modules`.
+
+    Prefect 3.8's `run_flow_in_subprocess` asks `multiprocessing.get_context("spawn")` for its
+    context; this answers the `forkserver` context instead, for `prefect.flow_engine` only
+    (prefect is pinned, and tests/test_serve.py checks the served runs' start method). The fork
+    server is started here, before the runner's threads exist, so that what it forks is a
+    single-threaded process.
+
+    Returns:
+        The fork server context.
+    """
+    import prefect.flow_engine
+
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["prefect.flow_engine", "infra.serve", *modules])
+    from multiprocessing import forkserver
+
+    forkserver.ensure_running()
+    prefect.flow_engine.multiprocessing = _ForkserverForSpawn(ctx)  # type: ignore[attr-defined,assignment]
+    return ctx
+
+
+def serve_all(
+    site_file: str,
+    *,
+    poll_s: float = 1.0,
+    limit: int | None = None,
+    start: StartMethod = "forkserver",
+) -> None:
+    """Serve every deployment until interrupted; poll for scheduled runs every `poll_s` seconds.
+
+    Args:
+        site_file: the site the deployments run for.
+        poll_s: seconds between checks for runs to start.
+        limit: at most this many runs at once.
+        start: how a run's process starts: `forkserver` (imports done once, see the module
+            docstring) or `spawn` (Prefect's own way).
+    """
+    os.environ.setdefault("PREFECT_RUNNER_POLL_FREQUENCY", str(max(1, int(poll_s))))
+    from prefect.exceptions import TerminationSignal
+    from prefect.runner import Runner
+
+    specs = deployment_specs(site_file)
+    pickle_flows_by_reference()
+    if start == "forkserver":
+        start_runs_from_forkserver(
+            sorted({_module_of(d["entrypoint"]) for d in read_deployments()})
+        )
+    runner = Runner(pause_on_shutdown=False, limit=limit, query_seconds=poll_s)
+    # add_flow, not add_deployment: the runner then starts a run by handing the flow object to a
+    # child process (run_flow_in_subprocess), not with `python -m prefect.engine`, which would
+    # import Prefect and the flow's module afresh in every run
+    for fl, settings in specs:
+        runner.add_flow(fl, **settings)
+    names = ", ".join(str(settings["name"]) for _, settings in specs)
+    print(f"handover serve: {names}; polling every {poll_s:g} s; runs start by {start}", flush=True)
+    try:
+        asyncio.run(runner.start())
+    except (KeyboardInterrupt, TerminationSignal):
+        print("handover serve: stopped", flush=True)
+
+
+def _module_of(entrypoint: str) -> str:
+    return entrypoint.rsplit(":", 1)[0].removesuffix(".py").replace("/", ".")

@@ -14,6 +14,10 @@ Rounds alternate between fts101 and fts102 (each move puts the agents on the oth
 the site's dedup window set to 1 s so that each round is a new incident. Medians and p95.
 Targets: flow start p50 <= 2.5 s and p95 <= 4 s.
 
+Each database's rounds run once per start method of `handover serve` (`forkserver`, its default,
+and `spawn`, Prefect's own), on the same server one after the other, and the ratio of their flow
+start medians is printed.
+
 The same rounds run against a Prefect server on PostgreSQL (a database in the bench lab's
 server) and on SQLite, side by side: on SQLite, Prefect's run-deployment action loses a write
 race with the trigger that fired it and its client retries after 2 s, which PostgreSQL avoids.
@@ -55,8 +59,11 @@ class ServeAndGateway:
         env: their environment (PREFECT_API_URL, the secrets' variables).
     """
 
-    def __init__(self, site_file: Path, port: int, env: dict[str, str]) -> None:
+    def __init__(
+        self, site_file: Path, port: int, env: dict[str, str], start: str = "forkserver"
+    ) -> None:
         self.site_file = site_file
+        self.start_method = start
         self.url = f"http://127.0.0.1:{port}"
         self.port = port
         self.env = env
@@ -66,7 +73,7 @@ class ServeAndGateway:
         """Start both and wait until the gateway answers and the trigger is registered."""
         site = str(self.site_file)
         for argv in (
-            ["serve", "--site", site, "--poll-interval", "1"],
+            ["serve", "--site", site, "--poll-interval", "1", "--start", self.start_method],
             ["gateway", "--site", site, "--port", str(self.port)],
         ):
             self.procs.append(
@@ -161,11 +168,13 @@ def _backend_rounds(
     site_file: Path,
     tmp: Path,
     backend: str,
+    starts: tuple[str, ...],
     rounds: int,
     port: int,
     progress: Callable[[str], None],
-) -> list[dict[str, Any]]:
-    """Rounds against a fresh Prefect server on one database backend."""
+) -> dict[str, list[dict[str, Any]]]:
+    """Rounds against a fresh Prefect server on one database backend, for each start method
+    of `handover serve`, one after the other on the same server."""
     from infra.send_alert import alert_body, post_alert
 
     db_url = None
@@ -175,7 +184,7 @@ def _backend_rounds(
         lab.db.psql_admin(f"CREATE DATABASE {name} OWNER {name}")
         db_url = f"postgresql+asyncpg://{name}:{name}@{lab.db.address}:{lab.db.port}/{name}"
     secret = secrets.token_hex(16)
-    samples: list[dict[str, Any]] = []
+    samples: dict[str, list[dict[str, Any]]] = {}
     progress(f"{backend}: temporary Prefect server")
     with temporary_prefect(tmp / f"prefect-{backend}", port, db_url) as api:
         env = {
@@ -186,22 +195,33 @@ def _backend_rounds(
         }
         for k in ("HANDOVER_SLACK_BOT_TOKEN", "HANDOVER_SLACK_SIGNING_SECRET"):
             env.pop(k, None)
-        stack = ServeAndGateway(site_file, port + 100, env)
-        progress(f"{backend}: handover serve and handover gateway")
-        stack.start()
-        try:
-            for i in range(rounds):
-                host = "fts101" if i % 2 == 0 else "fts102"
-                s = _round(lab, stack, host, secret.encode(), alert_body, post_alert)
-                samples.append(s)
-                progress(
-                    f"{backend} round {i + 1}/{rounds}: {host} down -> run started "
-                    f"{s['flow_start_s']:.2f} s (run created {s['run_created_s']:.2f} s), "
-                    f"first agent serving {s['first_serving_s']:.2f} s"
-                )
-        finally:
-            stack.stop()
+        for start in starts:
+            stack = ServeAndGateway(site_file, port + 100, env, start)
+            progress(f"{backend}: handover serve --start {start} and handover gateway")
+            stack.start()
+            got = samples.setdefault(start, [])
+            try:
+                for i in range(rounds):
+                    # the agents alternate: whichever host runs them now is the one that fails
+                    host = _host_serving(lab)
+                    s = _round(lab, stack, host, secret.encode(), alert_body, post_alert)
+                    got.append(s)
+                    progress(
+                        f"{backend}/{start} round {i + 1}/{rounds}: {host} down -> run started "
+                        f"{s['flow_start_s']:.2f} s (run created {s['run_created_s']:.2f} s), "
+                        f"first agent serving {s['first_serving_s']:.2f} s"
+                    )
+            finally:
+                stack.stop()
     return samples
+
+
+def _host_serving(lab: Lab) -> str:
+    serving = lab.serving(lab.site, lab.record())
+    for host in ("fts101", "fts102"):
+        if any(hosts == {host} for hosts in serving.values()):
+            return host
+    raise RuntimeError("no agent serves on fts101 or fts102: the bench lab is not as expected")
 
 
 def _figures(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -228,9 +248,11 @@ def bench_alert(
     *,
     rounds: int = 10,
     backends: tuple[str, ...] = ("postgresql", "sqlite"),
+    starts: tuple[str, ...] = ("forkserver", "spawn"),
     progress: Callable[[str], None] = lambda m: None,
 ) -> dict[str, Any]:
-    """Send `rounds` alerts per Prefect database backend; return latencies (p50, p95)."""
+    """Send `rounds` alerts per Prefect database backend and start method of `handover serve`;
+    return latencies (p50, p95) and, with both start methods, their ratio."""
     tmp = Path(tempfile.mkdtemp(prefix="handover-bench-alert-"))
     site_file = derive_site_file(
         ROOT / "config" / "sites" / "lab.yaml",
@@ -249,29 +271,43 @@ def bench_alert(
     out: dict[str, Any] = {
         "rounds": rounds,
         "targets": {"flow_start_p50_s": P50_TARGET_S, "flow_start_p95_s": P95_TARGET_S},
+        "default_start": "forkserver",
     }
     try:
         for i, backend in enumerate(backends):
-            samples = _backend_rounds(lab, site_file, tmp, backend, rounds, 56350 + i, progress)
-            out[backend] = _figures(samples)
+            by_start = _backend_rounds(
+                lab, site_file, tmp, backend, starts, rounds, 56350 + i, progress
+            )
+            out[backend] = {start: _figures(samples) for start, samples in by_start.items()}
+            if {"forkserver", "spawn"} <= set(by_start):
+                fork, spawn = (
+                    out[backend][k]["flow_start_s"]["p50"] for k in ("forkserver", "spawn")
+                )
+                out[backend]["flow_start_p50_ratio_forkserver_to_spawn"] = round(fork / spawn, 3)
     finally:
         lab.down()
         lab.remove_state()
-    out["ok"] = any(out[b]["meets_targets"] for b in backends)
+    default = "forkserver" if "forkserver" in starts else starts[0]
+    out["ok"] = any(out[b][default]["meets_targets"] for b in backends)
     out["summary"] = [
         f"signed 'host down' alert -> emergency move (case A), {rounds} alerts per Prefect "
-        f"database; targets for the flow start: p50 <= {P50_TARGET_S} s, p95 <= {P95_TARGET_S} s",
+        f"database and start method; targets for the flow start: p50 <= {P50_TARGET_S} s, "
+        f"p95 <= {P95_TARGET_S} s",
     ]
     for b in backends:
-        f = out[b]
-        rc, fs, fa = f["run_created_s"], f["flow_start_s"], f["first_agent_serving_s"]
-        out["summary"] += [
-            f"  Prefect on {b}:",
-            f"    alert -> run created:          p50 {rc['p50']:.2f} s, p95 {rc['p95']:.2f} s",
-            f"    alert -> flow run started:     p50 {fs['p50']:.2f} s, p95 {fs['p95']:.2f} s "
-            f"({'meets' if f['meets_targets'] else 'MISSES'} the targets)",
-            f"    alert -> first agent serving:  p50 {fa['p50']:.2f} s, p95 {fa['p95']:.2f} s",
-        ]
+        for start in starts:
+            f = out[b][start]
+            rc, fs, fa = f["run_created_s"], f["flow_start_s"], f["first_agent_serving_s"]
+            out["summary"] += [
+                f"  Prefect on {b}, handover serve --start {start}:",
+                f"    alert -> run created:          p50 {rc['p50']:.2f} s, p95 {rc['p95']:.2f} s",
+                f"    alert -> flow run started:     p50 {fs['p50']:.2f} s, p95 {fs['p95']:.2f} s "
+                f"({'meets' if f['meets_targets'] else 'MISSES'} the targets)",
+                f"    alert -> first agent serving:  p50 {fa['p50']:.2f} s, p95 {fa['p95']:.2f} s",
+            ]
+        ratio = out[b].get("flow_start_p50_ratio_forkserver_to_spawn")
+        if ratio is not None:
+            out["summary"].append(f"  on {b}: flow start p50, forkserver / spawn = {ratio:.2f}")
     return out
 
 
