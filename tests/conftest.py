@@ -21,6 +21,8 @@ from tasks import remote
 ROOT = Path(__file__).resolve().parent.parent
 LAB_SITE = ROOT / "config" / "sites" / "lab.yaml"
 IN_CI = os.environ.get("CI", "").lower() == "true"
+# a real Oracle cannot be had on the project's machines: that module runs where one is named
+collect_ignore = [] if os.environ.get("HANDOVER_ORACLE_DSN") else ["test_oracle_live.py"]
 # the test server's telemetry writes race with the runs' writes on its SQLite file
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # test labs get loopback blocks 127.0.N.x and DB ports 56000+N; two test sessions on one machine
