@@ -96,6 +96,25 @@ def test_case_b_sshd_down_kills_the_sessions_then_fence(lab: RunningLab) -> None
     assert lab.lab.score().agents_running_twice == []
 
 
+def test_case_b_frozen_host_login_hangs(lab: RunningLab) -> None:
+    """A frozen host's kernel still accepts the TCP connection, but its sshd never answers the
+    login: case B, the sessions killed, and the clean stop of its agents given up on a bound."""
+    lab.lab.fault("fts101", "frozen")
+    result = run(lab)
+    assert result.status == "completed" and result.case == "B", result.summary
+    assert "login fails or hangs" in result.why
+    assert result.sessions_killed == 4
+    assert any("could not stop its agents" in h and "fence-host" in h for h in result.human_actions)
+    assert_on_backup_only(lab)
+    # it thaws: its old agents run on without their sessions and cannot serve; fence it
+    lab.lab.heal("fts101")
+    assert lab.lab.serving(lab.site, lab.lab.record()).get(ON_101[0]) == {"fts102"}
+    state = fence_host(str(lab.site_file), "fts101", return_state=True)
+    assert state.is_completed() and "4 agents stopped there" in (state.message or "")
+    assert snapshot_site(lab.site, ["fts101"]).hosts[0].agents == []
+    assert lab.lab.score().agents_running_twice == []
+
+
 def test_case_c_crashed_host_and_its_return(lab: RunningLab) -> None:
     lab.lab.fault("fts101", "crash")
     result = run(lab)

@@ -671,14 +671,22 @@ class Lab:
         return {by_ns[ns]: plist for ns, plist in procs.items()}
 
     def serving(self, site: Site, rec: dict[str, Any]) -> dict[str, set[str]]:
-        """Hosts on which each agent currently serves (per its state file)."""
+        """Hosts on which each agent currently serves: its state file says so and the DB session
+        it serves from is alive (as the score counts it). A frozen agent cannot update its state
+        file, so the file alone would still say "serving" after its session was killed."""
         names = {a.name for a in site.service.agents}
+        with contextlib.closing(self.db.connect()) as conn:
+            live = {int(r[0]) for r in conn.run("SELECT pid FROM pg_stat_activity")}
         out: dict[str, set[str]] = {}
         for host, plist in self.host_processes(rec).items():
             for p in plist:
                 if p.title in names:
                     st = read_state(p.title, Path(f"/proc/{p.pid}/root")) or {}
-                    if st.get("state") == "serving" and st.get("pid") == p.nspid:
+                    if (
+                        st.get("state") == "serving"
+                        and st.get("pid") == p.nspid
+                        and int(str(st.get("backend_pid", 0))) in live
+                    ):
                         out.setdefault(p.title, set()).add(host)
         return out
 
