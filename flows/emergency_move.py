@@ -454,18 +454,20 @@ def fence_host(site_file: str, host: str) -> State[Any]:
         other = {a.name: a.backup if a.primary == host else a.primary for a in configured}
         others = snapshot_site(site, sorted(set(other.values())))
         moved = [n for n, o in other.items() if o in others.where(n)]
-        _say(
-            actions,
-            write_disabled(site, host, moved).sentence
-            if moved
-            else f"{host}: no agent of it runs on a backup; nothing to fence",
-        )
+        listed: list[str] = []
+        if moved:
+            step = write_disabled(site, host, moved)
+            listed = step.changed
+            _say(actions, step.sentence)
+        else:
+            _say(actions, f"{host}: no agent of it runs on a backup; nothing to fence")
         twice = [n for n in moved if snap.runs(n)]
         if twice:
             _say(actions, stop_agents(site, host, twice).sentence)
         summary = (
-            f"{host} fenced: {count(len(moved), 'agent')} listed in "
-            f"{site.commands.disabled_file}, {count(len(twice), 'agent')} stopped there"
+            f"{host} fenced: {count(len(moved), 'agent')} served elsewhere are listed in "
+            f"{site.commands.disabled_file} ({len(listed)} newly), "
+            f"{count(len(twice), 'agent')} stopped there"
             if moved
             else f"{host}: nothing to fence ({len(configured)} agents, none moved)"
         )
