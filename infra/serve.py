@@ -221,9 +221,7 @@ def serve_all(
     specs = deployment_specs(site_file)
     pickle_flows_by_reference()
     if start == "forkserver":
-        start_runs_from_forkserver(
-            sorted({_module_of(d["entrypoint"]) for d in read_deployments()})
-        )
+        start_runs_from_forkserver(sorted({fl.fn.__module__ for fl, _ in specs}))
     runner = Runner(pause_on_shutdown=False, limit=limit, query_seconds=poll_s)
     # add_flow, not add_deployment: the runner then starts a run by handing the flow object to a
     # child process (run_flow_in_subprocess), not with `python -m prefect.engine`, which would
