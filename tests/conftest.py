@@ -116,6 +116,23 @@ def wait_for(predicate: object, timeout: float, what: str, interval: float = 0.0
         time.sleep(interval)
 
 
+def wait_boot_agents_gave_up(running: RunningLab, host: str, timeout: float = 30) -> None:
+    """After a crashed host's reboot: wait until its boot-time `service transfer-agents start`
+    has reported every agent as failed (they wait for locks the database still holds).
+
+    The host's sshd answers before that start has even launched the agents, and an agent is not
+    yet edguser's in its first moments, so "ps shows no agent" can hold before they ran at all.
+    """
+    log = running.lab.paths.host_dir(host) / "boot-agents.log"
+    names = [a.name for a in running.site.agents_on(host)]
+
+    def gave_up() -> bool:
+        text = log.read_text() if log.exists() else ""
+        return all(f"Starting {n}: [FAILED]" in text for n in names)
+
+    wait_for(gave_up, timeout, f"{host}'s boot-time agents to give up on their locks")
+
+
 def db_sessions(running: RunningLab, address: str) -> list[tuple[int, str]]:
     """(backend pid, application name) of the lab DB sessions coming from an address."""
     import contextlib

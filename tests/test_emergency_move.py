@@ -15,7 +15,7 @@ from flows import progress
 from flows.clean_move import clean_move
 from flows.emergency_move import EmergencyResult, classify, emergency_move, fence_host
 from tasks.site_state import snapshot_site
-from tests.conftest import RunningLab, place_on_primaries, wait_for
+from tests.conftest import RunningLab, place_on_primaries, wait_boot_agents_gave_up, wait_for
 
 P = "glite-transfer-channel-agent-urlcopy-"
 ON_101 = [P + c for c in ("CERN-CERN", "CERN-RAL", "CERN-FNAL", "CERN-IN2P3")]
@@ -125,10 +125,11 @@ def test_case_c_crashed_host_and_its_return(lab: RunningLab) -> None:
     assert_on_backup_only(lab)
     # it reboots and runs `service transfer-agents start`: its agents cannot take the locks
     lab.lab.heal("fts101")
+    wait_boot_agents_gave_up(lab, "fts101")
     wait_for(
         lambda: not snapshot_site(lab.site, ["fts101"]).hosts[0].agents,
-        30,
-        "the rebooted host's agents to give up",
+        10,
+        "the agents that gave up to exit",
     )
     assert lab.lab.serving(lab.site, lab.lab.record()).get(ON_101[0]) == {"fts102"}
     state = fence_host(str(lab.site_file), "fts101", return_state=True)

@@ -12,7 +12,13 @@ from tasks.channels import set_channels
 from tasks.outcome import StepFailed
 from tasks.site_state import snapshot_host
 from tasks.ssh import TransientSshError
-from tests.conftest import RunningLab, db_sessions, kill_sessions, wait_for
+from tests.conftest import (
+    RunningLab,
+    db_sessions,
+    kill_sessions,
+    wait_boot_agents_gave_up,
+    wait_for,
+)
 
 CERN = "CERN-CERN"
 CERN_AGENT = f"glite-transfer-channel-agent-urlcopy-{CERN}"
@@ -243,10 +249,9 @@ def test_fault_crash_and_reboot(lab: RunningLab) -> None:
     assert snap.reachable
     # on reboot it ran `service transfer-agents start`; the agents wait for the dead sessions'
     # locks. Kill those sessions and start them: they serve again.
+    wait_boot_agents_gave_up(lab, "fts105")
     wait_for(
-        lambda: not snapshot_host(lab.site, "fts105").agents,
-        20,
-        "the rebooted host's agents to give up on the lock",
+        lambda: not snapshot_host(lab.site, "fts105").agents, 10, "the agents that gave up to exit"
     )
     kill_sessions(lab, host.address)
     verbs.start_agents(lab.site, "fts105", agents)
