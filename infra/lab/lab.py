@@ -38,7 +38,7 @@ from infra.lab.host import (
     signal_all,
 )
 from infra.lab.paths import EDGUSER_UID, LabPaths
-from infra.lab.runtime import HostRuntime, read_disabled, read_state
+from infra.lab.runtime import HostRuntime, read_disabled, read_state, serves
 
 FaultKind = Literal["sshd-down", "frozen", "crash", "db-unreachable", "slow"]
 FAULT_KINDS: tuple[str, ...] = ("sshd-down", "frozen", "crash", "db-unreachable", "slow")
@@ -671,9 +671,7 @@ class Lab:
         return {by_ns[ns]: plist for ns, plist in procs.items()}
 
     def serving(self, site: Site, rec: dict[str, Any]) -> dict[str, set[str]]:
-        """Hosts on which each agent currently serves: its state file says so and the DB session
-        it serves from is alive (as the score counts it). A frozen agent cannot update its state
-        file, so the file alone would still say "serving" after its session was killed."""
+        """Hosts on which each agent currently serves, as the score counts it (`serves`)."""
         names = {a.name for a in site.service.agents}
         with contextlib.closing(self.db.connect()) as conn:
             live = {int(r[0]) for r in conn.run("SELECT pid FROM pg_stat_activity")}
@@ -681,12 +679,8 @@ class Lab:
         for host, plist in self.host_processes(rec).items():
             for p in plist:
                 if p.title in names:
-                    st = read_state(p.title, Path(f"/proc/{p.pid}/root")) or {}
-                    if (
-                        st.get("state") == "serving"
-                        and st.get("pid") == p.nspid
-                        and int(str(st.get("backend_pid", 0))) in live
-                    ):
+                    st = read_state(p.title, Path(f"/proc/{p.pid}/root"))
+                    if serves(st, p.nspid, live):
                         out.setdefault(p.title, set()).add(host)
         return out
 

@@ -31,7 +31,7 @@ from config.site import Site
 from infra.lab.db import connect
 from infra.lab.host import HostProc, processes_by_namespace, signal_all
 from infra.lab.paths import LabPaths
-from infra.lab.runtime import read_state
+from infra.lab.runtime import read_state, serves
 
 BACKLOG_CAP = 40
 SLOW_DUTY = 0.75
@@ -126,12 +126,8 @@ class LabDaemon:
             for p in plist:
                 if p.title in names and p.state != "Z":
                     alive.setdefault(p.title, set()).add(host)
-                    st = read_state(p.title, Path(f"/proc/{p.pid}/root")) or {}
-                    if (
-                        st.get("state") == "serving"
-                        and st.get("pid") == p.nspid
-                        and int(str(st.get("backend_pid", 0))) in live_backends
-                    ):
+                    st = read_state(p.title, Path(f"/proc/{p.pid}/root"))
+                    if serves(st, p.nspid, live_backends):
                         serving.setdefault(p.title, set()).add(host)
         return alive, serving
 

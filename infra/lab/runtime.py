@@ -79,3 +79,15 @@ def read_state(name: str, root: Path = Path("/")) -> dict[str, object] | None:
     except (OSError, ValueError):
         return None
     return data
+
+
+def serves(state: dict[str, object] | None, nspid: int, live_backends: set[int]) -> bool:
+    """Whether an agent serves: its state file says so, was written by this very process (its
+    pid inside the host), and the DB session it serves from is alive. A frozen or cut-off agent
+    cannot update its file, so the file alone can still say "serving" after its session died."""
+    st = state or {}
+    return (
+        st.get("state") == "serving"
+        and st.get("pid") == nspid
+        and int(str(st.get("backend_pid", 0))) in live_backends
+    )
