@@ -25,9 +25,11 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 collect_ignore = [] if os.environ.get("HANDOVER_ORACLE_DSN") else ["test_oracle_live.py"]
 # the test server's telemetry writes race with the runs' writes on its SQLite file
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-# test labs get loopback blocks 127.0.N.x and DB ports 56000+N; two test sessions on one machine
-# (a developer's and CI's) start from different N
+# test labs get loopback blocks 127.0.N.x and DB ports 20000+N; two test sessions on one machine
+# (a developer's and CI's) start from different N. The ports lie below the kernel's ephemeral
+# range (32768-60999): there, any client socket of the run may hold the port when the lab binds.
 _lab_numbers = itertools.count(10 + (os.getpid() % 40) * 6)
+LAB_DB_PORT_BASE = 20000
 
 
 def require(ok: bool, what: str) -> None:
@@ -89,7 +91,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningLab]:
     tmp = tmp_path_factory.mktemp("lab")
     # one address block and DB port per module, so a module's leftovers cannot disturb another
     n = next(_lab_numbers)
-    site_file = make_test_site(tmp, f"labtest{n}", n, 56000 + n)
+    site_file = make_test_site(tmp, f"labtest{n}", n, LAB_DB_PORT_BASE + n)
     running = RunningLab(site_file)
     running.lab.up()
     try:

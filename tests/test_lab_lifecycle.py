@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from infra.lab.host import processes_by_namespace
-from tests.conftest import make_test_site, require_lab
+from tests.conftest import LAB_DB_PORT_BASE, make_test_site, require_lab
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,7 +33,7 @@ def _nft_tables() -> str:
 @pytest.fixture
 def site_file(tmp_path: Path) -> Path:
     require_lab()
-    return make_test_site(tmp_path, "labcycle", 9, 55990)
+    return make_test_site(tmp_path, "labcycle", 9, LAB_DB_PORT_BASE + 9)
 
 
 def test_up_status_down_leaves_nothing(site_file: Path) -> None:

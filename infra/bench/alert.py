@@ -259,7 +259,7 @@ def bench_alert(
         tmp / "benchalert.yaml",
         name="benchalert",
         octet=249,
-        db_port=56249,
+        db_port=20249,  # below the ephemeral port range, as the tests' labs
         state_dir=Path(f"/var/tmp/handover-lab/bench-alert-{os.getpid()}"),
     )
     data = yaml.safe_load(site_file.read_text())
@@ -276,7 +276,7 @@ def bench_alert(
     try:
         for i, backend in enumerate(backends):
             by_start = _backend_rounds(
-                lab, site_file, tmp, backend, starts, rounds, 56350 + i, progress
+                lab, site_file, tmp, backend, starts, rounds, 20350 + i, progress
             )
             out[backend] = {start: _figures(samples) for start, samples in by_start.items()}
             if {"forkserver", "spawn"} <= set(by_start):

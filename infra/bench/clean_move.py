@@ -103,7 +103,7 @@ def bench_clean_move(
         tmp / "bench.yaml",
         name="benchmove",
         octet=250,
-        db_port=56250,
+        db_port=20250,  # below the ephemeral port range, as the tests' labs
         state_dir=Path(f"/var/tmp/handover-lab/bench-{os.getpid()}"),
         lab=WORKLOAD,
         procedures={"clean-move": {"poll_interval_s": 0.25}},

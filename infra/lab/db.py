@@ -78,16 +78,23 @@ class LabDatabase:
         self.address = address
         self.port = port
 
-    def _run_as_postgres(self, argv: list[str], *, timeout: float = 60) -> str:
+    def _run_as_postgres(
+        self, argv: list[str], *, timeout: float = 60, log: Path | None = None
+    ) -> str:
         bindir = pg_bin_dir()
         if bindir is None:
             raise LabDbError("PostgreSQL server not found; apt-get install postgresql")
         cmd = ["runuser", "-u", "postgres", "--", str(bindir / argv[0]), *argv[1:]]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
         if proc.returncode != 0:
+            # pg_ctl only says "examine the log output": say what the server logged
+            logged = ""
+            if log is not None and log.exists():
+                tail = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+                logged = f"; the server logged ({log}): " + " | ".join(tail[-6:])
             raise LabDbError(
                 f"lab database: {' '.join(argv[:2])} failed (exit {proc.returncode}): "
-                f"{(proc.stderr or proc.stdout).strip()[-800:]}"
+                f"{(proc.stderr or proc.stdout).strip()[-800:]}{logged}"
             )
         return proc.stdout
 
@@ -165,6 +172,7 @@ class LabDatabase:
                     "start",
                 ],
                 timeout=90,
+                log=log,
             )
 
     def stop(self) -> None:
