@@ -56,6 +56,10 @@ CHANNEL_AGENT_PREFIX = "glite-transfer-channel-agent-urlcopy-"
 VO_AGENT_PREFIX = "glite-transfer-vo-agent-"
 
 
+#: what the `.disabled` read prints when the file does not exist
+DISABLED_ABSENT = "__handover_no_disabled_file__"
+
+
 def short_name(agent: str) -> str:
     """A short label for an agent: its channel (``CERN-CERN``) or ``vo atlas``."""
     if agent.startswith(CHANNEL_AGENT_PREFIX):
@@ -291,9 +295,31 @@ class Commands(_Model):
         return self
 
     def disabled_argv(self, op: Literal["read", "write", "remove"]) -> list[str]:
-        """Read (`cat`), write (`tee`, content on stdin) or remove (`rm -f`) the disabled file."""
+        """Read, write (content on stdin) or remove the disabled file.
+
+        The read prints `DISABLED_ABSENT` when there is no file and fails when the file exists but
+        cannot be read: "no entry" and "could not read" are different answers. The write goes to a
+        temporary file renamed over the old one, so a reader never sees half a file. The path is
+        a positional parameter of the shell, never part of its script.
+        """
         f = str(self.disabled_file)
-        return {"read": ["cat", f], "write": ["tee", f], "remove": ["rm", "-f", f]}[op]
+        return {
+            "read": [
+                "sh",
+                "-c",
+                f'if [ -e "$1" ]; then cat -- "$1"; else echo {DISABLED_ABSENT}; fi',
+                "sh",
+                f,
+            ],
+            "write": [
+                "sh",
+                "-c",
+                'cat > "$1.handover-new" && mv -f -- "$1.handover-new" "$1"',
+                "sh",
+                f,
+            ],
+            "remove": ["rm", "-f", f],
+        }[op]
 
     def argv(self, command: str, **values: str) -> list[str]:
         """Fill one template with already-validated values.
@@ -303,7 +329,7 @@ class Commands(_Model):
             **values: the placeholder values.
 
         Returns:
-            The argv, ready for ``tasks.ssh.shell_command``.
+            The argv, ready for ``tasks.adapters.ssh.shell_command``.
         """
         out: list[str] = []
         for word in getattr(self, command):

@@ -151,3 +151,39 @@ def request_approval(
         except Exception as exc:  # noqa: BLE001 - a notifier must never change the outcome
             logger.warning("could not publish the decision: %s", exc)
     return record
+
+
+def approve(
+    policy: ProcedurePolicy,
+    pause: bool | None,
+    who: str,
+    what: str,
+    *,
+    announce: Callable[[], None] | None = None,
+    conclude: Callable[[ApprovalRecord], None] | None = None,
+    **event: object,
+) -> ApprovalRecord:
+    """Go at once or ask a human, as the site's policy (or the run's `pause`) says.
+
+    Args:
+        policy: the procedure's policy.
+        pause: the run's parameter: True asks, False goes (``--yes``), None follows the policy.
+        who: who started the run (for a run that does not ask).
+        what: the one line the approver reads.
+        announce: posts the request (Slack).
+        conclude: updates it with the decision.
+        **event: extra data for the ``approval-wait`` progress event (e.g. the plan).
+
+    Returns:
+        The decision record (``pre-approved`` when nobody was asked).
+    """
+    from flows import progress
+
+    if not (policy.approval == "required" if pause is None else pause):
+        return pre_approved(who, "no approval required" if pause is None else "started with --yes")
+    progress.emit("approval-wait", what=what, **event)
+    record = request_approval(
+        policy, what=what, poll_interval_s=1.0, announce=announce, conclude=conclude
+    )
+    progress.emit("approval", record=record)
+    return record

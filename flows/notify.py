@@ -12,8 +12,8 @@ from typing import Any
 
 from config.site import Site, short_name
 from flows.approval import ApprovalRecord
-from flows.clean_move_plan import MovePlan
-from tasks.slack import SlackNotifier
+from flows.plans.clean_move import MovePlan
+from tasks.adapters.slack import SlackNotifier
 
 Blocks = list[dict[str, Any]]
 MAX_TEXT = 2900  # Slack refuses a section text over 3000 characters
@@ -22,6 +22,7 @@ ICON = {
     "forced": ":warning:",
     "failed": ":x:",
     "compensation": ":leftwards_arrow_with_hook:",
+    "recovered": ":arrows_counterclockwise:",
     "note": ":bell:",
 }
 STATUS_ICON = {
@@ -274,7 +275,7 @@ class ProcedureThread:
                     r.status,
                     r.summary,
                     r.human_actions,
-                    getattr(r, "where", None) or getattr(r, "agents", {}),
+                    r.where,
                     r.channels,
                 ),
                 f"{self.procedure} on {self.site.site}: {r.status}",

@@ -1,4 +1,4 @@
-"""One procedure per service at a time (DESIGN rule 5).
+"""One procedure per service at a time (ARCHITECTURE.md, rule 5).
 
 The lock is a Prefect global concurrency limit of 1 slot per service, acquired with a lease that
 the holder renews in the background: a killed flow stops renewing and the server reclaims the slot

@@ -21,6 +21,7 @@ from rich.table import Table
 
 from config.loader import SiteConfigError, load_site
 from config.site import short_name as short
+from infra.lab.faults import FAULT_KINDS
 
 DEFAULT_SITE = Path(__file__).resolve().parent.parent / "config" / "sites" / "lab.yaml"
 
@@ -461,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     _site_arg(p)
     p = lsub.add_parser("fault", help="inject a fault into a host")
     p.add_argument("host")
-    p.add_argument("kind", choices=["sshd-down", "frozen", "crash", "db-unreachable", "slow"])
+    p.add_argument("kind", choices=FAULT_KINDS)
     _site_arg(p)
     p = lsub.add_parser("heal", help="undo a host's fault (a crashed host reboots)")
     p.add_argument("host")

@@ -2,6 +2,12 @@
 
 `ensure_server()` reuses a server already answering at the address, or starts one in the
 background (state under /var/tmp/handover-prefect) and waits, with a bound, until it is healthy.
+
+Why not `prefect server start --background` and `prefect server stop`: those keep one server per
+PREFECT_HOME profile and return before it is healthy, with no handle on the process. The benches
+run several temporary servers at once (SQLite and PostgreSQL, each with its own home and port)
+and must see one exit early to print its log; `spawn` gives them the process, and the operator's
+server is started the same way so that both paths are the one that is tested.
 """
 
 from __future__ import annotations

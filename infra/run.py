@@ -128,6 +128,7 @@ class TerminalProgress:
                 "forced": "[red]forced[/red]",
                 "failed": "[red]FAILED[/red]",
                 "compensation": "[yellow]undo[/yellow]",
+                "recovered": "[yellow]retry[/yellow]",
             }
             c.print(
                 f"{rec.ended_at:%H:%M:%S} {mark.get(rec.outcome, rec.outcome)} "
@@ -181,11 +182,16 @@ def run_procedure(procedure: str, params: dict[str, Any], *, as_json: bool) -> i
 def _run_host_procedure(
     procedure: str, params: dict[str, Any], console: Console, ui: str, *, as_json: bool
 ) -> int:
-    from flows.emergency_move import emergency_move, fence_host, report_markdown
+    from flows.emergency_move import emergency_move, report_markdown
+    from flows.fence_host import fence_host
 
     def say(kind: str, data: dict[str, Any]) -> None:
         if kind == "step-sentence":
             console.print(escape(data["sentence"]))
+        elif kind == "step":
+            rec = data["record"]
+            mark = "" if rec.outcome == "done" else f"{rec.outcome}: "
+            console.print(escape(mark + rec.sentence))
         elif kind == "approval-wait":
             console.print(
                 f"[yellow]waiting for approval[/yellow] of the {escape(data['what'])}: approve "

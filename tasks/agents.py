@@ -18,9 +18,9 @@ from prefect.cache_policies import NO_CACHE
 
 from config.site import Site
 from tasks import remote
+from tasks.adapters.ssh import CommandResult, TransientSshError
 from tasks.outcome import StepFailed, StepResult, count, listing, now, was
 from tasks.site_state import HostSnapshot, snapshot_host
-from tasks.ssh import CommandResult, TransientSshError
 
 #: How long `service transfer-agents start` may block (it waits for the DB lock, ~1 min on FTS 2).
 START_TIMEOUT_S = 120.0
@@ -190,6 +190,13 @@ def _edit_disabled_locked(site: Site, host: str, agents: list[str], listed: bool
     path = site.commands.disabled_file
     started = now()
     snap = _read(site, host, verb)
+    if snap.disabled_error:
+        raise StepFailed(
+            f"{snap.disabled_error}; its entries are unknown, so it is not rewritten: fix the "
+            f"file on {host} and run the step again",
+            host=host,
+            verb=verb,
+        )
     change = [a for a in agents if (a in snap.disabled) != listed]
     same = [a for a in agents if a not in change]
     commands = []
@@ -249,12 +256,7 @@ def clear_disabled(site: Site, host: str, agents: list[str]) -> StepResult:
     return _edit_disabled(site, host, agents, listed=False)
 
 
-_retry = {
-    "retries": 2,
-    "retry_delay_seconds": 2,
-    "cache_policy": NO_CACHE,
-    "retry_condition_fn": remote.retry_if_transient,
-}
+_retry = {**remote.TRANSIENT_RETRIES, "cache_policy": NO_CACHE}
 
 stop_agents_task = task(
     stop_agents, name="stop-agents", task_run_name="stop-agents-{host}", **_retry

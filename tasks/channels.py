@@ -91,8 +91,6 @@ set_channels_task = task(  # type: ignore[call-overload]
     set_channels,
     name="set-channels",
     task_run_name="set-channels-{state}-{host}",
-    retries=2,
-    retry_delay_seconds=2,
     cache_policy=NO_CACHE,
-    retry_condition_fn=remote.retry_if_transient,
+    **remote.TRANSIENT_RETRIES,
 )

@@ -1,249 +1,34 @@
-"""The DB lock of seed 000: find the database sessions that come from a machine, and kill them.
+"""The DB-lock verbs of seed 000: find the sessions that come from a machine, and kill them.
 
-One small interface, three backends. Contract of a `SessionBackend`:
-    * `list_sessions(machine_names, address, program)` returns the sessions whose client is that
-      machine (by any of its names, or its address where the database records one), optionally
-      only those of one program (the agent's name); it never returns sessions of other machines.
-    * `kill(session)` asks the database to end one session; killing a session that has already
-      gone is not an error (the verb verifies afterwards).
-    * Every value reaches the database as a bind variable, except where the SQL grammar forbids
-      it (Oracle's ``ALTER SYSTEM KILL SESSION`` and MySQL's ``KILL``): there the values are
-      integers checked before use.
-
-Privileges the account needs: PostgreSQL, membership of ``pg_signal_backend`` and
-``pg_read_all_stats``; MariaDB/MySQL, ``PROCESS`` and ``CONNECTION ADMIN`` (or ``SUPER``);
-Oracle, ``SELECT`` on ``GV_$SESSION`` and ``ALTER SYSTEM``.
+The backends (PostgreSQL, MariaDB/MySQL, Oracle) are in `tasks.adapters.db`; see its contract.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol
-
-from pydantic import BaseModel
-
-from config.site import Database, Site, short_name
+from config.site import Site, short_name
+from tasks.adapters.db import (
+    DbSession,
+    MySqlSessions,
+    OracleSessions,
+    PostgresSessions,
+    SessionBackend,
+    backend_for,
+    check_names,
+)
 from tasks.outcome import StepFailed, StepResult, count, now
 
-MACHINE_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$")
-PROGRAM_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-
-
-class DbSession(BaseModel):
-    """One database session."""
-
-    id: str  # PostgreSQL backend pid, MySQL connection id, Oracle "sid,serial#,@inst_id"
-    machine: str
-    program: str
-    user: str = ""
-    state: str = ""
-
-
-class SessionBackend(Protocol):
-    """List and kill sessions of one database (see the module's contract)."""
-
-    def list_sessions(
-        self, machine_names: Sequence[str], address: str | None, program: str | None
-    ) -> list[DbSession]:
-        """Sessions from the machine (optionally of one program)."""
-        ...
-
-    def kill(self, session: DbSession) -> None:
-        """End one session."""
-        ...
-
-
-def check_names(machine_names: Sequence[str], program: str | None) -> None:
-    """Refuse names that are not plain host names / program names.
-
-    Raises:
-        ValueError: naming the bad value.
-    """
-    for m in machine_names:
-        if not MACHINE_RE.fullmatch(m):
-            raise ValueError(f"machine name {m!r} is not a host name")
-    if program is not None and not PROGRAM_RE.fullmatch(program):
-        raise ValueError(f"program name {program!r} is not an agent name")
-
-
-class PostgresSessions:
-    """PostgreSQL: `pg_stat_activity` by client address (and application name)."""
-
-    def __init__(self, connect: Callable[[], Any]) -> None:
-        self.connect = connect
-
-    def list_sessions(
-        self, machine_names: Sequence[str], address: str | None, program: str | None
-    ) -> list[DbSession]:
-        check_names(machine_names, program)
-        conn = self.connect()
-        try:
-            rows = conn.run(
-                "SELECT pid, host(client_addr), coalesce(client_hostname, ''), application_name, "
-                "usename, coalesce(state, '') FROM pg_stat_activity WHERE pid <> pg_backend_pid()"
-                " AND (host(client_addr) = :addr OR client_hostname = ANY(CAST(:names AS text[])))"
-                " AND (CAST(:prog AS text) IS NULL OR application_name = :prog) ORDER BY pid",
-                addr=address or "",
-                names=list(machine_names),
-                prog=program,
-            )
-        finally:
-            conn.close()
-        return [
-            DbSession(id=str(r[0]), machine=r[2] or r[1], program=r[3], user=r[4], state=r[5])
-            for r in rows
-        ]
-
-    def kill(self, session: DbSession) -> None:
-        conn = self.connect()
-        try:
-            conn.run("SELECT pg_terminate_backend(CAST(:pid AS integer))", pid=int(session.id))
-        finally:
-            conn.close()
-
-
-class MySqlSessions:
-    """MariaDB/MySQL: `information_schema.PROCESSLIST` by client host, `KILL CONNECTION id`."""
-
-    def __init__(self, connect: Callable[[], Any]) -> None:
-        self.connect = connect
-
-    def list_sessions(
-        self, machine_names: Sequence[str], address: str | None, program: str | None
-    ) -> list[DbSession]:
-        check_names(machine_names, program)
-        hosts = [*machine_names, *([address] if address else [])]
-        # HOST is "name:port"; MySQL has no per-connection program name, so sessions are matched
-        # by machine only (names are validated: no commas for FIND_IN_SET)
-        sql = (
-            "SELECT ID, SUBSTRING_INDEX(HOST, ':', 1), USER, COALESCE(STATE, ''), "
-            "COALESCE(DB, '') FROM information_schema.PROCESSLIST "
-            "WHERE FIND_IN_SET(SUBSTRING_INDEX(HOST, ':', 1), %s) AND ID <> CONNECTION_ID() "
-            "ORDER BY ID"
-        )
-        conn = self.connect()
-        try:
-            cur = conn.cursor()
-            cur.execute(sql, (",".join(hosts),))
-            rows = cur.fetchall()
-        finally:
-            conn.close()
-        return [
-            DbSession(id=str(int(r[0])), machine=r[1], program=program or "", user=r[2], state=r[3])
-            for r in rows
-        ]
-
-    def kill(self, session: DbSession) -> None:
-        conn = self.connect()
-        try:
-            conn.cursor().execute(f"KILL CONNECTION {int(session.id)}")
-        finally:
-            conn.close()
-
-
-class OracleSessions:
-    """Oracle (oracledb, thin mode): `gv$session` by machine and program or module; killed with
-    ``ALTER SYSTEM KILL SESSION 'sid,serial#,@inst_id' IMMEDIATE``."""
-
-    SELECT = (
-        "SELECT sid, serial#, inst_id, machine, program, module, username, status "
-        "FROM gv$session WHERE type = 'USER' AND (LOWER(machine) = LOWER(:m1) OR "
-        "LOWER(machine) LIKE LOWER(:m1) || '.%' OR LOWER(machine) = LOWER(:m2)) AND "
-        "(:prog IS NULL OR program LIKE :prog || '%' OR module LIKE :prog || '%') "
-        "ORDER BY inst_id, sid"
-    )
-
-    def __init__(self, connect: Callable[[], Any]) -> None:
-        self.connect = connect
-
-    def list_sessions(
-        self, machine_names: Sequence[str], address: str | None, program: str | None
-    ) -> list[DbSession]:
-        check_names(machine_names, program)
-        short, full = machine_names[0], machine_names[-1]
-        conn = self.connect()
-        try:
-            cur = conn.cursor()
-            cur.execute(self.SELECT, {"m1": short, "m2": full, "prog": program})
-            rows = cur.fetchall()
-        finally:
-            conn.close()
-        return [
-            DbSession(
-                id=f"{int(sid)},{int(serial)},@{int(inst)}",
-                machine=str(machine),
-                program=str(prog or module or ""),
-                user=str(user or ""),
-                state=str(status or ""),
-            )
-            for sid, serial, inst, machine, prog, module, user, status in rows
-        ]
-
-    def kill(self, session: DbSession) -> None:
-        m = re.fullmatch(r"(\d+),(\d+),@(\d+)", session.id)
-        if m is None:
-            raise ValueError(f"not an Oracle session id: {session.id!r}")
-        sid, serial, inst = (int(x) for x in m.groups())
-        conn = self.connect()
-        try:
-            # identifiers cannot be bound in DDL: three integers, checked above
-            conn.cursor().execute(f"ALTER SYSTEM KILL SESSION '{sid},{serial},@{inst}' IMMEDIATE")
-        finally:
-            conn.close()
-
-
-def backend_for(site: Site) -> SessionBackend:
-    """The site's session backend, connecting with the site's credentials (read when used)."""
-    db = site.database
-    if db is None:
-        raise ValueError(f"site {site.site} has no database section")
-    return _backend(db)
-
-
-def _backend(db: Database) -> SessionBackend:
-    def password() -> str:
-        return db.password.resolve().get_secret_value()
-
-    if db.kind == "postgresql":
-        import pg8000.native
-
-        return PostgresSessions(
-            lambda: pg8000.native.Connection(
-                db.user,
-                host=db.host,
-                port=db.port,
-                database=db.database,
-                password=password(),
-                timeout=10,
-                application_name="handover-drop-db-lock",
-            )
-        )
-    if db.kind == "oracle":
-        import oracledb
-
-        return OracleSessions(
-            lambda: oracledb.connect(
-                user=db.user,
-                password=password(),
-                host=db.host,
-                port=db.port,
-                service_name=db.database,
-                tcp_connect_timeout=10,
-            )
-        )
-    import pymysql  # type: ignore[import-untyped]
-
-    return MySqlSessions(
-        lambda: pymysql.connect(
-            user=db.user,
-            password=password(),
-            host=db.host,
-            port=db.port,
-            database=db.database,
-            connect_timeout=10,
-        )
-    )
+__all__ = [
+    "DbSession",
+    "MySqlSessions",
+    "OracleSessions",
+    "PostgresSessions",
+    "SessionBackend",
+    "backend_for",
+    "check_names",
+    "drop_sessions",
+    "find_sessions",
+    "machine_identity",
+]
 
 
 def machine_identity(site: Site, host: str) -> tuple[list[str], str | None]:
@@ -295,7 +80,7 @@ def drop_sessions(
         raise StepFailed(
             f"{host}: {count(len(left), 'DB session')} still open after the kill "
             f"({', '.join(s.id for s in left)}); check the account's privileges (see "
-            "tasks/db_sessions.py) or kill them on the database by hand",
+            "tasks/adapters/db.py) or kill them on the database by hand",
             host=host,
             verb=verb,
         )

@@ -16,7 +16,7 @@ import threading
 from typing import Any
 
 from config.site import Site
-from tasks.ssh import (
+from tasks.adapters.ssh import (
     CommandResult,
     SshEndpoint,
     SshError,
@@ -104,3 +104,13 @@ def retry_if_transient(_task: Any, _task_run: Any, state: Any) -> bool:
     except Exception:  # noqa: BLE001 - anything else is not ours to retry
         return False
     return False
+
+
+#: The one retry rule of every verb run as a Prefect task: transient SSH errors only, twice, 2 s
+#: apart. A permanent error (host key, authentication, a failed post-condition) ends the task at
+#: once with its message.
+TRANSIENT_RETRIES: dict[str, Any] = {
+    "retries": 2,
+    "retry_delay_seconds": 2,
+    "retry_condition_fn": retry_if_transient,
+}

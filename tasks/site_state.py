@@ -1,125 +1,43 @@
-"""Snapshots: the live state of a site, read through the SSH layer.
+"""Snapshots: the live state of a site, read through the SSH layer into `flows.plans.snapshot`.
 
-`parse_processes` is pure (tested on recorded `ps` output); `snapshot_host` and `snapshot_site` read
-the hosts. A host that cannot be reached is part of the snapshot (``reachable=False`` with the error
-and whether it is transient), never an exception: the planners decide what an unreachable host
-means.
+`snapshot_host` and `snapshot_site` read the hosts; the model and its parsers are pure and live in
+`flows.plans.snapshot`. A host that cannot be reached is part of the snapshot, never an exception.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Literal
 
 from prefect import task
-from pydantic import BaseModel, Field
 
-from config.site import Commands, Site
+from config.site import Site
+from flows.plans.snapshot import (
+    AgentProcess,
+    HostSnapshot,
+    SiteSnapshot,
+    TransferProcess,
+    count_transfers,
+    parse_disabled,
+    parse_processes,
+)
 from tasks import remote
-from tasks.ssh import PermanentSshError, SshError, TransientSshError
+from tasks.adapters.ssh import PermanentSshError, SshError, TransientSshError
+from tasks.outcome import now
 
-
-class AgentProcess(BaseModel):
-    """An agent daemon seen in a host's process table."""
-
-    name: str
-    pid: int
-    user: str
-
-
-class TransferProcess(BaseModel):
-    """A transfer process (``<CHANNEL>__<id>``) seen in a host's process table."""
-
-    channel: str
-    transfer_id: str
-    pid: int
-
-
-class HostSnapshot(BaseModel):
-    """One host's live state."""
-
-    host: str
-    reachable: bool
-    error: str | None = None
-    error_kind: Literal["transient", "permanent"] | None = None
-    agents: list[AgentProcess] = Field(default_factory=list)
-    transfers: dict[str, int] = Field(default_factory=dict)
-    transfer_processes: list[TransferProcess] = Field(default_factory=list)
-    disabled: list[str] = Field(default_factory=list)
-    taken_at: dt.datetime
-
-    def runs(self, agent: str) -> bool:
-        """Whether an agent process of that name runs here."""
-        return any(a.name == agent for a in self.agents)
-
-    def running_transfers(self, channel: str) -> int:
-        """Transfer processes of a channel running here."""
-        return self.transfers.get(channel, 0)
-
-
-class SiteSnapshot(BaseModel):
-    """The live state of every host of a site, and each channel's state."""
-
-    site: str
-    taken_at: dt.datetime
-    hosts: list[HostSnapshot]
-    channels: dict[str, str] = Field(default_factory=dict)
-    #: how long taking the snapshot took (remote commands, in parallel)
-    duration_s: float = 0.0
-
-    def host(self, name: str) -> HostSnapshot:
-        """The snapshot of one host (KeyError if absent)."""
-        for h in self.hosts:
-            if h.host == name:
-                return h
-        raise KeyError(name)
-
-    def where(self, agent: str) -> list[str]:
-        """The hosts on which an agent process runs."""
-        return [h.host for h in self.hosts if h.runs(agent)]
-
-
-def parse_processes(
-    text: str, commands: Commands
-) -> tuple[list[AgentProcess], list[TransferProcess]]:
-    """Parse ``ps -eo pid=,user=,args=`` output into agent and transfer processes.
-
-    Args:
-        text: the command's stdout.
-        commands: the site's command profile (the agent and transfer patterns).
-
-    Returns:
-        Agents (by process title) and transfers (``<CHANNEL>__<id>``), in table order.
-    """
-    agent_re = re.compile(commands.agent_process_regex)
-    transfer_re = re.compile(commands.transfer_process_regex)
-    agents: list[AgentProcess] = []
-    transfers: list[TransferProcess] = []
-    for line in text.splitlines():
-        parts = line.split(None, 2)
-        if len(parts) < 3 or not parts[0].isdigit():
-            continue
-        pid, user, args = int(parts[0]), parts[1], parts[2]
-        m = agent_re.match(args)
-        if m and args.split(None, 1)[0] == m.group(1):
-            agents.append(AgentProcess(name=m.group(1), pid=pid, user=user))
-            continue
-        t = transfer_re.match(args)
-        if t:
-            transfers.append(TransferProcess(channel=t.group(1), transfer_id=t.group(2), pid=pid))
-    return agents, transfers
-
-
-def parse_disabled(text: str) -> list[str]:
-    """The agent names in a ``.disabled`` file's text."""
-    return [line.strip() for line in text.splitlines() if line.strip()]
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
+__all__ = [
+    "AgentProcess",
+    "HostSnapshot",
+    "SiteSnapshot",
+    "TransferProcess",
+    "parse_disabled",
+    "parse_processes",
+    "read_channel_state",
+    "snapshot_host",
+    "snapshot_site",
+    "snapshot_site_task",
+]
 
 
 def _unreachable(host: str, exc: SshError) -> HostSnapshot:
@@ -128,7 +46,7 @@ def _unreachable(host: str, exc: SshError) -> HostSnapshot:
         reachable=False,
         error=str(exc),
         error_kind="transient" if isinstance(exc, TransientSshError) else "permanent",
-        taken_at=_now(),
+        taken_at=now(),
     )
 
 
@@ -136,7 +54,8 @@ def snapshot_host(site: Site, host: str) -> HostSnapshot:
     """Read one host: its agents, transfers per channel and `.disabled` entries.
 
     An SSH failure gives ``reachable=False`` with the error; a command that runs but fails (a
-    broken `ps`) raises `PermanentSshError`, since the snapshot would be wrong.
+    broken `ps`) raises `PermanentSshError`, since the snapshot would be wrong. A `.disabled` file
+    that exists but cannot be read is reported in ``disabled_error``, not taken as empty.
     """
     try:
         ps = remote.run(site, host, "list_processes")
@@ -151,18 +70,21 @@ def snapshot_host(site: Site, host: str) -> HostSnapshot:
             command=ps.command,
         )
     agents, transfers = parse_processes(ps.stdout, site.commands)
-    counts: dict[str, int] = {}
-    for t in transfers:
-        counts[t.channel] = counts.get(t.channel, 0) + 1
+    disabled_error = None
+    if not disabled.ok:
+        disabled_error = (
+            f"{host}: cannot read {site.commands.disabled_file} (exit {disabled.exit_code}): "
+            f"{(disabled.stderr or disabled.stdout).strip()[-200:] or 'no output'}"
+        )
     return HostSnapshot(
         host=host,
         reachable=True,
         agents=agents,
-        transfers=dict(sorted(counts.items())),
+        transfers=count_transfers(transfers),
         transfer_processes=transfers,
-        # `cat` of a missing file exits non-zero: no file means no entry
         disabled=parse_disabled(disabled.stdout) if disabled.ok else [],
-        taken_at=_now(),
+        disabled_error=disabled_error,
+        taken_at=now(),
     )
 
 
@@ -202,19 +124,14 @@ def snapshot_site(site: Site, hosts: list[str] | None = None) -> SiteSnapshot:
         channels = dict(zip(site.channels, states, strict=True))
     return SiteSnapshot(
         site=site.site,
-        taken_at=_now(),
+        taken_at=now(),
         hosts=snaps,
         channels=channels,
         duration_s=round(time.monotonic() - started, 3),
     )
 
 
-@task(
-    name="snapshot-site",
-    retries=2,
-    retry_delay_seconds=1,
-    retry_condition_fn=remote.retry_if_transient,
-)
+@task(name="snapshot-site", **remote.TRANSIENT_RETRIES)
 def snapshot_site_task(site: Site, hosts: list[str] | None = None) -> SiteSnapshot:
     """Prefect task: `snapshot_site`."""
     return snapshot_site(site, hosts)

@@ -103,6 +103,19 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningLab]:
         running.lab.remove_state()
 
 
+def stays(predicate: object, seconds: float, what: str, interval: float = 0.2) -> None:
+    """Fail as soon as `predicate()` turns false within `seconds` (something that must not
+    happen, watched for longer than it would take to happen)."""
+    import time
+
+    assert callable(predicate)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not predicate():
+            pytest.fail(f"{what}: no longer true", pytrace=False)
+        time.sleep(interval)
+
+
 def wait_for(predicate: object, timeout: float, what: str, interval: float = 0.05) -> object:
     """Poll `predicate()` until it returns a truthy value; fail after `timeout` seconds."""
     import time
@@ -169,6 +182,35 @@ def prefect_api() -> Iterator[str]:
 
     with prefect_test_harness(server_startup_timeout=120):
         yield str(PREFECT_API_URL.value())
+
+
+def reject_paused_runs() -> list[str]:
+    """Reject every run still paused for approval (a test that failed before deciding): it then
+    ends and frees its service lock at once, instead of holding it for the approval timeout and
+    failing the tests after it. Returns the ids it rejected."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.flow_runs import resume_flow_run
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))
+            )
+        )
+    rejected = []
+    for run in runs:
+        try:
+            resume_flow_run(run.id, run_input={"decision": "reject", "who": "test teardown"})
+            rejected.append(str(run.id))
+        except Exception:
+            continue
+    return rejected
 
 
 def place_on_primaries(running: RunningLab) -> None:

@@ -28,7 +28,10 @@ from prefect.client.schemas.objects import FlowRun
 from infra.bench.alert import ServeAndGateway
 from infra.fakeslack import FakeSlack
 from infra.send_alert import alert_body, post_alert
-from tests.conftest import ROOT, RunningLab, place_on_primaries, require, wait_for
+from tests.conftest import ROOT, RunningLab, place_on_primaries, require, stays, wait_for
+
+#: how long "nothing starts" is watched: alert -> run created is p95 2.5 s on SQLite (README)
+NOTHING_S = 8.0
 
 SECRET = b"alert-test-webhook-secret-0123456789"
 AM_TOKEN = "alert-test-am-token"
@@ -111,12 +114,10 @@ def final(run_id: Any) -> FlowRun | None:
 def test_a_storm_of_identical_alerts_starts_exactly_one_run(lab: RunningLab, stack: Stack) -> None:
     place_on_primaries(lab)
     when = dt.datetime.now(dt.UTC)
-    started = time.monotonic()
     with ThreadPoolExecutor(max_workers=16) as ex:
         answers = list(
             ex.map(lambda _: stack.send("fts101", when=when, summary="fts101 down"), range(200))
         )
-    assert time.monotonic() - started < 5, "the storm must arrive within 5 s"
     verdicts = Counter((status, a["alerts"][0]["result"]) for status, a in answers)
     assert verdicts == {(202, "new"): 1, (202, "attached"): 199}, verdicts
     run = wait_for(lambda: emergency_runs("fts101") or None, 30, "the emergency move to start")[0]
@@ -133,8 +134,7 @@ def test_a_storm_of_identical_alerts_starts_exactly_one_run(lab: RunningLab, sta
     )
     notes = [m for m in stack.slack.messages.values() if m.thread_ts and ":bell:" in m.text]
     assert notes, "no alert note in the run's Slack thread"
-    time.sleep(3)  # a late second run would have been created by now
-    assert len(emergency_runs("fts101")) == 1
+    stays(lambda: len(emergency_runs("fts101")) == 1, NOTHING_S, "one emergency-move run")
 
 
 def events(name: str, site: str, host: str) -> list[dict[str, Any]]:
@@ -164,8 +164,7 @@ def test_a_resolved_alert_starts_nothing(stack: Stack) -> None:
         30,
         "the recovered event in Prefect",
     )
-    time.sleep(4)  # a run would be scheduled well within this (the trigger fires in < 2 s)
-    assert emergency_runs("fts105") == []
+    stays(lambda: emergency_runs("fts105") == [], NOTHING_S, "no run for a recovery")
 
 
 def test_a_forged_alert_is_refused_and_starts_nothing(stack: Stack) -> None:
@@ -174,9 +173,14 @@ def test_a_forged_alert_is_refused_and_starts_nothing(stack: Stack) -> None:
     assert status == 401 and answer["error"] == "bad signature"
     status, answer = post_alert(stack.url, SECRET, body, timestamp=int(time.time()) - 600)
     assert status == 401 and "stale" in answer["error"]
-    time.sleep(3)  # Prefect's event persister would have written an event by now
-    assert events("handover.alert.host_down", stack.lab.site.site, "fts105") == []
-    assert emergency_runs("fts105") == []
+    stays(
+        lambda: (
+            not events("handover.alert.host_down", stack.lab.site.site, "fts105")
+            and emergency_runs("fts105") == []
+        ),
+        NOTHING_S,
+        "no event and no run for a forged alert",
+    )
 
 
 def _post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
@@ -237,8 +241,7 @@ def test_alertmanager_notifications(stack: Stack) -> None:
     assert status == 202, answer
     assert [a["result"] for a in answer["alerts"]] == ["ignored"]
     assert "unknown host '192.0.2.7'" in answer["refused"][0]
-    time.sleep(4)
-    assert emergency_runs("fts105") == []
+    stays(lambda: emergency_runs("fts105") == [], NOTHING_S, "no run for a resolved group")
 
 
 def test_a_pacemaker_resource_failure_reaches_the_gateway_and_starts_a_run(

@@ -29,7 +29,7 @@ from infra.gateway.app import create_app
 from infra.gateway.decide import Decider
 from infra.gateway.socket_mode import make_listener
 from tasks.site_state import snapshot_site
-from tests.conftest import RunningLab, place_on_primaries, wait_for
+from tests.conftest import RunningLab, place_on_primaries, reject_paused_runs, wait_for
 
 SECRET = "8f742231b10e8888abcd99yyyzzz85a5"  # a test signing secret
 TOKEN = "xoxb-lab-test-token"
@@ -125,8 +125,10 @@ def gateway(lab: RunningLab, slack: FakeSlack, prefect_api: str) -> Iterator[Gat
 
 
 @pytest.fixture(autouse=True)
-def on_primaries(lab: RunningLab, prefect_api: str) -> None:
+def on_primaries(lab: RunningLab, prefect_api: str) -> Iterator[None]:
     place_on_primaries(lab)
+    yield
+    reject_paused_runs()
 
 
 def _start_move(lab: RunningLab, **kw: Any) -> tuple[threading.Thread, dict[str, Any]]:

@@ -9,7 +9,7 @@ import pytest
 
 from config.loader import load_site
 from config.site import Site
-from flows.clean_move_plan import MoveRequest, plan_clean_move, plan_markdown
+from flows.plans.clean_move import MoveRequest, plan_clean_move, plan_markdown
 from tasks.site_state import AgentProcess, HostSnapshot, SiteSnapshot
 
 SITE: Site = load_site(Path(__file__).resolve().parent.parent / "config/sites/lab.yaml")

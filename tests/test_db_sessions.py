@@ -28,9 +28,23 @@ class FakeCursor:
 
     def execute(self, sql: str, params: Any = None) -> None:
         self.conn.executed.append((sql, params))
+        self.result = self.conn.rows
+        if "FROM gv$session" in sql:
+            self.result = [r for r in self.conn.rows if _gv_session_where(r, params)]
 
     def fetchall(self) -> list[tuple[Any, ...]]:
-        return self.conn.rows
+        return self.result
+
+
+def _gv_session_where(row: tuple[Any, ...], binds: dict[str, Any]) -> bool:
+    """What OracleSessions.SELECT's WHERE clause keeps of a gv$session row (its machine, and its
+    program or module starting with the agent's name), as Oracle would evaluate it."""
+    _sid, _serial, _inst, machine, program, module, _user, _status = row
+    m1, m2, prog = binds["m1"].lower(), binds["m2"].lower(), binds["prog"]
+    mach = machine.lower()
+    if not (mach == m1 or mach.startswith(m1 + ".") or mach == m2):
+        return False
+    return prog is None or any(str(x or "").startswith(prog) for x in (program, module))
 
 
 class FakeConnection:
@@ -70,8 +84,12 @@ def test_oracle_lists_with_binds_and_kills_by_sid_serial_inst() -> None:
     assert "FROM gv$session" in sql and ":m1" in sql and ":prog" in sql
     assert "fts101" not in sql, "values only as binds"
     assert binds == {"m1": "fts101", "m2": "fts101.cern.ch", "prog": P + "CERN-CERN"}
-    assert [s.id for s in found] == ["123,4567,@1", "130,88,@2"]
-    assert found[1].program.startswith("sqlplus") and found[0].user == "FTS_AGENT"
+    # the agent's session, not the operator's sqlplus from the same machine
+    assert [s.id for s in found] == ["123,4567,@1"] and found[0].user == "FTS_AGENT"
+    every = be.list_sessions(["fts101", "fts101.cern.ch"], None, None)
+    assert [s.id for s in every] == ["123,4567,@1", "130,88,@2"]
+    assert every[1].program.startswith("sqlplus")
+    assert be.list_sessions(["fts102", "fts102.cern.ch"], None, None) == []
     be.kill(found[0])
     assert conn.executed[-1][0] == "ALTER SYSTEM KILL SESSION '123,4567,@1' IMMEDIATE"
     assert conn.closed

@@ -13,7 +13,9 @@ from prefect.flow_runs import resume_flow_run
 
 from flows import progress
 from flows.clean_move import clean_move
-from flows.emergency_move import EmergencyResult, classify, emergency_move, fence_host
+from flows.emergency_move import EmergencyResult, emergency_move
+from flows.fence_host import fence_host
+from flows.plans.emergency_move import classify
 from tasks.site_state import snapshot_site
 from tests.conftest import RunningLab, place_on_primaries, wait_boot_agents_gave_up, wait_for
 

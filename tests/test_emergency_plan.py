@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flows.emergency_move import choose_moves
+from flows.plans.emergency_move import choose_moves
 from tasks.site_state import HostSnapshot, SiteSnapshot
 from tests.test_clean_move_plan import ON_101, ON_102, SITE, T0, host
 

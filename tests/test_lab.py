@@ -8,10 +8,10 @@ import time
 import pytest
 
 from tasks import agents as verbs
+from tasks.adapters.ssh import TransientSshError
 from tasks.channels import set_channels
 from tasks.outcome import StepFailed
 from tasks.site_state import snapshot_host
-from tasks.ssh import TransientSshError
 from tests.conftest import (
     RunningLab,
     db_sessions,

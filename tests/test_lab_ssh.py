@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from tasks import remote
+from tasks.adapters.ssh import CommandTimeout, HostKeyError, SshEndpoint, SshPool, SshSettings
 from tasks.site_state import parse_processes, snapshot_host, snapshot_site
-from tasks.ssh import CommandTimeout, HostKeyError, SshEndpoint, SshPool, SshSettings
 from tests.conftest import RunningLab
 
 

@@ -9,9 +9,9 @@ import pytest
 
 from config.loader import load_site
 from flows.approval import ApprovalRecord
-from flows.clean_move_plan import MoveRequest, plan_clean_move
 from flows.notify import approval_blocks, decision_blocks, end_blocks, impact_text
-from tasks.slack import SlackNotifier
+from flows.plans.clean_move import MoveRequest, plan_clean_move
+from tasks.adapters.slack import SlackNotifier
 from tests.test_clean_move_plan import STEADY
 
 SITE = load_site(Path(__file__).resolve().parent.parent / "config/sites/lab.yaml")

@@ -1,4 +1,4 @@
-"""Tests of tasks.ssh against real OpenSSH servers on loopback addresses (no mocks).
+"""Tests of tasks.adapters.ssh against real OpenSSH servers on loopback addresses (no mocks).
 
 Needs root and openssh-server (/usr/sbin/sshd, ssh-keygen). Without them the tests are skipped,
 except in CI (CI=true), where that is a failure.
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.ssh import (
+from tasks.adapters.ssh import (
     CommandFailed,
     CommandResult,
     CommandTimeout,
@@ -34,6 +34,7 @@ from tasks.ssh import (
     TransientSshError,
     shell_command,
 )
+from tests.conftest import require
 
 SSHD = Path("/usr/sbin/sshd")
 START_TIMEOUT_S = 10.0
@@ -51,11 +52,7 @@ def _require_sshd() -> None:
         missing.append("root (sshd must run as root; run the tests as root)")
     if not SSHD.exists() or shutil.which("ssh-keygen") is None:
         missing.append("/usr/sbin/sshd and ssh-keygen (apt-get install openssh-server)")
-    if missing:
-        message = "tests/test_ssh.py needs " + " and ".join(missing)
-        if os.environ.get("CI") == "true":
-            pytest.fail(message + "; in CI this is a failure, not a skip", pytrace=False)
-        pytest.skip(message)
+    require(not missing, "tests/test_ssh.py needs " + " and ".join(missing))
 
 
 def _keygen(path: Path) -> Path:
@@ -479,7 +476,7 @@ def test_command_timeout_is_bounded_and_pool_stays_usable(lab: Lab, pool: SshPoo
         elapsed = time.monotonic() - started
     finally:
         _kill_from_pidfile(pidfile)  # SSH cannot kill it: closing the channel leaves it running
-    assert elapsed < 3
+    assert elapsed < 15, "bounded by the 1 s timeout, not by the 30 s sleep"
     error = caught.value
     assert isinstance(error, TransientSshError)
     assert error.host == "fts-a"
@@ -499,7 +496,7 @@ def test_frozen_host_times_out(lab: Lab, pool: SshPool) -> None:
         started = time.monotonic()
         with pytest.raises(CommandTimeout, match="fts-a"):
             pool.run(lab.a.endpoint, "echo hi", timeout=1)
-        assert time.monotonic() - started < 3
+        assert time.monotonic() - started < 15, "bounded by the 1 s timeout"
     finally:
         _signal_all(sessions, signal.SIGCONT)
     assert pool.run(lab.a.endpoint, "echo hi").stdout == "hi\n"
@@ -512,7 +509,7 @@ def test_frozen_sshd_is_a_transient_handshake_failure(lab: Lab) -> None:
             started = time.monotonic()
             with pytest.raises(TransientSshError) as caught:
                 pool.run(lab.b.endpoint, "true")
-            assert time.monotonic() - started < 4
+            assert time.monotonic() - started < 15, "bounded by the 1 s connect timeout"
     finally:
         os.kill(lab.b.process.pid, signal.SIGCONT)
     assert not isinstance(caught.value, CommandTimeout)
@@ -577,7 +574,7 @@ def test_command_killed_by_signal_has_no_exit_status(lab: Lab, pool: SshPool) ->
 def test_fan_out_is_parallel_and_returns_errors(lab: Lab, pool: SshPool) -> None:
     endpoints = [lab.a.endpoint, lab.b.endpoint, lab.dead]
     started = time.monotonic()
-    results = pool.fan_out(endpoints, lambda e: ["sh", "-c", f"sleep 1; echo {e.host}"])
+    results = pool.fan_out(endpoints, lambda e: ["sh", "-c", f"sleep 3; echo {e.host}"])
     elapsed = time.monotonic() - started
     assert list(results) == ["fts-a", "fts-b", "fts-dead"]
     for host in ("fts-a", "fts-b"):
@@ -585,7 +582,8 @@ def test_fan_out_is_parallel_and_returns_errors(lab: Lab, pool: SshPool) -> None
         assert isinstance(result, CommandResult)
         assert result.stdout == f"{host}\n"
     assert isinstance(results["fts-dead"], TransientSshError)
-    assert elapsed < 2.5, f"fan_out took {elapsed:.2f} s: not parallel"
+    # one after the other would take 6 s or more
+    assert elapsed < 5.5, f"fan_out took {elapsed:.2f} s: not parallel"
 
 
 def test_fan_out_respects_parallelism(lab: Lab) -> None:
@@ -607,19 +605,16 @@ def test_stdin_is_delivered_then_eof(lab: Lab, pool: SshPool) -> None:
     assert pool.run(lab.a.endpoint, "cat", stdin=text).stdout == text
     big = "x" * 3_000_000  # more than paramiko's 2 MiB window: flow control both ways
     assert pool.run(lab.a.endpoint, "wc -c", stdin=big).stdout.strip() == "3000000"
-    started = time.monotonic()
-    assert pool.run(lab.a.endpoint, "cat", timeout=5).stdout == ""  # no stdin: EOF at once
-    assert time.monotonic() - started < 2
+    # no stdin: EOF at once (without it, `cat` would wait and the command time out)
+    assert pool.run(lab.a.endpoint, "cat", timeout=5).stdout == ""
 
 
 def test_command_leaving_a_daemon_returns(lab: Lab, pool: SshPool) -> None:
     pidfile = lab.base / "daemon.pid"
-    started = time.monotonic()
     try:
-        result = pool.run(lab.a.endpoint, f"sleep 5 & echo $! > {pidfile}; echo started", timeout=4)
-        elapsed = time.monotonic() - started
+        # the background sleep holds stdout open; were the run waiting for it, it would time out
+        result = pool.run(lab.a.endpoint, f"sleep 8 & echo $! > {pidfile}; echo started", timeout=6)
     finally:
         _kill_from_pidfile(pidfile)
-    assert elapsed < 2.5  # the background sleep holds stdout open; the run does not wait for it
     assert result.ok
     assert result.stdout == "started\n"

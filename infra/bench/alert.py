@@ -87,11 +87,14 @@ class ServeAndGateway:
                 )
             )
         deadline = time.monotonic() + timeout_s
-        while not self.ready():
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("handover serve / handover gateway did not become ready")
-            time.sleep(0.5)
+        try:
+            while not self.ready():
+                if time.monotonic() > deadline:
+                    raise RuntimeError("handover serve / handover gateway did not become ready")
+                time.sleep(0.5)
+        except BaseException:
+            self.stop()  # neither is left running when the other failed, or on Ctrl-C
+            raise
         return self
 
     def ready(self) -> bool:

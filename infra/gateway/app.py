@@ -26,7 +26,6 @@ import json
 import logging
 import time
 import urllib.parse
-import urllib.request
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -46,27 +45,11 @@ from infra.gateway.alerts import (
 )
 from infra.gateway.decide import Decider
 from infra.gateway.intake import AlertIntake, PrefectUnavailable
+from tasks.adapters.slack import reply_ephemeral
 
 log = logging.getLogger("handover.gateway")
 WINDOW_S = 300
 MAX_BODY = 64 * 1024
-
-
-def reply_ephemeral(response_url: str, text: str) -> None:
-    """Tell the clicking user something only they see (best effort, bounded)."""
-    if not response_url.startswith(("https://", "http://")):
-        return
-    body = json.dumps(
-        {"response_type": "ephemeral", "replace_original": False, "text": text}
-    ).encode()
-    req = urllib.request.Request(  # noqa: S310 - http(s) only, checked above
-        response_url, data=body, headers={"Content-Type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=3):  # noqa: S310 - a URL from a verified request
-            pass
-    except OSError as exc:
-        log.warning("could not reply on the response URL: %s", exc)
 
 
 def parse_interaction(body: bytes) -> dict[str, Any]:

@@ -18,7 +18,7 @@ class GatewayError(RuntimeError):
 
 
 def _group_members(site: Site) -> Any:
-    from tasks.slack import slack_client
+    from tasks.adapters.slack import slack_client
 
     def members(group: str) -> list[str]:
         resp = slack_client(site).usergroups_users_list(usergroup=group)
@@ -82,7 +82,7 @@ def build_intake(site: Site, decider: Decider) -> tuple[AlertIntake, AlertSecret
         raise GatewayError("alerts.webhook_secret: use at least 16 characters")
     post = None
     if site.slack is not None:
-        from tasks.slack import slack_client
+        from tasks.adapters.slack import slack_client
 
         try:
             client = slack_client(site)

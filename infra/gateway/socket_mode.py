@@ -11,8 +11,8 @@ from slack_sdk.socket_mode.request import SocketModeRequest
 from slack_sdk.socket_mode.response import SocketModeResponse
 
 from config.site import Site
-from infra.gateway.app import reply_ephemeral
 from infra.gateway.decide import Decider
+from tasks.adapters.slack import reply_ephemeral
 
 
 def make_listener(decider: Decider) -> Any:
@@ -45,7 +45,7 @@ def make_listener(decider: Decider) -> Any:
 
 def socket_mode_client(site: Site, app_token: str, decider: Decider) -> SocketModeClient:
     """A Socket Mode client with the gateway's listener registered."""
-    from tasks.slack import slack_client
+    from tasks.adapters.slack import slack_client
 
     client = SocketModeClient(app_token=app_token, web_client=slack_client(site))
     client.socket_mode_request_listeners.append(make_listener(decider))

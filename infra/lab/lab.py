@@ -1,6 +1,6 @@
 """The lab: a simulated FTS site on one machine, started with one command and stopped completely.
 
-See DESIGN.md ("The lab") and infra/lab/README.md. `Lab` is the programmatic interface used by the
+See infra/lab/README.md. `Lab` is the programmatic interface used by the
 CLI (`handover lab ...`), the tests, the demo and the benchmarks.
 """
 
@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import BaseModel
@@ -27,6 +27,7 @@ from pydantic import BaseModel
 from config.loader import load_site
 from config.site import Agent, Host, Site
 from infra.lab import db as labdb
+from infra.lab.faults import FAULT_KINDS
 from infra.lab.host import (
     INIT_SCRIPT,
     SSHD_CONFIG,
@@ -39,9 +40,6 @@ from infra.lab.host import (
 )
 from infra.lab.paths import EDGUSER_UID, LabPaths
 from infra.lab.runtime import HostRuntime, read_disabled, read_state, serves
-
-FaultKind = Literal["sshd-down", "frozen", "crash", "db-unreachable", "slow"]
-FAULT_KINDS: tuple[str, ...] = ("sshd-down", "frozen", "crash", "db-unreachable", "slow")
 
 REQUIRED_COMMANDS = {
     "unshare": "util-linux",

@@ -21,19 +21,12 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from config.site import Site
-from tasks.site_state import SiteSnapshot
-from tasks.ssh import shell_command
+from flows.plans.model import Chain, Ledger, Phase, Plan, Remedy, Step, Verb, steps_markdown
+from flows.plans.snapshot import SiteSnapshot
+from flows.plans.steps import command, step
 
+PROCEDURE = "clean-move"
 Mode = Literal["full", "staged", "pipelined"]
-Verb = Literal[
-    "set-inactive",
-    "wait-drained",
-    "write-disabled",
-    "stop",
-    "clear-disabled",
-    "start",
-    "set-active",
-]
 AgentState = Literal["on-source", "on-target", "on-neither"]
 
 
@@ -65,67 +58,23 @@ class AgentMove(BaseModel):
     estimated_drain_s: float = 0.0
 
 
-class PlannedStep(BaseModel):
-    """One step: a verb on a host for some agents or channels, with the exact commands."""
-
-    id: str
-    verb: Verb
-    host: str
-    agents: list[str] = Field(default_factory=list)
-    channels: list[str] = Field(default_factory=list)
-    commands: list[str] = Field(default_factory=list)
-    #: a stop of every agent of the host: the profile's stop-all command (seed 000 step 6)
-    all_agents: bool = False
-
-
-class Chain(BaseModel):
-    """Steps run one after the other."""
-
-    name: str
-    steps: list[PlannedStep]
-
-
-class Phase(BaseModel):
-    """Chains run at the same time; the next phase starts when all have ended."""
-
-    name: str
-    chains: list[Chain]
-
-
-class MovePlan(BaseModel):
+class MovePlan(Plan):
     """The plan of a clean move, shown before anything changes (and all a dry run does)."""
 
-    site: str
+    procedure: str = PROCEDURE
     from_host: str
     to_host: str
     mode: Mode
     force: bool
     drain_timeout_s: float
-    ok: bool
-    problems: list[str] = Field(default_factory=list)
-    notes: list[str] = Field(default_factory=list)
     agents: list[AgentMove] = Field(default_factory=list)
-    phases: list[Phase] = Field(default_factory=list)
     estimated_downtime_s: dict[str, float] = Field(default_factory=dict)
     estimated_duration_s: float = 0.0
-
-    @property
-    def steps(self) -> list[PlannedStep]:
-        """Every step, in plan order."""
-        return [s for p in self.phases for c in p.chains for s in c.steps]
-
-    def steps_on(self, host: str) -> list[PlannedStep]:
-        """The steps that act on one host, in order."""
-        return [s for s in self.steps if s.host == host]
 
     @property
     def channels(self) -> list[str]:
         """The channels the move touches."""
         return [m.channel for m in self.agents if m.channel is not None]
-
-
-def _cmd(site: Site, command: str, **values: str) -> str:
-    return shell_command(site.commands.argv(command, **values))
 
 
 def _step(
@@ -137,43 +86,8 @@ def _step(
     channels: list[str],
     *,
     all_agents: bool = False,
-) -> PlannedStep:
-    cmds: list[str]
-    if verb == "set-inactive":
-        cmds = [_cmd(site, "set_channel_state", channel=c, state="Inactive") for c in channels]
-    elif verb == "set-active":
-        cmds = [_cmd(site, "set_channel_state", channel=c, state="Active") for c in channels]
-    elif verb == "wait-drained":
-        cmds = [
-            shell_command(site.commands.argv("list_processes"))
-            + f"  # until no {c}__* process runs"
-            for c in channels
-        ]
-    elif verb == "write-disabled":
-        cmds = [
-            shell_command(site.commands.disabled_argv("write")) + "  # adds " + ", ".join(agents)
-        ]
-    elif verb == "clear-disabled":
-        cmds = [
-            shell_command(site.commands.disabled_argv("write")) + "  # removes " + ", ".join(agents)
-        ]
-    elif verb == "stop":
-        cmds = (
-            [_cmd(site, "stop_all")]
-            if all_agents
-            else [_cmd(site, "stop_agent", agent=a) for a in agents]
-        )
-    else:
-        cmds = [_cmd(site, "start_agent", agent=a) for a in agents]
-    return PlannedStep(
-        id=sid,
-        verb=verb,
-        host=host,
-        agents=agents,
-        channels=channels,
-        commands=cmds,
-        all_agents=all_agents and verb == "stop",
-    )
+) -> Step:
+    return step(site, sid, verb, host, agents, channels, all_agents=all_agents)
 
 
 def _classify(
@@ -247,9 +161,9 @@ def _chain_steps(
     *,
     drain: bool = True,
     all_agents: bool = False,
-) -> list[PlannedStep]:
+) -> list[Step]:
     """The seed's steps 3-8 for a group of agents (all of them in one step each)."""
-    steps: list[PlannedStep] = []
+    steps: list[Step] = []
     src, dst = req.from_host, req.to_host
     moving = [m for m in ms if m.action == "move"]
     starting = [m for m in ms if m.action in ("move", "start")]
@@ -356,7 +270,7 @@ def plan_clean_move(site: Site, snap: SiteSnapshot, req: MoveRequest) -> MovePla
             )
         )
     elif req.mode == "staged":
-        steps: list[PlannedStep] = []
+        steps: list[Step] = []
         for m in moves:
             steps += _chain_steps(site, req, [m], f"{m.channel or m.vo}/")
         phases.append(
@@ -450,11 +364,176 @@ def plan_markdown(plan: MovePlan) -> str:
     ]
     for note in plan.notes:
         out.append(f"- {note}")
-    for phase in plan.phases:
-        out += ["", f"### {phase.name}"]
-        for chain in phase.chains:
-            if len(phase.chains) > 1:
-                out.append(f"- **{chain.name}**")
-            for s in chain.steps:
-                out.append(f"  1. `{s.host}` {s.verb}: " + "; ".join(f"`{c}`" for c in s.commands))
+    out += steps_markdown(plan)
     return "\n".join(out)
+
+
+# --- compensation -------------------------------------------------------------------------------
+
+
+def chain_moves(plan: MovePlan, chain: Chain) -> list[AgentMove]:
+    """The agents a chain acts on (by agent or by channel)."""
+    names = {a for s in chain.steps for a in s.agents}
+    chans = {c for s in chain.steps for c in s.channels}
+    return [m for m in plan.agents if m.agent in names or (m.channel in chans)]
+
+
+def channel_human(site: Site, plan: MovePlan, channel: str) -> str:
+    """What a human runs when a channel may have been left Inactive."""
+    cmd = command(site, "set_channel_state", channel=channel, state="Active")
+    return (
+        f"channel {channel} may still be Inactive: on {plan.to_host} or {plan.from_host} "
+        f"run `{cmd}`"
+    )
+
+
+def agent_human(site: Site, plan: MovePlan, agent: str, channel: str | None) -> str:
+    """What a human runs when an agent was left running nowhere."""
+    msg = (
+        f"{agent} runs nowhere: on {plan.to_host} (or {plan.from_host}) remove it from "
+        f"{site.commands.disabled_file} and run `{command(site, 'start_agent', agent=agent)}`"
+    )
+    if channel:
+        msg += f"; then `{command(site, 'set_channel_state', channel=channel, state='Active')}`"
+    return msg
+
+
+def compensate_clean_move(
+    site: Site,
+    plan: MovePlan,
+    ledger: Ledger,
+    moves: list[AgentMove],
+    reason: str,
+    error: str = "",
+) -> list[Remedy]:
+    """What to do for each agent of a chain that failed, from what the run has done (pure).
+
+    Each agent ends running once with its channel Active: an agent already started on the target
+    only has its channel set Active (on the target, else on the source); an agent stopped on the
+    source that the target did not start is started again on the source; an agent still on the
+    source gets its channel Active again and its `.disabled` entry cleared. What cannot be done
+    becomes a human action with the exact commands.
+
+    Args:
+        site: the site.
+        plan: the plan that was running.
+        ledger: what the run had done when the chain failed.
+        moves: the chain's agents (`chain_moves`).
+        reason: the error's kind, for the notes (e.g. ``DrainTimeout``).
+        error: the error's message, for an agent left on the source.
+    """
+    src, dst = plan.from_host, plan.to_host
+    remedies: list[Remedy] = []
+    for m in moves:
+        a, ch = m.agent, m.channel
+        on_target = a in ledger.started or m.action == "finish"
+        stopped = a in ledger.stopped or m.action == "start"
+        if on_target:
+            steps = []
+            if ch and ch not in ledger.active:
+                fallback = _step(site, f"compensation/{ch}/set-active", "set-active", src, [], [ch])
+                steps.append(
+                    step(
+                        site,
+                        f"compensation/{ch}/set-active",
+                        "set-active",
+                        dst,
+                        [],
+                        [ch],
+                        fallback=[fallback],
+                        if_fails="continue",
+                        human=channel_human(site, plan, ch),
+                    )
+                )
+            remedies.append(
+                Remedy(
+                    agent=a,
+                    channel=ch,
+                    steps=steps,
+                    result="moved",
+                    running_on=[dst],
+                    note=f"after {reason}",
+                )
+            )
+        elif stopped:
+            label = ch or a
+            steps = [
+                step(
+                    site,
+                    f"compensation/{label}/clear-disabled",
+                    "clear-disabled",
+                    src,
+                    [a],
+                    human=agent_human(site, plan, a, ch),
+                ),
+                step(
+                    site,
+                    f"compensation/{label}/start",
+                    "start",
+                    src,
+                    [a],
+                    human=agent_human(site, plan, a, ch),
+                ),
+            ]
+            if ch:
+                steps.append(
+                    step(
+                        site,
+                        f"compensation/{label}/set-active",
+                        "set-active",
+                        src,
+                        [],
+                        [ch],
+                        if_fails="continue",
+                        human=channel_human(site, plan, ch),
+                    )
+                )
+            remedies.append(
+                Remedy(
+                    agent=a,
+                    channel=ch,
+                    steps=steps,
+                    result="rolled-back",
+                    running_on=[src],
+                    note=f"{dst} could not start it ({reason}); started again on {src}",
+                    failed_result="stranded",
+                    failed_note=f"runs nowhere after {reason}",
+                )
+            )
+        else:
+            label = ch or a
+            steps = []
+            if ch and ledger.still_inactive(ch):
+                steps.append(
+                    step(
+                        site,
+                        f"compensation/{label}/set-active",
+                        "set-active",
+                        src,
+                        [],
+                        [ch],
+                        if_fails="continue",
+                        human=channel_human(site, plan, ch),
+                    )
+                )
+            steps.append(
+                step(
+                    site,
+                    f"compensation/{label}/clear-disabled",
+                    "clear-disabled",
+                    src,
+                    [a],
+                    if_fails="continue",
+                )
+            )
+            remedies.append(
+                Remedy(
+                    agent=a,
+                    channel=ch,
+                    steps=steps,
+                    result="left-on-source",
+                    running_on=[src],
+                    note=(error or reason)[:300],
+                )
+            )
+    return remedies

@@ -52,6 +52,24 @@ def slack_client(site: Site) -> WebClient:
     return WebClient(token=token, base_url=api_url(), timeout=TIMEOUT_S)
 
 
+def reply_ephemeral(response_url: str, text: str) -> None:
+    """Tell a clicking user something only they see, on the interaction's response URL (best
+    effort, bounded by `TIMEOUT_S`; a failure is logged, never raised)."""
+    from slack_sdk.webhook import WebhookClient
+
+    if not response_url.startswith(("https://", "http://")):
+        return
+    try:
+        resp = WebhookClient(response_url, timeout=TIMEOUT_S).send(
+            text=text, response_type="ephemeral", replace_original=False
+        )
+    except Exception as exc:  # noqa: BLE001 - a reply must never fail the gateway
+        log.warning("could not reply on the response URL: %s", exc)
+        return
+    if resp.status_code >= 300:
+        log.warning("the response URL answered %s: %s", resp.status_code, resp.body[:200])
+
+
 class SlackNotifier:
     """The Slack thread of one procedure run (see the module's contract)."""
 

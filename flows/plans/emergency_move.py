@@ -1,0 +1,304 @@
+"""The emergency move's plan: seed 000's three cases, decided from what a probe saw (pure).
+
+* **A**, the host answers SSH: write the `.disabled` entries, stop its agents, then start them on
+  their other hosts.
+* **B**, the host answers on the network but SSH does not work (refused, or the login hangs):
+  start the agents on their other hosts (each start blocks on the DB lock the host's sessions
+  still hold) and, a moment later, kill the host's DB sessions while they wait; then try, within a
+  bound, to stop the host's agents cleanly, and leave it to a human if that never works.
+* **C**, the host does not answer at all: start the agents on their other hosts; a start that
+  fails within the lock wait gets case B's DB-session kill and is started again.
+
+Then every channel of the moved agents is set Active. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from config.site import Site, short_name
+from flows.plans.model import Chain, Phase, Plan
+from flows.plans.snapshot import HostSnapshot, SiteSnapshot
+from flows.plans.steps import step
+
+PROCEDURE = "emergency-move"
+Case = Literal["A", "B", "C"]
+Reach = Literal["open", "refused", "silent"]
+
+#: case B: how long after the backups' starts the host's DB sessions are killed, so that the
+#: starts already wait for their locks (seed 000: "with particular emphasis upon the agent that is
+#: currently trying to start")
+KILL_AFTER_START_S = 1.0
+#: case B: how long to keep trying to stop the host's agents cleanly
+STOP_BOUND_S = 10.0
+
+
+def classify(reach: Reach, ssh_ok: bool) -> tuple[Case, str]:
+    """The seed's case from what the probe saw.
+
+    Args:
+        reach: what the host's SSH port did: accept, refuse (RST), or stay silent.
+        ssh_ok: whether a snapshot over SSH worked.
+    """
+    if ssh_ok:
+        return "A", "the host answers SSH"
+    if reach == "refused":
+        return "B", "the host answers on the network but refuses SSH (sshd down)"
+    if reach == "open":
+        return "B", "the host accepts the connection but the SSH login fails or hangs"
+    return "C", "the host does not answer on the network (down, or cut off)"
+
+
+class Move(BaseModel):
+    """One agent leaving the failed host, and where it goes (its other configured host)."""
+
+    agent: str
+    channel: str | None = None
+    to: str
+
+
+class EmergencyRequest(BaseModel):
+    """What the probe saw of the failed host."""
+
+    host: str
+    reach: Reach
+
+
+class EmergencyPlan(Plan):
+    """The plan of an emergency move."""
+
+    procedure: str = PROCEDURE
+    host: str
+    case: Case
+    why: str
+    moves: list[Move] = Field(default_factory=list)
+    #: transfers given up on the host (None: its process table could not be read)
+    transfers_given_up: int | None = None
+
+    def targets(self) -> list[str]:
+        """The hosts the agents go to."""
+        return sorted({m.to for m in self.moves})
+
+
+def choose_moves(
+    site: Site, host: str, host_snap: HostSnapshot | None, others: SiteSnapshot
+) -> list[Move]:
+    """Which agents leave `host`, and where they go.
+
+    An agent may run on `host` as its primary or as its backup (after an earlier move); it goes
+    to its other host. With the host's own snapshot (case A) the agents that run there move.
+    Without it (cases B and C) every agent that may run on `host` and does not run on its other
+    host moves: it ran, or may have run, on the failed host, and nothing serves it now.
+    """
+    moves = []
+    for a in site.agents_configured_on(host):
+        to = a.backup if a.primary == host else a.primary
+        if host_snap is not None:
+            if not host_snap.runs(a.name):
+                continue
+        elif to in others.where(a.name):
+            continue
+        moves.append(Move(agent=a.name, channel=a.channel, to=to))
+    return moves
+
+
+def partners(site: Site, host: str) -> list[str]:
+    """The other hosts of every agent that may run on `host`."""
+    return sorted(
+        {a.backup if a.primary == host else a.primary for a in site.agents_configured_on(host)}
+    )
+
+
+def fence_human(host: str, why: str) -> str:
+    """The human action for a host whose `.disabled` file could not be written."""
+    return f"{host} {why}. When it is up, run `handover run fence-host --host {host}`"
+
+
+def _start_chains(
+    site: Site, host: str, moves: list[Move], *, kill_on_failure: bool
+) -> list[Chain]:
+    by_target: dict[str, list[str]] = {}
+    for m in moves:
+        by_target.setdefault(m.to, []).append(m.agent)
+    chains = []
+    for target, names in sorted(by_target.items()):
+        fallback = (
+            [
+                step(site, f"{target}/drop-sessions", "drop-sessions", host),
+                step(site, f"{target}/start-again", "start", target, names),
+            ]
+            if kill_on_failure
+            else []
+        )
+        chains.append(
+            Chain(
+                name=f"start on {target}",
+                steps=[
+                    step(site, f"{target}/clear-disabled", "clear-disabled", target, names),
+                    step(site, f"{target}/start", "start", target, names, fallback=fallback),
+                ],
+            )
+        )
+    return chains
+
+
+def plan_emergency_move(
+    site: Site,
+    req: EmergencyRequest,
+    host_snap: HostSnapshot | None,
+    others: SiteSnapshot,
+) -> EmergencyPlan:
+    """Plan the emergency move of `req.host`.
+
+    Args:
+        site: the site.
+        req: the failed host and what its SSH port did.
+        host_snap: the host's own snapshot when SSH worked (None otherwise).
+        others: a snapshot of the hosts the agents may go to (`partners`), with channel states.
+
+    Returns:
+        The plan: its case and why, the moves, and the steps for that case.
+    """
+    host = req.host
+    case, why = classify(req.reach, host_snap is not None)
+    moves = choose_moves(site, host, host_snap, others)
+    names = [m.agent for m in moves]
+    transfers = (
+        sum(host_snap.transfers.get(m.channel or "", 0) for m in moves) if host_snap else None
+    )
+    notes = [
+        f"{host}: case {case}: {why}; "
+        + (
+            "moving " + ", ".join(f"{short_name(m.agent)} to {m.to}" for m in moves)
+            if moves
+            else "no agent to move"
+        )
+    ]
+    base = dict(site=site.site, host=host, case=case, why=why, moves=moves, notes=notes)
+    unknown = [t for t in {m.to for m in moves} if not others.has(t)]
+    if unknown:
+        return EmergencyPlan(
+            **base,
+            ok=False,
+            problems=[f"{t} is missing from the snapshot of the backups" for t in unknown],
+        )
+    phases: list[Phase] = []
+    human: list[str] = []
+    if moves and case == "A":
+        phases.append(
+            Phase(
+                name=f"stop the agents on {host}",
+                chains=[
+                    Chain(
+                        name=host,
+                        steps=[
+                            step(site, f"{host}/write-disabled", "write-disabled", host, names),
+                            step(site, f"{host}/stop", "stop", host, names),
+                        ],
+                    )
+                ],
+            )
+        )
+        phases.append(
+            Phase(
+                name="start them on their backups",
+                chains=_start_chains(site, host, moves, kill_on_failure=False),
+            )
+        )
+    elif moves and case == "B":
+        stop_human = (
+            f"{host}: could not stop its agents within {STOP_BOUND_S:.0f} s; they keep trying to "
+            "reconnect to the DB and cannot serve (the backups hold the locks). When "
+            f"{host} is reachable, run `handover run fence-host --host {host}`"
+        )
+        kill = step(
+            site, f"{host}/drop-sessions", "drop-sessions", host, delay_s=KILL_AFTER_START_S
+        )
+        phases.append(
+            Phase(
+                name="start on the backups and free their DB locks",
+                chains=[
+                    *_start_chains(site, host, moves, kill_on_failure=False),
+                    Chain(name=f"free the locks of {host}", steps=[kill]),
+                ],
+            )
+        )
+        phases.append(
+            Phase(
+                name=f"stop the agents on {host} when it lets us",
+                chains=[
+                    Chain(
+                        name=host,
+                        steps=[
+                            step(
+                                site,
+                                f"{host}/write-disabled",
+                                "write-disabled",
+                                host,
+                                names,
+                                retry_for_s=STOP_BOUND_S,
+                                if_fails="end-chain",
+                                human=stop_human,
+                            ),
+                            step(
+                                site,
+                                f"{host}/stop",
+                                "stop",
+                                host,
+                                names,
+                                retry_for_s=STOP_BOUND_S,
+                                if_fails="continue",
+                                human=stop_human,
+                            ),
+                        ],
+                    )
+                ],
+            )
+        )
+    elif moves:
+        phases.append(
+            Phase(
+                name="start on the backups (free the locks if they do not start)",
+                chains=_start_chains(site, host, moves, kill_on_failure=True),
+            )
+        )
+        human.append(
+            fence_human(
+                host,
+                "is down: its .disabled file could not be written, so its agents may try to "
+                "start when it comes back (they cannot serve: the backups hold the locks)",
+            )
+        )
+    chans = [m.channel for m in moves if m.channel]
+    if chans:
+        target = moves[0].to
+        phases.append(
+            Phase(
+                name="channels Active",
+                chains=[
+                    Chain(
+                        name="channels",
+                        steps=[
+                            step(
+                                site,
+                                "channels/set-active",
+                                "set-active",
+                                target,
+                                [],
+                                chans,
+                                if_fails="continue",
+                            )
+                        ],
+                    )
+                ],
+            )
+        )
+    return EmergencyPlan(
+        **base,
+        ok=True,
+        human=human,
+        phases=phases,
+        transfers_given_up=transfers,
+    )

@@ -1,0 +1,71 @@
+"""What every procedure's flow does around its plan: its Slack thread, the service lock, the
+SSH connections it opened, and the state it ends in (with its report artifact).
+
+A procedure's flow reads: load the site, `with procedure_run(...)`, snapshot, plan, approve,
+`Executor(...).execute()`, verify, and `end(result, report)`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prefect import get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from prefect.client.schemas.objects import State
+from prefect.states import Completed, Failed
+
+from config.site import Site
+from flows import progress
+from flows.notify import ProcedureThread
+from flows.result import ProcedureResult
+from flows.service_lock import ServiceLockError, service_lock
+from tasks import remote
+
+#: a flow's `finish(status, summary, **fields)`: builds its result and ends the run
+Finish = Callable[..., State[Any]]
+#: statuses that end a run Failed (the others end it Completed)
+FAILED = ("failed", "refused", "cancelled")
+
+
+@contextlib.contextmanager
+def procedure_run(
+    site: Site, procedure: str, title: str, who: str, params: dict[str, Any]
+) -> Iterator[ProcedureThread]:
+    """The run's Slack thread (fed by its progress events) for the block; the run's SSH
+    connections are closed at its end."""
+    thread = ProcedureThread.for_current_run(site, procedure, title, who, params)
+    with progress.sink(thread):
+        thread.open()
+        try:
+            yield thread
+        finally:
+            remote.close_pools()
+
+
+@contextlib.contextmanager
+def holding_service(site: Site, procedure: str) -> Iterator[None]:
+    """Hold the site's service for the block (one procedure per service at a time).
+
+    Raises:
+        ServiceLockError: another procedure holds it, or the Prefect API did not answer; the
+            message says which, and nothing was changed.
+    """
+    try:
+        with service_lock(site.site, site.service.name, procedure):
+            yield
+    except ServiceLockError as exc:
+        get_run_logger().error("%s", exc)
+        raise
+
+
+def end(result: ProcedureResult, report: Callable[[Any], str]) -> State[Any]:
+    """Publish the report artifact and the ``result`` progress event; the run's final state."""
+    create_markdown_artifact(
+        key=f"{result.procedure}-report", markdown=report(result), description=result.summary
+    )
+    progress.emit("result", result=result)
+    if result.status in FAILED:
+        return Failed(message=result.summary, data=result)
+    return Completed(message=result.summary, data=result)

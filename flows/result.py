@@ -1,0 +1,87 @@
+"""The typed result of every procedure: one shape, rendered as the run's report and its JSON.
+
+`ProcedureResult` holds what every procedure reports (status, summary, the steps with their
+outcome sentences, where each agent ended, the channels, what a human must do); a procedure's
+result adds its own fields (a clean move's downtime, an emergency move's case).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from flows.approval import ApprovalRecord
+from flows.plans.model import AgentResult
+
+Status = Literal["completed", "partial", "failed", "refused", "rejected", "dry-run", "cancelled"]
+Outcome = Literal["done", "failed", "compensation", "forced", "recovered"]
+
+
+class StepRecord(BaseModel):
+    """One executed step: its outcome sentence and its times."""
+
+    step: str
+    verb: str
+    host: str
+    agents: list[str] = Field(default_factory=list)
+    channels: list[str] = Field(default_factory=list)
+    outcome: Outcome
+    sentence: str
+    commands: list[str] = Field(default_factory=list)
+    #: what the verb changed (agents, channels or DB sessions), for counts in the summary
+    changed: list[str] = Field(default_factory=list)
+    started_at: dt.datetime
+    ended_at: dt.datetime
+    #: time spent in the remote commands (or the necessary wait) of the step itself, without
+    #: the orchestration around it
+    remote_s: float = 0.0
+
+
+class Timing(BaseModel):
+    """Where the time went: the flow against the remote work it could not avoid."""
+
+    flow_wall_s: float
+    act_wall_s: float
+    critical_path_s: float
+    snapshots_s: float
+    human_wait_s: float = 0.0
+
+    @property
+    def overhead_ratio(self) -> float:
+        """Flow wall time (less any wait for a human) over remote commands + necessary waits
+        (1.0 = no overhead)."""
+        need = self.critical_path_s + self.snapshots_s
+        return round((self.flow_wall_s - self.human_wait_s) / need, 3) if need > 0 else 0.0
+
+
+class AgentOutcome(BaseModel):
+    """Where an agent ended, and how."""
+
+    agent: str
+    channel: str | None
+    result: AgentResult
+    running_on: list[str]
+    note: str = ""
+
+
+class ProcedureResult(BaseModel):
+    """What every procedure's run returns (its state's data) and reports."""
+
+    procedure: str
+    site: str
+    status: Status
+    summary: str
+    requested_by: str = ""
+    approval: ApprovalRecord | None = None
+    steps: list[StepRecord] = Field(default_factory=list)
+    agents: list[AgentOutcome] = Field(default_factory=list)
+    channels: dict[str, str] = Field(default_factory=dict)
+    where: dict[str, list[str]] = Field(default_factory=dict)
+    human_actions: list[str] = Field(default_factory=list)
+    notifications: str = ""
+    timing: Timing | None = None
+    started_at: dt.datetime
+    ended_at: dt.datetime
+    flow_run_id: str | None = None

@@ -1,0 +1,23 @@
+"""Does a host answer on its SSH port: accepts, refuses (RST), or stays silent?"""
+
+from __future__ import annotations
+
+import socket
+
+from flows.plans.emergency_move import Reach
+
+
+def probe_tcp(address: str, port: int, timeout_s: float) -> Reach:
+    """One TCP connection to the port, bounded by `timeout_s`.
+
+    Returns:
+        ``open`` (accepted), ``refused`` (the host answered with a reset: up, port closed) or
+        ``silent`` (no answer within the bound: down, frozen in the kernel, or cut off).
+    """
+    try:
+        with socket.create_connection((address, port), timeout=timeout_s):
+            return "open"
+    except ConnectionRefusedError:
+        return "refused"
+    except OSError:
+        return "silent"

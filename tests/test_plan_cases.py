@@ -1,0 +1,104 @@
+"""The planners on states recorded from the lab: each case's answer must equal its expected file.
+
+A case is a snapshot (`tests/plan_cases/snapshots`), a procedure and a request; the expected plan
+(or compensation) is in `tests/plan_cases/expected`. See `tests/plan_cases/cases.yaml`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import subprocess
+import sys
+
+import pytest
+
+from flows.plans.clean_move import MoveRequest, plan_clean_move
+from flows.plans.model import Ledger
+from tests.plan_cases import ROOT, cases, dumps, expected_path, run_case, site, snapshot
+
+CASES = cases()
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_recorded_case(name: str) -> None:
+    got = dumps(run_case(CASES[name]))
+    want = expected_path(name).read_text()
+    if got != want:
+        diff = "".join(
+            difflib.unified_diff(
+                want.splitlines(True), got.splitlines(True), "expected", "planner", n=2
+            )
+        )
+        pytest.fail(
+            f"{name}: the planner's answer differs from {expected_path(name).name} "
+            f"(if the change is meant, run `python -m tests.plan_cases.record`):\n{diff[:6000]}",
+            pytrace=False,
+        )
+
+
+def test_there_are_enough_cases_of_every_procedure() -> None:
+    by: dict[str, int] = {}
+    for case in CASES.values():
+        by[case["procedure"]] = by.get(case["procedure"], 0) + 1
+    assert sum(by.values()) >= 30, by
+    assert all(by.get(p, 0) >= 4 for p in ("clean-move", "emergency-move", "fence-host")), by
+    assert by.get("compensation", 0) >= 5, by
+
+
+def test_every_expected_file_belongs_to_a_case() -> None:
+    stray = {p.stem for p in expected_path("x").parent.glob("*.json")} - set(CASES)
+    assert not stray, f"expected files without a case: {sorted(stray)}"
+
+
+def test_a_plan_step_carries_its_commands_and_conditions() -> None:
+    plan = run_case(CASES["steady-full"])
+    stop = next(
+        s for p in plan["phases"] for c in p["chains"] for s in c["steps"] if s["verb"] == "stop"
+    )
+    assert stop["commands"] == ["service transfer-agents stop"]
+    assert stop["pre"] and "no process of the agents runs" in stop["post"]
+
+
+def test_compensation_follows_the_ledger_step_by_step() -> None:
+    """After each step of one pipelined chain, the remedy for its agent changes as the agent
+    goes from the source to the target."""
+    from flows.plans.clean_move import chain_moves, compensate_clean_move
+
+    s = site()
+    plan = plan_clean_move(
+        s,
+        snapshot("steady"),
+        MoveRequest(from_host="fts101", to_host="fts102", mode="pipelined"),
+    )
+    chain = next(c for p in plan.phases for c in p.chains if c.name == "CERN-IN2P3")
+    seen: list[tuple[str, str]] = []
+    for st in ["all/set-inactive", *(x.id for x in chain.steps)]:
+        [r] = compensate_clean_move(s, plan, Ledger.after(plan, st), chain_moves(plan, chain), "E")
+        seen.append((st.split("/")[-1], r.result))
+    assert seen == [
+        ("set-inactive", "left-on-source"),
+        ("wait-drained", "left-on-source"),
+        ("write-disabled", "left-on-source"),
+        ("stop", "rolled-back"),
+        ("clear-disabled", "rolled-back"),
+        ("start", "moved"),
+        ("set-active", "moved"),
+    ]
+    last = compensate_clean_move(
+        s, plan, Ledger.after(plan, "CERN-IN2P3/set-active"), chain_moves(plan, chain), "E"
+    )
+    assert last[0].steps == []  # already Active on the target: nothing to undo
+
+
+def test_the_pure_core_loads_without_prefect_ssh_slack_or_db_drivers() -> None:
+    code = (
+        "import flows.plans, flows.plans.clean_move, flows.plans.emergency_move, "
+        "flows.plans.fence_host, flows.plans.snapshot, flows.plans.argv, sys; "
+        "bad = {'prefect', 'paramiko', 'slack_sdk', 'pg8000', 'oracledb', 'pymysql'} "
+        "& set(sys.modules); print(sorted(bad))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    assert json.loads(out.replace("'", '"')) == [], out
