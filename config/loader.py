@@ -8,7 +8,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from config.site import InvariantError, Problem, Site
+from config.invariants import InvariantError, Problem
+from config.site import Site
 
 _FIXES: dict[str, str] = {
     "missing": "add this field",

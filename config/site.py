@@ -23,7 +23,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal, cast
@@ -37,6 +36,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from config.invariants import InvariantError, Problem
 
 # --- names that reach a shell -------------------------------------------------------------------
 
@@ -527,26 +528,6 @@ class Lab(_Model):
 # --- the site -----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong with a site file: where (a field path), what, and the fix."""
-
-    path: str
-    message: str
-    fix: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.message}; fix: {self.fix}"
-
-
-class InvariantError(ValueError):
-    """Cross-field invariants violated; carries every problem found, not only the first."""
-
-    def __init__(self, problems: list[Problem]) -> None:
-        self.problems = problems
-        super().__init__("; ".join(str(p) for p in problems))
-
-
 class Site(_Model):
     """A whole site: the root of a site file."""
 
@@ -571,149 +552,11 @@ class Site(_Model):
         return self
 
     def invariant_problems(self) -> list[Problem]:
-        """Check what single fields cannot: references between fields and consistent bounds."""
-        p: list[Problem] = []
-        names = [h.name for h in self.hosts]
-        known = ", ".join(names)
-        seen: dict[str, int] = {}
-        endpoints: dict[tuple[str, int], str] = {}
-        for i, h in enumerate(self.hosts):
-            if h.name in seen:
-                p.append(
-                    Problem(f"hosts[{i}].name", f"host {h.name!r} is defined twice", "rename one")
-                )
-            seen.setdefault(h.name, i)
-            ep = (h.address, h.port)
-            if ep in endpoints:
-                p.append(
-                    Problem(
-                        f"hosts[{i}].address",
-                        f"{h.address}:{h.port} is also the address of {endpoints[ep]}",
-                        "give each host its own address or port",
-                    )
-                )
-            endpoints.setdefault(ep, h.name)
-        agent_names: dict[str, int] = {}
-        for i, a in enumerate(self.service.agents):
-            where = f"service.agents[{i}]"
-            for side in ("primary", "backup"):
-                host = getattr(a, side)
-                if host not in seen:
-                    p.append(
-                        Problem(
-                            f"{where}.{side}",
-                            f"host {host!r} is not defined in hosts",
-                            f"use one of {known}, or add {host!r} to hosts",
-                        )
-                    )
-            if a.primary == a.backup:
-                p.append(
-                    Problem(
-                        f"{where}.backup",
-                        f"backup host is the primary host ({a.primary})",
-                        "name another host as backup",
-                    )
-                )
-            if a.name in agent_names:
-                p.append(
-                    Problem(
-                        f"{where}.name",
-                        f"agent {a.name!r} is also service.agents[{agent_names[a.name]}]",
-                        "an agent runs once per site; remove the duplicate",
-                    )
-                )
-            agent_names.setdefault(a.name, i)
-        if self.ssh.connect_timeout_s > self.ssh.command_timeout_s:
-            p.append(
-                Problem(
-                    "ssh.connect_timeout_s",
-                    f"{self.ssh.connect_timeout_s} s is longer than command_timeout_s "
-                    f"({self.ssh.command_timeout_s} s)",
-                    "make connect_timeout_s at most command_timeout_s",
-                )
-            )
-        for name, pol in self.procedures.items():
-            where = f"procedures.{name}"
-            if not re.fullmatch(r"^[a-z][a-z0-9-]{0,63}$", name):
-                p.append(Problem(where, f"{name!r} is not a procedure name", "use e.g. clean-move"))
-            if pol.poll_interval_s >= pol.drain_timeout_s:
-                p.append(
-                    Problem(
-                        f"{where}.poll_interval_s",
-                        f"poll interval {pol.poll_interval_s} s is not shorter than the drain "
-                        f"timeout {pol.drain_timeout_s} s",
-                        "poll more often than the timeout",
-                    )
-                )
-            if pol.on_approval_timeout == "proceed" and not pol.emergency:
-                p.append(
-                    Problem(
-                        f"{where}.on_approval_timeout",
-                        "proceed-on-timeout is only allowed for emergency procedures",
-                        "use reject, or set emergency: true if this is an emergency procedure",
-                    )
-                )
-            win = pol.maintenance_window
-            if win is not None:
-                if pol.approval == "required" and pol.approval_timeout_s >= win.duration_s:
-                    p.append(
-                        Problem(
-                            f"{where}.approval_timeout_s",
-                            f"approval may take {pol.approval_timeout_s} s but the window lasts "
-                            f"{win.duration_s} s",
-                            "shorten approval_timeout_s below maintenance_window.duration_s",
-                        )
-                    )
-                if pol.drain_timeout_s + pol.step_timeout_s > win.duration_s:
-                    p.append(
-                        Problem(
-                            f"{where}.drain_timeout_s",
-                            f"drain ({pol.drain_timeout_s} s) plus one step "
-                            f"({pol.step_timeout_s} s) does not fit the {win.duration_s} s window",
-                            "shorten the drain timeout or lengthen the window",
-                        )
-                    )
-        if (
-            self.slack is not None
-            and pol_needs_approvers(self)
-            and not (self.slack.approvers or self.slack.approver_group)
-        ):
-            p.append(
-                Problem(
-                    "slack.approvers",
-                    "a procedure requires approval but nobody may approve",
-                    "list Slack user IDs in approvers or set approver_group",
-                )
-            )
-        if self.lab is not None:
-            for i, h in enumerate(self.hosts):
-                try:
-                    loopback = ipaddress.ip_address(h.address).is_loopback
-                except ValueError:
-                    loopback = False
-                if not loopback or ipaddress.ip_address(h.address).version != 4:
-                    p.append(
-                        Problem(
-                            f"hosts[{i}].address",
-                            f"lab host {h.name} has address {h.address}, outside 127.0.0.0/8",
-                            "lab hosts live on loopback addresses such as 127.0.1.1",
-                        )
-                    )
-            if not self.lab.state_dir.is_absolute():
-                p.append(
-                    Problem(
-                        "lab.state_dir", "must be an absolute path", "e.g. /var/tmp/handover-lab"
-                    )
-                )
-            elif str(self.lab.state_dir).startswith(("/tmp/", "/run/")):
-                p.append(
-                    Problem(
-                        "lab.state_dir",
-                        "lab hosts mount their own /tmp and /run, which would hide this directory",
-                        "use a directory under /var/tmp or /var/lib",
-                    )
-                )
-        return p
+        """Check what single fields cannot: references between fields and consistent bounds
+        (`config.invariants`)."""
+        from config.invariants import site_problems
+
+        return site_problems(self)
 
     # --- lookups -------------------------------------------------------------------------------
 
@@ -755,8 +598,3 @@ class Site(_Model):
     def policy(self, procedure: str) -> ProcedurePolicy:
         """The policy for a procedure, or the default policy."""
         return self.procedures.get(procedure, ProcedurePolicy())
-
-
-def pol_needs_approvers(site: Site) -> bool:
-    """Whether any procedure of the site requires a human approval."""
-    return any(p.approval == "required" for p in site.procedures.values())
