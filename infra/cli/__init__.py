@@ -1,0 +1,48 @@
+"""The `handover` command line.
+
+Each module holds its commands' options next to their handlers (`register(sub)`):
+
+* `sitefile`: check-config, snapshot
+* `lab`: lab up|down|status|score|fault|heal|load|exec
+* `procedures`: run clean-move|emergency-move|fence-host
+* `services`: serve, deploy, gateway, alert, fake-slack, server
+* `bench`: bench lab|clean-move|alert
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from config.loader import SiteConfigError
+from infra.cli import bench, lab, procedures, services, sitefile
+from infra.cli.common import DEFAULT_SITE, err
+
+__all__ = ["DEFAULT_SITE", "build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and docs)."""
+    ap = argparse.ArgumentParser(prog="handover", description="The `handover` command line.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    for module in (sitefile, lab, procedures, services, bench):
+        module.register(sub)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `handover` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except SiteConfigError as exc:
+        err.print(f"[red]invalid site file[/red] {exc}")
+        return 2
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

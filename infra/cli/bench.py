@@ -1,0 +1,67 @@
+"""`handover bench ...`: benchmarks that print figures and ratios measured side by side."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from infra.cli.common import err, out, print_json, site_arg
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """`handover bench lab`: lab up/down times (medians) and memory."""
+
+    def say(m: str) -> None:
+        err.print(f"[dim]{m}[/dim]")
+
+    if args.bench_what == "alert":
+        from infra.bench.alert import bench_alert
+
+        backends = ("postgresql", "sqlite") if args.prefect_db == "both" else (args.prefect_db,)
+        starts = ("forkserver", "spawn") if args.start == "both" else (args.start,)
+        result = bench_alert(rounds=args.rounds, backends=backends, starts=starts, progress=say)
+    elif args.bench_what == "clean-move":
+        from infra.bench.clean_move import bench_clean_move
+
+        result = bench_clean_move(rounds=args.rounds, warmup_s=args.warmup, progress=say)
+    else:
+        from infra.bench.lab import bench_lab
+
+        result = bench_lab(args.site, rounds=args.rounds, hosts=args.hosts, progress=say)
+    if args.json:
+        print_json(result)
+    else:
+        for line in result["summary"]:
+            out.print(line)
+    return 0 if result["ok"] else 1
+
+
+def register(sub: Any) -> None:
+    """Add the commands of this module to the `handover` parser."""
+    bench = sub.add_parser("bench", help="benchmarks")
+    bsub = bench.add_subparsers(dest="bench_what", required=True)
+    p = bsub.add_parser("lab", help="lab up/down time (medians) and memory")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--hosts", type=int, help="also measure a generated lab of N hosts")
+    p.add_argument("--json", action="store_true")
+    site_arg(p)
+    p = bsub.add_parser("clean-move", help="full vs pipelined clean move: downtime, overhead")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--warmup", type=float, default=6.0, help="seconds of load before each move")
+    p.add_argument("--json", action="store_true")
+    p = bsub.add_parser("alert", help="alert -> flow start -> first agent serving (p50, p95)")
+    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument(
+        "--prefect-db",
+        choices=["both", "postgresql", "sqlite"],
+        default="both",
+        help="the temporary Prefect server's database (default: both, side by side)",
+    )
+    p.add_argument(
+        "--start",
+        choices=["both", "forkserver", "spawn"],
+        default="both",
+        help="handover serve's start method for runs (default: both, side by side)",
+    )
+    p.add_argument("--json", action="store_true")
+    bench.set_defaults(func=cmd_bench)

@@ -1,0 +1,30 @@
+"""What every `handover` command shares: its consoles, the --site option, JSON output."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+DEFAULT_SITE = Path(__file__).resolve().parent.parent.parent / "config" / "sites" / "lab.yaml"
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+def site_arg(p: argparse.ArgumentParser) -> None:
+    """The --site option (default: $HANDOVER_SITE, else the lab's site file)."""
+    p.add_argument(
+        "--site",
+        default=os.environ.get("HANDOVER_SITE", str(DEFAULT_SITE)),
+        help="site file (default: $HANDOVER_SITE or config/sites/lab.yaml)",
+    )
+
+
+def print_json(data: Any) -> None:
+    """Print data as indented JSON."""
+    print(json.dumps(data, indent=2, default=str))

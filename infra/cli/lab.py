@@ -1,0 +1,183 @@
+"""`handover lab ...`: the simulated site."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from rich.table import Table
+
+from config.site import short_name as short
+from infra.cli.common import err, out, print_json, site_arg
+from infra.lab.faults import FAULT_KINDS
+
+
+def _lab(args: argparse.Namespace) -> Any:
+    from infra.lab.lab import Lab
+
+    return Lab.from_file(args.site)
+
+
+def cmd_lab(args: argparse.Namespace) -> int:
+    """`handover lab ...`."""
+    from infra.lab.lab import LabError
+
+    try:
+        return _lab_dispatch(args)
+    except LabError as exc:
+        err.print(f"[red]lab:[/red] {exc}")
+        return 1
+
+
+def _lab_dispatch(args: argparse.Namespace) -> int:
+    lab = _lab(args)
+    action = args.lab_action
+    if action == "up":
+        report = lab.up(hosts=args.hosts, progress=lambda m: err.print(f"[dim]{m}[/dim]"))
+        if args.json:
+            print_json(report)
+        else:
+            s = report["seconds"]
+            out.print(
+                f"lab up: site {report['site']}, {len(report['hosts'])} hosts, "
+                f"{report['agents']} agents serving, in {s['total']:.1f} s "
+                f"(database {s['database']:.1f} s, hosts {s['hosts']:.1f} s, "
+                f"agents {s['agents']:.1f} s)\nsite file: {report['site_file']}"
+            )
+        return 0
+    if action == "down":
+        report = lab.down()
+        if args.purge and not report["leftovers"]:
+            lab.remove_state()
+            report["purged"] = str(lab.paths.root)
+        if args.json:
+            print_json(report)
+        else:
+            out.print(
+                f"lab down: {report['hosts_stopped']} hosts stopped in {report['seconds']:.1f} s; "
+                + (
+                    "nothing left running"
+                    if not report["leftovers"]
+                    else f"[red]left running: {report['leftovers']}[/red]"
+                )
+            )
+        return 0 if not report["leftovers"] else 1
+    if action == "status":
+        st = lab.status()
+        if args.json:
+            print(st.model_dump_json(indent=2))
+            return 0
+        _print_status(st)
+        return 0
+    if action == "score":
+        score = lab.score(reset=args.reset)
+        if args.json:
+            print(score.model_dump_json(indent=2))
+        else:
+            out.print(
+                f"since {score.since}: {score.jobs_done} jobs done, {score.jobs_lost} lost; "
+                f"downtime total {score.downtime_total_s:.1f} s, max {score.downtime_max_s:.1f} s; "
+                f"agents serving twice: {len(score.agents_running_twice)}; "
+                f"alive on two hosts: {len(score.agents_alive_on_two_hosts)}"
+            )
+        return 0
+    if action == "fault":
+        out.print(lab.fault(args.host, args.kind))
+        return 0
+    if action == "heal":
+        out.print(lab.heal(args.host))
+        return 0
+    if action == "load":
+        lab.set_load(on=args.state == "on", rate=args.rate)
+        out.print(
+            f"load {args.state}" + (f" at {args.rate} jobs/s per channel" if args.rate else "")
+        )
+        return 0
+    if action == "exec":
+        argv = [a for a in args.argv if a != "--"]
+        res = lab.exec(args.host, argv)
+        sys.stdout.write(res.stdout)
+        sys.stderr.write(res.stderr)
+        return int(res.returncode)
+    raise AssertionError(action)
+
+
+def _print_status(st: Any) -> None:
+    out.print(
+        f"lab {'[green]up[/green]' if st.up else '[red]down[/red]'} (site {st.site}); "
+        f"database {st.database}; lab daemon {'running' if st.labd else 'stopped'}"
+    )
+    table = Table()
+    for col in ("host", "address", "state", "agents (as edguser)", "transfers", "disabled"):
+        table.add_column(col)
+    for h in st.hosts:
+        state = "up" if h.up else "down"
+        if h.fault:
+            state += f" [red]({h.fault})[/red]"
+        if h.up and not h.sshd:
+            state += " no sshd"
+        table.add_row(
+            h.name,
+            f"{h.address}:{h.port}",
+            state,
+            "\n".join(
+                f"{short(a.name)} {a.state}" + ("" if a.user == "edguser" else f" (as {a.user})")
+                for a in h.agents
+            )
+            or "-",
+            "\n".join(f"{c}: {n}" for c, n in h.transfers.items()) or "-",
+            "\n".join(short(d) for d in h.disabled) or "-",
+        )
+    out.print(table)
+    out.print("[dim]agents are shown by channel (channel agents) or VO (VO agents)[/dim]")
+    if st.channels:
+        ch = Table()
+        for col in ("channel", "state", "pending", "active"):
+            ch.add_column(col)
+        for name, c in st.channels.items():
+            ch.add_row(name, c.state, str(c.pending), str(c.active))
+        out.print(ch)
+
+
+def register(sub: Any) -> None:
+    """Add the commands of this module to the `handover` parser."""
+    lab = sub.add_parser("lab", help="the simulated site")
+    lsub = lab.add_subparsers(dest="lab_action", required=True)
+    p = lsub.add_parser("up", help="start the lab")
+    p.add_argument("--hosts", type=int, help="a generated lab of N hosts (scale runs)")
+    p.add_argument("--json", action="store_true")
+    site_arg(p)
+    for name, helptext in (
+        ("down", "stop everything the lab started"),
+        ("status", "hosts, agents, channels"),
+    ):
+        p = lsub.add_parser(name, help=helptext)
+        p.add_argument("--json", action="store_true")
+        site_arg(p)
+        if name == "down":
+            p.add_argument(
+                "--purge",
+                action="store_true",
+                help="also delete the state directory (database, host roots, logs)",
+            )
+    p = lsub.add_parser("score", help="jobs done/lost, downtime, agents running twice")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--reset", action="store_true", help="start counting again from now")
+    site_arg(p)
+    p = lsub.add_parser("fault", help="inject a fault into a host")
+    p.add_argument("host")
+    p.add_argument("kind", choices=FAULT_KINDS)
+    site_arg(p)
+    p = lsub.add_parser("heal", help="undo a host's fault (a crashed host reboots)")
+    p.add_argument("host")
+    site_arg(p)
+    p = lsub.add_parser("load", help="switch the load generator on or off")
+    p.add_argument("state", choices=["on", "off"])
+    p.add_argument("--rate", type=float, help="jobs per second per channel")
+    site_arg(p)
+    p = lsub.add_parser("exec", help="run a command inside a host (not over SSH)")
+    p.add_argument("host")
+    p.add_argument("argv", nargs=argparse.REMAINDER)
+    site_arg(p)
+    lab.set_defaults(func=cmd_lab)

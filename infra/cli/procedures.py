@@ -1,0 +1,74 @@
+"""`handover run ...`: a procedure run from the terminal, with its progress and report."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from config.loader import load_site
+from infra.cli.common import err, site_arg
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """`handover run clean-move ...`."""
+    from infra.run import protect_terminal, run_procedure
+
+    protect_terminal()
+
+    load_site(args.site)  # a malformed site file is reported before anything starts
+    if args.procedure in ("emergency-move", "fence-host"):
+        if not args.host:
+            err.print(f"[red]{args.procedure} needs --host[/red]")
+            return 2
+        hp: dict[str, Any] = {"site_file": str(Path(args.site).resolve()), "host": args.host}
+        if args.yes and args.procedure == "emergency-move":
+            hp["pause_for_approval"] = False
+        return run_procedure(args.procedure, hp, as_json=args.json)
+    if not (args.from_host and args.to_host):
+        err.print("[red]clean-move needs --from and --to[/red]")
+        return 2
+    params: dict[str, Any] = {
+        "site_file": str(Path(args.site).resolve()),
+        "from_host": args.from_host,
+        "to_host": args.to_host,
+        "mode": args.mode,
+        "dry_run": args.dry_run,
+        "force_after_drain_timeout": args.force,
+    }
+    if args.agents:
+        params["agents"] = [a.strip() for a in args.agents.split(",") if a.strip()]
+    if args.drain_timeout:
+        params["drain_timeout_s"] = args.drain_timeout
+    if args.poll_interval:
+        params["poll_interval_s"] = args.poll_interval
+    if args.yes:
+        params["pause_for_approval"] = False
+    return run_procedure(args.procedure, params, as_json=args.json)
+
+
+def register(sub: Any) -> None:
+    """Add the commands of this module to the `handover` parser."""
+    p = sub.add_parser("run", help="run a procedure and print its report")
+    p.add_argument("procedure", choices=["clean-move", "emergency-move", "fence-host"])
+    site_arg(p)
+    p.add_argument("--from", dest="from_host", help="clean-move: host the agents leave")
+    p.add_argument("--to", dest="to_host", help="clean-move: host they go to")
+    p.add_argument("--host", help="emergency-move, fence-host: the failed (or returning) host")
+    p.add_argument("--mode", choices=["pipelined", "full", "staged"], default="pipelined")
+    p.add_argument("--agents", help="comma-separated agent names (default: all on the host)")
+    p.add_argument("--drain-timeout", type=float, help="seconds (default: the site's policy)")
+    p.add_argument("--poll-interval", type=float, help="seconds (default: the site's policy)")
+    p.add_argument("--dry-run", action="store_true", help="show the plan, change nothing")
+    p.add_argument(
+        "--yes",
+        action="store_true",
+        help="approve up front (no pause for approval; recorded as yours)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="after the drain timeout, move anyway: running transfers lose their state",
+    )
+    p.add_argument("--json", action="store_true", help="print the typed result as JSON")
+    p.set_defaults(func=cmd_run)

@@ -1,0 +1,192 @@
+"""The long-running parts: `serve`, `deploy`, `gateway`, `alert`, `fake-slack`, `server`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from config.loader import load_site
+from infra.cli.common import err, out, print_json, site_arg
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """`handover serve`: serve every deployment from one process."""
+    from infra.run import configure_api
+    from infra.serve import serve_all
+
+    load_site(args.site)
+    configure_api(err)
+    serve_all(args.site, poll_s=args.poll_interval, limit=args.limit, start=args.start)
+    return 0
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    """`handover deploy`: register the deployments and their automations (idempotent)."""
+    from infra.run import configure_api
+    from infra.serve import DeploymentsError, deploy_all
+
+    load_site(args.site)
+    configure_api(err)
+    try:
+        for line in deploy_all(args.site):
+            out.print(line)
+    except DeploymentsError as exc:
+        err.print(f"[red]{exc}[/red]")
+        return 2
+    return 0
+
+
+def cmd_alert(args: argparse.Namespace) -> int:
+    """`handover alert`: send one signed alert to the gateway."""
+    from config.site import SecretError
+    from infra.send_alert import alert_body, post_alert
+
+    site = load_site(args.site)
+    if site.alerts is None:
+        err.print(f"[red]site {site.site} has no alerts section[/red]")
+        return 2
+    try:
+        secret = site.alerts.webhook_secret.resolve().get_secret_value().encode()
+    except SecretError as exc:
+        err.print(f"[red]alerts.webhook_secret: {exc}[/red]")
+        return 2
+    body = alert_body(
+        site.site, args.host, site.service.name, args.kind, summary=args.summary or ""
+    )
+    try:
+        status, answer = post_alert(args.gateway, secret, body)
+    except OSError as exc:
+        err.print(f"[red]the gateway at {args.gateway} did not answer: {exc}[/red]")
+        return 1
+    print_json({"status": status, **answer})
+    return 0 if 200 <= status < 300 else 1
+
+
+def cmd_gateway(args: argparse.Namespace) -> int:
+    """`handover gateway`: Slack interactions in, decisions applied to paused runs."""
+    from infra.gateway.server import GatewayError, serve_http, serve_socket_mode
+    from infra.run import configure_api
+
+    configure_api(err)
+    try:
+        if args.socket_mode:
+            serve_socket_mode(args.site)
+        else:
+            err.print(
+                f"gateway for {args.site} on http://{args.host}:{args.port} "
+                "(POST /slack/interactions, /alerts/webhook, /alerts/alertmanager; GET /healthz)"
+            )
+            serve_http(args.site, args.host, args.port)
+    except GatewayError as exc:
+        err.print(f"[red]gateway:[/red] {exc}")
+        return 1
+    return 0
+
+
+def cmd_fake_slack(args: argparse.Namespace) -> int:
+    """`handover fake-slack`: the fake Slack Web API, for rehearsals without Slack."""
+    import threading
+
+    from infra.fakeslack import FakeSlack
+
+    token = os.environ.get("HANDOVER_SLACK_BOT_TOKEN")
+    if not token:
+        err.print("[red]fake-slack:[/red] export HANDOVER_SLACK_BOT_TOKEN (any xoxb- value) first")
+        return 1
+    fake = FakeSlack(tokens={token}).start(args.host, args.port)
+    out.print(
+        f"fake Slack Web API at {fake.base_url}\n"
+        f"  export HANDOVER_SLACK_API_URL={fake.base_url}\n"
+        f"  what it received: GET {fake.base_url.removesuffix('/api/')}/_fake/record"
+    )
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        fake.stop()
+    return 0
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    """`handover server start|stop|status`: a local Prefect server on SQLite."""
+    from infra import prefect_server as ps
+
+    url = ps.api_url(args.host, args.port)
+    if args.server_action == "start":
+        url, started = ps.ensure_server(args.host, args.port)
+        out.print(
+            f"Prefect server {'started' if started else 'already running'} at {url}; "
+            f"export PREFECT_API_URL={url}"
+        )
+        return 0
+    if args.server_action == "stop":
+        out.print(
+            "Prefect server stopped"
+            if ps.stop_server()
+            else "no Prefect server started by handover is running"
+        )
+        return 0
+    up = ps.healthy(url)
+    out.print(f"Prefect server at {url}: {'healthy' if up else 'not answering'}")
+    return 0 if up else 1
+
+
+def register(sub: Any) -> None:
+    """Add the commands of this module to the `handover` parser."""
+    p = sub.add_parser("serve", help="serve the deployments of deployments/prefect.yaml")
+    site_arg(p)
+    p.add_argument(
+        "--poll-interval",
+        type=float,
+        default=1.0,
+        help="seconds between checks for runs to start (default 1)",
+    )
+    p.add_argument("--limit", type=int, default=None, help="at most this many runs at once")
+    p.add_argument(
+        "--start",
+        choices=["forkserver", "spawn"],
+        default="forkserver",
+        help="how a run's process starts: from a fork server that has imported Prefect and the "
+        "flows (default), or spawned fresh as Prefect does",
+    )
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser(
+        "deploy", help="register the deployments and their automations with the Prefect API"
+    )
+    site_arg(p)
+    p.set_defaults(func=cmd_deploy)
+
+    p = sub.add_parser("alert", help="send one signed alert to the gateway")
+    site_arg(p)
+    p.add_argument("--host", required=True)
+    p.add_argument(
+        "--kind",
+        default="host_down",
+        choices=["host_down", "service_down", "resource_failed", "recovered"],
+    )
+    p.add_argument("--summary")
+    p.add_argument("--gateway", default="http://127.0.0.1:8787")
+    p.set_defaults(func=cmd_alert)
+
+    p = sub.add_parser("gateway", help="Slack approvals and alerts in (HTTP or Socket Mode)")
+    site_arg(p)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8787)
+    p.add_argument(
+        "--socket-mode",
+        action="store_true",
+        help="receive interactions over Slack's Socket Mode instead of HTTP",
+    )
+    p.set_defaults(func=cmd_gateway)
+
+    p = sub.add_parser("fake-slack", help="a fake Slack Web API on loopback (rehearsals, tests)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8788)
+    p.set_defaults(func=cmd_fake_slack)
+
+    srv = sub.add_parser("server", help="a local Prefect server (embedded SQLite)")
+    srv.add_argument("server_action", choices=["start", "stop", "status"])
+    srv.add_argument("--host", default="127.0.0.1")
+    srv.add_argument("--port", type=int, default=4200)
+    srv.set_defaults(func=cmd_server)

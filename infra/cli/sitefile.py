@@ -1,0 +1,69 @@
+"""`handover check-config` and `handover snapshot`: a site file, and the site it describes."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from rich.table import Table
+
+from config.loader import SiteConfigError, load_site
+from config.site import short_name as short
+from infra.cli.common import err, out, site_arg
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    """Validate site files; print each problem with its field path and fix."""
+    rc = 0
+    for f in args.files:
+        try:
+            site = load_site(f)
+        except SiteConfigError as exc:
+            rc = 1
+            err.print(f"[red]invalid[/red] {exc.source}: {len(exc.problems)} problem(s)")
+            for p in exc.problems:
+                err.print(f"  - [bold]{p.path}[/bold]: {p.message}\n      fix: {p.fix}")
+            continue
+        out.print(
+            f"[green]ok[/green] {f}: site {site.site}, {len(site.hosts)} hosts, "
+            f"{len(site.service.agents)} agents, {len(site.channels)} channels"
+        )
+    return rc
+
+
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    """Take a live snapshot of every host through the SSH layer."""
+    from tasks.site_state import snapshot_site
+
+    site = load_site(args.site)
+    snap = snapshot_site(site)
+    if args.json:
+        print(snap.model_dump_json(indent=2))
+        return 0 if all(h.reachable for h in snap.hosts) else 1
+    table = Table(title=f"site {site.site}: live snapshot over SSH ({snap.taken_at:%H:%M:%S} UTC)")
+    for col in ("host", "reachable", "agents running", "transfers", "disabled"):
+        table.add_column(col)
+    for h in snap.hosts:
+        table.add_row(
+            h.host,
+            "yes" if h.reachable else f"[red]no[/red]: {h.error}",
+            "\n".join(short(a.name) for a in h.agents) or "-",
+            "\n".join(f"{c}: {n}" for c, n in h.transfers.items()) or "-",
+            "\n".join(short(d) for d in h.disabled) or "-",
+        )
+    out.print(table)
+    if snap.channels:
+        out.print("channels: " + ", ".join(f"{c} {s}" for c, s in sorted(snap.channels.items())))
+    return 0 if all(h.reachable for h in snap.hosts) else 1
+
+
+def register(sub: Any) -> None:
+    """Add the commands of this module to the `handover` parser."""
+    p = sub.add_parser("check-config", help="validate site files")
+    p.add_argument("files", nargs="+")
+    p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("snapshot", help="live snapshot of a site over SSH")
+    site_arg(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_snapshot)
