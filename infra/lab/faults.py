@@ -1,11 +1,135 @@
-"""The faults the lab can inject into a host (`handover lab fault HOST KIND`)."""
+"""The faults the lab can inject into a host (`handover lab fault HOST KIND`), and their healing."""
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+import contextlib
+import os
+import signal
+from typing import TYPE_CHECKING, Literal, get_args
+
+from infra.lab.errors import LabError
+from infra.lab.host import kill_host, port_open, signal_all
+
+if TYPE_CHECKING:
+    from infra.lab.lab import Lab
 
 #: sshd-down: host and agents up, SSH refused; frozen: every process stopped, SSH hangs; crash:
 #: the host vanishes and its processes die (its DB sessions stay open); db-unreachable: its
 #: packets to the database are dropped; slow: its processes run a quarter of the time
 FaultKind = Literal["sshd-down", "frozen", "crash", "db-unreachable", "slow"]
 FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
+
+
+def inject(lab: Lab, host: str, kind: str) -> str:
+    """Inject a fault into a host. Returns a sentence saying what was done.
+
+    Kinds: ``sshd-down`` (sshd killed; the host and its agents run), ``frozen`` (every process
+    stopped: TCP connects hang), ``crash`` (the host vanishes from the network, then every
+    process dies; its DB sessions stay open on the server, as after a real crash),
+    ``db-unreachable`` (the host's packets to the database are dropped), ``slow`` (its
+    processes run a quarter of the time).
+    """
+    if kind not in FAULT_KINDS:
+        raise LabError(f"unknown fault kind {kind!r}; use one of {', '.join(FAULT_KINDS)}")
+    rec = lab.require_up()
+    site = lab.site
+    h = site.host(host)
+    hrec = rec["hosts"][h.name]
+    current = rec.get("faults", {}).get(host)
+    if current == kind:
+        return f"{host}: already {kind}"
+    if current is not None:
+        raise LabError(f"{host} already has fault {current}; `handover lab heal {host}` first")
+    procs = lab.host_processes(rec).get(host, [])
+    if kind == "sshd-down":
+        signal_all([p for p in procs if p.title.startswith("sshd:")], signal.SIGKILL)
+        lab._wait(lambda: [host] if port_open(h.address, h.port) else [], 5, "sshd still up on")
+        done = f"{host}: sshd killed; the host and its agents keep running"
+    elif kind == "frozen":
+        signal_all(procs, signal.SIGSTOP)
+        done = f"{host}: every process stopped ({len(procs)}); connections to it hang"
+    elif kind == "crash":
+        faults = {**rec.get("faults", {}), host: kind}
+        ghosts = rec.setdefault("ghost_ports", {})
+        ghosts[host] = ghosts.get(host, []) + _db_client_ports(lab, h.address)
+        lab._apply_firewall(faults, site, ghosts)
+        kill_host(hrec["unshare_pid"], hrec["init_pid"])
+        done = (
+            f"{host}: crashed ({len(procs)} processes killed, its packets dropped; its DB "
+            "sessions remain open on the server)"
+        )
+    elif kind == "db-unreachable":
+        lab._apply_firewall({**rec.get("faults", {}), host: kind}, site, rec.get("ghost_ports"))
+        done = f"{host}: its packets to the database are dropped"
+    else:
+        control(lab, f"fault:{host}", "slow")
+        done = f"{host}: slowed down (its processes run a quarter of the time)"
+    rec.setdefault("faults", {})[host] = kind
+    lab._save(rec)
+    return done
+
+
+def heal(lab: Lab, host: str) -> str:
+    """Undo a host's fault (a crashed host reboots: sshd, then its enabled agents)."""
+    rec = lab.require_up()
+    site = lab.site
+    h = site.host(host)
+    kind = rec.get("faults", {}).pop(host, None)
+    if kind is None:
+        return f"{host}: no fault to heal"
+    hrec = rec["hosts"][host]
+    if kind == "sshd-down":
+        os.kill(hrec["init_pid"], signal.SIGUSR1)
+        lab._wait(
+            lambda: [] if port_open(h.address, h.port) else [host],
+            10,
+            "sshd did not come back on",
+        )
+        done = f"{host}: sshd restarted"
+    elif kind == "frozen":
+        signal_all(lab.host_processes(rec).get(host, []), signal.SIGCONT)
+        done = f"{host}: processes resumed"
+    elif kind == "crash":
+        lab._apply_firewall(rec["faults"], site, rec.get("ghost_ports"))
+        rec["hosts"][host] = lab._launch(h, boot_agents=True)
+        lab._wait(
+            lambda: [] if port_open(h.address, h.port) else [host],
+            20,
+            "sshd did not come back on",
+        )
+        booted = lab.paths.host_dir(host) / "boot-agents.log"
+        done = f"{host}: rebooted; it ran `service transfer-agents start` (see {booted})"
+    elif kind == "db-unreachable":
+        lab._apply_firewall(rec["faults"], site, rec.get("ghost_ports"))
+        done = (
+            f"{host}: can reach the database again; the sessions it left on the server keep "
+            "their locks until they are killed (drop-db-lock)"
+        )
+    else:
+        control(lab, f"fault:{host}", None)
+        signal_all(lab.host_processes(rec).get(host, []), signal.SIGCONT)
+        done = f"{host}: runs at full speed again"
+    lab._save(rec)
+    return done
+
+
+def _db_client_ports(lab: Lab, address: str) -> list[int]:
+    with contextlib.closing(lab.db.connect(timeout=5)) as conn:
+        rows = conn.run(
+            "SELECT client_port FROM pg_stat_activity WHERE host(client_addr) = :a", a=address
+        )
+    return [int(r[0]) for r in rows]
+
+
+def control(lab: Lab, key: str, value: str | None) -> None:
+    """Set (or, with None, delete) a key of the lab daemon's control table."""
+    with contextlib.closing(lab.db.connect(timeout=5)) as conn:
+        if value is None:
+            conn.run("DELETE FROM lab_control WHERE key = :k", k=key)
+        else:
+            conn.run(
+                "INSERT INTO lab_control VALUES (:k, :v) ON CONFLICT (key) DO UPDATE SET "
+                "value = EXCLUDED.value",
+                k=key,
+                v=value,
+            )

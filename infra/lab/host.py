@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -206,3 +207,35 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+def port_open(address: str, port: int) -> bool:
+    """Whether an sshd answers there with its banner (a frozen one accepts and stays silent)."""
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        try:
+            s.connect((address, port))
+        except OSError:
+            return False
+        # a frozen sshd accepts the TCP connection but never sends its banner
+        try:
+            return s.recv(4).startswith(b"SSH-")
+        except OSError:
+            return False
+
+
+def alive(pid: int | None) -> bool:
+    """Whether a process exists and is not a zombie."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

@@ -1,0 +1,74 @@
+"""What `handover lab status` and `handover lab score` report (typed views of the lab)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+# --- typed views --------------------------------------------------------------------------------
+
+
+class AgentView(BaseModel):
+    """An agent process on a host, as seen from outside."""
+
+    name: str
+    pid: int
+    user: str
+    state: str
+
+
+class HostView(BaseModel):
+    """One lab host."""
+
+    name: str
+    address: str
+    port: int
+    up: bool
+    fault: str | None
+    sshd: bool
+    agents: list[AgentView]
+    transfers: dict[str, int]
+    disabled: list[str]
+    processes: int
+
+
+class ChannelView(BaseModel):
+    """One channel's state in the lab database."""
+
+    state: str
+    pending: int
+    active: int
+
+
+class LabStatus(BaseModel):
+    """`handover lab status`."""
+
+    site: str
+    site_file: str
+    up: bool
+    database: str
+    labd: bool
+    hosts: list[HostView]
+    channels: dict[str, ChannelView]
+
+
+class TwiceView(BaseModel):
+    """An interval during which one agent was seen on two hosts."""
+
+    agent: str
+    hosts: list[str]
+    first_seen: str
+    last_seen: str
+
+
+class Score(BaseModel):
+    """`handover lab score`: what happened to the work since the lab started or the last reset."""
+
+    since: str
+    jobs: dict[str, int]
+    jobs_done: int
+    jobs_lost: int
+    downtime_s: dict[str, float]
+    downtime_total_s: float
+    downtime_max_s: float
+    agents_running_twice: list[TwiceView]
+    agents_alive_on_two_hosts: list[TwiceView]
