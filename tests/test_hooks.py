@@ -26,7 +26,9 @@ import pytest
 from config.loader import load_site
 from infra.gateway.alerts import parse_generic
 from infra.gateway.alerts import sign as gateway_sign
-from infra.hooks.pacemaker_alert import alert_from_crm, classify, encode, sign, spool
+from infra.hooks.hook_crm import alert_from_crm, classify, encode
+from infra.hooks.hook_delivery import sign
+from infra.hooks.hook_spool import spool
 
 ROOT = Path(__file__).resolve().parent.parent
 AGENT = ROOT / "infra" / "hooks" / "pacemaker_alert.py"
