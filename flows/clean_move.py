@@ -45,10 +45,11 @@ from flows.plans.clean_move import (
 from flows.plans.model import Chain, Ledger, Remedy
 from flows.plans.snapshot import SiteSnapshot
 from flows.plans.steps import command
-from flows.procedure import Finish, end, holding_service, procedure_run
+from flows.procedure import Finish, Run, end, holding_service, procedure_run
 from flows.result import AgentOutcome, ProcedureResult, Status, Timing
 from flows.service_lock import ServiceLockError
 from tasks.outcome import count, now
+from tasks.remote import SiteShell
 from tasks.site_state import snapshot_site, snapshot_site_task
 
 __all__ = ["CleanMoveResult", "clean_move", "report_markdown"]
@@ -239,32 +240,28 @@ def clean_move(
         return end(result, report_markdown)
 
     if dry_run:
-        try:
-            return _plan_only(site, req, finish)
-        finally:
-            from tasks import remote
-
-            remote.close_pools()
+        with SiteShell(site) as shell:
+            return _plan_only(shell, req, finish)
     params = {
         "agents": ",".join(short_name(a) for a in agents or []) or "all",
         "mode": mode,
         "force": force_after_drain_timeout,
     }
-    with procedure_run(site, PROCEDURE, f"{from_host} → {to_host} ({mode})", who, params) as th:
-        threads.append(th)
+    with procedure_run(site, PROCEDURE, f"{from_host} → {to_host} ({mode})", who, params) as run:
+        threads.append(run.thread)
         try:
             with holding_service(site, PROCEDURE):
-                return _move(site, req, policy, poll_s, who, pause_for_approval, finish, th)
+                return _move(run, req, policy, poll_s, who, pause_for_approval, finish)
         except ServiceLockError as exc:
             return finish("refused", str(exc))
 
 
 def _snapshot_and_plan(
-    site: Site, req: MoveRequest, finish: Finish
+    shell: SiteShell, req: MoveRequest, finish: Finish
 ) -> tuple[SiteSnapshot, MovePlan, State[Any] | None]:
     """Snapshot both hosts, plan, publish the plan; the refusal state when a pre-check failed."""
-    snap = snapshot_site_task(site, [req.from_host, req.to_host])
-    plan = plan_clean_move(site, snap, req)
+    snap = snapshot_site_task(shell, [req.from_host, req.to_host])
+    plan = plan_clean_move(shell.site, snap, req)
     progress.emit("plan", plan=plan)
     create_markdown_artifact(key="clean-move-plan", markdown=plan_markdown(plan))
     refused = None
@@ -275,8 +272,8 @@ def _snapshot_and_plan(
     return snap, plan, refused
 
 
-def _plan_only(site: Site, req: MoveRequest, finish: Finish) -> State[Any]:
-    snap, plan, refused = _snapshot_and_plan(site, req, finish)
+def _plan_only(shell: SiteShell, req: MoveRequest, finish: Finish) -> State[Any]:
+    snap, plan, refused = _snapshot_and_plan(shell, req, finish)
     if refused is not None:
         return refused
     n = len(plan.agents)
@@ -301,18 +298,18 @@ def _compensation(site: Site, plan: MovePlan) -> Any:
 
 
 def _move(
-    site: Site,
+    run_: Run,
     req: MoveRequest,
     policy: ProcedurePolicy,
     poll_s: float,
     requested_by: str,
     pause: bool | None,
     finish: Finish,
-    thread: ProcedureThread,
 ) -> State[Any]:
     logger = get_run_logger()
     flow_started = time.monotonic()
-    snap, plan, refused = _snapshot_and_plan(site, req, finish)
+    shell, thread, site = run_.shell, run_.thread, run_.shell.site
+    snap, plan, refused = _snapshot_and_plan(shell, req, finish)
     if refused is not None:
         return refused
     if not plan.agents:
@@ -341,7 +338,7 @@ def _move(
             channels=snap.channels,
         )
     run = Executor(
-        site,
+        shell,
         plan,
         poll_s=poll_s,
         drain_timeout_s=plan.drain_timeout_s,
@@ -353,7 +350,7 @@ def _move(
         run.execute()
     except BaseException as exc:
         logger.error("clean move interrupted: %r", exc)
-        after = snapshot_site(site, [req.from_host, req.to_host])
+        after = snapshot_site(shell, [req.from_host, req.to_host])
         _, outcomes = _finalise(site, plan, run, after)
         finish(
             "cancelled",
@@ -370,7 +367,7 @@ def _move(
         )
         raise
     act_wall = time.monotonic() - act_started
-    after = snapshot_site_task(site, [req.from_host, req.to_host])
+    after = snapshot_site_task(shell, [req.from_host, req.to_host])
     status, outcomes = _finalise(site, plan, run, after)
     downtime = _downtime(run)
     timing = Timing(

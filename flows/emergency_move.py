@@ -30,11 +30,10 @@ from prefect.client.schemas.objects import State
 from pydantic import Field
 
 from config.loader import load_site
-from config.site import Site, short_name
+from config.site import short_name
 from flows import progress
 from flows.approval import approve
 from flows.executor import Executor
-from flows.notify import ProcedureThread
 from flows.plans.emergency_move import (
     PROCEDURE,
     Case,
@@ -44,7 +43,7 @@ from flows.plans.emergency_move import (
     plan_emergency_move,
 )
 from flows.plans.model import steps_markdown
-from flows.procedure import Finish, end, holding_service, procedure_run
+from flows.procedure import Finish, Run, end, holding_service, procedure_run
 from flows.result import AgentOutcome, ProcedureResult
 from flows.service_lock import ServiceLockError
 from tasks.outcome import count, now
@@ -99,7 +98,8 @@ def emergency_move(
     site.host(host)  # an unknown host is refused before anything else
     who = requested_by or getpass.getuser()
     params = {"host": host, "alert": alert_id}
-    with procedure_run(site, PROCEDURE, f"{host} failed", who, params) as thread:
+    with procedure_run(site, PROCEDURE, f"{host} failed", who, params) as run:
+        thread = run.thread
 
         def finish(status: str, summary: str, **kw: Any) -> State[Any]:
             result = EmergencyResult(
@@ -119,28 +119,28 @@ def emergency_move(
 
         try:
             with holding_service(site, PROCEDURE):
-                return _emergency(site, host, who, pause_for_approval, thread, finish)
+                return _emergency(run, host, who, pause_for_approval, finish)
         except ServiceLockError as exc:
             return finish("refused", str(exc))
 
 
 def _emergency(
-    site: Site,
+    run_: Run,
     host: str,
     who: str,
     pause: bool | None,
-    thread: ProcedureThread,
     finish: Finish,
 ) -> State[Any]:
+    shell, thread, site = run_.shell, run_.thread, run_.shell.site
     # snapshot: what the host's SSH port does, the host itself if SSH works, its partners
     h = site.host(host)
     reach = probe_tcp(h.address, h.port, site.ssh.connect_timeout_s)
     snap: HostSnapshot | None = None
     if reach == "open":
-        snap = snapshot_host(site, host)
+        snap = snapshot_host(shell, host)
         if not snap.reachable:
             snap = None
-    others = snapshot_site(site, partners(site, host))
+    others = snapshot_site(shell, partners(site, host))
     # plan
     plan = plan_emergency_move(site, EmergencyRequest(host=host, reach=reach), snap, others)
     create_markdown_artifact(key="emergency-move-plan", markdown=plan_markdown(plan))
@@ -185,10 +185,10 @@ def _emergency(
             **known,
         )
     # execute
-    run = Executor(site, plan)
+    run = Executor(shell, plan)
     run.execute()
     # verify
-    after = snapshot_site(site, plan.targets()) if plan.moves else None
+    after = snapshot_site(shell, plan.targets()) if plan.moves else None
     agents = [
         AgentOutcome(
             agent=m.agent,

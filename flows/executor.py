@@ -36,13 +36,12 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import MissingContextError
 
-from config.site import Site
 from flows import progress
 from flows.plans.model import Chain, Ledger, Plan, Remedy, Step
 from flows.result import AgentOutcome, Outcome, StepRecord
-from tasks import remote
 from tasks.drain import Cancelled, DrainMonitor, DrainTimeout
 from tasks.outcome import StepResult, count, now
+from tasks.remote import SiteShell
 from tasks.verbs import run_step
 
 #: the procedure's compensation: (ledger, the failed chain, the error) -> remedies
@@ -68,7 +67,7 @@ class Executor:
     """The state of one plan's execution (shared by its chains).
 
     Args:
-        site: the site.
+        shell: the run's SSH client (its site is the plan's).
         plan: the plan (``ok``).
         poll_s: how often the drain monitor looks at the source host.
         drain_timeout_s: the bound of every ``wait-drained`` step.
@@ -78,7 +77,7 @@ class Executor:
 
     def __init__(
         self,
-        site: Site,
+        shell: SiteShell,
         plan: Plan,
         *,
         poll_s: float = 2.0,
@@ -86,7 +85,8 @@ class Executor:
         force: bool = False,
         compensate: Compensate | None = None,
     ) -> None:
-        self.site = site
+        self.shell = shell
+        self.site = shell.site
         self.plan = plan
         self.poll_s = poll_s
         self.drain_timeout_s = drain_timeout_s
@@ -111,7 +111,7 @@ class Executor:
         waits = [s for s in plan.steps if s.verb == "wait-drained"]
         self.drain_host = waits[0].host if waits else ""
         self.monitor = DrainMonitor(
-            site,
+            shell,
             self.drain_host,
             list(dict.fromkeys(c for s in waits for c in s.channels)),
             poll_s,
@@ -213,18 +213,18 @@ class Executor:
     def _verb(self, step: Step) -> StepResult:
         """Run a step's verb; with `retry_for_s`, try again (any error) until the bound."""
         if not step.retry_for_s:
-            result: StepResult = run_step(self.site, step)
+            result: StepResult = run_step(self.shell, step)
             return result
         deadline = time.monotonic() + step.retry_for_s
         once = run_step.with_options(retries=0)
         while True:
             try:
-                result = once(self.site, step)
+                result = once(self.shell, step)
                 return result
             except Exception:
                 if time.monotonic() + RETRY_PAUSE_S >= deadline:
                     raise
-                remote.pool_for(self.site).drop(step.host)  # a hung connection: open a new one
+                self.shell.drop(step.host)  # a hung connection: open a new one
                 if self.cancel.wait(RETRY_PAUSE_S):
                     raise Cancelled("cancelled while retrying a step") from None
 

@@ -18,8 +18,8 @@ from flows.plans.emergency_move import partners
 from flows.plans.fence_host import PROCEDURE, plan_fence_host
 from flows.plans.snapshot import SiteSnapshot
 from flows.result import ProcedureResult
-from tasks import remote
 from tasks.outcome import count, now
+from tasks.remote import SiteShell
 from tasks.site_state import snapshot_host, snapshot_site
 
 
@@ -33,20 +33,18 @@ def fence_host(site_file: str, host: str) -> State[Any]:
     """
     started = now()
     site = load_site(site_file)
-    try:
-        snap = snapshot_host(site, host)
+    with SiteShell(site) as shell:
+        snap = snapshot_host(shell, host)
         others = (
-            snapshot_site(site, partners(site, host))
+            snapshot_site(shell, partners(site, host))
             if snap.reachable
             else SiteSnapshot(site=site.site, taken_at=now(), hosts=[])
         )
         plan = plan_fence_host(site, host, snap, others)
         if not plan.ok:
             return Failed(message="; ".join(plan.problems))
-        run = Executor(site, plan)
+        run = Executor(shell, plan)
         run.execute()
-    finally:
-        remote.close_pools()
     listed = [a for r in run.records if r.verb == "write-disabled" for a in r.changed]
     summary = (
         f"{host} fenced: {count(len(plan.moved), 'agent')} served elsewhere are listed in "

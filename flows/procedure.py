@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from prefect import get_run_logger
@@ -21,7 +22,7 @@ from flows import progress
 from flows.notify import ProcedureThread
 from flows.result import ProcedureResult
 from flows.service_lock import ServiceLockError, service_lock
-from tasks import remote
+from tasks.remote import SiteShell
 
 #: a flow's `finish(status, summary, **fields)`: builds its result and ends the run
 Finish = Callable[..., State[Any]]
@@ -29,19 +30,24 @@ Finish = Callable[..., State[Any]]
 FAILED = ("failed", "refused", "cancelled")
 
 
+@dataclass
+class Run:
+    """What a procedure's run holds for its duration: its Slack thread and its SSH client."""
+
+    thread: ProcedureThread
+    shell: SiteShell
+
+
 @contextlib.contextmanager
 def procedure_run(
     site: Site, procedure: str, title: str, who: str, params: dict[str, Any]
-) -> Iterator[ProcedureThread]:
-    """The run's Slack thread (fed by its progress events) for the block; the run's SSH
-    connections are closed at its end."""
+) -> Iterator[Run]:
+    """The run's Slack thread (fed by its progress events) and its own SSH client for the
+    block; the client's connections are closed at its end."""
     thread = ProcedureThread.for_current_run(site, procedure, title, who, params)
-    with progress.sink(thread):
+    with progress.sink(thread), SiteShell(site) as shell:
         thread.open()
-        try:
-            yield thread
-        finally:
-            remote.close_pools()
+        yield Run(thread, shell)
 
 
 @contextlib.contextmanager

@@ -11,7 +11,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from config.loader import load_site
-from tasks import remote
+from tasks.remote import SiteShell
 from tasks.site_state import SiteSnapshot, snapshot_site_task
 
 
@@ -46,10 +46,8 @@ def site_snapshot(site_file: str, hosts: list[str] | None = None) -> SiteSnapsho
     """
     logger = get_run_logger()
     site = load_site(site_file)
-    try:
-        snap = snapshot_site_task(site, hosts)
-    finally:
-        remote.close_pools()
+    with SiteShell(site) as shell:
+        snap = snapshot_site_task(shell, hosts)
     for h in snap.hosts:
         if h.reachable:
             logger.info(

@@ -16,18 +16,18 @@ from concurrent.futures import ThreadPoolExecutor
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from config.site import Site
 from tasks import remote
 from tasks.adapters.ssh import CommandResult, TransientSshError
 from tasks.outcome import StepFailed, StepResult, count, listing, now, was
+from tasks.remote import SiteShell
 from tasks.site_state import HostSnapshot, snapshot_host
 
 #: How long `service transfer-agents start` may block (it waits for the DB lock, ~1 min on FTS 2).
 START_TIMEOUT_S = 120.0
 
 
-def _read(site: Site, host: str, verb: str) -> HostSnapshot:
-    snap = snapshot_host(site, host)
+def _read(shell: SiteShell, host: str, verb: str) -> HostSnapshot:
+    snap = snapshot_host(shell, host)
     if not snap.reachable:
         if snap.error_kind == "transient":
             raise TransientSshError(f"{verb}: {snap.error}", host=host)
@@ -35,7 +35,8 @@ def _read(site: Site, host: str, verb: str) -> HostSnapshot:
     return snap
 
 
-def _check_configured(site: Site, host: str, agents: list[str], verb: str) -> None:
+def _check_configured(shell: SiteShell, host: str, agents: list[str], verb: str) -> None:
+    site = shell.site
     allowed = {a.name for a in site.agents_configured_on(host)}
     foreign = [a for a in agents if a not in allowed]
     if foreign:
@@ -53,34 +54,32 @@ def _tail(res: CommandResult) -> str:
     return text[-300:] if text else "no output"
 
 
-def stop_agents(site: Site, host: str, agents: list[str] | None = None) -> StepResult:
+def stop_agents(shell: SiteShell, host: str, agents: list[str] | None = None) -> StepResult:
     """Stop agents on a host (all agent processes running there when `agents` is None).
 
     Post-condition: none of those agents runs on the host.
     """
     verb = "stop-agents"
     started = now()
-    snap = _read(site, host, verb)
+    snap = _read(shell, host, verb)
     wanted = agents if agents is not None else [a.name for a in snap.agents]
     running = [a for a in wanted if snap.runs(a)]
     already = [a for a in wanted if a not in running]
     commands: list[str] = []
     if running:
         if agents is None:
-            res = remote.run(site, host, "stop_all", timeout=START_TIMEOUT_S)
+            res = shell.run(host, "stop_all", timeout=START_TIMEOUT_S)
             commands.append(res.command)
         else:
             with ThreadPoolExecutor(max_workers=min(8, len(running))) as ex:
                 results = list(
                     ex.map(
-                        lambda a: remote.run(
-                            site, host, "stop_agent", agent=a, timeout=START_TIMEOUT_S
-                        ),
+                        lambda a: shell.run(host, "stop_agent", agent=a, timeout=START_TIMEOUT_S),
                         running,
                     )
                 )
             commands += [r.command for r in results]
-        after = _read(site, host, verb)
+        after = _read(shell, host, verb)
         still = [a for a in running if after.runs(a)]
         if still:
             raise StepFailed(
@@ -106,16 +105,17 @@ def stop_agents(site: Site, host: str, agents: list[str] | None = None) -> StepR
     )
 
 
-def start_agents(site: Site, host: str, agents: list[str]) -> StepResult:
+def start_agents(shell: SiteShell, host: str, agents: list[str]) -> StepResult:
     """Start agents on a host; each start blocks while the agent waits for its DB lock.
 
     Pre-condition: the agents are configured on the host and not listed in its `.disabled` file
     (clear them first with `clear_disabled`). Post-condition: each agent runs on the host.
     """
+    site = shell.site
     verb = "start-agents"
     started = now()
-    _check_configured(site, host, agents, verb)
-    snap = _read(site, host, verb)
+    _check_configured(shell, host, agents, verb)
+    snap = _read(shell, host, verb)
     blocked = [a for a in agents if a in snap.disabled and not snap.runs(a)]
     if blocked:
         raise StepFailed(
@@ -132,14 +132,12 @@ def start_agents(site: Site, host: str, agents: list[str]) -> StepResult:
         with ThreadPoolExecutor(max_workers=min(8, len(to_start))) as ex:
             results = list(
                 ex.map(
-                    lambda a: remote.run(
-                        site, host, "start_agent", agent=a, timeout=START_TIMEOUT_S
-                    ),
+                    lambda a: shell.run(host, "start_agent", agent=a, timeout=START_TIMEOUT_S),
                     to_start,
                 )
             )
         commands += [r.command for r in results]
-        after = _read(site, host, verb)
+        after = _read(shell, host, verb)
         for a, res in zip(to_start, results, strict=True):
             if not after.runs(a):
                 failures.append(f"{a}: `{res.command}` exited {res.exit_code}: {_tail(res)}")
@@ -172,24 +170,28 @@ _edit_locks: dict[tuple[str, str], threading.Lock] = {}
 _edit_locks_guard = threading.Lock()
 
 
-def _edit_lock(site: Site, host: str) -> threading.Lock:
+def _edit_lock(shell: SiteShell, host: str) -> threading.Lock:
     # the edit is read-modify-write on the host: two chains of one move (pipelined) must not
     # interleave on the same file; two procedures never run at once for a service
+    site = shell.site
     with _edit_locks_guard:
         return _edit_locks.setdefault((site.site, host), threading.Lock())
 
 
-def _edit_disabled(site: Site, host: str, agents: list[str], listed: bool) -> StepResult:
+def _edit_disabled(shell: SiteShell, host: str, agents: list[str], listed: bool) -> StepResult:
     """Make each agent listed (`listed=True`) or not listed in the host's `.disabled` file."""
-    with _edit_lock(site, host):
-        return _edit_disabled_locked(site, host, agents, listed)
+    with _edit_lock(shell, host):
+        return _edit_disabled_locked(shell, host, agents, listed)
 
 
-def _edit_disabled_locked(site: Site, host: str, agents: list[str], listed: bool) -> StepResult:
+def _edit_disabled_locked(
+    shell: SiteShell, host: str, agents: list[str], listed: bool
+) -> StepResult:
+    site = shell.site
     verb = "write-disabled" if listed else "clear-disabled"
     path = site.commands.disabled_file
     started = now()
-    snap = _read(site, host, verb)
+    snap = _read(shell, host, verb)
     if snap.disabled_error:
         raise StepFailed(
             f"{snap.disabled_error}; its entries are unknown, so it is not rewritten: fix the "
@@ -204,9 +206,9 @@ def _edit_disabled_locked(site: Site, host: str, agents: list[str], listed: bool
         names = snap.disabled + change if listed else [a for a in snap.disabled if a not in change]
         if names:
             content = "".join(f"{n}\n" for n in names)
-            res = remote.run_argv(site, host, site.commands.disabled_argv("write"), stdin=content)
+            res = shell.run_argv(host, site.commands.disabled_argv("write"), stdin=content)
         else:  # as seed 000 does: no entry left, no file
-            res = remote.run_argv(site, host, site.commands.disabled_argv("remove"))
+            res = shell.run_argv(host, site.commands.disabled_argv("remove"))
         commands.append(res.command)
         if not res.ok:
             raise StepFailed(
@@ -215,7 +217,7 @@ def _edit_disabled_locked(site: Site, host: str, agents: list[str], listed: bool
                 host=host,
                 verb=verb,
             )
-        after = _read(site, host, verb)
+        after = _read(shell, host, verb)
         wrong = [a for a in agents if (a in after.disabled) != listed]
         if wrong:
             raise StepFailed(
@@ -246,14 +248,14 @@ def _edit_disabled_locked(site: Site, host: str, agents: list[str], listed: bool
     )
 
 
-def write_disabled(site: Site, host: str, agents: list[str]) -> StepResult:
+def write_disabled(shell: SiteShell, host: str, agents: list[str]) -> StepResult:
     """Add agents to the host's `.disabled` file, so a reboot does not start them there."""
-    return _edit_disabled(site, host, agents, listed=True)
+    return _edit_disabled(shell, host, agents, listed=True)
 
 
-def clear_disabled(site: Site, host: str, agents: list[str]) -> StepResult:
+def clear_disabled(shell: SiteShell, host: str, agents: list[str]) -> StepResult:
     """Remove agents from the host's `.disabled` file (the file goes when it would be empty)."""
-    return _edit_disabled(site, host, agents, listed=False)
+    return _edit_disabled(shell, host, agents, listed=False)
 
 
 _retry = {**remote.TRANSIENT_RETRIES, "cache_policy": NO_CACHE}

@@ -8,19 +8,22 @@ from typing import Literal
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from config.site import Site
 from tasks import remote
 from tasks.outcome import StepFailed, StepResult, count, listing, now, was
+from tasks.remote import SiteShell
 from tasks.site_state import read_channel_state
 
 ChannelState = Literal["Active", "Inactive"]
 
 
-def set_channels(site: Site, host: str, channels: list[str], state: ChannelState) -> StepResult:
+def set_channels(
+    shell: SiteShell, host: str, channels: list[str], state: ChannelState
+) -> StepResult:
     """Set channels to `state` with the profile's command, run on `host`.
 
     Channels already in that state are left alone. Post-condition: each channel reads `state`.
     """
+    site = shell.site
     verb = f"set-channels-{state.lower()}"
     started = now()
     unknown = [c for c in channels if c not in site.channels]
@@ -35,7 +38,9 @@ def set_channels(site: Site, host: str, channels: list[str], state: ChannelState
     with ThreadPoolExecutor(max_workers=workers) as ex:
         before = dict(
             zip(
-                channels, ex.map(lambda c: read_channel_state(site, host, c), channels), strict=True
+                channels,
+                ex.map(lambda c: read_channel_state(shell, host, c), channels),
+                strict=True,
             )
         )
     to_set = [c for c in channels if before[c] != state]
@@ -45,7 +50,7 @@ def set_channels(site: Site, host: str, channels: list[str], state: ChannelState
         with ThreadPoolExecutor(max_workers=max(1, min(8, len(to_set)))) as ex:
             results = list(
                 ex.map(
-                    lambda c: remote.run(site, host, "set_channel_state", channel=c, state=state),
+                    lambda c: shell.run(host, "set_channel_state", channel=c, state=state),
                     to_set,
                 )
             )
@@ -58,7 +63,9 @@ def set_channels(site: Site, host: str, channels: list[str], state: ChannelState
         with ThreadPoolExecutor(max_workers=max(1, min(8, len(to_set)))) as ex:
             after = dict(
                 zip(
-                    to_set, ex.map(lambda c: read_channel_state(site, host, c), to_set), strict=True
+                    to_set,
+                    ex.map(lambda c: read_channel_state(shell, host, c), to_set),
+                    strict=True,
                 )
             )
         wrong = [c for c in to_set if after[c] != state]

@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from config.site import Site
+from tasks.remote import SiteShell
 from tasks.site_state import snapshot_host
 
 
@@ -45,14 +45,14 @@ class DrainMonitor:
 
     def __init__(
         self,
-        site: Site,
+        shell: SiteShell,
         host: str,
         channels: list[str],
         poll_s: float,
         cancel: threading.Event,
         on_poll: Callable[[dict[str, int]], None] | None = None,
     ) -> None:
-        self.site = site
+        self.shell = shell
         self.host = host
         self.channels = channels
         self.poll_s = poll_s
@@ -81,7 +81,7 @@ class DrainMonitor:
     def poll_once(self) -> None:
         """One poll of the host (also usable without the thread)."""
         began = time.monotonic()
-        snap = snapshot_host(self.site, self.host)
+        snap = snapshot_host(self.shell, self.host)
         with self._cond:
             if snap.reachable:
                 self.running = {c: snap.running_transfers(c) for c in self.channels}

@@ -1,10 +1,10 @@
-"""The site's hosts as SSH endpoints, one connection pool per site in a process, and retry rules.
+"""The site's hosts as SSH endpoints, one run's SSH client (`SiteShell`), and the retry rule.
 
 Contract:
-    * `pool_for(site)` returns the same `SshPool` for the same site within a process, so a flow
-      run reuses one connection per host across its tasks; `close_pools()` closes them all.
-    * `run(site, host, argv)` runs one command built from a command-profile template; the values
-      are validated names and every word is shell-quoted.
+    * A `SiteShell` is one run's client: one connection per host, shared by the run's threads,
+      closed when the run ends; runs in one process (`handover serve`) never share connections.
+    * `SiteShell.run(host, command, **values)` runs one command built from a command-profile
+      template; the values are validated names and every word is shell-quoted.
     * Only transient SSH errors are retried (`retry_if_transient` for Prefect's
       `retry_condition_fn`); permanent ones (host key, authentication, a command that failed)
       end the task at once with their message.
@@ -12,7 +12,6 @@ Contract:
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 from config.site import Site
@@ -24,9 +23,6 @@ from tasks.adapters.ssh import (
     SshSettings,
     TransientSshError,
 )
-
-_pools: dict[tuple[str, SshSettings], SshPool] = {}
-_lock = threading.Lock()
 
 
 def ssh_settings(site: Site) -> SshSettings:
@@ -48,49 +44,62 @@ def endpoint(site: Site, host: str) -> SshEndpoint:
     return SshEndpoint(host=h.name, address=h.address, port=h.port)
 
 
-def pool_for(site: Site) -> SshPool:
-    """The process-wide connection pool of a site."""
-    key = (site.site, ssh_settings(site))
-    with _lock:
-        pool = _pools.get(key)
-        if pool is None:
-            pool = _pools[key] = SshPool(key[1])
-        return pool
+class SiteShell:
+    """The SSH client of one run (or one test, one CLI command): the site's hosts over one pool.
 
+    Every verb takes it as its first parameter. It is thread-safe (the chains of a run share
+    it) and holds one connection per host; `close()` (or leaving a ``with`` block) closes them
+    without touching another run's connections.
 
-def close_pools() -> None:
-    """Close every pooled connection (end of a flow run, tests)."""
-    with _lock:
-        pools = list(_pools.values())
-        _pools.clear()
-    for p in pools:
-        p.close()
+    Example:
+        >>> with SiteShell(site) as shell:  # doctest: +SKIP
+        ...     shell.run("fts101", "list_processes").stdout
+    """
 
+    def __init__(self, site: Site, pool: SshPool | None = None) -> None:
+        self.site = site
+        self.pool = pool if pool is not None else SshPool(ssh_settings(site))
 
-def run(
-    site: Site,
-    host: str,
-    command: str,
-    *,
-    timeout: float | None = None,
-    stdin: str | None = None,
-    **values: str,
-) -> CommandResult:
-    """Run a command-profile command (`Commands.argv(command, **values)`) on a host."""
-    argv = site.commands.argv(command, **values)
-    return pool_for(site).run(endpoint(site, host), argv, timeout=timeout, stdin=stdin)
+    def run(
+        self,
+        host: str,
+        command: str,
+        *,
+        timeout: float | None = None,
+        stdin: str | None = None,
+        **values: str,
+    ) -> CommandResult:
+        """Run a command-profile command (`Commands.argv(command, **values)`) on a host."""
+        argv = self.site.commands.argv(command, **values)
+        return self.pool.run(endpoint(self.site, host), argv, timeout=timeout, stdin=stdin)
 
+    def run_argv(
+        self,
+        host: str,
+        argv: list[str],
+        *,
+        timeout: float | None = None,
+        stdin: str | None = None,
+    ) -> CommandResult:
+        """Run an argv (each word quoted) on a host."""
+        return self.pool.run(endpoint(self.site, host), argv, timeout=timeout, stdin=stdin)
 
-def run_argv(
-    site: Site,
-    host: str,
-    argv: list[str],
-    *,
-    timeout: float | None = None,
-    stdin: str | None = None,
-) -> CommandResult:
-    """Run an argv (each word quoted) on a host."""
-    return pool_for(site).run(endpoint(site, host), argv, timeout=timeout, stdin=stdin)
+    def drop(self, host: str) -> None:
+        """Forget the host's connection (a hung one): the next command opens a new one."""
+        self.pool.drop(host)
+
+    def close(self) -> None:
+        """Close every connection of this shell."""
+        self.pool.close()
+
+    def __enter__(self) -> SiteShell:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"SiteShell({self.site.site})"
 
 
 def retry_if_transient(_task: Any, _task_run: Any, state: Any) -> bool:

@@ -12,7 +12,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 from prefect import task
 
-from config.site import Site
 from flows.plans.snapshot import (
     AgentProcess,
     HostSnapshot,
@@ -25,6 +24,7 @@ from flows.plans.snapshot import (
 from tasks import remote
 from tasks.adapters.ssh import PermanentSshError, SshError, TransientSshError
 from tasks.outcome import now
+from tasks.remote import SiteShell
 
 __all__ = [
     "AgentProcess",
@@ -50,16 +50,17 @@ def _unreachable(host: str, exc: SshError) -> HostSnapshot:
     )
 
 
-def snapshot_host(site: Site, host: str) -> HostSnapshot:
+def snapshot_host(shell: SiteShell, host: str) -> HostSnapshot:
     """Read one host: its agents, transfers per channel and `.disabled` entries.
 
     An SSH failure gives ``reachable=False`` with the error; a command that runs but fails (a
     broken `ps`) raises `PermanentSshError`, since the snapshot would be wrong. A `.disabled` file
     that exists but cannot be read is reported in ``disabled_error``, not taken as empty.
     """
+    site = shell.site
     try:
-        ps = remote.run(site, host, "list_processes")
-        disabled = remote.run_argv(site, host, site.commands.disabled_argv("read"))
+        ps = shell.run(host, "list_processes")
+        disabled = shell.run_argv(host, site.commands.disabled_argv("read"))
     except SshError as exc:  # could not reach or log in: that is part of the snapshot
         return _unreachable(host, exc)
     if not ps.ok:
@@ -88,13 +89,14 @@ def snapshot_host(site: Site, host: str) -> HostSnapshot:
     )
 
 
-def read_channel_state(site: Site, host: str, channel: str) -> str:
+def read_channel_state(shell: SiteShell, host: str, channel: str) -> str:
     """A channel's state (``Active``, ``Inactive``, ...) read with the profile's command on a host.
 
     Raises:
         PermanentSshError: the command failed or printed no state.
     """
-    res = remote.run(site, host, "channel_state", channel=channel)
+    site = shell.site
+    res = shell.run(host, "channel_state", channel=channel)
     m = re.search(site.commands.channel_state_regex, res.stdout)
     if not res.ok or m is None:
         raise PermanentSshError(
@@ -106,21 +108,22 @@ def read_channel_state(site: Site, host: str, channel: str) -> str:
     return m.group(1)
 
 
-def snapshot_site(site: Site, hosts: list[str] | None = None) -> SiteSnapshot:
+def snapshot_site(shell: SiteShell, hosts: list[str] | None = None) -> SiteSnapshot:
     """Snapshot hosts in parallel (all by default) and read every channel's state once.
 
     Channel states are read on the first reachable host; they are left empty when no host can be
     reached.
     """
+    site = shell.site
     started = time.monotonic()
     names = hosts or [h.name for h in site.hosts]
     with ThreadPoolExecutor(max_workers=min(site.ssh.parallelism, len(names))) as ex:
-        snaps = list(ex.map(lambda h: snapshot_host(site, h), names))
+        snaps = list(ex.map(lambda h: snapshot_host(shell, h), names))
     channels: dict[str, str] = {}
     reader = next((s.host for s in snaps if s.reachable), None)
     if reader is not None and site.channels:
         with ThreadPoolExecutor(max_workers=min(site.ssh.parallelism, len(site.channels))) as ex:
-            states = list(ex.map(lambda c: read_channel_state(site, reader, c), site.channels))
+            states = list(ex.map(lambda c: read_channel_state(shell, reader, c), site.channels))
         channels = dict(zip(site.channels, states, strict=True))
     return SiteSnapshot(
         site=site.site,
@@ -132,6 +135,6 @@ def snapshot_site(site: Site, hosts: list[str] | None = None) -> SiteSnapshot:
 
 
 @task(name="snapshot-site", **remote.TRANSIENT_RETRIES)
-def snapshot_site_task(site: Site, hosts: list[str] | None = None) -> SiteSnapshot:
+def snapshot_site_task(shell: SiteShell, hosts: list[str] | None = None) -> SiteSnapshot:
     """Prefect task: `snapshot_site`."""
-    return snapshot_site(site, hosts)
+    return snapshot_site(shell, hosts)

@@ -1,6 +1,6 @@
 """Every verb a plan's step may name, as one Prefect task with the one retry rule.
 
-`run_step(site, step)` runs the verb a `flows.plans.model.Step` names on its host and returns the
+`run_step(shell, step)` runs the verb a `flows.plans.model.Step` names on its host and returns the
 verb's `StepResult` (its outcome sentence); it retries transient SSH errors only
 (`tasks.remote.TRANSIENT_RETRIES`). ``wait-drained`` is not here: it waits on the executor's drain
 monitor, not on a host.
@@ -11,16 +11,16 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from config.site import Site
 from flows.plans.model import Step
 from tasks import remote
 from tasks.agents import clear_disabled, start_agents, stop_agents, write_disabled
 from tasks.channels import set_channels
 from tasks.db_sessions import drop_sessions
 from tasks.outcome import StepResult
+from tasks.remote import SiteShell
 
 
-def run_verb(site: Site, step: Step) -> StepResult:
+def run_verb(shell: SiteShell, step: Step) -> StepResult:
     """Run the verb of one step on its host (no retry; see `run_step` for the task).
 
     Raises:
@@ -29,18 +29,19 @@ def run_verb(site: Site, step: Step) -> StepResult:
         SshError: the host could not be reached or refused a command.
     """
     host = step.host
+    site = shell.site
     if step.verb == "set-inactive":
-        return set_channels(site, host, step.channels, "Inactive")
+        return set_channels(shell, host, step.channels, "Inactive")
     if step.verb == "set-active":
-        return set_channels(site, host, step.channels, "Active")
+        return set_channels(shell, host, step.channels, "Active")
     if step.verb == "write-disabled":
-        return write_disabled(site, host, step.agents)
+        return write_disabled(shell, host, step.agents)
     if step.verb == "clear-disabled":
-        return clear_disabled(site, host, step.agents)
+        return clear_disabled(shell, host, step.agents)
     if step.verb == "stop":
-        return stop_agents(site, host, None if step.all_agents else step.agents)
+        return stop_agents(shell, host, None if step.all_agents else step.agents)
     if step.verb == "start":
-        return start_agents(site, host, step.agents)
+        return start_agents(shell, host, step.agents)
     if step.verb == "drop-sessions":
         return drop_sessions(site, host)
     raise ValueError(f"step {step.id}: the verb {step.verb!r} does not act on a host")

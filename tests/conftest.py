@@ -16,7 +16,7 @@ import pytest
 from config.loader import load_site
 from config.site import Site
 from infra.lab.lab import Lab, derive_site_file, missing_prerequisites
-from tasks import remote
+from tasks.remote import SiteShell
 
 ROOT = Path(__file__).resolve().parent.parent
 LAB_SITE = ROOT / "config" / "sites" / "lab.yaml"
@@ -78,6 +78,8 @@ class RunningLab:
         self.site_file = site_file
         self.site: Site = load_site(site_file)
         self.lab = Lab(self.site)
+        #: the tests' own SSH client for the lab (flows open theirs)
+        self.shell = SiteShell(self.site)
 
     def agents_on(self, host: str) -> list[str]:
         """Names of the agents whose primary is `host`."""
@@ -97,7 +99,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningLab]:
     try:
         yield running
     finally:
-        remote.close_pools()
+        running.shell.close()
         report = running.lab.down()
         assert report["leftovers"] == [], report
         running.lab.remove_state()
@@ -220,7 +222,8 @@ def place_on_primaries(running: RunningLab) -> None:
     from tasks.site_state import snapshot_site
 
     site = running.site
-    snap = snapshot_site(site)
+    shell = running.shell
+    snap = snapshot_site(shell)
     in_place = all(snap.where(a.name) == [a.primary] for a in site.service.agents) and all(
         sorted(h.disabled) == sorted(a.name for a in site.service.agents if a.backup == h.host)
         for h in snap.hosts
@@ -233,13 +236,13 @@ def place_on_primaries(running: RunningLab) -> None:
             if h != a.primary:
                 by_host.setdefault(h, []).append(a.name)
     for host, names in by_host.items():
-        verbs.stop_agents(site, host, names)
+        verbs.stop_agents(shell, host, names)
     for h in site.hosts:
         backups = [a.name for a in site.service.agents if a.backup == h.name]
         primaries = [a.name for a in site.service.agents if a.primary == h.name]
         if backups:
-            verbs.write_disabled(site, h.name, backups)
+            verbs.write_disabled(shell, h.name, backups)
         if primaries:
-            verbs.clear_disabled(site, h.name, primaries)
-            verbs.start_agents(site, h.name, primaries)
-    set_channels(site, site.hosts[0].name, site.channels, "Active")
+            verbs.clear_disabled(shell, h.name, primaries)
+            verbs.start_agents(shell, h.name, primaries)
+    set_channels(shell, site.hosts[0].name, site.channels, "Active")

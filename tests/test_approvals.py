@@ -200,7 +200,7 @@ def test_approved_in_slack_the_move_completes(
     assert result.status == "completed", result.summary
     assert result.approval is not None and result.approval.source == "Slack"
     assert result.approval.who == f"<@{APPROVER}>"
-    assert snapshot_site(lab.site, ["fts102"]).hosts[0].runs(P + "CERN-IN2P3")
+    assert snapshot_site(lab.shell, ["fts102"]).hosts[0].runs(P + "CERN-IN2P3")
     # one thread for the run: root, steps, the approval (updated in place), the end
     assert len(slack.roots()) == roots_before + 1
     root = slack.roots()[-1]
@@ -246,7 +246,7 @@ def test_approved_in_slack_the_move_completes(
 def test_forged_stale_malformed_and_unauthorised_clicks_resume_nothing(
     lab: RunningLab, slack: FakeSlack, gateway: Gateway
 ) -> None:
-    before = {a.name: snapshot_site(lab.site).where(a.name) for a in lab.site.service.agents}
+    before = {a.name: snapshot_site(lab.shell).where(a.name) for a in lab.site.service.agents}
     th, box = _start_move(lab)
     run_id = _wait_for_approval(box)
     url = slack.response_url()
@@ -290,7 +290,7 @@ def test_forged_stale_malformed_and_unauthorised_clicks_resume_nothing(
     result: CleanMoveResult = box["result"]
     assert result.status == "rejected" and result.steps == []
     assert {
-        a.name: snapshot_site(lab.site).where(a.name) for a in lab.site.service.agents
+        a.name: snapshot_site(lab.shell).where(a.name) for a in lab.site.service.agents
     } == before
 
 
@@ -347,14 +347,14 @@ def test_approval_timeout_rejects_and_changes_nothing(
     short = tmp_path / "short-approval.yaml"
     short.write_text(yaml.safe_dump(data))
     load_site(short)
-    before = {a.name: snapshot_site(lab.site).where(a.name) for a in lab.site.service.agents}
+    before = {a.name: snapshot_site(lab.shell).where(a.name) for a in lab.site.service.agents}
     th, box = _start_move(lab, site_file=str(short))
     th.join(90)
     result: CleanMoveResult = box["result"]
     assert result.status == "rejected" and result.approval is not None
     assert result.approval.decision == "timeout-reject"
     assert {
-        a.name: snapshot_site(lab.site).where(a.name) for a in lab.site.service.agents
+        a.name: snapshot_site(lab.shell).where(a.name) for a in lab.site.service.agents
     } == before
     msg = _approval_message(slack, box["run_id"])
     assert msg is not None and "rejected by policy" in msg.text

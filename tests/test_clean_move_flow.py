@@ -44,7 +44,7 @@ def move(lab: RunningLab, **kw: Any) -> CleanMoveResult:
 
 
 def placement(lab: RunningLab) -> dict[str, Any]:
-    snap = snapshot_site(lab.site)
+    snap = snapshot_site(lab.shell)
     return {
         "where": {a.name: snap.where(a.name) for a in lab.site.service.agents},
         "disabled": {h.host: sorted(h.disabled) for h in snap.hosts},
@@ -96,7 +96,7 @@ def _submit_long_job(lab: RunningLab, channel: str, seconds: float) -> int:
     wait_for(
         lambda: any(
             t.transfer_id == str(job)
-            for h in snapshot_site(lab.site).hosts
+            for h in snapshot_site(lab.shell).hosts
             for t in h.transfer_processes
         ),
         15,
@@ -107,7 +107,7 @@ def _submit_long_job(lab: RunningLab, channel: str, seconds: float) -> int:
 
 def _end_transfer(lab: RunningLab, job: int) -> None:
     """End a long transfer early (by PID, wherever it runs), so later tests need not drain it."""
-    for h in snapshot_site(lab.site).hosts:
+    for h in snapshot_site(lab.shell).hosts:
         for t in h.transfer_processes:
             if t.transfer_id == str(job):
                 lab.lab.exec(h.host, ["kill", str(t.pid)])
@@ -277,7 +277,7 @@ def test_a_killed_move_run_again_converges(lab: RunningLab, prefect_api: str) ->
     # the long transfer ends (sooner than its minute, so the test does not wait for it)
     pid = next(
         t.pid
-        for t in snapshot_site(lab.site, ["fts101"]).hosts[0].transfer_processes
+        for t in snapshot_site(lab.shell, ["fts101"]).hosts[0].transfer_processes
         if t.transfer_id == str(job)
     )
     assert lab.lab.exec("fts101", ["kill", str(pid)]).returncode == 0

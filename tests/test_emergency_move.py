@@ -47,7 +47,7 @@ def assert_on_backup_only(lab: RunningLab) -> None:
     serving = lab.lab.serving(lab.site, lab.lab.record())
     for a in ON_101:
         assert serving.get(a) == {"fts102"}, (a, serving.get(a))
-    assert set(snapshot_site(lab.site, ["fts102"]).channels.values()) == {"Active"}
+    assert set(snapshot_site(lab.shell, ["fts102"]).channels.values()) == {"Active"}
     assert lab.lab.score().agents_running_twice == []
 
 
@@ -63,7 +63,7 @@ def test_case_a_healthy_host(lab: RunningLab) -> None:
     assert result.status == "completed" and result.case == "A", result.summary
     assert result.sessions_killed == 0 and result.human_actions == []
     assert_on_backup_only(lab)
-    assert set(ON_101) <= set(snapshot_site(lab.site, ["fts101"]).hosts[0].disabled)
+    assert set(ON_101) <= set(snapshot_site(lab.shell, ["fts101"]).hosts[0].disabled)
 
 
 def test_an_emergency_policy_proceeds_when_nobody_answers(lab: RunningLab, tmp_path: Path) -> None:
@@ -96,7 +96,7 @@ def test_case_b_sshd_down_kills_the_sessions_then_fence(lab: RunningLab) -> None
     assert state.is_completed() and "4 agents stopped there" in (state.message or "")
     # the move could not write its .disabled entries; the two fts102 agents were listed before
     assert "(4 newly)" in (state.message or ""), state.message
-    assert snapshot_site(lab.site, ["fts101"]).hosts[0].agents == []
+    assert snapshot_site(lab.shell, ["fts101"]).hosts[0].agents == []
     assert lab.lab.score().agents_running_twice == []
 
 
@@ -115,7 +115,7 @@ def test_case_b_frozen_host_login_hangs(lab: RunningLab) -> None:
     assert lab.lab.serving(lab.site, lab.lab.record()).get(ON_101[0]) == {"fts102"}
     state = fence_host(str(lab.site_file), "fts101", return_state=True)
     assert state.is_completed() and "4 agents stopped there" in (state.message or "")
-    assert snapshot_site(lab.site, ["fts101"]).hosts[0].agents == []
+    assert snapshot_site(lab.shell, ["fts101"]).hosts[0].agents == []
     assert lab.lab.score().agents_running_twice == []
 
 
@@ -129,14 +129,14 @@ def test_case_c_crashed_host_and_its_return(lab: RunningLab) -> None:
     lab.lab.heal("fts101")
     wait_boot_agents_gave_up(lab, "fts101")
     wait_for(
-        lambda: not snapshot_site(lab.site, ["fts101"]).hosts[0].agents,
+        lambda: not snapshot_site(lab.shell, ["fts101"]).hosts[0].agents,
         10,
         "the agents that gave up to exit",
     )
     assert lab.lab.serving(lab.site, lab.lab.record()).get(ON_101[0]) == {"fts102"}
     state = fence_host(str(lab.site_file), "fts101", return_state=True)
     assert state.is_completed()
-    assert set(ON_101) <= set(snapshot_site(lab.site, ["fts101"]).hosts[0].disabled)
+    assert set(ON_101) <= set(snapshot_site(lab.shell, ["fts101"]).hosts[0].disabled)
     assert lab.lab.score().agents_running_twice == []
 
 

@@ -29,7 +29,7 @@ def test_transfers_flow(lab: RunningLab) -> None:
     wait_for(lambda: lab.lab.score().jobs_done >= start + 10, 20, "10 jobs done")
     st = lab.lab.status()
     assert all(c.state == "Active" for c in st.channels.values())
-    snap = snapshot_host(lab.site, "fts101")
+    snap = snapshot_host(lab.shell, "fts101")
     assert snap.reachable and snap.transfers, snap
 
 
@@ -48,26 +48,26 @@ def test_status_shows_every_host_agent_and_channel(lab: RunningLab) -> None:
 
 def test_inactive_channel_starts_no_new_transfer(lab: RunningLab) -> None:
     ch = "CERN-RAL"
-    res = set_channels(lab.site, "fts101", [ch], "Inactive")
+    res = set_channels(lab.shell, "fts101", [ch], "Inactive")
     assert res.changed == [ch]
     try:
         # running transfers finish (at most 3 s each), then nothing new starts
         wait_for(
-            lambda: snapshot_host(lab.site, "fts101").running_transfers(ch) == 0,
+            lambda: snapshot_host(lab.shell, "fts101").running_transfers(ch) == 0,
             10,
             f"{ch} to drain",
         )
         seen = set()
         for _ in range(10):
-            snap = snapshot_host(lab.site, "fts101")
+            snap = snapshot_host(lab.shell, "fts101")
             seen |= {t.transfer_id for t in snap.transfer_processes if t.channel == ch}
             time.sleep(0.2)
         assert seen == set()
         assert lab.lab.status().channels[ch].pending > 0, "load should keep jobs pending"
     finally:
-        set_channels(lab.site, "fts101", [ch], "Active")
+        set_channels(lab.shell, "fts101", [ch], "Active")
     wait_for(
-        lambda: snapshot_host(lab.site, "fts101").running_transfers(ch) > 0,
+        lambda: snapshot_host(lab.shell, "fts101").running_transfers(ch) > 0,
         10,
         f"{ch} to run transfers again",
     )
@@ -95,22 +95,22 @@ def test_stopping_an_agent_with_running_transfers_loses_them(lab: RunningLab) ->
     job = _submit(lab, ch, 60.0)
     wait_for(
         lambda: any(
-            t.transfer_id == str(job) for t in snapshot_host(lab.site, "fts101").transfer_processes
+            t.transfer_id == str(job) for t in snapshot_host(lab.shell, "fts101").transfer_processes
         ),
         10,
         f"transfer {ch}__{job} to run",
     )
-    res = verbs.stop_agents(lab.site, "fts101", [agent])
+    res = verbs.stop_agents(lab.shell, "fts101", [agent])
     assert res.changed == [agent]
     try:
         assert _job_state(lab, job) == "Lost"
         assert lab.lab.score().jobs_lost > before
         # the transfer process itself is still there: its state is what was lost
         assert any(
-            t.transfer_id == str(job) for t in snapshot_host(lab.site, "fts101").transfer_processes
+            t.transfer_id == str(job) for t in snapshot_host(lab.shell, "fts101").transfer_processes
         )
     finally:
-        verbs.start_agents(lab.site, "fts101", [agent])
+        verbs.start_agents(lab.shell, "fts101", [agent])
 
 
 def test_a_transfer_that_finishes_under_its_agent_is_done(lab: RunningLab) -> None:
@@ -120,10 +120,10 @@ def test_a_transfer_that_finishes_under_its_agent_is_done(lab: RunningLab) -> No
 
 def test_second_agent_blocks_on_the_db_lock_until_the_session_is_killed(lab: RunningLab) -> None:
     primary, backup = lab.site.host("fts101"), lab.site.host("fts102")
-    verbs.clear_disabled(lab.site, "fts102", [CERN_AGENT])
+    verbs.clear_disabled(lab.shell, "fts102", [CERN_AGENT])
     t0 = time.monotonic()
     with pytest.raises(StepFailed) as info:
-        verbs.start_agents(lab.site, "fts102", [CERN_AGENT])
+        verbs.start_agents(lab.shell, "fts102", [CERN_AGENT])
     waited = time.monotonic() - t0
     msg = str(info.value)
     assert "could not take the DB lock" in msg and f"from {primary.address}" in msg, msg
@@ -135,7 +135,7 @@ def test_second_agent_blocks_on_the_db_lock_until_the_session_is_killed(lab: Run
 
     def start() -> None:
         try:
-            outcome["result"] = verbs.start_agents(lab.site, "fts102", [CERN_AGENT])
+            outcome["result"] = verbs.start_agents(lab.shell, "fts102", [CERN_AGENT])
         except Exception as exc:
             outcome["error"] = exc
 
@@ -147,7 +147,7 @@ def test_second_agent_blocks_on_the_db_lock_until_the_session_is_killed(lab: Run
     assert "result" in outcome, outcome
     assert lab.lab.serving(lab.site, lab.lab.record())[CERN_AGENT] == {"fts102"}
     # the primary's agent still runs (it keeps trying to reconnect) but does not serve
-    assert snapshot_host(lab.site, "fts101").runs(CERN_AGENT)
+    assert snapshot_host(lab.shell, "fts101").runs(CERN_AGENT)
     assert any(s[1] == CERN_AGENT for s in db_sessions(lab, backup.address))
     score = wait_for(
         lambda: (s := lab.lab.score()).agents_alive_on_two_hosts and s,
@@ -156,10 +156,10 @@ def test_second_agent_blocks_on_the_db_lock_until_the_session_is_killed(lab: Run
     )
     assert score.agents_running_twice == []  # type: ignore[union-attr]
     # tidy up: stop the old one, put the agent back on its primary
-    verbs.stop_agents(lab.site, "fts101", [CERN_AGENT])
-    verbs.stop_agents(lab.site, "fts102", [CERN_AGENT])
-    verbs.write_disabled(lab.site, "fts102", [CERN_AGENT])
-    verbs.start_agents(lab.site, "fts101", [CERN_AGENT])
+    verbs.stop_agents(lab.shell, "fts101", [CERN_AGENT])
+    verbs.stop_agents(lab.shell, "fts102", [CERN_AGENT])
+    verbs.write_disabled(lab.shell, "fts102", [CERN_AGENT])
+    verbs.start_agents(lab.shell, "fts101", [CERN_AGENT])
 
 
 def _proc_states(lab: RunningLab, host: str) -> set[str]:
@@ -169,26 +169,26 @@ def _proc_states(lab: RunningLab, host: str) -> set[str]:
 def test_fault_sshd_down(lab: RunningLab) -> None:
     lab.lab.fault("fts102", "sshd-down")
     try:
-        snap = snapshot_host(lab.site, "fts102")
+        snap = snapshot_host(lab.shell, "fts102")
         assert not snap.reachable and snap.error_kind == "transient"
         assert "connection refused" in (snap.error or "")
         host = next(h for h in lab.lab.status().hosts if h.name == "fts102")
         assert host.up and not host.sshd and host.agents, "agents keep running without sshd"
     finally:
         lab.lab.heal("fts102")
-    assert snapshot_host(lab.site, "fts102").reachable
+    assert snapshot_host(lab.shell, "fts102").reachable
 
 
 def test_fault_frozen(lab: RunningLab) -> None:
     lab.lab.fault("fts106", "frozen")
     try:
         assert _proc_states(lab, "fts106") == {"T"}
-        snap = snapshot_host(lab.site, "fts106")
+        snap = snapshot_host(lab.shell, "fts106")
         assert not snap.reachable and snap.error_kind == "transient"
     finally:
         lab.lab.heal("fts106")
     assert "T" not in _proc_states(lab, "fts106")
-    assert snapshot_host(lab.site, "fts106").reachable
+    assert snapshot_host(lab.shell, "fts106").reachable
 
 
 def test_fault_slow(lab: RunningLab) -> None:
@@ -201,7 +201,7 @@ def test_fault_slow(lab: RunningLab) -> None:
             interval=0.01,
         )
         assert stopped
-        assert snapshot_host(lab.site, "fts106").reachable, "slow, not unreachable"
+        assert snapshot_host(lab.shell, "fts106").reachable, "slow, not unreachable"
     finally:
         lab.lab.heal("fts106")
     for _ in range(20):
@@ -239,22 +239,22 @@ def test_fault_crash_and_reboot(lab: RunningLab) -> None:
     lab.lab.fault("fts105", "crash")
     try:
         assert lab.lab.host_processes().get("fts105", []) == []
-        snap = snapshot_host(lab.site, "fts105")
+        snap = snapshot_host(lab.shell, "fts105")
         assert not snap.reachable and snap.error_kind == "transient"
         # as after a real crash, the database still holds the dead host's sessions (and locks)
         assert {name for _, name in db_sessions(lab, host.address)} >= set(agents)
     finally:
         lab.lab.heal("fts105")
-    snap = snapshot_host(lab.site, "fts105")
+    snap = snapshot_host(lab.shell, "fts105")
     assert snap.reachable
     # on reboot it ran `service transfer-agents start`; the agents wait for the dead sessions'
     # locks. Kill those sessions and start them: they serve again.
     wait_boot_agents_gave_up(lab, "fts105")
     wait_for(
-        lambda: not snapshot_host(lab.site, "fts105").agents, 10, "the agents that gave up to exit"
+        lambda: not snapshot_host(lab.shell, "fts105").agents, 10, "the agents that gave up to exit"
     )
     kill_sessions(lab, host.address)
-    verbs.start_agents(lab.site, "fts105", agents)
+    verbs.start_agents(lab.shell, "fts105", agents)
     assert set(agents) <= lab.lab.serving(lab.site, lab.lab.record()).keys()
 
 
@@ -270,14 +270,13 @@ def test_no_agent_ever_served_twice(lab: RunningLab) -> None:
 
 
 def test_transient_error_on_dead_sshd_is_classified(lab: RunningLab) -> None:
-    from tasks import remote
 
     lab.lab.fault("fts106", "sshd-down")
     try:
-        remote.pool_for(lab.site).drop("fts106")
+        lab.shell.pool.drop("fts106")
         with pytest.raises(TransientSshError) as info:
-            remote.run_argv(lab.site, "fts106", ["hostname"])
+            lab.shell.run_argv("fts106", ["hostname"])
         assert "fts106" in str(info.value) and lab.site.host("fts106").address in str(info.value)
     finally:
         lab.lab.heal("fts106")
-    assert remote.run_argv(lab.site, "fts106", ["hostname"]).stdout.strip() == "fts106"
+    assert lab.shell.run_argv("fts106", ["hostname"]).stdout.strip() == "fts106"

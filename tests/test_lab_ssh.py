@@ -13,7 +13,7 @@ from tests.conftest import RunningLab
 
 
 def test_each_lab_host_answers_with_its_own_hostname(lab: RunningLab) -> None:
-    pool = remote.pool_for(lab.site)
+    pool = lab.shell.pool
     endpoints = [remote.endpoint(lab.site, h.name) for h in lab.site.hosts]
     results = pool.fan_out(endpoints, ["hostname"])
     for h in lab.site.hosts:
@@ -23,11 +23,11 @@ def test_each_lab_host_answers_with_its_own_hostname(lab: RunningLab) -> None:
 
 
 def test_each_host_has_its_own_process_table_and_etc(lab: RunningLab) -> None:
-    pool = remote.pool_for(lab.site)
+    pool = lab.shell.pool
     a = pool.run(remote.endpoint(lab.site, "fts101"), ["cat", "/proc/1/cmdline"])
     assert "init.sh" in a.stdout
-    f101 = remote.run_argv(lab.site, "fts101", lab.site.commands.disabled_argv("read")).stdout
-    f102 = remote.run_argv(lab.site, "fts102", lab.site.commands.disabled_argv("read")).stdout
+    f101 = lab.shell.run_argv("fts101", lab.site.commands.disabled_argv("read")).stdout
+    f102 = lab.shell.run_argv("fts102", lab.site.commands.disabled_argv("read")).stdout
     assert f101 != f102
 
 
@@ -70,7 +70,7 @@ def test_command_past_its_timeout_names_host_and_command(lab: RunningLab) -> Non
     ep = SshEndpoint(
         host="fts105", address=lab.site.host("fts105").address, port=lab.site.host("fts105").port
     )
-    pool = remote.pool_for(lab.site)
+    pool = lab.shell.pool
     with pytest.raises(CommandTimeout) as info:
         pool.run(ep, ["sleep", "20"], timeout=1)
     assert "fts105" in str(info.value) and "sleep 20" in str(info.value)
@@ -86,7 +86,7 @@ def _ps_inside(lab: RunningLab, host: str) -> str:
 def test_snapshot_matches_ps_on_each_host(lab: RunningLab) -> None:
     for h in lab.site.hosts:
         before = parse_processes(_ps_inside(lab, h.name), lab.site.commands)
-        snap = snapshot_host(lab.site, h.name)
+        snap = snapshot_host(lab.shell, h.name)
         after = parse_processes(_ps_inside(lab, h.name), lab.site.commands)
         assert snap.reachable
         # agents are stable: exactly what ps shows (name, pid, user)
@@ -101,7 +101,7 @@ def test_snapshot_matches_ps_on_each_host(lab: RunningLab) -> None:
         assert b & a <= seen
         disabled = lab.lab.exec(h.name, ["cat", str(lab.site.commands.disabled_file)]).stdout
         assert snap.disabled == [x for x in disabled.split() if x]
-    site_snap = snapshot_site(lab.site)
+    site_snap = snapshot_site(lab.shell)
     assert set(site_snap.channels) == set(lab.site.channels)
     assert set(site_snap.channels.values()) == {"Active"}
     for a in lab.site.service.agents:

@@ -16,43 +16,43 @@ CNAF = "glite-transfer-channel-agent-urlcopy-CERN-CNAF"
 
 
 def test_stop_is_idempotent_and_says_what_it_did(lab: RunningLab) -> None:
-    first = verbs.stop_agents(lab.site, "fts102", [PIC])
+    first = verbs.stop_agents(lab.shell, "fts102", [PIC])
     assert first.sentence == "fts102: stopped 1 agent (CERN-PIC), 0 were already stopped"
     assert first.changed == [PIC] and first.commands
-    second = verbs.stop_agents(lab.site, "fts102", [PIC, CNAF])
+    second = verbs.stop_agents(lab.shell, "fts102", [PIC, CNAF])
     assert second.sentence == "fts102: stopped 1 agent (CERN-CNAF), 1 was already stopped"
-    assert not snapshot_host(lab.site, "fts102").agents
-    again = verbs.start_agents(lab.site, "fts102", [PIC, CNAF])
+    assert not snapshot_host(lab.shell, "fts102").agents
+    again = verbs.start_agents(lab.shell, "fts102", [PIC, CNAF])
     assert (
         again.sentence == "fts102: started 2 agents (CERN-PIC, CERN-CNAF), 0 were already running"
     )
-    same = verbs.start_agents(lab.site, "fts102", [PIC, CNAF])
+    same = verbs.start_agents(lab.shell, "fts102", [PIC, CNAF])
     assert same.sentence == "fts102: started 0 agents, 2 were already running"
     assert same.commands == []
 
 
 def test_stop_all_uses_the_profile_stop_command(lab: RunningLab) -> None:
-    res = verbs.stop_agents(lab.site, "fts105")
+    res = verbs.stop_agents(lab.shell, "fts105")
     assert res.commands == ["service transfer-agents stop"]
     assert len(res.changed) == 2
-    verbs.start_agents(lab.site, "fts105", lab.agents_on("fts105"))
+    verbs.start_agents(lab.shell, "fts105", lab.agents_on("fts105"))
 
 
 def test_disabled_entries(lab: RunningLab) -> None:
-    res = verbs.write_disabled(lab.site, "fts106", ["glite-transfer-vo-agent-atlas"])
+    res = verbs.write_disabled(lab.shell, "fts106", ["glite-transfer-vo-agent-atlas"])
     assert res.sentence.endswith(
         "0 agents in /etc/glite-data-transfer-agents.disabled, 1 was already listed"
     )
-    res = verbs.clear_disabled(lab.site, "fts106", ["glite-transfer-vo-agent-atlas"])
+    res = verbs.clear_disabled(lab.shell, "fts106", ["glite-transfer-vo-agent-atlas"])
     assert res.changed == ["glite-transfer-vo-agent-atlas"]
-    assert snapshot_host(lab.site, "fts106").disabled == ["glite-transfer-vo-agent-cms"]
-    verbs.clear_disabled(lab.site, "fts106", ["glite-transfer-vo-agent-cms"])
-    assert snapshot_host(lab.site, "fts106").disabled == []
+    assert snapshot_host(lab.shell, "fts106").disabled == ["glite-transfer-vo-agent-cms"]
+    verbs.clear_disabled(lab.shell, "fts106", ["glite-transfer-vo-agent-cms"])
+    assert snapshot_host(lab.shell, "fts106").disabled == []
     # the file is gone, as seed 000's `rm -f` leaves it
     gone = lab.lab.exec("fts106", ["test", "-e", str(lab.site.commands.disabled_file)])
     assert gone.returncode == 1
     res = verbs.write_disabled(
-        lab.site, "fts106", ["glite-transfer-vo-agent-atlas", "glite-transfer-vo-agent-cms"]
+        lab.shell, "fts106", ["glite-transfer-vo-agent-atlas", "glite-transfer-vo-agent-cms"]
     )
     assert res.sentence == (
         "fts106: disabled 2 agents (vo atlas, vo cms) in "
@@ -62,37 +62,37 @@ def test_disabled_entries(lab: RunningLab) -> None:
 
 def test_start_refuses_a_disabled_agent(lab: RunningLab) -> None:
     with pytest.raises(StepFailed, match="clear the entries first"):
-        verbs.start_agents(lab.site, "fts106", ["glite-transfer-vo-agent-atlas"])
-    assert not snapshot_host(lab.site, "fts106").agents
+        verbs.start_agents(lab.shell, "fts106", ["glite-transfer-vo-agent-atlas"])
+    assert not snapshot_host(lab.shell, "fts106").agents
 
 
 def test_start_refuses_an_agent_not_configured_there(lab: RunningLab) -> None:
     with pytest.raises(StepFailed, match="not configured on fts106"):
-        verbs.start_agents(lab.site, "fts106", [PIC])
+        verbs.start_agents(lab.shell, "fts106", [PIC])
 
 
 def test_channels(lab: RunningLab) -> None:
-    res = set_channels(lab.site, "fts102", ["CERN-PIC", "CERN-CNAF"], "Inactive")
+    res = set_channels(lab.shell, "fts102", ["CERN-PIC", "CERN-CNAF"], "Inactive")
     assert (
         res.sentence
         == "fts102: set 2 channels (CERN-PIC, CERN-CNAF) Inactive, 0 were already Inactive"
     )
-    res = set_channels(lab.site, "fts102", ["CERN-PIC", "CERN-CNAF"], "Active")
+    res = set_channels(lab.shell, "fts102", ["CERN-PIC", "CERN-CNAF"], "Active")
     assert (
         res.sentence == "fts102: set 2 channels (CERN-PIC, CERN-CNAF) Active, 0 were already Active"
     )
     with pytest.raises(StepFailed, match="unknown channel"):
-        set_channels(lab.site, "fts102", ["CERN-NOWHERE"], "Active")
+        set_channels(lab.shell, "fts102", ["CERN-NOWHERE"], "Active")
 
 
 def test_verbs_run_as_prefect_tasks(lab: RunningLab, prefect_api: str) -> None:
     @flow
     def little_procedure() -> list[str]:
-        snap = snapshot_site_task(lab.site, ["fts102"])
+        snap = snapshot_site_task(lab.shell, ["fts102"])
         running = sorted(a.name for a in snap.host("fts102").agents)
-        out = [verbs.stop_agents_task(lab.site, "fts102", running).sentence]
-        out.append(verbs.start_agents_task(lab.site, "fts102", running).sentence)
-        out.append(set_channels_task(lab.site, "fts102", ["CERN-PIC"], "Active").sentence)
+        out = [verbs.stop_agents_task(lab.shell, "fts102", running).sentence]
+        out.append(verbs.start_agents_task(lab.shell, "fts102", running).sentence)
+        out.append(set_channels_task(lab.shell, "fts102", ["CERN-PIC"], "Active").sentence)
         return out
 
     sentences = little_procedure()

@@ -33,10 +33,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_snapshot(args: argparse.Namespace) -> int:
     """Take a live snapshot of every host through the SSH layer."""
+    from tasks.remote import SiteShell
     from tasks.site_state import snapshot_site
 
     site = load_site(args.site)
-    snap = snapshot_site(site)
+    with SiteShell(site) as shell:
+        snap = snapshot_site(shell)
     if args.json:
         print(snap.model_dump_json(indent=2))
         return 0 if all(h.reachable for h in snap.hosts) else 1
