@@ -9,6 +9,17 @@ machine can take over at once from a holder whose process has died.
 Only the server's own answer "the slot is taken" (HTTP 423) means busy. A server that is slow to
 answer (a loaded machine, a busy SQLite) or that fails is a different refusal: `LockUnavailable`,
 which says so instead of blaming a run that does not exist.
+
+A Prefect server restart must not leave the service locked for good. Three things see to it:
+
+* `handover server start` (and the benches and tests) keep leases on disk
+  (``PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE``, `LEASE_STORAGE`), so a lease outlives a restart
+  and its holder's renewals and release still match it;
+* a holder whose lease the server no longer knows (a server on the in-memory default that
+  restarted) gives its slot back by name instead of by lease when it ends;
+* a run refused the slot frees it at once when the holder recorded in the Variable is a flow run
+  that has finished, crashed or does not exist, or a process on this machine that has died, and
+  when the slot has been taken for longer than `ORPHAN_AFTER_S` with no holder recorded at all.
 """
 
 from __future__ import annotations
@@ -33,6 +44,12 @@ from prefect.context import FlowRunContext
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 LEASE_S = float(os.environ.get("HANDOVER_LOCK_LEASE_S", "60"))
+#: the server's lease storage that survives a restart (Prefect 3.8's file-based one; the servers
+#: handover starts use it: `infra.prefect_server.LEASE_STORAGE`)
+LEASE_STORAGE = "prefect.server.concurrency.lease_storage.filesystem"
+#: a slot taken this long ago with no holder recorded is an orphan (a holder records itself
+#: right after it acquires the slot)
+ORPHAN_AFTER_S = 30.0
 # How long the server may take to answer one acquisition request. It is no wait for the slot
 # (a held slot is refused at once); it bounds a slow or hung API.
 ACQUIRE_TIMEOUT_S = float(os.environ.get("HANDOVER_LOCK_ACQUIRE_TIMEOUT_S", "30"))
@@ -82,6 +99,44 @@ def _read_holder(client: Any, name: str) -> dict[str, Any] | None:
     except ValueError:
         return None
     return data
+
+
+def _holder_run_over(client: Any, holder: dict[str, Any]) -> str | None:
+    """Why the holder's flow run cannot hold the service any more (finished, crashed,
+    unknown), or None when it may still run (or the holder names no run)."""
+    run_id = holder.get("flow_run_id")
+    if not run_id:
+        return None
+    try:
+        run = client.read_flow_run(UUID(str(run_id)))
+    except (ObjectNotFound, ValueError):
+        return f"its flow run {run_id} does not exist"
+    if run.state is not None and run.state.is_final():
+        return f"its flow run {run.name} is {run.state.name}"
+    return None
+
+
+def _orphaned(client: Any, name: str) -> bool:
+    """A slot taken for longer than `ORPHAN_AFTER_S` with no holder recorded."""
+    limit = client.read_global_concurrency_limit_by_name(name)
+    if limit.active_slots < limit.limit or limit.updated is None:
+        return False
+    age = (dt.datetime.now(dt.UTC) - limit.updated).total_seconds()
+    return bool(age > ORPHAN_AFTER_S)
+
+
+def _free(client: Any, name: str, lease: str | None) -> None:
+    """Give back a slot: by its lease when the server knows it, else by name."""
+    if lease:
+        try:
+            client.renew_concurrency_lease(UUID(lease), LEASE_S)
+        except (ObjectNotFound, httpx.HTTPStatusError, ValueError):
+            pass  # the server forgot the lease (restart with in-memory storage): by name
+        else:
+            client.release_concurrency_slots_with_lease(UUID(lease))
+            return
+    # occupancy is only a statistic here; the server wants it positive
+    client.release_concurrency_slots([name], 1, 1.0)
 
 
 def _holder_dead_here(holder: dict[str, Any]) -> bool:
@@ -142,10 +197,21 @@ def service_lock(site: str, service: str, procedure: str) -> Iterator[None]:
                 ) from None
             with get_client(sync_client=True) as client:
                 holder = _read_holder(client, name)
-                if attempt == 0 and holder and holder.get("lease") and _holder_dead_here(holder):
-                    # the holder's process is gone: free its slot now rather than in a minute
+                stale = None
+                if holder and _holder_dead_here(holder):
+                    stale = f"its process {holder.get('pid')} has died"
+                elif holder:
+                    stale = _holder_run_over(client, holder)
+                elif _orphaned(client, name):
+                    stale = f"nobody recorded holding it for over {ORPHAN_AFTER_S:.0f} s"
+                if attempt == 0 and stale:
+                    # free the slot now rather than after the lease (or never, if its lease
+                    # was lost with a restarted server)
+                    _log_takeover(name, holder, stale)
                     with contextlib.suppress(ObjectNotFound):
-                        client.release_concurrency_slots_with_lease(UUID(holder["lease"]))
+                        _free(client, name, holder.get("lease") if holder else None)
+                        if holder:
+                            client.delete_variable_by_name(_holder_var(name))
                     continue
             who = (
                 _describe(holder)
@@ -180,7 +246,15 @@ def service_lock(site: str, service: str, procedure: str) -> Iterator[None]:
             with contextlib.suppress(ObjectNotFound):
                 client.delete_variable_by_name(_holder_var(name))
             with contextlib.suppress(ObjectNotFound):
-                client.release_concurrency_slots_with_lease(lease)
+                _free(client, name, str(lease))
+
+
+def _log_takeover(name: str, holder: dict[str, Any] | None, why: str) -> None:
+    import logging
+
+    logging.getLogger("handover.service_lock").warning(
+        "%s: freeing the slot of %s: %s", name, _describe(holder) if holder else "nobody", why
+    )
 
 
 def _write_holder(client: Any, name: str, holder: dict[str, Any]) -> None:

@@ -26,6 +26,8 @@ HOME = Path(os.environ.get("HANDOVER_PREFECT_HOME", "/var/tmp/handover-prefect")
 PID_FILE = HOME / "server.pid"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 4200
+#: Prefect 3.8's file-based lease storage (its default keeps leases in the server's memory)
+LEASE_STORAGE = "prefect.server.concurrency.lease_storage.filesystem"
 
 
 def api_url(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> str:
@@ -51,6 +53,8 @@ def spawn(
         **os.environ,
         "PREFECT_HOME": str(home),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        # the service locks' leases outlive a restart (see flows/service_lock.py)
+        "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": LEASE_STORAGE,
         **(extra_env or {}),
     }
     env.pop("PREFECT_API_URL", None)

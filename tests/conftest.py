@@ -6,8 +6,11 @@ install, except in CI (`CI=true`) where a missing piece fails the run.
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +28,15 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 collect_ignore = [] if os.environ.get("HANDOVER_ORACLE_DSN") else ["test_oracle_live.py"]
 # the test server's telemetry writes race with the runs' writes on its SQLite file
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# the servers of this session keep leases on disk, as `handover server start` does, under a home
+# of their own (the file storage's expiry index must not be shared with another session's)
+os.environ.setdefault(
+    "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE",
+    "prefect.server.concurrency.lease_storage.filesystem",
+)
+_PREFECT_HOME = tempfile.mkdtemp(prefix="handover-test-prefect-")
+os.environ.setdefault("PREFECT_HOME", _PREFECT_HOME)
+atexit.register(shutil.rmtree, _PREFECT_HOME, True)
 # test labs get loopback blocks 127.0.N.x and DB ports 20000+N; two test sessions on one machine
 # (a developer's and CI's) start from different N. The ports lie below the kernel's ephemeral
 # range (32768-60999): there, any client socket of the run may hold the port when the lab binds.
@@ -246,3 +258,38 @@ def place_on_primaries(running: RunningLab) -> None:
             verbs.clear_disabled(shell, h.name, primaries)
             verbs.start_agents(shell, h.name, primaries)
     set_channels(shell, site.hosts[0].name, site.channels, "Active")
+
+
+def submit_long_job(lab: RunningLab, channel: str, seconds: float) -> int:
+    """Submit one transfer of `seconds` on a channel and wait until it runs; its job id."""
+    import contextlib
+
+    from tasks.site_state import snapshot_site
+
+    with contextlib.closing(lab.lab.db.connect()) as conn:
+        rows = conn.run(
+            "INSERT INTO jobs (channel, state, duration_s) VALUES (:c, 'Pending', :d) RETURNING id",
+            c=channel,
+            d=seconds,
+        )
+    job = int(rows[0][0])
+    wait_for(
+        lambda: any(
+            t.transfer_id == str(job)
+            for h in snapshot_site(lab.shell).hosts
+            for t in h.transfer_processes
+        ),
+        15,
+        f"long transfer {job} to run",
+    )
+    return job
+
+
+def end_transfer(lab: RunningLab, job: int) -> None:
+    """End a long transfer early (by PID, wherever it runs), so later tests need not drain it."""
+    from tasks.site_state import snapshot_site
+
+    for h in snapshot_site(lab.shell).hosts:
+        for t in h.transfer_processes:
+            if t.transfer_id == str(job):
+                lab.lab.exec(h.host, ["kill", str(t.pid)])

@@ -3,7 +3,6 @@ faults mid-move, a second move, and a killed move run again."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -19,7 +18,15 @@ from prefect.flow_runs import resume_flow_run
 from flows import progress
 from flows.clean_move import CleanMoveResult, clean_move
 from tasks.site_state import snapshot_site
-from tests.conftest import ROOT, RunningLab, place_on_primaries, reject_paused_runs, wait_for
+from tests.conftest import (
+    ROOT,
+    RunningLab,
+    end_transfer,
+    place_on_primaries,
+    reject_paused_runs,
+    submit_long_job,
+    wait_for,
+)
 
 P = "glite-transfer-channel-agent-urlcopy-"
 MOVED = [P + c for c in ("CERN-CERN", "CERN-RAL", "CERN-FNAL", "CERN-IN2P3")]
@@ -85,42 +92,14 @@ def test_dry_run_changes_nothing(lab: RunningLab) -> None:
     assert placement(lab) == before
 
 
-def _submit_long_job(lab: RunningLab, channel: str, seconds: float) -> int:
-    with contextlib.closing(lab.lab.db.connect()) as conn:
-        rows = conn.run(
-            "INSERT INTO jobs (channel, state, duration_s) VALUES (:c, 'Pending', :d) RETURNING id",
-            c=channel,
-            d=seconds,
-        )
-    job = int(rows[0][0])
-    wait_for(
-        lambda: any(
-            t.transfer_id == str(job)
-            for h in snapshot_site(lab.shell).hosts
-            for t in h.transfer_processes
-        ),
-        15,
-        f"long transfer {job} to run",
-    )
-    return job
-
-
-def _end_transfer(lab: RunningLab, job: int) -> None:
-    """End a long transfer early (by PID, wherever it runs), so later tests need not drain it."""
-    for h in snapshot_site(lab.shell).hosts:
-        for t in h.transfer_processes:
-            if t.transfer_id == str(job):
-                lab.lab.exec(h.host, ["kill", str(t.pid)])
-
-
 def test_drain_timeout_restores_the_channel_and_reports_it(lab: RunningLab) -> None:
-    job = _submit_long_job(lab, "CERN-CERN", 30)
+    job = submit_long_job(lab, "CERN-CERN", 30)
     before = lab.lab.score().jobs_lost
     try:
         # longer than the load's longest transfer (3 s), so only the 30 s job is left behind
         result = move(lab, drain_timeout_s=5.0)
     finally:
-        _end_transfer(lab, job)
+        end_transfer(lab, job)
     assert result.status == "partial", result.summary
     cern = next(a for a in result.agents if a.agent == P + "CERN-CERN")
     assert cern.result == "left-on-source" and cern.running_on == ["fts101"]
@@ -134,14 +113,14 @@ def test_drain_timeout_restores_the_channel_and_reports_it(lab: RunningLab) -> N
 
 
 def test_forced_move_after_drain_timeout_is_reported(lab: RunningLab) -> None:
-    job = _submit_long_job(lab, "CERN-RAL", 30)
+    job = submit_long_job(lab, "CERN-RAL", 30)
     before = lab.lab.score().jobs_lost
     try:
         result = move(
             lab, drain_timeout_s=1.5, force_after_drain_timeout=True, agents=[P + "CERN-RAL"]
         )
     finally:
-        _end_transfer(lab, job)
+        end_transfer(lab, job)
     assert result.status == "completed" and result.forced
     assert result.jobs_lost >= 1 and "FORCED" in result.summary
     assert any(s.outcome == "forced" for s in result.steps)
@@ -247,7 +226,7 @@ def test_a_second_move_for_the_service_is_refused_naming_the_first(lab: RunningL
 def test_a_killed_move_run_again_converges(lab: RunningLab, prefect_api: str) -> None:
     # one channel drains slowly, so the move can be killed while it is half done
     before = lab.lab.score()
-    job = _submit_long_job(lab, "CERN-CERN", 60)
+    job = submit_long_job(lab, "CERN-CERN", 60)
     script = (
         "from flows.clean_move import clean_move; "
         f"clean_move({str(lab.site_file)!r}, 'fts101', 'fts102', mode='pipelined', "
@@ -326,7 +305,7 @@ def test_cli_run_json(lab: RunningLab, prefect_api: str) -> None:
 
 
 def test_sigterm_mid_move_compensates_and_reports(lab: RunningLab, prefect_api: str) -> None:
-    job = _submit_long_job(lab, "CERN-CERN", 40)
+    job = submit_long_job(lab, "CERN-CERN", 40)
     env = {**os.environ, "PREFECT_API_URL": prefect_api}
     proc = subprocess.Popen(
         _cli_run_argv(lab),
@@ -350,7 +329,7 @@ def test_sigterm_mid_move_compensates_and_reports(lab: RunningLab, prefect_api: 
         if proc.poll() is None:  # a failed wait: the move must not outlive the test
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
-        _end_transfer(lab, job)
+        end_transfer(lab, job)
     assert proc.returncode != 0
     where = placement(lab)
     assert where["where"][P + "CERN-CERN"] == ["fts101"], "left where it was, still serving"

@@ -14,7 +14,7 @@ import uuid
 import pytest
 
 from flows import service_lock as sl
-from tests.conftest import ROOT
+from tests.conftest import ROOT, wait_for
 
 
 def _service() -> str:
@@ -81,3 +81,81 @@ def test_a_holder_whose_process_died_here_is_taken_over_at_once(prefect_api: str
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+def _hold_without_releasing(service: str, holder: dict[str, object] | None) -> str:
+    """Take the service's slot as a holder that then vanished (nothing renews or releases it);
+    record `holder` in the Variable as a real holder would."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.concurrency._sync import acquire_concurrency_slots_with_lease
+
+    name = sl.lock_name("locktest", service)
+    with get_client(sync_client=True) as client:
+        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+    lease = acquire_concurrency_slots_with_lease([name], 1, lease_duration=600, strict=True)
+    if holder is not None:
+        with get_client(sync_client=True) as client:
+            sl._write_holder(client, name, {**holder, "lease": str(lease.lease_id)})
+    return name
+
+
+def test_a_holder_whose_run_has_ended_is_taken_over_at_once(prefect_api: str) -> None:
+    from prefect import flow
+    from prefect.context import FlowRunContext
+
+    @flow
+    def ended() -> str:
+        ctx = FlowRunContext.get()
+        assert ctx is not None and ctx.flow_run is not None
+        return str(ctx.flow_run.id)
+
+    for run_id in (ended(), str(uuid.uuid4())):  # a completed run, a run nobody knows
+        service = _service()
+        _hold_without_releasing(
+            service,
+            {"procedure": "clean-move", "flow_run_id": run_id, "pid": 1, "hostname": "elsewhere"},
+        )
+        with sl.service_lock("locktest", service, "emergency-move"):
+            pass  # taken over, not refused for the lease's ten minutes
+
+
+def test_a_holder_whose_run_still_runs_is_not_taken_over(prefect_api: str) -> None:
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.states import Running
+
+    @flow(name="lock-holder")
+    def holder() -> None:
+        pass
+
+    with get_client(sync_client=True) as client:
+        run = client.create_flow_run(holder, state=Running())
+    service = _service()
+    _hold_without_releasing(
+        service,
+        {"procedure": "clean-move", "flow_run_id": str(run.id), "pid": 1, "hostname": "elsewhere"},
+    )
+    with pytest.raises(sl.ServiceBusy, match=str(run.id)):
+        with sl.service_lock("locktest", service, "emergency-move"):
+            pytest.fail("took the service from a running holder")
+
+
+def test_a_slot_nobody_recorded_is_freed_after_the_orphan_bound(
+    prefect_api: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sl, "ORPHAN_AFTER_S", 1.0)
+    service = _service()
+    _hold_without_releasing(service, None)
+    with pytest.raises(sl.ServiceBusy, match="not yet recorded its name"):
+        with sl.service_lock("locktest", service, "emergency-move"):
+            pytest.fail("took a slot that was just acquired")
+
+    def free() -> bool:
+        try:
+            with sl.service_lock("locktest", service, "emergency-move"):
+                return True
+        except sl.ServiceBusy:
+            return False
+
+    wait_for(free, 20, "the orphaned slot to be freed")

@@ -1,0 +1,150 @@
+"""The service lock across a Prefect server restart: a clean move runs while its server is
+stopped and started again; afterwards the service is free and a second procedure runs.
+
+Prefect 3.8 keeps concurrency leases in the server's memory unless told otherwise: a restart
+then forgot the lease while the slot stayed taken, and every later procedure for the service was
+refused for good. Both storages are tried: on disk (what `handover server start` configures) and
+the in-memory default (the holder then gives its slot back by name).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from flows import service_lock as sl
+from flows.clean_move import CleanMoveResult, clean_move
+from infra.prefect_server import api_url, spawn, wait_healthy
+from tasks.site_state import snapshot_site
+from tests.conftest import (
+    ROOT,
+    RunningLab,
+    end_transfer,
+    place_on_primaries,
+    submit_long_job,
+    wait_for,
+)
+
+P = "glite-transfer-channel-agent-urlcopy-"
+STORAGES = {
+    "on-disk": sl.LEASE_STORAGE,
+    "in-memory": "prefect.server.concurrency.lease_storage.memory",
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RestartableServer:
+    """A Prefect server of this test's own, stopped and started by PID with the same home."""
+
+    def __init__(self, home: Path, storage: str) -> None:
+        self.home = home
+        self.port = _free_port()
+        self.url = api_url("127.0.0.1", self.port)
+        self.env = {"PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": storage}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = spawn(self.home, "127.0.0.1", self.port, self.env)
+        wait_healthy(self.url, self.proc, self.home, 120)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+
+
+@pytest.fixture
+def server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[RestartableServer]:
+    srv = RestartableServer(tmp_path / "prefect-home", STORAGES[request.param])
+    srv.start()
+    try:
+        with temporary_settings({PREFECT_API_URL: srv.url}):
+            yield srv
+    finally:
+        srv.stop()
+
+
+def _slots(name: str) -> int:
+    with get_client(sync_client=True) as client:
+        return int(client.read_global_concurrency_limit_by_name(name).active_slots)
+
+
+@pytest.mark.parametrize("server", list(STORAGES), indirect=True)
+def test_a_server_restart_mid_move_leaves_the_service_free(
+    lab: RunningLab, server: RestartableServer
+) -> None:
+    place_on_primaries(lab)
+    before = lab.lab.score()
+    job = submit_long_job(lab, "CERN-CERN", 60)
+    env = {**os.environ, "PREFECT_API_URL": server.url, "PREFECT_LOGGING_LEVEL": "WARNING"}
+    argv = [sys.executable, "-m", "infra.cli", "run", "clean-move", "--site", str(lab.site_file)]
+    argv += ["--from", "fts101", "--to", "fts102", "--yes", "--json"]
+    move = subprocess.Popen(
+        argv,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        wait_for(
+            lambda: snapshot_site(lab.shell, ["fts102"]).hosts[0].runs(P + "CERN-RAL"),
+            90,
+            "the move to hold the service and move a first agent",
+        )
+        server.stop()
+        time.sleep(3)  # the server is down for a while, as in a real restart
+        server.start()
+        end_transfer(lab, job)  # CERN-CERN may now drain
+        out, _ = move.communicate(timeout=240)
+    finally:
+        if move.poll() is None:
+            os.killpg(move.pid, signal.SIGKILL)
+            move.wait(10)
+        end_transfer(lab, job)
+    first = CleanMoveResult.model_validate_json(out)
+    assert first.status == "completed", first.summary
+    name = sl.lock_name(lab.site.site, lab.site.service.name)
+    wait_for(lambda: _slots(name) == 0, 20, "the service's slot to be free after the move")
+    # a second procedure for the service is not refused
+    second = clean_move(
+        str(lab.site_file), "fts102", "fts101", pause_for_approval=False, return_state=True
+    ).result(raise_on_failure=False)
+    assert isinstance(second, CleanMoveResult), second
+    assert second.status == "completed", second.summary
+    assert _slots(name) == 0
+    after = lab.lab.score()
+    assert after.jobs_lost == before.jobs_lost and after.agents_running_twice == []
+
+
+def test_the_servers_handover_starts_keep_leases_on_disk(tmp_path: Path) -> None:
+    """`handover server start`, the benches and this suite's own servers use the on-disk
+    lease storage."""
+    proc = spawn(tmp_path / "h", "127.0.0.1", _free_port(), {})
+    try:
+        env = Path(f"/proc/{proc.pid}/environ").read_bytes().split(b"\0")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    assert f"PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE={sl.LEASE_STORAGE}".encode() in env
