@@ -40,6 +40,12 @@ def _clip(text: str) -> str:
     return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 20] + "\n... (truncated)"
 
 
+def esc(text: str) -> str:
+    """Text from outside (an outcome sentence with a host's stderr, an alert's summary) as
+    literal Slack mrkdwn: ``<!channel>`` or ``<https://evil|a link>`` is shown, never acted on."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def _section(text: str) -> dict[str, Any]:
     return {"type": "section", "text": {"type": "mrkdwn", "text": _clip(text)}}
 
@@ -90,7 +96,7 @@ def root_blocks(
 
 def step_blocks(outcome: str, sentence: str) -> Blocks:
     """One step's outcome sentence."""
-    return [_context(f"{ICON.get(outcome, ':small_blue_diamond:')} {sentence}")]
+    return [_context(f"{ICON.get(outcome, ':small_blue_diamond:')} {esc(sentence)}")]
 
 
 def request_blocks(run_id: str, sections: list[str], timeout_s: float, on_timeout: str) -> Blocks:
@@ -176,7 +182,7 @@ def end_blocks(
     channels: dict[str, str],
 ) -> Blocks:
     """The last message: the outcome, the site's state, and what a human must still do."""
-    blocks = [_section(f"{STATUS_ICON.get(status, '')} *{status.upper()}*: {summary}")]
+    blocks = [_section(f"{STATUS_ICON.get(status, '')} *{status.upper()}*: {esc(summary)}")]
     if where:
         state = ", ".join(
             f"{short_name(a)} on {'+'.join(h) or 'nowhere'}" for a, h in where.items()
@@ -186,7 +192,7 @@ def end_blocks(
         blocks.append(_context("Channels: " + ", ".join(f"{c} {s}" for c, s in channels.items())))
     if human_actions:
         blocks.append(
-            _section("*A human must act:*\n" + "\n".join(f"• {h}" for h in human_actions))
+            _section("*A human must act:*\n" + "\n".join(f"• {esc(h)}" for h in human_actions))
         )
     return blocks
 

@@ -88,3 +88,16 @@ def test_notifier_survives_an_unreachable_slack(monkeypatch: pytest.MonkeyPatch)
     n.step("a step", [])
     assert n.root_ts is None and len(n.failures) == 2
     assert "unreachable" in n.status() and "xoxb-nowhere" not in n.status()
+
+
+def test_text_from_outside_cannot_mention_or_link_in_slack() -> None:
+    from flows.notify import esc, step_blocks
+
+    hostile = "fts101: `cat` said <!channel> see <https://evil.example|the docs> & more"
+    text = step_blocks("failed", hostile)[0]["elements"][0]["text"]
+    assert "<!channel>" not in text and "<https://" not in text
+    assert "&lt;!channel&gt;" in text and "&amp; more" in text
+    blocks = end_blocks("failed", "<!here> it broke", ["run `x` <@U0ALL>"], {}, {})
+    rendered = str(blocks)
+    assert "<!here>" not in rendered and "<@U0ALL>" not in rendered
+    assert esc("a < b > c & d") == "a &lt; b &gt; c &amp; d"

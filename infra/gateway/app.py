@@ -48,7 +48,9 @@ from infra.gateway.intake import AlertIntake, PrefectUnavailable
 from tasks.adapters.slack import reply_ephemeral
 
 log = logging.getLogger("handover.gateway")
-WINDOW_S = 300
+#: Slack requests: the replay window and the largest body, unless the site's `alerts` section
+#: sets them (`signature_window_s`, `max_body_bytes`)
+WINDOW_S = 300.0
 MAX_BODY = 64 * 1024
 
 
@@ -104,6 +106,8 @@ def create_app(
         alert_secrets: the webhook secret and Alertmanager's credentials.
     """
     state: dict[str, Any] = {}
+    window_s = site.alerts.signature_window_s if site.alerts else WINDOW_S
+    max_body = site.alerts.max_body_bytes if site.alerts else MAX_BODY
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -198,7 +202,6 @@ def create_app(
 
     @app.post("/slack/interactions", include_in_schema=signing_secret is not None)
     async def interactions(request: Request, background: BackgroundTasks) -> JSONResponse:
-        body = await request.body()
         ts = request.headers.get("X-Slack-Request-Timestamp", "")
         sig = request.headers.get("X-Slack-Signature", "")
         peer = request.client.host if request.client else "?"
@@ -209,13 +212,15 @@ def create_app(
 
         if signing_secret is None:
             return refuse(404, "this gateway has no Slack signing secret")
-        if len(body) > MAX_BODY:
-            return refuse(413, "body too large")
+        # read no more than the limit: a huge body is refused without being read in full
+        body = await _bounded_body(request, max_body)
+        if body is None:
+            return refuse(413, f"body over {max_body} bytes")
         try:
             age = abs(time.time() - int(ts))
         except ValueError:
             return refuse(401, "missing or malformed X-Slack-Request-Timestamp")
-        if age > WINDOW_S:
+        if age > window_s:
             return refuse(401, f"stale request: timestamp {int(age)} s away (replay?)")
         if not verifier.is_valid(body=body, timestamp=ts, signature=sig):
             return refuse(401, "bad signature")

@@ -15,6 +15,7 @@ import json
 import logging
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
@@ -30,6 +31,8 @@ audit_log = logging.getLogger("handover.audit")
 
 ACTIONS = {"approve": "approve", "reject": "reject"}
 GROUP_CACHE_S = 60.0
+#: audit entries kept in memory (a flood of refused requests must not grow the gateway)
+AUDIT_KEEP = 1000
 
 
 @dataclass
@@ -47,7 +50,8 @@ class Decider:
 
     site: Site
     group_members: Any = None  # callable(group_id) -> list[str], e.g. Slack's usergroups.users.list
-    audit: list[dict[str, Any]] = field(default_factory=list)
+    #: the latest audit entries (every entry is also a log line; memory stays bounded)
+    audit: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=AUDIT_KEEP))
     _locks: dict[str, threading.Lock] = field(default_factory=dict)
     _guard: threading.Lock = field(default_factory=threading.Lock)
     _group_cache: tuple[float, set[str]] = (0.0, set())
@@ -76,7 +80,15 @@ class Decider:
                     members = set(self.group_members(slack.approver_group))
                     self._group_cache = (time.monotonic(), members)
                 except Exception as exc:  # noqa: BLE001 - fall back to the listed approvers
-                    audit_log.warning("could not read user group %s: %s", slack.approver_group, exc)
+                    # not the old members: someone removed from the group must not keep
+                    # approving while Slack cannot be asked
+                    members = set()
+                    self._group_cache = (0.0, members)
+                    audit_log.warning(
+                        "could not read user group %s (only the listed approvers may decide): %s",
+                        slack.approver_group,
+                        exc,
+                    )
             allowed |= members
         return allowed
 

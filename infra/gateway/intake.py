@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from config.site import Site
-from flows.notify import thread_variable
+from flows.notify import esc, thread_variable
 from infra.gateway.alerts import Alert, event_name, event_resource
 from infra.gateway.incidents import Incident, Incidents
 
@@ -160,12 +160,13 @@ class AlertIntake:
             if inc.run_finished:  # its thread is closed (or it never had one)
                 backlog.clear()
             return  # not opened yet: the run has not started
+        # summaries come from outside: shown as text in Slack, never as mentions or links
         text = (
-            f":bell: {backlog[-1]}"
+            f":bell: {esc(backlog[-1])}"
             if len(backlog) == 1
             else f":bell: {len(backlog)} more alerts for this run (sources: "
-            + ", ".join(f"{s} {n}" for s, n in inc.sources.items())
-            + f"); latest: {backlog[-1]}"
+            + ", ".join(f"{esc(s)} {n}" for s, n in inc.sources.items())
+            + f"); latest: {esc(backlog[-1])}"
         )
         try:
             await asyncio.to_thread(self.slack_post, where[0], where[1], text)

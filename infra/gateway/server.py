@@ -17,6 +17,29 @@ class GatewayError(RuntimeError):
     """The gateway cannot start; the message says what is missing."""
 
 
+#: the shortest secret the gateway accepts (Slack's signing secrets have 32 characters)
+MIN_SECRET_CHARS = 16
+
+
+def require_secret(what: str, ref: SecretRef, min_chars: int = MIN_SECRET_CHARS) -> str:
+    """A secret of the gateway, resolved now; an empty or short one stops the gateway.
+
+    An empty secret would verify signatures made with an empty key: anyone could forge them.
+
+    Raises:
+        SecretError: the reference cannot be read.
+        GatewayError: the secret is empty or shorter than `min_chars`; names the reference.
+    """
+    value = ref.resolve().get_secret_value()
+    if len(value.strip()) < min_chars:
+        raise GatewayError(
+            f"{what} ({ref.describe()}) is {'empty' if not value.strip() else 'too short'}: "
+            f"use a random secret of at least {min_chars} characters; the gateway does not "
+            "start with it"
+        )
+    return value
+
+
 def _group_members(site: Site) -> Any:
     from tasks.adapters.slack import slack_client
 
@@ -37,7 +60,7 @@ def build(site_file: str) -> tuple[Site, Decider, str | None]:
     secret = None
     if site.slack is not None:
         try:
-            secret = site.slack.signing_secret.resolve().get_secret_value()
+            secret = require_secret("slack.signing_secret", site.slack.signing_secret)
         except SecretError as exc:
             if site.alerts is None:
                 raise GatewayError(f"the Slack signing secret: {exc}") from None
@@ -46,6 +69,13 @@ def build(site_file: str) -> tuple[Site, Decider, str | None]:
                 "Slack interactions OFF (POST /slack/interactions answers 404): the Slack "
                 "signing secret: %s",
                 exc,
+            )
+    if site.slack is not None:
+        try:
+            require_secret("slack.bot_token", site.slack.bot_token, min_chars=8)
+        except SecretError as exc:
+            logging.getLogger("handover.gateway").warning(
+                "no Slack bot token (replies and notes go to the runs' logs only): %s", exc
             )
     members = _group_members(site) if site.slack is not None else None
     return site, Decider(site, group_members=members), secret
@@ -61,7 +91,7 @@ def build_intake(site: Site, decider: Decider) -> tuple[AlertIntake, AlertSecret
         if ref is None:
             return None
         try:
-            return ref.resolve().get_secret_value()
+            return require_secret(what, ref)
         except SecretError as exc:
             raise GatewayError(f"{what}: {exc}") from None
 
@@ -78,8 +108,6 @@ def build_intake(site: Site, decider: Decider) -> tuple[AlertIntake, AlertSecret
             else None,
         ),
     )
-    if len(secrets.webhook) < 16:
-        raise GatewayError("alerts.webhook_secret: use at least 16 characters")
     post = None
     if site.slack is not None:
         from tasks.adapters.slack import slack_client

@@ -52,12 +52,36 @@ def slack_client(site: Site) -> WebClient:
     return WebClient(token=token, base_url=api_url(), timeout=TIMEOUT_S)
 
 
+#: where Slack's interaction response URLs live
+SLACK_RESPONSE_HOST = "hooks.slack.com"
+
+
+def response_url_allowed(url: str) -> bool:
+    """Whether the gateway may POST to an interaction's response URL: Slack's own
+    (``https://hooks.slack.com/...``), or the configured Web API's host in rehearsals
+    (`HANDOVER_SLACK_API_URL`); never an address a request chose."""
+    from urllib.parse import urlsplit
+
+    try:
+        u = urlsplit(url)
+    except ValueError:
+        return False
+    if u.scheme == "https" and u.hostname == SLACK_RESPONSE_HOST and u.port in (None, 443):
+        return True
+    configured = os.environ.get("HANDOVER_SLACK_API_URL")
+    if not configured:
+        return False
+    c = urlsplit(configured)
+    return (u.scheme, u.netloc) == (c.scheme, c.netloc)
+
+
 def reply_ephemeral(response_url: str, text: str) -> None:
     """Tell a clicking user something only they see, on the interaction's response URL (best
     effort, bounded by `TIMEOUT_S`; a failure is logged, never raised)."""
     from slack_sdk.webhook import WebhookClient
 
-    if not response_url.startswith(("https://", "http://")):
+    if not response_url_allowed(response_url):
+        log.warning("not replying on a response URL outside Slack: %s", response_url[:200])
         return
     try:
         resp = WebhookClient(response_url, timeout=TIMEOUT_S).send(
