@@ -586,3 +586,51 @@ def test_heartbeat_start_with_the_gateway_down_spools_and_succeeds(hooks: Hooks)
 def test_heartbeat_rejects_an_unknown_action(hooks: Hooks) -> None:
     proc, _ = hooks.run(SWITCH, "reticulate", env=hooks.env())
     assert proc.returncode == 2 and "usage" in proc.stderr
+
+
+# --- inputs that must not lose the alert or hold the agent --------------------------------------
+
+
+def test_a_fifo_as_config_file_cannot_hold_the_agent(hooks: Hooks, gateway: Gateway) -> None:
+    fifo = hooks.tmp / "hooks.env"
+    os.mkfifo(fifo)  # nobody ever writes to it: reading it would block forever
+    proc, elapsed = hooks.agent(NODE_LOST, HANDOVER_HOOK_CONFIG=str(fifo))
+    assert proc.returncode == 0 and elapsed < BOUND_S, proc.stderr
+    expect_delivered(gateway, 1)
+
+
+def test_a_fifo_as_secret_file_is_ended_by_the_watchdog(hooks: Hooks) -> None:
+    fifo = hooks.tmp / "secret-fifo"
+    os.mkfifo(fifo)
+    proc, elapsed = hooks.agent(NODE_LOST, HANDOVER_WEBHOOK_SECRET_FILE=str(fifo))
+    assert proc.returncode == 0 and elapsed < BOUND_S, proc.stderr
+    assert "deadline" in proc.stderr
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "soon"])
+def test_a_timeout_that_is_no_number_of_seconds_still_delivers(
+    hooks: Hooks, gateway: Gateway, value: str
+) -> None:
+    proc, elapsed = hooks.agent(NODE_LOST, HANDOVER_TIMEOUT_S=value)
+    assert proc.returncode == 0 and elapsed < BOUND_S + 3.0, proc.stderr
+    expect_delivered(gateway, 1)
+
+
+def test_a_timestamp_no_clock_can_show_is_timed_now(hooks: Hooks, gateway: Gateway) -> None:
+    event = {**NODE_LOST, "CRM_alert_timestamp_epoch": "99999999999999999"}
+    proc, _ = hooks.agent(event)
+    assert proc.returncode == 0, proc.stderr
+    [alert] = expect_delivered(gateway, 1)
+    when = dt.datetime.fromisoformat(alert["time"])
+    assert abs((dt.datetime.now(dt.UTC) - when).total_seconds()) < 300
+
+
+def test_a_long_description_is_truncated_not_refused(hooks: Hooks) -> None:
+    event = {**MONITOR_FAILED, "CRM_alert_desc": "x" * 5000}
+    alert = alert_from_crm(event, site="lab", service="fts-lab", host_map={"node2": "fts102"})
+    assert alert is not None
+    assert len(alert["summary"]) <= 1000 and alert["summary"].endswith("(truncated)")
+    assert len(alert["pacemaker"]["desc"]) <= 1000
+    # the gateway takes it
+    parsed = parse_generic(LAB, encode(alert))
+    assert parsed.kind == "resource_failed"

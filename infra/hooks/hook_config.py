@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -51,6 +52,8 @@ def read_config_file(path: str) -> dict[str, str]:
     """``KEY=VALUE`` lines (``#`` comments, optional quotes, optional ``export``); {} if absent."""
     values: dict[str, str] = {}
     try:
+        if not Path(path).is_file():  # a FIFO or a device would block the read
+            return values
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
         return values
@@ -87,6 +90,20 @@ def webhook_url(base: str) -> str:
     return base.rstrip("/") + "/alerts/webhook"
 
 
+def parse_timeout(text: str | None) -> tuple[float, str]:
+    """``HANDOVER_TIMEOUT_S`` as seconds within 0.2-120 (the default when absent or not a finite
+    number), and what was wrong with it."""
+    if text is None or text == "":
+        return DEFAULT_TIMEOUT_S, ""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        return DEFAULT_TIMEOUT_S, f"HANDOVER_TIMEOUT_S {text!r} is not a number of seconds"
+    return min(max(value, 0.2), 120.0), ""
+
+
 def load_config(env: Mapping[str, str]) -> Config:
     """The configuration from `env`, completed by the config file; never raises."""
     problems: list[str] = []
@@ -118,12 +135,9 @@ def load_config(env: Mapping[str, str]) -> Config:
     else:
         problems.append("no secret: set HANDOVER_WEBHOOK_SECRET_FILE or HANDOVER_WEBHOOK_SECRET")
 
-    timeout_s = DEFAULT_TIMEOUT_S
-    if "HANDOVER_TIMEOUT_S" in merged:
-        try:
-            timeout_s = min(max(float(merged["HANDOVER_TIMEOUT_S"]), 0.2), 120.0)
-        except ValueError:
-            problems.append(f"HANDOVER_TIMEOUT_S {merged['HANDOVER_TIMEOUT_S']!r} is not a number")
+    timeout_s, problem = parse_timeout(merged.get("HANDOVER_TIMEOUT_S"))
+    if problem:
+        problems.append(problem)
     for key in ("HANDOVER_SITE", "HANDOVER_SERVICE"):
         if not merged.get(key):
             problems.append(f"{key} is not set")

@@ -31,9 +31,22 @@ def _event_time(env: Mapping[str, str], now: dt.datetime | None) -> str:
     if epoch is not None:
         usec = _int(env, "timestamp_usec") or 0
         # dt.timezone.utc rather than dt.UTC: the system python3 of a cluster node may be 3.9
-        when = dt.datetime.fromtimestamp(epoch, dt.timezone.utc)  # noqa: UP017
-        return (when + dt.timedelta(microseconds=usec)).isoformat()
+        try:
+            when = dt.datetime.fromtimestamp(epoch, dt.timezone.utc)  # noqa: UP017
+            return (when + dt.timedelta(microseconds=usec)).isoformat()
+        except (OverflowError, OSError, ValueError):
+            pass  # a time no clock can show: the alert is timed now rather than lost
     return (now or dt.datetime.now(dt.timezone.utc)).isoformat()  # noqa: UP017
+
+
+#: the longest text of an alert's summary or of one Pacemaker variable (the gateway takes 2000)
+MAX_TEXT = 1000
+
+
+def _clip(text: str) -> str:
+    """A long text cut to `MAX_TEXT` characters (a long description must not lose the alert)."""
+    cut = " ... (truncated)"
+    return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - len(cut)] + cut
 
 
 def crm_variables(env: Mapping[str, str]) -> dict[str, str]:
@@ -126,10 +139,10 @@ def classify(
         "kind": alert_kind,
         "severity": severity,
         "time": _event_time(env, now),
-        "summary": summary,
+        "summary": _clip(summary),
         "source": "pacemaker",
         "dedup_key": f"pacemaker:{sequence}:{alert_kind}:{node}:{rsc}",
-        "pacemaker": crm_variables(env),
+        "pacemaker": {k: _clip(v) for k, v in crm_variables(env).items()},
     }
     alert.update(extra)
     return alert, ""

@@ -14,7 +14,8 @@ attributes (plain environment variables), with ``HANDOVER_HOOK_CONFIG`` (default
 - ``HANDOVER_SITE``, ``HANDOVER_SERVICE``: what the alert is about;
 - ``HANDOVER_WEBHOOK_SECRET_FILE`` (readable by ``hacluster``) or ``HANDOVER_WEBHOOK_SECRET``;
 - ``HANDOVER_SPOOL_DIR`` (default ``/var/spool/handover-alerts``, writable by ``hacluster``);
-- ``HANDOVER_TIMEOUT_S`` (default 3): the process always exits 0 within this plus 2 seconds;
+- ``HANDOVER_TIMEOUT_S`` (default 3; from the environment, not the file, as the watchdog starts
+  before any file is read): the process always exits 0 within this plus 2 seconds;
 - ``HANDOVER_HOST_MAP``: ``node=host,node2=host2``, cluster node names to the site's host names.
 
 The alert is sent to ``POST <gateway>/alerts/webhook`` signed with ``X-Handover-Timestamp`` and
@@ -59,6 +60,7 @@ from infra.hooks.hook_config import (
     Log,
     load_config,
     log,
+    parse_timeout,
 )
 from infra.hooks.hook_crm import (
     classify,
@@ -190,11 +192,14 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
             log(f"unknown argument {arg!r} ignored")
 
     started = time.monotonic()
-    cfg = load_config(environ)
-    work_s = budget if mode == "flush" else cfg.timeout_s + WORK_MARGIN_S
+    # the watchdog starts before any file is read (a config or secret file on a hung mount, or
+    # a FIFO, must not keep Pacemaker waiting): its bound comes from the environment only
+    timeout_s = parse_timeout(environ.get("HANDOVER_TIMEOUT_S"))[0]
+    work_s = budget if mode == "flush" else timeout_s + WORK_MARGIN_S
     if mode != "dry-run":
         start_watchdog(work_s + WATCHDOG_MARGIN_S - WORK_MARGIN_S)
     deadline = started + work_s
+    cfg = load_config(environ)
 
     if mode == "flush":
         if cfg.url is None or cfg.secret is None:
