@@ -362,6 +362,9 @@ class Database(_Model):
     database: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.$-]{1,128}$")]
     user: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_$#]{1,128}$")]
     password: SecretRef
+    #: the bound of every database call: connecting, and each query or kill (a hung
+    #: `gv$session` query must not hold an emergency move)
+    timeout_s: float = Field(default=10.0, gt=0, le=300)
 
 
 class Dns(_Model):

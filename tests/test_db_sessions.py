@@ -3,6 +3,7 @@ connection boundary (fake connections that check the SQL and the binds)."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from tasks.db_sessions import (
     drop_sessions,
     find_sessions,
 )
-from tests.conftest import RunningLab, db_sessions, wait_for
+from tests.conftest import LAB_SITE, RunningLab, db_sessions, wait_for
 
 P = "glite-transfer-channel-agent-urlcopy-"
 
@@ -36,15 +37,33 @@ class FakeCursor:
         return self.result
 
 
+def _like(value: str, pattern: str) -> bool:
+    """SQL ``value LIKE pattern ESCAPE '\\'``."""
+    import re
+
+    out, i = "", 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\" and i + 1 < len(pattern):
+            out += re.escape(pattern[i + 1])
+            i += 2
+            continue
+        out += ".*" if c == "%" else "." if c == "_" else re.escape(c)
+        i += 1
+    return re.fullmatch(out, value, re.S) is not None
+
+
 def _gv_session_where(row: tuple[Any, ...], binds: dict[str, Any]) -> bool:
-    """What OracleSessions.SELECT's WHERE clause keeps of a gv$session row (its machine, and its
-    program or module starting with the agent's name), as Oracle would evaluate it."""
+    """What OracleSessions.SELECT's WHERE clause keeps of a gv$session row, as Oracle would
+    evaluate it: its machine, and its program or module naming the agent."""
     _sid, _serial, _inst, machine, program, module, _user, _status = row
-    m1, m2, prog = binds["m1"].lower(), binds["m2"].lower(), binds["prog"]
+    m1, m2, prog, pat = binds["m1"].lower(), binds["m2"].lower(), binds["prog"], binds["pat"]
     mach = machine.lower()
-    if not (mach == m1 or mach.startswith(m1 + ".") or mach == m2):
+    if not (mach == m1 or _like(mach, m1 + ".%") or mach == m2):
         return False
-    return prog is None or any(str(x or "").startswith(prog) for x in (program, module))
+    if prog is None:
+        return True
+    return program == prog or module == prog or (program is not None and _like(program, pat))
 
 
 class FakeConnection:
@@ -73,6 +92,9 @@ GV_SESSION = [
         "INACTIVE",
     ),
     (130, 88, 2, "fts101.cern.ch", "sqlplus@fts101", "SQL*Plus", "FTS_AGENT", "ACTIVE"),
+    # other agents whose names CERN-CERN is a prefix of, or matches with "_" as a wildcard
+    (131, 7, 1, "fts101.cern.ch", f"{P}CERN-CERN2@fts101 (TNS V1-V3)", None, "FTS_AGENT", "ACTIVE"),
+    (132, 8, 1, "fts101.cern.ch", f"{P}CERN_CERN@fts101 (TNS V1-V3)", None, "FTS_AGENT", "ACTIVE"),
 ]
 
 
@@ -83,11 +105,16 @@ def test_oracle_lists_with_binds_and_kills_by_sid_serial_inst() -> None:
     sql, binds = conn.executed[0]
     assert "FROM gv$session" in sql and ":m1" in sql and ":prog" in sql
     assert "fts101" not in sql, "values only as binds"
-    assert binds == {"m1": "fts101", "m2": "fts101.cern.ch", "prog": P + "CERN-CERN"}
+    assert binds == {
+        "m1": "fts101",
+        "m2": "fts101.cern.ch",
+        "prog": P + "CERN-CERN",
+        "pat": P + "CERN-CERN@%",
+    }
     # the agent's session, not the operator's sqlplus from the same machine
     assert [s.id for s in found] == ["123,4567,@1"] and found[0].user == "FTS_AGENT"
     every = be.list_sessions(["fts101", "fts101.cern.ch"], None, None)
-    assert [s.id for s in every] == ["123,4567,@1", "130,88,@2"]
+    assert [s.id for s in every] == ["123,4567,@1", "130,88,@2", "131,7,@1", "132,8,@1"]
     assert every[1].program.startswith("sqlplus")
     assert be.list_sessions(["fts102", "fts102.cern.ch"], None, None) == []
     be.kill(found[0])
@@ -153,3 +180,51 @@ def test_a_site_without_database_is_refused() -> None:
     bare = site.model_copy(update={"database": None})
     with pytest.raises(ValueError, match="no database section"):
         find_sessions(bare, "fts101")
+
+
+@pytest.mark.parametrize("kind", ["postgresql", "mariadb", "oracle"])
+def test_a_database_that_never_answers_is_bounded_by_the_site(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A listener that accepts and then says nothing (a hung server, a half-open firewall): every
+    backend gives up after `database.timeout_s` instead of holding an emergency move."""
+    import socket
+    import threading
+    import time
+
+    from config.site import Database
+    from tasks.adapters.db import backend_for
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                held.append(srv.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    monkeypatch.setenv("HANDOVER_TEST_DB_PASSWORD", "unused")
+    db = Database(
+        kind=kind,  # type: ignore[arg-type]
+        host="127.0.0.1",
+        port=srv.getsockname()[1],
+        database="fts",
+        user="fts",
+        password={"env": "HANDOVER_TEST_DB_PASSWORD"},  # type: ignore[arg-type]
+        timeout_s=1.0,
+    )
+    site = load_site(LAB_SITE).model_copy(update={"database": db})
+    started = time.monotonic()
+    try:
+        with pytest.raises(Exception) as failed:
+            backend_for(site).list_sessions(["fts101"], "127.0.1.1", None)
+        # the site says 1 s (the drivers used to wait 10 s, or for ever on Oracle)
+        assert time.monotonic() - started < 8, "not bounded by the site's timeout"
+        assert "time" in str(failed.value).lower() or isinstance(failed.value, TimeoutError)
+    finally:
+        srv.close()
+        for c in held:
+            c.close()

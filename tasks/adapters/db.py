@@ -9,7 +9,8 @@ One small interface, three backends. Contract of a `SessionBackend`:
     * Every value reaches the database as a bind variable, except where the SQL grammar forbids
       it (Oracle's ``ALTER SYSTEM KILL SESSION`` and MySQL's ``KILL``): there the values are
       integers checked before use.
-    * Each call opens one connection and closes it before it returns.
+    * Each call opens one connection and closes it before it returns; connecting and every
+      statement are bounded by the site's `database.timeout_s`.
 
 Privileges the account needs: PostgreSQL, membership of ``pg_signal_backend`` and
 ``pg_read_all_stats``; MariaDB/MySQL, ``PROCESS`` and ``CONNECTION ADMIN`` (or ``SUPER``);
@@ -19,16 +20,51 @@ Oracle, ``SELECT`` on ``GV_$SESSION`` and ``ALTER SYSTEM``.
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable, Sequence
 from contextlib import closing
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel
 
 from config.site import Database, Site
 
+T = TypeVar("T")
+
 MACHINE_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$")
 PROGRAM_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def within(seconds: float, what: str, fn: Callable[[], T]) -> T:
+    """`fn()`, or TimeoutError after `seconds` (the call goes on in a daemon thread, unseen).
+
+    For a driver call that has no bound of its own.
+    """
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            box["error"] = exc
+
+    worker = threading.Thread(target=run, name="handover-db-connect", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        raise TimeoutError(
+            f"{what} did not answer within {seconds:g} s (database.timeout_s); check that the "
+            "database is up and reachable, then retry"
+        )
+    if "error" in box:
+        raise box["error"]
+    result: T = box["value"]
+    return result
+
+
+def like_escape(text: str) -> str:
+    """`text` as a literal in a SQL LIKE pattern with ``ESCAPE '\\'``."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 class DbSession(BaseModel):
@@ -135,11 +171,15 @@ class OracleSessions:
     """Oracle (oracledb, thin mode): `gv$session` by machine and program or module; killed with
     ``ALTER SYSTEM KILL SESSION 'sid,serial#,@inst_id' IMMEDIATE``."""
 
+    # an agent's session has its name as module, or as program followed by "@host" (thin
+    # clients: "NAME@fts101 (TNS V1-V3)"); LIKE patterns escape "_" and "%", so CERN-CERN
+    # matches neither CERN-CERN2 nor CERN_CERN
     SELECT = (
         "SELECT sid, serial#, inst_id, machine, program, module, username, status "
         "FROM gv$session WHERE type = 'USER' AND (LOWER(machine) = LOWER(:m1) OR "
         "LOWER(machine) LIKE LOWER(:m1) || '.%' OR LOWER(machine) = LOWER(:m2)) AND "
-        "(:prog IS NULL OR program LIKE :prog || '%' OR module LIKE :prog || '%') "
+        "(:prog IS NULL OR program = :prog OR module = :prog OR "
+        "program LIKE :pat ESCAPE '\\') "
         "ORDER BY inst_id, sid"
     )
 
@@ -153,7 +193,8 @@ class OracleSessions:
         short, full = machine_names[0], machine_names[-1]
         with closing(self.connect()) as conn:
             cur = conn.cursor()
-            cur.execute(self.SELECT, {"m1": short, "m2": full, "prog": program})
+            pat = None if program is None else like_escape(program) + "@%"
+            cur.execute(self.SELECT, {"m1": short, "m2": full, "prog": program, "pat": pat})
             rows = cur.fetchall()
         return [
             DbSession(
@@ -198,23 +239,34 @@ def _backend(db: Database) -> SessionBackend:
                 port=db.port,
                 database=db.database,
                 password=password(),
-                timeout=10,
+                # a socket timeout: it bounds the connect and every read of each call
+                timeout=db.timeout_s,
                 application_name="handover-drop-db-lock",
             )
         )
     if db.kind == "oracle":
         import oracledb
 
-        return OracleSessions(
-            lambda: oracledb.connect(
-                user=db.user,
-                password=password(),
-                host=db.host,
-                port=db.port,
-                service_name=db.database,
-                tcp_connect_timeout=10,
+        def oracle() -> Any:
+            # thin mode bounds the TCP connect only: a listener that accepts and never answers
+            # holds `connect` for ever (python-oracledb has no connect timeout), so the connect
+            # is bounded from outside
+            conn = within(
+                db.timeout_s,
+                f"the Oracle database at {db.host}:{db.port}",
+                lambda: oracledb.connect(
+                    user=db.user,
+                    password=password(),
+                    host=db.host,
+                    port=db.port,
+                    service_name=db.database,
+                    tcp_connect_timeout=db.timeout_s,
+                ),
             )
-        )
+            conn.call_timeout = int(db.timeout_s * 1000)  # every round trip, in milliseconds
+            return conn
+
+        return OracleSessions(oracle)
     import pymysql  # type: ignore[import-untyped]
 
     return MySqlSessions(
@@ -224,6 +276,8 @@ def _backend(db: Database) -> SessionBackend:
             host=db.host,
             port=db.port,
             database=db.database,
-            connect_timeout=10,
+            connect_timeout=db.timeout_s,
+            read_timeout=db.timeout_s,
+            write_timeout=db.timeout_s,
         )
     )
