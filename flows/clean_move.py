@@ -260,7 +260,14 @@ def _snapshot_and_plan(
     shell: SiteShell, req: MoveRequest, finish: Finish
 ) -> tuple[SiteSnapshot, MovePlan, State[Any] | None]:
     """Snapshot both hosts, plan, publish the plan; the refusal state when a pre-check failed."""
-    snap = snapshot_site_task(shell, [req.from_host, req.to_host])
+    # a host the site does not have is the planner's refusal, not the snapshot's KeyError
+    names = {h.name for h in shell.site.hosts}
+    known = list(dict.fromkeys(h for h in (req.from_host, req.to_host) if h in names))
+    snap = (
+        snapshot_site_task(shell, known)
+        if known
+        else SiteSnapshot(site=shell.site.site, taken_at=now(), hosts=[])
+    )
     plan = plan_clean_move(shell.site, snap, req)
     progress.emit("plan", plan=plan)
     create_markdown_artifact(key="clean-move-plan", markdown=plan_markdown(plan))

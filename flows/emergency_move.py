@@ -95,8 +95,22 @@ def emergency_move(
     """
     started = now()
     site = load_site(site_file)
-    site.host(host)  # an unknown host is refused before anything else
     who = requested_by or getpass.getuser()
+    if host not in {h.name for h in site.hosts}:  # refused before anything else
+        return end(
+            EmergencyResult(
+                site=site.site,
+                host=host,
+                requested_by=who,
+                alert_id=alert_id,
+                status="refused",
+                summary=f"refused: no host {host!r} in site {site.site} (hosts: "
+                f"{site.host_names()}); nothing changed",
+                started_at=started,
+                ended_at=now(),
+            ),
+            report_markdown,
+        )
     params = {"host": host, "alert": alert_id}
     with procedure_run(site, PROCEDURE, f"{host} failed", who, params) as run:
         thread = run.thread

@@ -33,6 +33,11 @@ def fence_host(site_file: str, host: str) -> State[Any]:
     """
     started = now()
     site = load_site(site_file)
+    if host not in {h.name for h in site.hosts}:
+        return Failed(
+            message=f"refused: no host {host!r} in site {site.site} (hosts: "
+            f"{site.host_names()}); nothing changed"
+        )
     with SiteShell(site) as shell:
         snap = snapshot_host(shell, host)
         others = (

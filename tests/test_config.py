@@ -239,3 +239,12 @@ def test_check_config_cli(tmp_path: Path) -> None:
     assert res.returncode != 0
     assert "service.agents[0].backup" in res.stderr
     assert "fts109" in res.stderr and "fix:" in res.stderr
+
+
+def test_check_config_prints_what_looks_like_markup_as_it_is(tmp_path: Path) -> None:
+    bad = tmp_path / "markup.yaml"
+    bad.write_text(yaml.safe_dump(_mutate(["hosts", 0, "name"], "fts1; rm -rf /")))
+    res = _cli("check-config", str(bad))
+    assert res.returncode != 0
+    flat = " ".join(res.stderr.split())  # rich folds long lines
+    assert "^[a-z][a-z0-9-]{0,62}$" in flat, res.stderr

@@ -618,3 +618,14 @@ def test_command_leaving_a_daemon_returns(lab: Lab, pool: SshPool) -> None:
         _kill_from_pidfile(pidfile)
     assert result.ok
     assert result.stdout == "started\n"
+
+
+def test_output_is_capped(lab: Lab, pool: SshPool, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tasks.adapters.ssh as ssh
+
+    monkeypatch.setattr(ssh, "MAX_OUTPUT_BYTES", 100_000)
+    res = pool.run(lab.a.endpoint, "head -c 1000000 /dev/zero | tr '\\0' x; echo done >&2")
+    assert res.ok
+    assert res.stdout.startswith("x" * 100_000)
+    assert res.stdout.endswith("[handover: 900000 more bytes not kept]")
+    assert res.stderr == "done\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from config.loader import SiteConfigError, load_site
@@ -20,12 +21,16 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             site = load_site(f)
         except SiteConfigError as exc:
             rc = 1
-            err.print(f"[red]invalid[/red] {exc.source}: {len(exc.problems)} problem(s)")
+            # problems quote the file and pydantic: escaped, so "[a-z]" is not taken for markup
+            err.print(f"[red]invalid[/red] {escape(exc.source)}: {len(exc.problems)} problem(s)")
             for p in exc.problems:
-                err.print(f"  - [bold]{p.path}[/bold]: {p.message}\n      fix: {p.fix}")
+                err.print(
+                    f"  - [bold]{escape(p.path)}[/bold]: {escape(p.message)}\n"
+                    f"      fix: {escape(p.fix)}"
+                )
             continue
         out.print(
-            f"[green]ok[/green] {f}: site {site.site}, {len(site.hosts)} hosts, "
+            f"[green]ok[/green] {escape(f)}: site {site.site}, {len(site.hosts)} hosts, "
             f"{len(site.service.agents)} agents, {len(site.channels)} channels"
         )
     return rc

@@ -70,6 +70,9 @@ MAX_SESSIONS_PER_HOST = 8
 """Concurrent commands on one host; OpenSSH refuses more than ``MaxSessions`` (default 10)."""
 
 _CHUNK = 65536
+MAX_OUTPUT_BYTES = 16 * 1024 * 1024
+"""What a command's stdout and stderr each keep (read on past it, dropped): a remote command
+that prints without end must not fill the flow's memory."""
 _EOF_GRACE_S = 0.5
 """How long to wait for EOF after the exit status (a daemon started by the command may hold the
 output open forever; its output after the command exits is not collected)."""
@@ -907,6 +910,13 @@ class SshPool:
         transport = client.get_transport()
         stdout = bytearray()
         stderr = bytearray()
+        dropped = [0, 0]  # bytes read past MAX_OUTPUT_BYTES, per stream
+
+        def keep(buf: bytearray, data: bytes, stream: int) -> None:
+            room = MAX_OUTPUT_BYTES - len(buf)
+            buf += data[: max(room, 0)]
+            dropped[stream] += max(len(data) - max(room, 0), 0)
+
         pending = memoryview(stdin.encode("utf-8")) if stdin else None
         exit_seen: float | None = None
         pause = _POLL_MIN_S
@@ -916,10 +926,10 @@ class SshPool:
             while True:
                 progressed = False
                 while channel.recv_ready():
-                    stdout += channel.recv(_CHUNK)
+                    keep(stdout, channel.recv(_CHUNK), 0)
                     progressed = True
                 while channel.recv_stderr_ready():
-                    stderr += channel.recv_stderr(_CHUNK)
+                    keep(stderr, channel.recv_stderr(_CHUNK), 1)
                     progressed = True
                 if pending is not None and channel.send_ready() and not channel.closed:
                     sent = channel.send(bytes(pending[:_CHUNK]))
@@ -953,9 +963,9 @@ class SshPool:
                 else:
                     time.sleep(wait)  # the event stays set once the exit status is in
             while channel.recv_ready():
-                stdout += channel.recv(_CHUNK)
+                keep(stdout, channel.recv(_CHUNK), 0)
             while channel.recv_stderr_ready():
-                stderr += channel.recv_stderr(_CHUNK)
+                keep(stderr, channel.recv_stderr(_CHUNK), 1)
         except (paramiko.SSHException, EOFError, OSError) as exc:
             if time.monotonic() >= deadline:
                 raise self._timeout(endpoint, line, limit, phase="run") from exc
@@ -966,12 +976,13 @@ class SshPool:
             exit_code = -1  # the server closed the channel without exit status: killed by a signal
         else:
             raise self._dropped_during(endpoint, line)
+        cut = [f"\n[handover: {n} more bytes not kept]" if n else "" for n in dropped]
         return CommandResult(
             host=endpoint.host,
             command=line,
             exit_code=exit_code,
-            stdout=stdout.decode("utf-8", errors="replace"),
-            stderr=stderr.decode("utf-8", errors="replace"),
+            stdout=stdout.decode("utf-8", errors="replace") + cut[0],
+            stderr=stderr.decode("utf-8", errors="replace") + cut[1],
             duration_s=round(time.monotonic() - started, 6),
         )
 
