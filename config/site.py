@@ -446,6 +446,9 @@ class Alerts(_Model):
     #: the accepted clock skew of signed requests (replay window)
     signature_window_s: float = Field(default=300.0, ge=10, le=3600)
     max_body_bytes: int = Field(default=65536, ge=1024, le=1048576)
+    #: an alert whose event is older than this (a spooled one delivered after an outage) is
+    #: recorded, not acted on, unless a fresh probe of its host confirms the failure
+    max_age_s: float = Field(default=600.0, ge=10, le=86400)
     #: what each alert kind starts (`recovered` never starts anything)
     procedures: dict[AlertKind, Literal["emergency-move"]] = Field(
         default_factory=lambda: dict(DEFAULT_ALERT_PROCEDURES)

@@ -1,4 +1,5 @@
-"""Does a host answer on its SSH port: accepts, refuses (RST), or stays silent?"""
+"""Does a host answer on its SSH port: accepts, refuses (RST), or stays silent; and does its sshd
+greet (a frozen host's kernel accepts the connection, but nothing answers)?"""
 
 from __future__ import annotations
 
@@ -21,3 +22,13 @@ def probe_tcp(address: str, port: int, timeout_s: float) -> Reach:
         return "refused"
     except OSError:
         return "silent"
+
+
+def sshd_greets(address: str, port: int, timeout_s: float) -> bool:
+    """Whether an sshd answers there with its banner (``SSH-...``) within `timeout_s`."""
+    try:
+        with socket.create_connection((address, port), timeout=timeout_s) as s:
+            s.settimeout(timeout_s)
+            return s.recv(4).startswith(b"SSH-")
+    except OSError:
+        return False

@@ -4,6 +4,7 @@ credentials, the events an alert becomes, and the incident book (one run per hos
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import json
 from pathlib import Path
@@ -30,7 +31,7 @@ from infra.gateway.incidents import Incidents
 SITE: Site = load_site(Path(__file__).resolve().parent.parent / "config/sites/lab.yaml")
 SECRET = b"a-test-secret-0123456789"
 NOW = 1_800_000_000
-T = "2026-11-23T01:00:00+00:00"
+T = "2026-11-23T01:00:00+00:00"  # an event time; intake tests that act use now
 
 
 def generic(**over: Any) -> bytes:
@@ -320,7 +321,7 @@ def test_an_alert_prefect_cannot_take_is_answered_503_and_not_kept() -> None:
     app = create_app(
         SITE, None, decider, AlertIntake(SITE, book, decider.record), AlertSecrets(SECRET)
     )
-    body = generic()
+    body = generic(time=dt.datetime.now(dt.UTC).isoformat())
     with temporary_settings({PREFECT_API_URL: f"http://127.0.0.1:{dead}/api"}):
         with TestClient(app) as client:
             for _ in range(2):
@@ -337,3 +338,116 @@ def test_an_alert_prefect_cannot_take_is_answered_503_and_not_kept() -> None:
                 assert "Prefect did not take the event" in resp.json()["error"]
     assert book.open_incidents() == []
     assert [e["status"] for e in decider.audit] == [503, 503]
+
+
+# --- old alerts ---------------------------------------------------------------------------------
+
+
+def _stale_app(host_port: int) -> tuple[Any, Any, Incidents]:
+    from infra.gateway.app import AlertSecrets, create_app
+    from infra.gateway.decide import Decider
+    from infra.gateway.intake import AlertIntake
+
+    hosts = [
+        h.model_copy(update={"address": "127.0.0.1", "port": host_port})
+        if h.name == "fts101"
+        else h
+        for h in SITE.hosts
+    ]
+    site = SITE.model_copy(update={"hosts": hosts})
+    decider = Decider(site)
+    book = Incidents(300)
+    app = create_app(
+        site, None, decider, AlertIntake(site, book, decider.record), AlertSecrets(SECRET)
+    )
+    return app, decider, book
+
+
+@contextlib.contextmanager
+def _no_prefect() -> Any:
+    """The Prefect API is a port nobody listens on (no temporary server is started)."""
+    import socket
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    with temporary_settings({PREFECT_API_URL: f"http://127.0.0.1:{dead}/api"}):
+        yield
+
+
+def _post_signed(client: Any, body: bytes) -> Any:
+    import time
+
+    ts = int(time.time())
+    return client.post(
+        "/alerts/webhook",
+        content=body,
+        headers={"X-Handover-Timestamp": str(ts), "X-Handover-Signature": sign(SECRET, ts, body)},
+    )
+
+
+def test_an_old_host_down_for_a_host_that_answers_ssh_starts_nothing() -> None:
+    """A spooled alert delivered after an outage: its host greets on SSH again, so it is
+    recorded and nothing starts (not even an event reaches Prefect)."""
+    import socket
+    import threading
+
+    from fastapi.testclient import TestClient
+
+    sshd = socket.socket()
+    sshd.bind(("127.0.0.1", 0))
+    sshd.listen(4)
+
+    def greet() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                c, _ = sshd.accept()
+                c.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
+                c.close()
+
+    threading.Thread(target=greet, daemon=True).start()
+    app, decider, book = _stale_app(sshd.getsockname()[1])
+    old = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)).isoformat()
+    try:
+        with _no_prefect(), TestClient(app) as client:
+            resp = _post_signed(client, generic(time=old))
+    finally:
+        sshd.close()
+    assert resp.status_code == 202, resp.text
+    [answer] = resp.json()["alerts"]
+    assert answer["result"] == "stale" and "answers SSH now" in answer["reason"]
+    assert book.open_incidents() == []
+    assert decider.audit[-1]["result"] == "stale"
+
+
+def test_an_old_host_down_confirmed_by_a_fresh_probe_is_acted_on() -> None:
+    """The same old alert for a host whose sshd does not answer: it goes on to Prefect (here a
+    dead API, so 503: it was acted on, not set aside)."""
+    import socket
+
+    from fastapi.testclient import TestClient
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    app, _decider, _book = _stale_app(closed)
+    old = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)).isoformat()
+    with temporary_settings({PREFECT_API_URL: f"http://127.0.0.1:{closed}/api"}):
+        with TestClient(app) as client:
+            resp = _post_signed(client, generic(time=old))
+    assert resp.status_code == 503, resp.text
+
+
+def test_an_old_service_alert_is_recorded_not_acted_on() -> None:
+    from fastapi.testclient import TestClient
+
+    app, _decider, book = _stale_app(1)
+    old = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)).isoformat()
+    with _no_prefect(), TestClient(app) as client:
+        resp = _post_signed(client, generic(time=old, kind="resource_failed"))
+    [answer] = resp.json()["alerts"]
+    assert answer["result"] == "stale" and "cannot be confirmed" in answer["reason"]
+    assert book.open_incidents() == []

@@ -135,3 +135,23 @@ def test_a_failed_group_refresh_falls_back_to_the_listed_approvers(
     env.setattr(decide, "GROUP_CACHE_S", 0.0)
     assert decider.approvers() == {"U0LABOPS1", "U0ONCALL1"}
     assert decider.approvers() == {"U0LABOPS1"}  # not the members of before
+
+
+def test_a_click_while_the_prefect_api_is_down_is_answered_503(env: pytest.MonkeyPatch) -> None:
+    import socket
+    import uuid
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    site = load_site(LAB_SITE)
+    app = create_app(site, SIGNING, Decider(site))
+    body = interaction_body(user_id="U0LABOPS1", action_id="approve", value=str(uuid.uuid4()))
+    with temporary_settings({PREFECT_API_URL: f"http://127.0.0.1:{dead}/api"}):
+        with TestClient(app, raise_server_exceptions=False) as client:
+            r = client.post(
+                "/slack/interactions", content=body, headers=signed_headers(SIGNING, body)
+            )
+    assert r.status_code == 503 and "nothing was resumed" in r.json()["error"]

@@ -178,8 +178,8 @@ def parse_generic(site: Site, body: bytes) -> Alert:
     """
     try:
         data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise AlertRefused(400, f"body is not JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # not JSON, not UTF-8, or nested too deep
+        raise AlertRefused(400, f"body is not JSON: {str(exc)[:200]}") from None
     if not isinstance(data, dict):
         raise AlertRefused(400, "body is not a JSON object")
     missing = [k for k in REQUIRED if k not in data]

@@ -64,7 +64,10 @@ def parse_interaction(body: bytes) -> dict[str, Any]:
     raw = form.get("payload")
     if not raw or len(raw) != 1:
         raise ValueError("no payload field")
-    payload = json.loads(raw[0])
+    try:
+        payload = json.loads(raw[0])
+    except RecursionError:
+        raise ValueError("the payload is nested too deep") from None
     if not isinstance(payload, dict):
         raise ValueError("payload is not an object")
     if payload.get("type") != "block_actions":
@@ -230,14 +233,18 @@ def create_app(
             return refuse(400, f"malformed interaction: {exc}")
         action = payload["actions"][0]
         user = payload["user"]
-        decision = await run_in_threadpool(
-            decider.decide,
-            user_id=user["id"],
-            user_name=str(user.get("username") or user.get("name") or ""),
-            action_id=str(action.get("action_id", "")),
-            value=str(action.get("value", "")),
-            source="Slack",
-        )
+        try:
+            decision = await run_in_threadpool(
+                decider.decide,
+                user_id=user["id"],
+                user_name=str(user.get("username") or user.get("name") or ""),
+                action_id=str(action.get("action_id", "")),
+                value=str(action.get("value", "")),
+                source="Slack",
+            )
+        except Exception as exc:  # noqa: BLE001 - the Prefect API failed: say so, resume nothing
+            log.warning("could not decide on a click: %s", exc)
+            return refuse(503, "the Prefect API did not answer; nothing was resumed; click again")
         if not decision.resumed and isinstance(payload.get("response_url"), str):
             background.add_task(reply_ephemeral, payload["response_url"], decision.message)
         return JSONResponse({"ok": decision.resumed, "result": decision.message})

@@ -20,6 +20,7 @@ from config.site import Site
 from flows.notify import esc, thread_variable
 from infra.gateway.alerts import Alert, event_name, event_resource
 from infra.gateway.incidents import Incident, Incidents
+from tasks.probe import sshd_greets
 
 log = logging.getLogger("handover.gateway.alerts")
 SLACK_NOTE_EVERY_S = 10.0
@@ -65,6 +66,17 @@ class AlertIntake:
             PrefectUnavailable: the event could not be sent (nothing is recorded as sent).
         """
         procedure = self.procedure_for(alert)
+        if procedure is not None:
+            stale = await asyncio.to_thread(self.stale_reason, alert)
+            if stale:
+                self.audit(
+                    source=alert.source,
+                    result="stale",
+                    kind=alert.kind,
+                    host=alert.host,
+                    reason=stale,
+                )
+                return {"ok": True, "result": "stale", "host": alert.host, "reason": stale}
         verdict, inc = self.incidents.admit(alert, procedure)
         answer: dict[str, Any] = {"ok": True, "result": verdict, "host": alert.host}
         if inc is not None:
@@ -93,6 +105,35 @@ class AlertIntake:
             event=answer.get("event_id"),
         )
         return answer
+
+    def stale_reason(self, alert: Alert) -> str | None:
+        """Why an old alert is not acted on, or None (fresh, or its failure confirmed now).
+
+        An alert older than `alerts.max_age_s` (a spooled one delivered after an outage, a
+        monitor's late repeat) starts nothing unless a fresh probe confirms it: for
+        ``host_down``, the host's sshd does not greet; other kinds cannot be confirmed from
+        here, so an old one is only recorded. Alertmanager's notifications are current by
+        nature (it re-sends what still fires), whatever their ``startsAt``.
+        """
+        assert self.site.alerts is not None
+        if alert.source == "alertmanager":
+            return None  # Alertmanager sends what fires now; startsAt is when it began
+        age = (dt.datetime.now(dt.UTC) - alert.time).total_seconds()
+        limit = self.site.alerts.max_age_s
+        if age <= limit:
+            return None
+        if alert.kind == "host_down":
+            h = self.site.host(alert.host)
+            if not sshd_greets(h.address, h.port, self.site.ssh.connect_timeout_s):
+                return None  # still down: act on it
+            return (
+                f"the alert is {age:.0f} s old (over alerts.max_age_s = {limit:.0f} s) and "
+                f"{alert.host} answers SSH now; recorded, not acted on"
+            )
+        return (
+            f"the alert is {age:.0f} s old (over alerts.max_age_s = {limit:.0f} s) and a "
+            f"{alert.kind} cannot be confirmed from the gateway; recorded, not acted on"
+        )
 
     async def resolve_once(self, client: Any) -> None:
         """Find each open incident's run, see whether it finished, write its pending notes to
