@@ -293,3 +293,24 @@ def end_transfer(lab: RunningLab, job: int) -> None:
         for t in h.transfer_processes:
             if t.transfer_id == str(job):
                 lab.lab.exec(h.host, ["kill", str(t.pid)])
+
+
+def cli_move_argv(lab: RunningLab, from_host: str, to_host: str) -> list[str]:
+    """`handover run clean-move ... --yes --json` for the lab, as an operator types it."""
+    import sys
+
+    return [
+        sys.executable,
+        "-m",
+        "infra.cli",
+        "run",
+        "clean-move",
+        "--site",
+        str(lab.site_file),
+        "--from",
+        from_host,
+        "--to",
+        to_host,
+        "--yes",
+        "--json",
+    ]

@@ -21,6 +21,7 @@ from tasks.site_state import snapshot_site
 from tests.conftest import (
     ROOT,
     RunningLab,
+    cli_move_argv,
     end_transfer,
     place_on_primaries,
     reject_paused_runs,
@@ -268,28 +269,10 @@ def test_a_killed_move_run_again_converges(lab: RunningLab, prefect_api: str) ->
     assert after.jobs_lost == before.jobs_lost, "a killed move and its re-run lose no job"
 
 
-def _cli_run_argv(lab: RunningLab) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "infra.cli",
-        "run",
-        "clean-move",
-        "--site",
-        str(lab.site_file),
-        "--from",
-        "fts101",
-        "--to",
-        "fts102",
-        "--yes",
-        "--json",
-    ]
-
-
 def test_cli_run_json(lab: RunningLab, prefect_api: str) -> None:
     env = {**os.environ, "PREFECT_API_URL": prefect_api}
     res = subprocess.run(
-        _cli_run_argv(lab),
+        cli_move_argv(lab, "fts101", "fts102"),
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -308,7 +291,7 @@ def test_sigterm_mid_move_compensates_and_reports(lab: RunningLab, prefect_api: 
     job = submit_long_job(lab, "CERN-CERN", 40)
     env = {**os.environ, "PREFECT_API_URL": prefect_api}
     proc = subprocess.Popen(
-        _cli_run_argv(lab),
+        cli_move_argv(lab, "fts101", "fts102"),
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,

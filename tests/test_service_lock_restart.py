@@ -13,7 +13,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +28,7 @@ from tasks.site_state import snapshot_site
 from tests.conftest import (
     ROOT,
     RunningLab,
+    cli_move_argv,
     end_transfer,
     place_on_primaries,
     submit_long_job,
@@ -96,10 +96,8 @@ def test_a_server_restart_mid_move_leaves_the_service_free(
     before = lab.lab.score()
     job = submit_long_job(lab, "CERN-CERN", 60)
     env = {**os.environ, "PREFECT_API_URL": server.url, "PREFECT_LOGGING_LEVEL": "WARNING"}
-    argv = [sys.executable, "-m", "infra.cli", "run", "clean-move", "--site", str(lab.site_file)]
-    argv += ["--from", "fts101", "--to", "fts102", "--yes", "--json"]
     move = subprocess.Popen(
-        argv,
+        cli_move_argv(lab, "fts101", "fts102"),
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -129,9 +127,14 @@ def test_a_server_restart_mid_move_leaves_the_service_free(
     wait_for(lambda: _slots(name) == 0, 20, "the service's slot to be free after the move")
     # a second procedure for the service is not refused (its own process: Prefect's slot
     # service is one per process and keeps the first server it talked to)
-    argv_back = [sys.executable, "-m", "infra.cli", "run", "clean-move", "--site"]
-    argv_back += [str(lab.site_file), "--from", "fts102", "--to", "fts101", "--yes", "--json"]
-    back = subprocess.run(argv_back, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    back = subprocess.run(
+        cli_move_argv(lab, "fts102", "fts101"),
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     second = CleanMoveResult.model_validate_json(back.stdout)
     assert second.status == "completed", second.summary
     assert _slots(name) == 0

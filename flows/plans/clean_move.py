@@ -16,7 +16,7 @@ but not yet started on the target is started there, and so on. Nothing here does
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -424,27 +424,32 @@ def compensate_clean_move(
     """
     src, dst = plan.from_host, plan.to_host
     remedies: list[Remedy] = []
+
+    def set_active(host: str, ch: str, **options: Any) -> Step:
+        return step(
+            site,
+            f"compensation/{ch}/set-active",
+            "set-active",
+            host,
+            [],
+            [ch],
+            if_fails="continue",
+            human=channel_human(site, plan, ch),
+            **options,
+        )
+
     for m in moves:
         a, ch = m.agent, m.channel
-        on_target = a in ledger.started or m.action == "finish"
-        stopped = a in ledger.stopped or m.action == "start"
-        if on_target:
-            steps = []
-            if ch and ch not in ledger.active:
-                fallback = _step(site, f"compensation/{ch}/set-active", "set-active", src, [], [ch])
-                steps.append(
-                    step(
-                        site,
-                        f"compensation/{ch}/set-active",
-                        "set-active",
-                        dst,
-                        [],
-                        [ch],
-                        fallback=[fallback],
-                        if_fails="continue",
-                        human=channel_human(site, plan, ch),
-                    )
-                )
+        label = ch or a
+        if a in ledger.started or m.action == "finish":  # runs on the target
+            fallback = (
+                [step(site, f"compensation/{ch}/set-active", "set-active", src, [], [ch])]
+                if ch
+                else []
+            )
+            steps = (
+                [set_active(dst, ch, fallback=fallback)] if ch and ch not in ledger.active else []
+            )
             remedies.append(
                 Remedy(
                     agent=a,
@@ -455,8 +460,8 @@ def compensate_clean_move(
                     note=f"after {reason}",
                 )
             )
-        elif stopped:
-            label = ch or a
+        elif a in ledger.stopped or m.action == "start":  # stopped, the target did not start it
+            back = agent_human(site, plan, a, ch)
             steps = [
                 step(
                     site,
@@ -464,30 +469,12 @@ def compensate_clean_move(
                     "clear-disabled",
                     src,
                     [a],
-                    human=agent_human(site, plan, a, ch),
+                    human=back,
                 ),
-                step(
-                    site,
-                    f"compensation/{label}/start",
-                    "start",
-                    src,
-                    [a],
-                    human=agent_human(site, plan, a, ch),
-                ),
+                step(site, f"compensation/{label}/start", "start", src, [a], human=back),
             ]
             if ch:
-                steps.append(
-                    step(
-                        site,
-                        f"compensation/{label}/set-active",
-                        "set-active",
-                        src,
-                        [],
-                        [ch],
-                        if_fails="continue",
-                        human=channel_human(site, plan, ch),
-                    )
-                )
+                steps.append(set_active(src, ch))
             remedies.append(
                 Remedy(
                     agent=a,
@@ -500,22 +487,8 @@ def compensate_clean_move(
                     failed_note=f"runs nowhere after {reason}",
                 )
             )
-        else:
-            label = ch or a
-            steps = []
-            if ch and ledger.still_inactive(ch):
-                steps.append(
-                    step(
-                        site,
-                        f"compensation/{label}/set-active",
-                        "set-active",
-                        src,
-                        [],
-                        [ch],
-                        if_fails="continue",
-                        human=channel_human(site, plan, ch),
-                    )
-                )
+        else:  # still on the source
+            steps = [set_active(src, ch)] if ch and ledger.still_inactive(ch) else []
             steps.append(
                 step(
                     site,
