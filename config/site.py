@@ -389,6 +389,13 @@ class Slack(_Model):
     )
     approver_group: Annotated[str, StringConstraints(pattern=r"^S[A-Z0-9]{2,20}$")] | None = None
     two_person_rule: bool = False
+    #: who the requesters are in Slack: an OS login (what `handover run` records as the
+    #: requester) to its Slack user ID. Under the two-person rule, a run whose requester is
+    #: listed here may not be approved by that user; any other run needs two approvers.
+    operators: dict[
+        Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_.-]{0,31}$")],
+        Annotated[str, StringConstraints(pattern=SLACK_USER_RE)],
+    ] = Field(default_factory=dict)
     bot_token: SecretRef
     signing_secret: SecretRef
     app_token: SecretRef | None = None

@@ -294,16 +294,21 @@ def test_forged_stale_malformed_and_unauthorised_clicks_resume_nothing(
     } == before
 
 
-def test_two_person_rule_refuses_the_requester(
+def _two_person_site(lab: RunningLab, **slack: Any) -> Any:
+    assert lab.site.slack is not None
+    return lab.site.model_copy(
+        update={"slack": lab.site.slack.model_copy(update={"two_person_rule": True, **slack})}
+    )
+
+
+def test_two_person_rule_refuses_a_verified_requester(
     lab: RunningLab, slack: FakeSlack, prefect_api: str
 ) -> None:
-    assert lab.site.slack is not None
-    strict = lab.site.model_copy(
-        update={"slack": lab.site.slack.model_copy(update={"two_person_rule": True})}
-    )
-    gw = Gateway(strict)
+    """The run's requester is an OS login the site maps to a Slack user: that user may not
+    approve it."""
+    gw = Gateway(_two_person_site(lab, operators={"alice": APPROVER}))
     try:
-        th, box = _start_move(lab, requested_by=APPROVER)
+        th, box = _start_move(lab, requested_by="alice")
         run_id = _wait_for_approval(box)
         status, answer = gw.click(APPROVER, "approve", run_id, slack.response_url())
         assert status == 200 and not answer["ok"] and "Two-person rule" in answer["result"]
@@ -314,6 +319,36 @@ def test_two_person_rule_refuses_the_requester(
         th.join(60)
         gw.stop()
     assert box["result"].status == "rejected"
+
+
+def test_two_person_rule_needs_two_approvers_for_an_unverified_requester(
+    lab: RunningLab, slack: FakeSlack, prefect_api: str
+) -> None:
+    """A requester nobody can verify (free text from the API, an alert, a login the site does
+    not map): two distinct approvers must approve, and one approving twice is not two."""
+    second = "U0LABOPS2"
+    gw = Gateway(_two_person_site(lab, approvers=[APPROVER, second]))
+    try:
+        th, box = _start_move(lab, requested_by="U0LABOPS2 (typed into the UI)")
+        run_id = _wait_for_approval(box)
+        status, answer = gw.click(APPROVER, "approve", run_id, slack.response_url())
+        assert status == 200 and not answer["ok"] and "second approver" in answer["result"]
+        assert _paused(run_id)
+        status, answer = gw.click(APPROVER, "approve", run_id, slack.response_url())
+        assert not answer["ok"] and "approved this run already" in answer["result"]
+        assert _paused(run_id)
+        status, answer = gw.click(second, "approve", run_id, slack.response_url())
+        assert status == 200 and answer["ok"], answer
+        th.join(120)
+    finally:
+        if "run_id" in box and _paused(str(box["run_id"])):
+            resume_flow_run(box["run_id"], run_input={"decision": "reject", "who": "test"})
+        th.join(60)
+        gw.stop()
+    result: CleanMoveResult = box["result"]
+    assert result.status == "completed", result.summary
+    assert result.approval is not None
+    assert result.approval.who == f"<@{APPROVER}> and <@{second}>"
 
 
 def test_ui_approval_works_with_slack_down(

@@ -55,6 +55,8 @@ class Decider:
     _locks: dict[str, threading.Lock] = field(default_factory=dict)
     _guard: threading.Lock = field(default_factory=threading.Lock)
     _group_cache: tuple[float, set[str]] = (0.0, set())
+    #: the first approver of each run that needs two (two-person rule, unverified requester)
+    _first_approvals: dict[str, str] = field(default_factory=dict)
 
     def _lock_for(self, run_id: str) -> threading.Lock:
         with self._guard:
@@ -129,16 +131,35 @@ class Decider:
             )
         slack = self.site.slack
         requester = str((run.parameters or {}).get("requested_by") or "")
-        if (
-            slack is not None
-            and slack.two_person_rule
-            and requester
-            and requester in (user_id, user_name)
-        ):
+        # the requester as a verified identity: an OS login the site maps to a Slack user
+        verified = slack.operators.get(requester) if slack is not None else None
+        two_person = slack is not None and slack.two_person_rule
+        if two_person and verified == user_id:
             return refuse(
                 "own-request", "Two-person rule: you requested this run, someone else must decide."
             )
+        approvers_so_far: list[str] = []
         with self._lock_for(str(run_id)):
+            if two_person and verified is None and decision == "approve":
+                # nobody knows who asked: two distinct approvers are needed
+                first = self._first_approvals.get(str(run_id))
+                if first is None:
+                    self._first_approvals[str(run_id)] = user_id
+                    self.record(**base, result="first-approval", requester=requester)
+                    return Decision(
+                        False,
+                        f"Your approval of run {run.name} is recorded. Its requester "
+                        f"({requester or 'unknown'}) is not a verified identity, so a second "
+                        "approver must approve too (two-person rule).",
+                        "second-approver-needed",
+                    )
+                if first == user_id:
+                    return refuse(
+                        "same-approver",
+                        "Two-person rule: you approved this run already; another approver "
+                        "must approve it.",
+                    )
+                approvers_so_far = [first]
             with get_client(sync_client=True) as client:
                 state = client.read_flow_run(run_id).state
             if state is None or not state.is_paused():
@@ -148,12 +169,15 @@ class Decider:
                     f"Run {run.name} is not waiting for a decision (it is {name}); "
                     "it was decided already or has ended.",
                 )
+            who = f"<@{user_id}>" if source == "Slack" else user_name or user_id
+            if approvers_so_far:
+                who = " and ".join([*(f"<@{u}>" for u in approvers_so_far), who])
             try:
                 resume_flow_run(
                     run_id,
                     run_input={
                         "decision": decision,
-                        "who": f"<@{user_id}>" if source == "Slack" else user_name or user_id,
+                        "who": who,
                         "comment": "",
                         "source": source,
                     },
