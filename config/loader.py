@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -130,3 +131,42 @@ def load_site(path: str | Path) -> Site:
             [Problem(where, f"not valid YAML: {getattr(exc, 'problem', exc)}", "fix the syntax")],
         ) from None
     return parse_site(data, str(p))
+
+
+#: where reviewed site files live; a run created through the Prefect API loads only these
+#: (and the directories in ``HANDOVER_SITES_DIRS``, separated by ``:``)
+SITES_DIRS = (Path(__file__).resolve().parent / "sites", Path("/etc/handover/sites"))
+
+
+def allowed_site_dirs() -> list[Path]:
+    """The directories a run created through the API may load a site file from."""
+    extra = [Path(p) for p in os.environ.get("HANDOVER_SITES_DIRS", "").split(os.pathsep) if p]
+    return [d.resolve() for d in (*SITES_DIRS, *extra)]
+
+
+def load_reviewed_site(path: str | Path) -> Site:
+    """`load_site`, for a file in one of `allowed_site_dirs` only.
+
+    A run created through the Prefect API names its site file as a parameter: anyone who reaches
+    the API could point it at a file of their own, whose commands would run with the site's SSH
+    key. Such runs load only files that were put where site files are reviewed.
+
+    Raises:
+        SiteConfigError: the file is elsewhere (nothing was read), or it is invalid.
+    """
+    resolved = Path(path).resolve()
+    dirs = allowed_site_dirs()
+    if not any(resolved.is_relative_to(d) for d in dirs):
+        raise SiteConfigError(
+            str(path),
+            [
+                Problem(
+                    "(file)",
+                    "a run created through the Prefect API loads site files from the site "
+                    f"directories only ({', '.join(str(d) for d in dirs)})",
+                    "put the file there, or add its directory to HANDOVER_SITES_DIRS where the "
+                    "runs execute (handover serve adds the directory of its --site)",
+                )
+            ],
+        )
+    return load_site(resolved)

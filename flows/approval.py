@@ -179,6 +179,15 @@ def approve(
     """
     from flows import progress
 
+    if pause is False and policy.approval == "required" and progress.created_through_the_api():
+        # `handover run --yes` is an operator at the site's terminal; a run created from a
+        # deployment came through the Prefect API, where anyone who reaches it could say "no
+        # approval": the site's policy wins
+        get_run_logger().warning(
+            "pause_for_approval=False ignored: this run was created through the Prefect API "
+            "and the site's policy requires an approval"
+        )
+        pause = None
     if not (policy.approval == "required" if pause is None else pause):
         return pre_approved(who, "no approval required" if pause is None else "started with --yes")
     progress.emit("approval-wait", what=what, **event)

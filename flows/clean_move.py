@@ -25,7 +25,6 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.client.schemas.objects import State
 from pydantic import Field
 
-from config.loader import load_site
 from config.site import ProcedurePolicy, Site, short_name
 from flows import progress
 from flows.approval import approve
@@ -47,6 +46,7 @@ from flows.plans.snapshot import SiteSnapshot
 from flows.plans.steps import command
 from flows.procedure import Finish, Run, end, holding_service, procedure_run
 from flows.result import AgentOutcome, ProcedureResult, Status, Timing
+from flows.run_site import load_run_site
 from flows.service_lock import ServiceLockError
 from tasks.outcome import count, now
 from tasks.remote import SiteShell
@@ -201,7 +201,7 @@ def clean_move(
     """
     started = now()
     run_id = progress.current_run_id()
-    site = load_site(site_file)
+    site = load_run_site(site_file)
     policy = site.policy(PROCEDURE)
     req = MoveRequest(
         from_host=from_host,

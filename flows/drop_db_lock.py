@@ -12,7 +12,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
-from config.loader import load_site
+from flows.run_site import load_run_site
 from tasks.db_sessions import DbSession, drop_sessions, find_sessions
 from tasks.outcome import StepResult
 
@@ -57,7 +57,7 @@ def drop_db_lock(
         dry_run: list the sessions and kill nothing.
     """
     logger = get_run_logger()
-    site = load_site(site_file)
+    site = load_run_site(site_file)
     found = find_sessions_task(site, host, agent)
     create_table_artifact(
         key="drop-db-lock-sessions",

@@ -29,7 +29,6 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.client.schemas.objects import State
 from pydantic import Field
 
-from config.loader import load_site
 from config.site import short_name
 from flows import progress
 from flows.approval import approve
@@ -45,6 +44,7 @@ from flows.plans.emergency_move import (
 from flows.plans.model import steps_markdown
 from flows.procedure import Finish, Run, end, holding_service, procedure_run
 from flows.result import AgentOutcome, ProcedureResult
+from flows.run_site import load_run_site
 from flows.service_lock import ServiceLockError
 from tasks.outcome import count, now
 from tasks.probe import probe_tcp
@@ -94,7 +94,7 @@ def emergency_move(
         the `EmergencyResult`.
     """
     started = now()
-    site = load_site(site_file)
+    site = load_run_site(site_file)
     who = requested_by or getpass.getuser()
     if host not in {h.name for h in site.hosts}:  # refused before anything else
         return end(

@@ -12,12 +12,12 @@ from prefect import flow
 from prefect.client.schemas.objects import State
 from prefect.states import Completed, Failed
 
-from config.loader import load_site
 from flows.executor import Executor
 from flows.plans.emergency_move import partners
 from flows.plans.fence_host import PROCEDURE, plan_fence_host
 from flows.plans.snapshot import SiteSnapshot
 from flows.result import ProcedureResult
+from flows.run_site import load_run_site
 from tasks.outcome import count, now
 from tasks.remote import SiteShell
 from tasks.site_state import snapshot_host, snapshot_site
@@ -32,7 +32,7 @@ def fence_host(site_file: str, host: str) -> State[Any]:
         its data is the `ProcedureResult`.
     """
     started = now()
-    site = load_site(site_file)
+    site = load_run_site(site_file)
     if host not in {h.name for h in site.hosts}:
         return Failed(
             message=f"refused: no host {host!r} in site {site.site} (hosts: "

@@ -52,6 +52,18 @@ def current_run_id() -> str | None:
     return str(ctx.flow_run.id) if ctx and ctx.flow_run else None
 
 
+def created_through_the_api() -> bool:
+    """Whether the current flow run was created from a deployment (the UI, the API, a trigger)
+    rather than called in-process (`handover run` at the site's terminal, a test)."""
+    try:
+        from prefect.context import FlowRunContext
+
+        ctx = FlowRunContext.get()
+    except ImportError:  # pragma: no cover - prefect is a dependency
+        return False
+    return bool(ctx and ctx.flow_run and ctx.flow_run.deployment_id)
+
+
 def emit(kind: str, **data: Any) -> None:
     """Send an event to every sink; `run_id` (the current flow run's) is added to the data."""
     data.setdefault("run_id", current_run_id())

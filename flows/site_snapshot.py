@@ -10,7 +10,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from config.loader import load_site
+from flows.run_site import load_run_site
 from tasks.remote import SiteShell
 from tasks.site_state import SiteSnapshot, snapshot_site_task
 
@@ -45,7 +45,7 @@ def site_snapshot(site_file: str, hosts: list[str] | None = None) -> SiteSnapsho
         The snapshot. Unreachable hosts are part of it (``reachable=False`` and the error).
     """
     logger = get_run_logger()
-    site = load_site(site_file)
+    site = load_run_site(site_file)
     with SiteShell(site) as shell:
         snap = snapshot_site_task(shell, hosts)
     for h in snap.hosts:

@@ -2,6 +2,9 @@
 
 `ensure_server()` reuses a server already answering at the address, or starts one in the
 background (state under /var/tmp/handover-prefect) and waits, with a bound, until it is healthy.
+It listens on loopback unless told otherwise and requires authentication: whoever reaches the API
+could otherwise start procedures, resume paused ones or post events. The auth string is kept in
+the server's home (mode 0600) and sent by handover's commands.
 
 Why not `prefect server start --background` and `prefect server stop`: those keep one server per
 PREFECT_HOME profile and return before it is healthy, with no handle on the process. The benches
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -23,7 +27,6 @@ import urllib.request
 from pathlib import Path
 
 HOME = Path(os.environ.get("HANDOVER_PREFECT_HOME", "/var/tmp/handover-prefect"))
-PID_FILE = HOME / "server.pid"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 4200
 #: Prefect 3.8's file-based lease storage (its default keeps leases in the server's memory)
@@ -97,29 +100,62 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes], home: Path, timeout: f
     raise RuntimeError(f"the Prefect server did not become healthy at {url}; log tail:\n{tail}")
 
 
+def api_auth(home: Path = HOME) -> str:
+    """The API's basic-auth string of the server kept in `home` (``user:secret``, made on first
+    use, mode 0600): the server requires it, and handover's commands send it."""
+    path = home / "api-auth"
+    try:
+        value = path.read_text().strip()
+    except FileNotFoundError:
+        value = ""
+    if not value:
+        home.mkdir(parents=True, exist_ok=True)
+        value = f"handover:{secrets.token_urlsafe(24)}"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(value + "\n")
+    return value
+
+
 def ensure_server(
-    host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, timeout: float = 120.0
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    timeout: float = 120.0,
+    home: Path = HOME,
 ) -> tuple[str, bool]:
-    """Make sure a local server answers; returns (API URL, whether this call started it)."""
+    """Make sure a local server answers; returns (API URL, whether this call started it).
+
+    The server requires authentication (Prefect's ``PREFECT_SERVER_API_AUTH_STRING``) with the
+    string kept in `home`; this process (and what it starts) sends it
+    (``PREFECT_API_AUTH_STRING``), so call this before Prefect reads its settings.
+    """
     url = api_url(host, port)
+    auth = api_auth(home)
+    os.environ["PREFECT_API_AUTH_STRING"] = auth
     if healthy(url):
         return url, False
-    proc = spawn(HOME, host, port, {"PREFECT_UI_ENABLED": "true"})
-    PID_FILE.write_text(f"{proc.pid}\n")
-    wait_healthy(url, proc, HOME, timeout)
+    proc = spawn(
+        home,
+        host,
+        port,
+        {"PREFECT_UI_ENABLED": "true", "PREFECT_SERVER_API_AUTH_STRING": auth},
+    )
+    (home / "server.pid").write_text(f"{proc.pid}\n")
+    wait_healthy(url, proc, home, timeout)
     return url, True
 
 
-def stop_server() -> bool:
+def stop_server(home: Path = HOME) -> bool:
     """Stop the server this module started (by its recorded PID). Returns whether one ran."""
+    pid_file = home / "server.pid"
     try:
-        pid = int(PID_FILE.read_text().strip())
+        pid = int(pid_file.read_text().strip())
     except (OSError, ValueError):
         return False
     try:
         os.killpg(pid, signal.SIGTERM)
     except ProcessLookupError:
-        PID_FILE.unlink(missing_ok=True)
+        pid_file.unlink(missing_ok=True)
         return False
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
@@ -131,5 +167,5 @@ def stop_server() -> bool:
     else:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
-    PID_FILE.unlink(missing_ok=True)
+    pid_file.unlink(missing_ok=True)
     return True

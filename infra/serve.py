@@ -198,6 +198,15 @@ def start_runs_from_forkserver(modules: list[str]) -> Any:
     return ctx
 
 
+def allow_site_dir(site_file: str) -> None:
+    """Let the runs this process starts load site files from the directory of `site_file` (the
+    operator chose it): `HANDOVER_SITES_DIRS`, which the runs inherit."""
+    here = str(Path(site_file).resolve().parent)
+    dirs = [d for d in os.environ.get("HANDOVER_SITES_DIRS", "").split(os.pathsep) if d]
+    if here not in dirs:
+        os.environ["HANDOVER_SITES_DIRS"] = os.pathsep.join([*dirs, here])
+
+
 def serve_all(
     site_file: str,
     *,
@@ -215,6 +224,7 @@ def serve_all(
             docstring) or `spawn` (Prefect's own way).
     """
     os.environ.setdefault("PREFECT_RUNNER_POLL_FREQUENCY", str(max(1, int(poll_s))))
+    allow_site_dir(site_file)
     from prefect.exceptions import TerminationSignal
     from prefect.runner import Runner
 

@@ -102,9 +102,10 @@ def test_a_served_run_starts_as_its_start_method_says(
     """forkserver: the run's process is forked by the serve process's fork server, which has
     imported Prefect and the flows; spawn: it is a fresh interpreter started by serve itself."""
     with serving(lab, prefect_api, "--start", start) as proc:
+        # the site requires an approval: a run created through the API cannot switch it off
         run = run_deployment(
             "clean-move/clean-move",
-            parameters={"from_host": "fts101", "to_host": "fts102", "pause_for_approval": True},
+            parameters={"from_host": "fts101", "to_host": "fts102", "pause_for_approval": False},
             timeout=0,
         )
         try:
@@ -168,3 +169,23 @@ def test_a_served_flow_is_pickled_by_reference() -> None:
     )
     assert out.returncode == 0, out.stderr.decode()
     assert out.stdout.decode().strip() == "staged"
+
+
+def test_a_run_created_through_the_api_loads_only_reviewed_site_files(
+    lab: RunningLab, prefect_api: str, tmp_path: Path
+) -> None:
+    """The deployment's site_file parameter pointed at a file outside the site directories
+    (here a copy of the lab's own site elsewhere): the run refuses it before reading it."""
+    import shutil
+
+    elsewhere = tmp_path / "not-reviewed" / "site.yaml"
+    elsewhere.parent.mkdir()
+    shutil.copy(lab.site_file, elsewhere)
+    with serving(lab, prefect_api):
+        run = run_deployment(
+            "site-snapshot/site-snapshot",
+            parameters={"site_file": str(elsewhere)},
+            timeout=120,
+        )
+    assert run.state is not None and run.state.is_failed(), run.state
+    assert "site directories" in (run.state.message or ""), run.state.message

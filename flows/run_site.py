@@ -1,0 +1,20 @@
+"""The site a run works on: any file for a run started at the site's terminal, reviewed files
+only for a run created through the Prefect API (see `config.loader.load_reviewed_site`)."""
+
+from __future__ import annotations
+
+from config.loader import load_reviewed_site, load_site
+from config.site import Site
+from flows import progress
+
+
+def load_run_site(site_file: str) -> Site:
+    """The run's site.
+
+    Raises:
+        SiteConfigError: the file is invalid, or (for a run created through the API) outside
+            the site directories.
+    """
+    if progress.created_through_the_api():
+        return load_reviewed_site(site_file)
+    return load_site(site_file)
