@@ -11,6 +11,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from flows.plans.snapshot import (
     AgentProcess,
@@ -134,7 +135,7 @@ def snapshot_site(shell: SiteShell, hosts: list[str] | None = None) -> SiteSnaps
     )
 
 
-@task(name="snapshot-site", **remote.TRANSIENT_RETRIES)
+@task(name="snapshot-site", cache_policy=NO_CACHE, **remote.TRANSIENT_RETRIES)
 def snapshot_site_task(shell: SiteShell, hosts: list[str] | None = None) -> SiteSnapshot:
     """Prefect task: `snapshot_site`."""
     return snapshot_site(shell, hosts)

@@ -20,6 +20,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
         backends = ("postgresql", "sqlite") if args.prefect_db == "both" else (args.prefect_db,)
         starts = ("forkserver", "spawn") if args.start == "both" else (args.start,)
         result = bench_alert(rounds=args.rounds, backends=backends, starts=starts, progress=say)
+    elif args.bench_what == "faults":
+        from infra.bench.faults import bench_faults
+
+        result = bench_faults(
+            procedures=args.procedure,
+            kinds=args.kind,
+            wheres=args.where,
+            afters=args.after,
+            warmup_s=args.warmup,
+            progress=say,
+        )
     elif args.bench_what == "clean-move":
         from infra.bench.clean_move import bench_clean_move
 
@@ -63,5 +74,20 @@ def register(sub: Any) -> None:
         default="both",
         help="handover serve's start method for runs (default: both, side by side)",
     )
+    p.add_argument("--json", action="store_true")
+    p = bsub.add_parser(
+        "faults", help="every procedure under faults at its steps: end state, convergence"
+    )
+    p.add_argument(
+        "--procedure",
+        action="append",
+        help="only rows of this procedure (clean-move, clean-move/pipelined, emergency-move, ...)",
+    )
+    p.add_argument(
+        "--kind", action="append", help="only this fault (sshd-down, crash, kill-9, ...)"
+    )
+    p.add_argument("--where", action="append", choices=["source", "target", "run"])
+    p.add_argument("--after", action="append", help="only faults injected after this step verb")
+    p.add_argument("--warmup", type=float, default=3.0, help="seconds of load before each run")
     p.add_argument("--json", action="store_true")
     bench.set_defaults(func=cmd_bench)

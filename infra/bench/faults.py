@@ -1,0 +1,309 @@
+"""`handover bench faults`: every procedure under faults injected at its steps, on a loaded lab.
+
+Each row starts a fresh bench lab with its load running, runs one procedure in this process and,
+the moment a given step of it has run, injects one fault: a lab fault (`sshd-down`, `frozen`,
+`crash`, `db-unreachable`, `slow`) on the move's source or target, Slack unreachable, or kill -9
+of the run itself (then the procedure runs in a process of its own). After the run the fault is
+healed (a crashed host reboots) and, when the run did not complete, the procedure is run again,
+as an operator would; fence-host follows an emergency move whose host was down. Each row says:
+
+* the first run's end (completed / partial / failed / refused / killed) and whether its report
+  matches the live state (where each agent runs, read over SSH afterwards);
+* whether the site converged (every agent of the procedure on one host, the one the procedure
+  promises, with its channel Active) and how long from the fault until it had;
+* agents ever serving on two hosts (the lab's score; must be 0) and jobs lost against what the
+  procedure allows (a clean move: none; an emergency move gives up the failed host's transfers).
+
+The full matrix takes about half a minute a row; `--procedure`, `--kind` and `--where` choose a
+part of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from infra.lab.faults import FAULT_KINDS
+from infra.lab.lab import Lab, derive_site_file
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+P = "glite-transfer-channel-agent-urlcopy-"
+ON_101 = [P + c for c in ("CERN-CERN", "CERN-RAL", "CERN-FNAL", "CERN-IN2P3")]
+WORKLOAD: dict[str, Any] = {
+    "jobs_per_second_per_channel": 1.0,
+    "max_active_per_channel": 3,
+    "lock_wait_s": 4.0,
+    "tick_s": 0.1,
+    "transfers": {"short_s": [0.3, 1.5], "long_s": [3.0, 5.0], "long_fraction": 0.1, "seed": 7},
+}
+CONVERGE_BOUND_S = 90.0
+
+
+@dataclass(frozen=True)
+class Row:
+    """One cell of the matrix."""
+
+    procedure: str  # clean-move/<mode> or emergency-move
+    fault: str  # a lab fault kind, "slack-down" or "kill-9"
+    where: str  # source, target, run
+    after: str  # the step verb after which the fault is injected ("-": before the run)
+
+    @property
+    def name(self) -> str:
+        return f"{self.procedure} | {self.fault} on {self.where} after {self.after}"
+
+
+def matrix() -> list[Row]:
+    """Every row of the full matrix."""
+    rows: list[Row] = []
+    for mode in ("pipelined", "full", "staged"):
+        for kind in FAULT_KINDS:
+            for where in ("source", "target"):
+                for after in ("set-inactive", "stop"):
+                    rows.append(Row(f"clean-move/{mode}", kind, where, after))
+        rows.append(Row(f"clean-move/{mode}", "slack-down", "run", "-"))
+        rows.append(Row(f"clean-move/{mode}", "kill-9", "run", "stop"))
+    # the emergency move: its host fails before the run (its case), the target may fail during
+    for kind in ("sshd-down", "frozen", "crash"):
+        rows.append(Row("emergency-move", kind, "source", "-"))
+    for kind in ("slow", "db-unreachable"):
+        rows.append(Row("emergency-move", kind, "target", "clear-disabled"))
+    return rows
+
+
+def _serving(lab: Lab) -> dict[str, set[str]]:
+    return lab.serving(lab.site, lab.record())
+
+
+def _converged(lab: Lab, shell: Any, to: str) -> bool:
+    from tasks.site_state import snapshot_site
+
+    serving = _serving(lab)
+    if not all(serving.get(a) == {to} for a in ON_101):
+        return False
+    snap = snapshot_site(shell, [to])
+    channels = [c.removeprefix(P) for c in ON_101]
+    return all(snap.channels.get(c) == "Active" for c in channels)
+
+
+@contextlib.contextmanager
+def _fault_after(lab: Lab, row: Row, host: str, fired: dict[str, float]) -> Iterator[None]:
+    from flows import progress
+
+    def sink(kind: str, data: dict[str, Any]) -> None:
+        if kind != "step" or fired or row.after == "-":
+            return
+        rec = data["record"]
+        if rec.verb == row.after and rec.outcome in ("done", "forced"):
+            fired["at"] = time.monotonic()
+            lab.fault(host, row.fault)
+
+    with progress.sink(sink):
+        yield
+
+
+def _one(site_file: Path, row: Row, warmup_s: float) -> dict[str, Any]:
+    from flows.clean_move import clean_move
+    from flows.emergency_move import emergency_move
+    from flows.fence_host import fence_host
+    from tasks.remote import SiteShell
+    from tasks.site_state import snapshot_site
+
+    lab = Lab.from_file(site_file)
+    lab.up()
+    shell = SiteShell(lab.site)
+    out: dict[str, Any] = {"row": row.name, **row.__dict__}
+    try:
+        time.sleep(warmup_s)
+        before = lab.score(reset=True)
+        proc, mode = row.procedure.partition("/")[::2]
+        src, dst = "fts101", "fts102"
+        fault_host = src if row.where == "source" else dst
+        fired: dict[str, float] = {}
+        saved = {
+            k: os.environ.get(k) for k in ("HANDOVER_SLACK_API_URL", "HANDOVER_SLACK_BOT_TOKEN")
+        }
+
+        def run_once() -> Any:
+            if proc == "emergency-move":
+                return emergency_move(
+                    str(site_file), src, pause_for_approval=False, return_state=True
+                )
+            return clean_move(
+                str(site_file), src, dst, mode=mode, pause_for_approval=False, return_state=True
+            )
+
+        started = time.monotonic()
+        result: Any = None
+        if row.fault == "kill-9":
+            result = _killed_run(lab, site_file, mode, fired)
+        else:
+            if row.fault == "slack-down":  # a token, and nothing listening where Slack is
+                os.environ["HANDOVER_SLACK_API_URL"] = "http://127.0.0.1:9/api/"
+                os.environ["HANDOVER_SLACK_BOT_TOKEN"] = "xoxb-bench-faults"  # noqa: S105
+                fired["at"] = time.monotonic()
+            elif row.after == "-":
+                lab.fault(fault_host, row.fault)
+                fired["at"] = time.monotonic()
+            try:
+                with _fault_after(lab, row, fault_host, fired):
+                    result = run_once().result(raise_on_failure=False)
+            finally:
+                for k, v in saved.items():
+                    if v is None:
+                        os.environ.pop(k, None)
+                    else:
+                        os.environ[k] = v
+        if row.fault == "kill-9":
+            out["first_status"] = "killed"
+        elif isinstance(result, BaseException):
+            out["first_status"] = f"crashed: {type(result).__name__}: {result}"[:300]
+        else:
+            out["first_status"] = getattr(result, "status", "?")
+        out["fault_fired"] = bool(fired)
+        # the report against the live state, read now, before the fault is healed (a crashed
+        # host that reboots starts its agents again: fence-host's business, not the report's)
+        where = getattr(result, "where", None) or {}
+        if where:
+            live = snapshot_site(shell, [src, dst])
+            out["report_matches_live"] = all(live.where(a) == hs for a, hs in where.items())
+        else:
+            out["report_matches_live"] = None
+        if row.fault in FAULT_KINDS:
+            lab.heal(fault_host)
+        # converge: as an operator would, run it again (and fence a host that was down)
+        reruns = 0
+        t0 = fired.get("at", started)
+        deadline = time.monotonic() + CONVERGE_BOUND_S
+        while not _converged(lab, shell, dst) and time.monotonic() < deadline:
+            if reruns < 2:
+                reruns += 1
+                again = run_once().result(raise_on_failure=False)
+                out.setdefault("reruns_status", []).append(getattr(again, "status", "?"))
+                if proc == "emergency-move":
+                    fence_host(str(site_file), src, return_state=True)
+            else:
+                time.sleep(1.0)
+        out["converged"] = _converged(lab, shell, dst)
+        out["converge_s"] = round(time.monotonic() - t0, 2) if out["converged"] else None
+        out["reruns"] = reruns
+        time.sleep(0.5)
+        score = lab.score()
+        out["jobs_lost"] = score.jobs_lost - before.jobs_lost
+        out["jobs_lost_allowed"] = "the host's running transfers" if proc == "emergency-move" else 0
+        out["agents_twice"] = len(score.agents_running_twice)
+    except Exception as exc:  # noqa: BLE001 - a row that breaks is reported, the matrix goes on
+        out["error"] = f"{type(exc).__name__}: {exc}"[:500]
+    finally:
+        shell.close()
+        for h in lab.site.hosts:
+            with contextlib.suppress(Exception):
+                lab.heal(h.name)
+        lab.down()
+        lab.remove_state()
+    return out
+
+
+def _killed_run(lab: Lab, site_file: Path, mode: str, fired: dict[str, float]) -> Any:
+    """The move in a process of its own, killed -9 once its first agent has stopped."""
+    argv = [sys.executable, "-m", "infra.cli", "run", "clean-move", "--site", str(site_file)]
+    argv += ["--from", "fts101", "--to", "fts102", "--mode", mode, "--yes", "--json"]
+    proc = subprocess.Popen(
+        argv,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            serving = _serving(lab)
+            if any(not serving.get(a) for a in ON_101):  # an agent stopped: mid-move
+                break
+            time.sleep(0.05)
+        fired["at"] = time.monotonic()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    return None
+
+
+def bench_faults(
+    *,
+    procedures: list[str] | None = None,
+    kinds: list[str] | None = None,
+    wheres: list[str] | None = None,
+    afters: list[str] | None = None,
+    warmup_s: float = 3.0,
+    progress: Callable[[str], None] = lambda m: None,
+) -> dict[str, Any]:
+    """Run the chosen rows of the matrix; return every row and a summary."""
+    from rich.console import Console
+
+    from infra.run import configure_api
+
+    configure_api(Console(stderr=True))
+    tmp = Path(tempfile.mkdtemp(prefix="handover-bench-faults-"))
+    site_file = derive_site_file(
+        ROOT / "config" / "sites" / "lab.yaml",
+        tmp / "faults.yaml",
+        name="benchfaults",
+        octet=248,
+        db_port=20248,
+        state_dir=Path(f"/var/tmp/handover-lab/bench-faults-{os.getpid()}"),
+        lab=WORKLOAD,
+        procedures={
+            "clean-move": {"poll_interval_s": 0.25, "drain_timeout_s": 60},
+            "emergency-move": {"approval": "none"},
+        },
+    )
+    rows = [
+        r
+        for r in matrix()
+        if (not procedures or any(r.procedure.startswith(p) for p in procedures))
+        and (not kinds or r.fault in kinds)
+        and (not wheres or r.where in wheres)
+        and (not afters or r.after in afters)
+    ]
+    results = []
+    for i, row in enumerate(rows):
+        progress(f"{i + 1}/{len(rows)}: {row.name}")
+        res = _one(site_file, row, warmup_s)
+        progress(
+            f"    first run {res.get('first_status')}, converged {res.get('converged')} "
+            f"in {res.get('converge_s')} s, jobs lost {res.get('jobs_lost')}, agents twice "
+            f"{res.get('agents_twice')}" + (f"; ERROR {res['error']}" if "error" in res else "")
+        )
+        results.append(res)
+    bad = [
+        r
+        for r in results
+        if "error" in r
+        or not r.get("converged")
+        or r.get("agents_twice")
+        or (r.get("jobs_lost_allowed") == 0 and r.get("jobs_lost"))
+        or r.get("report_matches_live") is False
+    ]
+    summary = [
+        f"fault matrix: {len(results)} rows, {len(results) - len(bad)} converged with no agent "
+        "twice, no job lost where none may be and a report that matches the live state",
+        *(
+            f"  {r['row']}: first {r.get('first_status')}, report matches live "
+            f"{r.get('report_matches_live')}, converged {r.get('converged')} "
+            f"({r.get('converge_s')} s, {r.get('reruns')} re-runs), jobs lost {r.get('jobs_lost')},"
+            f" twice {r.get('agents_twice')}" + (f", ERROR {r['error']}" if "error" in r else "")
+            for r in results
+        ),
+    ]
+    return {"rows": results, "ok": not bad, "summary": summary}

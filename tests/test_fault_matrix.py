@@ -1,0 +1,44 @@
+"""A slice of the fault matrix in CI (`handover bench faults` runs all of it): a pipelined clean
+move whose target loses sshd after its first agent stopped, and an emergency move of a crashed
+host. Each must end converged, with no agent ever on two hosts, no job lost where none may be,
+and a report that matches the live state."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from infra.bench.faults import bench_faults
+from tests.conftest import require_lab
+
+
+@pytest.mark.parametrize(
+    ("procedure", "kind", "where", "after"),
+    [
+        ("clean-move/pipelined", "sshd-down", "target", "stop"),
+        ("emergency-move", "crash", "source", "-"),
+    ],
+)
+def test_a_slice_of_the_fault_matrix(
+    prefect_api: str,
+    monkeypatch: pytest.MonkeyPatch,
+    procedure: str,
+    kind: str,
+    where: str,
+    after: str,
+) -> None:
+    require_lab()
+    monkeypatch.setenv("PREFECT_API_URL", prefect_api)
+    result: dict[str, Any] = bench_faults(
+        procedures=[procedure], kinds=[kind], wheres=[where], afters=[after]
+    )
+    rows = result["rows"]
+    assert len(rows) == 1, rows
+    for row in rows:
+        assert "error" not in row, row
+        assert row["fault_fired"], row
+        assert row["converged"] and row["agents_twice"] == 0, row
+        assert row["report_matches_live"] is not False, row
+        if row["jobs_lost_allowed"] == 0:
+            assert row["jobs_lost"] == 0, row
