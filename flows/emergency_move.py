@@ -201,7 +201,7 @@ def _emergency(
     # execute
     run = Executor(shell, plan)
     run.execute()
-    # verify
+    # verify: each agent runs on its target, each moved channel is Active there
     after = snapshot_site(shell, plan.targets()) if plan.moves else None
     agents = [
         AgentOutcome(
@@ -212,13 +212,26 @@ def _emergency(
         )
         for m in plan.moves
     ]
-    ok = all(a.running_on for a in agents) and not run.failed_chains
+    chans = [m.channel for m in plan.moves if m.channel]
+    not_active = [c for c in chans if after is None or after.channels.get(c) != "Active"]
+    ok = all(a.running_on for a in agents) and not run.failed_chains and not not_active
     killed = sum(
         len(r.changed) for r in run.records if r.verb == "drop-sessions" and r.outcome == "done"
     )
     lock_wait = run.phase_s.get(plan.phases[0].name) if plan.case != "A" and plan.phases else None
     human = [*plan.human, *run.human]
-    chans = [m.channel for m in plan.moves if m.channel]
+    if not_active and after is not None:
+        human.append(
+            "channel(s) not Active after the move: "
+            + ", ".join(
+                f"{c} ({after.channels[c]})"
+                if c in after.channels
+                else f"{c} (unreadable: {after.channel_errors.get(c, 'not read')})"
+                for c in not_active
+            )
+            + f"; once the agents' hosts reach the database, run `handover run emergency-move "
+            f"--host {host}` again"
+        )
     transfers = plan.transfers_given_up
     summary = (
         f"{host} (case {plan.case}): "
@@ -240,7 +253,7 @@ def _emergency(
         steps=run.records,
         agents=agents,
         where={a.agent: a.running_on for a in agents},
-        channels={c: after.channels.get(c, "?") for c in chans} if after else {},
+        channels={c: after.channels.get(c, "unknown") for c in chans} if after else {},
         human_actions=human,
         sessions_killed=killed,
         lock_wait_s=round(lock_wait, 2) if lock_wait is not None else None,

@@ -112,25 +112,40 @@ def read_channel_state(shell: SiteShell, host: str, channel: str) -> str:
 def snapshot_site(shell: SiteShell, hosts: list[str] | None = None) -> SiteSnapshot:
     """Snapshot hosts in parallel (all by default) and read every channel's state once.
 
-    Channel states are read on the first reachable host; they are left empty when no host can be
-    reached.
+    Each channel's state is read on the first reachable host that can read it; a channel no host
+    could read is left out of `channels` and its error is in `channel_errors` (all are left out
+    when no host can be reached).
     """
     site = shell.site
     started = time.monotonic()
     names = hosts or [h.name for h in site.hosts]
     with ThreadPoolExecutor(max_workers=min(site.ssh.parallelism, len(names))) as ex:
         snaps = list(ex.map(lambda h: snapshot_host(shell, h), names))
+    readers = [s.host for s in snaps if s.reachable]
     channels: dict[str, str] = {}
-    reader = next((s.host for s in snaps if s.reachable), None)
-    if reader is not None and site.channels:
+    errors: dict[str, str] = {}
+
+    def read(channel: str) -> None:
+        # the first reachable host that can read it: a host cut off from the database cannot
+        first: SshError | None = None
+        for host in readers:
+            try:
+                channels[channel] = read_channel_state(shell, host, channel)
+                return
+            except SshError as exc:
+                first = first or exc
+        if first is not None:
+            errors[channel] = str(first)
+
+    if readers and site.channels:
         with ThreadPoolExecutor(max_workers=min(site.ssh.parallelism, len(site.channels))) as ex:
-            states = list(ex.map(lambda c: read_channel_state(shell, reader, c), site.channels))
-        channels = dict(zip(site.channels, states, strict=True))
+            list(ex.map(read, site.channels))
     return SiteSnapshot(
         site=site.site,
         taken_at=now(),
         hosts=snaps,
-        channels=channels,
+        channels={c: channels[c] for c in site.channels if c in channels},
+        channel_errors={c: errors[c] for c in site.channels if c in errors},
         duration_s=round(time.monotonic() - started, 3),
     )
 

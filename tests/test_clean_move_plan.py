@@ -236,6 +236,19 @@ def test_unknown_channel_states_fail_the_pre_checks() -> None:
     assert not plan.ok and "channel states could not be read" in plan.problems
 
 
+def test_a_channel_no_host_could_read_fails_the_pre_checks() -> None:
+    # fts101 reached the database for every channel but one (its read failed on every host)
+    channels = {c: s for c, s in ACTIVE.items() if c != "CERN-RAL"}
+    snap = recorded(STEADY.hosts[0], STEADY.hosts[1], channels).model_copy(
+        update={"channel_errors": {"CERN-RAL": "fts101: exited 1: cannot reach the database"}}
+    )
+    plan = plan_clean_move(SITE, snap, req())
+    assert not plan.ok
+    assert any(
+        "CERN-RAL could not be read" in p and "reach the database" in p for p in plan.problems
+    )
+
+
 def test_plan_markdown_shows_hosts_and_commands() -> None:
     md = plan_markdown(plan_clean_move(SITE, STEADY, req(mode="full")))
     assert "`service transfer-agents stop`" in md and "`fts102` start" in md

@@ -46,3 +46,17 @@ def test_without_the_hosts_snapshot_agents_served_elsewhere_stay() -> None:
 def test_a_spare_whose_agents_run_on_their_primary_has_nothing_to_move() -> None:
     vo = ["glite-transfer-vo-agent-atlas", "glite-transfer-vo-agent-cms"]
     assert choose_moves(SITE, "fts106", None, others(host("fts105", vo))) == []
+
+
+def test_case_a_a_rerun_starts_what_an_earlier_run_stopped_but_could_not_start() -> None:
+    # an earlier emergency move wrote .disabled and stopped the agents on fts101, then their
+    # starts on fts102 failed (it could not reach the database): nothing serves them
+    stopped = host("fts101", [], disabled=ON_101)
+    moves = choose_moves(SITE, "fts101", stopped, others(host("fts102", ON_102)))
+    assert [(m.agent, m.to) for m in moves] == [(a, "fts102") for a in ON_101]
+
+
+def test_case_a_a_stranded_agent_stays_when_its_other_host_cannot_be_seen() -> None:
+    stopped = host("fts101", [], disabled=ON_101)
+    unseen = host("fts102", [], reachable=False)
+    assert choose_moves(SITE, "fts101", stopped, others(unseen)) == []

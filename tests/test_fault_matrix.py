@@ -1,7 +1,9 @@
 """A slice of the fault matrix in CI (`handover bench faults` runs all of it): a pipelined clean
-move whose target loses sshd after its first agent stopped, and an emergency move of a crashed
-host. Each must end converged, with no agent ever on two hosts, no job lost where none may be,
-and a report that matches the live state."""
+move whose target loses sshd after its first agent stopped, an emergency move of a crashed
+host, and an emergency move whose target is cut off from the database as its agents start (the
+first run must say it failed, and the run after the heal must start what the first stopped).
+Each must end converged, with no agent ever on two hosts, no job lost where none may be, and a
+report that matches the live state."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from tests.conftest import require_lab
     [
         ("clean-move/pipelined", "sshd-down", "target", "stop"),
         ("emergency-move", "crash", "source", "-"),
+        ("emergency-move", "db-unreachable", "target", "clear-disabled"),
     ],
 )
 def test_a_slice_of_the_fault_matrix(
@@ -38,6 +41,7 @@ def test_a_slice_of_the_fault_matrix(
     for row in rows:
         assert "error" not in row, row
         assert row["fault_fired"], row
+        assert not str(row["first_status"]).startswith("crashed"), row
         assert row["converged"] and row["agents_twice"] == 0, row
         assert row["report_matches_live"] is not False, row
         if row["jobs_lost_allowed"] == 0:

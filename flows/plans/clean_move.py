@@ -150,6 +150,13 @@ def _classify(
                 estimated_drain_s=req.expected_transfer_s if running and action == "move" else 0.0,
             )
         )
+    for m in moves:
+        if m.channel in snap.channel_errors:
+            problems.append(
+                f"the state of channel {m.channel} could not be read "
+                f"({snap.channel_errors[m.channel]}); a move needs it: check that the hosts "
+                "reach the database, then plan again"
+            )
     return moves
 
 

@@ -88,7 +88,9 @@ def choose_moves(
     """Which agents leave `host`, and where they go.
 
     An agent may run on `host` as its primary or as its backup (after an earlier move); it goes
-    to its other host. With the host's own snapshot (case A) the agents that run there move.
+    to its other host. With the host's own snapshot (case A) the agents that run there move, and
+    so do those an earlier move left half done: listed in the host's `.disabled` file, running
+    nowhere (an emergency move stopped them, then could not start them on their other host).
     Without it (cases B and C) every agent that may run on `host` and does not run on its other
     host moves: it ran, or may have run, on the failed host, and nothing serves it now.
     """
@@ -96,7 +98,13 @@ def choose_moves(
     for a in site.agents_configured_on(host):
         to = a.backup if a.primary == host else a.primary
         if host_snap is not None:
-            if not host_snap.runs(a.name):
+            stranded = (
+                a.name in host_snap.disabled
+                and others.has(to)
+                and others.host(to).reachable
+                and not others.where(a.name)
+            )
+            if not host_snap.runs(a.name) and not stranded:
                 continue
         elif to in others.where(a.name):
             continue

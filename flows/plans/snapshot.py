@@ -65,6 +65,8 @@ class SiteSnapshot(BaseModel):
     taken_at: dt.datetime
     hosts: list[HostSnapshot]
     channels: dict[str, str] = Field(default_factory=dict)
+    #: channels whose state no reachable host could read, and why
+    channel_errors: dict[str, str] = Field(default_factory=dict)
     #: how long taking the snapshot took (remote commands, in parallel)
     duration_s: float = 0.0
 
