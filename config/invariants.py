@@ -177,7 +177,19 @@ def procedure_problems(site: Site) -> list[Problem]:
 
 
 def slack_problems(site: Site) -> list[Problem]:
-    """Slack: somebody may approve when a procedure requires approval."""
+    """Slack: somebody may approve when a procedure requires approval, through the gateway when
+    a policy accepts only the gateway's decisions."""
+    gated = sorted(n for n, p in site.procedures.items() if p.approval_via == "gateway")
+    if gated and site.slack is None:
+        return [
+            Problem(
+                f"procedures.{gated[0]}.approval_via",
+                "only the gateway's decisions count, but the site has no slack section (the "
+                "gateway seals decisions with the Slack signing secret)",
+                "add a slack section (channel, approvers, bot_token, signing_secret), or use "
+                "approval_via: any",
+            )
+        ]
     if (
         site.slack is not None
         and pol_needs_approvers(site)

@@ -482,6 +482,10 @@ class ProcedurePolicy(_Model):
     approval: Literal["required", "none"] = "required"
     approval_timeout_s: float = Field(default=900.0, gt=0)
     on_approval_timeout: Literal["reject", "proceed"] = "reject"
+    #: which decisions count: ``any`` (a Slack approver's click, or the Prefect UI's form) or
+    #: ``gateway`` (only a decision the gateway sealed after checking Slack's signature and the
+    #: approver list; a form typed into the Prefect UI is logged and the run keeps waiting)
+    approval_via: Literal["any", "gateway"] = "any"
     emergency: bool = False
     drain_timeout_s: float = Field(default=900.0, gt=0)
     poll_interval_s: float = Field(default=2.0, gt=0)

@@ -25,7 +25,8 @@ from prefect.input import RunInput
 from prefect.states import Running
 from pydantic import BaseModel, Field
 
-from config.site import ProcedurePolicy
+from config.site import ProcedurePolicy, Slack
+from flows.approval_seal import is_sealed, site_seal_key
 
 
 class ApprovalInput(RunInput):
@@ -38,6 +39,9 @@ class ApprovalInput(RunInput):
     comment: str = Field(default="", max_length=2000)
     source: str = Field(
         default="Prefect UI", max_length=60, description="where the decision was made"
+    )
+    seal: str = Field(
+        default="", max_length=128, description="set by the handover gateway; leave it empty"
     )
 
 
@@ -98,49 +102,82 @@ def request_approval(
     poll_interval_s: float = 1.0,
     announce: Callable[[], None] | None = None,
     conclude: Callable[[ApprovalRecord], None] | None = None,
+    seal_key: bytes | None = None,
 ) -> ApprovalRecord:
     """Pause the current flow run until a human decides, or the policy's timeout passes.
 
+    A decision counts as the gateway's when it carries the gateway's seal
+    (`flows.approval_seal`); any other is recorded as typed in the Prefect UI, and ignored when
+    the policy says ``approval_via: gateway`` (the run pauses again until its timeout).
+
     Args:
-        policy: the procedure's policy (approval timeout, what a timeout does).
+        policy: the procedure's policy (approval timeout, what a timeout does, which decisions
+            count).
         what: one line saying what is to be approved (logged; shown by notifiers).
         poll_interval_s: how often the paused run checks for the decision.
         announce: called once the run is about to pause (e.g. post the request to Slack).
         conclude: called with the decision (e.g. update the Slack message).
+        seal_key: the site's seal key (None: no decision is sealed).
 
     Returns:
         The decision record; ``approved`` tells whether to go ahead.
     """
+    from flows import progress
+
     logger = get_run_logger()
     logger.info("Waiting for approval (up to %.0f s): %s", policy.approval_timeout_s, what)
     if announce is not None:
         announce()
     started = dt.datetime.now(dt.UTC)
-    try:
-        answer = pause_flow_run(  # type: ignore[call-overload]  # a float poll interval is fine
-            wait_for_input=ApprovalInput,
-            timeout=int(policy.approval_timeout_s),
-            poll_interval=poll_interval_s,
-            key="approval",
-        )
-    except FlowPauseTimeout:
-        _unstick_paused_run()
-        waited = (dt.datetime.now(dt.UTC) - started).total_seconds()
-        proceed = policy.on_approval_timeout == "proceed" and policy.emergency
-        record = ApprovalRecord(
-            decision="timeout-proceed" if proceed else "timeout-reject",
-            who="policy",
-            source="timeout",
-            decided_at=dt.datetime.now(dt.UTC),
-            waited_s=waited,
-        )
-    else:
+    deadline = started + dt.timedelta(seconds=policy.approval_timeout_s)
+    ctx = FlowRunContext.get()
+    run_id = str(ctx.flow_run.id) if ctx is not None and ctx.flow_run is not None else ""
+    record: ApprovalRecord | None = None
+    pauses = 0
+    while record is None:
+        left = (deadline - dt.datetime.now(dt.UTC)).total_seconds()
+        try:
+            if left < 1:
+                raise FlowPauseTimeout("the approval timeout passed")
+            answer = pause_flow_run(  # type: ignore[call-overload]  # a float poll is fine
+                wait_for_input=ApprovalInput,
+                timeout=int(left),
+                poll_interval=poll_interval_s,
+                # each pause needs its own key: Prefect runs a keyed pause once per run
+                key="approval" if pauses == 0 else f"approval-{pauses}",
+            )
+        except FlowPauseTimeout:
+            _unstick_paused_run()
+            waited = (dt.datetime.now(dt.UTC) - started).total_seconds()
+            proceed = policy.on_approval_timeout == "proceed" and policy.emergency
+            record = ApprovalRecord(
+                decision="timeout-proceed" if proceed else "timeout-reject",
+                who="policy",
+                source="timeout",
+                decided_at=dt.datetime.now(dt.UTC),
+                waited_s=waited,
+            )
+            break
+        pauses += 1
         assert answer is not None
+        sealed = is_sealed(
+            seal_key, run_id, answer.decision, answer.who, answer.source, answer.seal
+        )
+        if not sealed and policy.approval_via == "gateway":
+            logger.warning(
+                "Ignored a decision (%s by %r) that did not come through the gateway: this "
+                "site accepts approvals from its Slack approvers only; still waiting",
+                answer.decision,
+                answer.who,
+            )
+            progress.emit("approval-ignored", decision=answer.decision, who=answer.who)
+            continue
         record = ApprovalRecord(
             decision=answer.decision,
-            who=answer.who,
+            # what the form says is a claim: recorded as typed, and where it was typed
+            who=answer.who if sealed else f"{answer.who} (as typed)",
             comment=answer.comment,
-            source=answer.source or "Prefect UI",
+            source=answer.source if sealed else "Prefect UI",
             decided_at=dt.datetime.now(dt.UTC),
             waited_s=(dt.datetime.now(dt.UTC) - started).total_seconds(),
         )
@@ -161,6 +198,7 @@ def approve(
     *,
     announce: Callable[[], None] | None = None,
     conclude: Callable[[ApprovalRecord], None] | None = None,
+    slack: Slack | None = None,
     **event: object,
 ) -> ApprovalRecord:
     """Go at once or ask a human, as the site's policy (or the run's `pause`) says.
@@ -172,6 +210,7 @@ def approve(
         what: the one line the approver reads.
         announce: posts the request (Slack).
         conclude: updates it with the decision.
+        slack: the site's Slack section (its signing secret keys the gateway's seals).
         **event: extra data for the ``approval-wait`` progress event (e.g. the plan).
 
     Returns:
@@ -192,7 +231,12 @@ def approve(
         return pre_approved(who, "no approval required" if pause is None else "started with --yes")
     progress.emit("approval-wait", what=what, **event)
     record = request_approval(
-        policy, what=what, poll_interval_s=1.0, announce=announce, conclude=conclude
+        policy,
+        what=what,
+        poll_interval_s=1.0,
+        announce=announce,
+        conclude=conclude,
+        seal_key=site_seal_key(slack),
     )
     progress.emit("approval", record=record)
     return record

@@ -334,6 +334,7 @@ def _move(
         f"{req.to_host} ({req.mode}), est. {plan.estimated_duration_s:.0f} s",
         announce=lambda: thread.request_approval(plan, requested_by),
         conclude=thread.decided,
+        slack=site.slack,
         plan=plan,
     )
     if not approval.approved:

@@ -189,6 +189,7 @@ def _emergency(
             ],
         ),
         conclude=thread.decided,
+        slack=site.slack,
     )
     if not approval.approved:
         return finish(

@@ -23,6 +23,7 @@ from slack_sdk.socket_mode.request import SocketModeRequest
 from config.loader import load_site
 from config.site import Site
 from flows import progress
+from flows.approval_seal import seal, seal_key
 from flows.clean_move import CleanMoveResult, clean_move
 from infra.fakeslack import FakeSlack, interaction_body, signed_headers
 from infra.gateway.app import create_app
@@ -74,7 +75,7 @@ class Gateway:
     """A real gateway (uvicorn on loopback) for a site, stopped at the end."""
 
     def __init__(self, site: Site) -> None:
-        self.decider = Decider(site)
+        self.decider = Decider(site, seal_key=seal_key(SECRET))
         self.port = _free_port()
         config = uvicorn.Config(
             create_app(site, SECRET, self.decider),
@@ -368,8 +369,55 @@ def test_ui_approval_works_with_slack_down(
     th.join(120)
     result: CleanMoveResult = box["result"]
     assert result.status == "completed", result.summary
-    assert result.approval is not None and result.approval.who == "carol"
+    # the form's "who" is a claim: recorded as typed, and where
+    assert result.approval is not None and result.approval.who == "carol (as typed)"
+    assert result.approval.source == "Prefect UI"
     assert "Slack notification failed" in result.notifications
+
+
+def test_a_site_that_requires_the_gateway_ignores_forms_typed_into_the_ui(
+    lab: RunningLab, slack: FakeSlack, gateway: Gateway, tmp_path: Any
+) -> None:
+    """`approval_via: gateway`: a decision resumed through Prefect's API without the gateway's
+    seal (a form claiming to be Slack, a seal copied from another run) is ignored and the run
+    keeps waiting; the Slack approver's click, sealed by the gateway, decides."""
+    import yaml
+
+    data = yaml.safe_load(lab.site_file.read_text())
+    data["procedures"]["clean-move"]["approval_via"] = "gateway"
+    gated = tmp_path / "gateway-only.yaml"
+    gated.write_text(yaml.safe_dump(data))
+    ignored: list[dict[str, Any]] = []
+
+    def watch(kind: str, data: dict[str, Any]) -> None:
+        if kind == "approval-ignored":
+            ignored.append(data)
+
+    with progress.sink(watch):
+        th, box = _start_move(lab, site_file=str(gated))
+        run_id = _wait_for_approval(box)
+        forged = {"decision": "approve", "who": f"<@{APPROVER}>", "source": "Slack"}
+        other_run = "2b6f0cb4-0000-4000-8000-000000000000"
+        for attempt in (
+            forged,
+            {
+                **forged,
+                "seal": seal(seal_key(SECRET), other_run, "approve", forged["who"], "Slack"),
+            },
+            {**forged, "seal": "0" * 64},
+        ):
+            seen = len(ignored)
+            resume_flow_run(run_id, run_input=attempt)
+            wait_for(lambda seen=seen: len(ignored) > seen, 30, "the decision to be ignored")
+            wait_for(lambda: _paused(run_id), 30, "the run to pause again")
+        status, answer = gateway.click(APPROVER, "approve", run_id, slack.response_url())
+        assert status == 200 and answer["ok"], answer
+        th.join(120)
+    result: CleanMoveResult = box["result"]
+    assert len(ignored) == 3
+    assert result.status == "completed", result.summary
+    assert result.approval is not None and result.approval.source == "Slack"
+    assert result.approval.who == f"<@{APPROVER}>"
 
 
 def test_approval_timeout_rejects_and_changes_nothing(

@@ -195,7 +195,7 @@ def test_rejected_approval_changes_nothing(lab: RunningLab) -> None:
     th.join(60)
     result = box["result"]
     assert result.status == "rejected" and result.steps == []
-    assert result.approval.who == "alice" and result.approval.decision == "reject"
+    assert result.approval.who == "alice (as typed)" and result.approval.decision == "reject"
     assert "rejected by alice" in result.summary
     assert placement(lab) == before
 

@@ -24,8 +24,9 @@ from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectNotFound
 from prefect.flow_runs import resume_flow_run
 
-from config.loader import SiteConfigError, load_site
+from config.loader import SiteConfigError, load_site_ref
 from config.site import Site
+from flows.approval_seal import seal
 
 audit_log = logging.getLogger("handover.audit")
 
@@ -57,6 +58,8 @@ class Decider:
     _group_cache: tuple[float, set[str]] = (0.0, set())
     #: the first approver of each run that needs two (two-person rule, unverified requester)
     _first_approvals: dict[str, str] = field(default_factory=dict)
+    #: the key of the seal on decisions (`flows.approval_seal`; None: decisions go unsealed)
+    seal_key: bytes | None = None
 
     def _lock_for(self, run_id: str) -> threading.Lock:
         with self._guard:
@@ -118,7 +121,7 @@ class Decider:
                 return refuse("unknown-run", f"No run {run_id} is known; nothing was resumed.")
         site_file = (run.parameters or {}).get("site_file")
         try:
-            run_site = load_site(site_file).site if site_file else None
+            run_site = load_site_ref(site_file).site if site_file else None
         except SiteConfigError:
             run_site = None
         if run_site != self.site.site:
@@ -180,6 +183,9 @@ class Decider:
                         "who": who,
                         "comment": "",
                         "source": source,
+                        "seal": seal(self.seal_key, str(run_id), decision, who, source)
+                        if self.seal_key is not None
+                        else "",
                     },
                 )
             except Exception as exc:  # noqa: BLE001 - said to the user and audited

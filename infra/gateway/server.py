@@ -7,6 +7,7 @@ from typing import Any
 
 from config.loader import load_site
 from config.site import SecretError, SecretRef, Site
+from flows.approval_seal import seal_key
 from infra.gateway.app import AlertSecrets
 from infra.gateway.decide import Decider
 from infra.gateway.incidents import Incidents
@@ -78,7 +79,8 @@ def build(site_file: str) -> tuple[Site, Decider, str | None]:
                 "no Slack bot token (replies and notes go to the runs' logs only): %s", exc
             )
     members = _group_members(site) if site.slack is not None else None
-    return site, Decider(site, group_members=members), secret
+    key = seal_key(secret) if secret else None
+    return site, Decider(site, group_members=members, seal_key=key), secret
 
 
 def build_intake(site: Site, decider: Decider) -> tuple[AlertIntake, AlertSecrets] | None:
