@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -144,17 +145,60 @@ def allowed_site_dirs() -> list[Path]:
     return [d.resolve() for d in (*SITES_DIRS, *extra)]
 
 
-def load_reviewed_site(path: str | Path) -> Site:
-    """`load_site`, for a file in one of `allowed_site_dirs` only.
+#: a site named rather than given by path: ``<name>.yaml`` in the first site directory that has it
+SITE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
-    A run created through the Prefect API names its site file as a parameter: anyone who reaches
-    the API could point it at a file of their own, whose commands would run with the site's SSH
-    key. Such runs load only files that were put where site files are reviewed.
+
+def is_site_name(ref: str | Path) -> bool:
+    """Whether `ref` names a site (``lab``) rather than giving a path (``./lab.yaml``)."""
+    return isinstance(ref, str) and SITE_NAME_RE.fullmatch(ref) is not None
+
+
+def find_site(name: str) -> Path:
+    """The file of the site called `name`: ``<name>.yaml`` in the first of `allowed_site_dirs`.
+
+    Raises:
+        SiteConfigError: no site directory has it (the message lists the sites there are).
+    """
+    dirs = allowed_site_dirs()
+    for d in dirs:
+        for suffix in (".yaml", ".yml"):
+            if (d / f"{name}{suffix}").is_file():
+                return d / f"{name}{suffix}"
+    known = sorted({f.stem for d in dirs if d.is_dir() for f in d.glob("*.y*ml")})
+    raise SiteConfigError(
+        name,
+        [
+            Problem(
+                "(file)",
+                f"no site called {name!r} in the site directories ({', '.join(map(str, dirs))})",
+                f"use one of: {', '.join(known) or '(none)'}; or put {name}.yaml there",
+            )
+        ],
+    )
+
+
+def load_site_ref(ref: str | Path) -> Site:
+    """`load_site` of a path, or of a site's name (see `find_site`) when `ref` is a bare name
+    and no such file exists here."""
+    if is_site_name(ref) and not Path(ref).exists():
+        return load_site(find_site(str(ref)))
+    return load_site(ref)
+
+
+def load_reviewed_site(path: str | Path) -> Site:
+    """`load_site`, for a site named (``lab``) or a file in one of `allowed_site_dirs` only.
+
+    A run created through the Prefect API names its site as a parameter: anyone who reaches the
+    API could point it at a file of their own, whose commands would run with the site's SSH key.
+    Such runs load only sites that were put where site files are reviewed.
 
     Raises:
         SiteConfigError: the file is elsewhere (nothing was read), or it is invalid.
     """
-    resolved = Path(path).resolve()
+    if is_site_name(path):
+        path = find_site(str(path))
+    resolved = Path(path).resolve()  # a link out of the site directories is refused too
     dirs = allowed_site_dirs()
     if not any(resolved.is_relative_to(d) for d in dirs):
         raise SiteConfigError(
@@ -164,8 +208,9 @@ def load_reviewed_site(path: str | Path) -> Site:
                     "(file)",
                     "a run created through the Prefect API loads site files from the site "
                     f"directories only ({', '.join(str(d) for d in dirs)})",
-                    "put the file there, or add its directory to HANDOVER_SITES_DIRS where the "
-                    "runs execute (handover serve adds the directory of its --site)",
+                    "name the site (e.g. `lab` for lab.yaml there), put the file there, or add "
+                    "its directory to HANDOVER_SITES_DIRS where the runs execute (handover "
+                    "serve adds the directory of its --site)",
                 )
             ],
         )

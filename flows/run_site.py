@@ -3,13 +3,14 @@ only for a run created through the Prefect API (see `config.loader.load_reviewed
 
 from __future__ import annotations
 
-from config.loader import load_reviewed_site, load_site
+from config.loader import load_reviewed_site, load_site_ref
 from config.site import Site
 from flows import progress
 
 
 def load_run_site(site_file: str) -> Site:
-    """The run's site.
+    """The run's site, from a path or a site's name (``lab``: ``lab.yaml`` in the site
+    directories).
 
     Raises:
         SiteConfigError: the file is invalid, or (for a run created through the API) outside
@@ -17,4 +18,4 @@ def load_run_site(site_file: str) -> Site:
     """
     if progress.created_through_the_api():
         return load_reviewed_site(site_file)
-    return load_site(site_file)
+    return load_site_ref(site_file)

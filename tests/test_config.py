@@ -163,6 +163,15 @@ MALFORMED: list[tuple[str, dict[str, Any], str, str]] = [
         "pattern",
     ),
     (
+        "gateway-only approvals without a slack section",
+        {
+            **_mutate(["procedures", "clean-move", "approval_via"], "gateway"),
+            "slack": None,
+        },
+        "procedures.clean-move.approval_via",
+        "add a slack section",
+    ),
+    (
         "command template with a partial placeholder",
         _mutate(["commands"], {"start_agent": ["service", "x", "--instance={agent}"]}),
         "commands",
@@ -248,3 +257,35 @@ def test_check_config_prints_what_looks_like_markup_as_it_is(tmp_path: Path) -> 
     assert res.returncode != 0
     flat = " ".join(res.stderr.split())  # rich folds long lines
     assert "^[a-z][a-z0-9-]{0,62}$" in flat, res.stderr
+
+
+def test_a_site_is_loaded_by_name_from_the_site_directories_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from config.loader import load_reviewed_site, load_site_ref
+
+    reviewed, elsewhere = tmp_path / "reviewed", tmp_path / "elsewhere"
+    reviewed.mkdir()
+    elsewhere.mkdir()
+    (reviewed / "mysite.yaml").write_text(yaml.safe_dump(base()))
+    (elsewhere / "theirs.yaml").write_text(yaml.safe_dump(base()))
+    # a link in the reviewed directory to a file elsewhere is the file elsewhere
+    (reviewed / "linked.yaml").symlink_to(elsewhere / "theirs.yaml")
+    monkeypatch.setenv("HANDOVER_SITES_DIRS", str(reviewed))
+    assert load_reviewed_site("mysite").site == base()["site"]
+    assert load_site_ref("mysite").site == base()["site"]
+    assert load_reviewed_site(str(reviewed / "mysite.yaml")).site == base()["site"]
+    for outside in (
+        str(elsewhere / "theirs.yaml"),
+        str(reviewed / ".." / "elsewhere" / "theirs.yaml"),
+        str(reviewed / "linked.yaml"),
+    ):
+        with pytest.raises(SiteConfigError, match="site directories only"):
+            load_reviewed_site(outside)
+    with pytest.raises(SiteConfigError, match="site directories only"):
+        load_reviewed_site("linked")
+    with pytest.raises(SiteConfigError) as info:
+        load_reviewed_site("nosuch")
+    assert "no site called 'nosuch'" in str(info.value) and "mysite" in str(info.value)
+    with pytest.raises(SiteConfigError):
+        load_reviewed_site("theirs")  # a name is looked up in the site directories only

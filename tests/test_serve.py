@@ -53,12 +53,17 @@ def serving(lab: RunningLab, prefect_api: str, *extra: str) -> Iterator[subproce
         def deployed() -> bool:
             # registered by this serve process: an earlier one (another test module) may have
             # left the same deployment with its own site
+            # every deployment the tests run, not only the first registered
             with get_client(sync_client=True) as client:
                 try:
-                    dep = client.read_deployment_by_name("clean-move/clean-move")
+                    deps = [
+                        client.read_deployment_by_name(name)
+                        for name in ("clean-move/clean-move", "site-snapshot/site-snapshot")
+                    ]
                 except ObjectNotFound:
                     return False
-            return bool(dep.parameters.get("site_file") == str(lab.site_file.resolve()))
+            site = str(lab.site_file.resolve())
+            return all(d.parameters.get("site_file") == site for d in deps)
 
         wait_for(deployed, 60, "handover serve to register the deployment")
         yield proc
@@ -187,5 +192,12 @@ def test_a_run_created_through_the_api_loads_only_reviewed_site_files(
             parameters={"site_file": str(elsewhere)},
             timeout=120,
         )
+        # the same site by name: its file is in a site directory (serve's --site directory)
+        named = run_deployment(
+            "site-snapshot/site-snapshot",
+            parameters={"site_file": lab.site_file.stem},
+            timeout=120,
+        )
     assert run.state is not None and run.state.is_failed(), run.state
     assert "site directories" in (run.state.message or ""), run.state.message
+    assert named.state is not None and named.state.is_completed(), named.state
