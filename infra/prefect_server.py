@@ -169,3 +169,43 @@ def stop_server(home: Path = HOME) -> bool:
             os.killpg(pid, signal.SIGKILL)
     pid_file.unlink(missing_ok=True)
     return True
+
+
+def free_port(host: str = DEFAULT_HOST) -> int:
+    """A TCP port nobody listens on now (for a temporary server)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class RestartableServer:
+    """A temporary server of one's own (tests, benches), stopped and started again by PID with
+    the same home: what a restart of the operator's server does to the runs that use it."""
+
+    def __init__(self, home: Path, extra_env: dict[str, str] | None = None) -> None:
+        self.home = home
+        self.port = free_port()
+        self.url = api_url(DEFAULT_HOST, self.port)
+        self.env = dict(extra_env or {})
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout_s: float = 120) -> None:
+        """Start it and wait until it is healthy.
+
+        Raises:
+            RuntimeError: it exited or stayed unhealthy (see `wait_healthy`).
+        """
+        self.proc = spawn(self.home, DEFAULT_HOST, self.port, self.env)
+        wait_healthy(self.url, self.proc, self.home, timeout_s)
+
+    def stop(self) -> None:
+        """Stop it (SIGTERM, then SIGKILL after 30 s); nothing when it is not running."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)

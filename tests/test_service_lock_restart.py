@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from flows import service_lock as sl
 from flows.clean_move import CleanMoveResult
-from infra.prefect_server import api_url, spawn, wait_healthy
+from infra.prefect_server import RestartableServer, free_port, spawn
 from tasks.site_state import snapshot_site
 from tests.conftest import (
     ROOT,
@@ -42,39 +41,12 @@ STORAGES = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class RestartableServer:
-    """A Prefect server of this test's own, stopped and started by PID with the same home."""
-
-    def __init__(self, home: Path, storage: str) -> None:
-        self.home = home
-        self.port = _free_port()
-        self.url = api_url("127.0.0.1", self.port)
-        self.env = {"PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": storage}
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = spawn(self.home, "127.0.0.1", self.port, self.env)
-        wait_healthy(self.url, self.proc, self.home, 120)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-
-
 @pytest.fixture
 def server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[RestartableServer]:
-    srv = RestartableServer(tmp_path / "prefect-home", STORAGES[request.param])
+    srv = RestartableServer(
+        tmp_path / "prefect-home",
+        {"PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": STORAGES[request.param]},
+    )
     srv.start()
     try:
         with temporary_settings({PREFECT_API_URL: srv.url}):
@@ -145,7 +117,7 @@ def test_a_server_restart_mid_move_leaves_the_service_free(
 def test_the_servers_handover_starts_keep_leases_on_disk(tmp_path: Path) -> None:
     """`handover server start`, the benches and this suite's own servers use the on-disk
     lease storage."""
-    proc = spawn(tmp_path / "h", "127.0.0.1", _free_port(), {})
+    proc = spawn(tmp_path / "h", "127.0.0.1", free_port(), {})
     try:
         env = Path(f"/proc/{proc.pid}/environ").read_bytes().split(b"\0")
     finally:

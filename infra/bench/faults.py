@@ -2,8 +2,11 @@
 
 Each row starts a fresh bench lab with its load running, runs one procedure in this process and,
 the moment a given step of it has run, injects one fault: a lab fault (`sshd-down`, `frozen`,
-`crash`, `db-unreachable`, `slow`) on the move's source or target, Slack unreachable, or kill -9
-of the run itself (then the procedure runs in a process of its own). After the run the fault is
+`crash`, `db-unreachable`, `slow`) on the move's source or target, Slack unreachable, kill -9
+of the run itself (then the procedure runs in a process of its own), or the Prefect server
+stopped and started again mid-move (then the move runs in a process of its own, against a server
+of the row's own, and two more moves for the service must not be refused by a lock the restart
+left held). After the run the fault is
 healed (a crashed host reboots) and, when the run did not complete, the procedure is run again,
 as an operator would; fence-host follows an emergency move whose host was down. Each row says:
 
@@ -46,6 +49,8 @@ WORKLOAD: dict[str, Any] = {
     "transfers": {"short_s": [0.3, 1.5], "long_s": [3.0, 5.0], "long_fraction": 0.1, "seed": 7},
 }
 CONVERGE_BOUND_S = 90.0
+#: after a server restart mid-move, the move back and the move again both run (none refused)
+RESTART_OK = "completed then completed"
 
 
 @dataclass(frozen=True)
@@ -53,7 +58,7 @@ class Row:
     """One cell of the matrix."""
 
     procedure: str  # clean-move/<mode> or emergency-move
-    fault: str  # a lab fault kind, "slack-down" or "kill-9"
+    fault: str  # a lab fault kind, "slack-down", "kill-9" or "prefect-restart"
     where: str  # source, target, run
     after: str  # the step verb after which the fault is injected ("-": before the run)
 
@@ -72,6 +77,7 @@ def matrix() -> list[Row]:
                     rows.append(Row(f"clean-move/{mode}", kind, where, after))
         rows.append(Row(f"clean-move/{mode}", "slack-down", "run", "-"))
         rows.append(Row(f"clean-move/{mode}", "kill-9", "run", "stop"))
+        rows.append(Row(f"clean-move/{mode}", "prefect-restart", "run", "stop"))
     # the emergency move: its host fails before the run (its case), the target may fail during
     for kind in ("sshd-down", "frozen", "crash"):
         rows.append(Row("emergency-move", kind, "source", "-"))
@@ -146,6 +152,8 @@ def _one(site_file: Path, row: Row, warmup_s: float) -> dict[str, Any]:
         result: Any = None
         if row.fault == "kill-9":
             result = _killed_run(lab, site_file, mode, fired)
+        elif row.fault == "prefect-restart":
+            result, out["after_restart"] = _restarted_run(lab, site_file, mode, fired)
         else:
             if row.fault == "slack-down":  # a token, and nothing listening where Slack is
                 os.environ["HANDOVER_SLACK_API_URL"] = "http://127.0.0.1:9/api/"
@@ -165,6 +173,8 @@ def _one(site_file: Path, row: Row, warmup_s: float) -> dict[str, Any]:
                         os.environ[k] = v
         if row.fault == "kill-9":
             out["first_status"] = "killed"
+        elif row.fault == "prefect-restart":
+            out["first_status"] = result.status if result is not None else "no report"
         elif isinstance(result, BaseException):
             out["first_status"] = f"crashed: {type(result).__name__}: {result}"[:300]
         else:
@@ -173,7 +183,9 @@ def _one(site_file: Path, row: Row, warmup_s: float) -> dict[str, Any]:
         # the report against the live state, read now, before the fault is healed (a crashed
         # host that reboots starts its agents again: fence-host's business, not the report's)
         where = getattr(result, "where", None) or {}
-        if where:
+        if row.fault == "prefect-restart":  # read before the moves that test the lock
+            out["report_matches_live"] = bool(fired["matches"]) if "matches" in fired else None
+        elif where:
             live = snapshot_site(shell, [src, dst])
             out["report_matches_live"] = all(live.where(a) == hs for a, hs in where.items())
         else:
@@ -239,6 +251,77 @@ def _killed_run(lab: Lab, site_file: Path, mode: str, fired: dict[str, float]) -
     return None
 
 
+def _restarted_run(
+    lab: Lab, site_file: Path, mode: str, fired: dict[str, float]
+) -> tuple[Any, str]:
+    """The move in a process of its own against a Prefect server of this row's own, which is
+    stopped once the move's first agent has stopped and started again 5 s later; then a second
+    procedure for the service (the move back) must not be refused. Returns the first run's
+    result (None when it printed none) and the second's status."""
+    from flows.clean_move import CleanMoveResult
+    from infra.prefect_server import RestartableServer
+
+    home = Path(tempfile.mkdtemp(prefix="handover-bench-restart-"))
+    srv = RestartableServer(home)
+    srv.start()
+    env = {**os.environ, "PREFECT_API_URL": srv.url, "PREFECT_LOGGING_LEVEL": "WARNING"}
+
+    def move(src: str, dst: str) -> subprocess.Popen[str]:
+        argv = [sys.executable, "-m", "infra.cli", "run", "clean-move", "--site", str(site_file)]
+        argv += ["--from", src, "--to", dst, "--mode", mode, "--yes", "--json"]
+        return subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            start_new_session=True,
+        )
+
+    def report(proc: subprocess.Popen[str], timeout_s: float) -> Any:
+        try:
+            out, _ = proc.communicate(timeout=timeout_s)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+        try:
+            return CleanMoveResult.model_validate_json(out)
+        except ValueError:
+            return None
+
+    try:
+        first = move("fts101", "fts102")
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and first.poll() is None:
+            if any(not _serving(lab).get(a) for a in ON_101):  # an agent stopped: mid-move
+                break
+            time.sleep(0.05)
+        fired["at"] = time.monotonic()
+        srv.stop()
+        time.sleep(5.0)
+        srv.start()
+        result = report(first, 300)
+        if result is not None and result.where:
+            from tasks.remote import SiteShell
+            from tasks.site_state import snapshot_site
+
+            shell = SiteShell(lab.site)
+            try:
+                live = snapshot_site(shell, ["fts101", "fts102"])
+            finally:
+                shell.close()
+            fired["matches"] = float(all(live.where(a) == h for a, h in result.where.items()))
+        second = report(move("fts102", "fts101"), 300)
+        # the move back is the lock's test; the row then judges the move to fts102 again
+        again = report(move("fts101", "fts102"), 300)
+        statuses = [r.status if r is not None else "no report" for r in (second, again)]
+        return result, " then ".join(statuses)
+    finally:
+        srv.stop()
+
+
 def bench_faults(
     *,
     procedures: list[str] | None = None,
@@ -246,9 +329,14 @@ def bench_faults(
     wheres: list[str] | None = None,
     afters: list[str] | None = None,
     warmup_s: float = 3.0,
+    octet: int = 248,
     progress: Callable[[str], None] = lambda m: None,
 ) -> dict[str, Any]:
-    """Run the chosen rows of the matrix; return every row and a summary."""
+    """Run the chosen rows of the matrix; return every row and a summary.
+
+    `octet` places the bench's lab on 127.<octet>.0.0/16 (and its database on port 20000 +
+    octet), so that two benches can run side by side.
+    """
     from rich.console import Console
 
     from infra.run import configure_api
@@ -258,9 +346,9 @@ def bench_faults(
     site_file = derive_site_file(
         ROOT / "config" / "sites" / "lab.yaml",
         tmp / "faults.yaml",
-        name="benchfaults",
-        octet=248,
-        db_port=20248,
+        name=f"benchfaults{octet}",
+        octet=octet,
+        db_port=20000 + octet,
         state_dir=Path(f"/var/tmp/handover-lab/bench-faults-{os.getpid()}"),
         lab=WORKLOAD,
         procedures={
@@ -294,6 +382,7 @@ def bench_faults(
         or r.get("agents_twice")
         or (r.get("jobs_lost_allowed") == 0 and r.get("jobs_lost"))
         or r.get("report_matches_live") is False
+        or (r.get("fault") == "prefect-restart" and r.get("after_restart") != RESTART_OK)
     ]
     summary = [
         f"fault matrix: {len(results)} rows, {len(results) - len(bad)} converged with no agent "
@@ -302,7 +391,9 @@ def bench_faults(
             f"  {r['row']}: first {r.get('first_status')}, report matches live "
             f"{r.get('report_matches_live')}, converged {r.get('converged')} "
             f"({r.get('converge_s')} s, {r.get('reruns')} re-runs), jobs lost {r.get('jobs_lost')},"
-            f" twice {r.get('agents_twice')}" + (f", ERROR {r['error']}" if "error" in r else "")
+            f" twice {r.get('agents_twice')}"
+            + (f", after the restart {r['after_restart']}" if "after_restart" in r else "")
+            + (f", ERROR {r['error']}" if "error" in r else "")
             for r in results
         ),
     ]

@@ -84,7 +84,9 @@ def register(sub: Any) -> None:
         help="only rows of this procedure (clean-move, clean-move/pipelined, emergency-move, ...)",
     )
     p.add_argument(
-        "--kind", action="append", help="only this fault (sshd-down, crash, kill-9, ...)"
+        "--kind",
+        action="append",
+        help="only this fault (sshd-down, crash, kill-9, prefect-restart, ...)",
     )
     p.add_argument("--where", action="append", choices=["source", "target", "run"])
     p.add_argument("--after", action="append", help="only faults injected after this step verb")
