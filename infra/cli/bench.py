@@ -29,6 +29,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             wheres=args.where,
             afters=args.after,
             warmup_s=args.warmup,
+            octet=args.octet,
             progress=say,
         )
     elif args.bench_what == "clean-move":
@@ -91,5 +92,13 @@ def register(sub: Any) -> None:
     p.add_argument("--where", action="append", choices=["source", "target", "run"])
     p.add_argument("--after", action="append", help="only faults injected after this step verb")
     p.add_argument("--warmup", type=float, default=3.0, help="seconds of load before each run")
+    p.add_argument(
+        "--octet",
+        type=int,
+        default=248,
+        choices=range(200, 255),
+        metavar="200-254",
+        help="the bench lab's addresses 127.OCTET.0.0/16 (two benches side by side)",
+    )
     p.add_argument("--json", action="store_true")
     bench.set_defaults(func=cmd_bench)
