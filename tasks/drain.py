@@ -4,6 +4,13 @@ One `DrainMonitor` polls the host (one `ps` per poll, whatever the number of cha
 the running-transfer count of each channel; each waiter blocks until a poll that began after its
 channel was set Inactive shows zero transfers for it, or until its deadline. The monitor calls
 `on_poll` after every poll (the flow publishes progress from there).
+
+Drained also means that the database answers from the host: an agent whose transfers ended
+records their results in the database, and one stopped while it cannot (the database hangs, or
+the host is cut off from it) leaves them Active, to be marked lost by its next instance. So once
+a poll shows a channel with no transfer, the monitor reads a channel's state on the host (a
+database round trip, bounded by the command's own timeout) and counts the channels drained only
+when that worked.
 """
 
 from __future__ import annotations
@@ -12,8 +19,9 @@ import threading
 import time
 from collections.abc import Callable
 
+from tasks.adapters.ssh import SshError
 from tasks.remote import SiteShell
-from tasks.site_state import snapshot_host
+from tasks.site_state import read_channel_state, snapshot_host
 
 
 class DrainTimeout(RuntimeError):
@@ -27,7 +35,7 @@ class DrainTimeout(RuntimeError):
         self.timeout_s = timeout_s
         busy = ", ".join(
             f"{c} ({n} running)" if n >= 0 else f"{c} (never read)" for c, n in running.items() if n
-        )
+        ) or ", ".join(f"{c} (no transfer runs, but the database did not answer)" for c in running)
         seen = f"; the last look at {host} failed: {error}" if error else ""
         super().__init__(
             f"{host}: {busy} did not drain within {timeout_s:.0f} s{seen}; their agents stay on "
@@ -60,6 +68,8 @@ class DrainMonitor:
         self.on_poll = on_poll
         self.running: dict[str, int] = dict.fromkeys(channels, -1)
         self.polled_at = 0.0  # monotonic time at which the last good poll began
+        #: whether the database answered from the host in the last good poll
+        self.db_answers = False
         self.error: str | None = None
         self._cond = threading.Condition()
         self._stop = threading.Event()
@@ -82,11 +92,20 @@ class DrainMonitor:
         """One poll of the host (also usable without the thread)."""
         began = time.monotonic()
         snap = snapshot_host(self.shell, self.host)
+        db_error: str | None = None
+        if snap.reachable:
+            drained = [c for c in self.channels if snap.running_transfers(c) == 0]
+            if drained:
+                try:
+                    read_channel_state(self.shell, self.host, drained[0])
+                except SshError as exc:
+                    db_error = f"the database did not answer from {self.host}: {exc}"
         with self._cond:
             if snap.reachable:
                 self.running = {c: snap.running_transfers(c) for c in self.channels}
                 self.polled_at = began
-                self.error = None
+                self.db_answers = db_error is None
+                self.error = db_error
             else:
                 self.error = snap.error
             self._cond.notify_all()
@@ -115,7 +134,7 @@ class DrainMonitor:
                 if self.cancel.is_set():
                     raise Cancelled("cancelled while waiting for the drain")
                 fresh = self.polled_at > since
-                if fresh and all(self.running.get(c, 0) == 0 for c in channels):
+                if fresh and self.db_answers and all(self.running.get(c, 0) == 0 for c in channels):
                     return {c: 0 for c in channels}
                 left = deadline - time.monotonic()
                 if left <= 0:

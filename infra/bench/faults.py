@@ -2,7 +2,9 @@
 
 Each row starts a fresh bench lab with its load running, runs one procedure in this process and,
 the moment a given step of it has run, injects one fault: a lab fault (`sshd-down`, `frozen`,
-`crash`, `db-unreachable`, `slow`) on the move's source or target, Slack unreachable, kill -9
+`crash`, `db-unreachable`, `slow`) on the move's source or target, a fault of the database
+server (`frozen`: every server process stopped; `crash`: aborted, started again when healed),
+Slack unreachable, kill -9
 of the run itself (then the procedure runs in a process of its own), or the Prefect server
 stopped and started again mid-move (then the move runs in a process of its own, against a server
 of the row's own, and two more moves for the service must not be refused by a lock the restart
@@ -35,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from infra.lab.faults import FAULT_KINDS
+from infra.lab.faults import DB_FAULT_KINDS, FAULT_KINDS
 from infra.lab.lab import Lab, derive_site_file
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -59,7 +61,7 @@ class Row:
 
     procedure: str  # clean-move/<mode> or emergency-move
     fault: str  # a lab fault kind, "slack-down", "kill-9" or "prefect-restart"
-    where: str  # source, target, run
+    where: str  # source, target, database, run
     after: str  # the step verb after which the fault is injected ("-": before the run)
 
     @property
@@ -78,12 +80,135 @@ def matrix() -> list[Row]:
         rows.append(Row(f"clean-move/{mode}", "slack-down", "run", "-"))
         rows.append(Row(f"clean-move/{mode}", "kill-9", "run", "stop"))
         rows.append(Row(f"clean-move/{mode}", "prefect-restart", "run", "stop"))
+        # the database under the move: frozen (hangs) or crashed (refuses, then restarts)
+        for kind in DB_FAULT_KINDS:
+            for after in ("set-inactive", "stop"):
+                rows.append(Row(f"clean-move/{mode}", kind, "database", after))
     # the emergency move: its host fails before the run (its case), the target may fail during
     for kind in ("sshd-down", "frozen", "crash"):
         rows.append(Row("emergency-move", kind, "source", "-"))
     for kind in ("slow", "db-unreachable"):
         rows.append(Row("emergency-move", kind, "target", "clear-disabled"))
+    for kind in DB_FAULT_KINDS:
+        rows.append(Row("emergency-move", kind, "database", "clear-disabled"))
+    # after an emergency move of a crashed host: fence it when it is back, drop its sessions
+    for kind in ("sshd-down", "frozen", "crash"):
+        rows.append(Row("fence-host", kind, "source", "-"))
+    for kind in DB_FAULT_KINDS:
+        rows.append(Row("drop-db-lock", kind, "database", "-"))
     return rows
+
+
+def _fenced(lab: Lab, shell: Any) -> bool:
+    """fts101 is back, its agents serve on fts102 only, are listed in its `.disabled` and do
+    not run on it."""
+    from tasks.site_state import snapshot_host
+
+    serving = _serving(lab)
+    if not all(serving.get(a) == {"fts102"} for a in ON_101):
+        return False
+    snap = snapshot_host(shell, "fts101")
+    return snap.reachable and all(a in snap.disabled and not snap.runs(a) for a in ON_101)
+
+
+def _no_sessions_of(lab: Lab, host: str) -> bool:
+    from tasks.db_sessions import find_sessions
+
+    try:
+        return not find_sessions(lab.site, host)
+    except Exception:  # noqa: BLE001 - a database that does not answer has not converged
+        return False
+
+
+def _one_after_crash(site_file: Path, row: Row, warmup_s: float) -> dict[str, Any]:
+    """A fence-host or drop-db-lock row: the state both meet is fts101 crashed (its sessions
+    still open on the server) and, for the fence, its agents moved by an emergency move and the
+    host rebooted. The fault is injected before the run, healed after it; the run is repeated
+    until converged."""
+    from flows.drop_db_lock import drop_db_lock
+    from flows.emergency_move import emergency_move
+    from flows.fence_host import fence_host
+    from tasks.remote import SiteShell
+
+    lab = Lab.from_file(site_file)
+    lab.up()
+    shell = SiteShell(lab.site)
+    out: dict[str, Any] = {"row": row.name, **row.__dict__}
+    src = "fts101"
+    try:
+        time.sleep(warmup_s)
+        before = lab.score(reset=True)
+        lab.fault(src, "crash")
+        if row.procedure == "fence-host":
+            moved = emergency_move(str(site_file), src, pause_for_approval=False, return_state=True)
+            out["emergency_move"] = getattr(moved.result(raise_on_failure=False), "status", "?")
+            lab.heal(src)  # it reboots; its agents try to start and cannot (the locks are held)
+
+            def run_once() -> Any:
+                return fence_host(str(site_file), src, return_state=True)
+
+            def converged() -> bool:
+                return _fenced(lab, shell)
+        else:
+
+            def run_once() -> Any:
+                return drop_db_lock(str(site_file), src, return_state=True)
+
+            def converged() -> bool:
+                return _no_sessions_of(lab, src)
+
+        _inject(lab, row, src)
+        t0 = time.monotonic()
+        first = run_once()
+        out["first_status"] = f"{first.name}: {first.message or ''}"[:300]
+        out["fault_fired"] = True
+        out["report_matches_live"] = None
+        _heal(lab, row, src)
+        reruns = 0
+        deadline = time.monotonic() + CONVERGE_BOUND_S
+        while not converged() and time.monotonic() < deadline:
+            if reruns < 2:
+                reruns += 1
+                again = run_once()
+                out.setdefault("reruns_status", []).append(
+                    f"{again.name}: {again.message or ''}"[:240]
+                )
+            else:
+                time.sleep(1.0)
+        out["converged"] = converged()
+        out["converge_s"] = round(time.monotonic() - t0, 2) if out["converged"] else None
+        out["reruns"] = reruns
+        time.sleep(0.5)
+        score = lab.score()
+        out["jobs_lost"] = score.jobs_lost - before.jobs_lost
+        out["jobs_lost_allowed"] = "the crashed host's running transfers"
+        out["agents_twice"] = len(score.agents_running_twice)
+    except Exception as exc:  # noqa: BLE001 - a row that breaks is reported, the matrix goes on
+        out["error"] = f"{type(exc).__name__}: {exc}"[:500]
+    finally:
+        shell.close()
+        with contextlib.suppress(Exception):
+            lab.heal_database()
+        for h in lab.site.hosts:
+            with contextlib.suppress(Exception):
+                lab.heal(h.name)
+        lab.down()
+        lab.remove_state()
+    return out
+
+
+def _inject(lab: Lab, row: Row, host: str) -> None:
+    if row.where == "database":
+        lab.fault_database(row.fault)
+    else:
+        lab.fault(host, row.fault)
+
+
+def _heal(lab: Lab, row: Row, host: str) -> None:
+    if row.where == "database":
+        lab.heal_database()
+    else:
+        lab.heal(host)
 
 
 def _serving(lab: Lab) -> dict[str, set[str]]:
@@ -111,7 +236,7 @@ def _fault_after(lab: Lab, row: Row, host: str, fired: dict[str, float]) -> Iter
         rec = data["record"]
         if rec.verb == row.after and rec.outcome in ("done", "forced"):
             fired["at"] = time.monotonic()
-            lab.fault(host, row.fault)
+            _inject(lab, row, host)
 
     with progress.sink(sink):
         yield
@@ -191,7 +316,7 @@ def _one(site_file: Path, row: Row, warmup_s: float) -> dict[str, Any]:
         else:
             out["report_matches_live"] = None
         if row.fault in FAULT_KINDS:
-            lab.heal(fault_host)
+            _heal(lab, row, fault_host)
         # converge: as an operator would, run it again (and fence a host that was down)
         reruns = 0
         t0 = fired.get("at", started)
@@ -200,7 +325,9 @@ def _one(site_file: Path, row: Row, warmup_s: float) -> dict[str, Any]:
             if reruns < 2:
                 reruns += 1
                 again = run_once().result(raise_on_failure=False)
-                out.setdefault("reruns_status", []).append(getattr(again, "status", "?"))
+                out.setdefault("reruns_status", []).append(
+                    f"{getattr(again, 'status', '?')}: {getattr(again, 'summary', again)}"[:240]
+                )
                 if proc == "emergency-move":
                     fence_host(str(site_file), src, return_state=True)
             else:
@@ -211,12 +338,20 @@ def _one(site_file: Path, row: Row, warmup_s: float) -> dict[str, Any]:
         time.sleep(0.5)
         score = lab.score()
         out["jobs_lost"] = score.jobs_lost - before.jobs_lost
-        out["jobs_lost_allowed"] = "the host's running transfers" if proc == "emergency-move" else 0
+        out["jobs_lost_allowed"] = (
+            "the host's running transfers"
+            if proc == "emergency-move"
+            else "the transfers the database crash ended"
+            if row.where == "database" and row.fault == "crash"
+            else 0
+        )
         out["agents_twice"] = len(score.agents_running_twice)
     except Exception as exc:  # noqa: BLE001 - a row that breaks is reported, the matrix goes on
         out["error"] = f"{type(exc).__name__}: {exc}"[:500]
     finally:
         shell.close()
+        with contextlib.suppress(Exception):
+            lab.heal_database()  # first: a frozen server would hang the lab's shutdown
         for h in lab.site.hosts:
             with contextlib.suppress(Exception):
                 lab.heal(h.name)
@@ -367,7 +502,8 @@ def bench_faults(
     results = []
     for i, row in enumerate(rows):
         progress(f"{i + 1}/{len(rows)}: {row.name}")
-        res = _one(site_file, row, warmup_s)
+        one = _one_after_crash if row.procedure in ("fence-host", "drop-db-lock") else _one
+        res = one(site_file, row, warmup_s)
         progress(
             f"    first run {res.get('first_status')}, converged {res.get('converged')} "
             f"in {res.get('converge_s')} s, jobs lost {res.get('jobs_lost')}, agents twice "

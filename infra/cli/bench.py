@@ -89,7 +89,7 @@ def register(sub: Any) -> None:
         action="append",
         help="only this fault (sshd-down, crash, kill-9, prefect-restart, ...)",
     )
-    p.add_argument("--where", action="append", choices=["source", "target", "run"])
+    p.add_argument("--where", action="append", choices=["source", "target", "database", "run"])
     p.add_argument("--after", action="append", help="only faults injected after this step verb")
     p.add_argument("--warmup", type=float, default=3.0, help="seconds of load before each run")
     p.add_argument(

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from config.site import short_name as short
 from infra.cli.common import err, out, print_json, site_arg
-from infra.lab.faults import FAULT_KINDS
+from infra.lab.faults import DB_FAULT_KINDS, FAULT_KINDS
 
 
 def _lab(args: argparse.Namespace) -> Any:
@@ -87,6 +87,12 @@ def _lab_dispatch(args: argparse.Namespace) -> int:
         return 0
     if action == "heal":
         out.print(lab.heal(args.host))
+        return 0
+    if action == "db-fault":
+        out.print(lab.fault_database(args.kind))
+        return 0
+    if action == "db-heal":
+        out.print(lab.heal_database())
         return 0
     if action == "load":
         lab.set_load(on=args.state == "on", rate=args.rate)
@@ -171,6 +177,11 @@ def register(sub: Any) -> None:
     site_arg(p)
     p = lsub.add_parser("heal", help="undo a host's fault (a crashed host reboots)")
     p.add_argument("host")
+    site_arg(p)
+    p = lsub.add_parser("db-fault", help="inject a fault into the database server")
+    p.add_argument("kind", choices=DB_FAULT_KINDS)
+    site_arg(p)
+    p = lsub.add_parser("db-heal", help="undo the database's fault (after a crash it starts)")
     site_arg(p)
     p = lsub.add_parser("load", help="switch the load generator on or off")
     p.add_argument("state", choices=["on", "off"])

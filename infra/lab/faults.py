@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal, get_args
 
 from infra.lab.errors import LabError
@@ -109,6 +110,75 @@ def heal(lab: Lab, host: str) -> str:
         control(lab, f"fault:{host}", None)
         signal_all(lab.host_processes(rec).get(host, []), signal.SIGCONT)
         done = f"{host}: runs at full speed again"
+    lab._save(rec)
+    return done
+
+
+#: faults of the lab's database server (PostgreSQL): frozen: every server process stopped
+#: (connections hang, sessions and their locks stay); crash: the server aborts at once (every
+#: session and its locks are gone) and stays down until healed
+DbFaultKind = Literal["frozen", "crash"]
+DB_FAULT_KINDS: tuple[str, ...] = get_args(DbFaultKind)
+
+
+def _server_processes(postmaster: int) -> list[int]:
+    """The postmaster and all its descendants (backends, background workers)."""
+    pids, todo = [], [postmaster]
+    while todo:
+        pid = todo.pop()
+        pids.append(pid)
+        try:
+            kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            kids = []
+        todo += [int(k) for k in kids]
+    return pids
+
+
+def inject_database(lab: Lab, kind: str) -> str:
+    """Inject a fault into the lab's database server; a sentence says what was done."""
+    if kind not in DB_FAULT_KINDS:
+        raise LabError(f"unknown database fault {kind!r}; use one of {', '.join(DB_FAULT_KINDS)}")
+    rec = lab.require_up()
+    current = rec.get("db_fault")
+    if current == kind:
+        return f"the database: already {kind}"
+    if current is not None:
+        raise LabError(f"the database already has fault {current}; heal it first")
+    pid = lab.db.pid()
+    if pid is None:
+        raise LabError("the lab's database is not running")
+    if kind == "frozen":
+        pids = _server_processes(pid)
+        for p in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGSTOP)
+        done = f"the database: every server process stopped ({len(pids)}); connections hang"
+    else:
+        lab.db.stop()  # immediate: no clean shutdown, every session and lock gone
+        done = "the database: crashed (aborted; every session and its locks are gone)"
+    rec["db_fault"] = kind
+    lab._save(rec)
+    return done
+
+
+def heal_database(lab: Lab) -> str:
+    """Undo the database's fault: resume its processes, or start it again after a crash."""
+    rec = lab.require_up()
+    kind = rec.pop("db_fault", None)
+    if kind is None:
+        return "the database: no fault to heal"
+    if kind == "frozen":
+        pid = lab.db.pid()
+        for p in _server_processes(pid) if pid is not None else []:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGCONT)
+        done = "the database: processes resumed"
+    else:
+        lab.db.start()
+        lab.db.wait_ready()
+        rec["pg_pid"] = lab.db.pid()
+        done = "the database: started again (the agents reconnect and take their locks)"
     lab._save(rec)
     return done
 

@@ -511,6 +511,14 @@ class Lab:
         """Undo a host's fault (a crashed host reboots: sshd, then its enabled agents)."""
         return faults.heal(self, host)
 
+    def fault_database(self, kind: str) -> str:
+        """Inject a fault into the database server (`infra.lab.faults.inject_database`)."""
+        return faults.inject_database(self, kind)
+
+    def heal_database(self) -> str:
+        """Undo the database's fault (after a crash it starts again)."""
+        return faults.heal_database(self)
+
     # --- inside a host -------------------------------------------------------------------------
 
     def exec(

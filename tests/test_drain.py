@@ -1,0 +1,76 @@
+"""The drain wait (pure: a scripted shell stands in for SSH): a channel counts as drained only
+when no transfer runs and the database answers from the host, so that the agent can record the
+results of the transfers that ended before it is stopped."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from config.loader import load_site
+from tasks.adapters.ssh import CommandResult
+from tasks.drain import DrainMonitor, DrainTimeout
+
+SITE = load_site(Path(__file__).resolve().parent.parent / "config/sites/lab.yaml")
+AGENT = "glite-transfer-channel-agent-urlcopy-CERN-RAL"
+
+
+class ScriptedShell:
+    """`ps` shows the agent and `transfers` transfer processes of CERN-RAL; the channel-state
+    command works while `db_answers`."""
+
+    def __init__(self) -> None:
+        self.site = SITE
+        self.transfers = 1
+        self.db_answers = True
+        self.state_reads = 0
+
+    def _result(self, command: str, code: int, out: str, err: str = "") -> CommandResult:
+        return CommandResult(
+            host="fts101", command=command, exit_code=code, stdout=out, stderr=err, duration_s=0
+        )
+
+    def run(self, host: str, command: str, **values: Any) -> CommandResult:
+        if command == "list_processes":
+            lines = [f"100 edguser {AGENT}"]
+            lines += [f"{200 + i} edguser CERN-RAL__job{i}" for i in range(self.transfers)]
+            return self._result("ps", 0, "\n".join(lines) + "\n")
+        assert command == "channel_state", command
+        self.state_reads += 1
+        if self.db_answers:
+            return self._result("glite-transfer-channel-list", 0, "State: Inactive\n")
+        return self._result("glite-transfer-channel-list", 1, "", "cannot reach the database")
+
+    def run_argv(self, host: str, argv: list[str], **kw: Any) -> CommandResult:
+        return self._result("cat .disabled", 0, "")
+
+
+def _monitor(shell: ScriptedShell) -> DrainMonitor:
+    return DrainMonitor(shell, "fts101", ["CERN-RAL"], 0.01, threading.Event())  # type: ignore[arg-type]
+
+
+def test_drained_once_no_transfer_runs_and_the_database_answers() -> None:
+    shell = ScriptedShell()
+    mon = _monitor(shell)
+    mon.poll_once()
+    assert shell.state_reads == 0  # a transfer runs: no need to ask the database
+    shell.transfers = 0
+    mon.poll_once()
+    assert shell.state_reads == 1
+    assert mon.wait(["CERN-RAL"], since=0.0, timeout_s=1) == {"CERN-RAL": 0}
+
+
+def test_no_transfer_but_a_silent_database_is_not_drained() -> None:
+    shell = ScriptedShell()
+    shell.transfers, shell.db_answers = 0, False
+    mon = _monitor(shell)
+    mon.poll_once()
+    with pytest.raises(DrainTimeout) as info:
+        mon.wait(["CERN-RAL"], since=0.0, timeout_s=0.2)
+    assert "the database did not answer" in str(info.value)
+    shell.db_answers = True  # it answers again: now the channel is drained
+    mon.poll_once()
+    assert mon.wait(["CERN-RAL"], since=0.0, timeout_s=1) == {"CERN-RAL": 0}
