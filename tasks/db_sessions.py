@@ -5,8 +5,12 @@ The backends (PostgreSQL, MariaDB/MySQL, Oracle) are in `tasks.adapters.db`; see
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 from config.site import Site, short_name
 from tasks.adapters.db import (
+    DatabaseUnavailable,
     DbSession,
     MySqlSessions,
     OracleSessions,
@@ -17,7 +21,10 @@ from tasks.adapters.db import (
 )
 from tasks.outcome import StepFailed, StepResult, count, now
 
+T = TypeVar("T")
+
 __all__ = [
+    "DatabaseUnavailable",
     "DbSession",
     "MySqlSessions",
     "OracleSessions",
@@ -29,6 +36,26 @@ __all__ = [
     "find_sessions",
     "machine_identity",
 ]
+
+
+def _where(site: Site) -> str:
+    db = site.database
+    return f"the {db.kind} database at {db.host}:{db.port}" if db else "the database"
+
+
+def _driver_call(site: Site, doing: str, fn: Callable[[], T]) -> T:
+    """`fn()`, with any driver failure (refused, reset, timed out, an error from the server)
+    turned into `DatabaseUnavailable` saying what was being done and where."""
+    try:
+        return fn()
+    except (ValueError, DatabaseUnavailable):
+        raise  # a refused name, or already said
+    except Exception as exc:  # every driver has its own error classes
+        raise DatabaseUnavailable(
+            f"{_where(site)} failed or did not answer while {doing}: "
+            f"{type(exc).__name__}: {exc}; check that it is up and reachable from here, then "
+            "retry"
+        ) from exc
 
 
 def machine_identity(site: Site, host: str) -> tuple[list[str], str | None]:
@@ -48,7 +75,12 @@ def find_sessions(
 ) -> list[DbSession]:
     """The DB sessions that come from `host` (and, optionally, from one agent)."""
     names, address = machine_identity(site, host)
-    return (backend or backend_for(site)).list_sessions(names, address, agent)
+    be = backend or backend_for(site)
+    return _driver_call(
+        site,
+        f"listing the sessions from {host}",
+        lambda: be.list_sessions(names, address, agent),
+    )
 
 
 def drop_sessions(
@@ -69,8 +101,12 @@ def drop_sessions(
     started = now()
     be = backend or backend_for(site)
     found = find_sessions(site, host, agent, be)
-    for s in found:
-        be.kill(s)
+    for i, s in enumerate(found):
+        _driver_call(
+            site,
+            f"killing session {s.id} of {host} ({i} of {len(found)} killed before it)",
+            lambda s=s: be.kill(s),  # type: ignore[misc]
+        )
     deadline = time.monotonic() + verify_s
     left = find_sessions(site, host, agent, be) if found else []
     while left and time.monotonic() < deadline:

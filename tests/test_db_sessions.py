@@ -12,6 +12,7 @@ import pytest
 from config.loader import load_site
 from flows.drop_db_lock import drop_db_lock
 from tasks.db_sessions import (
+    DatabaseUnavailable,
     DbSession,
     MySqlSessions,
     OracleSessions,
@@ -224,6 +225,15 @@ def test_a_database_that_never_answers_is_bounded_by_the_site(
         # the site says 1 s (the drivers used to wait 10 s, or for ever on Oracle)
         assert time.monotonic() - started < 8, "not bounded by the site's timeout"
         assert "time" in str(failed.value).lower() or isinstance(failed.value, TimeoutError)
+        # the verb says which database did not answer, and never raises a TimeoutError (which
+        # Prefect would report as the flow's own timeout)
+        started = time.monotonic()
+        with pytest.raises(DatabaseUnavailable) as said:
+            find_sessions(site, "fts101")
+        assert time.monotonic() - started < 8
+        assert not isinstance(said.value, TimeoutError)
+        assert f"{kind} database at 127.0.0.1:{db.port}" in str(said.value).lower()
+        assert "did not answer" in str(said.value)
     finally:
         srv.close()
         for c in held:

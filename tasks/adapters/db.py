@@ -35,10 +35,17 @@ MACHINE_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$")
 PROGRAM_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
-def within(seconds: float, what: str, fn: Callable[[], T]) -> T:
-    """`fn()`, or TimeoutError after `seconds` (the call goes on in a daemon thread, unseen).
+class DatabaseUnavailable(RuntimeError):
+    """The database did not answer, or its driver failed, within the site's bound.
 
-    For a driver call that has no bound of its own.
+    Not a `TimeoutError`: Prefect takes a flow that raises one for a flow that ran past its own
+    timeout, and says "TimedOut" where the database was the one that did not answer.
+    """
+
+
+def within(seconds: float, what: str, fn: Callable[[], T]) -> T:
+    """`fn()`, or `DatabaseUnavailable` after `seconds` (the call goes on in a daemon thread,
+    unseen). For a driver call that has no bound of its own.
     """
     box: dict[str, Any] = {}
 
@@ -52,7 +59,7 @@ def within(seconds: float, what: str, fn: Callable[[], T]) -> T:
     worker.start()
     worker.join(seconds)
     if worker.is_alive():
-        raise TimeoutError(
+        raise DatabaseUnavailable(
             f"{what} did not answer within {seconds:g} s (database.timeout_s); check that the "
             "database is up and reachable, then retry"
         )
