@@ -334,6 +334,13 @@ def _one(site_file: Path, row: Row, warmup_s: float) -> dict[str, Any]:
                 time.sleep(1.0)
         out["converged"] = _converged(lab, shell, dst)
         out["converge_s"] = round(time.monotonic() - t0, 2) if out["converged"] else None
+        if not out["converged"]:  # what is live instead, to tell why
+            live = snapshot_site(shell, [src, dst])
+            out["live"] = {
+                "serving": {a.removeprefix(P): sorted(h) for a, h in _serving(lab).items()},
+                "running": {a.removeprefix(P): live.where(a) for a in ON_101},
+                "channels": live.channels,
+            }
         out["reruns"] = reruns
         time.sleep(0.5)
         score = lab.score()
