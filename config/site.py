@@ -367,17 +367,32 @@ class Database(_Model):
     timeout_s: float = Field(default=10.0, gt=0, le=300)
 
 
+class DnsServer(_Model):
+    """One authoritative DNS server."""
+
+    address: str
+    port: int = Field(default=53, ge=1, le=65535)
+
+
 class Dns(_Model):
     """The DNS alias of the service and the TSIG key used for RFC 2136 updates."""
 
+    #: the primary: where updates go
     server: str
     port: int = Field(default=53, ge=1, le=65535)
+    #: the other authoritative servers (they transfer the zone from the primary); a switch
+    #: checks that every one of them answers what it wrote
+    secondaries: list[DnsServer] = Field(default_factory=list)
     zone: str
     alias: str
     ttl_s: int = Field(default=60, ge=1, le=86400)
     tsig_key_name: str
     tsig_algorithm: Literal["hmac-sha256", "hmac-sha512", "hmac-sha384"] = "hmac-sha256"
     tsig_key: SecretRef
+
+    def servers(self) -> list[DnsServer]:
+        """Every authoritative server: the primary first."""
+        return [DnsServer(address=self.server, port=self.port), *self.secondaries]
 
 
 class Slack(_Model):

@@ -4,7 +4,7 @@ set -euo pipefail
 # pacemaker-cli-utils (cibadmin, crm_resource, crm_mon, ...) is only a Recommends of pacemaker, and
 # recommends are not installed below: it must be named.
 PACKAGES=(openssh-server openssh-client postgresql nftables procps util-linux iproute2 python3-venv
-  corosync pacemaker pacemaker-cli-utils)
+  corosync pacemaker pacemaker-cli-utils bind9)
 missing=()
 for p in "${PACKAGES[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then

@@ -64,6 +64,14 @@ def derive_site_file(
     data["database"]["port"] = db_port
     data["database"]["password"] = {"file": str(state_dir / "secrets" / "db-password")}
     data["lab"].update({"state_dir": str(state_dir), "db_port": db_port, **(lab or {})})
+    if data.get("dns"):  # named listens on interface addresses only: own ports on 127.0.0.1
+        dns = data["dns"]
+        dns["port"] = 30000 + 4 * octet
+        dns["secondaries"] = [
+            {"address": "127.0.0.1", "port": 30001 + 4 * octet + i}
+            for i in range(len(dns.get("secondaries", [])))
+        ]
+        dns["tsig_key"] = {"file": str(state_dir / "secrets" / "tsig-key")}
     for proc, policy in (procedures or {}).items():
         data.setdefault("procedures", {}).setdefault(proc, {}).update(policy)
     out.write_text(yaml.safe_dump(data, sort_keys=False))

@@ -27,6 +27,7 @@ from config.site import Agent, Host, Site
 from infra.lab import db as labdb
 from infra.lab import faults, firewall, observe
 from infra.lab.derive import derive_site_file, scaled_site
+from infra.lab.dns import LabDns
 from infra.lab.errors import LabError
 from infra.lab.host import (
     INIT_SCRIPT,
@@ -53,8 +54,9 @@ REQUIRED_COMMANDS = {
     "nft": "nftables",
     "ssh-keygen": "openssh-client",
     "service": "init-system-helpers",
+    "named": "bind9",
 }
-APT_PACKAGES = "openssh-server openssh-client postgresql nftables procps util-linux"
+APT_PACKAGES = "openssh-server openssh-client postgresql nftables procps util-linux bind9"
 
 
 Progress = Callable[[str], None]
@@ -197,6 +199,16 @@ class Lab:
             self._save(rec)
             self.db.reset(site.channels)
             phases["database"] = time.monotonic() - t0
+            if site.dns is not None:
+                progress("dns: starting the BIND9 primary and secondaries")
+                t_dns = time.monotonic()
+                lab_dns = LabDns(self.paths, site)
+                lab_dns.prepare()
+                rec["dns_pids"] = {}
+                self._save(rec)
+                rec["dns_pids"] = lab_dns.start()
+                self._save(rec)
+                phases["dns"] = time.monotonic() - t_dns
             t1 = time.monotonic()
             progress(f"hosts: starting {len(site.hosts)} hosts")
             self._write_bin()
@@ -415,6 +427,7 @@ class Lab:
         for h in hosts.values():
             kill_host(h["unshare_pid"], h["init_pid"])
         self._delete_firewall()
+        LabDns.stop(rec.get("dns_pids") or {})
         with contextlib.suppress(labdb.LabDbError):
             self.db.stop()
         deadline = time.monotonic() + 5

@@ -1,0 +1,198 @@
+"""The service alias in DNS: read it on each authoritative server, and move it with one RFC 2136
+update signed with TSIG whose prerequisite is the address it holds now (compare-and-set).
+
+Contract:
+    * `read_alias(dns, server)` asks one authoritative server (no resolver, no cache) for the
+      alias's A records, its epoch (the TXT record ``epoch=N`` beside it) and the zone's SOA
+      serial.
+    * `move_alias(dns, key, expect, to, epoch)` sends one UPDATE to the primary: prerequisite
+      "the alias's A RRset is exactly `expect`", then the A record and the epoch replaced, in one
+      atomic update. Somebody else changed the alias: `AliasChanged`, with what it holds now, and
+      nothing is changed. The key refused (wrong secret, unknown name): `TsigRefused`, naming the
+      key and the server. No answer within `timeout_s`: `DnsUnavailable`.
+    * Every call is bounded by `timeout_s` and goes over TCP (an update must not be retried by a
+      UDP timeout into a second, different update).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    from config.site import Dns, DnsServer
+
+EPOCH_RE = re.compile(r'^"?epoch=(\d+)"?$')
+
+
+class DnsError(RuntimeError):
+    """A DNS operation failed; the message says which server and what to do."""
+
+
+class DnsUnavailable(DnsError):
+    """The server did not answer, or answered with an error that is not about the request."""
+
+
+class TsigRefused(DnsError):
+    """The server refused the TSIG key (unknown name, wrong secret or algorithm, clock skew)."""
+
+
+class AliasChanged(DnsError):
+    """The compare-and-set's prerequisite failed: the alias no longer holds what was expected."""
+
+    def __init__(self, message: str, now: AliasState) -> None:
+        super().__init__(message)
+        self.now = now
+
+
+class AliasState(BaseModel):
+    """What one authoritative server answers for the alias."""
+
+    server: str
+    addresses: list[str]
+    epoch: int | None
+    serial: int
+    ttl_s: int | None = None
+
+
+def _fqdn(name: str) -> str:
+    return name if name.endswith(".") else name + "."
+
+
+def read_alias(dns_cfg: Dns, server: DnsServer, timeout_s: float = 3.0) -> AliasState:
+    """The alias as `server` answers it (authoritatively).
+
+    Raises:
+        DnsUnavailable: no answer within `timeout_s`, or an error answer.
+    """
+    import dns.exception
+    import dns.message
+    import dns.query
+    import dns.rcode
+    import dns.rdatatype
+
+    alias, zone = _fqdn(dns_cfg.alias), _fqdn(dns_cfg.zone)
+    where = f"DNS server {server.address}:{server.port}"
+
+    def ask(name: str, rdtype: str) -> dns.message.Message:
+        q = dns.message.make_query(name, rdtype)
+        try:
+            r = dns.query.tcp(q, server.address, port=server.port, timeout=timeout_s)
+        except (dns.exception.DNSException, OSError) as exc:
+            raise DnsUnavailable(
+                f"{where} did not answer a {rdtype} query for {name} within {timeout_s:g} s "
+                f"({type(exc).__name__}: {exc}); check that it runs and is reachable"
+            ) from exc
+        if r.rcode() not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
+            raise DnsUnavailable(
+                f"{where} answered {dns.rcode.to_text(r.rcode())} to a {rdtype} query for {name}; "
+                "is it authoritative for the zone?"
+            )
+        return r
+
+    def rrset(r: dns.message.Message, name: str, rdtype: str) -> list[str]:
+        for rs in r.answer:
+            if rs.name.to_text() == name and rs.rdtype == dns.rdatatype.from_text(rdtype):
+                return sorted(rd.to_text() for rd in rs)
+        return []
+
+    a = ask(alias, "A")
+    ttl = next((rs.ttl for rs in a.answer if rs.rdtype == dns.rdatatype.A), None)
+    txt = rrset(ask(alias, "TXT"), alias, "TXT")
+    soa = rrset(ask(zone, "SOA"), zone, "SOA")
+    epochs = [int(m.group(1)) for t in txt if (m := EPOCH_RE.match(t))]
+    return AliasState(
+        server=f"{server.address}:{server.port}",
+        addresses=rrset(a, alias, "A"),
+        epoch=max(epochs) if epochs else None,
+        serial=int(soa[0].split()[2]) if soa else 0,
+        ttl_s=ttl,
+    )
+
+
+def move_alias(
+    dns_cfg: Dns,
+    key_secret: str,
+    expect: list[str],
+    to: str,
+    epoch: int,
+    timeout_s: float = 5.0,
+) -> AliasState:
+    """Point the alias at `to` and set its epoch, if and only if it holds exactly `expect` now.
+
+    Args:
+        dns_cfg: the site's `dns` section (primary, zone, alias, TTL, key name and algorithm).
+        key_secret: the TSIG secret (base64), resolved from `dns.tsig_key`.
+        expect: the addresses the alias must hold now (the compare of compare-and-set).
+        to: the new address.
+        epoch: the new service epoch, written beside the alias in the same update.
+        timeout_s: the bound of the update.
+
+    Returns:
+        What the primary answers afterwards.
+
+    Raises:
+        AliasChanged: the alias holds something else now (nothing was changed).
+        TsigRefused: the key was refused (nothing was changed).
+        DnsUnavailable: no answer in time, or another error answer (the update may or may not
+            have been applied when the connection broke: read the alias again).
+    """
+    import dns.exception
+    import dns.name
+    import dns.query
+    import dns.rcode
+    import dns.rdataset
+    import dns.tsig
+    import dns.tsigkeyring
+    import dns.update
+
+    zone, alias = _fqdn(dns_cfg.zone), _fqdn(dns_cfg.alias)
+    where = f"DNS server {dns_cfg.server}:{dns_cfg.port}"
+    key = dns_cfg.tsig_key_name
+    keyring = dns.tsigkeyring.from_text({key: key_secret})
+    upd = dns.update.UpdateMessage(
+        zone,
+        keyring=keyring,
+        keyname=dns.name.from_text(key),
+        keyalgorithm=dns_cfg.tsig_algorithm,
+    )
+    # a value-dependent prerequisite: its RRs carry TTL 0 (RFC 2136, 2.4.2)
+    upd.present(alias, dns.rdataset.from_text("IN", "A", 0, *expect))
+    upd.replace(alias, dns_cfg.ttl_s, "A", to)
+    upd.replace(alias, dns_cfg.ttl_s, "TXT", f'"epoch={epoch}"')
+    try:
+        r = dns.query.tcp(upd, dns_cfg.server, port=dns_cfg.port, timeout=timeout_s)
+    except (dns.tsig.PeerError, dns.tsig.BadSignature) as exc:
+        raise TsigRefused(
+            f"{where} refused the TSIG key {key!r} ({type(exc).__name__}); check "
+            "dns.tsig_key_name, dns.tsig_algorithm and the secret dns.tsig_key points at; "
+            "nothing was changed"
+        ) from exc
+    except (dns.exception.DNSException, OSError) as exc:
+        raise DnsUnavailable(
+            f"{where} did not answer the update of {alias} within {timeout_s:g} s "
+            f"({type(exc).__name__}: {exc}); read the alias again before retrying"
+        ) from exc
+    rcode = r.rcode()
+    if rcode in (dns.rcode.NXRRSET, dns.rcode.YXRRSET, dns.rcode.NXDOMAIN):
+        now = read_alias(dns_cfg, dns_cfg.servers()[0], timeout_s)
+        raise AliasChanged(
+            f"{alias} no longer points at {', '.join(expect) or 'nothing'}: {where} has it at "
+            f"{', '.join(now.addresses) or 'nothing'} (epoch {now.epoch}); somebody else moved "
+            "it, nothing was changed",
+            now,
+        )
+    if rcode in (dns.rcode.NOTAUTH, dns.rcode.REFUSED):
+        raise TsigRefused(
+            f"{where} answered {dns.rcode.to_text(rcode)} to an update signed with the TSIG key "
+            f"{key!r}: the key is not allowed to update {zone} there (or is wrong); nothing was "
+            "changed"
+        )
+    if rcode != dns.rcode.NOERROR:
+        raise DnsUnavailable(
+            f"{where} answered {dns.rcode.to_text(rcode)} to the update of {alias}; nothing was "
+            "changed"
+        )
+    return read_alias(dns_cfg, dns_cfg.servers()[0], timeout_s)
