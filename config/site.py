@@ -367,11 +367,30 @@ class Database(_Model):
     timeout_s: float = Field(default=10.0, gt=0, le=300)
 
 
+#: a DNS name (absolute or not): labels of letters, digits and hyphens (length checked by the
+#: pattern's repetition bounds; Rust's regex engine, which pydantic uses, has no look-ahead)
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+DNS_NAME_RE = rf"^{_LABEL}(?:\.{_LABEL}){{0,126}}\.?$"
+DnsName = Annotated[str, StringConstraints(pattern=DNS_NAME_RE, max_length=254)]
+
+
 class DnsServer(_Model):
     """One authoritative DNS server."""
 
     address: str
     port: int = Field(default=53, ge=1, le=65535)
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        try:
+            ipaddress.ip_address(v)
+        except ValueError:
+            raise ValueError(
+                f"{v!r} is not an IP address (a DNS server is given by its address, so that "
+                "an update never depends on resolving it)"
+            ) from None
+        return v
 
 
 class Dns(_Model):
@@ -383,12 +402,32 @@ class Dns(_Model):
     #: the other authoritative servers (they transfer the zone from the primary); a switch
     #: checks that every one of them answers what it wrote
     secondaries: list[DnsServer] = Field(default_factory=list)
-    zone: str
-    alias: str
+    zone: DnsName
+    alias: DnsName
     ttl_s: int = Field(default=60, ge=1, le=86400)
-    tsig_key_name: str
+    tsig_key_name: DnsName
     tsig_algorithm: Literal["hmac-sha256", "hmac-sha512", "hmac-sha384"] = "hmac-sha256"
     tsig_key: SecretRef
+
+    @field_validator("server")
+    @classmethod
+    def _server(cls, v: str) -> str:
+        try:
+            ipaddress.ip_address(v)
+        except ValueError:
+            if not re.fullmatch(DNS_NAME_RE, v):
+                raise ValueError(f"{v!r} is neither an IP address nor a DNS name") from None
+        return v
+
+    @model_validator(mode="after")
+    def _alias_in_zone(self) -> Dns:
+        zone, alias = self.zone.rstrip(".").lower(), self.alias.rstrip(".").lower()
+        if not alias.endswith("." + zone):
+            raise ValueError(
+                f"alias {self.alias!r} is not inside zone {self.zone!r}: the update that moves "
+                "it goes to the zone's primary"
+            )
+        return self
 
     def servers(self) -> list[DnsServer]:
         """Every authoritative server: the primary first."""

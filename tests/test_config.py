@@ -163,6 +163,24 @@ MALFORMED: list[tuple[str, dict[str, Any], str, str]] = [
         "pattern",
     ),
     (
+        "dns alias outside its zone",
+        _mutate(["dns", "alias"], "fts.elsewhere.test"),
+        "dns",
+        "not inside zone",
+    ),
+    (
+        "dns zone that is not a DNS name",
+        _mutate(["dns", "zone"], 'lab.test"; allow-update { any; }; "'),
+        "dns.zone",
+        "pattern",
+    ),
+    (
+        "dns secondary given by name",
+        _mutate(["dns", "secondaries"], [{"address": "ns2.lab.test", "port": 53}]),
+        "dns.secondaries[0].address",
+        "not an IP address",
+    ),
+    (
         "gateway-only approvals without a slack section",
         {
             **_mutate(["procedures", "clean-move", "approval_via"], "gateway"),

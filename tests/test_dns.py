@@ -86,7 +86,9 @@ def test_a_stale_compare_changes_nothing_and_says_what_is_there(
     assert now.addresses == [somebody] and now.epoch == (before.epoch or 0) + 5
 
 
-def test_a_wrong_tsig_key_or_key_name_is_refused_and_changes_nothing(lab: RunningLab, dns_cfg: Dns) -> None:
+def test_a_wrong_tsig_key_or_key_name_is_refused_and_changes_nothing(
+    lab: RunningLab, dns_cfg: Dns
+) -> None:
     before = read_alias(dns_cfg, dns_cfg.servers()[0])
     wrong = base64.b64encode(os.urandom(32)).decode()
     with pytest.raises(TsigRefused) as info:
