@@ -542,6 +542,9 @@ class ProcedurePolicy(_Model):
     approval_via: Literal["any", "gateway"] = "any"
     emergency: bool = False
     drain_timeout_s: float = Field(default=900.0, gt=0)
+    #: how long the drained host may stay unreachable before the move gives up on the drain
+    #: (and compensates) instead of waiting for `drain_timeout_s`
+    drain_host_lost_s: float = Field(default=30.0, gt=0)
     poll_interval_s: float = Field(default=2.0, gt=0)
     step_timeout_s: float = Field(default=120.0, gt=0)
     #: typical duration of one transfer, for downtime estimates (seed 000: 3-4 minutes)

@@ -350,6 +350,7 @@ def _move(
         plan,
         poll_s=poll_s,
         drain_timeout_s=plan.drain_timeout_s,
+        drain_host_lost_s=policy.drain_host_lost_s,
         force=plan.force,
         compensate=_compensation(site, plan),
     )

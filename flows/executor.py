@@ -71,6 +71,8 @@ class Executor:
         plan: the plan (``ok``).
         poll_s: how often the drain monitor looks at the source host.
         drain_timeout_s: the bound of every ``wait-drained`` step.
+        drain_host_lost_s: how long the drained host may stay unreachable before a
+            ``wait-drained`` step gives up (`tasks.drain.HostLost`).
         force: go on after a drain timeout (the running transfers lose their state).
         compensate: the procedure's compensation, or None (failures become human actions).
     """
@@ -82,6 +84,7 @@ class Executor:
         *,
         poll_s: float = 2.0,
         drain_timeout_s: float = 900.0,
+        drain_host_lost_s: float = 30.0,
         force: bool = False,
         compensate: Compensate | None = None,
     ) -> None:
@@ -117,6 +120,7 @@ class Executor:
             poll_s,
             self.cancel,
             on_poll=self._on_poll,
+            lost_after_s=drain_host_lost_s,
         )
         self._last_table: dict[str, int] | None = None
         self._last_table_at = 0.0

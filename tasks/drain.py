@@ -44,6 +44,21 @@ class DrainTimeout(RuntimeError):
         )
 
 
+class HostLost(RuntimeError):
+    """The drained host could not be reached for longer than the bound: the drain cannot be
+    watched, so it is given up (a forced move does not go on either: it could not stop the
+    agents)."""
+
+    def __init__(self, host: str, channels: list[str], lost_s: float, error: str | None) -> None:
+        self.host = host
+        super().__init__(
+            f"{host} could not be reached for {lost_s:.0f} s while {', '.join(channels)} "
+            f"drained ({error or 'no answer'}); the drain is given up: their agents stay on "
+            f"{host} and their channels are set Active again (from another host if need be). "
+            f"Re-run the move once {host} answers"
+        )
+
+
 class Cancelled(RuntimeError):
     """The procedure was asked to stop."""
 
@@ -59,8 +74,12 @@ class DrainMonitor:
         poll_s: float,
         cancel: threading.Event,
         on_poll: Callable[[dict[str, int]], None] | None = None,
+        lost_after_s: float = 30.0,
     ) -> None:
         self.shell = shell
+        self.lost_after_s = lost_after_s
+        #: monotonic time of the first of the failed polls in a row (None: the last one worked)
+        self.unreachable_since: float | None = None
         self.host = host
         self.channels = channels
         self.poll_s = poll_s
@@ -106,8 +125,11 @@ class DrainMonitor:
                 self.polled_at = began
                 self.db_answers = db_error is None
                 self.error = db_error
+                self.unreachable_since = None
             else:
                 self.error = snap.error
+                if self.unreachable_since is None:
+                    self.unreachable_since = began
             self._cond.notify_all()
         if self.on_poll is not None and snap.reachable:
             self.on_poll(dict(self.running))
@@ -126,6 +148,7 @@ class DrainMonitor:
 
         Raises:
             DrainTimeout: at the deadline, with the last counts.
+            HostLost: the host could not be reached for `lost_after_s` in a row.
             Cancelled: when the procedure is cancelled while waiting.
         """
         deadline = since + timeout_s
@@ -136,6 +159,9 @@ class DrainMonitor:
                 fresh = self.polled_at > since
                 if fresh and self.db_answers and all(self.running.get(c, 0) == 0 for c in channels):
                     return {c: 0 for c in channels}
+                lost = self.unreachable_since
+                if lost is not None and time.monotonic() - lost >= self.lost_after_s:
+                    raise HostLost(self.host, channels, time.monotonic() - lost, self.error)
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise DrainTimeout(

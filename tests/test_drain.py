@@ -12,7 +12,7 @@ import pytest
 
 from config.loader import load_site
 from tasks.adapters.ssh import CommandResult
-from tasks.drain import DrainMonitor, DrainTimeout
+from tasks.drain import DrainMonitor, DrainTimeout, HostLost
 
 SITE = load_site(Path(__file__).resolve().parent.parent / "config/sites/lab.yaml")
 AGENT = "glite-transfer-channel-agent-urlcopy-CERN-RAL"
@@ -74,3 +74,38 @@ def test_no_transfer_but_a_silent_database_is_not_drained() -> None:
     shell.db_answers = True  # it answers again: now the channel is drained
     mon.poll_once()
     assert mon.wait(["CERN-RAL"], since=0.0, timeout_s=1) == {"CERN-RAL": 0}
+
+
+class DeadShell(ScriptedShell):
+    """sshd gone: every command is refused."""
+
+    def run(self, host: str, command: str, **values: Any) -> CommandResult:
+        from tasks.adapters.ssh import TransientSshError
+
+        raise TransientSshError(f"{host} (127.0.0.1:2222): connection refused", host=host)
+
+    def run_argv(self, host: str, argv: list[str], **kw: Any) -> CommandResult:
+        return self.run(host, "x")
+
+
+def test_a_host_lost_for_the_bound_ends_the_wait_long_before_the_drain_timeout() -> None:
+    import time
+
+    mon = DrainMonitor(
+        DeadShell(),  # type: ignore[arg-type]
+        "fts101",
+        ["CERN-RAL"],
+        0.05,
+        threading.Event(),
+        lost_after_s=0.3,
+    )
+    mon.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(HostLost) as info:
+            mon.wait(["CERN-RAL"], since=time.monotonic(), timeout_s=60)
+    finally:
+        mon.stop()
+    assert time.monotonic() - started < 5  # not the 60 s drain timeout
+    assert "fts101 could not be reached" in str(info.value)
+    assert "connection refused" in str(info.value)

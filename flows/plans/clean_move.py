@@ -418,7 +418,8 @@ def compensate_clean_move(
     Each agent ends running once with its channel Active: an agent already started on the target
     only has its channel set Active (on the target, else on the source); an agent stopped on the
     source that the target did not start is started again on the source; an agent still on the
-    source gets its channel Active again and its `.disabled` entry cleared. What cannot be done
+    source gets its channel Active again (on the source, else on the target: the state is in the
+    database) and its `.disabled` entry cleared. What cannot be done
     becomes a human action with the exact commands.
 
     Args:
@@ -444,6 +445,13 @@ def compensate_clean_move(
             human=channel_human(site, plan, ch),
             **options,
         )
+
+    def set_active_anywhere(ch: str) -> Step:
+        # a channel's state lives in the database: when the source cannot be reached, the
+        # target sets it (a move that fails because its source is lost must not leave the
+        # channel Inactive, its agent serving nothing, until somebody notices)
+        other = step(site, f"compensation/{ch}/set-active", "set-active", dst, [], [ch])
+        return set_active(src, ch, fallback=[other])
 
     for m in moves:
         a, ch = m.agent, m.channel
@@ -481,7 +489,7 @@ def compensate_clean_move(
                 step(site, f"compensation/{label}/start", "start", src, [a], human=back),
             ]
             if ch:
-                steps.append(set_active(src, ch))
+                steps.append(set_active_anywhere(ch))
             remedies.append(
                 Remedy(
                     agent=a,
@@ -495,7 +503,7 @@ def compensate_clean_move(
                 )
             )
         else:  # still on the source
-            steps = [set_active(src, ch)] if ch and ledger.still_inactive(ch) else []
+            steps = [set_active_anywhere(ch)] if ch and ledger.still_inactive(ch) else []
             steps.append(
                 step(
                     site,

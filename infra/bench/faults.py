@@ -305,6 +305,8 @@ def _one(site_file: Path, row: Row, warmup_s: float) -> dict[str, Any]:
         else:
             out["first_status"] = getattr(result, "status", "?")
         out["fault_fired"] = bool(fired)
+        # the channels as the first run left them (a move that gives up must leave them Active)
+        out["first_channels"] = dict(getattr(result, "channels", None) or {})
         # the report against the live state, read now, before the fault is healed (a crashed
         # host that reboots starts its agents again: fence-host's business, not the report's)
         where = getattr(result, "where", None) or {}
