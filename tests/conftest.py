@@ -297,20 +297,6 @@ def end_transfer(lab: RunningLab, job: int) -> None:
 
 def cli_move_argv(lab: RunningLab, from_host: str, to_host: str) -> list[str]:
     """`handover run clean-move ... --yes --json` for the lab, as an operator types it."""
-    import sys
+    from infra.move_process import clean_move_argv
 
-    return [
-        sys.executable,
-        "-m",
-        "infra.cli",
-        "run",
-        "clean-move",
-        "--site",
-        str(lab.site_file),
-        "--from",
-        from_host,
-        "--to",
-        to_host,
-        "--yes",
-        "--json",
-    ]
+    return clean_move_argv(lab.site_file, from_host, to_host)

@@ -17,6 +17,7 @@ from prefect.flow_runs import resume_flow_run
 
 from flows import progress
 from flows.clean_move import CleanMoveResult, clean_move
+from infra.move_process import start_clean_move
 from tasks.site_state import snapshot_site
 from tests.conftest import (
     ROOT,
@@ -290,15 +291,7 @@ def test_cli_run_json(lab: RunningLab, prefect_api: str) -> None:
 def test_sigterm_mid_move_compensates_and_reports(lab: RunningLab, prefect_api: str) -> None:
     job = submit_long_job(lab, "CERN-CERN", 40)
     env = {**os.environ, "PREFECT_API_URL": prefect_api}
-    proc = subprocess.Popen(
-        cli_move_argv(lab, "fts101", "fts102"),
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        start_new_session=True,
-    )
+    proc = start_clean_move(lab.site_file, "fts101", "fts102", env=env)
     try:
         # the other channels move while CERN-CERN drains; then the operator's session ends
         wait_for(

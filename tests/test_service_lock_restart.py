@@ -22,6 +22,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from flows import service_lock as sl
 from flows.clean_move import CleanMoveResult
+from infra.move_process import start_clean_move
 from infra.prefect_server import RestartableServer, free_port, spawn
 from tasks.site_state import snapshot_site
 from tests.conftest import (
@@ -68,15 +69,7 @@ def test_a_server_restart_mid_move_leaves_the_service_free(
     before = lab.lab.score()
     job = submit_long_job(lab, "CERN-CERN", 60)
     env = {**os.environ, "PREFECT_API_URL": server.url, "PREFECT_LOGGING_LEVEL": "WARNING"}
-    move = subprocess.Popen(
-        cli_move_argv(lab, "fts101", "fts102"),
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        start_new_session=True,
-    )
+    move = start_clean_move(lab.site_file, "fts101", "fts102", env=env)
     try:
         wait_for(
             lambda: snapshot_site(lab.shell, ["fts102"]).hosts[0].runs(P + "CERN-RAL"),

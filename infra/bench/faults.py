@@ -29,7 +29,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -39,6 +38,7 @@ from typing import Any
 
 from infra.lab.faults import DB_FAULT_KINDS, FAULT_KINDS
 from infra.lab.lab import Lab, derive_site_file
+from infra.move_process import start_clean_move
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 P = "glite-transfer-channel-agent-urlcopy-"
@@ -97,6 +97,18 @@ def matrix() -> list[Row]:
     for kind in DB_FAULT_KINDS:
         rows.append(Row("drop-db-lock", kind, "database", "-"))
     return rows
+
+
+def _tear_down(lab: Lab) -> None:
+    """Heal every fault (the database first: a frozen server would hang the lab's shutdown),
+    stop the row's lab and delete its state."""
+    with contextlib.suppress(Exception):
+        lab.heal_database()
+    for h in lab.site.hosts:
+        with contextlib.suppress(Exception):
+            lab.heal(h.name)
+    lab.down()
+    lab.remove_state()
 
 
 def _fenced(lab: Lab, shell: Any) -> bool:
@@ -187,13 +199,7 @@ def _one_after_crash(site_file: Path, row: Row, warmup_s: float) -> dict[str, An
         out["error"] = f"{type(exc).__name__}: {exc}"[:500]
     finally:
         shell.close()
-        with contextlib.suppress(Exception):
-            lab.heal_database()
-        for h in lab.site.hosts:
-            with contextlib.suppress(Exception):
-                lab.heal(h.name)
-        lab.down()
-        lab.remove_state()
+        _tear_down(lab)
     return out
 
 
@@ -361,27 +367,13 @@ def _one(site_file: Path, row: Row, warmup_s: float) -> dict[str, Any]:
         out["error"] = f"{type(exc).__name__}: {exc}"[:500]
     finally:
         shell.close()
-        with contextlib.suppress(Exception):
-            lab.heal_database()  # first: a frozen server would hang the lab's shutdown
-        for h in lab.site.hosts:
-            with contextlib.suppress(Exception):
-                lab.heal(h.name)
-        lab.down()
-        lab.remove_state()
+        _tear_down(lab)
     return out
 
 
 def _killed_run(lab: Lab, site_file: Path, mode: str, fired: dict[str, float]) -> Any:
     """The move in a process of its own, killed -9 once its first agent has stopped."""
-    argv = [sys.executable, "-m", "infra.cli", "run", "clean-move", "--site", str(site_file)]
-    argv += ["--from", "fts101", "--to", "fts102", "--mode", mode, "--yes", "--json"]
-    proc = subprocess.Popen(
-        argv,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    proc = start_clean_move(site_file, "fts101", "fts102", mode=mode)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
@@ -413,17 +405,7 @@ def _restarted_run(
     env = {**os.environ, "PREFECT_API_URL": srv.url, "PREFECT_LOGGING_LEVEL": "WARNING"}
 
     def move(src: str, dst: str) -> subprocess.Popen[str]:
-        argv = [sys.executable, "-m", "infra.cli", "run", "clean-move", "--site", str(site_file)]
-        argv += ["--from", src, "--to", dst, "--mode", mode, "--yes", "--json"]
-        return subprocess.Popen(
-            argv,
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            start_new_session=True,
-        )
+        return start_clean_move(site_file, src, dst, mode=mode, env=env)
 
     def report(proc: subprocess.Popen[str], timeout_s: float) -> Any:
         try:
