@@ -68,7 +68,9 @@ class Stack(ServeAndGateway):
 
     def send(self, host: str, kind: str = "host_down", **kw: Any) -> tuple[int, dict[str, Any]]:
         body = alert_body(self.lab.site.site, host, self.lab.site.service.name, kind, **kw)
-        return post_alert(self.url, SECRET, body)
+        # what is asserted is how alerts are counted, not how fast they are answered (the bench
+        # measures that): a loaded machine may take longer than a hook's 5 s with 16 at once
+        return post_alert(self.url, SECRET, body, timeout_s=60)
 
 
 @pytest.fixture(scope="module")
