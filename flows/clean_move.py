@@ -108,6 +108,9 @@ def _finalise(
             )
         o = o.model_copy(update={"running_on": where})
         outcomes.append(o)
+        if o.result == "in-doubt":  # the channel stays Inactive on purpose; the remedy said why
+            status = "failed"
+            continue
         if len(where) != 1 or (m.channel and snap.channels.get(m.channel) != "Active"):
             status = "failed"
             if len(where) > 1:

@@ -39,6 +39,7 @@ from prefect.exceptions import MissingContextError
 from flows import progress
 from flows.plans.model import Chain, Ledger, Plan, Remedy, Step
 from flows.result import AgentOutcome, Outcome, StepRecord
+from tasks.adapters.ssh import SshError
 from tasks.drain import Cancelled, DrainMonitor, DrainTimeout
 from tasks.outcome import StepResult, count, now
 from tasks.remote import SiteShell
@@ -341,6 +342,8 @@ class Executor:
             get_run_logger().exception("%s failed", chain.name)
             with self.lock:
                 self.failed_chains.append(chain.name)
+                if isinstance(exc, SshError):  # the command may have run: its outcome is unknown
+                    self.ledger.record_in_doubt(failed)
             self._record(
                 failed,
                 "failed",
@@ -381,6 +384,8 @@ class Executor:
             if res is not None:
                 self._succeeded(st, res)
                 self._record(st, "compensation", res.sentence, started, res=res, counts=False)
+        with self.lock:
+            self.human.extend(r.human)
         self.outcomes[r.agent] = AgentOutcome(
             agent=r.agent, channel=r.channel, result=result, running_on=running_on, note=note
         )

@@ -91,6 +91,39 @@ def test_compensation_follows_the_ledger_step_by_step() -> None:
     assert last[0].steps == []  # already Active on the target: nothing to undo
 
 
+def test_an_agent_whose_stop_was_cut_off_keeps_its_channel_inactive() -> None:
+    """The source stopped answering while an agent's stop ran (a frozen host finishes the stop
+    when it thaws): setting its channel Active would hand it transfers that the stop then loses,
+    so the remedy leaves the channel Inactive and says to re-run the move."""
+    from flows.plans.clean_move import chain_moves, compensate_clean_move
+
+    s = site()
+    plan = plan_clean_move(
+        s,
+        snapshot("steady"),
+        MoveRequest(from_host="fts101", to_host="fts102", mode="pipelined"),
+    )
+    chain = next(c for p in plan.phases for c in p.chains if c.name == "CERN-IN2P3")
+    stop = next(x for x in chain.steps if x.verb == "stop")
+    ledger = Ledger.after(plan, next(x.id for x in chain.steps if x.verb == "write-disabled"))
+    ledger.record_in_doubt(stop)
+    [r] = compensate_clean_move(s, plan, ledger, chain_moves(plan, chain), "TransientSshError")
+    assert r.result == "in-doubt" and r.steps == []
+    assert r.human and "CERN-IN2P3 stays Inactive" in r.human[0]
+    assert "run the move again" in r.human[0]
+    # a stop that answered (and failed its post-condition) is not in doubt: the channel goes
+    # Active again with the agent left on the source
+    [known] = compensate_clean_move(
+        s,
+        plan,
+        Ledger.after(plan, stop.id.replace("stop", "write-disabled")),
+        chain_moves(plan, chain),
+        "StepFailed",
+    )
+    assert known.result == "left-on-source"
+    assert [x.verb for x in known.steps] == ["set-active", "clear-disabled"]
+
+
 def test_the_pure_core_loads_without_prefect_ssh_slack_or_db_drivers() -> None:
     code = (
         "import flows.plans, flows.plans.clean_move, flows.plans.emergency_move, "

@@ -502,6 +502,28 @@ def compensate_clean_move(
                     failed_note=f"runs nowhere after {reason}",
                 )
             )
+        elif a in ledger.stop_in_doubt:  # its stop was cut off: it may be stopping
+            # an Active channel would give it transfers that its stop, finishing when the host
+            # answers again (a frozen host thaws), would lose: the channel stays Inactive
+            remedies.append(
+                Remedy(
+                    agent=a,
+                    channel=ch,
+                    steps=[],
+                    result="in-doubt",
+                    running_on=[],
+                    note=(
+                        f"its stop on {src} was cut off ({(error or reason)[:200]}); whether it "
+                        "still runs is unknown"
+                    ),
+                    human=[
+                        f"{a}: its stop on {src} was cut off, so "
+                        + (f"channel {ch} stays Inactive; " if ch else "")
+                        + f"once {src} answers, run the move again: it finishes the move if the "
+                        "agent stopped, or moves it if it still runs"
+                    ],
+                )
+            )
         else:  # still on the source
             steps = [set_active_anywhere(ch)] if ch and ledger.still_inactive(ch) else []
             steps.append(

@@ -55,7 +55,9 @@ CONDITIONS: dict[Verb, tuple[str, str]] = {
     ),
 }
 
-AgentResult = Literal["moved", "finished", "left-on-source", "rolled-back", "stranded"]
+#: ``in-doubt``: its stop was interrupted on a host that stopped answering, so whether it still
+#: runs is unknown until the host answers again
+AgentResult = Literal["moved", "finished", "left-on-source", "rolled-back", "stranded", "in-doubt"]
 
 
 class Step(BaseModel):
@@ -136,10 +138,20 @@ class Ledger(BaseModel):
     active: list[str] = Field(default_factory=list)
     stopped: list[str] = Field(default_factory=list)
     started: list[str] = Field(default_factory=list)
+    #: agents whose stop failed on the connection: the command may have reached the host
+    #: before it stopped answering, so they may be stopping (a frozen host finishes the stop
+    #: when it thaws)
+    stop_in_doubt: list[str] = Field(default_factory=list)
 
     def still_inactive(self, channel: str) -> bool:
         """Set Inactive by the run and not yet Active again."""
         return channel in self.inactive and channel not in self.active
+
+    def record_in_doubt(self, step: Step) -> None:
+        """Note a step whose outcome is unknown: the connection failed while its command may
+        have run (only a stop leaves a state that matters in doubt)."""
+        if step.verb == "stop":
+            self.stop_in_doubt += [a for a in step.agents if a not in self.stop_in_doubt]
 
     def record(self, step: Step) -> None:
         """Note a step that succeeded."""
@@ -179,6 +191,8 @@ class Remedy(BaseModel):
     #: where the agent is when an aborting step failed
     failed_result: AgentResult | None = None
     failed_note: str = ""
+    #: what a human must do whatever the steps do
+    human: list[str] = Field(default_factory=list)
 
 
 def steps_markdown(plan: Plan) -> list[str]:
