@@ -96,6 +96,13 @@ def _finalise(
     """Each agent's outcome against a fresh snapshot, and the move's status."""
     outcomes = []
     status: Status = "completed"
+    src = snap.host(plan.from_host) if snap.has(plan.from_host) else None
+    if src is not None and not src.reachable and plan.agents:
+        # its agents may run or not: a move cannot tell, an emergency move can handle either
+        run.human.append(
+            f"{plan.from_host} does not answer ({src.error}); its agents' state is unknown. If "
+            f"it is down, move them with `handover run emergency-move --host {plan.from_host}`"
+        )
     for m in plan.agents:
         where = snap.where(m.agent)
         o = run.outcomes.get(m.agent)

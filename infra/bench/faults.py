@@ -329,14 +329,21 @@ def _one(site_file: Path, row: Row, warmup_s: float) -> dict[str, Any]:
         reruns = 0
         t0 = fired.get("at", started)
         deadline = time.monotonic() + CONVERGE_BOUND_S
+        # a clean move whose source crashed: its report sends the operator to the emergency
+        # move (the host's alert would start it too), then to fence-host when it is back
+        lost_source = proc == "clean-move" and row.where == "source" and row.fault == "crash"
         while not _converged(lab, shell, dst) and time.monotonic() < deadline:
             if reruns < 2:
                 reruns += 1
-                again = run_once().result(raise_on_failure=False)
+                again = (
+                    emergency_move(str(site_file), src, pause_for_approval=False, return_state=True)
+                    if lost_source
+                    else run_once()
+                ).result(raise_on_failure=False)
                 out.setdefault("reruns_status", []).append(
                     f"{getattr(again, 'status', '?')}: {getattr(again, 'summary', again)}"[:240]
                 )
-                if proc == "emergency-move":
+                if proc == "emergency-move" or lost_source:
                     fence_host(str(site_file), src, return_state=True)
             else:
                 time.sleep(1.0)
@@ -355,7 +362,7 @@ def _one(site_file: Path, row: Row, warmup_s: float) -> dict[str, Any]:
         out["jobs_lost"] = score.jobs_lost - before.jobs_lost
         out["jobs_lost_allowed"] = (
             "the host's running transfers"
-            if proc == "emergency-move"
+            if proc == "emergency-move" or (row.where == "source" and row.fault == "crash")
             # a database that hangs or crashes for more than a few seconds makes the agents drop
             # their sessions, and their running transfers' state is lost, move or no move
             else "what the database fault ends by itself"
