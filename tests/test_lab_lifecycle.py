@@ -48,11 +48,23 @@ def test_up_status_down_leaves_nothing(site_file: Path) -> None:
         assert all(h["up"] and h["sshd"] for h in st["hosts"])
         assert sum(len(h["agents"]) for h in st["hosts"]) == 8
         assert len(st["channels"]) == 6
+        # BIND9's primary and secondary answer the alias, at the first host
+        assert [d["role"] for d in st["dns"]] == ["primary", "secondary"]
+        first = st["hosts"][0]["address"]
+        assert all(d["addresses"] == [first] and d["epoch"] == 1 for d in st["dns"]), st["dns"]
+        # the database's own faults: frozen, healed; shown by status while they last
+        frozen = _cli("lab", "db-fault", "frozen", "--site", str(site_file))
+        assert frozen.returncode == 0, frozen.stderr
+        st_frozen = json.loads(_cli("lab", "status", "--site", str(site_file), "--json").stdout)
+        assert st_frozen["database_fault"] == "frozen"
+        healed = _cli("lab", "db-heal", "--site", str(site_file))
+        assert healed.returncode == 0 and "resumed" in healed.stdout, healed.stderr
         again = _cli("lab", "up", "--site", str(site_file))
         assert again.returncode != 0 and "already up" in again.stderr
         rec = json.loads((Path(st["site_file"]).parent / "lab.json").read_text())
         nss = {int(h["ns"]) for h in rec["hosts"].values()}
         pids = [rec["labd_pid"], rec["pg_pid"]] + [h["unshare_pid"] for h in rec["hosts"].values()]
+        pids += list(rec["dns_pids"].values())
         fault = _cli("lab", "fault", "fts101", "crash", "--site", str(site_file))
         assert fault.returncode == 0, fault.stderr
         assert "handover_lab_labcycle" in _nft_tables()

@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from config.site import short_name as short
@@ -110,10 +111,20 @@ def _lab_dispatch(args: argparse.Namespace) -> int:
 
 
 def _print_status(st: Any) -> None:
+    db_fault = f" [red]({st.database_fault})[/red]" if st.database_fault else ""
     out.print(
         f"lab {'[green]up[/green]' if st.up else '[red]down[/red]'} (site {st.site}); "
-        f"database {st.database}; lab daemon {'running' if st.labd else 'stopped'}"
+        f"database {escape(st.database)}{db_fault}; lab daemon "
+        f"{'running' if st.labd else 'stopped'}"
     )
+    for d in st.dns:
+        answer = (
+            f"[red]{escape(d.error)}[/red]"
+            if d.error
+            else f"alias at {', '.join(d.addresses) or 'nothing'}, epoch {d.epoch}, "
+            f"serial {d.serial}"
+        )
+        out.print(f"dns {d.role} {d.server}: {answer}")
     table = Table()
     for col in ("host", "address", "state", "agents (as edguser)", "transfers", "disabled"):
         table.add_column(col)

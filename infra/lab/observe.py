@@ -10,7 +10,15 @@ from config.site import Site
 from infra.lab.host import HostProc, alive, processes_by_namespace
 from infra.lab.paths import EDGUSER_UID
 from infra.lab.runtime import read_disabled, read_state, serves
-from infra.lab.views import AgentView, ChannelView, HostView, LabStatus, Score, TwiceView
+from infra.lab.views import (
+    AgentView,
+    ChannelView,
+    DnsView,
+    HostView,
+    LabStatus,
+    Score,
+    TwiceView,
+)
 
 if TYPE_CHECKING:
     from infra.lab.lab import Lab
@@ -111,10 +119,41 @@ def status(lab: Lab) -> LabStatus:
         site_file=str(lab.paths.site_file if rec else "(lab down)"),
         up=bool(rec) and lab.is_up(),
         database=db_state,
+        database_fault=rec.get("db_fault"),
         labd=alive(rec.get("labd_pid")),
         hosts=hosts,
         channels=channels,
+        dns=_dns_views(site) if rec else [],
     )
+
+
+def _dns_views(site: Site) -> list[DnsView]:
+    from tasks.adapters.dns import DnsError, read_alias
+
+    if site.dns is None:
+        return []
+    views = []
+    for i, srv in enumerate(site.dns.servers()):
+        where, role = f"{srv.address}:{srv.port}", "primary" if i == 0 else "secondary"
+        try:
+            st = read_alias(site.dns, srv, timeout_s=2)
+        except DnsError as exc:
+            views.append(
+                DnsView(
+                    server=where, role=role, addresses=[], epoch=None, serial=None, error=str(exc)
+                )
+            )
+        else:
+            views.append(
+                DnsView(
+                    server=where,
+                    role=role,
+                    addresses=st.addresses,
+                    epoch=st.epoch,
+                    serial=st.serial,
+                )
+            )
+    return views
 
 
 def score(lab: Lab, *, reset: bool = False) -> Score:

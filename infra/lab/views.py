@@ -39,6 +39,17 @@ class ChannelView(BaseModel):
     active: int
 
 
+class DnsView(BaseModel):
+    """What one of the lab's DNS servers answers for the service alias."""
+
+    server: str
+    role: str
+    addresses: list[str]
+    epoch: int | None
+    serial: int | None
+    error: str | None = None
+
+
 class LabStatus(BaseModel):
     """`handover lab status`."""
 
@@ -49,6 +60,9 @@ class LabStatus(BaseModel):
     labd: bool
     hosts: list[HostView]
     channels: dict[str, ChannelView]
+    #: the database server's fault (`handover lab db-fault`), if any
+    database_fault: str | None = None
+    dns: list[DnsView] = []
 
 
 class TwiceView(BaseModel):
