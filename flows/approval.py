@@ -126,6 +126,12 @@ def request_approval(
 
     logger = get_run_logger()
     logger.info("Waiting for approval (up to %.0f s): %s", policy.approval_timeout_s, what)
+    if policy.approval_via == "gateway" and seal_key is None:
+        logger.error(
+            "This procedure accepts only the gateway's decisions, but the Slack signing secret "
+            "cannot be read where this run executes (slack.signing_secret): no decision can be "
+            "verified, so the run waits for its timeout. Make the secret readable here."
+        )
     if announce is not None:
         announce()
     started = dt.datetime.now(dt.UTC)
