@@ -457,6 +457,37 @@ def _restarted_run(
         srv.stop()
 
 
+def markdown_table(rows: list[dict[str, Any]]) -> list[str]:
+    """The rows as a markdown table, as the README shows them."""
+    out = [
+        "| procedure | fault | first run | report = live | converged | jobs lost (allowed) "
+        "| twice |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        fault = f"{r['fault']} on {r['where']}" + (
+            f" after {r['after']}" if r["after"] != "-" else " before the run"
+        )
+        first = str(r.get("first_status", "?")).split(":", 1)[0].lower()
+        if "error" in r:
+            converged = f"ERROR: {r['error'][:80]}"
+        elif r.get("converged"):
+            n = r.get("reruns", 0)
+            converged = f"{r.get('converge_s')} s" + (f", {n} re-run{'s' * (n > 1)}" if n else "")
+        else:
+            converged = "**no**"
+        if "after_restart" in r:
+            converged += f"; then {r['after_restart']}"
+        allowed = r.get("jobs_lost_allowed")
+        lost = f"{r.get('jobs_lost')}" + ("" if allowed == 0 else f" ({allowed})")
+        matches = {True: "yes", False: "**no**", None: "-"}[r.get("report_matches_live")]
+        out.append(
+            f"| {r['procedure']} | {fault} | {first} | {matches} | {converged} | {lost} "
+            f"| {r.get('agents_twice')} |"
+        )
+    return out
+
+
 def bench_faults(
     *,
     procedures: list[str] | None = None,
@@ -533,4 +564,4 @@ def bench_faults(
             for r in results
         ),
     ]
-    return {"rows": results, "ok": not bad, "summary": summary}
+    return {"rows": results, "ok": not bad, "summary": summary, "table": markdown_table(results)}

@@ -42,6 +42,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         result = bench_lab(args.site, rounds=args.rounds, hosts=args.hosts, progress=say)
     if args.json:
         print_json(result)
+    elif getattr(args, "markdown", False):
+        for line in result["table"]:
+            print(line)
     else:
         for line in result["summary"]:
             out.print(line)
@@ -100,5 +103,6 @@ def register(sub: Any) -> None:
         metavar="200-254",
         help="the bench lab's addresses 127.OCTET.0.0/16 (two benches side by side)",
     )
+    p.add_argument("--markdown", action="store_true", help="print the rows as a markdown table")
     p.add_argument("--json", action="store_true")
     bench.set_defaults(func=cmd_bench)
