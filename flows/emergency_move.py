@@ -24,7 +24,7 @@ from __future__ import annotations
 import getpass
 from typing import Any, Literal
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.client.schemas.objects import State
 from pydantic import Field
@@ -46,6 +46,7 @@ from flows.procedure import Finish, Run, end, holding_service, procedure_run
 from flows.result import AgentOutcome, ProcedureResult
 from flows.run_site import load_run_site
 from flows.service_lock import ServiceLockError
+from tasks.db_sessions import DatabaseUnavailable, find_sessions
 from tasks.outcome import count, now
 from tasks.probe import probe_tcp
 from tasks.site_state import HostSnapshot, snapshot_host, snapshot_site
@@ -155,8 +156,17 @@ def _emergency(
         if not snap.reachable:
             snap = None
     others = snapshot_site(shell, partners(site, host))
+    sessions_of: list[str] = []
+    if snap is not None and site.database is not None:
+        # which agents still have a DB session from the host: one that runs nowhere was lost
+        try:
+            sessions_of = sorted({s.program for s in find_sessions(site, host)})
+        except (DatabaseUnavailable, ValueError) as exc:
+            get_run_logger().warning("could not list the DB sessions from %s: %s", host, exc)
     # plan
-    plan = plan_emergency_move(site, EmergencyRequest(host=host, reach=reach), snap, others)
+    plan = plan_emergency_move(
+        site, EmergencyRequest(host=host, reach=reach, sessions_of=sessions_of), snap, others
+    )
     create_markdown_artifact(key="emergency-move-plan", markdown=plan_markdown(plan))
     actions = list(plan.notes)
     for sentence in plan.notes:

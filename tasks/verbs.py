@@ -43,7 +43,16 @@ def run_verb(shell: SiteShell, step: Step) -> StepResult:
     if step.verb == "start":
         return start_agents(shell, host, step.agents)
     if step.verb == "drop-sessions":
-        return drop_sessions(site, host)
+        if not step.agents:
+            return drop_sessions(site, host)
+        done = [drop_sessions(site, host, a) for a in step.agents]
+        return done[0].model_copy(
+            update={
+                "changed": [c for r in done for c in r.changed],
+                "sentence": "; ".join(r.sentence for r in done),
+                "ended_at": done[-1].ended_at,
+            }
+        )
     raise ValueError(f"step {step.id}: the verb {step.verb!r} does not act on a host")
 
 

@@ -140,6 +140,22 @@ def test_case_c_crashed_host_and_its_return(lab: RunningLab) -> None:
     assert lab.lab.score().agents_running_twice == []
 
 
+def test_case_a_after_a_crash_and_reboot_kills_the_sessions_the_crash_left(
+    lab: RunningLab,
+) -> None:
+    """Nobody moved the agents while the host was down; it rebooted, its agents gave up (the
+    crashed processes' sessions still hold their locks). Case A stops them and starts them on
+    the backup: those starts fail on the same locks until the sessions of those agents from the
+    host are killed."""
+    lab.lab.fault("fts101", "crash")
+    lab.lab.heal("fts101")
+    wait_boot_agents_gave_up(lab, "fts101")
+    result = run(lab)
+    assert result.status == "completed" and result.case == "A", result.summary
+    assert result.sessions_killed >= 4, result.actions
+    assert_on_backup_only(lab)
+
+
 def test_a_second_procedure_for_the_service_is_refused(lab: RunningLab) -> None:
     box: dict[str, Any] = {}
 

@@ -60,3 +60,13 @@ def test_case_a_a_stranded_agent_stays_when_its_other_host_cannot_be_seen() -> N
     stopped = host("fts101", [], disabled=ON_101)
     unseen = host("fts102", [], reachable=False)
     assert choose_moves(SITE, "fts101", stopped, others(unseen)) == []
+
+
+def test_case_a_an_agent_the_host_lost_moves_one_stopped_by_hand_stays() -> None:
+    # fts101 crashed and rebooted: CERN-CERN's old session still holds its lock, so it could
+    # not start again; CERN-RAL was stopped by someone (no session): left alone
+    rebooted = host("fts101", ON_101[2:])
+    moves = choose_moves(
+        SITE, "fts101", rebooted, others(host("fts102", ON_102)), sessions_of=[ON_101[0]]
+    )
+    assert [m.agent for m in moves] == [ON_101[0], *ON_101[2:]]

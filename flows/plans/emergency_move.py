@@ -1,7 +1,8 @@
 """The emergency move's plan: seed 000's three cases, decided from what a probe saw (pure).
 
 * **A**, the host answers SSH: write the `.disabled` entries, stop its agents, then start them on
-  their other hosts.
+  their other hosts; a start that fails within the lock wait gets the DB sessions of those agents
+  from the host killed (a host that crashed and rebooted left them open) and is started again.
 * **B**, the host answers on the network but SSH does not work (refused, or the login hangs):
   start the agents on their other hosts (each start blocks on the DB lock the host's sessions
   still hold) and, a moment later, kill the host's DB sessions while they wait; then try, within a
@@ -64,6 +65,10 @@ class EmergencyRequest(BaseModel):
 
     host: str
     reach: Reach
+    #: the agents with a DB session from the host, read from the database when SSH works (an
+    #: agent that runs nowhere but has one was lost by the host: a crash and a reboot leave its
+    #: session holding its lock); empty when it was not read
+    sessions_of: list[str] = Field(default_factory=list)
 
 
 class EmergencyPlan(Plan):
@@ -83,14 +88,21 @@ class EmergencyPlan(Plan):
 
 
 def choose_moves(
-    site: Site, host: str, host_snap: HostSnapshot | None, others: SiteSnapshot
+    site: Site,
+    host: str,
+    host_snap: HostSnapshot | None,
+    others: SiteSnapshot,
+    sessions_of: list[str] | None = None,
 ) -> list[Move]:
     """Which agents leave `host`, and where they go.
 
     An agent may run on `host` as its primary or as its backup (after an earlier move); it goes
     to its other host. With the host's own snapshot (case A) the agents that run there move, and
-    so do those an earlier move left half done: listed in the host's `.disabled` file, running
-    nowhere (an emergency move stopped them, then could not start them on their other host).
+    so do two kinds that run nowhere: those an earlier move left half done (listed in the host's
+    `.disabled` file: an emergency move stopped them, then could not start them on their other
+    host), and those the host lost (a DB session from the host still exists for them,
+    `sessions_of`: it crashed and rebooted, and they could not take their locks back). An agent
+    that runs nowhere for neither reason was stopped by someone and is left alone.
     Without it (cases B and C) every agent that may run on `host` and does not run on its other
     host moves: it ran, or may have run, on the failed host, and nothing serves it now.
     """
@@ -99,7 +111,7 @@ def choose_moves(
         to = a.backup if a.primary == host else a.primary
         if host_snap is not None:
             stranded = (
-                a.name in host_snap.disabled
+                (a.name in host_snap.disabled or a.name in (sessions_of or []))
                 and others.has(to)
                 and others.host(to).reachable
                 and not others.where(a.name)
@@ -125,19 +137,27 @@ def fence_human(host: str, why: str) -> str:
 
 
 def _start_chains(
-    site: Site, host: str, moves: list[Move], *, kill_on_failure: bool
+    site: Site,
+    host: str,
+    moves: list[Move],
+    *,
+    kill_on_failure: Literal["none", "host", "agents"],
 ) -> list[Chain]:
+    """Per target: clear the `.disabled` entries, start; with `kill_on_failure`, a start that
+    fails gets the DB sessions of the failed host killed (all of them, or only those of the
+    agents being started) and is tried again."""
     by_target: dict[str, list[str]] = {}
     for m in moves:
         by_target.setdefault(m.to, []).append(m.agent)
     chains = []
     for target, names in sorted(by_target.items()):
+        scope = names if kill_on_failure == "agents" else []
         fallback = (
             [
-                step(site, f"{target}/drop-sessions", "drop-sessions", host),
+                step(site, f"{target}/drop-sessions", "drop-sessions", host, scope),
                 step(site, f"{target}/start-again", "start", target, names),
             ]
-            if kill_on_failure
+            if kill_on_failure != "none"
             else []
         )
         chains.append(
@@ -171,7 +191,7 @@ def plan_emergency_move(
     """
     host = req.host
     case, why = classify(req.reach, host_snap is not None)
-    moves = choose_moves(site, host, host_snap, others)
+    moves = choose_moves(site, host, host_snap, others, req.sessions_of)
     names = [m.agent for m in moves]
     transfers = (
         sum(host_snap.transfers.get(m.channel or "", 0) for m in moves) if host_snap else None
@@ -209,10 +229,12 @@ def plan_emergency_move(
                 ],
             )
         )
+        # their sessions end with their processes, unless the host crashed and rebooted since:
+        # the crashed processes' sessions then still hold the locks on the server
         phases.append(
             Phase(
                 name="start them on their backups",
-                chains=_start_chains(site, host, moves, kill_on_failure=False),
+                chains=_start_chains(site, host, moves, kill_on_failure="agents"),
             )
         )
     elif moves and case == "B":
@@ -228,7 +250,7 @@ def plan_emergency_move(
             Phase(
                 name="start on the backups and free their DB locks",
                 chains=[
-                    *_start_chains(site, host, moves, kill_on_failure=False),
+                    *_start_chains(site, host, moves, kill_on_failure="none"),
                     Chain(name=f"free the locks of {host}", steps=[kill]),
                 ],
             )
@@ -269,7 +291,7 @@ def plan_emergency_move(
         phases.append(
             Phase(
                 name="start on the backups (free the locks if they do not start)",
-                chains=_start_chains(site, host, moves, kill_on_failure=True),
+                chains=_start_chains(site, host, moves, kill_on_failure="host"),
             )
         )
         human.append(

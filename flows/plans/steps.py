@@ -44,6 +44,11 @@ def commands_for(
     if verb == "start":
         return [command(site, "start_agent", agent=a) for a in agents]
     kind = site.database.kind if site.database else "database"
+    if agents:
+        return [
+            f"{kind}: kill the sessions of {a} from {host}, then check that none is left"
+            for a in agents
+        ]
     return [f"{kind}: kill every session from {host}, then check that none is left"]
 
 
