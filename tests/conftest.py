@@ -40,7 +40,8 @@ atexit.register(shutil.rmtree, _PREFECT_HOME, True)
 # test labs get loopback blocks 127.0.N.x and DB ports 20000+N; two test sessions on one machine
 # (a developer's and CI's) start from different N. The ports lie below the kernel's ephemeral
 # range (32768-60999): there, any client socket of the run may hold the port when the lab binds.
-_lab_numbers = itertools.count(10 + (os.getpid() % 40) * 6)
+# below 240: the benches place their labs at 244-250
+_lab_numbers = itertools.count(10 + (os.getpid() % 35) * 6)
 LAB_DB_PORT_BASE = 20000
 
 
