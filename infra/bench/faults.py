@@ -363,10 +363,11 @@ def _one(site_file: Path, row: Row, warmup_s: float) -> dict[str, Any]:
         out["jobs_lost_allowed"] = (
             "the host's running transfers"
             if proc == "emergency-move" or (row.where == "source" and row.fault == "crash")
-            # a database that hangs or crashes for more than a few seconds makes the agents drop
-            # their sessions, and their running transfers' state is lost, move or no move
+            # a database that hangs or crashes, or a host cut off from it, for more than a few
+            # seconds makes the agents concerned drop their sessions, and their running
+            # transfers' state is lost, move or no move
             else "what the database fault ends by itself"
-            if row.where == "database"
+            if row.where == "database" or row.fault == "db-unreachable"
             else 0
         )
         out["agents_twice"] = len(score.agents_running_twice)
