@@ -101,14 +101,25 @@ def matrix() -> list[Row]:
 
 def _tear_down(lab: Lab) -> None:
     """Heal every fault (the database first: a frozen server would hang the lab's shutdown),
-    stop the row's lab and delete its state."""
+    stop the row's lab and delete its state, whatever fails on the way."""
     with contextlib.suppress(Exception):
         lab.heal_database()
     for h in lab.site.hosts:
         with contextlib.suppress(Exception):
             lab.heal(h.name)
-    lab.down()
-    lab.remove_state()
+    try:
+        lab.down()
+    finally:
+        with contextlib.suppress(Exception):
+            lab.remove_state()
+
+
+def _fresh_lab(lab: Lab) -> None:
+    """Start the row's lab from nothing: whatever an earlier row left (its hosts' `.disabled`
+    files, its database) is stopped and deleted first."""
+    if lab.paths.root.exists():
+        _tear_down(lab)
+    lab.up()
 
 
 def _fenced(lab: Lab, shell: Any) -> bool:
@@ -143,9 +154,14 @@ def _one_after_crash(site_file: Path, row: Row, warmup_s: float) -> dict[str, An
     from tasks.remote import SiteShell
 
     lab = Lab.from_file(site_file)
-    lab.up()
-    shell = SiteShell(lab.site)
     out: dict[str, Any] = {"row": row.name, **row.__dict__}
+    try:
+        _fresh_lab(lab)
+    except Exception as exc:  # noqa: BLE001 - a row whose lab does not start is reported
+        out["error"] = f"the row's lab did not start: {type(exc).__name__}: {exc}"[:500]
+        _tear_down(lab)
+        return out
+    shell = SiteShell(lab.site)
     src = "fts101"
     try:
         time.sleep(warmup_s)
@@ -256,9 +272,14 @@ def _one(site_file: Path, row: Row, warmup_s: float) -> dict[str, Any]:
     from tasks.site_state import snapshot_site
 
     lab = Lab.from_file(site_file)
-    lab.up()
-    shell = SiteShell(lab.site)
     out: dict[str, Any] = {"row": row.name, **row.__dict__}
+    try:
+        _fresh_lab(lab)
+    except Exception as exc:  # noqa: BLE001 - a row whose lab does not start is reported
+        out["error"] = f"the row's lab did not start: {type(exc).__name__}: {exc}"[:500]
+        _tear_down(lab)
+        return out
+    shell = SiteShell(lab.site)
     try:
         time.sleep(warmup_s)
         before = lab.score(reset=True)
