@@ -136,18 +136,22 @@ zone "{zone}" {{ {zone_body} }};
             LabError: a server exited or did not answer within 20 s (with its log's tail).
         """
         pids: dict[str, int] = {}
-        for role, srv in self.servers():
-            here = self.root / role
-            log = here / "named.stderr"
-            with open(log, "wb") as out:
-                proc = subprocess.Popen(
-                    ["named", "-f", "-c", str(here / "named.conf")],
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            pids[role] = proc.pid
-            self._wait_answering(role, srv, proc, here)
+        try:
+            for role, srv in self.servers():
+                here = self.root / role
+                log = here / "named.stderr"
+                with open(log, "wb") as out:
+                    proc = subprocess.Popen(
+                        ["named", "-f", "-c", str(here / "named.conf")],
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    )
+                pids[role] = proc.pid
+                self._wait_answering(role, srv, proc, here)
+        except BaseException:
+            self.stop(pids)  # the caller never learns these PIDs: stop them here
+            raise
         return pids
 
     def _wait_answering(
