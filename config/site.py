@@ -192,6 +192,23 @@ class Host(_Model):
         return v
 
 
+def dns_server_address(v: str) -> str:
+    """A DNS server's address: an IP address, so that an update never depends on resolving a
+    name (and dnspython sends queries to addresses only).
+
+    Raises:
+        ValueError: `v` is not an IP address.
+    """
+    try:
+        ipaddress.ip_address(v)
+    except ValueError:
+        raise ValueError(
+            f"{v!r} is not an IP address (a DNS server is given by its address, so that an "
+            "update never depends on resolving it)"
+        ) from None
+    return v
+
+
 class Agent(_Model):
     """One agent daemon of the service: a channel agent (one channel) or a VO agent (one VO).
 
@@ -380,17 +397,7 @@ class DnsServer(_Model):
     address: str
     port: int = Field(default=53, ge=1, le=65535)
 
-    @field_validator("address")
-    @classmethod
-    def _address(cls, v: str) -> str:
-        try:
-            ipaddress.ip_address(v)
-        except ValueError:
-            raise ValueError(
-                f"{v!r} is not an IP address (a DNS server is given by its address, so that "
-                "an update never depends on resolving it)"
-            ) from None
-        return v
+    _address = field_validator("address")(classmethod(lambda cls, v: dns_server_address(v)))
 
 
 class Dns(_Model):
@@ -409,15 +416,7 @@ class Dns(_Model):
     tsig_algorithm: Literal["hmac-sha256", "hmac-sha512", "hmac-sha384"] = "hmac-sha256"
     tsig_key: SecretRef
 
-    @field_validator("server")
-    @classmethod
-    def _server(cls, v: str) -> str:
-        try:
-            ipaddress.ip_address(v)
-        except ValueError:
-            if not re.fullmatch(DNS_NAME_RE, v):
-                raise ValueError(f"{v!r} is neither an IP address nor a DNS name") from None
-        return v
+    _server = field_validator("server")(classmethod(lambda cls, v: dns_server_address(v)))
 
     @model_validator(mode="after")
     def _alias_in_zone(self) -> Dns:

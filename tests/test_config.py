@@ -175,6 +175,12 @@ MALFORMED: list[tuple[str, dict[str, Any], str, str]] = [
         "pattern",
     ),
     (
+        "dns primary given by name (updates would depend on resolving it)",
+        _mutate(["dns", "server"], "ns1.lab.test"),
+        "dns.server",
+        "not an IP address",
+    ),
+    (
         "dns secondary given by name",
         _mutate(["dns", "secondaries"], [{"address": "ns2.lab.test", "port": 53}]),
         "dns.secondaries[0].address",
