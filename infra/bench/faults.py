@@ -114,12 +114,19 @@ def _tear_down(lab: Lab) -> None:
             lab.remove_state()
 
 
-def _fresh_lab(lab: Lab) -> None:
+def _fresh_lab(lab: Lab, out: dict[str, Any]) -> bool:
     """Start the row's lab from nothing: whatever an earlier row left (its hosts' `.disabled`
-    files, its database) is stopped and deleted first."""
-    if lab.paths.root.exists():
+    files, its database) is stopped and deleted first. A lab that does not start is the row's
+    error (in `out`), and False."""
+    try:
+        if lab.paths.root.exists():
+            _tear_down(lab)
+        lab.up()
+    except Exception as exc:  # noqa: BLE001 - a row whose lab does not start is reported
+        out["error"] = f"the row's lab did not start: {type(exc).__name__}: {exc}"[:500]
         _tear_down(lab)
-    lab.up()
+        return False
+    return True
 
 
 def _fenced(lab: Lab, shell: Any) -> bool:
@@ -155,11 +162,7 @@ def _one_after_crash(site_file: Path, row: Row, warmup_s: float) -> dict[str, An
 
     lab = Lab.from_file(site_file)
     out: dict[str, Any] = {"row": row.name, **row.__dict__}
-    try:
-        _fresh_lab(lab)
-    except Exception as exc:  # noqa: BLE001 - a row whose lab does not start is reported
-        out["error"] = f"the row's lab did not start: {type(exc).__name__}: {exc}"[:500]
-        _tear_down(lab)
+    if not _fresh_lab(lab, out):
         return out
     shell = SiteShell(lab.site)
     src = "fts101"
@@ -273,11 +276,7 @@ def _one(site_file: Path, row: Row, warmup_s: float) -> dict[str, Any]:
 
     lab = Lab.from_file(site_file)
     out: dict[str, Any] = {"row": row.name, **row.__dict__}
-    try:
-        _fresh_lab(lab)
-    except Exception as exc:  # noqa: BLE001 - a row whose lab does not start is reported
-        out["error"] = f"the row's lab did not start: {type(exc).__name__}: {exc}"[:500]
-        _tear_down(lab)
+    if not _fresh_lab(lab, out):
         return out
     shell = SiteShell(lab.site)
     try:
