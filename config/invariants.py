@@ -48,6 +48,7 @@ def site_problems(site: Site) -> list[Problem]:
         *agent_problems(site),
         *ssh_problems(site),
         *procedure_problems(site),
+        *frontend_problems(site),
         *slack_problems(site),
         *lab_problems(site),
     ]
@@ -72,6 +73,33 @@ def host_problems(site: Site) -> list[Problem]:
                 )
             )
         endpoints.setdefault(ep, h.name)
+    return p
+
+
+def frontend_problems(site: Site) -> list[Problem]:
+    """The front end: its hosts exist and differ, and the alias it sits behind is declared."""
+    fe = site.frontend
+    if fe is None:
+        return []
+    p: list[Problem] = []
+    names = {h.name for h in site.hosts}
+    known = ", ".join(h.name for h in site.hosts)
+    for i, h in enumerate(fe.hosts):
+        if h not in names:
+            p.append(
+                Problem(f"frontend.hosts[{i}]", f"no host {h!r} in hosts", f"use one of: {known}")
+            )
+        if h in fe.hosts[:i]:
+            p.append(Problem(f"frontend.hosts[{i}]", f"{h!r} is listed twice", "list it once"))
+    if site.dns is None:
+        p.append(
+            Problem(
+                "frontend",
+                "a front end sits behind the service's DNS alias, and the site has no `dns:` "
+                "section",
+                "add the `dns:` section (alias, zone, primary, TSIG key)",
+            )
+        )
     return p
 
 

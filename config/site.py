@@ -265,6 +265,10 @@ COMMAND_PLACEHOLDERS: dict[str, frozenset[str]] = {
     "stop_all": frozenset(),
     "start_agent": frozenset({"agent"}),
     "stop_agent": frozenset({"agent"}),
+    "frontend_status": frozenset(),
+    "frontend_enable": frozenset({"epoch"}),
+    "frontend_disable": frozenset({"redirect", "seconds"}),
+    "frontend_fence": frozenset({"epoch"}),
 }
 
 
@@ -283,6 +287,22 @@ class Commands(_Model):
     stop_all: ArgvTemplate = ["service", "transfer-agents", "stop"]
     start_agent: ArgvTemplate = ["service", "transfer-agents", "start", "--instance", "{agent}"]
     stop_agent: ArgvTemplate = ["service", "transfer-agents", "stop", "--instance", "{agent}"]
+    #: the web front end (seed 002): its role and epoch as one JSON line (`tasks.frontend`)
+    frontend_status: ArgvTemplate = ["fts-frontend", "status"]
+    #: claim the epoch in the database, then serve as the master with it
+    frontend_enable: ArgvTemplate = ["fts-frontend", "enable", "{epoch}"]
+    #: serve as a slave; for `seconds`, answer clients with a redirect to `redirect` (an
+    #: address, or ``-`` for none)
+    frontend_disable: ArgvTemplate = [
+        "fts-frontend",
+        "disable",
+        "--redirect",
+        "{redirect}",
+        "--for",
+        "{seconds}",
+    ]
+    #: raise the database's epoch without serving (fences a master that cannot be reached)
+    frontend_fence: ArgvTemplate = ["fts-frontend", "fence", "{epoch}"]
     disabled_file: Path = Path("/etc/glite-data-transfer-agents.disabled")
     agent_user: Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")] = "edguser"
     agent_process_regex: str = r"^(glite-transfer-(?:channel-agent-urlcopy|vo-agent)-\S+)"
@@ -431,6 +451,25 @@ class Dns(_Model):
     def servers(self) -> list[DnsServer]:
         """Every authoritative server: the primary first."""
         return [DnsServer(address=self.server, port=self.port), *self.secondaries]
+
+
+class Frontend(_Model):
+    """The service's web front end (seed 002): the master behind the DNS alias accepts the
+    clients' jobs, the other hosts wait as slaves; `handover run switch` moves the master role
+    and the alias together.
+
+    Every write of a master carries the service epoch it was enabled with; the database refuses a
+    write whose epoch is older than its own, so a master that was switched away from cannot
+    write even if it never heard of the switch.
+    """
+
+    #: the front-end hosts (a switch picks the master's successor among them)
+    hosts: list[HostName] = Field(min_length=2)
+    #: the HTTP port every front end listens on
+    port: int = Field(default=8446, ge=1, le=65535)
+    #: how long the old master of a planned switch redirects clients to the new one beyond the
+    #: alias TTL (clients keep the old address for up to the TTL)
+    redirect_margin_s: int = Field(default=5, ge=0, le=3600)
 
 
 class Slack(_Model):
@@ -593,6 +632,9 @@ class Lab(_Model):
     lock_wait_s: float = Field(default=8.0, gt=0, le=600)
     max_active_per_channel: int = Field(default=4, ge=1, le=1000)
     jobs_per_second_per_channel: float = Field(default=1.0, ge=0, le=100)
+    #: jobs the lab's clients submit through the service alias each second (sites with a
+    #: `frontend:`; `infra/lab/clients.py`)
+    clients_per_second: float = Field(default=4.0, ge=0, le=200)
     load_on_start: bool = True
     tick_s: float = Field(default=0.2, gt=0, le=5)
     transfers: LabTransfers = Field(default_factory=LabTransfers)
@@ -612,6 +654,7 @@ class Site(_Model):
     ssh: SshConfig
     database: Database | None = None
     dns: Dns | None = None
+    frontend: Frontend | None = None
     slack: Slack | None = None
     alerts: Alerts | None = None
     procedures: dict[str, ProcedurePolicy] = Field(default_factory=dict)

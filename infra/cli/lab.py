@@ -82,6 +82,14 @@ def _lab_dispatch(args: argparse.Namespace) -> int:
                 f"agents serving twice: {len(score.agents_running_twice)}; "
                 f"alive on two hosts: {len(score.agents_alive_on_two_hosts)}"
             )
+            c = score.clients
+            if c is not None:
+                out.print(
+                    f"clients: {c.accepted} submissions accepted, {c.refused} refused, "
+                    f"{c.failed} failed, {c.waiting} waiting, {c.lost} lost; {c.outages} "
+                    f"outage(s), longest {c.outage_max_s:.2f} s; writes by a fenced master: "
+                    f"{c.writes_by_fenced_master}; epoch {c.epoch} ({c.epoch_holder})"
+                )
         return 0
     if action == "fault":
         out.print(lab.fault(args.host, args.kind))
@@ -125,6 +133,10 @@ def _print_status(st: Any) -> None:
             f"serial {d.serial}"
         )
         out.print(f"dns {d.role} {d.server}: {answer}")
+    for f in st.frontends:
+        run = "running" if f.running else "[red]not running[/red]"
+        epoch = f" with epoch {f.epoch}" if f.epoch is not None else ""
+        out.print(f"front end {f.host}: {f.role}{epoch}, {run}")
     table = Table()
     for col in ("host", "address", "state", "agents (as edguser)", "transfers", "disabled"):
         table.add_column(col)

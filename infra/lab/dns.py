@@ -111,8 +111,9 @@ zone "{zone}" {{ {zone_body} }};
 """
 
     def prepare(self) -> None:
-        """Write the key, the configurations and the primary's zone (the alias at the service's
-        first host, epoch 1). Idempotent: a lab that starts again starts from this state."""
+        """Write the key, the configurations and the primary's zone (the alias at the first
+        front-end host, else the first host; epoch 1). Idempotent: a lab that starts again
+        starts from this state."""
         if shutil.which("named") is None:
             raise LabError("named is missing: as root, apt-get install -y bind9")
         self.paths.secrets_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -121,7 +122,8 @@ zone "{zone}" {{ {zone_body} }};
             self.key_file.chmod(0o600)
         secret = self.key_file.read_text().strip()
         shutil.rmtree(self.root, ignore_errors=True)
-        first = self.site.hosts[0].address
+        fe = self.site.frontend
+        first = self.site.host(fe.hosts[0]).address if fe else self.site.hosts[0].address
         for role, srv in self.servers():
             here = self.root / role
             here.mkdir(parents=True)

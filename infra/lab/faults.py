@@ -16,8 +16,9 @@ if TYPE_CHECKING:
 
 #: sshd-down: host and agents up, SSH refused; frozen: every process stopped, SSH hangs; crash:
 #: the host vanishes and its processes die (its DB sessions stay open); db-unreachable: its
-#: packets to the database are dropped; slow: its processes run a quarter of the time
-FaultKind = Literal["sshd-down", "frozen", "crash", "db-unreachable", "slow"]
+#: packets to the database are dropped; slow: its processes run a quarter of the time;
+#: frontend-down: its web front end killed (SIGKILL), the host and its agents run on
+FaultKind = Literal["sshd-down", "frozen", "crash", "db-unreachable", "slow", "frontend-down"]
 FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
 
 
@@ -28,7 +29,8 @@ def inject(lab: Lab, host: str, kind: str) -> str:
     stopped: TCP connects hang), ``crash`` (the host vanishes from the network, then every
     process dies; its DB sessions stay open on the server, as after a real crash),
     ``db-unreachable`` (the host's packets to the database are dropped), ``slow`` (its
-    processes run a quarter of the time).
+    processes run a quarter of the time), ``frontend-down`` (its web front end killed with
+    SIGKILL).
     """
     if kind not in FAULT_KINDS:
         raise LabError(f"unknown fault kind {kind!r}; use one of {', '.join(FAULT_KINDS)}")
@@ -62,6 +64,14 @@ def inject(lab: Lab, host: str, kind: str) -> str:
     elif kind == "db-unreachable":
         lab._apply_firewall({**rec.get("faults", {}), host: kind}, site, rec.get("ghost_ports"))
         done = f"{host}: its packets to the database are dropped"
+    elif kind == "frontend-down":
+        from infra.lab.frontend import TITLE
+
+        victims = [p for p in procs if p.title == TITLE]
+        if not victims:
+            raise LabError(f"{host} runs no front end")
+        signal_all(victims, signal.SIGKILL)
+        done = f"{host}: front end killed (pid {victims[0].nspid}); the host and its agents run on"
     else:
         control(lab, f"fault:{host}", "slow")
         done = f"{host}: slowed down (its processes run a quarter of the time)"
@@ -100,6 +110,11 @@ def heal(lab: Lab, host: str) -> str:
         )
         booted = lab.paths.host_dir(host) / "boot-agents.log"
         done = f"{host}: rebooted; it ran `service transfer-agents start` (see {booted})"
+    elif kind == "frontend-down":
+        res = lab.exec(host, ["service", "fts-frontend", "start"])
+        if res.returncode != 0:
+            raise LabError(f"{host}: the front end did not start: {res.stderr or res.stdout}")
+        done = f"{host}: front end started again (in the role its role file says)"
     elif kind == "db-unreachable":
         lab._apply_firewall(rec["faults"], site, rec.get("ghost_ports"))
         done = (

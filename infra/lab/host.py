@@ -38,6 +38,9 @@ start_sshd
 echo ready > "$D/booted"
 if [ "${LAB_BOOT_AGENTS:-1}" = 1 ]; then
   service transfer-agents start > "$D/boot-agents.log" 2>&1 &
+  if [ -x /etc/init.d/fts-frontend ]; then
+    service fts-frontend start > "$D/boot-frontend.log" 2>&1 &
+  fi
 fi
 # `wait` returns on each trapped signal; the sleeper keeps it from returning at once otherwise.
 sleep infinity & SLEEPER=$!

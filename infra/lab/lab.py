@@ -231,6 +231,15 @@ class Lab:
             phases["agents"] = time.monotonic() - t2
             rec["labd_pid"] = self._start_labd()
             self._save(rec)
+            if site.frontend is not None:
+                progress("front ends: waiting for the master, starting the clients")
+                self._wait(
+                    lambda: [] if self._frontend_answers(site) else [site.frontend.hosts[0]],  # type: ignore[union-attr]
+                    20,
+                    "the front end did not answer as the master on",
+                )
+                rec["clients_pid"] = self._start_labd("clients")
+                self._save(rec)
         except BaseException:
             with contextlib.suppress(Exception):
                 self.down()
@@ -243,6 +252,21 @@ class Lab:
             "agents": len(site.service.agents),
             "seconds": {k: round(v, 2) for k, v in phases.items()},
         }
+
+    def _frontend_answers(self, site: Site) -> bool:
+        assert site.frontend is not None
+        import http.client
+
+        try:
+            conn = http.client.HTTPConnection(
+                site.host(site.frontend.hosts[0]).address, site.frontend.port, timeout=1
+            )
+            conn.request("GET", "/ready")
+            ok = conn.getresponse().status == 200
+            conn.close()
+            return ok
+        except OSError:
+            return False
 
     def _wait(self, pending: Callable[[], list[str]], timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
@@ -299,6 +323,9 @@ class Lab:
             f = b / name
             f.write_text(f'#!/bin/sh\nexec {sys.executable} -m infra.lab.hostcmd {sub} "$@"\n')
             f.chmod(0o755)
+        f = b / "fts-frontend"
+        f.write_text(f'#!/bin/sh\nexec {sys.executable} -m infra.lab.frontend "$@"\n')
+        f.chmod(0o755)
 
     def _prepare_host(self, site: Site, h: Host) -> None:
         assert site.lab is not None
@@ -348,6 +375,9 @@ class Lab:
             "python": sys.executable,
             "log_dir": str(d / "log"),
             "disabled_file": str(site.commands.disabled_file),
+            "frontend_port": site.frontend.port
+            if site.frontend and h.name in site.frontend.hosts
+            else 0,
         }
         (upper / "transfer-agents" / "lab.json").write_text(json.dumps(rt, indent=2))
         init_d = upper / "init.d" / "transfer-agents"
@@ -356,6 +386,28 @@ class Lab:
             f'exec {sys.executable} -m infra.lab.hostcmd service "$@"\n'
         )
         init_d.chmod(0o755)
+        if rt["frontend_port"]:
+            assert site.frontend is not None
+            fe_init = upper / "init.d" / "fts-frontend"
+            fe_init.write_text(
+                "#!/bin/sh\n# FTS web front end (lab). start|stop|status\n"
+                f'exec {sys.executable} -m infra.lab.frontend "$@"\n'
+            )
+            fe_init.chmod(0o755)
+            # the first front-end host starts as the master with the first epoch (the alias
+            # points at it); the others as slaves
+            master = h.name == site.frontend.hosts[0]
+            (upper / "fts-frontend.role").write_text(
+                json.dumps(
+                    {
+                        "role": "master" if master else "slave",
+                        "epoch": 1 if master else None,
+                        "redirect": None,
+                        "redirect_until": 0,
+                    }
+                )
+                + "\n"
+            )
         # agents this host backs up stay disabled until a procedure moves them here
         backups = [a.name for a in site.service.agents if a.backup == h.name]
         disabled = upper / site.commands.disabled_file.relative_to("/etc")
@@ -397,10 +449,10 @@ class Lab:
             "ns": ns_inode(init_pid),
         }
 
-    def _start_labd(self) -> int:
-        with open(self.paths.log_dir / "labd.log", "ab") as log:
+    def _start_labd(self, module: str = "labd") -> int:
+        with open(self.paths.log_dir / f"{module}.log", "ab") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "infra.lab.labd", "--state-dir", str(self.paths.root)],
+                [sys.executable, "-m", f"infra.lab.{module}", "--state-dir", str(self.paths.root)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -422,6 +474,9 @@ class Lab:
         labd_pid = int(rec.get("labd_pid") or 0)
         if alive(labd_pid):
             os.kill(labd_pid, signal.SIGTERM)
+        clients_pid = int(rec.get("clients_pid") or 0)
+        if alive(clients_pid):
+            os.kill(clients_pid, signal.SIGKILL)
         hosts = rec.get("hosts", {})
         nss = {int(h["ns"]) for h in hosts.values() if h.get("ns")}
         for h in hosts.values():

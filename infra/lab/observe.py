@@ -13,7 +13,9 @@ from infra.lab.runtime import read_disabled, read_state, serves
 from infra.lab.views import (
     AgentView,
     ChannelView,
+    ClientScore,
     DnsView,
+    FrontendView,
     HostView,
     LabStatus,
     Score,
@@ -124,7 +126,30 @@ def status(lab: Lab) -> LabStatus:
         hosts=hosts,
         channels=channels,
         dns=_dns_views(site) if rec else [],
+        frontends=_frontend_views(lab, site, rec, procs),
     )
+
+
+def _frontend_views(
+    lab: Lab, site: Site, rec: dict[str, Any], procs: dict[str, list[HostProc]]
+) -> list[FrontendView]:
+    from infra.lab.frontend import TITLE, read_role
+
+    if site.frontend is None:
+        return []
+    views = []
+    for name in site.frontend.hosts:
+        role = read_role(lab.paths.host_dir(name) / "etc.upper" / "fts-frontend.role")
+        views.append(
+            FrontendView(
+                host=name,
+                role=role.get("role"),
+                epoch=role.get("epoch"),
+                redirect=role.get("redirect"),
+                running=any(p.title == TITLE for p in procs.get(name, [])),
+            )
+        )
+    return views
 
 
 def _dns_views(site: Site) -> list[DnsView]:
@@ -164,6 +189,10 @@ def score(lab: Lab, *, reset: bool = False) -> Score:
             conn.run("UPDATE score_downtime SET seconds = 0")
             conn.run("DELETE FROM score_twice")
             conn.run(
+                "UPDATE score_clients SET accepted = 0, refused = 0, failed = 0, lost = 0, "
+                "outages = 0, outage_max_s = 0, outage_last_s = 0"
+            )
+            conn.run(
                 "INSERT INTO lab_control VALUES ('score_since', clock_timestamp()::text) "
                 "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
             )
@@ -191,7 +220,34 @@ def score(lab: Lab, *, reset: bool = False) -> Score:
                     last_seen=last.isoformat(timespec="milliseconds"),
                 )
             )
+        clients = None
+        if lab.site.frontend is not None:
+            acc, ref, fail, wait, lost_s, outs, omax, olast = conn.run(
+                "SELECT accepted, refused, failed, waiting, lost, outages, outage_max_s, "
+                "outage_last_s FROM score_clients WHERE id = 1"
+            )[0]
+            fenced = conn.run(
+                "SELECT count(*) FROM submissions s WHERE s.accepted_at >= CAST(:s AS "
+                "timestamptz) AND EXISTS (SELECT 1 FROM epoch_history e WHERE e.epoch > s.epoch "
+                "AND e.began_at <= s.accepted_at)",
+                s=since,
+            )[0][0]
+            epoch, holder = conn.run("SELECT epoch, holder FROM service_epoch WHERE id = 1")[0]
+            clients = ClientScore(
+                accepted=int(acc),
+                refused=int(ref),
+                failed=int(fail),
+                waiting=int(wait),
+                lost=int(lost_s),
+                outages=int(outs),
+                outage_max_s=round(float(omax), 3),
+                outage_last_s=round(float(olast), 3),
+                writes_by_fenced_master=int(fenced),
+                epoch=int(epoch),
+                epoch_holder=str(holder),
+            )
     return Score(
+        clients=clients,
         since=str(since),
         jobs={s: int(counts.get(s, 0)) for s in ("Submitted", "Pending", "Active", "Done", "Lost")},
         jobs_done=int(done),

@@ -41,6 +41,8 @@ class HostRuntime(TypedDict):
     python: str
     log_dir: str
     disabled_file: str
+    #: the web front end's port on this host (0: the host has no front end)
+    frontend_port: int
 
 
 def load_runtime(path: Path | None = None) -> HostRuntime:

@@ -50,6 +50,34 @@ class DnsView(BaseModel):
     error: str | None = None
 
 
+class FrontendView(BaseModel):
+    """One front-end host: its role file and whether its server runs."""
+
+    host: str
+    role: str | None
+    epoch: int | None
+    running: bool
+    redirect: str | None = None
+
+
+class ClientScore(BaseModel):
+    """What the lab's clients saw (sites with a front end; `infra/lab/clients.py`)."""
+
+    accepted: int
+    refused: int
+    failed: int
+    waiting: int
+    lost: int
+    outages: int
+    outage_max_s: float
+    outage_last_s: float
+    #: submissions written with an epoch older than one already begun (must stay 0)
+    writes_by_fenced_master: int
+    #: the database's epoch and who claimed it
+    epoch: int
+    epoch_holder: str
+
+
 class LabStatus(BaseModel):
     """`handover lab status`."""
 
@@ -63,6 +91,7 @@ class LabStatus(BaseModel):
     #: the database server's fault (`handover lab db-fault`), if any
     database_fault: str | None = None
     dns: list[DnsView] = []
+    frontends: list[FrontendView] = []
 
 
 class TwiceView(BaseModel):
@@ -86,3 +115,4 @@ class Score(BaseModel):
     downtime_max_s: float
     agents_running_twice: list[TwiceView]
     agents_alive_on_two_hosts: list[TwiceView]
+    clients: ClientScore | None = None

@@ -55,3 +55,78 @@ CREATE TABLE lab_control (
     key   text PRIMARY KEY,
     value text NOT NULL
 );
+
+-- The web front end (seed 002). The service epoch is a fencing token: a master is enabled with an
+-- epoch, claims it here, and writes with it; a write whose epoch is older than the current one is
+-- refused, so a master that was switched away from cannot write even if it never heard of it.
+CREATE TABLE service_epoch (
+    id         integer PRIMARY KEY DEFAULT 1 CHECK (id = 1),
+    epoch      bigint NOT NULL,
+    holder     text NOT NULL,
+    changed_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+INSERT INTO service_epoch (epoch, holder) VALUES (1, 'lab');
+
+-- Every epoch and when it began: the score checks the fencing from this, independently of the
+-- trigger that enforces it.
+CREATE TABLE epoch_history (
+    epoch      bigint PRIMARY KEY,
+    holder     text NOT NULL,
+    began_at   timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+INSERT INTO epoch_history (epoch, holder) VALUES (1, 'lab');
+
+-- Claim an epoch: raise the current one to `new_epoch` (or keep it when it is already that);
+-- refused when the database already holds a newer one. Returns the epoch now current.
+CREATE FUNCTION claim_epoch(new_epoch bigint, who text) RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE cur bigint;
+BEGIN
+    SELECT epoch INTO cur FROM service_epoch WHERE id = 1 FOR UPDATE;
+    IF new_epoch < cur THEN
+        RAISE EXCEPTION 'epoch % is older than the current epoch %', new_epoch, cur
+            USING ERRCODE = 'P0001';
+    END IF;
+    UPDATE service_epoch SET epoch = new_epoch, holder = who, changed_at = clock_timestamp()
+        WHERE id = 1;
+    INSERT INTO epoch_history (epoch, holder) VALUES (new_epoch, who)
+        ON CONFLICT (epoch) DO UPDATE SET holder = EXCLUDED.holder;
+    RETURN new_epoch;
+END $$;
+
+-- Jobs accepted by a front end (the client's id makes a retried submission count once).
+CREATE TABLE submissions (
+    id           text PRIMARY KEY,
+    host         text NOT NULL,
+    epoch        bigint NOT NULL,
+    accepted_at  timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+
+CREATE FUNCTION refuse_fenced_write() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE cur bigint;
+BEGIN
+    -- FOR SHARE: a claim of a newer epoch waits for this write, or this write sees the claim
+    SELECT epoch INTO cur FROM service_epoch WHERE id = 1 FOR SHARE;
+    IF NEW.epoch < cur THEN
+        RAISE EXCEPTION 'fenced: % writes with epoch %, the current epoch is %',
+            NEW.host, NEW.epoch, cur USING ERRCODE = 'P0002';
+    END IF;
+    NEW.accepted_at := clock_timestamp();
+    RETURN NEW;
+END $$;
+CREATE TRIGGER submissions_fenced BEFORE INSERT ON submissions
+    FOR EACH ROW EXECUTE FUNCTION refuse_fenced_write();
+
+-- What the lab's clients saw (one row, written by the client process).
+CREATE TABLE score_clients (
+    id            integer PRIMARY KEY DEFAULT 1 CHECK (id = 1),
+    accepted      bigint NOT NULL DEFAULT 0,
+    refused       bigint NOT NULL DEFAULT 0,
+    failed        bigint NOT NULL DEFAULT 0,
+    waiting       bigint NOT NULL DEFAULT 0,
+    lost          bigint NOT NULL DEFAULT 0,
+    outages       bigint NOT NULL DEFAULT 0,
+    outage_max_s  double precision NOT NULL DEFAULT 0,
+    outage_last_s double precision NOT NULL DEFAULT 0,
+    updated_at    timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+INSERT INTO score_clients DEFAULT VALUES;
