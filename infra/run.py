@@ -154,7 +154,7 @@ def run_procedure(procedure: str, params: dict[str, Any], *, as_json: bool) -> i
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_FLOW_RUNS_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_TASK_RUNS_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
-    if procedure in ("emergency-move", "fence-host"):
+    if procedure in ("emergency-move", "fence-host", "switch"):
         return _run_host_procedure(procedure, params, console, ui, as_json=as_json)
     if procedure != "clean-move":
         console.print(f"[red]unknown procedure {procedure!r}[/red]")
@@ -187,8 +187,11 @@ def run_procedure(procedure: str, params: dict[str, Any], *, as_json: bool) -> i
 def _run_host_procedure(
     procedure: str, params: dict[str, Any], console: Console, ui: str, *, as_json: bool
 ) -> int:
-    from flows.emergency_move import emergency_move, report_markdown
+    from flows.emergency_move import emergency_move
+    from flows.emergency_move import report_markdown as emergency_report
     from flows.fence_host import fence_host
+    from flows.switch import report_markdown as switch_report
+    from flows.switch import switch
 
     def say(kind: str, data: dict[str, Any]) -> None:
         if kind == "step-sentence":
@@ -208,6 +211,9 @@ def _run_host_procedure(
         if procedure == "emergency-move":
             params.setdefault("requested_by", getpass.getuser())
             state = emergency_move(**params, return_state=True)
+        elif procedure == "switch":
+            params.setdefault("requested_by", getpass.getuser())
+            state = switch(**params, return_state=True)
         else:
             state = fence_host(params["site_file"], params["host"], return_state=True)
     result: Any = state.result(raise_on_failure=False)
@@ -217,7 +223,8 @@ def _run_host_procedure(
         else:
             console.print(state.message or "")
         return 0 if state.is_completed() else 1
-    return _report(console, result, report_markdown, ui, as_json=as_json)
+    report = switch_report if procedure == "switch" else emergency_report
+    return _report(console, result, report, ui, as_json=as_json)
 
 
 def _report(

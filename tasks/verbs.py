@@ -14,8 +14,10 @@ from prefect.cache_policies import NO_CACHE
 from flows.plans.model import Step
 from tasks import remote
 from tasks.agents import clear_disabled, start_agents, stop_agents, write_disabled
+from tasks.alias import move_service_alias
 from tasks.channels import set_channels
 from tasks.db_sessions import drop_sessions
+from tasks.frontend import disable_frontend, enable_frontend, fence_epoch
 from tasks.outcome import StepResult
 from tasks.remote import SiteShell
 
@@ -53,6 +55,17 @@ def run_verb(shell: SiteShell, step: Step) -> StepResult:
                 "ended_at": done[-1].ended_at,
             }
         )
+    if step.verb == "frontend-disable":
+        return disable_frontend(shell, host, step.address or "-", step.seconds)
+    if step.verb == "frontend-enable":
+        assert step.epoch is not None
+        return enable_frontend(shell, host, step.epoch)
+    if step.verb == "fence-epoch":
+        assert step.epoch is not None
+        return fence_epoch(shell, host, step.epoch)
+    if step.verb == "move-alias":
+        assert step.epoch is not None
+        return move_service_alias(site, step.expect, step.address, step.epoch)
     raise ValueError(f"step {step.id}: the verb {step.verb!r} does not act on a host")
 
 

@@ -29,6 +29,10 @@ Verb = Literal[
     "start",
     "set-active",
     "drop-sessions",
+    "frontend-disable",
+    "frontend-enable",
+    "fence-epoch",
+    "move-alias",
 ]
 
 #: what each verb needs before it runs, and what it leaves (the verb verifies the latter)
@@ -52,6 +56,19 @@ CONDITIONS: dict[Verb, tuple[str, str]] = {
     "drop-sessions": (
         "the database answers",
         "no DB session from the host remains",
+    ),
+    "frontend-disable": ("the host answers SSH", "its front end is a slave"),
+    "frontend-enable": (
+        "the database's epoch is not newer than the step's",
+        "the front end answers as the master with the step's epoch",
+    ),
+    "fence-epoch": (
+        "the database's epoch is not newer than the step's",
+        "the database's epoch is the step's",
+    ),
+    "move-alias": (
+        "the alias holds the addresses the step expects (compare-and-set)",
+        "every authoritative server answers the new address and epoch",
     ),
 }
 
@@ -86,6 +103,14 @@ class Step(BaseModel):
     if_fails: Literal["abort", "end-chain", "continue"] = "abort"
     #: what a human must do when the step failed for good
     human: str = ""
+    #: the service epoch the step writes (frontend-enable, fence-epoch, move-alias)
+    epoch: int | None = None
+    #: move-alias: the new address; frontend-disable: where clients are redirected (``-``: none)
+    address: str = ""
+    #: move-alias: the addresses the alias must hold now (the compare of compare-and-set)
+    expect: list[str] = Field(default_factory=list)
+    #: frontend-disable: how long clients are redirected
+    seconds: int = 0
 
 
 class Chain(BaseModel):
@@ -142,6 +167,10 @@ class Ledger(BaseModel):
     #: before it stopped answering, so they may be stopping (a frozen host finishes the stop
     #: when it thaws)
     stop_in_doubt: list[str] = Field(default_factory=list)
+    #: ids of the steps that succeeded
+    done: list[str] = Field(default_factory=list)
+    #: the alias was moved (move-alias succeeded)
+    alias_moved: bool = False
 
     def still_inactive(self, channel: str) -> bool:
         """Set Inactive by the run and not yet Active again."""
@@ -155,6 +184,10 @@ class Ledger(BaseModel):
 
     def record(self, step: Step) -> None:
         """Note a step that succeeded."""
+        if step.id not in self.done:
+            self.done.append(step.id)
+        if step.verb == "move-alias":
+            self.alias_moved = True
         if step.verb == "set-inactive":
             self.inactive += [c for c in step.channels if c not in self.inactive]
         elif step.verb == "set-active":

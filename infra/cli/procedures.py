@@ -17,6 +17,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     protect_terminal()
 
     load_site(args.site)  # a malformed site file is reported before anything starts
+    if args.procedure == "switch":
+        sp: dict[str, Any] = {
+            "site_file": str(Path(args.site).resolve()),
+            "to": args.to_host,
+            "reason": args.reason,
+            "dry_run": args.dry_run,
+        }
+        if args.failover:
+            sp["mode"] = "failover"
+        if args.yes:
+            sp["pause_for_approval"] = False
+        return run_procedure("switch", sp, as_json=args.json)
     if args.procedure in ("emergency-move", "fence-host"):
         if not args.host:
             err.print(f"[red]{args.procedure} needs --host[/red]")
@@ -50,10 +62,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 def register(sub: Any) -> None:
     """Add the commands of this module to the `handover` parser."""
     p = sub.add_parser("run", help="run a procedure and print its report")
-    p.add_argument("procedure", choices=["clean-move", "emergency-move", "fence-host"])
+    p.add_argument("procedure", choices=["clean-move", "emergency-move", "fence-host", "switch"])
     site_arg(p)
     p.add_argument("--from", dest="from_host", help="clean-move: host the agents leave")
-    p.add_argument("--to", dest="to_host", help="clean-move: host they go to")
+    p.add_argument(
+        "--to", dest="to_host", help="clean-move: host they go to; switch: the new master"
+    )
+    p.add_argument("--reason", default="", help="switch: why (for the thread and the report)")
+    p.add_argument(
+        "--failover",
+        action="store_true",
+        help="switch: fence the master (kill its DB sessions, raise the epoch) instead of a "
+        "planned handover (default: planned when the master answers as the master)",
+    )
     p.add_argument("--host", help="emergency-move, fence-host: the failed (or returning) host")
     p.add_argument("--mode", choices=["pipelined", "full", "staged"], default="pipelined")
     p.add_argument("--agents", help="comma-separated agent names (default: all on the host)")

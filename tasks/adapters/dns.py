@@ -10,6 +10,9 @@ Contract:
       atomic update. Somebody else changed the alias: `AliasChanged`, with what it holds now, and
       nothing is changed. The key refused (wrong secret, unknown name): `TsigRefused`, naming the
       key and the server. No answer within `timeout_s`: `DnsUnavailable`.
+    * `check_key(dns, key)` sends the primary an UPDATE whose only content is a prerequisite
+      that cannot hold: a server that accepts the key answers NXRRSET and changes nothing; one
+      that refuses it says so (`TsigRefused`).
     * Every call is bounded by `timeout_s` and goes over TCP (an update must not be retried by a
       UDP timeout into a second, different update).
 """
@@ -22,6 +25,8 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel
 
 if TYPE_CHECKING:
+    from dns.rcode import Rcode
+
     from config.site import Dns, DnsServer
 
 EPOCH_RE = re.compile(r'^"?epoch=(\d+)"?$')
@@ -112,6 +117,75 @@ def read_alias(dns_cfg: Dns, server: DnsServer, timeout_s: float = 3.0) -> Alias
     )
 
 
+def _update(dns_cfg: Dns, key_secret: str) -> tuple[object, str, str]:
+    import dns.name
+    import dns.tsigkeyring
+    import dns.update
+
+    zone, alias = _fqdn(dns_cfg.zone), _fqdn(dns_cfg.alias)
+    keyring = dns.tsigkeyring.from_text({dns_cfg.tsig_key_name: key_secret})
+    upd = dns.update.UpdateMessage(
+        zone,
+        keyring=keyring,
+        keyname=dns.name.from_text(dns_cfg.tsig_key_name),
+        keyalgorithm=dns_cfg.tsig_algorithm,
+    )
+    return upd, zone, alias
+
+
+def _send(dns_cfg: Dns, upd: object, what: str, timeout_s: float) -> Rcode:
+    """Send an update to the primary; its rcode (TsigRefused, DnsUnavailable as documented)."""
+    import dns.exception
+    import dns.query
+    import dns.rcode
+    import dns.tsig
+
+    where = f"DNS server {dns_cfg.server}:{dns_cfg.port}"
+    key = dns_cfg.tsig_key_name
+    try:
+        r = dns.query.tcp(upd, dns_cfg.server, port=dns_cfg.port, timeout=timeout_s)  # type: ignore[arg-type]
+    except (dns.tsig.PeerError, dns.tsig.BadSignature) as exc:
+        raise TsigRefused(
+            f"{where} refused the TSIG key {key!r} ({type(exc).__name__}); check "
+            "dns.tsig_key_name, dns.tsig_algorithm and the secret dns.tsig_key points at; "
+            "nothing was changed"
+        ) from exc
+    except (dns.exception.DNSException, OSError) as exc:
+        raise DnsUnavailable(
+            f"{where} did not answer {what} within {timeout_s:g} s "
+            f"({type(exc).__name__}: {exc}); read the alias again before retrying"
+        ) from exc
+    rcode = r.rcode()
+    if rcode in (dns.rcode.NOTAUTH, dns.rcode.REFUSED):
+        raise TsigRefused(
+            f"{where} answered {dns.rcode.to_text(rcode)} to an update signed with the TSIG key "
+            f"{key!r}: the key is not allowed to update {dns_cfg.zone} there (or is wrong); "
+            "nothing was changed"
+        )
+    return rcode
+
+
+def check_key(dns_cfg: Dns, key_secret: str, timeout_s: float = 3.0) -> None:
+    """Check that the primary accepts the TSIG key, changing nothing.
+
+    Raises:
+        TsigRefused: the key is refused.
+        DnsUnavailable: no answer, or an answer that says nothing about the key.
+    """
+    import dns.rcode
+    import dns.rdataset
+
+    upd, _zone, alias = _update(dns_cfg, key_secret)
+    # 192.0.2.0/24 is reserved for documentation: the alias never holds exactly this
+    upd.present(alias, dns.rdataset.from_text("IN", "A", 0, "192.0.2.255"))  # type: ignore[attr-defined]
+    rcode = _send(dns_cfg, upd, "a key check", timeout_s)
+    if rcode not in (dns.rcode.NXRRSET, dns.rcode.NOERROR):
+        raise DnsUnavailable(
+            f"DNS server {dns_cfg.server}:{dns_cfg.port} answered {dns.rcode.to_text(rcode)} to "
+            f"a key check of {dns_cfg.tsig_key_name!r}"
+        )
+
+
 def move_alias(
     dns_cfg: Dns,
     key_secret: str,
@@ -139,43 +213,16 @@ def move_alias(
         DnsUnavailable: no answer in time, or another error answer (the update may or may not
             have been applied when the connection broke: read the alias again).
     """
-    import dns.exception
-    import dns.name
-    import dns.query
     import dns.rcode
     import dns.rdataset
-    import dns.tsig
-    import dns.tsigkeyring
-    import dns.update
 
-    zone, alias = _fqdn(dns_cfg.zone), _fqdn(dns_cfg.alias)
+    upd, _zone, alias = _update(dns_cfg, key_secret)
     where = f"DNS server {dns_cfg.server}:{dns_cfg.port}"
-    key = dns_cfg.tsig_key_name
-    keyring = dns.tsigkeyring.from_text({key: key_secret})
-    upd = dns.update.UpdateMessage(
-        zone,
-        keyring=keyring,
-        keyname=dns.name.from_text(key),
-        keyalgorithm=dns_cfg.tsig_algorithm,
-    )
     # a value-dependent prerequisite: its RRs carry TTL 0 (RFC 2136, 2.4.2)
-    upd.present(alias, dns.rdataset.from_text("IN", "A", 0, *expect))
-    upd.replace(alias, dns_cfg.ttl_s, "A", to)
-    upd.replace(alias, dns_cfg.ttl_s, "TXT", f'"epoch={epoch}"')
-    try:
-        r = dns.query.tcp(upd, dns_cfg.server, port=dns_cfg.port, timeout=timeout_s)
-    except (dns.tsig.PeerError, dns.tsig.BadSignature) as exc:
-        raise TsigRefused(
-            f"{where} refused the TSIG key {key!r} ({type(exc).__name__}); check "
-            "dns.tsig_key_name, dns.tsig_algorithm and the secret dns.tsig_key points at; "
-            "nothing was changed"
-        ) from exc
-    except (dns.exception.DNSException, OSError) as exc:
-        raise DnsUnavailable(
-            f"{where} did not answer the update of {alias} within {timeout_s:g} s "
-            f"({type(exc).__name__}: {exc}); read the alias again before retrying"
-        ) from exc
-    rcode = r.rcode()
+    upd.present(alias, dns.rdataset.from_text("IN", "A", 0, *expect))  # type: ignore[attr-defined]
+    upd.replace(alias, dns_cfg.ttl_s, "A", to)  # type: ignore[attr-defined]
+    upd.replace(alias, dns_cfg.ttl_s, "TXT", f'"epoch={epoch}"')  # type: ignore[attr-defined]
+    rcode = _send(dns_cfg, upd, f"the update of {alias}", timeout_s)
     if rcode in (dns.rcode.NXRRSET, dns.rcode.YXRRSET, dns.rcode.NXDOMAIN):
         now = read_alias(dns_cfg, dns_cfg.servers()[0], timeout_s)
         raise AliasChanged(
@@ -183,12 +230,6 @@ def move_alias(
             f"{', '.join(now.addresses) or 'nothing'} (epoch {now.epoch}); somebody else moved "
             "it, nothing was changed",
             now,
-        )
-    if rcode in (dns.rcode.NOTAUTH, dns.rcode.REFUSED):
-        raise TsigRefused(
-            f"{where} answered {dns.rcode.to_text(rcode)} to an update signed with the TSIG key "
-            f"{key!r}: the key is not allowed to update {zone} there (or is wrong); nothing was "
-            "changed"
         )
     if rcode != dns.rcode.NOERROR:
         raise DnsUnavailable(

@@ -1,0 +1,303 @@
+"""Flow `switch`: move the service's master role and its DNS alias to the slave (seeds 002, 004).
+
+Snapshot (the alias on every authoritative server and its epoch, the TSIG key, each front end's
+role and epoch and the database's), plan (`flows.plans.switch`), approve as the site's policy
+says, then: disable the master (a planned switch redirects its clients to the new master for the
+alias TTL; a failover kills the master's DB sessions and raises the database's epoch so that it
+cannot write), repoint the alias with one compare-and-set update that writes the new epoch
+beside it, and enable the slave as the master with that epoch. Verify: every authoritative
+server answers the new address and epoch, the new master answers as the master to a client that
+resolves the alias now, and the old one does not.
+"""
+
+from __future__ import annotations
+
+import getpass
+import http.client
+import json
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+from prefect.client.schemas.objects import State
+from pydantic import Field
+
+from config.site import Site
+from flows import progress
+from flows.approval import approve
+from flows.executor import Executor
+from flows.plans.model import Chain, Ledger, Remedy, steps_markdown
+from flows.plans.switch import (
+    PROCEDURE,
+    AliasAnswer,
+    Mode,
+    SwitchPlan,
+    SwitchRequest,
+    SwitchSnapshot,
+    compensate_switch,
+    plan_switch,
+)
+from flows.procedure import Finish, Run, end, holding_service, procedure_run
+from flows.result import ProcedureResult
+from flows.run_site import load_run_site
+from flows.service_lock import ServiceLockError
+from tasks.alias import key_accepted, read_aliases
+from tasks.frontend import read_frontend
+from tasks.outcome import now
+
+__all__ = ["SwitchResult", "report_markdown", "switch"]
+
+
+class SwitchResult(ProcedureResult):
+    """The typed result of a switch."""
+
+    procedure: str = PROCEDURE
+    status: Literal["completed", "failed", "refused", "rejected", "dry-run"]
+    mode: Mode | None = None
+    master: str | None = None
+    to: str | None = None
+    old_epoch: int | None = None
+    new_epoch: int | None = None
+    reason: str = ""
+    alert_id: str = ""
+    plan: SwitchPlan | None = None
+    #: what every authoritative server answers afterwards
+    alias: list[AliasAnswer] = Field(default_factory=list)
+    #: what a client that resolves the alias now reaches (its /ready answer)
+    client_sees: str = ""
+    actions: list[str] = Field(default_factory=list)
+
+
+def snapshot_switch(run: Run) -> SwitchSnapshot:
+    """The alias on every server, the key check and every front end, read side by side."""
+    site = run.shell.site
+    assert site.frontend is not None and site.dns is not None
+    hosts = site.frontend.hosts
+    with ThreadPoolExecutor(max_workers=len(hosts) + 2) as ex:
+        aliases = ex.submit(read_aliases, site)
+        key = ex.submit(key_accepted, site)
+        fronts = dict(zip(hosts, ex.map(lambda h: read_frontend(run.shell, h), hosts), strict=True))
+    accepted, why = key.result()
+    return SwitchSnapshot(
+        aliases=aliases.result(), frontends=fronts, key_accepted=accepted, key_error=why
+    )
+
+
+def client_view(site: Site, address: str) -> dict[str, Any] | None:
+    """What the front end at `address` answers on /ready (None: no answer)."""
+    assert site.frontend is not None
+    try:
+        conn = http.client.HTTPConnection(address, site.frontend.port, timeout=3)
+        conn.request("GET", "/ready")
+        r = conn.getresponse()
+        data: dict[str, Any] = json.loads(r.read() or b"{}")
+        conn.close()
+        return data
+    except (OSError, ValueError, http.client.HTTPException):
+        return None
+
+
+@flow(name=PROCEDURE, persist_result=False)
+def switch(
+    site_file: str,
+    to: str | None = None,
+    mode: Mode | None = None,
+    reason: str = "",
+    requested_by: str = "",
+    pause_for_approval: bool | None = None,
+    dry_run: bool = False,
+    alert_id: str = "",
+) -> State[Any]:
+    """Switch the service's master role and alias to another front end (module docstring).
+
+    Args:
+        site_file: the site file.
+        to: the new master (default: the first other front end that is ready).
+        mode: ``planned`` or ``failover`` (default: planned when the master answers as the
+            master, else failover).
+        reason: why, for the thread and the report.
+        requested_by: who or what asked.
+        pause_for_approval: ask a human first (default: the site's policy for `switch`).
+        dry_run: show the plan and change nothing.
+        alert_id: the alert event that started the run, if any.
+
+    Returns:
+        A Completed state (completed, rejected, dry-run) or a Failed one (failed, refused)
+        whose data is the `SwitchResult`.
+    """
+    started = now()
+    site = load_run_site(site_file)
+    who = requested_by or getpass.getuser()
+    params = {"to": to or "", "mode": mode or "", "reason": reason, "alert": alert_id}
+    title = f"switch of {site.dns.alias if site.dns else 'the alias'}" + (f" to {to}" if to else "")
+    with procedure_run(site, PROCEDURE, title, who, params) as run:
+
+        def finish(status: str, summary: str, **kw: Any) -> State[Any]:
+            result = SwitchResult(
+                site=site.site,
+                requested_by=who,
+                reason=reason,
+                alert_id=alert_id,
+                flow_run_id=run.thread.run_id,
+                started_at=started,
+                ended_at=now(),
+                status=status,
+                summary=summary,
+                notifications=run.thread.n.status(),
+                **kw,
+            )
+            return end(result, report_markdown)
+
+        try:
+            with holding_service(site, PROCEDURE):
+                return _switch(
+                    run,
+                    SwitchRequest(to=to, mode=mode, reason=reason),
+                    who,
+                    pause_for_approval,
+                    dry_run,
+                    finish,
+                )
+        except ServiceLockError as exc:
+            return finish("refused", str(exc))
+
+
+def _switch(
+    run: Run,
+    req: SwitchRequest,
+    who: str,
+    pause: bool | None,
+    dry_run: bool,
+    finish: Finish,
+) -> State[Any]:
+    site = run.shell.site
+    snap = (
+        snapshot_switch(run)
+        if site.frontend and site.dns
+        else SwitchSnapshot(aliases=[], frontends={})
+    )
+    plan = plan_switch(site, snap, req)
+    create_markdown_artifact(key="switch-plan", markdown=plan_markdown(plan))
+    for sentence in plan.notes:
+        progress.emit("step-sentence", sentence=sentence)
+    known: dict[str, Any] = dict(
+        plan=plan,
+        mode=plan.mode,
+        master=plan.master,
+        to=plan.to,
+        old_epoch=plan.old_epoch,
+        new_epoch=plan.new_epoch,
+        actions=list(plan.notes),
+    )
+    if not plan.ok:
+        return finish(
+            "refused", "pre-checks failed, nothing changed: " + "; ".join(plan.problems), **known
+        )
+    if plan.already_done:
+        return finish("completed", plan.notes[0], alias=snap.aliases, **known)
+    if dry_run:
+        return finish("dry-run", "dry run: " + plan.notes[0] + "; nothing changed", **known)
+    assert site.dns is not None
+    what = f"{plan.mode} switch of {site.dns.alias} from {plan.master} to {plan.to}"
+    approval = approve(
+        site.policy(PROCEDURE),
+        pause,
+        who,
+        what,
+        announce=lambda: run.thread.request(
+            what,
+            [
+                f"Site *{site.site}*, requested by {who}."
+                + (f" Reason: {req.reason}." if req.reason else ""),
+                *[f"- {n}" for n in plan.notes[1:]],
+                f"*Epoch*: {plan.old_epoch} → {plan.new_epoch}",
+            ],
+        ),
+        conclude=run.thread.decided,
+        slack=site.slack,
+    )
+    if not approval.approved:
+        return finish(
+            "rejected", f"{approval.sentence()}; nothing changed", approval=approval, **known
+        )
+
+    def compensate(ledger: Ledger, _chain: Chain, exc: BaseException) -> list[Remedy]:
+        return compensate_switch(plan, ledger, exc)
+
+    ex = Executor(run.shell, plan, compensate=compensate)
+    ex.execute()
+    # verify
+    assert plan.to is not None and plan.to_address is not None and plan.master is not None
+    after = read_aliases(site)
+    lagging = [
+        a for a in after if a.error or a.addresses != [plan.to_address] or a.epoch != plan.new_epoch
+    ]
+    new_master = read_frontend(run.shell, plan.to)
+    old_master = read_frontend(run.shell, plan.master)
+    seen = client_view(site, after[0].addresses[0]) if after and after[0].addresses else None
+    client = (
+        f"a client resolving {site.dns.alias} now reaches {after[0].addresses[0]}, which "
+        f"answers {seen}"
+        if seen is not None
+        else f"a client resolving {site.dns.alias} now reaches no front end"
+    )
+    human = [*plan.human, *ex.human]
+    problems: list[str] = []
+    if lagging:
+        problems.append(
+            "servers not answering the new address and epoch: "
+            + "; ".join(f"{a.server} {a.error or a.addresses} epoch {a.epoch}" for a in lagging)
+        )
+    if not (new_master.serving_master and new_master.epoch == plan.new_epoch):
+        problems.append(
+            f"{plan.to} does not serve as the master with epoch {plan.new_epoch} (role "
+            f"{new_master.role}, epoch {new_master.epoch}, database epoch {new_master.db_epoch})"
+        )
+    if old_master.reachable and old_master.role == "master" and old_master.answers:
+        problems.append(f"{plan.master} still answers as the master (its writes are fenced)")
+    ok = not problems and not ex.failed_chains
+    human += problems
+    summary = (
+        f"{site.dns.alias} switched from {plan.master} to {plan.to} ({plan.mode}), epoch "
+        f"{plan.old_epoch} -> {plan.new_epoch}"
+        if ok
+        else f"switch from {plan.master} to {plan.to} did not complete: "
+        + "; ".join(problems or [str(h) for h in ex.human] or ["a step failed"])
+    )
+    return finish(
+        "completed" if ok else "failed",
+        summary,
+        approval=approval,
+        steps=ex.records,
+        agents=list(ex.outcomes.values()),
+        human_actions=human,
+        alias=after,
+        client_sees=client,
+        **{**known, "actions": [*known["actions"], *[r.sentence for r in ex.records], client]},
+    )
+
+
+def plan_markdown(plan: SwitchPlan) -> str:
+    """The switch's plan as markdown."""
+    out = [f"## Switch: {plan.master or '?'} → {plan.to or '?'} ({plan.mode or 'refused'})", ""]
+    if not plan.ok:
+        out += ["**Pre-checks failed; nothing will change:**", ""]
+        return "\n".join(out + [f"- {p}" for p in plan.problems])
+    out += [f"- {n}" for n in plan.notes]
+    return "\n".join(out + steps_markdown(plan))
+
+
+def report_markdown(r: SwitchResult) -> str:
+    """The report as markdown (pure)."""
+    lines = [f"# Switch {r.master or '?'} → {r.to or '?'}: {r.status.upper()}", "", r.summary, ""]
+    if r.human_actions:
+        lines += ["## A human must act", ""] + [f"- {h}" for h in r.human_actions] + [""]
+    lines += ["## What was done", ""] + [f"1. {a}" for a in r.actions]
+    if r.alias:
+        lines += ["", "## The alias now", ""] + [
+            f"- {a.server}: {a.error or ', '.join(a.addresses)} (epoch {a.epoch}, serial "
+            f"{a.serial})"
+            for a in r.alias
+        ]
+    return "\n".join(lines)

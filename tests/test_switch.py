@@ -1,0 +1,194 @@
+"""The master-to-slave switch on the lab: real BIND9 (primary and secondary), real front ends,
+the lab's clients submitting through the alias, and the database's epoch fence."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from flows import progress
+from flows.switch import SwitchResult, switch
+from tasks.adapters.dns import move_alias, read_alias
+from tests.conftest import ROOT, RunningLab, wait_for
+
+
+@pytest.fixture(autouse=True)
+def healed(lab: RunningLab, prefect_api: str) -> Iterator[None]:
+    yield
+    for h in lab.site.hosts:
+        lab.lab.heal(h.name)
+
+
+def run(lab: RunningLab, site_file: Path | None = None, **kw: Any) -> SwitchResult:
+    state = switch(
+        str(site_file or lab.site_file), pause_for_approval=False, return_state=True, **kw
+    )
+    result = state.result(raise_on_failure=False)
+    assert isinstance(result, SwitchResult), result
+    return result
+
+
+def alias_everywhere(lab: RunningLab) -> list[tuple[list[str], int | None]]:
+    dns = lab.site.dns
+    assert dns is not None
+    return [(a.addresses, a.epoch) for a in (read_alias(dns, s) for s in dns.servers())]
+
+
+def address(lab: RunningLab, host: str) -> str:
+    return lab.site.host(host).address
+
+
+def master(lab: RunningLab) -> str:
+    """The host the alias points at now."""
+    [(addrs, _epoch), *_] = alias_everywhere(lab)
+    return next(h.name for h in lab.site.hosts if h.address == addrs[0])
+
+
+def post(lab: RunningLab, host: str, job_id: str) -> tuple[int, dict[str, Any]]:
+    """Submit straight to one front end (not through the alias)."""
+    assert lab.site.frontend is not None
+    conn = http.client.HTTPConnection(address(lab, host), lab.site.frontend.port, timeout=5)
+    conn.request("POST", "/jobs", body=json.dumps({"id": job_id}))
+    r = conn.getresponse()
+    body = json.loads(r.read() or b"{}")
+    conn.close()
+    return r.status, body
+
+
+def clients_after(lab: RunningLab, accepted: int) -> Any:
+    """The clients' score once they had more than `accepted` submissions accepted."""
+    return wait_for(
+        lambda: (c := lab.lab.score().clients) is not None and c.accepted > accepted and c,
+        30,
+        "the clients to have submissions accepted",
+    )
+
+
+def test_planned_switch_and_back_loses_nothing(lab: RunningLab, prefect_api: str) -> None:
+    before = master(lab)
+    other = next(h for h in lab.site.frontend.hosts if h != before)  # type: ignore[union-attr]
+    lab.lab.score(reset=True)
+    start = lab.lab.score().clients
+    assert start is not None
+    epoch = alias_everywhere(lab)[0][1]
+    assert epoch is not None
+
+    r = run(lab, reason="test: planned")
+    assert r.status == "completed", r.summary
+    assert (r.mode, r.master, r.to, r.new_epoch) == ("planned", before, other, epoch + 1)
+    # the primary and the secondary both answer the new address and epoch
+    assert alias_everywhere(lab) == [([address(lab, other)], epoch + 1)] * 2
+    assert post(lab, other, "t-planned-new")[0] == 201
+    # the old master redirects clients that still hold its address
+    status, body = post(lab, before, "t-planned-old")
+    assert (status, body["redirect"]) == (307, address(lab, other))
+    assert "answers {'role': 'master'" in r.client_sees
+
+    # and back, from the command line the README shows
+    argv = [sys.executable, "-m", "infra.cli", "run", "switch", "--site", str(lab.site_file)]
+    cli = subprocess.run(
+        [*argv, "--yes", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env={**os.environ, "PREFECT_API_URL": prefect_api},
+        check=False,
+    )
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    back = json.loads(cli.stdout)
+    assert (back["status"], back["to"], back["new_epoch"]) == ("completed", before, epoch + 2)
+    assert alias_everywhere(lab) == [([address(lab, before)], epoch + 2)] * 2
+
+    c = clients_after(lab, start.accepted + 20)
+    assert c.lost == 0 and c.writes_by_fenced_master == 0 and c.failed == 0, c
+    assert c.epoch == epoch + 2 and c.epoch_holder == before
+
+
+def test_a_master_that_cannot_be_reached_is_fenced(lab: RunningLab) -> None:
+    old = master(lab)
+    lab.lab.fault(old, "frozen")
+    r = run(lab, reason="test: master frozen")
+    assert r.status == "completed", r.summary
+    assert r.mode == "failover"
+    new = r.to
+    assert new is not None and new != old
+    fenced = [s for s in r.steps if s.verb == "drop-sessions"]
+    assert fenced and fenced[0].outcome == "done"
+    # the old master wakes up still believing it is the master: the database refuses its writes
+    lab.lab.heal(old)
+    status, body = post(lab, old, "t-fenced-write")
+    assert status == 503 and body["result"].startswith("fenced"), body
+    score = lab.lab.score().clients
+    assert score is not None and score.writes_by_fenced_master == 0
+    assert score.epoch == r.new_epoch and score.epoch_holder == new
+    # the switch back enables it with a newer epoch
+    back = run(lab, to=old)
+    assert back.status == "completed", back.summary
+    assert post(lab, old, "t-after-fence")[0] == 201
+
+
+def test_an_alias_changed_behind_the_switch_stops_it(lab: RunningLab) -> None:
+    dns = lab.site.dns
+    assert dns is not None
+    before = master(lab)
+    secret = dns.tsig_key.resolve().get_secret_value()
+    elsewhere = address(lab, "fts105")
+
+    def meddle(kind: str, data: dict[str, Any]) -> None:
+        if kind == "step-start" and data["step"].verb == "move-alias":
+            # somebody repoints the alias by hand while the switch runs
+            move_alias(dns, secret, [address(lab, before)], elsewhere, 99)
+
+    with progress.sink(meddle):
+        r = run(lab)
+    assert r.status == "failed"
+    # nothing more was changed: the alias stays where the other hand put it
+    assert alias_everywhere(lab) == [([elsewhere], 99)] * 2
+    assert any("somebody else" in h and elsewhere in h for h in r.human_actions), r.human_actions
+    # repair for the next tests: the alias back at the host that serves
+    serving = r.to
+    assert serving is not None
+    move_alias(dns, secret, [elsewhere], address(lab, serving), (r.new_epoch or 0))
+
+
+def test_a_wrong_tsig_key_is_refused_and_nothing_changes(lab: RunningLab, tmp_path: Path) -> None:
+    wrong = tmp_path / "wrong-key"
+    wrong.write_text("d3Jvbmcgd3Jvbmcgd3Jvbmcgd3Jvbmcgd3Jvbmcgd3I=\n")
+    data = yaml.safe_load(lab.site_file.read_text())
+    data["dns"]["tsig_key"] = {"file": str(wrong)}
+    site_file = tmp_path / "wrong-key.yaml"
+    site_file.write_text(yaml.safe_dump(data))
+    before = alias_everywhere(lab)
+    r = run(lab, site_file)
+    assert r.status == "refused"
+    dns = lab.site.dns
+    assert dns is not None
+    assert f"TSIG key '{dns.tsig_key_name}'" in r.summary
+    assert f"{dns.server}:{dns.port}" in r.summary
+    assert alias_everywhere(lab) == before
+
+
+def test_a_dns_server_down_changes_nothing_and_says_so(lab: RunningLab) -> None:
+    before = alias_everywhere(lab)
+    primary = int(lab.lab.record()["dns_pids"]["primary"])
+    os.kill(primary, signal.SIGSTOP)
+    try:
+        r = run(lab)
+    finally:
+        os.kill(primary, signal.SIGCONT)
+    assert r.status == "refused"
+    dns = lab.site.dns
+    assert dns is not None
+    assert f"DNS server {dns.server}:{dns.port} did not answer" in r.summary
+    assert alias_everywhere(lab) == before

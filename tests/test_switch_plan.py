@@ -1,0 +1,187 @@
+"""The switch planner and its compensation on states recorded on the lab (pure: no server).
+
+The snapshots in `plan_cases/switch/` were read from a running lab (`config/sites/lab.yaml`)
+with the alias at fts102: healthy, fts102's front end killed, fts102 frozen, and fts101's sshd
+down. The DNS and key failures are those states with one answer changed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from config.loader import load_site
+from config.site import Site
+from flows.plans.model import Ledger
+from flows.plans.switch import (
+    SwitchPlan,
+    SwitchRequest,
+    SwitchSnapshot,
+    compensate_switch,
+    plan_switch,
+)
+
+ROOT = Path(__file__).resolve().parent
+SITE: Site = load_site(ROOT.parent / "config/sites/lab.yaml")
+
+
+def recorded(name: str) -> SwitchSnapshot:
+    return SwitchSnapshot.model_validate_json(
+        (ROOT / "plan_cases" / "switch" / f"{name}.json").read_text()
+    )
+
+
+def verbs(plan: SwitchPlan) -> list[tuple[str, str]]:
+    return [(s.verb, s.host) for s in plan.steps]
+
+
+def test_planned_switch_disables_enables_then_moves_the_alias() -> None:
+    plan = plan_switch(SITE, recorded("master-fts102-healthy"), SwitchRequest())
+    assert plan.ok, plan.problems
+    assert (plan.mode, plan.master, plan.to) == ("planned", "fts102", "fts101")
+    assert (plan.old_epoch, plan.new_epoch) == (4, 5)
+    assert verbs(plan) == [
+        ("frontend-disable", "fts102"),
+        ("frontend-enable", "fts101"),
+        ("move-alias", "fts101"),
+    ]
+    disable, enable, alias = plan.steps
+    # clients holding the old address are redirected for the TTL plus the margin
+    assert disable.address == "127.0.1.1"
+    assert disable.seconds == SITE.dns.ttl_s + SITE.frontend.redirect_margin_s  # type: ignore[union-attr]
+    assert enable.epoch == alias.epoch == 5
+    # compare-and-set: the update expects the master's address
+    assert alias.expect == ["127.0.1.2"] and alias.address == "127.0.1.1"
+    assert enable.commands == ["fts-frontend enable 5"]
+
+
+def test_a_dead_front_end_is_a_failover_that_fences_before_enabling() -> None:
+    plan = plan_switch(SITE, recorded("master-fts102-frontend-down"), SwitchRequest())
+    assert plan.ok, plan.problems
+    assert plan.mode == "failover"
+    # the host answers SSH: its role is set to slave so a restart comes back as a slave
+    assert verbs(plan) == [
+        ("frontend-disable", "fts102"),
+        ("drop-sessions", "fts102"),
+        ("fence-epoch", "fts101"),
+        ("frontend-enable", "fts101"),
+        ("move-alias", "fts101"),
+    ]
+    assert plan.steps[0].if_fails == "continue" and plan.steps[0].address == "-"
+    assert plan.steps[1].agents == ["fts-frontend"]
+    assert plan.steps[2].epoch == plan.new_epoch == 5
+
+
+def test_an_unreachable_master_is_fenced_without_touching_it() -> None:
+    plan = plan_switch(SITE, recorded("master-fts102-frozen"), SwitchRequest())
+    assert plan.ok, plan.problems
+    assert plan.mode == "failover"
+    assert [v for v, h in verbs(plan) if h == "fts102"] == ["drop-sessions"]
+    assert ("fence-epoch", "fts101") in verbs(plan)
+
+
+def test_a_planned_switch_is_refused_when_the_master_does_not_answer() -> None:
+    plan = plan_switch(SITE, recorded("master-fts102-frozen"), SwitchRequest(mode="planned"))
+    assert not plan.ok and not plan.steps
+    assert "--failover" in plan.problems[0]
+
+
+def test_a_slave_that_cannot_be_reached_is_refused() -> None:
+    snap = recorded("slave-fts101-sshd-down")
+    plan = plan_switch(SITE, snap, SwitchRequest())
+    assert not plan.ok and not plan.steps
+    assert plan.problems[0].startswith("the slave fts101 is not ready: its host does not answer")
+
+
+def test_a_dns_server_down_changes_nothing_and_says_which() -> None:
+    snap = recorded("master-fts102-healthy")
+    snap.aliases[1] = snap.aliases[1].model_copy(
+        update={"addresses": [], "error": "did not answer within 3 s"}
+    )
+    plan = plan_switch(SITE, snap, SwitchRequest())
+    assert not plan.ok and not plan.steps
+    assert plan.problems == ["DNS server 127.0.0.1:55354 did not answer: did not answer within 3 s"]
+
+
+def test_servers_that_disagree_are_refused() -> None:
+    snap = recorded("master-fts102-healthy")
+    snap.aliases[1] = snap.aliases[1].model_copy(update={"addresses": ["127.0.1.1"]})
+    plan = plan_switch(SITE, snap, SwitchRequest())
+    assert not plan.ok
+    assert "disagree" in plan.problems[0] and "zone transfer" in plan.problems[0]
+
+
+def test_a_refused_key_is_reported_as_is() -> None:
+    snap = recorded("master-fts102-healthy").model_copy(
+        update={"key_accepted": False, "key_error": "refused the TSIG key 'handover-lab'"}
+    )
+    plan = plan_switch(SITE, snap, SwitchRequest())
+    assert not plan.ok and plan.problems == ["refused the TSIG key 'handover-lab'"]
+
+
+def test_an_alias_at_a_host_that_is_no_front_end_is_refused() -> None:
+    snap = recorded("master-fts102-healthy")
+    snap.aliases = [a.model_copy(update={"addresses": ["127.0.1.5"]}) for a in snap.aliases]
+    plan = plan_switch(SITE, snap, SwitchRequest())
+    assert not plan.ok and "not at exactly one front-end host" in plan.problems[0]
+
+
+def test_switching_to_the_serving_master_does_nothing() -> None:
+    plan = plan_switch(SITE, recorded("master-fts102-healthy"), SwitchRequest(to="fts102"))
+    assert plan.ok and plan.already_done and not plan.steps
+
+
+def test_an_unknown_target_is_refused() -> None:
+    plan = plan_switch(SITE, recorded("master-fts102-healthy"), SwitchRequest(to="fts105"))
+    assert not plan.ok and "not a front-end host" in plan.problems[0]
+
+
+def test_the_epoch_is_the_newest_seen_plus_one() -> None:
+    snap = recorded("master-fts102-healthy")
+    snap.frontends["fts101"] = snap.frontends["fts101"].model_copy(update={"db_epoch": 9})
+    plan = plan_switch(SITE, snap, SwitchRequest())
+    # the slave's own database read is newer than what the master reported: never reuse it
+    assert plan.new_epoch == 10
+
+
+class AliasChanged(Exception):
+    """Stands for `tasks.adapters.dns.AliasChanged` (compensation matches it by name)."""
+
+
+def _planned() -> SwitchPlan:
+    return plan_switch(SITE, recorded("master-fts102-healthy"), SwitchRequest())
+
+
+@pytest.mark.parametrize("failed_at", ["enable-slave", "move-alias"])
+def test_a_planned_switch_that_failed_before_the_alias_moved_rolls_back(failed_at: str) -> None:
+    plan = _planned()
+    before = {"enable-slave": "disable-master", "move-alias": "enable-slave"}[failed_at]
+    ledger = Ledger.after(plan, before)
+    [remedy] = compensate_switch(plan, ledger, RuntimeError("DNS server did not answer"))
+    assert remedy.result == "rolled-back" and remedy.running_on == ["fts102"]
+    re_enable, disable_slave = remedy.steps
+    # the old master comes back with an epoch newer than the slave's: the slave is fenced
+    assert (re_enable.verb, re_enable.host, re_enable.epoch) == ("frontend-enable", "fts102", 6)
+    assert (disable_slave.verb, disable_slave.host) == ("frontend-disable", "fts101")
+
+
+def test_an_alias_changed_behind_the_switch_changes_nothing_more() -> None:
+    plan = _planned()
+    ledger = Ledger.after(plan, "enable-slave")
+    [remedy] = compensate_switch(plan, ledger, AliasChanged("now at 127.0.1.5"))
+    assert remedy.steps == [] and remedy.result == "stranded"
+    assert "somebody else" in remedy.human[0] and "127.0.1.5" in remedy.human[0]
+
+
+def test_nothing_to_undo_once_the_alias_moved_or_before_anything_was_done() -> None:
+    plan = _planned()
+    assert compensate_switch(plan, Ledger.after(plan, "move-alias"), RuntimeError()) == []
+    assert compensate_switch(plan, Ledger(), RuntimeError()) == []
+
+
+def test_a_failover_whose_alias_did_not_move_tells_a_human() -> None:
+    plan = plan_switch(SITE, recorded("master-fts102-frontend-down"), SwitchRequest())
+    [remedy] = compensate_switch(plan, Ledger.after(plan, "enable-slave"), RuntimeError("x"))
+    assert remedy.steps == [] and remedy.running_on == ["fts101"]
+    assert "--failover" in remedy.human[0]
