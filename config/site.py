@@ -470,6 +470,12 @@ class Frontend(_Model):
     #: how long the old master of a planned switch redirects clients to the new one beyond the
     #: alias TTL (clients keep the old address for up to the TTL)
     redirect_margin_s: int = Field(default=5, ge=0, le=3600)
+    #: an automatic switch (started by an alert) says "switching ... in N s unless aborted" in
+    #: Slack and the Prefect UI and waits this long for an abort (0: it switches at once)
+    countdown_s: int = Field(default=30, ge=0, le=3600)
+    #: a second automatic switch of the service within this period waits for a human's
+    #: approval (anti-flapping)
+    block_s: int = Field(default=3600, ge=0, le=7 * 86400)
 
 
 class Slack(_Model):
@@ -493,15 +499,19 @@ class Slack(_Model):
     app_token: SecretRef | None = None
 
 
-AlertKind = Literal["host_down", "service_down", "resource_failed", "recovered"]
+#: ``frontend_down``: the service's web front end failed on a host (the switch's sensor)
+AlertKind = Literal["host_down", "service_down", "resource_failed", "frontend_down", "recovered"]
+AlertProcedure = Literal["emergency-move", "switch"]
 
 
 DEFAULT_AM_KINDS: dict[str, AlertKind] = {"HostDown": "host_down", "FtsAgentDown": "service_down"}
-# until the master-to-slave switch exists, every failure kind starts the emergency move
-DEFAULT_ALERT_PROCEDURES: dict[AlertKind, Literal["emergency-move"]] = {
+# a failure of an agent host (or of one of its resources) moves its agents; a failure of the
+# front end switches the master role and the alias
+DEFAULT_ALERT_PROCEDURES: dict[AlertKind, AlertProcedure] = {
     "host_down": "emergency-move",
     "service_down": "emergency-move",
     "resource_failed": "emergency-move",
+    "frontend_down": "switch",
 }
 
 
@@ -549,7 +559,7 @@ class Alerts(_Model):
     #: recorded, not acted on, unless a fresh probe of its host confirms the failure
     max_age_s: float = Field(default=600.0, ge=10, le=86400)
     #: what each alert kind starts (`recovered` never starts anything)
-    procedures: dict[AlertKind, Literal["emergency-move"]] = Field(
+    procedures: dict[AlertKind, AlertProcedure] = Field(
         default_factory=lambda: dict(DEFAULT_ALERT_PROCEDURES)
     )
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from config.site import Site, short_name
+from config.site import ProcedurePolicy, Site, short_name
 from flows.approval import ApprovalRecord
 from flows.plans.clean_move import MovePlan
 from tasks.adapters.slack import SlackNotifier
@@ -296,22 +296,31 @@ class ProcedureThread:
                 ),
             )
 
-    def _on_timeout(self) -> str:
-        pol = self.site.policy(self.procedure)
+    def _on_timeout(self, pol: ProcedurePolicy) -> str:
         if pol.on_approval_timeout == "proceed" and pol.emergency:
             return "proceed (emergency policy)"
         return "rejected"
 
-    def request(self, what: str, sections: list[str]) -> None:
-        """Post an approval request for `what`, with its details (any procedure)."""
+    def request(
+        self, what: str, sections: list[str], policy: ProcedurePolicy | None = None
+    ) -> None:
+        """Post an approval request for `what`, with its details (any procedure).
+
+        Args:
+            what: the one line the approver reads.
+            sections: its details.
+            policy: the approval's own policy when it is not the procedure's (a switch's
+                countdown), for what the message says a timeout does.
+        """
         self.what = what
+        pol = policy or self.site.policy(self.procedure)
         self.n.approval(
             f"Approval needed: {what}",
             request_blocks(
                 self.run_id or "",
                 [f":raising_hand: *Approval needed*: {what}", *sections],
-                self.site.policy(self.procedure).approval_timeout_s,
-                self._on_timeout(),
+                pol.approval_timeout_s,
+                self._on_timeout(pol),
             ),
         )
 
@@ -322,7 +331,7 @@ class ProcedureThread:
     def request_approval(self, plan: MovePlan, requester: str) -> None:
         """Post the approval request for `plan`."""
         pol = self.site.policy(self.procedure)
-        on_timeout = self._on_timeout()
+        on_timeout = self._on_timeout(pol)
         self.what = (
             f"{self.procedure} of {len(plan.agents)} agent(s), {plan.from_host} → "
             f"{plan.to_host} ({plan.mode})"

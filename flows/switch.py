@@ -12,16 +12,17 @@ resolves the alias now, and the old one does not.
 
 from __future__ import annotations
 
+import datetime as dt
 import getpass
 import http.client
 import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.client.schemas.objects import State
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from config.site import Site
 from flows import progress
@@ -98,6 +99,41 @@ def client_view(site: Site, address: str) -> dict[str, Any] | None:
         return None
 
 
+class AutomaticSwitch(BaseModel):
+    """The last automatic switch of a site (anti-flapping)."""
+
+    at: dt.datetime
+    master: str
+    to: str
+    run_id: str = ""
+
+
+def _last_variable(site: str) -> str:
+    return f"switch-last-automatic-{site}"
+
+
+def last_automatic_switch(site: str) -> AutomaticSwitch | None:
+    """The site's last automatic switch, or None (none yet, or it cannot be read)."""
+    from prefect.variables import Variable
+
+    try:
+        value = Variable.get(_last_variable(site))
+        return AutomaticSwitch.model_validate(value) if value else None
+    except Exception:  # noqa: BLE001 - unreadable: as if none (the countdown still applies)
+        return None
+
+
+def remember_automatic_switch(site: str, master: str, to: str) -> None:
+    """Record an automatic switch that completed (best effort)."""
+    from prefect.variables import Variable
+
+    record = AutomaticSwitch(at=now(), master=master, to=to, run_id=progress.current_run_id() or "")
+    try:
+        Variable.set(_last_variable(site), record.model_dump(mode="json"), overwrite=True)
+    except Exception as exc:  # noqa: BLE001 - the switch is done; say it, do not fail it
+        get_run_logger().warning("could not record the automatic switch: %s", exc)
+
+
 @flow(name=PROCEDURE, persist_result=False)
 def switch(
     site_file: str,
@@ -108,6 +144,7 @@ def switch(
     pause_for_approval: bool | None = None,
     dry_run: bool = False,
     alert_id: str = "",
+    failed_host: str = "",
 ) -> State[Any]:
     """Switch the service's master role and alias to another front end (module docstring).
 
@@ -121,6 +158,10 @@ def switch(
         pause_for_approval: ask a human first (default: the site's policy for `switch`).
         dry_run: show the plan and change nothing.
         alert_id: the alert event that started the run, if any.
+        failed_host: set by a sensor (the deployment's trigger): the host whose front end
+            failed. The switch is then automatic: it acts only when that host is the master,
+            after the site's opt-out countdown (`frontend.countdown_s`), and asks a human when
+            another automatic switch happened within `frontend.block_s`.
 
     Returns:
         A Completed state (completed, rejected, dry-run) or a Failed one (failed, refused)
@@ -129,7 +170,15 @@ def switch(
     started = now()
     site = load_run_site(site_file)
     who = requested_by or getpass.getuser()
-    params = {"to": to or "", "mode": mode or "", "reason": reason, "alert": alert_id}
+    params = {
+        "to": to or "",
+        "mode": mode or "",
+        "reason": reason,
+        "alert": alert_id,
+        "failed": failed_host,
+    }
+    if failed_host and not reason:
+        reason = f"the front end of {failed_host} failed ({who})"
     title = f"switch of {site.dns.alias if site.dns else 'the alias'}" + (f" to {to}" if to else "")
     with procedure_run(site, PROCEDURE, title, who, params) as run:
 
@@ -158,6 +207,7 @@ def switch(
                     pause_for_approval,
                     dry_run,
                     finish,
+                    failed_host,
                 )
         except ServiceLockError as exc:
             return finish("refused", str(exc))
@@ -170,6 +220,7 @@ def _switch(
     pause: bool | None,
     dry_run: bool,
     finish: Finish,
+    failed_host: str = "",
 ) -> State[Any]:
     site = run.shell.site
     snap = (
@@ -196,24 +247,67 @@ def _switch(
         )
     if plan.already_done:
         return finish("completed", plan.notes[0], alias=snap.aliases, **known)
+    if failed_host and plan.master != failed_host:
+        return finish(
+            "completed",
+            f"the front end of {failed_host} failed, but the alias points at {plan.master}: "
+            "nothing to switch",
+            alias=snap.aliases,
+            **known,
+        )
     if dry_run:
         return finish("dry-run", "dry run: " + plan.notes[0] + "; nothing changed", **known)
-    assert site.dns is not None
+    assert site.dns is not None and site.frontend is not None
     what = f"{plan.mode} switch of {site.dns.alias} from {plan.master} to {plan.to}"
+    lines = [
+        f"Site *{site.site}*, requested by {who}."
+        + (f" Reason: {req.reason}." if req.reason else ""),
+        *[f"- {n}" for n in plan.notes[1:]],
+        f"*Epoch*: {plan.old_epoch} → {plan.new_epoch}",
+    ]
+    policy = site.policy(PROCEDURE)
+    if failed_host:
+        last = last_automatic_switch(site.site)
+        flapping = last is not None and (now() - last.at).total_seconds() < site.frontend.block_s
+        if flapping:
+            assert last is not None
+            # anti-flapping: the second automatic switch within the block period asks a human
+            why = (
+                f"another automatic switch ran {(now() - last.at).total_seconds():.0f} s ago "
+                f"({last.master} → {last.to}, run {last.run_id}), within frontend.block_s = "
+                f"{site.frontend.block_s} s: a human decides"
+            )
+            lines.append(f"*Anti-flapping*: {why}")
+            progress.emit("step-sentence", sentence=why)
+            policy = policy.model_copy(
+                update={"approval": "required", "on_approval_timeout": "reject"}
+            )
+            pause = True
+        elif site.frontend.countdown_s > 0:
+            what = (
+                f"switching {site.dns.alias} to {plan.to} in {site.frontend.countdown_s} s "
+                "unless aborted (Reject aborts, Approve switches now)"
+            )
+            policy = policy.model_copy(
+                update={
+                    "approval": "required",
+                    "approval_timeout_s": float(site.frontend.countdown_s),
+                    "on_approval_timeout": "proceed",
+                    "emergency": True,
+                }
+            )
+            pause = True
+        else:
+            # no countdown: the sensor's word is the decision (a run created through the API
+            # would otherwise fall back on the site's approval policy)
+            policy = policy.model_copy(update={"approval": "none"})
+            pause = None
     approval = approve(
-        site.policy(PROCEDURE),
+        policy,
         pause,
         who,
         what,
-        announce=lambda: run.thread.request(
-            what,
-            [
-                f"Site *{site.site}*, requested by {who}."
-                + (f" Reason: {req.reason}." if req.reason else ""),
-                *[f"- {n}" for n in plan.notes[1:]],
-                f"*Epoch*: {plan.old_epoch} → {plan.new_epoch}",
-            ],
-        ),
+        announce=lambda: run.thread.request(what, lines, policy),
         conclude=run.thread.decided,
         slack=site.slack,
     )
@@ -258,6 +352,8 @@ def _switch(
         problems.append(f"{plan.master} still answers as the master (its writes are fenced)")
     ok = not problems and not ex.failed_chains
     human += problems
+    if ok and failed_host:
+        remember_automatic_switch(site.site, plan.master, plan.to)
     summary = (
         f"{site.dns.alias} switched from {plan.master} to {plan.to} ({plan.mode}), epoch "
         f"{plan.old_epoch} -> {plan.new_epoch}"

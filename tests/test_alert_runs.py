@@ -4,6 +4,7 @@ real Prefect server running the deployment triggers, the lab, and a fake Slack W
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import socket
 import time
@@ -90,6 +91,32 @@ def emergency_runs(host: str | None = None) -> list[FlowRun]:
             deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["emergency-move"]))
         )
     return [r for r in runs if host is None or r.parameters.get("host") == host]
+
+
+def switch_runs(failed_host: str | None = None) -> list[FlowRun]:
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["switch"]))
+        )
+    return [
+        r for r in runs if failed_host is None or r.parameters.get("failed_host") == failed_host
+    ]
+
+
+def alias_host(lab: RunningLab) -> str:
+    """The host the service alias points at (on the primary)."""
+    from tasks.adapters.dns import read_alias
+
+    assert lab.site.dns is not None
+    [address] = read_alias(lab.site.dns, lab.site.dns.servers()[0]).addresses
+    return next(h.name for h in lab.site.hosts if h.address == address)
+
+
+def forget_automatic_switches(lab: RunningLab) -> None:
+    """No automatic switch on record (the anti-flapping rule starts afresh)."""
+    from prefect.variables import Variable
+
+    Variable.unset(f"switch-last-automatic-{lab.site.site}")
 
 
 def run_logs(run_id: Any) -> list[str]:
@@ -246,12 +273,14 @@ def test_alertmanager_notifications(stack: Stack) -> None:
     stays(lambda: emergency_runs("fts105") == [], NOTHING_S, "no run for a resolved group")
 
 
-def test_a_pacemaker_resource_failure_reaches_the_gateway_and_starts_a_run(
+def test_pacemaker_sensors_start_the_switch_and_the_emergency_move(
     lab: RunningLab, stack: Stack
 ) -> None:
-    """A real one-node cluster (corosync + pacemakerd, stonith off, a Dummy resource) with the
-    alert agent registered: its resource fails, the agent (run by Pacemaker as hacluster) sends
-    a signed resource_failed alert for the host the node stands for, and a run starts."""
+    """A real one-node cluster (corosync + pacemakerd, stonith off, a Dummy resource standing for
+    the front end) with the alert agent registered. The master's front end dies and its
+    resource fails: the agent (run by Pacemaker as hacluster) sends a signed frontend_down alert
+    for the host the node stands for, and the switch runs with no command typed. Then a fencing
+    event for another node becomes host_down for the VO agents' host: its emergency move runs."""
     import pwd
     import shutil
 
@@ -264,6 +293,7 @@ def test_a_pacemaker_resource_failure_reaches_the_gateway_and_starts_a_run(
         f"{', '.join(absent)} (Debian packages corosync pacemaker pacemaker-cli-utils)",
     )
     hacluster = pwd.getpwnam("hacluster")
+    master = alias_host(lab)
     work = Path(f"/var/tmp/handover-lab/pacemaker-{os.getpid()}")
     work.mkdir(parents=True, exist_ok=True)
     work.chmod(0o755)
@@ -284,15 +314,29 @@ def test_a_pacemaker_resource_failure_reaches_the_gateway_and_starts_a_run(
             "HANDOVER_SERVICE": lab.site.service.name,
             "HANDOVER_WEBHOOK_SECRET_FILE": str(secret),
             "HANDOVER_SPOOL_DIR": str(spool),
-            "HANDOVER_HOST_MAP": f"{os.uname().nodename}=fts105",
+            "HANDOVER_HOST_MAP": f"{os.uname().nodename}={master},ghost-node=fts105",
+            "HANDOVER_FRONTEND_RESOURCES": "fts-frontend",
             "HANDOVER_TIMEOUT_S": "3",
         },
+        resource_id="fts-frontend",
     )
+    forget_automatic_switches(lab)
     cluster.start(timeout_s=90)
     try:
+        lab.lab.fault(master, "frontend-down")
         cluster.fail_resource()
+        switched = wait_for(
+            lambda: switch_runs(master) or None, 60, "a switch started by the Pacemaker alert"
+        )[0]
+        assert "pacemaker" in switched.parameters["requested_by"], switched.parameters
+        done = wait_for(lambda: final(switched.id), 120, "the switch to finish")
+        assert done.state is not None and done.state.is_completed(), done.state
+        assert "switched from" in (done.state.message or ""), done.state.message
+        assert alias_host(lab) != master
+        lab.lab.heal(master)
+        assert cluster.trigger_fencing_alert("ghost-node") != 0  # no device: only the alert
         run = wait_for(
-            lambda: emergency_runs("fts105") or None, 60, "a run started by the Pacemaker alert"
+            lambda: emergency_runs("fts105") or None, 60, "a run started by the fencing alert"
         )[0]
         assert "pacemaker" in run.parameters["requested_by"], run.parameters
         done = wait_for(lambda: final(run.id), 120, "the emergency move of fts105 to finish")
@@ -304,3 +348,61 @@ def test_a_pacemaker_resource_failure_reaches_the_gateway_and_starts_a_run(
     serving = lab.lab.serving(lab.site, lab.lab.record())
     vo = [a.name for a in lab.site.service.agents if a.primary == "fts105"]
     assert vo and all(serving.get(a) == {"fts106"} for a in vo), serving
+
+
+def test_front_end_alerts_switch_once_and_a_flap_waits_for_a_human(
+    lab: RunningLab, stack: Stack
+) -> None:
+    from tests.conftest import reject_paused_runs
+
+    forget_automatic_switches(lab)
+    first = alias_host(lab)
+    lab.lab.fault(first, "frontend-down")
+    try:
+        when = dt.datetime.now(dt.UTC)
+        with ThreadPoolExecutor(max_workers=8) as ex:
+            answers = list(
+                ex.map(
+                    lambda _: stack.send(first, "frontend_down", when=when, summary="fe down"),
+                    range(20),
+                )
+            )
+        verdicts = Counter((status, a["alerts"][0]["result"]) for status, a in answers)
+        assert verdicts == {(202, "new"): 1, (202, "attached"): 19}, verdicts
+        run = wait_for(lambda: switch_runs(first) or None, 90, "the switch to start")[0]
+        done = wait_for(lambda: final(run.id), 120, "the switch to finish")
+        assert done.state is not None and done.state.is_completed(), done.state
+        second = alias_host(lab)
+        assert second != first
+        stays(lambda: len(switch_runs(first)) == 1, NOTHING_S, "one switch run")
+    finally:
+        lab.lab.heal(first)
+    # the new master fails too, within the block period: the second automatic switch asks
+    lab.lab.fault(second, "frontend-down")
+    try:
+        stack.send(second, "frontend_down", summary="fe down again")
+        flap = wait_for(lambda: switch_runs(second) or None, 90, "the second switch to start")[0]
+        waiting = wait_for(
+            lambda: next(
+                (
+                    x
+                    for x in switch_runs(second)
+                    if x.id == flap.id
+                    and x.state is not None
+                    and (x.state.is_paused() or x.state.is_final())
+                ),
+                None,
+            ),
+            60,
+            "the second switch to wait for a human",
+        )
+        assert waiting.state.is_paused(), (waiting.state, run_logs(flap.id)[-10:])
+        assert any(
+            "Anti-flapping" in json.dumps(m.blocks) for m in stack.slack.messages.values()
+        ), "no anti-flapping note in Slack"
+        assert reject_paused_runs() == [str(flap.id)]
+        done = wait_for(lambda: final(flap.id), 60, "the rejected switch to end")
+        assert done.state is not None and "rejected" in (done.state.message or "")
+        assert alias_host(lab) == second, "a rejected switch changed the alias"
+    finally:
+        lab.lab.heal(second)

@@ -508,6 +508,10 @@ def test_resource_operations(fields: dict[str, str], kind: str | None) -> None:
     event.update({f"CRM_alert_{k}": v for k, v in fields.items()})
     alert = _map(event)
     assert (alert or {}).get("kind") == kind
+    # the same operation of the front end's resource: its failure asks for the switch
+    alert = _map({**event, "CRM_alert_rsc": "fts-frontend"})
+    want = "frontend_down" if kind == "resource_failed" else kind
+    assert (alert or {}).get("kind") == want
 
 
 def test_ignored_events_say_why() -> None:
@@ -544,14 +548,14 @@ def test_heartbeat_start_status_stop(hooks: Hooks, gateway: Gateway) -> None:
     assert proc.returncode == 0, proc.stderr
     [alert] = expect_delivered(gateway, 1)
     assert (alert["kind"], alert["host"], alert["source"]) == (
-        "resource_failed",
+        "frontend_down",
         "fts102",
         "heartbeat",
     )
     node = os.uname().nodename
     assert alert["takeover_node"] == node
     assert alert["summary"] == f"heartbeat takeover on {node}: switch the service here"
-    assert parse_generic(LAB, gateway.received[0].body).kind == "resource_failed"
+    assert parse_generic(LAB, gateway.received[0].body).kind == "frontend_down"
 
     proc, _ = hooks.run(SWITCH, "node2", "status", env=env)
     assert (proc.returncode, proc.stdout.strip()) == (0, "running")
@@ -578,7 +582,7 @@ def test_heartbeat_start_with_the_gateway_down_spools_and_succeeds(hooks: Hooks)
     assert proc.returncode == 0 and elapsed < BOUND_S
     [spooled] = hooks.spooled()
     alert = json.loads(spooled.read_bytes())
-    assert (alert["host"], alert["kind"]) == ("fts101", "resource_failed")
+    assert (alert["host"], alert["kind"]) == ("fts101", "frontend_down")
     proc, _ = hooks.run(SWITCH, "status", env=env)
     assert (proc.returncode, proc.stdout.strip()) == (0, "running")
 

@@ -98,9 +98,12 @@ class ServeAndGateway:
         return self
 
     def ready(self) -> bool:
-        """Whether the gateway answers and the emergency-move trigger exists."""
+        """Whether the gateway answers and every deployment's triggers exist (an event sent
+        before its automation exists starts nothing)."""
         from prefect.client.orchestration import get_client
         from prefect.exceptions import ObjectNotFound
+
+        from infra.serve import read_deployments
 
         for p in self.procs:
             if p.poll() is not None:
@@ -110,15 +113,19 @@ class ServeAndGateway:
                 pass
         except OSError:
             return False
+        triggered = [d["name"] for d in read_deployments() if d.get("triggers")]
         with get_client(sync_client=True) as client:
-            try:
-                dep = client.read_deployment_by_name("emergency-move/emergency-move")
-            except ObjectNotFound:
-                return False
-            # registered by this serve process, not left by an earlier one with another site
-            if dep.parameters.get("site_file") != str(self.site_file.resolve()):
-                return False
-            return bool(client.read_resource_related_automations(f"prefect.deployment.{dep.id}"))
+            for name in triggered:
+                try:
+                    dep = client.read_deployment_by_name(f"{name}/{name}")
+                except ObjectNotFound:
+                    return False
+                # registered by this serve process, not left by an earlier one with another site
+                if dep.parameters.get("site_file") != str(self.site_file.resolve()):
+                    return False
+                if not client.read_resource_related_automations(f"prefect.deployment.{dep.id}"):
+                    return False
+            return True
 
     def stop(self) -> None:
         """Stop both (SIGTERM to their process groups, then SIGKILL)."""

@@ -163,7 +163,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--kind",
         default="host_down",
-        choices=["host_down", "service_down", "resource_failed", "recovered"],
+        choices=["host_down", "service_down", "resource_failed", "frontend_down", "recovered"],
     )
     p.add_argument("--summary")
     p.add_argument("--gateway", default="http://127.0.0.1:8787")

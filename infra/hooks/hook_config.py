@@ -46,6 +46,9 @@ class Config(NamedTuple):
     timeout_s: float
     host_map: dict[str, str]
     problems: tuple[str, ...]
+    #: Pacemaker resources that are the service's web front end: their failure is a
+    #: ``frontend_down`` alert (the switch), not a ``resource_failed`` one
+    frontend_resources: frozenset[str] = frozenset({"fts-frontend"})
 
 
 def read_config_file(path: str) -> dict[str, str]:
@@ -150,4 +153,9 @@ def load_config(env: Mapping[str, str]) -> Config:
         timeout_s=timeout_s,
         host_map=parse_host_map(merged.get("HANDOVER_HOST_MAP", "")),
         problems=tuple(problems),
+        frontend_resources=frozenset(
+            r.strip()
+            for r in merged.get("HANDOVER_FRONTEND_RESOURCES", "fts-frontend").split(",")
+            if r.strip()
+        ),
     )

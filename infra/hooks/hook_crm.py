@@ -61,6 +61,7 @@ def classify(
     service: str,
     host_map: Mapping[str, str] | None = None,
     now: dt.datetime | None = None,
+    frontend_resources: frozenset[str] = frozenset({"fts-frontend"}),
 ) -> tuple[dict[str, Any] | None, str]:
     """The alert for a Pacemaker event, or None and why it is not worth sending.
 
@@ -70,6 +71,8 @@ def classify(
         service: the service the cluster runs.
         host_map: cluster node names to the site's host names (default: the same names).
         now: the alert's time when the event has no ``CRM_alert_timestamp_epoch``.
+        frontend_resources: the resources that are the service's web front end (their
+            failure is ``frontend_down``: the switch).
 
     Returns:
         ``(alert, "")`` or ``(None, reason)``.
@@ -118,7 +121,8 @@ def classify(
             # a probe reports where a resource runs; Pacemaker acts on it, it is not a failure
             return None, f"{rsc} probe on {node}: {desc} (rc {rc}) ignored"
         if not succeeded and task in FAILURE_TASKS:
-            alert_kind, severity = "resource_failed", "critical"
+            alert_kind = "frontend_down" if rsc in frontend_resources else "resource_failed"
+            severity = "critical"
             expected = target_rc if target_rc is not None else "?"
             summary = f"{rsc} {op} on {node} failed: {desc} (rc {rc}, expected {expected})"
         elif succeeded and task in RECOVERY_TASKS:
@@ -166,7 +170,7 @@ def alert_from_crm(
     fencing, rc 0 (fenced)                      host_down        critical   the fenced node
     fencing, rc not 0 (fencing failed)          host_down        critical   the target node
     resource monitor/start/promote/stop/demote  resource_failed  critical   the node (resource)
-    failed (rc != target_rc or status != 0)
+    failed (rc != target_rc or status != 0)     (frontend_down for a front-end resource)
     resource monitor/start/promote succeeded    recovered        info       the node (resource)
     probe results, cancellations, other tasks,  (nothing)
     attribute and unknown events

@@ -225,7 +225,13 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
     if cfg.site is None or cfg.service is None:
         log("cannot build the alert: " + "; ".join(p for p in cfg.problems if "HANDOVER_S" in p))
         return 0
-    alert, reason = classify(environ, site=cfg.site, service=cfg.service, host_map=cfg.host_map)
+    alert, reason = classify(
+        environ,
+        site=cfg.site,
+        service=cfg.service,
+        host_map=cfg.host_map,
+        frontend_resources=cfg.frontend_resources,
+    )
     if alert is None:
         log(reason)
         return 0
