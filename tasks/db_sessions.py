@@ -93,7 +93,9 @@ def drop_sessions(
     """Kill the DB sessions from `host` (optionally one agent's) and verify they are gone.
 
     Sessions of other machines are never touched: the list is re-read and only its sessions
-    are killed. Post-condition: no session from `host` (of `agent`) remains.
+    are killed. Post-condition: none of the sessions found is left. A session the host opens
+    after the kill (a service that reconnects, such as a web front end) is a new one: it is
+    named in the outcome sentence, not killed in a loop.
     """
     import time
 
@@ -107,11 +109,14 @@ def drop_sessions(
             f"killing session {s.id} of {host} ({i} of {len(found)} killed before it)",
             lambda s=s: be.kill(s),  # type: ignore[misc]
         )
+    killed = {s.id for s in found}
     deadline = time.monotonic() + verify_s
-    left = find_sessions(site, host, agent, be) if found else []
+    now_open = find_sessions(site, host, agent, be) if found else []
+    left = [s for s in now_open if s.id in killed]
     while left and time.monotonic() < deadline:
         time.sleep(0.1)
-        left = find_sessions(site, host, agent, be)
+        now_open = find_sessions(site, host, agent, be)
+        left = [s for s in now_open if s.id in killed]
     if left:
         raise StepFailed(
             f"{host}: {count(len(left), 'DB session')} still open after the kill "
@@ -127,6 +132,12 @@ def drop_sessions(
         if found
         else f"{host}: no DB session{what} to kill"
     )
+    reopened = [s for s in now_open if s.id not in killed]
+    if reopened:
+        sentence += (
+            f"; {count(len(reopened), 'new session')} opened since "
+            f"({', '.join(f'{s.id} {s.program}' for s in reopened)})"
+        )
     return StepResult(
         host=host,
         verb=verb,

@@ -111,7 +111,8 @@ def test_planned_switch_and_back_loses_nothing(lab: RunningLab, prefect_api: str
     assert alias_everywhere(lab) == [([address(lab, before)], epoch + 2)] * 2
 
     c = clients_after(lab, start.accepted + 20)
-    assert c.lost == 0 and c.writes_by_fenced_master == 0 and c.failed == 0, c
+    # nothing lost, nothing written by a fenced master, no client-visible outage over 2 s
+    assert c.lost == 0 and c.writes_by_fenced_master == 0 and c.outage_max_s < 2.0, c
     assert c.epoch == epoch + 2 and c.epoch_holder == before
 
 

@@ -55,7 +55,7 @@ CONDITIONS: dict[Verb, tuple[str, str]] = {
     "set-active": ("an agent serves each channel", "each channel reads Active"),
     "drop-sessions": (
         "the database answers",
-        "no DB session from the host remains",
+        "none of the DB sessions found from the host remains (a reconnect is a new one)",
     ),
     "frontend-disable": ("the host answers SSH", "its front end is a slave"),
     "frontend-enable": (

@@ -9,7 +9,8 @@ next one, so a job is never given up (a failed submission is retried, with the s
 * **Resolution honours the TTL**: the alias is asked of the site's authoritative servers in turn
   (as a stub resolver with several name servers), and the answer is kept for its TTL, never
   refreshed early because a submission failed: a dead master costs clients up to the TTL.
-* **Redirects are followed** once (a master switched away from redirects to the new one).
+* **Redirects are followed**, up to `MAX_REDIRECTS` per attempt (a master switched away from
+  redirects to the new one).
 * **The score** (table ``score_clients``, read by `handover lab score`): submissions accepted,
   answers refused (503: a slave, a fenced master), attempts failed (no connection, a timeout),
   jobs still waiting, the client-visible outages (first failure to the next success: count, the
@@ -39,6 +40,8 @@ from infra.lab.db import connect
 from infra.lab.paths import LabPaths
 
 RETRY_S = 0.1
+#: redirects followed per attempt (as an HTTP client library does)
+MAX_REDIRECTS = 5
 HTTP_TIMEOUT_S = 2.0
 FLUSH_S = 0.3
 #: accepted ids are checked against the database after this long
@@ -134,10 +137,12 @@ class Clients:
         address = self.rng.choice(addresses)
         try:
             status, location = self._post(address, job_id)
-            if status == 307 and location:
+            hops = 0
+            while status == 307 and location and hops < MAX_REDIRECTS:
                 hostport, _, rest = location.split("//", 1)[-1].partition("/")
                 address = hostport.rsplit(":", 1)[0]
-                status, _ = self._post(address, job_id, "/" + rest)
+                status, location = self._post(address, job_id, "/" + rest)
+                hops += 1
         except (OSError, http.client.HTTPException) as exc:
             return "failed", f"{address}: {type(exc).__name__}: {exc}"
         if status in (200, 201):

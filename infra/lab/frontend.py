@@ -10,7 +10,8 @@ disabled master stays a slave after a reboot) and is re-read when the file chang
   front end then answers 503 ``fenced`` and writes nothing.
 * **slave**: 503, or for a while after a planned switch a 307 redirect to the new master, so a
   client that still holds the old address loses nothing. The new master holds a redirected
-  request for up to `HOLD_REDIRECTED_S` while its own enable is still on the way.
+  request for up to `HOLD_REDIRECTED_S` while its own enable is still on the way; a request is
+  never redirected back to the front end it came from.
 * ``GET /ready``: 200 with the role and epoch when it is the master, else 503.
 
 The command, run through SSH by handover's verbs (`tasks.frontend`):
@@ -166,13 +167,22 @@ def _handler(fe: Frontend) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(raw)
 
-        def _not_master(self, role: dict[str, Any]) -> None:
+        def _redirect_to(self, role: dict[str, Any], came_from: str) -> str | None:
+            """Where this slave sends clients now: its redirect while it lasts, never back to
+            the front end that sent the request here (two switches within the redirect time
+            would otherwise bounce a client between the two)."""
             to = role.get("redirect")
-            if to and time.time() < float(role.get("redirect_until") or 0):
+            if to and to != came_from and time.time() < float(role.get("redirect_until") or 0):
+                return str(to)
+            return None
+
+        def _not_master(self, role: dict[str, Any], came_from: str) -> None:
+            to = self._redirect_to(role, came_from)
+            if to:
                 self._send(
                     307,
                     {"role": "slave", "redirect": to},
-                    {"Location": f"http://{to}:{port}/jobs?redirected=1"},
+                    {"Location": f"http://{to}:{port}/jobs?redirected={fe.rt['address']}"},
                 )
             else:
                 self._send(503, {"role": "slave", "host": fe.rt["host"]})
@@ -194,7 +204,12 @@ def _handler(fe: Frontend) -> type[BaseHTTPRequestHandler]:
                 self._send(404, {"error": "unknown path"})
                 return
             role = fe.current_role()
-            if role.get("role") != "master" and query == "redirected=1":
+            came_from = query.removeprefix("redirected=") if query.startswith("redirected=") else ""
+            if (
+                came_from
+                and role.get("role") != "master"
+                and not self._redirect_to(role, came_from)
+            ):
                 # sent here by the master of a planned switch, which may be a moment ahead of
                 # this host's enable: hold the request briefly rather than refuse it
                 deadline = time.monotonic() + HOLD_REDIRECTED_S
@@ -202,7 +217,7 @@ def _handler(fe: Frontend) -> type[BaseHTTPRequestHandler]:
                     time.sleep(0.02)
                     role = fe.current_role()
             if role.get("role") != "master":
-                self._not_master(role)
+                self._not_master(role, came_from)
                 return
             try:
                 job_id = str(json.loads(body)["id"])[:64]
