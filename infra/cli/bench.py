@@ -32,6 +32,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
             octet=args.octet,
             progress=say,
         )
+    elif args.bench_what == "switch":
+        from infra.bench.switch import bench_switch
+
+        result = bench_switch(
+            rounds=args.rounds,
+            ttls=tuple(args.ttl or (5, 60)),
+            flood_threads=args.flood_threads,
+            progress=say,
+        )
     elif args.bench_what == "clean-move":
         from infra.bench.clean_move import bench_clean_move
 
@@ -77,6 +86,23 @@ def register(sub: Any) -> None:
         choices=["both", "forkserver", "spawn"],
         default="both",
         help="handover serve's start method for runs (default: both, side by side)",
+    )
+    p.add_argument("--json", action="store_true")
+    p = bsub.add_parser(
+        "switch", help="planned and failover switches under load: client outage, alert -> alias"
+    )
+    p.add_argument("--rounds", type=int, default=3, help="planned and failover rounds per TTL")
+    p.add_argument(
+        "--ttl",
+        type=int,
+        action="append",
+        help="the alias TTL in seconds (repeatable; default: the lab's 5 and the production 60)",
+    )
+    p.add_argument(
+        "--flood-threads",
+        type=int,
+        default=8,
+        help="resolvers querying during one switch (0: none)",
     )
     p.add_argument("--json", action="store_true")
     p = bsub.add_parser(
