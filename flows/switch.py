@@ -12,17 +12,16 @@ resolves the alias now, and the old one does not.
 
 from __future__ import annotations
 
-import datetime as dt
 import getpass
 import http.client
 import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
-from prefect import flow, get_run_logger
+from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.client.schemas.objects import State
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from config.site import Site
 from flows import progress
@@ -43,6 +42,11 @@ from flows.procedure import Finish, Run, end, holding_service, procedure_run
 from flows.result import ProcedureResult
 from flows.run_site import load_run_site
 from flows.service_lock import ServiceLockError
+from flows.switch_records import (
+    last_automatic_switch,
+    remember_automatic_switch,
+    remember_switch,
+)
 from tasks.alias import key_accepted, read_aliases
 from tasks.frontend import read_frontend
 from tasks.outcome import now
@@ -97,41 +101,6 @@ def client_view(site: Site, address: str) -> dict[str, Any] | None:
         return data
     except (OSError, ValueError, http.client.HTTPException):
         return None
-
-
-class AutomaticSwitch(BaseModel):
-    """The last automatic switch of a site (anti-flapping)."""
-
-    at: dt.datetime
-    master: str
-    to: str
-    run_id: str = ""
-
-
-def _last_variable(site: str) -> str:
-    return f"switch-last-automatic-{site}"
-
-
-def last_automatic_switch(site: str) -> AutomaticSwitch | None:
-    """The site's last automatic switch, or None (none yet, or it cannot be read)."""
-    from prefect.variables import Variable
-
-    try:
-        value = Variable.get(_last_variable(site))
-        return AutomaticSwitch.model_validate(value) if value else None
-    except Exception:  # noqa: BLE001 - unreadable: as if none (the countdown still applies)
-        return None
-
-
-def remember_automatic_switch(site: str, master: str, to: str) -> None:
-    """Record an automatic switch that completed (best effort)."""
-    from prefect.variables import Variable
-
-    record = AutomaticSwitch(at=now(), master=master, to=to, run_id=progress.current_run_id() or "")
-    try:
-        Variable.set(_last_variable(site), record.model_dump(mode="json"), overwrite=True)
-    except Exception as exc:  # noqa: BLE001 - the switch is done; say it, do not fail it
-        get_run_logger().warning("could not record the automatic switch: %s", exc)
 
 
 @flow(name=PROCEDURE, persist_result=False)
@@ -354,6 +323,8 @@ def _switch(
     human += problems
     if ok and failed_host:
         remember_automatic_switch(site.site, plan.master, plan.to)
+    if ok and plan.new_epoch is not None:
+        remember_switch(site.site, plan.to, plan.to_address, plan.new_epoch)
     summary = (
         f"{site.dns.alias} switched from {plan.master} to {plan.to} ({plan.mode}), epoch "
         f"{plan.old_epoch} -> {plan.new_epoch}"

@@ -107,6 +107,8 @@ def deployment_specs(
             "entrypoint_type": EntrypointType.MODULE_PATH,
             "triggers": site_triggers(d["name"], d.get("triggers") or [], site),
         }
+        if d.get("interval"):
+            settings["interval"] = float(d["interval"])
         out.append((fl, settings))
     return out
 

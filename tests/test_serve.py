@@ -201,3 +201,14 @@ def test_a_run_created_through_the_api_loads_only_reviewed_site_files(
     assert run.state is not None and run.state.is_failed(), run.state
     assert "site directories" in (run.state.message or ""), run.state.message
     assert named.state is not None and named.state.is_completed(), named.state
+
+
+def test_the_drift_watch_is_scheduled_and_the_switch_triggered() -> None:
+    from infra.serve import build_deployments
+
+    deps = {d.name: d for d in build_deployments(str(ROOT / "config" / "sites" / "lab.yaml"))}
+    [schedule] = deps["drift-watch"].schedules
+    assert schedule.schedule.interval.total_seconds() == 300
+    [trigger] = deps["switch"].triggers
+    assert trigger.expect == {"handover.alert.frontend_down"}
+    assert "handover.alert.frontend_down" not in deps["emergency-move"].triggers[0].expect

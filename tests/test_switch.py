@@ -193,3 +193,97 @@ def test_a_dns_server_down_changes_nothing_and_says_so(lab: RunningLab) -> None:
     assert dns is not None
     assert f"DNS server {dns.server}:{dns.port} did not answer" in r.summary
     assert alias_everywhere(lab) == before
+
+
+def test_the_drift_watch_reports_a_record_changed_by_hand(
+    lab: RunningLab, prefect_api: str
+) -> None:
+    from prefect.client.orchestration import get_client
+
+    from flows.drift_watch import DriftResult, drift_watch
+
+    r = run(lab)  # a switch on record: what every server must answer
+    assert r.status == "completed", r.summary
+    ok = drift_watch(str(lab.site_file), return_state=True)
+    assert ok.is_completed(), ok.message
+    dns = lab.site.dns
+    assert dns is not None and r.to is not None
+    to_address = address(lab, r.to)
+    secret = dns.tsig_key.resolve().get_secret_value()
+    by_hand = address(lab, "fts106")
+    move_alias(dns, secret, [to_address], by_hand, r.new_epoch or 0)
+    try:
+        state = drift_watch(str(lab.site_file), return_state=True)
+        result = state.result(raise_on_failure=False)
+        assert isinstance(result, DriftResult) and state.is_failed()
+        assert result.status == "drift" and len(result.drifted) == 2, result.drifted
+        assert all(by_hand in d for d in result.drifted)
+        assert result.expected_addresses == [to_address]
+        with get_client(sync_client=True) as client:
+            resp = client.request(
+                "POST",
+                "/events/filter",
+                json={"filter": {"event": {"name": ["handover.dns.drift"]}}, "limit": 5},
+            )
+        assert any(
+            e["resource"]["handover.site"] == lab.site.site for e in resp.json()["events"]
+        ), "no handover.dns.drift event"
+    finally:
+        move_alias(dns, secret, [by_hand], to_address, r.new_epoch or 0)
+
+
+def _countdown_site(lab: RunningLab, tmp_path: Path, seconds: int) -> Path:
+    data = yaml.safe_load(lab.site_file.read_text())
+    data["frontend"].update({"countdown_s": seconds, "block_s": 0})
+    site_file = tmp_path / f"countdown-{seconds}.yaml"
+    site_file.write_text(yaml.safe_dump(data))
+    return site_file
+
+
+def test_an_automatic_switch_counts_down_and_can_be_aborted(
+    lab: RunningLab, prefect_api: str, tmp_path: Path
+) -> None:
+    import threading
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.flow_runs import resume_flow_run
+
+    before = alias_everywhere(lab)
+    master_now = master(lab)
+    box: dict[str, Any] = {}
+    site_file = _countdown_site(lab, tmp_path, 120)
+    worker = threading.Thread(
+        target=lambda: box.update(
+            r=switch(str(site_file), failed_host=master_now, return_state=True).result(
+                raise_on_failure=False
+            )
+        )
+    )
+    worker.start()
+
+    def paused() -> list[Any]:
+        with get_client(sync_client=True) as client:
+            return client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))
+                )
+            )
+
+    [waiting] = wait_for(paused, 60, "the countdown to pause the run")
+    # aborted from the Prefect UI (the form's input; the gateway resumes with the same)
+    resume_flow_run(waiting.id, run_input={"decision": "reject", "who": "an operator"})
+    worker.join(120)
+    r = box["r"]
+    assert isinstance(r, SwitchResult) and r.status == "rejected", r
+    assert alias_everywhere(lab) == before, "an aborted switch changed the alias"
+    # nobody aborts a short countdown: the automatic switch goes ahead
+    r = run(lab, _countdown_site(lab, tmp_path, 2), failed_host=master_now)
+    assert r.status == "completed", r.summary
+    assert r.approval is not None and r.approval.decision == "timeout-proceed", r.approval
+    assert master(lab) != master_now
