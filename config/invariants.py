@@ -91,6 +91,14 @@ def frontend_problems(site: Site) -> list[Problem]:
             )
         if h in fe.hosts[:i]:
             p.append(Problem(f"frontend.hosts[{i}]", f"{h!r} is listed twice", "list it once"))
+    if fe.cluster_host is not None and fe.cluster_host not in names:
+        p.append(
+            Problem(
+                "frontend.cluster_host",
+                f"no host {fe.cluster_host!r} in hosts",
+                f"use one of: {known}",
+            )
+        )
     if site.dns is None:
         p.append(
             Problem(

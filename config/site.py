@@ -269,6 +269,7 @@ COMMAND_PLACEHOLDERS: dict[str, frozenset[str]] = {
     "frontend_enable": frozenset({"epoch"}),
     "frontend_disable": frozenset({"redirect", "seconds"}),
     "frontend_fence": frozenset({"epoch"}),
+    "cluster_maintenance": frozenset(),
 }
 
 
@@ -303,6 +304,18 @@ class Commands(_Model):
     ]
     #: raise the database's epoch without serving (fences a master that cannot be reached)
     frontend_fence: ArgvTemplate = ["fts-frontend", "fence", "{epoch}"]
+    #: prints ``true`` when the cluster (Pacemaker) is in maintenance mode
+    cluster_maintenance: ArgvTemplate = [
+        "crm_attribute",
+        "--type",
+        "crm_config",
+        "--name",
+        "maintenance-mode",
+        "--query",
+        "--quiet",
+        "--default",
+        "false",
+    ]
     disabled_file: Path = Path("/etc/glite-data-transfer-agents.disabled")
     agent_user: Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")] = "edguser"
     agent_process_regex: str = r"^(glite-transfer-(?:channel-agent-urlcopy|vo-agent)-\S+)"
@@ -476,6 +489,10 @@ class Frontend(_Model):
     #: a second automatic switch of the service within this period waits for a human's
     #: approval (anti-flapping)
     block_s: int = Field(default=3600, ge=0, le=7 * 86400)
+    #: a node of the Pacemaker cluster that watches the front ends, where its maintenance mode
+    #: is asked (`commands.cluster_maintenance`); in maintenance, an automatic switch only
+    #: notifies. None: the site declares no cluster
+    cluster_host: HostName | None = None
 
 
 class Slack(_Model):

@@ -48,7 +48,7 @@ from flows.switch_records import (
     remember_switch,
 )
 from tasks.alias import key_accepted, read_aliases
-from tasks.frontend import read_frontend
+from tasks.frontend import read_frontend, read_maintenance
 from tasks.outcome import now
 
 __all__ = ["SwitchResult", "report_markdown", "switch"]
@@ -79,13 +79,21 @@ def snapshot_switch(run: Run) -> SwitchSnapshot:
     site = run.shell.site
     assert site.frontend is not None and site.dns is not None
     hosts = site.frontend.hosts
-    with ThreadPoolExecutor(max_workers=len(hosts) + 2) as ex:
+    cluster = site.frontend.cluster_host
+    with ThreadPoolExecutor(max_workers=len(hosts) + 3) as ex:
         aliases = ex.submit(read_aliases, site)
         key = ex.submit(key_accepted, site)
+        maintenance = ex.submit(read_maintenance, run.shell, cluster) if cluster else None
         fronts = dict(zip(hosts, ex.map(lambda h: read_frontend(run.shell, h), hosts), strict=True))
     accepted, why = key.result()
+    in_maintenance, maintenance_error = maintenance.result() if maintenance else (None, "")
     return SwitchSnapshot(
-        aliases=aliases.result(), frontends=fronts, key_accepted=accepted, key_error=why
+        aliases=aliases.result(),
+        frontends=fronts,
+        key_accepted=accepted,
+        key_error=why,
+        maintenance=in_maintenance,
+        maintenance_error=maintenance_error,
     )
 
 
@@ -171,7 +179,7 @@ def switch(
             with holding_service(site, PROCEDURE):
                 return _switch(
                     run,
-                    SwitchRequest(to=to, mode=mode, reason=reason),
+                    SwitchRequest(to=to, mode=mode, reason=reason, automatic=bool(failed_host)),
                     who,
                     pause_for_approval,
                     dry_run,

@@ -155,3 +155,19 @@ def fence_epoch(shell: SiteShell, host: str, epoch: int) -> StepResult:
         started_at=started,
         ended_at=now(),
     )
+
+
+def read_maintenance(shell: SiteShell, host: str) -> tuple[bool | None, str]:
+    """The cluster's maintenance mode as asked on `host`: (True/False, "") or (None, why)."""
+    try:
+        r = shell.run(host, "cluster_maintenance")
+    except SshError as exc:
+        return None, str(exc)
+    if not r.ok:
+        return None, f"`{r.command}` exited {r.exit_code}: {(r.stderr or r.stdout).strip()[-200:]}"
+    answer = r.stdout.strip().lower()
+    if answer in ("true", "on", "yes", "1"):
+        return True, ""
+    if answer in ("false", "off", "no", "0"):
+        return False, ""
+    return None, f"`{r.command}` printed {answer[:80]!r}"

@@ -287,3 +287,52 @@ def test_an_automatic_switch_counts_down_and_can_be_aborted(
     assert r.status == "completed", r.summary
     assert r.approval is not None and r.approval.decision == "timeout-proceed", r.approval
     assert master(lab) != master_now
+
+
+def test_pacemaker_maintenance_mode_keeps_an_automatic_switch_to_a_notice(
+    lab: RunningLab, prefect_api: str, tmp_path: Path
+) -> None:
+    """A real one-node Pacemaker cluster in maintenance mode, asked through a lab host (its
+    `crm_attribute` reaches the machine's cluster): an automatic switch only notifies; out of
+    maintenance, the same switch goes ahead."""
+    import shutil
+
+    from infra.lab.pacemaker import OneNodeCluster
+    from tests.conftest import require
+
+    absent = [t for t in ("corosync", "pacemakerd", "crm_attribute") if shutil.which(t) is None]
+    require(not absent, f"{', '.join(absent)} (Debian packages corosync pacemaker)")
+    data = yaml.safe_load(lab.site_file.read_text())
+    data["frontend"].update({"countdown_s": 0, "block_s": 0, "cluster_host": "fts105"})
+    site_file = tmp_path / "clustered.yaml"
+    site_file.write_text(yaml.safe_dump(data))
+    work = Path(f"/var/tmp/handover-lab/pacemaker-switch-{os.getpid()}")
+    work.mkdir(parents=True, exist_ok=True)
+    work.chmod(0o755)
+    cluster = OneNodeCluster(
+        str(ROOT / "infra" / "hooks" / "pacemaker_alert.py"), workdir=str(work / "cluster")
+    )
+    cluster.start(timeout_s=90)
+
+    def maintenance(on: bool) -> None:
+        attribute = ["crm_attribute", "--type", "crm_config", "--name", "maintenance-mode"]
+        subprocess.run(
+            [*attribute, "--update", "true" if on else "false"],
+            check=True,
+            timeout=30,
+        )
+
+    try:
+        maintenance(True)
+        before, failed = alias_everywhere(lab), master(lab)
+        r = run(lab, site_file, failed_host=failed)
+        assert r.status == "refused", r.summary
+        assert "maintenance mode" in r.summary and "only notifies" in r.summary
+        assert alias_everywhere(lab) == before
+        maintenance(False)
+        r = run(lab, site_file, failed_host=failed)
+        assert r.status == "completed", r.summary
+        assert master(lab) != failed
+    finally:
+        cluster.stop()
+        shutil.rmtree(work, ignore_errors=True)

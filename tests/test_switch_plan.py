@@ -185,3 +185,34 @@ def test_a_failover_whose_alias_did_not_move_tells_a_human() -> None:
     [remedy] = compensate_switch(plan, Ledger.after(plan, "enable-slave"), RuntimeError("x"))
     assert remedy.steps == [] and remedy.running_on == ["fts101"]
     assert "--failover" in remedy.human[0]
+
+
+CLUSTERED = SITE.model_copy(
+    update={"frontend": SITE.frontend.model_copy(update={"cluster_host": "fts105"})}  # type: ignore[union-attr]
+)
+
+
+@pytest.mark.parametrize(
+    ("maintenance", "automatic", "ok"),
+    [
+        (True, True, False),  # a sensor's switch only notifies while the cluster is maintained
+        (None, True, False),  # nor when nobody can tell
+        (False, True, True),
+        (True, False, True),  # a human's switch goes ahead (the human decided)
+    ],
+)
+def test_maintenance_mode_holds_back_an_automatic_switch(
+    maintenance: bool | None, automatic: bool, ok: bool
+) -> None:
+    snap = recorded("master-fts102-healthy").model_copy(
+        update={"maintenance": maintenance, "maintenance_error": "" if maintenance else "no CIB"}
+    )
+    plan = plan_switch(CLUSTERED, snap, SwitchRequest(automatic=automatic))
+    assert plan.ok is ok, plan.problems
+    if not ok:
+        assert "only notifies" in plan.problems[0] and "fts105" in plan.problems[0]
+
+
+def test_without_a_cluster_maintenance_is_not_asked() -> None:
+    snap = recorded("master-fts102-healthy")
+    assert plan_switch(SITE, snap, SwitchRequest(automatic=True)).ok

@@ -22,7 +22,8 @@ the length of the enable).
 Pre-checks (the plan is refused, nothing changes): the site declares a front end and DNS; every
 authoritative server answers and they agree on the alias; the primary accepts the TSIG key; the
 alias points at exactly one front-end host (the master); the slave answers, runs its server and
-reads the database.
+reads the database; for an automatic switch on a site that declares a cluster, the cluster is
+not in maintenance mode (a switch started by a sensor then only notifies).
 
 Compensation (`compensate_switch`): when a planned switch fails before the alias moved, the
 master is enabled again (with an epoch newer than the slave's) and the slave disabled. When the
@@ -94,6 +95,10 @@ class SwitchSnapshot(BaseModel):
     #: None when it could not be asked
     key_accepted: bool | None = None
     key_error: str = ""
+    #: the cluster's maintenance mode (None: the site declares no cluster, or it could not be
+    #: read: then `maintenance_error` says why)
+    maintenance: bool | None = None
+    maintenance_error: str = ""
 
 
 class SwitchRequest(BaseModel):
@@ -104,6 +109,8 @@ class SwitchRequest(BaseModel):
     #: planned or failover; None: planned when the master answers as the master
     mode: Mode | None = None
     reason: str = ""
+    #: started by a sensor: refused (only notified) while the cluster is in maintenance
+    automatic: bool = False
 
 
 class SwitchPlan(Plan):
@@ -166,6 +173,15 @@ def plan_switch(site: Site, snap: SwitchSnapshot, req: SwitchRequest) -> SwitchP
         plan.problems.append(snap.key_error or f"the TSIG key {dns.tsig_key_name!r} was refused")
     elif snap.key_accepted is None and not silent:
         plan.problems.append(f"the TSIG key could not be checked: {snap.key_error}")
+    if req.automatic and site.frontend.cluster_host is not None and snap.maintenance is not False:
+        plan.problems.append(
+            f"the cluster is in maintenance mode (asked on {site.frontend.cluster_host}): an "
+            "automatic switch only notifies; switch by hand (`handover run switch`) if needed"
+            if snap.maintenance
+            else f"the cluster's maintenance mode could not be read on "
+            f"{site.frontend.cluster_host} ({snap.maintenance_error}): an automatic switch only "
+            "notifies"
+        )
     if plan.problems:
         return plan
     current = list(next(iter(answers))) if answers else []
