@@ -13,8 +13,6 @@ resolves the alias now, and the old one does not.
 from __future__ import annotations
 
 import getpass
-import http.client
-import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
@@ -49,6 +47,7 @@ from flows.switch_records import (
 )
 from tasks.alias import key_accepted, read_aliases
 from tasks.frontend import read_frontend, read_maintenance
+from tasks.http_probe import ask_ready
 from tasks.outcome import now
 
 __all__ = ["SwitchResult", "report_markdown", "switch"]
@@ -100,15 +99,8 @@ def snapshot_switch(run: Run) -> SwitchSnapshot:
 def client_view(site: Site, address: str) -> dict[str, Any] | None:
     """What the front end at `address` answers on /ready (None: no answer)."""
     assert site.frontend is not None
-    try:
-        conn = http.client.HTTPConnection(address, site.frontend.port, timeout=3)
-        conn.request("GET", "/ready")
-        r = conn.getresponse()
-        data: dict[str, Any] = json.loads(r.read() or b"{}")
-        conn.close()
-        return data
-    except (OSError, ValueError, http.client.HTTPException):
-        return None
+    answer = ask_ready(address, site.frontend.port)
+    return answer[1] if answer is not None else None
 
 
 @flow(name=PROCEDURE, persist_result=False)

@@ -148,6 +148,21 @@ def stop_groups(procs: list[subprocess.Popen[bytes]], grace_s: float = 20.0) -> 
             p.wait(5)
 
 
+def stack_env(api: str, webhook_secret: str) -> dict[str, str]:
+    """The environment of a bench's `handover serve` and `handover gateway`: the temporary
+    Prefect API, a webhook secret of the bench's own, and no Slack (the bench times the path
+    without it)."""
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": api,
+        "HANDOVER_WEBHOOK_SECRET": webhook_secret,
+        "HANDOVER_ALERTMANAGER_TOKEN": secrets.token_hex(8),
+    }
+    for k in ("HANDOVER_SLACK_BOT_TOKEN", "HANDOVER_SLACK_SIGNING_SECRET"):
+        env.pop(k, None)
+    return env
+
+
 @contextmanager
 def temporary_prefect(home: Path, port: int, db_url: str | None = None) -> Iterator[str]:
     """A temporary `prefect server start` (SQLite in `home`, or the PostgreSQL at `db_url`),
@@ -197,14 +212,7 @@ def _backend_rounds(
     samples: dict[str, list[dict[str, Any]]] = {}
     progress(f"{backend}: temporary Prefect server")
     with temporary_prefect(tmp / f"prefect-{backend}", port, db_url) as api:
-        env = {
-            **os.environ,
-            "PREFECT_API_URL": api,
-            "HANDOVER_WEBHOOK_SECRET": secret,
-            "HANDOVER_ALERTMANAGER_TOKEN": secrets.token_hex(8),
-        }
-        for k in ("HANDOVER_SLACK_BOT_TOKEN", "HANDOVER_SLACK_SIGNING_SECRET"):
-            env.pop(k, None)
+        env = stack_env(api, secret)
         for start in starts:
             stack = ServeAndGateway(site_file, port + 100, env, start)
             progress(f"{backend}: handover serve --start {start} and handover gateway")
@@ -321,6 +329,28 @@ def bench_alert(
     return out
 
 
+def final_run_of_alert(event: str, deadline: float) -> Any:
+    """The flow run an alert's event started, once it is final (re-read in full), or None by
+    `deadline` (`time.monotonic`)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            runs = [
+                r
+                for r in client.read_flow_runs(limit=20, sort=FlowRunSort.EXPECTED_START_TIME_DESC)
+                if r.parameters.get("alert_id") == event
+            ]
+            if runs and runs[0].state and runs[0].state.is_final():
+                return client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[runs[0].id]))
+                )[0]
+            time.sleep(0.2)
+    return None
+
+
 def _round(
     lab: Lab,
     stack: ServeAndGateway,
@@ -329,9 +359,6 @@ def _round(
     alert_body: Any,
     post_alert: Any,
 ) -> dict[str, Any]:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-    from prefect.client.schemas.sorting import FlowRunSort
 
     site = lab.site
     other = "fts102" if host == "fts101" else "fts101"
@@ -357,23 +384,9 @@ def _round(
     if first_serving is None:
         raise RuntimeError(f"no agent of {host} served on {other} within 60 s")
     event = answer["alerts"][0]["event_id"]
-    run = None
-    with get_client(sync_client=True) as client:
-        while time.monotonic() < deadline:
-            runs = [
-                r
-                for r in client.read_flow_runs(limit=20, sort=FlowRunSort.EXPECTED_START_TIME_DESC)
-                if r.parameters.get("alert_id") == event
-            ]
-            if runs and runs[0].state and runs[0].state.is_final():
-                run = runs[0]
-                break
-            time.sleep(0.2)
-        if run is None or run.start_time is None:
-            raise RuntimeError(f"the run of alert {event} did not finish within 60 s")
-        run = client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id]))
-        )[0]
+    run = final_run_of_alert(event, deadline)
+    if run is None or run.start_time is None:
+        raise RuntimeError(f"the run of alert {event} did not finish within 60 s")
     assert run.start_time is not None
     flow_start = run.start_time.timestamp() - sent_wall
     created = run.created.timestamp() - sent_wall if run.created else float("nan")

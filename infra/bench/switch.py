@@ -31,7 +31,13 @@ from typing import Any
 
 import yaml
 
-from infra.bench.alert import ServeAndGateway, _pct, temporary_prefect
+from infra.bench.alert import (
+    ServeAndGateway,
+    _pct,
+    final_run_of_alert,
+    stack_env,
+    temporary_prefect,
+)
 from infra.lab.lab import Lab, derive_site_file
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -100,9 +106,6 @@ def _planned_round(lab: Lab, site_file: Path) -> dict[str, float]:
 
 
 def _failover_round(lab: Lab, stack: ServeAndGateway, secret: bytes, ttl: int) -> dict[str, float]:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.sorting import FlowRunSort
-
     from infra.send_alert import alert_body, post_alert
 
     site = lab.site
@@ -129,18 +132,7 @@ def _failover_round(lab: Lab, stack: ServeAndGateway, secret: bytes, ttl: int) -
     if alias_s is None:
         raise RuntimeError(f"the alias did not move to {other} within 120 s")
     event = answer["alerts"][0]["event_id"]
-    run = None
-    with get_client(sync_client=True) as client:
-        while time.monotonic() < deadline:
-            runs = [
-                r
-                for r in client.read_flow_runs(limit=20, sort=FlowRunSort.EXPECTED_START_TIME_DESC)
-                if r.parameters.get("alert_id") == event
-            ]
-            if runs and runs[0].state and runs[0].state.is_final():
-                run = runs[0]
-                break
-            time.sleep(0.2)
+    run = final_run_of_alert(event, deadline)
     if run is None or run.start_time is None or not (run.state and run.state.is_completed()):
         raise RuntimeError(f"the switch of alert {event} did not complete: {run and run.state}")
     flow_start = run.start_time.timestamp() - sent_wall
@@ -210,12 +202,17 @@ def _flood(lab: Lab, site_file: Path, threads: int) -> dict[str, Any]:
 
 
 def _ttl_rounds(
-    ttl: int, rounds: int, flood_threads: int, port: int, progress: Callable[[str], None]
+    ttl: int,
+    rounds: int,
+    flood_threads: int,
+    api: str,
+    port: int,
+    tmp: Path,
+    progress: Callable[[str], None],
 ) -> dict[str, Any]:
-    tmp = Path(tempfile.mkdtemp(prefix="handover-bench-switch-"))
     site_file = derive_site_file(
         ROOT / "config" / "sites" / "lab.yaml",
-        tmp / "benchswitch.yaml",
+        tmp / f"benchswitch-{ttl}.yaml",
         name="benchswitch",
         octet=OCTET,
         db_port=20000 + OCTET,
@@ -233,44 +230,35 @@ def _ttl_rounds(
     secret = secrets.token_hex(16)
     out: dict[str, Any] = {"ttl_s": ttl}
     try:
-        with temporary_prefect(tmp / "prefect", port) as api:
-            planned = []
+        planned = []
+        for i in range(rounds):
+            planned.append(_planned_round(lab, site_file))
+            progress(
+                f"TTL {ttl} s planned {i + 1}/{rounds}: outage "
+                f"{planned[-1]['outage_s']:.2f} s, flow {planned[-1]['flow_s']:.2f} s"
+            )
+        if flood_threads:
+            out["flood"] = _flood(lab, site_file, flood_threads)
+            f = out["flood"]
+            progress(
+                f"TTL {ttl} s flood: {f['queries']} queries, {f['lost']} lost, "
+                f"{f['flipped_exactly_once']}/{f['threads']} resolvers flipped once"
+            )
+        stack = ServeAndGateway(site_file, port + 100, stack_env(api, secret))
+        progress(f"TTL {ttl} s: handover serve and handover gateway")
+        stack.start()
+        failover = []
+        try:
             for i in range(rounds):
-                planned.append(_planned_round(lab, site_file))
+                failover.append(_failover_round(lab, stack, secret.encode(), ttl))
+                s = failover[-1]
                 progress(
-                    f"TTL {ttl} s planned {i + 1}/{rounds}: outage "
-                    f"{planned[-1]['outage_s']:.2f} s, flow {planned[-1]['flow_s']:.2f} s"
+                    f"TTL {ttl} s failover {i + 1}/{rounds}: alert -> start "
+                    f"{s['alert_to_start_s']:.2f} s, -> alias {s['start_to_alias_s']:.2f} s, "
+                    f"outage {s['outage_s']:.2f} s (target {s['target_s']:.2f} s)"
                 )
-            if flood_threads:
-                out["flood"] = _flood(lab, site_file, flood_threads)
-                f = out["flood"]
-                progress(
-                    f"TTL {ttl} s flood: {f['queries']} queries, {f['lost']} lost, "
-                    f"{f['flipped_exactly_once']}/{f['threads']} resolvers flipped once"
-                )
-            env = {
-                **os.environ,
-                "PREFECT_API_URL": api,
-                "HANDOVER_WEBHOOK_SECRET": secret,
-                "HANDOVER_ALERTMANAGER_TOKEN": secrets.token_hex(8),
-            }
-            for k in ("HANDOVER_SLACK_BOT_TOKEN", "HANDOVER_SLACK_SIGNING_SECRET"):
-                env.pop(k, None)
-            stack = ServeAndGateway(site_file, port + 100, env)
-            progress(f"TTL {ttl} s: handover serve and handover gateway")
-            stack.start()
-            failover = []
-            try:
-                for i in range(rounds):
-                    failover.append(_failover_round(lab, stack, secret.encode(), ttl))
-                    s = failover[-1]
-                    progress(
-                        f"TTL {ttl} s failover {i + 1}/{rounds}: alert -> start "
-                        f"{s['alert_to_start_s']:.2f} s, -> alias {s['start_to_alias_s']:.2f} s, "
-                        f"outage {s['outage_s']:.2f} s (target {s['target_s']:.2f} s)"
-                    )
-            finally:
-                stack.stop()
+        finally:
+            stack.stop()
         score = lab.score().clients
         assert score is not None
     finally:
@@ -313,8 +301,15 @@ def bench_switch(
 ) -> dict[str, Any]:
     """Planned and failover switches under the clients' load, per alias TTL (module docstring)."""
     out: dict[str, Any] = {"rounds": rounds, "by_ttl": {}}
-    for i, ttl in enumerate(ttls):
-        out["by_ttl"][str(ttl)] = _ttl_rounds(ttl, rounds, flood_threads, 20460 + i, progress)
+    tmp = Path(tempfile.mkdtemp(prefix="handover-bench-switch-"))
+    # one Prefect server for the whole bench: Prefect's concurrency service keeps its client
+    # for the life of the process, so a second server in the same process would not be asked
+    progress("temporary Prefect server")
+    with temporary_prefect(tmp / "prefect", 20460) as api:
+        for ttl in ttls:
+            out["by_ttl"][str(ttl)] = _ttl_rounds(
+                ttl, rounds, flood_threads, api, 20460, tmp, progress
+            )
     out["ok"] = all(r["meets_targets"] for r in out["by_ttl"].values())
     lines = [
         f"master-to-slave switch under load ({rounds} rounds each; clients 4 jobs/s through the "

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import http.client
 import json
 import os
 import signal
@@ -256,15 +255,10 @@ def server_pids() -> list[int]:
 
 def _ask_ready(rt: HostRuntime, timeout: float = 1.0) -> dict[str, Any] | None:
     """What the server answers on /ready (None: it does not answer)."""
-    try:
-        conn = http.client.HTTPConnection(rt["address"], rt["frontend_port"], timeout=timeout)
-        conn.request("GET", "/ready")
-        r = conn.getresponse()
-        data: dict[str, Any] = json.loads(r.read() or b"{}")
-        conn.close()
-        return data
-    except (OSError, ValueError, http.client.HTTPException):
-        return None
+    from tasks.http_probe import ask_ready
+
+    answer = ask_ready(rt["address"], rt["frontend_port"], timeout)
+    return answer[1] if answer is not None else None
 
 
 def _db_epoch(rt: HostRuntime) -> tuple[int | None, str | None, str | None]:

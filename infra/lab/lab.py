@@ -254,19 +254,11 @@ class Lab:
         }
 
     def _frontend_answers(self, site: Site) -> bool:
-        assert site.frontend is not None
-        import http.client
+        from tasks.http_probe import ask_ready
 
-        try:
-            conn = http.client.HTTPConnection(
-                site.host(site.frontend.hosts[0]).address, site.frontend.port, timeout=1
-            )
-            conn.request("GET", "/ready")
-            ok = conn.getresponse().status == 200
-            conn.close()
-            return ok
-        except OSError:
-            return False
+        assert site.frontend is not None
+        answer = ask_ready(site.host(site.frontend.hosts[0]).address, site.frontend.port, 1.0)
+        return answer is not None and answer[0] == 200
 
     def _wait(self, pending: Callable[[], list[str]], timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
