@@ -3,7 +3,9 @@
 The lab comes up with its load running; a local Prefect server starts on its embedded SQLite; the
 `site-snapshot` flow shows what runs where; then a pipelined clean move takes every channel agent
 off its host onto the backup while transfers keep arriving, with its progress in the terminal, its
-report, and the lab's independent score (jobs lost, agents running twice).
+report, and the lab's independent score (jobs lost, agents running twice). Last, a planned
+master-to-slave switch of the web front end and its DNS alias while the lab's clients submit
+through the alias, and what the clients saw (submissions lost, outage, writes by a fenced master).
 """
 
 from __future__ import annotations
@@ -84,14 +86,42 @@ def main() -> int:
         f"{score.downtime_total_s:.1f} s, max {score.downtime_max_s:.1f} s; agents serving on "
         f"two hosts at once: {len(score.agents_running_twice)}"
     )
+    switch_code = 0
+    if site.frontend is not None and site.dns is not None:
+        lab.score(reset=True)
+        console.rule(f"planned switch of {site.dns.alias} (approved up front for the demo)")
+        switch_code = run_procedure(
+            "switch",
+            {
+                "site_file": site_file,
+                "pause_for_approval": False,
+                "requested_by": "make demo",
+                "reason": "the demo",
+            },
+            as_json=False,
+        )
+        time.sleep(2)  # the clients' next submissions, through the alias
+        c = lab.score().clients
+        if c is not None:
+            console.rule("what the lab's clients saw")
+            console.print(
+                f"{c.accepted} submissions accepted, {c.lost} lost; longest outage "
+                f"{c.outage_max_s:.2f} s; writes by a fenced master: "
+                f"{c.writes_by_fenced_master}; epoch {c.epoch} held by {c.epoch_holder}"
+            )
+            if c.lost or c.writes_by_fenced_master:
+                switch_code = 1
     ui = url.removesuffix("/api")
     console.print(
-        f"\nPrefect UI: {ui} (flow runs 'site-snapshot' and 'clean-move', their artifacts)"
+        f"\nPrefect UI: {ui} (flow runs 'site-snapshot', 'clean-move' and 'switch', their "
+        "artifacts)"
         + (" [dim](server started by the demo)[/dim]" if started else "")
         + f"\nMove back: .venv/bin/handover run clean-move --from {dst} --to {src}"
+        + "\nSwitch back: .venv/bin/handover run switch"
         + "\nTear down: .venv/bin/handover lab down && .venv/bin/handover server stop"
     )
-    return 0 if code == 0 and score.jobs_lost == 0 and not score.agents_running_twice else 1
+    moved = code == 0 and score.jobs_lost == 0 and not score.agents_running_twice
+    return 0 if moved and switch_code == 0 else 1
 
 
 if __name__ == "__main__":

@@ -42,7 +42,9 @@ from infra.lab.paths import LabPaths
 RETRY_S = 0.1
 #: redirects followed per attempt (as an HTTP client library does)
 MAX_REDIRECTS = 5
-HTTP_TIMEOUT_S = 2.0
+#: longer than a front end holds a redirected request (`frontend.HOLD_REDIRECTED_S`), as a real
+#: client's timeout is
+HTTP_TIMEOUT_S = 5.0
 FLUSH_S = 0.3
 #: accepted ids are checked against the database after this long
 VERIFY_AFTER_S = 2.0
@@ -207,6 +209,7 @@ class Clients:
                     self.queue.append(uuid.uuid4().hex)
                 next_job = max(next_job + 1.0 / rate, now - 1.0)
             if self.queue:
+                attempt = time.monotonic()
                 result, what = self.submit(self.queue[0])
                 self.delta[result] += 1
                 now = time.monotonic()
@@ -219,7 +222,8 @@ class Clients:
                         self.outage_since = None
                 else:
                     if self.outage_since is None:
-                        self.outage_since = now
+                        # the outage began when the failed attempt was sent, not when it failed
+                        self.outage_since = attempt
                         print(f"{time.strftime('%H:%M:%S')} clients: outage: {what}", flush=True)
                     time.sleep(RETRY_S)
             else:
