@@ -51,15 +51,22 @@ def procedure_run(
 
 
 @contextlib.contextmanager
-def holding_service(site: Site, procedure: str) -> Iterator[None]:
+def holding_service(site: Site, procedure: str, part: str = "") -> Iterator[None]:
     """Hold the site's service for the block (one procedure per service at a time).
+
+    Args:
+        site: the site.
+        procedure: who holds it (named to a procedure refused meanwhile).
+        part: a part of the service that procedures touch apart from the agents, with a lock of
+            its own (``frontend``: the switch runs beside an emergency move of the same host).
 
     Raises:
         ServiceLockError: another procedure holds it, or the Prefect API did not answer; the
             message says which, and nothing was changed.
     """
+    service = f"{site.service.name}-{part}" if part else site.service.name
     try:
-        with service_lock(site.site, site.service.name, procedure):
+        with service_lock(site.site, service, procedure):
             yield
     except ServiceLockError as exc:
         get_run_logger().error("%s", exc)

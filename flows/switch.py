@@ -168,7 +168,9 @@ def switch(
             return end(result, report_markdown)
 
         try:
-            with holding_service(site, PROCEDURE):
+            # the front end and its alias: a lock of their own, so that a host that died is
+            # switched away from while its agents are moved by the emergency move
+            with holding_service(site, PROCEDURE, part="frontend"):
                 return _switch(
                     run,
                     SwitchRequest(to=to, mode=mode, reason=reason, automatic=bool(failed_host)),

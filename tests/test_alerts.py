@@ -239,7 +239,10 @@ def test_an_alert_becomes_an_event_naming_site_host_and_service() -> None:
         "handover.site": "lab",
         "handover.host": "fts101",
         "handover.service": "fts-lab",
+        "handover.frontend": "false",
     }
+    # a front-end host: the switch's trigger matches it too
+    assert event_resource(a, frozenset({"fts101"}))["handover.frontend"] == "true"
     assert event_id(a) == event_id(alert()) != event_id(alert(when="2026-11-23T02:00:00Z"))
 
 

@@ -210,5 +210,15 @@ def test_the_drift_watch_is_scheduled_and_the_switch_triggered() -> None:
     [schedule] = deps["drift-watch"].schedules
     assert schedule.schedule.interval.total_seconds() == 300
     [trigger] = deps["switch"].triggers
-    assert trigger.expect == {"handover.alert.frontend_down"}
+    assert "handover.alert.frontend_down" in trigger.expect
     assert "handover.alert.frontend_down" not in deps["emergency-move"].triggers[0].expect
+
+
+def test_a_dead_front_end_host_also_starts_the_switch() -> None:
+    from infra.serve import build_deployments
+
+    deps = {d.name: d for d in build_deployments(str(ROOT / "config" / "sites" / "lab.yaml"))}
+    [trigger] = deps["switch"].triggers
+    assert "handover.alert.host_down" in trigger.expect
+    assert trigger.match["handover.frontend"] in ("true", ["true"])
+    assert "handover.alert.host_down" in deps["emergency-move"].triggers[0].expect

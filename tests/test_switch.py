@@ -336,3 +336,29 @@ def test_pacemaker_maintenance_mode_keeps_an_automatic_switch_to_a_notice(
     finally:
         cluster.stop()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def test_a_dead_master_host_is_switched_away_from_while_its_agents_move(lab: RunningLab) -> None:
+    """The master's host crashes: its host_down starts both the emergency move (its agents) and
+    the switch (its front end); they hold different locks and run side by side."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from flows.emergency_move import EmergencyResult, emergency_move
+    from tests.conftest import place_on_primaries
+
+    place_on_primaries(lab)
+    dead = master(lab)
+    lab.lab.fault(dead, "crash")
+    with ThreadPoolExecutor(max_workers=2) as ex:
+        moving = ex.submit(
+            lambda: emergency_move(str(lab.site_file), dead, return_state=True).result(
+                raise_on_failure=False
+            )
+        )
+        switching = ex.submit(lambda: run(lab, failed_host=dead))
+        moved, switched = moving.result(timeout=300), switching.result(timeout=300)
+    assert isinstance(moved, EmergencyResult) and moved.status == "completed", moved
+    assert switched.status == "completed" and switched.mode == "failover", switched.summary
+    assert master(lab) != dead
+    serving = lab.lab.serving(lab.site, lab.lab.record())
+    assert all(serving.get(a.name) != {dead} for a in lab.site.agents_on(dead)), serving

@@ -288,14 +288,17 @@ def event_name(alert: Alert) -> str:
     return f"handover.alert.{alert.kind}"
 
 
-def event_resource(alert: Alert) -> dict[str, str]:
-    """The event's resource: the host of the site, with the labels automations match on."""
+def event_resource(alert: Alert, frontend_hosts: frozenset[str] = frozenset()) -> dict[str, str]:
+    """The event's resource: the host of the site, with the labels automations match on
+    (``handover.frontend`` says whether the host is one of the site's front ends: a host that
+    dies there starts the switch as well as the emergency move)."""
     return {
         "prefect.resource.id": f"handover.host.{alert.site}.{alert.host}",
         "prefect.resource.name": alert.host,
         "handover.site": alert.site,
         "handover.host": alert.host,
         "handover.service": alert.service,
+        "handover.frontend": "true" if alert.host in frontend_hosts else "false",
     }
 
 

@@ -82,7 +82,13 @@ class AlertIntake:
         if inc is not None:
             answer["incident"] = str(inc.event_id)
             answer["run_id"] = inc.run_id
-        ev = _event(alert, inc if verdict == "new" else None, attached=verdict == "attached")
+        fe = self.site.frontend
+        ev = _event(
+            alert,
+            inc if verdict == "new" else None,
+            attached=verdict == "attached",
+            frontend_hosts=frozenset(fe.hosts if fe else ()),
+        )
         try:
             resp = await client.request("POST", "/events", json=[ev])
             resp.raise_for_status()
@@ -218,7 +224,13 @@ class AlertIntake:
         self._slack_noted_at[inc.run_id] = mono
 
 
-def _event(alert: Alert, inc: Incident | None, *, attached: bool) -> dict[str, Any]:
+def _event(
+    alert: Alert,
+    inc: Incident | None,
+    *,
+    attached: bool,
+    frontend_hosts: frozenset[str] = frozenset(),
+) -> dict[str, Any]:
     """The Prefect event of an alert: ``handover.alert.<kind>`` for the one that opens an
     incident (what the deployment triggers expect), ``handover.alert.attached`` for the others
     (no trigger expects it: the event feed keeps them all)."""
@@ -227,7 +239,7 @@ def _event(alert: Alert, inc: Incident | None, *, attached: bool) -> dict[str, A
         "id": str(inc.event_id) if inc else str(uuid.uuid4()),
         "occurred": dt.datetime.now(dt.UTC).isoformat(),
         "event": "handover.alert.attached" if attached else event_name(alert),
-        "resource": event_resource(alert),
+        "resource": event_resource(alert, frontend_hosts),
         "related": [],
         "payload": payload,
     }
