@@ -10,8 +10,8 @@ disabled master stays a slave after a reboot) and is re-read when the file chang
   front end then answers 503 ``fenced`` and writes nothing.
 * **slave**: 503, or for a while after a planned switch a 307 redirect to the new master, so a
   client that still holds the old address loses nothing. The new master holds a redirected
-  request for up to `HOLD_REDIRECTED_S` while its own enable is still on the way; a request is
-  never redirected back to the front end it came from.
+  request for up to `HOLD_REDIRECTED_S` while its own enable is still on the way. Two switches
+  within the redirect time leave two slaves redirecting to each other: the newer redirect wins.
 * ``GET /ready``: 200 with the role and epoch when it is the master, else 503.
 
 The command, run through SSH by handover's verbs (`tasks.frontend`):
@@ -166,22 +166,29 @@ def _handler(fe: Frontend) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(raw)
 
-        def _redirect_to(self, role: dict[str, Any], came_from: str) -> str | None:
-            """Where this slave sends clients now: its redirect while it lasts, never back to
-            the front end that sent the request here (two switches within the redirect time
-            would otherwise bounce a client between the two)."""
+        def _redirect_to(self, role: dict[str, Any], came_from: str, since: float) -> str | None:
+            """Where this slave sends clients now: its redirect while it lasts. Two switches
+            within the redirect time leave two slaves redirecting to each other: back to the
+            sender only when this host's redirect is the newer one (the sender's is stale, and
+            the sender, seeing a newer redirect come back, holds the request for its enable)."""
             to = role.get("redirect")
-            if to and to != came_from and time.time() < float(role.get("redirect_until") or 0):
-                return str(to)
-            return None
+            if not to or time.time() >= float(role.get("redirect_until") or 0):
+                return None
+            if to == came_from and float(role.get("redirect_since") or 0) <= since:
+                return None
+            return str(to)
 
-        def _not_master(self, role: dict[str, Any], came_from: str) -> None:
-            to = self._redirect_to(role, came_from)
+        def _not_master(self, role: dict[str, Any], came_from: str, since: float) -> None:
+            to = self._redirect_to(role, came_from, since)
             if to:
+                mine = float(role.get("redirect_since") or 0)
                 self._send(
                     307,
                     {"role": "slave", "redirect": to},
-                    {"Location": f"http://{to}:{port}/jobs?redirected={fe.rt['address']}"},
+                    {
+                        "Location": f"http://{to}:{port}/jobs?redirected={fe.rt['address']}"
+                        f"&since={mine:.6f}"
+                    },
                 )
             else:
                 self._send(503, {"role": "slave", "host": fe.rt["host"]})
@@ -203,11 +210,16 @@ def _handler(fe: Frontend) -> type[BaseHTTPRequestHandler]:
                 self._send(404, {"error": "unknown path"})
                 return
             role = fe.current_role()
-            came_from = query.removeprefix("redirected=") if query.startswith("redirected=") else ""
+            params = dict(p.partition("=")[::2] for p in query.split("&") if p)
+            came_from = params.get("redirected", "")
+            try:
+                since = float(params.get("since", "0"))
+            except ValueError:
+                since = 0.0
             if (
                 came_from
                 and role.get("role") != "master"
-                and not self._redirect_to(role, came_from)
+                and not self._redirect_to(role, came_from, since)
             ):
                 # sent here by the master of a planned switch, which may be a moment ahead of
                 # this host's enable: hold the request briefly rather than refuse it
@@ -216,7 +228,7 @@ def _handler(fe: Frontend) -> type[BaseHTTPRequestHandler]:
                     time.sleep(0.02)
                     role = fe.current_role()
             if role.get("role") != "master":
-                self._not_master(role, came_from)
+                self._not_master(role, came_from, since)
                 return
             try:
                 job_id = str(json.loads(body)["id"])[:64]
@@ -394,6 +406,7 @@ def disable(redirect: str, seconds: int) -> int:
             "epoch": old.get("epoch"),
             "redirect": to,
             "redirect_until": time.time() + seconds if to else 0,
+            "redirect_since": time.time(),
         }
     )
     where = f", redirecting clients to {to} for {seconds} s" if to else ""
