@@ -12,6 +12,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -442,3 +443,46 @@ def test_approval_timeout_rejects_and_changes_nothing(
     msg = _approval_message(slack, box["run_id"])
     assert msg is not None and "rejected by policy" in msg.text
     assert not any(b["type"] == "actions" for b in msg.blocks)
+
+
+def test_an_automatic_switch_counts_down_in_slack_and_reject_aborts_it(
+    lab: RunningLab, slack: FakeSlack, gateway: Gateway, tmp_path: Path
+) -> None:
+    """The countdown of a switch started by a sensor: a message in Slack saying what will
+    happen in how long unless aborted; an approver's Reject aborts it, and nothing changes."""
+    import yaml
+
+    from flows.switch import SwitchResult, switch
+    from tasks.adapters.dns import read_alias
+
+    data = yaml.safe_load(lab.site_file.read_text())
+    data["frontend"].update({"countdown_s": 120, "block_s": 0})
+    site_file = tmp_path / "countdown.yaml"
+    site_file.write_text(yaml.safe_dump(data))
+    dns = lab.site.dns
+    assert dns is not None
+    before = [read_alias(dns, s).addresses for s in dns.servers()]
+    master = next(h.name for h in lab.site.hosts if [h.address] == before[0])
+    box: dict[str, Any] = {}
+
+    def watch(kind: str, data: dict[str, Any]) -> None:
+        if kind == "approval-wait":
+            box["run_id"] = data["run_id"]
+
+    def target() -> None:
+        with progress.sink(watch):
+            state = switch(str(site_file), failed_host=master, return_state=True)
+        box["result"] = state.result(raise_on_failure=False)
+
+    th = threading.Thread(target=target)
+    th.start()
+    run_id = _wait_for_approval(box)
+    msg = wait_for(lambda: _approval_message(slack, run_id), 10, "the countdown message")
+    shown = json.dumps(msg.blocks)
+    assert "in 120 s unless aborted" in shown and "proceed" in shown, shown
+    status, answer = gateway.click(APPROVER, "reject", run_id, slack.response_url())
+    assert status == 200 and answer["ok"], answer
+    th.join(120)
+    result = box["result"]
+    assert isinstance(result, SwitchResult) and result.status == "rejected", result
+    assert [read_alias(dns, s).addresses for s in dns.servers()] == before
