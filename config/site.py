@@ -493,6 +493,10 @@ class Frontend(_Model):
     #: is asked (`commands.cluster_maintenance`); in maintenance, an automatic switch only
     #: notifies. None: the site declares no cluster
     cluster_host: HostName | None = None
+    #: what becomes of the old master's agents: ``none`` (they stay), ``follow`` (a planned
+    #: switch moves them to the new master with a clean move; a failover whose master's host
+    #: does not answer moves them with an emergency move)
+    move_agents: Literal["none", "follow"] = "none"
 
 
 class Slack(_Model):

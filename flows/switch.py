@@ -57,7 +57,7 @@ class SwitchResult(ProcedureResult):
     """The typed result of a switch."""
 
     procedure: str = PROCEDURE
-    status: Literal["completed", "failed", "refused", "rejected", "dry-run"]
+    status: Literal["completed", "partial", "failed", "refused", "rejected", "dry-run"]
     mode: Mode | None = None
     master: str | None = None
     to: str | None = None
@@ -71,6 +71,8 @@ class SwitchResult(ProcedureResult):
     #: what a client that resolves the alias now reaches (its /ready answer)
     client_sees: str = ""
     actions: list[str] = Field(default_factory=list)
+    #: what the agents' move that followed the switch did (`frontend.move_agents: follow`)
+    agents_move: str = ""
 
 
 def snapshot_switch(run: Run) -> SwitchSnapshot:
@@ -179,6 +181,7 @@ def switch(
                     dry_run,
                     finish,
                     failed_host,
+                    site_file,
                 )
         except ServiceLockError as exc:
             return finish("refused", str(exc))
@@ -192,6 +195,7 @@ def _switch(
     dry_run: bool,
     finish: Finish,
     failed_host: str = "",
+    site_file: str = "",
 ) -> State[Any]:
     site = run.shell.site
     snap = (
@@ -334,9 +338,22 @@ def _switch(
         else f"switch from {plan.master} to {plan.to} did not complete: "
         + "; ".join(problems or [str(h) for h in ex.human] or ["a step failed"])
     )
+    status = "completed" if ok else "failed"
+    moved = ""
+    if ok and site.frontend.move_agents == "follow":
+        master_state = snap.frontends.get(plan.master)
+        host_gone = master_state is None or not master_state.reachable
+        moved, moved_ok, moved_human = _agents_follow(
+            site_file, plan, who, emergency=plan.mode == "failover" and host_gone
+        )
+        summary += f"; {moved}"
+        human += moved_human
+        if not moved_ok:
+            status = "partial"
     return finish(
-        "completed" if ok else "failed",
+        status,
         summary,
+        agents_move=moved,
         approval=approval,
         steps=ex.records,
         agents=list(ex.outcomes.values()),
@@ -345,6 +362,41 @@ def _switch(
         client_sees=client,
         **{**known, "actions": [*known["actions"], *[r.sentence for r in ex.records], client]},
     )
+
+
+def _agents_follow(
+    site_file: str, plan: SwitchPlan, who: str, *, emergency: bool
+) -> tuple[str, bool, list[str]]:
+    """Move the old master's agents after the switch (`frontend.move_agents: follow`): a clean
+    move to the new master, or, when the old master's host is gone, its emergency move. Each runs
+    as a subflow with its own lock (the agents'), report and thread; a failover whose old master
+    still answers keeps its agents where they serve. Returns (what happened, whether it went
+    well, what a human must do)."""
+    assert plan.master is not None and plan.to is not None
+    if plan.mode == "failover" and not emergency:
+        return f"the agents of {plan.master} stay there (its host answers)", True, []
+    by = f"{who} (switch {plan.master} -> {plan.to})"
+    if emergency:
+        from flows.emergency_move import emergency_move
+
+        state = emergency_move(site_file, plan.master, requested_by=by, return_state=True)
+    else:
+        from flows.clean_move import clean_move
+
+        state = clean_move(
+            site_file,
+            plan.master,
+            plan.to,
+            pause_for_approval=False,
+            requested_by=by,
+            return_state=True,
+        )
+    result = state.result(raise_on_failure=False)
+    what = "emergency move" if emergency else "clean move"
+    if not isinstance(result, ProcedureResult):
+        return f"the {what} of {plan.master}'s agents crashed: {result}", False, [str(result)]
+    ok = result.status == "completed"
+    return f"{what} of {plan.master}'s agents: {result.summary}", ok, list(result.human_actions)
 
 
 def plan_markdown(plan: SwitchPlan) -> str:

@@ -362,3 +362,29 @@ def test_a_dead_master_host_is_switched_away_from_while_its_agents_move(lab: Run
     assert master(lab) != dead
     serving = lab.lab.serving(lab.site, lab.lab.record())
     assert all(serving.get(a.name) != {dead} for a in lab.site.agents_on(dead)), serving
+
+
+def test_the_old_masters_agents_follow_a_planned_switch(
+    lab: RunningLab, prefect_api: str, tmp_path: Path
+) -> None:
+    """`frontend.move_agents: follow`: after a planned switch, a clean move takes the old
+    master's agents to the new master (a subflow with the agents' own lock)."""
+    from tests.conftest import place_on_primaries
+
+    place_on_primaries(lab)
+    data = yaml.safe_load(lab.site_file.read_text())
+    data["frontend"]["move_agents"] = "follow"
+    site_file = tmp_path / "follow.yaml"
+    site_file.write_text(yaml.safe_dump(data))
+    old = master(lab)
+    on_old = [a.name for a in lab.site.agents_configured_on(old)]
+    serving = lab.lab.serving(lab.site, lab.lab.record())
+    moving = [a for a in on_old if serving.get(a) == {old}]
+    assert moving, serving
+    r = run(lab, site_file)
+    assert r.status == "completed", r.summary
+    assert r.agents_move.startswith(f"clean move of {old}'s agents"), r.agents_move
+    new = r.to
+    serving = lab.lab.serving(lab.site, lab.lab.record())
+    assert all(serving.get(a) == {new} for a in moving), serving
+    assert lab.lab.score().agents_running_twice == []
