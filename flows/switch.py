@@ -415,6 +415,8 @@ def report_markdown(r: SwitchResult) -> str:
     if r.human_actions:
         lines += ["## A human must act", ""] + [f"- {h}" for h in r.human_actions] + [""]
     lines += ["## What was done", ""] + [f"1. {a}" for a in r.actions]
+    if r.agents_move:
+        lines += ["", "## The agents", "", r.agents_move]
     if r.alias:
         lines += ["", "## The alias now", ""] + [
             f"- {a.server}: {a.error or ', '.join(a.addresses)} (epoch {a.epoch}, serial "
