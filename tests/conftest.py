@@ -102,11 +102,25 @@ class RunningLab:
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningLab]:
     """A fresh lab for the test module, stopped (and checked) afterwards."""
+    yield from start_lab(tmp_path_factory)
+
+
+def start_lab(
+    tmp_path_factory: pytest.TempPathFactory, alerts: dict[str, object] | None = None
+) -> Iterator[RunningLab]:
+    """The `lab` fixture's body; `alerts` overrides fields of the site's `alerts:` section (a
+    module whose alerts must not fall into an earlier test's dedup window)."""
     require_lab()
     tmp = tmp_path_factory.mktemp("lab")
     # one address block and DB port per module, so a module's leftovers cannot disturb another
     n = next(_lab_numbers)
     site_file = make_test_site(tmp, f"labtest{n}", n, LAB_DB_PORT_BASE + n)
+    if alerts:
+        import yaml
+
+        data = yaml.safe_load(site_file.read_text())
+        data["alerts"].update(alerts)
+        site_file.write_text(yaml.safe_dump(data, sort_keys=False))
     running = RunningLab(site_file)
     running.lab.up()
     try:
@@ -301,3 +315,11 @@ def cli_move_argv(lab: RunningLab, from_host: str, to_host: str) -> list[str]:
     from infra.move_process import clean_move_argv
 
     return clean_move_argv(lab.site_file, from_host, to_host)
+
+
+def forget_automatic_switches(running: RunningLab) -> None:
+    """No automatic switch on record for the lab's site: the anti-flapping rule starts afresh
+    (a test's automatic switch would otherwise make the next one wait for a human)."""
+    from prefect.variables import Variable
+
+    Variable.unset(f"switch-last-automatic-{running.site.site}")

@@ -344,9 +344,10 @@ def test_a_dead_master_host_is_switched_away_from_while_its_agents_move(lab: Run
     from concurrent.futures import ThreadPoolExecutor
 
     from flows.emergency_move import EmergencyResult, emergency_move
-    from tests.conftest import place_on_primaries
+    from tests.conftest import forget_automatic_switches, place_on_primaries
 
     place_on_primaries(lab)
+    forget_automatic_switches(lab)
     dead = master(lab)
     lab.lab.fault(dead, "crash")
     with ThreadPoolExecutor(max_workers=2) as ex:
