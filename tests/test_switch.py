@@ -219,15 +219,20 @@ def test_the_drift_watch_reports_a_record_changed_by_hand(
         assert result.status == "drift" and len(result.drifted) == 2, result.drifted
         assert all(by_hand in d for d in result.drifted)
         assert result.expected_addresses == [to_address]
-        with get_client(sync_client=True) as client:
-            resp = client.request(
-                "POST",
-                "/events/filter",
-                json={"filter": {"event": {"name": ["handover.dns.drift"]}}, "limit": 5},
+
+        def drift_events() -> bool:
+            with get_client(sync_client=True) as client:
+                resp = client.request(
+                    "POST",
+                    "/events/filter",
+                    json={"filter": {"event": {"name": ["handover.dns.drift"]}}, "limit": 5},
+                )
+            return any(
+                e["resource"]["handover.site"] == lab.site.site for e in resp.json()["events"]
             )
-        assert any(
-            e["resource"]["handover.site"] == lab.site.site for e in resp.json()["events"]
-        ), "no handover.dns.drift event"
+
+        # events reach the server through Prefect's events worker, a moment later
+        wait_for(drift_events, 30, "the handover.dns.drift event")
     finally:
         move_alias(dns, secret, [by_hand], to_address, r.new_epoch or 0)
 
