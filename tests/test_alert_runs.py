@@ -59,11 +59,14 @@ def _free_port() -> int:
 class Stack(ServeAndGateway):
     """`handover serve` and `handover gateway` for the test lab, and their environment."""
 
-    def __init__(self, lab: RunningLab, prefect_api: str, slack: FakeSlack) -> None:
+    def __init__(
+        self, lab: RunningLab, prefect_api: str, slack: FakeSlack, log_dir: Path | None = None
+    ) -> None:
         super().__init__(
             lab.site_file,
             _free_port(),
-            {
+            log_dir=log_dir,
+            env={
                 **os.environ,
                 "PREFECT_API_URL": prefect_api,
                 "HANDOVER_WEBHOOK_SECRET": SECRET.decode(),
@@ -75,21 +78,34 @@ class Stack(ServeAndGateway):
         )
         self.lab = lab
         self.slack = slack
-        #: when an alert about each host last reached the gateway (`time.monotonic`)
+        #: when this test process last sent an alert about each host (`time.time`)
         self.alerted: dict[str, float] = {}
+
+    def opened(self, host: str) -> float:
+        """When the gateway last opened an incident for `host` (`time.time`, from its audit
+        lines; 0 when it never did). Alerts from the lab's Pacemaker reach it a few seconds
+        after the test caused them, and the windows count from their arrival."""
+        latest = 0.0
+        for line in self.gateway_lines(f'"host": "{host}"', '"result": "new"'):
+            audit = json.loads(line.split("handover.audit ", 1)[1])
+            # second resolution: the next second bounds the arrival
+            latest = max(latest, dt.datetime.fromisoformat(audit["at"]).timestamp() + 1)
+        return latest
 
     def quiet(self, host: str) -> None:
         """Wait until the triggers' window (the dedup window) of the last alert about `host`
-        has passed: a trigger that fired for a host ignores its events for that long, so a
-        test's alert would otherwise be swallowed by an earlier test's."""
+        has passed: a trigger that fired for a host ignores its events for that long (and the
+        gateway attaches them to its incident), so a test's alert would otherwise be swallowed
+        by an earlier test's."""
         assert self.lab.site.alerts is not None
         window = self.lab.site.alerts.dedup_window_s + 1
-        left = self.alerted.get(host, -window) + window - time.monotonic()
+        last = max(self.alerted.get(host, 0.0), self.opened(host))
+        left = last + window - time.time()
         if left > 0:
             time.sleep(left)
 
     def send(self, host: str, kind: str = "host_down", **kw: Any) -> tuple[int, dict[str, Any]]:
-        self.alerted[host] = time.monotonic()
+        self.alerted[host] = time.time()
         body = alert_body(self.lab.site.site, host, self.lab.site.service.name, kind, **kw)
         # what is asserted is how alerts are counted, not how fast they are answered (the bench
         # measures that): a loaded machine may take longer than a hook's 5 s with 16 at once
@@ -97,9 +113,11 @@ class Stack(ServeAndGateway):
 
 
 @pytest.fixture(scope="module")
-def stack(lab: RunningLab, prefect_api: str) -> Iterator[Stack]:
+def stack(
+    lab: RunningLab, prefect_api: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
     with FakeSlack(tokens={SLACK_TOKEN}) as slack:
-        s = Stack(lab, prefect_api, slack)
+        s = Stack(lab, prefect_api, slack, log_dir=tmp_path_factory.mktemp("stack"))
         s.start()
         try:
             yield s
@@ -354,7 +372,7 @@ def test_pacemaker_sensors_start_the_switch_and_the_emergency_move(
         stack.quiet(master)
         lab.lab.fault(master, "frontend-down")
         cluster.fail_resource()
-        stack.alerted[master] = time.monotonic()
+        stack.alerted[master] = time.time()
         switched = wait_for(
             lambda: switch_runs(master, t0) or None, 60, "a switch started by the Pacemaker alert"
         )[0]
@@ -413,10 +431,15 @@ def test_front_end_alerts_switch_once_and_a_flap_waits_for_a_human(
     stack.quiet(second)
     lab.lab.fault(second, "frontend-down")
     try:
-        stack.send(second, "frontend_down", summary="fe down again")
-        flap = wait_for(lambda: switch_runs(second, t0) or None, 90, "the second switch to start")[
-            0
-        ]
+        status, answer = stack.send(second, "frontend_down", summary="fe down again")
+        # the gateway's audit of every alert about the host, should the run not start
+        seen = "\n".join(stack.gateway_lines(second, "result"))
+        assert status == 202 and answer["alerts"][0]["result"] == "new", (answer, seen)
+        flap = wait_for(
+            lambda: switch_runs(second, t0) or None,
+            90,
+            f"the second switch to start; the gateway saw:\n{seen}",
+        )[0]
         waiting = wait_for(
             lambda: next(
                 (

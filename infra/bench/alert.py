@@ -60,8 +60,16 @@ class ServeAndGateway:
     """
 
     def __init__(
-        self, site_file: Path, port: int, env: dict[str, str], start: str = "forkserver"
+        self,
+        site_file: Path,
+        port: int,
+        env: dict[str, str],
+        start: str = "forkserver",
+        log_dir: Path | None = None,
     ) -> None:
+        #: where their output goes (``serve.log``, ``gateway.log``: the gateway's audit lines);
+        #: None discards it
+        self.log_dir = log_dir
         self.site_file = site_file
         self.start_method = start
         self.url = f"http://127.0.0.1:{port}"
@@ -76,16 +84,24 @@ class ServeAndGateway:
             ["serve", "--site", site, "--poll-interval", "1", "--start", self.start_method],
             ["gateway", "--site", site, "--port", str(self.port)],
         ):
-            self.procs.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "infra.cli", *argv],
-                    cwd=ROOT,
-                    env=self.env,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                    start_new_session=True,
+            out: Any = subprocess.DEVNULL
+            if self.log_dir is not None:
+                self.log_dir.mkdir(parents=True, exist_ok=True)
+                out = open(self.log_dir / f"{argv[0]}.log", "ab")
+            try:
+                self.procs.append(
+                    subprocess.Popen(
+                        [sys.executable, "-m", "infra.cli", *argv],
+                        cwd=ROOT,
+                        env=self.env,
+                        stdout=out,
+                        stderr=subprocess.STDOUT if self.log_dir is not None else out,
+                        start_new_session=True,
+                    )
                 )
-            )
+            finally:
+                if self.log_dir is not None:
+                    out.close()
         deadline = time.monotonic() + timeout_s
         try:
             while not self.ready():
@@ -126,6 +142,16 @@ class ServeAndGateway:
                 if not client.read_resource_related_automations(f"prefect.deployment.{dep.id}"):
                     return False
             return True
+
+    def gateway_lines(self, *words: str) -> list[str]:
+        """The gateway's log lines that contain every one of `words` (empty without a log)."""
+        if self.log_dir is None:
+            return []
+        try:
+            text = (self.log_dir / "gateway.log").read_text(errors="replace")
+        except OSError:
+            return []
+        return [ln for ln in text.splitlines() if all(w in ln for w in words)]
 
     def stop(self) -> None:
         """Stop both (SIGTERM to their process groups, then SIGKILL)."""
