@@ -10,6 +10,12 @@ Behaviour that the procedures depend on, as in seed 000:
   instance of the agent marks any job still Active on its channel as Lost when it takes the lock.
 * Its DB session killed, it keeps running and keeps trying to reconnect and retake the lock.
 * A VO agent assigns its VO's Submitted jobs to their channels (Pending).
+* It runs the installed software version with its rendered configuration (`infra.lab.software`):
+  a broken version fails at start; each transfer records the version that started it.
+* Restarted (SIGHUP, what ``service transfer-agents restart`` sends), it hands its running
+  transfers over to the next instance on the same host instead of losing them (the transfers'
+  state is on the box): it writes them to ``NAME.handoff`` and releases its lock; the instance
+  that takes the lock adopts the ones still running and reports how long the agent was down.
 
 The process title is the real agent name, and it runs as `edguser`, so ``ps aux | grep
 glite-transfer-channel-agent | grep edguser`` means on a lab host what it means on a real one.
@@ -30,6 +36,7 @@ import pg8000.native
 
 from infra.lab.db import connect
 from infra.lab.runtime import RUN_DIR, AgentRuntime, HostRuntime, load_runtime, write_state
+from infra.lab.software import agent_release
 
 RECONNECT_S = 2.0
 DB_ERRORS = (OSError, pg8000.native.InterfaceError, pg8000.native.DatabaseError)
@@ -38,8 +45,26 @@ DB_ERRORS = (OSError, pg8000.native.InterfaceError, pg8000.native.DatabaseError)
 class Agent:
     """One agent instance."""
 
-    def __init__(self, rt: HostRuntime, spec: AgentRuntime, password: str) -> None:
+    def __init__(
+        self,
+        rt: HostRuntime,
+        spec: AgentRuntime,
+        password: str,
+        version: str = "",
+        config: str = "",
+    ) -> None:
         self.rt = rt
+        self.version = version
+        self.config = config
+        #: set by SIGHUP: hand the running transfers over to the next instance
+        self.restarting = False
+        #: transfers adopted from the previous instance (not our children): job id -> pid
+        self.adopted: dict[int, int] = {}
+        #: how long the agent was down across its last restart (seconds; None: not restarted)
+        self.missed_s: float | None = None
+        #: started by a restart while its predecessor still serves (`infra.lab.hostcmd.restart`)
+        self.takeover = bool(os.environ.get("LAB_AGENT_TAKEOVER"))
+        self.locked = False
         self.spec = spec
         self.name = spec["name"]
         self.password = password
@@ -53,13 +78,19 @@ class Agent:
     # --- state ---------------------------------------------------------------------------------
 
     def state(self, state: str, reason: str = "") -> None:
+        # a restart's new instance keeps its own file until it holds the lock: the agent's file
+        # belongs to its predecessor, which serves meanwhile
+        waiting = self.takeover and not self.locked
         write_state(
-            self.name,
+            self.name + (".next" if waiting else ""),
             state=state,
             pid=os.getpid(),
             backend_pid=self.backend_pid,
             reason=reason,
             since=time.time(),
+            version=self.version,
+            config=self.config,
+            missed_s=self.missed_s,
         )
 
     def log(self, msg: str) -> None:
@@ -108,17 +139,68 @@ class Agent:
                 return True
             if time.monotonic() >= deadline:
                 return False
-            time.sleep(0.2)
+            # a restart's new instance waits for its predecessor's handover: poll faster
+            time.sleep(0.02 if self.takeover else 0.2)
         return False
+
+    def handoff_file(self) -> str:
+        return str(RUN_DIR / f"{self.name}.handoff")
+
+    def adopt(self) -> float | None:
+        """Take over the transfers the previous instance on this host handed over; return when
+        it stopped serving (None: there was no handoff)."""
+        import json
+
+        try:
+            with open(self.handoff_file()) as f:
+                data = json.load(f)
+            os.unlink(self.handoff_file())
+        except (OSError, ValueError):
+            return None
+        assert self.conn is not None
+        channel = self.spec["channel"]
+        ended = []
+        for jid, pid in data.get("transfers", []):
+            if not channel:
+                continue
+            if _title(int(pid)) != f"{channel}__{jid}":
+                # it ended while no agent ran: its result is on the box, as the handover says
+                ended.append(int(jid))
+            else:
+                rows = self.conn.run(
+                    "UPDATE jobs SET agent_pid = :p WHERE id = :j AND state = 'Active' "
+                    "AND channel = :c RETURNING id",
+                    p=os.getpid(),
+                    j=int(jid),
+                    c=channel,
+                )
+                if rows:
+                    self.adopted[int(jid)] = int(pid)
+        if ended:
+            self.conn.run(
+                "UPDATE jobs SET state = 'Done', finished_at = clock_timestamp(), agent_pid = :p "
+                "WHERE id = ANY(:ids) AND state = 'Active' AND channel = :c",
+                ids=ended,
+                p=os.getpid(),
+                c=channel,
+            )
+        if self.adopted:
+            self.log(f"adopted {len(self.adopted)} running transfer(s) from the previous instance")
+        return float(data.get("stopped_at", 0)) or None
 
     def on_locked(self) -> None:
         assert self.conn is not None
+        self.locked = True
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(RUN_DIR / f"{self.name}.next.state")
+        stopped_at = self.adopt()
         if self.spec["channel"]:
             lost = self.conn.run(
                 "UPDATE jobs SET state = 'Lost', finished_at = clock_timestamp(), "
                 "lost_reason = 'the agent that ran it died; state lost' "
-                "WHERE channel = :c AND state = 'Active' RETURNING id",
+                "WHERE channel = :c AND state = 'Active' AND NOT (id = ANY(:kept)) RETURNING id",
                 c=self.spec["channel"],
+                kept=list(self.adopted) or [0],
             )
             if lost:
                 self.log(f"marked {len(lost)} orphaned transfer(s) Lost")
@@ -129,8 +211,11 @@ class Agent:
             p=os.getpid(),
             b=self.backend_pid,
         )
+        if stopped_at is not None:
+            self.missed_s = round(max(0.0, time.time() - stopped_at), 3)
         self.state("serving")
-        self.log(f"serving (DB session {self.backend_pid})")
+        extra = f", down {self.missed_s:.2f} s across the restart" if stopped_at else ""
+        self.log(f"serving version {self.version} (DB session {self.backend_pid}{extra})")
 
     # --- work ----------------------------------------------------------------------------------
 
@@ -152,6 +237,14 @@ class Agent:
             )
             return
         done = [jid for jid, p in self.transfers.items() if p.poll() is not None]
+        gone = [
+            jid
+            for jid, pid in self.adopted.items()
+            if _title(pid) != f"{self.spec['channel']}__{jid}"
+        ]
+        for jid in gone:
+            del self.adopted[jid]
+        done += gone
         if done:
             conn.run(
                 "UPDATE jobs SET state = 'Done', finished_at = clock_timestamp() "
@@ -161,12 +254,12 @@ class Agent:
                 p=pid,
             )
             for jid in done:
-                del self.transfers[jid]
-        free = self.rt["max_active"] - len(self.transfers)
+                self.transfers.pop(jid, None)
+        free = self.rt["max_active"] - len(self.transfers) - len(self.adopted)
         if free <= 0:
             return
         rows = conn.run(
-            "UPDATE jobs SET state = 'Active', host = :h, agent_pid = :p, "
+            "UPDATE jobs SET state = 'Active', host = :h, agent_pid = :p, agent_version = :v, "
             "started_at = clock_timestamp() WHERE id IN (SELECT id FROM jobs WHERE channel = :c "
             "AND state = 'Pending' AND EXISTS (SELECT 1 FROM channels WHERE name = :c AND "
             "state = 'Active') ORDER BY id LIMIT :n FOR UPDATE SKIP LOCKED) "
@@ -175,6 +268,7 @@ class Agent:
             p=pid,
             c=self.spec["channel"],
             n=free,
+            v=self.version,
         )
         for jid, duration in rows:
             self.transfers[int(jid)] = subprocess.Popen(
@@ -196,6 +290,7 @@ class Agent:
         # mark them Lost; keep reaping the processes
         self.orphans.extend(self.transfers.values())
         self.transfers.clear()
+        self.adopted.clear()
         self.state("db-lost", reason=str(exc)[:200])
         # a real agent backs off before reconnecting; an agent waiting for the lock elsewhere
         # (polling every 0.2 s) takes it first, as seed 000's emergency procedure relies on
@@ -227,15 +322,42 @@ class Agent:
                     self.tick()
                 except DB_ERRORS as exc:
                     self.lose_session(exc)
-            time.sleep(tick)
+            # in slices: a stop or a restart is acted on within 50 ms, not a whole tick
+            deadline = time.monotonic() + tick
+            while not self.stopping and (left := deadline - time.monotonic()) > 0:
+                time.sleep(min(left, 0.05))
         return self.shutdown()
+
+    def hand_over(self, running: list[int]) -> None:
+        """Write the running transfers for the next instance (before the lock is released)."""
+        import json
+
+        pids = {jid: p.pid for jid, p in self.transfers.items()} | self.adopted
+        data = {"stopped_at": time.time(), "transfers": [[j, pids[j]] for j in running]}
+        tmp = self.handoff_file() + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(data, f)
+        os.replace(tmp, self.handoff_file())
+        self.log(f"restarting: {len(running)} running transfer(s) handed over")
 
     def shutdown(self) -> int:
         self.state("stopping")
+        channel = self.spec["channel"]
         running = [jid for jid, p in self.transfers.items() if p.poll() is None]
+        running += [jid for jid, pid in self.adopted.items() if _title(pid) == f"{channel}__{jid}"]
+        finished = [jid for jid in [*self.transfers, *self.adopted] if jid not in running]
         if self.conn is not None:
             try:
-                if running:
+                if finished:
+                    self.conn.run(
+                        "UPDATE jobs SET state = 'Done', finished_at = clock_timestamp() "
+                        "WHERE id = ANY(:ids) AND state = 'Active'",
+                        ids=finished,
+                    )
+                if self.restarting:
+                    # before the session ends: the lock is released only after the handoff
+                    self.hand_over(running)
+                elif running:
                     self.conn.run(
                         "UPDATE jobs SET state = 'Lost', finished_at = clock_timestamp(), "
                         "lost_reason = 'agent stopped while the transfer ran' "
@@ -244,13 +366,6 @@ class Agent:
                     )
                     self.log(
                         f"stopped with {len(running)} transfer(s) running: their state is lost"
-                    )
-                finished = [jid for jid in self.transfers if jid not in running]
-                if finished:
-                    self.conn.run(
-                        "UPDATE jobs SET state = 'Done', finished_at = clock_timestamp() "
-                        "WHERE id = ANY(:ids) AND state = 'Active'",
-                        ids=finished,
                     )
                 self.conn.run(
                     "UPDATE agent_sessions SET ended_at = clock_timestamp() "
@@ -261,8 +376,20 @@ class Agent:
                 self.conn.close()
             except DB_ERRORS as exc:
                 self.log(f"could not record the stop: {exc}")
-        self.state("stopped")
+        self.state("stopped", reason="restarting" if self.restarting else "")
         return 0
+
+
+def _title(pid: int) -> str:
+    """The process title of a pid (empty when it is gone or a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                return ""
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().split(b"\0", 1)[0].decode(errors="replace")
+    except (OSError, IndexError):
+        return ""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -294,9 +421,19 @@ def main(argv: list[str] | None = None) -> int:
     def _stop(_signum: int, _frame: Any) -> None:
         agent.stopping = True
 
+    def _restart(_signum: int, _frame: Any) -> None:
+        agent.restarting = agent.stopping = True
+
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGHUP, _restart)
     agent.state("starting")
+    try:
+        agent.version, agent.config = agent_release(spec["name"], rt["host"])
+    except RuntimeError as exc:
+        agent.state("failed", reason=str(exc))
+        agent.log(f"failed: {exc}")
+        return 1
     try:
         locked = agent.take_lock(rt["lock_wait_s"])
     except DB_ERRORS as exc:

@@ -3,7 +3,8 @@
 Inside a host, PID 1 is a small init (bash) that mounts the host's own view of the system:
 ``/etc`` is an overlay whose upper layer is the host's directory (so ``/etc/glite-data-transfer-
 agents.disabled`` and ``/etc/init.d/transfer-agents`` are the host's own and survive a reboot),
-``/usr/local/bin`` shows the lab's FTS commands, and ``/run`` is a fresh tmpfs. It starts sshd,
+``/usr/local/bin`` shows the lab's FTS commands, ``/opt`` is an overlay like ``/etc`` (the
+installed agent software, `infra.lab.software`), and ``/run`` is a fresh tmpfs. It starts sshd,
 runs ``service transfer-agents start`` as a booting FTS box does, and reaps orphans.
 
 From outside, the lab finds a host's processes by their PID namespace (``/proc/PID/ns/pid``) and
@@ -29,6 +30,7 @@ hostname "$LAB_HOST"
 mount --make-rprivate /
 mount -t overlay overlay -o "lowerdir=/etc,upperdir=$D/etc.upper,workdir=$D/etc.work" /etc
 mount -t overlay overlay -o "lowerdir=$LAB_BIN_DIR:/usr/local/bin" /usr/local/bin
+mount -t overlay overlay -o "lowerdir=/opt,upperdir=$D/opt.upper,workdir=$D/opt.work" /opt
 mount -t tmpfs -o mode=755 tmpfs /run
 mkdir -p /run/sshd /run/transfer-agents
 start_sshd() { /usr/sbin/sshd -D -f "$D/sshd_config" -E "$D/sshd.log" & }

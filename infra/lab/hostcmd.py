@@ -3,7 +3,9 @@
 * ``service transfer-agents start|stop|restart|status [--instance NAME]`` (the init script
   ``/etc/init.d/transfer-agents`` runs ``python -m infra.lab.hostcmd service ...``). ``start``
   honours ``/etc/glite-data-transfer-agents.disabled`` and blocks while an agent waits for its DB
-  lock, then reports each agent's outcome; ``stop`` is graceful (SIGTERM, then SIGKILL after 10 s).
+  lock, then reports each agent's outcome; ``stop`` is graceful (SIGTERM, then SIGKILL after 10 s);
+  ``restart`` keeps the running transfers (seed 001: the old instance hands them over to the new
+  one); ``status`` shows each agent's software version and configuration digest.
 * ``glite-transfer-channel-set -S Active|Inactive CHANNEL`` and ``glite-transfer-channel-list
   CHANNEL`` (state in the database).
 """
@@ -60,12 +62,61 @@ def _targets(rt: HostRuntime, instance: str | None) -> list[AgentRuntime]:
     raise SystemExit(f"transfer-agents: {instance} is not configured on {rt['host']} ({names})")
 
 
-def start(rt: HostRuntime, instance: str | None) -> int:
-    """Start agents; block until each serves or fails (bounded by the lock wait)."""
-    disabled = set(read_disabled(rt["disabled_file"]))
+def _spawn(rt: HostRuntime, name: str, takeover: bool = False) -> subprocess.Popen[bytes]:
+    with contextlib.suppress(FileNotFoundError):
+        state_file(name + ".next" if takeover else name).unlink()
+    with open(Path(rt["log_dir"]) / f"{name}.log", "ab") as log:
+        return subprocess.Popen(
+            [rt["python"], "-m", "infra.lab.agent", "--name", name],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+            env={**os.environ, "LAB_AGENT_TAKEOVER": "1"} if takeover else None,
+        )
+
+
+def _prepare(rt: HostRuntime) -> None:
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     os.chown(RUN_DIR, rt["agent_uid"], rt["agent_uid"])
     Path(rt["log_dir"]).mkdir(parents=True, exist_ok=True)
+
+
+def _await_serving(rt: HostRuntime, launched: dict[str, subprocess.Popen[bytes]]) -> int:
+    """Wait until each launched agent serves or fails (bounded by the lock wait); report each."""
+    rc = 0
+    deadline = time.monotonic() + rt["lock_wait_s"] + 15
+    pending = dict(launched)
+    while pending and time.monotonic() < deadline:
+        for name, proc in list(pending.items()):
+            st = read_state(name) or {}
+            if st.get("pid") != proc.pid:
+                # a restart's new instance writes its own file until it holds the lock
+                st = read_state(name + ".next") or {}
+            if st.get("state") == "serving" and st.get("pid") == proc.pid:
+                print(f"Starting {name}: [  OK  ] (pid {proc.pid}, version {st.get('version')})")
+                del pending[name]
+            elif (st.get("state") == "failed" and st.get("pid") == proc.pid) or (
+                proc.poll() is not None
+            ):
+                reason = st.get("reason") or f"exited with code {proc.poll()}"
+                print(f"Starting {name}: [FAILED] {reason}")
+                rc = EXIT_FAILED
+                del pending[name]
+        time.sleep(0.02)
+    for name, proc in pending.items():
+        print(f"Starting {name}: [FAILED] did not report serving in time; stopped")
+        proc.kill()
+        rc = EXIT_FAILED
+    sys.stdout.flush()
+    return rc
+
+
+def start(rt: HostRuntime, instance: str | None) -> int:
+    """Start agents; block until each serves or fails (bounded by the lock wait)."""
+    disabled = set(read_disabled(rt["disabled_file"]))
+    _prepare(rt)
     launched: dict[str, subprocess.Popen[bytes]] = {}
     rc = 0
     for a in _targets(rt, instance):
@@ -79,38 +130,60 @@ def start(rt: HostRuntime, instance: str | None) -> int:
         if running:
             print(f"Starting {name}: already running (pid {running[0]})")
             continue
-        with contextlib.suppress(FileNotFoundError):
-            state_file(name).unlink()
-        log = open(Path(rt["log_dir"]) / f"{name}.log", "ab")
-        launched[name] = subprocess.Popen(
-            [rt["python"], "-m", "infra.lab.agent", "--name", name],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            close_fds=True,
-        )
-        log.close()
-    deadline = time.monotonic() + rt["lock_wait_s"] + 15
-    pending = dict(launched)
-    while pending and time.monotonic() < deadline:
-        for name, proc in list(pending.items()):
-            st = read_state(name) or {}
-            if st.get("state") == "serving":
-                print(f"Starting {name}: [  OK  ] (pid {proc.pid})")
-                del pending[name]
-            elif st.get("state") == "failed" or proc.poll() is not None:
-                reason = st.get("reason") or f"exited with code {proc.poll()}"
-                print(f"Starting {name}: [FAILED] {reason}")
-                rc = EXIT_FAILED
-                del pending[name]
-        time.sleep(0.05)
-    for name, proc in pending.items():
-        print(f"Starting {name}: [FAILED] did not report serving in time; stopped")
-        proc.kill()
-        rc = EXIT_FAILED
-    sys.stdout.flush()
-    return rc
+        launched[name] = _spawn(rt, name)
+    return max(rc, _await_serving(rt, launched))
+
+
+def restart(rt: HostRuntime, instance: str | None) -> int:
+    """Restart agents without losing their running transfers (seed 001).
+
+    Each new instance is started first and waits for its DB lock; the old one is then asked
+    (SIGHUP) to hand its running transfers over and release the lock, so the agent is down only
+    for the handover. An old instance that does not go within the stop grace is killed (its
+    transfers are then lost, as with any agent that dies). A disabled agent is only stopped.
+    """
+    disabled = set(read_disabled(rt["disabled_file"]))
+    _prepare(rt)
+    targets = [a["name"] for a in _targets(rt, instance)]
+    plain_stop = [n for n in targets if n in disabled]
+    for name in plain_stop:
+        stop(rt, name)
+    old = {n: agent_pids(n) for n in targets if n not in disabled}
+    launched = {name: _spawn(rt, name, takeover=bool(pids)) for name, pids in old.items()}
+    # the old instance goes when its successor is ready to take the lock (or failed to start:
+    # a restart stops the old software whatever the new one does, as `stop; start` would)
+    asked = {n for n, pids in old.items() if not pids}
+    ready_by = time.monotonic() + STOP_GRACE_S
+    while len(asked) < len(old):
+        for name, pids in old.items():
+            if name in asked:
+                continue
+            nxt = read_state(name + ".next") or {}
+            gone = launched[name].poll() is not None
+            if (
+                gone
+                or nxt.get("state") in ("waiting-lock", "failed")
+                or time.monotonic() > ready_by
+            ):
+                for pid in pids:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGHUP)
+                asked.add(name)
+        time.sleep(0.01)
+    deadline = time.monotonic() + STOP_GRACE_S
+    while any(_alive(p) for pids in old.values() for p in pids):
+        if time.monotonic() >= deadline:
+            for name, pids in old.items():
+                for pid in [p for p in pids if _alive(p)]:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                    print(f"Stopping {name}: killed after {STOP_GRACE_S:g} s (no handover)")
+            break
+        time.sleep(0.02)
+    for name, pids in old.items():
+        if pids:
+            print(f"Stopping {name}: [  OK  ] (running transfers handed over)")
+    return _await_serving(rt, launched)
 
 
 def stop(rt: HostRuntime, instance: str | None) -> int:
@@ -155,7 +228,13 @@ def status(rt: HostRuntime, instance: str | None) -> int:
         pids = agent_pids(a["name"])
         st = (read_state(a["name"]) or {}).get("state", "unknown")
         if pids:
-            print(f"{a['name']} (pid {pids[0]}) is running ({st})")
+            full = read_state(a["name"]) or {}
+            about = [str(st)]
+            if full.get("version"):
+                about.append(f"version {full['version']}, config {full.get('config')}")
+            if full.get("missed_s") is not None:
+                about.append(f"down {float(str(full['missed_s'])):.3f} s at its last restart")
+            print(f"{a['name']} (pid {pids[0]}) is running ({', '.join(about)})")
         elif a["name"] in disabled:
             print(f"{a['name']} is stopped (disabled)")
         else:
@@ -176,8 +255,7 @@ def service(argv: list[str]) -> int:
     if args.action == "stop":
         return stop(rt, args.instance)
     if args.action == "restart":
-        stop(rt, args.instance)
-        return start(rt, args.instance)
+        return restart(rt, args.instance)
     return status(rt, args.instance)
 
 

@@ -25,7 +25,7 @@ import yaml
 from config.loader import load_site
 from config.site import Agent, Host, Site
 from infra.lab import db as labdb
-from infra.lab import faults, firewall, observe
+from infra.lab import faults, firewall, observe, software
 from infra.lab.derive import derive_site_file, scaled_site
 from infra.lab.dns import LabDns
 from infra.lab.errors import LabError
@@ -212,6 +212,11 @@ class Lab:
             t1 = time.monotonic()
             progress(f"hosts: starting {len(site.hosts)} hosts")
             self._write_bin()
+            # the agents' software repository and the site-info file: a new lab's hosts all run
+            # version 1 with the default configuration
+            software.write_repository(self.paths.repo_dir)
+            self.paths.site_info.parent.mkdir(parents=True, exist_ok=True)
+            self.paths.site_info.write_text(software.DEFAULT_SITE_INFO)
             self._apply_firewall({}, site)
             for h in site.hosts:
                 self._prepare_host(site, h)
@@ -318,13 +323,17 @@ class Lab:
         f = b / "fts-frontend"
         f.write_text(f'#!/bin/sh\nexec {sys.executable} -m infra.lab.frontend "$@"\n')
         f.chmod(0o755)
+        for name, sub in (("spma_wrapper.sh", "spma"), ("rpm", "rpm")):
+            f = b / name
+            f.write_text(f'#!/bin/sh\nexec {sys.executable} -m infra.lab.software {sub} "$@"\n')
+            f.chmod(0o755)
 
     def _prepare_host(self, site: Site, h: Host) -> None:
         assert site.lab is not None
         d = self.paths.host_dir(h.name)
-        for sub in ("etc.upper", "etc.work"):
+        for sub in ("etc.upper", "etc.work", "opt.upper", "opt.work"):
             shutil.rmtree(d / sub, ignore_errors=True)
-        for sub in ("etc.upper/init.d", "etc.upper/transfer-agents", "etc.work", "log"):
+        for sub in ("etc.upper/init.d", "etc.upper/transfer-agents", "etc.work", "opt.work", "log"):
             (d / sub).mkdir(parents=True, exist_ok=True)
         key = d / "ssh_host_ed25519_key"
         if not key.exists():
@@ -370,8 +379,32 @@ class Lab:
             "frontend_port": site.frontend.port
             if site.frontend and h.name in site.frontend.hosts
             else 0,
+            "repo_dir": str(self.paths.repo_dir),
         }
         (upper / "transfer-agents" / "lab.json").write_text(json.dumps(rt, indent=2))
+        # the first version of the agents' software, installed and configured as on a new box
+        opt = d / "opt.upper"
+        software.install_into(
+            self.paths.repo_dir, "1", opt / software.INSTALLED_DIR.relative_to("/opt")
+        )
+        yaim = opt / software.CONFIGURE_NODE.relative_to("/opt")
+        yaim.parent.mkdir(parents=True, exist_ok=True)
+        yaim.write_text(
+            "#!/bin/sh\n# YAIM's configure_node (lab): configure_node SITE-INFO FTA\n"
+            f'exec {sys.executable} -m infra.lab.software configure-node "$@"\n'
+        )
+        yaim.chmod(0o755)
+        # the site-info file every host reads at the profile's default path: the lab's shared
+        # one (the seed's lives on AFS)
+        shared = opt / "glite" / "yaim" / "etc" / "site-info.def"
+        shared.parent.mkdir(parents=True, exist_ok=True)
+        shared.symlink_to(self.paths.site_info)
+        software.configure(
+            self.paths.site_info,
+            [{"name": a["name"], "channel": a["channel"], "vo": a["vo"]} for a in rt["agents"]],
+            opt / software.INSTALLED_DIR.relative_to("/opt"),
+            upper / software.CONF_DIR.relative_to("/etc"),
+        )
         init_d = upper / "init.d" / "transfer-agents"
         init_d.write_text(
             "#!/bin/sh\n# FTS transfer agents (lab). start|stop|restart|status [--instance NAME]\n"

@@ -73,6 +73,8 @@ def status(lab: Lab) -> LabStatus:
                         pid=p.nspid,
                         user="edguser" if p.uid == EDGUSER_UID else str(p.uid),
                         state=str(st.get("state", "unknown")),
+                        version=str(st.get("version") or ""),
+                        config=str(st.get("config") or ""),
                     )
                 )
             elif "__" in first and p.state != "Z":
@@ -220,6 +222,24 @@ def score(lab: Lab, *, reset: bool = False) -> Score:
                     last_seen=last.isoformat(timespec="milliseconds"),
                 )
             )
+        # how long each agent was down between one instance's end and the next one's start on
+        # the same host (a restart), as the database saw it: independent of what the agents say
+        gaps: dict[str, list[float]] = {}
+        for agent, gap in conn.run(
+            "SELECT agent, EXTRACT(EPOCH FROM started_at - prev_end) FROM (SELECT agent, host, "
+            "started_at, lag(ended_at) OVER (PARTITION BY agent, host ORDER BY started_at) AS "
+            "prev_end FROM agent_sessions) s WHERE prev_end IS NOT NULL AND started_at >= "
+            "CAST(:s AS timestamptz) ORDER BY agent, started_at",
+            s=since,
+        ):
+            gaps.setdefault(agent, []).append(round(max(0.0, float(gap)), 3))
+        versions = dict(
+            conn.run(
+                "SELECT agent_version, count(*) FROM jobs WHERE started_at >= CAST(:s AS "
+                "timestamptz) AND agent_version IS NOT NULL GROUP BY agent_version",
+                s=since,
+            )
+        )
         clients = None
         if lab.site.frontend is not None:
             acc, ref, fail, wait, lost_s, outs, omax, olast = conn.run(
@@ -257,4 +277,6 @@ def score(lab: Lab, *, reset: bool = False) -> Score:
         downtime_max_s=max(downtime.values(), default=0.0),
         agents_running_twice=twice["serving"],
         agents_alive_on_two_hosts=twice["alive"],
+        restart_gaps_s=gaps,
+        transfers_by_version={str(k): int(v) for k, v in versions.items()},
     )

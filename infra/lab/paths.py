@@ -75,6 +75,17 @@ class LabPaths:
         """Logs of the lab daemon, PostgreSQL and each host."""
         return self.root / "log"
 
+    @property
+    def repo_dir(self) -> Path:
+        """The lab's package repository (every version of the agents' software)."""
+        return self.root / "repo"
+
+    @property
+    def site_info(self) -> Path:
+        """The YAIM site-info file the agents' configuration is rendered from (shared by every
+        host, as the seed's AFS file is)."""
+        return self.root / "yaim" / "site-info.def"
+
     def host_dir(self, host: str) -> Path:
         """A host's own files: host key, sshd config, /etc overlay, init script."""
         return self.root / "hosts" / host

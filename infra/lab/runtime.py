@@ -43,6 +43,8 @@ class HostRuntime(TypedDict):
     disabled_file: str
     #: the web front end's port on this host (0: the host has no front end)
     frontend_port: int
+    #: the lab's package repository (`infra.lab.software`)
+    repo_dir: str
 
 
 def load_runtime(path: Path | None = None) -> HostRuntime:

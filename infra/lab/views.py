@@ -14,6 +14,9 @@ class AgentView(BaseModel):
     pid: int
     user: str
     state: str
+    #: the software version and configuration digest it started with (`infra.lab.software`)
+    version: str = ""
+    config: str = ""
 
 
 class HostView(BaseModel):
@@ -116,3 +119,8 @@ class Score(BaseModel):
     agents_running_twice: list[TwiceView]
     agents_alive_on_two_hosts: list[TwiceView]
     clients: ClientScore | None = None
+    #: per agent, how long it was down across each restart on the same host (seconds: from the
+    #: old instance's end to the new one's start, as the database recorded them)
+    restart_gaps_s: dict[str, list[float]] = {}
+    #: transfers started since, by the software version of the agent that started them
+    transfers_by_version: dict[str, int] = {}

@@ -18,6 +18,9 @@ CREATE TABLE jobs (
     finished_at  timestamptz,
     host         text,
     agent_pid    integer,
+    -- the version of the agent software that started the transfer (seed 001: the new software
+    -- serves the transfers started after the restart)
+    agent_version text,
     lost_reason  text
 );
 CREATE INDEX jobs_channel_state ON jobs (channel, state);
