@@ -49,6 +49,7 @@ def site_problems(site: Site) -> list[Problem]:
         *ssh_problems(site),
         *procedure_problems(site),
         *frontend_problems(site),
+        *upgrade_problems(site),
         *slack_problems(site),
         *lab_problems(site),
     ]
@@ -188,28 +189,44 @@ def procedure_problems(site: Site) -> list[Problem]:
                     "use reject, or set emergency: true if this is an emergency procedure",
                 )
             )
-        win = pol.maintenance_window
-        if win is None:
-            continue
-        if pol.approval == "required" and pol.approval_timeout_s >= win.duration_s:
-            p.append(
-                Problem(
-                    f"{where}.approval_timeout_s",
-                    f"approval may take {pol.approval_timeout_s} s but the window lasts "
-                    f"{win.duration_s} s",
-                    "shorten approval_timeout_s below maintenance_window.duration_s",
+        for i, win in enumerate(pol.windows):
+            w = f"{where}.windows[{i}]"
+            if pol.approval == "required" and pol.approval_timeout_s >= win.duration_s:
+                p.append(
+                    Problem(
+                        f"{where}.approval_timeout_s",
+                        f"approval may take {pol.approval_timeout_s} s but the window {w} lasts "
+                        f"{win.duration_s} s",
+                        "shorten approval_timeout_s below the window's duration_s",
+                    )
                 )
-            )
-        if pol.drain_timeout_s + pol.step_timeout_s > win.duration_s:
-            p.append(
-                Problem(
-                    f"{where}.drain_timeout_s",
-                    f"drain ({pol.drain_timeout_s} s) plus one step "
-                    f"({pol.step_timeout_s} s) does not fit the {win.duration_s} s window",
-                    "shorten the drain timeout or lengthen the window",
+            if pol.expected_host_s > win.duration_s:
+                p.append(
+                    Problem(
+                        f"{where}.expected_host_s",
+                        f"one host is expected to take {pol.expected_host_s} s but the window "
+                        f"{w} lasts {win.duration_s} s: no host would ever start",
+                        "lengthen the window or correct expected_host_s",
+                    )
                 )
-            )
     return p
+
+
+def upgrade_problems(site: Site) -> list[Problem]:
+    """The rolling upgrade's canary is a host that runs agents."""
+    canary = site.upgrade.canary
+    if canary is None:
+        return []
+    with_agents = sorted({a.primary for a in site.service.agents})
+    if canary not in with_agents:
+        return [
+            Problem(
+                "upgrade.canary",
+                f"{canary!r} is not a host whose agents the upgrade restarts",
+                f"use one of {', '.join(with_agents)}",
+            )
+        ]
+    return []
 
 
 def slack_problems(site: Site) -> list[Problem]:

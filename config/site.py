@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import datetime as dt
 import ipaddress
 import os
 import re
@@ -270,7 +271,16 @@ COMMAND_PLACEHOLDERS: dict[str, frozenset[str]] = {
     "frontend_disable": frozenset({"redirect", "seconds"}),
     "frontend_fence": frozenset({"epoch"}),
     "cluster_maintenance": frozenset(),
+    "upgrade": frozenset({"version"}),
+    "configure": frozenset(),
+    "restart": frozenset(),
+    "installed_version": frozenset(),
+    "agents_status": frozenset(),
 }
+
+#: a software version as the command profile receives it (``2``, ``3.1.4-1``)
+VERSION_RE = r"^[A-Za-z0-9][A-Za-z0-9._+~-]{0,63}$"
+Version = Annotated[str, StringConstraints(pattern=VERSION_RE)]
 
 
 class Commands(_Model):
@@ -316,6 +326,29 @@ class Commands(_Model):
         "--default",
         "false",
     ]
+    #: seed 001: install a version of the agents' software (SPMA)
+    upgrade: ArgvTemplate = ["spma_wrapper.sh", "--version", "{version}"]
+    #: seed 001: re-render the agents' configuration from the site-info file (YAIM); its output
+    #: (the changes) is kept in the run
+    configure: ArgvTemplate = [
+        "/opt/glite/yaim/scripts/configure_node",
+        "/opt/glite/yaim/etc/site-info.def",
+        "FTA",
+    ]
+    #: seed 001: restart every agent of the host; running transfers continue
+    restart: ArgvTemplate = ["service", "transfer-agents", "restart"]
+    #: the installed version: the first group of `installed_version_regex` in its output
+    installed_version: ArgvTemplate = ["rpm", "-q", "glite-data-transfer-agents"]
+    installed_version_regex: str = r"^glite-data-transfer-agents-([^-\s]+)-"
+    #: each running agent, one line each, parsed by `agent_status_regex` (named groups:
+    #: ``agent`` required; ``state``, ``version``, ``config`` and ``down`` (seconds down at its
+    #: last restart) used when the init script reports them)
+    agents_status: ArgvTemplate = ["service", "transfer-agents", "status"]
+    agent_status_regex: str = (
+        r"^(?P<agent>\S+) \(pid \d+\) is running \((?P<state>[\w-]+)"
+        r"(?:, version (?P<version>\S+), config (?P<config>\w+))?"
+        r"(?:, down (?P<down>[\d.]+) s at its last restart)?\)"
+    )
     disabled_file: Path = Path("/etc/glite-data-transfer-agents.disabled")
     agent_user: Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")] = "edguser"
     agent_process_regex: str = r"^(glite-transfer-(?:channel-agent-urlcopy|vo-agent)-\S+)"
@@ -335,7 +368,17 @@ class Commands(_Model):
                         raise ValueError(
                             f"{name}: placeholder {{{found}}} must be a whole word, got {word!r}"
                         )
-        for name in ("channel_state_regex", "agent_process_regex", "transfer_process_regex"):
+        try:
+            if "agent" not in re.compile(self.agent_status_regex).groupindex:
+                raise ValueError("agent_status_regex: the pattern needs a group named `agent`")
+        except re.error as exc:
+            raise ValueError(f"agent_status_regex: invalid regular expression ({exc})") from exc
+        for name in (
+            "channel_state_regex",
+            "agent_process_regex",
+            "transfer_process_regex",
+            "installed_version_regex",
+        ):
             try:
                 if re.compile(getattr(self, name)).groups < 1:
                     raise ValueError(f"{name}: the pattern needs a capturing group")
@@ -591,12 +634,73 @@ class Alerts(_Model):
         return self
 
 
+def _check_timezone(name: str) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"unknown time zone {name!r}; use an IANA name such as UTC or Europe/Zurich"
+        ) from None
+    return name
+
+
 class MaintenanceWindow(_Model):
-    """A cron schedule and how long each window lasts."""
+    """A window: it opens at each time the cron expression names (in `timezone`) and lasts
+    `duration_s`.
+
+    Example:
+        ``{cron: "0 8 * * 2", duration_s: 7200, timezone: Europe/Zurich}`` (Tuesdays 08:00-10:00)
+    """
 
     cron: Annotated[str, StringConstraints(pattern=r"^(\S+\s+){4}\S+$")]
-    duration_s: float = Field(gt=0)
+    duration_s: float = Field(gt=0, le=7 * 86400)
     timezone: str = "UTC"
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, v: str) -> str:
+        from cronsim import CronSim, CronSimError
+
+        try:
+            CronSim(v, dt.datetime(2026, 1, 1))
+        except CronSimError as exc:
+            raise ValueError(
+                f"invalid cron expression {v!r} ({exc}); five fields: minute hour day month "
+                "weekday, e.g. '0 8 * * 2'"
+            ) from None
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        return _check_timezone(v)
+
+
+class Blackout(_Model):
+    """Days on which no window opens (a change freeze), from `start` to `end` included, in
+    `timezone`.
+
+    Example:
+        ``{start: 2026-12-21, end: 2027-01-04, reason: "year-end freeze"}``
+    """
+
+    start: dt.date
+    end: dt.date
+    reason: str = ""
+    timezone: str = "UTC"
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        return _check_timezone(v)
+
+    @model_validator(mode="after")
+    def _order(self) -> Blackout:
+        if self.end < self.start:
+            raise ValueError(f"end {self.end} is before start {self.start}")
+        return self
 
 
 class ProcedurePolicy(_Model):
@@ -620,7 +724,40 @@ class ProcedurePolicy(_Model):
     expected_transfer_s: float = Field(default=210.0, ge=0)
     #: typical time to stop an agent and start it elsewhere, for downtime estimates
     expected_restart_s: float = Field(default=5.0, ge=0)
-    maintenance_window: MaintenanceWindow | None = None
+    #: when the procedure may run: a run outside every window (or in a blackout) is refused
+    #: unless forced with a reason; none: any time
+    windows: list[MaintenanceWindow] = Field(default_factory=list)
+    blackouts: list[Blackout] = Field(default_factory=list)
+    #: how long before a window opens its Slack notice (with the plan) goes out
+    notice_s: float = Field(default=1800.0, ge=0, le=7 * 86400)
+    #: the typical time of one host's step of a rolling upgrade (upgrade, configure, restart,
+    #: verify), until the run has measured one: a step that would end after its window closes
+    #: is not started
+    expected_host_s: float = Field(default=30.0, gt=0)
+
+
+class Upgrade(_Model):
+    """The rolling upgrade (seed 001): what a scheduled run does and what a failed host means.
+
+    Example:
+        ``upgrade: {target_version: "2", on_failure: rollback, batch: 1}``
+    """
+
+    #: the version a run installs when it is not given one (a scheduled run); none: such a run
+    #: only re-renders the configuration and restarts the agents
+    target_version: Version | None = None
+    #: what the run does about a host that failed, beside halting: ``halt`` (report and stop),
+    #: ``rollback`` (re-install the version it had and restart), ``move`` (move its agents to
+    #: their backups)
+    on_failure: Literal["halt", "rollback", "move"] = "halt"
+    #: hosts upgraded at the same time (Ansible's `serial`)
+    batch: int = Field(default=1, ge=1, le=256)
+    #: failed hosts the run tolerates before it halts (0: halt at the first)
+    max_failures: int = Field(default=0, ge=0)
+    #: a host upgraded first, alone
+    canary: HostName | None = None
+    #: after the canary, ask a human before the other hosts
+    approve_after_canary: bool = False
 
 
 # --- the lab ------------------------------------------------------------------------------------
@@ -688,6 +825,7 @@ class Site(_Model):
     frontend: Frontend | None = None
     slack: Slack | None = None
     alerts: Alerts | None = None
+    upgrade: Upgrade = Field(default_factory=Upgrade)
     procedures: dict[str, ProcedurePolicy] = Field(default_factory=dict)
     lab: Lab | None = None
 

@@ -152,6 +152,8 @@ class Executor:
             started_at=started,
             ended_at=now(),
             remote_s=round(remote_s, 3),
+            report=res.report if res else [],
+            measures=res.measures if res else {},
         )
         with self.lock:
             self.records.append(rec)

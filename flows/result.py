@@ -37,6 +37,10 @@ class StepRecord(BaseModel):
     #: time spent in the remote commands (or the necessary wait) of the step itself, without
     #: the orchestration around it
     remote_s: float = 0.0
+    #: what the host's own tools reported (YAIM's list of changes)
+    report: list[str] = Field(default_factory=list)
+    #: figures the verb measured (each agent's seconds down across a restart)
+    measures: dict[str, float] = Field(default_factory=dict)
 
 
 class Timing(BaseModel):

@@ -154,7 +154,7 @@ def run_procedure(procedure: str, params: dict[str, Any], *, as_json: bool) -> i
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_FLOW_RUNS_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_TASK_RUNS_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
-    if procedure in ("emergency-move", "fence-host", "switch"):
+    if procedure in ("emergency-move", "fence-host", "switch", "rolling-upgrade"):
         return _run_host_procedure(procedure, params, console, ui, as_json=as_json)
     if procedure != "clean-move":
         console.print(f"[red]unknown procedure {procedure!r}[/red]")
@@ -190,6 +190,8 @@ def _run_host_procedure(
     from flows.emergency_move import emergency_move
     from flows.emergency_move import report_markdown as emergency_report
     from flows.fence_host import fence_host
+    from flows.rolling_upgrade import report_markdown as upgrade_report
+    from flows.rolling_upgrade import rolling_upgrade
     from flows.switch import report_markdown as switch_report
     from flows.switch import switch
 
@@ -214,6 +216,9 @@ def _run_host_procedure(
         elif procedure == "switch":
             params.setdefault("requested_by", getpass.getuser())
             state = switch(**params, return_state=True)
+        elif procedure == "rolling-upgrade":
+            params.setdefault("requested_by", getpass.getuser())
+            state = rolling_upgrade(**params, return_state=True)
         else:
             state = fence_host(params["site_file"], params["host"], return_state=True)
     result: Any = state.result(raise_on_failure=False)
@@ -223,7 +228,11 @@ def _run_host_procedure(
         else:
             console.print(state.message or "")
         return 0 if state.is_completed() else 1
-    report = switch_report if procedure == "switch" else emergency_report
+    reports: dict[str, Callable[[Any], str]] = {
+        "switch": switch_report,
+        "rolling-upgrade": upgrade_report,
+    }
+    report = reports.get(procedure, emergency_report)
     return _report(console, result, report, ui, as_json=as_json)
 
 

@@ -52,7 +52,23 @@ def read_deployments(path: Path = DEPLOYMENTS_FILE) -> list[dict[str, Any]]:
             raise DeploymentsError(
                 f"{path}: deployments[{i}].entrypoint must look like flows/file.py:function"
             )
+        if d.get("schedule_from") not in (None, "maintenance-windows"):
+            raise DeploymentsError(
+                f"{path}: deployments[{i}].schedule_from must be maintenance-windows "
+                f"(got {d['schedule_from']!r})"
+            )
     return entries
+
+
+def window_schedules(name: str, site: Site) -> list[Any]:
+    """A cron schedule at the opening of each of the procedure's maintenance windows (in the
+    window's time zone): `schedule_from: maintenance-windows` in prefect.yaml."""
+    from prefect.schedules import Cron
+
+    return [
+        Cron(w.cron, timezone=w.timezone, slug=f"{name}-window-{i + 1}")
+        for i, w in enumerate(site.policy(name).windows)
+    ]
 
 
 def load_flow(entrypoint: str) -> Any:
@@ -109,6 +125,10 @@ def deployment_specs(
         }
         if d.get("interval"):
             settings["interval"] = float(d["interval"])
+        if d.get("schedule_from") == "maintenance-windows":
+            schedules = window_schedules(d["name"], site)
+            if schedules:
+                settings["schedules"] = schedules
         out.append((fl, settings))
     return out
 

@@ -22,6 +22,10 @@ class StepResult(BaseModel):
     commands: list[str] = Field(default_factory=list)
     started_at: dt.datetime
     ended_at: dt.datetime
+    #: what the host's own tools reported (YAIM's list of changes), line by line
+    report: list[str] = Field(default_factory=list)
+    #: figures the verb measured (each agent's seconds down across a restart)
+    measures: dict[str, float] = Field(default_factory=dict)
 
 
 class StepFailed(RuntimeError):

@@ -20,6 +20,7 @@ from tasks.db_sessions import drop_sessions
 from tasks.frontend import disable_frontend, enable_frontend, fence_epoch
 from tasks.outcome import StepResult
 from tasks.remote import SiteShell
+from tasks.upgrade import check_agents, configure_node, install_version, restart_agents
 
 
 def run_verb(shell: SiteShell, step: Step) -> StepResult:
@@ -66,6 +67,15 @@ def run_verb(shell: SiteShell, step: Step) -> StepResult:
     if step.verb == "move-alias":
         assert step.epoch is not None
         return move_service_alias(site, step.expect, step.address, step.epoch)
+    if step.verb == "check-agents":
+        return check_agents(shell, host, step.agents, step.others)
+    if step.verb == "install-version":
+        assert step.version is not None
+        return install_version(shell, host, step.version)
+    if step.verb == "configure-node":
+        return configure_node(shell, host)
+    if step.verb == "restart-agents":
+        return restart_agents(shell, host, step.agents, step.version)
     raise ValueError(f"step {step.id}: the verb {step.verb!r} does not act on a host")
 
 

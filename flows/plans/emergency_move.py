@@ -69,6 +69,9 @@ class EmergencyRequest(BaseModel):
     #: agent that runs nowhere but has one was lost by the host: a crash and a reboot leave its
     #: session holding its lock); empty when it was not read
     sessions_of: list[str] = Field(default_factory=list)
+    #: agents that move even though they run nowhere (a rolling upgrade's failed host: they
+    #: did not start on the new software there)
+    failed_here: list[str] = Field(default_factory=list)
 
 
 class EmergencyPlan(Plan):
@@ -93,6 +96,7 @@ def choose_moves(
     host_snap: HostSnapshot | None,
     others: SiteSnapshot,
     sessions_of: list[str] | None = None,
+    failed_here: list[str] | None = None,
 ) -> list[Move]:
     """Which agents leave `host`, and where they go.
 
@@ -111,7 +115,11 @@ def choose_moves(
         to = a.backup if a.primary == host else a.primary
         if host_snap is not None:
             stranded = (
-                (a.name in host_snap.disabled or a.name in (sessions_of or []))
+                (
+                    a.name in host_snap.disabled
+                    or a.name in (sessions_of or [])
+                    or a.name in (failed_here or [])
+                )
                 and others.has(to)
                 and others.host(to).reachable
                 and not others.where(a.name)
@@ -191,7 +199,7 @@ def plan_emergency_move(
     """
     host = req.host
     case, why = classify(req.reach, host_snap is not None)
-    moves = choose_moves(site, host, host_snap, others, req.sessions_of)
+    moves = choose_moves(site, host, host_snap, others, req.sessions_of, req.failed_here)
     names = [m.agent for m in moves]
     transfers = (
         sum(host_snap.transfers.get(m.channel or "", 0) for m in moves) if host_snap else None

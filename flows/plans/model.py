@@ -33,6 +33,10 @@ Verb = Literal[
     "frontend-enable",
     "fence-epoch",
     "move-alias",
+    "check-agents",
+    "install-version",
+    "configure-node",
+    "restart-agents",
 ]
 
 #: what each verb needs before it runs, and what it leaves (the verb verifies the latter)
@@ -69,6 +73,19 @@ CONDITIONS: dict[Verb, tuple[str, str]] = {
     "move-alias": (
         "the alias holds the addresses the step expects (compare-and-set)",
         "every authoritative server answers the new address and epoch",
+    ),
+    "check-agents": (
+        "the host answers SSH",
+        "each of the agents serves there, and the hosts of their backups answer",
+    ),
+    "install-version": ("the host answers SSH", "the step's version is installed"),
+    "configure-node": (
+        "the site-info file is readable",
+        "the agents' configuration is rendered (its changes are reported)",
+    ),
+    "restart-agents": (
+        "the agents run on the host",
+        "each agent serves again (with the step's version), its running transfers kept",
     ),
 }
 
@@ -111,6 +128,10 @@ class Step(BaseModel):
     expect: list[str] = Field(default_factory=list)
     #: frontend-disable: how long clients are redirected
     seconds: int = 0
+    #: install-version: the version to install; restart-agents: the version each agent must run
+    version: str | None = None
+    #: check-agents: other hosts that must answer (the hosts of the agents' backups)
+    others: list[str] = Field(default_factory=list)
 
 
 class Chain(BaseModel):

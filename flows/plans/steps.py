@@ -21,6 +21,7 @@ def commands_for(
     agents: list[str],
     channels: list[str],
     all_agents: bool = False,
+    version: str = "VERSION",
 ) -> list[str]:
     """The commands a verb runs for these agents or channels (what the plan shows)."""
     if verb in ("set-inactive", "set-active"):
@@ -43,6 +44,14 @@ def commands_for(
         return [command(site, "stop_agent", agent=a) for a in agents]
     if verb == "start":
         return [command(site, "start_agent", agent=a) for a in agents]
+    if verb == "check-agents":
+        return [command(site, "agents_status"), command(site, "list_processes")]
+    if verb == "install-version":
+        return [command(site, "installed_version"), command(site, "upgrade", version=version)]
+    if verb == "configure-node":
+        return [command(site, "configure")]
+    if verb == "restart-agents":
+        return [command(site, "restart"), command(site, "agents_status")]
     kind = site.database.kind if site.database else "database"
     if agents:
         return [
@@ -73,7 +82,9 @@ def step(
         host=host,
         agents=agents,
         channels=channels,
-        commands=commands_for(site, verb, host, agents, channels, all_agents),
+        commands=commands_for(
+            site, verb, host, agents, channels, all_agents, options.get("version") or "VERSION"
+        ),
         pre=pre,
         post=post,
         all_agents=all_agents and verb == "stop",

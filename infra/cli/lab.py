@@ -151,7 +151,9 @@ def _print_status(st: Any) -> None:
             f"{h.address}:{h.port}",
             state,
             "\n".join(
-                f"{short(a.name)} {a.state}" + ("" if a.user == "edguser" else f" (as {a.user})")
+                f"{short(a.name)} {a.state}"
+                + (f" v{a.version}" if a.version else "")
+                + ("" if a.user == "edguser" else f" (as {a.user})")
                 for a in h.agents
             )
             or "-",

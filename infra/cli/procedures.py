@@ -17,6 +17,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     protect_terminal()
 
     load_site(args.site)  # a malformed site file is reported before anything starts
+    if args.procedure == "rolling-upgrade":
+        up: dict[str, Any] = {
+            "site_file": str(Path(args.site).resolve()),
+            "version": args.version,
+            "config_only": args.config_only,
+            "dry_run": args.dry_run,
+            "force_window": args.force_window or "",
+        }
+        if args.version and args.config_only:
+            err.print("[red]--version and --config-only exclude each other[/red]")
+            return 2
+        if args.hosts:
+            up["hosts"] = [h.strip() for h in args.hosts.split(",") if h.strip()]
+        for key in ("batch", "max_failures", "canary"):
+            if getattr(args, key) is not None:
+                up[key] = getattr(args, key)
+        if args.yes:
+            up["pause_for_approval"] = False
+        return run_procedure("rolling-upgrade", up, as_json=args.json)
     if args.procedure == "switch":
         sp: dict[str, Any] = {
             "site_file": str(Path(args.site).resolve()),
@@ -62,7 +81,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 def register(sub: Any) -> None:
     """Add the commands of this module to the `handover` parser."""
     p = sub.add_parser("run", help="run a procedure and print its report")
-    p.add_argument("procedure", choices=["clean-move", "emergency-move", "fence-host", "switch"])
+    p.add_argument(
+        "procedure",
+        choices=["clean-move", "emergency-move", "fence-host", "switch", "rolling-upgrade"],
+    )
     site_arg(p)
     p.add_argument("--from", dest="from_host", help="clean-move: host the agents leave")
     p.add_argument(
@@ -90,6 +112,22 @@ def register(sub: Any) -> None:
         "--force",
         action="store_true",
         help="after the drain timeout, move anyway: running transfers lose their state",
+    )
+    g = p.add_argument_group("rolling-upgrade")
+    g.add_argument("--version", help="the version to install (default: upgrade.target_version)")
+    g.add_argument(
+        "--config-only", action="store_true", help="re-render the configuration and restart"
+    )
+    g.add_argument("--hosts", help="comma-separated hosts, in order (default: all, file order)")
+    g.add_argument("--batch", type=int, help="hosts at a time (default: upgrade.batch)")
+    g.add_argument(
+        "--max-failures", type=int, help="failed hosts tolerated before halting (default: 0)"
+    )
+    g.add_argument("--canary", help="a host upgraded first, alone")
+    g.add_argument(
+        "--force-window",
+        metavar="REASON",
+        help="run outside the maintenance window (or in a blackout); the reason is recorded",
     )
     p.add_argument("--json", action="store_true", help="print the typed result as JSON")
     p.set_defaults(func=cmd_run)

@@ -1,0 +1,348 @@
+"""The rolling upgrade (seed 001) on the lab, with load on: the real SPMA and YAIM stand-ins, the
+restart that keeps running transfers, the policies for a failed host, the maintenance windows and
+the schedule. One lab for the module: the tests run in file order and each says the state it
+leaves."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from flows.plans.windows import check_window
+from flows.rolling_upgrade import UpgradeResult, report_markdown, rolling_upgrade
+from infra.lab import software
+from infra.serve import deployment_specs
+from tests.conftest import ROOT, RunningLab, wait_for
+
+HOSTS = ["fts101", "fts102", "fts105", "fts106"]
+
+
+@pytest.fixture(scope="module")
+def site_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("upgrade-sites")
+
+
+def variant(lab: RunningLab, where: Path, name: str, **sections: Any) -> Path:
+    """The lab's site file with some sections replaced (the same lab, another policy)."""
+    data = yaml.safe_load(lab.site_file.read_text())
+    for key, value in sections.items():
+        if key == "policy":
+            # the runs here are approved up front (`pause_for_approval=False`)
+            data.setdefault("procedures", {})["rolling-upgrade"] = {"approval": "none", **value}
+        else:
+            data[key] = value
+    out = where / f"{name}.yaml"
+    out.write_text(yaml.safe_dump(data, sort_keys=False))
+    return out
+
+
+def run(lab: RunningLab, site_file: Path | None = None, **kw: Any) -> UpgradeResult:
+    state = rolling_upgrade(
+        str(site_file or lab.site_file), pause_for_approval=False, return_state=True, **kw
+    )
+    result = state.result(raise_on_failure=False)
+    assert isinstance(result, UpgradeResult), result
+    return result
+
+
+def versions(lab: RunningLab) -> dict[str, tuple[str, str]]:
+    """Each serving agent's (host, version), as `handover lab status` shows them."""
+    return {
+        a.name: (h.name, a.version)
+        for h in lab.lab.status().hosts
+        for a in h.agents
+        if a.state == "serving"
+    }
+
+
+def installed(lab: RunningLab, host: str) -> str:
+    res = lab.shell.run(host, "installed_version")
+    return res.stdout.strip()
+
+
+def on_host(lab: RunningLab, host: str, script: str) -> None:
+    res = lab.shell.run_argv(host, ["sh", "-c", script], timeout=120)
+    assert res.ok, (host, script, res.stdout, res.stderr)
+
+
+def active_jobs(lab: RunningLab) -> list[int]:
+    with contextlib.closing(lab.lab.db.connect()) as conn:
+        return [int(r[0]) for r in conn.run("SELECT id FROM jobs WHERE state = 'Active'")]
+
+
+def job_states(lab: RunningLab, ids: list[int]) -> dict[str, int]:
+    with contextlib.closing(lab.lab.db.connect()) as conn:
+        return dict(
+            conn.run("SELECT state, count(*) FROM jobs WHERE id = ANY(:i) GROUP BY state", i=ids)
+        )
+
+
+def window_at(t: dt.datetime, duration_s: float) -> dict[str, Any]:
+    """A daily window opening at `t`'s minute (UTC)."""
+    return {"cron": f"{t.minute} {t.hour} * * *", "duration_s": duration_s, "timezone": "UTC"}
+
+
+@pytest.fixture(autouse=True)
+def _prefect(prefect_api: str) -> None:
+    """Every test here runs flows against the session's Prefect server."""
+
+
+# --- nothing changes -----------------------------------------------------------------------------
+
+
+def test_a_dry_run_changes_nothing(lab: RunningLab) -> None:
+    before = versions(lab)
+    assert {v for _h, v in before.values()} == {"1"}
+    r = run(lab, version="2", dry_run=True)
+    assert r.status == "dry-run", r.summary
+    assert r.plan is not None and [h.host for h in r.plan.todo] == HOSTS
+    assert versions(lab) == before
+    assert all(installed(lab, h).startswith("glite-data-transfer-agents-1-") for h in HOSTS)
+
+
+def test_outside_the_window_it_is_refused_naming_the_next_one(
+    lab: RunningLab, site_dir: Path
+) -> None:
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=2)
+    site = variant(lab, site_dir, "closed", policy={"windows": [window_at(later, 600)]})
+    r = run(lab, site, version="2")
+    assert r.status == "refused" and "outside every maintenance window" in r.summary, r.summary
+    assert f"{later:%Y-%m-%d %H:%M} UTC" in r.summary, r.summary
+    assert r.window is not None and r.window.next_opens_at is not None
+    assert {v for _h, v in versions(lab).values()} == {"1"}
+
+
+def test_a_blackout_is_refused(lab: RunningLab, site_dir: Path) -> None:
+    today = dt.datetime.now(dt.UTC).date()
+    site = variant(
+        lab,
+        site_dir,
+        "blackout",
+        policy={
+            "windows": [{"cron": "* * * * *", "duration_s": 3600}],
+            "blackouts": [{"start": str(today), "end": str(today), "reason": "CHEP week"}],
+        },
+    )
+    r = run(lab, site, version="2")
+    assert r.status == "refused" and "blackout" in r.summary and "CHEP week" in r.summary
+    assert {v for _h, v in versions(lab).values()} == {"1"}
+
+
+def test_a_host_that_would_overrun_the_window_is_not_started(
+    lab: RunningLab, site_dir: Path
+) -> None:
+    # open now (every minute, for 100 s) but each host is expected to take 10 minutes
+    site = variant(
+        lab,
+        site_dir,
+        "short",
+        policy={
+            "windows": [{"cron": "* * * * *", "duration_s": 100}],
+            "expected_host_s": 90,
+        },
+    )
+    assert (
+        check_window(yaml_policy(site), dt.datetime.now(dt.UTC) + dt.timedelta(seconds=15)).status
+        == "open"
+    )
+    r = run(lab, site, version="2")
+    assert r.status == "partial", r.summary
+    assert r.left == HOSTS and "left for the next window" in r.summary, r.summary
+    assert any("left for the next run" in h for h in r.human_actions)
+    assert {v for _h, v in versions(lab).values()} == {"1"}
+
+
+def yaml_policy(site_file: Path) -> Any:
+    from config.loader import load_site
+
+    return load_site(site_file).policy("rolling-upgrade")
+
+
+# --- the upgrade ----------------------------------------------------------------------------------
+
+
+def test_upgrade_under_load_keeps_every_transfer(lab: RunningLab) -> None:
+    lab.lab.score(reset=True)
+    wait_for(lambda: len(active_jobs(lab)) >= 8 or None, 30, "transfers to run")
+    running = active_jobs(lab)
+    r = run(lab, version="2")
+    assert r.status == "completed", (r.summary, r.human_actions)
+    assert [o.host for o in r.hosts if o.result == "upgraded"] == HOSTS
+    assert {v for _h, v in versions(lab).values()} == {"2"}
+    assert len(versions(lab)) == len(lab.site.service.agents)
+    # every agent's time down is reported, by the run and, independently, by the database
+    assert set(r.missed_s) == {a.name for a in lab.site.service.agents}
+    assert r.missed_p95_s is not None and r.missed_max_s is not None
+    gaps = lab.lab.score().restart_gaps_s
+    assert set(gaps) == set(r.missed_s), gaps
+    # the transfers that ran across the restarts finish, none lost
+    wait_for(
+        lambda: "Active" not in job_states(lab, running) or None,
+        60,
+        "the transfers that ran across the restart to finish",
+    )
+    assert job_states(lab, running) == {"Done": len(running)}
+    time.sleep(2)
+    score = lab.lab.score()
+    assert score.jobs_lost == 0, score
+    assert score.transfers_by_version.get("2", 0) > 0, score.transfers_by_version
+    report = report_markdown(r)
+    assert "p95" in report and "fts106" in report
+
+
+def test_config_only_keeps_yaims_report(lab: RunningLab) -> None:
+    digests = {a.name: a.config for h in lab.lab.status().hosts for a in h.agents}
+    info = lab.lab.paths.site_info
+    info.write_text(info.read_text().replace("FTA_LOG_LEVEL=INFO", "FTA_LOG_LEVEL=DEBUG"))
+    r = run(lab, config_only=True)
+    assert r.status == "completed", (r.summary, r.human_actions)
+    assert r.config_only and sorted(r.configure_report) == HOSTS
+    for host in HOSTS:
+        assert any("LOG_LEVEL INFO -> DEBUG" in ln for ln in r.configure_report[host]), (
+            r.configure_report[host]
+        )
+    after = {a.name: a.config for h in lab.lab.status().hosts for a in h.agents}
+    assert all(after[n] != d for n, d in digests.items()), (digests, after)
+    assert {v for _h, v in versions(lab).values()} == {"2"}
+    assert "LOG_LEVEL INFO -> DEBUG" in report_markdown(r)
+
+
+def test_forcing_outside_the_window_records_the_reason(lab: RunningLab, site_dir: Path) -> None:
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=3)
+    site = variant(lab, site_dir, "forced", policy={"windows": [window_at(later, 600)]})
+    reason = "CVE-2026-4242: the fix cannot wait for Tuesday"
+    r = run(lab, site, config_only=True, hosts=["fts106"], force_window=reason)
+    assert r.status == "completed", r.summary
+    assert r.forced_reason == reason and r.window is not None and r.window.status == "closed"
+    assert reason in report_markdown(r)
+
+
+def test_the_schedule_opens_with_the_window_and_its_run_checks_it(
+    lab: RunningLab, site_dir: Path
+) -> None:
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=4)
+    window = window_at(later, 1800)
+    site = variant(
+        lab,
+        site_dir,
+        "scheduled",
+        upgrade={"target_version": "4"},
+        policy={"windows": [window, {**window, "timezone": "Europe/Zurich"}]},
+    )
+    specs = {s["name"]: s for _fl, s in deployment_specs(str(site))}
+    schedules = specs["rolling-upgrade"]["schedules"]
+    assert [(s.cron, s.timezone) for s in schedules] == [
+        (window["cron"], "UTC"),
+        (window["cron"], "Europe/Zurich"),
+    ]
+    assert specs["window-notice"]["interval"] == 300
+    # a run as the schedule starts it (no version: the site's target), now: outside its window
+    r = run(lab, site)
+    assert r.status == "refused" and r.version == "4", r.summary
+    assert "the next window opens at" in r.summary
+    assert {v for _h, v in versions(lab).values()} == {"2"}
+
+
+def test_a_rerun_after_a_kill_continues_where_it_stopped(lab: RunningLab, prefect_api: str) -> None:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "infra.cli",
+            "run",
+            "rolling-upgrade",
+            "--site",
+            str(lab.site_file),
+            "--version",
+            "4",
+            "--yes",
+            "--json",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PREFECT_API_URL": prefect_api},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_for(
+            lambda: (
+                all(versions(lab).get(a, ("", ""))[1] == "4" for a in lab.agents_on("fts101"))
+                or None
+            ),
+            120,
+            "fts101 to run version 4",
+        )
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) != 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    r = run(lab, version="4")
+    assert r.status == "completed", (r.summary, r.human_actions)
+    assert r.plan is not None and "fts101" in [h.host for h in r.plan.done], r.plan
+    assert all(s.host != "fts101" for s in r.steps), [s.sentence for s in r.steps]
+    assert {v for _h, v in versions(lab).values()} == {"4"}
+
+
+# --- a broken version on the second host --------------------------------------------------------
+
+
+@pytest.fixture
+def broken_on_fts102(lab: RunningLab) -> Iterator[None]:
+    """Version 5 fails to start on fts102 only; afterwards fts101 and fts102 are put back on 4."""
+    software.mark_broken(lab.lab.paths.repo_dir, "5", "libglobus.so.7: cannot open", ["fts102"])
+    try:
+        yield
+    finally:
+        software.mark_broken(lab.lab.paths.repo_dir, "5", None, None)
+
+
+def reset_to_4(lab: RunningLab, *hosts: str) -> None:
+    for h in hosts:
+        on_host(lab, h, "spma_wrapper.sh --version 4 && service transfer-agents restart")
+    assert {v for _h, v in versions(lab).values()} == {"4"}
+
+
+@pytest.mark.parametrize("policy", ["halt", "rollback", "move"])
+def test_a_broken_version_on_the_second_host_halts_the_run(
+    lab: RunningLab, site_dir: Path, broken_on_fts102: None, policy: str
+) -> None:
+    site = variant(lab, site_dir, f"on-{policy}", upgrade={"on_failure": policy})
+    r = run(lab, site, version="5")
+    assert r.status == "failed", r.summary
+    by = {o.host: o for o in r.hosts}
+    assert by["fts101"].result == "upgraded" and by["fts101"].after == "5"
+    assert r.left == ["fts105", "fts106"], r.left
+    for untouched in ("fts105", "fts106"):
+        assert installed(lab, untouched).startswith("glite-data-transfer-agents-4-")
+    assert "libglobus.so.7" in by["fts102"].note, by["fts102"]
+    now = versions(lab)
+    on_102 = lab.agents_on("fts102")
+    if policy == "halt":
+        assert by["fts102"].result == "failed"
+        assert all(a not in now for a in on_102), now  # down, as the report says
+        assert any("rolling-upgrade --version 4 --hosts fts102" in h for h in r.human_actions)
+        reset_to_4(lab, "fts101", "fts102")
+    elif policy == "rollback":
+        assert by["fts102"].result == "rolled-back" and by["fts102"].after == "4"
+        assert all(now[a] == ("fts102", "4") for a in on_102), now
+        assert installed(lab, "fts102").startswith("glite-data-transfer-agents-4-")
+        reset_to_4(lab, "fts101")
+    else:
+        assert by["fts102"].result == "moved", by["fts102"]
+        assert all(now[a] == ("fts101", "5") for a in on_102), now
+        assert any("repair it, then move them back" in h for h in r.human_actions)
+    assert lab.lab.score().agents_running_twice == []
