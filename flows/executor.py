@@ -37,7 +37,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import MissingContextError
 
 from flows import progress
-from flows.plans.model import Chain, Ledger, Plan, Remedy, Step
+from flows.plans.model import Chain, Ledger, Phase, Plan, Remedy, Step
 from flows.result import AgentOutcome, Outcome, StepRecord
 from tasks.adapters.ssh import SshError
 from tasks.drain import Cancelled, DrainMonitor, DrainTimeout
@@ -88,8 +88,15 @@ class Executor:
         drain_host_lost_s: float = 30.0,
         force: bool = False,
         compensate: Compensate | None = None,
+        before_phase: Callable[[Phase], str | None] | None = None,
     ) -> None:
         self.shell = shell
+        #: asked before each phase: a reason not to start it (the run stops there), or None
+        self.before_phase = before_phase
+        #: why the phases from `stopped_before` on were not started ("" when all ran)
+        self.stop_reason = ""
+        self.stopped_before: list[str] = []
+        self._progress_at = 0.0
         self.site = shell.site
         self.plan = plan
         self.poll_s = poll_s
@@ -161,13 +168,22 @@ class Executor:
                 self.steps_done += 1
         _log(sentence)
         progress.emit("step", record=rec, done=self.steps_done, total=self.steps_total)
-        if self.progress_id is not None and counts:
-            try:
-                update_progress_artifact(
-                    self.progress_id, 100.0 * self.steps_done / self.steps_total
-                )
-            except Exception:  # noqa: BLE001, S110 - progress display must not fail a procedure
-                pass
+        if counts:
+            self._update_progress()
+
+    def _update_progress(self, final: bool = False) -> None:
+        """Move the progress artifact: a call to the API, so at most one a second (and the
+        last one), not one per step."""
+        if self.progress_id is None:
+            return
+        mono = time.monotonic()
+        if not final and mono - self._progress_at < 1.0 and self.steps_done < self.steps_total:
+            return
+        self._progress_at = mono
+        try:
+            update_progress_artifact(self.progress_id, 100.0 * self.steps_done / self.steps_total)
+        except Exception:  # noqa: BLE001, S110 - progress display must not fail a procedure
+            pass
 
     def _on_poll(self, running: dict[str, int]) -> None:
         progress.emit("drain", host=self.drain_host, running=running)
@@ -405,7 +421,12 @@ class Executor:
             ctx = contextvars.copy_context()
             self.monitor.start(lambda f: threading.Thread(target=ctx.run, args=(f,), daemon=True))
         try:
-            for phase in self.plan.phases:
+            for i, phase in enumerate(self.plan.phases):
+                reason = self.before_phase(phase) if self.before_phase else None
+                if reason:
+                    self.stop_reason = reason
+                    self.stopped_before = [p.name for p in self.plan.phases[i:]]
+                    break
                 progress.emit("phase", name=phase.name)
                 began = time.monotonic()
                 if len(phase.chains) == 1:
@@ -430,6 +451,7 @@ class Executor:
             raise
         finally:
             self.monitor.stop()
+            self._update_progress(final=True)
 
 
 def _wait_drained(

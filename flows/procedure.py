@@ -17,8 +17,9 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.client.schemas.objects import State
 from prefect.states import Completed, Failed
 
-from config.site import Site
+from config.site import ProcedurePolicy, Site
 from flows import progress
+from flows.approval import ApprovalRecord, approve
 from flows.notify import ProcedureThread
 from flows.result import ProcedureResult
 from flows.service_lock import ServiceLockError, service_lock
@@ -36,6 +37,21 @@ class Run:
 
     thread: ProcedureThread
     shell: SiteShell
+
+    def approve(
+        self, policy: ProcedurePolicy, pause: bool | None, who: str, what: str, lines: list[str]
+    ) -> ApprovalRecord:
+        """`flows.approval.approve` with the request posted in the run's thread (`lines` under
+        `what`) and the decision written back there."""
+        return approve(
+            policy,
+            pause,
+            who,
+            what,
+            announce=lambda: self.thread.request(what, lines, policy),
+            conclude=self.thread.decided,
+            slack=self.shell.site.slack,
+        )
 
 
 @contextlib.contextmanager

@@ -16,6 +16,7 @@ backups by the emergency-move plan).
 from __future__ import annotations
 
 import getpass
+import re
 import statistics
 from typing import Any, Literal
 
@@ -24,11 +25,11 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.client.schemas.objects import State
 from pydantic import BaseModel, Field
 
-from config.site import Site, short_name
+from config.site import VERSION_RE, Site, short_name
 from flows import progress
-from flows.approval import approve
 from flows.executor import Executor
 from flows.plans.emergency_move import EmergencyRequest, partners, plan_emergency_move
+from flows.plans.model import Phase
 from flows.plans.rolling_upgrade import (
     PROCEDURE,
     HostPlan,
@@ -180,6 +181,12 @@ def rolling_upgrade(
             )
             return end(result, report_markdown)
 
+        if target is not None and not re.fullmatch(VERSION_RE, target):
+            return finish(
+                "refused",
+                f"{target!r} is not a version (letters, digits and . _ + ~ -, starting with a "
+                "letter or digit); nothing changed",
+            )
         if not config_only and target is None:
             return finish(
                 "refused",
@@ -261,63 +268,18 @@ def _upgrade(
         "*Hosts*: " + ", ".join(f"{h.host} ({h.why})" for h in plan.todo),
         f"*If a host fails*: the run halts; {_policy_words(site)}",
     ]
-    approval = approve(
-        policy,
-        pause,
-        who,
-        what,
-        announce=lambda: run.thread.request(what, lines, policy),
-        conclude=run.thread.decided,
-        slack=site.slack,
-    )
+    approval = run.approve(policy, pause, who, what, lines)
     known["approval"] = approval
     if not approval.approved:
         return finish("rejected", f"{approval.sentence()}; nothing changed", **known)
     by_host = {h.host: h for h in plan.todo}
-    records: list[StepRecord] = []
+    extra: list[StepRecord] = []
     outcomes: dict[str, HostOutcome] = {}
     human: list[str] = []
-    failures = 0
-    longest = 0.0
-    left: list[str] = []
-    stop_reason = ""
-    for i, phase in enumerate(plan.phases):
-        hosts = [c.name for c in phase.chains]
-        if stop_reason:
-            left += hosts
-            continue
-        # the window: a batch that would end after it closes is not started
-        estimate = longest * ESTIMATE_MARGIN if longest else policy.expected_host_s
-        if not forced and not fits(window, now(), estimate):
-            stop_reason = (
-                f"the window closes at {window.closes_at:%H:%M:%S} UTC and one host takes "
-                f"about {estimate:.0f} s: {', '.join(hosts)} and the rest are left for the "
-                "next window"
-            )
-            progress.emit("step-sentence", sentence=stop_reason)
-            left += hosts
-            continue
-        if i == 1 and plan.canary and site.upgrade.approve_after_canary:
-            again = approve(
-                policy.model_copy(update={"approval": "required"}),
-                True,
-                who,
-                f"continue the rolling upgrade after the canary {plan.canary}",
-                announce=lambda: run.thread.request(
-                    f"the canary {plan.canary} is done: continue with the other hosts?",
-                    [o.note or o.result for o in outcomes.values()],
-                    policy,
-                ),
-                conclude=run.thread.decided,
-                slack=site.slack,
-            )
-            if not again.approved:
-                stop_reason = f"after the canary: {again.sentence()}"
-                left += hosts
-                continue
-        ex = Executor(run.shell, plan.model_copy(update={"phases": [phase]}))
-        ex.execute()
-        records += ex.records
+    ex: Executor
+
+    def settle(hosts: list[str]) -> None:
+        """Record where each host of a finished batch ended; apply the policy to failed ones."""
         for h in hosts:
             mine = [r for r in ex.records if r.host == h]
             secs = (
@@ -325,37 +287,65 @@ def _upgrade(
                 if mine
                 else 0.0
             )
-            remote = sum(r.remote_s for r in mine)
-            if h in ex.failed_chains:
-                failures += 1
-                err = next((r.sentence for r in reversed(mine) if r.outcome == "failed"), "")
-                outcomes[h] = HostOutcome(
-                    host=h,
-                    result="failed",
-                    before=by_host[h].installed,
-                    seconds=round(secs, 3),
-                    remote_s=round(remote, 3),
-                    note=err,
-                )
-            else:
-                longest = max(longest, secs)
-                outcomes[h] = HostOutcome(
-                    host=h,
-                    result="upgraded",
-                    before=by_host[h].installed,
-                    after=req.version or by_host[h].installed,
-                    seconds=round(secs, 3),
-                    remote_s=round(remote, 3),
-                    note=next((r.sentence for r in mine if r.verb == "restart-agents"), ""),
-                )
-        for h in [h for h in hosts if outcomes[h].result == "failed"]:
-            records += _after_failure(run, plan, by_host[h], outcomes[h], human)
+            failed = h in ex.failed_chains
+            outcomes[h] = HostOutcome(
+                host=h,
+                result="failed" if failed else "upgraded",
+                before=by_host[h].installed,
+                after=None if failed else (req.version or by_host[h].installed),
+                seconds=round(secs, 3),
+                remote_s=round(sum(r.remote_s for r in mine), 3),
+                note=next((r.sentence for r in reversed(mine) if r.outcome == "failed"), "")
+                if failed
+                else next((r.sentence for r in mine if r.verb == "restart-agents"), ""),
+            )
+            if failed:
+                extra.extend(_after_failure(run, plan, by_host[h], outcomes[h], human))
+
+    previous: list[str] = []
+
+    def before(phase: Phase) -> str | None:
+        """Between two batches: settle the last one; halt past max_failures; the window; the
+        approval after the canary."""
+        nonlocal previous
+        settle(previous)
+        previous = [c.name for c in phase.chains]
+        failures = sum(1 for o in outcomes.values() if o.result != "upgraded")
         if failures > max_failures:
-            stop_reason = (
+            return (
                 f"{count(failures, 'host')} failed (the site tolerates {max_failures}): "
                 "the run halts"
             )
-            progress.emit("step-sentence", sentence=stop_reason)
+        done = [o.seconds for o in outcomes.values() if o.result == "upgraded"]
+        estimate = max(done) * ESTIMATE_MARGIN if done else policy.expected_host_s
+        if not forced and not fits(window, now(), estimate):
+            assert window.closes_at is not None
+            return (
+                f"the window closes at {window.closes_at:%H:%M:%S} UTC and a host takes about "
+                f"{estimate:.0f} s: the rest is left for the next window"
+            )
+        after_canary = plan.canary is not None and plan.batches[0] == [plan.canary]
+        if after_canary and len(plan.phases) > 1 and phase is plan.phases[1]:
+            if site.upgrade.approve_after_canary:
+                again = run.approve(
+                    policy.model_copy(update={"approval": "required"}),
+                    True,
+                    who,
+                    f"the canary {plan.canary} is done: continue with the other hosts?",
+                    [o.note or o.result for o in outcomes.values()],
+                )
+                if not again.approved:
+                    return f"after the canary: {again.sentence()}"
+        return None
+
+    ex = Executor(run.shell, plan, before_phase=before)
+    ex.execute()
+    settle(previous if not ex.stop_reason else [])
+    stop_reason = ex.stop_reason
+    if stop_reason:
+        progress.emit("step-sentence", sentence=stop_reason)
+    left = [c.name for p in plan.phases if p.name in ex.stopped_before for c in p.chains]
+    records = [*ex.records, *extra]
     missed = {
         a: s
         for r in records

@@ -23,7 +23,6 @@ from pydantic import Field
 
 from config.site import Site
 from flows import progress
-from flows.approval import approve
 from flows.executor import Executor
 from flows.plans.model import Chain, Ledger, Remedy, steps_markdown
 from flows.plans.switch import (
@@ -277,15 +276,7 @@ def _switch(
             # would otherwise fall back on the site's approval policy)
             policy = policy.model_copy(update={"approval": "none"})
             pause = None
-    approval = approve(
-        policy,
-        pause,
-        who,
-        what,
-        announce=lambda: run.thread.request(what, lines, policy),
-        conclude=run.thread.decided,
-        slack=site.slack,
-    )
+    approval = run.approve(policy, pause, who, what, lines)
     if not approval.approved:
         return finish(
             "rejected", f"{approval.sentence()}; nothing changed", approval=approval, **known

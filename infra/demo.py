@@ -6,6 +6,8 @@ off its host onto the backup while transfers keep arriving, with its progress in
 report, and the lab's independent score (jobs lost, agents running twice). Last, a planned
 master-to-slave switch of the web front end and its DNS alias while the lab's clients submit
 through the alias, and what the clients saw (submissions lost, outage, writes by a fenced master).
+Then a rolling upgrade of every agent host to the next version (seed 001), with the database's
+own view of each agent's time down.
 """
 
 from __future__ import annotations
@@ -111,9 +113,38 @@ def main() -> int:
             )
             if c.lost or c.writes_by_fenced_master:
                 switch_code = 1
+    # seed 001: every agent host upgraded one after the other, the transfers kept running
+    running = [a.version for h in lab.status().hosts for a in h.agents if a.version]
+    now_on = max(set(running), key=running.count) if running else "1"
+    target = {"1": "2", "2": "4", "4": "5"}.get(now_on, "2")
+    lab.score(reset=True)
+    console.rule(f"rolling upgrade to version {target} (approved up front for the demo)")
+    upgrade_code = run_procedure(
+        "rolling-upgrade",
+        {
+            "site_file": site_file,
+            "version": target,
+            "pause_for_approval": False,
+            "requested_by": "make demo",
+        },
+        as_json=False,
+    )
+    time.sleep(2)  # the transfers that ran across the last restart are swept
+    up_score = lab.score()
+    console.rule("the lab's own score of the upgrade")
+    gaps = [g for gs in up_score.restart_gaps_s.values() for g in gs]
+    console.print(
+        f"{up_score.jobs_done} jobs done, {up_score.jobs_lost} lost; "
+        f"{len(up_score.restart_gaps_s)} agents restarted, the longest down "
+        f"{max(gaps, default=0.0):.3f} s (as the database saw it); transfers by version: "
+        f"{up_score.transfers_by_version}"
+    )
+    if up_score.jobs_lost:
+        upgrade_code = 1
     ui = url.removesuffix("/api")
     console.print(
-        f"\nPrefect UI: {ui} (flow runs 'site-snapshot', 'clean-move' and 'switch', their "
+        f"\nPrefect UI: {ui} (flow runs 'site-snapshot', 'clean-move', 'switch' and "
+        "'rolling-upgrade', their "
         "artifacts)"
         + (" [dim](server started by the demo)[/dim]" if started else "")
         + f"\nMove back: .venv/bin/handover run clean-move --from {dst} --to {src}"
@@ -121,7 +152,7 @@ def main() -> int:
         + "\nTear down: .venv/bin/handover lab down && .venv/bin/handover server stop"
     )
     moved = code == 0 and score.jobs_lost == 0 and not score.agents_running_twice
-    return 0 if moved and switch_code == 0 else 1
+    return 0 if moved and switch_code == 0 and upgrade_code == 0 else 1
 
 
 if __name__ == "__main__":

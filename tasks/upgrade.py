@@ -50,7 +50,7 @@ def read_upgrade_host(shell: SiteShell, host: str) -> UpgradeHost:
     )
 
 
-def _status(shell: SiteShell, host: str, verb: str) -> tuple[list[AgentStatus], str]:
+def _status(shell: SiteShell, host: str) -> tuple[list[AgentStatus], str]:
     res = shell.run(host, "agents_status")
     return parse_status(res.stdout, shell.site.commands.agent_status_regex), res.command
 
@@ -65,7 +65,7 @@ def check_agents(shell: SiteShell, host: str, agents: list[str], others: list[st
     verb = "check-agents"
     started = now()
     with ThreadPoolExecutor(max_workers=1 + min(8, len(others) or 1)) as ex:
-        status = ex.submit(_status, shell, host, verb)
+        status = ex.submit(_status, shell, host)
         peers = list(ex.map(lambda h: snapshot_host(shell, h), others))
         statuses, command = status.result()
     by_name = {s.agent: s for s in statuses}
@@ -197,7 +197,7 @@ def restart_agents(
     t0 = time.monotonic()
     res = shell.run(host, "restart", timeout=START_TIMEOUT_S)
     took = time.monotonic() - t0
-    statuses, status_cmd = _status(shell, host, verb)
+    statuses, status_cmd = _status(shell, host)
     by_name = {s.agent: s for s in statuses}
     installed = None
     if version is not None and any(

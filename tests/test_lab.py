@@ -113,6 +113,50 @@ def test_stopping_an_agent_with_running_transfers_loses_them(lab: RunningLab) ->
         verbs.start_agents(lab.shell, "fts101", [agent])
 
 
+def test_a_restart_keeps_running_transfers_and_runs_the_installed_version(
+    lab: RunningLab,
+) -> None:
+    ch = "CERN-RAL"
+    agent = f"glite-transfer-channel-agent-urlcopy-{ch}"
+    long_job = _submit(lab, ch, 4.0)
+    wait_for(lambda: _job_state(lab, long_job) == "Active", 10, f"job {long_job} to run")
+    sh = lab.shell
+
+    def host(script: str) -> str:
+        res = sh.run_argv("fts101", ["sh", "-c", script], timeout=60)
+        return res.stdout + res.stderr
+
+    try:
+        assert "1-1 -> 2-1" in host("spma_wrapper.sh --version 2")
+        assert (
+            host("rpm -q glite-data-transfer-agents")
+            .strip()
+            .startswith("glite-data-transfer-agents-2-1")
+        )
+        out = host(f"service transfer-agents restart --instance {agent}")
+        assert "handed over" in out and "[  OK  ]" in out and "version 2" in out, out
+        status = host(f"service transfer-agents status --instance {agent}")
+        assert "(serving, version 2, config " in status and "at its last restart" in status
+        # the transfer that ran across the restart is finished by the new instance, not lost
+        wait_for(lambda: _job_state(lab, long_job) == "Done", 15, f"job {long_job} to be Done")
+        # the old instance has its last word in the state file before the new one takes the
+        # lock: restart after restart, the new one reports serving
+        for _ in range(10):
+            out = host(f"service transfer-agents restart --instance {agent}")
+            assert "Starting" in out and "[  OK  ]" in out.split("Starting", 1)[1], out
+        assert lab.lab.score().restart_gaps_s.get(agent), "the database saw no restart"
+        # a broken version: the restarted agent fails and says why; the old one is back on 1
+        assert "2-1 -> 3-1" in host("spma_wrapper.sh --version 3")
+        out = host(f"service transfer-agents restart --instance {agent}")
+        assert "[FAILED]" in out and "version 3 is broken" in out, out
+        assert "no package glite-data-transfer-agents version 9" in host(
+            "spma_wrapper.sh --version 9"
+        )
+    finally:
+        host(f"spma_wrapper.sh --version 1 && service transfer-agents restart --instance {agent}")
+    assert "(serving, version 1," in host(f"service transfer-agents status --instance {agent}")
+
+
 def test_a_transfer_that_finishes_under_its_agent_is_done(lab: RunningLab) -> None:
     job = _submit(lab, "CERN-IN2P3", 0.5)
     wait_for(lambda: _job_state(lab, job) == "Done", 15, f"job {job} to be Done")

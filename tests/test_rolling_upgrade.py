@@ -111,6 +111,11 @@ def test_a_dry_run_changes_nothing(lab: RunningLab) -> None:
     assert all(installed(lab, h).startswith("glite-data-transfer-agents-1-") for h in HOSTS)
 
 
+def test_a_version_that_is_not_one_is_refused(lab: RunningLab) -> None:
+    r = run(lab, version="--help")
+    assert r.status == "refused" and "is not a version" in r.summary, r.summary
+
+
 def test_outside_the_window_it_is_refused_naming_the_next_one(
     lab: RunningLab, site_dir: Path
 ) -> None:
@@ -252,6 +257,36 @@ def test_the_schedule_opens_with_the_window_and_its_run_checks_it(
     assert r.status == "refused" and r.version == "4", r.summary
     assert "the next window opens at" in r.summary
     assert {v for _h, v in versions(lab).values()} == {"2"}
+
+
+def test_the_window_notice_says_what_the_window_will_do_once(
+    lab: RunningLab, site_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flows.window_notice import NoticeResult, window_notice
+    from infra.fakeslack import FakeSlack
+
+    soon = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=20)
+    site = variant(
+        lab,
+        site_dir,
+        "notice",
+        upgrade={"target_version": "4"},
+        policy={"windows": [window_at(soon, 1800)], "notice_s": 3600},
+    )
+    with FakeSlack(tokens={"xoxb-notice"}) as slack:
+        monkeypatch.setenv("HANDOVER_SLACK_BOT_TOKEN", "xoxb-notice")
+        monkeypatch.setenv("HANDOVER_SLACK_API_URL", slack.base_url)
+        first = window_notice(str(site), return_state=True).result()
+        again = window_notice(str(site), return_state=True).result()
+        texts = [m.text for m in slack.messages.values()]
+    assert isinstance(first, NoticeResult) and isinstance(again, NoticeResult)
+    [notice] = first.notices
+    assert notice.posted and notice.opens_at.strftime("%H:%M") == soon.strftime("%H:%M")
+    # the plan as the site is now: version 4 on every host, in order
+    assert "upgrade 4 host(s) to version 4" in notice.text, notice.text
+    assert notice.text.index("fts101") < notice.text.index("fts106")
+    assert texts == [notice.text]
+    assert again.notices == [], "the same window announced twice"
 
 
 def test_a_rerun_after_a_kill_continues_where_it_stopped(lab: RunningLab, prefect_api: str) -> None:

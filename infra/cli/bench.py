@@ -41,6 +41,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
             flood_threads=args.flood_threads,
             progress=say,
         )
+    elif args.bench_what == "rolling-upgrade":
+        from infra.bench.rolling_upgrade import bench_rolling_upgrade
+
+        result = bench_rolling_upgrade(
+            hosts=tuple(args.hosts or (10, 50)), rounds=args.rounds, load=args.load, progress=say
+        )
     elif args.bench_what == "clean-move":
         from infra.bench.clean_move import bench_clean_move
 
@@ -103,6 +109,21 @@ def register(sub: Any) -> None:
         type=int,
         default=8,
         help="resolvers querying during one switch (0: none)",
+    )
+    p.add_argument("--json", action="store_true")
+    p = bsub.add_parser(
+        "rolling-upgrade",
+        help="rolling upgrades of generated labs: time per host, overhead, agents' time down",
+    )
+    p.add_argument(
+        "--hosts",
+        type=int,
+        action="append",
+        help="a lab size (repeatable; default 10 and 50; 10 is always run for the ratio)",
+    )
+    p.add_argument("--rounds", type=int, default=3, help="upgrades per size")
+    p.add_argument(
+        "--load", type=float, default=10.0, help="jobs/s submitted in total, whatever the size"
     )
     p.add_argument("--json", action="store_true")
     p = bsub.add_parser(

@@ -373,10 +373,14 @@ class Agent:
                     a=self.name,
                     b=self.backend_pid,
                 )
-                self.conn.close()
             except DB_ERRORS as exc:
                 self.log(f"could not record the stop: {exc}")
+        # the last word in the state file before the lock goes: the instance that takes the
+        # lock next (a restart's) writes its own state after this one, never before
         self.state("stopped", reason="restarting" if self.restarting else "")
+        if self.conn is not None:
+            with contextlib.suppress(*DB_ERRORS):
+                self.conn.close()
         return 0
 
 

@@ -25,6 +25,7 @@ from infra.lab.runtime import (
     RUN_DIR,
     AgentRuntime,
     HostRuntime,
+    dispatch,
     load_runtime,
     read_disabled,
     read_state,
@@ -315,19 +316,11 @@ def channel_list(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Dispatch: ``python -m infra.lab.hostcmd service|channel-set|channel-list ARGS``."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if not args:
-        print("usage: hostcmd service|channel-set|channel-list ...", file=sys.stderr)
-        return 2
-    cmd, rest = args[0], args[1:]
-    if cmd == "service":
-        return service(rest)
-    if cmd == "channel-set":
-        return channel_set(rest)
-    if cmd == "channel-list":
-        return channel_list(rest)
-    print(f"hostcmd: unknown command {cmd}", file=sys.stderr)
-    return 2
+    return dispatch(
+        "hostcmd",
+        {"service": service, "channel-set": channel_set, "channel-list": channel_list},
+        list(sys.argv[1:] if argv is None else argv),
+    )
 
 
 if __name__ == "__main__":

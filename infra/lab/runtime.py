@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TypedDict
 
@@ -95,3 +97,12 @@ def serves(state: dict[str, object] | None, nspid: int, live_backends: set[int])
         and st.get("pid") == nspid
         and int(str(st.get("backend_pid", 0))) in live_backends
     )
+
+
+def dispatch(prog: str, commands: dict[str, Callable[[list[str]], int]], argv: list[str]) -> int:
+    """Run ``commands[argv[0]](argv[1:])``: the entry point of a module of host commands."""
+    if not argv or argv[0] not in commands:
+        what = f"unknown command {argv[0]}" if argv else "no command"
+        print(f"{prog}: {what}; usage: {prog} {'|'.join(commands)} ...", file=sys.stderr)
+        return 2
+    return commands[argv[0]](argv[1:])

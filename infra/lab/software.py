@@ -376,19 +376,13 @@ def configure_node(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Dispatch: ``python -m infra.lab.software spma|rpm|configure-node ARGS``."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if not args:
-        print("usage: software spma|rpm|configure-node ...", file=sys.stderr)
-        return 2
-    cmd, rest = args[0], args[1:]
-    if cmd == "spma":
-        return spma_wrapper(rest)
-    if cmd == "rpm":
-        return rpm(rest)
-    if cmd == "configure-node":
-        return configure_node(rest)
-    print(f"software: unknown command {cmd}", file=sys.stderr)
-    return 2
+    from infra.lab.runtime import dispatch
+
+    return dispatch(
+        "software",
+        {"spma": spma_wrapper, "rpm": rpm, "configure-node": configure_node},
+        list(sys.argv[1:] if argv is None else argv),
+    )
 
 
 if __name__ == "__main__":
