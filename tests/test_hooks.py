@@ -587,6 +587,22 @@ def test_heartbeat_start_with_the_gateway_down_spools_and_succeeds(hooks: Hooks)
     assert (proc.returncode, proc.stdout.strip()) == (0, "running")
 
 
+def test_the_ha_group_daemons_election_asks_for_the_switch(hooks: Hooks, gateway: Gateway) -> None:
+    # hagd calls SCRIPT ACTION GROUP, with the group's last master in its environment
+    env = hooks.env(HAGD_GROUP="fts", HAGD_MASTER="fts101", HAGD_ID="fts102")
+    proc, _ = hooks.run(SWITCH, "start", "fts", env=env)
+    assert proc.returncode == 0, proc.stderr
+    [alert] = expect_delivered(gateway, 1)
+    assert (alert["kind"], alert["host"], alert["source"]) == ("frontend_down", "fts101", "hagd")
+    assert "hagd group fts elected" in alert["summary"]
+    proc, _ = hooks.run(SWITCH, "status", "fts", env=env)
+    assert (proc.returncode, proc.stdout.strip()) == (0, "running")
+    proc, _ = hooks.run(SWITCH, "stop", "fts", env=env)
+    assert proc.returncode == 0
+    proc, _ = hooks.run(SWITCH, "status", "fts", env=env)
+    assert (proc.returncode, proc.stdout.strip()) == (3, "stopped")
+
+
 def test_heartbeat_rejects_an_unknown_action(hooks: Hooks) -> None:
     proc, _ = hooks.run(SWITCH, "reticulate", env=hooks.env())
     assert proc.returncode == 2 and "usage" in proc.stderr

@@ -332,6 +332,54 @@ def test_a_rerun_after_a_kill_continues_where_it_stopped(lab: RunningLab, prefec
     assert {v for _h, v in versions(lab).values()} == {"4"}
 
 
+def test_after_the_canary_a_human_decides(lab: RunningLab, site_dir: Path) -> None:
+    import threading
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.flow_runs import resume_flow_run
+
+    site = variant(
+        lab, site_dir, "canary", upgrade={"canary": "fts105", "approve_after_canary": True}
+    )
+    box: dict[str, Any] = {}
+    worker = threading.Thread(target=lambda: box.update(r=run(lab, site, version="5")))
+    worker.start()
+
+    def paused() -> list[Any]:
+        with get_client(sync_client=True) as client:
+            return client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))
+                )
+            )
+
+    try:
+        [waiting] = wait_for(paused, 120, "the run to ask after its canary")
+        # the canary alone is on the new version while the run waits
+        now = versions(lab)
+        assert {v for a, (h, v) in now.items() if h == "fts105"} == {"5"}, now
+        assert {v for a, (h, v) in now.items() if h != "fts105"} == {"4"}, now
+        resume_flow_run(waiting.id, run_input={"decision": "reject", "who": "an operator"})
+        worker.join(120)
+    finally:
+        if worker.is_alive():
+            from tests.conftest import reject_paused_runs
+
+            reject_paused_runs()
+            worker.join(60)
+    r = box["r"]
+    assert r.status == "partial", r.summary
+    assert [o.host for o in r.hosts if o.result == "upgraded"] == ["fts105"]
+    assert r.left == ["fts101", "fts102", "fts106"] and "after the canary" in r.summary
+    reset_to_4(lab, "fts105")
+
+
 # --- a broken version on the second host --------------------------------------------------------
 
 

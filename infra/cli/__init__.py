@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from config.loader import SiteConfigError
-from infra.cli import bench, lab, procedures, services, sitefile
+from infra.cli import bench, hagd, lab, procedures, services, sitefile
 from infra.cli.common import DEFAULT_SITE, err
 
 __all__ = ["DEFAULT_SITE", "build_parser", "main"]
@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     ap = argparse.ArgumentParser(prog="handover", description="The `handover` command line.")
     sub = ap.add_subparsers(dest="command", required=True)
-    for module in (sitefile, lab, procedures, services, bench):
+    for module in (sitefile, lab, procedures, services, bench, hagd):
         module.register(sub)
     return ap
 

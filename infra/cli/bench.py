@@ -47,6 +47,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         result = bench_rolling_upgrade(
             hosts=tuple(args.hosts or (10, 50)), rounds=args.rounds, load=args.load, progress=say
         )
+    elif args.bench_what == "hagd":
+        from infra.bench.hagd import bench_hagd
+
+        result = bench_hagd(rounds=args.rounds, providers=args.providers, progress=say)
     elif args.bench_what == "clean-move":
         from infra.bench.clean_move import bench_clean_move
 
@@ -125,6 +129,12 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--load", type=float, default=10.0, help="jobs/s submitted in total, whatever the size"
     )
+    p.add_argument("--json", action="store_true")
+    p = bsub.add_parser(
+        "hagd", help="HA group daemon: failover vs dT1 + dT2, manual takeover gap, heartbeat cost"
+    )
+    p.add_argument("--rounds", type=int, default=5, help="failovers and takeovers per setting")
+    p.add_argument("--providers", type=int, default=50, help="daemons for the heartbeat cost")
     p.add_argument("--json", action="store_true")
     p = bsub.add_parser(
         "faults", help="every procedure under faults at its steps: end state, convergence"

@@ -1,0 +1,321 @@
+"""`handover bench hagd`: the HA group daemon's failover, manual takeover and heartbeat cost.
+
+Real daemons (`handover hagd run`, one process each) on loopback addresses of their own
+(127.OCTET.0.x), each with a service script that records, to the microsecond, when it started
+and stopped the service:
+
+* **failover**, for each setting of dT1/dT2 (1 s/1 s and 3 s/2 s by default): three providers
+  (ranks 30, 20, 10); each round kills the master (SIGKILL: its box is gone) and times the kill
+  to the next provider's service start, against dT1 + dT2 (the seed's bound, plus the script);
+  the killed provider then comes back as a backup;
+* **manual takeover**: `takeover` on a backup: the service's gap between the old master's stop
+  and the new one's start (the takeover waits dT2 for the stop);
+* **heartbeat cost**: 50 providers of one group, full mesh of peers: datagrams each daemon
+  receives per second and the CPU each uses (from /proc over a measured period).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+KEY = "bench-hagd-shared-key-0123456789abcdef"
+
+SERVICE_SCRIPT = """#!/bin/sh
+# the service of group $2 on this provider: a file says it runs; each start and stop is logged
+# first, so that the file's state always has its line in the log
+D="$(dirname "$0")"
+case "$1" in
+  start) [ -e "$D/fail-start" ] && exit 1
+         echo "start $(date +%s.%N)" >> "$D/service.log"; echo up > "$D/service-$2" ;;
+  stop) echo "stop $(date +%s.%N)" >> "$D/service.log"; rm -f "$D/service-$2" ;;
+  status) [ -e "$D/service-$2" ] ;;
+esac
+"""
+
+
+@dataclass
+class Provider:
+    """One daemon of a test or bench cluster."""
+
+    name: str
+    address: str
+    rank: int
+    dir: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def control(self) -> str:
+        """The daemon's control socket."""
+        return str(self.dir / "hagd.sock")
+
+    def serves(self, group: str = "fts") -> bool:
+        """Whether its service of the group runs (the script's file)."""
+        return (self.dir / f"service-{group}").exists()
+
+    def status(self) -> dict[str, Any]:
+        """`handover hagd status --json` of this daemon."""
+        from infra.hagd.daemon import ask
+
+        return ask(self.control, "status")
+
+    def mode(self, group: str = "fts") -> str:
+        """Its mode in the group (``down`` when the daemon does not answer)."""
+        try:
+            return str(self.status()["groups"][group]["mode"])
+        except (OSError, ValueError, KeyError):
+            return "down"
+
+    def service_log(self) -> list[tuple[str, float]]:
+        """Each start and stop of its service, with its time."""
+        try:
+            lines = (self.dir / "service.log").read_text().split("\n")
+        except FileNotFoundError:
+            return []
+        return [(w[0], float(w[1])) for ln in lines if len(w := ln.split()) == 2]
+
+    def start(self) -> None:
+        """Start its daemon."""
+        with open(self.dir / "hagd.log", "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "infra.cli", "hagd", "run", "--config", str(self.config)],
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Stop its daemon (SIGKILL: as if its box died)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.proc = None
+
+    @property
+    def config(self) -> Path:
+        """Its configuration file."""
+        return self.dir / "hagd.yaml"
+
+
+def make_cluster(
+    where: Path,
+    octet: int,
+    ranks: list[int],
+    *,
+    dt1: float,
+    dt2: float,
+    extra_peers: tuple[str, ...] = (),
+    group: str = "fts",
+    names: list[str] | None = None,
+) -> list[Provider]:
+    """Providers of one group on 127.OCTET.x.y (configured, not started); their ids are
+    `names` (default p01, p02, ...)."""
+    names = names or [f"p{i + 1:02d}" for i in range(len(ranks))]
+    where.mkdir(parents=True, exist_ok=True)
+    keyfile = where / "key"
+    keyfile.write_text(KEY)
+    keyfile.chmod(0o600)
+    ps = [
+        Provider(names[i], f"127.{octet}.{1 + i // 200}.{1 + i % 200}", rank, where / names[i])
+        for i, rank in enumerate(ranks)
+    ]
+    for p in ps:
+        p.dir.mkdir(exist_ok=True)
+        script = p.dir / "service.sh"
+        script.write_text(SERVICE_SCRIPT)
+        script.chmod(0o755)
+        cfg = {
+            "id": p.name,
+            "address": p.address,
+            "port": 3333,
+            "peers": [q.address for q in ps if q is not p] + list(extra_peers),
+            "group": {group: p.rank},
+            "script": str(script),
+            "timeout": 5,
+            "debug": 3,
+            "key": {"file": str(keyfile)},
+            "dt1": dt1,
+            "dt2": dt2,
+            "interval": round(dt1 / 4, 3),
+            "control": p.control,
+        }
+        p.config.write_text(yaml.safe_dump(cfg))
+    return ps
+
+
+def _wait(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout_s:g} s waiting for {what}")
+        time.sleep(0.005)
+
+
+def _master(ps: list[Provider]) -> Provider | None:
+    live = [p for p in ps if p.proc is not None and p.serves()]
+    return live[0] if len(live) == 1 else None
+
+
+def _failover(
+    where: Path, octet: int, dt1: float, dt2: float, rounds: int, progress: Callable[[str], None]
+) -> dict[str, Any]:
+    ps = make_cluster(where, octet, [30, 20, 10], dt1=dt1, dt2=dt2)
+    bound = dt1 + dt2
+    times: list[float] = []
+    gaps: list[float] = []
+    try:
+        for p in ps:
+            p.start()
+        _wait(lambda: _master(ps) is not None, 10 * bound + 10, "a first master")
+        for i in range(rounds):
+            old = _master(ps)
+            assert old is not None
+            progress(f"dT1 {dt1:g} s, dT2 {dt2:g} s: round {i + 1}/{rounds}, killing {old.name}")
+            t0 = time.time()
+            old.stop(signal.SIGKILL)
+            (old.dir / "service-fts").unlink()
+            _wait(lambda: _master(ps) is not None, 5 * bound + 10, "the next master")
+            new = _master(ps)
+            assert new is not None
+            started = max(t for what, t in new.service_log() if what == "start")
+            assert started > t0, f"{new.name}'s start is not in its log"
+            times.append(round(started - t0, 3))
+            old.start()  # back as a backup
+
+            def back(p: Provider = old) -> bool:
+                return p.mode() == "normal"
+
+            _wait(back, 5 * bound + 10, f"{old.name} back")
+        # a manual takeover by a backup: the old master stops first
+        for _ in range(rounds):
+            cur = _master(ps)
+            assert cur is not None
+            backup = next(p for p in ps if p is not cur)
+            from infra.hagd.daemon import ask
+
+            asked = time.time()
+            ask(backup.control, "takeover", "fts")
+
+            def taken(b: Provider = backup, c: Provider = cur) -> bool:
+                return b.serves() and not c.serves()
+
+            _wait(taken, 5 * bound + 10, "the takeover")
+            stopped = max(t for what, t in cur.service_log() if what == "stop")
+            started = max(t for what, t in backup.service_log() if what == "start")
+            assert stopped > asked and started > asked, "a start or stop missing from a log"
+            gaps.append(round(started - stopped, 3))
+    finally:
+        for p in ps:
+            p.stop(signal.SIGKILL)
+    return {
+        "dt1_s": dt1,
+        "dt2_s": dt2,
+        "failover_s": _stats(times),
+        "failover_vs_bound": round(statistics.median(times) / bound, 3),
+        "manual_takeover_gap_s": _stats(gaps),
+    }
+
+
+def _cost(
+    where: Path, octet: int, n: int, measure_s: float, progress: Callable[[str], None]
+) -> dict[str, Any]:
+    dt1 = 3.0
+    ps = make_cluster(where, octet, list(range(n, 0, -1)), dt1=dt1, dt2=2.0)
+    try:
+        progress(f"heartbeat cost: {n} providers")
+        for p in ps:
+            p.start()
+        _wait(lambda: _master(ps) is not None, 60, "a master among the 50")
+        time.sleep(2)
+        before = {p.name: (_cpu_s(p), p.status()["counts"].get("accepted", 0)) for p in ps}
+        t0 = time.monotonic()
+        time.sleep(measure_s)
+        took = time.monotonic() - t0
+        cpu = []
+        recv = []
+        for p in ps:
+            c0, a0 = before[p.name]
+            cpu.append(100 * (_cpu_s(p) - c0) / took)
+            recv.append((p.status()["counts"].get("accepted", 0) - a0) / took)
+    finally:
+        for p in ps:
+            p.stop(signal.SIGKILL)
+    return {
+        "providers": n,
+        "interval_s": dt1 / 4,
+        "received_per_s_per_daemon": round(statistics.median(recv), 1),
+        "cpu_percent_per_daemon": _stats([round(c, 2) for c in cpu]),
+    }
+
+
+def _cpu_s(p: Provider) -> float:
+    assert p.proc is not None
+    fields = Path(f"/proc/{p.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    from infra.bench.alert import _pct
+
+    return {
+        "p50": round(statistics.median(values), 3),
+        "p95": _pct(values, 0.95),
+        "min": round(min(values), 3),
+        "max": round(max(values), 3),
+    }
+
+
+def bench_hagd(
+    *,
+    rounds: int = 5,
+    settings: tuple[tuple[float, float], ...] = ((1.0, 1.0), (3.0, 2.0)),
+    providers: int = 50,
+    measure_s: float = 10.0,
+    progress: Callable[[str], None] = lambda m: None,
+) -> dict[str, Any]:
+    """The figures (module docstring)."""
+    tmp = Path(tempfile.mkdtemp(prefix="handover-bench-hagd-"))
+    out: dict[str, Any] = {"rounds": rounds, "settings": []}
+    for i, (dt1, dt2) in enumerate(settings):
+        out["settings"].append(_failover(tmp / f"s{i}", 243, dt1, dt2, rounds, progress))
+    out["cost"] = _cost(tmp / "cost", 242, providers, measure_s, progress)
+    lines = [f"HA group daemon, {rounds} rounds per setting (p50, p95; min-max)"]
+    ok = True
+    for s in out["settings"]:
+        f, g = s["failover_s"], s["manual_takeover_gap_s"]
+        bound = s["dt1_s"] + s["dt2_s"]
+        # the seed's bound plus the script's time and a heartbeat's
+        ok = ok and f["p95"] <= bound + 1.0
+        lines += [
+            f"  dT1 {s['dt1_s']:g} s, dT2 {s['dt2_s']:g} s: master killed -> next master serving "
+            f"p50 {f['p50']:.2f} s, p95 {f['p95']:.2f} s ({f['min']:.2f}-{f['max']:.2f}); "
+            f"p50 / (dT1 + dT2) {s['failover_vs_bound']:.3f}",
+            f"    manual takeover: service gap p50 {g['p50']:.3f} s, p95 {g['p95']:.3f} s",
+        ]
+    c = out["cost"]
+    lines.append(
+        f"  heartbeats at {c['providers']} providers (interval {c['interval_s']:g} s, full mesh): "
+        f"{c['received_per_s_per_daemon']:.0f} datagrams/s received per daemon, CPU per daemon "
+        f"p50 {c['cpu_percent_per_daemon']['p50']:.2f} % "
+        f"(max {c['cpu_percent_per_daemon']['max']:.2f} %)"
+    )
+    out["ok"] = ok
+    out["summary"] = lines
+    return out

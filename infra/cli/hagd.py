@@ -1,0 +1,82 @@
+"""`handover hagd ...`: the HA group daemon (seed 003) and its control commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from infra.cli.common import err, out
+
+
+def _control(args: argparse.Namespace) -> str:
+    if args.control:
+        return str(args.control)
+    if args.config:
+        from infra.hagd.config import load_config
+
+        return str(load_config(args.config).control)
+    return "/run/hagd.sock"
+
+
+def cmd_hagd(args: argparse.Namespace) -> int:
+    """Run the daemon, or ask a running one."""
+    from infra.hagd.config import HagdConfigError, load_config
+
+    if args.hagd_what == "run":
+        from infra.hagd.daemon import run_daemon
+
+        try:
+            cfg = load_config(args.config)
+        except HagdConfigError as exc:
+            err.print(f"[red]{exc}[/red]")
+            return 2
+        return run_daemon(cfg)
+    from infra.hagd.daemon import ask
+
+    try:
+        answer: dict[str, Any] = ask(
+            _control(args), args.hagd_what, getattr(args, "group", "") or ""
+        )
+    except (OSError, ValueError, HagdConfigError) as exc:
+        err.print(f"[red]no daemon answers on {_control(args)}: {exc}[/red]")
+        return 1
+    if getattr(args, "json", False):
+        print(json.dumps(answer, indent=2))
+    elif args.hagd_what == "status" and answer.get("ok"):
+        out.print(f"hagd {answer['id']} on {answer['address']}")
+        for name, g in answer["groups"].items():
+            out.print(
+                f"  {name}: {g['mode']} for {g['for_s']:.1f} s (rank {g['rank']}), master "
+                f"{g['master'] or 'unknown'}"
+            )
+            for mid, m in g["members"].items():
+                state = "alive" if m["alive"] else "dead"
+                out.print(
+                    f"    {mid}: rank {m['rank']}, {m['mode']}, heard {m['heard_s_ago']:.1f} s "
+                    f"ago ({state})"
+                )
+    else:
+        out.print(answer.get("said") or answer.get("error") or answer)
+    return 0 if answer.get("ok") else 1
+
+
+def register(sub: Any) -> None:
+    """Add the commands of this module to the `handover` parser."""
+    p = sub.add_parser("hagd", help="the HA group daemon (seed 003)")
+    hs = p.add_subparsers(dest="hagd_what", required=True)
+    r = hs.add_parser("run", help="run the daemon (until SIGTERM)")
+    r.add_argument("--config", required=True, help="the daemon's configuration file")
+    for what, helptext in (
+        ("status", "groups, members, ranks, modes, last heard, the master"),
+        ("takeover", "take a group over here (the master gives up within dT2)"),
+        ("giveup", "give a group up here (the next rank takes over)"),
+        ("reset", "stand again in a group after a failed start"),
+    ):
+        c = hs.add_parser(what, help=helptext)
+        if what != "status":
+            c.add_argument("group")
+        c.add_argument("--control", help="the daemon's control socket (default: its config's)")
+        c.add_argument("--config", help="the daemon's configuration file (for its socket)")
+        c.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_hagd)

@@ -1,0 +1,104 @@
+"""The HA group daemon's configuration: the seed's keys, checked at load like a site file.
+
+Example (YAML)::
+
+    id: fts101                  # this provider's unique id (default: the host name)
+    address: 127.0.1.1          # where it listens and sends from
+    port: 3333                  # UDP, the seed's default
+    peers: [127.0.1.2]          # unicast to these (where broadcast does not work) ...
+    iface: []                   # ... and/or broadcast on these interfaces
+    group: {fts-frontend: 30}   # groups and this provider's rank in each (highest wins)
+    script: /usr/local/sbin/fts-frontend-ha   # SCRIPT start|stop|status GROUP
+    timeout: 10                 # seconds the script may take; a hang is a failed start
+    debug: 2                    # 0-5
+    key: {file: /etc/handover/hagd.key}       # the shared key, never in a message
+    dt1: 3                      # a member not heard for dT1 is dead
+    dt2: 2                      # takeover announced for dT2 before the service starts
+    interval: 0.5               # heartbeat period (below dT1 / 3)
+    control: /run/hagd.sock     # where `handover hagd status|takeover|giveup` ask
+    preempt: false              # a returning higher rank takes the group back
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Annotated
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from config.site import SecretRef
+
+Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")]
+
+
+class HagdConfig(BaseModel):
+    """One provider's daemon (module docstring)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: Name = Field(default_factory=lambda: socket.gethostname().split(".")[0] or "provider")
+    address: str = "0.0.0.0"  # noqa: S104 - a provider listens where its group can reach it
+    port: int = Field(default=3333, ge=1, le=65535)
+    peers: list[str] = Field(default_factory=list)
+    iface: list[Name] = Field(default_factory=list)
+    group: dict[Name, int] = Field(min_length=1)
+    script: Path
+    timeout: float = Field(default=10.0, gt=0, le=600)
+    debug: int = Field(default=2, ge=0, le=5)
+    key: SecretRef
+    dt1: float = Field(default=3.0, gt=0, le=600)
+    dt2: float = Field(default=2.0, ge=0, le=600)
+    interval: float = Field(default=0.5, gt=0, le=60)
+    control: Path = Path("/run/hagd.sock")
+    preempt: bool = False
+
+    @model_validator(mode="after")
+    def _consistent(self) -> HagdConfig:
+        if not self.script.is_absolute():
+            raise ValueError(f"script: {self.script} must be an absolute path")
+        if self.interval * 3 > self.dt1:
+            raise ValueError(
+                f"interval: {self.interval:g} s leaves fewer than 3 heartbeats in dT1 "
+                f"({self.dt1:g} s): one lost datagram would make a member dead; lower interval "
+                "or raise dt1"
+            )
+        if not self.peers and not self.iface:
+            raise ValueError(
+                "peers/iface: give the peers' addresses, or interfaces to broadcast on"
+            )
+        for g, rank in self.group.items():
+            if not 0 <= rank <= 1_000_000:
+                raise ValueError(f"group.{g}: rank {rank} is not between 0 and 1000000")
+        return self
+
+
+class HagdConfigError(ValueError):
+    """The configuration file is malformed; the message names the field and the fix."""
+
+
+def load_config(path: str | Path) -> HagdConfig:
+    """Read and check a configuration file.
+
+    Raises:
+        HagdConfigError: the file cannot be read, is not YAML, or a field is wrong.
+    """
+    from pydantic import ValidationError
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise HagdConfigError(f"{path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise HagdConfigError(
+            f"{path}: not a mapping of the seed's keys (port, group, script, ...)"
+        )
+    try:
+        return HagdConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = [
+            f"  - {'.'.join(str(p) for p in e['loc']) or '(file)'}: {e['msg']}"
+            for e in exc.errors()
+        ]
+        raise HagdConfigError(f"{path}: {len(lines)} problem(s)\n" + "\n".join(lines)) from None

@@ -1,0 +1,335 @@
+"""`handover hagd run`: the HA group daemon of one service provider (asyncio, UDP).
+
+Every `interval` it ticks each group's state machine (`infra.hagd.group`), runs the script
+actions that come out of it (``SCRIPT start|stop GROUP``, bounded by `timeout`: a script that
+fails or hangs is a failed start, and the group elects another master), and sends one signed
+heartbeat (`infra.hagd.protocol`) to its peers and broadcast addresses. What it receives is
+verified (signature, age, sequence) before any group hears it; what it drops is counted by
+reason. A Unix socket (`control`) answers ``status`` and takes ``takeover``, ``giveup`` and
+``reset`` for a group (`handover hagd ...`). On SIGTERM it stops the services it runs (a daemon
+that is shut down is a provider going offline); a daemon that is killed leaves them running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import time
+from collections import Counter
+from typing import Any
+
+from infra.hagd.config import HagdConfig
+from infra.hagd.group import Group
+from infra.hagd.protocol import Freshness, Message, Rejected, decode, encode, group_digest
+
+log = logging.getLogger("handover.hagd")
+#: how often the groups' clocks are looked at (heartbeats go out every `interval`)
+TICK_S = 0.05
+LEVELS = {0: logging.CRITICAL, 1: logging.ERROR, 2: logging.WARNING, 3: logging.INFO}
+
+
+def broadcast_addresses(ifaces: list[str]) -> list[str]:
+    """The IPv4 broadcast addresses of the interfaces (`ip -j addr`)."""
+    out = []
+    for iface in ifaces:
+        res = subprocess.run(
+            ["ip", "-j", "-4", "addr", "show", "dev", iface],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+        for link in json.loads(res.stdout or "[]"):
+            out += [a["broadcast"] for a in link.get("addr_info", []) if a.get("broadcast")]
+    return out
+
+
+class Daemon(asyncio.DatagramProtocol):
+    """One provider's daemon."""
+
+    def __init__(self, cfg: HagdConfig, key: bytes) -> None:
+        self.cfg = cfg
+        self.key = key
+        self.boot = secrets.token_hex(8)
+        self.seq = 0
+        now = time.time()
+        self.groups = {
+            name: Group(
+                name=name,
+                digest=group_digest(key, name),
+                me=cfg.id,
+                rank=rank,
+                dt1=cfg.dt1,
+                dt2=cfg.dt2,
+                started_at=now,
+                preempt=cfg.preempt,
+            )
+            for name, rank in cfg.group.items()
+        }
+        self.by_digest = {g.digest: g for g in self.groups.values()}
+        self.fresh = Freshness(max_age_s=max(30.0, 2 * cfg.dt1))
+        self.counts: Counter[str] = Counter()
+        self.transport: asyncio.DatagramTransport | None = None
+        self.targets = [(p, cfg.port) for p in cfg.peers] + [
+            (b, cfg.port) for b in broadcast_addresses(cfg.iface)
+        ]
+        self.stopping = asyncio.Event()
+        self.logged = {name: 0 for name in self.groups}
+
+    # --- network -------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        now = time.time()
+        try:
+            msg = decode(data, self.key)
+            if msg.sender == self.cfg.id:
+                return  # our own broadcast
+            self.fresh.check(msg, now)
+        except Rejected as exc:
+            reason = str(exc).split(" (", 1)[0].split(":", 1)[0]
+            self.counts[f"dropped: {reason}"] += 1
+            log.info("dropped a datagram from %s: %s", addr[0], exc)
+            return
+        self.counts["accepted"] += 1
+        for st in msg.groups:
+            g = self.by_digest.get(st.digest)
+            if g is not None:
+                g.heard(msg.sender, st, now)
+
+    def send(self) -> None:
+        if self.transport is None:
+            return
+        self.seq += 1
+        msg = Message(
+            sender=self.cfg.id,
+            boot=self.boot,
+            seq=self.seq,
+            time=time.time(),
+            groups=tuple(g.state() for g in self.groups.values()),
+        )
+        data = encode(msg, self.key)
+        for target in self.targets:
+            with contextlib.suppress(OSError):
+                self.transport.sendto(data, target)
+        self.counts["sent"] += 1
+
+    # --- scripts -------------------------------------------------------------------------------
+
+    async def script(self, action: str, group: str) -> tuple[bool, str]:
+        """Run ``SCRIPT ACTION GROUP`` within the timeout: (exit 0 in time, what it said).
+
+        Its environment says who runs it and who was the group's master (``HAGD_ID``,
+        ``HAGD_GROUP``, ``HAGD_MASTER``): `handover-switch` asks for the switch away from it.
+        """
+        g = self.groups[group]
+        env = {
+            **os.environ,
+            "HAGD_ID": self.cfg.id,
+            "HAGD_GROUP": group,
+            "HAGD_MASTER": g.master if g.master and g.master != self.cfg.id else "",
+        }
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                str(self.cfg.script),
+                action,
+                group,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+                env=env,
+            )
+        except OSError as exc:
+            return False, f"cannot run {self.cfg.script}: {exc}"
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), self.cfg.timeout)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+            return False, f"{action} did not finish within {self.cfg.timeout:g} s"
+        text = out.decode(errors="replace").strip()[-300:]
+        if proc.returncode != 0:
+            return False, f"{action} exited {proc.returncode}: {text or 'no output'}"
+        return True, text
+
+    async def act(self, g: Group, action: str) -> None:
+        ok, detail = await self.script(action, g.name)
+        now = time.time()
+        (g.started if action == "start" else g.stopped)(ok, now, detail)
+        self.send()  # say the new mode at once
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if self.cfg.iface:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        sock.bind((self.cfg.address, self.cfg.port))
+        await loop.create_datagram_endpoint(lambda: self, sock=sock)
+        server = await self._control()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        log.warning(
+            "hagd %s on %s:%d, groups %s, peers %s",
+            self.cfg.id,
+            self.cfg.address,
+            self.cfg.port,
+            ", ".join(f"{n} (rank {r})" for n, r in self.cfg.group.items()),
+            ", ".join(f"{a}:{p}" for a, p in self.targets),
+        )
+        tasks: set[asyncio.Task[None]] = set()
+        next_send = 0.0
+        while not self.stopping.is_set():
+            # the groups tick more often than heartbeats go out: a dead master is seen dT1
+            # after its last heartbeat, not up to a heartbeat period later
+            now = time.time()
+            modes = [g.mode for g in self.groups.values()]
+            for g in self.groups.values():
+                for action in g.tick(now):
+                    t = asyncio.create_task(self.act(g, action))
+                    tasks.add(t)
+                    t.add_done_callback(tasks.discard)
+                self._log_events(g)
+            if now >= next_send or modes != [g.mode for g in self.groups.values()]:
+                self.send()
+                next_send = now + self.cfg.interval
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), min(TICK_S, self.cfg.interval))
+        await self._shutdown(tasks)
+        server.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.cfg.control.unlink()
+
+    async def _shutdown(self, tasks: set[asyncio.Task[None]]) -> None:
+        for t in tasks:
+            t.cancel()
+        for g in self.groups.values():
+            if g.mode in ("master", "takeover", "giveup"):
+                ok, detail = await self.script("stop", g.name)
+                log.warning("%s: shutting down: service stopped (%s)", g.name, detail or ok)
+                g._to("failure", time.time(), "daemon shut down")
+        self.send()
+
+    def _log_events(self, g: Group) -> None:
+        for e in g.events[self.logged[g.name] :]:
+            log.warning("%s: %s", g.name, e)
+        self.logged[g.name] = len(g.events)
+
+    # --- control -------------------------------------------------------------------------------
+
+    async def _control(self) -> asyncio.AbstractServer:
+        path = self.cfg.control
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        server = await asyncio.start_unix_server(self._serve, path=str(path))
+        os.chmod(path, 0o600)
+        return server
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await asyncio.wait_for(reader.readline(), 5)
+            req = json.loads(line or b"{}")
+            answer = self.command(str(req.get("cmd", "")), str(req.get("group", "")))
+        except (ValueError, TimeoutError) as exc:
+            answer = {"ok": False, "error": f"bad request: {exc}"}
+        writer.write(json.dumps(answer).encode() + b"\n")
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+        writer.close()
+
+    def command(self, cmd: str, group: str) -> dict[str, Any]:
+        """Answer one control request."""
+        if cmd == "status":
+            return {"ok": True, **self.status()}
+        g = self.groups.get(group)
+        if g is None:
+            return {
+                "ok": False,
+                "error": f"no group {group!r} here (groups: {', '.join(self.groups)})",
+            }
+        now = time.time()
+        if cmd == "takeover":
+            said = g.takeover(now)
+        elif cmd == "giveup":
+            said = g.giveup(now)
+        elif cmd == "reset":
+            said = g.reset(now)
+        else:
+            return {
+                "ok": False,
+                "error": f"unknown command {cmd!r} (status, takeover, giveup, reset)",
+            }
+        self.send()
+        return {"ok": True, "said": said}
+
+    def status(self) -> dict[str, Any]:
+        """What `handover hagd status --json` prints."""
+        now = time.time()
+        return {
+            "id": self.cfg.id,
+            "address": f"{self.cfg.address}:{self.cfg.port}",
+            "groups": {
+                g.name: {
+                    "rank": g.rank,
+                    "mode": g.mode,
+                    "for_s": round(now - g.since, 3),
+                    "master": g.master,
+                    "yields": g.yields,
+                    "members": {
+                        k: {
+                            "rank": m.rank,
+                            "mode": m.mode,
+                            "heard_s_ago": round(now - m.heard_at, 3),
+                            "alive": now - m.heard_at <= g.dt1,
+                        }
+                        for k, m in sorted(g.members.items())
+                    },
+                    "events": g.events[-10:],
+                }
+                for g in self.groups.values()
+            },
+            "counts": dict(self.counts),
+        }
+
+
+def run_daemon(cfg: HagdConfig) -> int:
+    """Run until SIGTERM; the exit code."""
+    logging.basicConfig(
+        level=LEVELS.get(cfg.debug, logging.DEBUG),
+        format="%(asctime)s hagd %(levelname)s %(message)s",
+    )
+    key = cfg.key.resolve().get_secret_value().encode()
+    if len(key) < 16:
+        log.critical("the key (%s) is shorter than 16 bytes", cfg.key.describe())
+        return 2
+    asyncio.run(Daemon(cfg, key).run())
+    return 0
+
+
+def ask(control: str, cmd: str, group: str = "", timeout_s: float = 5.0) -> dict[str, Any]:
+    """Send one request to a running daemon's control socket."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout_s)
+        s.connect(control)
+        s.sendall(json.dumps({"cmd": cmd, "group": group}).encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    answer: dict[str, Any] = json.loads(data or b"{}")
+    return answer
