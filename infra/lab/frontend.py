@@ -120,23 +120,31 @@ class Frontend:
         import pg8000.native
 
         with self.db_lock:
-            try:
-                rows = self._db().run(
-                    "INSERT INTO submissions (id, host, epoch) VALUES (:i, :h, :e) "
-                    "ON CONFLICT (id) DO NOTHING RETURNING id",
-                    i=job_id,
-                    h=self.rt["host"],
-                    e=epoch,
-                )
-            except pg8000.native.DatabaseError as exc:
-                detail = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
-                if detail.get("C") == FENCED_SQLSTATE:
-                    return 503, f"fenced: {detail.get('M', exc)}"
-                self._drop()
-                return 503, f"database error: {exc}"
-            except (OSError, pg8000.native.InterfaceError) as exc:
-                self._drop()
-                return 503, f"database unreachable: {exc}"
+            # a kept connection may have died meanwhile (its session killed, the host frozen):
+            # like a web service's pool, drop it and try once more on a new one (the insert is
+            # idempotent)
+            for attempt in (1, 2):
+                reused = self.conn is not None
+                try:
+                    rows = self._db().run(
+                        "INSERT INTO submissions (id, host, epoch) VALUES (:i, :h, :e) "
+                        "ON CONFLICT (id) DO NOTHING RETURNING id",
+                        i=job_id,
+                        h=self.rt["host"],
+                        e=epoch,
+                    )
+                    break
+                except pg8000.native.DatabaseError as exc:
+                    detail = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
+                    if detail.get("C") == FENCED_SQLSTATE:
+                        return 503, f"fenced: {detail.get('M', exc)}"
+                    self._drop()
+                    if not (reused and attempt == 1):
+                        return 503, f"database error: {exc}"
+                except (OSError, pg8000.native.InterfaceError) as exc:
+                    self._drop()
+                    if not (reused and attempt == 1):
+                        return 503, f"database unreachable: {exc}"
         return (201, "accepted") if rows else (200, "already accepted")
 
     def _drop(self) -> None:
