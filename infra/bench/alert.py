@@ -214,6 +214,20 @@ def _pct(values: list[float], q: float) -> float:
     return round(ordered[k], 3)
 
 
+def spread(values: list[float]) -> dict[str, float]:
+    """p50, p95, min and max of the values (empty: none), as the benches print them."""
+    import statistics
+
+    if not values:
+        return {}
+    return {
+        "p50": round(statistics.median(values), 3),
+        "p95": _pct(values, 0.95),
+        "min": round(min(values), 3),
+        "max": round(max(values), 3),
+    }
+
+
 def _backend_rounds(
     lab: Lab,
     site_file: Path,

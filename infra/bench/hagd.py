@@ -30,6 +30,8 @@ from typing import Any
 
 import yaml
 
+from infra.bench.alert import spread
+
 ROOT = Path(__file__).resolve().parent.parent.parent
 KEY = "bench-hagd-shared-key-0123456789abcdef"
 
@@ -227,9 +229,9 @@ def _failover(
     return {
         "dt1_s": dt1,
         "dt2_s": dt2,
-        "failover_s": _stats(times),
+        "failover_s": spread(times),
         "failover_vs_bound": round(statistics.median(times) / bound, 3),
-        "manual_takeover_gap_s": _stats(gaps),
+        "manual_takeover_gap_s": spread(gaps),
     }
 
 
@@ -261,7 +263,7 @@ def _cost(
         "providers": n,
         "interval_s": dt1 / 4,
         "received_per_s_per_daemon": round(statistics.median(recv), 1),
-        "cpu_percent_per_daemon": _stats([round(c, 2) for c in cpu]),
+        "cpu_percent_per_daemon": spread([round(c, 2) for c in cpu]),
     }
 
 
@@ -269,17 +271,6 @@ def _cpu_s(p: Provider) -> float:
     assert p.proc is not None
     fields = Path(f"/proc/{p.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _stats(values: list[float]) -> dict[str, float]:
-    from infra.bench.alert import _pct
-
-    return {
-        "p50": round(statistics.median(values), 3),
-        "p95": _pct(values, 0.95),
-        "min": round(min(values), 3),
-        "max": round(max(values), 3),
-    }
 
 
 def bench_hagd(

@@ -23,14 +23,13 @@ act time should grow linearly); total(N) / total(10) is shown beside it.
 from __future__ import annotations
 
 import os
-import statistics
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from infra.bench.alert import _pct, temporary_prefect
+from infra.bench.alert import spread, temporary_prefect
 from infra.lab.lab import Lab, derive_site_file
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -47,17 +46,6 @@ SCALING_TOLERANCE = 0.10
 #: 50-host run and not the 10-host one; a restart does not wait for a tick (the old instance
 #: stops within 50 ms, the new one polls its lock every 20 ms)
 TICK_S = 1.0
-
-
-def _stats(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {}
-    return {
-        "p50": round(statistics.median(values), 3),
-        "p95": _pct(values, 0.95),
-        "min": round(min(values), 3),
-        "max": round(max(values), 3),
-    }
 
 
 def _one_size(
@@ -123,11 +111,11 @@ def _one_size(
     return {
         "hosts": hosts,
         "rounds": [{k: v for k, v in row.items() if k != "missed_s"} for row in rows],
-        "total_s": _stats([row["total_s"] for row in rows]),
-        "act_s": _stats([row["act_s"] for row in rows]),
-        "per_host_s": _stats([row["per_host_s"] for row in rows]),
-        "overhead_ratio": _stats([row["overhead_ratio"] for row in rows if row["overhead_ratio"]]),
-        "missed_s": _stats(missed),
+        "total_s": spread([row["total_s"] for row in rows]),
+        "act_s": spread([row["act_s"] for row in rows]),
+        "per_host_s": spread([row["per_host_s"] for row in rows]),
+        "overhead_ratio": spread([row["overhead_ratio"] for row in rows if row["overhead_ratio"]]),
+        "missed_s": spread(missed),
         "agents": len(missed) // max(1, len(rows)),
         "jobs_lost": sum(row["jobs_lost"] for row in rows),
     }

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import statistics
 import tempfile
 import threading
 import time
@@ -33,8 +32,8 @@ import yaml
 
 from infra.bench.alert import (
     ServeAndGateway,
-    _pct,
     final_run_of_alert,
+    spread,
     stack_env,
     temporary_prefect,
 )
@@ -46,15 +45,6 @@ OCTET = 246
 PLANNED_TARGET_S = 2.0
 #: the failover's target: alert -> flow start + this + the TTL
 FAILOVER_SLACK_S = 3.0
-
-
-def _stats(values: list[float]) -> dict[str, float]:
-    return {
-        "p50": round(statistics.median(values), 3),
-        "p95": _pct(values, 0.95),
-        "min": round(min(values), 3),
-        "max": round(max(values), 3),
-    }
 
 
 def _master(lab: Lab) -> str:
@@ -265,12 +255,12 @@ def _ttl_rounds(
         lab.down()
         lab.remove_state()
     out["planned"] = {
-        "outage_s": _stats([r["outage_s"] for r in planned]),
-        "flow_s": _stats([r["flow_s"] for r in planned]),
+        "outage_s": spread([r["outage_s"] for r in planned]),
+        "flow_s": spread([r["flow_s"] for r in planned]),
         "samples": planned,
     }
     out["failover"] = {
-        k: _stats([r[k] for r in failover])
+        k: spread([r[k] for r in failover])
         for k in (
             "alert_to_start_s",
             "start_to_alias_s",
