@@ -101,6 +101,10 @@ def _await_serving(rt: HostRuntime, launched: dict[str, subprocess.Popen[bytes]]
             elif (st.get("state") == "failed" and st.get("pid") == proc.pid) or (
                 proc.poll() is not None
             ):
+                # a failed agent is gone when its start says so (it exits right after writing
+                # its state: a process table read at once must not show it)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=5)
                 reason = st.get("reason") or f"exited with code {proc.poll()}"
                 print(f"Starting {name}: [FAILED] {reason}")
                 rc = EXIT_FAILED
