@@ -147,20 +147,17 @@ def test_a_blackout_is_refused(lab: RunningLab, site_dir: Path) -> None:
 def test_a_host_that_would_overrun_the_window_is_not_started(
     lab: RunningLab, site_dir: Path
 ) -> None:
-    # open now (every minute, for 100 s) but each host is expected to take 10 minutes
+    # a window that opened 60-120 s ago and lasts 200 s: 80-140 s left, enough to start the
+    # run, never enough for a host expected to take 190 s
+    opened = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
     site = variant(
         lab,
         site_dir,
         "short",
-        policy={
-            "windows": [{"cron": "* * * * *", "duration_s": 100}],
-            "expected_host_s": 90,
-        },
+        policy={"windows": [window_at(opened, 200)], "expected_host_s": 190},
     )
-    assert (
-        check_window(yaml_policy(site), dt.datetime.now(dt.UTC) + dt.timedelta(seconds=15)).status
-        == "open"
-    )
+    check = check_window(yaml_policy(site), dt.datetime.now(dt.UTC) + dt.timedelta(seconds=30))
+    assert check.status == "open", check
     r = run(lab, site, version="2")
     assert r.status == "partial", r.summary
     assert r.left == HOSTS and "left for the next window" in r.summary, r.summary
