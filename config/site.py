@@ -563,8 +563,12 @@ class Slack(_Model):
     app_token: SecretRef | None = None
 
 
-#: ``frontend_down``: the service's web front end failed on a host (the switch's sensor)
-AlertKind = Literal["host_down", "service_down", "resource_failed", "frontend_down", "recovered"]
+#: ``frontend_down``: the service's web front end failed on a host (the switch's sensor);
+#: ``ha_event``: the HA group daemon's election, loss or failure (`infra.hagd.report`): by
+#: default it starts nothing and is noted on the host's open incident
+AlertKind = Literal[
+    "host_down", "service_down", "resource_failed", "frontend_down", "recovered", "ha_event"
+]
 AlertProcedure = Literal["emergency-move", "switch"]
 
 
@@ -791,6 +795,28 @@ class LabTransfers(TransferProfile):
         return self.per_channel.get(channel, self)
 
 
+class LabHagd(_Model):
+    """The HA group daemon on the lab's front-end hosts (`handover lab up --hagd`): the seed's
+    timings in seconds. The group is the front end's; ranks follow `frontend.hosts` (first
+    highest)."""
+
+    port: int = Field(default=3333, ge=1024, le=65535)
+    dt1_s: float = Field(default=2.0, gt=0, le=60)
+    dt2_s: float = Field(default=1.0, ge=0, le=60)
+    interval_s: float = Field(default=0.3, gt=0, le=10)
+    check_s: float = Field(default=1.0, ge=0, le=60)
+    timeout_s: float = Field(default=10.0, gt=0, le=120)
+
+    @model_validator(mode="after")
+    def _heartbeats(self) -> LabHagd:
+        if self.interval_s * 3 > self.dt1_s:
+            raise ValueError(
+                f"interval_s: {self.interval_s:g} leaves fewer than 3 heartbeats in dt1_s "
+                f"({self.dt1_s:g}); lower interval_s or raise dt1_s"
+            )
+        return self
+
+
 class Lab(_Model):
     """How the lab simulates this site on one machine (only for lab sites)."""
 
@@ -806,6 +832,7 @@ class Lab(_Model):
     load_on_start: bool = True
     tick_s: float = Field(default=0.2, gt=0, le=5)
     transfers: LabTransfers = Field(default_factory=LabTransfers)
+    hagd: LabHagd = Field(default_factory=LabHagd)
 
 
 # --- the site -----------------------------------------------------------------------------------

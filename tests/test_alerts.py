@@ -292,6 +292,36 @@ def test_a_recovery_never_opens_an_incident() -> None:
     assert book.take_pending(inc)[0].startswith("recovery reported: recovered for fts101")
 
 
+def test_an_ha_group_report_starts_nothing_and_is_noted_on_the_hosts_incident() -> None:
+    from infra.hagd.report import ha_alert
+    from infra.hooks.hook_crm import encode
+
+    body = encode(
+        ha_alert(
+            site="lab",
+            service="fts-lab",
+            host="fts101",
+            provider="fts102",
+            group="fts-lab-frontend",
+            what="master",
+            detail="fts102 is master: master: service started: group master",
+            now=dt.datetime.now(dt.UTC),
+            seq=1,
+        )
+    )
+    report = parse_generic(SITE, body)
+    assert (report.kind, report.source, report.host) == ("ha_event", "hagd", "fts101")
+    assert SITE.alerts is not None and report.kind not in SITE.alerts.procedures
+    book = Incidents(300, Clock())
+    assert book.admit(report, None) == ("ignored", None)
+    _, inc = book.admit(alert(kind="frontend_down", source="hagd"), "switch")
+    verdict, noted = book.admit(report, None)
+    assert verdict == "noted" and noted is inc and inc is not None
+    [sentence] = book.take_pending(inc)
+    assert sentence.startswith("noted: ha_event for fts101 from hagd")
+    assert "hagd group fts-lab-frontend on fts102: master" in sentence
+
+
 def test_an_incident_whose_event_was_not_taken_is_forgotten() -> None:
     book = Incidents(300, Clock())
     _, inc = book.admit(alert(), "emergency-move")

@@ -49,6 +49,8 @@ class Net:
     nodes: dict[str, dict[str, Group]] = field(default_factory=dict)
     down: set[str] = field(default_factory=set)
     starts_fail: set[str] = field(default_factory=set)
+    #: providers whose status script fails (checked on masters at every step)
+    status_fails: set[str] = field(default_factory=set)
     running: dict[str, set[str]] = field(default_factory=dict)  # group -> providers serving
 
     def add(self, node: str, ranks: dict[str, int], preempt: bool = False) -> None:
@@ -73,6 +75,8 @@ class Net:
                 if node in self.down:
                     continue
                 for g in groups.values():
+                    if g.mode == "master" and node in self.status_fails:
+                        g.checked(False, self.now, "exit 3: not serving")
                     for action in g.tick(self.now):
                         serving = self.running.setdefault(g.name, set())
                         if action == "start":
@@ -179,6 +183,21 @@ def test_a_failing_start_script_lets_the_next_rank_take_over(net: Net) -> None:
     assert "start failed" in net.nodes["p30"]["g"].events[-1]
 
 
+def test_a_master_whose_status_fails_gives_up_and_stands_no_more_until_reset(net: Net) -> None:
+    net.run(DT1 + DT2 + 0.5)
+    assert net.masters() == ["p30"]
+    net.status_fails.add("p30")
+    net.run(0.2)
+    assert net.mode("p30") == "failure" and "p30" not in net.running["g"]
+    assert net.nodes["p30"]["g"].events[-2].startswith("giveup: service status failed")
+    net.run(DT2 + 0.5)
+    assert net.masters() == ["p20"]
+    net.status_fails.clear()
+    assert "standing again" in net.nodes["p30"]["g"].reset(net.now)
+    net.run(2 * DT1)
+    assert net.mode("p30") == "normal" and net.masters() == ["p20"]
+
+
 def test_two_masters_after_a_partition_the_lower_rank_gives_up(net: Net) -> None:
     net.run(3)
     # a partition: p30 alone on one side, the others elect p20
@@ -260,6 +279,11 @@ def test_config_errors_name_the_field_and_the_fix(tmp_path: Path) -> None:
         ({"peers": ["127.0.0.2"], "prot": 1}, "prot: Extra inputs"),
         ({"peers": ["127.0.0.2"], "dt1": 1, "interval": 0.5}, "fewer than 3 heartbeats"),
         ({}, "give the peers' addresses"),
+        ({"peers": ["127.0.0.2"], "check": 0.1}, "check: 0.1 s is shorter than the heartbeat"),
+        (
+            {"peers": ["127.0.0.2"], "report": "hooks.env"},
+            "report: hooks.env must be an absolute path",
+        ),
     ):
         f.write_text(yaml.safe_dump({**good, **bad}))
         with pytest.raises(HagdConfigError, match=needle):

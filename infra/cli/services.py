@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any
+from typing import Any, get_args
 
 from config.loader import load_site
+from config.site import AlertKind
 from infra.cli.common import err, out, print_json, site_arg
 
 
@@ -163,7 +164,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--kind",
         default="host_down",
-        choices=["host_down", "service_down", "resource_failed", "frontend_down", "recovered"],
+        choices=list(get_args(AlertKind)),
     )
     p.add_argument("--summary")
     p.add_argument("--gateway", default="http://127.0.0.1:8787")

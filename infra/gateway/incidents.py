@@ -4,7 +4,8 @@ An incident is what one failure of one host is to handover: the first alert open
 the Prefect event that starts the procedure; every alert that reports the same failure while the
 incident is open (within the dedup window, or for as long as its run has not finished) is
 attached to it instead: counted, noted in the run's log and Slack thread, and never sent to
-Prefect as a new start. A `recovered` alert never opens an incident; it is noted on an open one.
+Prefect as a new start. A `recovered` alert, or any kind that starts no procedure (the HA group
+daemon's ``ha_event``), never opens an incident; it is noted on an open one.
 
 The book lives in the gateway's memory. Prefect keeps the guarantee across gateway restarts and
 between several gateways: event ids are derived from the alert's identity (Prefect evaluates an
@@ -75,11 +76,12 @@ class Incidents:
         open one, note a recovery on it, or nothing (``ignored``: a recovery with nothing open)."""
         now = self.clock()
         with self._lock:
-            if procedure is None:  # a recovery: note it where a run is going on
+            if procedure is None:  # a recovery or a report: note it where a run is going on
                 for inc in self._open.values():
                     if (inc.site, inc.host) == (alert.site, alert.host) and self._is_open(inc, now):
                         inc.sources[alert.source] += 1
-                        inc.pending.append(_sentence("recovery reported", alert))
+                        what = "recovery reported" if alert.kind == "recovered" else "noted"
+                        inc.pending.append(_sentence(what, alert))
                         return "noted", inc
                 return "ignored", None
             key = (alert.site, alert.host, procedure)

@@ -17,6 +17,8 @@ Example (YAML)::
     interval: 0.5               # heartbeat period (below dT1 / 3)
     control: /run/hagd.sock     # where `handover hagd status|takeover|giveup` ask
     preempt: false              # a returning higher rank takes the group back
+    check: 2                    # the master runs `SCRIPT status GROUP` this often (0: never)
+    report: /etc/handover/hooks.env   # elections and losses go to the gateway (hooks' settings)
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ class HagdConfig(BaseModel):
     interval: float = Field(default=0.5, gt=0, le=60)
     control: Path = Path("/run/hagd.sock")
     preempt: bool = False
+    check: float = Field(default=2.0, ge=0, le=3600)
+    report: Path | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> HagdConfig:
@@ -64,6 +68,13 @@ class HagdConfig(BaseModel):
                 f"({self.dt1:g} s): one lost datagram would make a member dead; lower interval "
                 "or raise dt1"
             )
+        if 0 < self.check < self.interval:
+            raise ValueError(
+                f"check: {self.check:g} s is shorter than the heartbeat interval "
+                f"({self.interval:g} s); use at least the interval, or 0 for no status checks"
+            )
+        if self.report is not None and not self.report.is_absolute():
+            raise ValueError(f"report: {self.report} must be an absolute path")
         if not self.peers and not self.iface:
             raise ValueError(
                 "peers/iface: give the peers' addresses, or interfaces to broadcast on"

@@ -8,6 +8,12 @@ verified (signature, age, sequence) before any group hears it; what it drops is 
 reason. A Unix socket (`control`) answers ``status`` and takes ``takeover``, ``giveup`` and
 ``reset`` for a group (`handover hagd ...`). On SIGTERM it stops the services it runs (a daemon
 that is shut down is a provider going offline); a daemon that is killed leaves them running.
+
+At start it runs ``SCRIPT stop GROUP`` for every group: a provider is not the master of anything
+until its group elects it (a former master that reboots must not come back serving). While it
+is a group's master it runs ``SCRIPT status GROUP`` every `check` seconds; a status that fails
+(or hangs) makes it give up and stop standing (`infra.hagd.group`). Elections, members lost and
+failures go to the gateway when `report` is set (`infra.hagd.report`).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from typing import Any
 from infra.hagd.config import HagdConfig
 from infra.hagd.group import Group
 from infra.hagd.protocol import Freshness, Message, Rejected, decode, encode, group_digest
+from infra.hagd.report import Reporter
 
 log = logging.getLogger("handover.hagd")
 #: how often the groups' clocks are looked at (heartbeats go out every `interval`)
@@ -82,6 +89,11 @@ class Daemon(asyncio.DatagramProtocol):
         ]
         self.stopping = asyncio.Event()
         self.logged = {name: 0 for name in self.groups}
+        self.reporter = Reporter(cfg.report, cfg.id)
+        #: per group: the members alive at the last tick, the last other master, the next check
+        self.was_alive: dict[str, set[str]] = {name: set() for name in self.groups}
+        self.other_master: dict[str, str | None] = {name: None for name in self.groups}
+        self.next_check: dict[str, float] = {name: 0.0 for name in self.groups}
 
     # --- network -------------------------------------------------------------------------------
 
@@ -165,8 +177,48 @@ class Daemon(asyncio.DatagramProtocol):
     async def act(self, g: Group, action: str) -> None:
         ok, detail = await self.script(action, g.name)
         now = time.time()
-        (g.started if action == "start" else g.stopped)(ok, now, detail)
+        if action == "start":
+            g.started(ok, now, detail)
+            self.next_check[g.name] = now + self.cfg.check
+        elif action == "status":
+            g.checked(ok, now, detail)
+            self.next_check[g.name] = now + self.cfg.check
+        else:
+            g.stopped(ok, now, detail)
         self.send()  # say the new mode at once
+
+    def _spawn(self, tasks: set[asyncio.Task[None]], g: Group, action: str) -> None:
+        t = asyncio.create_task(self.act(g, action))
+        tasks.add(t)
+        t.add_done_callback(tasks.discard)
+
+    def _watch(self, g: Group, now: float, tasks: set[asyncio.Task[None]]) -> None:
+        """Members lost and back, the last other master, the master's status check."""
+        alive = set(g.alive(now))
+        for gone in sorted(self.was_alive[g.name] - alive):
+            m = g.members[gone]
+            detail = f"{gone} (rank {m.rank}, {m.mode}) not heard for {g.dt1:g} s"
+            log.warning("%s: %s", g.name, detail)
+            self.reporter.report(g.name, gone, "lost", detail)
+        for back in sorted(alive - self.was_alive[g.name]):
+            log.info(
+                "%s: %s heard (rank %d, %s)",
+                g.name,
+                back,
+                g.members[back].rank,
+                g.members[back].mode,
+            )
+        self.was_alive[g.name] = alive
+        if g.master and g.master != self.cfg.id:
+            self.other_master[g.name] = g.master
+        if (
+            g.mode == "master"
+            and not g.busy
+            and self.cfg.check > 0
+            and now >= self.next_check[g.name]
+        ):
+            g.busy = True
+            self._spawn(tasks, g, "status")
 
     # --- the loop ------------------------------------------------------------------------------
 
@@ -190,6 +242,16 @@ class Daemon(asyncio.DatagramProtocol):
             ", ".join(f"{a}:{p}" for a, p in self.targets),
         )
         tasks: set[asyncio.Task[None]] = set()
+        reporter = asyncio.create_task(self.reporter.run())
+        # nothing is served here until the group elects this provider
+        for name, (ok, detail) in zip(
+            self.groups,
+            await asyncio.gather(*(self.script("stop", n) for n in self.groups)),
+            strict=True,
+        ):
+            log.warning(
+                "%s: at start: service stopped (%s)", name, detail if ok else f"failed: {detail}"
+            )
         next_send = 0.0
         while not self.stopping.is_set():
             # the groups tick more often than heartbeats go out: a dead master is seen dT1
@@ -198,9 +260,8 @@ class Daemon(asyncio.DatagramProtocol):
             modes = [g.mode for g in self.groups.values()]
             for g in self.groups.values():
                 for action in g.tick(now):
-                    t = asyncio.create_task(self.act(g, action))
-                    tasks.add(t)
-                    t.add_done_callback(tasks.discard)
+                    self._spawn(tasks, g, action)
+                self._watch(g, now, tasks)
                 self._log_events(g)
             if now >= next_send or modes != [g.mode for g in self.groups.values()]:
                 self.send()
@@ -208,6 +269,7 @@ class Daemon(asyncio.DatagramProtocol):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), min(TICK_S, self.cfg.interval))
         await self._shutdown(tasks)
+        reporter.cancel()
         server.close()
         with contextlib.suppress(FileNotFoundError):
             self.cfg.control.unlink()
@@ -223,9 +285,17 @@ class Daemon(asyncio.DatagramProtocol):
         self.send()
 
     def _log_events(self, g: Group) -> None:
-        for e in g.events[self.logged[g.name] :]:
+        fresh = min(g.event_count - self.logged[g.name], len(g.events))
+        for e in g.events[len(g.events) - fresh :]:
             log.warning("%s: %s", g.name, e)
-        self.logged[g.name] = len(g.events)
+            mode = e.split(":", 1)[0]
+            if mode == "master":
+                # about the master it replaces, so the gateway notes it on that host's incident
+                about = self.other_master[g.name] or self.cfg.id
+                self.reporter.report(g.name, about, "master", f"{self.cfg.id} is master: {e}")
+            elif mode in ("failure", "giveup"):
+                self.reporter.report(g.name, self.cfg.id, mode, e)  # type: ignore[arg-type]
+        self.logged[g.name] = g.event_count
 
     # --- control -------------------------------------------------------------------------------
 
@@ -298,10 +368,12 @@ class Daemon(asyncio.DatagramProtocol):
                         for k, m in sorted(g.members.items())
                     },
                     "events": g.events[-10:],
+                    "event_count": g.event_count,
                 }
                 for g in self.groups.values()
             },
             "counts": dict(self.counts),
+            "reports": dict(self.reporter.outcomes),
         }
 
 

@@ -5,7 +5,7 @@ The seed's modes: **initial** (just started: listening for `dT1` to learn the gr
 (elected, or asked by a human: announcing it for `dT2` so that a master that still runs stops,
 then starting the service), **master** (the service runs here), **giveup** (stopping the service:
 a human asked, or another provider takes over), **failure** (the start script failed or hung:
-this provider no longer stands until it is reset).
+this provider no longer stands until it is reset; so does a master whose status script fails).
 
 Rules, applied by `tick` and `heard`:
 
@@ -17,7 +17,8 @@ Rules, applied by `tick` and `heard`:
   a partition: of two masters the lower rank gives up);
 * of two members taking over at once the lower rank steps back;
 * a returning higher rank does not pre-empt a live master unless `preempt`;
-* after a manual give-up the provider yields (does not stand) until a new master is heard.
+* after a manual give-up the provider yields (does not stand) until a new master is heard;
+* a master whose status script fails gives up and stops standing (failure) until reset.
 
 The state machine never runs scripts itself: `tick` returns the actions to take (``start`` or
 ``stop``) and the daemon reports their outcome with `started` and `stopped`.
@@ -59,12 +60,16 @@ class Group:
     since: float = 0.0
     yields: bool = False
     members: dict[str, Member] = field(default_factory=dict)
-    #: what happened, newest last (for status and alerts)
+    #: what happened, newest last (the last 50, for status and reports) ...
     events: list[str] = field(default_factory=list)
+    #: ... and how many events there have been
+    event_count: int = 0
     #: a script is running for this group (no new action until it reports)
     busy: bool = False
     #: the last master heard, for status
     master: str | None = None
+    #: giving up because the service's status failed: the stop ends in failure, not normal
+    failing: bool = False
 
     def __post_init__(self) -> None:
         self.since = self.started_at
@@ -148,17 +153,31 @@ class Group:
         else:
             self._to("failure", now, f"service start failed ({detail}): no longer standing")
 
+    def checked(self, ok: bool, now: float, detail: str = "") -> None:
+        """The status script ended (run on the master every `check` seconds).
+
+        A master whose service no longer serves gives up and stops standing: its group elects
+        another master, and a human resets this one once it is repaired. A master fenced by a
+        newer one (a partition healed, a switch made elsewhere) is such a master.
+        """
+        self.busy = False
+        if ok or self.mode != "master":
+            return
+        self.failing = True
+        self._to("giveup", now, f"service status failed ({detail}): giving up")
+
     def stopped(self, ok: bool, now: float, detail: str = "") -> None:
         """The stop script ended."""
         self.busy = False
         if self.mode != "giveup":
             return
         self.master = None if self.master == self.me else self.master
-        self._to(
-            "normal",
-            now,
-            "service stopped" + ("" if ok else f" (the stop script failed: {detail})"),
-        )
+        failed = "" if ok else f" (the stop script failed: {detail})"
+        if self.failing:
+            self.failing = False
+            self._to("failure", now, f"service stopped{failed}: no longer standing until reset")
+            return
+        self._to("normal", now, "service stopped" + failed)
 
     # --- humans --------------------------------------------------------------------------------
 
@@ -195,6 +214,7 @@ class Group:
         self.mode = mode
         self.since = now
         self.events.append(f"{mode}: {why}")
+        self.event_count += 1
         del self.events[:-50]
 
 
