@@ -106,10 +106,14 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningLab]:
 
 
 def start_lab(
-    tmp_path_factory: pytest.TempPathFactory, alerts: dict[str, object] | None = None
+    tmp_path_factory: pytest.TempPathFactory,
+    alerts: dict[str, object] | None = None,
+    *,
+    hagd: bool = False,
 ) -> Iterator[RunningLab]:
     """The `lab` fixture's body; `alerts` overrides fields of the site's `alerts:` section (a
-    module whose alerts must not fall into an earlier test's dedup window)."""
+    module whose alerts must not fall into an earlier test's dedup window); `hagd` runs the HA
+    group daemon on the front-end hosts."""
     require_lab()
     tmp = tmp_path_factory.mktemp("lab")
     # one address block and DB port per module, so a module's leftovers cannot disturb another
@@ -122,7 +126,7 @@ def start_lab(
         data["alerts"].update(alerts)
         site_file.write_text(yaml.safe_dump(data, sort_keys=False))
     running = RunningLab(site_file)
-    running.lab.up()
+    running.lab.up(hagd=hagd)
     try:
         yield running
     finally:

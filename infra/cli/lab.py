@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from rich.markup import escape
@@ -35,7 +36,9 @@ def _lab_dispatch(args: argparse.Namespace) -> int:
     lab = _lab(args)
     action = args.lab_action
     if action == "up":
-        report = lab.up(hosts=args.hosts, progress=lambda m: err.print(f"[dim]{m}[/dim]"))
+        report = lab.up(
+            hosts=args.hosts, hagd=args.hagd, progress=lambda m: err.print(f"[dim]{m}[/dim]")
+        )
         if args.json:
             print_json(report)
         else:
@@ -46,6 +49,11 @@ def _lab_dispatch(args: argparse.Namespace) -> int:
                 f"(database {s['database']:.1f} s, hosts {s['hosts']:.1f} s, "
                 f"agents {s['agents']:.1f} s)\nsite file: {report['site_file']}"
             )
+            for host, control in report["hagd"].items():
+                out.print(f"HA group daemon on {host}: handover hagd status --control {control}")
+        return 0
+    if action == "report-to":
+        out.print(lab.report_to(args.gateway, Path(args.secret_file)))
         return 0
     if action == "down":
         report = lab.down()
@@ -177,6 +185,11 @@ def register(sub: Any) -> None:
     lsub = lab.add_subparsers(dest="lab_action", required=True)
     p = lsub.add_parser("up", help="start the lab")
     p.add_argument("--hosts", type=int, help="a generated lab of N hosts (scale runs)")
+    p.add_argument(
+        "--hagd",
+        action="store_true",
+        help="run the HA group daemon on the front-end hosts (their front end its service)",
+    )
     p.add_argument("--json", action="store_true")
     site_arg(p)
     for name, helptext in (
@@ -199,6 +212,12 @@ def register(sub: Any) -> None:
     p = lsub.add_parser("fault", help="inject a fault into a host")
     p.add_argument("host")
     p.add_argument("kind", choices=FAULT_KINDS)
+    site_arg(p)
+    p = lsub.add_parser(
+        "report-to", help="make the lab's HA group daemons report to a gateway (signed alerts)"
+    )
+    p.add_argument("--gateway", required=True, help="the gateway's URL")
+    p.add_argument("--secret-file", required=True, help="a file holding the webhook secret")
     site_arg(p)
     p = lsub.add_parser("heal", help="undo a host's fault (a crashed host reboots)")
     p.add_argument("host")

@@ -17,8 +17,11 @@ if TYPE_CHECKING:
 #: sshd-down: host and agents up, SSH refused; frozen: every process stopped, SSH hangs; crash:
 #: the host vanishes and its processes die (its DB sessions stay open); db-unreachable: its
 #: packets to the database are dropped; slow: its processes run a quarter of the time;
-#: frontend-down: its web front end killed (SIGKILL), the host and its agents run on
-FaultKind = Literal["sshd-down", "frozen", "crash", "db-unreachable", "slow", "frontend-down"]
+#: frontend-down: its web front end killed (SIGKILL), the host and its agents run on; partition:
+#: the HA group daemon's heartbeats to and from it dropped (everything else passes)
+FaultKind = Literal[
+    "sshd-down", "frozen", "crash", "db-unreachable", "slow", "frontend-down", "partition"
+]
 FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
 
 
@@ -30,7 +33,7 @@ def inject(lab: Lab, host: str, kind: str) -> str:
     process dies; its DB sessions stay open on the server, as after a real crash),
     ``db-unreachable`` (the host's packets to the database are dropped), ``slow`` (its
     processes run a quarter of the time), ``frontend-down`` (its web front end killed with
-    SIGKILL).
+    SIGKILL), ``partition`` (the HA group daemon's UDP heartbeats to and from it dropped).
     """
     if kind not in FAULT_KINDS:
         raise LabError(f"unknown fault kind {kind!r}; use one of {', '.join(FAULT_KINDS)}")
@@ -64,6 +67,13 @@ def inject(lab: Lab, host: str, kind: str) -> str:
     elif kind == "db-unreachable":
         lab._apply_firewall({**rec.get("faults", {}), host: kind}, site, rec.get("ghost_ports"))
         done = f"{host}: its packets to the database are dropped"
+    elif kind == "partition":
+        assert site.lab is not None
+        lab._apply_firewall({**rec.get("faults", {}), host: kind}, site, rec.get("ghost_ports"))
+        done = (
+            f"{host}: its HA group heartbeats (UDP {site.lab.hagd.port}) are dropped both ways; "
+            "everything else passes"
+        )
     elif kind == "frontend-down":
         from infra.lab.frontend import TITLE
 
@@ -115,6 +125,9 @@ def heal(lab: Lab, host: str) -> str:
         if res.returncode != 0:
             raise LabError(f"{host}: the front end did not start: {res.stderr or res.stdout}")
         done = f"{host}: front end started again (in the role its role file says)"
+    elif kind == "partition":
+        lab._apply_firewall(rec["faults"], site, rec.get("ghost_ports"))
+        done = f"{host}: its HA group heartbeats pass again"
     elif kind == "db-unreachable":
         lab._apply_firewall(rec["faults"], site, rec.get("ghost_ports"))
         done = (

@@ -17,7 +17,8 @@ def apply(
     table: str, faults: dict[str, str], site: Site, ghosts: dict[str, list[int]] | None = None
 ) -> None:
     """Replace the lab's table with the rules of its current faults (crash: every packet of the
-    host; db-unreachable: its packets to the database) and its crashed hosts' dead connections."""
+    host; db-unreachable: its packets to the database; partition: the HA group daemon's UDP
+    heartbeats to and from it) and its crashed hosts' dead connections."""
     assert site.lab is not None
     rules = []
     # the TCP connections of a crashed host are dead for good, even after it reboots: the
@@ -31,6 +32,12 @@ def apply(
         addr = site.host(host).address
         if kind == "crash":
             rules += [f"ip daddr {addr} drop", f"ip saddr {addr} drop"]
+        elif kind == "partition":  # the HA group daemon's heartbeats, both ways
+            port = site.lab.hagd.port
+            rules += [
+                f"ip saddr {addr} udp dport {port} drop",
+                f"ip daddr {addr} udp dport {port} drop",
+            ]
         elif kind == "db-unreachable":
             rules += [
                 f"ip saddr {addr} ip daddr {site.lab.db_address} tcp dport {site.lab.db_port} drop",

@@ -18,6 +18,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,12 @@ if [ "${LAB_BOOT_AGENTS:-1}" = 1 ]; then
   service transfer-agents start > "$D/boot-agents.log" 2>&1 &
   if [ -x /etc/init.d/fts-frontend ]; then
     service fts-frontend start > "$D/boot-frontend.log" 2>&1 &
+  fi
+  # the HA group daemon (`handover lab up --hagd`): it stops the front end's master role at
+  # start, and its group elects the master
+  if [ -f "$D/hagd.yaml" ]; then
+    HANDOVER_SPOOL_DIR="$D/hagd-spool" HANDOVER_HOOK_CONFIG="$LAB_HAGD_REPORT" \
+      "$LAB_PYTHON" -m infra.cli hagd run --config "$D/hagd.yaml" >> "$D/log/hagd.log" 2>&1 &
   fi
 fi
 # `wait` returns on each trapped signal; the sleeper keeps it from returning at once otherwise.
@@ -149,7 +156,13 @@ def child_pid(parent: int, timeout: float = 5.0) -> int:
 
 
 def launch(
-    name: str, host_dir: Path, bin_dir: Path, log: Path, *, boot_agents: bool = True
+    name: str,
+    host_dir: Path,
+    bin_dir: Path,
+    log: Path,
+    *,
+    boot_agents: bool = True,
+    hagd_report: Path | None = None,
 ) -> tuple[int, int]:
     """Start a host's namespaces and init. Returns (unshare pid, init pid), both outside PIDs."""
     env = {
@@ -158,6 +171,8 @@ def launch(
         "LAB_HOST_DIR": str(host_dir),
         "LAB_BIN_DIR": str(bin_dir),
         "LAB_BOOT_AGENTS": "1" if boot_agents else "0",
+        "LAB_PYTHON": sys.executable,
+        "LAB_HAGD_REPORT": str(hagd_report or ""),
         "LANG": "C.UTF-8",
     }
     with contextlib.suppress(FileNotFoundError):

@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import subprocess
@@ -152,8 +153,16 @@ class Lab:
 
     # --- up ------------------------------------------------------------------------------------
 
-    def up(self, *, hosts: int | None = None, progress: Progress = _quiet) -> dict[str, Any]:
+    def up(
+        self, *, hosts: int | None = None, hagd: bool = False, progress: Progress = _quiet
+    ) -> dict[str, Any]:
         """Start everything; on failure, stop what was started and raise LabError.
+
+        Args:
+            hosts: a generated site of this many hosts instead of the site's own.
+            hagd: run the HA group daemon on the front-end hosts, their front end its service
+                (`hagd_files`).
+            progress: where progress lines go.
 
         Returns:
             A report: site file, hosts, agents serving, and seconds per phase.
@@ -175,6 +184,11 @@ class Lab:
             self.down()
         site = scaled_site(self.base_site, hosts) if hosts else self.base_site
         assert site.lab is not None
+        if hagd and (site.frontend is None or len(site.frontend.hosts) < 2):
+            raise LabError(
+                f"--hagd needs a site whose `frontend:` has at least two hosts ({site.site} "
+                "has " + ("none" if site.frontend is None else "one") + ")"
+            )
         t0 = time.monotonic()
         phases: dict[str, float] = {}
         self.paths.root.mkdir(parents=True, exist_ok=True)
@@ -188,6 +202,7 @@ class Lab:
             "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "hosts": {},
             "faults": {},
+            "hagd": hagd,
         }
         self._save(rec)
         try:
@@ -218,8 +233,10 @@ class Lab:
             self.paths.site_info.parent.mkdir(parents=True, exist_ok=True)
             self.paths.site_info.write_text(software.DEFAULT_SITE_INFO)
             self._apply_firewall({}, site)
+            if hagd:
+                self.hagd_files(site)
             for h in site.hosts:
-                self._prepare_host(site, h)
+                self._prepare_host(site, h, hagd=hagd)
             self._write_known_hosts(site)
             for h in site.hosts:
                 rec["hosts"][h.name] = self._launch(h)
@@ -256,14 +273,33 @@ class Lab:
             "hosts": [h.name for h in site.hosts],
             "agents": len(site.service.agents),
             "seconds": {k: round(v, 2) for k, v in phases.items()},
+            "hagd": {
+                h: str(self.paths.hagd_control(h))
+                for h in (site.frontend.hosts if hagd and site.frontend else [])
+            },
         }
 
     def _frontend_answers(self, site: Site) -> bool:
         from tasks.http_probe import ask_ready
 
         assert site.frontend is not None
-        answer = ask_ready(site.host(site.frontend.hosts[0]).address, site.frontend.port, 1.0)
+        first = site.frontend.hosts[0]
+        if self.record().get("hagd") and self.hagd_mode(first) != "master":
+            return False  # its daemon stops the boot's master at start, then its group elects
+        answer = ask_ready(site.host(first).address, site.frontend.port, 1.0)
         return answer is not None and answer[0] == 200
+
+    def hagd_mode(self, host: str) -> str | None:
+        """The mode of a host's HA group daemon in the front end's group (None: no answer)."""
+        from infra.hagd.daemon import ask
+
+        try:
+            answer = ask(str(self.paths.hagd_control(host)), "status", timeout_s=2.0)
+        except OSError:
+            return None
+        group = answer.get("groups", {}).get(hagd_group(self.site), {})
+        mode = group.get("mode")
+        return str(mode) if mode else None
 
     def _wait(self, pending: Callable[[], list[str]], timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
@@ -320,17 +356,76 @@ class Lab:
             f = b / name
             f.write_text(f'#!/bin/sh\nexec {sys.executable} -m infra.lab.hostcmd {sub} "$@"\n')
             f.chmod(0o755)
-        f = b / "fts-frontend"
-        f.write_text(f'#!/bin/sh\nexec {sys.executable} -m infra.lab.frontend "$@"\n')
-        f.chmod(0o755)
+        for name, module in (("fts-frontend", "frontend"), ("fts-frontend-ha", "frontend_ha")):
+            f = b / name
+            f.write_text(f'#!/bin/sh\nexec {sys.executable} -m infra.lab.{module} "$@"\n')
+            f.chmod(0o755)
         for name, sub in (("spma_wrapper.sh", "spma"), ("rpm", "rpm")):
             f = b / name
             f.write_text(f'#!/bin/sh\nexec {sys.executable} -m infra.lab.software {sub} "$@"\n')
             f.chmod(0o755)
 
-    def _prepare_host(self, site: Site, h: Host) -> None:
+    def hagd_files(self, site: Site) -> None:
+        """The HA group daemons' key and reporting settings (the gateway is added by
+        `report_to`)."""
+        self.paths.secrets_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not self.paths.hagd_key.exists():
+            self.paths.hagd_key.touch(mode=0o600)
+            self.paths.hagd_key.write_text(secrets.token_hex(32) + "\n")
+        self.paths.hagd_dir.mkdir(parents=True, exist_ok=True)
+        self.paths.hagd_report.write_text(
+            f"# the lab's HA group daemons report with these (`handover lab report-to`)\n"
+            f"HANDOVER_SITE={site.site}\nHANDOVER_SERVICE={site.service.name}\n"
+        )
+
+    def report_to(self, gateway: str, secret_file: Path) -> str:
+        """Make the lab's HA group daemons (and their `handover-switch`) report to a gateway.
+
+        Read at every report: daemons already running use it from their next one.
+        """
+        site = self.site
+        if not self.record().get("hagd"):
+            raise LabError("the lab runs no HA group daemon (`handover lab up --hagd`)")
+        if not secret_file.is_file():
+            raise LabError(f"--secret-file {secret_file}: no such file")
+        self.hagd_files(site)
+        with open(self.paths.hagd_report, "a") as f:
+            f.write(
+                f"HANDOVER_GATEWAY_URL={gateway}\n"
+                f"HANDOVER_WEBHOOK_SECRET_FILE={secret_file.resolve()}\n"
+            )
+        return f"the lab's HA group daemons report to {gateway}"
+
+    def _hagd_config(self, site: Site, h: Host) -> dict[str, Any]:
+        assert site.lab is not None and site.frontend is not None
+        cfg = site.lab.hagd
+        fronts = site.frontend.hosts
+        return {
+            "id": h.name,
+            "address": h.address,
+            "port": cfg.port,
+            "peers": [site.host(o).address for o in fronts if o != h.name],
+            "group": {hagd_group(site): 10 * (len(fronts) - fronts.index(h.name))},
+            "script": str(self.paths.bin_dir / "fts-frontend-ha"),
+            "timeout": cfg.timeout_s,
+            "debug": 3,
+            "key": {"file": str(self.paths.hagd_key)},
+            "dt1": cfg.dt1_s,
+            "dt2": cfg.dt2_s,
+            "interval": cfg.interval_s,
+            "check": cfg.check_s,
+            "control": str(self.paths.hagd_control(h.name)),
+            "report": str(self.paths.hagd_report),
+        }
+
+    def _prepare_host(self, site: Site, h: Host, *, hagd: bool = False) -> None:
         assert site.lab is not None
         d = self.paths.host_dir(h.name)
+        hagd_yaml = self.paths.hagd_config(h.name)
+        hagd_yaml.unlink(missing_ok=True)
+        if hagd and site.frontend is not None and h.name in site.frontend.hosts:
+            d.mkdir(parents=True, exist_ok=True)
+            hagd_yaml.write_text(yaml.safe_dump(self._hagd_config(site, h), sort_keys=False))
         for sub in ("etc.upper", "etc.work", "opt.upper", "opt.work"):
             shutil.rmtree(d / sub, ignore_errors=True)
         for sub in ("etc.upper/init.d", "etc.upper/transfer-agents", "etc.work", "opt.work", "log"):
@@ -465,6 +560,7 @@ class Lab:
             self.paths.bin_dir,
             self.paths.log_dir / f"{h.name}.log",
             boot_agents=boot_agents,
+            hagd_report=self.paths.hagd_report,
         )
         return {
             "address": h.address,
@@ -627,6 +723,11 @@ class Lab:
             timeout=timeout,
             check=False,
         )
+
+
+def hagd_group(site: Site) -> str:
+    """The HA group of the lab's front end."""
+    return f"{site.service.name}-frontend"
 
 
 def agent_names(agents: list[Agent]) -> list[str]:

@@ -89,3 +89,28 @@ class LabPaths:
     def host_dir(self, host: str) -> Path:
         """A host's own files: host key, sshd config, /etc overlay, init script."""
         return self.root / "hosts" / host
+
+    @property
+    def hagd_dir(self) -> Path:
+        """The HA group daemons' shared files: their key and the hooks' settings they report
+        with (`handover lab up --hagd`)."""
+        return self.root / "hagd"
+
+    @property
+    def hagd_key(self) -> Path:
+        """The key the lab's HA group daemons sign their heartbeats with."""
+        return self.secrets_dir / "hagd-key"
+
+    @property
+    def hagd_report(self) -> Path:
+        """The hooks' settings (``KEY=VALUE``) the daemons and `handover-switch` report with."""
+        return self.hagd_dir / "hooks.env"
+
+    def hagd_config(self, host: str) -> Path:
+        """A front-end host's daemon configuration (its presence starts the daemon at boot)."""
+        return self.host_dir(host) / "hagd.yaml"
+
+    def hagd_control(self, host: str) -> Path:
+        """A host's daemon control socket (outside the host's /run, so `handover hagd status
+        --control` reaches it from the machine)."""
+        return self.host_dir(host) / "hagd.sock"

@@ -1,0 +1,189 @@
+"""The HA group daemon on the lab (`handover lab up --hagd`): a daemon in each front-end host's
+namespaces, the front end its service, real crashes, reboots and a partition of the heartbeats,
+the database's epoch fence, and an election that runs the switch flow through the gateway.
+
+The tests run in order on one lab: each leaves the group with a master the next starts from.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from infra.hagd.daemon import ask
+from infra.lab.lab import hagd_group
+from tasks.http_probe import ask_ready
+from tests.alert_stack import SECRET, Stack, alias_host, final, run_logs, stack_fixture
+from tests.alert_stack import switch_runs as runs_for
+from tests.conftest import RunningLab, forget_automatic_switches, start_lab, stays, wait_for
+
+MASTER, BACKUP = "fts101", "fts102"
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningLab]:
+    yield from start_lab(tmp_path_factory, alerts={"dedup_window_s": 30}, hagd=True)
+
+
+@pytest.fixture(scope="module")
+def stack(
+    lab: RunningLab, prefect_api: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    yield from stack_fixture(lab, prefect_api, tmp_path_factory)
+
+
+def group(lab: RunningLab, host: str) -> dict[str, Any]:
+    """A host's daemon's view of the front end's group (`handover hagd status --json`)."""
+    answer = ask(str(lab.lab.paths.hagd_control(host)), "status")
+    view: dict[str, Any] = answer["groups"][hagd_group(lab.site)]
+    return view
+
+
+def mode(lab: RunningLab, host: str) -> str | None:
+    return lab.lab.hagd_mode(host)
+
+
+def command(lab: RunningLab, host: str, cmd: str) -> str:
+    answer = ask(str(lab.lab.paths.hagd_control(host)), cmd, hagd_group(lab.site))
+    assert answer["ok"], answer
+    return str(answer["said"])
+
+
+def ready(lab: RunningLab, host: str) -> int | None:
+    """What the host's front end answers on /ready (200: the master)."""
+    assert lab.site.frontend is not None
+    answer = ask_ready(lab.site.host(host).address, lab.site.frontend.port, 1.0)
+    return answer[0] if answer else None
+
+
+def serves(lab: RunningLab, host: str) -> bool:
+    """The host's daemon is the group master and its front end answers as the master."""
+    return mode(lab, host) == "master" and ready(lab, host) == 200
+
+
+def settle(lab: RunningLab) -> float:
+    """Seconds to watch for something that must not happen (two dT1: a full election)."""
+    assert lab.site.lab is not None
+    return 2 * lab.site.lab.hagd.dt1_s
+
+
+def test_the_highest_rank_is_elected_and_only_its_front_end_serves(lab: RunningLab) -> None:
+    wait_for(lambda: serves(lab, MASTER), 20, f"{MASTER} (rank 20) elected and serving")
+    wait_for(lambda: mode(lab, BACKUP) == "normal", 10, f"{BACKUP} normal")
+    view = group(lab, BACKUP)
+    assert view["master"] == MASTER
+    assert view["members"][MASTER]["rank"] == 20 and view["members"][MASTER]["alive"]
+    assert view["rank"] == 10
+    assert ready(lab, BACKUP) == 503
+
+
+def test_a_crashed_master_is_replaced_by_the_next_rank(lab: RunningLab) -> None:
+    t0 = time.monotonic()
+    lab.lab.fault(MASTER, "crash")
+    wait_for(lambda: serves(lab, BACKUP), 30, f"{BACKUP} elected and serving")
+    took = time.monotonic() - t0
+    events = group(lab, BACKUP)["events"]
+    assert any(f"{MASTER} not heard" in e and "elected" in e for e in events), (took, events)
+    assert events[-1] == "master: service started: group master", events
+    score = lab.lab.score()
+    assert score.clients is not None
+    assert score.clients.writes_by_fenced_master == 0
+    assert score.clients.epoch_holder == BACKUP
+
+
+def test_the_rebooted_master_does_not_take_the_group_back(lab: RunningLab) -> None:
+    lab.lab.heal(MASTER)
+    wait_for(lambda: mode(lab, MASTER) == "normal", 20, f"{MASTER}'s daemon back, normal")
+    # its daemon stopped the master role the boot's front end came back with
+    wait_for(lambda: ready(lab, MASTER) == 503, 10, f"{MASTER}'s front end a slave")
+    stays(
+        lambda: mode(lab, MASTER) == "normal" and serves(lab, BACKUP),
+        settle(lab),
+        f"{BACKUP} stays master ({MASTER} does not pre-empt)",
+    )
+    assert group(lab, MASTER)["master"] == BACKUP
+
+
+def test_manual_give_up_and_takeover(lab: RunningLab) -> None:
+    # the master gives up: the next rank takes over, the one that gave up yields
+    said = command(lab, BACKUP, "giveup")
+    assert "giving up" in said
+    wait_for(lambda: serves(lab, MASTER), 20, f"{MASTER} master after {BACKUP} gave up")
+    wait_for(lambda: ready(lab, BACKUP) == 503, 10, f"{BACKUP}'s front end a slave")
+    assert group(lab, BACKUP)["mode"] == "normal"
+    # a takeover on the backup: the master stops within dT2, then the backup starts
+    said = command(lab, BACKUP, "takeover")
+    assert "taking over" in said
+    wait_for(lambda: serves(lab, BACKUP), 20, f"{BACKUP} master after its takeover")
+    wait_for(lambda: mode(lab, MASTER) == "normal", 10, f"{MASTER} normal")
+    assert ready(lab, MASTER) == 503
+    assert f"giveup: {BACKUP} takes over: giving up" in group(lab, MASTER)["events"]
+    # and back, so that the alias and the master agree again
+    command(lab, MASTER, "takeover")
+    wait_for(lambda: serves(lab, MASTER), 20, f"{MASTER} master after its takeover")
+    wait_for(lambda: mode(lab, BACKUP) == "normal", 10, f"{BACKUP} normal")
+
+
+def test_a_partition_makes_two_masters_and_only_the_newest_writes(lab: RunningLab) -> None:
+    assert serves(lab, MASTER)
+    lab.lab.score(reset=True)
+    seen = group(lab, MASTER)["event_count"]
+    lab.lab.fault(MASTER, "partition")
+    try:
+        # the backup hears nothing from the master: it is elected and claims a newer epoch ...
+        wait_for(lambda: serves(lab, BACKUP), 30, f"{BACKUP} elected while {MASTER} is cut off")
+        # ... while the master, which heard nothing either, was still the master: its own
+        # status check finds it fenced by that epoch, and it gives up and stops standing
+        wait_for(lambda: mode(lab, MASTER) == "failure", 20, f"{MASTER} fenced, in failure")
+        view = group(lab, MASTER)
+        events = view["events"][-(view["event_count"] - seen) :]
+        assert any("status failed" in e and "fenced" in e for e in events), events
+        assert not any("takes over" in e for e in events), events  # it never heard the backup
+        score = lab.lab.score()
+        assert score.clients is not None
+        assert score.clients.writes_by_fenced_master == 0, score.clients
+        assert score.clients.epoch_holder == BACKUP
+    finally:
+        lab.lab.heal(MASTER)
+    wait_for(lambda: group(lab, BACKUP)["members"][MASTER]["alive"], 10, "heartbeats again")
+    stays(lambda: serves(lab, BACKUP), settle(lab) / 2, f"{BACKUP} stays the only master")
+    assert "standing again" in command(lab, MASTER, "reset")
+    wait_for(lambda: mode(lab, MASTER) == "normal", 10, f"{MASTER} standing again")
+    command(lab, MASTER, "takeover")
+    wait_for(lambda: serves(lab, MASTER), 20, f"{MASTER} master again")
+
+
+def test_an_election_runs_the_switch_flow_once(
+    lab: RunningLab, stack: Stack, tmp_path: Path
+) -> None:
+    forget_automatic_switches(lab)
+    secret = tmp_path / "webhook.secret"
+    secret.write_bytes(SECRET)
+    lab.lab.report_to(stack.url, secret)
+    assert serves(lab, MASTER) and alias_host(lab) == MASTER
+    since = dt.datetime.now(dt.UTC)
+    lab.lab.fault(MASTER, "crash")
+    # the backup's start script serves, then asks the gateway (`handover-switch`): the switch
+    # flow fences the old master and moves the alias
+    wait_for(lambda: serves(lab, BACKUP), 30, f"{BACKUP} elected and serving")
+    wait_for(lambda: alias_host(lab) == BACKUP, 120, f"the alias moved to {BACKUP}")
+    [run] = wait_for(lambda: runs_for(MASTER, since), 30, "the switch run")
+    wait_for(lambda: final(run.id), 120, "the switch run to end")
+    done = final(run.id)
+    assert done is not None and done.state is not None and done.state.is_completed(), done
+    stays(lambda: len(runs_for(MASTER, since)) == 1, 5, "one switch run")
+    # the daemon's own reports reached the gateway; the election's is noted in the run
+    assert stack.gateway_lines('"source": "hagd"', '"kind": "frontend_down"', '"result": "new"')
+    assert stack.gateway_lines('"kind": "ha_event"')
+    wait_for(
+        lambda: any("ha_event" in m and "is master" in m for m in run_logs(run.id)),
+        30,
+        "the election noted in the run's log",
+    )
+    lab.lab.heal(MASTER)
+    wait_for(lambda: mode(lab, MASTER) == "normal", 20, f"{MASTER} back, normal")
