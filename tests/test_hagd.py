@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -21,6 +22,7 @@ from infra.bench.hagd import KEY as CLUSTER_KEY
 from infra.bench.hagd import Provider, make_cluster
 from infra.hagd.config import HagdConfigError, load_config
 from infra.hagd.group import Group
+from infra.hagd.pool import PoolMember, plan_pool
 from infra.hagd.protocol import (
     Freshness,
     GroupState,
@@ -223,6 +225,48 @@ def test_one_backup_for_three_groups_takes_over_only_the_failed_one() -> None:
     assert net.mode("backup", "rb") == net.mode("backup", "fts") == "normal"
 
 
+# --- stateless pools (pure) ---------------------------------------------------------------------
+
+
+def pool_plan(serving: bool = True, current: tuple[str, ...] = (), **members: PoolMember) -> Any:
+    return plan_pool(
+        me="p20",
+        rank=20,
+        serving=serving,
+        address="10.0.0.2",
+        members=members,
+        now=100.0,
+        dt1=DT1,
+        current=list(current),
+    )
+
+
+def test_the_highest_live_rank_keeps_the_pool_and_only_serving_members_are_in_it() -> None:
+    alive30 = PoolMember(30, True, "10.0.0.3", 99.5)
+    dead30 = PoolMember(30, True, "10.0.0.3", 98.0)
+    p10 = PoolMember(10, True, "10.0.0.1", 99.9)
+    idle10 = PoolMember(10, False, "10.0.0.1", 99.9)
+    other = pool_plan(p30=alive30, p10=p10)
+    assert not other.keeper and other.keeper_id == "p30" and not other.changes
+    plan = pool_plan(current=("10.0.0.1", "10.0.0.2", "10.0.0.3"), p30=dead30, p10=p10)
+    assert plan.keeper and plan.remove == ["10.0.0.3"] and plan.add == []
+    assert plan.want == ["10.0.0.1", "10.0.0.2"]
+    plan = pool_plan(current=("10.0.0.2",), p10=idle10)
+    assert not plan.changes and plan.want == ["10.0.0.2"]
+    plan = pool_plan(current=("10.0.0.2",), p10=p10)
+    assert plan.add == ["10.0.0.1"] and plan.remove == []
+    plan = pool_plan(current=(), p10=p10)
+    assert plan.add == ["10.0.0.1", "10.0.0.2"]
+
+
+def test_a_pool_name_never_loses_its_last_address() -> None:
+    plan = pool_plan(
+        serving=False, current=("10.0.0.2",), p10=PoolMember(10, False, "10.0.0.1", 99.9)
+    )
+    assert plan.keeper and not plan.changes and plan.want == []
+    assert "kept as they are (10.0.0.2)" in plan.note
+
+
 # --- the protocol --------------------------------------------------------------------------------
 
 
@@ -240,6 +284,9 @@ def test_a_message_round_trips_and_never_shows_the_group_name_or_the_key() -> No
     data = encode(msg(), KEY)
     assert b"fts-frontend" not in data and KEY not in data
     assert decode(data, KEY) == msg(t=decode(data, KEY).time)
+    pool = GroupState(digest=group_digest(KEY, "bdii"), rank=10, mode="master", address="10.0.0.1")
+    back = decode(encode(Message("p10", "b", 1, time.time(), (pool,)), KEY), KEY)
+    assert back.groups == (pool,)
 
 
 def test_forged_altered_replayed_and_stale_messages_are_refused() -> None:
@@ -283,6 +330,23 @@ def test_config_errors_name_the_field_and_the_fix(tmp_path: Path) -> None:
         (
             {"peers": ["127.0.0.2"], "report": "hooks.env"},
             "report: hooks.env must be an absolute path",
+        ),
+        (
+            {
+                "peers": ["127.0.0.2"],
+                "pool": {
+                    "bdii": {
+                        "dns": {
+                            "server": "127.0.0.1",
+                            "zone": "example.org",
+                            "alias": "bdii.example.org",
+                            "tsig_key_name": "k",
+                            "tsig_key": {"env": "K"},
+                        }
+                    }
+                },
+            },
+            "pool.bdii: not in `group`; give it a rank there",
         ),
     ):
         f.write_text(yaml.safe_dump({**good, **bad}))

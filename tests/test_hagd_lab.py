@@ -8,12 +8,15 @@ The tests run in order on one lab: each leaves the group with a master the next 
 from __future__ import annotations
 
 import datetime as dt
+import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from infra.hagd.daemon import ask
 from infra.lab.lab import hagd_group
@@ -187,3 +190,61 @@ def test_an_election_runs_the_switch_flow_once(
     )
     lab.lab.heal(MASTER)
     wait_for(lambda: mode(lab, MASTER) == "normal", 20, f"{MASTER} back, normal")
+
+
+def test_a_stateless_pool_loses_and_regains_providers_in_dns(
+    lab: RunningLab, tmp_path: Path
+) -> None:
+    """Three providers of a pool (daemons on the machine, on addresses of their own) keep a
+    round-robin name in the lab's BIND9: the dead and the one that stops serving leave it, and
+    come back."""
+    from infra.bench.hagd import make_cluster
+    from tasks.adapters.dns import read_alias
+
+    assert lab.site.dns is not None
+    pool_dns = lab.site.dns.model_copy(
+        update={"alias": f"pool.{lab.site.dns.zone}", "secondaries": []}
+    )
+    ps = make_cluster(
+        tmp_path,
+        100 + os.getpid() % 100,
+        [30, 20, 10],
+        dt1=1.0,
+        dt2=0.5,
+        names=["p30", "p20", "p10"],
+    )
+    for p in ps:
+        cfg = yaml.safe_load(p.config.read_text())
+        cfg["check"] = 0.3
+        cfg["pool"] = {"fts": {"dns": pool_dns.model_dump(mode="json")}}
+        p.config.write_text(yaml.safe_dump(cfg))
+        (p.dir / "service-fts").write_text("up\n")  # every provider serves
+    p30, p20, p10 = ps
+
+    def records() -> list[str]:
+        return read_alias(pool_dns, pool_dns.servers()[0]).addresses
+
+    def holds(*members: Any) -> bool:
+        return records() == sorted(p.address for p in members)
+
+    try:
+        for p in ps:
+            p.start()
+        wait_for(lambda: holds(p30, p20, p10), 20, "the three providers in the name")
+        assert p30.status()["groups"]["fts"]["keeper"] == "p30"
+        # the keeper dies: the next rank keeps the name and removes it
+        p30.stop(signal.SIGKILL)
+        wait_for(lambda: holds(p20, p10), 20, "p30 removed by p20")
+        assert p20.status()["groups"]["fts"]["keeper"] == "p20"
+        # a provider whose status fails leaves the name; back when it serves again
+        (p10.dir / "service-fts").unlink()
+        wait_for(lambda: holds(p20), 20, "p10 removed: it no longer serves")
+        (p10.dir / "service-fts").write_text("up\n")
+        wait_for(lambda: holds(p20, p10), 20, "p10 back")
+        p30.start()
+        wait_for(lambda: holds(p30, p20, p10), 20, "p30 back")
+        events = p20.status()["groups"]["fts"]["events"]
+        assert any("removed" in e and p30.address in e for e in events), events
+    finally:
+        for p in ps:
+            p.stop()

@@ -46,6 +46,22 @@ def cmd_hagd(args: argparse.Namespace) -> int:
     elif args.hagd_what == "status" and answer.get("ok"):
         out.print(f"hagd {answer['id']} on {answer['address']}")
         for name, g in answer["groups"].items():
+            if g["mode"] == "pool":
+                out.print(
+                    f"  {name}: pool (rank {g['rank']}), "
+                    + ("serving" if g["serving"] else "not serving")
+                    + f" at {g['address']}; {g['name']} -> {', '.join(g['records']) or 'nothing'}"
+                    f" (kept by {g['keeper'] or 'nobody yet'})"
+                    + (f"; DNS: {g['error']}" if g["error"] else "")
+                )
+                for mid, m in g["members"].items():
+                    state = "alive" if m["alive"] else "dead"
+                    serves = "serving" if m["serving"] else "not serving"
+                    out.print(
+                        f"    {mid}: rank {m['rank']}, {serves} at {m['address']}, heard "
+                        f"{m['heard_s_ago']:.1f} s ago ({state})"
+                    )
+                continue
             out.print(
                 f"  {name}: {g['mode']} for {g['for_s']:.1f} s (rank {g['rank']}), master "
                 f"{g['master'] or 'unknown'}"

@@ -19,6 +19,11 @@ Example (YAML)::
     preempt: false              # a returning higher rank takes the group back
     check: 2                    # the master runs `SCRIPT status GROUP` this often (0: never)
     report: /etc/handover/hooks.env   # elections and losses go to the gateway (hooks' settings)
+    pool:                       # stateless pools among the groups: a round-robin name each
+      bdii:
+        address: 192.0.2.11     # where this provider's service answers (default: address)
+        dns: {server: 192.0.2.53, zone: example.org, alias: bdii.example.org, ttl_s: 60,
+              tsig_key_name: hagd, tsig_key: {file: /etc/handover/tsig.key}}
 """
 
 from __future__ import annotations
@@ -30,9 +35,20 @@ from typing import Annotated
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from config.site import SecretRef
+from config.site import Dns, SecretRef
 
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")]
+
+
+class PoolConfig(BaseModel):
+    """A stateless pool group's round-robin name (`infra.hagd.pool`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: the name (`alias`), its zone's primary and the TSIG key, as a site file's `dns:`
+    dns: Dns
+    #: where this provider's service answers (default: the daemon's `address`)
+    address: str | None = None
 
 
 class HagdConfig(BaseModel):
@@ -57,6 +73,11 @@ class HagdConfig(BaseModel):
     preempt: bool = False
     check: float = Field(default=2.0, ge=0, le=3600)
     report: Path | None = None
+    pool: dict[Name, PoolConfig] = Field(default_factory=dict)
+
+    def pool_address(self, group: str) -> str:
+        """Where this provider serves a pool group."""
+        return self.pool[group].address or self.address
 
     @model_validator(mode="after")
     def _consistent(self) -> HagdConfig:
@@ -79,6 +100,16 @@ class HagdConfig(BaseModel):
             raise ValueError(
                 "peers/iface: give the peers' addresses, or interfaces to broadcast on"
             )
+        for g, p in self.pool.items():
+            if g not in self.group:
+                raise ValueError(f"pool.{g}: not in `group`; give it a rank there")
+            if (p.address or self.address) in ("0.0.0.0", ""):  # noqa: S104
+                raise ValueError(
+                    f"pool.{g}.address: give the address this provider's service answers on "
+                    "(the daemon's `address` is 0.0.0.0)"
+                )
+        if self.pool and self.check <= 0:
+            raise ValueError("check: a pool needs status checks (check > 0)")
         for g, rank in self.group.items():
             if not 0 <= rank <= 1_000_000:
                 raise ValueError(f"group.{g}: rank {rank} is not between 0 and 1000000")

@@ -13,7 +13,9 @@ At start it runs ``SCRIPT stop GROUP`` for every group: a provider is not the ma
 until its group elects it (a former master that reboots must not come back serving). While it
 is a group's master it runs ``SCRIPT status GROUP`` every `check` seconds; a status that fails
 (or hangs) makes it give up and stop standing (`infra.hagd.group`). Elections, members lost and
-failures go to the gateway when `report` is set (`infra.hagd.report`).
+failures go to the gateway when `report` is set (`infra.hagd.report`). A group listed under
+`pool` is a stateless pool: no election, every member serves, and the highest live rank keeps
+the pool's round-robin name in DNS (`infra.hagd.pool_keeper`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import Any
 
 from infra.hagd.config import HagdConfig
 from infra.hagd.group import Group
+from infra.hagd.pool_keeper import PoolKeeper
 from infra.hagd.protocol import Freshness, Message, Rejected, decode, encode, group_digest
 from infra.hagd.report import Reporter
 
@@ -67,6 +70,7 @@ class Daemon(asyncio.DatagramProtocol):
         self.boot = secrets.token_hex(8)
         self.seq = 0
         now = time.time()
+        self.reporter = Reporter(cfg.report, cfg.id)
         self.groups = {
             name: Group(
                 name=name,
@@ -79,8 +83,24 @@ class Daemon(asyncio.DatagramProtocol):
                 preempt=cfg.preempt,
             )
             for name, rank in cfg.group.items()
+            if name not in cfg.pool
         }
         self.by_digest = {g.digest: g for g in self.groups.values()}
+        self.pools = {
+            name: PoolKeeper(
+                name=name,
+                digest=group_digest(key, name),
+                me=cfg.id,
+                rank=cfg.group[name],
+                address=cfg.pool_address(name),
+                dns=p.dns,
+                dt1=cfg.dt1,
+                check=cfg.check,
+                reporter=self.reporter,
+            )
+            for name, p in cfg.pool.items()
+        }
+        self.pool_by_digest = {p.digest: p for p in self.pools.values()}
         self.fresh = Freshness(max_age_s=max(30.0, 2 * cfg.dt1))
         self.counts: Counter[str] = Counter()
         self.transport: asyncio.DatagramTransport | None = None
@@ -89,7 +109,6 @@ class Daemon(asyncio.DatagramProtocol):
         ]
         self.stopping = asyncio.Event()
         self.logged = {name: 0 for name in self.groups}
-        self.reporter = Reporter(cfg.report, cfg.id)
         #: per group: the members alive at the last tick, the last other master, the next check
         self.was_alive: dict[str, set[str]] = {name: set() for name in self.groups}
         self.other_master: dict[str, str | None] = {name: None for name in self.groups}
@@ -117,6 +136,9 @@ class Daemon(asyncio.DatagramProtocol):
             g = self.by_digest.get(st.digest)
             if g is not None:
                 g.heard(msg.sender, st, now)
+            p = self.pool_by_digest.get(st.digest)
+            if p is not None:
+                p.heard(msg.sender, st, now)
 
     def send(self) -> None:
         if self.transport is None:
@@ -127,7 +149,8 @@ class Daemon(asyncio.DatagramProtocol):
             boot=self.boot,
             seq=self.seq,
             time=time.time(),
-            groups=tuple(g.state() for g in self.groups.values()),
+            groups=tuple(g.state() for g in self.groups.values())
+            + tuple(p.state() for p in self.pools.values()),
         )
         data = encode(msg, self.key)
         for target in self.targets:
@@ -143,12 +166,12 @@ class Daemon(asyncio.DatagramProtocol):
         Its environment says who runs it and who was the group's master (``HAGD_ID``,
         ``HAGD_GROUP``, ``HAGD_MASTER``): `handover-switch` asks for the switch away from it.
         """
-        g = self.groups[group]
+        g = self.groups.get(group)  # None: a stateless pool (no master)
         env = {
             **os.environ,
             "HAGD_ID": self.cfg.id,
             "HAGD_GROUP": group,
-            "HAGD_MASTER": g.master if g.master and g.master != self.cfg.id else "",
+            "HAGD_MASTER": g.master if g and g.master and g.master != self.cfg.id else "",
         }
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -188,7 +211,11 @@ class Daemon(asyncio.DatagramProtocol):
         self.send()  # say the new mode at once
 
     def _spawn(self, tasks: set[asyncio.Task[None]], g: Group, action: str) -> None:
-        t = asyncio.create_task(self.act(g, action))
+        self._spawn_coro(tasks, self.act(g, action))
+
+    @staticmethod
+    def _spawn_coro(tasks: set[asyncio.Task[None]], coro: Any) -> None:
+        t = asyncio.create_task(coro)
         tasks.add(t)
         t.add_done_callback(tasks.discard)
 
@@ -257,13 +284,15 @@ class Daemon(asyncio.DatagramProtocol):
             # the groups tick more often than heartbeats go out: a dead master is seen dT1
             # after its last heartbeat, not up to a heartbeat period later
             now = time.time()
-            modes = [g.mode for g in self.groups.values()]
+            modes = self._modes()
             for g in self.groups.values():
                 for action in g.tick(now):
                     self._spawn(tasks, g, action)
                 self._watch(g, now, tasks)
                 self._log_events(g)
-            if now >= next_send or modes != [g.mode for g in self.groups.values()]:
+            for p in self.pools.values():
+                p.step(now, self.script, lambda coro: self._spawn_coro(tasks, coro))
+            if now >= next_send or modes != self._modes():
                 self.send()
                 next_send = now + self.cfg.interval
             with contextlib.suppress(TimeoutError):
@@ -273,6 +302,11 @@ class Daemon(asyncio.DatagramProtocol):
         server.close()
         with contextlib.suppress(FileNotFoundError):
             self.cfg.control.unlink()
+
+    def _modes(self) -> list[str]:
+        return [g.mode for g in self.groups.values()] + [
+            str(p.serving) for p in self.pools.values()
+        ]
 
     async def _shutdown(self, tasks: set[asyncio.Task[None]]) -> None:
         for t in tasks:
@@ -326,10 +360,12 @@ class Daemon(asyncio.DatagramProtocol):
             return {"ok": True, **self.status()}
         g = self.groups.get(group)
         if g is None:
-            return {
-                "ok": False,
-                "error": f"no group {group!r} here (groups: {', '.join(self.groups)})",
-            }
+            why = (
+                "is a stateless pool: every member serves, nothing to take over or give up"
+                if group in self.pools
+                else f"is not one here (groups: {', '.join(self.groups)})"
+            )
+            return {"ok": False, "error": f"group {group!r} {why}"}
         now = time.time()
         if cmd == "takeover":
             said = g.takeover(now)
@@ -371,7 +407,8 @@ class Daemon(asyncio.DatagramProtocol):
                     "event_count": g.event_count,
                 }
                 for g in self.groups.values()
-            },
+            }
+            | {name: p.status(now) for name, p in self.pools.items()},
             "counts": dict(self.counts),
             "reports": dict(self.reporter.outcomes),
         }

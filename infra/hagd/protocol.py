@@ -3,10 +3,11 @@
 A message is one UDP datagram of compact JSON: the sender's id, a boot id (random per start),
 a sequence number and the time, and for each of its groups a keyed digest of the group's name
 (HMAC-SHA256 of the name under the shared key: names never appear in clear), its rank and its
-mode; then ``sig``, the HMAC-SHA256 of everything before it under the shared key (the key never
-appears). A receiver drops a message that is malformed, signed with another key, older than
-`max_age_s` or from the future, or whose (sender, boot) sequence number is not newer than the
-last one accepted: a replayed or reordered message is ignored.
+mode (and in a stateless pool, the address the provider serves on); then ``sig``, the
+HMAC-SHA256 of everything before it under the shared key (the key never appears). A receiver
+drops a message that is malformed, signed with another key, older than `max_age_s` or from the
+future, or whose (sender, boot) sequence number is not newer than the last one accepted: a
+replayed or reordered message is ignored.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ class GroupState:
     mode: Mode
     #: the provider does not stand in elections (after a manual give-up, until a new master)
     yields: bool = False
+    #: a stateless pool's member: the address its service answers on ("" in other groups)
+    address: str = ""
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,10 @@ def encode(msg: Message, key: bytes) -> bytes:
             "boot": msg.boot,
             "seq": msg.seq,
             "t": round(msg.time, 3),
-            "g": [[g.digest, g.rank, g.mode, int(g.yields)] for g in msg.groups],
+            "g": [
+                [g.digest, g.rank, g.mode, int(g.yields)] + ([g.address] if g.address else [])
+                for g in msg.groups
+            ],
         },
         separators=(",", ":"),
         sort_keys=True,
@@ -91,10 +97,7 @@ def decode(data: bytes, key: bytes) -> Message:
         raise Rejected("bad signature (another key, or altered)")
     try:
         raw = json.loads(body)
-        groups = tuple(
-            GroupState(digest=str(d), rank=int(r), mode=_mode(m), yields=bool(y))
-            for d, r, m, y in raw["g"]
-        )
+        groups = tuple(_group(g) for g in raw["g"])
         return Message(
             sender=str(raw["id"]),
             boot=str(raw["boot"]),
@@ -104,6 +107,19 @@ def decode(data: bytes, key: bytes) -> Message:
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise Rejected(f"malformed message: {exc}") from None
+
+
+def _group(g: list[object]) -> GroupState:
+    if not isinstance(g, list) or len(g) not in (4, 5):
+        raise ValueError(f"a group line of {len(g) if isinstance(g, list) else 'no'} items")
+    d, r, m, y = g[:4]
+    return GroupState(
+        digest=str(d),
+        rank=int(r),  # type: ignore[call-overload]
+        mode=_mode(m),
+        yields=bool(y),
+        address=str(g[4]) if len(g) == 5 else "",
+    )
 
 
 def _mode(m: object) -> Mode:

@@ -31,8 +31,8 @@ log = logging.getLogger("handover.hagd")
 
 #: master: this provider was elected and its service started; lost: a member was not heard for
 #: dT1; failure: this provider's start or status failed and it no longer stands; giveup: it
-#: stopped its service (a human, or another master)
-What = Literal["master", "lost", "failure", "giveup"]
+#: stopped its service (a human, or another master); pool: it changed a stateless pool's records
+What = Literal["master", "lost", "failure", "giveup", "pool"]
 SEVERITY: dict[str, str] = {"master": "warning", "lost": "critical", "failure": "critical"}
 
 

@@ -10,6 +10,8 @@ Contract:
       atomic update. Somebody else changed the alias: `AliasChanged`, with what it holds now, and
       nothing is changed. The key refused (wrong secret, unknown name): `TsigRefused`, naming the
       key and the server. No answer within `timeout_s`: `DnsUnavailable`.
+    * `replace_addresses(dns, key, expect, addresses)` is the same compare-and-set for a
+      round-robin name (several A records, no epoch; `expect` empty: the name has no A record).
     * `check_key(dns, key)` sends the primary an UPDATE whose only content is a prerequisite
       that cannot hold: a server that accepts the key answers NXRRSET and changes nothing; one
       that refuses it says so (`TsigRefused`).
@@ -213,15 +215,35 @@ def move_alias(
         DnsUnavailable: no answer in time, or another error answer (the update may or may not
             have been applied when the connection broke: read the alias again).
     """
+    return replace_addresses(dns_cfg, key_secret, expect, [to], epoch, timeout_s)
+
+
+def replace_addresses(
+    dns_cfg: Dns,
+    key_secret: str,
+    expect: list[str],
+    addresses: list[str],
+    epoch: int | None = None,
+    timeout_s: float = 5.0,
+) -> AliasState:
+    """Replace the alias's A records by `addresses` (a round-robin set), and its epoch when one
+    is given, if and only if it holds exactly `expect` now (`[]`: no A record).
+
+    Raises and returns as `move_alias`.
+    """
     import dns.rcode
     import dns.rdataset
 
     upd, _zone, alias = _update(dns_cfg, key_secret)
     where = f"DNS server {dns_cfg.server}:{dns_cfg.port}"
-    # a value-dependent prerequisite: its RRs carry TTL 0 (RFC 2136, 2.4.2)
-    upd.present(alias, dns.rdataset.from_text("IN", "A", 0, *expect))  # type: ignore[attr-defined]
-    upd.replace(alias, dns_cfg.ttl_s, "A", to)  # type: ignore[attr-defined]
-    upd.replace(alias, dns_cfg.ttl_s, "TXT", f'"epoch={epoch}"')  # type: ignore[attr-defined]
+    if expect:
+        # a value-dependent prerequisite: its RRs carry TTL 0 (RFC 2136, 2.4.2)
+        upd.present(alias, dns.rdataset.from_text("IN", "A", 0, *expect))  # type: ignore[attr-defined]
+    else:
+        upd.absent(alias, "A")  # type: ignore[attr-defined]
+    upd.replace(alias, dns_cfg.ttl_s, "A", *addresses)  # type: ignore[attr-defined]
+    if epoch is not None:
+        upd.replace(alias, dns_cfg.ttl_s, "TXT", f'"epoch={epoch}"')  # type: ignore[attr-defined]
     rcode = _send(dns_cfg, upd, f"the update of {alias}", timeout_s)
     if rcode in (dns.rcode.NXRRSET, dns.rcode.YXRRSET, dns.rcode.NXDOMAIN):
         now = read_alias(dns_cfg, dns_cfg.servers()[0], timeout_s)
