@@ -50,7 +50,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     elif args.bench_what == "hagd":
         from infra.bench.hagd import bench_hagd
 
-        result = bench_hagd(rounds=args.rounds, providers=args.providers, progress=say)
+        result = bench_hagd(
+            rounds=args.rounds, providers=args.providers, lab=not args.no_lab, progress=say
+        )
     elif args.bench_what == "clean-move":
         from infra.bench.clean_move import bench_clean_move
 
@@ -135,6 +137,9 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--rounds", type=int, default=5, help="failovers and takeovers per setting")
     p.add_argument("--providers", type=int, default=50, help="daemons for the heartbeat cost")
+    p.add_argument(
+        "--no-lab", action="store_true", help="skip the rounds on the lab (crash, takeover back)"
+    )
     p.add_argument("--json", action="store_true")
     p = bsub.add_parser(
         "faults", help="every procedure under faults at its steps: end state, convergence"

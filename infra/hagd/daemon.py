@@ -113,6 +113,8 @@ class Daemon(asyncio.DatagramProtocol):
         self.was_alive: dict[str, set[str]] = {name: set() for name in self.groups}
         self.other_master: dict[str, str | None] = {name: None for name in self.groups}
         self.next_check: dict[str, float] = {name: 0.0 for name in self.groups}
+        #: per group, how long each action's script took the last time (seconds)
+        self.script_s: dict[str, dict[str, float]] = {name: {} for name in self.groups}
 
     # --- network -------------------------------------------------------------------------------
 
@@ -198,7 +200,9 @@ class Daemon(asyncio.DatagramProtocol):
         return True, text
 
     async def act(self, g: Group, action: str) -> None:
+        t0 = time.monotonic()
         ok, detail = await self.script(action, g.name)
+        self.script_s[g.name][action] = round(time.monotonic() - t0, 3)
         now = time.time()
         if action == "start":
             g.started(ok, now, detail)
@@ -405,6 +409,7 @@ class Daemon(asyncio.DatagramProtocol):
                     },
                     "events": g.events[-10:],
                     "event_count": g.event_count,
+                    "script_s": self.script_s[g.name],
                 }
                 for g in self.groups.values()
             }
