@@ -10,7 +10,7 @@ demo: deps
 	$(PY) -m infra.demo
 
 test: deps lint typecheck
-	$(PY) -m pytest -q
+	PY=$(PY) bash tests/run-groups
 
 deps: system-deps $(VENV)/.installed
 

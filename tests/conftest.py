@@ -41,8 +41,48 @@ atexit.register(shutil.rmtree, _PREFECT_HOME, True)
 # (a developer's and CI's) start from different N. The ports lie below the kernel's ephemeral
 # range (32768-60999): there, any client socket of the run may hold the port when the lab binds.
 # below 240: the benches place their labs at 244-250
-_lab_numbers = itertools.count(10 + (os.getpid() % 35) * 6)
+# `make test` runs two groups of modules at once (`tests/run-groups`): each gets its own block of
+# lab numbers (HANDOVER_TEST_LAB_BASE) and of daemon addresses (HANDOVER_TEST_DAEMON_OCTET)
+_lab_numbers = itertools.count(
+    int(os.environ.get("HANDOVER_TEST_LAB_BASE") or 10 + (os.getpid() % 35) * 6)
+)
 LAB_DB_PORT_BASE = 20000
+#: tests that run HA group daemons on the machine put them on 127.DAEMON_OCTET.x.y
+DAEMON_OCTET = int(os.environ.get("HANDOVER_TEST_DAEMON_OCTET") or 100 + os.getpid() % 100)
+
+#: the modules of the second group when `make test` runs two at once (HANDOVER_TEST_GROUP=1 or 2:
+#: the first group is every other module). The two modules that start the machine's one Pacemaker
+#: cluster (test_alert_runs, test_switch) stay in the first; the split balances the measured
+#: durations of the lab-heavy modules.
+SECOND_GROUP = frozenset(
+    {
+        "test_fault_matrix.py",
+        "test_emergency_move.py",
+        "test_rolling_upgrade.py",
+        "test_clean_move_flow.py",
+        "test_hagd_lab.py",
+        "test_hagd.py",
+        "test_lab.py",
+        "test_lab_lifecycle.py",
+        "test_plan_cases.py",
+        "test_config.py",
+    }
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Keep only this process's group of modules (HANDOVER_TEST_GROUP, `tests/run-groups`)."""
+    group = os.environ.get("HANDOVER_TEST_GROUP")
+    if not group:
+        return
+    if group not in ("1", "2"):
+        raise pytest.UsageError(f"HANDOVER_TEST_GROUP={group!r}: use 1 or 2")
+    second = group == "2"
+    keep = [i for i in items if (i.path.name in SECOND_GROUP) == second]
+    dropped = [i for i in items if (i.path.name in SECOND_GROUP) != second]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+    items[:] = keep
 
 
 def require(ok: bool, what: str) -> None:

@@ -4,7 +4,6 @@ the protocol's trust rules (pure), and real daemons talking UDP on loopback addr
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -32,7 +31,7 @@ from infra.hagd.protocol import (
     encode,
     group_digest,
 )
-from tests.conftest import ROOT, wait_for
+from tests.conftest import DAEMON_OCTET, ROOT, wait_for
 
 KEY = b"a-shared-key-of-the-group-0123456789"
 DT1, DT2 = 1.0, 0.5
@@ -359,7 +358,7 @@ def test_config_errors_name_the_field_and_the_fix(tmp_path: Path) -> None:
 
 @pytest.fixture
 def providers(tmp_path: Path) -> Iterator[dict[str, Provider]]:
-    base = 100 + os.getpid() % 100
+    base = DAEMON_OCTET
     peer = f"127.{base}.0.250"  # the test listens there, as one more peer
     ps = make_cluster(
         tmp_path,

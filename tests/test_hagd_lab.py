@@ -8,7 +8,6 @@ The tests run in order on one lab: each leaves the group with a master the next 
 from __future__ import annotations
 
 import datetime as dt
-import os
 import signal
 import time
 from collections.abc import Iterator
@@ -23,7 +22,14 @@ from infra.lab.lab import hagd_group
 from tasks.http_probe import ask_ready
 from tests.alert_stack import SECRET, Stack, alias_host, final, run_logs, stack_fixture
 from tests.alert_stack import switch_runs as runs_for
-from tests.conftest import RunningLab, forget_automatic_switches, start_lab, stays, wait_for
+from tests.conftest import (
+    DAEMON_OCTET,
+    RunningLab,
+    forget_automatic_switches,
+    start_lab,
+    stays,
+    wait_for,
+)
 
 MASTER, BACKUP = "fts101", "fts102"
 
@@ -207,7 +213,7 @@ def test_a_stateless_pool_loses_and_regains_providers_in_dns(
     )
     ps = make_cluster(
         tmp_path,
-        100 + os.getpid() % 100,
+        DAEMON_OCTET,
         [30, 20, 10],
         dt1=1.0,
         dt2=0.5,
