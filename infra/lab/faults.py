@@ -52,7 +52,15 @@ def inject(lab: Lab, host: str, kind: str) -> str:
         lab._wait(lambda: [host] if port_open(h.address, h.port) else [], 5, "sshd still up on")
         done = f"{host}: sshd killed; the host and its agents keep running"
     elif kind == "frozen":
+        # a signal takes effect when the process next runs: on a busy machine, a moment later;
+        # the fault holds when this returns (a process forked meanwhile is stopped too)
+        def running() -> list[str]:
+            left = [p for p in lab.host_processes(rec).get(host, []) if p.state != "T"]
+            signal_all(left, signal.SIGSTOP)
+            return [f"{p.pid} {p.title}" for p in left]
+
         signal_all(procs, signal.SIGSTOP)
+        lab._wait(running, 5, f"{host}: processes not stopped yet:")
         done = f"{host}: every process stopped ({len(procs)}); connections to it hang"
     elif kind == "crash":
         faults = {**rec.get("faults", {}), host: kind}
@@ -108,7 +116,14 @@ def heal(lab: Lab, host: str) -> str:
         )
         done = f"{host}: sshd restarted"
     elif kind == "frozen":
+
+        def stopped() -> list[str]:
+            left = [p for p in lab.host_processes(rec).get(host, []) if p.state == "T"]
+            signal_all(left, signal.SIGCONT)
+            return [f"{p.pid} {p.title}" for p in left]
+
         signal_all(lab.host_processes(rec).get(host, []), signal.SIGCONT)
+        lab._wait(stopped, 5, f"{host}: processes still stopped:")
         done = f"{host}: processes resumed"
     elif kind == "crash":
         lab._apply_firewall(rec["faults"], site, rec.get("ghost_ports"))

@@ -30,10 +30,15 @@ from infra.lab.runtime import (
     read_disabled,
     read_state,
     state_file,
+    write_state,
 )
 
 EXIT_FAILED = 1
 EXIT_NOT_RUNNING = 3
+#: LSB: the program is dead and its state remains (it failed or died without being stopped)
+EXIT_DEAD = 1
+#: an agent's last states that say it was stopped on purpose (any other: it failed or died)
+CLEAN_STOP_STATES = ("stopped", None)
 STOP_GRACE_S = 10.0
 
 
@@ -197,6 +202,12 @@ def stop(rt: HostRuntime, instance: str | None) -> int:
     for a in _targets(rt, instance):
         pids = agent_pids(a["name"])
         if not pids:
+            last = read_state(a["name"])
+            if last is not None and last.get("state") not in CLEAN_STOP_STATES:
+                # as an init script removes a dead program's stale pid file
+                write_state(a["name"], state="stopped", reason=f"cleared: it was {last['state']}")
+                print(f"Stopping {a['name']}: not running (it had died: {last.get('state')})")
+                continue
             print(f"Stopping {a['name']}: not running")
             continue
         victims[a["name"]] = pids
@@ -226,9 +237,12 @@ def _alive(pid: int) -> bool:
 
 
 def status(rt: HostRuntime, instance: str | None) -> int:
-    """Print each agent's status; exit 3 when any enabled agent is not running."""
+    """Print each agent's status, as an LSB init script does: exit 0 when every enabled agent
+    runs, 1 when one is dead (it failed to start, or died without being stopped: its state file
+    remains with another state than ``stopped``), else 3 when one is stopped."""
     disabled = set(read_disabled(rt["disabled_file"]))
     rc = 0
+    dead = False
     for a in _targets(rt, instance):
         pids = agent_pids(a["name"])
         st = (read_state(a["name"]) or {}).get("state", "unknown")
@@ -242,10 +256,14 @@ def status(rt: HostRuntime, instance: str | None) -> int:
             print(f"{a['name']} (pid {pids[0]}) is running ({', '.join(about)})")
         elif a["name"] in disabled:
             print(f"{a['name']} is stopped (disabled)")
+        elif (last := read_state(a["name"]) or {}).get("state") not in CLEAN_STOP_STATES:
+            why = str(last.get("reason") or "") or f"it was {last.get('state')}; no process"
+            print(f"{a['name']} is dead ({last.get('state')}: {why})")
+            dead = True
         else:
             print(f"{a['name']} is stopped")
             rc = EXIT_NOT_RUNNING
-    return rc
+    return EXIT_DEAD if dead else rc
 
 
 def service(argv: list[str]) -> int:
