@@ -349,6 +349,10 @@ class Commands(_Model):
         r"(?:, version (?P<version>\S+), config (?P<config>\w+))?"
         r"(?:, down (?P<down>[\d.]+) s at its last restart)?\)"
     )
+    #: an agent that is not running although it was not stopped (it failed, or died), one line
+    #: each in the output of `agents_status` (named groups: ``agent``, and ``reason`` when the
+    #: init script gives one); an agent not running with no such line was stopped cleanly
+    agent_dead_regex: str = r"^(?P<agent>\S+) is dead(?: \((?P<reason>.*)\))?$"
     disabled_file: Path = Path("/etc/glite-data-transfer-agents.disabled")
     agent_user: Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")] = "edguser"
     agent_process_regex: str = r"^(glite-transfer-(?:channel-agent-urlcopy|vo-agent)-\S+)"
@@ -373,6 +377,11 @@ class Commands(_Model):
                 raise ValueError("agent_status_regex: the pattern needs a group named `agent`")
         except re.error as exc:
             raise ValueError(f"agent_status_regex: invalid regular expression ({exc})") from exc
+        try:
+            if "agent" not in re.compile(self.agent_dead_regex).groupindex:
+                raise ValueError("agent_dead_regex: the pattern needs a group named `agent`")
+        except re.error as exc:
+            raise ValueError(f"agent_dead_regex: invalid regular expression ({exc})") from exc
         for name in (
             "channel_state_regex",
             "agent_process_regex",

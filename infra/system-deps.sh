@@ -2,9 +2,10 @@
 # Install the Debian packages handover's lab and tests need, or say which are missing.
 set -euo pipefail
 # pacemaker-cli-utils (cibadmin, crm_resource, crm_mon, ...) is only a Recommends of pacemaker, and
-# recommends are not installed below: it must be named.
+# recommends are not installed below: it must be named. resource-agents brings ocf-tester, which
+# checks handover's OCF agent (its meta-data with libxml2-utils' xmllint).
 PACKAGES=(openssh-server openssh-client postgresql nftables procps util-linux iproute2 python3-venv
-  corosync pacemaker pacemaker-cli-utils bind9)
+  corosync pacemaker pacemaker-cli-utils resource-agents libxml2-utils bind9)
 missing=()
 for p in "${PACKAGES[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then

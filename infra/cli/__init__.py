@@ -5,8 +5,10 @@ Each module holds its commands' options next to their handlers (`register(sub)`)
 * `sitefile`: check-config, snapshot
 * `lab`: lab up|down|status|score|fault|heal|load|exec
 * `procedures`: run clean-move|emergency-move|fence-host
+* `service`: service start|stop|status|monitor (one host's agents, OCF exit codes)
 * `services`: serve, deploy, gateway, alert, fake-slack, server
-* `bench`: bench lab|clean-move|alert
+* `bench`: bench lab|clean-move|alert|switch|rolling-upgrade|hagd|faults
+* `hagd`: hagd run|status|takeover|giveup|reset
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import sys
 from collections.abc import Sequence
 
 from config.loader import SiteConfigError
-from infra.cli import bench, hagd, lab, procedures, services, sitefile
+from infra.cli import bench, hagd, lab, procedures, service, services, sitefile
 from infra.cli.common import DEFAULT_SITE, err
 
 __all__ = ["DEFAULT_SITE", "build_parser", "main"]
@@ -26,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     ap = argparse.ArgumentParser(prog="handover", description="The `handover` command line.")
     sub = ap.add_subparsers(dest="command", required=True)
-    for module in (sitefile, lab, procedures, services, bench, hagd):
+    for module in (sitefile, lab, procedures, service, services, bench, hagd):
         module.register(sub)
     return ap
 

@@ -125,6 +125,8 @@ class OneNodeCluster:
         alert_env: Mapping[str, str] | None = None,
         alert_timeout: str = "10s",
         resource_id: str = "fts-agents",
+        resource_type: str = "ocf:pacemaker:Dummy",
+        resource_params: Mapping[str, str] | None = None,
         monitor_interval: str = "1s",
         dc_deadtime: str = "500ms",
         transport: str = "udpu",
@@ -146,7 +148,10 @@ class OneNodeCluster:
             alert_env: extra variables for the agent; stored as the alert's
                 ``instance_attributes`` and delivered verbatim as env vars.
             alert_timeout: alert ``timeout`` meta-attribute (Pacemaker default 30s).
-            resource_id: id of the ``ocf:pacemaker:Dummy`` primitive.
+            resource_id: id of the primitive.
+            resource_type: its agent, ``class:provider:type`` (default the Dummy, whose
+                ``state`` file `fail_resource` deletes).
+            resource_params: its instance attributes (default for the Dummy: its state file).
             monitor_interval: interval of its recurring monitor.
             dc_deadtime: cluster option; it only shortens the *first* election
                 if it is already in the CIB when pacemakerd starts (see ``preseed``).
@@ -165,6 +170,8 @@ class OneNodeCluster:
         self.alert_env: dict[str, str] = dict(alert_env or {})
         self.alert_timeout = alert_timeout
         self.resource_id = resource_id
+        self.resource_type = resource_type
+        self.resource_params = dict(resource_params) if resource_params is not None else None
         self.monitor_interval = monitor_interval
         self.dc_deadtime = dc_deadtime
         self.transport = transport
@@ -249,13 +256,20 @@ class OneNodeCluster:
         )
 
     def resource_xml(self) -> str:
-        """Return the ``<primitive>`` for the Dummy resource."""
+        """Return the ``<primitive>`` of the resource (the Dummy by default)."""
         r = self.resource_id
+        klass, provider, kind = self.resource_type.split(":")
+        params = self.resource_params
+        if params is None:
+            params = {"state": str(self.state_file)} if kind == "Dummy" else {}
+        nv = "".join(
+            f"<nvpair id={quoteattr(f'{r}-ia-{k}')} name={quoteattr(k)} value={quoteattr(v)}/>"
+            for k, v in params.items()
+        )
         return (
-            f'<primitive id="{r}" class="ocf" provider="pacemaker" type="Dummy">'
-            f'<instance_attributes id="{r}-ia">'
-            f'<nvpair id="{r}-ia-state" name="state" value={quoteattr(str(self.state_file))}/>'
-            f"</instance_attributes>"
+            f"<primitive id={quoteattr(r)} class={quoteattr(klass)} "
+            f"provider={quoteattr(provider)} type={quoteattr(kind)}>"
+            f'<instance_attributes id="{r}-ia">{nv}</instance_attributes>'
             f'<operations><op id="{r}-monitor" name="monitor"'
             f' interval={quoteattr(self.monitor_interval)} timeout="20s"/></operations>'
             f"</primitive>"

@@ -1,0 +1,117 @@
+"""`handover service start|stop|status|monitor`: the FTS agents of one host, with OCF's codes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from config.loader import load_site
+from infra.cli.common import err, out, site_arg
+
+
+def cmd_service(args: argparse.Namespace) -> int:
+    """One action on one host's agents; the exit code is OCF's (`flows.plans.service_status`)."""
+    from flows.plans.service_status import OCF_ERR_ARGS, AgentVerdict, overall
+    from tasks.remote import SiteShell
+    from tasks.service import service_start, service_status, service_stop
+
+    site = load_site(args.site)
+    if args.host not in {h.name for h in site.hosts}:
+        err.print(
+            f"[red]{args.host}: not a host of {site.site}[/red] (hosts: "
+            + ", ".join(h.name for h in site.hosts)
+            + ")"
+        )
+        return OCF_ERR_ARGS
+    agents = args.agent or [a.name for a in site.agents_configured_on(args.host)]
+    if not agents:
+        err.print(f"[red]{args.host}: the site configures no agent there[/red]")
+        return OCF_ERR_ARGS
+    said = ""
+    with SiteShell(site) as shell:
+        verdicts: list[AgentVerdict]
+        if args.action == "start":
+            code, said, verdicts = service_start(shell, args.host, agents)
+        elif args.action == "stop":
+            code, said, verdicts = service_stop(shell, args.host, agents)
+        else:
+            verdicts = service_status(shell, args.host, agents, deep=args.action == "monitor")
+            code = overall(verdicts)
+    if args.json:
+        answer: dict[str, Any] = {
+            "host": args.host,
+            "action": args.action,
+            "code": code,
+            "agents": [v.model_dump() for v in verdicts],
+        }
+        if said:
+            answer["said"] = said
+        print(json.dumps(answer, indent=2))
+        return code
+    if said:
+        out.print(said)
+    for v in verdicts:
+        colour = "green" if v.code == 0 else "yellow" if v.code == 7 else "red"
+        out.print(f"[{colour}]{v.word}[/{colour}] {v.agent} on {v.host}: {v.why}")
+    return code
+
+
+def cmd_ocf(args: argparse.Namespace) -> int:
+    """`handover ocf install`: put the resource agent where Pacemaker finds it."""
+    from infra.ocf import install
+
+    try:
+        where = install(Path(args.ocf_root))
+    except OSError as exc:
+        err.print(f"[red]cannot install the resource agent: {exc}[/red] (run as root)")
+        return 1
+    out.print(f"installed {where}: Pacemaker runs it as ocf:handover:fts-agent")
+    return 0
+
+
+def cmd_exporter(args: argparse.Namespace) -> int:
+    """`handover exporter`: the sensors as Prometheus metrics, until interrupted."""
+    import logging
+
+    from infra.exporter import serve_exporter
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    site = load_site(args.site)
+    try:
+        serve_exporter(site, args.address, args.port, args.interval, args.timeout)
+    except OSError as exc:
+        err.print(f"[red]cannot serve on {args.address}:{args.port}: {exc}[/red]")
+        return 1
+    return 0
+
+
+def register(sub: Any) -> None:
+    """Add `handover service`, `handover ocf` and `handover exporter` to the parser."""
+    p = sub.add_parser(
+        "service",
+        help="start, stop, status or monitor one host's FTS agents (OCF exit codes)",
+        description="Seed 002's start/stop/status procedure over SSH. Exit codes are OCF's: 0 "
+        "running (monitor: serving), 7 cleanly stopped, 1 failed or the host cannot be asked, "
+        "5 not installed, 6 not configured there, 2 bad arguments.",
+    )
+    p.add_argument("action", choices=["start", "stop", "status", "monitor"])
+    p.add_argument("--host", required=True)
+    p.add_argument(
+        "--agent", action="append", help="an agent (repeatable; default: every one of the host)"
+    )
+    p.add_argument("--json", action="store_true")
+    site_arg(p)
+    p.set_defaults(func=cmd_service)
+    p = sub.add_parser("ocf", help="the OCF resource agent for Pacemaker (install)")
+    p.add_argument("ocf_action", choices=["install"])
+    p.add_argument("--ocf-root", default="/usr/lib/ocf", help="OCF_ROOT (default /usr/lib/ocf)")
+    p.set_defaults(func=cmd_ocf)
+    p = sub.add_parser("exporter", help="seed 002's sensors as Prometheus metrics (/metrics)")
+    p.add_argument("--address", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=9480)
+    p.add_argument("--interval", type=float, default=15.0, help="seconds between readings")
+    p.add_argument("--timeout", type=float, default=20.0, help="bound of one reading")
+    site_arg(p)
+    p.set_defaults(func=cmd_exporter)

@@ -1,0 +1,229 @@
+"""`handover exporter`: seed 002's sensors as Prometheus metrics (``/metrics``).
+
+A background thread reads the sensors (`tasks.sensors.read_sensors`, bounded in time) every
+`interval_s`; a scrape answers at once from the last reading and never waits for a host. Metrics
+(labels ``site``, ``host``, and ``agent``, ``channel``, ``vo`` where they apply):
+
+* ``handover_host_up``: the host answered the snapshot's SSH commands;
+* ``handover_agent_running`` / ``handover_agent_serving``: the agent's process runs on the host /
+  it serves (its init script says ``serving``); one series per agent and host it may run on;
+* ``handover_channel_serving_agents``: per channel (and VO), how many hosts serve it (1 is
+  right, 0 is downtime, 2 is an agent running twice);
+* ``handover_channel_active``: the channel's state is Active;
+* ``handover_transfer_processes``: transfer processes per channel and host (the components
+  sensor: what the GridFTP processes were);
+* ``handover_transfers_started_per_second``: per channel, new transfer processes seen between
+  two readings over the time between them (the capacity metric);
+* ``handover_frontend_master`` / ``handover_frontend_answers`` / ``handover_frontend_epoch``:
+  each front end's role, health and epoch; ``handover_database_reachable``: the front end reads
+  the database;
+* ``handover_sensor_read_seconds``, ``handover_sensor_age_seconds``,
+  ``handover_sensor_errors``: the reading's own cost, age and what it could not read.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from config.site import Site
+from tasks.sensors import SensorReading
+
+log = logging.getLogger("handover.exporter")
+
+
+def transfer_ids(reading: SensorReading) -> dict[str, set[str]]:
+    """The transfer processes of a reading, per channel (their ids, over every host)."""
+    out: dict[str, set[str]] = {}
+    if reading.snapshot is None:
+        return out
+    for h in reading.snapshot.hosts:
+        for t in h.transfer_processes:
+            out.setdefault(t.channel, set()).add(f"{h.host}/{t.transfer_id}")
+    return out
+
+
+def started_per_second(
+    before: SensorReading | None, after: SensorReading, channels: list[str]
+) -> dict[str, float]:
+    """Per channel, the transfers started between two readings per second (0 without a
+    previous reading)."""
+    if before is None or before.snapshot is None or after.snapshot is None:
+        return dict.fromkeys(channels, 0.0)
+    span = (after.taken_at - before.taken_at).total_seconds()
+    old, new = transfer_ids(before), transfer_ids(after)
+    return {
+        c: round(len(new.get(c, set()) - old.get(c, set())) / span, 4) if span > 0 else 0.0
+        for c in channels
+    }
+
+
+def families(
+    site: Site, reading: SensorReading, rates: dict[str, float], now: float
+) -> list[GaugeMetricFamily]:
+    """The metric families of one reading (pure)."""
+    s = site.site
+
+    def g(name: str, doc: str, labels: list[str]) -> GaugeMetricFamily:
+        return GaugeMetricFamily(name, doc, labels=["site", *labels])
+
+    host_up = g("handover_host_up", "The host answered the snapshot's SSH commands", ["host"])
+    running = g(
+        "handover_agent_running",
+        "The agent's process runs on the host",
+        ["host", "agent", "channel", "vo"],
+    )
+    serving = g(
+        "handover_agent_serving",
+        "The agent serves on the host (its init script says so)",
+        ["host", "agent", "channel", "vo"],
+    )
+    per_channel = g(
+        "handover_channel_serving_agents",
+        "Hosts serving the channel's (or VO's) agent: 1 right, 0 down, 2 twice",
+        ["agent", "channel", "vo"],
+    )
+    active = g("handover_channel_active", "The channel's state is Active", ["channel"])
+    transfers = g(
+        "handover_transfer_processes",
+        "Transfer processes of the channel on the host",
+        ["host", "channel"],
+    )
+    rate = g(
+        "handover_transfers_started_per_second",
+        "Transfers started per second over the last two readings (capacity)",
+        ["channel"],
+    )
+    fe_master = g("handover_frontend_master", "The front end is the master", ["host"])
+    fe_answers = g("handover_frontend_answers", "The front end's server answers", ["host"])
+    fe_epoch = g("handover_frontend_epoch", "The front end's service epoch", ["host"])
+    db_up = g("handover_database_reachable", "The front end reads the database", ["host"])
+    snap = reading.snapshot
+    for h in site.hosts:
+        hs = snap.host(h.name) if snap is not None and snap.has(h.name) else None
+        host_up.add_metric([s, h.name], 1.0 if hs is not None and hs.reachable else 0.0)
+        if hs is not None and hs.reachable:
+            for channel, n in sorted(hs.transfers.items()):
+                transfers.add_metric([s, h.name, channel], float(n))
+    for a in site.service.agents:
+        labels = [a.name, a.channel or "", a.vo or ""]
+        n = 0
+        for host in (a.primary, a.backup):
+            hs = snap.host(host) if snap is not None and snap.has(host) else None
+            runs = hs is not None and hs.reachable and hs.runs(a.name)
+            state = reading.agent_states.get(host, {}).get(a.name)
+            serves = runs and state in ("serving", "running")
+            n += int(serves)
+            running.add_metric([s, host, *labels], float(runs))
+            serving.add_metric([s, host, *labels], float(serves))
+        per_channel.add_metric([s, *labels], float(n))
+    if snap is not None:
+        for channel, state in sorted(snap.channels.items()):
+            active.add_metric([s, channel], 1.0 if state == "Active" else 0.0)
+    for channel, r in sorted(rates.items()):
+        rate.add_metric([s, channel], r)
+    for f in reading.frontends:
+        fe_master.add_metric([s, f.host], 1.0 if f.serving_master else 0.0)
+        fe_answers.add_metric([s, f.host], 1.0 if f.answers else 0.0)
+        if f.epoch is not None:
+            fe_epoch.add_metric([s, f.host], float(f.epoch))
+        if f.reachable:
+            db_up.add_metric([s, f.host], 0.0 if f.db_error or f.db_epoch is None else 1.0)
+    took = g("handover_sensor_read_seconds", "How long the last reading took", [])
+    took.add_metric([s], reading.duration_s)
+    age = g("handover_sensor_age_seconds", "Seconds since the last reading began", [])
+    age.add_metric([s], round(now - reading.taken_at.timestamp(), 3))
+    errors = g("handover_sensor_errors", "What the last reading could not read", [])
+    errors.add_metric([s], float(len(reading.errors)))
+    return [
+        host_up,
+        running,
+        serving,
+        per_channel,
+        active,
+        transfers,
+        rate,
+        fe_master,
+        fe_answers,
+        fe_epoch,
+        db_up,
+        took,
+        age,
+        errors,
+    ]
+
+
+class SensorCollector(Collector):
+    """Reads the sensors in a thread; a scrape gets the last reading's families."""
+
+    def __init__(self, site: Site, interval_s: float = 15.0, timeout_s: float = 20.0) -> None:
+        self.site = site
+        self.interval_s = interval_s
+        self.timeout_s = timeout_s
+        self.reading: SensorReading | None = None
+        self.rates: dict[str, float] = dict.fromkeys(site.channels, 0.0)
+        self.readings = 0
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="sensors", daemon=True)
+
+    def start(self) -> SensorCollector:
+        """Start reading in the background."""
+        self._thread.start()
+        return self
+
+    def wait_first(self, timeout_s: float) -> bool:
+        """Wait for the first reading (True when there is one)."""
+        return self._ready.wait(timeout_s)
+
+    def stop(self) -> None:
+        """Stop reading (the current reading ends with its SSH timeouts)."""
+        self._stop.set()
+
+    def _loop(self) -> None:
+        from tasks.remote import SiteShell
+        from tasks.sensors import read_sensors
+
+        with SiteShell(self.site) as shell:
+            while not self._stop.is_set():
+                try:
+                    reading = read_sensors(shell, self.timeout_s)
+                except Exception as exc:  # a failed reading is retried at the next interval
+                    log.warning("the sensors could not be read: %r", exc, exc_info=True)
+                else:
+                    self.rates = started_per_second(self.reading, reading, self.site.channels)
+                    self.reading = reading
+                    self.readings += 1
+                    self._ready.set()
+                self._stop.wait(self.interval_s)
+
+    def collect(self) -> Iterator[Any]:
+        """The families of the last reading (nothing before the first)."""
+        if self.reading is not None:
+            yield from families(self.site, self.reading, self.rates, time.time())
+
+
+def serve_exporter(
+    site: Site, address: str, port: int, interval_s: float, timeout_s: float
+) -> None:
+    """Serve ``/metrics`` until interrupted."""
+    from prometheus_client import start_http_server
+    from prometheus_client.registry import CollectorRegistry
+
+    registry = CollectorRegistry()
+    collector = SensorCollector(site, interval_s, timeout_s).start()
+    registry.register(collector)
+    server, thread = start_http_server(port, addr=address, registry=registry)
+    log.warning("handover exporter: http://%s:%d/metrics (every %g s)", address, port, interval_s)
+    try:
+        while thread.is_alive():
+            thread.join(1.0)
+    finally:
+        collector.stop()
+        server.shutdown()
