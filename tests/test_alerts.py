@@ -373,6 +373,42 @@ def test_an_alert_prefect_cannot_take_is_answered_503_and_not_kept() -> None:
     assert [e["status"] for e in decider.audit] == [503, 503]
 
 
+def test_the_gateway_counts_what_it_answered_for_prometheus() -> None:
+    from fastapi.testclient import TestClient
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from infra.gateway.app import AlertSecrets, create_app
+    from infra.gateway.decide import Decider
+    from infra.gateway.intake import AlertIntake
+
+    decider = Decider(SITE)
+    app = create_app(
+        SITE, None, decider, AlertIntake(SITE, Incidents(300), decider.record), AlertSecrets(SECRET)
+    )
+    body = generic(time=dt.datetime.now(dt.UTC).isoformat())
+    client = TestClient(app)  # no lifespan: no Prefect needed for refusals
+    for sig in ("sha256=00", "sha256=11"):
+        resp = client.post(
+            "/alerts/webhook",
+            content=body,
+            headers={
+                "X-Handover-Timestamp": str(int(dt.datetime.now().timestamp())),
+                "X-Handover-Signature": sig,
+            },
+        )
+        assert resp.status_code == 401
+    resp = client.get("/metrics")
+    assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/plain")
+    samples = {
+        (smp.name, tuple(sorted(smp.labels.items()))): smp.value
+        for fam in text_string_to_metric_families(resp.text)
+        for smp in fam.samples
+    }
+    key = (("result", "refused"), ("site", "lab"), ("source", "webhook"), ("status", "401"))
+    assert samples[("handover_gateway_requests_total", key)] == 2.0
+    assert samples[("handover_gateway_incidents_open", (("site", "lab"),))] == 0.0
+
+
 # --- old alerts ---------------------------------------------------------------------------------
 
 

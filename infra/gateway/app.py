@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import BackgroundTasks, FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from slack_sdk.signature import SignatureVerifier
 from starlette.concurrency import run_in_threadpool
 
@@ -135,6 +135,13 @@ def create_app(
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
         return {"ok": True, "site": site.site}
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        """The gateway's own counters for Prometheus (`gateway_metrics`)."""
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        return Response(gateway_metrics(site, decider, intake), media_type=CONTENT_TYPE_LATEST)
 
     def refused(status: int, reason: str, source: str, peer: str) -> JSONResponse:
         decider.record(source=source, peer=peer, result="refused", status=status, reason=reason)
@@ -265,3 +272,36 @@ async def _bounded_body(request: Request, limit: int) -> bytes | None:
             return None
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def gateway_metrics(site: Site, decider: Decider, intake: AlertIntake | None) -> bytes:
+    """``handover_gateway_requests_total`` (every alert and interaction the gateway answered,
+    by source, result and HTTP status: new, attached, noted, stale, refused, resumed, ...) and
+    ``handover_gateway_incidents_open``, in Prometheus' text format."""
+    from prometheus_client import generate_latest
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+    from prometheus_client.registry import Collector, CollectorRegistry
+
+    class _Gateway(Collector):
+        def collect(self) -> Any:
+            requests = CounterMetricFamily(
+                "handover_gateway_requests",
+                "Alerts and interactions the gateway answered, by source, result and status",
+                labels=["site", "source", "result", "status"],
+            )
+            for (source, result, status), n in sorted(decider.counts.items()):
+                requests.add_metric([site.site, source, result, status], float(n))
+            yield requests
+            if intake is not None:
+                open_ = GaugeMetricFamily(
+                    "handover_gateway_incidents_open",
+                    "Incidents open (an alert started a run that has not finished)",
+                    labels=["site"],
+                )
+                open_.add_metric([site.site], float(len(intake.incidents.open_incidents())))
+                yield open_
+
+    registry = CollectorRegistry()
+    registry.register(_Gateway())
+    data: bytes = generate_latest(registry)
+    return data

@@ -15,7 +15,7 @@ import json
 import logging
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
@@ -60,6 +60,8 @@ class Decider:
     _first_approvals: dict[str, str] = field(default_factory=dict)
     #: the key of the seal on decisions (`flows.approval_seal`; None: decisions go unsealed)
     seal_key: bytes | None = None
+    #: every audit entry counted by (source, result, HTTP status): the gateway's `/metrics`
+    counts: Counter[tuple[str, str, str]] = field(default_factory=Counter)
 
     def _lock_for(self, run_id: str) -> threading.Lock:
         with self._guard:
@@ -68,8 +70,14 @@ class Decider:
     def record(self, **entry: Any) -> None:
         """Append an audit entry and write it as one JSON log line."""
         entry = {"at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), **entry}
+        key = (
+            str(entry.get("source", "")),
+            str(entry.get("result", "")),
+            str(entry.get("status", "")),
+        )
         with self._guard:
             self.audit.append(entry)
+            self.counts[key] += 1
         audit_log.info("%s", json.dumps(entry, sort_keys=True))
 
     def approvers(self) -> set[str]:
