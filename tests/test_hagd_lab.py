@@ -75,6 +75,19 @@ def serves(lab: RunningLab, host: str) -> bool:
     return mode(lab, host) == "master" and ready(lab, host) == 200
 
 
+def back_normal(lab: RunningLab, host: str, timeout: float = 60) -> None:
+    """Wait until a rebooted host's daemon is back in mode normal; the daemon's log on failure."""
+    deadline = time.monotonic() + timeout
+    while mode(lab, host) != "normal":
+        if time.monotonic() > deadline:
+            log = lab.lab.paths.host_dir(host) / "log" / "hagd.log"
+            tail = log.read_text()[-3000:] if log.exists() else "(no log)"
+            pytest.fail(
+                f"{host}'s daemon not normal after {timeout} s ({mode(lab, host)}):\n{tail}"
+            )
+        time.sleep(0.1)
+
+
 def settle(lab: RunningLab) -> float:
     """Seconds to watch for something that must not happen (two dT1: a full election)."""
     assert lab.site.lab is not None
@@ -107,7 +120,7 @@ def test_a_crashed_master_is_replaced_by_the_next_rank(lab: RunningLab) -> None:
 
 def test_the_rebooted_master_does_not_take_the_group_back(lab: RunningLab) -> None:
     lab.lab.heal(MASTER)
-    wait_for(lambda: mode(lab, MASTER) == "normal", 60, f"{MASTER}'s daemon back, normal")
+    back_normal(lab, MASTER)
     # its daemon stopped the master role the boot's front end came back with
     wait_for(lambda: ready(lab, MASTER) == 503, 10, f"{MASTER}'s front end a slave")
     stays(
@@ -185,7 +198,12 @@ def test_an_election_runs_the_switch_flow_once(
     wait_for(lambda: final(run.id), 120, "the switch run to end")
     done = final(run.id)
     assert done is not None and done.state is not None and done.state.is_completed(), done
-    stays(lambda: len(runs_for(MASTER, since)) == 1, 5, "one switch run")
+    # the switch fenced from the backup, then enabled it: its daemon stays the master
+    stays(
+        lambda: len(runs_for(MASTER, since)) == 1 and serves(lab, BACKUP),
+        5,
+        f"one switch run, {BACKUP} still the group master",
+    )
     # the daemon's own reports reached the gateway; the election's is noted in the run
     assert stack.gateway_lines('"source": "hagd"', '"kind": "frontend_down"', '"result": "new"')
     assert stack.gateway_lines('"kind": "ha_event"')
@@ -195,7 +213,7 @@ def test_an_election_runs_the_switch_flow_once(
         "the election noted in the run's log",
     )
     lab.lab.heal(MASTER)
-    wait_for(lambda: mode(lab, MASTER) == "normal", 60, f"{MASTER} back, normal")
+    back_normal(lab, MASTER)
 
 
 def test_a_stateless_pool_loses_and_regains_providers_in_dns(

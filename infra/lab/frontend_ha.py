@@ -41,15 +41,21 @@ def _state(rt: HostRuntime) -> dict[str, Any]:
     return state
 
 
-def why_not_serving(state: dict[str, Any]) -> str | None:
-    """Why the front end does not serve as the master (None: it does)."""
+def why_not_serving(state: dict[str, Any], *, own_fence_ok: bool = False) -> str | None:
+    """Why the front end does not serve as the master (None: it does).
+
+    With `own_fence_ok` (the status check), a newer epoch claimed by a fence *from this host*
+    is not a reason: that is the switch flow promoting this very host (it fences from the new
+    master, then enables it with that epoch), and giving up then would undo the switch.
+    """
     if not state["running"] or not state["answers"]:
         return "the front-end server does not run or does not answer"
     if state["role"] != "master":
         return "it is a slave"
     if state["db_epoch"] is None:
         return f"the database's epoch cannot be read: {state['db_error']}"
-    if state["epoch"] != state["db_epoch"]:
+    promoting = own_fence_ok and state["db_holder"] == f"fenced from {state['host']}"
+    if state["epoch"] != state["db_epoch"] and not promoting:
         return (
             f"fenced: the database's epoch {state['db_epoch']} (held by {state['db_holder']}) "
             f"is newer than its own {state['epoch']}"
@@ -100,7 +106,7 @@ def stop(group: str) -> int:
 def status(rt: HostRuntime) -> int:
     """0 when serving as the master with the current epoch, else 3 with the reason."""
     state = _state(rt)
-    why = why_not_serving(state)
+    why = why_not_serving(state, own_fence_ok=True)
     if why is None:
         print(f"fts-frontend-ha: master with epoch {state['epoch']}")
         return 0
