@@ -3,9 +3,12 @@
 set -euo pipefail
 # pacemaker-cli-utils (cibadmin, crm_resource, crm_mon, ...) is only a Recommends of pacemaker, and
 # recommends are not installed below: it must be named. resource-agents brings ocf-tester, which
-# checks handover's OCF agent (its meta-data with libxml2-utils' xmllint).
+# checks handover's OCF agent (its meta-data with libxml2-utils' xmllint); prometheus and
+# prometheus-alertmanager bring promtool and amtool, which check infra/monitoring/ (their
+# services are not started here).
 PACKAGES=(openssh-server openssh-client postgresql nftables procps util-linux iproute2 python3-venv
-  corosync pacemaker pacemaker-cli-utils resource-agents libxml2-utils bind9)
+  corosync pacemaker pacemaker-cli-utils resource-agents libxml2-utils bind9 prometheus
+  prometheus-alertmanager)
 missing=()
 for p in "${PACKAGES[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then

@@ -1,0 +1,107 @@
+"""The monitoring side shipped in infra/monitoring/: Prometheus' rules checked and unit-tested by
+`promtool`, Alertmanager's configuration checked by `amtool`, and both tied to the product: every
+metric a rule uses is one the exporter publishes, and every alert routed to the gateway becomes
+the alert kind its rule says."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import shutil
+import subprocess
+from typing import Any
+
+import yaml
+
+from config.loader import load_site
+from config.site import AlertmanagerIntake
+from infra.gateway.alerts import parse_alertmanager
+from tests.conftest import ROOT, require
+
+MON = ROOT / "infra" / "monitoring"
+SITE = load_site(ROOT / "config" / "sites" / "lab.yaml")
+
+
+def tool(name: str, *args: str) -> subprocess.CompletedProcess[str]:
+    path = shutil.which(name)
+    require(path is not None, f"{name} (Debian packages prometheus prometheus-alertmanager)")
+    assert path is not None
+    return subprocess.run(
+        [path, *args], cwd=MON, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def rules() -> list[dict[str, Any]]:
+    data = yaml.safe_load((MON / "handover-rules.yml").read_text())
+    return [r for g in data["groups"] for r in g["rules"]]
+
+
+def test_promtool_checks_and_unit_tests_the_rules() -> None:
+    res = tool("promtool", "check", "rules", "handover-rules.yml")
+    assert res.returncode == 0 and "SUCCESS: 6 rules found" in res.stdout, res.stdout + res.stderr
+    res = tool("promtool", "test", "rules", "tests.yml")
+    assert res.returncode == 0 and "SUCCESS" in res.stdout, res.stdout + res.stderr
+    # every rule has a unit test
+    tested = set(re.findall(r"alertname: (\w+)", (MON / "tests.yml").read_text()))
+    assert tested == {r["alert"] for r in rules()}
+
+
+def test_amtool_checks_the_alertmanager_configuration() -> None:
+    res = tool("amtool", "check-config", "alertmanager.yml")
+    assert res.returncode == 0 and "SUCCESS" in res.stdout, res.stdout + res.stderr
+    cfg = yaml.safe_load((MON / "alertmanager.yml").read_text())
+    [to_gateway] = cfg["route"]["routes"]
+    assert to_gateway["receiver"] == "handover" and to_gateway["matchers"] == [
+        'handover_kind=~".+"'
+    ]
+    [hook] = next(r for r in cfg["receivers"] if r["name"] == "handover")["webhook_configs"]
+    assert hook["url"].endswith("/alerts/alertmanager") and hook["send_resolved"] is True
+
+
+def test_every_metric_the_rules_use_is_one_the_exporter_publishes() -> None:
+    from flows.plans.snapshot import HostSnapshot, SiteSnapshot
+    from flows.plans.switch import FrontendState
+    from infra.exporter import families
+    from tasks.sensors import SensorReading
+
+    t = dt.datetime(2026, 12, 2, tzinfo=dt.UTC)
+    reading = SensorReading(
+        taken_at=t,
+        duration_s=1.0,
+        snapshot=SiteSnapshot(
+            site="lab", taken_at=t, hosts=[HostSnapshot(host="fts101", reachable=True, taken_at=t)]
+        ),
+        frontends=[FrontendState(host="fts101", reachable=True, epoch=1, db_epoch=1)],
+    )
+    published = {f.name for f in families(SITE, reading, {"CERN-CERN": 0.0}, t.timestamp())}
+    used = {m for r in rules() for m in re.findall(r"\bhandover_[a-z_]+", r["expr"])}
+    assert used and used <= published, used - published
+
+
+def test_the_alerts_routed_to_the_gateway_start_the_kind_their_rule_says() -> None:
+    assert SITE.alerts is not None and SITE.alerts.alertmanager is not None
+    intake: AlertmanagerIntake = SITE.alerts.alertmanager
+    for r in rules():
+        labels = {"alertname": r["alert"], "site": "lab", "host": "fts101", **r["labels"]}
+        body = json.dumps(
+            {
+                "version": "4",
+                "status": "firing",
+                "alerts": [
+                    {
+                        "status": "firing",
+                        "labels": labels,
+                        "annotations": {"summary": "s"},
+                        "startsAt": dt.datetime.now(dt.UTC).isoformat(),
+                    }
+                ],
+            }
+        ).encode()
+        alerts, refused = parse_alertmanager(SITE, intake, body)
+        if "handover_kind" in r["labels"]:
+            assert not refused and [a.kind for a in alerts] == [r["labels"]["handover_kind"]]
+            assert SITE.alerts.procedures.get(alerts[0].kind) is not None, r["alert"]
+        else:
+            # not routed to the gateway (alertmanager.yml), and refused if it were
+            assert alerts == [] and refused, r["alert"]
