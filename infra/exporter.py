@@ -18,7 +18,10 @@ A background thread reads the sensors (`tasks.sensors.read_sensors`, bounded in 
   each front end's role, health and epoch; ``handover_database_reachable``: the front end reads
   the database;
 * ``handover_sensor_read_seconds``, ``handover_sensor_age_seconds``,
-  ``handover_sensor_errors``: the reading's own cost, age and what it could not read.
+  ``handover_sensor_errors``: the reading's own cost, age and what it could not read;
+* with `runs` (the Prefect API of the process): ``handover_runs`` (the procedures' runs of the
+  last 24 hours by procedure and state) and ``handover_approvals_waiting`` (runs paused for a
+  decision, by procedure) (`tasks.run_counts`).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from config.site import Site
+from tasks.run_counts import RunCounts
 from tasks.sensors import SensorReading
 
 log = logging.getLogger("handover.exporter")
@@ -62,6 +66,26 @@ def started_per_second(
         c: round(len(new.get(c, set()) - old.get(c, set())) / span, 4) if span > 0 else 0.0
         for c in channels
     }
+
+
+def run_families(site: Site, counts: RunCounts) -> list[GaugeMetricFamily]:
+    """handover's own metrics from the Prefect API's runs (pure)."""
+    runs = GaugeMetricFamily(
+        "handover_runs",
+        f"The procedures' runs of the last {counts.window_s:g} s, by their state now",
+        labels=["site", "procedure", "state"],
+    )
+    for procedure, states in sorted(counts.runs.items()):
+        for state, n in sorted(states.items()):
+            runs.add_metric([site.site, procedure, state], float(n))
+    waiting = GaugeMetricFamily(
+        "handover_approvals_waiting",
+        "Runs paused for a human decision (an approval), by procedure",
+        labels=["site", "procedure"],
+    )
+    for procedure, n in sorted(counts.waiting.items()):
+        waiting.add_metric([site.site, procedure], float(n))
+    return [runs, waiting]
 
 
 def families(
@@ -162,8 +186,12 @@ def families(
 class SensorCollector(Collector):
     """Reads the sensors in a thread; a scrape gets the last reading's families."""
 
-    def __init__(self, site: Site, interval_s: float = 15.0, timeout_s: float = 20.0) -> None:
+    def __init__(
+        self, site: Site, interval_s: float = 15.0, timeout_s: float = 20.0, runs: bool = False
+    ) -> None:
         self.site = site
+        self.runs = runs
+        self.run_counts: RunCounts | None = None
         self.interval_s = interval_s
         self.timeout_s = timeout_s
         self.reading: SensorReading | None = None
@@ -201,23 +229,32 @@ class SensorCollector(Collector):
                     self.reading = reading
                     self.readings += 1
                     self._ready.set()
+                if self.runs:
+                    from tasks.run_counts import read_run_counts
+
+                    try:
+                        self.run_counts = read_run_counts()
+                    except Exception as exc:  # noqa: BLE001 - the Prefect API may be away: retried
+                        log.warning("the runs could not be read from Prefect: %r", exc)
                 self._stop.wait(self.interval_s)
 
     def collect(self) -> Iterator[Any]:
         """The families of the last reading (nothing before the first)."""
         if self.reading is not None:
             yield from families(self.site, self.reading, self.rates, time.time())
+        if self.run_counts is not None:
+            yield from run_families(self.site, self.run_counts)
 
 
 def serve_exporter(
-    site: Site, address: str, port: int, interval_s: float, timeout_s: float
+    site: Site, address: str, port: int, interval_s: float, timeout_s: float, runs: bool = False
 ) -> None:
     """Serve ``/metrics`` until interrupted."""
     from prometheus_client import start_http_server
     from prometheus_client.registry import CollectorRegistry
 
     registry = CollectorRegistry()
-    collector = SensorCollector(site, interval_s, timeout_s).start()
+    collector = SensorCollector(site, interval_s, timeout_s, runs).start()
     registry.register(collector)
     server, thread = start_http_server(port, addr=address, registry=registry)
     log.warning("handover exporter: http://%s:%d/metrics (every %g s)", address, port, interval_s)

@@ -269,3 +269,16 @@ def test_the_exporter_serves_metrics_that_match_the_lab(lab: RunningLab) -> None
         proc.terminate()
         _, errors = proc.communicate(timeout=10)
     assert b"could not be read" not in errors, errors.decode()[-2000:]
+
+
+def test_the_runs_of_the_procedures_are_counted_from_prefect(
+    lab: RunningLab, prefect_api: str
+) -> None:
+    from flows.site_snapshot import site_snapshot
+    from tasks.run_counts import read_run_counts
+
+    before = read_run_counts().runs.get("site-snapshot", {}).get("Completed", 0)
+    site_snapshot(str(lab.site_file))
+    counts = read_run_counts()
+    assert counts.runs["site-snapshot"]["Completed"] == before + 1, counts
+    assert counts.waiting.get("site-snapshot", 0) == 0

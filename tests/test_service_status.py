@@ -180,3 +180,27 @@ def test_the_exporter_publishes_serving_agents_channels_and_capacity() -> None:
     assert value("handover_frontend_master", host="fts101") == 1.0
     assert value("handover_database_reachable", host="fts101") == 1.0
     assert value("handover_sensor_age_seconds") == 2.0
+
+
+def test_the_exporter_publishes_runs_and_approvals_waiting() -> None:
+    from infra.exporter import run_families
+    from tasks.run_counts import RunCounts
+
+    counts = RunCounts(
+        window_s=86400,
+        runs={"switch": {"Completed": 3, "Failed": 1}, "clean-move": {"Paused": 1}},
+        waiting={"clean-move": 1},
+    )
+    got = {
+        (smp.name, tuple(sorted(smp.labels.items()))): smp.value
+        for f in run_families(SITE, counts)
+        for smp in f.samples
+    }
+    assert (
+        got[("handover_runs", (("procedure", "switch"), ("site", "lab"), ("state", "Failed")))]
+        == 1.0
+    )
+    assert (
+        got[("handover_approvals_waiting", (("procedure", "clean-move"), ("site", "lab")))] == 1.0
+    )
+    assert len(got) == 4

@@ -71,6 +71,15 @@ def cmd_ocf(args: argparse.Namespace) -> int:
     return 0
 
 
+def _runs(flag: str) -> bool:
+    """``--runs auto``: when the process has a Prefect API to ask."""
+    if flag != "auto":
+        return flag == "on"
+    from prefect.settings import PREFECT_API_URL
+
+    return bool(PREFECT_API_URL.value())
+
+
 def cmd_exporter(args: argparse.Namespace) -> int:
     """`handover exporter`: the sensors as Prometheus metrics, until interrupted."""
     import logging
@@ -80,7 +89,9 @@ def cmd_exporter(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     site = load_site(args.site)
     try:
-        serve_exporter(site, args.address, args.port, args.interval, args.timeout)
+        serve_exporter(
+            site, args.address, args.port, args.interval, args.timeout, runs=_runs(args.runs)
+        )
     except OSError as exc:
         err.print(f"[red]cannot serve on {args.address}:{args.port}: {exc}[/red]")
         return 1
@@ -113,5 +124,12 @@ def register(sub: Any) -> None:
     p.add_argument("--port", type=int, default=9480)
     p.add_argument("--interval", type=float, default=15.0, help="seconds between readings")
     p.add_argument("--timeout", type=float, default=20.0, help="bound of one reading")
+    p.add_argument(
+        "--runs",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="publish the procedures' runs and approvals waiting from the Prefect API "
+        "(auto: when PREFECT_API_URL is set)",
+    )
     site_arg(p)
     p.set_defaults(func=cmd_exporter)
