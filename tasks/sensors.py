@@ -16,13 +16,13 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from pydantic import BaseModel, Field
 
 from flows.plans.rolling_upgrade import parse_status
-from flows.plans.snapshot import SiteSnapshot
+from flows.plans.snapshot import HostSnapshot, SiteSnapshot
 from flows.plans.switch import FrontendState
 from tasks.adapters.ssh import SshError
 from tasks.frontend import read_frontend
 from tasks.outcome import now
 from tasks.remote import SiteShell
-from tasks.site_state import snapshot_site
+from tasks.site_state import read_channel_state, snapshot_host
 
 
 class SensorReading(BaseModel):
@@ -39,10 +39,20 @@ class SensorReading(BaseModel):
 
 
 def read_sensors(shell: SiteShell, timeout_s: float = 20.0) -> SensorReading:
-    """Read every sensor of the site once, within `timeout_s` (see the module docstring)."""
+    """Read every sensor of the site once, within `timeout_s` (see the module docstring).
+
+    Each host is read on its own: a host that does not answer within the bound is reported
+    unreachable, and only that host (a reading that waited for it would make every host look
+    down to the alert rules).
+    """
     site = shell.site
     started = time.monotonic()
+    deadline = started + timeout_s
     fronts = site.frontend.hosts if site.frontend else []
+    hosts = [h.name for h in site.hosts]
+
+    def left() -> float:
+        return max(0.1, deadline - time.monotonic())
 
     def states(host: str) -> dict[str, str]:
         res = shell.run(host, "agents_status")
@@ -53,23 +63,54 @@ def read_sensors(shell: SiteShell, timeout_s: float = 20.0) -> SensorReading:
 
     errors: list[str] = []
     reading = SensorReading(taken_at=now(), duration_s=0.0)
-    ex = ThreadPoolExecutor(max_workers=min(site.ssh.parallelism, 2 + len(site.hosts)))
+    workers = min(32, 2 * len(hosts) + len(fronts) + len(site.channels))
+    ex = ThreadPoolExecutor(max_workers=max(1, workers))
     try:
-        snap_f = ex.submit(snapshot_site, shell)
-        state_fs = {h.name: ex.submit(states, h.name) for h in site.hosts}
+        snap_fs = {h: ex.submit(snapshot_host, shell, h) for h in hosts}
+        state_fs = {h: ex.submit(states, h) for h in hosts}
         front_fs = {h: ex.submit(read_frontend, shell, h) for h in fronts}
-        deadline = started + timeout_s
-
-        def left() -> float:
-            return max(0.1, deadline - time.monotonic())
-
-        try:
-            reading.snapshot = snap_f.result(timeout=left())
-        except (FutureTimeout, SshError) as exc:
-            errors.append(f"snapshot: {type(exc).__name__}: {exc}")
-        for host, f in state_fs.items():
+        snaps: list[HostSnapshot] = []
+        for host, f in snap_fs.items():
             try:
-                reading.agent_states[host] = f.result(timeout=left())
+                snaps.append(f.result(timeout=left()))
+            except (FutureTimeout, SshError) as exc:
+                why = (
+                    f"no answer within {timeout_s:g} s"
+                    if isinstance(exc, FutureTimeout)
+                    else str(exc)
+                )
+                errors.append(f"{host}: {why}")
+                snaps.append(
+                    HostSnapshot(
+                        host=host,
+                        reachable=False,
+                        error=why,
+                        error_kind="transient",
+                        taken_at=now(),
+                    )
+                )
+        readers = [s.host for s in snaps if s.reachable]
+        channel_fs = (
+            {c: ex.submit(read_channel_state, shell, readers[0], c) for c in site.channels}
+            if readers
+            else {}
+        )
+        channels: dict[str, str] = {}
+        for channel, cf in channel_fs.items():
+            try:
+                channels[channel] = cf.result(timeout=left())
+            except (FutureTimeout, SshError) as exc:
+                errors.append(f"channel {channel}: {type(exc).__name__}: {exc}")
+        reading.snapshot = SiteSnapshot(
+            site=site.site,
+            taken_at=reading.taken_at,
+            hosts=snaps,
+            channels=channels,
+            duration_s=round(time.monotonic() - started, 3),
+        )
+        for host, sf in state_fs.items():
+            try:
+                reading.agent_states[host] = sf.result(timeout=left())
             except (FutureTimeout, SshError) as exc:
                 errors.append(f"{host}: agents_status: {type(exc).__name__}: {exc}")
         for host, ff in front_fs.items():

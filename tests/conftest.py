@@ -66,6 +66,7 @@ SECOND_GROUP = frozenset(
         "test_lab_lifecycle.py",
         "test_plan_cases.py",
         "test_config.py",
+        "test_monitoring_loop.py",
     }
 )
 
@@ -150,6 +151,7 @@ def start_lab(
     alerts: dict[str, object] | None = None,
     *,
     hagd: bool = False,
+    monitoring: bool = False,
 ) -> Iterator[RunningLab]:
     """The `lab` fixture's body; `alerts` overrides fields of the site's `alerts:` section (a
     module whose alerts must not fall into an earlier test's dedup window); `hagd` runs the HA
@@ -166,7 +168,7 @@ def start_lab(
         data["alerts"].update(alerts)
         site_file.write_text(yaml.safe_dump(data, sort_keys=False))
     running = RunningLab(site_file)
-    running.lab.up(hagd=hagd)
+    running.lab.up(hagd=hagd, monitoring=monitoring)
     try:
         yield running
     finally:

@@ -47,6 +47,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         result = bench_rolling_upgrade(
             hosts=tuple(args.hosts or (10, 50)), rounds=args.rounds, load=args.load, progress=say
         )
+    elif args.bench_what == "detect":
+        from infra.bench.detect import bench_detect
+
+        result = bench_detect(rounds=args.rounds, progress=say)
     elif args.bench_what == "hagd":
         from infra.bench.hagd import bench_hagd
 
@@ -140,6 +144,11 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--no-lab", action="store_true", help="skip the rounds on the lab (crash, takeover back)"
     )
+    p.add_argument("--json", action="store_true")
+    p = bsub.add_parser(
+        "detect", help="a crash to the service restored through Prometheus and Alertmanager"
+    )
+    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--json", action="store_true")
     p = bsub.add_parser(
         "faults", help="every procedure under faults at its steps: end state, convergence"

@@ -37,7 +37,10 @@ def _lab_dispatch(args: argparse.Namespace) -> int:
     action = args.lab_action
     if action == "up":
         report = lab.up(
-            hosts=args.hosts, hagd=args.hagd, progress=lambda m: err.print(f"[dim]{m}[/dim]")
+            hosts=args.hosts,
+            hagd=args.hagd,
+            monitoring=args.monitoring,
+            progress=lambda m: err.print(f"[dim]{m}[/dim]"),
         )
         if args.json:
             print_json(report)
@@ -51,6 +54,9 @@ def _lab_dispatch(args: argparse.Namespace) -> int:
             )
             for host, control in report["hagd"].items():
                 out.print(f"HA group daemon on {host}: handover hagd status --control {control}")
+        return 0
+    if action == "monitoring-to":
+        out.print(lab.monitoring_to(args.gateway, Path(args.token_file)))
         return 0
     if action == "report-to":
         out.print(lab.report_to(args.gateway, Path(args.secret_file)))
@@ -190,6 +196,11 @@ def register(sub: Any) -> None:
         action="store_true",
         help="run the HA group daemon on the front-end hosts (their front end its service)",
     )
+    p.add_argument(
+        "--monitoring",
+        action="store_true",
+        help="run handover's exporter, Prometheus and Alertmanager on the lab",
+    )
     p.add_argument("--json", action="store_true")
     site_arg(p)
     for name, helptext in (
@@ -218,6 +229,12 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--gateway", required=True, help="the gateway's URL")
     p.add_argument("--secret-file", required=True, help="a file holding the webhook secret")
+    site_arg(p)
+    p = lsub.add_parser(
+        "monitoring-to", help="route the lab's Alertmanager to a gateway (its bearer token)"
+    )
+    p.add_argument("--gateway", required=True, help="the gateway's URL")
+    p.add_argument("--token-file", required=True, help="a file holding the Alertmanager token")
     site_arg(p)
     p = lsub.add_parser("heal", help="undo a host's fault (a crashed host reboots)")
     p.add_argument("host")

@@ -154,7 +154,12 @@ class Lab:
     # --- up ------------------------------------------------------------------------------------
 
     def up(
-        self, *, hosts: int | None = None, hagd: bool = False, progress: Progress = _quiet
+        self,
+        *,
+        hosts: int | None = None,
+        hagd: bool = False,
+        monitoring: bool = False,
+        progress: Progress = _quiet,
     ) -> dict[str, Any]:
         """Start everything; on failure, stop what was started and raise LabError.
 
@@ -162,6 +167,8 @@ class Lab:
             hosts: a generated site of this many hosts instead of the site's own.
             hagd: run the HA group daemon on the front-end hosts, their front end its service
                 (`hagd_files`).
+            monitoring: run the exporter, Prometheus and Alertmanager on the lab
+                (`infra.lab.monitoring`; `monitoring_to` names the gateway).
             progress: where progress lines go.
 
         Returns:
@@ -261,6 +268,10 @@ class Lab:
                     "the front end did not answer as the master on",
                 )
                 rec["clients_pid"] = self._start_labd("clients")
+                self._save(rec)
+            if monitoring:
+                progress("monitoring: the exporter, Prometheus and Alertmanager")
+                rec["monitoring"] = self._monitoring().start()
                 self._save(rec)
         except BaseException:
             with contextlib.suppress(Exception):
@@ -377,6 +388,23 @@ class Lab:
             f"# the lab's HA group daemons report with these (`handover lab report-to`)\n"
             f"HANDOVER_SITE={site.site}\nHANDOVER_SERVICE={site.service.name}\n"
         )
+
+    def _monitoring(self) -> Any:
+        from infra.lab.monitoring import LabMonitoring
+
+        return LabMonitoring(self.paths.root, self.paths.site_file, self.paths.log_dir)
+
+    def monitoring_to(self, gateway: str, token_file: Path) -> str:
+        """Route the lab's Alertmanager to a gateway (its Alertmanager bearer token in a file);
+        the running Alertmanager reloads its configuration (SIGHUP)."""
+        mon = self.record().get("monitoring")
+        if not mon:
+            raise LabError("the lab runs no monitoring (`handover lab up --monitoring`)")
+        if not token_file.is_file():
+            raise LabError(f"--token-file {token_file}: no such file")
+        self._monitoring().write_alertmanager(gateway, token_file.resolve())
+        os.kill(int(mon["pids"]["alertmanager"]), signal.SIGHUP)
+        return f"the lab's Alertmanager sends handover's alerts to {gateway}"
 
     def report_to(self, gateway: str, secret_file: Path) -> str:
         """Make the lab's HA group daemons (and their `handover-switch`) report to a gateway.
@@ -598,6 +626,10 @@ class Lab:
         clients_pid = int(rec.get("clients_pid") or 0)
         if alive(clients_pid):
             os.kill(clients_pid, signal.SIGKILL)
+        if rec.get("monitoring"):
+            from infra.lab.monitoring import LabMonitoring
+
+            LabMonitoring.stop({k: int(v) for k, v in rec["monitoring"]["pids"].items()})
         hosts = rec.get("hosts", {})
         nss = {int(h["ns"]) for h in hosts.values() if h.get("ns")}
         for h in hosts.values():

@@ -1,0 +1,204 @@
+"""The lab's monitoring (`handover lab up --monitoring`): Debian's Prometheus and Alertmanager
+on handover's sensors, so that a fault reaches the gateway with nothing typed.
+
+* `handover exporter` reads the lab every second (`infra.exporter`);
+* Prometheus scrapes it every second and evaluates the shipped rules
+  (`infra/monitoring/handover-rules.yml`) every second, with the lab's shorter ``for`` (a crash
+  is acted on after 3 s of a host down, not a minute);
+* Alertmanager routes the alerts that carry ``handover_kind`` as the shipped configuration does
+  (`infra/monitoring/alertmanager.yml`), to the gateway that `route_to` names (with its bearer
+  token in a file); until then to no receiver.
+
+Everything listens on 127.0.0.1 on ports chosen free at start, keeps its data under
+``<state>/monitoring``, and is stopped by PID with the lab.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from infra.lab.errors import LabError
+
+ROOT = Path(__file__).resolve().parents[2]
+RULES = ROOT / "infra" / "monitoring" / "handover-rules.yml"
+ALERTMANAGER = ROOT / "infra" / "monitoring" / "alertmanager.yml"
+#: the lab's `for` of the rules that start procedures (the shipped ones wait a minute)
+LAB_FOR = {"HandoverHostDown": "3s", "HandoverFrontendDown": "2s"}
+BINARIES = {"prometheus": "prometheus", "alertmanager": "prometheus-alertmanager"}
+
+
+def missing() -> list[str]:
+    """The binaries the lab's monitoring needs and does not find."""
+    return [f"{b} (Debian package {b})" for b in BINARIES.values() if shutil.which(b) is None]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def lab_rules() -> dict[str, Any]:
+    """The shipped rules with the lab's shorter `for`."""
+    data: dict[str, Any] = yaml.safe_load(RULES.read_text())
+    for group in data["groups"]:
+        for rule in group["rules"]:
+            if rule["alert"] in LAB_FOR:
+                rule["for"] = LAB_FOR[rule["alert"]]
+    return data
+
+
+def alertmanager_config(gateway: str | None, token_file: Path | None) -> dict[str, Any]:
+    """The shipped Alertmanager configuration, its gateway and token replaced (no gateway: the
+    handover receiver sends nothing)."""
+    data: dict[str, Any] = yaml.safe_load(ALERTMANAGER.read_text())
+    data["route"]["group_interval"] = "5s"
+    for r in data["receivers"]:
+        if r["name"] != "handover":
+            continue
+        if gateway is None or token_file is None:
+            r.pop("webhook_configs", None)
+            continue
+        hook = r["webhook_configs"][0]
+        hook["url"] = gateway.rstrip("/") + "/alerts/alertmanager"
+        hook["http_config"]["authorization"]["credentials_file"] = str(token_file)
+    return data
+
+
+class LabMonitoring:
+    """The exporter, Prometheus and Alertmanager of one lab."""
+
+    def __init__(self, root: Path, site_file: Path, log_dir: Path) -> None:
+        self.dir = root / "monitoring"
+        self.site_file = site_file
+        self.log_dir = log_dir
+
+    def start(self) -> dict[str, Any]:
+        """Start the three processes; their PIDs and ports (for the lab's record)."""
+        absent = missing()
+        if absent:
+            raise LabError("--monitoring needs " + "; ".join(absent))
+        self.dir.mkdir(parents=True, exist_ok=True)
+        ports = {"exporter": _free_port(), "prometheus": _free_port(), "alertmanager": _free_port()}
+        (self.dir / "rules.yml").write_text(yaml.safe_dump(lab_rules(), sort_keys=False))
+        (self.dir / "prometheus.yml").write_text(
+            yaml.safe_dump(
+                {
+                    "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                    "rule_files": [str(self.dir / "rules.yml")],
+                    "alerting": {
+                        "alertmanagers": [
+                            {
+                                "static_configs": [
+                                    {"targets": [f"127.0.0.1:{ports['alertmanager']}"]}
+                                ]
+                            }
+                        ]
+                    },
+                    "scrape_configs": [
+                        {
+                            "job_name": "handover",
+                            "static_configs": [{"targets": [f"127.0.0.1:{ports['exporter']}"]}],
+                        }
+                    ],
+                },
+                sort_keys=False,
+            )
+        )
+        self.write_alertmanager(None, None)
+        pids = {
+            "exporter": self._spawn(
+                "exporter",
+                [
+                    sys.executable,
+                    "-m",
+                    "infra.cli",
+                    "exporter",
+                    "--site",
+                    str(self.site_file),
+                    "--port",
+                    str(ports["exporter"]),
+                    "--interval",
+                    "1",
+                    "--timeout",
+                    "5",
+                    "--runs",
+                    "off",
+                ],
+            ),
+            "prometheus": self._spawn(
+                "prometheus",
+                [
+                    BINARIES["prometheus"],
+                    f"--config.file={self.dir / 'prometheus.yml'}",
+                    f"--storage.tsdb.path={self.dir / 'prometheus-data'}",
+                    f"--web.listen-address=127.0.0.1:{ports['prometheus']}",
+                    "--storage.tsdb.retention.time=1d",
+                ],
+            ),
+            "alertmanager": self._spawn(
+                "alertmanager",
+                [
+                    BINARIES["alertmanager"],
+                    f"--config.file={self.dir / 'alertmanager.yml'}",
+                    f"--storage.path={self.dir / 'alertmanager-data'}",
+                    f"--web.listen-address=127.0.0.1:{ports['alertmanager']}",
+                    "--cluster.listen-address=",
+                ],
+            ),
+        }
+        return {"pids": pids, "ports": ports}
+
+    def write_alertmanager(self, gateway: str | None, token_file: Path | None) -> None:
+        """Write Alertmanager's configuration (a running one reloads it on SIGHUP)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "alertmanager.yml").write_text(
+            yaml.safe_dump(alertmanager_config(gateway, token_file), sort_keys=False)
+        )
+
+    def _spawn(self, name: str, argv: list[str]) -> int:
+        with open(self.log_dir / f"{name}.log", "ab") as log:
+            proc = subprocess.Popen(
+                argv,
+                cwd=ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+            )
+        return proc.pid
+
+    @staticmethod
+    def stop(pids: dict[str, int]) -> None:
+        """Stop the processes by PID (SIGTERM, SIGKILL after 5 s)."""
+        for pid in pids.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        for pid in pids.values():
+            while time.monotonic() < deadline and _alive(pid):
+                time.sleep(0.05)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitpid(pid, os.WNOHANG)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
