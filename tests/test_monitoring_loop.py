@@ -1,6 +1,7 @@
 """The whole loop of seed 002's monitoring on real servers: the lab's host crashes, handover's
 exporter sees it, Debian's Prometheus fires the shipped rule, Debian's Alertmanager sends it to
-the gateway, and exactly one emergency move runs and moves the host's agents, with nothing typed.
+the gateway, and exactly one emergency move runs and moves the host's agents, with nothing typed;
+the host was also the front end's master, so the switch moves the alias away from it.
 """
 
 from __future__ import annotations
@@ -11,10 +12,25 @@ from pathlib import Path
 
 import pytest
 
-from tests.alert_stack import AM_TOKEN, Stack, emergency_runs, final, stack_fixture
-from tests.conftest import RunningLab, require, start_lab, stays, wait_for
+from tests.alert_stack import (
+    AM_TOKEN,
+    Stack,
+    alias_host,
+    emergency_runs,
+    final,
+    stack_fixture,
+    switch_runs,
+)
+from tests.conftest import (
+    RunningLab,
+    forget_automatic_switches,
+    require,
+    start_lab,
+    stays,
+    wait_for,
+)
 
-HOST, BACKUP = "fts105", "fts106"
+HOST, BACKUP = "fts101", "fts102"
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +54,8 @@ def test_a_crashed_host_starts_one_emergency_move_with_nothing_typed(
     token = tmp_path / "am.token"
     token.write_text(AM_TOKEN)
     lab.lab.monitoring_to(stack.url, token)
+    forget_automatic_switches(lab)
+    assert alias_host(lab) == HOST
     moved = [a.name for a in lab.site.agents_on(HOST)]
     since = dt.datetime.now(dt.UTC)
 
@@ -53,5 +71,9 @@ def test_a_crashed_host_starts_one_emergency_move_with_nothing_typed(
         assert all(serving.get(a) == {BACKUP} for a in moved), serving
         stays(lambda: len(runs()) == 1, 10, "one emergency move")
         assert stack.gateway_lines('"source": "alertmanager"', '"result": "new"', HOST)
+        # the master's front end went down with its host: the switch moved the alias
+        [switched] = wait_for(lambda: switch_runs(HOST, since), 60, "the switch run")
+        wait_for(lambda: final(switched.id), 180, "the switch to end")
+        assert alias_host(lab) == BACKUP
     finally:
         lab.lab.heal(HOST)
