@@ -396,14 +396,14 @@ class Lab:
 
     def monitoring_to(self, gateway: str, token_file: Path) -> str:
         """Route the lab's Alertmanager to a gateway (its Alertmanager bearer token in a file);
-        the running Alertmanager reloads its configuration (SIGHUP)."""
+        the running Alertmanager reloads its configuration."""
         mon = self.record().get("monitoring")
         if not mon:
             raise LabError("the lab runs no monitoring (`handover lab up --monitoring`)")
         if not token_file.is_file():
             raise LabError(f"--token-file {token_file}: no such file")
         self._monitoring().write_alertmanager(gateway, token_file.resolve())
-        os.kill(int(mon["pids"]["alertmanager"]), signal.SIGHUP)
+        self._monitoring().reload_alertmanager(int(mon["ports"]["alertmanager"]))
         return f"the lab's Alertmanager sends handover's alerts to {gateway}"
 
     def report_to(self, gateway: str, secret_file: Path) -> str:

@@ -23,6 +23,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -158,7 +159,41 @@ class LabMonitoring:
                 ],
             ),
         }
+        self._wait_ready(pids, ports)
         return {"pids": pids, "ports": ports}
+
+    def _wait_ready(
+        self, pids: dict[str, int], ports: dict[str, int], timeout_s: float = 60
+    ) -> None:
+        """Wait until the three answer (the lab is up when its monitoring serves)."""
+        paths = {"exporter": "/metrics", "prometheus": "/-/ready", "alertmanager": "/-/ready"}
+        deadline = time.monotonic() + timeout_s
+        waiting = dict(paths)
+        while waiting and time.monotonic() < deadline:
+            for name, path in list(waiting.items()):
+                if not _alive(pids[name]):
+                    self.stop(pids)
+                    raise LabError(f"monitoring: {name} exited; see {self.log_dir / name}.log")
+                with contextlib.suppress(OSError):
+                    url = f"http://127.0.0.1:{ports[name]}{path}"
+                    with urllib.request.urlopen(url, timeout=2):
+                        del waiting[name]
+            time.sleep(0.2)
+        if waiting:
+            self.stop(pids)
+            raise LabError(f"monitoring: {', '.join(waiting)} did not answer in {timeout_s:g} s")
+
+    @staticmethod
+    def reload_alertmanager(port: int) -> None:
+        """Make the running Alertmanager read its configuration again (`POST /-/reload`)."""
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/-/reload", method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=10):  # noqa: S310 - loopback
+                pass
+        except OSError as exc:
+            raise LabError(
+                f"monitoring: Alertmanager did not reload its configuration: {exc}"
+            ) from None
 
     def write_alertmanager(self, gateway: str | None, token_file: Path | None) -> None:
         """Write Alertmanager's configuration (a running one reloads it on SIGHUP)."""
