@@ -157,7 +157,7 @@ def bench_detect(
     out["summary"] = [
         f"monitoring loop, {rounds} rounds (crash of {HOST}; p50, p95; min-max):",
         *(
-            f"  {k.replace('_s', '').replace('_', ' ')}: p50 {v['p50']:.2f} s, "
+            f"  {k.removesuffix('_s').replace('_', ' ')}: p50 {v['p50']:.2f} s, "
             f"p95 {v['p95']:.2f} s ({v['min']:.2f}-{v['max']:.2f})"
             for k, v in loop.items()
         ),
