@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 
 from infra.lab.errors import LabError
+from infra.lab.host import alive
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "infra" / "monitoring" / "handover-rules.yml"
@@ -171,7 +172,7 @@ class LabMonitoring:
         waiting = dict(paths)
         while waiting and time.monotonic() < deadline:
             for name, path in list(waiting.items()):
-                if not _alive(pids[name]):
+                if not alive(pids[name]):
                     self.stop(pids)
                     raise LabError(f"monitoring: {name} exited; see {self.log_dir / name}.log")
                 with contextlib.suppress(OSError):
@@ -223,17 +224,9 @@ class LabMonitoring:
                 os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 5
         for pid in pids.values():
-            while time.monotonic() < deadline and _alive(pid):
+            while time.monotonic() < deadline and alive(pid):
                 time.sleep(0.05)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
             with contextlib.suppress(ChildProcessError, OSError):
                 os.waitpid(pid, os.WNOHANG)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
