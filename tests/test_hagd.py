@@ -54,7 +54,9 @@ class Net:
     status_fails: set[str] = field(default_factory=set)
     running: dict[str, set[str]] = field(default_factory=dict)  # group -> providers serving
 
-    def add(self, node: str, ranks: dict[str, int], preempt: bool = False) -> None:
+    def add(
+        self, node: str, ranks: dict[str, int], preempt: bool = False, check_failures: int = 1
+    ) -> None:
         self.nodes[node] = {
             g: Group(
                 name=g,
@@ -65,6 +67,7 @@ class Net:
                 dt2=DT2,
                 started_at=self.now,
                 preempt=preempt,
+                check_failures=check_failures,
             )
             for g, r in ranks.items()
         }
@@ -197,6 +200,27 @@ def test_a_master_whose_status_fails_gives_up_and_stands_no_more_until_reset(net
     assert "standing again" in net.nodes["p30"]["g"].reset(net.now)
     net.run(2 * DT1)
     assert net.mode("p30") == "normal" and net.masters() == ["p20"]
+
+
+def test_a_master_gives_up_only_after_check_failures_in_a_row() -> None:
+    net = Net()
+    net.add("p30", {"g": 30}, check_failures=3)
+    net.add("p20", {"g": 20})
+    net.run(DT1 + DT2 + 0.5)
+    g = net.nodes["p30"]["g"]
+    assert net.masters() == ["p30"]
+    for _ in range(2):
+        g.checked(False, net.now, "exit 3: does not answer")
+    assert g.mode == "master" and g.events[-1].startswith("check: service status failed")
+    assert "2 of 3 in a row" in g.events[-1]
+    g.checked(True, net.now)  # one good answer starts the count again
+    for _ in range(2):
+        g.checked(False, net.now, "exit 3: does not answer")
+    assert g.mode == "master"
+    g.checked(False, net.now, "exit 3: does not answer")
+    assert g.mode == "giveup" and g.events[-1].startswith("giveup: service status failed")
+    net.run(DT2 + 0.5)
+    assert net.mode("p30") == "failure" and net.masters() == ["p20"]
 
 
 def test_two_masters_after_a_partition_the_lower_rank_gives_up(net: Net) -> None:

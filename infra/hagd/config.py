@@ -18,6 +18,7 @@ Example (YAML)::
     control: /run/hagd.sock     # where `handover hagd status|takeover|giveup` ask
     preempt: false              # a returning higher rank takes the group back
     check: 2                    # the master runs `SCRIPT status GROUP` this often (0: never)
+    check_failures: 2           # ... and gives up when this many fail in a row
     report: /etc/handover/hooks.env   # elections and losses go to the gateway (hooks' settings)
     pool:                       # stateless pools among the groups: a round-robin name each
       bdii:
@@ -72,6 +73,7 @@ class HagdConfig(BaseModel):
     control: Path = Path("/run/hagd.sock")
     preempt: bool = False
     check: float = Field(default=2.0, ge=0, le=3600)
+    check_failures: int = Field(default=2, ge=1, le=100)
     report: Path | None = None
     pool: dict[Name, PoolConfig] = Field(default_factory=dict)
 

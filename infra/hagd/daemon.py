@@ -81,6 +81,7 @@ class Daemon(asyncio.DatagramProtocol):
                 dt2=cfg.dt2,
                 started_at=now,
                 preempt=cfg.preempt,
+                check_failures=cfg.check_failures,
             )
             for name, rank in cfg.group.items()
             if name not in cfg.pool

@@ -18,7 +18,8 @@ Rules, applied by `tick` and `heard`:
 * of two members taking over at once the lower rank steps back;
 * a returning higher rank does not pre-empt a live master unless `preempt`;
 * after a manual give-up the provider yields (does not stand) until a new master is heard;
-* a master whose status script fails gives up and stops standing (failure) until reset.
+* a master whose status script fails `check_failures` times in a row gives up and stops
+  standing (failure) until reset.
 
 The state machine never runs scripts itself: `tick` returns the actions to take (``start`` or
 ``stop``) and the daemon reports their outcome with `started` and `stopped`.
@@ -70,6 +71,11 @@ class Group:
     master: str | None = None
     #: giving up because the service's status failed: the stop ends in failure, not normal
     failing: bool = False
+    #: status checks that must fail in a row before the master gives up (one slow answer under
+    #: load is not a dead service)
+    check_failures: int = 1
+    #: status checks failed in a row so far
+    failed_checks: int = 0
 
     def __post_init__(self) -> None:
         self.since = self.started_at
@@ -156,13 +162,23 @@ class Group:
     def checked(self, ok: bool, now: float, detail: str = "") -> None:
         """The status script ended (run on the master every `check` seconds).
 
-        A master whose service no longer serves gives up and stops standing: its group elects
-        another master, and a human resets this one once it is repaired. A master fenced by a
-        newer one (a partition healed, a switch made elsewhere) is such a master.
+        A master whose service no longer serves (`check_failures` checks in a row) gives up and
+        stops standing: its group elects another master, and a human resets this one once it
+        is repaired. A master fenced by a newer one (a partition healed, a switch made
+        elsewhere) is such a master.
         """
         self.busy = False
         if ok or self.mode != "master":
+            self.failed_checks = 0
             return
+        self.failed_checks += 1
+        if self.failed_checks < self.check_failures:
+            self._note(
+                f"check: service status failed ({detail}): "
+                f"{self.failed_checks} of {self.check_failures} in a row"
+            )
+            return
+        self.failed_checks = 0
         self.failing = True
         self._to("giveup", now, f"service status failed ({detail}): giving up")
 
@@ -213,7 +229,10 @@ class Group:
     def _to(self, mode: Mode, now: float, why: str) -> None:
         self.mode = mode
         self.since = now
-        self.events.append(f"{mode}: {why}")
+        self._note(f"{mode}: {why}")
+
+    def _note(self, event: str) -> None:
+        self.events.append(event)
         self.event_count += 1
         del self.events[:-50]
 

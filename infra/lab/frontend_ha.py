@@ -44,9 +44,11 @@ def _state(rt: HostRuntime) -> dict[str, Any]:
 def why_not_serving(state: dict[str, Any], *, own_fence_ok: bool = False) -> str | None:
     """Why the front end does not serve as the master (None: it does).
 
-    With `own_fence_ok` (the status check), a newer epoch claimed by a fence *from this host*
-    is not a reason: that is the switch flow promoting this very host (it fences from the new
-    master, then enables it with that epoch), and giving up then would undo the switch.
+    With `own_fence_ok` (the status check), a newer epoch claimed *by this host* is not a
+    reason: that is this very host being promoted. The switch flow fences from the new master,
+    then enables it with that epoch; and `enable` claims the epoch in the database before it
+    writes the role file (a status reading can also see the role file before an enable and the
+    database after its claim). Giving up in either window would undo the promotion.
     """
     if not state["running"] or not state["answers"]:
         return "the front-end server does not run or does not answer"
@@ -54,7 +56,10 @@ def why_not_serving(state: dict[str, Any], *, own_fence_ok: bool = False) -> str
         return "it is a slave"
     if state["db_epoch"] is None:
         return f"the database's epoch cannot be read: {state['db_error']}"
-    promoting = own_fence_ok and state["db_holder"] == f"fenced from {state['host']}"
+    promoting = own_fence_ok and state["db_holder"] in (
+        state["host"],
+        f"fenced from {state['host']}",
+    )
     if state["epoch"] != state["db_epoch"] and not promoting:
         return (
             f"fenced: the database's epoch {state['db_epoch']} (held by {state['db_holder']}) "
