@@ -77,3 +77,28 @@ def test_a_crashed_host_starts_one_emergency_move_with_nothing_typed(
         assert alias_host(lab) == BACKUP
     finally:
         lab.lab.heal(HOST)
+
+
+def test_a_killed_front_end_starts_one_switch_and_no_move(lab: RunningLab, stack: Stack) -> None:
+    """The host lives on; only its front end, the master, dies: the alias moves, nothing else."""
+    forget_automatic_switches(lab)
+    master = alias_host(lab)
+    other = HOST if master == BACKUP else BACKUP
+    since = dt.datetime.now(dt.UTC)
+    lab.lab.fault(master, "frontend-down")
+    try:
+        [run] = wait_for(lambda: switch_runs(master, since), 120, "the switch from the alert")
+        done = wait_for(lambda: final(run.id), 180, "the switch to end")
+        assert done.state is not None and done.state.is_completed(), done.state
+        assert alias_host(lab) == other
+        assert stack.gateway_lines('"source": "alertmanager"', '"kind": "frontend_down"', master)
+        stays(
+            lambda: (
+                len(switch_runs(master, since)) == 1
+                and not [r for r in emergency_runs(master) if r.created and r.created >= since]
+            ),
+            10,
+            "one switch and no emergency move",
+        )
+    finally:
+        lab.lab.heal(master)

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from infra.cli import main
-from tests.conftest import ROOT, RunningLab, require, wait_for
+from tests.conftest import ROOT, RunningLab, require, stays, wait_for
 
 P = "glite-transfer-channel-agent-urlcopy-"
 A, B = P + "CERN-CERN", P + "CERN-RAL"
@@ -97,24 +97,17 @@ def prefix(lab: RunningLab, host: str) -> str:
     return f"nsenter -t {lab.lab.record()['hosts'][host]['init_pid']} -u -p -m --"
 
 
-def test_the_resource_agent_passes_ocf_tester(lab: RunningLab) -> None:
+def ocf_tester(name: str, agent: str, **params: str) -> None:
+    """Debian's `ocf-tester` on one of handover's resource agents: it passes."""
     tester = shutil.which("ocf-tester")
     require(
         tester is not None and shutil.which("xmllint") is not None,
         "ocf-tester and xmllint (Debian packages resource-agents libxml2-utils)",
     )
     assert tester is not None
+    options = [w for k, v in params.items() for w in ("-o", f"{k}={v}")]
     res = subprocess.run(
-        [
-            tester,
-            "-n",
-            "fts-cern-cern",
-            "-o",
-            f"instance={A}",
-            "-o",
-            f"exec_prefix={prefix(lab, 'fts101')}",
-            str(ROOT / "infra" / "ocf" / "fts-agent"),
-        ],
+        [tester, "-n", name, *options, str(ROOT / "infra" / "ocf" / agent)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -122,6 +115,17 @@ def test_the_resource_agent_passes_ocf_tester(lab: RunningLab) -> None:
     )
     assert res.returncode == 0, res.stdout + res.stderr
     assert "passed all tests" in res.stdout, res.stdout
+
+
+def frontend(lab: RunningLab, host: str) -> dict[str, Any]:
+    """The front end's status line on a lab host."""
+    res = lab.lab.exec(host, ["service", "fts-frontend", "status"])
+    state: dict[str, Any] = json.loads(res.stdout.splitlines()[-1])
+    return state
+
+
+def test_the_resource_agent_passes_ocf_tester(lab: RunningLab) -> None:
+    ocf_tester("fts-cern-cern", "fts-agent", instance=A, exec_prefix=prefix(lab, "fts101"))
     # ocf-tester ends with a stop: the agent serves again for the next test
     subprocess.run(
         [str(ROOT / "infra" / "ocf" / "fts-agent"), "start"],
@@ -133,6 +137,39 @@ def test_the_resource_agent_passes_ocf_tester(lab: RunningLab) -> None:
         check=True,
         timeout=60,
     )
+
+
+def test_the_front_end_resource_agent_passes_ocf_tester_and_fences_older_masters(
+    lab: RunningLab,
+) -> None:
+    agent = ROOT / "infra" / "ocf" / "fts-frontend"
+    env = {**os.environ, "OCF_RESKEY_exec_prefix": prefix(lab, "fts101")}
+
+    def ocf(action: str, host: str = "fts101") -> int:
+        here = {**env, "OCF_RESKEY_exec_prefix": prefix(lab, host)}
+        return subprocess.run([str(agent), action], env=here, timeout=90, check=False).returncode
+
+    before = frontend(lab, "fts101")
+    assert before["role"] == "master" and ocf("monitor") == 0, before
+    assert ocf("monitor", "fts102") == 7  # the slave: not running
+    ocf_tester("fts-frontend", "fts-frontend", exec_prefix=prefix(lab, "fts101"))
+    # ocf-tester ends with a stop: fts101 is a slave, the server still answering
+    after = frontend(lab, "fts101")
+    assert (after["role"], after["answers"]) == ("slave", True), after
+    assert ocf("start") == 0
+    assert frontend(lab, "fts101")["epoch"] > before["epoch"]
+    # the resource on fts102 takes a newer epoch: fts101, still believing, is fenced (a failure)
+    assert ocf("start", "fts102") == 0
+    assert ocf("monitor", "fts102") == 0
+    assert ocf("monitor") == 1
+    assert ocf("stop", "fts102") == 0 and ocf("stop", "fts102") == 0  # idempotent
+    assert ocf("start") == 0 and ocf("start") == 0
+    state = frontend(lab, "fts101")
+    assert (state["role"], state["epoch"]) == ("master", state["db_epoch"]), state
+    assert ocf("validate-all") == 0
+    bad = {**env, "OCF_RESKEY_command": "/nonexistent/fts-frontend", "OCF_RESKEY_exec_prefix": ""}
+    assert subprocess.run([str(agent), "start"], env=bad, timeout=30).returncode == 5
+    assert subprocess.run([str(agent), "monitor"], env=bad, timeout=30).returncode == 7
 
 
 def test_pacemaker_recovers_a_dead_agent_and_handover_hears_of_it(
@@ -192,9 +229,36 @@ def test_pacemaker_recovers_a_dead_agent_and_handover_hears_of_it(
 
         [first, *_] = wait_for(reported, 30, "the alert agent's resource_failed alert")
         assert "fts-cern-ral" in first["summary"], first
+
+        # the front end's master role as a resource that Pacemaker watches and never starts
+        # or stops (is-managed=false: handover's switch moves the master, see the README):
+        # Pacemaker's monitor notices the server killed and the alert agent says `frontend_down`
+        cluster.add_resource(
+            "fts-frontend",
+            "ocf:handover:fts-frontend",
+            {"exec_prefix": prefix(lab, "fts101")},
+            meta={"is-managed": "false"},
+        )
+        wait_for(lambda: cluster.resource_running("fts-frontend"), 60, "the front end resource")
+        lab.lab.fault("fts101", "frontend-down")
+
+        def frontend_down() -> list[dict[str, Any]]:
+            return [
+                a
+                for f in sorted(spool.glob("*.json"))
+                if (a := json.loads(f.read_text())).get("kind") == "frontend_down"
+            ]
+
+        [down, *_] = wait_for(frontend_down, 30, "the alert agent's frontend_down alert")
+        assert down["host"] == "fts101" and "fts-frontend" in down["summary"], down
+        stays(lambda: not frontend(lab, "fts101")["running"], 3, "Pacemaker left it alone")
+        lab.lab.heal("fts101")
+        assert frontend(lab, "fts101")["role"] == "master"
     finally:
         cluster.stop()
-        installed.unlink(missing_ok=True)
+        for path in installed:
+            path.unlink(missing_ok=True)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def test_the_exporter_serves_metrics_that_match_the_lab(lab: RunningLab) -> None:

@@ -59,15 +59,16 @@ def cmd_service(args: argparse.Namespace) -> int:
 
 
 def cmd_ocf(args: argparse.Namespace) -> int:
-    """`handover ocf install`: put the resource agent where Pacemaker finds it."""
-    from infra.ocf import install
+    """`handover ocf install`: put the resource agents where Pacemaker finds them."""
+    from infra.ocf import PROVIDER, install
 
     try:
-        where = install(Path(args.ocf_root))
+        placed = install(Path(args.ocf_root))
     except OSError as exc:
-        err.print(f"[red]cannot install the resource agent: {exc}[/red] (run as root)")
+        err.print(f"[red]cannot install the resource agents: {exc}[/red] (run as root)")
         return 1
-    out.print(f"installed {where}: Pacemaker runs it as ocf:handover:fts-agent")
+    for where in placed:
+        out.print(f"installed {where}: Pacemaker runs it as ocf:{PROVIDER}:{where.name}")
     return 0
 
 
@@ -115,7 +116,7 @@ def register(sub: Any) -> None:
     p.add_argument("--json", action="store_true")
     site_arg(p)
     p.set_defaults(func=cmd_service)
-    p = sub.add_parser("ocf", help="the OCF resource agent for Pacemaker (install)")
+    p = sub.add_parser("ocf", help="the OCF resource agents for Pacemaker (install)")
     p.add_argument("ocf_action", choices=["install"])
     p.add_argument("--ocf-root", default="/usr/lib/ocf", help="OCF_ROOT (default /usr/lib/ocf)")
     p.set_defaults(func=cmd_ocf)

@@ -255,22 +255,34 @@ class OneNodeCluster:
             f"</alert>"
         )
 
-    def resource_xml(self) -> str:
-        """Return the ``<primitive>`` of the resource (the Dummy by default)."""
-        r = self.resource_id
-        klass, provider, kind = self.resource_type.split(":")
-        params = self.resource_params
+    def resource_xml(
+        self,
+        resource_id: str | None = None,
+        resource_type: str | None = None,
+        resource_params: Mapping[str, str] | None = None,
+        meta: Mapping[str, str] | None = None,
+    ) -> str:
+        """Return the ``<primitive>`` of a resource (default: the cluster's own, the Dummy
+        unless told otherwise), with its meta attributes (e.g. ``is-managed``)."""
+        r = resource_id or self.resource_id
+        klass, provider, kind = (resource_type or self.resource_type).split(":")
+        params = resource_params if resource_id else self.resource_params
         if params is None:
             params = {"state": str(self.state_file)} if kind == "Dummy" else {}
         nv = "".join(
             f"<nvpair id={quoteattr(f'{r}-ia-{k}')} name={quoteattr(k)} value={quoteattr(v)}/>"
             for k, v in params.items()
         )
+        mv = "".join(
+            f"<nvpair id={quoteattr(f'{r}-meta-{k}')} name={quoteattr(k)} value={quoteattr(v)}/>"
+            for k, v in (meta or {}).items()
+        )
         return (
             f"<primitive id={quoteattr(r)} class={quoteattr(klass)} "
             f"provider={quoteattr(provider)} type={quoteattr(kind)}>"
             f'<instance_attributes id="{r}-ia">{nv}</instance_attributes>'
-            f'<operations><op id="{r}-monitor" name="monitor"'
+            + (f'<meta_attributes id="{r}-meta">{mv}</meta_attributes>' if meta else "")
+            + f'<operations><op id="{r}-monitor" name="monitor"'
             f' interval={quoteattr(self.monitor_interval)} timeout="20s"/></operations>'
             f"</primitive>"
         )
@@ -345,10 +357,12 @@ nodelist {{
             and node.get("online") == "true"
         )
 
-    def resource_running(self) -> bool:
-        """True when the Dummy resource is started on the local node."""
+    def resource_running(self, resource_id: str | None = None) -> bool:
+        """True when the resource (default: the cluster's own) is started on the local node."""
         cp = self._run(
-            ["crm_resource", "--resource", self.resource_id, "--locate"], check=False, timeout=10
+            ["crm_resource", "--resource", resource_id or self.resource_id, "--locate"],
+            check=False,
+            timeout=10,
         )
         return cp.returncode == 0 and "is running on" in cp.stdout
 
@@ -486,6 +500,19 @@ nodelist {{
         self._run(
             ["cibadmin", "--create", "--scope", "resources", "--xml-text", self.resource_xml()]
         )
+
+    def add_resource(
+        self,
+        resource_id: str,
+        resource_type: str,
+        resource_params: Mapping[str, str],
+        meta: Mapping[str, str] | None = None,
+    ) -> None:
+        """Add another primitive to the running cluster (same monitor interval); Pacemaker
+        starts it (see `resource_running`), or, with ``is-managed=false``, only probes and
+        monitors it."""
+        xml = self.resource_xml(resource_id, resource_type, resource_params, meta)
+        self._run(["cibadmin", "--create", "--scope", "resources", "--xml-text", xml])
 
     def register_alert(self) -> None:
         """Add (or replace) the alert in the live CIB with cibadmin."""
