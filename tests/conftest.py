@@ -51,9 +51,9 @@ LAB_DB_PORT_BASE = 20000
 DAEMON_OCTET = int(os.environ.get("HANDOVER_TEST_DAEMON_OCTET") or 100 + os.getpid() % 100)
 
 #: the modules of the second group when `make test` runs two at once (HANDOVER_TEST_GROUP=1 or 2:
-#: the first group is every other module). The two modules that start the machine's one Pacemaker
-#: cluster (test_alert_runs, test_switch) stay in the first; the split balances the measured
-#: durations of the lab-heavy modules.
+#: the first group is every other module). The modules that start the machine's one Pacemaker
+#: cluster (test_alert_runs, test_switch, test_service_ocf) stay in the first; the split
+#: balances the measured durations of the lab-heavy modules.
 SECOND_GROUP = frozenset(
     {
         "test_fault_matrix.py",
