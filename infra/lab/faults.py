@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from infra.lab.errors import LabError
 from infra.lab.host import kill_host, port_open, signal_all
@@ -98,6 +99,25 @@ def inject(lab: Lab, host: str, kind: str) -> str:
     return done
 
 
+def _wait_unthrottled(lab: Lab, rec: dict[str, Any], host: str) -> None:
+    """Wait until the lab daemon no longer throttles `host`: it may have read its control
+    before the heal, and stop the host's processes once more. Every stopped process is resumed
+    until none has been seen stopped for two of the daemon's ticks (bounded)."""
+    assert lab.site.lab is not None
+    quiet_s = 2 * lab.site.lab.tick_s
+    deadline = time.monotonic() + quiet_s + 10
+    calm_since = time.monotonic()
+    while time.monotonic() < deadline:
+        stopped = [p for p in lab.host_processes(rec).get(host, []) if p.state == "T"]
+        if stopped:
+            signal_all(stopped, signal.SIGCONT)
+            calm_since = time.monotonic()
+        elif time.monotonic() - calm_since >= quiet_s:
+            return
+        time.sleep(0.02)
+    raise LabError(f"{host}: its processes were still being stopped {quiet_s + 10:g} s after heal")
+
+
 def heal(lab: Lab, host: str) -> str:
     """Undo a host's fault (a crashed host reboots: sshd, then its enabled agents)."""
     rec = lab.require_up()
@@ -151,7 +171,7 @@ def heal(lab: Lab, host: str) -> str:
         )
     else:
         control(lab, f"fault:{host}", None)
-        signal_all(lab.host_processes(rec).get(host, []), signal.SIGCONT)
+        _wait_unthrottled(lab, rec, host)
         done = f"{host}: runs at full speed again"
     lab._save(rec)
     return done
