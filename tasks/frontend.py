@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 from flows.plans.switch import FrontendState
-from tasks.adapters.ssh import SshError
+from tasks.adapters.ssh import CommandResult, SshError
 from tasks.outcome import StepFailed, StepResult, now
 from tasks.remote import SiteShell
 
@@ -21,6 +21,11 @@ def read_frontend(shell: SiteShell, host: str) -> FrontendState:
         r = shell.run(host, "frontend_status")
     except SshError as exc:
         return FrontendState(host=host, reachable=False, error=str(exc))
+    return frontend_state(host, r)
+
+
+def frontend_state(host: str, r: CommandResult) -> FrontendState:
+    """The front end's state from what its `frontend_status` command printed."""
     if not r.ok:
         return FrontendState(
             host=host,

@@ -12,6 +12,7 @@ Contract:
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from config.site import Site
@@ -83,6 +84,20 @@ class SiteShell:
     ) -> CommandResult:
         """Run an argv (each word quoted) on a host."""
         return self.pool.run(endpoint(self.site, host), argv, timeout=timeout, stdin=stdin)
+
+    def run_many(
+        self,
+        host: str,
+        commands: Sequence[tuple[str, Mapping[str, str]] | list[str]],
+        *,
+        timeout: float | None = None,
+    ) -> list[CommandResult]:
+        """Run read-only commands on a host in one round trip (`SshPool.run_many`): each a
+        command-profile name with its values, or an argv."""
+        argvs = [
+            c if isinstance(c, list) else self.site.commands.argv(c[0], **c[1]) for c in commands
+        ]
+        return self.pool.run_many(endpoint(self.site, host), argvs, timeout=timeout)
 
     def drop(self, host: str) -> None:
         """Forget the host's connection (a hung one): the next command opens a new one."""

@@ -2,8 +2,10 @@
 
 One reading is the site's snapshot (each host's agents and transfer processes, each channel's
 state), each host's init-script status (which running agent serves), and each front end's role,
-epoch and database view, all read in parallel and bounded by `timeout_s`: a host that does not
-answer in time is reported unreachable, never waited for.
+epoch and database view: one SSH round trip per host, the hosts in parallel (at most
+`ssh.parallelism` at once), the whole bounded by `timeout_s`: a host that does not answer in
+time is reported unreachable, never waited for. A channel whose state could not be read on its
+host is left out of this reading (and said in `errors`); the next reading tries again.
 """
 
 from __future__ import annotations
@@ -18,11 +20,11 @@ from pydantic import BaseModel, Field
 from flows.plans.rolling_upgrade import parse_status
 from flows.plans.snapshot import HostSnapshot, SiteSnapshot
 from flows.plans.switch import FrontendState
-from tasks.adapters.ssh import SshError
-from tasks.frontend import read_frontend
+from tasks.adapters.ssh import CommandResult, SshError
+from tasks.frontend import frontend_state
 from tasks.outcome import now
 from tasks.remote import SiteShell
-from tasks.site_state import read_channel_state, snapshot_host
+from tasks.site_state import Query, channel_state, read_host, spread_channels
 
 
 class SensorReading(BaseModel):
@@ -41,6 +43,8 @@ class SensorReading(BaseModel):
 def read_sensors(shell: SiteShell, timeout_s: float = 20.0) -> SensorReading:
     """Read every sensor of the site once, within `timeout_s` (see the module docstring).
 
+    One SSH round trip per host (`read_host`): its snapshot, its init script's status, its
+    front end's state (a front-end host) and the states of a few channels (`spread_channels`).
     Each host is read on its own: a host that does not answer within the bound is reported
     unreachable, and only that host (a reading that waited for it would make every host look
     down to the alert rules).
@@ -48,31 +52,30 @@ def read_sensors(shell: SiteShell, timeout_s: float = 20.0) -> SensorReading:
     site = shell.site
     started = time.monotonic()
     deadline = started + timeout_s
-    fronts = site.frontend.hosts if site.frontend else []
+    fronts = set(site.frontend.hosts if site.frontend else [])
     hosts = [h.name for h in site.hosts]
+    assigned = spread_channels(site.channels, hosts)
 
     def left() -> float:
         return max(0.1, deadline - time.monotonic())
 
-    def states(host: str) -> dict[str, str]:
-        res = shell.run(host, "agents_status")
-        return {
-            s.agent: s.state or "running"
-            for s in parse_status(res.stdout, site.commands.agent_status_regex)
-        }
+    def one(host: str) -> tuple[HostSnapshot, list[CommandResult]]:
+        extra: list[Query] = [("agents_status", {})]
+        if host in fronts:
+            extra.append(("frontend_status", {}))
+        extra += [("channel_state", {"channel": c}) for c in assigned[host]]
+        return read_host(shell, host, extra)
 
     errors: list[str] = []
     reading = SensorReading(taken_at=now(), duration_s=0.0)
-    workers = min(32, 2 * len(hosts) + len(fronts) + len(site.channels))
-    ex = ThreadPoolExecutor(max_workers=max(1, workers))
+    channels: dict[str, str] = {}
+    ex = ThreadPoolExecutor(max_workers=max(1, min(site.ssh.parallelism, len(hosts))))
     try:
-        snap_fs = {h: ex.submit(snapshot_host, shell, h) for h in hosts}
-        state_fs = {h: ex.submit(states, h) for h in hosts}
-        front_fs = {h: ex.submit(read_frontend, shell, h) for h in fronts}
+        futures = {h: ex.submit(one, h) for h in hosts}
         snaps: list[HostSnapshot] = []
-        for host, f in snap_fs.items():
+        for host, f in futures.items():
             try:
-                snaps.append(f.result(timeout=left()))
+                snap, rest = f.result(timeout=left())
             except (FutureTimeout, SshError) as exc:
                 why = (
                     f"no answer within {timeout_s:g} s"
@@ -89,35 +92,35 @@ def read_sensors(shell: SiteShell, timeout_s: float = 20.0) -> SensorReading:
                         taken_at=now(),
                     )
                 )
-        readers = [s.host for s in snaps if s.reachable]
-        channel_fs = (
-            {c: ex.submit(read_channel_state, shell, readers[0], c) for c in site.channels}
-            if readers
-            else {}
-        )
-        channels: dict[str, str] = {}
-        for channel, cf in channel_fs.items():
-            try:
-                channels[channel] = cf.result(timeout=left())
-            except (FutureTimeout, SshError) as exc:
-                errors.append(f"channel {channel}: {type(exc).__name__}: {exc}")
+                continue
+            snaps.append(snap)
+            if not snap.reachable:
+                errors.append(f"{host}: {snap.error}")
+                if host in fronts:
+                    reading.frontends.append(
+                        FrontendState(host=host, reachable=False, error=snap.error)
+                    )
+                continue
+            status, *rest = rest
+            reading.agent_states[host] = {
+                s.agent: s.state or "running"
+                for s in parse_status(status.stdout, site.commands.agent_status_regex)
+            }
+            if host in fronts:
+                front, *rest = rest
+                reading.frontends.append(frontend_state(host, front))
+            for channel, res in zip(assigned[host], rest, strict=True):
+                try:
+                    channels[channel] = channel_state(site, host, channel, res)
+                except SshError as exc:
+                    errors.append(f"channel {channel}: {exc}")
         reading.snapshot = SiteSnapshot(
             site=site.site,
             taken_at=reading.taken_at,
             hosts=snaps,
-            channels=channels,
+            channels={c: channels[c] for c in site.channels if c in channels},
             duration_s=round(time.monotonic() - started, 3),
         )
-        for host, sf in state_fs.items():
-            try:
-                reading.agent_states[host] = sf.result(timeout=left())
-            except (FutureTimeout, SshError) as exc:
-                errors.append(f"{host}: agents_status: {type(exc).__name__}: {exc}")
-        for host, ff in front_fs.items():
-            try:
-                reading.frontends.append(ff.result(timeout=left()))
-            except FutureTimeout:
-                errors.append(f"{host}: frontend_status: no answer within {timeout_s:g} s")
     finally:
         # a host that hangs is not waited for: its thread ends with its SSH timeout
         ex.shutdown(wait=False, cancel_futures=True)

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from config.site import Site
 from flows.plans.snapshot import (
     AgentProcess,
     HostSnapshot,
@@ -23,7 +25,7 @@ from flows.plans.snapshot import (
     parse_processes,
 )
 from tasks import remote
-from tasks.adapters.ssh import PermanentSshError, SshError, TransientSshError
+from tasks.adapters.ssh import CommandResult, PermanentSshError, SshError, TransientSshError
 from tasks.outcome import now
 from tasks.remote import SiteShell
 
@@ -32,9 +34,11 @@ __all__ = [
     "HostSnapshot",
     "SiteSnapshot",
     "TransferProcess",
+    "channel_state",
     "parse_disabled",
     "parse_processes",
     "read_channel_state",
+    "read_host",
     "snapshot_host",
     "snapshot_site",
     "snapshot_site_task",
@@ -51,19 +55,32 @@ def _unreachable(host: str, exc: SshError) -> HostSnapshot:
     )
 
 
-def snapshot_host(shell: SiteShell, host: str) -> HostSnapshot:
-    """Read one host: its agents, transfers per channel and `.disabled` entries.
+#: a read-only command for `read_host`: a command-profile name with its values, or an argv
+Query = tuple[str, dict[str, str]] | list[str]
 
-    An SSH failure gives ``reachable=False`` with the error; a command that runs but fails (a
-    broken `ps`) raises `PermanentSshError`, since the snapshot would be wrong. A `.disabled` file
-    that exists but cannot be read is reported in ``disabled_error``, not taken as empty.
+
+def snapshot_host(shell: SiteShell, host: str) -> HostSnapshot:
+    """Read one host: its agents, transfers per channel and `.disabled` entries (`read_host`)."""
+    return read_host(shell, host)[0]
+
+
+def read_host(
+    shell: SiteShell, host: str, extra: Sequence[Query] = ()
+) -> tuple[HostSnapshot, list[CommandResult]]:
+    """Read one host's snapshot, and run `extra` read-only commands, in one SSH round trip.
+
+    An SSH failure gives ``reachable=False`` with the error (and no extra result); a command that
+    runs but fails (a broken `ps`) raises `PermanentSshError`, since the snapshot would be wrong.
+    A `.disabled` file that exists but cannot be read is reported in ``disabled_error``, not
+    taken as empty. The extra commands' results are returned as they are, in order.
     """
     site = shell.site
     try:
-        ps = shell.run(host, "list_processes")
-        disabled = shell.run_argv(host, site.commands.disabled_argv("read"))
+        ps, disabled, *rest = shell.run_many(
+            host, [("list_processes", {}), site.commands.disabled_argv("read"), *extra]
+        )
     except SshError as exc:  # could not reach or log in: that is part of the snapshot
-        return _unreachable(host, exc)
+        return _unreachable(host, exc), []
     if not ps.ok:
         raise PermanentSshError(
             f"{host}: `{ps.command}` failed (exit {ps.exit_code}): {ps.stderr.strip()[-200:]}; "
@@ -78,7 +95,7 @@ def snapshot_host(shell: SiteShell, host: str) -> HostSnapshot:
             f"{host}: cannot read {site.commands.disabled_file} (exit {disabled.exit_code}): "
             f"{(disabled.stderr or disabled.stdout).strip()[-200:] or 'no output'}"
         )
-    return HostSnapshot(
+    snap = HostSnapshot(
         host=host,
         reachable=True,
         agents=agents,
@@ -88,6 +105,7 @@ def snapshot_host(shell: SiteShell, host: str) -> HostSnapshot:
         disabled_error=disabled_error,
         taken_at=now(),
     )
+    return snap, rest
 
 
 def read_channel_state(shell: SiteShell, host: str, channel: str) -> str:
@@ -96,8 +114,17 @@ def read_channel_state(shell: SiteShell, host: str, channel: str) -> str:
     Raises:
         PermanentSshError: the command failed or printed no state.
     """
-    site = shell.site
-    res = shell.run(host, "channel_state", channel=channel)
+    return channel_state(
+        shell.site, host, channel, shell.run(host, "channel_state", channel=channel)
+    )
+
+
+def channel_state(site: Site, host: str, channel: str, res: CommandResult) -> str:
+    """A channel's state from what its `channel_state` command printed on `host`.
+
+    Raises:
+        PermanentSshError: the command failed or printed no state.
+    """
     m = re.search(site.commands.channel_state_regex, res.stdout)
     if not res.ok or m is None:
         raise PermanentSshError(
@@ -109,43 +136,74 @@ def read_channel_state(shell: SiteShell, host: str, channel: str) -> str:
     return m.group(1)
 
 
+def spread_channels(channels: Sequence[str], hosts: Sequence[str]) -> dict[str, list[str]]:
+    """Which host reads which channels' states: round-robin, so that each host's one round trip
+    carries a few and none carries them all."""
+    out: dict[str, list[str]] = {h: [] for h in hosts}
+    for i, channel in enumerate(channels):
+        if hosts:
+            out[hosts[i % len(hosts)]].append(channel)
+    return out
+
+
 def snapshot_site(shell: SiteShell, hosts: list[str] | None = None) -> SiteSnapshot:
     """Snapshot hosts in parallel (all by default) and read every channel's state once.
 
-    Each channel's state is read on the first reachable host that can read it; a channel no host
-    could read is left out of `channels` and its error is in `channel_errors` (all are left out
-    when no host can be reached).
+    One SSH round trip per host (`read_host`), at most `ssh.parallelism` hosts at once: each
+    host's carries its process table, its `.disabled` file and the states of a few channels
+    (`spread_channels`). A channel whose reading failed there (a host cut off from the database)
+    is read again on the other reachable hosts, one after the other; a channel no host could
+    read is left out of `channels` and its error is in `channel_errors` (all are left out when
+    no host can be reached).
     """
     site = shell.site
     started = time.monotonic()
     names = hosts or [h.name for h in site.hosts]
-    with ThreadPoolExecutor(max_workers=min(site.ssh.parallelism, len(names))) as ex:
-        snaps = list(ex.map(lambda h: snapshot_host(shell, h), names))
-    readers = [s.host for s in snaps if s.reachable]
+    assigned = spread_channels(site.channels, names)
     channels: dict[str, str] = {}
     errors: dict[str, str] = {}
+    retry: list[str] = []
+
+    def one(host: str) -> HostSnapshot:
+        mine = assigned[host]
+        snap, rest = read_host(shell, host, [("channel_state", {"channel": c}) for c in mine])
+        if not snap.reachable:
+            retry.extend(mine)
+        for channel, res in zip(mine, rest, strict=False):
+            try:
+                channels[channel] = channel_state(site, host, channel, res)
+            except SshError as exc:
+                errors[channel] = str(exc)
+                retry.append(channel)
+        return snap
+
+    with ThreadPoolExecutor(max_workers=min(site.ssh.parallelism, len(names))) as ex:
+        snaps = list(ex.map(one, names))
+    readers = [s.host for s in snaps if s.reachable]
 
     def read(channel: str) -> None:
-        # the first reachable host that can read it: a host cut off from the database cannot
+        # the other reachable hosts, one after the other: a host cut off from the database
+        # cannot read it
         first: SshError | None = None
         for host in readers:
             try:
                 channels[channel] = read_channel_state(shell, host, channel)
+                errors.pop(channel, None)
                 return
             except SshError as exc:
                 first = first or exc
         if first is not None:
             errors[channel] = str(first)
 
-    if readers and site.channels:
-        with ThreadPoolExecutor(max_workers=min(site.ssh.parallelism, len(site.channels))) as ex:
-            list(ex.map(read, site.channels))
+    if readers and retry:
+        with ThreadPoolExecutor(max_workers=min(site.ssh.parallelism, len(retry))) as ex:
+            list(ex.map(read, sorted(set(retry))))
     return SiteSnapshot(
         site=site.site,
         taken_at=now(),
         hosts=snaps,
         channels={c: channels[c] for c in site.channels if c in channels},
-        channel_errors={c: errors[c] for c in site.channels if c in errors},
+        channel_errors={c: errors[c] for c in site.channels if c in errors and c not in channels},
         duration_s=round(time.monotonic() - started, 3),
     )
 

@@ -332,6 +332,41 @@ def test_run_separates_exit_code_stdout_and_stderr(lab: Lab, pool: SshPool) -> N
     assert 0 <= result.duration_s < 5
 
 
+def test_a_batch_gives_each_command_its_own_result_in_one_session(lab: Lab, pool: SshPool) -> None:
+    marker = lab.base / "batch-pwned"
+    nasty = f"x; touch {marker} $(touch {marker})"
+    results = pool.run_many(
+        lab.a.endpoint,
+        [
+            "echo out; echo err >&2; exit 3",
+            ["printf", "%s", nasty],  # no final newline, and nothing in it runs
+            "cat",  # stdin is closed: EOF at once
+            "true",
+            "echo $SSH_CONNECTION; echo $PPID",
+            "echo $SSH_CONNECTION; echo $PPID",
+        ],
+    )
+    assert [(r.exit_code, r.stdout, r.stderr) for r in results[:4]] == [
+        (3, "out\n", "err\n"),
+        (0, nasty, ""),
+        (0, "", ""),
+        (0, "", ""),
+    ]
+    assert results[1].command == shell_command(["printf", "%s", nasty])
+    assert not marker.exists()
+    # one session: the same connection, the same shell around both subshells
+    assert results[4].stdout == results[5].stdout
+    assert len({r.duration_s for r in results}) == 1
+    # one command is a plain run
+    [one] = pool.run_many(lab.a.endpoint, [["echo", "alone"]])
+    assert (one.exit_code, one.stdout) == (0, "alone\n")
+
+
+def test_a_batch_cut_short_is_a_transient_error(lab: Lab, pool: SshPool) -> None:
+    with pytest.raises(TransientSshError, match="ended after 1"):
+        pool.run_many(lab.a.endpoint, ["echo first", "kill -KILL $$", "echo never"])
+
+
 def test_argv_words_arrive_verbatim_and_nothing_is_executed(lab: Lab, pool: SshPool) -> None:
     marker = lab.base / "pwned"
     nasty = f"a b 'c' \"d\"; touch {marker} $(touch {marker}) `touch {marker}` | & > <"

@@ -19,7 +19,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         backends = ("postgresql", "sqlite") if args.prefect_db == "both" else (args.prefect_db,)
         starts = ("forkserver", "spawn") if args.start == "both" else (args.start,)
-        result = bench_alert(rounds=args.rounds, backends=backends, starts=starts, progress=say)
+        runs_froms = ("gateway", "automations") if args.runs_from == "both" else (args.runs_from,)
+        result = bench_alert(
+            rounds=args.rounds,
+            backends=backends,
+            starts=starts,
+            runs_froms=runs_froms,
+            progress=say,
+        )
     elif args.bench_what == "faults":
         from infra.bench.faults import bench_faults
 
@@ -57,6 +64,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         result = bench_hagd(
             rounds=args.rounds, providers=args.providers, lab=not args.no_lab, progress=say
         )
+    elif args.bench_what == "scale":
+        from infra.bench.scale import bench_scale
+
+        result = bench_scale(rounds=args.rounds, sizes=(None, args.hosts), progress=say)
     elif args.bench_what == "clean-move":
         from infra.bench.clean_move import bench_clean_move
 
@@ -100,8 +111,15 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--start",
         choices=["both", "forkserver", "spawn"],
+        default="forkserver",
+        help="handover serve's start method for runs (default forkserver; both: side by side)",
+    )
+    p.add_argument(
+        "--runs-from",
+        choices=["both", "gateway", "automations"],
         default="both",
-        help="handover serve's start method for runs (default: both, side by side)",
+        help="who creates the run: the gateway, Prefect's automations (default: both, side "
+        "by side)",
     )
     p.add_argument("--json", action="store_true")
     p = bsub.add_parser(
@@ -144,6 +162,12 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--no-lab", action="store_true", help="skip the rounds on the lab (crash, takeover back)"
     )
+    p.add_argument("--json", action="store_true")
+    p = bsub.add_parser(
+        "scale", help="reading the site (snapshot, sensors) at 4 hosts and at 50, side by side"
+    )
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--hosts", type=int, default=50, help="the large lab's hosts (default 50)")
     p.add_argument("--json", action="store_true")
     p = bsub.add_parser(
         "detect", help="a crash to the service restored through Prometheus and Alertmanager"

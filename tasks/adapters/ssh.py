@@ -453,6 +453,41 @@ class SshPool:
             )
         return result
 
+    def run_many(
+        self,
+        endpoint: SshEndpoint,
+        commands: Sequence[CommandSpec],
+        *,
+        timeout: float | None = None,
+    ) -> list[CommandResult]:
+        """Run read-only commands on one host in one round trip (`tasks.adapters.ssh_batch`).
+
+        One session on the host instead of one per command: what a snapshot of many hosts
+        needs. The commands run one after the other, each in a subshell with its stdin closed.
+
+        Args:
+            endpoint: The host.
+            commands: Command lines or argvs, as in :meth:`run`.
+            timeout: Bound on the whole batch; defaults to ``settings.command_timeout``.
+
+        Returns:
+            Each command's result, in order (any exit code; each with the batch's duration).
+
+        Raises:
+            ValueError: No command, or a malformed one.
+            CommandTimeout, TransientSshError, PermanentSshError, HostKeyError: as for
+                :meth:`run`, for the batch as a whole (also when it ended before its last
+                command).
+        """
+        from tasks.adapters.ssh_batch import batch_script, new_nonce, split_batch
+
+        lines = [self._command_line(c) for c in commands]
+        if len(lines) == 1:
+            return [self.run(endpoint, lines[0], timeout=timeout)]
+        nonce = new_nonce()
+        whole = self.run(endpoint, ["sh", "-c", batch_script(lines, nonce)], timeout=timeout)
+        return split_batch(whole, lines, nonce)
+
     def fan_out(
         self,
         endpoints: Sequence[SshEndpoint],

@@ -1,0 +1,144 @@
+"""`handover bench scale`: what reading a site costs as it grows (issue: snapshots that scale).
+
+For the lab's own 4 hosts and a generated lab of 50 (`handover lab up --hosts 50`), each on a
+fresh bench lab, `rounds` times each, side by side in one run:
+
+* **snapshot, cold**: `snapshot_site` with a new SSH pool: every connection opened (up to the
+  site's `ssh.parallelism` at once), then one round trip per host;
+* **snapshot, warm**: the same with the connections already open (what a flow's later
+  snapshots and the exporter pay);
+* **one command per round trip, warm**: the same reads sent as separate commands (the way
+  snapshots were read before they were batched), for comparison;
+* **sensor reading, warm**: `read_sensors`, what `handover exporter` does every interval.
+
+It prints the median and the spread of each, and the 50-host / 4-host ratio of each median
+(the target: a snapshot of 50 hosts within 2x the 4-host one). The lab's hosts all run on this
+machine: every remote command (sshd, the shell, `ps`, the lab's Python init scripts) costs this
+machine's CPU too, so the ratio also says how far 2 cores carry 50 hosts.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from infra.bench.alert import spread
+from infra.lab.lab import Lab, derive_site_file
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+OCTET = 243
+
+
+def _separate_commands(shell: Any) -> None:
+    """The snapshot's reads, one command per round trip (for comparison only)."""
+    site = shell.site
+    names = [h.name for h in site.hosts]
+
+    def host(name: str) -> None:
+        shell.run(name, "list_processes")
+        shell.run_argv(name, site.commands.disabled_argv("read"))
+
+    with ThreadPoolExecutor(max_workers=min(site.ssh.parallelism, len(names))) as ex:
+        list(ex.map(host, names))
+    with ThreadPoolExecutor(max_workers=min(site.ssh.parallelism, len(site.channels))) as ex:
+        list(ex.map(lambda c: shell.run(names[0], "channel_state", channel=c), site.channels))
+
+
+def _measure(site_file: Path, hosts: int | None, rounds: int, say: Callable[[str], None]) -> Any:
+    from tasks.remote import SiteShell
+    from tasks.sensors import read_sensors
+    from tasks.site_state import snapshot_site
+
+    lab = Lab.from_file(site_file)
+    lab.up(hosts=hosts)
+    try:
+        site = lab.site
+        n = len(site.hosts)
+        say(f"{n} hosts: lab up; {rounds} rounds")
+
+        def timed(fn: Callable[[], Any]) -> float:
+            t0 = time.monotonic()
+            fn()
+            return time.monotonic() - t0
+
+        cold, warm, separate, sensors = [], [], [], []
+        for _ in range(rounds):
+            with SiteShell(site) as shell:
+                cold.append(timed(lambda: snapshot_site(shell)))
+        with SiteShell(site) as shell:
+            snap = snapshot_site(shell)
+            unreachable = [h.host for h in snap.hosts if not h.reachable]
+            if unreachable or len(snap.channels) != len(site.channels):
+                raise RuntimeError(
+                    f"the bench lab is not whole: unreachable {unreachable}, "
+                    f"channels read {sorted(snap.channels)}"
+                )
+            read_sensors(shell, 120)
+            for _ in range(rounds):
+                warm.append(timed(lambda: snapshot_site(shell)))
+                separate.append(timed(lambda: _separate_commands(shell)))
+                sensors.append(timed(lambda: read_sensors(shell, 120)))
+        row: dict[str, Any] = {
+            "hosts": n,
+            "channels": len(site.channels),
+            "parallelism": site.ssh.parallelism,
+            "snapshot_cold_s": spread(cold),
+            "snapshot_warm_s": spread(warm),
+            "separate_commands_warm_s": spread(separate),
+            "sensor_reading_warm_s": spread(sensors),
+        }
+        say(
+            f"{n} hosts: snapshot cold p50 {row['snapshot_cold_s']['p50']:.2f} s, warm "
+            f"{row['snapshot_warm_s']['p50']:.2f} s (one command per round trip "
+            f"{row['separate_commands_warm_s']['p50']:.2f} s), sensor reading "
+            f"{row['sensor_reading_warm_s']['p50']:.2f} s"
+        )
+        return row
+    finally:
+        lab.down()
+        lab.remove_state()
+
+
+def bench_scale(
+    *,
+    rounds: int = 5,
+    sizes: tuple[int | None, int | None] = (None, 50),
+    progress: Callable[[str], None] = lambda m: None,
+) -> dict[str, Any]:
+    """The figures (module docstring); `sizes`: the small lab (None: the site's own) and the
+    large one."""
+    tmp = Path(tempfile.mkdtemp(prefix="handover-bench-scale-"))
+    site_file = derive_site_file(
+        ROOT / "config" / "sites" / "lab.yaml",
+        tmp / "benchscale.yaml",
+        name="benchscale",
+        octet=OCTET,
+        db_port=20000 + OCTET,
+        state_dir=Path(f"/var/tmp/handover-lab/bench-scale-{os.getpid()}"),
+    )
+    small, large = (_measure(site_file, s, rounds, progress) for s in sizes)
+    keys = [k for k in small if k.endswith("_s")]
+    ratios = {k: round(large[k]["p50"] / small[k]["p50"], 2) for k in keys}
+    out: dict[str, Any] = {
+        "rounds": rounds,
+        "small": small,
+        "large": large,
+        "ratio_large_to_small": ratios,
+        "summary": [
+            f"reading the site, {small['hosts']} hosts vs {large['hosts']} (p50 over {rounds} "
+            f"rounds, min-max; ssh.parallelism {small['parallelism']}):",
+            *(
+                f"  {k.removesuffix('_s').replace('_', ' ')}: {small[k]['p50']:.2f} s "
+                f"({small[k]['min']:.2f}-{small[k]['max']:.2f}) vs {large[k]['p50']:.2f} s "
+                f"({large[k]['min']:.2f}-{large[k]['max']:.2f}), ratio {ratios[k]:.2f}"
+                for k in keys
+            ),
+        ],
+        "ok": True,
+    }
+    return out
