@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import os
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -71,6 +72,12 @@ def test_a_storm_of_identical_alerts_starts_exactly_one_run(lab: RunningLab, sta
     verdicts = Counter((status, a["alerts"][0]["result"]) for status, a in answers)
     assert verdicts == {(202, "new"): 1, (202, "attached"): 199}, verdicts
     run = wait_for(lambda: emergency_runs("fts101") or None, 30, "the emergency move to start")[0]
+    # the gateway created it (its answer names it) and the front end's switch beside it; its
+    # event is the incident's, which no automation expects
+    [new] = [a["alerts"][0] for _, a in answers if a["alerts"][0]["result"] == "new"]
+    assert new["runs"]["emergency-move"] == str(run.id) == new["run_id"], new
+    assert set(new["runs"]) == {"emergency-move", "switch"}, new
+    assert events("handover.gateway.host_down", stack.lab.site.site, "fts101")
     done = wait_for(lambda: final(run.id), 120, "the emergency move to finish")
     assert done.state is not None and done.state.is_completed(), done.state
     assert "case A" in (done.state.message or ""), done.state.message
@@ -110,7 +117,7 @@ def test_a_resolved_alert_starts_nothing(stack: Stack) -> None:
     assert status == 202 and answer["alerts"][0]["result"] == "ignored", answer
     # it did reach Prefect (so "nothing started" is the trigger's doing, not a lost event)
     wait_for(
-        lambda: events("handover.alert.recovered", stack.lab.site.site, "fts105") or None,
+        lambda: events("handover.gateway.recovered", stack.lab.site.site, "fts105") or None,
         30,
         "the recovered event in Prefect",
     )
@@ -126,6 +133,7 @@ def test_a_forged_alert_is_refused_and_starts_nothing(stack: Stack) -> None:
     stays(
         lambda: (
             not events("handover.alert.host_down", stack.lab.site.site, "fts105")
+            and not events("handover.gateway.host_down", stack.lab.site.site, "fts105")
             and emergency_runs("fts105") == []
         ),
         NOTHING_S,
@@ -340,3 +348,37 @@ def test_front_end_alerts_switch_once_and_a_flap_waits_for_a_human(
         assert alias_host(lab) == second, "a rejected switch changed the alias"
     finally:
         lab.lab.heal(second)
+
+
+def test_an_alert_event_from_elsewhere_starts_its_run_through_the_automation(
+    stack: Stack,
+) -> None:
+    """The automations stay as the backstop: a `handover.alert.*` event that reaches Prefect
+    without the gateway (a monitor of the site's own) starts the procedure, once."""
+    site = stack.lab.site
+    alert_id = str(uuid.uuid4())
+    event = {
+        "id": alert_id,
+        "occurred": dt.datetime.now(dt.UTC).isoformat(),
+        "event": "handover.alert.host_down",
+        "resource": {
+            "prefect.resource.id": f"handover.host.{site.site}.fts105",
+            "handover.site": site.site,
+            "handover.host": "fts105",
+            "handover.service": site.service.name,
+            "handover.frontend": "false",
+        },
+        "payload": {"source": "a site monitor", "summary": "fts105 down"},
+        "related": [],
+    }
+    with get_client(sync_client=True) as client:
+        client.request("POST", "/events", json=[event]).raise_for_status()
+
+    def mine() -> list[Any]:
+        return [r for r in emergency_runs("fts105") if r.parameters.get("alert_id") == alert_id]
+
+    [run] = wait_for(lambda: mine() or None, 60, "the automation's emergency move")
+    assert run.parameters["requested_by"] == "alert from a site monitor: fts105 down"
+    done = wait_for(lambda: final(run.id), 120, "the emergency move to end")
+    assert done.state is not None and done.state.is_completed(), done.state
+    stays(lambda: len(mine()) == 1, NOTHING_S, "one run for the event")

@@ -349,28 +349,33 @@ def test_an_alert_prefect_cannot_take_is_answered_503_and_not_kept() -> None:
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         dead = s.getsockname()[1]
-    decider = Decider(SITE)
-    book = Incidents(300)
-    app = create_app(
-        SITE, None, decider, AlertIntake(SITE, book, decider.record), AlertSecrets(SECRET)
-    )
-    body = generic(time=dt.datetime.now(dt.UTC).isoformat())
-    with temporary_settings({PREFECT_API_URL: f"http://127.0.0.1:{dead}/api"}):
-        with TestClient(app) as client:
-            for _ in range(2):
-                ts = int(time.time())
-                resp = client.post(
-                    "/alerts/webhook",
-                    content=body,
-                    headers={
-                        "X-Handover-Timestamp": str(ts),
-                        "X-Handover-Signature": sign(SECRET, ts, body),
-                    },
-                )
-                assert resp.status_code == 503, resp.text
-                assert "Prefect did not take the event" in resp.json()["error"]
-    assert book.open_incidents() == []
-    assert [e["status"] for e in decider.audit] == [503, 503]
+    from infra.gateway.starts import RunStarter
+
+    # the runs created by the gateway (the default) or by the automations from its event
+    for starter in (RunStarter(SITE), None):
+        decider = Decider(SITE)
+        book = Incidents(300)
+        intake = AlertIntake(SITE, book, decider.record, starter=starter)
+        app = create_app(SITE, None, decider, intake, AlertSecrets(SECRET))
+        body = generic(time=dt.datetime.now(dt.UTC).isoformat())
+        with temporary_settings({PREFECT_API_URL: f"http://127.0.0.1:{dead}/api"}):
+            with TestClient(app) as client:
+                for _ in range(2):
+                    ts = int(time.time())
+                    resp = client.post(
+                        "/alerts/webhook",
+                        content=body,
+                        headers={
+                            "X-Handover-Timestamp": str(ts),
+                            "X-Handover-Signature": sign(SECRET, ts, body),
+                        },
+                    )
+                    assert resp.status_code == 503, resp.text
+                    assert (
+                        "Prefect did not start the runs or take the event" in (resp.json()["error"])
+                    )
+        assert book.open_incidents() == []
+        assert [e["status"] for e in decider.audit] == [503, 503]
 
 
 def test_the_gateway_counts_what_it_answered_for_prometheus() -> None:

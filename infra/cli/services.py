@@ -78,7 +78,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
                 f"gateway for {args.site} on http://{args.host}:{args.port} "
                 "(POST /slack/interactions, /alerts/webhook, /alerts/alertmanager; GET /healthz)"
             )
-            serve_http(args.site, args.host, args.port)
+            serve_http(args.site, args.host, args.port, args.runs_from)
     except GatewayError as exc:
         err.print(f"[red]gateway:[/red] {exc}")
         return 1
@@ -178,6 +178,13 @@ def register(sub: Any) -> None:
         "--socket-mode",
         action="store_true",
         help="receive interactions over Slack's Socket Mode instead of HTTP",
+    )
+    p.add_argument(
+        "--runs-from",
+        choices=["gateway", "automations"],
+        default="gateway",
+        help="who creates an incident's runs: the gateway itself (default, faster), or "
+        "Prefect's automations from the incident's event",
     )
     p.set_defaults(func=cmd_gateway)
 

@@ -284,8 +284,15 @@ def parse_alertmanager(
 
 
 def event_name(alert: Alert) -> str:
-    """``handover.alert.host_down`` and the like."""
+    """``handover.alert.host_down`` and the like: what the deployments' triggers expect."""
     return f"handover.alert.{alert.kind}"
+
+
+def gateway_event_name(alert: Alert) -> str:
+    """``handover.gateway.host_down`` and the like: the event of an alert whose runs (if any)
+    the gateway decided and created itself (no trigger expects it, so no automation starts a
+    run again, nor one the site's `alerts.procedures` left out)."""
+    return f"handover.gateway.{alert.kind}"
 
 
 def event_resource(alert: Alert, frontend_hosts: frozenset[str] = frozenset()) -> dict[str, str]:

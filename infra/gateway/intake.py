@@ -1,10 +1,14 @@
-"""Alerts to Prefect: send an incident's event, find the run it started, and note on that run
-(its log and its Slack thread) every alert attached to it afterwards.
+"""Alerts to Prefect: start an incident's runs, send its event, find the run it started, and note
+on that run (its log and its Slack thread) every alert attached to it afterwards.
 
-The event goes to the Prefect API (``POST /api/events``, what `emit_event` sends over its
-websocket) and is acknowledged: when Prefect cannot take it, the gateway answers 503, the
-incident is dropped and the sender retries (the hooks spool), so an alert is never acknowledged
-and lost.
+With a `RunStarter` (the default of `handover gateway`) the gateway creates the incident's runs
+itself, as the deployments' triggers would (`infra.gateway.starts`), and its events are
+``handover.gateway.<kind>``; without one, they are ``handover.alert.<kind>`` and Prefect's
+automations start the runs. The event goes to the Prefect API (``POST /api/events``, what
+`emit_event` sends over its websocket) and is acknowledged: when Prefect cannot create the runs
+or take the event, the gateway answers 503, the incident is dropped and the sender retries (the
+hooks spool), so an alert is never acknowledged and lost (and a retry creates no second run:
+the runs' idempotency keys).
 """
 
 from __future__ import annotations
@@ -18,8 +22,9 @@ from typing import Any
 
 from config.site import Site
 from flows.notify import esc, thread_variable
-from infra.gateway.alerts import Alert, event_name, event_resource
+from infra.gateway.alerts import Alert, event_name, event_resource, gateway_event_name
 from infra.gateway.incidents import Incident, Incidents
+from infra.gateway.starts import RunStarter
 from tasks.probe import sshd_greets
 
 log = logging.getLogger("handover.gateway.alerts")
@@ -38,6 +43,8 @@ class AlertIntake:
         incidents: the incident book.
         audit: writes one audit entry (the gateway's JSON audit log).
         slack_post: posts ``(channel, thread_ts, text)`` to Slack, or None without Slack.
+        starter: creates a new incident's runs (None: Prefect's automations start them from
+            the event).
     """
 
     def __init__(
@@ -46,8 +53,10 @@ class AlertIntake:
         incidents: Incidents,
         audit: Callable[..., None],
         slack_post: Callable[[str, str, str], None] | None = None,
+        starter: RunStarter | None = None,
     ) -> None:
         self.site = site
+        self.starter = starter
         self.incidents = incidents
         self.audit = audit
         self.slack_post = slack_post
@@ -83,13 +92,23 @@ class AlertIntake:
             answer["incident"] = str(inc.event_id)
             answer["run_id"] = inc.run_id
         fe = self.site.frontend
-        ev = _event(
+        ev = alert_event(
             alert,
             inc if verdict == "new" else None,
             attached=verdict == "attached",
             frontend_hosts=frozenset(fe.hosts if fe else ()),
         )
         try:
+            if self.starter is not None and verdict != "attached":
+                # the gateway decides what starts: its events are ones no trigger expects
+                trigger_event = dict(ev)
+                ev["event"] = gateway_event_name(alert)
+            if verdict == "new" and self.starter is not None:
+                assert inc is not None
+                created = await self.starter.start(client, trigger_event)
+                answer["runs"] = {dep: run for dep, run in created}
+                inc.run_id = answer["runs"].get(inc.procedure, inc.run_id)
+                answer["run_id"] = inc.run_id
             resp = await client.request("POST", "/events", json=[ev])
             resp.raise_for_status()
             answer["event_id"] = ev["id"]
@@ -97,7 +116,9 @@ class AlertIntake:
             if verdict == "new":
                 assert inc is not None
                 self.incidents.forget(inc)
-                raise PrefectUnavailable(f"Prefect did not take the event: {exc}") from exc
+                raise PrefectUnavailable(
+                    f"Prefect did not start the runs or take the event: {exc}"
+                ) from exc
             # attached or a recovery: already noted on its incident; the event is the audit trail
             log.warning("could not send the %s event of an alert: %s", verdict, exc)
         if verdict == "new":
@@ -224,7 +245,7 @@ class AlertIntake:
         self._slack_noted_at[inc.run_id] = mono
 
 
-def _event(
+def alert_event(
     alert: Alert,
     inc: Incident | None,
     *,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Literal
 
 from config.loader import load_site
 from config.site import SecretError, SecretRef, Site
@@ -12,6 +12,7 @@ from infra.gateway.app import AlertSecrets
 from infra.gateway.decide import Decider
 from infra.gateway.incidents import Incidents
 from infra.gateway.intake import AlertIntake
+from infra.gateway.starts import RunStarter
 
 
 class GatewayError(RuntimeError):
@@ -83,8 +84,17 @@ def build(site_file: str) -> tuple[Site, Decider, str | None]:
     return site, Decider(site, group_members=members, seal_key=key), secret
 
 
-def build_intake(site: Site, decider: Decider) -> tuple[AlertIntake, AlertSecrets] | None:
-    """The alert intake and its resolved credentials (None when the site takes no alerts)."""
+RunsFrom = Literal["gateway", "automations"]
+
+
+def build_intake(
+    site: Site, decider: Decider, runs_from: RunsFrom = "gateway"
+) -> tuple[AlertIntake, AlertSecrets] | None:
+    """The alert intake and its resolved credentials (None when the site takes no alerts).
+
+    `runs_from`: ``gateway`` creates a new incident's runs itself (`infra.gateway.starts`);
+    ``automations`` leaves them to Prefect's automations (the event starts them).
+    """
     cfg = site.alerts
     if cfg is None:
         return None
@@ -125,18 +135,21 @@ def build_intake(site: Site, decider: Decider) -> tuple[AlertIntake, AlertSecret
             def post(channel: str, thread_ts: str, text: str) -> None:
                 client.chat_postMessage(channel=channel, thread_ts=thread_ts, text=text)
 
-    intake = AlertIntake(site, Incidents(cfg.dedup_window_s), decider.record, post)
+    starter = RunStarter(site) if runs_from == "gateway" else None
+    intake = AlertIntake(site, Incidents(cfg.dedup_window_s), decider.record, post, starter)
     return intake, secrets
 
 
-def serve_http(site_file: str, host: str = "127.0.0.1", port: int = 8787) -> None:
+def serve_http(
+    site_file: str, host: str = "127.0.0.1", port: int = 8787, runs_from: RunsFrom = "gateway"
+) -> None:
     """Serve `POST /slack/interactions`, `POST /alerts/*` and `GET /healthz` until interrupted."""
     import uvicorn
 
     from infra.gateway.app import create_app
 
     site, decider, secret = build(site_file)
-    built = build_intake(site, decider)
+    built = build_intake(site, decider, runs_from)
     intake, alert_secrets = built if built else (None, None)
     _log_to_stderr()
     app = create_app(site, secret, decider, intake, alert_secrets)

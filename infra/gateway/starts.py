@@ -1,0 +1,144 @@
+"""The runs an incident starts, created by the gateway itself, exactly as the automations would.
+
+An alert that opens an incident used to reach its procedure through Prefect's automations: the
+gateway sent the event, a deployment trigger matched it, and the run-deployment action created the
+run. Each of those hops costs time (on SQLite, the action loses a write race with its trigger and
+retries after 2 s). The gateway now creates the runs itself, from the very triggers of
+`deployments/prefect.yaml` as `handover serve` binds them to the site (`infra.serve.site_triggers`):
+an event is matched the way Prefect matches it (the event name against `expect`, the resource
+against `match`, with Prefect's own `ResourceSpecification`), and each matching trigger's
+`parameters` are rendered from the event with Jinja, as Prefect renders them. So the decision
+has one source, the deployments file.
+
+Each run is created with an idempotency key derived from the incident's event id (itself derived
+from the alert's identity): the same alert through a retried request, or through two gateways at
+once, creates one run per deployment, and Prefect answers the existing run to the second
+creation. The gateway's own events are then ``handover.gateway.<kind>`` (the feed keeps them; no
+trigger expects them); ``handover.alert.<kind>`` events that reach Prefect another way still
+start their procedures through the automations, which stay as the backstop.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from config.site import Site
+
+log = logging.getLogger("handover.gateway.starts")
+
+
+@dataclass(frozen=True)
+class Start:
+    """One run to create: the deployment's name and the run's parameters."""
+
+    deployment: str
+    parameters: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Trigger:
+    deployment: str
+    expect: frozenset[str]
+    match: Any  # prefect.events.schemas.events.ResourceSpecification
+    parameters: dict[str, Any]
+
+
+def triggers(site: Site, path: Path | None = None) -> list[_Trigger]:
+    """Every deployment trigger of the deployments file, bound to `site` as `handover serve`
+    binds them (`infra.serve.site_triggers`)."""
+    from infra.serve import DEPLOYMENTS_FILE, read_deployments, site_triggers
+
+    out = []
+    for d in read_deployments(path or DEPLOYMENTS_FILE):
+        for t in site_triggers(d["name"], d.get("triggers") or [], site):
+            out.append(
+                _Trigger(
+                    deployment=d["name"],
+                    expect=frozenset(t.expect),
+                    match=t.match,
+                    parameters=dict(t.parameters or {}),
+                )
+            )
+    return out
+
+
+@cache
+def _jinja() -> Any:
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    return ImmutableSandboxedEnvironment(autoescape=False)
+
+
+def _render(value: Any, event: dict[str, Any]) -> Any:
+    if isinstance(value, str) and "{{" in value:
+        return _jinja().from_string(value).render(event=event)
+    if isinstance(value, dict):
+        return {k: _render(v, event) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_render(v, event) for v in value]
+    return value
+
+
+def _expected(name: str, expect: frozenset[str]) -> bool:
+    return any(name == e or (e.endswith("*") and name.startswith(e[:-1])) for e in expect)
+
+
+def starts_for(event: dict[str, Any], rules: list[_Trigger]) -> list[Start]:
+    """The runs the automations would start for `event` (a Prefect event as the gateway sends
+    it: ``event``, ``id``, ``resource``, ``payload``), one per matching trigger."""
+    from prefect.events.schemas.events import Resource
+
+    resource = Resource(root=event["resource"])
+    return [
+        Start(deployment=t.deployment, parameters=_render(t.parameters, event))
+        for t in rules
+        if _expected(event["event"], t.expect) and t.match.matches(resource)
+    ]
+
+
+def idempotency_key(event_id: str, deployment: str) -> str:
+    """The key of the run a deployment gets for an incident (the same for every gateway)."""
+    return f"handover incident {event_id} {deployment}"
+
+
+class RunStarter:
+    """Creates an incident's runs through the Prefect API (deployment ids looked up once)."""
+
+    def __init__(self, site: Site, path: Path | None = None) -> None:
+        self.rules = triggers(site, path)
+        self._ids: dict[str, Any] = {}
+
+    async def deployment_id(self, client: Any, name: str) -> Any:
+        """The id of the deployment called `name` (the served ones are unique by name)."""
+        if name not in self._ids:
+            from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+
+            found = await client.read_deployments(
+                deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[name]))
+            )
+            if not found:
+                raise LookupError(f"no deployment {name!r}: is `handover serve` running?")
+            self._ids[name] = found[0].id
+        return self._ids[name]
+
+    async def start(self, client: Any, event: dict[str, Any]) -> list[tuple[str, str]]:
+        """Create the event's runs; (deployment, run id) for each, in trigger order.
+
+        Raises:
+            Exception: the Prefect API did not create a run (the caller answers 503; a retry
+                creates no second run: the idempotency key).
+        """
+        created = []
+        for s in starts_for(event, self.rules):
+            dep_id = await self.deployment_id(client, s.deployment)
+            run = await client.create_flow_run_from_deployment(
+                dep_id,
+                parameters=s.parameters,
+                idempotency_key=idempotency_key(event["id"], s.deployment),
+            )
+            created.append((s.deployment, str(run.id)))
+        return created

@@ -1,0 +1,68 @@
+"""The runs an incident starts, decided from deployments/prefect.yaml's triggers as Prefect's
+automations decide (pure: no Prefect server; `tests/test_alert_runs.py` creates them for real)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from config.loader import load_site
+from infra.gateway.alerts import event_id, parse_generic
+from infra.gateway.incidents import Incidents
+from infra.gateway.intake import alert_event
+from infra.gateway.starts import idempotency_key, starts_for, triggers
+from tests.test_alerts import generic
+
+SITE = load_site(Path(__file__).resolve().parent.parent / "config/sites/lab.yaml")
+RULES = triggers(SITE)
+FRONTS = frozenset(SITE.frontend.hosts if SITE.frontend else ())
+
+
+def starts(host: str, kind: str, **over: str) -> dict[str, dict[str, object]]:
+    alert = parse_generic(SITE, generic(host=host, kind=kind, **over))
+    inc = Incidents(300).admit(alert, "emergency-move")[1]
+    event = alert_event(alert, inc, attached=False, frontend_hosts=FRONTS)
+    return {s.deployment: s.parameters for s in starts_for(event, RULES)}
+
+
+def test_an_agent_host_down_starts_its_emergency_move_with_the_triggers_parameters() -> None:
+    alert = parse_generic(SITE, generic(host="fts105", kind="host_down"))
+    assert starts("fts105", "host_down") == {
+        "emergency-move": {
+            "host": "fts105",
+            "alert_id": str(event_id(alert)),
+            "requested_by": "alert from webhook: fts101 does not answer",
+        }
+    }
+
+
+def test_a_front_end_host_down_starts_the_move_and_the_switch() -> None:
+    started = starts("fts101", "host_down")
+    assert set(started) == {"emergency-move", "switch"}
+    assert started["switch"]["failed_host"] == "fts101"
+    assert starts("fts101", "frontend_down").keys() == {"switch"}
+    assert starts("fts101", "resource_failed").keys() == {"emergency-move"}
+
+
+def test_what_starts_nothing_starts_nothing() -> None:
+    assert starts("fts101", "recovered") == {}
+    assert starts("fts101", "ha_event") == {}
+    assert starts("fts105", "frontend_down") == {}  # not a front end
+
+
+def test_another_sites_event_starts_nothing_here() -> None:
+    alert = parse_generic(SITE, generic(host="fts101", kind="host_down"))
+    inc = Incidents(300).admit(alert, "emergency-move")[1]
+    event = alert_event(alert, inc, attached=False, frontend_hosts=FRONTS)
+    event["resource"] = {**event["resource"], "handover.site": "elsewhere"}
+    assert starts_for(event, RULES) == []
+
+
+def test_the_key_is_the_incidents_so_two_gateways_create_one_run() -> None:
+    a = parse_generic(SITE, generic(host="fts105", kind="host_down"))
+    # two gateways, each with its own book, admit the same alert: the same event id, the same key
+    e1 = alert_event(a, Incidents(300).admit(a, "emergency-move")[1], attached=False)
+    e2 = alert_event(a, Incidents(300).admit(a, "emergency-move")[1], attached=False)
+    assert idempotency_key(e1["id"], "emergency-move") == idempotency_key(
+        e2["id"], "emergency-move"
+    )
+    assert idempotency_key(e1["id"], "switch") != idempotency_key(e1["id"], "emergency-move")
