@@ -77,7 +77,11 @@ def test_a_storm_of_identical_alerts_starts_exactly_one_run(lab: RunningLab, sta
     [new] = [a["alerts"][0] for _, a in answers if a["alerts"][0]["result"] == "new"]
     assert new["runs"]["emergency-move"] == str(run.id) == new["run_id"], new
     assert set(new["runs"]) == {"emergency-move", "switch"}, new
-    assert events("handover.gateway.host_down", stack.lab.site.site, "fts101")
+    wait_for(
+        lambda: events("handover.gateway.host_down", stack.lab.site.site, "fts101") or None,
+        30,
+        "the incident's event in Prefect",
+    )
     done = wait_for(lambda: final(run.id), 120, "the emergency move to finish")
     assert done.state is not None and done.state.is_completed(), done.state
     assert "case A" in (done.state.message or ""), done.state.message
