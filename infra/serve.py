@@ -232,7 +232,7 @@ def allow_site_dir(site_file: str) -> None:
 def serve_all(
     site_file: str,
     *,
-    poll_s: float = 1.0,
+    poll_s: float = 0.5,
     limit: int | None = None,
     start: StartMethod = "forkserver",
 ) -> None:

@@ -2,8 +2,9 @@
 
 A bench lab (its own addresses, port and state directory) and a temporary Prefect server (its own
 SQLite database, so an operator's deployments are never replaced) are started, then
-`handover serve` (1 s poll) and `handover gateway` as real processes. Each round sends one signed
-alert for the host that runs the agents and measures, from the moment the alert is sent:
+`handover serve` (its default 0.5 s poll) and `handover gateway` as real processes. Each round
+sends one signed alert for the host that runs the agents and measures, from the moment the
+alert is sent:
 
 * **run created**, **flow start**: the emergency-move run's creation and start times as Prefect
   records them (the gateway, the run's creation, the served process picking the run up);
@@ -11,7 +12,9 @@ alert for the host that runs the agents and measures, from the moment the alert 
   records it (the flow's probe, snapshot and case-A work added).
 
 Rounds alternate between fts101 and fts102 (each move puts the agents on the other host), with
-the site's dedup window set to 1 s so that each round is a new incident. Medians and p95.
+the site's dedup window set to 1 s so that each round is a new incident. Medians and p95 over
+`rounds` alerts, after a first alert right after `handover serve` and the gateway started, which
+is reported apart (on SQLite serve's own start-up writes can still hold the database then).
 Targets for the default mode: flow start p50 <= 1.2 s and p95 <= 2 s.
 
 Each database's rounds run once per mode, on the same server one after the other: who creates
@@ -86,7 +89,7 @@ class ServeAndGateway:
         """Start both and wait until the gateway answers and the trigger is registered."""
         site = str(self.site_file)
         for argv in (
-            ["serve", "--site", site, "--poll-interval", "1", "--start", self.start_method],
+            ["serve", "--site", site, "--start", self.start_method],
             ["gateway", "--site", site, "--port", str(self.port), "--runs-from", self.runs_from],
         ):
             out: Any = subprocess.DEVNULL
@@ -268,13 +271,16 @@ def _backend_rounds(
             stack.start()
             got = samples.setdefault(mode, [])
             try:
-                for i in range(rounds):
+                # round 0: the first alert after serve and the gateway started, reported apart
+                # (serve's own start-up writes still contend with the run's creation on SQLite)
+                for i in range(rounds + 1):
                     # the agents alternate: whichever host runs them now is the one that fails
                     host = _host_serving(lab)
                     s = _round(lab, stack, host, secret.encode(), alert_body, post_alert)
+                    s["first_after_start"] = i == 0
                     got.append(s)
                     progress(
-                        f"{backend} {mode} round {i + 1}/{rounds}: {host} down -> run started "
+                        f"{backend} {mode} round {i}/{rounds}: {host} down -> run started "
                         f"{s['flow_start_s']:.2f} s (run created {s['run_created_s']:.2f} s), "
                         f"first agent serving {s['first_serving_s']:.2f} s"
                     )
@@ -291,7 +297,9 @@ def _host_serving(lab: Lab) -> str:
     raise RuntimeError("no agent serves on fts101 or fts102: the bench lab is not as expected")
 
 
-def _figures(samples: list[dict[str, Any]]) -> dict[str, Any]:
+def _figures(all_samples: list[dict[str, Any]]) -> dict[str, Any]:
+    samples = [s for s in all_samples if not s.get("first_after_start")]
+
     def stats(key: str) -> dict[str, float]:
         values = [s[key] for s in samples]
         return {
@@ -304,6 +312,7 @@ def _figures(samples: list[dict[str, Any]]) -> dict[str, Any]:
         "run_created_s": stats("run_created_s"),
         "flow_start_s": stats("flow_start_s"),
         "first_agent_serving_s": stats("first_serving_s"),
+        "first_after_start": next((s for s in all_samples if s.get("first_after_start")), None),
         "samples": samples,
     }
     fs = out["flow_start_s"]
@@ -383,23 +392,39 @@ def bench_alert(
                 f"(max {fs['max']:.2f}; {verdict} the targets)",
                 f"    alert -> first agent serving:  p50 {fa['p50']:.2f} s, p95 {fa['p95']:.2f} s",
             ]
+            first = f["first_after_start"]
+            if first is not None:
+                out["summary"].append(
+                    f"    (the first alert after the start, not counted: run created "
+                    f"{first['run_created_s']:.2f} s, flow run started "
+                    f"{first['flow_start_s']:.2f} s)"
+                )
         for what, ratio in out[b]["flow_start_p50_ratios"].items():
             out["summary"].append(f"  on {b}: flow start p50, {what} = {ratio:.2f}")
     return out
 
 
-def final_run_of_alert(event: str, deadline: float) -> Any:
-    """The flow run an alert's event started, once it is final (re-read in full), or None by
-    `deadline` (`time.monotonic`)."""
+def final_run_of_alert(event: str, deadline: float, deployment: str) -> Any:
+    """The run of `deployment` an alert started, once it is final (re-read in full), or None
+    by `deadline` (`time.monotonic`). (A front-end host's alert starts two: the emergency move
+    and the switch.)"""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterName,
+        FlowRunFilter,
+        FlowRunFilterId,
+    )
     from prefect.client.schemas.sorting import FlowRunSort
 
+    only = DeploymentFilter(name=DeploymentFilterName(any_=[deployment]))
     with get_client(sync_client=True) as client:
         while time.monotonic() < deadline:
             runs = [
                 r
-                for r in client.read_flow_runs(limit=20, sort=FlowRunSort.EXPECTED_START_TIME_DESC)
+                for r in client.read_flow_runs(
+                    deployment_filter=only, limit=20, sort=FlowRunSort.EXPECTED_START_TIME_DESC
+                )
                 if r.parameters.get("alert_id") == event
             ]
             if runs and runs[0].state and runs[0].state.is_final():
@@ -443,7 +468,7 @@ def _round(
     if first_serving is None:
         raise RuntimeError(f"no agent of {host} served on {other} within 60 s")
     event = answer["alerts"][0]["event_id"]
-    run = final_run_of_alert(event, deadline)
+    run = final_run_of_alert(event, deadline, "emergency-move")
     if run is None or run.start_time is None:
         raise RuntimeError(f"the run of alert {event} did not finish within 60 s")
     assert run.start_time is not None

@@ -122,7 +122,7 @@ def _failover_round(lab: Lab, stack: ServeAndGateway, secret: bytes, ttl: int) -
     if alias_s is None:
         raise RuntimeError(f"the alias did not move to {other} within 120 s")
     event = answer["alerts"][0]["event_id"]
-    run = final_run_of_alert(event, deadline)
+    run = final_run_of_alert(event, deadline, "switch")
     if run is None or run.start_time is None or not (run.state and run.state.is_completed()):
         raise RuntimeError(f"the switch of alert {event} did not complete: {run and run.state}")
     flow_start = run.start_time.timestamp() - sent_wall

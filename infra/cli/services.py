@@ -139,8 +139,9 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--poll-interval",
         type=float,
-        default=1.0,
-        help="seconds between checks for runs to start (default 1)",
+        default=0.5,
+        help="seconds between checks for runs to start (default 0.5: an alert's run waits "
+        "for the next check)",
     )
     p.add_argument("--limit", type=int, default=None, help="at most this many runs at once")
     p.add_argument(

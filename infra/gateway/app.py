@@ -121,6 +121,10 @@ def create_app(
 
         async with get_client() as client:
             state["client"] = client
+            if intake.starter is not None:
+                # bounded: a Prefect API that is down must not hold the gateway's start
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(intake.starter.warm(client), 5)
             task = asyncio.create_task(intake.run_forever(get_client))
             try:
                 yield

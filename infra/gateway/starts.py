@@ -125,6 +125,15 @@ class RunStarter:
             self._ids[name] = found[0].id
         return self._ids[name]
 
+    async def warm(self, client: Any) -> None:
+        """Look every triggered deployment up now (at the gateway's start), so that the first
+        alert only creates its runs; one not served yet is looked up at its first alert."""
+        for name in sorted({t.deployment for t in self.rules}):
+            try:
+                await self.deployment_id(client, name)
+            except Exception as exc:  # noqa: BLE001 - looked up again when an alert needs it
+                log.info("deployment %s not looked up yet: %s", name, exc)
+
     async def start(self, client: Any, event: dict[str, Any]) -> list[tuple[str, str]]:
         """Create the event's runs; (deployment, run id) for each, in trigger order.
 
