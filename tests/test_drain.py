@@ -47,6 +47,13 @@ class ScriptedShell:
     def run_argv(self, host: str, argv: list[str], **kw: Any) -> CommandResult:
         return self._result("cat .disabled", 0, "")
 
+    def run_many(self, host: str, commands: list[Any], **kw: Any) -> list[CommandResult]:
+        """As `SiteShell.run_many`: each a profile command with its values, or an argv."""
+        return [
+            self.run_argv(host, c) if isinstance(c, list) else self.run(host, c[0], **c[1])
+            for c in commands
+        ]
+
 
 def _monitor(shell: ScriptedShell) -> DrainMonitor:
     return DrainMonitor(shell, "fts101", ["CERN-RAL"], 0.01, threading.Event())  # type: ignore[arg-type]
