@@ -54,9 +54,12 @@ def inject(lab: Lab, host: str, kind: str) -> str:
         done = f"{host}: sshd killed; the host and its agents keep running"
     elif kind == "frozen":
         # a signal takes effect when the process next runs: on a busy machine, a moment later;
-        # the fault holds when this returns (a process forked meanwhile is stopped too)
+        # the fault holds when this returns (a process forked meanwhile is stopped too); a
+        # zombie (Z, its parent stopped before it reaped it) or a dying process (X) runs no more
         def running() -> list[str]:
-            left = [p for p in lab.host_processes(rec).get(host, []) if p.state != "T"]
+            left = [
+                p for p in lab.host_processes(rec).get(host, []) if p.state not in ("T", "Z", "X")
+            ]
             signal_all(left, signal.SIGSTOP)
             return [f"{p.pid} {p.title}" for p in left]
 
