@@ -1,4 +1,5 @@
-"""A local Prefect server on its embedded SQLite, for the demo and for operators trying handover.
+"""A local Prefect server: on its embedded SQLite for the demo and for operators trying handover,
+or on PostgreSQL (`infra/prefect_db.py`) for a site that runs handover on several machines.
 
 `ensure_server()` reuses a server already answering at the address, or starts one in the
 background (state under /var/tmp/handover-prefect) and waits, with a bound, until it is healthy.
@@ -25,6 +26,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Literal
 
 HOME = Path(os.environ.get("HANDOVER_PREFECT_HOME", "/var/tmp/handover-prefect"))
 DEFAULT_HOST = "127.0.0.1"
@@ -122,24 +124,53 @@ def ensure_server(
     port: int = DEFAULT_PORT,
     timeout: float = 120.0,
     home: Path = HOME,
+    *,
+    db: Literal["sqlite", "postgresql"] = "sqlite",
+    db_url: str | None = None,
+    pg_port: int | None = None,
 ) -> tuple[str, bool]:
     """Make sure a local server answers; returns (API URL, whether this call started it).
 
     The server requires authentication (Prefect's ``PREFECT_SERVER_API_AUTH_STRING``) with the
     string kept in `home`; this process (and what it starts) sends it
     (``PREFECT_API_AUTH_STRING``), so call this before Prefect reads its settings.
+
+    Args:
+        host: the address it listens on.
+        port: its port.
+        timeout: how long to wait until it is healthy.
+        home: its home (state, log, auth string, PID; the SQLite file or PostgreSQL cluster).
+        db: `sqlite` (the embedded default, for the demo and one machine) or `postgresql`.
+        db_url: with `postgresql`, a database run elsewhere; without it, handover starts a
+            PostgreSQL of its own in `home` (`infra.prefect_db.ServerDatabase`).
+        pg_port: the port of that PostgreSQL (default `prefect_db.DEFAULT_PG_PORT`).
+
+    Raises:
+        RuntimeError: the server did not become healthy (its log's tail in the message).
+        infra.prefect_db.ServerDbError: the database could not be set up.
     """
+    from infra import prefect_db
+
     url = api_url(host, port)
     auth = api_auth(home)
     os.environ["PREFECT_API_AUTH_STRING"] = auth
     if healthy(url):
         return url, False
-    proc = spawn(
-        home,
-        host,
-        port,
-        {"PREFECT_UI_ENABLED": "true", "PREFECT_SERVER_API_AUTH_STRING": auth},
-    )
+    extra = {"PREFECT_UI_ENABLED": "true", "PREFECT_SERVER_API_AUTH_STRING": auth}
+    if db == "postgresql":
+        if db_url:
+            conn = prefect_db.check_url(db_url)
+        else:
+            conn = prefect_db.ServerDatabase(home, pg_port or prefect_db.DEFAULT_PG_PORT).start()
+        extra["PREFECT_API_DATABASE_CONNECTION_URL"] = conn
+        record = prefect_db.redact(conn)
+    elif db_url:
+        raise prefect_db.ServerDbError("--db-url goes with --db postgresql")
+    else:
+        record = f"sqlite {home / 'prefect.db'}"
+    home.mkdir(parents=True, exist_ok=True)
+    (home / prefect_db.DB_RECORD).write_text(record + "\n")
+    proc = spawn(home, host, port, extra)
     (home / "server.pid").write_text(f"{proc.pid}\n")
     wait_healthy(url, proc, home, timeout)
     return url, True
@@ -169,6 +200,26 @@ def stop_server(home: Path = HOME) -> bool:
             os.killpg(pid, signal.SIGKILL)
     pid_file.unlink(missing_ok=True)
     return True
+
+
+def database_of(home: Path = HOME) -> str | None:
+    """The database the server last started from `home` uses (`sqlite PATH` or `postgresql
+    URL` without its password), or None."""
+    from infra.prefect_db import DB_RECORD
+
+    try:
+        return (home / DB_RECORD).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def stop_database(home: Path = HOME) -> bool:
+    """Stop the PostgreSQL that `ensure_server(db="postgresql")` started in `home` (cleanly; its
+    data stays for the next start). Returns whether it ran."""
+    from infra.prefect_db import ServerDatabase
+
+    db = ServerDatabase(home)
+    return db.cluster.exists() and db.stop()
 
 
 def free_port(host: str = DEFAULT_HOST) -> int:

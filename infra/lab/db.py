@@ -7,35 +7,28 @@ the lab's loopback address, and trades durability for speed (fsync off): it is a
 from __future__ import annotations
 
 import contextlib
-import glob
 import os
 import secrets
-import shutil
-import subprocess
 import time
+from collections.abc import Callable
 from importlib import resources
-from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pg8000.native
 
 from infra.lab.paths import LabPaths
+from infra.pg_cluster import PgCluster, PgClusterError, pg_bin_dir
+
+__all__ = ["DB_NAME", "DB_USER", "LabDatabase", "LabDbError", "connect", "pg_bin_dir"]
+
+T = TypeVar("T")
 
 DB_NAME = "fts"
 DB_USER = "fts"
 
 
-class LabDbError(RuntimeError):
+class LabDbError(PgClusterError):
     """The lab database could not be created, started or reached."""
-
-
-def pg_bin_dir() -> Path | None:
-    """The newest installed PostgreSQL server's bin directory, or None."""
-    found = sorted(
-        glob.glob("/usr/lib/postgresql/*/bin/postgres"),
-        key=lambda p: int(Path(p).parent.parent.name),
-    )
-    return Path(found[-1]).parent if found else None
 
 
 def connect(
@@ -71,32 +64,30 @@ def connect(
 
 
 class LabDatabase:
-    """The lab's PostgreSQL cluster under `<state_dir>/pg`."""
+    """The lab's PostgreSQL cluster under `<state_dir>/pg` (see `infra.pg_cluster.PgCluster`)."""
 
     def __init__(self, paths: LabPaths, address: str, port: int) -> None:
         self.paths = paths
         self.address = address
         self.port = port
-
-    def _run_as_postgres(
-        self, argv: list[str], *, timeout: float = 60, log: Path | None = None
-    ) -> str:
-        bindir = pg_bin_dir()
-        if bindir is None:
-            raise LabDbError("PostgreSQL server not found; apt-get install postgresql")
-        cmd = ["runuser", "-u", "postgres", "--", str(bindir / argv[0]), *argv[1:]]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
-        if proc.returncode != 0:
-            # pg_ctl only says "examine the log output": say what the server logged
-            logged = ""
-            if log is not None and log.exists():
-                tail = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
-                logged = f"; the server logged ({log}): " + " | ".join(tail[-6:])
-            raise LabDbError(
-                f"lab database: {' '.join(argv[:2])} failed (exit {proc.returncode}): "
-                f"{(proc.stderr or proc.stdout).strip()[-800:]}{logged}"
-            )
-        return proc.stdout
+        self.cluster = PgCluster(
+            paths.pg_dir,
+            paths.log_dir / "postgresql.log",
+            address,
+            port,
+            # a test bed: speed over durability
+            settings={
+                "fsync": "off",
+                "synchronous_commit": "off",
+                "full_page_writes": "off",
+                "shared_buffers": "32MB",
+                "max_connections": "300",
+                "log_min_messages": "warning",
+                "log_connections": "off",
+            },
+            hba="local all postgres peer\nhost all all 127.0.0.0/8 scram-sha-256\n",
+            what="lab database",
+        )
 
     def password(self) -> str:
         """The `fts` account's password, generated once per lab state directory."""
@@ -110,116 +101,32 @@ class LabDatabase:
 
     def ensure_cluster(self) -> None:
         """Create the cluster once (initdb), owned by the postgres user."""
-        data = self.paths.pg_data
-        if (data / "PG_VERSION").exists():
-            return
-        for d in (self.paths.pg_dir, data, self.paths.pg_socket_dir):
-            d.mkdir(parents=True, exist_ok=True)
-        shutil.chown(self.paths.pg_dir, "postgres", "postgres")
-        shutil.chown(data, "postgres", "postgres")
-        shutil.chown(self.paths.pg_socket_dir, "postgres", "postgres")
-        data.chmod(0o700)
-        self._run_as_postgres(
-            ["initdb", "-D", str(data), "-A", "peer", "-U", "postgres", "--no-sync", "-E", "UTF8"],
-            timeout=120,
-        )
-        with open(data / "postgresql.conf", "a") as conf:
-            conf.write(
-                "\n# handover lab\n"
-                "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
-                "shared_buffers = 32MB\nmax_connections = 300\n"
-                "log_min_messages = warning\nlog_connections = off\n"
-            )
-        (data / "pg_hba.conf").write_text(
-            "local all postgres peer\nhost all all 127.0.0.0/8 scram-sha-256\n"
-        )
+        self._call(self.cluster.ensure)
 
     def pid(self) -> int | None:
         """The postmaster's PID when it runs, else None."""
-        pidfile = self.paths.pg_data / "postmaster.pid"
-        try:
-            pid = int(pidfile.read_text().split("\n", 1)[0])
-        except (OSError, ValueError):
-            return None
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        return pid
+        return self.cluster.pid()
 
     def start(self) -> None:
         """Start the server (idempotent) and wait until it accepts connections."""
-        if self.pid() is None:
-            log = self.paths.log_dir / "postgresql.log"
-            log.parent.mkdir(parents=True, exist_ok=True)
-            log.touch()
-            shutil.chown(log, "postgres", "postgres")
-            opts = (
-                f"-c listen_addresses={self.address} -p {self.port} -k {self.paths.pg_socket_dir}"
-            )
-            self._run_as_postgres(
-                [
-                    "pg_ctl",
-                    "-D",
-                    str(self.paths.pg_data),
-                    "-o",
-                    opts,
-                    "-l",
-                    str(log),
-                    "-w",
-                    "-t",
-                    "60",
-                    "start",
-                ],
-                timeout=90,
-                log=log,
-            )
+        self._call(self.cluster.start)
 
     def stop(self) -> None:
         """Stop the server at once (sessions are dropped; the lab keeps nothing across runs)."""
-        if self.pid() is not None:
-            self._run_as_postgres(
-                [
-                    "pg_ctl",
-                    "-D",
-                    str(self.paths.pg_data),
-                    "-m",
-                    "immediate",
-                    "-w",
-                    "-t",
-                    "30",
-                    "stop",
-                ],
-                timeout=60,
-            )
+        self._call(lambda: self.cluster.stop("immediate"))
 
     def psql_admin(self, sql: str) -> str:
         """Run SQL as the superuser over the Unix socket."""
-        bindir = pg_bin_dir()
-        assert bindir is not None
-        cmd = [
-            "runuser",
-            "-u",
-            "postgres",
-            "--",
-            str(bindir / "psql"),
-            "-X",
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-h",
-            str(self.paths.pg_socket_dir),
-            "-p",
-            str(self.port),
-            "-d",
-            "postgres",
-            "-c",
-            sql,
-        ]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
-        if proc.returncode != 0:
-            raise LabDbError(f"lab database: admin SQL failed: {proc.stderr.strip()[-800:]}")
-        return proc.stdout
+        return self._call(lambda: self.cluster.psql(sql))
+
+    @staticmethod
+    def _call(fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except LabDbError:
+            raise
+        except PgClusterError as exc:
+            raise LabDbError(str(exc)) from exc
 
     def reset(self, channels: list[str]) -> None:
         """Recreate the `fts` database with the lab schema and every channel Active."""
