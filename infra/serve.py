@@ -52,6 +52,12 @@ def read_deployments(path: Path = DEPLOYMENTS_FILE) -> list[dict[str, Any]]:
             raise DeploymentsError(
                 f"{path}: deployments[{i}].entrypoint must look like flows/file.py:function"
             )
+        pool = d.get("work_pool")
+        if pool is not None and not (isinstance(pool, dict) and isinstance(pool.get("name"), str)):
+            raise DeploymentsError(
+                f"{path}: deployments[{i}].work_pool must be a mapping with a `name` "
+                "(the work pool `handover deploy` creates and `handover worker --pool` serves)"
+            )
         if d.get("schedule_from") not in (None, "maintenance-windows"):
             raise DeploymentsError(
                 f"{path}: deployments[{i}].schedule_from must be maintenance-windows "
@@ -138,17 +144,48 @@ def build_deployments(site_file: str, path: Path = DEPLOYMENTS_FILE) -> list[Any
     return [fl.to_deployment(**settings) for fl, settings in deployment_specs(site_file, path)]
 
 
-def deploy_all(site_file: str) -> list[str]:
+def ensure_work_pool(name: str) -> bool:
+    """Create the work pool (type `process`, what `handover worker` serves) unless it exists;
+    returns whether it was created."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(name)
+            return False
+        except ObjectNotFound:
+            pass
+        try:
+            client.create_work_pool(WorkPoolCreate(name=name, type="process"))
+        except ObjectAlreadyExists:
+            return False  # another deploy made it meanwhile
+        return True
+
+
+def deploy_all(site_file: str, pool: str | None = None, path: Path = DEPLOYMENTS_FILE) -> list[str]:
     """Register every deployment and its automations with the configured Prefect API
-    (idempotent: a deployment is updated in place, its automations replaced).
+    (idempotent: a deployment is updated in place, its automations replaced), each in its work
+    pool (`work_pool.name` in prefect.yaml, or `pool` for all), which is created if missing.
 
     Returns:
-        One line per deployment: its name, id and number of triggers.
+        One line per pool created and per deployment: its name, id, pool and triggers.
     """
+    entries = {d["name"]: d for d in read_deployments(path)}
     lines = []
-    for dep in build_deployments(site_file):
-        dep_id = dep.apply()
-        lines.append(f"{dep.flow_name}/{dep.name} {dep_id} ({len(dep.triggers)} trigger(s))")
+    created: set[str] = set()
+    for dep in build_deployments(site_file, path):
+        pool_name = pool or (entries[dep.name].get("work_pool") or {}).get("name")
+        if pool_name and pool_name not in created:
+            if ensure_work_pool(pool_name):
+                lines.append(f"work pool {pool_name} created (type process)")
+            created.add(pool_name)
+        dep_id = dep.apply(work_pool_name=pool_name)
+        lines.append(
+            f"{dep.flow_name}/{dep.name} {dep_id} "
+            f"(pool {pool_name or 'none: served'}, {len(dep.triggers)} trigger(s))"
+        )
     return lines
 
 

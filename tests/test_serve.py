@@ -222,3 +222,140 @@ def test_a_dead_front_end_host_also_starts_the_switch() -> None:
     assert "handover.alert.host_down" in trigger.expect
     assert trigger.match["handover.frontend"] in ("true", ["true"])
     assert "handover.alert.host_down" in deps["emergency-move"].triggers[0].expect
+
+
+@contextlib.contextmanager
+def workers(
+    lab: RunningLab, prefect_api: str, pool: str, names: list[str], home: Path
+) -> Iterator[dict[str, Path]]:
+    """`handover worker --pool POOL` processes, each with its own name, Prefect home and log,
+    until each has registered with the pool; yields their logs by name."""
+    procs: list[subprocess.Popen[bytes]] = []
+    logs = {name: home / f"{name}.log" for name in names}
+    try:
+        for name in names:
+            env = {
+                **os.environ,
+                "PREFECT_API_URL": prefect_api,
+                "PREFECT_HOME": str(home / name),
+                "PREFECT_LOGGING_LEVEL": "INFO",
+            }
+            with open(logs[name], "wb") as log:
+                procs.append(
+                    subprocess.Popen(
+                        [
+                            *(sys.executable, "-m", "infra.cli", "worker"),
+                            *("--site", str(lab.site_file), "--pool", pool),
+                            *("--name", name, "--limit", "1"),
+                        ],
+                        cwd=ROOT,
+                        env=env,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    )
+                )
+
+        def registered() -> bool:
+            with get_client(sync_client=True) as client:
+                seen = {w.name for w in client.read_workers_for_work_pool(pool)}
+            return set(names) <= seen
+
+        wait_for(registered, 90, f"workers {names} to register with pool {pool}")
+        yield logs
+    finally:
+        for proc in procs:
+            os.killpg(proc.pid, signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+
+
+def _final(run_id: object) -> bool:
+    with get_client(sync_client=True) as client:
+        st = client.read_flow_run(run_id).state  # type: ignore[arg-type]
+    return bool(st and st.is_final())
+
+
+def test_two_workers_share_the_pool_and_start_each_run_once(
+    lab: RunningLab, prefect_api: str, tmp_path: Path
+) -> None:
+    """`handover deploy --pool` creates the pool and puts the procedures in it; two workers
+    (own names and homes) take its runs, each run exactly once, started from their fork
+    servers. Last in the module: the deployments stay in the pool (`serving` ignores it)."""
+    pool = "handover-test-workers"
+    env = {**os.environ, "PREFECT_API_URL": prefect_api}
+    deploy = subprocess.run(
+        [sys.executable, "-m", "infra.cli", "deploy", "--site", str(lab.site_file), "--pool", pool],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert deploy.returncode == 0, deploy.stdout + deploy.stderr
+    assert f"work pool {pool} created (type process)" in deploy.stdout
+    assert f"(pool {pool}, " in deploy.stdout
+    with get_client(sync_client=True) as client:
+        dep = client.read_deployment_by_name("site-snapshot/site-snapshot")
+        assert dep.work_pool_name == pool
+
+    with workers(lab, prefect_api, pool, ["worker-a", "worker-b"], tmp_path) as logs:
+        runs = [run_deployment("site-snapshot/site-snapshot", timeout=0) for _ in range(6)]
+        for run in runs:
+            wait_for(lambda run=run: _final(run.id), 120, f"run {run.id} to end")
+        with get_client(sync_client=True) as client:
+            states = [client.read_flow_run(r.id).state for r in runs]
+        assert all(st is not None and st.is_completed() for st in states), states
+        texts = {name: log.read_text(errors="replace") for name, log in logs.items()}
+        for run in runs:
+            # both workers may try a run; the server accepts one Pending proposal and aborts the
+            # other ("cannot transition to a PENDING state"); the run's own process logs its URL
+            ran = [name for name, text in texts.items() if f"/runs/flow-run/{run.id}" in text]
+            assert len(ran) == 1, (run.id, ran, texts)
+        # each worker runs one at a time (--limit 1): six runs cannot all go to one while the
+        # other polls every 0.5 s
+        assert all("Beginning flow run" in text for text in texts.values()), texts
+
+        # a run in progress is a child of one worker's fork server, which imported the flows
+        run = run_deployment(
+            "clean-move/clean-move",
+            parameters={"from_host": "fts101", "to_host": "fts102", "pause_for_approval": False},
+            timeout=0,
+        )
+        try:
+
+            def paused() -> bool:
+                with get_client(sync_client=True) as client:
+                    st = client.read_flow_run(run.id).state
+                return bool(st and st.is_paused())
+
+            wait_for(paused, 60, "the worker's run to pause for approval")
+            forked = []
+            for pid in _worker_pids(tmp_path):
+                for server in _children(pid):
+                    if "multiprocessing.forkserver" in _cmdline(server):
+                        assert "flows.clean_move" in _cmdline(server)
+                        forked += _children(server)
+            assert len(forked) == 1, forked
+        finally:
+            resume_flow_run(run.id, run_input={"decision": "reject", "who": "test"})
+        wait_for(lambda: _final(run.id), 60, "the rejected run to end")
+
+
+def _worker_pids(home: Path) -> list[int]:
+    """The worker processes whose Prefect home is under `home` (this test's)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            environ = (proc / "environ").read_bytes()
+        except OSError:
+            continue
+        if f"PREFECT_HOME={home}/".encode() in environ and " worker " in _cmdline(int(proc.name)):
+            pids.append(int(proc.name))
+    return pids

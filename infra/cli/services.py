@@ -1,9 +1,11 @@
-"""The long-running parts: `serve`, `deploy`, `gateway`, `alert`, `fake-slack`, `server`."""
+"""The long-running parts: `serve`, `deploy`, `worker`, `gateway`, `alert`, `fake-slack`,
+`server`."""
 
 from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 from typing import Any, get_args
 
 from config.loader import load_site
@@ -30,11 +32,29 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     load_site(args.site)
     configure_api(err)
     try:
-        for line in deploy_all(args.site):
+        for line in deploy_all(args.site, pool=args.pool):
             out.print(line)
     except DeploymentsError as exc:
         err.print(f"[red]{exc}[/red]")
         return 2
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """`handover worker --pool NAME`: take the pool's runs, started from a fork server."""
+    from infra.run import configure_api
+    from infra.worker import run_worker
+
+    load_site(args.site)
+    configure_api(err)
+    run_worker(
+        args.site,
+        args.pool,
+        name=args.name,
+        limit=args.limit,
+        poll_s=args.poll_interval,
+        start=args.start,
+    )
     return 0
 
 
@@ -109,26 +129,59 @@ def cmd_fake_slack(args: argparse.Namespace) -> int:
 
 
 def cmd_server(args: argparse.Namespace) -> int:
-    """`handover server start|stop|status`: a local Prefect server on SQLite."""
+    """`handover server start|stop|status`: a local Prefect server, on its embedded SQLite or on
+    PostgreSQL (one it starts, or one named by URL)."""
     from infra import prefect_server as ps
+    from infra.prefect_db import ServerDbError
 
+    home = Path(args.home) if args.home else ps.HOME
     url = ps.api_url(args.host, args.port)
     if args.server_action == "start":
-        url, started = ps.ensure_server(args.host, args.port)
+        try:
+            url, started = ps.ensure_server(
+                args.host,
+                args.port,
+                home=home,
+                db=args.db,
+                db_url=args.db_url,
+                pg_port=args.pg_port,
+            )
+        except ServerDbError as exc:
+            out.print(f"handover server: {exc}")
+            return 2
+        except RuntimeError as exc:
+            out.print(f"handover server: {exc}")
+            return 1
+        database = ps.database_of(home) or "unknown database"
+        if not started and not database.startswith(args.db):
+            out.print(
+                f"Prefect server already running at {url} on {database}, not {args.db}: "
+                "`handover server stop` first to change its database"
+            )
+            return 1
         out.print(
-            f"Prefect server {'started' if started else 'already running'} at {url}; "
-            f"export PREFECT_API_URL={url}"
+            f"Prefect server {'started' if started else 'already running'} at {url} "
+            f"({database}); export PREFECT_API_URL={url}"
         )
         return 0
     if args.server_action == "stop":
+        stopped = ps.stop_server(home)
+        db_stopped = ps.stop_database(home)
         out.print(
-            "Prefect server stopped"
-            if ps.stop_server()
-            else "no Prefect server started by handover is running"
+            (
+                "Prefect server stopped"
+                if stopped
+                else "no Prefect server started by handover is running"
+            )
+            + ("; its PostgreSQL stopped (data kept)" if db_stopped else "")
         )
         return 0
     up = ps.healthy(url)
-    out.print(f"Prefect server at {url}: {'healthy' if up else 'not answering'}")
+    recorded = ps.database_of(home)
+    out.print(
+        f"Prefect server at {url}: {'healthy' if up else 'not answering'}"
+        + (f"; database {recorded}" if recorded else "")
+    )
     return 0 if up else 1
 
 
@@ -157,7 +210,34 @@ def register(sub: Any) -> None:
         "deploy", help="register the deployments and their automations with the Prefect API"
     )
     site_arg(p)
+    p.add_argument(
+        "--pool",
+        default=None,
+        help="put every deployment in this work pool (default: each one's work_pool in "
+        "deployments/prefect.yaml); created if missing",
+    )
     p.set_defaults(func=cmd_deploy)
+
+    p = sub.add_parser(
+        "worker", help="a Prefect worker of the procedures' work pool (several machines)"
+    )
+    site_arg(p)
+    p.add_argument("--pool", default="handover", help="the work pool (default handover)")
+    p.add_argument("--name", default=None, help="the worker's name (default handover-HOST-PID)")
+    p.add_argument("--limit", type=int, default=None, help="at most this many runs at once")
+    p.add_argument(
+        "--poll-interval",
+        type=float,
+        default=0.5,
+        help="seconds between asking the pool for runs (default 0.5)",
+    )
+    p.add_argument(
+        "--start",
+        choices=["forkserver", "spawn"],
+        default="forkserver",
+        help="how a run's process starts (as for serve)",
+    )
+    p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("alert", help="send one signed alert to the gateway")
     site_arg(p)
@@ -194,8 +274,34 @@ def register(sub: Any) -> None:
     p.add_argument("--port", type=int, default=8788)
     p.set_defaults(func=cmd_fake_slack)
 
-    srv = sub.add_parser("server", help="a local Prefect server (embedded SQLite)")
+    srv = sub.add_parser(
+        "server", help="a local Prefect server (embedded SQLite, or PostgreSQL for production)"
+    )
     srv.add_argument("server_action", choices=["start", "stop", "status"])
     srv.add_argument("--host", default="127.0.0.1")
     srv.add_argument("--port", type=int, default=4200)
+    srv.add_argument(
+        "--db",
+        choices=["sqlite", "postgresql"],
+        default="sqlite",
+        help="the server's database: sqlite (embedded, the default: demo, one machine) or "
+        "postgresql (a PostgreSQL that handover starts in the server's home, or --db-url)",
+    )
+    srv.add_argument(
+        "--db-url",
+        help="with --db postgresql: a database run elsewhere, postgresql://USER:PASSWORD@HOST:PORT/DB",
+    )
+    srv.add_argument(
+        "--pg-port",
+        type=int,
+        default=None,
+        help="with --db postgresql and no --db-url: the port of handover's PostgreSQL "
+        "(default 5442, on 127.0.0.1)",
+    )
+    srv.add_argument(
+        "--home",
+        default=None,
+        help="the server's home: state, log, auth string, database (default "
+        "$HANDOVER_PREFECT_HOME or /var/tmp/handover-prefect)",
+    )
     srv.set_defaults(func=cmd_server)

@@ -1,0 +1,210 @@
+"""`handover worker --pool NAME`: a Prefect process worker that starts runs from a fork server.
+
+On several machines, the procedures are deployments in a Prefect work pool (`handover deploy`
+creates it and puts every deployment of deployments/prefect.yaml in it) and each machine runs a
+worker of that pool. Prefect hands each scheduled run to one worker: the worker proposes the run's
+Pending state and the server accepts one proposal, so two workers never start the same run.
+
+`HandoverWorker` is Prefect's `ProcessWorker` (a pool of type `process`; `prefect worker start`
+also serves it), with one change: a run of one of handover's deployments starts the way
+`handover serve` starts it (`infra/serve.py`): the flow object, imported once, is handed to a
+process forked from a fork server that has imported Prefect and the flows, not `python -m
+prefect.engine`, which imports everything afresh in every run (about 1.5 s on 2 cores). A run of
+a deployment handover does not know (another project's, in a shared pool) starts as Prefect
+starts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import anyio
+import anyio.abc
+
+from infra.serve import (
+    StartMethod,
+    allow_site_dir,
+    deployment_specs,
+    pickle_flows_by_reference,
+    start_runs_from_forkserver,
+)
+
+if TYPE_CHECKING:
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.flows import Flow
+    from prefect.runner._control_channel import ControlChannel
+    from prefect.runner._process_manager import ProcessHandle
+    from prefect.workers.process import ProcessJobConfiguration, ProcessWorkerResult
+
+#: the work pool handover's deployments go to unless prefect.yaml or `--pool` says otherwise
+DEFAULT_POOL = "handover"
+
+
+class FlowObjectStarter:
+    """Starts one run by handing its flow object to a child process (Prefect's
+    `run_flow_in_subprocess`, whose process `start_runs_from_forkserver` makes a fork), with the
+    job configuration's environment on top of the worker's."""
+
+    def __init__(
+        self,
+        flow: Flow[Any, Any],
+        deployment_name: str,
+        env: dict[str, str | None],
+        control_channel: ControlChannel | None,
+    ) -> None:
+        self._flow = flow
+        self._deployment_name = deployment_name
+        self._env = env
+        self._control_channel = control_channel
+
+    async def start(
+        self,
+        flow_run: FlowRun,
+        task_status: anyio.abc.TaskStatus[ProcessHandle] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Start the run's process, report its handle, and wait until it exits."""
+        from prefect.flow_engine import run_flow_in_subprocess
+        from prefect.runner._process_manager import ProcessHandle
+
+        env: dict[str, str | None] = {
+            **self._env,
+            "PREFECT__DEPLOYMENT_NAME": self._deployment_name,
+        }
+        registered = False
+        if self._control_channel is not None:
+            try:
+                port, token = self._control_channel.register(flow_run.id)
+                env["PREFECT__CONTROL_PORT"] = str(port)
+                env["PREFECT__CONTROL_TOKEN"] = token
+                registered = True
+            except RuntimeError:
+                pass  # no control channel: cancellation falls back to killing the process
+        handed_off = False
+        try:
+            process = run_flow_in_subprocess(self._flow, flow_run=flow_run, env=env)
+            task_status.started(ProcessHandle(process))
+            handed_off = True
+            await anyio.to_thread.run_sync(process.join)
+        except BaseException:
+            if registered and not handed_off and self._control_channel is not None:
+                self._control_channel.unregister(flow_run.id)
+            raise
+
+
+def _make_worker_class() -> type[Any]:
+    """`HandoverWorker`, defined when Prefect's worker module is imported (the CLI imports this
+    module without starting a worker)."""
+    import warnings
+
+    from prefect.runner._flow_run_executor import FlowRunExecutorContext
+    from prefect.workers.process import ProcessWorker, ProcessWorkerResult
+
+    # Prefect registers worker classes by their type; this one keeps ProcessWorker's ("process":
+    # a pool of that type, served by this class in this process) and Prefect warns of the clash
+    warnings.filterwarnings("ignore", message="Type 'HandoverWorker'", category=UserWarning)
+
+    class HandoverWorker(ProcessWorker):
+        """Prefect's process worker; handover's deployments start from the fork server."""
+
+        flows: ClassVar[dict[str, Flow[Any, Any]]] = {}
+
+        async def run(
+            self,
+            flow_run: FlowRun,
+            configuration: ProcessJobConfiguration,
+            task_status: anyio.abc.TaskStatus[int] | None = None,
+        ) -> ProcessWorkerResult:
+            flow: Flow[Any, Any] | None = None
+            deployment_name = ""
+            if flow_run.deployment_id is not None:
+                deployment = await self.client.read_deployment(flow_run.deployment_id)
+                deployment_name = deployment.name
+                flow = self.flows.get(deployment_name)
+            if flow is None:
+                return await super().run(flow_run, configuration, task_status)
+            if task_status is None:
+                task_status = anyio.TASK_STATUS_IGNORED
+
+            resolved = flow
+
+            async def resolve(_: FlowRun) -> Flow[Any, Any]:
+                return resolved
+
+            execution: Any = None
+            async with FlowRunExecutorContext() as ctx:
+                starter = FlowObjectStarter(
+                    flow, deployment_name, dict(configuration.env), ctx.control_channel
+                )
+                executor = ctx.create_executor(
+                    flow_run, starter, resolve_flow=resolve, propose_submitting=False
+                )
+
+                async def execute(
+                    *, task_status: anyio.abc.TaskStatus[Any] = anyio.TASK_STATUS_IGNORED
+                ) -> None:
+                    nonlocal execution
+                    execution = await executor.submit(task_status=task_status)
+
+                async with anyio.create_task_group() as group:
+                    handle = await group.start(execute)
+                    if handle.pid is None:
+                        raise RuntimeError("the flow run's process has no PID")
+                    task_status.started(handle.pid)
+            if execution is None or execution.status_code is None:
+                raise RuntimeError("the flow run's process did not start")
+            return ProcessWorkerResult(
+                status_code=execution.status_code, identifier=str(execution.handle.pid)
+            )
+
+    return HandoverWorker
+
+
+def run_worker(
+    site_file: str,
+    pool: str = DEFAULT_POOL,
+    *,
+    name: str | None = None,
+    limit: int | None = None,
+    poll_s: float = 0.5,
+    start: StartMethod = "forkserver",
+) -> None:
+    """Run a worker of `pool` until interrupted.
+
+    Args:
+        site_file: the site whose deployments this worker starts from its fork server (the runs
+            carry their own site file in their parameters; this one only says which flows to
+            import, and lets the runs load site files from its directory).
+        pool: the work pool to take runs from.
+        name: the worker's name (unique per machine: two processes of one name are one worker to
+            Prefect); default `handover-<host name>-<pid>`.
+        limit: at most this many runs at once.
+        poll_s: seconds between asking the pool for runs to start.
+        start: `forkserver` (imports done once) or `spawn` (Prefect's own start, for comparison).
+    """
+    # before Prefect reads its settings: how often the worker asks for runs
+    os.environ["PREFECT_WORKER_QUERY_SECONDS"] = str(poll_s)
+    allow_site_dir(site_file)
+    specs = deployment_specs(site_file)
+    pickle_flows_by_reference()
+    worker_class = _make_worker_class()
+    worker_class.flows = {str(settings["name"]): fl for fl, settings in specs}
+    if start == "forkserver":
+        start_runs_from_forkserver(sorted({fl.fn.__module__ for fl, _ in specs}))
+    worker_name = name or f"handover-{os.uname().nodename}-{os.getpid()}"
+
+    async def main() -> None:
+        worker = worker_class(work_pool_name=pool, name=worker_name, limit=limit)
+        await worker.start(printer=lambda msg: print(f"handover worker: {msg}", flush=True))
+
+    print(
+        f"handover worker {worker_name}: pool {pool}, polling every {poll_s:g} s, runs start by "
+        f"{start}; site {Path(site_file).resolve()}",
+        flush=True,
+    )
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        print("handover worker: stopped", flush=True)
