@@ -28,6 +28,7 @@ from pydantic import Field
 from config.site import ProcedurePolicy, Site, short_name
 from flows import progress
 from flows.approval import approve
+from flows.attempt import Superseded
 from flows.executor import Executor
 from flows.notify import ProcedureThread
 from flows.plans.clean_move import (
@@ -367,6 +368,8 @@ def _move(
     act_started = time.monotonic()
     try:
         run.execute()
+    except Superseded:
+        raise  # this run was marked Crashed and started again: that run reports
     except BaseException as exc:
         logger.error("clean move interrupted: %r", exc)
         after = snapshot_site(shell, [req.from_host, req.to_host])

@@ -37,6 +37,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import MissingContextError
 
 from flows import progress
+from flows.attempt import Superseded, check_current
 from flows.plans.model import Chain, Ledger, Phase, Plan, Remedy, Step
 from flows.result import AgentOutcome, Outcome, StepRecord
 from tasks.adapters.ssh import SshError
@@ -291,6 +292,7 @@ class Executor:
             raise Cancelled("the procedure was cancelled")
         if step.delay_s and self.cancel.wait(step.delay_s):
             raise Cancelled("the procedure was cancelled")
+        check_current()  # a run marked Crashed and started again elsewhere stops here
         progress.emit("step-start", step=step)
         started = now()
         if step.verb == "wait-drained":
@@ -356,6 +358,8 @@ class Executor:
                 self.run_step(step)
         except _ChainEnded:
             return
+        except Superseded:
+            raise  # another run has the site now: nothing to compensate from here
         except BaseException as exc:
             get_run_logger().exception("%s failed", chain.name)
             with self.lock:

@@ -20,6 +20,7 @@ from prefect.states import Completed, Failed
 from config.site import ProcedurePolicy, Site
 from flows import progress
 from flows.approval import ApprovalRecord, approve
+from flows.attempt import check_not_crash_looping
 from flows.notify import ProcedureThread
 from flows.result import ProcedureResult
 from flows.service_lock import ServiceLockError, service_lock
@@ -59,7 +60,13 @@ def procedure_run(
     site: Site, procedure: str, title: str, who: str, params: dict[str, Any]
 ) -> Iterator[Run]:
     """The run's Slack thread (fed by its progress events) and its own SSH client for the
-    block; the client's connections are closed at its end."""
+    block; the client's connections are closed at its end.
+
+    Raises:
+        flows.attempt.CrashLoop: a run the crash recovery started, for a procedure that crashed
+            too often with these parameters (`flows/attempt.py`).
+    """
+    check_not_crash_looping()
     thread = ProcedureThread.for_current_run(site, procedure, title, who, params)
     with progress.sink(thread), SiteShell(site) as shell:
         thread.open()

@@ -172,8 +172,10 @@ def deploy_all(site_file: str, pool: str | None = None, path: Path = DEPLOYMENTS
     Returns:
         One line per pool created and per deployment: its name, id, pool and triggers.
     """
+    from infra.crash_recovery import ensure_automations
+
     entries = {d["name"]: d for d in read_deployments(path)}
-    lines = []
+    lines = ensure_automations()
     created: set[str] = set()
     for dep in build_deployments(site_file, path):
         pool_name = pool or (entries[dep.name].get("work_pool") or {}).get("name")
@@ -291,7 +293,13 @@ def serve_all(
     pickle_flows_by_reference()
     if start == "forkserver":
         start_runs_from_forkserver(sorted({fl.fn.__module__ for fl, _ in specs}))
-    runner = Runner(pause_on_shutdown=False, limit=limit, query_seconds=poll_s)
+    from infra.crash_recovery import HEARTBEAT_S, ensure_automations
+
+    ensure_automations()
+    # heartbeats, so that a run whose process dies is known crashed and started again
+    runner = Runner(
+        pause_on_shutdown=False, limit=limit, query_seconds=poll_s, heartbeat_seconds=HEARTBEAT_S
+    )
     # add_flow, not add_deployment: the runner then starts a run by handing the flow object to a
     # child process (run_flow_in_subprocess), not with `python -m prefect.engine`, which would
     # import Prefect and the flow's module afresh in every run

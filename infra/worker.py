@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import anyio
 import anyio.abc
 
+from infra.crash_recovery import HEARTBEAT_S
 from infra.serve import (
     StartMethod,
     allow_site_dir,
@@ -72,6 +73,8 @@ class FlowObjectStarter:
         env: dict[str, str | None] = {
             **self._env,
             "PREFECT__DEPLOYMENT_NAME": self._deployment_name,
+            # heartbeats, so that a run whose worker dies is known crashed (crash_recovery)
+            "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_S),
         }
         registered = False
         if self._control_channel is not None:

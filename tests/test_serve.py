@@ -7,17 +7,28 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 from prefect.flow_runs import resume_flow_run
 
 from infra.serve import DEPLOYMENTS_FILE, read_deployments
-from tests.conftest import ROOT, RunningLab, wait_for
+from tasks.site_state import snapshot_site
+from tests.conftest import (
+    ROOT,
+    RunningLab,
+    end_transfer,
+    place_on_primaries,
+    submit_long_job,
+    wait_for,
+)
 
 
 def test_prefect_yaml_declares_the_procedures() -> None:
@@ -265,7 +276,8 @@ def workers(
         yield logs
     finally:
         for proc in procs:
-            os.killpg(proc.pid, signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):  # a test may have killed it
+                os.killpg(proc.pid, signal.SIGTERM)
         for proc in procs:
             try:
                 proc.wait(20)
@@ -359,3 +371,100 @@ def _worker_pids(home: Path) -> list[int]:
         if f"PREFECT_HOME={home}/".encode() in environ and " worker " in _cmdline(int(proc.name)):
             pids.append(int(proc.name))
     return pids
+
+
+def test_a_worker_killed_mid_move_the_procedure_finishes_on_the_other(
+    lab: RunningLab, prefect_api: str, tmp_path: Path
+) -> None:
+    """Both workers of the pool are up; the one running a clean move dies with its machine
+    (SIGKILL of its whole process group: worker, fork server and run) while a channel drains.
+    The heartbeat automation marks the run Crashed, the recovery automation starts the same
+    move with the same parameters, the other worker takes it, its service lock is taken over
+    from the dead run at once, and the move converges: every agent on the target, no agent ever
+    serving twice, no job lost."""
+    from infra.crash_recovery import DEAD_AFTER_S
+
+    place_on_primaries(lab)
+    before = lab.lab.score()
+    pool = "handover-test-workers"  # deployed by the test before (the module's order)
+    params = {"from_host": "fts101", "to_host": "fts102", "pause_for_approval": False}
+    job = submit_long_job(lab, "CERN-RAL", 600)
+    with workers(lab, prefect_api, pool, ["crash-a", "crash-b"], tmp_path):
+        first = run_deployment("clean-move/clean-move", parameters=params, timeout=0)
+        wait_for(lambda: _state(first.id).is_paused(), 60, "the move to ask for approval")
+        resume_flow_run(first.id, run_input={"decision": "approve", "who": "test"})
+        wait_for(
+            lambda: snapshot_site(lab.shell).channels.get("CERN-RAL") == "Inactive",
+            60,
+            "the move to set CERN-RAL Inactive and wait for its long transfer",
+        )
+        runner = [p for p in _worker_pids(tmp_path) if _runs_of(p)]
+        assert len(runner) == 1, runner
+        os.killpg(runner[0], signal.SIGKILL)
+        killed = time.monotonic()
+
+        wait_for(
+            lambda: _state(first.id).is_crashed(), DEAD_AFTER_S + 60, "the dead run to be Crashed"
+        )
+        crashed_s = time.monotonic() - killed
+        assert "no heartbeat" in (_state(first.id).message or "")
+
+        def resumed() -> Any:
+            with get_client(sync_client=True) as client:
+                runs = client.read_flow_runs(
+                    deployment_filter=DeploymentFilter(
+                        id=DeploymentFilterId(any_=[first.deployment_id])
+                    )
+                )
+            # runs of the recovery automation since the first (the module's earlier tests ran
+            # the same move)
+            again = [
+                r
+                for r in runs
+                if r.created_by is not None
+                and "AUTOMATION" in str(r.created_by.type).upper()
+                and r.created is not None
+                and first.created is not None
+                and r.created > first.created
+            ]
+            assert len(again) <= 1, [(r.name, r.parameters) for r in again]
+            return again[0] if again else None
+
+        second = wait_for(resumed, 60, "the recovery automation's run")
+        assert second.parameters == first.parameters
+        # the site requires an approval: the new run asks again, with the live state
+        wait_for(lambda: _state(second.id).is_paused(), 90, "the new run to ask for approval")
+        resume_flow_run(second.id, run_input={"decision": "approve", "who": "test"})
+        end_transfer(lab, job)
+        wait_for(lambda: _state(second.id).is_final(), 180, "the new run to end")
+        converged_s = time.monotonic() - killed
+        state = _state(second.id)
+        assert state.is_completed(), state.message
+        print(f"kill -> crashed {crashed_s:.1f} s, -> converged {converged_s:.1f} s")
+
+    snap = snapshot_site(lab.shell)
+    moved = [a.name for a in lab.site.agents_on("fts101")]
+    for agent in moved:
+        assert snap.where(agent) == ["fts102"], (agent, snap.where(agent))
+    assert set(snap.channels.values()) == {"Active"}
+    after = lab.lab.score()
+    assert after.agents_running_twice == []
+    assert after.jobs_lost == before.jobs_lost
+    place_on_primaries(lab)
+
+
+def _state(run_id: Any) -> Any:
+    with get_client(sync_client=True) as client:
+        st = client.read_flow_run(run_id).state
+    assert st is not None
+    return st
+
+
+def _runs_of(worker_pid: int) -> list[int]:
+    """The run processes a worker's fork server has forked."""
+    return [
+        run
+        for server in _children(worker_pid)
+        if "multiprocessing.forkserver" in _cmdline(server)
+        for run in _children(server)
+    ]
