@@ -100,11 +100,22 @@ def check_not_crash_looping() -> None:
             ),
             deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[run.deployment_id])),
         )
-    same = [r for r in crashed if r.parameters == run.parameters and r.id != run.id]
-    if len(same) >= MAX_CRASHES:
-        names = ", ".join(r.name for r in same[:MAX_CRASHES])
-        raise CrashLoop(
-            f"not started again: this procedure crashed {len(same)} times with these "
-            f"parameters in the last {CRASH_WINDOW_S // 60} min ({names}); look at those runs' "
-            "logs, then start it by hand"
-        )
+    reason = crash_loop(run.id, run.parameters, [(r.id, r.name, r.parameters) for r in crashed])
+    if reason:
+        raise CrashLoop(reason)
+
+
+def crash_loop(
+    run_id: Any, parameters: dict[str, Any], crashed: list[tuple[Any, str, dict[str, Any]]]
+) -> str | None:
+    """Why a run of the recovery automation must not start (pure): the runs of its deployment
+    that crashed in the window (id, name, parameters) include `MAX_CRASHES` with its parameters.
+    """
+    same = [name for rid, name, params in crashed if params == parameters and rid != run_id]
+    if len(same) < MAX_CRASHES:
+        return None
+    return (
+        f"not started again: this procedure crashed {len(same)} times with these parameters "
+        f"in the last {CRASH_WINDOW_S // 60} min ({', '.join(same[:MAX_CRASHES])}); look at "
+        "those runs' logs, then start it by hand"
+    )
