@@ -635,6 +635,10 @@ class Alerts(_Model):
     #: an alert whose event is older than this (a spooled one delivered after an outage) is
     #: recorded, not acted on, unless a fresh probe of its host confirms the failure
     max_age_s: float = Field(default=600.0, ge=10, le=86400)
+    #: the incident book shared by every gateway of the site: a reference to the URL of a
+    #: PostgreSQL database (postgresql://USER:PASSWORD@HOST:PORT/DATABASE); unset, each gateway
+    #: keeps its own book in memory (one gateway)
+    incident_store: SecretRef | None = None
     #: what each alert kind starts (`recovered` never starts anything)
     procedures: dict[AlertKind, AlertProcedure] = Field(
         default_factory=lambda: dict(DEFAULT_ALERT_PROCEDURES)

@@ -7,10 +7,12 @@ attached to it instead: counted, noted in the run's log and Slack thread, and ne
 Prefect as a new start. A `recovered` alert, or any kind that starts no procedure (the HA group
 daemon's ``ha_event``), never opens an incident; it is noted on an open one.
 
-The book lives in the gateway's memory. Prefect keeps the guarantee across gateway restarts and
-between several gateways: event ids are derived from the alert's identity (Prefect evaluates an
-id once), and the deployment triggers fire once per host within the same window (a reactive
-trigger with threshold 1 and `within`). See README, "Alert-triggered runs".
+This book lives in the gateway's memory; `shared_incidents.SharedIncidents` keeps the same book
+in PostgreSQL for several gateways (`alerts.incident_store`). Prefect keeps the guarantee across
+gateway restarts and between gateways with books of their own: event ids are derived from the
+alert's identity (Prefect evaluates an id once), and the deployment triggers fire once per host
+within the same window (a reactive trigger with threshold 1 and `within`). See README,
+"Alert-triggered runs".
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 from infra.gateway.alerts import Alert, event_id
 
@@ -52,6 +54,22 @@ class Incident:
 Verdict = Literal["new", "attached", "noted", "ignored"]
 
 
+class IncidentBook(Protocol):
+    """What the gateway needs of an incident book (`Incidents`, `SharedIncidents`)."""
+
+    window_s: float
+    clock: Callable[[], float]
+    #: whether its calls wait on a server (the gateway then makes them off its event loop)
+    remote: bool
+
+    def admit(self, alert: Alert, procedure: str | None) -> tuple[Verdict, Incident | None]: ...
+    def set_run(self, inc: Incident, run_id: str | None) -> None: ...
+    def set_finished(self, inc: Incident, finished: bool) -> None: ...
+    def forget(self, inc: Incident) -> None: ...
+    def open_incidents(self) -> list[Incident]: ...
+    def take_pending(self, inc: Incident) -> list[str]: ...
+
+
 class Incidents:
     """The open incidents of a gateway (thread-safe).
 
@@ -60,6 +78,8 @@ class Incidents:
             after it, they attach while the incident's run has not finished.
         clock: a monotonic clock (tests pass their own).
     """
+
+    remote = False
 
     def __init__(self, window_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.window_s = window_s
@@ -102,6 +122,14 @@ class Incidents:
             inc.sources[alert.source] += 1
             self._open[key] = inc
             return "new", inc
+
+    def set_run(self, inc: Incident, run_id: str | None) -> None:
+        """Record the incident's run (found or created)."""
+        inc.run_id = run_id
+
+    def set_finished(self, inc: Incident, finished: bool) -> None:
+        """Record whether the incident's run has finished."""
+        inc.run_finished = finished
 
     def forget(self, inc: Incident) -> None:
         """Drop an incident whose event could not be sent (the sender will retry)."""

@@ -18,14 +18,16 @@ import datetime as dt
 import logging
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from config.site import Site
 from flows.notify import esc, thread_variable
 from infra.gateway.alerts import Alert, event_name, event_resource, gateway_event_name
-from infra.gateway.incidents import Incident, Incidents
+from infra.gateway.incidents import Incident, IncidentBook
 from infra.gateway.starts import RunStarter
 from tasks.probe import sshd_greets
+
+T = TypeVar("T")
 
 log = logging.getLogger("handover.gateway.alerts")
 SLACK_NOTE_EVERY_S = 10.0
@@ -50,7 +52,7 @@ class AlertIntake:
     def __init__(
         self,
         site: Site,
-        incidents: Incidents,
+        incidents: IncidentBook,
         audit: Callable[..., None],
         slack_post: Callable[[str, str, str], None] | None = None,
         starter: RunStarter | None = None,
@@ -62,6 +64,12 @@ class AlertIntake:
         self.slack_post = slack_post
         self._slack_backlog: dict[str, list[str]] = {}
         self._slack_noted_at: dict[str, float] = {}
+
+    async def _book(self, fn: Callable[..., T], *args: Any) -> T:
+        """Call the incident book: off the event loop when it waits on a server."""
+        if self.incidents.remote:
+            return await asyncio.to_thread(fn, *args)
+        return fn(*args)
 
     def procedure_for(self, alert: Alert) -> str | None:
         """The procedure an alert's kind starts (None: it starts nothing)."""
@@ -86,7 +94,7 @@ class AlertIntake:
                     reason=stale,
                 )
                 return {"ok": True, "result": "stale", "host": alert.host, "reason": stale}
-        verdict, inc = self.incidents.admit(alert, procedure)
+        verdict, inc = await self._book(self.incidents.admit, alert, procedure)
         answer: dict[str, Any] = {"ok": True, "result": verdict, "host": alert.host}
         if inc is not None:
             answer["incident"] = str(inc.event_id)
@@ -107,7 +115,8 @@ class AlertIntake:
                 assert inc is not None
                 created = await self.starter.start(client, trigger_event)
                 answer["runs"] = {dep: run for dep, run in created}
-                inc.run_id = answer["runs"].get(inc.procedure, inc.run_id)
+                run_id = answer["runs"].get(inc.procedure, inc.run_id)
+                await self._book(self.incidents.set_run, inc, run_id)
                 answer["run_id"] = inc.run_id
             resp = await client.request("POST", "/events", json=[ev])
             resp.raise_for_status()
@@ -115,7 +124,7 @@ class AlertIntake:
         except Exception as exc:
             if verdict == "new":
                 assert inc is not None
-                self.incidents.forget(inc)
+                await self._book(self.incidents.forget, inc)
                 raise PrefectUnavailable(
                     f"Prefect did not start the runs or take the event: {exc}"
                 ) from exc
@@ -165,7 +174,7 @@ class AlertIntake:
     async def resolve_once(self, client: Any) -> None:
         """Find each open incident's run, see whether it finished, write its pending notes to
         the run's log, and say them in its Slack thread once the run has opened it."""
-        open_now = self.incidents.open_incidents()
+        open_now: list[Incident] = await self._book(self.incidents.open_incidents)
         live = {inc.run_id for inc in open_now if inc.run_id}
         for gone in [r for r in self._slack_noted_at if r not in live]:
             del self._slack_noted_at[gone]
@@ -174,12 +183,15 @@ class AlertIntake:
         for inc in open_now:
             try:
                 if inc.run_id is None:
-                    inc.run_id = await _find_run(client, inc)
+                    found = await _find_run(client, inc)
+                    if found is not None:
+                        await self._book(self.incidents.set_run, inc, found)
                 if inc.run_id is None:
                     continue
                 run = await client.read_flow_run(inc.run_id)
-                inc.run_finished = bool(run.state and run.state.is_final())
-                notes = self.incidents.take_pending(inc)
+                finished = bool(run.state and run.state.is_final())
+                await self._book(self.incidents.set_finished, inc, finished)
+                notes: list[str] = await self._book(self.incidents.take_pending, inc)
                 if notes:
                     await self._log(client, inc.run_id, notes)
                     self._slack_backlog.setdefault(inc.run_id, []).extend(notes)

@@ -10,7 +10,7 @@ from config.site import SecretError, SecretRef, Site
 from flows.approval_seal import seal_key
 from infra.gateway.app import AlertSecrets
 from infra.gateway.decide import Decider
-from infra.gateway.incidents import Incidents
+from infra.gateway.incidents import IncidentBook, Incidents
 from infra.gateway.intake import AlertIntake
 from infra.gateway.starts import RunStarter
 
@@ -136,7 +136,16 @@ def build_intake(
                 client.chat_postMessage(channel=channel, thread_ts=thread_ts, text=text)
 
     starter = RunStarter(site) if runs_from == "gateway" else None
-    intake = AlertIntake(site, Incidents(cfg.dedup_window_s), decider.record, post, starter)
+    book: IncidentBook = Incidents(cfg.dedup_window_s)
+    store_url = resolve("alerts.incident_store", cfg.incident_store)
+    if store_url:
+        from infra.gateway.shared_incidents import IncidentStoreError, SharedIncidents
+
+        try:
+            book = SharedIncidents(store_url, cfg.dedup_window_s)
+        except IncidentStoreError as exc:
+            raise GatewayError(str(exc)) from None
+    intake = AlertIntake(site, book, decider.record, post, starter)
     return intake, secrets
 
 
