@@ -158,3 +158,18 @@ def test_a_bad_store_url_is_refused_with_the_fix() -> None:
         SharedIncidents("mysql://x@y/z", 300)
     with pytest.raises(IncidentStoreError, match="cannot be reached"):
         SharedIncidents("postgresql://u:p@127.0.0.1:1/db", 300)
+
+
+def test_a_gateway_whose_book_is_unreachable_answers_503(store_url: str) -> None:
+    """The alert is not recorded and the sender is told to retry."""
+    import asyncio
+
+    from infra.gateway.intake import AlertIntake, PrefectUnavailable
+    from tests.test_alerts import SITE
+
+    book = SharedIncidents(store_url, 300)
+    book.close()
+    book._connect = _refuse  # type: ignore[method-assign]
+    intake = AlertIntake(SITE, book, lambda **_: None)
+    with pytest.raises(PrefectUnavailable, match="incident book did not answer"):
+        asyncio.run(intake.accept(alert(), client=None))

@@ -24,6 +24,7 @@ from config.site import Site
 from flows.notify import esc, thread_variable
 from infra.gateway.alerts import Alert, event_name, event_resource, gateway_event_name
 from infra.gateway.incidents import Incident, IncidentBook
+from infra.gateway.shared_incidents import IncidentStoreError
 from infra.gateway.starts import RunStarter
 from tasks.probe import sshd_greets
 
@@ -34,7 +35,8 @@ SLACK_NOTE_EVERY_S = 10.0
 
 
 class PrefectUnavailable(RuntimeError):
-    """The Prefect API did not take the event."""
+    """The Prefect API (or the shared incident book) did not take the alert; nothing was
+    recorded as sent, and the answer is 503 so that the sender retries."""
 
 
 class AlertIntake:
@@ -94,7 +96,10 @@ class AlertIntake:
                     reason=stale,
                 )
                 return {"ok": True, "result": "stale", "host": alert.host, "reason": stale}
-        verdict, inc = await self._book(self.incidents.admit, alert, procedure)
+        try:
+            verdict, inc = await self._book(self.incidents.admit, alert, procedure)
+        except IncidentStoreError as exc:  # nothing recorded: the sender retries (503)
+            raise PrefectUnavailable(f"the incident book did not answer: {exc}") from exc
         answer: dict[str, Any] = {"ok": True, "result": verdict, "host": alert.host}
         if inc is not None:
             answer["incident"] = str(inc.event_id)
