@@ -525,3 +525,54 @@ def test_an_old_service_alert_is_recorded_not_acted_on() -> None:
     [answer] = resp.json()["alerts"]
     assert answer["result"] == "stale" and "cannot be confirmed" in answer["reason"]
     assert book.open_incidents() == []
+
+
+def test_attached_alerts_are_answered_at_once_and_their_events_sent_in_batches() -> None:
+    """Only the alert that opens an incident waits for Prefect; the others' events (the audit
+    trail, which starts nothing) are queued and sent many to a request, kept when Prefect
+    fails."""
+    import asyncio
+
+    from infra.gateway.decide import Decider
+    from infra.gateway.intake import EVENT_BATCH, AlertIntake
+
+    class Resp:
+        def __init__(self, ok: bool) -> None:
+            self.ok = ok
+
+        def raise_for_status(self) -> None:
+            if not self.ok:
+                raise OSError("Prefect is down")
+
+    class Client:
+        def __init__(self) -> None:
+            self.posts: list[int] = []
+            self.up = True
+
+        async def request(self, method: str, path: str, json: Any) -> Resp:
+            assert (method, path) == ("POST", "/events")
+            if self.up:
+                self.posts.append(len(json))
+            return Resp(self.up)
+
+    decider = Decider(SITE)
+    intake = AlertIntake(SITE, Incidents(300), decider.record)
+    client = Client()
+    now = dt.datetime.now(dt.UTC).isoformat()
+
+    async def storm() -> list[str]:
+        out = []
+        for i in range(EVENT_BATCH + 50):
+            a = parse_generic(SITE, generic(time=now, source=f"m{i % 3}"))
+            out.append((await intake.accept(a, client))["result"])
+        return out
+
+    verdicts = asyncio.run(storm())
+    assert verdicts[0] == "new" and set(verdicts[1:]) == {"attached"}
+    assert client.posts == [1]  # the incident's own event, before its answer
+    client.up = False
+    assert asyncio.run(intake.send_events(client)) == 0  # kept for the next try
+    client.up = True
+    asyncio.run(intake.drain_events(client))
+    assert client.posts == [1, EVENT_BATCH, 49]
+    assert intake.events_dropped == 0

@@ -125,13 +125,22 @@ def create_app(
                 # bounded: a Prefect API that is down must not hold the gateway's start
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(intake.starter.warm(client), 5)
-            task = asyncio.create_task(intake.run_forever(get_client))
+            tasks = [
+                asyncio.create_task(intake.run_forever(get_client)),
+                asyncio.create_task(intake.send_events_forever(client)),
+            ]
             try:
                 yield
             finally:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                for task in tasks:
+                    task.cancel()
+                for task in tasks:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+                # what is still queued goes now (bounded: a Prefect API that is down must not
+                # hold the gateway's stop)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(intake.drain_events(client), 5)
 
     app = FastAPI(title="handover gateway", docs_url=None, redoc_url=None, lifespan=lifespan)
     verifier = SignatureVerifier(signing_secret or "unused: no Slack signing secret")

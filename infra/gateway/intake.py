@@ -29,6 +29,10 @@ from infra.gateway.starts import RunStarter
 from tasks.probe import sshd_greets
 
 T = TypeVar("T")
+#: audit events (attached, noted) sent to Prefect in one request at most
+EVENT_BATCH = 200
+#: audit events kept while Prefect does not take them
+MAX_QUEUED_EVENTS = 10_000
 
 log = logging.getLogger("handover.gateway.alerts")
 SLACK_NOTE_EVERY_S = 10.0
@@ -65,7 +69,45 @@ class AlertIntake:
         self.audit = audit
         self.slack_post = slack_post
         self._slack_backlog: dict[str, list[str]] = {}
+        self._events: list[dict[str, Any]] = []
+        #: audit events dropped because Prefect did not take them for too long
+        self.events_dropped = 0
         self._slack_noted_at: dict[str, float] = {}
+
+    def _queue_event(self, ev: dict[str, Any]) -> None:
+        if len(self._events) >= MAX_QUEUED_EVENTS:
+            self._events.pop(0)
+            self.events_dropped += 1
+        self._events.append(ev)
+
+    async def send_events(self, client: Any) -> int:
+        """Send the queued audit events in one request; on failure they stay queued (up to
+        `MAX_QUEUED_EVENTS`, the oldest dropped first). Returns how many were sent."""
+        if not self._events:
+            return 0
+        batch, self._events = self._events[:EVENT_BATCH], self._events[EVENT_BATCH:]
+        try:
+            resp = await client.request("POST", "/events", json=batch)
+            resp.raise_for_status()
+        except Exception as exc:  # noqa: BLE001 - kept for the next try
+            self._events[:0] = batch
+            log.warning(
+                "could not send %d alert events (kept for the next try): %s", len(batch), exc
+            )
+            return 0
+        return len(batch)
+
+    async def drain_events(self, client: Any) -> None:
+        """Send every queued audit event (batch after batch) until none is left or a send
+        fails."""
+        while await self.send_events(client) == EVENT_BATCH:
+            pass
+
+    async def send_events_forever(self, client: Any, every_s: float = 0.1) -> None:
+        """The gateway's background sender of audit events."""
+        while True:
+            await self.drain_events(client)
+            await asyncio.sleep(every_s)
 
     async def _book(self, fn: Callable[..., T], *args: Any) -> T:
         """Call the incident book: off the event loop when it waits on a server."""
@@ -111,30 +153,33 @@ class AlertIntake:
             attached=verdict == "attached",
             frontend_hosts=frozenset(fe.hosts if fe else ()),
         )
-        try:
-            if self.starter is not None and verdict != "attached":
-                # the gateway decides what starts: its events are ones no trigger expects
-                trigger_event = dict(ev)
-                ev["event"] = gateway_event_name(alert)
-            if verdict == "new" and self.starter is not None:
-                assert inc is not None
-                created = await self.starter.start(client, trigger_event)
-                answer["runs"] = {dep: run for dep, run in created}
-                run_id = answer["runs"].get(inc.procedure, inc.run_id)
-                await self._book(self.incidents.set_run, inc, run_id)
-                answer["run_id"] = inc.run_id
-            resp = await client.request("POST", "/events", json=[ev])
-            resp.raise_for_status()
+        if self.starter is not None and verdict != "attached":
+            # the gateway decides what starts: its events are ones no trigger expects
+            trigger_event = dict(ev)
+            ev["event"] = gateway_event_name(alert)
+        if verdict != "new":
+            # attached, noted, ignored: already in the book; their events are the audit trail
+            # and start nothing, so they go to Prefect in batches (`send_events`), not while the
+            # sender waits: a storm's answers do not queue behind Prefect's writes
+            self._queue_event(ev)
             answer["event_id"] = ev["id"]
-        except Exception as exc:
-            if verdict == "new":
-                assert inc is not None
+        else:
+            assert inc is not None
+            try:
+                if self.starter is not None:
+                    created = await self.starter.start(client, trigger_event)
+                    answer["runs"] = {dep: run for dep, run in created}
+                    run_id = answer["runs"].get(inc.procedure, inc.run_id)
+                    await self._book(self.incidents.set_run, inc, run_id)
+                    answer["run_id"] = inc.run_id
+                resp = await client.request("POST", "/events", json=[ev])
+                resp.raise_for_status()
+                answer["event_id"] = ev["id"]
+            except Exception as exc:
                 await self._book(self.incidents.forget, inc)
                 raise PrefectUnavailable(
                     f"Prefect did not start the runs or take the event: {exc}"
                 ) from exc
-            # attached or a recovery: already noted on its incident; the event is the audit trail
-            log.warning("could not send the %s event of an alert: %s", verdict, exc)
         if verdict == "new":
             answer["starts"] = procedure
         self.audit(
