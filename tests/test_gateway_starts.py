@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from config.loader import load_site
 from infra.gateway.alerts import event_id, parse_generic
 from infra.gateway.incidents import Incidents
@@ -66,3 +68,40 @@ def test_the_key_is_the_incidents_so_two_gateways_create_one_run() -> None:
         e2["id"], "emergency-move"
     )
     assert idempotency_key(e1["id"], "switch") != idempotency_key(e1["id"], "emergency-move")
+
+
+def test_a_busy_server_is_asked_again_at_once_not_after_prefects_2_s() -> None:
+    """SQLite locked by another write answers 503; the alert's sender is waiting, so the run's
+    creation is tried again after 0.1 s, 0.2 s, ... (the idempotency key makes it one run)."""
+    import asyncio
+    import time
+
+    import httpx
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    from infra.gateway.starts import _create_quickly
+
+    class Client:
+        def __init__(self, busy: int, code: int = 503) -> None:
+            self.busy, self.code, self.keys = busy, code, []
+
+        async def create_flow_run_from_deployment(self, dep: str, **kw: object) -> str:
+            self.keys.append(kw["idempotency_key"])
+            if len(self.keys) <= self.busy:
+                req = httpx.Request("POST", "http://prefect/api/deployments/x/create_flow_run")
+                resp = httpx.Response(self.code, request=req)
+                raise PrefectHTTPStatusError.from_httpx_error(
+                    httpx.HTTPStatusError("busy", request=req, response=resp)
+                )
+            return "run"
+
+    client = Client(busy=2)
+    began = time.monotonic()
+    assert asyncio.run(_create_quickly(client, "dep", {}, "k")) == "run"
+    assert time.monotonic() - began < 1.0
+    assert client.keys == ["k", "k", "k"]
+    # another refusal is not retried, and a server busy for good is given up (503 to the sender)
+    for c in (Client(busy=1, code=422), Client(busy=99)):
+        with pytest.raises(PrefectHTTPStatusError):
+            asyncio.run(_create_quickly(c, "dep", {}, "k"))
+    assert len(c.keys) == 6

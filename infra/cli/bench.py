@@ -17,6 +17,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.bench_what == "alert":
         from infra.bench.alert import bench_alert
 
+        if args.storm:
+            from infra.bench.storm import bench_storm
+
+            result = bench_storm(alerts=args.storm, gateways=args.gateways, progress=say)
+            return _print(args, result)
         backends = ("postgresql", "sqlite") if args.prefect_db == "both" else (args.prefect_db,)
         starts = ("forkserver", "spawn") if args.start == "both" else (args.start,)
         runs_froms = ("gateway", "automations") if args.runs_from == "both" else (args.runs_from,)
@@ -76,6 +81,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from infra.bench.lab import bench_lab
 
         result = bench_lab(args.site, rounds=args.rounds, hosts=args.hosts, progress=say)
+    return _print(args, result)
+
+
+def _print(args: argparse.Namespace, result: dict[str, Any]) -> int:
     if args.json:
         print_json(result)
     elif getattr(args, "markdown", False):
@@ -102,6 +111,19 @@ def register(sub: Any) -> None:
     p.add_argument("--json", action="store_true")
     p = bsub.add_parser("alert", help="alert -> flow start -> first agent serving (p50, p95)")
     p.add_argument("--rounds", type=int, default=10)
+    p.add_argument(
+        "--storm",
+        type=int,
+        default=0,
+        metavar="N",
+        help="instead: N identical alerts in 10 s over the gateways (runs, latency, memory)",
+    )
+    p.add_argument(
+        "--gateways",
+        type=int,
+        default=2,
+        help="with --storm: gateways sharing one book (default 2)",
+    )
     p.add_argument(
         "--prefect-db",
         choices=["both", "postgresql", "sqlite"],
