@@ -177,8 +177,11 @@ def bench_storm(
             sampler = threading.Thread(target=sample, daemon=True)
             sampler.start()
             when = dt.datetime.now(dt.UTC)
+            from config.loader import load_site
+
+            site = load_site(site_file)
             body = alert_body(
-                "benchstorm", HOST, "fts", "host_down", when=when, summary=f"{HOST} down"
+                site.site, HOST, site.service.name, "host_down", when=when, summary=f"{HOST} down"
             )
             progress(f"storm: {alerts} identical alerts in {STORM_S:g} s over {gateways} gateways")
             start = time.monotonic() + 0.5
