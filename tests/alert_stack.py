@@ -8,6 +8,7 @@ import json
 import os
 import socket
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,8 @@ class Stack(ServeAndGateway):
                 "HANDOVER_SLACK_API_URL": slack.base_url,
                 "HANDOVER_SLACK_BOT_TOKEN": SLACK_TOKEN,
                 "HANDOVER_SLACK_SIGNING_SECRET": "alert-test-slack-signing-secret",
+                # for sites with `alerts.incident_store: {env: HANDOVER_INCIDENT_STORE}`
+                "HANDOVER_INCIDENT_STORE": incident_store(lab),
             },
         )
         self.lab = lab
@@ -94,6 +97,15 @@ class Stack(ServeAndGateway):
         # what is asserted is how alerts are counted, not how fast they are answered (the bench
         # measures that): a loaded machine may take longer than a hook's 5 s with 16 at once
         return post_alert(self.url, SECRET, body, timeout_s=60)
+
+
+def incident_store(lab: RunningLab) -> str:
+    """The URL of a shared incident book in the lab's PostgreSQL (created empty once)."""
+    db = lab.lab.db
+    if not db.psql_admin("SELECT 1 FROM pg_database WHERE datname = 'handover_incidents'").strip():
+        db.psql_admin("CREATE DATABASE handover_incidents OWNER fts")
+    password = urllib.parse.quote(db.password(), safe="")
+    return f"postgresql://fts:{password}@{db.address}:{db.port}/handover_incidents"
 
 
 def stack_fixture(

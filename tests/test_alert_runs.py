@@ -6,6 +6,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import signal
+import subprocess
+import sys
+import threading
 import time
 import uuid
 from collections import Counter
@@ -25,6 +29,7 @@ from tests.alert_stack import (
     alias_host,
     emergency_runs,
     final,
+    free_port,
     run_logs,
     stack_fixture,
     switch_runs,
@@ -59,7 +64,11 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningLab]:
     """The lab with a 30 s dedup window (the triggers' `within`): long enough for a storm of
     alerts to start one run, short enough that a later test's alert for the same host (a dead
     front-end host also starts the switch) is not swallowed by an earlier test's window."""
-    yield from start_lab(tmp_path_factory, alerts={"dedup_window_s": 30})
+    yield from start_lab(
+        tmp_path_factory,
+        # the gateways of this module share their incident book (the lab's PostgreSQL)
+        alerts={"dedup_window_s": 30, "incident_store": {"env": "HANDOVER_INCIDENT_STORE"}},
+    )
 
 
 def test_a_storm_of_identical_alerts_starts_exactly_one_run(lab: RunningLab, stack: Stack) -> None:
@@ -387,3 +396,106 @@ def test_an_alert_event_from_elsewhere_starts_its_run_through_the_automation(
     done = wait_for(lambda: final(run.id), 120, "the emergency move to end")
     assert done.state is not None and done.state.is_completed(), done.state
     stays(lambda: len(mine()) == 1, NOTHING_S, "one run for the event")
+
+
+def test_two_gateways_share_one_book_and_one_killed_mid_storm_loses_nothing(
+    lab: RunningLab, stack: Stack
+) -> None:
+    """Last in the module (it leaves fts105's incident open for the window). A second gateway
+    on the same site and incident book; a storm of one failure split over
+    both, the second killed (SIGKILL) in the middle: its senders retry at the first, as hooks
+    and Alertmanager do. One incident, one run; every alert answered is in the book."""
+    place_on_primaries(lab)
+    stack.quiet("fts105")
+    port = free_port()
+    second = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "infra.cli",
+            "gateway",
+            "--site",
+            str(lab.site_file),
+            "--port",
+            str(port),
+        ],
+        cwd=ROOT,
+        env=stack.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url2 = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: _healthy(url2), 60, "the second gateway to answer")
+        when = dt.datetime.now(dt.UTC)
+        stack.alerted["fts105"] = time.time()
+        body = alert_body(
+            lab.site.site,
+            "fts105",
+            lab.site.service.name,
+            "host_down",
+            when=when,
+            summary="fts105 down",
+        )
+        at_second = Counter[str]()
+        lock = threading.Lock()
+
+        def send(i: int) -> tuple[str, dict[str, Any]]:
+            if i % 2:
+                try:
+                    status, answer = post_alert(url2, SECRET, body, timeout_s=60)
+                    with lock:
+                        at_second["answered"] += 1
+                        if at_second["answered"] == 50:
+                            os.killpg(second.pid, signal.SIGKILL)  # gone mid-storm
+                    return "second", answer
+                except OSError:
+                    pass  # not answered: the sender tries the other gateway
+            status, answer = post_alert(stack.url, SECRET, body, timeout_s=60)
+            assert status == 202, answer
+            return "first", answer
+
+        with ThreadPoolExecutor(max_workers=16) as ex:
+            answers = list(ex.map(send, range(300)))
+        assert second.wait(10) == -signal.SIGKILL
+        verdicts = Counter(a["alerts"][0]["result"] for _, a in answers)
+        assert verdicts == {"new": 1, "attached": 299}, verdicts
+        by = Counter(g for g, _ in answers)
+        assert by["second"] >= 50 and by["first"] >= 150, by
+        [new] = [a["alerts"][0] for _, a in answers if a["alerts"][0]["result"] == "new"]
+
+        def ours() -> list[Any]:
+            return [
+                r
+                for r in emergency_runs("fts105")
+                if r.parameters.get("alert_id") == new["incident"]
+            ]
+
+        run = wait_for(lambda: ours() or None, 30, "the emergency move")[0]
+        assert str(run.id) == new["run_id"]
+        done = wait_for(lambda: final(run.id), 120, "the emergency move to finish")
+        assert done.state is not None and done.state.is_completed(), done.state
+        stays(lambda: len(ours()) == 1, NOTHING_S, "one emergency-move run")
+        # each answered alert is noted once on the run, by whichever gateway's resolver took it
+        wait_for(
+            lambda: sum("alert attached" in m for m in run_logs(run.id)) == 299 or None,
+            60,
+            "the 299 attached alerts in the run's log",
+        )
+    finally:
+        if second.poll() is None:
+            os.killpg(second.pid, signal.SIGKILL)
+            second.wait(10)
+    place_on_primaries(lab)
+
+
+def _healthy(url: str) -> bool:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url + "/healthz", timeout=2):
+            return True
+    except (urllib.error.URLError, OSError):
+        return False
