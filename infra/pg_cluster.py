@@ -63,6 +63,20 @@ class PgCluster:
         self.hba = hba
         self.what = what
 
+    @classmethod
+    def scratch(cls, base: Path, port: int, what: str) -> PgCluster:
+        """A throw-away cluster on 127.0.0.1 (tests, benches): fsync off, password logins from
+        loopback."""
+        return cls(
+            base / "pg",
+            base / "pg.log",
+            "127.0.0.1",
+            port,
+            settings={"fsync": "off", "max_connections": "100"},
+            hba="local all postgres peer\nhost all all 127.0.0.1/32 scram-sha-256\n",
+            what=what,
+        )
+
     def _bin(self, name: str) -> str:
         bindir = pg_bin_dir()
         if bindir is None:

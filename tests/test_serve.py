@@ -99,6 +99,18 @@ def test_served_clean_move_runs_from_the_api(lab: RunningLab, prefect_api: str) 
         assert run.parameters["site_file"] == str(lab.site_file.resolve())
 
 
+def paused_move() -> Any:
+    """A clean move of fts101's agents to fts102 created through the API, once it waits for its
+    approval (the site requires one: a run created through the API cannot switch it off)."""
+    run = run_deployment(
+        "clean-move/clean-move",
+        parameters={"from_host": "fts101", "to_host": "fts102", "pause_for_approval": False},
+        timeout=0,
+    )
+    wait_for(lambda: _state(run.id).is_paused(), 60, "the move to ask for approval")
+    return run
+
+
 def _children(pid: int) -> list[int]:
     path = Path(f"/proc/{pid}/task/{pid}/children")
     return [int(c) for c in path.read_text().split()] if path.exists() else []
@@ -118,20 +130,8 @@ def test_a_served_run_starts_as_its_start_method_says(
     """forkserver: the run's process is forked by the serve process's fork server, which has
     imported Prefect and the flows; spawn: it is a fresh interpreter started by serve itself."""
     with serving(lab, prefect_api, "--start", start) as proc:
-        # the site requires an approval: a run created through the API cannot switch it off
-        run = run_deployment(
-            "clean-move/clean-move",
-            parameters={"from_host": "fts101", "to_host": "fts102", "pause_for_approval": False},
-            timeout=0,
-        )
+        run = paused_move()
         try:
-
-            def paused() -> bool:
-                with get_client(sync_client=True) as client:
-                    st = client.read_flow_run(run.id).state
-                return bool(st and st.is_paused())
-
-            wait_for(paused, 60, "the served run to pause for approval")
             servers = [
                 c for c in _children(proc.pid) if "multiprocessing.forkserver" in _cmdline(c)
             ]
@@ -333,19 +333,8 @@ def test_two_workers_share_the_pool_and_start_each_run_once(
         assert all("Beginning flow run" in text for text in texts.values()), texts
 
         # a run in progress is a child of one worker's fork server, which imported the flows
-        run = run_deployment(
-            "clean-move/clean-move",
-            parameters={"from_host": "fts101", "to_host": "fts102", "pause_for_approval": False},
-            timeout=0,
-        )
+        run = paused_move()
         try:
-
-            def paused() -> bool:
-                with get_client(sync_client=True) as client:
-                    st = client.read_flow_run(run.id).state
-                return bool(st and st.is_paused())
-
-            wait_for(paused, 60, "the worker's run to pause for approval")
             forked = []
             for pid in _worker_pids(tmp_path):
                 for server in _children(pid):
@@ -387,11 +376,9 @@ def test_a_worker_killed_mid_move_the_procedure_finishes_on_the_other(
     place_on_primaries(lab)
     before = lab.lab.score()
     pool = "handover-test-workers"  # deployed by the test before (the module's order)
-    params = {"from_host": "fts101", "to_host": "fts102", "pause_for_approval": False}
     job = submit_long_job(lab, "CERN-RAL", 600)
     with workers(lab, prefect_api, pool, ["crash-a", "crash-b"], tmp_path):
-        first = run_deployment("clean-move/clean-move", parameters=params, timeout=0)
-        wait_for(lambda: _state(first.id).is_paused(), 60, "the move to ask for approval")
+        first = paused_move()
         resume_flow_run(first.id, run_input={"decision": "approve", "who": "test"})
         wait_for(
             lambda: snapshot_site(lab.shell).channels.get("CERN-RAL") == "Inactive",

@@ -32,15 +32,7 @@ def store_url() -> Iterator[str]:
         port = int(s.getsockname()[1])
     base = Path(tempfile.mkdtemp(prefix="handover-test-incidents-", dir="/var/tmp"))
     base.chmod(0o755)
-    cluster = PgCluster(
-        base / "pg",
-        base / "pg.log",
-        "127.0.0.1",
-        port,
-        settings={"fsync": "off", "max_connections": "50"},
-        hba="local all postgres peer\nhost all all 127.0.0.1/32 scram-sha-256\n",
-        what="incident store",
-    )
+    cluster = PgCluster.scratch(base, port, "incident store")
     cluster.ensure()
     cluster.start()
     try:

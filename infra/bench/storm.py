@@ -108,15 +108,7 @@ def bench_storm(
     data["alerts"]["incident_store"] = {"env": "HANDOVER_INCIDENT_STORE"}
     site_file.write_text(yaml.safe_dump(data, sort_keys=False))
     pg_port = _free_port()
-    book = PgCluster(
-        tmp / "pg",
-        tmp / "pg.log",
-        "127.0.0.1",
-        pg_port,
-        settings={"fsync": "off", "max_connections": "100"},
-        hba="local all postgres peer\nhost all all 127.0.0.1/32 scram-sha-256\n",
-        what="the bench's incident book",
-    )
+    book = PgCluster.scratch(tmp, pg_port, "the bench's incident book")
     secret = secrets.token_hex(16)
     procs: list[subprocess.Popen[bytes]] = []
     out: dict[str, Any] = {"alerts": alerts, "gateways": gateways, "storm_s": STORM_S}

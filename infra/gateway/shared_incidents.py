@@ -286,28 +286,21 @@ class SharedIncidents:
     def set_run(self, inc: Incident, run_id: str | None) -> None:
         """Record the incident's run (found or created)."""
         inc.run_id = run_id
-        self._run(
-            lambda c: c.run(
-                "UPDATE handover_incidents SET run_id = :r WHERE site = :s AND host = :h AND "
-                "procedure = :p AND event_id = :e",
-                r=run_id,
-                s=inc.site,
-                h=inc.host,
-                p=inc.procedure,
-                e=str(inc.event_id),
-            )
-        )
+        self._update(inc, "run_id", run_id)
 
     def set_finished(self, inc: Incident, finished: bool) -> None:
         """Record whether the incident's run has finished."""
-        if inc.run_finished == finished:
-            return
-        inc.run_finished = finished
+        if inc.run_finished != finished:
+            inc.run_finished = finished
+            self._update(inc, "run_finished", finished)
+
+    def _update(self, inc: Incident, column: str, value: Any) -> None:
+        assert column in ("run_id", "run_finished")
         self._run(
             lambda c: c.run(
-                "UPDATE handover_incidents SET run_finished = :f WHERE site = :s AND host = :h "
-                "AND procedure = :p AND event_id = :e",
-                f=finished,
+                f"UPDATE handover_incidents SET {column} = :v WHERE site = :s AND host = :h AND "
+                "procedure = :p AND event_id = :e",
+                v=value,
                 s=inc.site,
                 h=inc.host,
                 p=inc.procedure,
