@@ -9,7 +9,10 @@ fresh bench lab, `rounds` times each, side by side in one run:
   snapshots and the exporter pay);
 * **one command per round trip, warm**: the same reads sent as separate commands (the way
   snapshots were read before they were batched), for comparison;
-* **sensor reading, warm**: `read_sensors`, what `handover exporter` does every interval.
+* **sensor reading, warm**: `read_sensors`, what `handover exporter` does every interval;
+* **empty round trip, warm**: one `true` per host, the same parallelism: the floor any reading
+  of every host pays on this machine (SSH channels, sshd's session, a shell);
+* **snapshot, warm, 4x the parallelism**: whether opening more at once helps.
 
 It prints the median and the spread of each, and the 50-host / 4-host ratio of each median
 (the target: a snapshot of 50 hosts within 2x the 4-host one). The lab's hosts all run on this
@@ -49,6 +52,13 @@ def _separate_commands(shell: Any) -> None:
         list(ex.map(lambda c: shell.run(names[0], "channel_state", channel=c), site.channels))
 
 
+def _empty_round_trips(shell: Any) -> None:
+    """One round trip per host that reads nothing (`true`): what the SSH sessions cost alone."""
+    names = [h.name for h in shell.site.hosts]
+    with ThreadPoolExecutor(max_workers=min(shell.site.ssh.parallelism, len(names))) as ex:
+        list(ex.map(lambda n: shell.run_argv(n, ["true"]), names))
+
+
 def _measure(site_file: Path, hosts: int | None, rounds: int, say: Callable[[str], None]) -> Any:
     from tasks.remote import SiteShell
     from tasks.sensors import read_sensors
@@ -66,7 +76,7 @@ def _measure(site_file: Path, hosts: int | None, rounds: int, say: Callable[[str
             fn()
             return time.monotonic() - t0
 
-        cold, warm, separate, sensors = [], [], [], []
+        cold, warm, separate, sensors, empty, wide = [], [], [], [], [], []
         for _ in range(rounds):
             with SiteShell(site) as shell:
                 cold.append(timed(lambda: snapshot_site(shell)))
@@ -83,6 +93,15 @@ def _measure(site_file: Path, hosts: int | None, rounds: int, say: Callable[[str
                 warm.append(timed(lambda: snapshot_site(shell)))
                 separate.append(timed(lambda: _separate_commands(shell)))
                 sensors.append(timed(lambda: read_sensors(shell, 120)))
+                empty.append(timed(lambda: _empty_round_trips(shell)))
+        # the same snapshot with 4x the site's parallelism: does opening more at once help?
+        wider = site.model_copy(
+            update={"ssh": site.ssh.model_copy(update={"parallelism": 4 * site.ssh.parallelism})}
+        )
+        with SiteShell(wider) as shell:
+            snapshot_site(shell)
+            for _ in range(rounds):
+                wide.append(timed(lambda: snapshot_site(shell)))
         row: dict[str, Any] = {
             "hosts": n,
             "channels": len(site.channels),
@@ -91,6 +110,8 @@ def _measure(site_file: Path, hosts: int | None, rounds: int, say: Callable[[str
             "snapshot_warm_s": spread(warm),
             "separate_commands_warm_s": spread(separate),
             "sensor_reading_warm_s": spread(sensors),
+            "empty_round_trip_warm_s": spread(empty),
+            "snapshot_warm_4x_parallelism_s": spread(wide),
         }
         say(
             f"{n} hosts: snapshot cold p50 {row['snapshot_cold_s']['p50']:.2f} s, warm "
@@ -138,6 +159,12 @@ def bench_scale(
                 f"({large[k]['min']:.2f}-{large[k]['max']:.2f}), ratio {ratios[k]:.2f}"
                 for k in keys
             ),
+            f"  the {large['hosts']}-host snapshot (warm) against the {small['hosts']}-host one: "
+            f"{ratios['snapshot_warm_s']:.2f}x (target 2x); the empty round trips alone "
+            "(SSH sessions and channels, no reading) "
+            f"take {large['empty_round_trip_warm_s']['p50']:.2f} s at {large['hosts']} hosts, "
+            f"{large['empty_round_trip_warm_s']['p50'] / small['snapshot_warm_s']['p50']:.1f}x "
+            "the 4-host snapshot",
         ],
         "ok": True,
     }
