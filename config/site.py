@@ -467,6 +467,21 @@ class Database(_Model):
     #: the bound of every database call: connecting, and each query or kill (a hung
     #: `gv$session` query must not hold an emergency move)
     timeout_s: float = Field(default=10.0, gt=0, le=300)
+    #: one SELECT returning (channel, state) rows for the channels; when set, a snapshot reads
+    #: every channel's state with it (one database round trip from handover's machine) instead
+    #: of one `commands.channel_state` per channel over SSH, and falls back to those commands
+    #: when the database does not answer. Example (the lab): ``SELECT name, state FROM channels``
+    channel_states_query: str | None = None
+
+    @field_validator("channel_states_query")
+    @classmethod
+    def _one_select(cls, v: str | None) -> str | None:
+        if v is not None and (not re.match(r"(?is)^\s*select\s", v) or ";" in v):
+            raise ValueError(
+                "must be one SELECT statement without ';' returning (channel, state) rows, "
+                "e.g. SELECT name, state FROM channels"
+            )
+        return v
 
 
 #: a DNS name (absolute or not): labels of letters, digits and hyphens (length checked by the

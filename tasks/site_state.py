@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Sequence
@@ -28,6 +29,8 @@ from tasks import remote
 from tasks.adapters.ssh import CommandResult, PermanentSshError, SshError, TransientSshError
 from tasks.outcome import now
 from tasks.remote import SiteShell
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "AgentProcess",
@@ -151,7 +154,9 @@ def snapshot_site(shell: SiteShell, hosts: list[str] | None = None) -> SiteSnaps
 
     One SSH round trip per host (`read_host`), at most `ssh.parallelism` hosts at once: each
     host's carries its process table, its `.disabled` file and the states of a few channels
-    (`spread_channels`). A channel whose reading failed there (a host cut off from the database)
+    (`spread_channels`); with the site's `database.channel_states_query`, every channel's state
+    is read with that one query instead, and the hosts read only what it did not answer. A
+    channel whose reading failed there (a host cut off from the database)
     is read again on the other reachable hosts, one after the other; a channel no host could
     read is left out of `channels` and its error is in `channel_errors` (all are left out when
     no host can be reached).
@@ -159,10 +164,12 @@ def snapshot_site(shell: SiteShell, hosts: list[str] | None = None) -> SiteSnaps
     site = shell.site
     started = time.monotonic()
     names = hosts or [h.name for h in site.hosts]
-    assigned = spread_channels(site.channels, names)
     channels: dict[str, str] = {}
     errors: dict[str, str] = {}
     retry: list[str] = []
+    from_db = _channel_states_from_db(site)
+    channels.update({c: st for c, st in from_db.items() if c in site.channels})
+    assigned = spread_channels([c for c in site.channels if c not in channels], names)
 
     def one(host: str) -> HostSnapshot:
         mine = assigned[host]
@@ -206,6 +213,20 @@ def snapshot_site(shell: SiteShell, hosts: list[str] | None = None) -> SiteSnaps
         channel_errors={c: errors[c] for c in site.channels if c in errors and c not in channels},
         duration_s=round(time.monotonic() - started, 3),
     )
+
+
+def _channel_states_from_db(site: Site) -> dict[str, str]:
+    """The channel states from the site's one query, or nothing (no query configured, or the
+    database did not answer: the hosts read them, as without the query)."""
+    if site.database is None or site.database.channel_states_query is None:
+        return {}
+    from tasks.adapters.db import DatabaseUnavailable, read_channel_states
+
+    try:
+        return read_channel_states(site)
+    except DatabaseUnavailable as exc:
+        log.warning("%s; reading the channel states on the hosts instead", exc)
+        return {}
 
 
 @task(name="snapshot-site", cache_policy=NO_CACHE, **remote.TRANSIENT_RETRIES)

@@ -157,6 +157,12 @@ MALFORMED: list[tuple[str, dict[str, Any], str, str]] = [
     ),
     ("wrong database kind", _mutate(["database", "kind"], "sqlite"), "database.kind", "oracle"),
     (
+        "channel states query that is not one SELECT",
+        _mutate(["database", "channel_states_query"], "SELECT 1; DELETE FROM channels"),
+        "database.channel_states_query",
+        "one SELECT",
+    ),
+    (
         "slack approver that is not a user id",
         _mutate(["slack", "approvers"], ["@alice"]),
         "slack.approvers[0]",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from typing import Any
 
 import pytest
 
@@ -208,6 +209,56 @@ def test_second_agent_blocks_on_the_db_lock_until_the_session_is_killed(lab: Run
 
 def _proc_states(lab: RunningLab, host: str) -> set[str]:
     return {p.state for p in lab.lab.host_processes().get(host, [])}
+
+
+def test_a_snapshot_reads_the_channel_states_in_one_query_when_the_site_says_so(
+    lab: RunningLab,
+) -> None:
+    """`database.channel_states_query`: the states come from one query, no host is asked for
+    one; a database that does not answer leaves them to the hosts, with the same result."""
+    from tasks.site_state import snapshot_site
+
+    site = lab.site
+    assert site.database is not None
+    set_channels(lab.shell, "fts101", ["CERN-RAL"], "Inactive")
+    try:
+        plain = snapshot_site(lab.shell)
+        assert plain.channels["CERN-RAL"] == "Inactive" and len(plain.channels) == 6
+
+        def variant(**db: object) -> object:
+            return site.model_copy(
+                update={
+                    "database": site.database.model_copy(  # type: ignore[union-attr]
+                        update={"channel_states_query": "SELECT name, state FROM channels", **db}
+                    )
+                }
+            )
+
+        for case, expect_host_reads in ((variant(), False), (variant(port=1, timeout_s=2), True)):
+            sent = _snapshot_recording(case)
+            snap, commands = sent
+            assert snap.channels == plain.channels and snap.channel_errors == {}
+            host_reads = [c for c in commands if isinstance(c, tuple) and c[0] == "channel_state"]
+            assert bool(host_reads) == expect_host_reads, host_reads
+    finally:
+        set_channels(lab.shell, "fts101", ["CERN-RAL"], "Active")
+
+
+def _snapshot_recording(site: Any) -> tuple[Any, list[Any]]:
+    """A snapshot of `site` and the commands its round trips carried."""
+    from tasks.remote import SiteShell
+    from tasks.site_state import snapshot_site
+
+    sent: list[Any] = []
+    with SiteShell(site) as shell:
+        run_many = shell.run_many
+
+        def recording(host: str, commands: list[Any], **kw: Any) -> Any:
+            sent.extend(commands)
+            return run_many(host, commands, **kw)
+
+        shell.run_many = recording  # type: ignore[method-assign]
+        return snapshot_site(shell), sent
 
 
 def test_fault_sshd_down(lab: RunningLab) -> None:

@@ -12,7 +12,10 @@ fresh bench lab, `rounds` times each, side by side in one run:
 * **sensor reading, warm**: `read_sensors`, what `handover exporter` does every interval;
 * **empty round trip, warm**: one `true` per host, the same parallelism: the floor any reading
   of every host pays on this machine (SSH channels, sshd's session, a shell);
-* **snapshot, warm, 4x the parallelism**: whether opening more at once helps.
+* **snapshot, warm, 4x the parallelism**: whether opening more at once helps;
+* **snapshot, warm, channel states in one query**: with the site's
+  `database.channel_states_query`, the states read with one database query from here, the hosts
+  asked for their process tables and `.disabled` only.
 
 It prints the median and the spread of each, and the 50-host / 4-host ratio of each median
 (the target: a snapshot of 50 hosts within 2x the 4-host one). The lab's hosts all run on this
@@ -76,7 +79,7 @@ def _measure(site_file: Path, hosts: int | None, rounds: int, say: Callable[[str
             fn()
             return time.monotonic() - t0
 
-        cold, warm, separate, sensors, empty, wide = [], [], [], [], [], []
+        cold, warm, separate, sensors, empty, wide, query = [], [], [], [], [], [], []
         for _ in range(rounds):
             with SiteShell(site) as shell:
                 cold.append(timed(lambda: snapshot_site(shell)))
@@ -102,6 +105,21 @@ def _measure(site_file: Path, hosts: int | None, rounds: int, say: Callable[[str
             snapshot_site(shell)
             for _ in range(rounds):
                 wide.append(timed(lambda: snapshot_site(shell)))
+        # the channel states in one query of the database (`database.channel_states_query`)
+        assert site.database is not None
+        one_query = site.model_copy(
+            update={
+                "database": site.database.model_copy(
+                    update={"channel_states_query": "SELECT name, state FROM channels"}
+                )
+            }
+        )
+        with SiteShell(one_query) as shell:
+            snap = snapshot_site(shell)
+            if len(snap.channels) != len(site.channels):
+                raise RuntimeError(f"the one query read {sorted(snap.channels)}")
+            for _ in range(rounds):
+                query.append(timed(lambda: snapshot_site(shell)))
         row: dict[str, Any] = {
             "hosts": n,
             "channels": len(site.channels),
@@ -112,6 +130,7 @@ def _measure(site_file: Path, hosts: int | None, rounds: int, say: Callable[[str
             "sensor_reading_warm_s": spread(sensors),
             "empty_round_trip_warm_s": spread(empty),
             "snapshot_warm_4x_parallelism_s": spread(wide),
+            "snapshot_warm_channel_states_in_one_query_s": spread(query),
         }
         say(
             f"{n} hosts: snapshot cold p50 {row['snapshot_cold_s']['p50']:.2f} s, warm "
@@ -165,6 +184,8 @@ def bench_scale(
             f"take {large['empty_round_trip_warm_s']['p50']:.2f} s at {large['hosts']} hosts, "
             f"{large['empty_round_trip_warm_s']['p50'] / small['snapshot_warm_s']['p50']:.1f}x "
             "the 4-host snapshot",
+            "  the same with the channel states in one query: "
+            f"{ratios['snapshot_warm_channel_states_in_one_query_s']:.2f}x (target 2x)",
         ],
         "ok": True,
     }

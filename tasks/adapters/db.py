@@ -1,4 +1,5 @@
-"""Database sessions: list and kill the sessions that come from a machine (seed 000's DB lock).
+"""The service's database: list and kill the sessions that come from a machine (seed 000's DB
+lock), and read every channel's state in one query (`read_channel_states`, for snapshots).
 
 One small interface, three backends. Contract of a `SessionBackend`:
     * `list_sessions(machine_names, address, program)` returns the sessions whose client is that
@@ -232,24 +233,25 @@ def backend_for(site: Site) -> SessionBackend:
     return _backend(db)
 
 
-def _backend(db: Database) -> SessionBackend:
+def _connector(db: Database, application: str = "handover-drop-db-lock") -> Callable[[], Any]:
+    """How to open one bounded connection to the database (pg8000's native interface for
+    PostgreSQL, DB-API connections for Oracle and MariaDB)."""
+
     def password() -> str:
         return db.password.resolve().get_secret_value()
 
     if db.kind == "postgresql":
         import pg8000.native
 
-        return PostgresSessions(
-            lambda: pg8000.native.Connection(
-                db.user,
-                host=db.host,
-                port=db.port,
-                database=db.database,
-                password=password(),
-                # a socket timeout: it bounds the connect and every read of each call
-                timeout=db.timeout_s,
-                application_name="handover-drop-db-lock",
-            )
+        return lambda: pg8000.native.Connection(
+            db.user,
+            host=db.host,
+            port=db.port,
+            database=db.database,
+            password=password(),
+            # a socket timeout: it bounds the connect and every read of each call
+            timeout=db.timeout_s,
+            application_name=application,
         )
     if db.kind == "oracle":
         import oracledb
@@ -273,18 +275,61 @@ def _backend(db: Database) -> SessionBackend:
             conn.call_timeout = int(db.timeout_s * 1000)  # every round trip, in milliseconds
             return conn
 
-        return OracleSessions(oracle)
+        return oracle
     import pymysql  # type: ignore[import-untyped]
 
-    return MySqlSessions(
-        lambda: pymysql.connect(
-            user=db.user,
-            password=password(),
-            host=db.host,
-            port=db.port,
-            database=db.database,
-            connect_timeout=db.timeout_s,
-            read_timeout=db.timeout_s,
-            write_timeout=db.timeout_s,
-        )
+    return lambda: pymysql.connect(
+        user=db.user,
+        password=password(),
+        host=db.host,
+        port=db.port,
+        database=db.database,
+        connect_timeout=db.timeout_s,
+        read_timeout=db.timeout_s,
+        write_timeout=db.timeout_s,
     )
+
+
+def _backend(db: Database) -> SessionBackend:
+    connect = _connector(db)
+    if db.kind == "postgresql":
+        return PostgresSessions(connect)
+    if db.kind == "oracle":
+        return OracleSessions(connect)
+    return MySqlSessions(connect)
+
+
+def read_channel_states(site: Site) -> dict[str, str]:
+    """Every channel's state from the site's `database.channel_states_query` (one connection,
+    one query, bounded by `database.timeout_s`).
+
+    Raises:
+        DatabaseUnavailable: the database did not answer or refused the query.
+    """
+    db = site.database
+    if db is None or db.channel_states_query is None:
+        raise ValueError(f"site {site.site} has no database.channel_states_query")
+    query = db.channel_states_query
+    connect = _connector(db, "handover-snapshot")
+
+    def fetch() -> list[Any]:
+        with closing(connect()) as conn:
+            if db.kind == "postgresql":
+                return list(conn.run(query))
+            cur = conn.cursor()
+            try:
+                cur.execute(query)
+                return list(cur.fetchall())
+            finally:
+                cur.close()
+
+    try:
+        rows = within(db.timeout_s * 2, f"the {db.kind} database at {db.host}:{db.port}", fetch)
+    except DatabaseUnavailable:
+        raise
+    except Exception as exc:  # every driver's own errors
+        raise DatabaseUnavailable(
+            f"channel states: the {db.kind} database at {db.host}:{db.port} did not answer "
+            f"`{query}`: {exc}"
+        ) from exc
+    return {str(r[0]): str(r[1]) for r in rows}
