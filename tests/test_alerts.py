@@ -412,6 +412,8 @@ def test_the_gateway_counts_what_it_answered_for_prometheus() -> None:
     key = (("result", "refused"), ("site", "lab"), ("source", "webhook"), ("status", "401"))
     assert samples[("handover_gateway_requests_total", key)] == 2.0
     assert samples[("handover_gateway_incidents_open", (("site", "lab"),))] == 0.0
+    assert samples[("handover_gateway_events_queued", (("site", "lab"),))] == 0.0
+    assert samples[("handover_gateway_events_dropped_total", (("site", "lab"),))] == 0.0
 
 
 # --- old alerts ---------------------------------------------------------------------------------

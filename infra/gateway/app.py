@@ -290,7 +290,9 @@ async def _bounded_body(request: Request, limit: int) -> bytes | None:
 def gateway_metrics(site: Site, decider: Decider, intake: AlertIntake | None) -> bytes:
     """``handover_gateway_requests_total`` (every alert and interaction the gateway answered,
     by source, result and HTTP status: new, attached, noted, stale, refused, resumed, ...) and
-    ``handover_gateway_incidents_open``, in Prometheus' text format."""
+    ``handover_gateway_incidents_open``, ``handover_gateway_events_queued`` and
+    ``handover_gateway_events_dropped_total`` (attached alerts' audit events waiting for, or
+    lost to, a Prefect API that does not take them), in Prometheus' text format."""
     from prometheus_client import generate_latest
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
     from prometheus_client.registry import Collector, CollectorRegistry
@@ -313,6 +315,20 @@ def gateway_metrics(site: Site, decider: Decider, intake: AlertIntake | None) ->
                 )
                 open_.add_metric([site.site], float(len(intake.incidents.open_incidents())))
                 yield open_
+                queued = GaugeMetricFamily(
+                    "handover_gateway_events_queued",
+                    "Audit events of attached alerts not yet taken by Prefect",
+                    labels=["site"],
+                )
+                queued.add_metric([site.site], float(intake.events_queued))
+                yield queued
+                dropped = CounterMetricFamily(
+                    "handover_gateway_events_dropped",
+                    "Audit events dropped because Prefect did not take them for too long",
+                    labels=["site"],
+                )
+                dropped.add_metric([site.site], float(intake.events_dropped))
+                yield dropped
 
     registry = CollectorRegistry()
     registry.register(_Gateway())

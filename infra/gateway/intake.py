@@ -74,6 +74,11 @@ class AlertIntake:
         self.events_dropped = 0
         self._slack_noted_at: dict[str, float] = {}
 
+    @property
+    def events_queued(self) -> int:
+        """Audit events not yet taken by Prefect."""
+        return len(self._events)
+
     def _queue_event(self, ev: dict[str, Any]) -> None:
         if len(self._events) >= MAX_QUEUED_EVENTS:
             self._events.pop(0)
