@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
+import time
 from typing import Any
 
 #: the recovery automation's name (what `created_by` of the runs it starts says)
@@ -23,7 +25,13 @@ RESUME_NAME = "handover: a crashed procedure's run -> the same procedure again"
 MAX_CRASHES = 3
 CRASH_WINDOW_S = 3600
 
+#: a run's state is read before a step at most this often (a crash mark comes after 50 s of
+#: silence: a few seconds more before the zombie stops change nothing, an API call per step does)
+CHECK_EVERY_S = 5.0
+
 _log = logging.getLogger(__name__)
+_checked: dict[Any, float] = {}
+_checked_lock = threading.Lock()
 
 
 class Superseded(BaseException):
@@ -44,7 +52,8 @@ def _current_run() -> Any:
 
 
 def check_current() -> None:
-    """Raise `Superseded` when this process's flow run is no longer running (marked Crashed).
+    """Raise `Superseded` when this process's flow run is no longer running (marked Crashed);
+    the state is read at most every `CHECK_EVERY_S` seconds per run.
 
     Outside a flow run, or when the API does not answer, nothing is raised: an unreachable API
     must not stop a procedure in the middle.
@@ -52,6 +61,11 @@ def check_current() -> None:
     run = _current_run()
     if run is None:
         return
+    now = time.monotonic()
+    with _checked_lock:
+        if now - _checked.get(run.id, -CHECK_EVERY_S) < CHECK_EVERY_S:
+            return
+        _checked[run.id] = now
     from prefect.client.orchestration import get_client
 
     try:

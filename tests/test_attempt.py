@@ -3,15 +3,19 @@ before its next step; the recovery automation's runs stop a crash loop."""
 
 from __future__ import annotations
 
+import pytest
 from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.context import FlowRunContext
 from prefect.states import Crashed
 
+from flows import attempt
 from flows.attempt import MAX_CRASHES, Superseded, check_current, crash_loop
 
 
-def test_a_run_marked_crashed_is_superseded_before_its_next_step(prefect_api: str) -> None:
+def test_a_run_marked_crashed_is_superseded_before_its_next_step(
+    prefect_api: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     seen: list[str] = []
 
     @flow(name="attempt-guard")
@@ -23,6 +27,9 @@ def test_a_run_marked_crashed_is_superseded_before_its_next_step(prefect_api: st
         with get_client(sync_client=True) as client:
             # what the heartbeat automation does to a run whose process it takes for dead
             client.set_flow_run_state(ctx.flow_run.id, Crashed(message="no heartbeat"), force=True)
+        check_current()  # within CHECK_EVERY_S of the last read: not read again
+        seen.append("within the check interval")
+        monkeypatch.setattr(attempt, "CHECK_EVERY_S", 0.0)
         try:
             check_current()
         except Superseded as exc:
@@ -31,8 +38,8 @@ def test_a_run_marked_crashed_is_superseded_before_its_next_step(prefect_api: st
         seen.append("second step")
 
     guarded()
-    assert seen[0] == "first step"
-    assert "was marked Crashed (no heartbeat)" in seen[1]
+    assert seen[:2] == ["first step", "within the check interval"]
+    assert "was marked Crashed (no heartbeat)" in seen[2]
     assert "second step" not in seen
 
 
