@@ -5,8 +5,8 @@ the same host down, over and over, to whichever gateway it knows. The bench star
 Prefect server (SQLite, the default; the deployments registered by `handover deploy`), a
 PostgreSQL of its own for the shared incident book (`alerts.incident_store`) and `--gateways`
 real `handover gateway` processes, then sends N identical signed "fts105 down" alerts at an even
-pace over 10 s, round-robin over the gateways, each as a hook sends it (a new HTTPS-less
-connection, an HMAC signature). It measures:
+pace over 10 s, round-robin over the gateways, each as a hook sends it (a new
+connection and a fresh HMAC signature per alert). It measures:
 
 * **runs started**: the emergency-move runs for the host afterwards (must be 1);
 * **answers**: each gateway's verdicts (one `new`, the rest `attached`) and HTTP statuses;
