@@ -105,3 +105,55 @@ def test_a_busy_server_is_asked_again_at_once_not_after_prefects_2_s() -> None:
         with pytest.raises(PrefectHTTPStatusError):
             asyncio.run(_create_quickly(c, "dep", {}, "k"))
     assert len(c.keys) == 6
+
+
+def test_a_procedure_another_alert_of_the_host_started_is_not_started_twice() -> None:
+    """A front-end host that dies: its front end's alert (30 s) and its host_down (1 min) both
+    ask for the switch; it runs once, whichever comes first (as Prefect's per-host trigger
+    window would have it)."""
+    import asyncio
+    import datetime as dt
+
+    from infra.gateway.decide import Decider
+    from infra.gateway.incidents import Incidents
+    from infra.gateway.intake import AlertIntake
+    from infra.gateway.starts import RunStarter
+
+    class Starter(RunStarter):
+        def __init__(self) -> None:
+            super().__init__(SITE)
+            self.started: list[set[str]] = []
+
+        async def start(
+            self, client: object, event: dict[str, object], only: set[str] | None = None
+        ) -> list[tuple[str, str]]:
+            deps = [d for d in self.deployments_for(event) if only is None or d in only]
+            self.started.append(set(deps))
+            return [(d, f"run-{d}-{len(self.started)}") for d in deps]
+
+    class Resp:
+        def raise_for_status(self) -> None:
+            pass
+
+    class Client:
+        async def request(self, method: str, path: str, json: object) -> Resp:
+            return Resp()
+
+    now = dt.datetime.now(dt.UTC).isoformat()
+    host = SITE.frontend.hosts[0] if SITE.frontend else "fts101"
+
+    def send(intake: AlertIntake, kind: str) -> dict[str, object]:
+        a = parse_generic(SITE, generic(host=host, kind=kind, time=now))
+        return asyncio.run(intake.accept(a, Client()))
+
+    for first, then in (("frontend_down", "host_down"), ("host_down", "frontend_down")):
+        starter = Starter()
+        intake = AlertIntake(SITE, Incidents(300), Decider(SITE).record, starter=starter)
+        assert send(intake, first)["result"] == "new"
+        second = send(intake, then)
+        if then == "host_down":  # its own procedure starts; the switch does not, again
+            assert second["result"] == "new"
+            assert starter.started == [{"switch"}, {"emergency-move"}]
+        else:  # the switch the host_down started is the frontend_down's incident
+            assert second["result"] == "attached"
+            assert starter.started == [{"emergency-move", "switch"}]

@@ -170,18 +170,34 @@ class AlertIntake:
             answer["event_id"] = ev["id"]
         else:
             assert inc is not None
+            # the other procedures the alert starts (a front-end host's host_down also starts
+            # the switch) are incidents of that host too: one already open for that procedure
+            # (its frontend_down came first) is not started twice, as Prefect's per-host trigger
+            # window would not start it twice
+            others: dict[str, Incident] = {}
             try:
                 if self.starter is not None:
-                    created = await self.starter.start(client, trigger_event)
+                    allowed = {inc.procedure}
+                    for dep in self.starter.deployments_for(trigger_event):
+                        if dep != inc.procedure:
+                            v, other = await self._book(self.incidents.admit, alert, dep)
+                            if v == "new" and other is not None:
+                                allowed.add(dep)
+                                others[dep] = other
+                    created = await self.starter.start(client, trigger_event, only=allowed)
                     answer["runs"] = {dep: run for dep, run in created}
                     run_id = answer["runs"].get(inc.procedure, inc.run_id)
                     await self._book(self.incidents.set_run, inc, run_id)
+                    for dep, other in others.items():
+                        await self._book(self.incidents.set_run, other, answer["runs"].get(dep))
                     answer["run_id"] = inc.run_id
                 resp = await client.request("POST", "/events", json=[ev])
                 resp.raise_for_status()
                 answer["event_id"] = ev["id"]
             except Exception as exc:
                 await self._book(self.incidents.forget, inc)
+                for other in others.values():
+                    await self._book(self.incidents.forget, other)
                 raise PrefectUnavailable(
                     f"Prefect did not start the runs or take the event: {exc}"
                 ) from exc

@@ -135,7 +135,13 @@ class RunStarter:
             except Exception as exc:  # noqa: BLE001 - looked up again when an alert needs it
                 log.info("deployment %s not looked up yet: %s", name, exc)
 
-    async def start(self, client: Any, event: dict[str, Any]) -> list[tuple[str, str]]:
+    def deployments_for(self, event: dict[str, Any]) -> list[str]:
+        """The deployments whose triggers the event fires, in trigger order."""
+        return [s.deployment for s in starts_for(event, self.rules)]
+
+    async def start(
+        self, client: Any, event: dict[str, Any], only: set[str] | None = None
+    ) -> list[tuple[str, str]]:
         """Create the event's runs; (deployment, run id) for each, in trigger order.
 
         Raises:
@@ -144,6 +150,8 @@ class RunStarter:
         """
         created = []
         for s in starts_for(event, self.rules):
+            if only is not None and s.deployment not in only:
+                continue
             dep_id = await self.deployment_id(client, s.deployment)
             run = await _create_quickly(
                 client, dep_id, s.parameters, idempotency_key(event["id"], s.deployment)
