@@ -17,7 +17,13 @@ starts it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -211,3 +217,79 @@ def run_worker(
         asyncio.run(main())
     except KeyboardInterrupt:
         print("handover worker: stopped", flush=True)
+
+
+@contextlib.contextmanager
+def worker_processes(
+    api_url: str,
+    site_file: Path,
+    pool: str,
+    names: list[str],
+    home: Path,
+    *,
+    limit: int = 1,
+    register_timeout_s: float = 90,
+) -> Iterator[dict[str, Path]]:
+    """`handover worker --pool POOL` processes on this machine (tests and benches), each with its
+    own name, Prefect home (`home/NAME`) and log (`home/NAME.log`), until each has registered
+    with the pool; yields their logs by name, then stops them by PID (SIGTERM, SIGKILL after
+    20 s).
+
+    Raises:
+        TimeoutError: a worker did not register within `register_timeout_s` (its log says why).
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    root = Path(__file__).resolve().parent.parent
+    procs: list[subprocess.Popen[bytes]] = []
+    logs = {name: home / f"{name}.log" for name in names}
+    try:
+        for name in names:
+            env = {
+                **os.environ,
+                "PREFECT_API_URL": api_url,
+                "PREFECT_HOME": str(home / name),
+                "PREFECT_LOGGING_LEVEL": "INFO",
+            }
+            with open(logs[name], "wb") as log:
+                procs.append(
+                    subprocess.Popen(
+                        [
+                            *(sys.executable, "-m", "infra.cli", "worker"),
+                            *("--site", str(site_file), "--pool", pool),
+                            *("--name", name, "--limit", str(limit)),
+                        ],
+                        cwd=root,
+                        env=env,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    )
+                )
+        deadline = time.monotonic() + register_timeout_s
+        with temporary_settings(updates={PREFECT_API_URL: api_url}):
+            while True:
+                with get_client(sync_client=True) as client:
+                    seen = {w.name for w in client.read_workers_for_work_pool(pool)}
+                if set(names) <= seen:
+                    break
+                dead = [n for n, p in zip(names, procs, strict=True) if p.poll() is not None]
+                if dead or time.monotonic() > deadline:
+                    tails = {n: logs[n].read_text(errors="replace")[-800:] for n in names}
+                    raise TimeoutError(
+                        f"workers {sorted(set(names) - seen)} did not register with pool {pool} "
+                        f"(exited: {dead}); log tails: {tails}"
+                    )
+                time.sleep(0.5)
+        yield logs
+    finally:
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):  # a test may have killed it
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)

@@ -20,6 +20,7 @@ from prefect.exceptions import ObjectNotFound
 from prefect.flow_runs import resume_flow_run
 
 from infra.serve import DEPLOYMENTS_FILE, read_deployments
+from infra.worker import worker_processes
 from tasks.site_state import snapshot_site
 from tests.conftest import (
     ROOT,
@@ -239,51 +240,10 @@ def test_a_dead_front_end_host_also_starts_the_switch() -> None:
 def workers(
     lab: RunningLab, prefect_api: str, pool: str, names: list[str], home: Path
 ) -> Iterator[dict[str, Path]]:
-    """`handover worker --pool POOL` processes, each with its own name, Prefect home and log,
-    until each has registered with the pool; yields their logs by name."""
-    procs: list[subprocess.Popen[bytes]] = []
-    logs = {name: home / f"{name}.log" for name in names}
-    try:
-        for name in names:
-            env = {
-                **os.environ,
-                "PREFECT_API_URL": prefect_api,
-                "PREFECT_HOME": str(home / name),
-                "PREFECT_LOGGING_LEVEL": "INFO",
-            }
-            with open(logs[name], "wb") as log:
-                procs.append(
-                    subprocess.Popen(
-                        [
-                            *(sys.executable, "-m", "infra.cli", "worker"),
-                            *("--site", str(lab.site_file), "--pool", pool),
-                            *("--name", name, "--limit", "1"),
-                        ],
-                        cwd=ROOT,
-                        env=env,
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                        start_new_session=True,
-                    )
-                )
-
-        def registered() -> bool:
-            with get_client(sync_client=True) as client:
-                seen = {w.name for w in client.read_workers_for_work_pool(pool)}
-            return set(names) <= seen
-
-        wait_for(registered, 90, f"workers {names} to register with pool {pool}")
+    """`handover worker --pool POOL` processes (`infra.worker.worker_processes`), one run at a
+    time each; yields their logs by name."""
+    with worker_processes(prefect_api, lab.site_file, pool, names, home, limit=1) as logs:
         yield logs
-    finally:
-        for proc in procs:
-            with contextlib.suppress(ProcessLookupError):  # a test may have killed it
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
 
 
 def _final(run_id: object) -> bool:

@@ -62,7 +62,13 @@ def _empty_round_trips(shell: Any) -> None:
         list(ex.map(lambda n: shell.run_argv(n, ["true"]), names))
 
 
-def _measure(site_file: Path, hosts: int | None, rounds: int, say: Callable[[str], None]) -> Any:
+def _measure(
+    site_file: Path,
+    hosts: int | None,
+    rounds: int,
+    say: Callable[[str], None],
+    moves: dict[str, int] | None = None,
+) -> Any:
     from tasks.remote import SiteShell
     from tasks.sensors import read_sensors
     from tasks.site_state import snapshot_site
@@ -138,6 +144,10 @@ def _measure(site_file: Path, hosts: int | None, rounds: int, say: Callable[[str
             f"{row['separate_commands_warm_s']['p50']:.2f} s), sensor reading "
             f"{row['sensor_reading_warm_s']['p50']:.2f} s"
         )
+        if moves:  # last: it crashes hosts
+            from infra.bench.concurrent_moves import measure_moves
+
+            row["emergency_moves"] = measure_moves(lab, **moves, say=say)
         return row
     finally:
         lab.down()
@@ -148,10 +158,13 @@ def bench_scale(
     *,
     rounds: int = 5,
     sizes: tuple[int | None, int | None] = (None, 50),
+    services: int = 10,
+    solo: int = 3,
     progress: Callable[[str], None] = lambda m: None,
 ) -> dict[str, Any]:
     """The figures (module docstring); `sizes`: the small lab (None: the site's own) and the
-    large one."""
+    large one; on the large one, `services` emergency moves at once over two workers against
+    `solo` moves alone (`infra.bench.concurrent_moves`; 0 services: none)."""
     tmp = Path(tempfile.mkdtemp(prefix="handover-bench-scale-"))
     site_file = derive_site_file(
         ROOT / "config" / "sites" / "lab.yaml",
@@ -161,8 +174,26 @@ def bench_scale(
         db_port=20000 + OCTET,
         state_dir=Path(f"/var/tmp/handover-lab/bench-scale-{os.getpid()}"),
     )
-    small, large = (_measure(site_file, s, rounds, progress) for s in sizes)
+    small = _measure(site_file, sizes[0], rounds, progress)
+    moves = {"services": services, "solo": solo} if services else None
+    large = _measure(site_file, sizes[1], rounds, progress, moves)
     keys = [k for k in small if k.endswith("_s")]
+    summary_moves: list[str] = []
+    moved = large.get("emergency_moves")
+    if moved:
+        summary_moves = [
+            f"  {moved['services']} emergency moves at once ({moved['services']} services of "
+            f"{moved['hosts_per_service']} hosts, {moved['workers']} workers, Prefect on "
+            f"{moved['database']}): makespan {moved['at_once_makespan_s']:.2f} s against one "
+            f"move alone {moved['one_move_s']['p50']:.2f} s "
+            f"({moved['one_move_s']['min']:.2f}-{moved['one_move_s']['max']:.2f}), ratio "
+            f"{moved['makespan_to_one_move']:.2f}; runs per worker {moved['runs_per_worker']}; "
+            + (
+                "all converged"
+                if moved["converged"]
+                else "NOT converged: " + "; ".join(moved["problems"])
+            ),
+        ]
     ratios = {k: round(large[k]["p50"] / small[k]["p50"], 2) for k in keys}
     out: dict[str, Any] = {
         "rounds": rounds,
@@ -186,7 +217,8 @@ def bench_scale(
             "the 4-host snapshot",
             "  the same with the channel states in one query: "
             f"{ratios['snapshot_warm_channel_states_in_one_query_s']:.2f}x (target 2x)",
+            *summary_moves,
         ],
-        "ok": True,
+        "ok": not moved or moved["converged"],
     }
     return out

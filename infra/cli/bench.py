@@ -72,7 +72,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     elif args.bench_what == "scale":
         from infra.bench.scale import bench_scale
 
-        result = bench_scale(rounds=args.rounds, sizes=(None, args.hosts), progress=say)
+        result = bench_scale(
+            rounds=args.rounds,
+            sizes=(None, args.hosts),
+            services=args.services,
+            solo=args.solo,
+            progress=say,
+        )
     elif args.bench_what == "clean-move":
         from infra.bench.clean_move import bench_clean_move
 
@@ -190,6 +196,14 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--hosts", type=int, default=50, help="the large lab's hosts (default 50)")
+    p.add_argument(
+        "--services",
+        type=int,
+        default=10,
+        help="on the large lab, this many services, one emergency move each, all at once over "
+        "two workers (default 10; 0: no moves)",
+    )
+    p.add_argument("--solo", type=int, default=3, help="moves timed alone first (default 3)")
     p.add_argument("--json", action="store_true")
     p = bsub.add_parser(
         "detect", help="a crash to the service restored through Prometheus and Alertmanager"

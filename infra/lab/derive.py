@@ -76,3 +76,45 @@ def derive_site_file(
         data.setdefault("procedures", {}).setdefault(proc, {}).update(policy)
     out.write_text(yaml.safe_dump(data, sort_keys=False))
     return out
+
+
+def service_sites(base: Site, services: int) -> list[Site]:
+    """A generated lab site (`scaled_site`) cut into `services` sites of consecutive hosts, each
+    with its own site and service name (so its own service lock) and the agents whose primary
+    and backup both lie in its hosts: several services of one lab that procedures may work on
+    at once. Without front end, DNS, Slack and alerts (they belong to the whole lab).
+
+    Raises:
+        LabError: fewer than 4 hosts per service.
+    """
+    size = len(base.hosts) // services if services > 0 else 0
+    if size < 4:
+        raise LabError(
+            f"{services} services need at least 4 hosts each; the site has {len(base.hosts)}"
+        )
+    data = base.model_dump(mode="json", exclude_defaults=True)
+    for part in ("frontend", "dns", "slack", "alerts"):
+        data.pop(part, None)
+    out = []
+    for k in range(services):
+        hosts = base.hosts[k * size : (k + 1) * size]
+        names = {h.name for h in hosts}
+        out.append(
+            Site.model_validate(
+                {
+                    **data,
+                    "site": f"{base.site}-s{k + 1:02d}",
+                    "hosts": [h.model_dump(mode="json", exclude_defaults=True) for h in hosts],
+                    "service": {
+                        **data["service"],
+                        "name": f"{base.service.name}-s{k + 1:02d}",
+                        "agents": [
+                            a.model_dump(mode="json", exclude_defaults=True)
+                            for a in base.service.agents
+                            if a.primary in names and a.backup in names
+                        ],
+                    },
+                }
+            )
+        )
+    return out
