@@ -244,6 +244,7 @@ def worker_processes(
     root = Path(__file__).resolve().parent.parent
     procs: list[subprocess.Popen[bytes]] = []
     logs = {name: home / f"{name}.log" for name in names}
+    home.mkdir(parents=True, exist_ok=True)
     try:
         for name in names:
             env = {

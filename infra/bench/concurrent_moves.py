@@ -20,6 +20,7 @@ moves in the time of one), and how many runs each worker ran.
 
 from __future__ import annotations
 
+import shutil
 import statistics
 import tempfile
 import time
@@ -203,6 +204,10 @@ def measure_moves(
     finally:
         srv.stop()
         db.stop()
+    if problems:
+        problems.append(f"the server's and workers' logs: {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
     one = statistics.median(alone)
     return {
         "services": services,
