@@ -53,6 +53,12 @@ from tasks.site_state import HostSnapshot, snapshot_host, snapshot_site
 
 __all__ = ["EmergencyResult", "emergency_move", "report_markdown"]
 
+#: a second host's emergency move (two boxes of one service lost together) waits this long for
+#: the first to release the service instead of being refused; the same host's is refused at once
+#: (the first run moves its agents). Moves of other services, which have locks of their own, run
+#: at the same time.
+QUEUE_S = 900.0
+
 
 class EmergencyResult(ProcedureResult):
     """The typed result of an emergency move."""
@@ -133,7 +139,7 @@ def emergency_move(
             return end(result, report_markdown)
 
         try:
-            with holding_service(site, PROCEDURE):
+            with holding_service(site, PROCEDURE, subject=host, wait_s=QUEUE_S):
                 return _emergency(run, host, who, pause_for_approval, finish)
         except ServiceLockError as exc:
             return finish("refused", str(exc))

@@ -74,7 +74,9 @@ def procedure_run(
 
 
 @contextlib.contextmanager
-def holding_service(site: Site, procedure: str, part: str = "") -> Iterator[None]:
+def holding_service(
+    site: Site, procedure: str, part: str = "", *, subject: str = "", wait_s: float = 0.0
+) -> Iterator[None]:
     """Hold the site's service for the block (one procedure per service at a time).
 
     Args:
@@ -82,6 +84,9 @@ def holding_service(site: Site, procedure: str, part: str = "") -> Iterator[None
         procedure: who holds it (named to a procedure refused meanwhile).
         part: a part of the service that procedures touch apart from the agents, with a lock of
             its own (``frontend``: the switch runs beside an emergency move of the same host).
+        subject: what the procedure works on (a host), recorded with the holder.
+        wait_s: wait up to this long while the same procedure holds the service for another
+            subject (`flows.service_lock.service_lock`).
 
     Raises:
         ServiceLockError: another procedure holds it, or the Prefect API did not answer; the
@@ -89,7 +94,7 @@ def holding_service(site: Site, procedure: str, part: str = "") -> Iterator[None
     """
     service = f"{site.service.name}-{part}" if part else site.service.name
     try:
-        with service_lock(site.site, service, procedure):
+        with service_lock(site.site, service, procedure, subject=subject, wait_s=wait_s):
             yield
     except ServiceLockError as exc:
         get_run_logger().error("%s", exc)

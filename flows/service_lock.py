@@ -30,6 +30,7 @@ import json
 import os
 import re
 import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 from uuid import UUID
@@ -53,6 +54,8 @@ ORPHAN_AFTER_S = 30.0
 # How long the server may take to answer one acquisition request. It is no wait for the slot
 # (a held slot is refused at once); it bounds a slow or hung API.
 ACQUIRE_TIMEOUT_S = float(os.environ.get("HANDOVER_LOCK_ACQUIRE_TIMEOUT_S", "30"))
+#: seconds between attempts of a run that waits for the service (`wait_s`)
+QUEUE_POLL_S = 1.0
 
 
 class ServiceLockError(RuntimeError):
@@ -152,11 +155,23 @@ def _holder_dead_here(holder: dict[str, Any]) -> bool:
 
 
 @contextlib.contextmanager
-def service_lock(site: str, service: str, procedure: str) -> Iterator[None]:
-    """Hold the service for the duration of the block, or raise at once.
+def service_lock(
+    site: str, service: str, procedure: str, *, subject: str = "", wait_s: float = 0.0
+) -> Iterator[None]:
+    """Hold the service for the duration of the block, or raise.
+
+    Args:
+        site: the site's name.
+        service: the service's name (or a part of it with a lock of its own).
+        procedure: who holds it (named to a procedure refused meanwhile).
+        subject: what the procedure works on (a host), recorded with the holder.
+        wait_s: while the service is held by the same procedure for another subject (a second
+            host's emergency move behind the first's), wait up to this long for it instead of
+            being refused; anything else holding the service refuses at once.
 
     Raises:
-        ServiceBusy: another procedure holds the service; the message names it and says what to do.
+        ServiceBusy: another procedure holds the service (or still held it after `wait_s`); the
+            message names it and says what to do.
         LockUnavailable: the Prefect API neither granted nor refused the lock in time.
     """
     name = lock_name(site, service)
@@ -170,7 +185,10 @@ def service_lock(site: str, service: str, procedure: str) -> Iterator[None]:
                     GlobalConcurrencyLimitCreate(name=name, limit=1)
                 )
     lease: UUID | None = None
-    for attempt in range(2):
+    deadline = time.monotonic() + wait_s
+    freed: set[str] = set()  # holders whose slot this run freed (once each)
+    waiting_for: str | None = None
+    while lease is None:
         try:
             response = acquire_concurrency_slots_with_lease(
                 [name],
@@ -204,29 +222,45 @@ def service_lock(site: str, service: str, procedure: str) -> Iterator[None]:
                     stale = _holder_run_over(client, holder)
                 elif _orphaned(client, name):
                     stale = f"nobody recorded holding it for over {ORPHAN_AFTER_S:.0f} s"
-                if attempt == 0 and stale:
+                key = str(holder.get("lease")) if holder else "nobody"
+                if stale and key not in freed:
                     # free the slot now rather than after the lease (or never, if its lease
                     # was lost with a restarted server)
+                    freed.add(key)
                     _log_takeover(name, holder, stale)
                     with contextlib.suppress(ObjectNotFound):
                         _free(client, name, holder.get("lease") if holder else None)
                         if holder:
                             client.delete_variable_by_name(_holder_var(name))
                     continue
+            queued = (
+                holder is not None
+                and holder.get("procedure") == procedure
+                and holder.get("subject", "") != subject
+            )
+            if queued and time.monotonic() < deadline:
+                assert holder is not None
+                if waiting_for != holder.get("flow_run_id"):
+                    waiting_for = holder.get("flow_run_id")
+                    _log_wait(name, holder, deadline - time.monotonic())
+                time.sleep(QUEUE_POLL_S)
+                continue
             who = (
                 _describe(holder)
                 if holder
                 else "another run, which holds the lock but has not yet recorded its name"
             )
+            waited = f" (waited {wait_s:.0f} s for it)" if queued and wait_s > 0 else ""
             raise ServiceBusy(
                 f"refused: a procedure is already running for service {service} of site {site}: "
-                f"{who}. Wait for it to end, or cancel it in the Prefect UI; a run whose process "
-                f"died releases the service within {LEASE_S + 15:.0f} s"
+                f"{who}{waited}. Wait for it to end, or cancel it in the Prefect UI; a run whose "
+                f"process died releases the service within {LEASE_S + 15:.0f} s"
             ) from None
     assert lease is not None
     ctx = FlowRunContext.get()
     holder = {
         "procedure": procedure,
+        "subject": subject,
         "flow_run_id": str(ctx.flow_run.id) if ctx and ctx.flow_run else None,
         "flow_run_name": ctx.flow_run.name if ctx and ctx.flow_run else None,
         "since": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -247,6 +281,26 @@ def service_lock(site: str, service: str, procedure: str) -> Iterator[None]:
                 client.delete_variable_by_name(_holder_var(name))
             with contextlib.suppress(ObjectNotFound):
                 _free(client, name, str(lease))
+
+
+def _log_wait(name: str, holder: dict[str, Any], left_s: float) -> None:
+    """Say, in the run's log when there is one, which run this one queues behind."""
+    import logging
+
+    from prefect.exceptions import MissingContextError
+    from prefect.logging import get_run_logger
+
+    try:
+        logger: Any = get_run_logger()
+    except MissingContextError:
+        logger = logging.getLogger("handover.service_lock")
+    logger.info(
+        "%s is held by %s for %s; waiting up to %.0f s for it",
+        name,
+        _describe(holder),
+        holder.get("subject") or "?",
+        left_s,
+    )
 
 
 def _log_takeover(name: str, holder: dict[str, Any] | None, why: str) -> None:

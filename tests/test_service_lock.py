@@ -159,3 +159,42 @@ def test_a_slot_nobody_recorded_is_freed_after_the_orphan_bound(
             return False
 
     wait_for(free, 20, "the orphaned slot to be freed")
+
+
+def test_a_second_host_of_the_same_procedure_waits_for_the_service_others_are_refused(
+    prefect_api: str,
+) -> None:
+    """Two boxes of one service lost together: the second host's emergency move waits for the
+    first's (bounded); the same host's again, or another procedure, is refused at once."""
+    import threading
+    import time
+
+    service = _service()
+    got: dict[str, float] = {}
+
+    def second() -> None:
+        with sl.service_lock("locktest", service, "emergency-move", subject="h2", wait_s=60):
+            got["at"] = time.monotonic()
+
+    with sl.service_lock("locktest", service, "emergency-move", subject="h1"):
+        t0 = time.monotonic()
+        # the same host again, or another procedure: refused at once even when allowed to wait
+        with pytest.raises(sl.ServiceBusy) as same:
+            with sl.service_lock("locktest", service, "emergency-move", subject="h1", wait_s=60):
+                pytest.fail("the same host's second move entered the lock")
+        with pytest.raises(sl.ServiceBusy):
+            with sl.service_lock("locktest", service, "clean-move", subject="h2", wait_s=60):
+                pytest.fail("another procedure entered the lock")
+        assert time.monotonic() - t0 < 30 and "waited" not in str(same.value)
+        th = threading.Thread(target=second)
+        th.start()
+        time.sleep(2.5)
+        assert "at" not in got  # it waits while the first holds the service
+        left = time.monotonic()
+    th.join(30)
+    assert "at" in got and got["at"] >= left  # it entered once the first released it
+    # a bounded wait: still held after wait_s is a refusal that says it waited
+    with sl.service_lock("locktest", service, "emergency-move", subject="h1"):
+        with pytest.raises(sl.ServiceBusy, match=r"waited 2 s for it"):
+            with sl.service_lock("locktest", service, "emergency-move", subject="h3", wait_s=2):
+                pytest.fail("entered a held lock")
