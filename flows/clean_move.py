@@ -15,6 +15,7 @@ A re-run converges: the plan is derived from a fresh snapshot and every verb is 
 
 from __future__ import annotations
 
+import datetime as dt
 import getpass
 import signal
 import time
@@ -174,6 +175,9 @@ def report_markdown(r: CleanMoveResult) -> str:
 
 # --- the flow -----------------------------------------------------------------------------------
 
+#: how far ahead a run may be asked to start acting (`start_at`)
+MAX_HOLD_S = 24 * 3600.0
+
 
 @flow(name=PROCEDURE, log_prints=False, persist_result=False)
 def clean_move(
@@ -188,6 +192,7 @@ def clean_move(
     pause_for_approval: bool | None = None,
     force_after_drain_timeout: bool = False,
     requested_by: str = "",
+    start_at: dt.datetime | None = None,
 ) -> State[Any]:
     """Move agents from `from_host` to `to_host`, as seed 000's clean move, without losing a job.
 
@@ -205,6 +210,9 @@ def clean_move(
         force_after_drain_timeout: proceed after the drain timeout, accepting that the
             transfers still running lose their state (reported as such).
         requested_by: who asked (shown in the report and the approval record).
+        start_at: change nothing before this moment (a cut-over at an agreed time): the
+            snapshot, plan and approval come first, then the run holds until it; at most
+            `MAX_HOLD_S` ahead, and a moment already past starts at once.
 
     Returns:
         A Completed state (completed, partial, dry-run, rejected) or a Failed one (failed,
@@ -258,11 +266,22 @@ def clean_move(
         "mode": mode,
         "force": force_after_drain_timeout,
     }
+    if start_at is not None:
+        if start_at.tzinfo is None:
+            return finish("refused", "refused: start_at needs a time zone (e.g. 2026-12-03T14:00Z)")
+        ahead = (start_at - dt.datetime.now(dt.UTC)).total_seconds()
+        if ahead > MAX_HOLD_S:
+            return finish(
+                "refused",
+                f"refused: start_at {start_at.isoformat()} is {ahead / 3600:.1f} h ahead (at most "
+                f"{MAX_HOLD_S / 3600:.0f} h); start the run nearer the time",
+            )
+        params["start_at"] = start_at.isoformat()
     with procedure_run(site, PROCEDURE, f"{from_host} → {to_host} ({mode})", who, params) as run:
         threads.append(run.thread)
         try:
             with holding_service(site, PROCEDURE):
-                return _move(run, req, policy, poll_s, who, pause_for_approval, finish)
+                return _move(run, req, policy, poll_s, who, pause_for_approval, finish, start_at)
         except ServiceLockError as exc:
             return finish("refused", str(exc))
 
@@ -306,6 +325,20 @@ def _plan_only(shell: SiteShell, req: MoveRequest, finish: Finish) -> State[Any]
     )
 
 
+def _hold_until(start_at: dt.datetime | None) -> float:
+    """Wait until `start_at` (nothing when absent or past); returns the seconds held."""
+    if start_at is None:
+        return 0.0
+    ahead = (start_at - dt.datetime.now(dt.UTC)).total_seconds()
+    if ahead <= 0:
+        return 0.0
+    get_run_logger().info("holding until %s (%.1f s) before the first change", start_at, ahead)
+    progress.emit("step-sentence", sentence=f"holding {ahead:.1f} s until {start_at.isoformat()}")
+    t0 = time.monotonic()
+    time.sleep(ahead)
+    return time.monotonic() - t0
+
+
 def _compensation(site: Site, plan: MovePlan) -> Any:
     def compensate(ledger: Ledger, chain: Chain, exc: BaseException) -> list[Remedy]:
         return compensate_clean_move(
@@ -323,6 +356,7 @@ def _move(
     requested_by: str,
     pause: bool | None,
     finish: Finish,
+    start_at: dt.datetime | None = None,
 ) -> State[Any]:
     logger = get_run_logger()
     flow_started = time.monotonic()
@@ -365,6 +399,7 @@ def _move(
         force=plan.force,
         compensate=_compensation(site, plan),
     )
+    held = _hold_until(start_at)
     act_started = time.monotonic()
     try:
         run.execute()
@@ -398,6 +433,7 @@ def _move(
         critical_path_s=run.critical_path_s(),
         snapshots_s=round(snap.duration_s + after.duration_s, 3),
         human_wait_s=round(approval.waited_s, 3),
+        held_s=round(held, 3),
     )
     moved = [o for o in outcomes if o.result in ("moved", "finished")]
     total = sum(downtime.values())

@@ -51,13 +51,16 @@ class Timing(BaseModel):
     critical_path_s: float
     snapshots_s: float
     human_wait_s: float = 0.0
+    #: time held before acting until the requested start (`start_at`)
+    held_s: float = 0.0
 
     @property
     def overhead_ratio(self) -> float:
-        """Flow wall time (less any wait for a human) over remote commands + necessary waits
-        (1.0 = no overhead)."""
+        """Flow wall time (less any wait for a human or for the requested start) over remote
+        commands + necessary waits (1.0 = no overhead)."""
         need = self.critical_path_s + self.snapshots_s
-        return round((self.flow_wall_s - self.human_wait_s) / need, 3) if need > 0 else 0.0
+        spent = self.flow_wall_s - self.human_wait_s - self.held_s
+        return round(spent / need, 3) if need > 0 else 0.0
 
 
 class AgentOutcome(BaseModel):

@@ -72,6 +72,12 @@ def test_inactive_channel_starts_no_new_transfer(lab: RunningLab) -> None:
         10,
         f"{ch} to run transfers again",
     )
+    # the database kept both changes, in order, with its own times (the benchmarks' moments)
+    with contextlib.closing(lab.lab.db.connect()) as conn:
+        history = conn.run(
+            "SELECT state FROM channel_history WHERE channel = :c ORDER BY at DESC LIMIT 2", c=ch
+        )
+    assert [r[0] for r in history] == ["Active", "Inactive"]
 
 
 def _submit(lab: RunningLab, channel: str, duration_s: float) -> int:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import random
 import signal
 import sys
 import time
@@ -27,22 +26,14 @@ from typing import Any
 import pg8000.native
 
 from config.loader import load_site
-from config.site import Site
 from infra.lab.db import connect
 from infra.lab.host import HostProc, processes_by_namespace, signal_all
 from infra.lab.paths import LabPaths
 from infra.lab.runtime import read_state, serves
+from infra.lab.workload import Workload
 
 BACKLOG_CAP = 40
 SLOW_DUTY = 0.75
-
-
-def draw_duration(rng: random.Random, site: Site, channel: str) -> float:
-    """One transfer duration from the channel's mixture."""
-    assert site.lab is not None
-    t = site.lab.transfers.profile(channel)
-    lo, hi = t.long_s if rng.random() < t.long_fraction else t.short_s
-    return round(rng.uniform(lo, hi), 2)
 
 
 class LabDaemon:
@@ -56,8 +47,7 @@ class LabDaemon:
         self.conn = connect(
             self.lab.db_address, self.lab.db_port, paths.db_password.read_text().strip()
         )
-        self.rng = random.Random(self.lab.transfers.seed)  # noqa: S311 - a reproducible workload
-        self.vos = [a.vo for a in self.site.service.agents if a.vo]
+        self.workload = Workload(self.site)
         self.owed: dict[str, float] = dict.fromkeys(self.site.channels, 0.0)
         self.hosts: dict[str, dict[str, Any]] = {}
         self.hosts_mtime = 0.0
@@ -97,9 +87,8 @@ class LabDaemon:
             if backlog.get(ch, 0) >= BACKLOG_CAP:
                 continue
             for _ in range(n):
-                vo = self.rng.choice(self.vos) if self.vos else None
-                state = "Submitted" if vo else "Pending"
-                rows.append((ch, vo, state, draw_duration(self.rng, self.site, ch)))
+                vo, duration = self.workload.next_job(ch)
+                rows.append((ch, vo, "Submitted" if vo else "Pending", duration))
         if rows:
             self.conn.run(
                 "INSERT INTO jobs (channel, vo, state, duration_s) SELECT * FROM "

@@ -5,6 +5,23 @@ CREATE TABLE channels (
     changed_at  timestamptz NOT NULL DEFAULT now()
 );
 
+-- Every change of a channel's state, with the database's time (the benchmarks' exact moments of
+-- going Inactive and Active again; `channels.changed_at` keeps only the last).
+CREATE TABLE channel_history (
+    channel text NOT NULL,
+    state   text NOT NULL,
+    at      timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE FUNCTION record_channel_state() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.state IS DISTINCT FROM OLD.state THEN
+        INSERT INTO channel_history (channel, state) VALUES (NEW.name, NEW.state);
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER channel_state_history AFTER UPDATE ON channels
+    FOR EACH ROW EXECUTE FUNCTION record_channel_state();
+
 -- Submitted (waiting for its VO agent) -> Pending (assigned to its channel) -> Active (a transfer
 -- process runs) -> Done, or Lost when the agent that ran it stopped or died before sweeping it up.
 CREATE TABLE jobs (

@@ -1,0 +1,67 @@
+"""The lab's job stream, and the clean-move bench's choice of when to cut over (pure)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from config.loader import load_site
+from infra.bench.clean_move import GUARD_AFTER_S, GUARD_BEFORE_S, WORKLOAD, pick_scenario
+from infra.lab.lab import derive_site_file
+from infra.lab.workload import Workload, trace
+from tests.conftest import ROOT
+
+
+def _bench_site(tmp_path):  # type: ignore[no-untyped-def]
+    return load_site(
+        derive_site_file(
+            ROOT / "config" / "sites" / "lab.yaml",
+            tmp_path / "bench.yaml",
+            name="benchmove",
+            octet=250,
+            db_port=20250,
+            state_dir=Path("/var/tmp/handover-lab/bench-workload-test"),  # never started
+            lab=WORKLOAD,
+        )
+    )
+
+
+def test_a_channels_stream_does_not_depend_on_the_others_or_the_ticks(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    site = _bench_site(tmp_path)
+    a, b = site.channels[:2]
+    # one tick per job, channels interleaved, against a late tick that submits five of one
+    # channel before the other's
+    w1, w2 = Workload(site), Workload(site)
+    interleaved = [(w1.next_job(a), w1.next_job(b)) for _ in range(5)]
+    batched_a = [w2.next_job(a) for _ in range(5)]
+    batched_b = [w2.next_job(b) for _ in range(5)]
+    assert [x for x, _ in interleaved] == batched_a
+    assert [y for _, y in interleaved] == batched_b
+    assert trace(site, a, 5) == [d for _, d in batched_a]
+    assert all(vo in ("atlas", "cms") for vo, _ in batched_a)
+    # another seed, another stream
+    assert site.lab is not None
+    transfers = site.lab.transfers.model_copy(update={"seed": site.lab.transfers.seed + 1})
+    other = site.model_copy(update={"lab": site.lab.model_copy(update={"transfers": transfers})})
+    assert trace(other, a, 20) != trace(site, a, 20)
+
+
+def test_the_cut_over_is_clear_of_long_starts_and_finds_long_transfers_running(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    site = _bench_site(tmp_path)
+    assert site.lab is not None
+    moved = [a.channel for a in site.agents_on("fts101") if a.channel]
+    sc = pick_scenario(site, moved, 6.0)
+    assert sc.start_offset_s >= 6.0
+    assert len(sc.long_in_flight_s) >= 2
+    lo = site.lab.transfers.long_s[0]
+    rate = site.lab.jobs_per_second_per_channel
+    for ch in moved:
+        for k, d in enumerate(trace(site, ch, 60)):
+            if d >= lo:  # a long one: submitted k / rate s after the first submission
+                t = k / rate
+                assert (
+                    not sc.start_offset_s - GUARD_BEFORE_S <= t <= sc.start_offset_s + GUARD_AFTER_S
+                )
+                if t < sc.start_offset_s - GUARD_BEFORE_S and t + d > sc.start_offset_s + 1:
+                    assert round(t + d - sc.start_offset_s, 2) in sc.long_in_flight_s[ch]
+    # the same inputs, the same scenario: every round and mode of one run, and every run
+    assert pick_scenario(site, moved, 6.0) == sc
