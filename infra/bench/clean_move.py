@@ -178,10 +178,8 @@ def _breakdown(lab: Lab, channels: dict[str, str], since: dt.datetime) -> dict[s
             drain = max(0.0, float(end) - t0) if end is not None else 0.0
             sess = conn.run(
                 "SELECT host, extract(epoch FROM started_at), extract(epoch FROM ended_at) FROM "
-                "agent_sessions WHERE agent = :a AND started_at >= :s - interval '1 hour' "
-                "ORDER BY started_at",
+                "agent_sessions WHERE agent = :a ORDER BY started_at",  # this round's lab only
                 a=agent,
-                s=since,
             )
             old_end = max(
                 (float(e) for h, _, e in sess if h == SOURCE and e is not None), default=None
