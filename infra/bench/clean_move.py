@@ -234,8 +234,18 @@ def _one(
         lab.remove_state()
     assert result.timing is not None
     rows = {}
-    for ch in channels:
+    for ch, agent in channels.items():
         b = per.get(ch, {})
+        # what the channel's steps after the cut-over took (shared steps count for each)
+        steps: dict[str, float] = {}
+        for st in result.steps:
+            if st.verb != "set-inactive" and (ch in st.channels or agent in st.agents):
+                took = (st.ended_at - st.started_at).total_seconds()
+                steps[st.verb] = round(steps.get(st.verb, 0.0) + took, 3)
+                if st.verb == "wait-drained" and b.get("inactive_at"):
+                    # from the last transfer's end to the move knowing it
+                    seen = st.ended_at.timestamp() - b["inactive_at"] - b["drain_s"]
+                    steps["drain-noticed-after"] = round(max(0.0, seen), 3)
         down = float(score.downtime_s.get(ch, 0.0))
         limit = b.get("drain_s", 0.0) + fastest
         hand = b.get("hand_over_s")
@@ -245,6 +255,7 @@ def _one(
             "drain_s": b.get("drain_s"),
             "hand_over_s": hand,
             "other_s": round(down - b.get("drain_s", 0.0) - (hand or 0.0), 2),
+            "steps_s": steps,
             "inactive_after_start_s": (
                 round(b["inactive_at"] - start_at.timestamp(), 3) if b.get("inactive_at") else None
             ),
@@ -389,6 +400,14 @@ def bench_clean_move(
             f"{c['hand_over_s'] if c['hand_over_s'] is not None else float('nan'):5.2f} + rest "
             f"{c['other_s']:5.2f}; limit {c['limit_s']:6.2f} s"
             for ch, c in out["pipelined"]["channels"].items()
+        ),
+        "  per channel (pipelined, first round): its steps after the cut-over, seconds",
+        *(
+            f"    {ch:12} "
+            + ", ".join(
+                f"{v} {t:.2f}" for v, t in runs["pipelined"][0]["channels"][ch]["steps_s"].items()
+            )
+            for ch in channels
         ),
     ]
     return out
