@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -185,9 +186,11 @@ def test_a_second_procedure_for_the_service_is_refused(lab: RunningLab) -> None:
         th.join(60)
 
 
-def test_a_second_emergency_move_for_the_host_is_refused_naming_the_first(
-    lab: RunningLab, tmp_path: Path
-) -> None:
+@contextlib.contextmanager
+def first_move_asking(lab: RunningLab, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """An emergency move of fts101 on a site that asks first: it holds the service while it waits
+    for the approval. Yields its box (`run_id` once it waits; `first`, its final state, after
+    the block), and rejects it when the block ends."""
     data = yaml.safe_load(lab.site_file.read_text())
     data["procedures"]["emergency-move"].update(approval="required", approval_timeout_s=300)
     ask_first = tmp_path / "ask-first.yaml"
@@ -205,15 +208,22 @@ def test_a_second_emergency_move_for_the_host_is_refused_naming_the_first(
     th = threading.Thread(target=first)
     th.start()
     try:
-        run_id = wait_for(lambda: box.get("run_id"), 60, "the first emergency move to wait")
-        second = run(lab)
-        assert second.status == "refused", second.summary
-        assert str(run_id) in second.summary and "emergency-move" in second.summary
+        wait_for(lambda: box.get("run_id"), 60, "the first emergency move to wait")
+        yield box
     finally:
         if "run_id" in box:
             wait_for(lambda: _paused(str(box["run_id"])), 30, "the pause")
             resume_flow_run(box["run_id"], run_input={"decision": "reject", "who": "test"})
         th.join(60)
+
+
+def test_a_second_emergency_move_for_the_host_is_refused_naming_the_first(
+    lab: RunningLab, tmp_path: Path
+) -> None:
+    with first_move_asking(lab, tmp_path) as box:
+        second = run(lab)
+        assert second.status == "refused", second.summary
+        assert str(box["run_id"]) in second.summary and "emergency-move" in second.summary
     result = box["first"].result(raise_on_failure=False)
     assert result.status == "rejected" and "nothing changed" in result.summary
     serving = lab.lab.serving(lab.site, lab.lab.record())
@@ -225,42 +235,24 @@ def test_a_second_hosts_emergency_move_waits_for_the_first_then_runs(
 ) -> None:
     """Two boxes of one service lost together: the second host's move queues behind the first
     (no refusal, nothing done meanwhile) and runs once the first has released the service."""
-    data = yaml.safe_load(lab.site_file.read_text())
-    data["procedures"]["emergency-move"].update(approval="required", approval_timeout_s=300)
-    ask_first = tmp_path / "ask-first.yaml"
-    ask_first.write_text(yaml.safe_dump(data))
     on_105 = [a.name for a in lab.site.agents_on("fts105")]
     box: dict[str, Any] = {}
-
-    def watch(kind: str, data: dict[str, Any]) -> None:
-        if kind == "approval-wait":
-            box["run_id"] = data["run_id"]
-
-    def first() -> None:
-        with progress.sink(watch):
-            box["first"] = emergency_move(str(ask_first), "fts101", return_state=True)
 
     def second() -> None:
         box["second"] = emergency_move(str(lab.site_file), "fts105", return_state=True)
 
-    th1 = threading.Thread(target=first)
-    th1.start()
-    th2 = threading.Thread(target=second)
+    th = threading.Thread(target=second)
     try:
-        wait_for(lambda: box.get("run_id"), 60, "the first emergency move to wait")
-        th2.start()
-        th2.join(6)
-        assert th2.is_alive(), "the second host's move did not wait for the service"
-        serving = lab.lab.serving(lab.site, lab.lab.record())
-        assert all(serving.get(a) == {"fts105"} for a in on_105), serving
+        with first_move_asking(lab, tmp_path) as first:
+            th.start()
+            th.join(6)
+            assert th.is_alive(), "the second host's move did not wait for the service"
+            serving = lab.lab.serving(lab.site, lab.lab.record())
+            assert all(serving.get(a) == {"fts105"} for a in on_105), serving
     finally:
-        if "run_id" in box:
-            wait_for(lambda: _paused(str(box["run_id"])), 30, "the pause")
-            resume_flow_run(box["run_id"], run_input={"decision": "reject", "who": "test"})
-        th1.join(60)
-        if th2.ident is not None:
-            th2.join(120)
-    assert box["first"].result(raise_on_failure=False).status == "rejected"
+        if th.ident is not None:
+            th.join(120)
+    assert first["first"].result(raise_on_failure=False).status == "rejected"
     result = box["second"].result(raise_on_failure=False)
     assert isinstance(result, EmergencyResult)
     assert result.status == "completed" and result.case == "A", result.summary
