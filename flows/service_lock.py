@@ -6,6 +6,12 @@ the holder renews in the background: a killed flow stops renewing and the server
 Prefect Variable, so a refusal names the run that holds the service, and so a run on the same
 machine can take over at once from a holder whose process has died.
 
+A busy service refuses at once, with one exception the caller asks for (`wait_s`): a run of the
+same procedure for another subject waits, bounded, for the holder to let go (a second host's
+emergency move behind the first's, so that two boxes of one service lost together are both
+moved). Each service has its own limit: procedures on different services never wait for each
+other.
+
 Only the server's own answer "the slot is taken" (HTTP 423) means busy. A server that is slow to
 answer (a loaded machine, a busy SQLite) or that fails is a different refusal: `LockUnavailable`,
 which says so instead of blaming a run that does not exist.
