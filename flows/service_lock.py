@@ -244,6 +244,11 @@ def service_lock(
                 and holder.get("procedure") == procedure
                 and holder.get("subject", "") != subject
             )
+            if wait_s > 0 and holder is None and time.monotonic() < deadline:
+                # taken a moment ago by a run that has not yet recorded itself (two hosts'
+                # alerts at once): look again rather than refuse a run that may wait for it
+                time.sleep(QUEUE_POLL_S)
+                continue
             if queued and time.monotonic() < deadline:
                 assert holder is not None
                 if waiting_for != holder.get("flow_run_id"):

@@ -198,3 +198,42 @@ def test_a_second_host_of_the_same_procedure_waits_for_the_service_others_are_re
         with pytest.raises(sl.ServiceBusy, match=r"waited 2 s for it"):
             with sl.service_lock("locktest", service, "emergency-move", subject="h3", wait_s=2):
                 pytest.fail("entered a held lock")
+
+
+def test_a_waiting_run_is_not_refused_by_a_holder_not_yet_recorded(
+    prefect_api: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two hosts' moves started together: the second may look while the first holds the slot
+    but has not yet written its record; it looks again instead of being refused."""
+    import threading
+    import time
+
+    service = _service()
+    real = sl._read_holder
+    calls = {"n": 0}
+
+    def not_yet(client: object, name: str) -> dict[str, object] | None:
+        calls["n"] += 1
+        return None if calls["n"] == 1 else real(client, name)
+
+    got: dict[str, float] = {}
+
+    def second() -> None:
+        with sl.service_lock("locktest", service, "emergency-move", subject="h2", wait_s=60):
+            got["at"] = time.monotonic()
+
+    with sl.service_lock("locktest", service, "emergency-move", subject="h1"):
+        monkeypatch.setattr(sl, "_read_holder", not_yet)
+        th = threading.Thread(target=second)
+        th.start()
+        th.join(3)
+        assert th.is_alive() and "at" not in got  # still waiting, not refused
+        left = time.monotonic()
+    th.join(30)
+    assert calls["n"] >= 2 and got.get("at", 0) >= left
+    # without leave to wait, the same moment is a refusal (nobody recorded: named as such)
+    calls["n"] = 0
+    with sl.service_lock("locktest", service, "clean-move", subject="h1"):
+        with pytest.raises(sl.ServiceBusy, match="has not yet recorded its name"):
+            with sl.service_lock("locktest", service, "clean-move", subject="h2"):
+                pytest.fail("entered a held lock")
