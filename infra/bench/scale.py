@@ -17,6 +17,9 @@ fresh bench lab, `rounds` times each, side by side in one run:
   `database.channel_states_query`, the states read with one database query from here, the hosts
   asked for their process tables and `.disabled` only.
 
+Then, on the large lab, ten emergency moves at once over two workers against one move alone
+(`infra.bench.concurrent_moves`; `services=0` skips them).
+
 It prints the median and the spread of each, and the 50-host / 4-host ratio of each median
 (the target: a snapshot of 50 hosts within 2x the 4-host one). The lab's hosts all run on this
 machine: every remote command (sshd, the shell, `ps`, the lab's Python init scripts) costs this
