@@ -70,6 +70,7 @@ def test_the_same_rules_as_the_memory_book(books: tuple[SharedIncidents, SharedI
     notes = b.take_pending(first)
     assert len(notes) == 3 and notes[-1].startswith("recovery reported")
     assert a.take_pending(first) == []
+    b.notes_written(first)
     # a run that has not finished keeps its incident open past the window
     a.set_run(first, "run-1")
     assert {i.run_id for i in b.open_incidents() if i.host == "fts101"} == {"run-1"}
@@ -165,3 +166,26 @@ def test_a_gateway_whose_book_is_unreachable_answers_503(store_url: str) -> None
     intake = AlertIntake(SITE, book, lambda **_: None)
     with pytest.raises(PrefectUnavailable, match="incident book did not answer"):
         asyncio.run(intake.accept(alert(), client=None))
+
+
+def test_notes_claimed_by_a_gateway_that_died_are_written_by_another(
+    books: tuple[SharedIncidents, SharedIncidents], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A gateway killed between claiming notes and writing them to the run's log: after the
+    claim's bound another gateway claims them again; written notes are gone for good."""
+    import infra.gateway.shared_incidents as si
+
+    a, b = books
+    verdict, inc = a.admit(alert(host="fts102"), "emergency-move")
+    assert verdict == "new" and inc is not None
+    for _ in range(3):
+        assert b.admit(alert(host="fts102"), "emergency-move")[0] == "attached"
+    assert len(a.take_pending(inc)) == 3  # a claims them, then dies without writing
+    assert b.take_pending(inc) == []  # claimed: not twice while a may still write them
+    monkeypatch.setattr(si, "CLAIM_S", 0.5)
+    time.sleep(0.7)
+    again = b.take_pending(inc)
+    assert len(again) == 3 and all("attached" in n or "alert" in n for n in again)
+    b.notes_written(inc)
+    time.sleep(0.7)
+    assert a.take_pending(inc) == [] and b.take_pending(inc) == []

@@ -68,6 +68,7 @@ class IncidentBook(Protocol):
     def forget(self, inc: Incident) -> None: ...
     def open_incidents(self) -> list[Incident]: ...
     def take_pending(self, inc: Incident) -> list[str]: ...
+    def notes_written(self, inc: Incident) -> None: ...
 
 
 class Incidents:
@@ -151,6 +152,10 @@ class Incidents:
         with self._lock:
             out, inc.pending = inc.pending, []
             return out
+
+    def notes_written(self, inc: Incident) -> None:
+        """Nothing to do: `take_pending` already forgot them (a gateway that dies loses its
+        memory book whole)."""
 
 
 def _sentence(what: str, alert: Alert) -> str:

@@ -265,6 +265,7 @@ class AlertIntake:
                 notes: list[str] = await self._book(self.incidents.take_pending, inc)
                 if notes:
                     await self._log(client, inc.run_id, notes)
+                    await self._book(self.incidents.notes_written, inc)
                     self._slack_backlog.setdefault(inc.run_id, []).extend(notes)
                 if self._slack_backlog.get(inc.run_id):
                     await self._say_in_slack(client, inc)

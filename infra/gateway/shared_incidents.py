@@ -10,8 +10,9 @@ would be split over several books and a late alert at another gateway would star
 * one row per (site, host, procedure): deciding new / attached is one transaction holding that
   row's lock, so two gateways admitting alerts of one failure at the same moment give one "new";
 * time is the database's clock, the same for every gateway;
-* notes for the run's log and Slack thread are rows taken (deleted) by whichever gateway's
-  resolver comes first, so each is written once;
+* notes for the run's log and Slack thread are rows claimed by whichever gateway's resolver
+  comes first and deleted once it has written them, so each is written once; a note claimed by
+  a gateway that died before writing it is claimed again after `CLAIM_S`;
 * a gateway killed in the middle of a storm loses nothing it answered: what it admitted was
   committed before its answer, and what it did not answer its senders send again (the hooks
   spool, Alertmanager retries) to a gateway that is up.
@@ -58,7 +59,11 @@ CREATE TABLE IF NOT EXISTS handover_incident_notes (
     event_id uuid NOT NULL,
     sentence text NOT NULL
 );
+ALTER TABLE handover_incident_notes ADD COLUMN IF NOT EXISTS claimed_at timestamptz;
 """
+
+#: a note claimed this long ago and not yet written (its gateway died) is claimed again
+CLAIM_S = 30.0
 
 _COLUMNS = (
     "site, host, procedure, event_id, extract(epoch FROM opened_at), first_alert, attached, "
@@ -107,6 +112,7 @@ class SharedIncidents:
         self.clock = clock
         self._lock = threading.Lock()
         self._conn: pg8000.native.Connection | None = None
+        self._claimed: dict[str, list[int]] = {}  # event id -> notes claimed, not yet written
         self._run(lambda c: [c.run(stmt) for stmt in _statements()])
 
     # --- the connection ---------------------------------------------------------------------
@@ -323,19 +329,37 @@ class SharedIncidents:
         return result
 
     def take_pending(self, inc: Incident) -> list[str]:
-        """The incident's notes to write now, taken from the store (so no other gateway writes
-        them again)."""
+        """The incident's notes to write now, claimed in the store (so no other gateway writes
+        them too); `notes_written` deletes them once written. Notes another gateway claimed
+        over `CLAIM_S` ago and never wrote are claimed again."""
         rows = self._run(
             lambda c: c.run(
-                "DELETE FROM handover_incident_notes WHERE site = :s AND host = :h AND "
-                "procedure = :p AND event_id = :e RETURNING id, sentence",
+                "UPDATE handover_incident_notes SET claimed_at = clock_timestamp() WHERE site = :s "
+                "AND host = :h AND procedure = :p AND event_id = :e AND (claimed_at IS NULL OR "
+                "claimed_at < clock_timestamp() - make_interval(secs => CAST(:c AS double "
+                "precision))) RETURNING id, sentence",
                 s=inc.site,
                 h=inc.host,
                 p=inc.procedure,
                 e=str(inc.event_id),
+                c=CLAIM_S,
             )
         )
+        with self._lock:
+            self._claimed.setdefault(str(inc.event_id), []).extend(int(r[0]) for r in rows)
         return [str(r[1]) for r in sorted(rows, key=lambda r: int(r[0]))]
+
+    def notes_written(self, inc: Incident) -> None:
+        """The notes `take_pending` gave for the incident are written: delete them."""
+        with self._lock:
+            ids = self._claimed.pop(str(inc.event_id), [])
+        if ids:
+            self._run(
+                lambda c: c.run(
+                    "DELETE FROM handover_incident_notes WHERE id = ANY(CAST(:i AS bigint[]))",
+                    i=ids,
+                )
+            )
 
 
 def _statements() -> list[str]:
