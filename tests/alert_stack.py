@@ -153,16 +153,18 @@ def alias_host(lab: RunningLab) -> str:
 
 
 def run_logs(run_id: Any) -> list[str]:
+    """Every log message of the run (read a page of 200 at a time)."""
+    out: list[str] = []
     with get_client(sync_client=True) as client:
-        logs = client.read_logs(
-            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])), limit=200
-        )
-        logs += client.read_logs(
-            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])),
-            limit=200,
-            offset=200,
-        )
-    return [entry.message for entry in logs]
+        while True:
+            page = client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])),
+                limit=200,
+                offset=len(out),
+            )
+            out += [entry.message for entry in page]
+            if len(page) < 200:
+                return out
 
 
 def final(run_id: Any) -> FlowRun | None:

@@ -110,7 +110,9 @@ class Incidents:
             if held is not None and self._is_open(held, now):
                 held.attached += 1
                 held.sources[alert.source] += 1
-                held.pending.append(_sentence("alert attached", alert))
+                # numbered: a reader of the run's log can tell a note written twice (a gateway
+                # killed between writing its notes and confirming them) from two alerts
+                held.pending.append(_sentence(f"alert attached #{held.attached}", alert))
                 return "attached", held
             inc = Incident(
                 site=alert.site,

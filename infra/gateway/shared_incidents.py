@@ -11,8 +11,9 @@ would be split over several books and a late alert at another gateway would star
   row's lock, so two gateways admitting alerts of one failure at the same moment give one "new";
 * time is the database's clock, the same for every gateway;
 * notes for the run's log and Slack thread are rows claimed by whichever gateway's resolver
-  comes first and deleted once it has written them, so each is written once; a note claimed by
-  a gateway that died before writing it is claimed again after `CLAIM_S`;
+  comes first and deleted once it has written them; a note claimed by a gateway that died before
+  confirming it is claimed again after `CLAIM_S`: written at least once, twice only when that
+  gateway died after writing it (attached alerts are numbered, so a reader tells the two apart);
 * a gateway killed in the middle of a storm loses nothing it answered: what it admitted was
   committed before its answer, and what it did not answer its senders send again (the hooks
   spool, Alertmanager retries) to a gateway that is up.
@@ -255,7 +256,7 @@ class SharedIncidents:
             )
             if held and held[0][0]:
                 row = count_source(conn, key, 1)
-                note(conn, row, "alert attached")
+                note(conn, row, f"alert attached #{row[6]}")  # numbered as in Incidents
                 return "attached", self._incident(row)
             # the last incident is over: this alert opens the next
             rows = conn.run(
