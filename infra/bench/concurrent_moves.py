@@ -63,7 +63,7 @@ def _deployments_file(out: Path) -> Path:
     return path
 
 
-def _wait_final(ids: list[Any], timeout_s: float) -> dict[Any, float]:
+def _wait_final(ids: list[Any], timeout_s: float, logs: Path) -> dict[Any, float]:
     """Poll until every run is final; returns when each was first seen final (monotonic)."""
     from prefect.client.orchestration import get_client
 
@@ -72,7 +72,10 @@ def _wait_final(ids: list[Any], timeout_s: float) -> dict[Any, float]:
     with get_client(sync_client=True) as client:
         while len(done) < len(ids):
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{len(ids) - len(done)} of {len(ids)} moves did not end")
+                raise RuntimeError(
+                    f"{len(ids) - len(done)} of {len(ids)} moves did not end within "
+                    f"{timeout_s:.0f} s; the workers' logs are in {logs}"
+                )
             for run_id in ids:
                 if run_id in done:
                     continue
@@ -182,7 +185,7 @@ def measure_moves(
                     lab.fault(host, "crash")
                     t0 = time.monotonic()
                     run_id = create(path, host)
-                    alone.append(_wait_final([run_id], 300)[run_id] - t0)
+                    alone.append(_wait_final([run_id], 300, work / "workers")[run_id] - t0)
                     solo_runs.append((run_id, site, host))
                     say(f"moves: {host} alone in {alone[-1]:.2f} s")
                 problems = _check(lab, solo_runs)
@@ -192,7 +195,7 @@ def measure_moves(
                     lab.fault(host, "crash")
                 t0 = time.monotonic()
                 created = [(create(path, host), site, host) for path, site, host in failed]
-                ended = _wait_final([r for r, _, _ in created], 600)
+                ended = _wait_final([r for r, _, _ in created], 600, work / "workers")
                 makespan = max(ended.values()) - t0
                 each = [ended[r] - t0 for r, _, _ in created]
                 say(f"moves: {services} at once, makespan {makespan:.2f} s")
