@@ -17,11 +17,14 @@ ChannelState = Literal["Active", "Inactive"]
 
 
 def set_channels(
-    shell: SiteShell, host: str, channels: list[str], state: ChannelState
+    shell: SiteShell, host: str, channels: list[str], state: ChannelState, read_first: bool = True
 ) -> StepResult:
     """Set channels to `state` with the profile's command, run on `host`.
 
     Channels already in that state are left alone. Post-condition: each channel reads `state`.
+    With `read_first` False the command runs for every channel without reading it first (the
+    command is harmless on a channel already in that state): setting a channel Active ends its
+    downtime, and a read before it would only delay that.
     """
     site = shell.site
     verb = f"set-channels-{state.lower()}"
@@ -35,14 +38,16 @@ def set_channels(
             verb=verb,
         )
     workers = max(1, min(8, len(channels)))
-    with ThreadPoolExecutor(max_workers=workers) as ex:
-        before = dict(
-            zip(
-                channels,
-                ex.map(lambda c: read_channel_state(shell, host, c), channels),
-                strict=True,
+    before: dict[str, str | None] = dict.fromkeys(channels)
+    if read_first:
+        with ThreadPoolExecutor(max_workers=workers) as ex:
+            before.update(
+                zip(
+                    channels,
+                    ex.map(lambda c: read_channel_state(shell, host, c), channels),
+                    strict=True,
+                )
             )
-        )
     to_set = [c for c in channels if before[c] != state]
     same = [c for c in channels if c not in to_set]
     commands: list[str] = []
@@ -77,10 +82,8 @@ def set_channels(
                 host=host,
                 verb=verb,
             )
-    sentence = (
-        f"{host}: set {count(len(to_set), 'channel')}{listing(to_set)} {state}, {len(same)} "
-        f"{was(len(same))} "
-        f"already {state}"
+    sentence = f"{host}: set {count(len(to_set), 'channel')}{listing(to_set)} {state}" + (
+        f", {len(same)} {was(len(same))} already {state}" if read_first else ""
     )
     return StepResult(
         host=host,

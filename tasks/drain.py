@@ -10,7 +10,7 @@ records their results in the database, and one stopped while it cannot (the data
 the host is cut off from it) leaves them Active, to be marked lost by its next instance. So once
 a poll shows a channel with no transfer, the monitor reads a channel's state on the host (a
 database round trip, bounded by the command's own timeout) and counts the channels drained only
-when that worked.
+when that worked; from then on, that read rides in each poll's own SSH round trip.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 from tasks.adapters.ssh import SshError
 from tasks.remote import SiteShell
-from tasks.site_state import read_channel_state, snapshot_host
+from tasks.site_state import Query, channel_state, read_channel_state, read_host
 
 
 class DrainTimeout(RuntimeError):
@@ -110,13 +110,21 @@ class DrainMonitor:
     def poll_once(self) -> None:
         """One poll of the host (also usable without the thread)."""
         began = time.monotonic()
-        snap = snapshot_host(self.shell, self.host)
+        # once a channel has shown drained, every poll needs the database's answer: it rides in
+        # the same round trip as the process table instead of one after it
+        ahead = any(n == 0 for n in self.running.values())
+        probe = self.channels[0] if self.channels else ""
+        extra: list[Query] = [("channel_state", {"channel": probe})] if ahead and probe else []
+        snap, rest = read_host(self.shell, self.host, extra)
         db_error: str | None = None
         if snap.reachable:
             drained = [c for c in self.channels if snap.running_transfers(c) == 0]
             if drained:
                 try:
-                    read_channel_state(self.shell, self.host, drained[0])
+                    if rest:
+                        channel_state(self.shell.site, self.host, probe, rest[0])
+                    else:
+                        read_channel_state(self.shell, self.host, drained[0])
                 except SshError as exc:
                     db_error = f"the database did not answer from {self.host}: {exc}"
         with self._cond:

@@ -81,6 +81,9 @@ def test_channels(lab: RunningLab) -> None:
     assert (
         res.sentence == "fts102: set 2 channels (CERN-PIC, CERN-CNAF) Active, 0 were already Active"
     )
+    # without the read before (a clean move's set-active: it ends the channel's downtime)
+    res = set_channels(lab.shell, "fts102", ["CERN-PIC"], "Active", read_first=False)
+    assert res.sentence == "fts102: set 1 channel (CERN-PIC) Active"
     with pytest.raises(StepFailed, match="unknown channel"):
         set_channels(lab.shell, "fts102", ["CERN-NOWHERE"], "Active")
 
