@@ -455,6 +455,13 @@ class SshConfig(_Model):
     parallelism: int = Field(default=8, ge=1, le=256)
 
 
+def _one_select(v: str | None, rows: str) -> str | None:
+    """A site-configured query: one SELECT, nothing after it."""
+    if v is not None and (not re.match(r"(?is)^\s*select\s", v) or ";" in v):
+        raise ValueError(f"must be one SELECT statement without ';' returning {rows}")
+    return v
+
+
 class Database(_Model):
     """The service's database; handover uses it to find and kill DB sessions (the DB lock)."""
 
@@ -472,16 +479,26 @@ class Database(_Model):
     #: of one `commands.channel_state` per channel over SSH, and falls back to those commands
     #: when the database does not answer. Example (the lab): ``SELECT name, state FROM channels``
     channel_states_query: str | None = None
+    #: one SELECT returning a (channel, seconds still needed) row for each transfer running now;
+    #: when set, a pipelined clean move with a `cutover_window_s` chooses each channel's moment
+    #: of going Inactive so that its drain is short (from file sizes and the channel's
+    #: throughput on a real FTS database). Example (the lab): ``SELECT channel, greatest(0,
+    #: extract(epoch FROM started_at) + duration_s - extract(epoch FROM clock_timestamp())) FROM
+    #: jobs WHERE state = 'Active'``
+    transfer_eta_query: str | None = None
 
-    @field_validator("channel_states_query")
-    @classmethod
-    def _one_select(cls, v: str | None) -> str | None:
-        if v is not None and (not re.match(r"(?is)^\s*select\s", v) or ";" in v):
-            raise ValueError(
-                "must be one SELECT statement without ';' returning (channel, state) rows, "
-                "e.g. SELECT name, state FROM channels"
+    _one_select = field_validator("channel_states_query")(
+        classmethod(
+            lambda cls, v: _one_select(
+                v, "(channel, state) rows, e.g. SELECT name, state FROM channels"
             )
-        return v
+        )
+    )
+    _one_eta_select = field_validator("transfer_eta_query")(
+        classmethod(
+            lambda cls, v: _one_select(v, "a (channel, seconds still needed) row per transfer")
+        )
+    )
 
 
 #: a DNS name (absolute or not): labels of letters, digits and hyphens (length checked by the
@@ -766,6 +783,19 @@ class ProcedurePolicy(_Model):
     #: verify), until the run has measured one: a step that would end after its window closes
     #: is not started
     expected_host_s: float = Field(default=30.0, gt=0)
+    #: clean move, pipelined: how much later than the move's start a channel may go Inactive,
+    #: so that it goes Inactive when its running transfers are about to end instead of at once
+    #: (needs `database.transfer_eta_query`); 0: every channel at once, as seed 000
+    cutover_window_s: float = Field(default=0.0, ge=0, le=3600)
+    #: clean move, pipelined, with a cut-over window: a channel goes Inactive at the first moment
+    #: its running transfers all end within this many seconds (at the window's end at the latest)
+    cutover_drain_s: float = Field(default=2.0, gt=0, le=3600)
+    #: clean move, pipelined: start each agent on the target before stopping it on the source
+    #: (its start waits for the DB lock and takes it the moment the source's agent lets go), when
+    #: the wait fits in `agent_lock_wait_s`; false: stop, then start, as seed 000
+    hot_standby: bool = True
+    #: how long an agent's start waits for its DB lock before it gives up (FTS 2: about a minute)
+    agent_lock_wait_s: float = Field(default=60.0, gt=0, le=3600)
 
 
 class Upgrade(_Model):

@@ -5,7 +5,10 @@
    the chosen mode. A failed pre-check changes nothing and says why; a dry run stops here.
 2. Hold the service (one procedure per service) and ask for approval as the site's policy says.
 3. Execute the plan (`flows.executor`): ``full`` and ``staged`` are seed 000's procedures;
-   ``pipelined`` moves each agent as soon as its own channel has drained. A chain that fails is
+   ``pipelined`` moves each agent as soon as its own channel has drained; with the site's
+   policy, each channel goes Inactive when its running transfers are about to end (a cut-over
+   window) and each agent's start on the target waits for the DB lock before its stop on the
+   source (hot standby). A chain that fails is
    compensated (`compensate_clean_move`): each of its agents ends running once, with its channel
    Active; what cannot be repaired is in the report with the exact commands to run.
 4. Verify against a fresh snapshot and report.
@@ -50,6 +53,7 @@ from flows.procedure import Finish, Run, end, holding_service, procedure_run
 from flows.result import AgentOutcome, ProcedureResult, Status, Timing
 from flows.run_site import load_run_site
 from flows.service_lock import ServiceLockError
+from tasks.adapters.db import DatabaseUnavailable, read_transfer_eta
 from tasks.outcome import count, now
 from tasks.remote import SiteShell
 from tasks.site_state import snapshot_site, snapshot_site_task
@@ -193,6 +197,8 @@ def clean_move(
     force_after_drain_timeout: bool = False,
     requested_by: str = "",
     start_at: dt.datetime | None = None,
+    cutover_window_s: float | None = None,
+    hot_standby: bool | None = None,
 ) -> State[Any]:
     """Move agents from `from_host` to `to_host`, as seed 000's clean move, without losing a job.
 
@@ -213,6 +219,11 @@ def clean_move(
         start_at: change nothing before this moment (a cut-over at an agreed time): the
             snapshot, plan and approval come first, then the run holds until it; at most
             `MAX_HOLD_S` ahead, and a moment already past starts at once.
+        cutover_window_s: pipelined: how much later than the start each channel may go
+            Inactive, when its running transfers are about to end (default: the site's policy;
+            needs `database.transfer_eta_query`).
+        hot_standby: pipelined: start each agent on the target before its stop on the source
+            (default: the site's policy).
 
     Returns:
         A Completed state (completed, partial, dry-run, rejected) or a Failed one (failed,
@@ -231,6 +242,12 @@ def clean_move(
         force=force_after_drain_timeout,
         expected_transfer_s=policy.expected_transfer_s,
         expected_restart_s=policy.expected_restart_s,
+        cutover_window_s=(
+            policy.cutover_window_s if cutover_window_s is None else max(0.0, cutover_window_s)
+        ),
+        cutover_drain_s=policy.cutover_drain_s,
+        hot_standby=policy.hot_standby if hot_standby is None else hot_standby,
+        lock_wait_s=policy.agent_lock_wait_s,
     )
     poll_s = poll_interval_s or policy.poll_interval_s
     who = requested_by or getpass.getuser()
@@ -298,6 +315,7 @@ def _snapshot_and_plan(
         if known
         else SiteSnapshot(site=shell.site.site, taken_at=now(), hosts=[])
     )
+    snap = _with_transfer_eta(shell.site, snap, req)
     plan = plan_clean_move(shell.site, snap, req)
     progress.emit("plan", plan=plan)
     create_markdown_artifact(key="clean-move-plan", markdown=plan_markdown(plan))
@@ -307,6 +325,22 @@ def _snapshot_and_plan(
             "refused", "pre-checks failed, nothing changed: " + "; ".join(plan.problems), plan=plan
         )
     return snap, plan, refused
+
+
+def _with_transfer_eta(site: Site, snap: SiteSnapshot, req: MoveRequest) -> SiteSnapshot:
+    """The snapshot with the running transfers' remaining times, when the plan can use them (a
+    pipelined move with a cut-over window, on a site whose database tells)."""
+    db = site.database
+    if req.mode != "pipelined" or not req.cutover_window_s or db is None:
+        return snap
+    if db.transfer_eta_query is None:
+        return snap
+    try:
+        eta = read_transfer_eta(site)
+    except DatabaseUnavailable as exc:
+        get_run_logger().warning("%s; every channel goes Inactive at once", exc)
+        return snap
+    return snap.model_copy(update={"transfer_eta": eta})
 
 
 def _plan_only(shell: SiteShell, req: MoveRequest, finish: Finish) -> State[Any]:

@@ -7,6 +7,8 @@ task with the one retry rule (`tasks.verbs.run_step`). For every step it:
 * waits the step's `delay_s` first (cancellable);
 * for ``wait-drained``, waits on one drain monitor that polls the host for all channels, bounded
   by the drain timeout (``force`` goes on after it, counting the transfers that lose their state);
+* for ``await-cutover``, waits until the channel's running transfers end within the step's drain
+  (`tasks.cutover`), at most until the step's window after the plan began acting;
 * retries a failed step until its `retry_for_s` bound, runs its `fallback` when it fails, and then
   aborts the chain, ends it, or goes on, as the step's `if_fails` says, noting its `human` action;
 * records an outcome sentence (`StepRecord`), updates the `Ledger`, emits a progress event and
@@ -41,9 +43,11 @@ from flows.attempt import Superseded, check_current
 from flows.plans.model import Chain, Ledger, Phase, Plan, Remedy, Step
 from flows.result import AgentOutcome, Outcome, StepRecord
 from tasks.adapters.ssh import SshError
+from tasks.cutover import EtaReader, wait_for_cutover
 from tasks.drain import Cancelled, DrainMonitor, DrainTimeout
 from tasks.outcome import StepResult, count, now
 from tasks.remote import SiteShell
+from tasks.standby import forget as forget_standbys
 from tasks.verbs import run_step
 
 #: the procedure's compensation: (ledger, the failed chain, the error) -> remedies
@@ -133,6 +137,10 @@ class Executor:
         )
         self._last_table: dict[str, int] | None = None
         self._last_table_at = 0.0
+        #: the running transfers' remaining times, for ``await-cutover`` (read when needed)
+        self.eta: EtaReader | None = None
+        #: when the plan began acting (monotonic): the cut-over window counts from it
+        self.acting_since = time.monotonic()
 
     # --- bookkeeping ---------------------------------------------------------------------------
 
@@ -298,6 +306,9 @@ class Executor:
         if step.verb == "wait-drained":
             self._wait_drained(step, started)
             return
+        if step.verb == "await-cutover":
+            self._await_cutover(step, started)
+            return
         try:
             res = self._attempt(step, started)
         except Exception as exc:
@@ -321,6 +332,41 @@ class Executor:
             res=res,
             remote_s=(res.ended_at - res.started_at).total_seconds(),
         )
+
+    def _await_cutover(self, step: Step, started: dt.datetime) -> None:
+        if self.eta is None:
+            self.eta = EtaReader(self.site, max_age_s=min(self.poll_s, 0.5))
+        (channel,) = step.channels
+        try:
+            decision, waited = wait_for_cutover(
+                self.eta,
+                channel,
+                step.drain_s,
+                step.window_s,
+                self.acting_since,
+                self.poll_s,
+                self.cancel,
+                lead_s=step.lead_s,
+            )
+        except InterruptedError as exc:
+            raise Cancelled(str(exc)) from exc
+        when = f"after waiting {waited:.1f} s" if waited >= 0.05 else "at once"
+        if step.lead_s:
+            sentence = (
+                f"{channel}: its cut-over is at most {step.lead_s:g} s away ({when}): "
+                "preparing the target"
+            )
+        else:
+            sentence = f"{channel}: going Inactive {when}: {decision.reason}"
+        res = StepResult(
+            host=step.host,
+            verb=step.verb,
+            sentence=sentence,
+            started_at=started,
+            ended_at=now(),
+            measures={"waited_s": round(waited, 3), "expected_drain_s": decision.drain_s},
+        )
+        self._record(step, "done", sentence, started, res=res, remote_s=waited)
 
     def _wait_drained(self, step: Step, started: dt.datetime) -> None:
         since = max(self.inactive_mono[c] for c in step.channels)
@@ -421,6 +467,7 @@ class Executor:
             key=f"{self.plan.procedure}-progress",
             description=f"{self.plan.procedure} on {self.plan.site}",
         )
+        self.acting_since = time.monotonic()
         if self.monitor.channels:
             ctx = contextvars.copy_context()
             self.monitor.start(lambda f: threading.Thread(target=ctx.run, args=(f,), daemon=True))
@@ -455,6 +502,7 @@ class Executor:
             raise
         finally:
             self.monitor.stop()
+            forget_standbys(self.shell)
             self._update_progress(final=True)
 
 

@@ -49,6 +49,26 @@ def _check_configured(shell: SiteShell, host: str, agents: list[str], verb: str)
         )
 
 
+def startable(shell: SiteShell, host: str, agents: list[str], verb: str) -> HostSnapshot:
+    """The host's snapshot, once the agents are known to be configured there and not listed in
+    its `.disabled` file (unless they already run).
+
+    Raises:
+        StepFailed: an agent is not configured on the host, or is listed as disabled there.
+    """
+    _check_configured(shell, host, agents, verb)
+    snap = _read(shell, host, verb)
+    blocked = [a for a in agents if a in snap.disabled and not snap.runs(a)]
+    if blocked:
+        raise StepFailed(
+            f"{host}: {', '.join(blocked)} listed in {shell.site.commands.disabled_file}; clear "
+            "the entries first (clear-disabled), then start",
+            host=host,
+            verb=verb,
+        )
+    return snap
+
+
 def _tail(res: CommandResult) -> str:
     text = (res.stdout + res.stderr).strip()
     return text[-300:] if text else "no output"
@@ -111,19 +131,9 @@ def start_agents(shell: SiteShell, host: str, agents: list[str]) -> StepResult:
     Pre-condition: the agents are configured on the host and not listed in its `.disabled` file
     (clear them first with `clear_disabled`). Post-condition: each agent runs on the host.
     """
-    site = shell.site
     verb = "start-agents"
     started = now()
-    _check_configured(shell, host, agents, verb)
-    snap = _read(shell, host, verb)
-    blocked = [a for a in agents if a in snap.disabled and not snap.runs(a)]
-    if blocked:
-        raise StepFailed(
-            f"{host}: {', '.join(blocked)} listed in {site.commands.disabled_file}; clear the "
-            "entries first (clear-disabled), then start",
-            host=host,
-            verb=verb,
-        )
+    snap = startable(shell, host, agents, verb)
     to_start = [a for a in agents if not snap.runs(a)]
     already = [a for a in agents if a not in to_start]
     commands: list[str] = []

@@ -2,8 +2,8 @@
 
 `run_step(shell, step)` runs the verb a `flows.plans.model.Step` names on its host and returns the
 verb's `StepResult` (its outcome sentence); it retries transient SSH errors only
-(`tasks.remote.TRANSIENT_RETRIES`). ``wait-drained`` is not here: it waits on the executor's drain
-monitor, not on a host.
+(`tasks.remote.TRANSIENT_RETRIES`). ``wait-drained`` and ``await-cutover`` are not here: they
+wait on the executor's monitors, not on a host.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from tasks.db_sessions import drop_sessions
 from tasks.frontend import disable_frontend, enable_frontend, fence_epoch
 from tasks.outcome import StepResult
 from tasks.remote import SiteShell
+from tasks.standby import await_serving, start_standby
 from tasks.upgrade import check_agents, configure_node, install_version, restart_agents
 
 
@@ -27,7 +28,8 @@ def run_verb(shell: SiteShell, step: Step) -> StepResult:
     """Run the verb of one step on its host (no retry; see `run_step` for the task).
 
     Raises:
-        ValueError: the step names a verb that does not act on a host (``wait-drained``).
+        ValueError: the step names a verb that does not act on a host (``wait-drained``,
+            ``await-cutover``).
         StepFailed: the verb's post-condition does not hold.
         SshError: the host could not be reached or refused a command.
     """
@@ -36,7 +38,7 @@ def run_verb(shell: SiteShell, step: Step) -> StepResult:
     if step.verb == "set-inactive":
         return set_channels(shell, host, step.channels, "Inactive")
     if step.verb == "set-active":
-        return set_channels(shell, host, step.channels, "Active")
+        return set_channels(shell, host, step.channels, "Active", read_first=False)
     if step.verb == "write-disabled":
         return write_disabled(shell, host, step.agents)
     if step.verb == "clear-disabled":
@@ -45,6 +47,10 @@ def run_verb(shell: SiteShell, step: Step) -> StepResult:
         return stop_agents(shell, host, None if step.all_agents else step.agents)
     if step.verb == "start":
         return start_agents(shell, host, step.agents)
+    if step.verb == "start-standby":
+        return start_standby(shell, host, step.agents)
+    if step.verb == "await-serving":
+        return await_serving(shell, host, step.agents)
     if step.verb == "drop-sessions":
         if not step.agents:
             return drop_sessions(site, host)

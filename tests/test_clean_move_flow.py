@@ -317,3 +317,149 @@ def test_sigterm_mid_move_compensates_and_reports(lab: RunningLab, prefect_api: 
     assert result.status == "cancelled" and "SIGTERM" in result.summary
     cern = next(a for a in result.agents if a.agent == P + "CERN-CERN")
     assert cern.running_on == ["fts101"]
+
+
+# --- hot standby and the drain-aware cut-over ---------------------------------------------------
+
+
+def _sessions(lab: RunningLab, agent: str, since: float) -> list[tuple[str, float, float | None]]:
+    """An agent's DB sessions that took its lock since `since` (epoch s): host, began, ended."""
+    import contextlib
+
+    with contextlib.closing(lab.lab.db.connect()) as conn:
+        rows = conn.run(
+            "SELECT host, extract(epoch FROM started_at), extract(epoch FROM ended_at) FROM "
+            "agent_sessions WHERE agent = :a AND (ended_at IS NULL OR "
+            "extract(epoch FROM ended_at) >= :s) ORDER BY started_at",
+            a=agent,
+            s=since,
+        )
+    return [(str(h), float(b), None if e is None else float(e)) for h, b, e in rows]
+
+
+def test_hot_standby_takes_the_lock_only_when_the_source_lets_go(lab: RunningLab) -> None:
+    """Each agent's start on fts102 is launched before its stop on fts101; its DB session
+    begins only once the fts101 agent's has ended: never two serving, no job lost."""
+    import time
+
+    before = lab.lab.score()
+    since = time.time()
+    result = move(lab, mode="pipelined", hot_standby=True)
+    assert result.status == "completed", result.summary
+    assert result.plan is not None and result.plan.hot_standby
+    verbs = [s.verb for s in result.steps]
+    assert verbs.count("start-standby") == 4 and verbs.count("await-serving") == 4, verbs
+    assert "start" not in verbs  # no plain start after the stop
+    for a in MOVED:
+        launched = next(s for s in result.steps if s.verb == "start-standby" and a in s.agents)
+        stopped = next(s for s in result.steps if s.verb == "stop" and a in s.agents)
+        assert launched.ended_at <= stopped.started_at, a
+    assert_moved(lab, result, MOVED, "fts102")
+    for a in MOVED:
+        sessions = _sessions(lab, a, since)
+        old = [s for s in sessions if s[0] == "fts101"]
+        new = [s for s in sessions if s[0] == "fts102"]
+        assert len(old) == 1 and len(new) == 1, (a, sessions)
+        assert old[0][2] is not None and new[0][1] >= old[0][2], (a, sessions)
+    after = lab.lab.score()
+    assert after.agents_running_twice == []
+    assert after.jobs_lost == before.jobs_lost
+
+
+def test_a_primary_that_refuses_to_stop_keeps_serving_alone(
+    lab: RunningLab, tmp_path: Any
+) -> None:
+    """fts101's init script says it stopped the agent and did not: the move stops the standby
+    waiting on fts102, leaves the agent on fts101 with its channel Active, and the standby never
+    took the lock."""
+    import time
+
+    import yaml
+
+    data = yaml.safe_load(lab.site_file.read_text())
+    data.setdefault("commands", {})["stop_agent"] = [
+        "sh",
+        "-c",
+        '[ "$(hostname)" != fts101 ] && exec service transfer-agents stop --instance "$1"',
+        "stop-agent",
+        "{agent}",
+    ]
+    refusing = tmp_path / "refusing-stop.yaml"
+    refusing.write_text(yaml.safe_dump(data, sort_keys=False))
+    ral = P + "CERN-RAL"
+    since = time.time()
+    result = move(lab, site_file=str(refusing), agents=[ral], hot_standby=True)
+    assert result.status == "partial", (result.summary, result.agents, result.human_actions)
+    (outcome,) = result.agents
+    assert outcome.result == "left-on-source" and outcome.running_on == ["fts101"], outcome
+    assert "still running" in outcome.note
+    assert any(s.verb == "start-standby" and s.outcome == "done" for s in result.steps)
+    assert any(
+        s.outcome == "compensation" and s.verb == "stop" and s.host == "fts102"
+        for s in result.steps
+    ), [(s.step, s.outcome, s.sentence) for s in result.steps]
+    now = placement(lab)
+    assert now["where"][ral] == ["fts101"]
+    assert now["channels"]["CERN-RAL"] == "Active"
+    assert ral not in now["disabled"]["fts101"]
+    assert ral in now["disabled"]["fts102"]  # as before the move
+    assert [s for s in _sessions(lab, ral, since) if s[0] == "fts102"] == []
+    assert lab.lab.score().agents_running_twice == []
+
+
+def test_the_cutover_waits_for_a_long_transfer_and_keeps_its_window(lab: RunningLab) -> None:
+    """With the load off: CERN-RAL runs an 8 s transfer, CERN-CERN a 16 s one, window 8 s. RAL
+    stays Active until its transfer needs about 2 s more; CERN goes Inactive when the window
+    ends, its transfer still running. The plan says which moment it chose and why."""
+    import contextlib
+
+    ral, cern = P + "CERN-RAL", P + "CERN-CERN"
+    lab.lab.set_load(on=False)
+    jobs: list[int] = []
+    try:
+        wait_for(
+            lambda: not any(
+                t.channel in ("CERN-RAL", "CERN-CERN")
+                for h in snapshot_site(lab.shell).hosts
+                for t in h.transfer_processes
+            ),
+            30,
+            "the load's transfers to end",
+        )
+        jobs = [submit_long_job(lab, "CERN-CERN", 16.0), submit_long_job(lab, "CERN-RAL", 8.0)]
+        before = lab.lab.score().jobs_lost
+        result = move(lab, agents=[ral, cern], cutover_window_s=8.0, hot_standby=True)
+    finally:
+        lab.lab.set_load(on=True)
+        for j in jobs:
+            end_transfer(lab, j)
+    assert result.status == "completed", result.summary
+    assert result.plan is not None
+    chosen = {m.channel: m.cutover for m in result.plan.agents}
+    assert chosen["CERN-RAL"] is not None and not chosen["CERN-RAL"].now
+    assert "a transfer needs" in chosen["CERN-RAL"].reason
+    assert chosen["CERN-CERN"] is not None and "beyond the cut-over window" in (
+        chosen["CERN-CERN"].reason
+    )
+    waits = {s.channels[0]: s for s in result.steps if s.verb == "await-cutover"}
+    assert waits["CERN-RAL"].measures["waited_s"] >= 2.0, waits["CERN-RAL"].sentence
+    assert waits["CERN-CERN"].measures["waited_s"] >= 7.0, waits["CERN-CERN"].sentence
+    acting = min(s.started_at for s in waits.values())
+    for s in waits.values():  # the bound: the window, plus the query that saw it end
+        assert (s.ended_at - acting).total_seconds() <= 8.0 + 1.5, s.sentence
+    assert "window" in waits["CERN-CERN"].sentence
+    with contextlib.closing(lab.lab.db.connect()) as conn:
+        left = {
+            ch: float(v)
+            for ch, v in conn.run(
+                "SELECT j.channel, extract(epoch FROM j.started_at) + j.duration_s - "
+                "(SELECT extract(epoch FROM max(h.at)) FROM channel_history h WHERE "
+                "h.channel = j.channel AND h.state = 'Inactive') FROM jobs j WHERE j.id = ANY(:i)",
+                i=jobs,
+            )
+        }
+    # RAL went Inactive when its transfer needed about the accepted drain (2 s), not 8 s;
+    # CERN at the window's end, its transfer still running
+    assert 0.0 <= left["CERN-RAL"] <= 2.0 + 1.0, left
+    assert left["CERN-CERN"] >= 2.0, left
+    assert lab.lab.score().jobs_lost == before

@@ -270,3 +270,100 @@ def test_drain_timeout_message_names_channels_and_the_last_error() -> None:
     assert "CERN-RAL" not in msg
     assert "the last look at fts101 failed: fts101 (127.0.1.1:2222): connection refused" in msg
     assert "channels are set Active again" in msg
+
+
+# --- the drain-aware cut-over and hot standby ---------------------------------------------------
+
+
+def test_the_cutover_rule_waits_for_long_transfers_within_the_window() -> None:
+    from flows.plans.cutover import decide
+
+    assert decide([], 2.0, 0.0, 30.0).now
+    short = decide([1.5, 0.4], 2.0, 0.0, 30.0)
+    assert short.now and short.drain_s == 1.5
+    long = decide([8.9, 1.5], 2.0, 0.0, 30.0)
+    assert not long.now and long.after_s == pytest.approx(6.9) and long.drain_s == 2.0
+    beyond = decide([40.0], 2.0, 0.0, 30.0)
+    assert not beyond.now and beyond.after_s == 30.0 and beyond.drain_s == pytest.approx(10.0)
+    assert "beyond the cut-over window" in beyond.reason
+    # the same transfer when the window has been waited out: go now, whatever still runs
+    ended = decide([10.0], 2.0, 30.0, 30.0)
+    assert ended.now and ended.drain_s == 10.0 and "window of 30 s has ended" in ended.reason
+    # part of the window gone: only what is left of it
+    assert decide([40.0], 2.0, 25.0, 30.0).after_s == pytest.approx(5.0)
+
+
+def test_a_cutover_window_gives_each_channel_its_moment_and_the_plan_says_why() -> None:
+    snap = STEADY.model_copy(
+        update={"transfer_eta": {"CERN-CERN": [1.0], "CERN-RAL": [9.0], "CERN-FNAL": [50.0]}}
+    )
+    plan = plan_clean_move(
+        SITE, snap, req(mode="pipelined", cutover_window_s=20, cutover_drain_s=2, hot_standby=True)
+    )
+    assert plan.ok
+    cut = {m.channel: m.cutover for m in plan.agents}
+    assert cut["CERN-CERN"] is not None and cut["CERN-CERN"].now
+    assert cut["CERN-RAL"] is not None and cut["CERN-RAL"].after_s == pytest.approx(7.0)
+    assert cut["CERN-FNAL"] is not None and cut["CERN-FNAL"].after_s == 20.0
+    assert cut["CERN-IN2P3"] is not None and cut["CERN-IN2P3"].now  # nothing runs
+    # no shared "all channels Inactive" phase: each chain begins with its own cut-over
+    assert [p.name for p in plan.phases] == ["move each agent as its channel drains"]
+    for chain in plan.phases[0].chains:
+        verbs = [s.verb for s in chain.steps]
+        # the target is prepared (standby launched) a little before the moment, while the
+        # channel still serves; then the cut-over itself
+        assert verbs[:4] == ["await-cutover", "write-disabled", "clear-disabled", "start-standby"]
+        assert verbs[4:6] == ["await-cutover", "set-inactive"]
+        prepare, cut = chain.steps[0], chain.steps[4]
+        assert prepare.lead_s > 0 and cut.lead_s == 0
+        assert cut.window_s == 20 and cut.drain_s == 2
+    md = plan_markdown(plan)
+    assert "CERN-RAL: in about 7.0 s: a transfer needs 9.0 s more" in md
+    assert "CERN-FNAL: in about 20.0 s" in md and "beyond the cut-over window" in md
+    # without the transfers' times the window cannot be used, and the plan says so
+    blind = plan_clean_move(SITE, STEADY, req(mode="pipelined", cutover_window_s=20))
+    assert blind.phases[0].name == "stop new transfers"
+    assert any("every channel goes Inactive at once" in n for n in blind.notes)
+
+
+def test_hot_standby_launches_the_start_before_the_stop_within_the_lock_wait() -> None:
+    plan = plan_clean_move(
+        SITE,
+        STEADY,
+        req(mode="pipelined", hot_standby=True, lock_wait_s=60, expected_transfer_s=3),
+    )
+    for chain in plan.phases[-1].chains:
+        verbs = [s.verb for s in chain.steps]
+        assert verbs.index("start-standby") < verbs.index("wait-drained") < verbs.index("stop")
+        assert verbs.index("stop") < verbs.index("set-active") < verbs.index("await-serving")
+        assert "start" not in verbs
+        assert next(s for s in chain.steps if s.verb == "start-standby").host == "fts102"
+    # a drain that may outlast the lock wait: the standby is launched after it
+    slow = plan_clean_move(
+        SITE,
+        STEADY,
+        req(mode="pipelined", hot_standby=True, lock_wait_s=60, expected_transfer_s=180),
+    )
+    fnal = next(c for c in slow.phases[-1].chains if c.name == "CERN-FNAL")
+    verbs = [s.verb for s in fnal.steps]
+    assert verbs.index("wait-drained") < verbs.index("start-standby") < verbs.index("stop")
+    # the seed's full procedure stays the reference: no standby there
+    full = plan_clean_move(SITE, STEADY, req(mode="full", hot_standby=True))
+    assert not full.hot_standby and "start-standby" not in [s.verb for s in full.steps]
+
+
+def test_the_standby_of_an_interrupted_move_is_not_an_agent_running_twice() -> None:
+    # the run died after fts102's standby was launched: the agent runs on both hosts, listed in
+    # fts101's .disabled file and no longer in fts102's
+    snap = recorded(
+        host("fts101", ON_101, disabled=[*ON_102, ON_101[1]]),
+        host("fts102", [*ON_102, ON_101[1]], disabled=[ON_101[0], *ON_101[2:]]),
+    )
+    plan = plan_clean_move(SITE, snap, req(mode="pipelined", hot_standby=True))
+    assert plan.ok, plan.problems
+    ral = next(m for m in plan.agents if m.agent == ON_101[1])
+    assert ral.state == "on-source" and ral.action == "move"
+    assert any("standby of an interrupted move" in n for n in plan.notes)
+    # on both hosts without that trace: refused, as before
+    both = recorded(host("fts101", ON_101), host("fts102", [*ON_102, ON_101[1]]))
+    assert not plan_clean_move(SITE, both, req()).ok

@@ -163,6 +163,18 @@ MALFORMED: list[tuple[str, dict[str, Any], str, str]] = [
         "one SELECT",
     ),
     (
+        "transfer times query that is not a SELECT",
+        _mutate(["database", "transfer_eta_query"], "UPDATE jobs SET state = 'Done'"),
+        "database.transfer_eta_query",
+        "(channel, seconds still needed)",
+    ),
+    (
+        "cut-over window longer than an hour",
+        _mutate(["procedures", "clean-move", "cutover_window_s"], 7200),
+        "procedures.clean-move.cutover_window_s",
+        "3600",
+    ),
+    (
         "slack approver that is not a user id",
         _mutate(["slack", "approvers"], ["@alice"]),
         "slack.approvers[0]",

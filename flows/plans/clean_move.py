@@ -21,11 +21,15 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from config.site import Site
+from flows.plans.cutover import Cutover, decide
 from flows.plans.model import Chain, Ledger, Phase, Plan, Remedy, Step, Verb, steps_markdown
 from flows.plans.snapshot import SiteSnapshot
 from flows.plans.steps import command, step
 
 PROCEDURE = "clean-move"
+#: hot standby with a cut-over window: the standby is launched this long before the cut-over's
+#: moment, so that its launch is done before the channel goes Inactive
+STANDBY_LEAD_S = 2.0
 Mode = Literal["full", "staged", "pipelined"]
 AgentState = Literal["on-source", "on-target", "on-neither"]
 
@@ -41,6 +45,14 @@ class MoveRequest(BaseModel):
     force: bool = False
     expected_transfer_s: float = 210.0
     expected_restart_s: float = 5.0
+    #: pipelined: how much later than the start a channel may go Inactive (0: all at once)
+    cutover_window_s: float = 0.0
+    #: pipelined, with a window: go Inactive once the running transfers end within this long
+    cutover_drain_s: float = 2.0
+    #: pipelined: start each agent on the target ahead of its stop on the source
+    hot_standby: bool = False
+    #: how long an agent's start waits for its DB lock (bounds a standby's wait)
+    lock_wait_s: float = 60.0
 
 
 class AgentMove(BaseModel):
@@ -56,6 +68,12 @@ class AgentMove(BaseModel):
     #: "finish": already on the target, only make sure its channel is Active.
     action: Literal["move", "start", "finish"]
     estimated_drain_s: float = 0.0
+    #: pipelined with a cut-over window: when its channel is expected to go Inactive and why
+    cutover: Cutover | None = None
+    #: its start on the target is launched before the drain ends (hot standby)
+    standby_early: bool = False
+    #: listed in the target's `.disabled` file when the move was planned
+    listed_on_target: bool = False
 
 
 class MovePlan(Plan):
@@ -70,6 +88,8 @@ class MovePlan(Plan):
     agents: list[AgentMove] = Field(default_factory=list)
     estimated_downtime_s: dict[str, float] = Field(default_factory=dict)
     estimated_duration_s: float = 0.0
+    cutover_window_s: float = 0.0
+    hot_standby: bool = False
 
     @property
     def channels(self) -> list[str]:
@@ -115,6 +135,15 @@ def _classify(
     for a in candidates:
         on_src, on_dst = src.runs(a.name), dst.runs(a.name)
         ch_state = snap.channels.get(a.channel) if a.channel else None
+        interrupted = a.name in src.disabled and a.name not in dst.disabled
+        if on_src and on_dst and interrupted:
+            # a hot-standby move was interrupted: the target's agent waits for the DB lock the
+            # source's holds (or holds it, the source's waiting); the move goes on from there
+            notes.append(
+                f"{a.name} runs on both hosts, listed in {req.from_host}'s .disabled file: the "
+                "standby of an interrupted move; the move goes on"
+            )
+            on_dst = False
         if on_src and on_dst:
             problems.append(
                 f"{a.name} runs on both {req.from_host} and {req.to_host}; stop the one that "
@@ -148,6 +177,7 @@ def _classify(
                 running_transfers=running,
                 channel_state=ch_state,
                 estimated_drain_s=req.expected_transfer_s if running and action == "move" else 0.0,
+                listed_on_target=a.name in dst.disabled,
             )
         )
     for m in moves:
@@ -284,48 +314,12 @@ def plan_clean_move(site: Site, snap: SiteSnapshot, req: MoveRequest) -> MovePla
             Phase(name="staged move", chains=[Chain(name="one agent at a time", steps=steps)])
         )
     else:
-        move_chans = [m.channel for m in moves if m.action == "move" and m.channel]
-        if move_chans:
-            phases.append(
-                Phase(
-                    name="stop new transfers",
-                    chains=[
-                        Chain(
-                            name="all channels",
-                            steps=[
-                                _step(
-                                    site,
-                                    "all/set-inactive",
-                                    "set-inactive",
-                                    req.from_host,
-                                    [],
-                                    move_chans,
-                                )
-                            ],
-                        )
-                    ],
-                )
-            )
-        chains = []
-        for m in moves:
-            label = m.channel or f"vo-{m.vo}"
-            steps = []
-            if m.action == "move" and m.channel:
-                steps.append(
-                    _step(
-                        site,
-                        f"{label}/wait-drained",
-                        "wait-drained",
-                        req.from_host,
-                        [],
-                        [m.channel],
-                    )
-                )
-            steps += _chain_steps(site, req, [m], f"{label}/", drain=False)
-            chains.append(Chain(name=label, steps=steps))
-        phases.append(Phase(name="move each agent as its channel drains", chains=chains))
+        phases += _pipelined(site, snap, req, moves, notes)
 
     restart = req.expected_restart_s
+    for m in moves:
+        if m.cutover is not None:
+            m.estimated_drain_s = m.cutover.drain_s
     chans = [m for m in moves if m.channel]
     longest = max((m.estimated_drain_s for m in chans), default=0.0)
     if req.mode == "full":
@@ -334,6 +328,8 @@ def plan_clean_move(site: Site, snap: SiteSnapshot, req: MoveRequest) -> MovePla
     else:
         downtime = {str(m.channel): m.estimated_drain_s + restart for m in chans}
         duration = sum(downtime.values()) if req.mode == "staged" else longest + restart
+    if req.mode == "pipelined":
+        duration += max((m.cutover.after_s for m in moves if m.cutover is not None), default=0.0)
     return MovePlan(
         **base,
         ok=True,
@@ -342,7 +338,116 @@ def plan_clean_move(site: Site, snap: SiteSnapshot, req: MoveRequest) -> MovePla
         phases=phases,
         estimated_downtime_s=downtime,
         estimated_duration_s=duration,
+        cutover_window_s=req.cutover_window_s if req.mode == "pipelined" else 0.0,
+        hot_standby=req.hot_standby and req.mode == "pipelined",
     )
+
+
+def _pipelined(
+    site: Site, snap: SiteSnapshot, req: MoveRequest, moves: list[AgentMove], notes: list[str]
+) -> list[Phase]:
+    """The pipelined mode's phases: every channel Inactive at once (or each at its own moment,
+    with a cut-over window and the transfers' times known), then each agent moved as soon as
+    its channel has drained (started on the target ahead of its stop, with hot standby)."""
+    src, dst = req.from_host, req.to_host
+    eta = snap.transfer_eta
+    drain_aware = req.cutover_window_s > 0 and eta is not None
+    if req.cutover_window_s > 0 and eta is None:
+        notes.append(
+            "cut-over window set but the transfers' remaining times are unknown (no "
+            "database.transfer_eta_query, or it failed): every channel goes Inactive at once"
+        )
+    phases: list[Phase] = []
+    move_chans = [m.channel for m in moves if m.action == "move" and m.channel]
+    if move_chans and not drain_aware:
+        phases.append(
+            Phase(
+                name="stop new transfers",
+                chains=[
+                    Chain(
+                        name="all channels",
+                        steps=[
+                            _step(site, "all/set-inactive", "set-inactive", src, [], move_chans)
+                        ],
+                    )
+                ],
+            )
+        )
+    chains = []
+    for m in moves:
+        label = m.channel or f"vo-{m.vo}"
+        p = f"{label}/"
+        steps: list[Step] = []
+        moving = m.action == "move"
+        cut: list[Step] = []
+        if moving and m.channel and drain_aware:
+            assert eta is not None
+            m.cutover = decide(
+                eta.get(m.channel, []), req.cutover_drain_s, 0.0, req.cutover_window_s
+            )
+            cut = [
+                step(
+                    site,
+                    f"{p}await-cutover",
+                    "await-cutover",
+                    src,
+                    [],
+                    [m.channel],
+                    drain_s=req.cutover_drain_s,
+                    window_s=req.cutover_window_s,
+                ),
+                _step(site, f"{p}set-inactive", "set-inactive", src, [], [m.channel]),
+            ]
+        if not (moving and req.hot_standby):
+            steps += cut
+            if moving and m.channel:
+                steps.append(_step(site, f"{p}wait-drained", "wait-drained", src, [], [m.channel]))
+            steps += _chain_steps(site, req, [m], p, drain=False)
+            chains.append(Chain(name=label, steps=steps))
+            continue
+        drain = m.cutover.drain_s if m.cutover is not None else m.estimated_drain_s
+        lead = STANDBY_LEAD_S if cut else 0.0
+        # the standby waits for the lock from its launch through the drain and the stop: only
+        # when that fits inside the agent's lock wait with a margin (else it would give up: it
+        # is launched after the drain)
+        m.standby_early = drain + req.expected_restart_s + lead <= 0.75 * req.lock_wait_s
+        standby = _step(site, f"{p}start-standby", "start-standby", dst, [m.agent], [])
+        if cut and m.standby_early:
+            # the target is prepared while the channel still serves, just before its moment
+            steps.append(
+                step(
+                    site,
+                    f"{p}prepare",
+                    "await-cutover",
+                    src,
+                    [],
+                    cut[0].channels,
+                    drain_s=req.cutover_drain_s,
+                    window_s=req.cutover_window_s,
+                    lead_s=lead,
+                )
+            )
+        else:
+            steps += cut
+        steps.append(_step(site, f"{p}write-disabled", "write-disabled", src, [m.agent], []))
+        steps.append(_step(site, f"{p}clear-disabled", "clear-disabled", dst, [m.agent], []))
+        if m.standby_early:
+            steps.append(standby)
+            if cut:
+                steps += cut
+        if m.channel:
+            steps.append(_step(site, f"{p}wait-drained", "wait-drained", src, [], [m.channel]))
+        if not m.standby_early:
+            steps.append(standby)
+        steps.append(_step(site, f"{p}stop", "stop", src, [m.agent], []))
+        if m.channel:
+            # the source's agent is gone: only the standby can take the channel's work, and
+            # pending jobs wait for it in the database meanwhile
+            steps.append(_step(site, f"{p}set-active", "set-active", dst, [], [m.channel]))
+        steps.append(_step(site, f"{p}await-serving", "await-serving", dst, [m.agent], []))
+        chains.append(Chain(name=label, steps=steps))
+    phases.append(Phase(name="move each agent as its channel drains", chains=chains))
+    return phases
 
 
 def plan_markdown(plan: MovePlan) -> str:
@@ -369,6 +474,31 @@ def plan_markdown(plan: MovePlan) -> str:
         f"{plan.drain_timeout_s:.0f} s{'; FORCED after timeout' if plan.force else ''}.",
         "",
     ]
+    cut = [m for m in plan.agents if m.cutover is not None]
+    if cut:
+        out += [
+            f"Cut-over (each channel goes Inactive when its transfers are about to end, at most "
+            f"{plan.cutover_window_s:g} s after the start; checked again when the moment comes):",
+            "",
+        ]
+        for m in cut:
+            assert m.cutover is not None
+            when = "at once" if m.cutover.now else f"in about {m.cutover.after_s:.1f} s"
+            out.append(f"- {m.channel}: {when}: {m.cutover.reason}")
+        out.append("")
+    if plan.hot_standby:
+        early = [m.agent for m in plan.agents if m.standby_early]
+        out += [
+            "Hot standby: each agent's start on the target is launched before its stop on the "
+            "source and takes the DB lock when the source's agent lets go"
+            + (
+                f" (launched before the drain: {', '.join(early)}; the others after it)"
+                if early
+                else " (after its drain)"
+            )
+            + "; a standby that gave up waiting is started again after the stop.",
+            "",
+        ]
     for note in plan.notes:
         out.append(f"- {note}")
     out += steps_markdown(plan)
@@ -453,9 +583,101 @@ def compensate_clean_move(
         other = step(site, f"compensation/{ch}/set-active", "set-active", dst, [], [ch])
         return set_active(src, ch, fallback=[other])
 
+    def stop_standby(a: str, label: str) -> list[Step]:
+        # its start on the target waits for the lock the source's agent holds: it must not
+        # take the lock later, when nobody expects it (or give up and be reported dead)
+        if a not in ledger.standby:
+            return []
+        steps = [
+            step(
+                site,
+                f"compensation/{label}/stop-standby",
+                "stop",
+                dst,
+                [a],
+                if_fails="continue",
+                human=f"{a}'s standby may still wait for the DB lock on {dst}: there run "
+                f"`{command(site, 'stop_agent', agent=a)}`",
+            )
+        ]
+        m = next((x for x in moves if x.agent == a), None)
+        if m is not None and m.listed_on_target and f"{label}/clear-disabled" in ledger.done:
+            steps.append(
+                step(
+                    site,
+                    f"compensation/{label}/write-disabled",
+                    "write-disabled",
+                    dst,
+                    [a],
+                    if_fails="continue",
+                )
+            )
+        return steps
+
+    def rollback(a: str, ch: str | None, label: str, first: list[Step]) -> Remedy:
+        # stopped on the source, the target did not start it: started again on the source
+        back = agent_human(site, plan, a, ch)
+        steps = [
+            *first,
+            step(
+                site, f"compensation/{label}/clear-disabled", "clear-disabled", src, [a], human=back
+            ),
+            step(site, f"compensation/{label}/start", "start", src, [a], human=back),
+        ]
+        if ch and ch not in ledger.active:
+            steps.append(set_active_anywhere(ch))
+        return Remedy(
+            agent=a,
+            channel=ch,
+            steps=steps,
+            result="rolled-back",
+            running_on=[src],
+            note=f"{dst} could not start it ({reason}); started again on {src}",
+            failed_result="stranded",
+            failed_note=f"runs nowhere after {reason}",
+        )
+
     for m in moves:
         a, ch = m.agent, m.channel
         label = ch or a
+        if a in ledger.stopped and a in ledger.standby and a not in ledger.started:
+            # hot standby: the source's agent stopped; its standby has most likely taken the
+            # lock. Unless its await is what failed (then the target could not start it), the
+            # target keeps it and the channel goes Active there
+            if ch is None or ch in ledger.active:
+                stop = step(
+                    site,
+                    f"compensation/{label}/stop-standby",
+                    "stop",
+                    dst,
+                    [a],
+                    human=agent_human(site, plan, a, ch),
+                )
+                remedies.append(rollback(a, ch, label, [stop]))
+                continue
+            remedies.append(
+                Remedy(
+                    agent=a,
+                    channel=ch,
+                    steps=[
+                        step(
+                            site,
+                            f"compensation/{label}/await-serving",
+                            "await-serving",
+                            dst,
+                            [a],
+                            human=agent_human(site, plan, a, ch),
+                        ),
+                        set_active_anywhere(ch),
+                    ],
+                    result="moved",
+                    running_on=[dst],
+                    note=f"after {reason}",
+                    failed_result="stranded",
+                    failed_note=f"runs nowhere after {reason}",
+                )
+            )
+            continue
         if a in ledger.started or m.action == "finish":  # runs on the target
             fallback = (
                 [step(site, f"compensation/{ch}/set-active", "set-active", src, [], [ch])]
@@ -476,32 +698,7 @@ def compensate_clean_move(
                 )
             )
         elif a in ledger.stopped or m.action == "start":  # stopped, the target did not start it
-            back = agent_human(site, plan, a, ch)
-            steps = [
-                step(
-                    site,
-                    f"compensation/{label}/clear-disabled",
-                    "clear-disabled",
-                    src,
-                    [a],
-                    human=back,
-                ),
-                step(site, f"compensation/{label}/start", "start", src, [a], human=back),
-            ]
-            if ch:
-                steps.append(set_active_anywhere(ch))
-            remedies.append(
-                Remedy(
-                    agent=a,
-                    channel=ch,
-                    steps=steps,
-                    result="rolled-back",
-                    running_on=[src],
-                    note=f"{dst} could not start it ({reason}); started again on {src}",
-                    failed_result="stranded",
-                    failed_note=f"runs nowhere after {reason}",
-                )
-            )
+            remedies.append(rollback(a, ch, label, []))
         elif a in ledger.stop_in_doubt:  # its stop was cut off: it may be stopping
             # an Active channel would give it transfers that its stop, finishing when the host
             # answers again (a frozen host thaws), would lose: the channel stays Inactive
@@ -509,7 +706,7 @@ def compensate_clean_move(
                 Remedy(
                     agent=a,
                     channel=ch,
-                    steps=[],
+                    steps=stop_standby(a, label),
                     result="in-doubt",
                     running_on=[],
                     note=(
@@ -525,7 +722,8 @@ def compensate_clean_move(
                 )
             )
         else:  # still on the source
-            steps = [set_active_anywhere(ch)] if ch and ledger.still_inactive(ch) else []
+            steps = stop_standby(a, label)
+            steps += [set_active_anywhere(ch)] if ch and ledger.still_inactive(ch) else []
             steps.append(
                 step(
                     site,

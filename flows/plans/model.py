@@ -37,6 +37,9 @@ Verb = Literal[
     "install-version",
     "configure-node",
     "restart-agents",
+    "await-cutover",
+    "start-standby",
+    "await-serving",
 ]
 
 #: what each verb needs before it runs, and what it leaves (the verb verifies the latter)
@@ -87,6 +90,18 @@ CONDITIONS: dict[Verb, tuple[str, str]] = {
         "the agents run on the host",
         "each agent serves again (with the step's version), its running transfers kept",
     ),
+    "await-cutover": (
+        "the database tells how long each running transfer still needs",
+        "the channel's running transfers all end within the step's drain, or its window ended",
+    ),
+    "start-standby": (
+        "the agents are configured on the host and not listed in its .disabled file",
+        "each agent's start runs on the host, waiting for the DB lock the source holds",
+    ),
+    "await-serving": (
+        "the source's agents are stopped",
+        "each agent runs on the host (its standby took the DB lock, or it was started again)",
+    ),
 }
 
 #: ``in-doubt``: its stop was interrupted on a host that stopped answering, so whether it still
@@ -132,6 +147,12 @@ class Step(BaseModel):
     version: str | None = None
     #: check-agents: other hosts that must answer (the hosts of the agents' backups)
     others: list[str] = Field(default_factory=list)
+    #: await-cutover: go on once every running transfer of the channel ends within this long
+    drain_s: float = 0.0
+    #: await-cutover: go on at the latest this long after the procedure began acting
+    window_s: float = 0.0
+    #: await-cutover: go on this long before the cut-over's moment (to prepare for it)
+    lead_s: float = 0.0
 
 
 class Chain(BaseModel):
@@ -184,6 +205,8 @@ class Ledger(BaseModel):
     active: list[str] = Field(default_factory=list)
     stopped: list[str] = Field(default_factory=list)
     started: list[str] = Field(default_factory=list)
+    #: agents whose start was launched on the target ahead of their stop (hot standby)
+    standby: list[str] = Field(default_factory=list)
     #: agents whose stop failed on the connection: the command may have reached the host
     #: before it stopped answering, so they may be stopping (a frozen host finishes the stop
     #: when it thaws)
@@ -215,8 +238,10 @@ class Ledger(BaseModel):
             self.active += [c for c in step.channels if c not in self.active]
         elif step.verb == "stop":
             self.stopped += [a for a in step.agents if a not in self.stopped]
-        elif step.verb == "start":
+        elif step.verb in ("start", "await-serving"):
             self.started += [a for a in step.agents if a not in self.started]
+        elif step.verb == "start-standby":
+            self.standby += [a for a in step.agents if a not in self.standby]
 
     @classmethod
     def after(cls, plan: Plan, step_id: str) -> Ledger:

@@ -69,6 +69,9 @@ class SiteSnapshot(BaseModel):
     channel_errors: dict[str, str] = Field(default_factory=dict)
     #: how long taking the snapshot took (remote commands, in parallel)
     duration_s: float = 0.0
+    #: per channel, the seconds each of its running transfers still needs, from the site's
+    #: `database.transfer_eta_query` (None: not read, or the site cannot tell)
+    transfer_eta: dict[str, list[float]] | None = None
 
     def host(self, name: str) -> HostSnapshot:
         """The snapshot of one host (KeyError if absent)."""

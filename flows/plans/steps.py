@@ -42,8 +42,16 @@ def commands_for(
         if all_agents:
             return [command(site, "stop_all")]
         return [command(site, "stop_agent", agent=a) for a in agents]
-    if verb == "start":
+    if verb in ("start", "await-serving"):
         return [command(site, "start_agent", agent=a) for a in agents]
+    if verb == "start-standby":
+        return [
+            command(site, "start_agent", agent=a) + "  # not waited for: it waits for the DB lock"
+            for a in agents
+        ]
+    if verb == "await-cutover":
+        kind = site.database.kind if site.database else "database"
+        return [f"{kind}: database.transfer_eta_query, until {', '.join(channels)} can drain"]
     if verb == "check-agents":
         return [command(site, "agents_status"), command(site, "list_processes")]
     if verb == "install-version":

@@ -73,6 +73,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         params["drain_timeout_s"] = args.drain_timeout
     if args.poll_interval:
         params["poll_interval_s"] = args.poll_interval
+    if args.cutover_window is not None:
+        params["cutover_window_s"] = args.cutover_window
+    if args.hot_standby is not None:
+        params["hot_standby"] = args.hot_standby
     if args.yes:
         params["pause_for_approval"] = False
     return run_procedure(args.procedure, params, as_json=args.json)
@@ -102,6 +106,20 @@ def register(sub: Any) -> None:
     p.add_argument("--agents", help="comma-separated agent names (default: all on the host)")
     p.add_argument("--drain-timeout", type=float, help="seconds (default: the site's policy)")
     p.add_argument("--poll-interval", type=float, help="seconds (default: the site's policy)")
+    p.add_argument(
+        "--cutover-window",
+        type=float,
+        metavar="S",
+        help="clean-move, pipelined: let each channel go Inactive up to S seconds later, when its "
+        "running transfers are about to end (default: the site's policy; 0: all at once)",
+    )
+    p.add_argument(
+        "--hot-standby",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="clean-move, pipelined: start each agent on the target before stopping it on the "
+        "source (default: the site's policy)",
+    )
     p.add_argument("--dry-run", action="store_true", help="show the plan, change nothing")
     p.add_argument(
         "--yes",

@@ -72,6 +72,10 @@ def derive_site_file(
             for i in range(len(dns.get("secondaries", [])))
         ]
         dns["tsig_key"] = {"file": str(state_dir / "secrets" / "tsig-key")}
+    move = data.get("procedures", {}).get("clean-move")
+    if move is not None and "lock_wait_s" in data["lab"]:
+        # the lab's agents give up waiting for their DB lock after lab.lock_wait_s
+        move["agent_lock_wait_s"] = data["lab"]["lock_wait_s"]
     for proc, policy in (procedures or {}).items():
         data.setdefault("procedures", {}).setdefault(proc, {}).update(policy)
     out.write_text(yaml.safe_dump(data, sort_keys=False))

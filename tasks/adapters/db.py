@@ -1,5 +1,6 @@
 """The service's database: list and kill the sessions that come from a machine (seed 000's DB
-lock), and read every channel's state in one query (`read_channel_states`, for snapshots).
+lock), read every channel's state in one query (`read_channel_states`, for snapshots), and how
+long each running transfer still needs (`read_transfer_eta`, for a clean move's cut-over).
 
 One small interface, three backends. Contract of a `SessionBackend`:
     * `list_sessions(machine_names, address, program)` returns the sessions whose client is that
@@ -299,17 +300,15 @@ def _backend(db: Database) -> SessionBackend:
     return MySqlSessions(connect)
 
 
-def read_channel_states(site: Site) -> dict[str, str]:
-    """Every channel's state from the site's `database.channel_states_query` (one connection,
-    one query, bounded by `database.timeout_s`).
+def _select(site: Site, query: str, what: str) -> list[Any]:
+    """The rows of one site-configured SELECT (one connection, one query, bounded by the
+    site's `database.timeout_s`).
 
     Raises:
         DatabaseUnavailable: the database did not answer or refused the query.
     """
     db = site.database
-    if db is None or db.channel_states_query is None:
-        raise ValueError(f"site {site.site} has no database.channel_states_query")
-    query = db.channel_states_query
+    assert db is not None
     connect = _connector(db, "handover-snapshot")
 
     def fetch() -> list[Any]:
@@ -324,12 +323,47 @@ def read_channel_states(site: Site) -> dict[str, str]:
                 cur.close()
 
     try:
-        rows = within(db.timeout_s * 2, f"the {db.kind} database at {db.host}:{db.port}", fetch)
+        return within(db.timeout_s * 2, f"the {db.kind} database at {db.host}:{db.port}", fetch)
     except DatabaseUnavailable:
         raise
     except Exception as exc:  # every driver's own errors
         raise DatabaseUnavailable(
-            f"channel states: the {db.kind} database at {db.host}:{db.port} did not answer "
-            f"`{query}`: {exc}"
+            f"{what}: the {db.kind} database at {db.host}:{db.port} did not answer `{query}`: {exc}"
         ) from exc
+
+
+def read_channel_states(site: Site) -> dict[str, str]:
+    """Every channel's state from the site's `database.channel_states_query`.
+
+    Raises:
+        DatabaseUnavailable: the database did not answer or refused the query.
+    """
+    db = site.database
+    if db is None or db.channel_states_query is None:
+        raise ValueError(f"site {site.site} has no database.channel_states_query")
+    rows = _select(site, db.channel_states_query, "channel states")
     return {str(r[0]): str(r[1]) for r in rows}
+
+
+def read_transfer_eta(site: Site) -> dict[str, list[float]]:
+    """Per channel, the seconds each running transfer still needs (longest first), from the
+    site's `database.transfer_eta_query`.
+
+    Raises:
+        DatabaseUnavailable: the database did not answer, refused the query, or answered rows
+            that are not (channel, seconds).
+    """
+    db = site.database
+    if db is None or db.transfer_eta_query is None:
+        raise ValueError(f"site {site.site} has no database.transfer_eta_query")
+    rows = _select(site, db.transfer_eta_query, "transfer times")
+    out: dict[str, list[float]] = {}
+    try:
+        for r in rows:
+            out.setdefault(str(r[0]), []).append(max(0.0, float(r[1])))
+    except (TypeError, ValueError, IndexError) as exc:
+        raise DatabaseUnavailable(
+            f"transfer times: `{db.transfer_eta_query}` must return (channel, seconds) rows; "
+            f"got {rows[:1]!r}: {exc}"
+        ) from exc
+    return {c: sorted(v, reverse=True) for c, v in out.items()}

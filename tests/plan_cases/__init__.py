@@ -50,6 +50,8 @@ def run_case(case: dict[str, Any]) -> Any:
     """The planner's answer for a case, as JSON data."""
     s = site()
     snap = snapshot(case["snapshot"])
+    if "transfer_eta" in case:  # what the site's database said the running transfers need
+        snap = snap.model_copy(update={"transfer_eta": case["transfer_eta"]})
     req = case["request"]
     proc = case["procedure"]
     if proc in ("clean-move", "compensation"):
