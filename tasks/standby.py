@@ -18,7 +18,7 @@ import time
 from concurrent.futures import Future
 
 from tasks.adapters.ssh import CommandResult
-from tasks.agents import START_TIMEOUT_S, _read, _tail, start_agents, startable
+from tasks.agents import START_TIMEOUT_S, _read, _tail, start_agents, startable, stop_agents
 from tasks.outcome import StepFailed, StepResult, count, listing, now, was
 from tasks.remote import SiteShell
 
@@ -26,6 +26,8 @@ from tasks.remote import SiteShell
 LAUNCH_TIMEOUT_S = 30.0
 
 _pending: dict[tuple[int, str, str], Future[CommandResult]] = {}
+#: when each pending start was launched (monotonic)
+_launched: dict[tuple[int, str, str], float] = {}
 _guard = threading.Lock()
 
 
@@ -44,20 +46,46 @@ def _launch(shell: SiteShell, host: str, agent: str) -> None:
 
     with _guard:
         _pending[_key(shell, host, agent)] = fut
+        _launched[_key(shell, host, agent)] = time.monotonic()
     threading.Thread(target=run, name=f"standby-{agent}", daemon=True).start()
 
 
-def start_standby(shell: SiteShell, host: str, agents: list[str]) -> StepResult:
+def _stale(shell: SiteShell, host: str, agents: list[str], max_wait_s: float) -> list[str]:
+    """The agents whose standby, launched by this run, has waited longer than `max_wait_s` and
+    still waits (it would give up at its lock wait before the source lets go)."""
+    out = []
+    with _guard:
+        for a in agents:
+            fut = _pending.get(_key(shell, host, a))
+            began = _launched.get(_key(shell, host, a), time.monotonic())
+            if fut is not None and not fut.done() and time.monotonic() - began > max_wait_s:
+                out.append(a)
+    return out
+
+
+def start_standby(
+    shell: SiteShell, host: str, agents: list[str], max_wait_s: float = 0.0
+) -> StepResult:
     """Launch each agent's start on `host` without waiting for it to serve.
 
     Pre-condition: the agents are configured on the host and not listed in its `.disabled`
     file. An agent already running there is left alone (a standby launched before, or the
-    agent itself). Post-condition: each agent's start runs, or the agent runs.
+    agent itself), unless `max_wait_s` is set and its standby, launched by this run, has waited
+    longer than that: it is stopped and launched again, so that its lock wait starts afresh.
+    Post-condition: each agent's start runs, or the agent runs.
     """
     verb = "start-standby"
     started = now()
     snap = startable(shell, host, agents, verb)
     site = shell.site
+    stale = _stale(shell, host, agents, max_wait_s) if max_wait_s > 0 else []
+    if stale:
+        # it waits for the lock the source still holds: stopping it changes nothing served
+        stop_agents(shell, host, stale)
+        with _guard:
+            for a in stale:
+                _pending.pop(_key(shell, host, a), None)
+        snap = _read(shell, host, verb)
     launch = [a for a in agents if not snap.runs(a)]
     already = [a for a in agents if a not in launch]
     for a in launch:
@@ -71,6 +99,12 @@ def start_standby(shell: SiteShell, host: str, agents: list[str]) -> StepResult:
         sentence=(
             f"{host}: launched the start of {count(len(launch), 'agent')}{listing(launch)} "
             f"(each waits for its DB lock), {len(already)} {was(len(already))} already running"
+            + (
+                f"; {len(stale)} launched again, {listing(stale).strip(' ()')}, after waiting "
+                f"over {max_wait_s:g} s"
+                if stale
+                else ""
+            )
         ),
         commands=[shlex.join(site.commands.argv("start_agent", agent=a)) for a in launch],
         started_at=started,
@@ -176,3 +210,4 @@ def forget(shell: SiteShell) -> None:
     with _guard:
         for k in [k for k in _pending if k[0] == id(shell)]:
             del _pending[k]
+            _launched.pop(k, None)

@@ -48,7 +48,7 @@ def run_verb(shell: SiteShell, step: Step) -> StepResult:
     if step.verb == "start":
         return start_agents(shell, host, step.agents)
     if step.verb == "start-standby":
-        return start_standby(shell, host, step.agents)
+        return start_standby(shell, host, step.agents, step.max_wait_s)
     if step.verb == "await-serving":
         return await_serving(shell, host, step.agents)
     if step.verb == "drop-sessions":

@@ -313,10 +313,12 @@ def test_a_cutover_window_gives_each_channel_its_moment_and_the_plan_says_why() 
         # the target is prepared (standby launched) a little before the moment, while the
         # channel still serves; then the cut-over itself
         assert verbs[:4] == ["await-cutover", "write-disabled", "clear-disabled", "start-standby"]
-        assert verbs[4:6] == ["await-cutover", "set-inactive"]
-        prepare, cut = chain.steps[0], chain.steps[4]
+        assert verbs[4:7] == ["await-cutover", "start-standby", "set-inactive"]
+        prepare, cut, refresh = chain.steps[0], chain.steps[4], chain.steps[5]
         assert prepare.lead_s > 0 and cut.lead_s == 0
         assert cut.window_s == 20 and cut.drain_s == 2
+        # a standby that waited through a put-off moment is launched again before the cut-over
+        assert refresh.max_wait_s > 0 and chain.steps[3].max_wait_s == 0
     md = plan_markdown(plan)
     assert "CERN-RAL: in about 7.0 s: a transfer needs 9.0 s more" in md
     assert "CERN-FNAL: in about 20.0 s" in md and "beyond the cut-over window" in md

@@ -104,3 +104,32 @@ def test_verbs_run_as_prefect_tasks(lab: RunningLab, prefect_api: str) -> None:
         "fts102: started 2 agents (CERN-CNAF, CERN-PIC), 0 were already running",
         "fts102: set 0 channels Active, 1 was already Active",
     ]
+
+
+def test_a_standby_waits_for_the_lock_and_takes_it_when_the_primary_lets_go(
+    lab: RunningLab,
+) -> None:
+    """CERN-PIC serves on fts102; its standby launched on fts101 waits for the lock (a stale one
+    is launched again), and serves once fts102's agent is stopped; never two serving."""
+    import time
+
+    from tasks.standby import await_serving, start_standby
+    from tests.conftest import place_on_primaries
+
+    try:
+        verbs.clear_disabled(lab.shell, "fts101", [PIC])
+        first = start_standby(lab.shell, "fts101", [PIC])
+        assert first.changed == [PIC], first.sentence
+        assert "waits for its DB lock" in first.sentence
+        assert snapshot_host(lab.shell, "fts101").runs(PIC)  # its process is there, waiting
+        assert snapshot_host(lab.shell, "fts102").runs(PIC)  # and the primary still serves
+        time.sleep(1.2)
+        again = start_standby(lab.shell, "fts101", [PIC], max_wait_s=1.0)
+        assert again.changed == [PIC] and "launched again" in again.sentence, again.sentence
+        assert start_standby(lab.shell, "fts101", [PIC]).changed == []  # idempotent
+        verbs.stop_agents(lab.shell, "fts102", [PIC])
+        served = await_serving(lab.shell, "fts101", [PIC])
+        assert served.sentence == "fts101: 1 standby (CERN-PIC) took the DB lock"
+        assert lab.lab.score().agents_running_twice == []
+    finally:
+        place_on_primaries(lab)

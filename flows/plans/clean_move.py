@@ -434,7 +434,17 @@ def _pipelined(
         if m.standby_early:
             steps.append(standby)
             if cut:
-                steps += cut
+                # a transfer begun after the preparation may put the moment off: a standby
+                # that has waited too long to last through the drain and the stop is launched
+                # again, while the channel still serves
+                budget = req.lock_wait_s - (drain + req.expected_restart_s + 1.0)
+                steps.append(cut[0])
+                steps.append(
+                    _step(
+                        site, f"{p}refresh-standby", "start-standby", dst, [m.agent], []
+                    ).model_copy(update={"max_wait_s": max(1.0, budget)})
+                )
+                steps.append(cut[1])
         if m.channel:
             steps.append(_step(site, f"{p}wait-drained", "wait-drained", src, [], [m.channel]))
         if not m.standby_early:

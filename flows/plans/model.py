@@ -153,6 +153,8 @@ class Step(BaseModel):
     window_s: float = 0.0
     #: await-cutover: go on this long before the cut-over's moment (to prepare for it)
     lead_s: float = 0.0
+    #: start-standby: launch again a standby of this run that has waited longer than this
+    max_wait_s: float = 0.0
 
 
 class Chain(BaseModel):
