@@ -4,8 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from config.loader import load_site
-from infra.bench.clean_move import GUARD_AFTER_S, GUARD_BEFORE_S, WORKLOAD, pick_scenario
+from infra.bench.clean_move import (
+    GUARD_AFTER_S,
+    GUARD_BEFORE_S,
+    WORKLOAD,
+    pending_within,
+    pick_scenario,
+)
 from infra.lab.lab import derive_site_file
 from infra.lab.workload import Workload, trace
 from tests.conftest import ROOT
@@ -65,3 +73,14 @@ def test_the_cut_over_is_clear_of_long_starts_and_finds_long_transfers_running(t
                     assert round(t + d - sc.start_offset_s, 2) in sc.long_in_flight_s[ch]
     # the same inputs, the same scenario: every round and mode of one run, and every run
     assert pick_scenario(site, moved, 6.0) == sc
+
+
+def test_the_limit_counts_only_time_with_pending_work() -> None:
+    """The lab's score counts a channel down only while it has pending work: the limit over
+    [a, b] is the union of the jobs' waits (submitted -> started) within it."""
+
+    assert pending_within([], 0.0, 5.0) == 0.0
+    # a wait before the window, one across its start, two overlapping, one after it
+    waits = [(-3.0, -1.0), (-0.5, 1.0), (2.0, 3.5), (3.0, 4.0), (6.0, 9.0)]
+    assert pending_within(waits, 0.0, 5.0) == pytest.approx(1.0 + 2.0)
+    assert pending_within([(1.0, 10.0)], 0.0, 5.0) == pytest.approx(4.0)

@@ -15,10 +15,12 @@ lab cannot change which transfers the move finds running. The figures, medians o
   work while the channel is Inactive or no agent serves it), and the pipelined/full ratio of the
   sums (target <= 0.3, with both refinements);
 * **the limit**: per channel, the least downtime any move could have once it goes Inactive
-  when it did: its drain (until the transfers running at that moment have ended, from the
-  database's start times and durations) plus the agent hand-over at its fastest (an agent that
-  waits for the lock takes it when the old one lets go: measured in each round's lab by a
-  `service transfer-agents restart` of an agent the move does not touch); each mode's sum
+  when it did: the part of its drain (until the transfers running at that moment have ended,
+  from the database's start times and durations) plus the agent hand-over at its fastest (an
+  agent that waits for the lock takes it when the old one lets go: measured in each round's lab
+  by a `service transfer-agents restart` of an agent the move does not touch) during which the
+  channel had pending work, since the score counts only that time (`pending_within`, from the
+  jobs' submission and start times); each mode's sum
   against the sum of its limits (target <= 1.15 for the pipelined move with both refinements),
   and per channel its drain, its actual hand-over (the old agent's DB session ended -> the new
   one's began) and the rest (SSH round trips, polls). A channel whose cut-over waited goes
@@ -168,9 +170,25 @@ def _fastest_hand_over(lab: Lab) -> float:
     return float(gaps[-1])
 
 
-def _breakdown(lab: Lab, channels: dict[str, str], since: dt.datetime) -> dict[str, dict[str, Any]]:
+def pending_within(intervals: list[tuple[float, float]], a: float, b: float) -> float:
+    """How long within [a, b] at least one of the intervals (a job's wait: submitted ->
+    started) was open: the time the lab's score can count as downtime there."""
+    total, end = 0.0, a
+    for lo, hi in sorted(intervals):
+        lo, hi = max(lo, end), min(hi, b)
+        if hi > lo:
+            total += hi - lo
+            end = hi
+    return total
+
+
+def _breakdown(
+    lab: Lab, channels: dict[str, str], since: dt.datetime, fastest: float
+) -> dict[str, dict[str, Any]]:
     """Per moved channel (channel -> agent): when it went Inactive and Active again, its drain
-    (the transfers running when it went Inactive, until their end) and its actual hand-over."""
+    (the transfers running when it went Inactive, until their end), its actual hand-over and
+    its limit: the time with pending work (what the score counts) from going Inactive until the
+    drain's end plus the fastest hand-over."""
     import contextlib
 
     out: dict[str, dict[str, Any]] = {}
@@ -206,9 +224,21 @@ def _breakdown(lab: Lab, channels: dict[str, str], since: dt.datetime) -> dict[s
                 (float(b) for h, b, _ in sess if h == TARGET and old_end and float(b) >= old_end),
                 default=None,
             )
+            ideal_end = t0 + drain + fastest
+            waits = conn.run(
+                "SELECT extract(epoch FROM submitted_at), extract(epoch FROM coalesce(started_at, "
+                "clock_timestamp())) FROM jobs WHERE channel = :c AND "
+                "extract(epoch FROM submitted_at) < :b AND (started_at IS NULL OR "
+                "extract(epoch FROM started_at) > :a)",
+                c=ch,
+                a=t0,
+                b=ideal_end,
+            )
+            limit = pending_within([(float(x), float(y)) for x, y in waits], t0, ideal_end)
             out[ch] = {
                 "inactive_at": t0,
                 "active_at": t1,
+                "limit_s": round(limit, 3),
                 "drain_s": round(drain, 3),
                 "hand_over_s": (round(new_start - old_end, 3) if old_end and new_start else None),
             }
@@ -249,7 +279,7 @@ def _one(
             raise RuntimeError(f"{variant} move did not complete: {summary}; {detail}")
         time.sleep(0.5)  # one more score tick after the last channel is Active
         score = lab.score()
-        per = _breakdown(lab, channels, start_at - dt.timedelta(seconds=5))
+        per = _breakdown(lab, channels, start_at - dt.timedelta(seconds=5), fastest)
     finally:
         lab.down()
         lab.remove_state()
@@ -276,7 +306,7 @@ def _one(
                     seen = st.ended_at.timestamp() - b["inactive_at"] - b["drain_s"]
                     steps["drain-noticed-after"] = round(max(0.0, seen), 3)
         down = float(score.downtime_s.get(ch, 0.0))
-        limit = b.get("drain_s", 0.0) + fastest
+        limit = b.get("limit_s", 0.0)
         hand = b.get("hand_over_s")
         rows[ch] = {
             "downtime_s": round(down, 2),
