@@ -74,16 +74,24 @@ def _tail(res: CommandResult) -> str:
     return text[-300:] if text else "no output"
 
 
-def stop_agents(shell: SiteShell, host: str, agents: list[str] | None = None) -> StepResult:
+def stop_agents(
+    shell: SiteShell, host: str, agents: list[str] | None = None, read_first: bool = True
+) -> StepResult:
     """Stop agents on a host (all agent processes running there when `agents` is None).
 
-    Post-condition: none of those agents runs on the host.
+    Post-condition: none of those agents runs on the host. With `read_first` False (and named
+    agents) the stop command runs for each without reading the host first (it is harmless on an
+    agent already stopped): where the stop is on a channel's critical path, the read would only
+    delay it.
     """
     verb = "stop-agents"
     started = now()
-    snap = _read(shell, host, verb)
-    wanted = agents if agents is not None else [a.name for a in snap.agents]
-    running = [a for a in wanted if snap.runs(a)]
+    if read_first or agents is None:
+        snap = _read(shell, host, verb)
+        wanted = agents if agents is not None else [a.name for a in snap.agents]
+        running = [a for a in wanted if snap.runs(a)]
+    else:
+        wanted = running = list(agents)
     already = [a for a in wanted if a not in running]
     commands: list[str] = []
     if running:
@@ -108,10 +116,10 @@ def stop_agents(shell: SiteShell, host: str, agents: list[str] | None = None) ->
                 host=host,
                 verb=verb,
             )
-    sentence = (
-        f"{host}: stopped {count(len(running), 'agent')}{listing(running)}, {len(already)} "
-        f"{was(len(already))} "
-        "already stopped"
+    sentence = f"{host}: stopped {count(len(running), 'agent')}{listing(running)}" + (
+        f", {len(already)} {was(len(already))} already stopped"
+        if read_first or agents is None
+        else ""
     )
     return StepResult(
         host=host,

@@ -44,7 +44,9 @@ def run_verb(shell: SiteShell, step: Step) -> StepResult:
     if step.verb == "clear-disabled":
         return clear_disabled(shell, host, step.agents)
     if step.verb == "stop":
-        return stop_agents(shell, host, None if step.all_agents else step.agents)
+        return stop_agents(
+            shell, host, None if step.all_agents else step.agents, read_first=step.read_first
+        )
     if step.verb == "start":
         return start_agents(shell, host, step.agents)
     if step.verb == "start-standby":

@@ -22,6 +22,9 @@ def test_stop_is_idempotent_and_says_what_it_did(lab: RunningLab) -> None:
     second = verbs.stop_agents(lab.shell, "fts102", [PIC, CNAF])
     assert second.sentence == "fts102: stopped 1 agent (CERN-CNAF), 1 was already stopped"
     assert not snapshot_host(lab.shell, "fts102").agents
+    # without the read before: the stop runs anyway (harmless), then the host is verified
+    blind = verbs.stop_agents(lab.shell, "fts102", [PIC], read_first=False)
+    assert blind.sentence == "fts102: stopped 1 agent (CERN-PIC)" and blind.commands
     again = verbs.start_agents(lab.shell, "fts102", [PIC, CNAF])
     assert (
         again.sentence == "fts102: started 2 agents (CERN-PIC, CERN-CNAF), 0 were already running"

@@ -449,7 +449,12 @@ def _pipelined(
             steps.append(_step(site, f"{p}wait-drained", "wait-drained", src, [], [m.channel]))
         if not m.standby_early:
             steps.append(standby)
-        steps.append(_step(site, f"{p}stop", "stop", src, [m.agent], []))
+        # on the channel's critical path: stopped, then verified (no read before)
+        steps.append(
+            _step(site, f"{p}stop", "stop", src, [m.agent], []).model_copy(
+                update={"read_first": False}
+            )
+        )
         if m.channel:
             # the source's agent is gone: only the standby can take the channel's work, and
             # pending jobs wait for it in the database meanwhile
