@@ -40,12 +40,10 @@ from flows.plans.clean_move import (
     Mode,
     MovePlan,
     MoveRequest,
-    chain_moves,
-    channel_human,
-    compensate_clean_move,
     plan_clean_move,
     plan_markdown,
 )
+from flows.plans.clean_move_compensation import chain_moves, channel_human, compensate_clean_move
 from flows.plans.model import Chain, Ledger, Remedy
 from flows.plans.snapshot import SiteSnapshot
 from flows.plans.steps import command

@@ -366,9 +366,7 @@ def test_hot_standby_takes_the_lock_only_when_the_source_lets_go(lab: RunningLab
     assert after.jobs_lost == before.jobs_lost
 
 
-def test_a_primary_that_refuses_to_stop_keeps_serving_alone(
-    lab: RunningLab, tmp_path: Any
-) -> None:
+def test_a_primary_that_refuses_to_stop_keeps_serving_alone(lab: RunningLab, tmp_path: Any) -> None:
     """fts101's init script says it stopped the agent and did not: the move stops the standby
     waiting on fts102, leaves the agent on fts101 with its channel Active, and the standby never
     took the lock."""
@@ -418,10 +416,12 @@ def test_the_cutover_waits_for_a_long_transfer_and_keeps_its_window(lab: Running
     jobs: list[int] = []
     try:
         wait_for(
-            lambda: not any(
-                t.channel in ("CERN-RAL", "CERN-CERN")
-                for h in snapshot_site(lab.shell).hosts
-                for t in h.transfer_processes
+            lambda: (
+                not any(
+                    t.channel in ("CERN-RAL", "CERN-CERN")
+                    for h in snapshot_site(lab.shell).hosts
+                    for t in h.transfer_processes
+                )
             ),
             30,
             "the load's transfers to end",

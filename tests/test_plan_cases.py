@@ -63,7 +63,7 @@ def test_a_plan_step_carries_its_commands_and_conditions() -> None:
 def test_compensation_follows_the_ledger_step_by_step() -> None:
     """After each step of one pipelined chain, the remedy for its agent changes as the agent
     goes from the source to the target."""
-    from flows.plans.clean_move import chain_moves, compensate_clean_move
+    from flows.plans.clean_move_compensation import chain_moves, compensate_clean_move
 
     s = site()
     plan = plan_clean_move(
@@ -95,7 +95,7 @@ def test_an_agent_whose_stop_was_cut_off_keeps_its_channel_inactive() -> None:
     """The source stopped answering while an agent's stop ran (a frozen host finishes the stop
     when it thaws): setting its channel Active would hand it transfers that the stop then loses,
     so the remedy leaves the channel Inactive and says to re-run the move."""
-    from flows.plans.clean_move import chain_moves, compensate_clean_move
+    from flows.plans.clean_move_compensation import chain_moves, compensate_clean_move
 
     s = site()
     plan = plan_clean_move(

@@ -10,12 +10,8 @@ import yaml
 
 from config.loader import load_site
 from config.site import Site
-from flows.plans.clean_move import (
-    MoveRequest,
-    chain_moves,
-    compensate_clean_move,
-    plan_clean_move,
-)
+from flows.plans.clean_move import MoveRequest, plan_clean_move
+from flows.plans.clean_move_compensation import chain_moves, compensate_clean_move
 from flows.plans.emergency_move import EmergencyRequest, partners, plan_emergency_move
 from flows.plans.fence_host import plan_fence_host
 from flows.plans.model import Ledger
