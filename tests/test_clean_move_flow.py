@@ -406,7 +406,7 @@ def test_a_primary_that_refuses_to_stop_keeps_serving_alone(lab: RunningLab, tmp
 
 
 def test_the_cutover_waits_for_a_long_transfer_and_keeps_its_window(lab: RunningLab) -> None:
-    """With the load off: CERN-RAL runs an 8 s transfer, CERN-CERN a 16 s one, window 8 s. RAL
+    """With the load off: CERN-RAL runs a 10 s transfer, CERN-CERN a 30 s one, window 8 s. RAL
     stays Active until its transfer needs about 2 s more; CERN goes Inactive when the window
     ends, its transfer still running. The plan says which moment it chose and why."""
     import contextlib
@@ -426,7 +426,7 @@ def test_the_cutover_waits_for_a_long_transfer_and_keeps_its_window(lab: Running
             30,
             "the load's transfers to end",
         )
-        jobs = [submit_long_job(lab, "CERN-CERN", 16.0), submit_long_job(lab, "CERN-RAL", 8.0)]
+        jobs = [submit_long_job(lab, "CERN-CERN", 30.0), submit_long_job(lab, "CERN-RAL", 10.0)]
         before = lab.lab.score().jobs_lost
         result = move(lab, agents=[ral, cern], cutover_window_s=8.0, hot_standby=True)
     finally:
@@ -443,10 +443,10 @@ def test_the_cutover_waits_for_a_long_transfer_and_keeps_its_window(lab: Running
     )
     waits = {s.channels[0]: s for s in result.steps if s.verb == "await-cutover"}
     assert waits["CERN-RAL"].measures["waited_s"] >= 2.0, waits["CERN-RAL"].sentence
-    assert waits["CERN-CERN"].measures["waited_s"] >= 7.0, waits["CERN-CERN"].sentence
+    assert waits["CERN-CERN"].measures["waited_s"] >= 6.0, waits["CERN-CERN"].sentence
     acting = min(s.started_at for s in waits.values())
     for s in waits.values():  # the bound: the window, plus the query that saw it end
-        assert (s.ended_at - acting).total_seconds() <= 8.0 + 1.5, s.sentence
+        assert (s.ended_at - acting).total_seconds() <= 8.0 + 2.0, s.sentence
     assert "window" in waits["CERN-CERN"].sentence
     with contextlib.closing(lab.lab.db.connect()) as conn:
         left = {
@@ -458,7 +458,7 @@ def test_the_cutover_waits_for_a_long_transfer_and_keeps_its_window(lab: Running
                 i=jobs,
             )
         }
-    # RAL went Inactive when its transfer needed about the accepted drain (2 s), not 8 s;
+    # RAL went Inactive when its transfer needed about the accepted drain (2 s), not 10 s;
     # CERN at the window's end, its transfer still running
     assert 0.0 <= left["CERN-RAL"] <= 2.0 + 1.0, left
     assert left["CERN-CERN"] >= 2.0, left

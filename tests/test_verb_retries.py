@@ -20,7 +20,9 @@ STEP = Step(id="t/set-active", verb="set-active", host="fts101", channels=["CERN
 
 
 def _flaky(errors: list[BaseException], calls: list[int]) -> Any:
-    def set_channels(site: Any, host: str, channels: list[str], state: str) -> StepResult:
+    def set_channels(
+        site: Any, host: str, channels: list[str], state: str, read_first: bool = True
+    ) -> StepResult:
         calls.append(1)
         if errors:
             raise errors.pop(0)
