@@ -227,6 +227,11 @@ def clean_move(
         A Completed state (completed, partial, dry-run, rejected) or a Failed one (failed,
         refused, cancelled), whose data is the `CleanMoveResult`.
     """
+    if cutover_window_s is not None and not 0 <= cutover_window_s <= 3600:
+        raise ValueError(
+            f"cutover_window_s={cutover_window_s:g}: give 0 (every channel Inactive at once) to "
+            "3600 s; nothing was changed"
+        )
     started = now()
     run_id = progress.current_run_id()
     site = load_run_site(site_file)
@@ -241,7 +246,7 @@ def clean_move(
         expected_transfer_s=policy.expected_transfer_s,
         expected_restart_s=policy.expected_restart_s,
         cutover_window_s=(
-            policy.cutover_window_s if cutover_window_s is None else max(0.0, cutover_window_s)
+            policy.cutover_window_s if cutover_window_s is None else cutover_window_s
         ),
         cutover_drain_s=policy.cutover_drain_s,
         hot_standby=policy.hot_standby if hot_standby is None else hot_standby,

@@ -25,9 +25,8 @@ from tasks.remote import SiteShell
 #: how long a launched start may take to show its agent's process
 LAUNCH_TIMEOUT_S = 30.0
 
-_pending: dict[tuple[int, str, str], Future[CommandResult]] = {}
-#: when each pending start was launched (monotonic)
-_launched: dict[tuple[int, str, str], float] = {}
+#: each launched start not yet collected: its outcome, and when it was launched (monotonic)
+_pending: dict[tuple[int, str, str], tuple[Future[CommandResult], float]] = {}
 _guard = threading.Lock()
 
 
@@ -45,8 +44,7 @@ def _launch(shell: SiteShell, host: str, agent: str) -> None:
             fut.set_exception(exc)
 
     with _guard:
-        _pending[_key(shell, host, agent)] = fut
-        _launched[_key(shell, host, agent)] = time.monotonic()
+        _pending[_key(shell, host, agent)] = (fut, time.monotonic())
     threading.Thread(target=run, name=f"standby-{agent}", daemon=True).start()
 
 
@@ -56,8 +54,7 @@ def _stale(shell: SiteShell, host: str, agents: list[str], max_wait_s: float) ->
     out = []
     with _guard:
         for a in agents:
-            fut = _pending.get(_key(shell, host, a))
-            began = _launched.get(_key(shell, host, a), time.monotonic())
+            fut, began = _pending.get(_key(shell, host, a), (None, 0.0))
             if fut is not None and not fut.done() and time.monotonic() - began > max_wait_s:
                 out.append(a)
     return out
@@ -122,7 +119,7 @@ def _until_running(shell: SiteShell, host: str, agents: list[str]) -> None:
         snap = _read(shell, host, verb)
         for a in list(left):
             with _guard:
-                fut = _pending.get(_key(shell, host, a))
+                fut, _ = _pending.get(_key(shell, host, a), (None, 0.0))
             if snap.runs(a):
                 left.remove(a)
             elif fut is not None and fut.done():
@@ -159,7 +156,7 @@ def await_serving(shell: SiteShell, host: str, agents: list[str]) -> StepResult:
     gave_up: dict[str, str] = {}
     for a in agents:
         with _guard:
-            fut = _pending.pop(_key(shell, host, a), None)
+            fut, _ = _pending.pop(_key(shell, host, a), (None, 0.0))
         if fut is None:
             gave_up[a] = "no standby launched by this run"
             continue
@@ -210,4 +207,3 @@ def forget(shell: SiteShell) -> None:
     with _guard:
         for k in [k for k in _pending if k[0] == id(shell)]:
             del _pending[k]
-            _launched.pop(k, None)

@@ -46,7 +46,7 @@ class MoveRequest(BaseModel):
     expected_transfer_s: float = 210.0
     expected_restart_s: float = 5.0
     #: pipelined: how much later than the start a channel may go Inactive (0: all at once)
-    cutover_window_s: float = 0.0
+    cutover_window_s: float = Field(default=0.0, ge=0, le=3600)
     #: pipelined, with a window: go Inactive once the running transfers end within this long
     cutover_drain_s: float = 2.0
     #: pipelined: start each agent on the target ahead of its stop on the source
@@ -440,9 +440,14 @@ def _pipelined(
                 budget = req.lock_wait_s - (drain + req.expected_restart_s + 1.0)
                 steps.append(cut[0])
                 steps.append(
-                    _step(
-                        site, f"{p}refresh-standby", "start-standby", dst, [m.agent], []
-                    ).model_copy(update={"max_wait_s": max(1.0, budget)})
+                    step(
+                        site,
+                        f"{p}refresh-standby",
+                        "start-standby",
+                        dst,
+                        [m.agent],
+                        max_wait_s=max(1.0, budget),
+                    )
                 )
                 steps.append(cut[1])
         if m.channel:
@@ -450,11 +455,7 @@ def _pipelined(
         if not m.standby_early:
             steps.append(standby)
         # on the channel's critical path: stopped, then verified (no read before)
-        steps.append(
-            _step(site, f"{p}stop", "stop", src, [m.agent], []).model_copy(
-                update={"read_first": False}
-            )
-        )
+        steps.append(step(site, f"{p}stop", "stop", src, [m.agent], read_first=False))
         if m.channel:
             # the source's agent is gone: only the standby can take the channel's work, and
             # pending jobs wait for it in the database meanwhile
