@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import os
 import signal
 import subprocess
@@ -338,6 +339,10 @@ def channel_list(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Dispatch: ``python -m infra.lab.hostcmd service|channel-set|channel-list ARGS``."""
+    # one line at a time, as an init script writes them: a boot log read while a start still
+    # waits shows what it has done so far
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)
     return dispatch(
         "hostcmd",
         {"service": service, "channel-set": channel_set, "channel-list": channel_list},

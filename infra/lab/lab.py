@@ -322,6 +322,12 @@ class Lab:
             raise LabError(f"lab: {what} {', '.join(left)} within {timeout:g} s")
 
     def _wait_agents(self, site: Site, rec: dict[str, Any], timeout: float) -> None:
+        """Wait until every agent serves on its primary host.
+
+        A boot whose `service transfer-agents start` gave up on some agents (on a loaded machine
+        a start can outlast the init script's bound) gets one more start on those hosts, said on
+        stderr; a second failure raises with each host's boot log and each late agent's log.
+        """
         want = {a.name: a.primary for a in site.service.agents}
 
         def pending() -> list[str]:
@@ -330,12 +336,42 @@ class Lab:
 
         try:
             self._wait(pending, timeout, "agents did not serve:")
+            return
         except LabError as exc:
-            logs = []
-            for h in {a.primary for a in site.service.agents}:
-                with contextlib.suppress(OSError):
-                    logs.append((self.paths.host_dir(h) / "boot-agents.log").read_text()[-400:])
-            raise LabError(f"{exc}; boot logs: {' | '.join(logs)}") from None
+            first = f"{exc}; {self._boot_report(site, want)}"
+        left = pending()
+        late = [n for n, h in want.items() if f"{n} on {h}" in left]
+        late_hosts = sorted({want[n] for n in late})
+        print(
+            f"lab: {first}; starting the agents once more on {', '.join(late_hosts)}",
+            file=sys.stderr,
+        )
+        for h in late_hosts:
+            # an agent that hangs in its start would be "already running" to a plain start
+            for n in [n for n in late if want[n] == h]:
+                self.exec(h, ["service", "transfer-agents", "stop", "--instance", n], timeout=30)
+            self.exec(h, ["service", "transfer-agents", "start"], timeout=timeout)
+        try:
+            self._wait(pending, timeout, "agents did not serve:")
+        except LabError as exc:
+            raise LabError(
+                f"{exc} (a second start too); {self._boot_report(site, want)}; "
+                f"first attempt: {first}"
+            ) from None
+
+    def _boot_report(self, site: Site, want: dict[str, str]) -> str:
+        """Each primary host's boot log, and the last lines of each agent's own log."""
+        parts = []
+        for h in sorted(set(want.values())):
+            with contextlib.suppress(OSError):
+                boot = (self.paths.host_dir(h) / "boot-agents.log").read_text().strip()
+                parts.append(f"{h} boot log: {boot!r}")
+        for n, h in want.items():
+            log = self.paths.host_dir(h) / "log" / f"{n}.log"
+            with contextlib.suppress(OSError):
+                tail = log.read_text().strip().splitlines()[-3:]
+                parts.append(f"{n} on {h}: {' / '.join(tail)!r}")
+        return "; ".join(parts)
 
     def _ssh_client_key(self) -> None:
         self.paths.ssh_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
