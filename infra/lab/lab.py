@@ -248,11 +248,7 @@ class Lab:
             for h in site.hosts:
                 rec["hosts"][h.name] = self._launch(h)
                 self._save(rec)
-            self._wait(
-                lambda: [h.name for h in site.hosts if not port_open(h.address, h.port)],
-                20,
-                "sshd did not listen on",
-            )
+            self._wait_sshd(site, rec)
             phases["hosts"] = time.monotonic() - t1
             t2 = time.monotonic()
             progress("agents: waiting for every agent to serve on its primary host")
@@ -321,12 +317,37 @@ class Lab:
         if left:
             raise LabError(f"lab: {what} {', '.join(left)} within {timeout:g} s")
 
+    def _relaunch(self, rec: dict[str, Any], hosts: list[str], why: str) -> None:
+        """Kill hosts that did not come up and launch them again (said on stderr).
+
+        On a loaded machine a host has been seen to hang from its first moment (sshd accepting
+        without answering, every process of its boot silent) while the hosts launched with it
+        came up; a second boot of that host alone has come up.
+        """
+        print(f"lab: {why}; launching {', '.join(hosts)} again", file=sys.stderr)
+        for name in hosts:
+            hrec = rec["hosts"][name]
+            kill_host(hrec["unshare_pid"], hrec["init_pid"])
+            rec["hosts"][name] = self._launch(self.site.host(name))
+            self._save(rec)
+
+    def _wait_sshd(self, site: Site, rec: dict[str, Any]) -> None:
+        """Wait until every host's sshd answers; a host that does not is launched once more."""
+
+        def silent() -> list[str]:
+            return [h.name for h in site.hosts if not port_open(h.address, h.port)]
+
+        try:
+            self._wait(silent, 20, "sshd did not listen on")
+        except LabError as exc:
+            self._relaunch(rec, silent(), str(exc))
+            self._wait(silent, 20, "sshd did not listen (after a second boot) on")
+
     def _wait_agents(self, site: Site, rec: dict[str, Any], timeout: float) -> None:
         """Wait until every agent serves on its primary host.
 
-        A boot whose `service transfer-agents start` gave up on some agents (on a loaded machine
-        a start can outlast the init script's bound) gets one more start on those hosts, said on
-        stderr; a second failure raises with each host's boot log and each late agent's log.
+        A host whose agents do not all serve is launched once more (`_relaunch`); a second
+        failure raises with each host's boot log and each late agent's log.
         """
         want = {a.name: a.primary for a in site.service.agents}
 
@@ -340,23 +361,16 @@ class Lab:
         except LabError as exc:
             first = f"{exc}; {self._boot_report(site, want)}"
         left = pending()
-        late = [n for n, h in want.items() if f"{n} on {h}" in left]
-        late_hosts = sorted({want[n] for n in late})
-        print(
-            f"lab: {first}; starting the agents once more on {', '.join(late_hosts)}",
-            file=sys.stderr,
-        )
-        for h in late_hosts:
-            # an agent that hangs in its start would be "already running" to a plain start
-            for n in [n for n in late if want[n] == h]:
-                self.exec(h, ["service", "transfer-agents", "stop", "--instance", n], timeout=30)
-            self.exec(h, ["service", "transfer-agents", "start"], timeout=timeout)
+        late_hosts = sorted({h for n, h in want.items() if f"{n} on {h}" in left})
+        if late_hosts:
+            self._relaunch(rec, late_hosts, first)
+            self._wait_sshd(site, rec)
         try:
             self._wait(pending, timeout, "agents did not serve:")
         except LabError as exc:
             raise LabError(
-                f"{exc} (a second start too); {self._boot_report(site, want)}; "
-                f"first attempt: {first}"
+                f"{exc} (after a second boot); {self._boot_report(site, want)}; "
+                f"the first boot: {first}"
             ) from None
 
     def _boot_report(self, site: Site, want: dict[str, str]) -> str:
