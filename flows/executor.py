@@ -134,6 +134,8 @@ class Executor:
             self.cancel,
             on_poll=self._on_poll,
             lost_after_s=drain_host_lost_s,
+            # asked again every max(0.75 s, poll) while a drain is waited for
+            db_fresh_s=max(1.5, 2 * poll_s),
         )
         self._last_table: dict[str, int] | None = None
         self._last_table_at = 0.0

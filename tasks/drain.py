@@ -7,10 +7,12 @@ channel was set Inactive shows zero transfers for it, or until its deadline. The
 
 Drained also means that the database answers from the host: an agent whose transfers ended
 records their results in the database, and one stopped while it cannot (the database hangs, or
-the host is cut off from it) leaves them Active, to be marked lost by its next instance. So once
-a poll shows a channel with no transfer, the monitor reads a channel's state on the host (a
-database round trip, bounded by the command's own timeout) and counts the channels drained only
-when that worked; from then on, that read rides in each poll's own SSH round trip.
+the host is cut off from it) leaves them Active, to be marked lost by its next instance. So a
+channel counts as drained when a poll shows none of its transfers and the database answered from
+the host (a channel state read, bounded by the command's own timeout) in a check begun at most
+`db_fresh_s` before that poll, and the last check worked. While a waiter waits, a thread of its
+own repeats that check every `db_fresh_s / 2`, so the poll that sees the last transfer gone is not
+held up by it; without that thread (or with no fresh answer), the poll reads it itself.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from collections.abc import Callable
 
 from tasks.adapters.ssh import SshError
 from tasks.remote import SiteShell
-from tasks.site_state import Query, channel_state, read_channel_state, read_host
+from tasks.site_state import read_channel_state, read_host
 
 
 class DrainTimeout(RuntimeError):
@@ -75,8 +77,17 @@ class DrainMonitor:
         cancel: threading.Event,
         on_poll: Callable[[dict[str, int]], None] | None = None,
         lost_after_s: float = 30.0,
+        db_fresh_s: float = 1.5,
     ) -> None:
         self.shell = shell
+        self.db_fresh_s = db_fresh_s
+        #: monotonic time at which the last database check began, and whether it worked
+        self.db_checked_at = float("-inf")
+        self.db_ok = False
+        self.db_error: str | None = None
+        #: waiters waiting now (the database check thread runs only for them)
+        self._waiting = 0
+        self._db_thread: threading.Thread | None = None
         self.lost_after_s = lost_after_s
         #: monotonic time of the first of the failed polls in a row (None: the last one worked)
         self.unreachable_since: float | None = None
@@ -96,43 +107,57 @@ class DrainMonitor:
 
     def start(self, runner: Callable[[Callable[[], None]], threading.Thread] | None = None) -> None:
         """Start polling in a thread (`runner` may wrap the target, e.g. to copy a context)."""
-        self._thread = (runner or (lambda f: threading.Thread(target=f, daemon=True)))(self._loop)
+        make = runner or (lambda f: threading.Thread(target=f, daemon=True))
+        self._thread = make(self._loop)
         self._thread.start()
+        self._db_thread = make(self._db_loop)
+        self._db_thread.start()
 
     def stop(self) -> None:
         """Stop polling."""
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout=self.poll_s + 35)
+        for t in (self._thread, self._db_thread):
+            if t is not None:
+                t.join(timeout=self.poll_s + 35)
+
+    def check_db(self) -> bool:
+        """Read a channel's state on the host (its database answers from there); keep when the
+        check began and whether it worked."""
+        began = time.monotonic()
+        error: str | None = None
+        try:
+            read_channel_state(self.shell, self.host, self.channels[0])
+        except SshError as exc:
+            error = f"the database did not answer from {self.host}: {exc}"
+        with self._cond:
+            if began >= self.db_checked_at:
+                self.db_checked_at, self.db_ok, self.db_error = began, error is None, error
+            self._cond.notify_all()
+        return error is None
+
+    def _db_fresh(self, at: float) -> bool:
+        """Whether the last database check worked and began at most `db_fresh_s` before `at`."""
+        return self.db_ok and at - self.db_checked_at <= self.db_fresh_s
 
     def poll_once(self) -> None:
         """One poll of the host (also usable without the thread)."""
         began = time.monotonic()
-        # once a channel has shown drained, every poll needs the database's answer: it rides in
-        # the same round trip as the process table instead of one after it
-        ahead = any(n == 0 for n in self.running.values())
-        probe = self.channels[0] if self.channels else ""
-        extra: list[Query] = [("channel_state", {"channel": probe})] if ahead and probe else []
-        snap, rest = read_host(self.shell, self.host, extra)
-        db_error: str | None = None
-        if snap.reachable:
-            drained = [c for c in self.channels if snap.running_transfers(c) == 0]
-            if drained:
-                try:
-                    if rest:
-                        channel_state(self.shell.site, self.host, probe, rest[0])
-                    else:
-                        read_channel_state(self.shell, self.host, drained[0])
-                except SshError as exc:
-                    db_error = f"the database did not answer from {self.host}: {exc}"
+        snap = read_host(self.shell, self.host)[0]
+        if (
+            snap.reachable
+            and self.channels
+            and any(snap.running_transfers(c) == 0 for c in self.channels)
+            and not self._db_fresh(began)
+        ):
+            self.check_db()
         with self._cond:
             if snap.reachable:
                 self.running = {c: snap.running_transfers(c) for c in self.channels}
                 self.polled_at = began
-                self.db_answers = db_error is None
-                self.error = db_error
+                self.db_answers = self._db_fresh(began)
+                self.error = None
                 self.unreachable_since = None
             else:
                 self.error = snap.error
@@ -141,6 +166,19 @@ class DrainMonitor:
             self._cond.notify_all()
         if self.on_poll is not None and snap.reachable:
             self.on_poll(dict(self.running))
+
+    def _db_loop(self) -> None:
+        """Keep the database answer fresh while someone waits for a drain."""
+        while not self._stop.is_set():
+            with self._cond:
+                due = (
+                    self._waiting > 0
+                    and self.channels
+                    and (time.monotonic() - self.db_checked_at >= self.db_fresh_s / 2)
+                )
+            if due:
+                self.check_db()
+            self._stop.wait(0.05)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -161,21 +199,36 @@ class DrainMonitor:
         """
         deadline = since + timeout_s
         with self._cond:
-            while True:
-                if self.cancel.is_set():
-                    raise Cancelled("cancelled while waiting for the drain")
-                fresh = self.polled_at > since
-                if fresh and self.db_answers and all(self.running.get(c, 0) == 0 for c in channels):
-                    return {c: 0 for c in channels}
-                lost = self.unreachable_since
-                if lost is not None and time.monotonic() - lost >= self.lost_after_s:
-                    raise HostLost(self.host, channels, time.monotonic() - lost, self.error)
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise DrainTimeout(
-                        self.host,
-                        {c: self.running.get(c, -1) for c in channels},
-                        timeout_s,
-                        self.error,
-                    )
-                self._cond.wait(timeout=min(left, 0.5))
+            self._waiting += 1
+            try:
+                return self._wait(channels, since, timeout_s, deadline)
+            finally:
+                self._waiting -= 1
+
+    def _wait(
+        self, channels: list[str], since: float, timeout_s: float, deadline: float
+    ) -> dict[str, int]:
+        """`wait`'s loop (the condition's lock held)."""
+        while True:
+            if self.cancel.is_set():
+                raise Cancelled("cancelled while waiting for the drain")
+            fresh = self.polled_at > since
+            # a database check begun just after that poll counts too
+            if (
+                fresh
+                and self._db_fresh(self.polled_at)
+                and all(self.running.get(c, 0) == 0 for c in channels)
+            ):
+                return {c: 0 for c in channels}
+            lost = self.unreachable_since
+            if lost is not None and time.monotonic() - lost >= self.lost_after_s:
+                raise HostLost(self.host, channels, time.monotonic() - lost, self.error)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise DrainTimeout(
+                    self.host,
+                    {c: self.running.get(c, -1) for c in channels},
+                    timeout_s,
+                    self.error or (None if self.db_ok else self.db_error),
+                )
+            self._cond.wait(timeout=min(left, 0.5))

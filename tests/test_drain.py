@@ -116,3 +116,50 @@ def test_a_host_lost_for_the_bound_ends_the_wait_long_before_the_drain_timeout()
     assert time.monotonic() - started < 5  # not the 60 s drain timeout
     assert "fts101 could not be reached" in str(info.value)
     assert "connection refused" in str(info.value)
+
+
+def test_a_database_answer_older_than_its_freshness_is_asked_again() -> None:
+    import time
+
+    shell = ScriptedShell()
+    shell.transfers = 0
+    mon = DrainMonitor(shell, "fts101", ["CERN-RAL"], 0.01, threading.Event(), db_fresh_s=0.05)  # type: ignore[arg-type]
+    mon.poll_once()
+    assert shell.state_reads == 1
+    mon.poll_once()  # still fresh: not asked again
+    assert shell.state_reads == 1
+    time.sleep(0.1)
+    mon.poll_once()
+    assert shell.state_reads == 2
+    shell.db_answers = False
+    time.sleep(0.1)
+    mon.poll_once()  # the last answer failed: not drained, even though one worked before
+    with pytest.raises(DrainTimeout, match="the database did not answer"):
+        mon.wait(["CERN-RAL"], since=0.0, timeout_s=0.05)
+
+
+def test_while_a_waiter_waits_the_database_is_asked_ahead_of_the_drain() -> None:
+    """The check runs in its own thread while the channel still drains: the poll that sees
+    the last transfer gone finds a fresh answer and does not ask the database itself."""
+    import time
+
+    shell = ScriptedShell()
+    mon = DrainMonitor(shell, "fts101", ["CERN-RAL"], 0.01, threading.Event(), db_fresh_s=30)  # type: ignore[arg-type]
+    mon.start()
+    got: list[dict[str, int]] = []
+    waiter = threading.Thread(
+        target=lambda: got.append(mon.wait(["CERN-RAL"], since=time.monotonic(), timeout_s=30))
+    )
+    try:
+        waiter.start()
+        deadline = time.monotonic() + 10
+        while shell.state_reads == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert shell.state_reads == 1  # asked while a transfer still runs
+        assert not got
+        shell.transfers = 0
+        waiter.join(timeout=10)
+        assert got == [{"CERN-RAL": 0}]
+        assert shell.state_reads == 1  # the drained poll used that answer
+    finally:
+        mon.stop()
