@@ -222,13 +222,18 @@ class Executor:
     def _succeeded(self, step: Step, res: StepResult) -> None:
         with self.lock:
             self.ledger.record(step)
+            # the moment of the change, not of the check after it: a drain poll begun during
+            # that check already counts
+            at = res.acted_at or res.ended_at
             if step.verb == "set-inactive":
                 for c in step.channels:
-                    self.inactive_at[c] = res.ended_at
-                    self.inactive_mono[c] = time.monotonic()
+                    self.inactive_at[c] = at
+                    self.inactive_mono[c] = time.monotonic() - max(
+                        0.0, (now() - at).total_seconds()
+                    )
             elif step.verb == "set-active":
                 for c in step.channels:
-                    self.active_at[c] = res.ended_at
+                    self.active_at[c] = at
 
     def critical_path_s(self) -> float:
         """The remote work the plan could not avoid: phases in sequence, the slowest chain of

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
@@ -51,6 +52,7 @@ def set_channels(
     to_set = [c for c in channels if before[c] != state]
     same = [c for c in channels if c not in to_set]
     commands: list[str] = []
+    acted: dt.datetime | None = None
     if to_set:
         with ThreadPoolExecutor(max_workers=max(1, min(8, len(to_set)))) as ex:
             results = list(
@@ -60,6 +62,7 @@ def set_channels(
                 )
             )
         commands = [r.command for r in results]
+        acted = now()
         failed = [
             f"{c} (`{r.command}` exited {r.exit_code}: {(r.stderr or r.stdout).strip()[-200:]})"
             for c, r in zip(to_set, results, strict=True)
@@ -94,6 +97,7 @@ def set_channels(
         commands=commands,
         started_at=started,
         ended_at=now(),
+        acted_at=acted,
     )
 
 

@@ -2,17 +2,19 @@
 
 One `DrainMonitor` polls the host (one `ps` per poll, whatever the number of channels) and keeps
 the running-transfer count of each channel; each waiter blocks until a poll that began after its
-channel was set Inactive shows zero transfers for it, or until its deadline. The monitor calls
-`on_poll` after every poll (the flow publishes progress from there).
+channel was set Inactive shows zero transfers for it, or until its deadline; a new waiter starts
+a poll at once. The monitor calls `on_poll` after every poll (the flow publishes progress from
+there).
 
 Drained also means that the database answers from the host: an agent whose transfers ended
 records their results in the database, and one stopped while it cannot (the database hangs, or
 the host is cut off from it) leaves them Active, to be marked lost by its next instance. So a
 channel counts as drained when a poll shows none of its transfers and the database answered from
 the host (a channel state read, bounded by the command's own timeout) in a check begun at most
-`db_fresh_s` before that poll, and the last check worked. While a waiter waits, a thread of its
-own repeats that check every `db_fresh_s / 2`, so the poll that sees the last transfer gone is not
-held up by it; without that thread (or with no fresh answer), the poll reads it itself.
+`db_fresh_s` before that poll, and the last check worked. Until every channel has been seen
+drained, a thread of the monitor repeats that check every `db_fresh_s / 2`, so the poll that
+sees the last transfer gone is not held up by it; without that thread (or with no fresh answer),
+the poll reads it itself.
 """
 
 from __future__ import annotations
@@ -85,8 +87,10 @@ class DrainMonitor:
         self.db_checked_at = float("-inf")
         self.db_ok = False
         self.db_error: str | None = None
-        #: waiters waiting now (the database check thread runs only for them)
-        self._waiting = 0
+        #: the channels no waiter has seen drained yet (the database check thread runs for them)
+        self._undrained = set(channels)
+        #: set by a new waiter: the next poll begins at once instead of at the end of the period
+        self._wake = threading.Event()
         self._db_thread: threading.Thread | None = None
         self.lost_after_s = lost_after_s
         #: monotonic time of the first of the failed polls in a row (None: the last one worked)
@@ -116,6 +120,7 @@ class DrainMonitor:
     def stop(self) -> None:
         """Stop polling."""
         self._stop.set()
+        self._wake.set()
         with self._cond:
             self._cond.notify_all()
         for t in (self._thread, self._db_thread):
@@ -168,13 +173,11 @@ class DrainMonitor:
             self.on_poll(dict(self.running))
 
     def _db_loop(self) -> None:
-        """Keep the database answer fresh while someone waits for a drain."""
+        """Keep the database answer fresh until every channel has been seen drained."""
         while not self._stop.is_set():
             with self._cond:
-                due = (
-                    self._waiting > 0
-                    and self.channels
-                    and (time.monotonic() - self.db_checked_at >= self.db_fresh_s / 2)
+                due = bool(self._undrained) and (
+                    time.monotonic() - self.db_checked_at >= self.db_fresh_s / 2
                 )
             if due:
                 self.check_db()
@@ -184,7 +187,8 @@ class DrainMonitor:
         while not self._stop.is_set():
             start = time.monotonic()
             self.poll_once()
-            self._stop.wait(max(0.0, self.poll_s - (time.monotonic() - start)))
+            self._wake.wait(max(0.0, self.poll_s - (time.monotonic() - start)))
+            self._wake.clear()
 
     def wait(self, channels: list[str], since: float, timeout_s: float) -> dict[str, int]:
         """Block until `channels` run no transfer in a poll begun after `since` (monotonic).
@@ -198,12 +202,11 @@ class DrainMonitor:
             Cancelled: when the procedure is cancelled while waiting.
         """
         deadline = since + timeout_s
+        self._wake.set()  # a poll begun before `since` would not count: one begins now
         with self._cond:
-            self._waiting += 1
-            try:
-                return self._wait(channels, since, timeout_s, deadline)
-            finally:
-                self._waiting -= 1
+            drained = self._wait(channels, since, timeout_s, deadline)
+            self._undrained.difference_update(channels)
+            return drained
 
     def _wait(
         self, channels: list[str], since: float, timeout_s: float, deadline: float

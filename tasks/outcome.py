@@ -26,6 +26,8 @@ class StepResult(BaseModel):
     report: list[str] = Field(default_factory=list)
     #: figures the verb measured (each agent's seconds down across a restart)
     measures: dict[str, float] = Field(default_factory=dict)
+    #: when its change was made (its commands returned), before the check that confirmed it
+    acted_at: dt.datetime | None = None
 
 
 class StepFailed(RuntimeError):

@@ -36,7 +36,7 @@ def run_verb(shell: SiteShell, step: Step) -> StepResult:
     host = step.host
     site = shell.site
     if step.verb == "set-inactive":
-        return set_channels(shell, host, step.channels, "Inactive")
+        return set_channels(shell, host, step.channels, "Inactive", read_first=step.read_first)
     if step.verb == "set-active":
         return set_channels(shell, host, step.channels, "Active", read_first=False)
     if step.verb == "write-disabled":

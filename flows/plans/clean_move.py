@@ -396,7 +396,10 @@ def _pipelined(
                     drain_s=req.cutover_drain_s,
                     window_s=req.cutover_window_s,
                 ),
-                _step(site, f"{p}set-inactive", "set-inactive", src, [], [m.channel]),
+                # at the moment the cut-over chose: no read before it
+                step(
+                    site, f"{p}set-inactive", "set-inactive", src, [], [m.channel], read_first=False
+                ),
             ]
         if not (moving and req.hot_standby):
             steps += cut

@@ -155,7 +155,8 @@ class Step(BaseModel):
     lead_s: float = 0.0
     #: start-standby: launch again a standby of this run that has waited longer than this
     max_wait_s: float = 0.0
-    #: stop: read the host before acting (False: act, then verify; on a critical path)
+    #: stop, set-inactive: read the host before acting (False: act, then verify; on a critical
+    #: path, or at a moment chosen for it)
     read_first: bool = True
 
 
