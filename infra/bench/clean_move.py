@@ -362,7 +362,7 @@ def bench_clean_move(
         db_port=20250,  # below the ephemeral port range, as the tests' labs
         state_dir=Path(f"/var/tmp/handover-lab/bench-{os.getpid()}"),
         lab=WORKLOAD,
-        procedures={"clean-move": {"poll_interval_s": 0.25, "cutover_drain_s": 2.0}},
+        procedures={"clean-move": {"poll_interval_s": 0.1, "cutover_drain_s": 2.0}},
     )
     site = load_site(site_file)
     channels = {a.channel: a.name for a in site.agents_on(SOURCE) if a.channel}
