@@ -167,7 +167,7 @@ def snapshot_site(shell: SiteShell, hosts: list[str] | None = None) -> SiteSnaps
     channels: dict[str, str] = {}
     errors: dict[str, str] = {}
     retry: list[str] = []
-    from_db = _channel_states_from_db(site)
+    from_db = channel_states_from_db(site)
     channels.update({c: st for c, st in from_db.items() if c in site.channels})
     assigned = spread_channels([c for c in site.channels if c not in channels], names)
 
@@ -215,7 +215,7 @@ def snapshot_site(shell: SiteShell, hosts: list[str] | None = None) -> SiteSnaps
     )
 
 
-def _channel_states_from_db(site: Site) -> dict[str, str]:
+def channel_states_from_db(site: Site) -> dict[str, str]:
     """The channel states from the site's one query, or nothing (no query configured, or the
     database did not answer: the hosts read them, as without the query)."""
     if site.database is None or site.database.channel_states_query is None:
