@@ -476,8 +476,7 @@ class Executor:
         )
         self.acting_since = time.monotonic()
         if self.monitor.channels:
-            ctx = contextvars.copy_context()
-            self.monitor.start(lambda f: threading.Thread(target=ctx.run, args=(f,), daemon=True))
+            self.monitor.start(context_thread)
         try:
             for i, phase in enumerate(self.plan.phases):
                 reason = self.before_phase(phase) if self.before_phase else None
@@ -511,6 +510,12 @@ class Executor:
             self.monitor.stop()
             forget_standbys(self.shell)
             self._update_progress(final=True)
+
+
+def context_thread(target: Callable[[], None]) -> threading.Thread:
+    """A daemon thread running `target` in a copy of the caller's context (the run's logger and
+    client): a copy of its own, since a context can be entered by one thread at a time."""
+    return threading.Thread(target=contextvars.copy_context().run, args=(target,), daemon=True)
 
 
 def _wait_drained(

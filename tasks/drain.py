@@ -110,7 +110,8 @@ class DrainMonitor:
         self._thread: threading.Thread | None = None
 
     def start(self, runner: Callable[[Callable[[], None]], threading.Thread] | None = None) -> None:
-        """Start polling in a thread (`runner` may wrap the target, e.g. to copy a context)."""
+        """Start polling, and the database check, each in a thread made by `runner` (which may
+        wrap the target, e.g. to run it in a copy of a context: one copy per thread)."""
         make = runner or (lambda f: threading.Thread(target=f, daemon=True))
         self._thread = make(self._loop)
         self._thread.start()

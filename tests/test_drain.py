@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from config.loader import load_site
+from flows.executor import context_thread
 from tasks.adapters.ssh import CommandResult
 from tasks.drain import DrainMonitor, DrainTimeout, HostLost
 
@@ -145,7 +146,7 @@ def test_while_a_waiter_waits_the_database_is_asked_ahead_of_the_drain() -> None
 
     shell = ScriptedShell()
     mon = DrainMonitor(shell, "fts101", ["CERN-RAL"], 0.01, threading.Event(), db_fresh_s=30)  # type: ignore[arg-type]
-    mon.start()
+    mon.start(context_thread)  # as the executor starts it: both threads must run
     got: list[dict[str, int]] = []
     waiter = threading.Thread(
         target=lambda: got.append(mon.wait(["CERN-RAL"], since=time.monotonic(), timeout_s=30))
