@@ -102,8 +102,6 @@ class DrainMonitor:
         self.on_poll = on_poll
         self.running: dict[str, int] = dict.fromkeys(channels, -1)
         self.polled_at = 0.0  # monotonic time at which the last good poll began
-        #: whether the database answered from the host in the last good poll
-        self.db_answers = False
         self.error: str | None = None
         self._cond = threading.Condition()
         self._stop = threading.Event()
@@ -162,7 +160,6 @@ class DrainMonitor:
             if snap.reachable:
                 self.running = {c: snap.running_transfers(c) for c in self.channels}
                 self.polled_at = began
-                self.db_answers = self._db_fresh(began)
                 self.error = None
                 self.unreachable_since = None
             else:
