@@ -34,7 +34,7 @@ from typing import Any
 
 import pg8000.native
 
-from infra.lab.db import connect
+from infra.lab.db import connect_from_host
 from infra.lab.runtime import RUN_DIR, AgentRuntime, HostRuntime, load_runtime, write_state
 from infra.lab.software import agent_release
 
@@ -101,14 +101,7 @@ class Agent:
     # --- database ------------------------------------------------------------------------------
 
     def _connect(self) -> pg8000.native.Connection:
-        return connect(
-            self.rt["db_address"],
-            self.rt["db_port"],
-            self.password,
-            source_address=self.rt["address"],
-            application_name=self.name,
-            timeout=5,
-        )
+        return connect_from_host(self.rt, self.password, application_name=self.name, timeout=5)
 
     def lock_holder(self) -> str:
         """Describe who holds our lock, for the failure message."""

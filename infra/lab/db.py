@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import socket
 import time
 from collections.abc import Callable
 from importlib import resources
@@ -17,9 +18,18 @@ from typing import Any, TypeVar
 import pg8000.native
 
 from infra.lab.paths import LabPaths
+from infra.lab.runtime import HostRuntime, ghost_ports
 from infra.pg_cluster import PgCluster, PgClusterError, pg_bin_dir
 
-__all__ = ["DB_NAME", "DB_USER", "LabDatabase", "LabDbError", "connect", "pg_bin_dir"]
+__all__ = [
+    "DB_NAME",
+    "DB_USER",
+    "LabDatabase",
+    "LabDbError",
+    "connect",
+    "connect_from_host",
+    "pg_bin_dir",
+]
 
 T = TypeVar("T")
 
@@ -39,6 +49,7 @@ def connect(
     source_address: str | None = None,
     application_name: str | None = None,
     timeout: float = 5.0,
+    avoid_ports: frozenset[int] = frozenset(),
 ) -> pg8000.native.Connection:
     """Open a session on the lab database.
 
@@ -50,16 +61,72 @@ def connect(
             names the lab host it comes from (as a real agent's session names its machine).
         application_name: shown in `pg_stat_activity.application_name`.
         timeout: connect and socket timeout in seconds.
+        avoid_ports: source ports not to use (a crashed host's dead sessions': see
+            `infra.lab.runtime.ghost_ports`); only with `source_address`.
     """
+    sock = None
+    if source_address and avoid_ports:
+        sock = _client_socket(address, port, source_address, timeout, avoid_ports)
     return pg8000.native.Connection(
         DB_USER,
         host=address,
         port=port,
         database=DB_NAME,
         password=password,
-        source_address=(source_address, 0) if source_address else None,
+        source_address=(source_address, 0) if source_address and not sock else None,
         application_name=application_name,
         timeout=timeout,
+        sock=sock,
+    )
+
+
+def _client_socket(
+    address: str, port: int, source: str, timeout: float, avoid: frozenset[int]
+) -> socket.socket:
+    """A TCP connection to the server from `source` on a port not in `avoid`.
+
+    The kernel may hand out a port again once its old socket is gone; the ports a crashed host's
+    dead sessions used stay dropped by the lab's firewall, so a connection from one would hang.
+    """
+    held: list[socket.socket] = []  # kept bound until the end, so bind() cannot offer them again
+    try:
+        for _ in range(len(avoid) + 8):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind((source, 0))
+            if sock.getsockname()[1] not in avoid:
+                break
+            held.append(sock)
+        else:
+            raise pg8000.native.InterfaceError(f"no free source port on {source}")
+        try:
+            sock.settimeout(timeout)
+            sock.connect((address, port))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        except OSError as exc:
+            sock.close()
+            raise pg8000.native.InterfaceError(
+                f"Can't create a connection to host {address} and port {port} "
+                f"(timeout is {timeout} and source_address is {(source, 0)})."
+            ) from exc
+        return sock
+    finally:
+        for h in held:
+            h.close()
+
+
+def connect_from_host(
+    rt: HostRuntime, password: str, *, application_name: str | None = None, timeout: float = 5.0
+) -> pg8000.native.Connection:
+    """Open a session from inside a lab host: from its address, never from a port of a dead
+    session of its (see `connect`)."""
+    return connect(
+        rt["db_address"],
+        rt["db_port"],
+        password,
+        source_address=rt["address"],
+        application_name=application_name,
+        timeout=timeout,
+        avoid_ports=ghost_ports(rt),
     )
 
 

@@ -102,17 +102,10 @@ class Frontend:
         return self.role
 
     def _db(self) -> Any:
-        from infra.lab.db import connect
+        from infra.lab.db import connect_from_host
 
         if self.conn is None:
-            self.conn = connect(
-                self.rt["db_address"],
-                self.rt["db_port"],
-                self.password,
-                source_address=self.rt["address"],
-                application_name=TITLE,
-                timeout=3,
-            )
+            self.conn = connect_from_host(self.rt, self.password, application_name=TITLE, timeout=3)
         return self.conn
 
     def record(self, job_id: str, epoch: int) -> tuple[int, str]:

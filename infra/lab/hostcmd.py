@@ -284,11 +284,11 @@ def service(argv: list[str]) -> int:
 
 
 def _db(rt: HostRuntime) -> object:
-    from infra.lab.db import connect  # pg8000 only for the commands that need the database
+    from infra.lab.db import connect_from_host  # pg8000 only for the commands that need it
 
     with open(rt["db_password_file"]) as f:
         pw = f.read().strip()
-    return connect(rt["db_address"], rt["db_port"], pw, source_address=rt["address"], timeout=5)
+    return connect_from_host(rt, pw, timeout=5)
 
 
 def channel_set(argv: list[str]) -> int:

@@ -542,6 +542,7 @@ class Lab:
             "db_address": site.lab.db_address,
             "db_port": site.lab.db_port,
             "db_password_file": str(self.paths.db_password),
+            "ghost_ports_file": str(self.paths.ghost_ports),
             "lock_wait_s": site.lab.lock_wait_s,
             "tick_s": site.lab.tick_s,
             "max_active": site.lab.max_active_per_channel,
@@ -736,6 +737,11 @@ class Lab:
     def _apply_firewall(
         self, faults: dict[str, str], site: Site, ghosts: dict[str, list[int]] | None = None
     ) -> None:
+        by_address = {site.host(h).address: sorted(set(p)) for h, p in (ghosts or {}).items()}
+        tmp = self.paths.ghost_ports.with_suffix(".tmp")
+        tmp.write_text(json.dumps(by_address))
+        tmp.chmod(0o644)
+        os.replace(tmp, self.paths.ghost_ports)
         firewall.apply(self._table(), faults, site, ghosts)
 
     def _delete_firewall(self) -> None:

@@ -86,6 +86,12 @@ class LabPaths:
         host, as the seed's AFS file is)."""
         return self.root / "yaim" / "site-info.def"
 
+    @property
+    def ghost_ports(self) -> Path:
+        """The DB client ports of crashed hosts' dead sessions, by host address (JSON, world
+        readable): a host's new connections must not take one while the firewall drops it."""
+        return self.root / "ghost-ports.json"
+
     def host_dir(self, host: str) -> Path:
         """A host's own files: host key, sshd config, /etc overlay, init script."""
         return self.root / "hosts" / host

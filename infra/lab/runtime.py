@@ -36,6 +36,8 @@ class HostRuntime(TypedDict):
     db_address: str
     db_port: int
     db_password_file: str
+    #: `LabPaths.ghost_ports`: source ports a new DB connection must not use
+    ghost_ports_file: str
     lock_wait_s: float
     tick_s: float
     max_active: int
@@ -54,6 +56,16 @@ def load_runtime(path: Path | None = None) -> HostRuntime:
     p = path or Path(os.environ.get("HANDOVER_LAB_RUNTIME", str(RUNTIME_FILE)))
     data: HostRuntime = json.loads(p.read_text())
     return data
+
+
+def ghost_ports(rt: HostRuntime) -> frozenset[int]:
+    """The source ports of this host's dead DB sessions (a crash left them; the lab's firewall
+    drops their packets, so a new connection from one of those ports would hang)."""
+    try:
+        data = json.loads(Path(rt.get("ghost_ports_file", "")).read_text())
+    except (OSError, ValueError):
+        return frozenset()
+    return frozenset(int(p) for p in data.get(rt["address"], []))
 
 
 def read_disabled(path: str) -> list[str]:
