@@ -462,6 +462,25 @@ def _one_select(v: str | None, rows: str) -> str | None:
     return v
 
 
+_UPDATE_EXAMPLE = ", e.g. UPDATE channels SET state = :state WHERE name = :channel"
+
+
+def _one_channel_update(v: str | None) -> str | None:
+    """A site-configured channel write: one UPDATE binding :state and :channel."""
+    if v is None:
+        return v
+    if not re.match(r"(?is)^\s*update\s", v) or ";" in v:
+        raise ValueError("must be one UPDATE statement without ';'" + _UPDATE_EXAMPLE)
+    missing = [b for b in (":state", ":channel") if not re.search(rf"{b}\b", v)]
+    if missing:
+        raise ValueError(
+            "must bind :state (the new state) and :channel (the channel's name); missing "
+            + " and ".join(missing)
+            + _UPDATE_EXAMPLE
+        )
+    return v
+
+
 class Database(_Model):
     """The service's database; handover uses it to find and kill DB sessions (the DB lock)."""
 
@@ -486,6 +505,14 @@ class Database(_Model):
     #: extract(epoch FROM started_at) + duration_s - extract(epoch FROM clock_timestamp())) FROM
     #: jobs WHERE state = 'Active'``
     transfer_eta_query: str | None = None
+    #: one UPDATE binding ``:state`` and ``:channel`` that sets one channel's state; when set,
+    #: the channel verbs write the state with it (a few milliseconds from handover's machine)
+    #: instead of running `commands.set_channel_state` on a host over SSH (a tool's start, a
+    #: few hundred), and fall back to that command when the database does not answer or the
+    #: statement changes no row. It bypasses the channel tool: a site sets it only where the
+    #: tool does nothing beyond that write. Needs `channel_states_query`, which reads the write
+    #: back. Example (the lab): ``UPDATE channels SET state = :state WHERE name = :channel``
+    channel_set_statement: str | None = None
 
     _one_select = field_validator("channel_states_query")(
         classmethod(
@@ -499,6 +526,18 @@ class Database(_Model):
             lambda cls, v: _one_select(v, "a (channel, seconds still needed) row per transfer")
         )
     )
+    _one_update = field_validator("channel_set_statement")(
+        classmethod(lambda cls, v: _one_channel_update(v))
+    )
+
+    @model_validator(mode="after")
+    def _write_read_back(self) -> Database:
+        if self.channel_set_statement is not None and self.channel_states_query is None:
+            raise ValueError(
+                "channel_set_statement needs channel_states_query, which reads each write back "
+                "(e.g. SELECT name, state FROM channels)"
+            )
+        return self
 
 
 #: a DNS name (absolute or not): labels of letters, digits and hyphens (length checked by the

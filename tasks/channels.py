@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from config.site import Site
 from tasks import remote
 from tasks.outcome import StepFailed, StepResult, count, listing, now, was
 from tasks.remote import SiteShell
@@ -16,11 +18,15 @@ from tasks.site_state import channel_states_from_db, read_channel_state
 
 ChannelState = Literal["Active", "Inactive"]
 
+log = logging.getLogger(__name__)
+
 
 def set_channels(
     shell: SiteShell, host: str, channels: list[str], state: ChannelState, read_first: bool = True
 ) -> StepResult:
-    """Set channels to `state` with the profile's command, run on `host`.
+    """Set channels to `state`: with the site's `database.channel_set_statement` when it has
+    one (from handover's machine), else, or for what the database did not take, with the
+    profile's command run on `host`.
 
     Channels already in that state are left alone. Post-condition: each channel reads `state`
     (`read_states`: in the site's database when it has `database.channel_states_query`).
@@ -46,21 +52,30 @@ def set_channels(
     same = [c for c in channels if c not in to_set]
     commands: list[str] = []
     acted: dt.datetime | None = None
-    if to_set:
-        with ThreadPoolExecutor(max_workers=max(1, min(8, len(to_set)))) as ex:
+    by_tool = to_set
+    note = ""
+    if to_set and site.database is not None and site.database.channel_set_statement:
+        by_tool, note = _write_in_db(site, to_set, state)
+        if len(by_tool) < len(to_set):
+            commands.append(f"database: {site.database.channel_set_statement}")
+            acted = now()
+    failed: list[str] = []
+    if by_tool:
+        with ThreadPoolExecutor(max_workers=max(1, min(8, len(by_tool)))) as ex:
             results = list(
                 ex.map(
                     lambda c: shell.run(host, "set_channel_state", channel=c, state=state),
-                    to_set,
+                    by_tool,
                 )
             )
-        commands = [r.command for r in results]
+        commands += [r.command for r in results]
         acted = now()
         failed = [
             f"{c} (`{r.command}` exited {r.exit_code}: {(r.stderr or r.stdout).strip()[-200:]})"
-            for c, r in zip(to_set, results, strict=True)
+            for c, r in zip(by_tool, results, strict=True)
             if not r.ok
         ]
+    if to_set:
         after = read_states(shell, host, to_set)
         wrong = [c for c in to_set if after[c] != state]
         if failed or wrong:
@@ -71,8 +86,10 @@ def set_channels(
                 host=host,
                 verb=verb,
             )
-    sentence = f"{host}: set {count(len(to_set), 'channel')}{listing(to_set)} {state}" + (
-        f", {len(same)} {was(len(same))} already {state}" if read_first else ""
+    sentence = (
+        f"{host}: set {count(len(to_set), 'channel')}{listing(to_set)} {state}"
+        + (f", {len(same)} {was(len(same))} already {state}" if read_first else "")
+        + note
     )
     return StepResult(
         host=host,
@@ -85,6 +102,27 @@ def set_channels(
         ended_at=now(),
         acted_at=acted,
     )
+
+
+def _write_in_db(site: Site, channels: list[str], state: str) -> tuple[list[str], str]:
+    """Write the states with the site's `database.channel_set_statement`; the channels left for
+    the command on the host (all of them when the database did not answer), and what the
+    sentence says about it."""
+    from tasks.adapters.db import DatabaseUnavailable, write_channel_states
+
+    try:
+        missed = write_channel_states(site, channels, state)
+    except DatabaseUnavailable as exc:
+        log.warning("%s; setting the channels with the command on the host instead", exc)
+        return channels, " (with the command on the host: the database did not take the write)"
+    if missed:
+        log.warning(
+            "database.channel_set_statement changed no row of %s; setting those with the "
+            "command on the host",
+            ", ".join(missed),
+        )
+        return missed, f" ({', '.join(missed)} with the command on the host)"
+    return [], " (in the database)"
 
 
 def read_states(shell: SiteShell, host: str, channels: list[str]) -> dict[str, str]:

@@ -169,6 +169,30 @@ MALFORMED: list[tuple[str, dict[str, Any], str, str]] = [
         "(channel, seconds still needed)",
     ),
     (
+        "channel write that is not one UPDATE",
+        _mutate(
+            ["database", "channel_set_statement"],
+            "UPDATE channels SET state = :state WHERE name = :channel; DROP TABLE jobs",
+        ),
+        "database.channel_set_statement",
+        "one UPDATE",
+    ),
+    (
+        "channel write without the channel's bind",
+        _mutate(["database", "channel_set_statement"], "UPDATE channels SET state = :state"),
+        "database.channel_set_statement",
+        "missing :channel",
+    ),
+    (
+        "channel write with nothing to read it back",
+        _mutate(
+            ["database", "channel_set_statement"],
+            "UPDATE channels SET state = :state WHERE name = :channel",
+        ),
+        "database",
+        "needs channel_states_query",
+    ),
+    (
         "cut-over window longer than an hour",
         _mutate(["procedures", "clean-move", "cutover_window_s"], 7200),
         "procedures.clean-move.cutover_window_s",

@@ -250,6 +250,71 @@ def test_a_snapshot_reads_the_channel_states_in_one_query_when_the_site_says_so(
         set_channels(lab.shell, "fts101", ["CERN-RAL"], "Active")
 
 
+def test_channels_are_set_in_the_database_when_the_site_says_so(lab: RunningLab) -> None:
+    """`database.channel_set_statement`: the states are written from here, no host runs the
+    channel tool; a statement the database refuses, or one that changes no row, leaves those
+    channels to the tool on the host, with the same result."""
+    from tasks.site_state import snapshot_site
+
+    site = lab.site
+    assert site.database is not None
+    reads = "SELECT name, state FROM channels"
+    chans = ["CERN-RAL", "CERN-FNAL"]
+
+    def variant(statement: str) -> Any:
+        return site.model_copy(
+            update={
+                "database": site.database.model_copy(  # type: ignore[union-attr]
+                    update={"channel_states_query": reads, "channel_set_statement": statement}
+                )
+            }
+        )
+
+    def history(channel: str) -> str:
+        with contextlib.closing(lab.lab.db.connect()) as conn:
+            rows = conn.run(
+                "SELECT state FROM channel_history WHERE channel = :c ORDER BY at DESC LIMIT 1",
+                c=channel,
+            )
+        return str(rows[0][0])
+
+    good = "UPDATE channels SET state = :state WHERE name = :channel"
+    cases = [
+        (good, [], "(in the database)"),
+        ("UPDATE no_such_table SET state = :state WHERE name = :channel", chans, "did not take"),
+        (good + " AND name <> 'CERN-FNAL'", ["CERN-FNAL"], "CERN-FNAL with the command"),
+    ]
+    try:
+        for statement, by_tool, words in cases:
+            for state in ("Inactive", "Active"):
+                result, ran = _set_recording(variant(statement), chans, state)
+                assert result.changed == chans, result
+                assert words in result.sentence, result.sentence
+                assert sorted(ran) == sorted(f"set_channel_state:{c}" for c in by_tool), ran
+                assert (result.commands[0].startswith("database:")) == (by_tool != chans)
+                assert {c: history(c) for c in chans} == dict.fromkeys(chans, state)
+                live = snapshot_site(lab.shell).channels
+                assert all(live[c] == state for c in chans), live
+    finally:
+        set_channels(lab.shell, "fts101", chans, "Active")
+
+
+def _set_recording(site: Any, channels: list[str], state: Any) -> tuple[Any, list[str]]:
+    """`set_channels` on fts101 of `site`, and the commands it ran on hosts."""
+    from tasks.remote import SiteShell
+
+    ran: list[str] = []
+    with SiteShell(site) as shell:
+        run = shell.run
+
+        def recording(host: str, name: str, **kw: Any) -> Any:
+            ran.append(f"{name}:{kw.get('channel')}")
+            return run(host, name, **kw)
+
+        shell.run = recording  # type: ignore[method-assign]
+        return set_channels(shell, "fts101", channels, state), ran
+
+
 def _snapshot_recording(site: Any) -> tuple[Any, list[Any]]:
     """A snapshot of `site` and the commands its round trips carried."""
     from tasks.remote import SiteShell

@@ -26,6 +26,13 @@ def commands_for(
     """The commands a verb runs for these agents or channels (what the plan shows)."""
     if verb in ("set-inactive", "set-active"):
         state = "Inactive" if verb == "set-inactive" else "Active"
+        db = site.database
+        if db is not None and db.channel_set_statement:
+            return [
+                f"{db.kind}: {db.channel_set_statement}  # state={state}, channel={c}; else "
+                + command(site, "set_channel_state", channel=c, state=state)
+                for c in channels
+            ]
         return [command(site, "set_channel_state", channel=c, state=state) for c in channels]
     if verb == "wait-drained":
         return [

@@ -26,6 +26,9 @@ lab cannot change which transfers the move finds running. The figures, medians o
   one's began) and the rest (SSH round trips, polls). A channel whose cut-over waited goes
   Inactive later: its limit counts from that moment, which is the point of waiting;
 * jobs lost and agents ever serving twice (target 0 for both);
+* the bench's site reads and writes the channel states in the database from handover's machine
+  (`BENCH_DATABASE`: `database.channel_states_query` and `database.channel_set_statement`),
+  as a site whose channel tool does nothing beyond that write may; every mode runs with them;
 * orchestration overhead: the flow's wall time (less its hold until the start) over its remote
   commands and necessary waits along the plan's critical path, plus its snapshots.
 """
@@ -71,6 +74,12 @@ SOURCE, TARGET = "fts101", "fts102"
 CALIBRATION_AGENT = "glite-transfer-channel-agent-urlcopy-CERN-PIC"
 
 #: a workload with mixed durations: most transfers take a second or two, a few take much longer
+#: the bench site's channel reads and writes, one statement each from handover's machine
+BENCH_DATABASE: dict[str, str] = {
+    "channel_states_query": "SELECT name, state FROM channels",
+    "channel_set_statement": "UPDATE channels SET state = :state WHERE name = :channel",
+}
+
 WORKLOAD: dict[str, Any] = {
     "jobs_per_second_per_channel": 1.0,
     "max_active_per_channel": 3,
@@ -363,6 +372,7 @@ def bench_clean_move(
         state_dir=Path(f"/var/tmp/handover-lab/bench-{os.getpid()}"),
         lab=WORKLOAD,
         procedures={"clean-move": {"poll_interval_s": 0.1, "cutover_drain_s": 2.0}},
+        database=BENCH_DATABASE,
     )
     site = load_site(site_file)
     channels = {a.channel: a.name for a in site.agents_on(SOURCE) if a.channel}

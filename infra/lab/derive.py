@@ -52,6 +52,7 @@ def derive_site_file(
     state_dir: Path,
     lab: dict[str, Any] | None = None,
     procedures: dict[str, dict[str, Any]] | None = None,
+    database: dict[str, Any] | None = None,
 ) -> Path:
     """Write a copy of a lab site with its own name, addresses (127.0.OCTET.x), DB port and state
     directory, so that tests and benchmarks never touch a lab an operator runs."""
@@ -63,6 +64,7 @@ def derive_site_file(
     data["ssh"]["known_hosts"] = str(state_dir / "ssh" / "known_hosts")
     data["database"]["port"] = db_port
     data["database"]["password"] = {"file": str(state_dir / "secrets" / "db-password")}
+    data["database"].update(database or {})
     data["lab"].update({"state_dir": str(state_dir), "db_port": db_port, **(lab or {})})
     if data.get("dns"):  # named listens on interface addresses only: own ports on 127.0.0.1
         dns = data["dns"]

@@ -1,6 +1,7 @@
 """The service's database: list and kill the sessions that come from a machine (seed 000's DB
-lock), read every channel's state in one query (`read_channel_states`, for snapshots), and how
-long each running transfer still needs (`read_transfer_eta`, for a clean move's cut-over).
+lock), read every channel's state in one query (`read_channel_states`, for snapshots), set
+channels' states (`write_channel_states`, where the site allows it), and how long each running
+transfer still needs (`read_transfer_eta`, for a clean move's cut-over).
 
 One small interface, three backends. Contract of a `SessionBackend`:
     * `list_sessions(machine_names, address, program)` returns the sessions whose client is that
@@ -343,6 +344,63 @@ def read_channel_states(site: Site) -> dict[str, str]:
         raise ValueError(f"site {site.site} has no database.channel_states_query")
     rows = _select(site, db.channel_states_query, "channel states")
     return {str(r[0]): str(r[1]) for r in rows}
+
+
+def write_channel_states(site: Site, channels: Sequence[str], state: str) -> list[str]:
+    """Set each channel's state with the site's `database.channel_set_statement` (one
+    connection, one statement per channel, one commit, bounded by `database.timeout_s`).
+
+    Returns:
+        The channels the statement changed no row of (unknown to the database, say): the caller
+        sets those another way.
+
+    Raises:
+        DatabaseUnavailable: the database did not answer or refused the statement (then
+            nothing was committed).
+    """
+    db = site.database
+    if db is None or db.channel_set_statement is None:
+        raise ValueError(f"site {site.site} has no database.channel_set_statement")
+    statement = db.channel_set_statement
+    connect = _connector(db, "handover-channels")
+
+    def write() -> list[str]:
+        missed: list[str] = []
+        with closing(connect()) as conn:
+            if db.kind == "postgresql":  # pg8000's native interface binds :name itself
+                conn.run("START TRANSACTION")
+                for c in channels:
+                    conn.run(statement, state=state, channel=c)
+                    if conn.row_count < 1:
+                        missed.append(c)
+                conn.run("COMMIT")
+                return missed
+            # oracledb binds :name; PyMySQL wants %(name)s
+            sql = (
+                statement
+                if db.kind == "oracle"
+                else re.sub(r":(state|channel)\b", r"%(\1)s", statement.replace("%", "%%"))
+            )
+            cur = conn.cursor()
+            try:
+                for c in channels:
+                    cur.execute(sql, {"state": state, "channel": c})
+                    if cur.rowcount < 1:
+                        missed.append(c)
+                conn.commit()
+            finally:
+                cur.close()
+            return missed
+
+    try:
+        return within(db.timeout_s * 2, f"the {db.kind} database at {db.host}:{db.port}", write)
+    except DatabaseUnavailable:
+        raise
+    except Exception as exc:  # every driver's own errors
+        raise DatabaseUnavailable(
+            f"channel states: the {db.kind} database at {db.host}:{db.port} refused "
+            f"`{statement}`: {exc}"
+        ) from exc
 
 
 def read_transfer_eta(site: Site) -> dict[str, list[float]]:

@@ -1,0 +1,113 @@
+"""`write_channel_states` with the DB-API drivers (MariaDB's PyMySQL, Oracle's python-oracledb),
+faked at the connection: each gets the site's statement in its own bind style, one execution
+per channel, one commit; a channel whose statement changed no row is handed back; a driver
+error commits nothing and says which statement failed. (PostgreSQL runs for real on the lab:
+`tests/test_lab.py`.)"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from config.loader import load_site
+from config.site import Database
+from tasks.adapters import db as dbmod
+from tasks.adapters.db import DatabaseUnavailable, write_channel_states
+from tests.conftest import LAB_SITE
+
+STATEMENT = "UPDATE t_channel SET state = :state WHERE channel_name = :channel AND note LIKE 'x%'"
+
+
+class FakeCursor:
+    def __init__(self, conn: FakeConnection) -> None:
+        self.conn = conn
+        self.rowcount = -1
+
+    def execute(self, sql: str, params: dict[str, str]) -> None:
+        if self.conn.fail:
+            raise RuntimeError("ORA-00942: table or view does not exist")
+        self.conn.executed.append((sql, dict(params)))
+        self.rowcount = 0 if params["channel"] in self.conn.unknown else 1
+
+    def close(self) -> None:
+        pass
+
+
+class FakeConnection:
+    def __init__(self, unknown: set[str], fail: bool) -> None:
+        self.unknown = unknown
+        self.fail = fail
+        self.executed: list[tuple[str, dict[str, str]]] = []
+        self.commits = 0
+        self.closed = False
+
+    def cursor(self) -> FakeCursor:
+        return FakeCursor(self)
+
+    def commit(self) -> None:
+        self.commits += 1
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _site(kind: str) -> Any:
+    db = Database(
+        kind=kind,  # type: ignore[arg-type]
+        host="127.0.0.1",
+        port=1521,
+        database="fts",
+        user="fts",
+        password={"env": "HANDOVER_TEST_DB_PASSWORD"},  # type: ignore[arg-type]
+        timeout_s=2.0,
+        channel_states_query="SELECT channel_name, state FROM t_channel",
+        channel_set_statement=STATEMENT,
+    )
+    return load_site(LAB_SITE).model_copy(update={"database": db})
+
+
+def _fake(
+    monkeypatch: pytest.MonkeyPatch, unknown: set[str] | None = None, fail: bool = False
+) -> FakeConnection:
+    conn = FakeConnection(unknown or set(), fail)
+    monkeypatch.setattr(dbmod, "_connector", lambda db, application="": lambda: conn)
+    return conn
+
+
+@pytest.mark.parametrize(
+    ("kind", "sql"),
+    [
+        ("oracle", STATEMENT),
+        (
+            "mariadb",
+            "UPDATE t_channel SET state = %(state)s WHERE channel_name = %(channel)s "
+            "AND note LIKE 'x%%'",
+        ),
+    ],
+)
+def test_each_driver_gets_its_bind_style_and_one_commit(
+    kind: str, sql: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conn = _fake(monkeypatch, unknown={"CERN-FNAL"})
+    missed = write_channel_states(_site(kind), ["CERN-RAL", "CERN-FNAL"], "Inactive")
+    assert missed == ["CERN-FNAL"]
+    assert conn.executed == [
+        (sql, {"state": "Inactive", "channel": "CERN-RAL"}),
+        (sql, {"state": "Inactive", "channel": "CERN-FNAL"}),
+    ]
+    assert conn.commits == 1 and conn.closed
+
+
+def test_a_refused_statement_commits_nothing_and_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    conn = _fake(monkeypatch, fail=True)
+    with pytest.raises(DatabaseUnavailable) as failed:
+        write_channel_states(_site("oracle"), ["CERN-RAL"], "Active")
+    assert STATEMENT in str(failed.value) and "ORA-00942" in str(failed.value)
+    assert conn.commits == 0 and conn.closed
+
+
+def test_a_site_without_the_statement_is_refused() -> None:
+    site = load_site(LAB_SITE)
+    with pytest.raises(ValueError, match=r"no database\.channel_set_statement"):
+        write_channel_states(site, ["CERN-RAL"], "Active")
