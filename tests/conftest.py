@@ -41,7 +41,7 @@ atexit.register(shutil.rmtree, _PREFECT_HOME, True)
 # (a developer's and CI's) start from different N. The ports lie below the kernel's ephemeral
 # range (32768-60999): there, any client socket of the run may hold the port when the lab binds.
 # below 240: the benches place their labs at 244-250
-# `make test` runs three groups of modules at once (`tests/run-groups`): each gets its own block of
+# `make test` runs two groups of modules at once (`tests/run-groups`): each gets its own block of
 # lab numbers (HANDOVER_TEST_LAB_BASE) and of daemon addresses (HANDOVER_TEST_DAEMON_OCTET)
 _lab_numbers = itertools.count(
     int(os.environ.get("HANDOVER_TEST_LAB_BASE") or 10 + (os.getpid() % 35) * 6)
@@ -50,24 +50,25 @@ LAB_DB_PORT_BASE = 20000
 #: tests that run HA group daemons on the machine put them on 127.DAEMON_OCTET.x.y
 DAEMON_OCTET = int(os.environ.get("HANDOVER_TEST_DAEMON_OCTET") or 100 + os.getpid() % 100)
 
-#: the group of each module not in the first when `make test` runs three at once
-#: (HANDOVER_TEST_GROUP=1, 2 or 3; `tests/run-groups`): the first group is every module not
-#: named here. The modules that start the machine's one Pacemaker cluster (test_alert_runs,
-#: test_switch, test_service_ocf, and those that feed it alerts) stay in the first; the split
-#: balances the measured durations (the suite mostly waits on hosts and servers, so three
-#: processes on 2 cores end well before two).
-MODULE_GROUPS: dict[str, int] = {
-    "test_clean_move_flow.py": 2,
-    "test_emergency_move.py": 2,
-    "test_lab.py": 2,
-    "test_hagd_lab.py": 2,
-    "test_approvals.py": 3,
-    "test_service_lock_restart.py": 3,
-    "test_serve.py": 3,
-    "test_fault_matrix.py": 3,
-    "test_rolling_upgrade.py": 3,
-}
-GROUPS = ("1", "2", "3")
+#: the modules of the second group when `make test` runs two at once (HANDOVER_TEST_GROUP=1 or 2:
+#: the first group is every other module). The modules that start the machine's one Pacemaker
+#: cluster (test_alert_runs, test_switch, test_service_ocf) stay in the first; the split
+#: balances the measured durations of the lab-heavy modules.
+SECOND_GROUP = frozenset(
+    {
+        "test_fault_matrix.py",
+        "test_emergency_move.py",
+        "test_rolling_upgrade.py",
+        "test_clean_move_flow.py",
+        "test_hagd_lab.py",
+        "test_hagd.py",
+        "test_lab.py",
+        "test_lab_lifecycle.py",
+        "test_plan_cases.py",
+        "test_config.py",
+        "test_monitoring_loop.py",
+    }
+)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -75,10 +76,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     group = os.environ.get("HANDOVER_TEST_GROUP")
     if not group:
         return
-    if group not in GROUPS:
-        raise pytest.UsageError(f"HANDOVER_TEST_GROUP={group!r}: use one of {', '.join(GROUPS)}")
-    keep = [i for i in items if str(MODULE_GROUPS.get(i.path.name, 1)) == group]
-    dropped = [i for i in items if str(MODULE_GROUPS.get(i.path.name, 1)) != group]
+    if group not in ("1", "2"):
+        raise pytest.UsageError(f"HANDOVER_TEST_GROUP={group!r}: use 1 or 2")
+    second = group == "2"
+    keep = [i for i in items if (i.path.name in SECOND_GROUP) == second]
+    dropped = [i for i in items if (i.path.name in SECOND_GROUP) != second]
     if dropped:
         config.hook.pytest_deselected(items=dropped)
     items[:] = keep
