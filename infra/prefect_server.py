@@ -28,6 +28,8 @@ import urllib.request
 from pathlib import Path
 from typing import Literal
 
+from infra.ports import free_port
+
 HOME = Path(os.environ.get("HANDOVER_PREFECT_HOME", "/var/tmp/handover-prefect"))
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 4200
@@ -220,15 +222,6 @@ def stop_database(home: Path = HOME) -> bool:
 
     db = ServerDatabase(home)
     return db.cluster.exists() and db.stop()
-
-
-def free_port(host: str = DEFAULT_HOST) -> int:
-    """A TCP port nobody listens on now (for a temporary server)."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 class RestartableServer:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import socket
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -27,18 +26,13 @@ from prefect.client.schemas.objects import FlowRun
 
 from infra.bench.alert import ServeAndGateway
 from infra.fakeslack import FakeSlack
+from infra.ports import free_port
 from infra.send_alert import alert_body, post_alert
 from tests.conftest import RunningLab
 
 SECRET = b"alert-test-webhook-secret-0123456789"
 AM_TOKEN = "alert-test-am-token"
 SLACK_TOKEN = "xoxb-alert-test"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Stack(ServeAndGateway):

@@ -22,6 +22,7 @@ import pytest
 from prefect.client.orchestration import get_client
 
 from infra.gateway.shared_incidents import SharedIncidents
+from infra.ports import free_port
 from infra.send_alert import alert_body, post_alert
 from tests.alert_stack import (
     AM_TOKEN,
@@ -30,7 +31,6 @@ from tests.alert_stack import (
     alias_host,
     emergency_runs,
     final,
-    free_port,
     run_logs,
     stack_fixture,
     switch_runs,

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import threading
 import time
 import urllib.error
@@ -30,6 +29,7 @@ from infra.fakeslack import FakeSlack, interaction_body, signed_headers
 from infra.gateway.app import create_app
 from infra.gateway.decide import Decider
 from infra.gateway.socket_mode import make_listener
+from infra.ports import free_port
 from tasks.site_state import snapshot_site
 from tests.conftest import RunningLab, place_on_primaries, reject_paused_runs, wait_for
 
@@ -66,18 +66,12 @@ def slack() -> Iterator[FakeSlack]:
         fake.stop()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Gateway:
     """A real gateway (uvicorn on loopback) for a site, stopped at the end."""
 
     def __init__(self, site: Site) -> None:
         self.decider = Decider(site, seal_key=seal_key(SECRET))
-        self.port = _free_port()
+        self.port = free_port()
         config = uvicorn.Config(
             create_app(site, SECRET, self.decider),
             host="127.0.0.1",

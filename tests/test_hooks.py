@@ -29,6 +29,7 @@ from infra.gateway.alerts import sign as gateway_sign
 from infra.hooks.hook_crm import alert_from_crm, classify, encode
 from infra.hooks.hook_delivery import sign
 from infra.hooks.hook_spool import spool
+from infra.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 AGENT = ROOT / "infra" / "hooks" / "pacemaker_alert.py"
@@ -110,14 +111,6 @@ def gateway() -> Iterator[Gateway]:
     gw = Gateway()
     yield gw
     gw.close()
-
-
-def free_port() -> int:
-    """A port nothing listens on (closed right after it was found)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 # --- running the hooks as the cluster does ------------------------------------------------------

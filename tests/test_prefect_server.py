@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,13 +16,8 @@ from pathlib import Path
 import pytest
 
 from infra import prefect_server
+from infra.ports import free_port
 from tests.conftest import ROOT
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _get(url: str, auth: str | None = None) -> int:
@@ -41,7 +35,7 @@ def test_the_local_server_requires_its_auth_string(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     home = tmp_path / "prefect"
-    port = _free_port()
+    port = free_port()
     monkeypatch.delenv("PREFECT_API_AUTH_STRING", raising=False)
     url, started = prefect_server.ensure_server("127.0.0.1", port, home=home)
     try:
@@ -129,7 +123,7 @@ def test_server_on_a_postgresql_it_starts_keeps_its_data_and_stops_it(tmp_path: 
     base = Path(tempfile.mkdtemp(prefix="handover-test-pg-", dir="/var/tmp"))
     base.chmod(0o755)
     home, other = base / "prefect", base / "prefect-2"
-    port, pg_port, port2 = _free_port(), _free_port(), _free_port()
+    port, pg_port, port2 = free_port(), free_port(), free_port()
     url = f"http://127.0.0.1:{port}/api"
     start = ("server", "start", "--port", str(port), "--db", "postgresql")
     started = _handover(home, *start, "--pg-port", str(pg_port))
@@ -183,7 +177,7 @@ def test_server_on_a_postgresql_it_starts_keeps_its_data_and_stops_it(tmp_path: 
 
 
 def test_server_refuses_a_database_url_it_cannot_use(tmp_path: Path) -> None:
-    port = str(_free_port())
+    port = str(free_port())
     for argv, said in (
         (("--db", "postgresql", "--db-url", "mysql://u:p@h/db"), "is not a PostgreSQL URL"),
         (("--db", "postgresql", "--db-url", "postgresql://u:p@h"), "needs a host and a database"),

@@ -23,7 +23,8 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from flows import service_lock as sl
 from flows.clean_move import CleanMoveResult
 from infra.move_process import start_clean_move
-from infra.prefect_server import RestartableServer, free_port, spawn
+from infra.ports import free_port
+from infra.prefect_server import RestartableServer, spawn
 from tasks.site_state import snapshot_site
 from tests.conftest import (
     ROOT,

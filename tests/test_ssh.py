@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from infra.ports import free_port
 from tasks.adapters.ssh import (
     CommandFailed,
     CommandResult,
@@ -63,13 +64,6 @@ def _keygen(path: Path) -> Path:
         timeout=30,
     )
     return path
-
-
-def _free_port(address: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((address, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _descendants(pid: int) -> list[int]:
@@ -150,7 +144,7 @@ def _start_sshd(base: Path, name: str, address: str, authorized_keys: Path) -> S
     directory = base / name
     directory.mkdir()
     host_key = _keygen(directory / "ssh_host_ed25519_key")
-    port = _free_port(address)
+    port = free_port(address)
     config = directory / "sshd_config"
     config.write_text(
         "\n".join(
@@ -257,7 +251,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         known_hosts = base / "known_hosts"
         known_hosts.write_text("".join(server.known_hosts_line() for server in servers))
         dead_address = "127.0.77.3"
-        dead = SshEndpoint(host="fts-dead", address=dead_address, port=_free_port(dead_address))
+        dead = SshEndpoint(host="fts-dead", address=dead_address, port=free_port(dead_address))
         yield Lab(base, client_key, wrong_key, known_hosts, servers[0], servers[1], dead)
     finally:
         for server in servers:

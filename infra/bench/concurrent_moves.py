@@ -145,8 +145,9 @@ def measure_moves(
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    from infra.ports import free_port
     from infra.prefect_db import ServerDatabase
-    from infra.prefect_server import RestartableServer, free_port
+    from infra.prefect_server import RestartableServer
     from infra.serve import deploy_all
     from infra.worker import worker_processes
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,16 +41,11 @@ import yaml
 from infra.bench.alert import ROOT, stack_env, stop_groups, temporary_prefect
 from infra.lab.derive import derive_site_file
 from infra.pg_cluster import PgCluster
+from infra.ports import free_port
 
 P99_TARGET_MS = 50.0
 STORM_S = 10.0
 HOST = "fts105"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _rss_mb(pid: int) -> float:
@@ -107,7 +101,7 @@ def bench_storm(
     data = yaml.safe_load(site_file.read_text())
     data["alerts"]["incident_store"] = {"env": "HANDOVER_INCIDENT_STORE"}
     site_file.write_text(yaml.safe_dump(data, sort_keys=False))
-    pg_port = _free_port()
+    pg_port = free_port()
     book = PgCluster.scratch(tmp, pg_port, "the bench's incident book")
     secret = secrets.token_hex(16)
     procs: list[subprocess.Popen[bytes]] = []
@@ -119,7 +113,7 @@ def bench_storm(
         book.psql("CREATE ROLE book LOGIN PASSWORD 'book'")
         book.psql("CREATE DATABASE book OWNER book")
         progress("temporary Prefect server (SQLite)")
-        with temporary_prefect(tmp / "prefect", _free_port()) as api:
+        with temporary_prefect(tmp / "prefect", free_port()) as api:
             env = {
                 **stack_env(api, secret),
                 "HANDOVER_INCIDENT_STORE": f"postgresql://book:book@127.0.0.1:{pg_port}/book",
@@ -136,7 +130,7 @@ def bench_storm(
                 raise RuntimeError(f"handover deploy failed: {deployed.stderr[-1500:]}")
             urls = []
             for _ in range(gateways):
-                port = _free_port()
+                port = free_port()
                 procs.append(
                     subprocess.Popen(
                         [

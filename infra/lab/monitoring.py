@@ -19,7 +19,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ import yaml
 
 from infra.lab.errors import LabError
 from infra.lab.host import alive
+from infra.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "infra" / "monitoring" / "handover-rules.yml"
@@ -43,12 +43,6 @@ BINARIES = {"prometheus": "prometheus", "alertmanager": "prometheus-alertmanager
 def missing() -> list[str]:
     """The binaries the lab's monitoring needs and does not find."""
     return [f"{b} (Debian package {b})" for b in BINARIES.values() if shutil.which(b) is None]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def lab_rules() -> dict[str, Any]:
@@ -92,7 +86,7 @@ class LabMonitoring:
         if absent:
             raise LabError("--monitoring needs " + "; ".join(absent))
         self.dir.mkdir(parents=True, exist_ok=True)
-        ports = {"exporter": _free_port(), "prometheus": _free_port(), "alertmanager": _free_port()}
+        ports = {"exporter": free_port(), "prometheus": free_port(), "alertmanager": free_port()}
         (self.dir / "rules.yml").write_text(yaml.safe_dump(lab_rules(), sort_keys=False))
         (self.dir / "prometheus.yml").write_text(
             yaml.safe_dump(
