@@ -301,6 +301,19 @@ def _backend(db: Database) -> SessionBackend:
     return MySqlSessions(connect)
 
 
+def _bounded(db: Database, fn: Callable[[], T], failure: str) -> T:
+    """`fn()` (one connection's work) bounded by twice the site's `database.timeout_s`; a
+    driver's error becomes `DatabaseUnavailable` saying `failure` (its ``{db}`` names the
+    database) and the driver's message."""
+    where = f"the {db.kind} database at {db.host}:{db.port}"
+    try:
+        return within(db.timeout_s * 2, where, fn)
+    except DatabaseUnavailable:
+        raise
+    except Exception as exc:  # every driver's own errors
+        raise DatabaseUnavailable(f"{failure.replace('{db}', where)}: {exc}") from exc
+
+
 def _select(site: Site, query: str, what: str) -> list[Any]:
     """The rows of one site-configured SELECT (one connection, one query, bounded by the
     site's `database.timeout_s`).
@@ -323,14 +336,7 @@ def _select(site: Site, query: str, what: str) -> list[Any]:
             finally:
                 cur.close()
 
-    try:
-        return within(db.timeout_s * 2, f"the {db.kind} database at {db.host}:{db.port}", fetch)
-    except DatabaseUnavailable:
-        raise
-    except Exception as exc:  # every driver's own errors
-        raise DatabaseUnavailable(
-            f"{what}: the {db.kind} database at {db.host}:{db.port} did not answer `{query}`: {exc}"
-        ) from exc
+    return _bounded(db, fetch, f"{what}: the {{db}} did not answer `{query}`")
 
 
 def read_channel_states(site: Site) -> dict[str, str]:
@@ -392,15 +398,7 @@ def write_channel_states(site: Site, channels: Sequence[str], state: str) -> lis
                 cur.close()
             return missed
 
-    try:
-        return within(db.timeout_s * 2, f"the {db.kind} database at {db.host}:{db.port}", write)
-    except DatabaseUnavailable:
-        raise
-    except Exception as exc:  # every driver's own errors
-        raise DatabaseUnavailable(
-            f"channel states: the {db.kind} database at {db.host}:{db.port} refused "
-            f"`{statement}`: {exc}"
-        ) from exc
+    return _bounded(db, write, f"channel states: the {{db}} refused `{statement}`")
 
 
 def read_transfer_eta(site: Site) -> dict[str, list[float]]:
