@@ -61,8 +61,11 @@ def load_runtime(path: Path | None = None) -> HostRuntime:
 def ghost_ports(rt: HostRuntime) -> frozenset[int]:
     """The source ports of this host's dead DB sessions (a crash left them; the lab's firewall
     drops their packets, so a new connection from one of those ports would hang)."""
+    path = rt.get("ghost_ports_file")  # absent from a runtime written before it existed
+    if not path:
+        return frozenset()
     try:
-        data = json.loads(Path(rt.get("ghost_ports_file", "")).read_text())
+        data = json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return frozenset()
     return frozenset(int(p) for p in data.get(rt["address"], []))

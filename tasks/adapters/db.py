@@ -301,17 +301,17 @@ def _backend(db: Database) -> SessionBackend:
     return MySqlSessions(connect)
 
 
-def _bounded(db: Database, fn: Callable[[], T], failure: str) -> T:
+def _bounded(db: Database, fn: Callable[[], T], what: str, failed: str) -> T:
     """`fn()` (one connection's work) bounded by twice the site's `database.timeout_s`; a
-    driver's error becomes `DatabaseUnavailable` saying `failure` (its ``{db}`` names the
-    database) and the driver's message."""
+    driver's error becomes `DatabaseUnavailable`: "<what>: the <kind> database at <host:port>
+    <failed>: <the driver's message>"."""
     where = f"the {db.kind} database at {db.host}:{db.port}"
     try:
         return within(db.timeout_s * 2, where, fn)
     except DatabaseUnavailable:
         raise
     except Exception as exc:  # every driver's own errors
-        raise DatabaseUnavailable(f"{failure.replace('{db}', where)}: {exc}") from exc
+        raise DatabaseUnavailable(f"{what}: {where} {failed}: {exc}") from exc
 
 
 def _select(site: Site, query: str, what: str) -> list[Any]:
@@ -336,7 +336,7 @@ def _select(site: Site, query: str, what: str) -> list[Any]:
             finally:
                 cur.close()
 
-    return _bounded(db, fetch, f"{what}: the {{db}} did not answer `{query}`")
+    return _bounded(db, fetch, what, f"did not answer `{query}`")
 
 
 def read_channel_states(site: Site) -> dict[str, str]:
@@ -398,7 +398,7 @@ def write_channel_states(site: Site, channels: Sequence[str], state: str) -> lis
                 cur.close()
             return missed
 
-    return _bounded(db, write, f"channel states: the {{db}} refused `{statement}`")
+    return _bounded(db, write, "channel states", f"refused `{statement}`")
 
 
 def read_transfer_eta(site: Site) -> dict[str, list[float]]:
