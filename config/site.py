@@ -539,6 +539,20 @@ class Database(_Model):
             )
         return self
 
+    @property
+    def names_programs(self) -> bool:
+        """Whether each session records its client program (PostgreSQL's
+        ``application_name``, Oracle's program or module), so that one agent's session can be
+        told from another's of the same machine; MariaDB records none."""
+        return self.kind in ("postgresql", "oracle")
+
+    @property
+    def sees_lock_release(self) -> bool:
+        """Whether a hot-standby hand-over can set a channel Active from here the moment its
+        agent's session ends (`tasks.hand_over`): the database names programs and the site
+        has a `channel_set_statement`."""
+        return self.names_programs and self.channel_set_statement is not None
+
 
 #: a DNS name (absolute or not): labels of letters, digits and hyphens (length checked by the
 #: pattern's repetition bounds; Rust's regex engine, which pydantic uses, has no look-ahead)

@@ -42,6 +42,7 @@ from flows import progress
 from flows.attempt import Superseded, check_current
 from flows.plans.model import Chain, Ledger, Phase, Plan, Remedy, Step
 from flows.result import AgentOutcome, Outcome, StepRecord
+from tasks.adapters.db import DatabaseUnavailable
 from tasks.adapters.ssh import SshError
 from tasks.cutover import EtaReader, wait_for_cutover
 from tasks.drain import Cancelled, DrainMonitor, DrainTimeout
@@ -54,6 +55,9 @@ from tasks.verbs import run_step
 Compensate = Callable[[Ledger, Chain, BaseException], list[Remedy]]
 #: pause between two tries of a step that has a `retry_for_s` bound
 RETRY_PAUSE_S = 2.0
+#: extra drain polls after the moment the last running transfer is expected to end (its
+#: process exits a little after the end its start time and duration give)
+DRAIN_END_POLLS_S = (0.02, 0.07, 0.15)
 
 
 class _ChainEnded(Exception):
@@ -222,6 +226,7 @@ class Executor:
     def _succeeded(self, step: Step, res: StepResult) -> None:
         with self.lock:
             self.ledger.record(step)
+            self.human.extend(res.human)
             # the moment of the change, not of the check after it: a drain poll begun during
             # that check already counts
             at = res.acted_at or res.ended_at
@@ -231,9 +236,20 @@ class Executor:
                     self.inactive_mono[c] = time.monotonic() - max(
                         0.0, (now() - at).total_seconds()
                     )
-            elif step.verb == "set-active":
+            elif step.verb in ("set-active", "hand-over"):
                 for c in step.channels:
                     self.active_at[c] = at
+
+    def _partly_done(self, step: Step, exc: BaseException) -> None:
+        """Note what a failed step did before it failed (a hand-over whose stop worked)."""
+        stopped = getattr(exc, "stopped_agents", None)
+        if stopped:
+            with self.lock:
+                self.ledger.record(
+                    step.model_copy(
+                        update={"verb": "stop", "agents": stopped, "id": f"{step.id}#stop"}
+                    )
+                )
 
     def critical_path_s(self) -> float:
         """The remote work the plan could not avoid: phases in sequence, the slowest chain of
@@ -273,6 +289,7 @@ class Executor:
         try:
             return self._verb(step)
         except Exception as exc:
+            self._partly_done(step, exc)
             if not step.fallback:
                 raise
             self._record(
@@ -375,8 +392,26 @@ class Executor:
         )
         self._record(step, "done", sentence, started, res=res, remote_s=waited)
 
+    def _expect_drain_end(self, channels: list[str]) -> None:
+        """Have the drain's poll look when the channels' last running transfer is expected to
+        end (where the site's database tells how long each still needs)."""
+        db = self.site.database
+        if db is None or db.transfer_eta_query is None:
+            return
+        if self.eta is None:
+            self.eta = EtaReader(self.site, max_age_s=min(self.poll_s, 0.5))
+        try:
+            eta = self.eta.read()
+        except DatabaseUnavailable:
+            return  # the regular polls see the drain
+        ends = [r for c in channels for r in eta.get(c, [])]
+        if ends:
+            at = time.monotonic() + max(ends)
+            self.monitor.expect([at + d for d in DRAIN_END_POLLS_S])
+
     def _wait_drained(self, step: Step, started: dt.datetime) -> None:
         since = max(self.inactive_mono[c] for c in step.channels)
+        self._expect_drain_end(step.channels)
         try:
             sentence, waited = wait_drained_task(
                 self.monitor, step.host, step.channels, since, self.drain_timeout_s

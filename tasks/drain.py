@@ -106,6 +106,8 @@ class DrainMonitor:
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: monotonic moments at which a transfer is expected to end: a poll begins at each
+        self._expected: list[float] = []
 
     def start(self, runner: Callable[[Callable[[], None]], threading.Thread] | None = None) -> None:
         """Start polling, and the database check, each in a thread made by `runner` (which may
@@ -181,11 +183,23 @@ class DrainMonitor:
                 self.check_db()
             self._stop.wait(0.05)
 
+    def expect(self, moments: list[float]) -> None:
+        """Poll at these monotonic moments too (when transfers are expected to end), besides
+        every `poll_s`: the last transfer's end is then seen within a poll's round trip, not
+        up to a period later."""
+        with self._cond:
+            self._expected = sorted([*self._expected, *moments])
+
     def _loop(self) -> None:
         while not self._stop.is_set():
             start = time.monotonic()
             self.poll_once()
-            self._wake.wait(max(0.0, self.poll_s - (time.monotonic() - start)))
+            nxt = start + self.poll_s
+            with self._cond:
+                self._expected = [t for t in self._expected if t > start]
+                if self._expected:
+                    nxt = min(nxt, self._expected[0])
+            self._wake.wait(max(0.0, nxt - time.monotonic()))
             self._wake.clear()
 
     def wait(self, channels: list[str], since: float, timeout_s: float) -> dict[str, int]:

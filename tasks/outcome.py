@@ -28,6 +28,8 @@ class StepResult(BaseModel):
     measures: dict[str, float] = Field(default_factory=dict)
     #: when its change was made (its commands returned), before the check that confirmed it
     acted_at: dt.datetime | None = None
+    #: what a human must check although the step reached its post-condition
+    human: list[str] = Field(default_factory=list)
 
 
 class StepFailed(RuntimeError):

@@ -18,6 +18,7 @@ from tasks.alias import move_service_alias
 from tasks.channels import set_channels
 from tasks.db_sessions import drop_sessions
 from tasks.frontend import disable_frontend, enable_frontend, fence_epoch
+from tasks.hand_over import hand_over
 from tasks.outcome import StepResult
 from tasks.remote import SiteShell
 from tasks.standby import await_serving, start_standby
@@ -49,6 +50,9 @@ def run_verb(shell: SiteShell, step: Step) -> StepResult:
         )
     if step.verb == "start":
         return start_agents(shell, host, step.agents)
+    if step.verb == "hand-over":
+        (target,) = step.others
+        return hand_over(shell, host, step.agents, step.channels, target)
     if step.verb == "start-standby":
         return start_standby(shell, host, step.agents, step.max_wait_s)
     if step.verb == "await-serving":

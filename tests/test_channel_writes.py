@@ -6,6 +6,7 @@ error commits nothing and says which statement failed. (PostgreSQL runs for real
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from config.loader import load_site
 from config.site import Database
 from tasks.adapters import db as dbmod
 from tasks.adapters.db import DatabaseUnavailable, write_channel_states
+from tasks.adapters.db_link import close_idle
 from tests.conftest import LAB_SITE
 
 STATEMENT = "UPDATE t_channel SET state = :state WHERE channel_name = :channel AND note LIKE 'x%'"
@@ -41,6 +43,7 @@ class FakeConnection:
         self.executed: list[tuple[str, dict[str, str]]] = []
         self.commits = 0
         self.closed = False
+        self.logins = 0
 
     def cursor(self) -> FakeCursor:
         return FakeCursor(self)
@@ -67,11 +70,22 @@ def _site(kind: str) -> Any:
     return load_site(LAB_SITE).model_copy(update={"database": db})
 
 
+@pytest.fixture(autouse=True)
+def no_kept_connections() -> Iterator[None]:
+    yield
+    close_idle()
+
+
 def _fake(
     monkeypatch: pytest.MonkeyPatch, unknown: set[str] | None = None, fail: bool = False
 ) -> FakeConnection:
     conn = FakeConnection(unknown or set(), fail)
-    monkeypatch.setattr(dbmod, "_connector", lambda db, application="": lambda: conn)
+
+    def connect() -> FakeConnection:
+        conn.logins += 1
+        return conn
+
+    monkeypatch.setattr(dbmod, "_connector", lambda db, application="": connect)
     return conn
 
 
@@ -96,7 +110,12 @@ def test_each_driver_gets_its_bind_style_and_one_commit(
         (sql, {"state": "Inactive", "channel": "CERN-RAL"}),
         (sql, {"state": "Inactive", "channel": "CERN-FNAL"}),
     ]
-    assert conn.commits == 1 and conn.closed
+    assert conn.commits == 1 and not conn.closed
+    # the next write takes the connection the process kept: no second login
+    assert write_channel_states(_site(kind), ["CERN-RAL"], "Active") == []
+    assert conn.logins == 1 and conn.commits == 2
+    close_idle()
+    assert conn.closed
 
 
 def test_a_refused_statement_commits_nothing_and_names_it(monkeypatch: pytest.MonkeyPatch) -> None:

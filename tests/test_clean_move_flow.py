@@ -366,10 +366,76 @@ def test_hot_standby_takes_the_lock_only_when_the_source_lets_go(lab: RunningLab
     assert after.jobs_lost == before.jobs_lost
 
 
-def test_a_primary_that_refuses_to_stop_keeps_serving_alone(lab: RunningLab, tmp_path: Any) -> None:
+#: the lab's channel reads and writes from handover's machine (a hand-over then sets each
+#: channel Active the moment its agent's DB session ends)
+DB_WRITES = {
+    "channel_states_query": "SELECT name, state FROM channels",
+    "channel_set_statement": "UPDATE channels SET state = :state WHERE name = :channel",
+}
+
+
+def with_db_writes(lab: RunningLab, tmp_path: Any, data: dict[str, Any] | None = None) -> str:
+    """A site file like the lab's (or `data`), whose database also reads and writes channels."""
+    import yaml
+
+    data = data or yaml.safe_load(lab.site_file.read_text())
+    data["database"].update(DB_WRITES)
+    out = tmp_path / "db-writes.yaml"
+    out.write_text(yaml.safe_dump(data, sort_keys=False))
+    return str(out)
+
+
+def _went_active(lab: RunningLab, channel: str, since: float) -> list[float]:
+    import contextlib
+
+    with contextlib.closing(lab.lab.db.connect()) as conn:
+        rows = conn.run(
+            "SELECT extract(epoch FROM at) FROM channel_history WHERE channel = :c AND "
+            "state = 'Active' AND extract(epoch FROM at) >= :s ORDER BY at",
+            c=channel,
+            s=since,
+        )
+    return [float(r[0]) for r in rows]
+
+
+def test_the_hand_over_sets_each_channel_active_once_its_agent_let_go(
+    lab: RunningLab, tmp_path: Any
+) -> None:
+    """With the database able to say when an agent's session ends, each channel goes Active
+    then, before its stop command returned, and never before: no agent serving twice, no job
+    lost, each standby's session begins after its predecessor's ended."""
+    import time
+
+    before = lab.lab.score()
+    since = time.time()
+    result = move(lab, site_file=with_db_writes(lab, tmp_path), mode="pipelined", hot_standby=True)
+    assert result.status == "completed", result.summary
+    hand_overs = [s for s in result.steps if s.verb == "hand-over"]
+    assert len(hand_overs) == 4 and not any(s.verb == "stop" for s in result.steps)
+    assert_moved(lab, result, MOVED, "fts102")
+    for a in MOVED:
+        ch = a.removeprefix(P)
+        ho = next(s for s in hand_overs if a in s.agents)
+        assert "as soon as its DB session ended" in ho.sentence, ho.sentence
+        (old,) = [s for s in _sessions(lab, a, since) if s[0] == "fts101"]
+        (new,) = [s for s in _sessions(lab, a, since) if s[0] == "fts102"]
+        assert old[2] is not None and new[1] >= old[2], (a, old, new)
+        (active,) = _went_active(lab, ch, since)
+        # Active only once the agent let go, and before the step (its stop's check) ended
+        assert old[2] <= active <= ho.ended_at.timestamp(), (a, old, active, ho.ended_at)
+    after = lab.lab.score()
+    assert after.agents_running_twice == []
+    assert after.jobs_lost == before.jobs_lost
+
+
+@pytest.mark.parametrize("db_writes", [False, True], ids=["plain-stop", "hand-over"])
+def test_a_primary_that_refuses_to_stop_keeps_serving_alone(
+    lab: RunningLab, tmp_path: Any, db_writes: bool
+) -> None:
     """fts101's init script says it stopped the agent and did not: the move stops the standby
     waiting on fts102, leaves the agent on fts101 with its channel Active, and the standby never
-    took the lock."""
+    took the lock. With the hand-over, the agent's session never ends, so its channel is not set
+    Active early either."""
     import time
 
     import yaml
@@ -384,9 +450,11 @@ def test_a_primary_that_refuses_to_stop_keeps_serving_alone(lab: RunningLab, tmp
     ]
     refusing = tmp_path / "refusing-stop.yaml"
     refusing.write_text(yaml.safe_dump(data, sort_keys=False))
+    site_file = with_db_writes(lab, tmp_path, data) if db_writes else str(refusing)
     ral = P + "CERN-RAL"
     since = time.time()
-    result = move(lab, site_file=str(refusing), agents=[ral], hot_standby=True)
+    result = move(lab, site_file=site_file, agents=[ral], hot_standby=True)
+    assert any(s.verb == "hand-over" for s in result.steps) == db_writes
     assert result.status == "partial", (result.summary, result.agents, result.human_actions)
     (outcome,) = result.agents
     assert outcome.result == "left-on-source" and outcome.running_on == ["fts101"], outcome

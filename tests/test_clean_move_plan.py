@@ -369,3 +369,40 @@ def test_the_standby_of_an_interrupted_move_is_not_an_agent_running_twice() -> N
     # on both hosts without that trace: refused, as before
     both = recorded(host("fts101", ON_101), host("fts102", [*ON_102, ON_101[1]]))
     assert not plan_clean_move(SITE, both, req()).ok
+
+
+def test_hand_over_sets_the_channel_active_when_the_database_sees_the_lock_released() -> None:
+    """With a PostgreSQL or Oracle database (sessions name their program) and a channel write
+    statement, the hot-standby chain stops the agent and sets its channel Active in one
+    hand-over step; MariaDB, or no statement, keeps the stop then set-active order."""
+    assert SITE.database is not None
+
+    def with_db(**db: object) -> Site:
+        assert SITE.database is not None
+        return SITE.model_copy(update={"database": SITE.database.model_copy(update=db)})
+
+    writes = {
+        "channel_states_query": "SELECT name, state FROM channels",
+        "channel_set_statement": "UPDATE channels SET state = :state WHERE name = :channel",
+    }
+    hot = req(mode="pipelined", hot_standby=True, lock_wait_s=60, expected_transfer_s=3)
+    plan = plan_clean_move(with_db(**writes), STEADY, hot)
+    for chain in plan.phases[-1].chains:
+        verbs = [s.verb for s in chain.steps]
+        assert "stop" not in verbs and "set-active" not in verbs, verbs
+        assert verbs[-3:] == ["wait-drained", "hand-over", "await-serving"], verbs
+        ho = chain.steps[-2]
+        assert ho.host == "fts101" and ho.others == ["fts102"]
+        assert ho.channels == [chain.name] and len(ho.agents) == 1
+        # the plan shows the stop command and the write, with the condition between them
+        assert ho.commands[0] == f"service transfer-agents stop --instance {ho.agents[0]}"
+        assert "once they ended: UPDATE channels SET state = :state" in ho.commands[1]
+    assert "goes Active the moment the database shows" in plan_markdown(plan)
+    for site in (with_db(kind="mariadb", port=3306, **writes), with_db()):
+        plain = plan_clean_move(site, STEADY, hot)
+        verbs = [s.verb for s in plain.steps]
+        assert "hand-over" not in verbs and verbs.count("stop") == 4, verbs
+        assert "goes Active the moment" not in plan_markdown(plain)
+    # without hot standby there is no standby to take the lock: no hand-over either
+    cold = plan_clean_move(with_db(**writes), STEADY, req(mode="pipelined"))
+    assert "hand-over" not in [s.verb for s in cold.steps]

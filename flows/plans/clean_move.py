@@ -457,12 +457,19 @@ def _pipelined(
             steps.append(_step(site, f"{p}wait-drained", "wait-drained", src, [], [m.channel]))
         if not m.standby_early:
             steps.append(standby)
-        # on the channel's critical path: stopped, then verified (no read before)
-        steps.append(step(site, f"{p}stop", "stop", src, [m.agent], read_first=False))
-        if m.channel:
-            # the source's agent is gone: only the standby can take the channel's work, and
-            # pending jobs wait for it in the database meanwhile
-            steps.append(_step(site, f"{p}set-active", "set-active", dst, [], [m.channel]))
+        if m.channel and site.database is not None and site.database.sees_lock_release:
+            # the channel goes Active the moment the agent's DB session ends (it can start no
+            # transfer without its lock, which the standby takes), not once the stop returned
+            steps.append(
+                step(site, f"{p}hand-over", "hand-over", src, [m.agent], [m.channel], others=[dst])
+            )
+        else:
+            # on the channel's critical path: stopped, then verified (no read before)
+            steps.append(step(site, f"{p}stop", "stop", src, [m.agent], read_first=False))
+            if m.channel:
+                # the source's agent is gone: only the standby can take the channel's work,
+                # and pending jobs wait for it in the database meanwhile
+                steps.append(_step(site, f"{p}set-active", "set-active", dst, [], [m.channel]))
         steps.append(_step(site, f"{p}await-serving", "await-serving", dst, [m.agent], []))
         chains.append(Chain(name=label, steps=steps))
     phases.append(Phase(name="move each agent as its channel drains", chains=chains))
@@ -515,7 +522,13 @@ def plan_markdown(plan: MovePlan) -> str:
                 if early
                 else " (after its drain)"
             )
-            + "; a standby that gave up waiting is started again after the stop.",
+            + "; a standby that gave up waiting is started again after the stop."
+            + (
+                " Each channel goes Active the moment the database shows its agent's session "
+                "from the source ended, while the stop command still runs (hand-over)."
+                if any(s.verb == "hand-over" for s in plan.steps)
+                else ""
+            ),
             "",
         ]
     for note in plan.notes:

@@ -40,6 +40,7 @@ Verb = Literal[
     "await-cutover",
     "start-standby",
     "await-serving",
+    "hand-over",
 ]
 
 #: what each verb needs before it runs, and what it leaves (the verb verifies the latter)
@@ -102,6 +103,11 @@ CONDITIONS: dict[Verb, tuple[str, str]] = {
         "the source's agents are stopped",
         "each agent runs on the host (its standby took the DB lock, or it was started again)",
     ),
+    "hand-over": (
+        "the channels have drained; each agent's standby waits for its DB lock on the target",
+        "no process of the agents runs on the host, and each channel reads Active (set as soon "
+        "as the database shows the agent's session ended)",
+    ),
 }
 
 #: ``in-doubt``: its stop was interrupted on a host that stopped answering, so whether it still
@@ -145,7 +151,8 @@ class Step(BaseModel):
     seconds: int = 0
     #: install-version: the version to install; restart-agents: the version each agent must run
     version: str | None = None
-    #: check-agents: other hosts that must answer (the hosts of the agents' backups)
+    #: check-agents: other hosts that must answer (the hosts of the agents' backups);
+    #: hand-over: the host whose standbys wait for the agents' locks
     others: list[str] = Field(default_factory=list)
     #: await-cutover: go on once every running transfer of the channel ends within this long
     drain_s: float = 0.0
@@ -228,7 +235,7 @@ class Ledger(BaseModel):
     def record_in_doubt(self, step: Step) -> None:
         """Note a step whose outcome is unknown: the connection failed while its command may
         have run (only a stop leaves a state that matters in doubt)."""
-        if step.verb == "stop":
+        if step.verb in ("stop", "hand-over"):
             self.stop_in_doubt += [a for a in step.agents if a not in self.stop_in_doubt]
 
     def record(self, step: Step) -> None:
@@ -243,6 +250,9 @@ class Ledger(BaseModel):
             self.active += [c for c in step.channels if c not in self.active]
         elif step.verb == "stop":
             self.stopped += [a for a in step.agents if a not in self.stopped]
+        elif step.verb == "hand-over":
+            self.stopped += [a for a in step.agents if a not in self.stopped]
+            self.active += [c for c in step.channels if c not in self.active]
         elif step.verb in ("start", "await-serving"):
             self.started += [a for a in step.agents if a not in self.started]
         elif step.verb == "start-standby":

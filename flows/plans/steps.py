@@ -45,6 +45,14 @@ def commands_for(
         return [
             shell_command(site.commands.disabled_argv("write")) + "  # " + what + ", ".join(agents)
         ]
+    if verb == "hand-over":
+        kind = site.database.kind if site.database else "database"
+        statement = site.database.channel_set_statement if site.database else None
+        return [command(site, "stop_agent", agent=a) for a in agents] + [
+            f"{kind}: while the stop runs, the sessions of {', '.join(agents)} from {host}; once "
+            f"they ended: {statement}  # state=Active, channel={c}"
+            for c in channels
+        ]
     if verb == "stop":
         if all_agents:
             return [command(site, "stop_all")]

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -76,6 +77,8 @@ class Agent:
         self.orphans: list[subprocess.Popen[bytes]] = []
         self.stopping = False
         self.last_reconnect = 0.0
+        #: read end of the signal wake-up pipe (`main`): a signal ends the tick's wait at once
+        self.wakeup: int | None = None
 
     # --- state ---------------------------------------------------------------------------------
 
@@ -319,11 +322,20 @@ class Agent:
                     self.tick()
                 except DB_ERRORS as exc:
                     self.lose_session(exc)
-            # in slices: a stop or a restart is acted on within 50 ms, not a whole tick
-            deadline = time.monotonic() + tick
-            while not self.stopping and (left := deadline - time.monotonic()) > 0:
-                time.sleep(min(left, 0.05))
+            self.pause(tick)
         return self.shutdown()
+
+    def pause(self, seconds: float) -> None:
+        """Wait until the next tick; a stop or a restart (a signal) ends the wait at once."""
+        deadline = time.monotonic() + seconds
+        while not self.stopping and (left := deadline - time.monotonic()) > 0:
+            if self.wakeup is None:
+                time.sleep(min(left, 0.05))
+                continue
+            ready, _, _ = select.select([self.wakeup], [], [], left)
+            if ready:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self.wakeup, 64)
 
     def hand_over(self, running: list[int]) -> None:
         """Write the running transfers for the next instance (before the lock is released)."""
@@ -418,6 +430,9 @@ def main(argv: list[str] | None = None) -> int:
     os.setgid(rt["agent_uid"])
     os.setuid(rt["agent_uid"])
     agent = Agent(rt, spec, password)
+    # a signal writes a byte to the pipe, so the agent's wait between ticks ends when it comes
+    agent.wakeup, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
 
     def _stop(_signum: int, _frame: Any) -> None:
         agent.stopping = True

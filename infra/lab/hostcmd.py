@@ -220,7 +220,7 @@ def stop(rt: HostRuntime, instance: str | None) -> int:
         for name in [n for n, pids in victims.items() if not any(_alive(p) for p in pids)]:
             print(f"Stopping {name}: [  OK  ]")
             del victims[name]
-        time.sleep(0.05)
+        time.sleep(0.01)
     for name, pids in victims.items():
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):

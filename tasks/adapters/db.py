@@ -13,7 +13,9 @@ One small interface, three backends. Contract of a `SessionBackend`:
       it (Oracle's ``ALTER SYSTEM KILL SESSION`` and MySQL's ``KILL``): there the values are
       integers checked before use.
     * Each call opens one connection and closes it before it returns; connecting and every
-      statement are bounded by the site's `database.timeout_s`.
+      statement are bounded by the site's `database.timeout_s`. (The channel reads and writes
+      and the site's queries run on a connection the process keeps for a while:
+      `tasks.adapters.db_link.borrowed`.)
 
 Privileges the account needs: PostgreSQL, membership of ``pg_signal_backend`` and
 ``pg_read_all_stats``; MariaDB/MySQL, ``PROCESS`` and ``CONNECTION ADMIN`` (or ``SUPER``);
@@ -314,6 +316,55 @@ def _bounded(db: Database, fn: Callable[[], T], what: str, failed: str) -> T:
         raise DatabaseUnavailable(f"{what}: {where} {failed}: {exc}") from exc
 
 
+def rows_of(db: Database, conn: Any, query: str) -> list[Any]:
+    """The rows of one SELECT on an open connection of the site's driver."""
+    if db.kind == "postgresql":
+        return list(conn.run(query))
+    cur = conn.cursor()
+    try:
+        cur.execute(query)
+        rows = list(cur.fetchall())
+    finally:
+        cur.close()
+    if db.kind == "mariadb":
+        # ends the read's snapshot (InnoDB's repeatable read): a connection kept for the next
+        # read must see what was committed meanwhile
+        conn.commit()
+    return rows
+
+
+def write_states_on(db: Database, conn: Any, channels: Sequence[str], state: str) -> list[str]:
+    """Run the site's `channel_set_statement` for each channel on an open connection and
+    commit once; the channels it changed no row of."""
+    statement = db.channel_set_statement
+    assert statement is not None
+    missed: list[str] = []
+    if db.kind == "postgresql":  # pg8000's native interface binds :name itself
+        conn.run("START TRANSACTION")
+        for c in channels:
+            conn.run(statement, state=state, channel=c)
+            if conn.row_count < 1:
+                missed.append(c)
+        conn.run("COMMIT")
+        return missed
+    # oracledb binds :name; PyMySQL wants %(name)s
+    sql = (
+        statement
+        if db.kind == "oracle"
+        else re.sub(r":(state|channel)\b", r"%(\1)s", statement.replace("%", "%%"))
+    )
+    cur = conn.cursor()
+    try:
+        for c in channels:
+            cur.execute(sql, {"state": state, "channel": c})
+            if cur.rowcount < 1:
+                missed.append(c)
+        conn.commit()
+    finally:
+        cur.close()
+    return missed
+
+
 def _select(site: Site, query: str, what: str) -> list[Any]:
     """The rows of one site-configured SELECT (one connection, one query, bounded by the
     site's `database.timeout_s`).
@@ -321,20 +372,14 @@ def _select(site: Site, query: str, what: str) -> list[Any]:
     Raises:
         DatabaseUnavailable: the database did not answer or refused the query.
     """
+    from tasks.adapters.db_link import borrowed
+
     db = site.database
     assert db is not None
-    connect = _connector(db, "handover-snapshot")
 
     def fetch() -> list[Any]:
-        with closing(connect()) as conn:
-            if db.kind == "postgresql":
-                return list(conn.run(query))
-            cur = conn.cursor()
-            try:
-                cur.execute(query)
-                return list(cur.fetchall())
-            finally:
-                cur.close()
+        with borrowed(site) as link:
+            return rows_of(db, link.conn, query)
 
     return _bounded(db, fetch, what, f"did not answer `{query}`")
 
@@ -367,36 +412,13 @@ def write_channel_states(site: Site, channels: Sequence[str], state: str) -> lis
     db = site.database
     if db is None or db.channel_set_statement is None:
         raise ValueError(f"site {site.site} has no database.channel_set_statement")
+    from tasks.adapters.db_link import borrowed
+
     statement = db.channel_set_statement
-    connect = _connector(db, "handover-channels")
 
     def write() -> list[str]:
-        missed: list[str] = []
-        with closing(connect()) as conn:
-            if db.kind == "postgresql":  # pg8000's native interface binds :name itself
-                conn.run("START TRANSACTION")
-                for c in channels:
-                    conn.run(statement, state=state, channel=c)
-                    if conn.row_count < 1:
-                        missed.append(c)
-                conn.run("COMMIT")
-                return missed
-            # oracledb binds :name; PyMySQL wants %(name)s
-            sql = (
-                statement
-                if db.kind == "oracle"
-                else re.sub(r":(state|channel)\b", r"%(\1)s", statement.replace("%", "%%"))
-            )
-            cur = conn.cursor()
-            try:
-                for c in channels:
-                    cur.execute(sql, {"state": state, "channel": c})
-                    if cur.rowcount < 1:
-                        missed.append(c)
-                conn.commit()
-            finally:
-                cur.close()
-            return missed
+        with borrowed(site) as link:
+            return write_states_on(db, link.conn, channels, state)
 
     return _bounded(db, write, "channel states", f"refused `{statement}`")
 
