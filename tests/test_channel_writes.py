@@ -15,7 +15,7 @@ from config.loader import load_site
 from config.site import Database
 from tasks.adapters import db as dbmod
 from tasks.adapters.db import DatabaseUnavailable, write_channel_states
-from tasks.adapters.db_link import close_idle
+from tasks.adapters.db_link import borrowed, close_idle
 from tests.conftest import LAB_SITE
 
 STATEMENT = "UPDATE t_channel SET state = :state WHERE channel_name = :channel AND note LIKE 'x%'"
@@ -130,3 +130,39 @@ def test_a_site_without_the_statement_is_refused() -> None:
     site = load_site(LAB_SITE)
     with pytest.raises(ValueError, match=r"no database\.channel_set_statement"):
         write_channel_states(site, ["CERN-RAL"], "Active")
+
+
+def test_a_kept_connection_runs_the_borrowing_sites_statements(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two site files may name one database: the connection one opened is lent to the other,
+    with the other's statement (and none where it has none)."""
+    conn = _fake(monkeypatch)
+    first = _site("oracle")
+    assert first.database is not None
+    other = first.model_copy(
+        update={
+            "database": first.database.model_copy(
+                update={
+                    "channel_set_statement": "UPDATE t_channel SET state = :state "
+                    "WHERE channel_name = :channel"
+                }
+            )
+        }
+    )
+    write_channel_states(first, ["CERN-RAL"], "Active")
+    write_channel_states(other, ["CERN-RAL"], "Active")
+    assert conn.logins == 1
+    assert [sql for sql, _ in conn.executed] == [STATEMENT, other.database.channel_set_statement]
+    with borrowed(
+        first.model_copy(
+            update={
+                "database": first.database.model_copy(
+                    update={"channel_set_statement": None, "channel_states_query": None}
+                )
+            }
+        )
+    ) as link:
+        with pytest.raises(ValueError, match=r"no database\.channel_set_statement"):
+            link.write_channel_states(["CERN-RAL"], "Active")
+    assert conn.logins == 1

@@ -174,6 +174,8 @@ def borrowed(site: Site) -> Iterator[DbLink]:
         old.close()
     if link is None:
         link = DbLink(site, "handover")
+    # the same connection, but this site's statements (two site files may name one database)
+    link.db = db
     try:
         yield link
     except BaseException:
