@@ -44,12 +44,17 @@ class FakeConnection:
         self.commits = 0
         self.closed = False
         self.logins = 0
+        self.dead = False
 
     def cursor(self) -> FakeCursor:
         return FakeCursor(self)
 
     def commit(self) -> None:
         self.commits += 1
+
+    def ping(self, reconnect: bool = False) -> None:
+        if self.closed or self.dead:
+            raise ConnectionResetError("the server closed the connection")
 
     def close(self) -> None:
         self.closed = True
@@ -166,3 +171,24 @@ def test_a_kept_connection_runs_the_borrowing_sites_statements(
         with pytest.raises(ValueError, match=r"no database\.channel_set_statement"):
             link.write_channel_states(["CERN-RAL"], "Active")
     assert conn.logins == 1
+
+
+def test_a_kept_connection_that_no_longer_answers_is_replaced(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The database restarted between two writes: the kept connection fails its check and a
+    new one is opened, instead of the write failing over to the tool on the host."""
+    opened: list[FakeConnection] = []
+
+    def connect() -> FakeConnection:
+        opened.append(FakeConnection(set(), False))
+        return opened[-1]
+
+    monkeypatch.setattr(dbmod, "_connector", lambda db, application="": connect)
+    write_channel_states(_site("mariadb"), ["CERN-RAL"], "Inactive")
+    write_channel_states(_site("mariadb"), ["CERN-RAL"], "Active")
+    assert len(opened) == 1  # kept, checked, reused
+    opened[0].dead = True
+    assert write_channel_states(_site("mariadb"), ["CERN-RAL"], "Inactive") == []
+    assert len(opened) == 2 and opened[0].closed
+    assert [p["state"] for _, p in opened[1].executed] == ["Inactive"]

@@ -91,6 +91,58 @@ def test_compensation_follows_the_ledger_step_by_step() -> None:
     assert last[0].steps == []  # already Active on the target: nothing to undo
 
 
+def test_compensation_after_each_step_of_a_hand_over_chain() -> None:
+    """With hot standby and the hand-over (the database sees the lock released): before the
+    hand-over the agent stays on the source and its standby is stopped; a hand-over that
+    failed after its stop (`stopped_agents`) leaves the agent to its standby with the channel
+    set Active; after it, the standby's await is all that is left."""
+    from flows.plans.clean_move_compensation import chain_moves, compensate_clean_move
+
+    s = site()
+    assert s.database is not None
+    s = s.model_copy(
+        update={
+            "database": s.database.model_copy(
+                update={
+                    "channel_states_query": "SELECT name, state FROM channels",
+                    "channel_set_statement": "UPDATE channels SET state = :state "
+                    "WHERE name = :channel",
+                }
+            )
+        }
+    )
+    plan = plan_clean_move(
+        s,
+        snapshot("steady"),
+        MoveRequest(from_host="fts101", to_host="fts102", mode="pipelined", hot_standby=True),
+    )
+    chain = next(c for p in plan.phases for c in p.chains if c.name == "CERN-IN2P3")
+    ids = {x.verb: x.id for x in chain.steps}
+    assert "stop" not in ids and "set-active" not in ids
+    verbs = [x.verb for x in chain.steps]
+    before = chain.steps[verbs.index("hand-over") - 1].id  # the standby is launched by then
+
+    def remedy(ledger: Ledger) -> tuple[str, list[str]]:
+        [r] = compensate_clean_move(s, plan, ledger, chain_moves(plan, chain), "E")
+        return r.result, [f"{x.verb}@{x.host}" for x in r.steps]
+
+    # the hand-over failed with its stop refused: the standby goes, the agent stays
+    assert remedy(Ledger.after(plan, before)) == (
+        "left-on-source",
+        ["stop@fts102", "write-disabled@fts102", "set-active@fts101", "clear-disabled@fts101"],
+    )
+    # its stop worked, then the channel could not be set: the standby keeps the agent
+    partly = Ledger.after(plan, before)
+    hand_over = next(x for x in chain.steps if x.verb == "hand-over")
+    partly.record(hand_over.model_copy(update={"verb": "stop", "id": f"{hand_over.id}#stop"}))
+    assert remedy(partly) == ("moved", ["await-serving@fts102", "set-active@fts101"])
+    # done: stopped and Active; only the standby's await can fail after it
+    done = Ledger.after(plan, ids["hand-over"])
+    assert hand_over.agents[0] in done.stopped and "CERN-IN2P3" in done.active
+    result, steps = remedy(done)
+    assert result == "rolled-back" and steps[0] == "stop@fts102"
+
+
 def test_an_agent_whose_stop_was_cut_off_keeps_its_channel_inactive() -> None:
     """The source stopped answering while an agent's stop ran (a frozen host finishes the stop
     when it thaws): setting its channel Active would hand it transfers that the stop then loses,

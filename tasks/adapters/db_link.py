@@ -16,7 +16,9 @@ connector); a driver error becomes `DatabaseUnavailable`. Not thread-safe: one t
 
 `borrowed(site)` lends a link kept open by the process for a while (`IDLE_S`): a move writes
 and reads channel states a few seconds apart, and the hand-over after a drain should not wait
-for a login. A link whose statement failed is closed, never lent again.
+for a login. A kept link is checked with one round trip before it is lent (the database may
+have restarted meanwhile: a new link is opened then); a link whose statement failed is closed,
+never lent again.
 """
 
 from __future__ import annotations
@@ -95,6 +97,20 @@ class DbLink:
         except Exception:  # noqa: BLE001, S110 - the connection is being dropped anyway
             pass
 
+    def alive(self) -> bool:
+        """Whether the connection still answers (one round trip). A kept connection may have
+        been cut meanwhile: the database restarted, or a firewall dropped the idle session."""
+        try:
+            if self.db.kind == "postgresql":
+                self.conn.run("SELECT 1")
+            elif self.db.kind == "oracle":
+                self.conn.ping()
+            else:
+                self.conn.ping(reconnect=False)
+        except Exception:  # noqa: BLE001 - any failure means: open a new one
+            return False
+        return True
+
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         try:
             return fn()
@@ -170,6 +186,9 @@ def borrowed(site: Site) -> Iterator[DbLink]:
                 link = candidate
             else:
                 stale.append(candidate)
+    if link is not None and not link.alive():
+        stale.append(link)
+        link = None
     for old in stale:
         old.close()
     if link is None:
