@@ -100,12 +100,14 @@ def hand_over(
         stop.start()
         written: list[str] = []
         let_go: dt.datetime | None = None
+        acted: dt.datetime | None = None
         try:
             while link is not None and seen and stop.is_alive():
                 if not {s.id for a in agents for s in link.sessions(names, address, a)} & seen:
                     let_go = now()
                     missed = link.write_channel_states(channels, "Active")
                     written = [c for c in channels if c not in missed]
+                    acted = now() if written else None
                     break
                 stop.join(WATCH_S)
         except DatabaseUnavailable as exc:
@@ -113,7 +115,6 @@ def hand_over(
             why_not, link = "the database stopped answering", None
         finally:
             stop.join()
-        acted = now() if written else None
         human: list[str] = []
         if stop.error is not None:
             if not written:
