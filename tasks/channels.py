@@ -11,6 +11,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from config.site import Site
+from flows.plans.steps import command
 from tasks import remote
 from tasks.outcome import StepFailed, StepResult, count, listing, now, was
 from tasks.remote import SiteShell
@@ -82,7 +83,8 @@ def set_channels(
             raise StepFailed(
                 f"{host}: could not set {', '.join(failed or wrong)} {state}; channels already "
                 f"set: {', '.join(c for c in to_set if after[c] == state) or 'none'}; run "
-                f"`glite-transfer-channel-set -S {state} CHANNEL` by hand or run the step again",
+                f"`{command(site, 'set_channel_state', channel='CHANNEL', state=state)}` by hand "
+                "or run the step again",
                 host=host,
                 verb=verb,
             )

@@ -36,6 +36,7 @@ import threading
 from contextlib import ExitStack
 
 from config.site import short_name
+from flows.plans.steps import command
 from tasks.adapters.db import DatabaseUnavailable
 from tasks.adapters.db_link import DbLink, borrowed
 from tasks.agents import stop_agents
@@ -136,7 +137,8 @@ def hand_over(
                     raise StepFailed(
                         f"{host}: {', '.join(wrong)} read {states.get(wrong[0], 'nothing')} "
                         "after the database took the write; set it Active by hand "
-                        f"(`glite-transfer-channel-set -S Active {wrong[0]}`)",
+                        f"(`{command(site, 'set_channel_state', channel=wrong[0], state='Active')}`"
+                        ") and check database.channel_set_statement",
                         host=host,
                         verb=verb,
                     )

@@ -71,9 +71,12 @@ class DbLink:
         if db is None:
             raise ValueError(f"site {site.site} has no database section")
         self.db: Database = db
-        self.connector = dbmod._connector
         self.conn = dbmod._bounded(
-            db, self.connector(db, application), "connecting", "refused the login"
+            db,
+            dbmod._connector(db, application),
+            "connecting from handover's machine",
+            "failed the login (check that it is up and reachable from here, and the site's "
+            "database.user and database.password)",
         )
         backends: dict[str, Callable[[Callable[[], Any]], SessionBackend]] = {
             "postgresql": PostgresSessions,
@@ -120,7 +123,8 @@ class DbLink:
             self.broken = True
             raise DatabaseUnavailable(
                 f"{what}: the {self.db.kind} database at {self.db.host}:{self.db.port} failed "
-                f"or did not answer: {type(exc).__name__}: {exc}"
+                f"or did not answer: {type(exc).__name__}: {exc}; check that it is up and "
+                "reachable from here"
             ) from exc
 
     def sessions(
@@ -160,8 +164,7 @@ _idle_lock = threading.Lock()
 
 
 def _key(db: Database) -> tuple[object, ...]:
-    # the connector too: a test that fakes the driver gets links of its own
-    return (db.kind, db.host, db.port, db.database, db.user, id(dbmod._connector))
+    return (db.kind, db.host, db.port, db.database, db.user)
 
 
 @contextmanager
