@@ -2,26 +2,61 @@
 
 from __future__ import annotations
 
+import os
 import random
+import re
 import socket
+import threading
 
 #: where `free_port` looks: below the kernel's ephemeral range (32768-60999), where any client
 #: socket on the machine may take a port between its choice and the server's bind, and clear
 #: of the labs' DB ports (20000-20255) and DNS ports (30000-31023)
 FREE_PORTS = range(24000, 30000)
+#: a narrower block for this process (``24000-26999``): processes that pick ports at the same
+#: time (the test groups of `tests/run-groups`) each take their own block, so one cannot be
+#: handed the port the other chose and has not bound yet
+RANGE_ENV = "HANDOVER_FREE_PORTS"
+
+_given: set[int] = set()
+_lock = threading.Lock()
+
+
+def port_range() -> range:
+    """This process's block: `RANGE_ENV` when set, else `FREE_PORTS`.
+
+    Raises:
+        ValueError: `RANGE_ENV` is not ``LOW-HIGH`` within `FREE_PORTS`.
+    """
+    text = os.environ.get(RANGE_ENV, "").strip()
+    if not text:
+        return FREE_PORTS
+    m = re.fullmatch(r"(\d+)-(\d+)", text)
+    low, high = (int(m.group(1)), int(m.group(2))) if m else (0, -1)
+    if not (m and FREE_PORTS.start <= low < high < FREE_PORTS.stop):
+        raise ValueError(
+            f"{RANGE_ENV}={text!r}: give LOW-HIGH within {FREE_PORTS.start}-"
+            f"{FREE_PORTS.stop - 1}, e.g. 24000-26999"
+        )
+    return range(low, high + 1)
 
 
 def free_port(address: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on at `address` now (checked by a bind, then closed).
+    """A TCP port nothing listens on at `address` now (checked by a bind, then closed), never
+    one this process handed out before: three servers started together get three ports.
 
     Raises:
-        RuntimeError: none of 200 random ports of `FREE_PORTS` could be bound.
+        RuntimeError: none of 200 random ports of the block could be bound.
     """
-    for port in random.sample(FREE_PORTS, 200):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind((address, port))
-            except OSError:
+    ports = port_range()
+    with _lock:
+        for port in random.sample(ports, min(200, len(ports))):
+            if port in _given:
                 continue
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                try:
+                    s.bind((address, port))
+                except OSError:
+                    continue
+            _given.add(port)
             return port
-    raise RuntimeError(f"no free port in {FREE_PORTS.start}-{FREE_PORTS.stop - 1} on {address}")
+    raise RuntimeError(f"no free port in {ports.start}-{ports.stop - 1} on {address}")
