@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: demo test test-serial deps system-deps lint typecheck unit lab-down
+.PHONY: demo test test-serial deps system-deps lint typecheck unit lab-down lock
 
 demo: deps
 	$(PY) -m infra.demo
@@ -22,11 +22,24 @@ deps: system-deps $(VENV)/.installed
 system-deps:
 	@bash infra/system-deps.sh
 
-$(VENV)/.installed: pyproject.toml
+# every package at the version of requirements.lock (what CI tested), never a newer release
+$(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -c requirements.lock -e '.[dev]'
 	touch $@
+
+# requirements.lock anew from pyproject.toml: the newest releases its bounds allow, frozen
+LOCK_VENV := /tmp/handover-lock-venv
+lock:
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install -q --upgrade pip
+	$(LOCK_VENV)/bin/pip install -q '.[dev]'
+	{ sed -n '1,/^# `make lock`/p' requirements.lock; \
+	  $(LOCK_VENV)/bin/pip freeze --exclude-editable --exclude handover; } > requirements.lock.new
+	mv requirements.lock.new requirements.lock
+	rm -rf $(LOCK_VENV)
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check .
