@@ -1,10 +1,13 @@
 """The Prefect server's database when it is PostgreSQL: one that handover starts, or one named by
 URL.
 
-`handover server start --db postgresql` keeps a PostgreSQL cluster of its own in the server's home
-(`<home>/postgresql`, the Debian server binaries the lab also uses): durable (fsync on, the
-defaults of PostgreSQL), listening on 127.0.0.1 and a Unix socket only, with a `prefect` role whose
-generated password is kept in `<home>/postgresql/password` (0600). `--db-url` names a database run
+`handover server start --db postgresql` keeps a PostgreSQL cluster of its own (the Debian server
+binaries the lab also uses) in a directory of the postgres user's (`--pg-dir`, default
+`DEFAULT_PG_DIR`: the server's home is private to the user who runs handover, so PostgreSQL, which
+runs as postgres, cannot live there): durable (fsync on, the defaults of PostgreSQL), listening on
+127.0.0.1 and a Unix socket only, with a `prefect` role whose generated password is kept in the
+server's private home (`postgresql-password`, 0600), as is the cluster's directory
+(`postgresql-cluster`), for `server stop`. `--db-url` names a database run
 elsewhere (the production set-up on several machines: every Prefect server process of the site
 points at the same database). Why PostgreSQL at all: Prefect's server on SQLite serialises every
 write, so with several workers, gateways and automations writing at once, runs wait on the
@@ -13,18 +16,24 @@ database; PostgreSQL takes them concurrently (`handover bench alert` shows the d
 
 from __future__ import annotations
 
-import os
 import secrets
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
+from config.private_files import ensure_private_dir, read_private_text, write_private_text
 from infra.pg_cluster import PgCluster, PgClusterError
 
 DB_NAME = "prefect"
 DB_USER = "prefect"
 DEFAULT_PG_PORT = 5442
+#: where handover's own PostgreSQL for the Prefect server lives unless `--pg-dir` says
+#: otherwise: beside Debian's clusters, in the postgres user's home
+DEFAULT_PG_DIR = Path("/var/lib/postgresql/handover-prefect")
 #: how handover records the database a server of its own uses (for `server status`)
 DB_RECORD = "database"
+#: files in the server's private home: the `prefect` role's password, the cluster's directory
+PASSWORD_FILE = "postgresql-password"  # noqa: S105 - a file name
+CLUSTER_RECORD = "postgresql-cluster"
 
 
 class ServerDbError(PgClusterError):
@@ -66,14 +75,23 @@ def redact(url: str) -> str:
 
 
 class ServerDatabase:
-    """A PostgreSQL cluster of handover's own for the Prefect server kept in `home`."""
+    """A PostgreSQL cluster of handover's own for the Prefect server kept in `home`.
 
-    def __init__(self, home: Path, port: int = DEFAULT_PG_PORT) -> None:
+    Args:
+        home: the server's private home (the password and the cluster's directory are kept
+            there).
+        port: the port PostgreSQL listens on (127.0.0.1).
+        pg_dir: the cluster's directory, which the postgres user must reach (default
+            `DEFAULT_PG_DIR`).
+    """
+
+    def __init__(self, home: Path, port: int = DEFAULT_PG_PORT, pg_dir: Path | None = None) -> None:
         self.home = home
         self.port = port
+        self.pg_dir = pg_dir or DEFAULT_PG_DIR
         self.cluster = PgCluster(
-            home / "postgresql",
-            home / "postgresql.log",
+            self.pg_dir,
+            self.pg_dir / "postgresql.log",
             "127.0.0.1",
             port,
             settings={
@@ -85,19 +103,27 @@ class ServerDatabase:
             what="Prefect's database",
         )
 
+    @classmethod
+    def of_home(cls, home: Path) -> ServerDatabase | None:
+        """The database a server started from `home` with (None: it started none)."""
+        try:
+            base, port = read_private_text(home / CLUSTER_RECORD).strip().rsplit(" ", 1)
+        except (OSError, ValueError):
+            return None
+        return cls(home, int(port), Path(base))
+
     @property
     def password_file(self) -> Path:
-        """Where the `prefect` role's password is kept (mode 0600)."""
-        return self.home / "postgresql" / "password"
+        """Where the `prefect` role's password is kept (mode 0600, in the private home)."""
+        return self.home / PASSWORD_FILE
 
     def _password(self) -> str:
         path = self.password_file
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(secrets.token_urlsafe(24))
-        return path.read_text().strip()
+        try:
+            return read_private_text(path).strip()
+        except FileNotFoundError:
+            write_private_text(path, secrets.token_urlsafe(24))
+        return read_private_text(path).strip()
 
     def url(self) -> str:
         """The server's connection URL (with the password)."""
@@ -112,7 +138,10 @@ class ServerDatabase:
 
         Raises:
             ServerDbError: PostgreSQL is not installed, or did not start (its log's tail).
+            config.private_files.UnsafePathError: the home is not private.
         """
+        ensure_private_dir(self.home)
+        write_private_text(self.home / CLUSTER_RECORD, f"{self.pg_dir} {self.port}\n")
         try:
             self.cluster.ensure()
             self.cluster.start()

@@ -72,11 +72,11 @@ def configure_api(console: Console) -> str:
     """Use PREFECT_API_URL when set; otherwise the local server (started if needed)."""
     url = os.environ.get("PREFECT_API_URL")
     if url:
-        if url == prefect_server.api_url() and "PREFECT_API_AUTH_STRING" not in os.environ:
+        if "PREFECT_API_AUTH_STRING" not in os.environ:
             # the local server handover started: it requires its auth string
-            auth = prefect_server.HOME / "api-auth"
-            if auth.exists():
-                os.environ["PREFECT_API_AUTH_STRING"] = auth.read_text().strip()
+            auth = prefect_server.auth_for(url)
+            if auth:
+                os.environ["PREFECT_API_AUTH_STRING"] = auth
         return url
     url, started = prefect_server.ensure_server()
     os.environ["PREFECT_API_URL"] = url

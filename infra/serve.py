@@ -274,11 +274,13 @@ def serve_all(
     poll_s: float = 0.5,
     limit: int | None = None,
     start: StartMethod = "forkserver",
+    path: Path = DEPLOYMENTS_FILE,
 ) -> None:
     """Serve every deployment until interrupted; poll for scheduled runs every `poll_s` seconds.
 
     Args:
         site_file: the site the deployments run for.
+        path: the deployments file (deployments/prefect.yaml).
         poll_s: seconds between checks for runs to start.
         limit: at most this many runs at once.
         start: how a run's process starts: `forkserver` (imports done once, see the module
@@ -289,7 +291,7 @@ def serve_all(
     from prefect.exceptions import TerminationSignal
     from prefect.runner import Runner
 
-    specs = deployment_specs(site_file)
+    specs = deployment_specs(site_file, path)
     pickle_flows_by_reference()
     if start == "forkserver":
         start_runs_from_forkserver(sorted({fl.fn.__module__ for fl, _ in specs}))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -43,6 +44,10 @@ def test_the_local_server_requires_its_auth_string(
         auth = (home / "api-auth").read_text().strip()
         assert auth.startswith("handover:") and len(auth) > 30
         assert (home / "api-auth").stat().st_mode & 0o777 == 0o600
+        # nothing the server keeps is open to other users: its SQLite database (run
+        # parameters, Secret blocks), its log, its PID, the auth string
+        assert (home / "prefect.db").exists()
+        assert _not_private(home) == []
         assert os.environ["PREFECT_API_AUTH_STRING"] == auth
         assert _get(f"{url}/health") == 200  # probes need no credentials
         assert _get(f"{url}/flows/count") in (401, 405)  # nothing without them
@@ -67,6 +72,12 @@ def test_the_local_server_requires_its_auth_string(
         assert denied.returncode != 0 and "401" in denied.stderr
     finally:
         assert prefect_server.stop_server(home)
+
+
+def _not_private(home: Path) -> list[str]:
+    """Every path in `home` (and `home` itself) that another user may read or enter."""
+    loose = [home, *home.rglob("*")]
+    return [f"{p} {p.lstat().st_mode & 0o777:04o}" for p in loose if p.lstat().st_mode & 0o077]
 
 
 def _handover(home: Path, *argv: str) -> subprocess.CompletedProcess[str]:
@@ -118,7 +129,11 @@ def test_server_on_a_postgresql_it_starts_keeps_its_data_and_stops_it(tmp_path: 
 
     require(pg_bin_dir() is not None, "a PostgreSQL server (apt-get install postgresql)")
     # pytest's temporary directories are 0700; PostgreSQL runs as the postgres user
-    refused = _handover(tmp_path / "home", "server", "start", "--port", "1", "--db", "postgresql")
+    refused = _handover(
+        tmp_path / "home",
+        *("server", "start", "--port", "1", "--db", "postgresql"),
+        *("--pg-dir", str(tmp_path / "pg")),
+    )
     assert refused.returncode == 2 and "the postgres user cannot reach" in refused.stdout
     base = Path(tempfile.mkdtemp(prefix="handover-test-pg-", dir="/var/tmp"))
     base.chmod(0o755)
@@ -126,13 +141,15 @@ def test_server_on_a_postgresql_it_starts_keeps_its_data_and_stops_it(tmp_path: 
     port, pg_port, port2 = free_port(), free_port(), free_port()
     url = f"http://127.0.0.1:{port}/api"
     start = ("server", "start", "--port", str(port), "--db", "postgresql")
-    started = _handover(home, *start, "--pg-port", str(pg_port))
-    db = ServerDatabase(home, pg_port)
+    start_pg = (*start, "--pg-port", str(pg_port), "--pg-dir", str(base / "pg"))
+    started = _handover(home, *start_pg)
+    db = ServerDatabase(home, pg_port, base / "pg")
     try:
         assert started.returncode == 0, started.stdout + started.stderr
         assert f"started at {url}" in started.stdout
         assert f"postgresql+asyncpg://prefect:***@127.0.0.1:{pg_port}/prefect" in started.stdout
         assert (db.password_file.stat().st_mode & 0o777) == 0o600
+        assert db.password_file.parent == home and _not_private(home) == []
         # the password is in neither the output nor the record status prints
         password = db.password_file.read_text().strip()
         assert password not in started.stdout
@@ -144,7 +161,7 @@ def test_server_on_a_postgresql_it_starts_keeps_its_data_and_stops_it(tmp_path: 
         assert not (home / "prefect.db").exists()
         _client_call(url, home, MAKE_FLOW)
         # the same command again: one server, one database
-        again = _handover(home, *start, "--pg-port", str(pg_port))
+        again = _handover(home, *start_pg)
         assert again.returncode == 0 and "already running" in again.stdout
         sqlite_asked = _handover(home, "server", "start", "--port", str(port))
         assert sqlite_asked.returncode == 1 and "server stop` first" in sqlite_asked.stdout
@@ -166,7 +183,7 @@ def test_server_on_a_postgresql_it_starts_keeps_its_data_and_stops_it(tmp_path: 
         assert db.pid() is None and not prefect_server.healthy(url)
 
         # started again: what was written before the stop is still there
-        restarted = _handover(home, *start, "--pg-port", str(pg_port))
+        restarted = _handover(home, *start_pg)
         assert restarted.returncode == 0, restarted.stdout + restarted.stderr
         assert "kept-across-restarts" in _client_call(url, home, READ_FLOWS)
     finally:
@@ -187,3 +204,238 @@ def test_server_refuses_a_database_url_it_cannot_use(tmp_path: Path) -> None:
         assert done.returncode == 2, done.stdout + done.stderr
         assert said in done.stdout
         assert not prefect_server.healthy(f"http://127.0.0.1:{port}/api")
+
+
+def test_the_default_home_is_private_state_not_a_shared_temporary_directory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("HANDOVER_PREFECT_HOME", raising=False)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert prefect_server.default_home() == Path("/var/lib/handover/prefect")
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setenv("XDG_STATE_HOME", "/home/op/.state")
+    assert prefect_server.default_home() == Path("/home/op/.state/handover/prefect")
+    monkeypatch.setenv("HANDOVER_PREFECT_HOME", "/srv/prefect")
+    assert prefect_server.default_home() == Path("/srv/prefect")
+
+
+def _start_refused(home: Path, said: str) -> None:
+    port = free_port()
+    done = _handover(home, "server", "start", "--port", str(port))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert said in done.stdout, done.stdout
+    assert not prefect_server.healthy(f"http://127.0.0.1:{port}/api")
+
+
+def test_a_home_that_is_not_private_is_refused_naming_the_fix(tmp_path: Path) -> None:
+    """A home other users can enter, or one another user made first (in a shared directory it
+    could be anyone's), is refused before anything is read from it or written to it."""
+    open_home = tmp_path / "open"
+    open_home.mkdir(mode=0o755)
+    open_home.chmod(0o755)
+    _start_refused(open_home, f"chmod 700 {open_home}")
+    assert list(open_home.iterdir()) == []
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o700)
+    # a planted auth string and logging configuration (Prefect loads logging.yml from its home)
+    (theirs / "api-auth").write_text("handover:planted\n")
+    (theirs / "logging.yml").write_text("version: 1\n")
+    for p in (theirs, theirs / "api-auth", theirs / "logging.yml"):
+        os.chown(p, 65534, 65534)  # nobody's
+    _start_refused(theirs, f"chown root {theirs}")
+    # a directory above the home that others may write
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    _start_refused(shared / "home", f"chmod go-w {shared}")
+    assert not (shared / "home").exists()
+
+
+def test_planted_files_in_a_private_home_are_refused(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    auth = home / "api-auth"
+    auth.write_text("handover:known-to-others\n")
+    auth.chmod(0o644)
+    _start_refused(home, f"chmod 600 {auth}")
+    auth.unlink()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_text("handover:someone-elses\n")
+    elsewhere.chmod(0o600)
+    auth.symlink_to(elsewhere)
+    _start_refused(home, "symbolic link")
+    auth.unlink()
+    # the log as a link to a file the server would then write into
+    target = tmp_path / "target"
+    target.write_text("")
+    (home / "server.log").symlink_to(target)
+    _start_refused(home, "symbolic link")
+    assert target.read_text() == ""
+    # a database file made readable by others (an older install's)
+    (home / "server.log").unlink()
+    (home / "prefect.db").write_text("")
+    (home / "prefect.db").chmod(0o644)
+    _start_refused(home, f"chmod -R go= {home}")
+
+
+def test_stop_signals_only_a_prefect_server_of_its_own(tmp_path: Path) -> None:
+    """A PID file naming another process (planted, or a PID reused since) stops nothing."""
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    bystander = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        (home / "server.pid").write_text(f"{bystander.pid}\n")
+        (home / "server.pid").chmod(0o600)
+        done = _handover(home, "server", "stop")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "no Prefect server started by handover is running" in done.stdout
+        assert bystander.poll() is None
+        # a PID file other users may write is refused outright
+        (home / "server.pid").write_text(f"{bystander.pid}\n")
+        (home / "server.pid").chmod(0o666)
+        refused = _handover(home, "server", "stop")
+        assert refused.returncode == 2 and f"chmod 600 {home}/server.pid" in refused.stdout
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def test_a_server_of_another_user_at_the_address_never_gets_the_auth_string(
+    tmp_path: Path,
+) -> None:
+    """Another local user who listens on the server's port first (a look-alike that answers
+    the health check) is refused before any request carries the auth string."""
+    port = free_port()
+    # where the user nobody can reach (pytest's directories are 0700)
+    shared = Path(tempfile.mkdtemp(prefix="handover-test-lookalike-", dir="/var/tmp"))
+    shared.chmod(0o755)
+    seen = shared / "seen"
+    seen.touch()
+    seen.chmod(0o666)
+    fake = (
+        "import http.server, sys\n"
+        "class H(http.server.BaseHTTPRequestHandler):\n"
+        "    def do_GET(self):\n"
+        "        open(sys.argv[2], 'a').write(str(self.headers.get('Authorization')) + '\\n')\n"
+        "        self.send_response(200); self.end_headers(); self.wfile.write(b'true')\n"
+        "    def log_message(self, *a): pass\n"
+        "http.server.HTTPServer(('127.0.0.1', int(sys.argv[1])), H).serve_forever()\n"
+    )
+    script = shared / "fake.py"
+    script.write_text(fake)
+    script.chmod(0o644)
+    proc = subprocess.Popen(
+        ["runuser", "-u", "nobody", "--", "/usr/bin/python3", str(script), str(port), str(seen)],
+        start_new_session=True,
+    )
+    try:
+        from tests.conftest import wait_for
+
+        wait_for(lambda: prefect_server.healthy(api_url(port)), 30, "the look-alike to listen")
+        home = tmp_path / "home"
+        done = _handover(home, "server", "start", "--port", str(port))
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert "is served by user nobody, not by you" in done.stdout
+        assert "Basic" not in seen.read_text()
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(10)
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+def api_url(port: int) -> str:
+    return prefect_server.api_url("127.0.0.1", port)
+
+
+def test_a_served_schedule_gets_its_runs_from_handovers_server_and_the_first_runs(
+    tmp_path: Path,
+) -> None:
+    """The server `handover server start` starts creates the runs of a deployment that handover
+    serves with a schedule (the drift watch, from deployments/prefect.yaml with its interval
+    cut to 15 s so that its first run comes soon), and the first one runs to its end. With
+    SQLAlchemy 2.1, Prefect 3.8's scheduler created none."""
+    import yaml
+
+    from infra.serve import DEPLOYMENTS_FILE
+    from tests.conftest import LAB_SITE, wait_for
+
+    home = tmp_path / "home"
+    port = free_port()
+    url = api_url(port)
+    data = yaml.safe_load(LAB_SITE.read_text())
+    for section in ("dns", "frontend"):
+        data.pop(section)
+    data["site"] = "scheduled"
+    sites = tmp_path / "sites"
+    sites.mkdir()
+    site_file = sites / "scheduled.yaml"
+    site_file.write_text(yaml.safe_dump(data, sort_keys=False))
+    spec = yaml.safe_load(DEPLOYMENTS_FILE.read_text())
+    [watch] = [d for d in spec["deployments"] if d["name"] == "drift-watch"]
+    watch["interval"] = 15
+    spec["deployments"] = [watch]
+    deployments = tmp_path / "prefect.yaml"
+    deployments.write_text(yaml.safe_dump(spec, sort_keys=False))
+    started = _handover(home, "server", "start", "--port", str(port))
+    assert started.returncode == 0, started.stdout + started.stderr
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": url,
+        "PREFECT_API_AUTH_STRING": (home / "api-auth").read_text().strip(),
+        "PREFECT_HOME": str(tmp_path / "client-home"),
+    }
+    serve_code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from infra.serve import serve_all\n"
+        "serve_all(sys.argv[1], path=Path(sys.argv[2]))\n"
+    )
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        serve = subprocess.Popen(
+            [sys.executable, "-c", serve_code, str(site_file), str(deployments)],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    code = (
+        "import json\n"
+        "from prefect.client.orchestration import get_client\n"
+        "from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName\n"
+        "with get_client(sync_client=True) as c:\n"
+        "    runs = c.read_flow_runs(deployment_filter=DeploymentFilter(\n"
+        "        name=DeploymentFilterName(any_=['drift-watch'])))\n"
+        "    print(json.dumps([[r.auto_scheduled, r.state_type.value, r.state_name,\n"
+        "        r.state.message if r.state else ''] for r in runs]))\n"
+    )
+
+    def runs() -> list[list[object]]:
+        import json
+
+        return list(json.loads(_client_call(url, home, code)))
+
+    try:
+        ran = wait_for(
+            lambda: [r for r in runs() if r[0] and r[1] in ("COMPLETED", "FAILED", "CRASHED")],
+            120,
+            "the drift watch's first scheduled run to end",
+            interval=2,
+        )
+        assert isinstance(ran, list)
+        assert ran[0][1] == "COMPLETED", (ran, log.read_text()[-2000:])
+        assert "has no DNS alias" in str(ran[0][3])
+        # and the ones after it wait for their time
+        assert any(r[0] and r[1] == "SCHEDULED" for r in runs())
+        server_log = (home / "server.log").read_text()
+        assert "Can't evaluate bulk DML statement" not in server_log
+    finally:
+        os.killpg(serve.pid, signal.SIGTERM)
+        try:
+            serve.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(serve.pid, signal.SIGKILL)
+            serve.wait(5)
+        _handover(home, "server", "stop")

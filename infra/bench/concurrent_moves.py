@@ -152,10 +152,10 @@ def measure_moves(
     from infra.worker import worker_processes
 
     work = Path(tempfile.mkdtemp(prefix="handover-bench-moves-", dir="/var/tmp"))
-    work.chmod(0o755)  # the server's PostgreSQL runs as postgres
+    work.chmod(0o755)  # the server's PostgreSQL runs as postgres: it must reach work/pg
     sites = _write_sites(lab, services, work / "sites")
     solo = min(solo, services)
-    db = ServerDatabase(work / "prefect", free_port())
+    db = ServerDatabase(work / "prefect", free_port(), work / "pg")
     srv = RestartableServer(work / "prefect", {"PREFECT_API_DATABASE_CONNECTION_URL": db.start()})
     try:
         srv.start()

@@ -131,11 +131,25 @@ def cmd_fake_slack(args: argparse.Namespace) -> int:
 def cmd_server(args: argparse.Namespace) -> int:
     """`handover server start|stop|status`: a local Prefect server, on its embedded SQLite or on
     PostgreSQL (one it starts, or one named by URL)."""
+    from config.private_files import UnsafePathError
     from infra import prefect_server as ps
     from infra.prefect_db import ServerDbError
 
     home = Path(args.home) if args.home else ps.HOME
     url = ps.api_url(args.host, args.port)
+    try:
+        return _server_action(args, ps, home, url)
+    except UnsafePathError as exc:
+        out.print(f"handover server: refused: {exc}")
+        return 2
+    except ServerDbError as exc:
+        out.print(f"handover server: {exc}")
+        return 2
+
+
+def _server_action(args: argparse.Namespace, ps: Any, home: Path, url: str) -> int:
+    from infra.prefect_db import ServerDbError
+
     if args.server_action == "start":
         try:
             url, started = ps.ensure_server(
@@ -145,10 +159,10 @@ def cmd_server(args: argparse.Namespace) -> int:
                 db=args.db,
                 db_url=args.db_url,
                 pg_port=args.pg_port,
+                pg_dir=Path(args.pg_dir) if args.pg_dir else None,
             )
-        except ServerDbError as exc:
-            out.print(f"handover server: {exc}")
-            return 2
+        except ServerDbError:
+            raise
         except RuntimeError as exc:
             out.print(f"handover server: {exc}")
             return 1
@@ -285,7 +299,7 @@ def register(sub: Any) -> None:
         choices=["sqlite", "postgresql"],
         default="sqlite",
         help="the server's database: sqlite (embedded, the default: demo, one machine) or "
-        "postgresql (a PostgreSQL that handover starts in the server's home, or --db-url)",
+        "postgresql (a PostgreSQL that handover starts, see --pg-dir, or --db-url)",
     )
     srv.add_argument(
         "--db-url",
@@ -299,9 +313,16 @@ def register(sub: Any) -> None:
         "(default 5442, on 127.0.0.1)",
     )
     srv.add_argument(
+        "--pg-dir",
+        default=None,
+        help="with --db postgresql and no --db-url: the directory of handover's PostgreSQL, "
+        "which the postgres user must reach (default /var/lib/postgresql/handover-prefect)",
+    )
+    srv.add_argument(
         "--home",
         default=None,
-        help="the server's home: state, log, auth string, database (default "
-        "$HANDOVER_PREFECT_HOME or /var/tmp/handover-prefect)",
+        help="the server's private home (0700): state, log, auth string, SQLite database "
+        "(default $HANDOVER_PREFECT_HOME, else /var/lib/handover/prefect for root, "
+        "~/.local/state/handover/prefect for another user)",
     )
     srv.set_defaults(func=cmd_server)
