@@ -3,9 +3,12 @@ the protocol's trust rules (pure), and real daemons talking UDP on loopback addr
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -17,24 +20,31 @@ from typing import Any
 import pytest
 import yaml
 
+from config.site import Dns
 from infra.bench.hagd import KEY as CLUSTER_KEY
 from infra.bench.hagd import Provider, make_cluster
-from infra.hagd.config import HagdConfigError, load_config
+from infra.hagd.config import HagdConfig, HagdConfigError, load_config
+from infra.hagd.daemon import Daemon, ask
 from infra.hagd.group import Group
 from infra.hagd.pool import PoolMember, plan_pool
+from infra.hagd.pool_keeper import PoolKeeper
 from infra.hagd.protocol import (
     Freshness,
     GroupState,
     Message,
     Rejected,
+    check_source,
     decode,
     encode,
     group_digest,
 )
+from infra.hagd.report import Reporter
 from tests.conftest import DAEMON_OCTET, ROOT, stays, wait_for
 
 KEY = b"a-shared-key-of-the-group-0123456789"
 DT1, DT2 = 1.0, 0.5
+#: the members' clocks may differ by this much (`skew`)
+SKEW = 0.1
 
 
 # --- the state machine, on a simulated network ---------------------------------------------------
@@ -43,7 +53,9 @@ DT1, DT2 = 1.0, 0.5
 @dataclass
 class Net:
     """Providers of groups exchanging heartbeats every `step` seconds of simulated time; a
-    provider that is `down` says and hears nothing; `starts_fail` providers' start scripts fail."""
+    provider that is `down` says and hears nothing (what it sent before is still delivered);
+    `starts_fail` providers' start scripts fail; a provider's heartbeats reach the others
+    `delay` seconds after it sent them (0: in the step they are sent)."""
 
     step: float = 0.1
     now: float = 1000.0
@@ -53,6 +65,9 @@ class Net:
     #: providers whose status script fails (checked on masters at every step)
     status_fails: set[str] = field(default_factory=set)
     running: dict[str, set[str]] = field(default_factory=dict)  # group -> providers serving
+    delay: dict[str, float] = field(default_factory=dict)
+    #: heartbeats in the network: (due, sender, receiver, state, sent)
+    inflight: list[tuple[float, str, str, GroupState, float]] = field(default_factory=list)
 
     def add(
         self, node: str, ranks: dict[str, int], preempt: bool = False, check_failures: int = 1
@@ -67,6 +82,7 @@ class Net:
                 dt2=DT2,
                 started_at=self.now,
                 preempt=preempt,
+                skew=SKEW,
                 check_failures=check_failures,
             )
             for g, r in ranks.items()
@@ -91,16 +107,23 @@ class Net:
                         else:
                             serving.discard(node)
                             g.stopped(True, self.now)
-            for node, groups in self.nodes.items():
-                if node in self.down:
+            for other, theirs in self.nodes.items():
+                if other in self.down:
                     continue
-                for other, theirs in self.nodes.items():
-                    if other == node or other in self.down:
-                        continue
-                    for g in theirs.values():
-                        mine = groups.get(g.name)
-                        if mine is not None:
-                            mine.heard(other, g.state(), self.now)
+                due = self.now + self.delay.get(other, 0.0)
+                for node in self.nodes:
+                    if node != other:
+                        self.inflight += [
+                            (due, other, node, g.state(), self.now) for g in theirs.values()
+                        ]
+            arrived = [m for m in self.inflight if m[0] <= self.now + 1e-9]
+            self.inflight = [m for m in self.inflight if m[0] > self.now + 1e-9]
+            for _, other, node, state, sent in arrived:
+                mine = next(
+                    (g for g in self.nodes[node].values() if g.digest == state.digest), None
+                )
+                if mine is not None and node not in self.down:
+                    mine.heard(other, state, self.now, sent=sent)
 
     def mode(self, node: str, group: str = "g") -> str:
         return self.nodes[node][group].mode
@@ -143,6 +166,41 @@ def test_a_dead_master_is_replaced_by_the_next_rank_after_dt1_and_dt2(net: Net) 
     net.run(DT2 + 0.2)
     assert net.masters() == ["p20"] and net.running["g"] == {"p20"}
     assert "not heard for" in net.nodes["p20"]["g"].events[-2]
+
+
+def test_a_dead_masters_late_heartbeats_do_not_keep_it_alive(net: Net) -> None:
+    """The master's heartbeats take 0.6 s through the network, then it dies: the ones still in
+    flight arrive up to 0.6 s after its death, and must not hold off the failover. It is dead
+    dT1 (+ the tolerated skew) after its last heartbeat was *sent*."""
+    net.run(3)
+    assert net.masters() == ["p30"]
+    net.delay["p30"] = 0.6
+    stays_master = net.now + 2
+    while net.now < stays_master:  # a slow network alone is no failover
+        net.run(net.step)
+        assert net.mode("p20") == "normal" and net.masters() == ["p30"]
+    net.down.add("p30")  # its last heartbeat went out in the step just run
+    net.running["g"].discard("p30")
+    last_sent = net.now
+    net.run(DT1)
+    assert net.inflight == [] and net.mode("p20") == "normal", "dead before dT1"
+    net.run(SKEW + net.step)  # last_sent + dT1 + skew + one step; the last arrival + dT1 is later
+    assert net.mode("p20") == "takeover", (
+        f"p20 still {net.mode('p20')} {net.now - last_sent:.1f} s after p30's last heartbeat "
+        "was sent: liveness counted from the late arrivals"
+    )
+    assert "p30 not heard for 1 s" in net.nodes["p20"]["g"].events[-1]
+    net.run(DT2 + 0.2)
+    assert net.masters() == ["p20"]
+
+
+def test_a_message_stamped_in_the_future_never_extends_a_members_life() -> None:
+    g = Group(name="g", digest="d", me="p20", rank=20, dt1=DT1, dt2=DT2, started_at=0, skew=SKEW)
+    g.heard("p30", GroupState("d", 30, "master"), now=100.0, sent=160.0)  # its clock is ahead
+    assert g.members["p30"].heard_at == 100.0 and "p30" in g.alive(100.0 + DT1)
+    assert "p30" not in g.alive(100.0 + DT1 + 0.01)
+    g.heard("p30", GroupState("d", 30, "master"), now=101.0, sent=100.5)  # 0.5 s on the way
+    assert g.members["p30"].heard_at == 100.5 + SKEW
 
 
 def test_the_higher_rank_back_does_not_preempt_unless_configured(net: Net) -> None:
@@ -251,13 +309,22 @@ def test_one_backup_for_three_groups_takes_over_only_the_failed_one() -> None:
 # --- stateless pools (pure) ---------------------------------------------------------------------
 
 
-def pool_plan(serving: bool = True, current: tuple[str, ...] = (), **members: PoolMember) -> Any:
+ALLOWED = {"p30": "10.0.0.3", "p10": "10.0.0.1"}
+
+
+def pool_plan(
+    serving: bool = True,
+    current: tuple[str, ...] = (),
+    allowed: dict[str, str] = ALLOWED,
+    **members: PoolMember,
+) -> Any:
     return plan_pool(
         me="p20",
         rank=20,
         serving=serving,
         address="10.0.0.2",
         members=members,
+        allowed=allowed,
         now=100.0,
         dt1=DT1,
         current=list(current),
@@ -280,6 +347,84 @@ def test_the_highest_live_rank_keeps_the_pool_and_only_serving_members_are_in_it
     assert plan.add == ["10.0.0.1"] and plan.remove == []
     plan = pool_plan(current=(), p10=p10)
     assert plan.add == ["10.0.0.1", "10.0.0.2"]
+
+
+def test_a_pool_member_advertising_an_address_not_allowed_is_not_published() -> None:
+    p10 = PoolMember(10, True, "10.0.0.1", 99.9)
+    liar10 = PoolMember(10, True, "10.6.6.6", 99.9)
+    plan = pool_plan(current=("10.0.0.2",), p10=liar10)
+    assert plan.keeper and plan.want == ["10.0.0.2"] and not plan.changes
+    assert plan.refused == {
+        "p10": "p10 advertises 10.6.6.6, but the configuration allows 10.0.0.1 for it: "
+        "not published"
+    }
+    # a member the configuration names no address for is not published either
+    plan = pool_plan(current=("10.0.0.2",), p99=PoolMember(5, True, "10.0.0.9", 99.9))
+    assert plan.want == ["10.0.0.2"] and "p99 advertises 10.0.0.9" in plan.refused["p99"]
+    assert "allows no address" in plan.refused["p99"]
+    # already in the name (by hand, or an earlier keeper): the keeper removes it
+    plan = pool_plan(current=("10.0.0.2", "10.6.6.6"), p10=liar10)
+    assert plan.remove == ["10.6.6.6"] and plan.add == []
+    # a higher rank advertising another address does not keep the name: it could publish itself
+    plan = pool_plan(current=("10.0.0.2",), p30=PoolMember(30, True, "10.6.6.6", 99.9), p10=p10)
+    assert plan.keeper and plan.add == ["10.0.0.1"] and list(plan.refused) == ["p30"]
+
+
+def pool_keeper(monkeypatch: pytest.MonkeyPatch, started_at: float = 0.0) -> PoolKeeper:
+    monkeypatch.setenv("K", "a-tsig-key-of-the-test-zone-0123")
+    return PoolKeeper(
+        name="bdii",
+        digest="d",
+        me="p20",
+        rank=20,
+        address="10.0.0.2",
+        allowed={"p10": "10.0.0.1"},
+        dns=Dns.model_validate(POOL_DNS),
+        dt1=DT1,
+        skew=SKEW,
+        check=1.0,
+        reporter=Reporter(None, "p20"),
+        started_at=started_at,
+    )
+
+
+def test_a_pool_member_just_started_listens_for_dt1_before_it_keeps_the_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Before it has heard the pool, a provider would take itself for the keeper and write the
+    name with its own address alone (the others' addresses removed)."""
+    keeper = pool_keeper(monkeypatch, started_at=100.0)
+    spawned: list[str] = []
+
+    def spawn(coro: Any) -> None:
+        spawned.append(coro.__name__)
+        coro.close()
+
+    async def script(action: str, group: str) -> tuple[bool, str]:
+        return True, ""
+
+    for now in (100.0, 100.5, 100.0 + DT1 - 0.01):
+        keeper.step(now, script, spawn)
+        keeper._checking = False  # the status check "ended"
+    assert "_sync" not in spawned and "_status" in spawned, spawned
+    keeper.step(100.0 + DT1, script, spawn)
+    assert spawned[-1] == "_sync", spawned
+
+
+def test_every_pool_member_says_when_a_member_advertises_an_address_not_allowed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    keeper = pool_keeper(monkeypatch)
+    for t in (100.0, 100.5):  # said once, not at every heartbeat
+        keeper.heard("p10", GroupState("d", 10, "master", address="10.6.6.6"), t, sent=t)
+    assert keeper.events == [
+        "p10 advertises 10.6.6.6, but the configuration allows 10.0.0.1 for it: not published "
+        "(pool.bdii.addresses, or its address in peers)"
+    ]
+    assert keeper.status(100.5)["members"]["p10"]["address_allowed"] is False
+    keeper.heard("p10", GroupState("d", 10, "master", address="10.0.0.1"), 101.0, sent=101.0)
+    assert len(keeper.events) == 1
+    assert keeper.status(101.0)["members"]["p10"]["address_allowed"] is True
 
 
 def test_a_pool_name_never_loses_its_last_address() -> None:
@@ -320,61 +465,114 @@ def test_forged_altered_replayed_and_stale_messages_are_refused() -> None:
         decode(data.replace(b'"master"', b'"normal"'), KEY)
     with pytest.raises(Rejected, match="unsigned"):
         decode(b'{"id":"p30"}', KEY)
-    fresh = Freshness(max_age_s=5)
-    fresh.check(decode(data, KEY), time.time())
+    fresh = Freshness(max_age_s=DT1 + SKEW, max_ahead_s=SKEW)
+    now = time.time()
+    fresh.check(decode(data, KEY), now)
     with pytest.raises(Rejected, match="replayed"):
-        fresh.check(decode(data, KEY), time.time())
-    with pytest.raises(Rejected, match="stale"):
-        fresh.check(decode(encode(msg(seq=2, t=time.time() - 60), KEY), KEY), time.time())
+        fresh.check(decode(data, KEY), now)
+    # older than dT1 + skew: it could not make its sender alive (a delayed or replayed backlog)
+    with pytest.raises(Rejected, match=r"^stale message \(sent 1\.20 s ago"):
+        fresh.check(msg(seq=2, t=now - DT1 - SKEW - 0.1), now)
+    with pytest.raises(Rejected, match=r"^message from the future \(0\.20 s ahead"):
+        fresh.check(msg(seq=3, t=now + SKEW + 0.1), now)
+    fresh.check(msg(seq=4, t=now - DT1), now)  # within the bounds
+    fresh.check(msg(seq=5, t=now + SKEW / 2), now)
     # a restarted sender (another boot) starts its sequence again
-    fresh.check(Message("p30", "b2", 1, time.time(), ()), time.time())
+    fresh.check(Message("p30", "b2", 1, now, ()), now)
+
+
+def test_with_peers_a_message_is_taken_only_from_its_members_address() -> None:
+    peers = {"p30": "127.0.3.30", "p20": "127.0.3.20"}
+    check_source(msg(), "127.0.3.30", peers)
+    with pytest.raises(Rejected, match=r"^wrong source address \(p30 is at 127\.0\.3\.30"):
+        check_source(msg(), "127.0.3.20", peers)  # p20's address, claiming to be p30
+    with pytest.raises(Rejected, match=r"^unknown member \('p30' is not in `peers`"):
+        check_source(msg(), "127.0.3.30", {"p20": "127.0.3.20"})
+    check_source(msg(), "192.0.2.1", {})  # broadcast only: no list to check against
+
+
+POOL_DNS = {
+    "server": "127.0.0.1",
+    "zone": "example.org",
+    "alias": "bdii.example.org",
+    "tsig_key_name": "k",
+    "tsig_key": {"env": "K"},
+}
 
 
 def test_config_errors_name_the_field_and_the_fix(tmp_path: Path) -> None:
     f = tmp_path / "hagd.yaml"
+    peers = {"p20": "127.0.0.2"}
     f.write_text(
         yaml.safe_dump(
             {
                 "group": {"g": 30},
                 "script": "relative/script",
                 "key": {"env": "HAGD_KEY"},
-                "peers": ["127.0.0.2"],
+                "peers": peers,
             }
         )
     )
     with pytest.raises(HagdConfigError, match=r"script.*absolute"):
         load_config(f)
-    good = {"group": {"g": 30}, "script": "/bin/true", "key": {"env": "HAGD_KEY"}}
+    good = {"id": "p30", "group": {"g": 30}, "script": "/bin/true", "key": {"env": "HAGD_KEY"}}
+    pool = {"address": "127.0.0.1", "dns": POOL_DNS}
     for bad, needle in (
-        ({"peers": ["127.0.0.2"], "prot": 1}, "prot: Extra inputs"),
-        ({"peers": ["127.0.0.2"], "dt1": 1, "interval": 0.5}, "fewer than 3 heartbeats"),
+        ({"peers": peers, "prot": 1}, "prot: Extra inputs"),
+        ({"peers": peers, "dt1": 1, "interval": 0.5}, "fewer than 3 heartbeats"),
         ({}, "give the peers' addresses"),
-        ({"peers": ["127.0.0.2"], "check": 0.1}, "check: 0.1 s is shorter than the heartbeat"),
+        ({"peers": peers, "check": 0.1}, "check: 0.1 s is shorter than the heartbeat"),
         (
-            {"peers": ["127.0.0.2"], "report": "hooks.env"},
+            {"peers": peers, "report": "hooks.env"},
             "report: hooks.env must be an absolute path",
         ),
         (
-            {
-                "peers": ["127.0.0.2"],
-                "pool": {
-                    "bdii": {
-                        "dns": {
-                            "server": "127.0.0.1",
-                            "zone": "example.org",
-                            "alias": "bdii.example.org",
-                            "tsig_key_name": "k",
-                            "tsig_key": {"env": "K"},
-                        }
-                    }
-                },
-            },
+            {"peers": peers, "pool": {"bdii": {"dns": POOL_DNS}}},
             "pool.bdii: not in `group`; give it a rank there",
+        ),
+        # a list says nothing about which address is whose
+        (
+            {"peers": ["127.0.0.2"]},
+            r"peers: Value error, give each member's id with its address, e.g. "
+            r"\{fts102: 127.0.1.2\}",
+        ),
+        ({"peers": {"p20": "fts102.example.org"}}, "peers.p20: Value error, 'fts102.example.org' "),
+        ({"peers": {"p30": "127.0.0.3"}}, "peers.p30: this provider's own id"),
+        ({"peers": peers, "dt1": 1, "interval": 0.3, "skew": 0.6}, "skew: 0.6 s is more than half"),
+        (
+            {"iface": ["eth1"], "pool": {"g": pool}},
+            r"pool.g.addresses: give the address each member may put in the name \(\{id: address",
+        ),
+        (
+            {"peers": peers, "pool": {"g": {**pool, "addresses": {"p99": "127.0.0.9"}}}},
+            r"pool.g.addresses.p99: not in `peers`, so its heartbeats are dropped; add it",
+        ),
+        (
+            {"peers": peers, "pool": {"g": {**pool, "addresses": {"p30": "127.0.0.9"}}}},
+            r"pool.g.addresses.p30: 127.0.0.9, but this provider serves at 127.0.0.1",
         ),
     ):
         f.write_text(yaml.safe_dump({**good, **bad}))
         with pytest.raises(HagdConfigError, match=needle):
             load_config(f)
+    # the address each other member may put in a pool's name: its `peers` address, unless the
+    # pool says otherwise (a service on another interface than the heartbeats)
+    f.write_text(
+        yaml.safe_dump(
+            {
+                **good,
+                "peers": {"p20": "127.0.0.2", "p10": "127.0.0.1"},
+                "pool": {"g": {**pool, "addresses": {"p10": "10.0.0.1"}}},
+            }
+        )
+    )
+    assert load_config(f).pool_allowed("g") == {"p20": "127.0.0.2", "p10": "10.0.0.1"}
+    f.write_text(
+        yaml.safe_dump(
+            {**good, "iface": ["eth1"], "pool": {"g": {**pool, "addresses": {"p20": "10.0.0.2"}}}}
+        )
+    )
+    assert load_config(f).pool_allowed("g") == {"p20": "10.0.0.2"}
 
 
 # --- real daemons on loopback addresses ----------------------------------------------------------
@@ -390,7 +588,7 @@ def providers(tmp_path: Path) -> Iterator[dict[str, Provider]]:
         [30, 20, 10],
         dt1=DT1,
         dt2=DT2,
-        extra_peers=(peer,),
+        extra_peers={"observer": peer},
         names=["p30", "p20", "p10"],
     )
     try:
@@ -406,6 +604,8 @@ def test_real_daemons_elect_take_over_and_hand_back(providers: dict[str, Provide
         p.start()
     wait_for(lambda: p30.mode() == "master" or None, 15, "p30 to become master")
     assert p30.serves() and not p20.serves() and not p10.serves()
+    # p10 was started last: on a loaded machine it may still be starting (no control socket yet)
+    wait_for(lambda: p10.mode() == "normal" or None, 15, "p10 up and normal")
     st = p10.status()["groups"]["fts"]
     assert st["master"] == "p30" and st["members"]["p30"]["alive"]
     # the group's name never travels: listen as a peer and look at the bytes
@@ -424,8 +624,13 @@ def test_real_daemons_elect_take_over_and_hand_back(providers: dict[str, Provide
         b"k" * 32,
     )
     peer.sendto(forged, (p20.address, 3333))
-    peer.sendto(data, (p20.address, 3333))  # a replay of p30's heartbeat
     peer.close()
+    # a replay of p30's heartbeat, from p30's address (another port): only its sequence number
+    # gives it away
+    replay = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    replay.bind((p30.address, 0))
+    replay.sendto(data, (p20.address, 3333))
+    replay.close()
     time.sleep(0.5)
     counts = p20.status()["counts"]
     assert counts.get("dropped: bad signature") == 1, counts
@@ -444,7 +649,6 @@ def test_real_daemons_elect_take_over_and_hand_back(providers: dict[str, Provide
     p30.start()
     wait_for(lambda: p30.mode() == "normal" or None, 30, "p30 back, normal")
     stays(lambda: p30.mode() == "normal" and p20.serves(), DT1 + 0.5, "p20 stays the master")
-    from infra.hagd.daemon import ask
 
     assert ask(p30.control, "takeover", "fts")["ok"]
     wait_for(lambda: p30.serves() or None, DT2 + 5, "p30 to take the group back")
@@ -464,3 +668,123 @@ def test_real_daemons_elect_take_over_and_hand_back(providers: dict[str, Provide
     p30.stop()
     assert not p30.serves()
     wait_for(lambda: p20.serves() or None, DT1 + DT2 + 5, "p20 to take over again")
+
+
+def test_a_signed_heartbeat_from_another_members_address_is_dropped(
+    providers: dict[str, Provider],
+) -> None:
+    """With `peers`, a heartbeat is taken only from the address listed for the member it names:
+    one correctly signed by the group's key, naming p10 and announcing a takeover, sent from the
+    observer's address (a listed peer, another loopback address), is dropped and counted, and
+    the master does not give up; the same from p10's address is taken (and it does)."""
+    p30 = providers["p30"]
+    for p in providers.values():
+        p.start()
+    wait_for(lambda: p30.mode() == "master" or None, 15, "p30 to become master")
+    digest = group_digest(CLUSTER_KEY.encode(), "fts")
+
+    def takeover_by_p10(seq: int, sender: str = "p10") -> bytes:
+        state = GroupState(digest, 10, "takeover")
+        return encode(
+            Message(sender, "another-boot", seq, time.time(), (state,)), CLUSTER_KEY.encode()
+        )
+
+    def send_from(address: str, data: bytes) -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind((address, 0))
+            s.sendto(data, (p30.address, 3333))
+
+    observer = f"127.{DAEMON_OCTET}.0.250"
+    send_from(observer, takeover_by_p10(1))
+    send_from(observer, takeover_by_p10(1, sender="p99"))
+    wait_for(
+        lambda: p30.status()["counts"].get("dropped: wrong source address") == 1 or None,
+        5,
+        "p30 to count the heartbeat from the wrong address",
+    )
+    assert p30.status()["counts"].get("dropped: unknown member") == 1
+    stays(lambda: p30.mode() == "master", DT2 + 0.5, "p30 stays master")
+    assert not any("takes over" in e for e in p30.status()["groups"]["fts"]["events"])
+    # the very same message from p10's address: taken, and the master gives up
+    send_from(providers["p10"].address, takeover_by_p10(2))
+    wait_for(
+        lambda: (
+            "giveup: p10 takes over: giving up" in p30.status()["groups"]["fts"]["events"] or None
+        ),
+        5,
+        "p30 to hear p10's takeover from p10's address",
+    )
+    assert p30.status()["counts"].get("dropped: wrong source address") == 1
+
+
+def daemon_config(tmp_path: Path, **extra: Any) -> HagdConfig:
+    return HagdConfig.model_validate(
+        {
+            "id": "p30",
+            "address": "127.0.0.1",
+            "peers": {"p20": "127.0.0.2"},
+            "group": {"fts": 30},
+            "script": "/bin/true",
+            "key": {"env": "HAGD_TEST_KEY"},
+            "dt1": DT1,
+            "interval": 0.25,
+            "control": str(tmp_path / "run" / "hagd.sock"),
+            **extra,
+        }
+    )
+
+
+def test_the_daemon_counts_a_members_life_from_when_its_heartbeat_was_sent(
+    tmp_path: Path,
+) -> None:
+    """A heartbeat 0.9 s on its way (dT1 1 s, skew 0.25 s) makes its sender alive as of
+    0.65 s ago, not as of its arrival; one older than dT1 + skew is dropped as stale."""
+    d = Daemon(daemon_config(tmp_path), KEY)
+    line = GroupState(group_digest(KEY, "fts"), 20, "normal")
+    sent = time.time() - 0.9
+    d.datagram_received(encode(Message("p20", "b", 1, sent, (line,)), KEY), ("127.0.0.2", 3333))
+    p20 = d.status()["groups"]["fts"]["members"]["p20"]
+    assert p20["heard_s_ago"] >= 0.9 - d.cfg.skew and p20["alive"], p20
+    late = time.time() - DT1 - d.cfg.skew - 0.2
+    d.datagram_received(encode(Message("p20", "b", 2, late, (line,)), KEY), ("127.0.0.2", 3333))
+    assert d.counts["dropped: stale message"] == 1 and d.counts["accepted"] == 1, d.counts
+    assert d.status()["groups"]["fts"]["members"]["p20"]["heard_s_ago"] >= 0.9 - d.cfg.skew
+
+
+def test_the_control_socket_is_never_open_to_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The socket is created mode 0600 (under a umask around its bind), never looser and then
+    chmod'ed: with the process's umask at 0, its mode right after the bind is 0600."""
+    seen: list[tuple[str, int, int]] = []
+    bind = socket.socket.bind
+
+    def watched(sock: socket.socket, address: Any) -> None:
+        bind(sock, address)
+        if sock.family == socket.AF_UNIX:
+            umask = os.umask(0)
+            os.umask(umask)
+            seen.append((str(address), stat.S_IMODE(os.stat(address).st_mode), umask))
+
+    monkeypatch.setattr(socket.socket, "bind", watched)
+    d = Daemon(daemon_config(tmp_path), KEY)
+    path = tmp_path / "run" / "hagd.sock"
+
+    async def open_and_ask() -> dict[str, Any]:
+        server = await d._control()
+        try:
+            return await asyncio.to_thread(ask, str(path), "status")
+        finally:
+            server.close()
+
+    umask = os.umask(0)
+    try:
+        answer = asyncio.run(open_and_ask())
+        assert os.umask(0) == 0, "the daemon left its umask set"
+    finally:
+        os.umask(umask)
+    assert answer["ok"] and answer["id"] == "p30"
+    assert [(a, oct(m)) for a, m, _ in seen] == [(str(path), "0o600")], seen
+    assert all(u & 0o077 == 0o077 for _, _, u in seen), "bound under a umask open to others"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700

@@ -269,6 +269,31 @@ def test_a_stateless_pool_loses_and_regains_providers_in_dns(
         wait_for(lambda: holds(p30, p20, p10), 20, "p30 back")
         events = p20.status()["groups"]["fts"]["events"]
         assert any("removed" in e and p30.address in e for e in events), events
+        # p10 comes back advertising an address the others' configuration does not allow for
+        # it (its `peers` address): alive and serving, but not published, and the keeper says so
+        elsewhere = f"127.{DAEMON_OCTET}.0.99"
+        p10.stop()
+        cfg = yaml.safe_load(p10.config.read_text())
+        cfg["pool"]["fts"]["address"] = elsewhere
+        p10.config.write_text(yaml.safe_dump(cfg))
+        wait_for(lambda: holds(p30, p20), 20, "p10 removed: stopped")
+        p10.start()
+
+        def p10_serving() -> bool:
+            m = p30.status()["groups"]["fts"]["members"].get("p10", {})
+            return bool(m.get("alive") and m.get("serving"))
+
+        wait_for(p10_serving, 20, "p10 alive and serving again")
+        stays(lambda: holds(p30, p20), 3, f"{elsewhere} kept out of the name")
+        view = p30.status()["groups"]["fts"]
+        assert view["members"]["p10"]["address_allowed"] is False
+        assert view["refused"] == [
+            f"p10 advertises {elsewhere}, but the configuration allows {p10.address} for it: "
+            "not published"
+        ]
+        assert any(
+            f"p10 advertises {elsewhere}" in e for e in p20.status()["groups"]["fts"]["events"]
+        )
     finally:
         for p in ps:
             p.stop()

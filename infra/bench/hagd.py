@@ -131,12 +131,12 @@ def make_cluster(
     *,
     dt1: float,
     dt2: float,
-    extra_peers: tuple[str, ...] = (),
+    extra_peers: dict[str, str] | None = None,
     group: str = "fts",
     names: list[str] | None = None,
 ) -> list[Provider]:
     """Providers of one group on 127.OCTET.x.y (configured, not started); their ids are
-    `names` (default p01, p02, ...)."""
+    `names` (default p01, p02, ...); `extra_peers` (id -> address) are listed as members too."""
     names = names or [f"p{i + 1:02d}" for i in range(len(ranks))]
     where.mkdir(parents=True, exist_ok=True)
     keyfile = where / "key"
@@ -155,7 +155,7 @@ def make_cluster(
             "id": p.name,
             "address": p.address,
             "port": 3333,
-            "peers": [q.address for q in ps if q is not p] + list(extra_peers),
+            "peers": {q.name: q.address for q in ps if q is not p} | (extra_peers or {}),
             "group": {group: p.rank},
             "script": str(script),
             "timeout": 5,

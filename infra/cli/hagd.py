@@ -57,9 +57,10 @@ def cmd_hagd(args: argparse.Namespace) -> int:
                 for mid, m in g["members"].items():
                     state = "alive" if m["alive"] else "dead"
                     serves = "serving" if m["serving"] else "not serving"
+                    refused = "" if m["address_allowed"] else " (not allowed: not published)"
                     out.print(
-                        f"    {mid}: rank {m['rank']}, {serves} at {m['address']}, heard "
-                        f"{m['heard_s_ago']:.1f} s ago ({state})"
+                        f"    {mid}: rank {m['rank']}, {serves} at {m['address']}{refused}, "
+                        f"heard {m['heard_s_ago']:.1f} s ago ({state})"
                     )
                 continue
             out.print(

@@ -4,9 +4,12 @@ Every `interval` it ticks each group's state machine (`infra.hagd.group`), runs 
 actions that come out of it (``SCRIPT start|stop GROUP``, bounded by `timeout`: a script that
 fails or hangs is a failed start, and the group elects another master), and sends one signed
 heartbeat (`infra.hagd.protocol`) to its peers and broadcast addresses. What it receives is
-verified (signature, age, sequence) before any group hears it; what it drops is counted by
-reason. A Unix socket (`control`) answers ``status`` and takes ``takeover``, ``giveup`` and
-``reset`` for a group (`handover hagd ...`). On SIGTERM it stops the services it runs (a daemon
+verified (signature; with `peers`, the source address listed for the member it names; age
+against dT1 + skew; sequence) before any group hears it, and a member's liveness counts from the
+time its message was sent, not its arrival; what it drops is counted by reason. A Unix socket
+(`control`, created mode 0600 under a umask: never open to others, not even for a moment)
+answers ``status`` and takes ``takeover``, ``giveup`` and ``reset`` for a group
+(`handover hagd ...`). On SIGTERM it stops the services it runs (a daemon
 that is shut down is a provider going offline); a daemon that is killed leaves them running.
 
 At start it runs ``SCRIPT stop GROUP`` for every group: a provider is not the master of anything
@@ -36,7 +39,15 @@ from typing import Any
 from infra.hagd.config import HagdConfig
 from infra.hagd.group import Group
 from infra.hagd.pool_keeper import PoolKeeper
-from infra.hagd.protocol import Freshness, Message, Rejected, decode, encode, group_digest
+from infra.hagd.protocol import (
+    Freshness,
+    Message,
+    Rejected,
+    check_source,
+    decode,
+    encode,
+    group_digest,
+)
 from infra.hagd.report import Reporter
 
 log = logging.getLogger("handover.hagd")
@@ -81,6 +92,7 @@ class Daemon(asyncio.DatagramProtocol):
                 dt2=cfg.dt2,
                 started_at=now,
                 preempt=cfg.preempt,
+                skew=cfg.skew,
                 check_failures=cfg.check_failures,
             )
             for name, rank in cfg.group.items()
@@ -94,18 +106,22 @@ class Daemon(asyncio.DatagramProtocol):
                 me=cfg.id,
                 rank=cfg.group[name],
                 address=cfg.pool_address(name),
+                allowed=cfg.pool_allowed(name),
                 dns=p.dns,
                 dt1=cfg.dt1,
+                skew=cfg.skew,
                 check=cfg.check,
                 reporter=self.reporter,
+                started_at=now,
             )
             for name, p in cfg.pool.items()
         }
         self.pool_by_digest = {p.digest: p for p in self.pools.values()}
-        self.fresh = Freshness(max_age_s=max(30.0, 2 * cfg.dt1))
+        # a message older than dT1 + skew could not make its sender alive: it is stale
+        self.fresh = Freshness(max_age_s=cfg.dt1 + cfg.skew, max_ahead_s=cfg.skew)
         self.counts: Counter[str] = Counter()
         self.transport: asyncio.DatagramTransport | None = None
-        self.targets = [(p, cfg.port) for p in cfg.peers] + [
+        self.targets = [(p, cfg.port) for p in cfg.peers.values()] + [
             (b, cfg.port) for b in broadcast_addresses(cfg.iface)
         ]
         self.stopping = asyncio.Event()
@@ -128,6 +144,8 @@ class Daemon(asyncio.DatagramProtocol):
             msg = decode(data, self.key)
             if msg.sender == self.cfg.id:
                 return  # our own broadcast
+            # before the sequence check: a datagram from the wrong address never advances it
+            check_source(msg, addr[0], self.cfg.peers)
             self.fresh.check(msg, now)
         except Rejected as exc:
             reason = str(exc).split(" (", 1)[0].split(":", 1)[0]
@@ -138,10 +156,10 @@ class Daemon(asyncio.DatagramProtocol):
         for st in msg.groups:
             g = self.by_digest.get(st.digest)
             if g is not None:
-                g.heard(msg.sender, st, now)
+                g.heard(msg.sender, st, now, sent=msg.time)
             p = self.pool_by_digest.get(st.digest)
             if p is not None:
-                p.heard(msg.sender, st, now)
+                p.heard(msg.sender, st, now, sent=msg.time)
 
     def send(self) -> None:
         if self.transport is None:
@@ -339,13 +357,27 @@ class Daemon(asyncio.DatagramProtocol):
     # --- control -------------------------------------------------------------------------------
 
     async def _control(self) -> asyncio.AbstractServer:
+        """The control socket, created mode 0600 (0700 for a directory it makes).
+
+        The umask is set around the bind, not a chmod after it: between a bind and a chmod
+        another local user could connect to a socket created with the usual umask and keep
+        that connection. The umask is the process's: this runs at start, before any thread.
+        """
         path = self.cfg.control
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-        server = await asyncio.start_unix_server(self._serve, path=str(path))
-        os.chmod(path, 0o600)
-        return server
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o077)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            os.umask(0o177)
+            sock.bind(str(path))
+        except OSError:
+            sock.close()
+            raise
+        finally:
+            os.umask(old)
+        return await asyncio.start_unix_server(self._serve, sock=sock)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

@@ -9,7 +9,9 @@ this provider no longer stands until it is reset; so does a master whose status 
 
 Rules, applied by `tick` and `heard`:
 
-* a member not heard for `dT1` is dead;
+* a member not heard for `dT1` is dead, counting from the time its last message says it was
+  sent (plus the tolerated clock `skew`, never later than its arrival: `protocol.heard_at`), so
+  heartbeats delivered late do not keep a dead member alive;
 * with no live master (or member taking over) in the group, the highest rank among the live
   members that stand (not failed, not yielding), this provider included, is elected; ties go to
   the greater id; the elected one takes over;
@@ -30,7 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from infra.hagd.protocol import GroupState, Mode
+from infra.hagd.protocol import GroupState, Mode, heard_at
 
 Action = Literal["start", "stop"]
 
@@ -42,6 +44,7 @@ class Member:
     rank: int
     mode: Mode
     yields: bool
+    #: when it was last known alive: its last message's send time + skew, at most its arrival
     heard_at: float
 
 
@@ -57,6 +60,8 @@ class Group:
     dt2: float
     started_at: float
     preempt: bool = False
+    #: how far apart the members' clocks may be (`infra.hagd.protocol`, **Time**)
+    skew: float = 0.0
     mode: Mode = "initial"
     since: float = 0.0
     yields: bool = False
@@ -82,11 +87,12 @@ class Group:
 
     # --- what others say -----------------------------------------------------------------------
 
-    def heard(self, sender: str, state: GroupState, now: float) -> None:
-        """A member's heartbeat for this group."""
+    def heard(self, sender: str, state: GroupState, now: float, *, sent: float) -> None:
+        """A member's heartbeat for this group, arrived at `now`, sent at `sent` (its time)."""
         if sender == self.me:
             return
-        self.members[sender] = Member(state.rank, state.mode, state.yields, now)
+        at = heard_at(sent, now, self.skew)
+        self.members[sender] = Member(state.rank, state.mode, state.yields, at)
         if state.mode == "master":
             self.master = sender
             if self.yields:

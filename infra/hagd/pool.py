@@ -12,10 +12,16 @@ prerequisite is the set it read), so two keepers (a partition) never undo each o
 The name never loses its last address: when no member serves, the records are left as they are
 (a name that resolves to nothing is worse for clients than one dead address) and the plan says
 so.
+
+A member's advertised address is put in the name only if the configuration allows it for that
+member (`allowed`: `pool.GROUP.addresses`, else its address in `peers`). A member advertising
+another address is not published and does not keep the name either (it could publish itself);
+the plan lists it in `refused`, with the address it advertises and the one allowed.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 
@@ -44,6 +50,8 @@ class PoolPlan:
     remove: list[str] = field(default_factory=list)
     #: why nothing changes although something should (e.g. no member serves)
     note: str = ""
+    #: live members not published, each with why: the address it advertises is not allowed
+    refused: dict[str, str] = field(default_factory=dict)
 
     @property
     def changes(self) -> bool:
@@ -58,6 +66,7 @@ def plan_pool(
     serving: bool,
     address: str,
     members: dict[str, PoolMember],
+    allowed: Mapping[str, str],
     now: float,
     dt1: float,
     current: list[str],
@@ -67,16 +76,24 @@ def plan_pool(
     Args:
         me: this provider's id; rank, serving, address: its own line.
         members: the other providers as last heard.
+        allowed: the one address each other member may advertise (a member not in it: none).
         now: the time; a member heard more than `dt1` ago is dead.
         current: the name's A records as the primary answers them now.
     """
     live = {k: m for k, m in members.items() if now - m.heard_at <= dt1}
-    keeper = max([(rank, me)] + [(m.rank, k) for k, m in live.items()])[1]
+    refused = {
+        k: f"{k} advertises {m.address}, but the configuration allows "
+        f"{allowed[k] if k in allowed else 'no address'} for it: not published"
+        for k, m in sorted(live.items())
+        if allowed.get(k) != m.address
+    }
+    vouched = {k: m for k, m in live.items() if allowed.get(k) == m.address}
+    keeper = max([(rank, me)] + [(m.rank, k) for k, m in vouched.items()])[1]
     want = sorted(
-        {m.address for m in live.values() if m.serving} | ({address} if serving else set())
+        {m.address for m in vouched.values() if m.serving} | ({address} if serving else set())
     )
     if keeper != me:
-        return PoolPlan(keeper=False, keeper_id=keeper, want=want)
+        return PoolPlan(keeper=False, keeper_id=keeper, want=want, refused=refused)
     if not want:
         return PoolPlan(
             keeper=True,
@@ -84,6 +101,7 @@ def plan_pool(
             want=want,
             note="no member serves: the records are kept as they are "
             f"({', '.join(current) or 'none'})",
+            refused=refused,
         )
     have = set(current)
     return PoolPlan(
@@ -92,4 +110,5 @@ def plan_pool(
         want=want,
         add=sorted(set(want) - have),
         remove=sorted(have - set(want)),
+        refused=refused,
     )

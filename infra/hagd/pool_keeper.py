@@ -1,13 +1,17 @@
 """One stateless pool group in the daemon: status checks, members heard, and the name's records.
 
-The daemon hands it the heartbeats of its group and calls `step` on every tick. It runs
+The daemon hands it the heartbeats of its group and calls `step` on every tick. For dT1 after
+it starts it only listens (and checks its status): a provider that has not heard the pool yet
+would take itself for the keeper and write the name with its own address alone. It runs
 ``SCRIPT status GROUP`` every `check` seconds (a status that fails or hangs: not serving), says
 in the heartbeat whether this provider serves and where, and, when the plan (`infra.hagd.pool`)
 makes it the keeper, reads the name on the zone's primary and changes its A records with one
 compare-and-set update (`tasks.adapters.dns.replace_addresses`). It reads again at once when a
 member is lost, comes back, or starts or stops serving, and every `SYNC_S` seconds otherwise
 (somebody may have changed the records by hand). DNS work runs in a thread: a slow server never
-delays a heartbeat.
+delays a heartbeat. A member that advertises an address the configuration does not allow for it
+(`allowed`) is not published: every member says so in its events and log when it hears it, and
+the keeper reports it.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import Any
 
 from config.site import Dns
 from infra.hagd.pool import PoolMember, PoolPlan, plan_pool
-from infra.hagd.protocol import GroupState
+from infra.hagd.protocol import GroupState, heard_at
 from infra.hagd.report import Reporter
 
 log = logging.getLogger("handover.hagd")
@@ -41,18 +45,25 @@ class PoolKeeper:
         me: str,
         rank: int,
         address: str,
+        allowed: dict[str, str],
         dns: Dns,
         dt1: float,
+        skew: float,
         check: float,
         reporter: Reporter,
+        started_at: float,
     ) -> None:
         self.name = name
         self.digest = digest
         self.me = me
         self.rank = rank
         self.address = address
+        #: the one address each other member may advertise (`HagdConfig.pool_allowed`)
+        self.allowed = allowed
         self.dns = dns
         self.dt1 = dt1
+        self.skew = skew
+        self.started_at = started_at
         self.check = check
         self.reporter = reporter
         self.key = dns.tsig_key.resolve().get_secret_value()
@@ -71,11 +82,23 @@ class PoolKeeper:
 
     # --- heartbeats ----------------------------------------------------------------------------
 
-    def heard(self, sender: str, state: GroupState, now: float) -> None:
-        """A member's heartbeat line for this pool."""
-        if sender != self.me:
-            self.members[sender] = PoolMember(
-                state.rank, state.mode == "master", state.address, now
+    def heard(self, sender: str, state: GroupState, now: float, *, sent: float) -> None:
+        """A member's heartbeat line for this pool, arrived at `now`, sent at `sent`."""
+        if sender == self.me:
+            return
+        before = self.members.get(sender)
+        self.members[sender] = PoolMember(
+            state.rank, state.mode == "master", state.address, heard_at(sent, now, self.skew)
+        )
+        if before is not None and before.address == state.address:
+            return
+        self._next_sync = 0.0  # what the name should hold may have changed
+        if self.allowed.get(sender) != state.address:
+            allowed = self.allowed.get(sender) or "no address"
+            self._event(
+                f"{sender} advertises {state.address or 'no address'}, but the configuration "
+                f"allows {allowed} for it: not published (pool.{self.name}.addresses, or its "
+                "address in peers)"
             )
 
     def state(self) -> GroupState:
@@ -104,7 +127,8 @@ class PoolKeeper:
         if not self._checking and now >= self._next_check:
             self._checking = True
             spawn(self._status(script))
-        if not self._syncing and (changed or now >= self._next_sync):
+        listening = now - self.started_at < self.dt1
+        if not self._syncing and not listening and (changed or now >= self._next_sync):
             self._syncing = True
             spawn(self._sync())
 
@@ -143,12 +167,18 @@ class PoolKeeper:
             serving=self.serving,
             address=self.address,
             members=dict(self.members),
+            allowed=self.allowed,
             now=time.time(),
             dt1=self.dt1,
             current=self.records,
         )
         if plan.note and (self.plan is None or self.plan.note != plan.note):
             self._event(plan.note)
+        if plan.keeper:
+            said = self.plan.refused if self.plan and self.plan.keeper else {}
+            for member, why in plan.refused.items():
+                if said.get(member) != why:
+                    self.reporter.report(self.name, member, "pool", why)
         self.plan = plan
         if not plan.changes:
             return
@@ -188,12 +218,14 @@ class PoolKeeper:
             "name": self.dns.alias,
             "records": self.records,
             "keeper": self.plan.keeper_id if self.plan else None,
+            "refused": list(self.plan.refused.values()) if self.plan else [],
             "error": self.error,
             "members": {
                 k: {
                     "rank": m.rank,
                     "serving": m.serving,
                     "address": m.address,
+                    "address_allowed": self.allowed.get(k) == m.address,
                     "heard_s_ago": round(now - m.heard_at, 3),
                     "alive": now - m.heard_at <= self.dt1,
                 }

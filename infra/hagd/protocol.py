@@ -5,9 +5,24 @@ a sequence number and the time, and for each of its groups a keyed digest of the
 (HMAC-SHA256 of the name under the shared key: names never appear in clear), its rank and its
 mode (and in a stateless pool, the address the provider serves on); then ``sig``, the
 HMAC-SHA256 of everything before it under the shared key (the key never appears). A receiver
-drops a message that is malformed, signed with another key, older than `max_age_s` or from the
-future, or whose (sender, boot) sequence number is not newer than the last one accepted: a
-replayed or reordered message is ignored.
+drops a message that is malformed, signed with another key, or (with `peers` configured) not sent
+from the address listed for the member it names (`check_source`); then one that is older than
+dT1 + skew or more than skew ahead of the receiver's clock, or whose (sender, boot) sequence
+number is not newer than the last one accepted: a replayed or reordered message is ignored
+(`Freshness`).
+
+**Time.** A member is alive while its last message is less than dT1 old by the time the message
+*says* it was sent, not by the time it arrived: heartbeats that a delayed network or a replayed
+backlog delivers late do not keep a dead member alive. The members' clocks may differ by up to
+`skew` seconds (keep them in step with NTP): a message counts as sent at its time plus `skew`,
+but never later than its arrival (`heard_at`). So a member whose clock runs behind (by up to
+`skew`) is not taken for dead early, one whose clock runs ahead is never alive longer than its
+last arrival + dT1, and
+a dead member is declared dead between dT1 and dT1 + skew after its last heartbeat was sent
+(dT1 + 2 skew when its clock was ahead by the full skew). A message older than dT1 + skew could
+not make its sender alive at all; it is dropped as stale, and one more than `skew` ahead as from
+the future: both are counted, and a member whose clock is off by more than `skew` is heard by
+nobody (its drops in `handover hagd status` say so).
 """
 
 from __future__ import annotations
@@ -15,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -128,17 +144,64 @@ def _mode(m: object) -> Mode:
     return m
 
 
+def heard_at(sent: float, now: float, skew: float) -> float:
+    """When a member counts as last heard, for its liveness (module docstring, **Time**).
+
+    Args:
+        sent: the time its message says it was sent (the sender's clock).
+        now: the message's arrival (this provider's clock).
+        skew: how far apart the members' clocks may be.
+
+    Example:
+        >>> heard_at(100.0, 100.8, 0.25)  # 0.8 s in the network: heard as of 100.25
+        100.25
+        >>> heard_at(100.0, 100.1, 0.25)  # never later than its arrival
+        100.1
+    """
+    return min(sent + skew, now)
+
+
+def check_source(msg: Message, source: str, peers: Mapping[str, str]) -> None:
+    """With `peers` (member id -> address) configured, accept a message only from the address
+    listed for the member it names; without them (broadcast only) nothing is checked.
+
+    Raises:
+        Rejected: the member is not listed, or the datagram came from another address.
+    """
+    if not peers:
+        return
+    want = peers.get(msg.sender)
+    if want is None:
+        raise Rejected(f"unknown member ({msg.sender!r} is not in `peers`; sent from {source})")
+    if source != want:
+        raise Rejected(
+            f"wrong source address ({msg.sender} is at {want} in `peers`, this came from "
+            f"{source}: another host holding the key, or a forged source)"
+        )
+
+
 @dataclass
 class Freshness:
-    """Drops replayed, reordered and stale messages (per sender and boot)."""
+    """Drops stale, future, replayed and reordered messages (sequence numbers per sender and
+    boot). `max_age_s` is dT1 + skew and `max_ahead_s` the skew (module docstring, **Time**)."""
 
     max_age_s: float
+    max_ahead_s: float
     last: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def check(self, msg: Message, now: float) -> None:
         """Accept the message (and remember its sequence number) or raise `Rejected`."""
-        if abs(now - msg.time) > self.max_age_s:
-            raise Rejected(f"stale or future message ({now - msg.time:+.1f} s)")
+        age = now - msg.time
+        if age > self.max_age_s:
+            raise Rejected(
+                f"stale message (sent {age:.2f} s ago, more than dT1 + skew = "
+                f"{self.max_age_s:g} s: delayed, replayed, or the sender's clock is behind)"
+            )
+        if -age > self.max_ahead_s:
+            raise Rejected(
+                f"message from the future ({-age:.2f} s ahead of this clock, more than skew = "
+                f"{self.max_ahead_s:g} s: keep the members' clocks in step, or raise `skew`)"
+            )
         key = (msg.sender, msg.boot)
         if msg.seq <= self.last.get(key, -1):
             raise Rejected(f"replayed message (seq {msg.seq})")

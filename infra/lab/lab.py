@@ -482,7 +482,7 @@ class Lab:
             "id": h.name,
             "address": h.address,
             "port": cfg.port,
-            "peers": [site.host(o).address for o in fronts if o != h.name],
+            "peers": {o: site.host(o).address for o in fronts if o != h.name},
             "group": {hagd_group(site): 10 * (len(fronts) - fronts.index(h.name))},
             "script": str(self.paths.bin_dir / "fts-frontend-ha"),
             "timeout": cfg.timeout_s,
