@@ -22,20 +22,35 @@ A background thread reads the sensors (`tasks.sensors.read_sensors`, bounded in 
 * with `runs` (the Prefect API of the process): ``handover_runs`` (the procedures' runs of the
   last 24 hours by procedure and state) and ``handover_approvals_waiting`` (runs paused for a
   decision, by procedure) (`tasks.run_counts`).
+
+Access: the exporter binds 127.0.0.1 unless told otherwise. With a token file
+(`read_token`), every request must carry ``Authorization: Bearer <token>`` (Prometheus'
+``authorization: {type: Bearer, credentials_file: ...}``) and any other gets 401; without one it
+serves loopback only (`exporter_token` refuses another address).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import ipaddress
 import logging
+import os
+import pwd
+import re
+import shlex
+import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from config.site import Site
+from config.site import SecretError, SecretRef, Site
 from tasks.run_counts import RunCounts
 from tasks.sensors import SensorReading
 
@@ -246,18 +261,223 @@ class SensorCollector(Collector):
             yield from run_families(self.site, self.run_counts)
 
 
+#: the shortest token the exporter accepts (as the gateway's secrets)
+MIN_TOKEN_CHARS = 16
+#: what a token may hold: printable ASCII without spaces (it travels in an HTTP header)
+TOKEN_RE = re.compile(r"[\x21-\x7e]+")
+#: the client addresses whose first refusal was logged (bounded: a scan must not grow it)
+MAX_LOGGED_PEERS = 256
+
+StartResponse = Callable[..., Any]
+WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+
+
+class ExporterError(RuntimeError):
+    """The exporter cannot start as asked; the message says what to fix."""
+
+
+def is_loopback(address: str) -> bool:
+    """Whether `address` (an IP address or a name) means loopback only: every address it
+    resolves to is in 127.0.0.0/8 or ``::1``. ``0.0.0.0``, ``::`` and ``""`` (every interface)
+    are not."""
+    if not address.strip():
+        return False
+    try:
+        infos = socket.getaddrinfo(address, None, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError):
+        return False
+    return bool(infos) and all(
+        ipaddress.ip_address(str(info[4][0]).split("%")[0]).is_loopback for info in infos
+    )
+
+
+def _user(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def token_file_problem(path: Path) -> str | None:
+    """What makes `path` unfit to hold the exporter's token, with the command that fixes it
+    (None when it is fit): it must belong to the user the exporter runs as, and neither its
+    group nor others may read or write it.
+
+    Raises:
+        OSError: the file cannot be examined (missing, a directory on the way unreadable).
+    """
+    st = path.stat()
+    me = os.geteuid()
+    quoted = shlex.quote(str(path))
+    if st.st_uid != me:
+        return (
+            f"{path} belongs to {_user(st.st_uid)}, not to {_user(me)}, the user the exporter "
+            f"runs as: run `chown {_user(me)} {quoted}` (or run the exporter as "
+            f"{_user(st.st_uid)})"
+        )
+    if st.st_mode & 0o077:
+        return (
+            f"{path} has mode {st.st_mode & 0o777:04o}: its group or others may read or "
+            f"replace the token; run `chmod 600 {quoted}`"
+        )
+    return None
+
+
+def read_token(path: Path) -> str:
+    """The exporter's bearer token from `path`, after checking the file (`token_file_problem`).
+
+    The file holds the token alone (surrounding whitespace is ignored, as Prometheus ignores it
+    in ``credentials_file``).
+
+    Raises:
+        ExporterError: the file is missing, unfit, or its token empty, short or not printable
+            ASCII; says the fix.
+    """
+    path = path.absolute()
+    try:
+        problem = token_file_problem(path)
+    except OSError as exc:
+        raise ExporterError(
+            f"--token-file {path}: cannot be read ({exc.strerror}); check the path"
+        ) from None
+    if problem:
+        raise ExporterError(f"--token-file {problem}")
+    try:
+        token = SecretRef(file=path).resolve().get_secret_value()
+    except SecretError as exc:
+        raise ExporterError(f"--token-file: {exc}") from None
+    fix = (
+        f"put a random token of at least {MIN_TOKEN_CHARS} characters in it, e.g. "
+        f"`openssl rand -hex 32 > {shlex.quote(str(path))}`, and the same in Prometheus' "
+        "credentials_file"
+    )
+    if len(token) < MIN_TOKEN_CHARS:
+        raise ExporterError(
+            f"--token-file {path}: the token is {'empty' if not token else 'too short'}: {fix}"
+        )
+    if not TOKEN_RE.fullmatch(token):
+        raise ExporterError(
+            f"--token-file {path}: the token holds spaces or characters outside printable "
+            f"ASCII, which an HTTP header cannot carry: {fix}"
+        )
+    return token
+
+
+def exporter_token(address: str, token_file: Path | None) -> str | None:
+    """The token the exporter requires (None: it serves without one, on loopback only).
+
+    Raises:
+        ExporterError: the token file is unfit (`read_token`), or `address` is not loopback and
+            there is no token file.
+    """
+    if token_file is not None:
+        return read_token(token_file)
+    if not is_loopback(address):
+        raise ExporterError(
+            f"--address {address or '(every interface)'} is not a loopback address and there is "
+            "no --token-file: anyone who reaches the port would read the site's metrics. Give "
+            f"--token-file FILE (a random token of at least {MIN_TOKEN_CHARS} characters, mode "
+            "0600; Prometheus sends the same with `authorization: {type: Bearer, "
+            "credentials_file: FILE}`), or bind 127.0.0.1 (the default)"
+        )
+    return None
+
+
+def require_bearer(app: WsgiApp, token: str) -> WsgiApp:
+    """`app` behind a bearer token: a request without ``Authorization: Bearer <token>`` gets
+    401 and never reaches `app`. The comparison takes the same time whatever the token sent."""
+    expected = hashlib.sha256(token.encode()).digest()
+    logged: set[str] = set()
+
+    def guarded(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        scheme, _, given = str(environ.get("HTTP_AUTHORIZATION", "")).partition(" ")
+        # WSGI hands headers over as latin-1 strings: this encoding never fails
+        digest = hashlib.sha256(given.strip().encode("latin-1")).digest()
+        if hmac.compare_digest(digest, expected) and scheme.lower() == "bearer":
+            return app(environ, start_response)
+        peer = str(environ.get("REMOTE_ADDR", "?"))
+        if peer not in logged and len(logged) < MAX_LOGGED_PEERS:
+            logged.add(peer)
+            log.warning(
+                "refused a request from %s: %s (its Prometheus needs `authorization: {type: "
+                "Bearer, credentials_file: FILE}` with the exporter's token; later refusals "
+                "from there are not logged)",
+                peer,
+                "a wrong token" if given else "no bearer token",
+            )
+        start_response(
+            "401 Unauthorized",
+            [
+                ("Content-Type", "text/plain; charset=utf-8"),
+                ("WWW-Authenticate", 'Bearer realm="handover exporter"'),
+            ],
+        )
+        return [b"401 Unauthorized: send the exporter's token (Authorization: Bearer ...)\n"]
+
+    return guarded
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """No access log: Prometheus scrapes every few seconds."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Log nothing."""
+
+
+def start_server(app: WsgiApp, address: str, port: int) -> tuple[WSGIServer, threading.Thread]:
+    """Serve `app` on `address`:`port` (IPv4 or IPv6) in a daemon thread.
+
+    Raises:
+        OSError: the address does not resolve or the port cannot be bound.
+    """
+    from prometheus_client.exposition import ThreadingWSGIServer
+
+    family, _, _, _, sockaddr = socket.getaddrinfo(
+        address or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+
+    class Server(ThreadingWSGIServer):
+        address_family = family
+
+    httpd = make_server(str(sockaddr[0]), port, app, Server, handler_class=_QuietHandler)
+    thread = threading.Thread(target=httpd.serve_forever, name="exporter-http", daemon=True)
+    thread.start()
+    return httpd, thread
+
+
 def serve_exporter(
-    site: Site, address: str, port: int, interval_s: float, timeout_s: float, runs: bool = False
+    site: Site,
+    address: str,
+    port: int,
+    interval_s: float,
+    timeout_s: float,
+    runs: bool = False,
+    token: str | None = None,
 ) -> None:
-    """Serve ``/metrics`` until interrupted."""
-    from prometheus_client import start_http_server
+    """Serve ``/metrics`` until interrupted; with `token`, to requests that carry it only
+    (`require_bearer`). Check the address and token with `exporter_token` first."""
+    from prometheus_client import make_wsgi_app
     from prometheus_client.registry import CollectorRegistry
 
     registry = CollectorRegistry()
     collector = SensorCollector(site, interval_s, timeout_s, runs).start()
     registry.register(collector)
-    server, thread = start_http_server(port, addr=address, registry=registry)
-    log.warning("handover exporter: http://%s:%d/metrics (every %g s)", address, port, interval_s)
+    app: WsgiApp = make_wsgi_app(registry)
+    if token is not None:
+        app = require_bearer(app, token)
+    else:
+        log.warning(
+            "no --token-file: /metrics on %s answers anyone on this machine without a token",
+            address,
+        )
+    server, thread = start_server(app, address, port)
+    log.warning(
+        "handover exporter: http://%s:%d/metrics (every %g s; %s)",
+        address,
+        port,
+        interval_s,
+        "bearer token required" if token is not None else "no token",
+    )
     try:
         while thread.is_alive():
             thread.join(1.0)

@@ -1,5 +1,6 @@
 """The monitoring side shipped in infra/monitoring/: Prometheus' rules checked and unit-tested by
-`promtool`, Alertmanager's configuration checked by `amtool`, and both tied to the product: every
+`promtool`, its configuration (the exporter's bearer token from a file) checked by `promtool`,
+Alertmanager's configuration checked by `amtool`, and both tied to the product: every
 metric a rule uses is one the exporter publishes, and every alert routed to the gateway becomes
 the alert kind its rule says."""
 
@@ -10,6 +11,7 @@ import json
 import re
 import shutil
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -57,6 +59,28 @@ def test_amtool_checks_the_alertmanager_configuration() -> None:
     ]
     [hook] = next(r for r in cfg["receivers"] if r["name"] == "handover")["webhook_configs"]
     assert hook["url"].endswith("/alerts/alertmanager") and hook["send_resolved"] is True
+
+
+def test_promtool_checks_the_prometheus_configuration_and_its_bearer_token(
+    tmp_path: Path,
+) -> None:
+    """The shipped scrape job sends the exporter's token from a file; promtool checks the
+    configuration with its rules (and that the token file exists: here a copy points at one)."""
+    res = tool("promtool", "check", "config", "--syntax-only", "prometheus.yml")
+    assert res.returncode == 0 and "SUCCESS" in res.stdout, res.stdout + res.stderr
+    cfg = yaml.safe_load((MON / "prometheus.yml").read_text())
+    [job] = cfg["scrape_configs"]
+    assert job["job_name"] == "handover"
+    assert job["authorization"]["type"] == "Bearer"
+    assert Path(job["authorization"]["credentials_file"]).is_absolute()
+    assert cfg["rule_files"] == ["handover-rules.yml"]
+    token = tmp_path / "exporter.token"
+    token.write_text("a-token-for-promtool-0123456789\n")
+    job["authorization"]["credentials_file"] = str(token)
+    cfg["rule_files"] = [str(MON / "handover-rules.yml")]
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(cfg))
+    res = tool("promtool", "check", "config", str(tmp_path / "prometheus.yml"))
+    assert res.returncode == 0 and "SUCCESS: 6 rules found" in res.stdout, res.stdout + res.stderr
 
 
 def test_every_metric_the_rules_use_is_one_the_exporter_publishes() -> None:

@@ -2,15 +2,27 @@
 exporter sees it, Debian's Prometheus fires the shipped rule, Debian's Alertmanager sends it to
 the gateway, and exactly one emergency move runs and moves the host's agents, with nothing typed;
 the host was also the front end's master, so the switch moves the alias away from it.
+
+On the same lab: the lab's Prometheus scrapes the exporter with its bearer token from a
+``credentials_file`` (the shipped configuration), and a Prometheus without the token, or with a
+wrong one, sees the target down with 401.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
+import shutil
+import subprocess
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from tests.alert_stack import (
     AM_TOKEN,
@@ -22,6 +34,7 @@ from tests.alert_stack import (
     switch_runs,
 )
 from tests.conftest import (
+    ROOT,
     RunningLab,
     forget_automatic_switches,
     require,
@@ -46,6 +59,118 @@ def stack(
     lab: RunningLab, prefect_api: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
     yield from stack_fixture(lab, prefect_api, tmp_path_factory)
+
+
+def api(port: int, path: str, **params: str) -> Any:
+    """The `data` of a Prometheus HTTP API answer (``/api/v1/...``) on 127.0.0.1:`port`."""
+    url = f"http://127.0.0.1:{port}/api/v1/{path}?{urllib.parse.urlencode(params)}"
+    with urllib.request.urlopen(url, timeout=10) as r:
+        answer = json.load(r)
+    assert answer["status"] == "success", answer
+    return answer["data"]
+
+
+def up(port: int, job: str) -> list[str]:
+    """The values of ``up{job=JOB}`` in the Prometheus on `port` (one per target)."""
+    result = api(port, "query", query=f'up{{job="{job}"}}')["result"]
+    return [r["value"][1] for r in result]
+
+
+def exporter_status(port: int, authorization: str | None) -> int:
+    """The HTTP status of a GET of the lab's exporter's /metrics."""
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics")
+    if authorization is not None:
+        req.add_header("Authorization", authorization)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_the_labs_prometheus_scrapes_the_exporter_with_its_token(lab: RunningLab) -> None:
+    mon = lab.lab.record()["monitoring"]
+    exporter, prometheus = int(mon["ports"]["exporter"]), int(mon["ports"]["prometheus"])
+    assert exporter_status(exporter, None) == 401
+    token_file = Path(mon["exporter_token_file"])
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    token = token_file.read_text().strip()
+    assert exporter_status(exporter, f"Bearer {token[:-1]}x") == 401
+    assert exporter_status(exporter, f"Bearer {token}") == 200
+    # Prometheus reads the same file (`authorization.credentials_file`): the target is up
+    assert wait_for(lambda: up(prometheus, "handover") == ["1"], 30, "up == 1 in Prometheus")
+    # and stores what the exporter read
+    wanted = {h.name for h in lab.site.hosts}
+
+    def hosts() -> set[str]:
+        result = api(prometheus, "query", query='handover_host_up{job="handover"}')["result"]
+        return {r["metric"]["host"] for r in result}
+
+    wait_for(lambda: hosts() == wanted, 30, "handover_host_up of every host in Prometheus")
+
+
+def test_a_prometheus_without_the_token_sees_the_exporter_down(
+    lab: RunningLab, tmp_path: Path
+) -> None:
+    """Debian's Prometheus with the shipped scrape job, once without `authorization` and once
+    with a wrong token: both targets are down, with the exporter's 401."""
+    from infra.ports import free_port
+
+    prometheus = shutil.which("prometheus")
+    require(prometheus is not None, "prometheus (Debian package prometheus)")
+    assert prometheus is not None
+    mon = lab.lab.record()["monitoring"]
+    target = f"127.0.0.1:{mon['ports']['exporter']}"
+    wrong = tmp_path / "wrong.token"
+    wrong.write_text("not-the-exporters-token-0123456789\n")
+    wrong.chmod(0o600)
+    shipped_file = ROOT / "infra" / "monitoring" / "prometheus.yml"
+    [shipped] = yaml.safe_load(shipped_file.read_text())["scrape_configs"]
+    without = {**shipped, "job_name": "without", "static_configs": [{"targets": [target]}]}
+    del without["authorization"]
+    wrong_job = {
+        **shipped,
+        "job_name": "wrong",
+        "authorization": {"type": "Bearer", "credentials_file": str(wrong)},
+        "static_configs": [{"targets": [target]}],
+    }
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        yaml.safe_dump(
+            {"global": {"scrape_interval": "1s"}, "scrape_configs": [without, wrong_job]}
+        )
+    )
+    port = free_port()
+    with open(tmp_path / "prometheus.log", "wb") as log:
+        proc = subprocess.Popen(
+            [
+                prometheus,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={tmp_path / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+
+        def scraped() -> dict[str, dict[str, Any]]:
+            try:
+                targets = api(port, "targets")["activeTargets"]
+            except OSError:  # not listening yet
+                return {}
+            seen = {t["labels"]["job"]: t for t in targets if t["health"] != "unknown"}
+            return seen if len(seen) == 2 else {}
+
+        seen = wait_for(scraped, 60, "the first scrapes of both jobs")
+        assert isinstance(seen, dict)
+        for job in ("without", "wrong"):
+            assert seen[job]["health"] == "down", seen[job]
+            assert "401" in seen[job]["lastError"], seen[job]
+            assert wait_for(lambda j=job: up(port, j) == ["0"], 30, f"up == 0 for {job}")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def test_a_crashed_host_starts_one_emergency_move_with_nothing_typed(

@@ -85,13 +85,26 @@ def cmd_exporter(args: argparse.Namespace) -> int:
     """`handover exporter`: the sensors as Prometheus metrics, until interrupted."""
     import logging
 
-    from infra.exporter import serve_exporter
+    from rich.markup import escape
+
+    from infra.exporter import ExporterError, exporter_token, serve_exporter
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     site = load_site(args.site)
     try:
+        token = exporter_token(args.address, Path(args.token_file) if args.token_file else None)
+    except ExporterError as exc:
+        err.print(f"[red]handover exporter does not start:[/red] {escape(str(exc))}")
+        return 2
+    try:
         serve_exporter(
-            site, args.address, args.port, args.interval, args.timeout, runs=_runs(args.runs)
+            site,
+            args.address,
+            args.port,
+            args.interval,
+            args.timeout,
+            runs=_runs(args.runs),
+            token=token,
         )
     except OSError as exc:
         err.print(f"[red]cannot serve on {args.address}:{args.port}: {exc}[/red]")
@@ -121,8 +134,17 @@ def register(sub: Any) -> None:
     p.add_argument("--ocf-root", default="/usr/lib/ocf", help="OCF_ROOT (default /usr/lib/ocf)")
     p.set_defaults(func=cmd_ocf)
     p = sub.add_parser("exporter", help="seed 002's sensors as Prometheus metrics (/metrics)")
-    p.add_argument("--address", default="127.0.0.1")
+    p.add_argument(
+        "--address",
+        default="127.0.0.1",
+        help="the address to listen on (default 127.0.0.1; any other needs --token-file)",
+    )
     p.add_argument("--port", type=int, default=9480)
+    p.add_argument(
+        "--token-file",
+        help="a file (mode 0600, the exporter's user's) holding the bearer token every request "
+        "must carry: Prometheus' authorization.credentials_file holds the same",
+    )
     p.add_argument("--interval", type=float, default=15.0, help="seconds between readings")
     p.add_argument("--timeout", type=float, default=20.0, help="bound of one reading")
     p.add_argument(

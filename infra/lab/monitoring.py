@@ -1,8 +1,11 @@
 """The lab's monitoring (`handover lab up --monitoring`): Debian's Prometheus and Alertmanager
 on handover's sensors, so that a fault reaches the gateway with nothing typed.
 
-* `handover exporter` reads the lab every second (`infra.exporter`);
-* Prometheus scrapes it every second and evaluates the shipped rules
+* `handover exporter` reads the lab every second (`infra.exporter`), and answers requests that
+  carry its bearer token (``<state>/monitoring/exporter.token``, made at each start) only;
+* Prometheus scrapes it every second as the shipped configuration does
+  (`infra/monitoring/prometheus.yml`: the token from a ``credentials_file``) and evaluates the
+  shipped rules
   (`infra/monitoring/handover-rules.yml`) every second, with the lab's shorter ``for`` (a crash
   is acted on after 3 s of a host down, not a minute);
 * Alertmanager routes the alerts that carry ``handover_kind`` as the shipped configuration does
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -35,6 +39,7 @@ from infra.ports import free_port
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "infra" / "monitoring" / "handover-rules.yml"
 ALERTMANAGER = ROOT / "infra" / "monitoring" / "alertmanager.yml"
+PROMETHEUS = ROOT / "infra" / "monitoring" / "prometheus.yml"
 #: the lab's `for` of the rules that start procedures (the shipped ones wait a minute)
 LAB_FOR = {"HandoverHostDown": "3s", "HandoverFrontendDown": "2s"}
 BINARIES = {"prometheus": "prometheus", "alertmanager": "prometheus-alertmanager"}
@@ -53,6 +58,32 @@ def lab_rules() -> dict[str, Any]:
             if rule["alert"] in LAB_FOR:
                 rule["for"] = LAB_FOR[rule["alert"]]
     return data
+
+
+def prometheus_config(
+    exporter_port: int, alertmanager_port: int, rules: Path, token_file: Path
+) -> dict[str, Any]:
+    """The shipped Prometheus configuration with the lab's addresses, rules, token file and
+    one-second intervals."""
+    data: dict[str, Any] = yaml.safe_load(PROMETHEUS.read_text())
+    data["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+    data["rule_files"] = [str(rules)]
+    [am] = data["alerting"]["alertmanagers"]
+    am["static_configs"] = [{"targets": [f"127.0.0.1:{alertmanager_port}"]}]
+    [job] = [j for j in data["scrape_configs"] if j["job_name"] == "handover"]
+    job["static_configs"] = [{"targets": [f"127.0.0.1:{exporter_port}"]}]
+    job["authorization"]["credentials_file"] = str(token_file)
+    return data
+
+
+def write_token(path: Path) -> str:
+    """A new random bearer token in `path` (mode 0600, this user's), replacing any old one."""
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(f.fileno(), 0o600)
+        f.write(token + "\n")
+    return token
 
 
 def alertmanager_config(gateway: str | None, token_file: Path | None) -> dict[str, Any]:
@@ -79,36 +110,28 @@ class LabMonitoring:
         self.dir = root / "monitoring"
         self.site_file = site_file
         self.log_dir = log_dir
+        #: the exporter's bearer token, which Prometheus reads as its credentials_file
+        self.token_file = self.dir / "exporter.token"
+        self.token = ""
 
     def start(self) -> dict[str, Any]:
-        """Start the three processes; their PIDs and ports (for the lab's record)."""
+        """Start the three processes; their PIDs, ports and the exporter's token file (for the
+        lab's record)."""
         absent = missing()
         if absent:
             raise LabError("--monitoring needs " + "; ".join(absent))
         self.dir.mkdir(parents=True, exist_ok=True)
         ports = {"exporter": free_port(), "prometheus": free_port(), "alertmanager": free_port()}
         (self.dir / "rules.yml").write_text(yaml.safe_dump(lab_rules(), sort_keys=False))
+        self.token = write_token(self.token_file)
         (self.dir / "prometheus.yml").write_text(
             yaml.safe_dump(
-                {
-                    "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-                    "rule_files": [str(self.dir / "rules.yml")],
-                    "alerting": {
-                        "alertmanagers": [
-                            {
-                                "static_configs": [
-                                    {"targets": [f"127.0.0.1:{ports['alertmanager']}"]}
-                                ]
-                            }
-                        ]
-                    },
-                    "scrape_configs": [
-                        {
-                            "job_name": "handover",
-                            "static_configs": [{"targets": [f"127.0.0.1:{ports['exporter']}"]}],
-                        }
-                    ],
-                },
+                prometheus_config(
+                    ports["exporter"],
+                    ports["alertmanager"],
+                    self.dir / "rules.yml",
+                    self.token_file,
+                ),
                 sort_keys=False,
             )
         )
@@ -131,6 +154,8 @@ class LabMonitoring:
                     "5",
                     "--runs",
                     "off",
+                    "--token-file",
+                    str(self.token_file),
                 ],
             ),
             "prometheus": self._spawn(
@@ -155,7 +180,7 @@ class LabMonitoring:
             ),
         }
         self._wait_ready(pids, ports)
-        return {"pids": pids, "ports": ports}
+        return {"pids": pids, "ports": ports, "exporter_token_file": str(self.token_file)}
 
     def _wait_ready(
         self, pids: dict[str, int], ports: dict[str, int], timeout_s: float = 60
@@ -170,8 +195,10 @@ class LabMonitoring:
                     self.stop(pids)
                     raise LabError(f"monitoring: {name} exited; see {self.log_dir / name}.log")
                 with contextlib.suppress(OSError):
-                    url = f"http://127.0.0.1:{ports[name]}{path}"
-                    with urllib.request.urlopen(url, timeout=2):
+                    req = urllib.request.Request(f"http://127.0.0.1:{ports[name]}{path}")
+                    if name == "exporter":
+                        req.add_header("Authorization", f"Bearer {self.token}")
+                    with urllib.request.urlopen(req, timeout=2):  # noqa: S310 - loopback
                         del waiting[name]
             time.sleep(0.2)
         if waiting:
