@@ -54,25 +54,39 @@ class ApprovalRecord(BaseModel):
     source: str
     decided_at: dt.datetime
     waited_s: float = 0.0
+    #: the gateway's seal verified: `who` is what the gateway wrote (its approvers' Slack
+    #: mentions), not what someone typed
+    sealed: bool = False
 
     @property
     def approved(self) -> bool:
         """Whether the procedure may go ahead."""
         return self.decision in ("approve", "timeout-proceed", "pre-approved")
 
+    def sentence_parts(self) -> tuple[str, dict[str, object]]:
+        """The sentence as a ``str.format`` template of handover's words and its values (who,
+        the comment, ...: what people typed or chose), for a notifier to fill its own way
+        (Slack shows the values as text)."""
+        labels = {
+            "approve": "approved by {who} at {when} ({source}){comment}",
+            "reject": "rejected by {who} at {when} ({source}){comment}",
+            "timeout-reject": "no decision within {waited_s:.0f} s: rejected by policy",
+            "timeout-proceed": "no decision within {waited_s:.0f} s: proceeding by the "
+            "emergency policy",
+            "pre-approved": "approved up front by {who} ({source})",
+        }
+        return labels[self.decision], {
+            "who": self.who,
+            "when": f"{self.decided_at:%H:%M} UTC",
+            "source": self.source,
+            "comment": f': "{self.comment}"' if self.comment else "",
+            "waited_s": self.waited_s,
+        }
+
     def sentence(self) -> str:
         """E.g. ``approved by alice at 14:03 UTC (Prefect UI): "go"``."""
-        when = f"{self.decided_at:%H:%M} UTC"
-        comment = f': "{self.comment}"' if self.comment else ""
-        labels = {
-            "approve": f"approved by {self.who} at {when} ({self.source}){comment}",
-            "reject": f"rejected by {self.who} at {when} ({self.source}){comment}",
-            "timeout-reject": f"no decision within {self.waited_s:.0f} s: rejected by policy",
-            "timeout-proceed": f"no decision within {self.waited_s:.0f} s: proceeding by the "
-            "emergency policy",
-            "pre-approved": f"approved up front by {self.who} ({self.source})",
-        }
-        return labels[self.decision]
+        template, values = self.sentence_parts()
+        return template.format(**values)
 
 
 def pre_approved(who: str, source: str) -> ApprovalRecord:
@@ -184,6 +198,7 @@ def request_approval(
             who=answer.who if sealed else f"{answer.who} (as typed)",
             comment=answer.comment,
             source=answer.source if sealed else "Prefect UI",
+            sealed=sealed,
             decided_at=dt.datetime.now(dt.UTC),
             waited_s=(dt.datetime.now(dt.UTC) - started).total_seconds(),
         )

@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field
 from flows.plans.switch import AliasAnswer
 from flows.run_site import load_run_site
 from flows.switch_records import LastSwitch, last_switch
-from tasks.adapters.slack import SlackNotifier
+from tasks.adapters.slack import SlackNotifier, mrkdwn
 from tasks.alias import read_aliases
 
 PROCEDURE = "drift-watch"
@@ -120,9 +120,13 @@ def drift_watch(site_file: str) -> State[Any]:
         },
         payload=result.model_dump(mode="json"),
     )
+    # the summary quotes what the DNS servers answered: shown as text
     SlackNotifier.for_site(site).post(
-        f":warning: DNS drift: {result.summary}. Nothing was changed; check who changed the "
-        "record, then run `handover run switch` to set it again if needed.",
+        mrkdwn(
+            ":warning: DNS drift: {}. Nothing was changed; check who changed the record, then "
+            "run `handover run switch` to set it again if needed.",
+            result.summary,
+        ),
         in_thread=False,
     )
     return Failed(message=result.summary, data=result)

@@ -33,6 +33,7 @@ from config.site import short_name
 from flows import progress
 from flows.approval import approve
 from flows.executor import Executor
+from flows.notify import Mrkdwn, mrkdwn
 from flows.plans.emergency_move import (
     PROCEDURE,
     Case,
@@ -198,10 +199,14 @@ def _emergency(
         announce=lambda: thread.request(
             what,
             [
-                f"Site *{site.site}*, requested by {who}. Case {plan.case}: {plan.why}.",
-                f"*Moves*: {shown}",
-                "*Impact*: transfers running on the failed host are marked failed and retried "
-                "by the VO's retry policy; the channels stay Active.",
+                mrkdwn(
+                    "Site *{}*, requested by {}. Case {}: {}.", site.site, who, plan.case, plan.why
+                ),
+                mrkdwn("*Moves*: {}", shown),
+                Mrkdwn(
+                    "*Impact*: transfers running on the failed host are marked failed and "
+                    "retried by the VO's retry policy; the channels stay Active."
+                ),
             ],
         ),
         conclude=thread.decided,

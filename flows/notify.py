@@ -4,19 +4,34 @@
 outcome sentence, keeps one progress message up to date while channels drain, posts the approval
 request (with Approve and Reject buttons whose value is the flow run id), replaces it by the
 decision, and closes the thread with the result.
+
+Every message is handover's own mrkdwn template filled with values shown as text
+(`tasks.adapters.slack.mrkdwn`): an outcome sentence quoting a host's stderr, a requester
+typed into a form or taken from an alert, a run's parameters are escaped once; a gateway-sealed
+approver stays a mention (`decision_text`).
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from config.site import ProcedurePolicy, Site, short_name
 from flows.approval import ApprovalRecord
 from flows.plans.clean_move import MovePlan
-from tasks.adapters.slack import SlackNotifier
+from tasks.adapters.slack import (
+    Block,
+    Mrkdwn,
+    SlackNotifier,
+    context,
+    esc,
+    mrkdwn,
+    section,
+)
 
-Blocks = list[dict[str, Any]]
-MAX_TEXT = 2900  # Slack refuses a section text over 3000 characters
+__all__ = ["Mrkdwn", "ProcedureThread", "esc", "mrkdwn"]
+
+Blocks = list[Block]
 ICON = {
     "done": ":white_check_mark:",
     "forced": ":warning:",
@@ -34,24 +49,6 @@ STATUS_ICON = {
     "dry-run": ":memo:",
     "cancelled": ":octagonal_sign:",
 }
-
-
-def _clip(text: str) -> str:
-    return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 20] + "\n... (truncated)"
-
-
-def esc(text: str) -> str:
-    """Text from outside (an outcome sentence with a host's stderr, an alert's summary) as
-    literal Slack mrkdwn: ``<!channel>`` or ``<https://evil|a link>`` is shown, never acted on."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def _section(text: str) -> dict[str, Any]:
-    return {"type": "section", "text": {"type": "mrkdwn", "text": _clip(text)}}
-
-
-def _context(text: str) -> dict[str, Any]:
-    return {"type": "context", "elements": [{"type": "mrkdwn", "text": _clip(text)}]}
 
 
 def impact_text(site: Site, plan: MovePlan) -> str:
@@ -84,27 +81,35 @@ def root_blocks(
     run_url: str | None,
     status: str | None = None,
 ) -> Blocks:
-    """The thread's first message."""
-    head = f"{STATUS_ICON.get(status or '', ':arrows_counterclockwise:')} *{procedure}* on "
-    head += f"site *{site.site}*: {title}"
+    """The thread's first message (who started it and the parameters are shown as text)."""
+    head = mrkdwn(
+        "{icon} *{procedure}* on site *{site}*: {title}",
+        icon=Mrkdwn(STATUS_ICON.get(status or "", ":arrows_counterclockwise:")),
+        procedure=procedure,
+        site=site.site,
+        title=title,
+    )
     shown = ", ".join(f"{k}={v}" for k, v in params.items() if v not in (None, "", False))
-    blocks = [_section(head), _context(f"started by {who} · {shown}")]
+    blocks = [section(head), context(mrkdwn("started by {} · {}", who, shown))]
     if run_url:
-        blocks.append(_context(f"<{run_url}|Prefect run>"))
+        blocks.append(context(mrkdwn("<{}|Prefect run>", run_url)))
     return blocks
 
 
 def step_blocks(outcome: str, sentence: str) -> Blocks:
-    """One step's outcome sentence."""
-    return [_context(f"{ICON.get(outcome, ':small_blue_diamond:')} {esc(sentence)}")]
+    """One step's outcome sentence (shown as text: it may quote a host's stderr)."""
+    icon = Mrkdwn(ICON.get(outcome, ":small_blue_diamond:"))
+    return [context(mrkdwn("{} {}", icon, sentence))]
 
 
-def request_blocks(run_id: str, sections: list[str], timeout_s: float, on_timeout: str) -> Blocks:
+def request_blocks(
+    run_id: str, sections: list[Mrkdwn], timeout_s: float, on_timeout: str
+) -> Blocks:
     """An approval request: its sections, what a timeout does, and Approve/Reject buttons whose
     value is the flow run id (what the gateway resumes)."""
     return [
-        *(_section(text) for text in sections),
-        _context(f"No decision within {timeout_s:.0f} s: {on_timeout}."),
+        *(section(text) for text in sections),
+        context(mrkdwn("No decision within {:.0f} s: {}.", timeout_s, on_timeout)),
         {
             "type": "actions",
             "block_id": "approval",
@@ -150,28 +155,52 @@ def approval_blocks(
     return request_blocks(
         run_id,
         [
-            f":raising_hand: *Approval needed*: {what}\nSite *{site.site}*, "
-            f"{plan.from_host} → {plan.to_host}, requested by {requester}.",
-            f"*Running transfers now*: {running or 'none'}\n*Estimated downtime*: "
-            f"{downtime}; about {plan.estimated_duration_s:.0f} s in all.",
-            f"*Impact*: {impact_text(site, plan)}",
-            "*Plan*\n```" + "\n".join(lines) + "```",
+            mrkdwn(
+                ":raising_hand: *Approval needed*: {}\nSite *{}*, {} → {}, requested by {}.",
+                what,
+                site.site,
+                plan.from_host,
+                plan.to_host,
+                requester,
+            ),
+            mrkdwn(
+                "*Running transfers now*: {}\n*Estimated downtime*: {}; about {:.0f} s in all.",
+                running or "none",
+                downtime,
+                plan.estimated_duration_s,
+            ),
+            mrkdwn("*Impact*: {}", impact_text(site, plan)),
+            mrkdwn("*Plan*\n```{}```", "\n".join(lines)),
         ],
         timeout_s,
         on_timeout,
     )
 
 
-def decision_text(record: ApprovalRecord) -> str:
+#: who a gateway-sealed decision names: Slack mentions of the approvers it verified
+#: (`infra.gateway.decide`)
+_MENTIONS = re.compile(r"<@[A-Z0-9]+>(?: and <@[A-Z0-9]+>)*")
+
+
+def approver_mrkdwn(record: ApprovalRecord) -> Mrkdwn:
+    """Who decided, for Slack: the gateway's mentions stay mentions when its seal verified;
+    anything else (typed into the Prefect UI's form, an OS login) is shown as text."""
+    if record.sealed and _MENTIONS.fullmatch(record.who):
+        return Mrkdwn(record.who)
+    return esc(record.who)
+
+
+def decision_text(record: ApprovalRecord) -> Mrkdwn:
     """``Approved by <@U0LABOPS1> at 14:03 UTC`` and the like."""
-    icon = ":white_check_mark:" if record.approved else ":no_entry_sign:"
-    sentence = record.sentence()
-    return f"{icon} {sentence[0].upper()}{sentence[1:]}"
+    icon = Mrkdwn(":white_check_mark:" if record.approved else ":no_entry_sign:")
+    template, values = record.sentence_parts()
+    values["who"] = approver_mrkdwn(record)
+    return mrkdwn("{icon} " + template[0].upper() + template[1:], icon=icon, **values)
 
 
 def decision_blocks(record: ApprovalRecord, what: str) -> Blocks:
     """The approval message once decided: no buttons any more."""
-    return [_section(f"*Approval*: {what}"), _context(decision_text(record))]
+    return [section(mrkdwn("*Approval*: {}", what)), context(decision_text(record))]
 
 
 def end_blocks(
@@ -182,18 +211,19 @@ def end_blocks(
     channels: dict[str, str],
 ) -> Blocks:
     """The last message: the outcome, the site's state, and what a human must still do."""
-    blocks = [_section(f"{STATUS_ICON.get(status, '')} *{status.upper()}*: {esc(summary)}")]
+    icon = Mrkdwn(STATUS_ICON.get(status, ""))
+    blocks = [section(mrkdwn("{} *{}*: {}", icon, status.upper(), summary))]
     if where:
         state = ", ".join(
             f"{short_name(a)} on {'+'.join(h) or 'nowhere'}" for a, h in where.items()
         )
-        blocks.append(_context(f"Agents now: {state}"))
+        blocks.append(context(mrkdwn("Agents now: {}", state)))
     if channels:
-        blocks.append(_context("Channels: " + ", ".join(f"{c} {s}" for c, s in channels.items())))
+        shown = ", ".join(f"{c} {s}" for c, s in channels.items())
+        blocks.append(context(mrkdwn("Channels: {}", shown)))
     if human_actions:
-        blocks.append(
-            _section("*A human must act:*\n" + "\n".join(f"• {esc(h)}" for h in human_actions))
-        )
+        actions = Mrkdwn("\n").join(mrkdwn("• {}", h) for h in human_actions)
+        blocks.append(section(mrkdwn("*A human must act:*\n{}", actions)))
     return blocks
 
 
@@ -254,7 +284,7 @@ class ProcedureThread:
         """Post the thread's first message, and say where the thread is (a Prefect Variable
         named after the run) so that the gateway can note alerts attached to the run in it."""
         self.n.start(
-            f"{self.procedure} on {self.site.site}: {self.title}",
+            mrkdwn("{} on {}: {}", self.procedure, self.site.site, self.title),
             root_blocks(self.procedure, self.site, self.title, self.who, self.params, self.run_url),
         )
         if self.run_id and self.n.root_ts:
@@ -265,18 +295,20 @@ class ProcedureThread:
             return  # another run's event (runs share the process in tests and `serve`)
         if kind == "step":
             rec = data["record"]
-            self.n.step(rec.sentence, step_blocks(rec.outcome, rec.sentence))
+            self.n.step(esc(rec.sentence), step_blocks(rec.outcome, rec.sentence))
         elif kind == "step-sentence":
-            self.n.step(data["sentence"], step_blocks("done", data["sentence"]))
+            self.n.step(esc(data["sentence"]), step_blocks("done", data["sentence"]))
         elif kind == "drain":
             busy = ", ".join(f"{c} {n}" for c, n in data["running"].items())
-            self.n.progress(f":hourglass_flowing_sand: running transfers on {data['host']}: {busy}")
+            self.n.progress(
+                mrkdwn(":hourglass_flowing_sand: running transfers on {}: {}", data["host"], busy)
+            )
         elif kind == "result":
             if self.run_id and self.n.root_ts:
                 _remember_thread(self.run_id, None, None)
             r = data["result"]
             self.n.finish(
-                f"{r.status}: {r.summary}",
+                mrkdwn("{}: {}", r.status, r.summary),
                 end_blocks(
                     r.status,
                     r.summary,
@@ -284,7 +316,7 @@ class ProcedureThread:
                     r.where,
                     r.channels,
                 ),
-                f"{self.procedure} on {self.site.site}: {r.status}",
+                mrkdwn("{} on {}: {}", self.procedure, self.site.site, r.status),
                 root_blocks(
                     self.procedure,
                     self.site,
@@ -302,31 +334,31 @@ class ProcedureThread:
         return "rejected"
 
     def request(
-        self, what: str, sections: list[str], policy: ProcedurePolicy | None = None
+        self, what: str, sections: list[Mrkdwn], policy: ProcedurePolicy | None = None
     ) -> None:
         """Post an approval request for `what`, with its details (any procedure).
 
         Args:
-            what: the one line the approver reads.
-            sections: its details.
+            what: the one line the approver reads (shown as text).
+            sections: its details (`mrkdwn`: outside values in them escaped).
             policy: the approval's own policy when it is not the procedure's (a switch's
                 countdown), for what the message says a timeout does.
         """
         self.what = what
         pol = policy or self.site.policy(self.procedure)
         self.n.approval(
-            f"Approval needed: {what}",
+            mrkdwn("Approval needed: {}", what),
             request_blocks(
                 self.run_id or "",
-                [f":raising_hand: *Approval needed*: {what}", *sections],
+                [mrkdwn(":raising_hand: *Approval needed*: {}", what), *sections],
                 pol.approval_timeout_s,
                 self._on_timeout(pol),
             ),
         )
 
     def note(self, sentence: str) -> None:
-        """Say one line in the thread (e.g. an alert attached to this run)."""
-        self.n.step(sentence, step_blocks("note", sentence))
+        """Say one line in the thread (e.g. an alert attached to this run), as text."""
+        self.n.step(esc(sentence), step_blocks("note", sentence))
 
     def request_approval(self, plan: MovePlan, requester: str) -> None:
         """Post the approval request for `plan`."""
@@ -337,7 +369,7 @@ class ProcedureThread:
             f"{plan.to_host} ({plan.mode})"
         )
         self.n.approval(
-            f"Approval needed: {self.what}",
+            mrkdwn("Approval needed: {}", self.what),
             approval_blocks(
                 self.run_id or "",
                 self.site,

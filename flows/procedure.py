@@ -21,7 +21,7 @@ from config.site import ProcedurePolicy, Site
 from flows import progress
 from flows.approval import ApprovalRecord, approve
 from flows.attempt import check_not_crash_looping
-from flows.notify import ProcedureThread
+from flows.notify import Mrkdwn, ProcedureThread
 from flows.result import ProcedureResult
 from flows.service_lock import ServiceLockError, service_lock
 from tasks.remote import SiteShell
@@ -40,10 +40,15 @@ class Run:
     shell: SiteShell
 
     def approve(
-        self, policy: ProcedurePolicy, pause: bool | None, who: str, what: str, lines: list[str]
+        self,
+        policy: ProcedurePolicy,
+        pause: bool | None,
+        who: str,
+        what: str,
+        lines: list[Mrkdwn],
     ) -> ApprovalRecord:
         """`flows.approval.approve` with the request posted in the run's thread (`lines` under
-        `what`) and the decision written back there."""
+        `what`; build them with `flows.notify.mrkdwn`) and the decision written back there."""
         return approve(
             policy,
             pause,

@@ -28,6 +28,7 @@ from pydantic import BaseModel, Field
 from config.site import VERSION_RE, Site, short_name
 from flows import progress
 from flows.executor import Executor
+from flows.notify import esc, mrkdwn
 from flows.plans.emergency_move import EmergencyRequest, partners, plan_emergency_move
 from flows.plans.model import Phase
 from flows.plans.rolling_upgrade import (
@@ -263,10 +264,10 @@ def _upgrade(
         return finish("dry-run", "dry run: " + plan.notes[0] + "; nothing changed", **known)
     what = plan.notes[0] + f" on site {site.site}"
     lines = [
-        f"Site *{site.site}*, requested by {who}.",
-        f"*Window*: {window.sentence()}" + (" (FORCED)" if forced else ""),
-        "*Hosts*: " + ", ".join(f"{h.host} ({h.why})" for h in plan.todo),
-        f"*If a host fails*: the run halts; {_policy_words(site)}",
+        mrkdwn("Site *{}*, requested by {}.", site.site, who),
+        mrkdwn("*Window*: {}{}", window.sentence(), " (FORCED)" if forced else ""),
+        mrkdwn("*Hosts*: {}", ", ".join(f"{h.host} ({h.why})" for h in plan.todo)),
+        mrkdwn("*If a host fails*: the run halts; {}", _policy_words(site)),
     ]
     approval = run.approve(policy, pause, who, what, lines)
     known["approval"] = approval
@@ -332,7 +333,7 @@ def _upgrade(
                     True,
                     who,
                     f"the canary {plan.canary} is done: continue with the other hosts?",
-                    [o.note or o.result for o in outcomes.values()],
+                    [esc(o.note or o.result) for o in outcomes.values()],
                 )
                 if not again.approved:
                     return f"after the canary: {again.sentence()}"

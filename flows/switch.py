@@ -24,6 +24,7 @@ from pydantic import Field
 from config.site import Site
 from flows import progress
 from flows.executor import Executor
+from flows.notify import Mrkdwn, mrkdwn
 from flows.plans.model import Chain, Ledger, Remedy, steps_markdown
 from flows.plans.switch import (
     PROCEDURE,
@@ -234,10 +235,14 @@ def _switch(
     assert site.dns is not None and site.frontend is not None
     what = f"{plan.mode} switch of {site.dns.alias} from {plan.master} to {plan.to}"
     lines = [
-        f"Site *{site.site}*, requested by {who}."
-        + (f" Reason: {req.reason}." if req.reason else ""),
-        *[f"- {n}" for n in plan.notes[1:]],
-        f"*Epoch*: {plan.old_epoch} → {plan.new_epoch}",
+        mrkdwn(
+            "Site *{}*, requested by {}.{}",
+            site.site,
+            who,
+            mrkdwn(" Reason: {}.", req.reason) if req.reason else Mrkdwn(""),
+        ),
+        *[mrkdwn("- {}", n) for n in plan.notes[1:]],
+        mrkdwn("*Epoch*: {} → {}", plan.old_epoch, plan.new_epoch),
     ]
     policy = site.policy(PROCEDURE)
     if failed_host:
@@ -251,7 +256,7 @@ def _switch(
                 f"({last.master} → {last.to}, run {last.run_id}), within frontend.block_s = "
                 f"{site.frontend.block_s} s: a human decides"
             )
-            lines.append(f"*Anti-flapping*: {why}")
+            lines.append(mrkdwn("*Anti-flapping*: {}", why))
             progress.emit("step-sentence", sentence=why)
             policy = policy.model_copy(
                 update={"approval": "required", "on_approval_timeout": "reject"}

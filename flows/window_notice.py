@@ -24,7 +24,7 @@ from flows.plans.rolling_upgrade import PROCEDURE as UPGRADE
 from flows.plans.rolling_upgrade import UpgradeRequest, plan_rolling_upgrade, upgrade_hosts
 from flows.plans.windows import describe, next_opening
 from flows.run_site import load_run_site
-from tasks.adapters.slack import SlackNotifier
+from tasks.adapters.slack import SlackNotifier, mrkdwn
 from tasks.outcome import now
 from tasks.remote import SiteShell
 
@@ -102,10 +102,16 @@ def window_notice(site_file: str) -> State[Any]:
             continue  # announced already
         closes = opens + dt.timedelta(seconds=window.duration_s)
         plan = upgrade_plan_text(site) if procedure == UPGRADE else ""
-        text = (
-            f":calendar: *{procedure}* maintenance window on *{site.site}* opens at "
-            f"{opens:%Y-%m-%d %H:%M} UTC and closes at {closes:%H:%M} UTC ({describe(window)})."
-            + (f" {plan}" if plan else "")
+        # the plan quotes what the hosts answered: shown as text
+        text = mrkdwn(
+            ":calendar: *{}* maintenance window on *{}* opens at {:%Y-%m-%d %H:%M} UTC and "
+            "closes at {:%H:%M} UTC ({}).{}",
+            procedure,
+            site.site,
+            opens,
+            closes,
+            describe(window),
+            f" {plan}" if plan else "",
         )
         posted = SlackNotifier.for_site(site).post(text, in_thread=False) is not None
         Variable.set(key, opens.isoformat(), overwrite=True)

@@ -22,6 +22,7 @@ from rich.markup import escape
 from config.loader import load_site
 from config.site import short_name as short
 from infra.cli import DEFAULT_SITE
+from infra.cli.common import error, note
 from infra.lab.lab import Lab, LabError, missing_prerequisites
 from infra.prefect_server import ensure_server
 
@@ -33,7 +34,7 @@ def main() -> int:
     site_file = os.environ.get("HANDOVER_SITE", str(DEFAULT_SITE))
     missing = missing_prerequisites()
     if missing:
-        console.print("[red]the demo needs:[/red] " + "; ".join(missing))
+        error("the demo needs:", "; ".join(missing))
         return 1
     site = load_site(site_file)
     lab = Lab(site)
@@ -41,9 +42,9 @@ def main() -> int:
         console.print(f"[dim]lab already up (site {site.site}); using it[/dim]")
     else:
         try:
-            report = lab.up(progress=lambda m: console.print(f"[dim]{m}[/dim]"))
+            report = lab.up(progress=note)
         except LabError as exc:
-            console.print(f"[red]lab:[/red] {exc}")
+            error("lab:", exc)
             return 1
         console.print(
             f"lab up: {len(report['hosts'])} hosts, {report['agents']} agents serving, "

@@ -81,8 +81,11 @@ def configure_api(console: Console) -> str:
     url, started = prefect_server.ensure_server()
     os.environ["PREFECT_API_URL"] = url
     console.print(
-        f"[dim]PREFECT_API_URL not set: using the local Prefect server at {url}"
-        f"{' (started it)' if started else ''}[/dim]"
+        Text(
+            f"PREFECT_API_URL not set: using the local Prefect server at {url}"
+            f"{' (started it)' if started else ''}",
+            style="dim",
+        )
     )
     return url
 
@@ -226,7 +229,7 @@ def _run_host_procedure(
         if as_json:
             print(json.dumps({"state": state.type.value, "message": state.message}))
         else:
-            console.print(state.message or "")
+            console.print(Text(state.message or ""))
         return 0 if state.is_completed() else 1
     reports: dict[str, Callable[[Any], str]] = {
         "switch": switch_report,

@@ -9,7 +9,14 @@ import pytest
 
 from config.loader import load_site
 from flows.approval import ApprovalRecord
-from flows.notify import approval_blocks, decision_blocks, end_blocks, impact_text
+from flows.notify import (
+    approval_blocks,
+    decision_blocks,
+    decision_text,
+    end_blocks,
+    esc,
+    impact_text,
+)
 from flows.plans.clean_move import MoveRequest, plan_clean_move
 from tasks.adapters.slack import SlackNotifier
 from tests.test_clean_move_plan import STEADY
@@ -53,11 +60,27 @@ def test_decision_replaces_the_buttons() -> None:
         decision="approve",
         who="<@U0LABOPS1>",
         source="Slack",
+        sealed=True,
         decided_at=dt.datetime(2026, 11, 22, 14, 3, tzinfo=dt.UTC),
     )
     blocks = decision_blocks(rec, "clean-move")
     assert not any(b["type"] == "actions" for b in blocks)
     assert "Approved by <@U0LABOPS1> at 14:03 UTC (Slack)" in str(blocks)
+
+
+def test_only_a_sealed_decisions_mentions_act() -> None:
+    """The gateway's seal makes its approvers' mentions act; the same text unsealed, or anything
+    but mentions under a seal, is shown as text."""
+    at = dt.datetime(2026, 11, 22, 14, 3, tzinfo=dt.UTC)
+    two = ApprovalRecord(
+        decision="reject", who="<@U0A> and <@U0B>", source="Slack", sealed=True, decided_at=at
+    )
+    assert (
+        decision_text(two) == ":no_entry_sign: Rejected by <@U0A> and <@U0B> at 14:03 UTC (Slack)"
+    )
+    for who, sealed in (("<@U0LABOPS1>", False), ("<!channel>", True), ("<@U0A> <!here>", True)):
+        rec = ApprovalRecord(decision="approve", who=who, source="x", sealed=sealed, decided_at=at)
+        assert esc(who) in decision_text(rec) and who not in decision_text(rec)
 
 
 def test_end_message_says_what_a_human_must_do() -> None:

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 from config.loader import SiteConfigError
 from infra.cli import bench, hagd, lab, procedures, service, services, sitefile
-from infra.cli.common import DEFAULT_SITE, err
+from infra.cli.common import DEFAULT_SITE, err, error
 
 __all__ = ["DEFAULT_SITE", "build_parser", "main"]
 
@@ -39,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except SiteConfigError as exc:
-        err.print(f"[red]invalid site file[/red] {exc}")
+        error("invalid site file", exc)
         return 2
     except KeyboardInterrupt:
         err.print("interrupted")

@@ -5,14 +5,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from infra.cli.common import err, out, print_json, site_arg
+from infra.cli.common import note, print_json, say, site_arg
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """`handover bench lab`: lab up/down times (medians) and memory."""
-
-    def say(m: str) -> None:
-        err.print(f"[dim]{m}[/dim]")
 
     if args.bench_what == "alert":
         from infra.bench.alert import bench_alert
@@ -20,7 +17,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if args.storm:
             from infra.bench.storm import bench_storm
 
-            result = bench_storm(alerts=args.storm, gateways=args.gateways, progress=say)
+            result = bench_storm(alerts=args.storm, gateways=args.gateways, progress=note)
             return _print(args, result)
         backends = ("postgresql", "sqlite") if args.prefect_db == "both" else (args.prefect_db,)
         starts = ("forkserver", "spawn") if args.start == "both" else (args.start,)
@@ -30,7 +27,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             backends=backends,
             starts=starts,
             runs_froms=runs_froms,
-            progress=say,
+            progress=note,
         )
     elif args.bench_what == "faults":
         from infra.bench.faults import bench_faults
@@ -42,7 +39,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             afters=args.after,
             warmup_s=args.warmup,
             octet=args.octet,
-            progress=say,
+            progress=note,
         )
     elif args.bench_what == "switch":
         from infra.bench.switch import bench_switch
@@ -51,23 +48,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
             rounds=args.rounds,
             ttls=tuple(args.ttl or (5, 60)),
             flood_threads=args.flood_threads,
-            progress=say,
+            progress=note,
         )
     elif args.bench_what == "rolling-upgrade":
         from infra.bench.rolling_upgrade import bench_rolling_upgrade
 
         result = bench_rolling_upgrade(
-            hosts=tuple(args.hosts or (10, 50)), rounds=args.rounds, load=args.load, progress=say
+            hosts=tuple(args.hosts or (10, 50)), rounds=args.rounds, load=args.load, progress=note
         )
     elif args.bench_what == "detect":
         from infra.bench.detect import bench_detect
 
-        result = bench_detect(rounds=args.rounds, progress=say)
+        result = bench_detect(rounds=args.rounds, progress=note)
     elif args.bench_what == "hagd":
         from infra.bench.hagd import bench_hagd
 
         result = bench_hagd(
-            rounds=args.rounds, providers=args.providers, lab=not args.no_lab, progress=say
+            rounds=args.rounds, providers=args.providers, lab=not args.no_lab, progress=note
         )
     elif args.bench_what == "scale":
         from infra.bench.scale import bench_scale
@@ -77,16 +74,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
             sizes=(None, args.hosts),
             services=args.services,
             solo=args.solo,
-            progress=say,
+            progress=note,
         )
     elif args.bench_what == "clean-move":
         from infra.bench.clean_move import bench_clean_move
 
-        result = bench_clean_move(rounds=args.rounds, warmup_s=args.warmup, progress=say)
+        result = bench_clean_move(rounds=args.rounds, warmup_s=args.warmup, progress=note)
     else:
         from infra.bench.lab import bench_lab
 
-        result = bench_lab(args.site, rounds=args.rounds, hosts=args.hosts, progress=say)
+        result = bench_lab(args.site, rounds=args.rounds, hosts=args.hosts, progress=note)
     return _print(args, result)
 
 
@@ -98,7 +95,7 @@ def _print(args: argparse.Namespace, result: dict[str, Any]) -> int:
             print(line)
     else:
         for line in result["summary"]:
-            out.print(line)
+            say(line)
     return 0 if result["ok"] else 1
 
 

@@ -9,11 +9,40 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.text import Text
 
 DEFAULT_SITE = Path(__file__).resolve().parent.parent.parent / "config" / "sites" / "lab.yaml"
 
+#: stdout: handover's own lines may carry rich markup (``[green]ok[/green]``); text from outside
+#: (paths, patterns, what a host or a daemon answered) goes through `say`, a `Text`, or
+#: ``rich.markup.escape``
 out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+#: stderr: reads no markup at all, so every error prints exactly as it reads (a pattern's
+#: ``[a-z0-9]``, a path's ``[/tmp/x]``); style with `error`, `note` or a `Text`
+err = Console(stderr=True, highlight=False, markup=False)
+
+
+def error(lead: object, detail: object = "") -> None:
+    """Print a user-facing error on stderr: `lead` in red, then `detail`, each exactly as it
+    reads (never taken for rich markup).
+
+    Example:
+        >>> error("invalid site file", "site: String should match pattern '^[a-z]$'")
+    """
+    text = Text(str(lead), style="red")
+    if detail != "":
+        text.append(f" {detail}")
+    err.print(text)
+
+
+def note(message: object) -> None:
+    """Print a progress line on stderr (dim), exactly as it reads."""
+    err.print(Text(str(message), style="dim"))
+
+
+def say(message: object, style: str = "") -> None:
+    """Print a line on stdout exactly as it reads (text from outside: never rich markup)."""
+    out.print(Text(str(message), style=style))
 
 
 def site_path(ref: str) -> str:

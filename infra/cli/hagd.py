@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from infra.cli.common import err, out
+from infra.cli.common import error, say
 
 
 def _control(args: argparse.Namespace) -> str:
@@ -29,7 +29,7 @@ def cmd_hagd(args: argparse.Namespace) -> int:
         try:
             cfg = load_config(args.config)
         except HagdConfigError as exc:
-            err.print(f"[red]{exc}[/red]")
+            error(exc)
             return 2
         return run_daemon(cfg)
     from infra.hagd.daemon import ask
@@ -39,15 +39,15 @@ def cmd_hagd(args: argparse.Namespace) -> int:
             _control(args), args.hagd_what, getattr(args, "group", "") or ""
         )
     except (OSError, ValueError, HagdConfigError) as exc:
-        err.print(f"[red]no daemon answers on {_control(args)}: {exc}[/red]")
+        error(f"no daemon answers on {_control(args)}: {exc}")
         return 1
     if getattr(args, "json", False):
         print(json.dumps(answer, indent=2))
     elif args.hagd_what == "status" and answer.get("ok"):
-        out.print(f"hagd {answer['id']} on {answer['address']}")
+        say(f"hagd {answer['id']} on {answer['address']}")
         for name, g in answer["groups"].items():
             if g["mode"] == "pool":
-                out.print(
+                say(
                     f"  {name}: pool (rank {g['rank']}), "
                     + ("serving" if g["serving"] else "not serving")
                     + f" at {g['address']}; {g['name']} -> {', '.join(g['records']) or 'nothing'}"
@@ -58,23 +58,23 @@ def cmd_hagd(args: argparse.Namespace) -> int:
                     state = "alive" if m["alive"] else "dead"
                     serves = "serving" if m["serving"] else "not serving"
                     refused = "" if m["address_allowed"] else " (not allowed: not published)"
-                    out.print(
+                    say(
                         f"    {mid}: rank {m['rank']}, {serves} at {m['address']}{refused}, "
                         f"heard {m['heard_s_ago']:.1f} s ago ({state})"
                     )
                 continue
-            out.print(
+            say(
                 f"  {name}: {g['mode']} for {g['for_s']:.1f} s (rank {g['rank']}), master "
                 f"{g['master'] or 'unknown'}"
             )
             for mid, m in g["members"].items():
                 state = "alive" if m["alive"] else "dead"
-                out.print(
+                say(
                     f"    {mid}: rank {m['rank']}, {m['mode']}, heard {m['heard_s_ago']:.1f} s "
                     f"ago ({state})"
                 )
     else:
-        out.print(answer.get("said") or answer.get("error") or answer)
+        say(answer.get("said") or answer.get("error") or answer)
     return 0 if answer.get("ok") else 1
 
 

@@ -9,9 +9,10 @@ from typing import Any
 
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from config.site import short_name as short
-from infra.cli.common import err, out, print_json, site_arg
+from infra.cli.common import error, note, out, print_json, say, site_arg
 from infra.lab.faults import DB_FAULT_KINDS, FAULT_KINDS
 
 
@@ -28,7 +29,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
     try:
         return _lab_dispatch(args)
     except LabError as exc:
-        err.print(f"[red]lab:[/red] {exc}")
+        error("lab:", exc)
         return 1
 
 
@@ -40,26 +41,26 @@ def _lab_dispatch(args: argparse.Namespace) -> int:
             hosts=args.hosts,
             hagd=args.hagd,
             monitoring=args.monitoring,
-            progress=lambda m: err.print(f"[dim]{m}[/dim]"),
+            progress=note,
         )
         if args.json:
             print_json(report)
         else:
             s = report["seconds"]
-            out.print(
+            say(
                 f"lab up: site {report['site']}, {len(report['hosts'])} hosts, "
                 f"{report['agents']} agents serving, in {s['total']:.1f} s "
                 f"(database {s['database']:.1f} s, hosts {s['hosts']:.1f} s, "
                 f"agents {s['agents']:.1f} s)\nsite file: {report['site_file']}"
             )
             for host, control in report["hagd"].items():
-                out.print(f"HA group daemon on {host}: handover hagd status --control {control}")
+                say(f"HA group daemon on {host}: handover hagd status --control {control}")
         return 0
     if action == "monitoring-to":
-        out.print(lab.monitoring_to(args.gateway, Path(args.token_file)))
+        say(lab.monitoring_to(args.gateway, Path(args.token_file)))
         return 0
     if action == "report-to":
-        out.print(lab.report_to(args.gateway, Path(args.secret_file)))
+        say(lab.report_to(args.gateway, Path(args.secret_file)))
         return 0
     if action == "down":
         report = lab.down()
@@ -70,11 +71,12 @@ def _lab_dispatch(args: argparse.Namespace) -> int:
             print_json(report)
         else:
             out.print(
-                f"lab down: {report['hosts_stopped']} hosts stopped in {report['seconds']:.1f} s; "
-                + (
-                    "nothing left running"
+                Text.assemble(
+                    f"lab down: {report['hosts_stopped']} hosts stopped in "
+                    f"{report['seconds']:.1f} s; ",
+                    ("nothing left running", "")
                     if not report["leftovers"]
-                    else f"[red]left running: {report['leftovers']}[/red]"
+                    else (f"left running: {report['leftovers']}", "red"),
                 )
             )
         return 0 if not report["leftovers"] else 1
@@ -106,16 +108,16 @@ def _lab_dispatch(args: argparse.Namespace) -> int:
                 )
         return 0
     if action == "fault":
-        out.print(lab.fault(args.host, args.kind))
+        say(lab.fault(args.host, args.kind))
         return 0
     if action == "heal":
-        out.print(lab.heal(args.host))
+        say(lab.heal(args.host))
         return 0
     if action == "db-fault":
-        out.print(lab.fault_database(args.kind))
+        say(lab.fault_database(args.kind))
         return 0
     if action == "db-heal":
-        out.print(lab.heal_database())
+        say(lab.heal_database())
         return 0
     if action == "load":
         lab.set_load(on=args.state == "on", rate=args.rate)
@@ -133,7 +135,7 @@ def _lab_dispatch(args: argparse.Namespace) -> int:
 
 
 def _print_status(st: Any) -> None:
-    db_fault = f" [red]({st.database_fault})[/red]" if st.database_fault else ""
+    db_fault = f" [red]({escape(st.database_fault)})[/red]" if st.database_fault else ""
     out.print(
         f"lab {'[green]up[/green]' if st.up else '[red]down[/red]'} (site {st.site}); "
         f"database {escape(st.database)}{db_fault}; lab daemon "
@@ -146,7 +148,7 @@ def _print_status(st: Any) -> None:
             else f"alias at {', '.join(d.addresses) or 'nothing'}, epoch {d.epoch}, "
             f"serial {d.serial}"
         )
-        out.print(f"dns {d.role} {d.server}: {answer}")
+        out.print(f"dns {d.role} {escape(d.server)}: {answer}")
     for f in st.frontends:
         run = "running" if f.running else "[red]not running[/red]"
         epoch = f" with epoch {f.epoch}" if f.epoch is not None else ""
@@ -157,7 +159,7 @@ def _print_status(st: Any) -> None:
     for h in st.hosts:
         state = "up" if h.up else "down"
         if h.fault:
-            state += f" [red]({h.fault})[/red]"
+            state += f" [red]({escape(h.fault)})[/red]"
         if h.up and not h.sshd:
             state += " no sshd"
         table.add_row(

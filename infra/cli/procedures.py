@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from config.loader import load_site
-from infra.cli.common import err, site_arg
+from infra.cli.common import error, site_arg
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -26,7 +26,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             "force_window": args.force_window or "",
         }
         if args.version and args.config_only:
-            err.print("[red]--version and --config-only exclude each other[/red]")
+            error("--version and --config-only exclude each other")
             return 2
         if args.hosts:
             up["hosts"] = [h.strip() for h in args.hosts.split(",") if h.strip()]
@@ -50,14 +50,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         return run_procedure("switch", sp, as_json=args.json)
     if args.procedure in ("emergency-move", "fence-host"):
         if not args.host:
-            err.print(f"[red]{args.procedure} needs --host[/red]")
+            error(f"{args.procedure} needs --host")
             return 2
         hp: dict[str, Any] = {"site_file": str(Path(args.site).resolve()), "host": args.host}
         if args.yes and args.procedure == "emergency-move":
             hp["pause_for_approval"] = False
         return run_procedure(args.procedure, hp, as_json=args.json)
     if not (args.from_host and args.to_host):
-        err.print("[red]clean-move needs --from and --to[/red]")
+        error("clean-move needs --from and --to")
         return 2
     params: dict[str, Any] = {
         "site_file": str(Path(args.site).resolve()),

@@ -7,8 +7,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from rich.text import Text
+
 from config.loader import load_site
-from infra.cli.common import err, out, site_arg
+from infra.cli.common import error, out, say, site_arg
 
 
 def cmd_service(args: argparse.Namespace) -> int:
@@ -19,15 +21,14 @@ def cmd_service(args: argparse.Namespace) -> int:
 
     site = load_site(args.site)
     if args.host not in {h.name for h in site.hosts}:
-        err.print(
-            f"[red]{args.host}: not a host of {site.site}[/red] (hosts: "
-            + ", ".join(h.name for h in site.hosts)
-            + ")"
+        error(
+            f"{args.host}: not a host of {site.site}",
+            "(hosts: " + ", ".join(h.name for h in site.hosts) + ")",
         )
         return OCF_ERR_ARGS
     agents = args.agent or [a.name for a in site.agents_configured_on(args.host)]
     if not agents:
-        err.print(f"[red]{args.host}: the site configures no agent there[/red]")
+        error(f"{args.host}: the site configures no agent there")
         return OCF_ERR_ARGS
     said = ""
     with SiteShell(site) as shell:
@@ -51,10 +52,10 @@ def cmd_service(args: argparse.Namespace) -> int:
         print(json.dumps(answer, indent=2))
         return code
     if said:
-        out.print(said)
+        say(said)
     for v in verdicts:
         colour = "green" if v.code == 0 else "yellow" if v.code == 7 else "red"
-        out.print(f"[{colour}]{v.word}[/{colour}] {v.agent} on {v.host}: {v.why}")
+        out.print(Text.assemble((v.word, colour), f" {v.agent} on {v.host}: {v.why}"))
     return code
 
 
@@ -65,10 +66,10 @@ def cmd_ocf(args: argparse.Namespace) -> int:
     try:
         placed = install(Path(args.ocf_root))
     except OSError as exc:
-        err.print(f"[red]cannot install the resource agents: {exc}[/red] (run as root)")
+        error(f"cannot install the resource agents: {exc}", "(run as root)")
         return 1
     for where in placed:
-        out.print(f"installed {where}: Pacemaker runs it as ocf:{PROVIDER}:{where.name}")
+        say(f"installed {where}: Pacemaker runs it as ocf:{PROVIDER}:{where.name}")
     return 0
 
 
@@ -107,7 +108,7 @@ def cmd_exporter(args: argparse.Namespace) -> int:
             token=token,
         )
     except OSError as exc:
-        err.print(f"[red]cannot serve on {args.address}:{args.port}: {exc}[/red]")
+        error(f"cannot serve on {args.address}:{args.port}: {exc}")
         return 1
     return 0
 

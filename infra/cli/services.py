@@ -10,7 +10,7 @@ from typing import Any, get_args
 
 from config.loader import load_site
 from config.site import AlertKind
-from infra.cli.common import err, out, print_json, site_arg
+from infra.cli.common import err, error, print_json, say, site_arg
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -33,9 +33,9 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     configure_api(err)
     try:
         for line in deploy_all(args.site, pool=args.pool):
-            out.print(line)
+            say(line)
     except DeploymentsError as exc:
-        err.print(f"[red]{exc}[/red]")
+        error(exc)
         return 2
     return 0
 
@@ -65,12 +65,12 @@ def cmd_alert(args: argparse.Namespace) -> int:
 
     site = load_site(args.site)
     if site.alerts is None:
-        err.print(f"[red]site {site.site} has no alerts section[/red]")
+        error(f"site {site.site} has no alerts section")
         return 2
     try:
         secret = site.alerts.webhook_secret.resolve().get_secret_value().encode()
     except SecretError as exc:
-        err.print(f"[red]alerts.webhook_secret: {exc}[/red]")
+        error(f"alerts.webhook_secret: {exc}")
         return 2
     body = alert_body(
         site.site, args.host, site.service.name, args.kind, summary=args.summary or ""
@@ -78,7 +78,7 @@ def cmd_alert(args: argparse.Namespace) -> int:
     try:
         status, answer = post_alert(args.gateway, secret, body)
     except OSError as exc:
-        err.print(f"[red]the gateway at {args.gateway} did not answer: {exc}[/red]")
+        error(f"the gateway at {args.gateway} did not answer: {exc}")
         return 1
     print_json({"status": status, **answer})
     return 0 if 200 <= status < 300 else 1
@@ -100,7 +100,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
             )
             serve_http(args.site, args.host, args.port, args.runs_from)
     except GatewayError as exc:
-        err.print(f"[red]gateway:[/red] {exc}")
+        error("gateway:", exc)
         return 1
     return 0
 
@@ -113,10 +113,10 @@ def cmd_fake_slack(args: argparse.Namespace) -> int:
 
     token = os.environ.get("HANDOVER_SLACK_BOT_TOKEN")
     if not token:
-        err.print("[red]fake-slack:[/red] export HANDOVER_SLACK_BOT_TOKEN (any xoxb- value) first")
+        error("fake-slack:", "export HANDOVER_SLACK_BOT_TOKEN (any xoxb- value) first")
         return 1
     fake = FakeSlack(tokens={token}).start(args.host, args.port)
-    out.print(
+    say(
         f"fake Slack Web API at {fake.base_url}\n"
         f"  export HANDOVER_SLACK_API_URL={fake.base_url}\n"
         f"  what it received: GET {fake.base_url.removesuffix('/api/')}/_fake/record"
@@ -140,10 +140,10 @@ def cmd_server(args: argparse.Namespace) -> int:
     try:
         return _server_action(args, ps, home, url)
     except UnsafePathError as exc:
-        out.print(f"handover server: refused: {exc}")
+        say(f"handover server: refused: {exc}")
         return 2
     except ServerDbError as exc:
-        out.print(f"handover server: {exc}")
+        say(f"handover server: {exc}")
         return 2
 
 
@@ -164,16 +164,16 @@ def _server_action(args: argparse.Namespace, ps: Any, home: Path, url: str) -> i
         except ServerDbError:
             raise
         except RuntimeError as exc:
-            out.print(f"handover server: {exc}")
+            say(f"handover server: {exc}")
             return 1
         database = ps.database_of(home) or "unknown database"
         if not started and not database.startswith(args.db):
-            out.print(
+            say(
                 f"Prefect server already running at {url} on {database}, not {args.db}: "
                 "`handover server stop` first to change its database"
             )
             return 1
-        out.print(
+        say(
             f"Prefect server {'started' if started else 'already running'} at {url} "
             f"({database}); export PREFECT_API_URL={url}"
         )
@@ -181,7 +181,7 @@ def _server_action(args: argparse.Namespace, ps: Any, home: Path, url: str) -> i
     if args.server_action == "stop":
         stopped = ps.stop_server(home)
         db_stopped = ps.stop_database(home)
-        out.print(
+        say(
             (
                 "Prefect server stopped"
                 if stopped
@@ -192,7 +192,7 @@ def _server_action(args: argparse.Namespace, ps: Any, home: Path, url: str) -> i
         return 0
     up = ps.healthy(url)
     recorded = ps.database_of(home)
-    out.print(
+    say(
         f"Prefect server at {url}: {'healthy' if up else 'not answering'}"
         + (f"; database {recorded}" if recorded else "")
     )

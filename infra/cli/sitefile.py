@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from config.loader import SiteConfigError, load_site
 from config.site import short_name as short
-from infra.cli.common import err, out, site_arg
+from infra.cli.common import err, error, out, say, site_arg
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -21,17 +21,18 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             site = load_site(f)
         except SiteConfigError as exc:
             rc = 1
-            # problems quote the file and pydantic: escaped, so "[a-z]" is not taken for markup
-            err.print(f"[red]invalid[/red] {escape(exc.source)}: {len(exc.problems)} problem(s)")
+            error("invalid", f"{exc.source}: {len(exc.problems)} problem(s)")
             for p in exc.problems:
                 err.print(
-                    f"  - [bold]{escape(p.path)}[/bold]: {escape(p.message)}\n"
-                    f"      fix: {escape(p.fix)}"
+                    Text.assemble("  - ", (p.path, "bold"), f": {p.message}\n      fix: {p.fix}")
                 )
             continue
         out.print(
-            f"[green]ok[/green] {escape(f)}: site {site.site}, {len(site.hosts)} hosts, "
-            f"{len(site.service.agents)} agents, {len(site.channels)} channels"
+            Text.assemble(
+                ("ok", "green"),
+                f" {f}: site {site.site}, {len(site.hosts)} hosts, "
+                f"{len(site.service.agents)} agents, {len(site.channels)} channels",
+            )
         )
     return rc
 
@@ -53,14 +54,14 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     for h in snap.hosts:
         table.add_row(
             h.host,
-            "yes" if h.reachable else f"[red]no[/red]: {h.error}",
+            "yes" if h.reachable else Text.assemble(("no", "red"), f": {h.error}"),
             "\n".join(short(a.name) for a in h.agents) or "-",
             "\n".join(f"{c}: {n}" for c, n in h.transfers.items()) or "-",
             "\n".join(short(d) for d in h.disabled) or "-",
         )
     out.print(table)
     if snap.channels:
-        out.print("channels: " + ", ".join(f"{c} {s}" for c, s in sorted(snap.channels.items())))
+        say("channels: " + ", ".join(f"{c} {s}" for c, s in sorted(snap.channels.items())))
     return 0 if all(h.reachable for h in snap.hosts) else 1
 
 

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from config.site import Site
-from flows.notify import esc, thread_variable
+from flows.notify import Mrkdwn, mrkdwn, thread_variable
 from infra.gateway.alerts import Alert, event_name, event_resource, gateway_event_name
 from infra.gateway.incidents import Incident, IncidentBook
 from infra.gateway.shared_incidents import IncidentStoreError
@@ -50,7 +50,8 @@ class AlertIntake:
         site: the gateway's site.
         incidents: the incident book.
         audit: writes one audit entry (the gateway's JSON audit log).
-        slack_post: posts ``(channel, thread_ts, text)`` to Slack, or None without Slack.
+        slack_post: posts ``(channel, thread_ts, text)`` to Slack (`Mrkdwn`: the alerts' words
+            in it are escaped), or None without Slack.
         starter: creates a new incident's runs (None: Prefect's automations start them from
             the event).
     """
@@ -60,7 +61,7 @@ class AlertIntake:
         site: Site,
         incidents: IncidentBook,
         audit: Callable[..., None],
-        slack_post: Callable[[str, str, str], None] | None = None,
+        slack_post: Callable[[str, str, Mrkdwn], None] | None = None,
         starter: RunStarter | None = None,
     ) -> None:
         self.site = site
@@ -312,13 +313,16 @@ class AlertIntake:
             if inc.run_finished:  # its thread is closed (or it never had one)
                 backlog.clear()
             return  # not opened yet: the run has not started
-        # summaries come from outside: shown as text in Slack, never as mentions or links
+        # summaries and sources come from outside: shown as text, never as mentions or links
         text = (
-            f":bell: {esc(backlog[-1])}"
+            mrkdwn(":bell: {}", backlog[-1])
             if len(backlog) == 1
-            else f":bell: {len(backlog)} more alerts for this run (sources: "
-            + ", ".join(f"{esc(s)} {n}" for s, n in inc.sources.items())
-            + f"); latest: {esc(backlog[-1])}"
+            else mrkdwn(
+                ":bell: {} more alerts for this run (sources: {}); latest: {}",
+                len(backlog),
+                ", ".join(f"{s} {n}" for s, n in inc.sources.items()),
+                backlog[-1],
+            )
         )
         try:
             await asyncio.to_thread(self.slack_post, where[0], where[1], text)

@@ -122,7 +122,7 @@ def build_intake(
     )
     post = None
     if site.slack is not None:
-        from tasks.adapters.slack import slack_client
+        from tasks.adapters.slack import Mrkdwn, post_text, slack_client
 
         try:
             client = slack_client(site)
@@ -132,8 +132,8 @@ def build_intake(
             )
         else:
 
-            def post(channel: str, thread_ts: str, text: str) -> None:
-                client.chat_postMessage(channel=channel, thread_ts=thread_ts, text=text)
+            def post(channel: str, thread_ts: str, text: Mrkdwn) -> None:
+                post_text(client, channel, thread_ts, text)
 
     starter = RunStarter(site) if runs_from == "gateway" else None
     book: IncidentBook = Incidents(cfg.dedup_window_s)

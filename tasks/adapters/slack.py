@@ -10,6 +10,17 @@ Contract of `SlackNotifier`:
     * The approval buttons carry the flow run id as their value, with action ids ``approve`` and
       ``reject``; the gateway resumes the run, the flow updates the message in place.
 
+Text from outside never acts as markup in Slack:
+    * Everything this module sends is Slack mrkdwn, and only a `Mrkdwn` is taken as handover's
+      own: its ``*bold*``, links and mentions act. Build one with `mrkdwn` (handover's template,
+      each value escaped once) or `esc` (a value shown as text). Any other text that reaches
+      `SlackNotifier`, `post_text` or `reply_ephemeral` (a message's text, a block's mrkdwn) is
+      escaped here (``&`` -> ``&amp;``, ``<`` -> ``&lt;``, ``>`` -> ``&gt;``): an alert's
+      ``<!channel>`` or ``<https://x|Approve>``, a host's stderr, a name typed into a form are
+      shown as typed. slack_sdk sends text as it is given; it has no escaping of its own.
+    * Block texts are ``verbatim``: Slack does not turn a bare URL, ``#channel`` or ``@here`` in
+      them into a link or a mention either.
+
 The Web API base URL is Slack's unless `HANDOVER_SLACK_API_URL` is set (the tests' fake Slack).
 """
 
@@ -17,8 +28,10 @@ from __future__ import annotations
 
 import logging
 import os
+import string
 import threading
 import time
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from slack_sdk import WebClient
@@ -32,6 +45,98 @@ DEFAULT_API_URL = "https://slack.com/api/"
 TIMEOUT_S = 5
 #: the progress message is edited at most this often
 PROGRESS_EVERY_S = 2.0
+#: Slack refuses a section text over 3000 characters
+MAX_TEXT = 2900
+
+Block = dict[str, Any]
+_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
+
+
+class Mrkdwn(str):
+    """Slack mrkdwn that handover wrote: sent as it is, its formatting, links and mentions act.
+
+    Made by `mrkdwn` or `esc`, or ``Mrkdwn("...")`` around a literal of handover's own. Joining
+    or adding with an f-string gives a plain ``str`` again, which the notifier escapes whole:
+    join with ``Mrkdwn(", ").join(values)`` (each value escaped) or `mrkdwn`.
+    """
+
+    __slots__ = ()
+
+    def join(self, parts: Iterable[str]) -> Mrkdwn:
+        """The parts (each escaped unless it is `Mrkdwn`) with this separator between them."""
+        return Mrkdwn(str.join(self, (esc(p) for p in parts)))
+
+
+def esc(text: object) -> Mrkdwn:
+    """`text` shown as text in Slack: ``&``, ``<`` and ``>`` escaped, so ``<!channel>`` or
+    ``<https://evil|a link>`` is shown, never acted on. A `Mrkdwn` is returned as it is (text is
+    escaped exactly once).
+
+    Example:
+        >>> esc("<!here> a & b")
+        '&lt;!here&gt; a &amp; b'
+    """
+    if isinstance(text, Mrkdwn):
+        return text
+    return Mrkdwn(str(text).translate(_ESCAPES))
+
+
+class _Escaping(string.Formatter):
+    def format_field(self, value: Any, format_spec: str) -> Any:
+        shown = format(value, format_spec)
+        return shown if isinstance(value, Mrkdwn) else esc(shown)
+
+
+_FORMATTER = _Escaping()
+
+
+def mrkdwn(template: str, /, *args: object, **values: object) -> Mrkdwn:
+    """handover's own mrkdwn `template` (``str.format`` syntax) filled with `values`, each shown
+    as text (`esc`) unless it is `Mrkdwn` already.
+
+    Example:
+        >>> mrkdwn("*{procedure}* started by {who}", procedure="clean-move", who="<!channel>")
+        '*clean-move* started by &lt;!channel&gt;'
+    """
+    return Mrkdwn(_FORMATTER.vformat(template, args, values))
+
+
+def _clip(text: Mrkdwn) -> Mrkdwn:
+    if len(text) <= MAX_TEXT:
+        return text
+    return Mrkdwn(text[: MAX_TEXT - 20] + "\n... (truncated)")
+
+
+def text_object(text: Mrkdwn) -> dict[str, Any]:
+    """A Block Kit mrkdwn text object (verbatim: no automatic links or mentions)."""
+    return {"type": "mrkdwn", "text": _clip(text), "verbatim": True}
+
+
+def section(text: Mrkdwn) -> Block:
+    """A section block."""
+    return {"type": "section", "text": text_object(text)}
+
+
+def context(text: Mrkdwn) -> Block:
+    """A context block of one text."""
+    return {"type": "context", "elements": [text_object(text)]}
+
+
+def safe_blocks(blocks: Sequence[Block]) -> list[Block]:
+    """The blocks as sent: every mrkdwn text that is not `Mrkdwn` escaped, each verbatim."""
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, list):
+            return [walk(n) for n in node]
+        if not isinstance(node, dict):
+            return node
+        out = {k: walk(v) for k, v in node.items()}
+        if out.get("type") == "mrkdwn" and isinstance(out.get("text"), str):
+            out["text"] = esc(out["text"])
+            out.setdefault("verbatim", True)
+        return out
+
+    return [walk(b) for b in blocks]
 
 
 def api_url() -> str:
@@ -77,7 +182,8 @@ def response_url_allowed(url: str) -> bool:
 
 def reply_ephemeral(response_url: str, text: str) -> None:
     """Tell a clicking user something only they see, on the interaction's response URL (best
-    effort, bounded by `TIMEOUT_S`; a failure is logged, never raised)."""
+    effort, bounded by `TIMEOUT_S`; a failure is logged, never raised). `text` is shown as text
+    unless it is `Mrkdwn`."""
     from slack_sdk.webhook import WebhookClient
 
     if not response_url_allowed(response_url):
@@ -85,7 +191,7 @@ def reply_ephemeral(response_url: str, text: str) -> None:
         return
     try:
         resp = WebhookClient(response_url, timeout=TIMEOUT_S).send(
-            text=text, response_type="ephemeral", replace_original=False
+            text=esc(text), response_type="ephemeral", replace_original=False
         )
     except Exception as exc:  # noqa: BLE001 - a reply must never fail the gateway
         log.warning("could not reply on the response URL: %s", exc)
@@ -158,12 +264,15 @@ class SlackNotifier:
         log.warning("%s", what)
 
     def post(
-        self, text: str, blocks: list[dict[str, Any]] | None = None, *, in_thread: bool = True
+        self, text: Mrkdwn, blocks: Sequence[Block] | None = None, *, in_thread: bool = True
     ) -> str | None:
-        """Post a message (in the run's thread once it exists). Returns its ts or None."""
-        kwargs: dict[str, Any] = {"channel": self.channel_id or self.channel, "text": text}
+        """Post a message (in the run's thread once it exists). Returns its ts or None.
+
+        `text` (what notifications and clients without blocks show) and the blocks' mrkdwn are
+        sent as they are only when they are `Mrkdwn`; any other text is escaped."""
+        kwargs: dict[str, Any] = {"channel": self.channel_id or self.channel, "text": esc(text)}
         if blocks:
-            kwargs["blocks"] = blocks
+            kwargs["blocks"] = safe_blocks(blocks)
         if in_thread and self.root_ts:
             kwargs["thread_ts"] = self.root_ts
         data = self._call("chat.postMessage", **kwargs)
@@ -172,27 +281,27 @@ class SlackNotifier:
         self.channel_id = self.channel_id or data.get("channel")
         return str(data.get("ts")) if data.get("ts") else None
 
-    def update(self, ts: str, text: str, blocks: list[dict[str, Any]] | None = None) -> bool:
-        """Edit a message in place."""
+    def update(self, ts: str, text: Mrkdwn, blocks: Sequence[Block] | None = None) -> bool:
+        """Edit a message in place (its text and blocks as `post` sends them)."""
         kwargs: dict[str, Any] = {
             "channel": self.channel_id or self.channel,
             "ts": ts,
-            "text": text,
-            "blocks": blocks or [],
+            "text": esc(text),
+            "blocks": safe_blocks(blocks or []),
         }
         return self._call("chat.update", **kwargs) is not None
 
     # --- what procedures say -------------------------------------------------------------------
 
-    def start(self, text: str, blocks: list[dict[str, Any]]) -> None:
+    def start(self, text: Mrkdwn, blocks: Sequence[Block]) -> None:
         """Open the run's thread."""
         self.root_ts = self.post(text, blocks, in_thread=False)
 
-    def step(self, text: str, blocks: list[dict[str, Any]]) -> None:
+    def step(self, text: Mrkdwn, blocks: Sequence[Block]) -> None:
         """One step's outcome sentence."""
         self.post(text, blocks)
 
-    def progress(self, text: str, *, force: bool = False) -> None:
+    def progress(self, text: Mrkdwn, *, force: bool = False) -> None:
         """The live progress line: one message, edited in place, at most every few seconds."""
         now = time.monotonic()
         with self._lock:
@@ -200,7 +309,7 @@ class SlackNotifier:
                 return
             self._progress_at = now
             ts = self.progress_ts
-        block = [{"type": "context", "elements": [{"type": "mrkdwn", "text": text}]}]
+        block = [context(esc(text))]
         if ts is None:
             new = self.post(text, block)
             with self._lock:
@@ -208,11 +317,11 @@ class SlackNotifier:
         else:
             self.update(ts, text, block)
 
-    def approval(self, text: str, blocks: list[dict[str, Any]]) -> None:
+    def approval(self, text: Mrkdwn, blocks: Sequence[Block]) -> None:
         """Post the approval request (with its buttons)."""
         self.approval_ts = self.post(text, blocks)
 
-    def decided(self, text: str, blocks: list[dict[str, Any]]) -> None:
+    def decided(self, text: Mrkdwn, blocks: Sequence[Block]) -> None:
         """Replace the approval request by the decision (the buttons go)."""
         if self.approval_ts:
             self.update(self.approval_ts, text, blocks)
@@ -220,12 +329,18 @@ class SlackNotifier:
 
     def finish(
         self,
-        text: str,
-        blocks: list[dict[str, Any]],
-        root_text: str,
-        root_blocks: list[dict[str, Any]],
+        text: Mrkdwn,
+        blocks: Sequence[Block],
+        root_text: Mrkdwn,
+        root_blocks: Sequence[Block],
     ) -> None:
         """The end: a final message in the thread, and the thread's first message updated."""
         self.post(text, blocks)
         if self.root_ts:
             self.update(self.root_ts, root_text, root_blocks)
+
+
+def post_text(client: WebClient, channel: str, thread_ts: str | None, text: Mrkdwn) -> None:
+    """Post one line with `client` (in a thread when `thread_ts` is given), escaped unless it is
+    `Mrkdwn`. Raises what slack_sdk raises."""
+    client.chat_postMessage(channel=channel, thread_ts=thread_ts, text=esc(text))

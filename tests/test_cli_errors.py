@@ -1,0 +1,63 @@
+"""The command line prints its errors exactly as they read: a pattern's ``[a-z]``, a path's
+``[x]`` or ``[/tmp/x]`` are never taken for rich markup (eaten, or a MarkupError instead of the
+error)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from config.site import HOST_NAME_RE
+
+ROOT = Path(__file__).resolve().parent.parent
+LAB_SITE = ROOT / "config" / "sites" / "lab.yaml"
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "infra.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        # wide enough that rich does not fold a line inside a pattern or a path
+        env={**os.environ, "COLUMNS": "400"},
+    )
+
+
+def _refused(res: subprocess.CompletedProcess[str], code: int) -> str:
+    assert "Traceback" not in res.stderr and "MarkupError" not in res.stderr, res.stderr
+    assert res.returncode == code, res.stderr
+    return res.stderr
+
+
+def test_an_invalid_site_file_prints_its_pattern_and_path_as_they_are(tmp_path: Path) -> None:
+    """The top-level handler: a site file refused by a command that loads it."""
+    site = yaml.safe_load(LAB_SITE.read_text())
+    site["site"] = "lab; rm -rf /"
+    where = tmp_path / "[x]"
+    where.mkdir()
+    bad = where / "bad.yaml"
+    bad.write_text(yaml.safe_dump(site))
+    said = _refused(_cli("snapshot", "--site", str(bad)), 2)
+    assert f"invalid site file {bad}:" in said
+    # rich took "[a-z]" and "[a-z0-9-]" for tags: the pattern printed as '^{0,62}$'
+    assert f"String should match pattern '{HOST_NAME_RE}'" in said
+
+
+def test_a_path_in_brackets_is_printed_as_it_is() -> None:
+    said = _refused(_cli("snapshot", "--site", "[/tmp/x]"), 2)
+    assert "invalid site file [/tmp/x]:" in said
+
+
+def test_command_groups_print_what_they_were_given_as_it_is() -> None:
+    """`handover service` names a host the site does not have; `handover hagd run` a
+    configuration file it cannot read."""
+    said = _refused(_cli("service", "status", "--site", str(LAB_SITE), "--host", "[/tmp/x]"), 2)
+    assert "[/tmp/x]: not a host of lab (hosts: fts101" in said
+    said = _refused(_cli("hagd", "run", "--config", "[/tmp/x][bold]"), 2)
+    assert "[/tmp/x][bold]" in said
