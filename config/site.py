@@ -39,6 +39,8 @@ from pydantic import (
 )
 
 from config.invariants import InvariantError, Problem
+from config.private_files import SecretError as SecretError  # re-exported: callers import it here
+from config.private_files import read_secret_file
 
 # --- names that reach a shell -------------------------------------------------------------------
 
@@ -80,12 +82,11 @@ class _Model(BaseModel):
 # --- secrets ------------------------------------------------------------------------------------
 
 
-class SecretError(RuntimeError):
-    """A secret reference could not be resolved; the message names the reference, never a value."""
-
-
 class SecretRef(_Model):
     """A reference to a secret. Exactly one of `env`, `file` or `prefect_secret` is set.
+
+    A `file` must belong to the user handover runs as (or root) and be closed to its group and
+    others (``chmod 600``), as OpenSSH requires of a private key; it is checked when read.
 
     Example:
         ``password: {env: FTS_DB_PASSWORD}`` or ``password: {file: /etc/handover/db-password}``.
@@ -134,7 +135,9 @@ class SecretRef(_Model):
             The secret, wrapped so that printing it shows ``**********``.
 
         Raises:
-            SecretError: the variable is unset, the file unreadable or the block missing.
+            SecretError: the variable is unset, the file unreadable or not private (see
+                `config.private_files.read_secret_file`: yours or root's, mode 0600), or the
+                block missing.
         """
         if self.env is not None:
             value = os.environ.get(self.env)
@@ -142,13 +145,7 @@ class SecretRef(_Model):
                 raise SecretError(f"secret from {self.describe()} is not set; export it first")
             return SecretStr(value)
         if self.file is not None:
-            try:
-                return SecretStr(self.file.read_text().strip())
-            except OSError as exc:
-                raise SecretError(
-                    f"secret from {self.describe()} cannot be read ({exc.strerror}); "
-                    "check the path and its permissions"
-                ) from exc
+            return SecretStr(read_secret_file(self.file, self.describe()))
         from prefect.blocks.system import Secret
 
         try:

@@ -35,8 +35,6 @@ import hashlib
 import hmac
 import ipaddress
 import logging
-import os
-import pwd
 import re
 import shlex
 import socket
@@ -50,7 +48,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from config.site import SecretError, SecretRef, Site
+from config.private_files import SecretError, read_secret_file
+from config.site import Site
 from tasks.run_counts import RunCounts
 from tasks.sensors import SensorReading
 
@@ -291,40 +290,9 @@ def is_loopback(address: str) -> bool:
     )
 
 
-def _user(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
-
-
-def token_file_problem(path: Path) -> str | None:
-    """What makes `path` unfit to hold the exporter's token, with the command that fixes it
-    (None when it is fit): it must belong to the user the exporter runs as, and neither its
-    group nor others may read or write it.
-
-    Raises:
-        OSError: the file cannot be examined (missing, a directory on the way unreadable).
-    """
-    st = path.stat()
-    me = os.geteuid()
-    quoted = shlex.quote(str(path))
-    if st.st_uid != me:
-        return (
-            f"{path} belongs to {_user(st.st_uid)}, not to {_user(me)}, the user the exporter "
-            f"runs as: run `chown {_user(me)} {quoted}` (or run the exporter as "
-            f"{_user(st.st_uid)})"
-        )
-    if st.st_mode & 0o077:
-        return (
-            f"{path} has mode {st.st_mode & 0o777:04o}: its group or others may read or "
-            f"replace the token; run `chmod 600 {quoted}`"
-        )
-    return None
-
-
 def read_token(path: Path) -> str:
-    """The exporter's bearer token from `path`, after checking the file (`token_file_problem`).
+    """The exporter's bearer token from `path`, once the file is found private
+    (`config.private_files.read_secret_file`: yours or root's, closed to everyone else).
 
     The file holds the token alone (surrounding whitespace is ignored, as Prometheus ignores it
     in ``credentials_file``).
@@ -335,17 +303,9 @@ def read_token(path: Path) -> str:
     """
     path = path.absolute()
     try:
-        problem = token_file_problem(path)
-    except OSError as exc:
-        raise ExporterError(
-            f"--token-file {path}: cannot be read ({exc.strerror}); check the path"
-        ) from None
-    if problem:
-        raise ExporterError(f"--token-file {problem}")
-    try:
-        token = SecretRef(file=path).resolve().get_secret_value()
+        token = read_secret_file(path, f"--token-file {path}")
     except SecretError as exc:
-        raise ExporterError(f"--token-file: {exc}") from None
+        raise ExporterError(str(exc)) from None
     fix = (
         f"put a random token of at least {MIN_TOKEN_CHARS} characters in it, e.g. "
         f"`openssl rand -hex 32 > {shlex.quote(str(path))}`, and the same in Prometheus' "

@@ -207,13 +207,19 @@ class PgCluster:
     def psql(self, sql: str, database: str = "postgres") -> str:
         """Run SQL as the superuser over the Unix socket; returns psql's unaligned output.
 
+        The SQL goes to psql on its standard input, never on its command line (which every
+        user can read in `ps`): a statement may carry a password (`ALTER ROLE ... PASSWORD`).
+        Each statement of `sql` commits on its own.
+
         Raises:
             PgClusterError: the statement failed; the message has psql's error.
         """
         cmd = ["runuser", "-u", "postgres", "--", self._bin("psql"), "-X", "-q", "-A", "-t"]
         cmd += ["-v", "ON_ERROR_STOP=1", "-h", str(self.socket_dir), "-p", str(self.port)]
-        cmd += ["-d", database, "-c", sql]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+        cmd += ["-d", database, "-f", "-"]
+        proc = subprocess.run(
+            cmd, input=sql, capture_output=True, text=True, timeout=60, check=False
+        )
         if proc.returncode != 0:
             raise PgClusterError(f"{self.what}: SQL failed: {proc.stderr.strip()[-800:]}")
         return proc.stdout

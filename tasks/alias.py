@@ -1,9 +1,13 @@
 """The alias verbs: read the service alias on every authoritative server, and move it.
 
 `move_service_alias` is idempotent (an alias already at the new address with the new epoch is
-left alone), sends one compare-and-set update (`tasks.adapters.dns.move_alias`), and verifies
-that every authoritative server answers the new address and epoch within a bound (the
-secondaries transfer the zone after the primary's NOTIFY).
+left alone), sends one compare-and-set update (`tasks.adapters.dns.move_alias`: the address and
+the epoch the alias holds now, both), and verifies that every authoritative server answers the
+new address and epoch within a bound (the secondaries transfer the zone after the primary's
+NOTIFY).
+
+Every read here is signed with the site's TSIG key and takes only answers signed with it: what
+the switch plans from and what it verifies is what the servers that hold the key answered.
 """
 
 from __future__ import annotations
@@ -20,13 +24,28 @@ SECONDARIES_WAIT_S = 10.0
 
 
 def read_aliases(site: Site, timeout_s: float = 3.0) -> list[AliasAnswer]:
-    """What every authoritative server answers for the alias (the primary first)."""
+    """What every authoritative server answers for the alias (the primary first), each asked
+    with queries signed with the site's TSIG key; an answer not signed with it is an error."""
     assert site.dns is not None
+    try:
+        secret: str | None = site.dns.tsig_key.resolve().get_secret_value()
+        unreadable = ""
+    except Exception as exc:  # noqa: BLE001 - no key, no trusted answer: said per server
+        secret, unreadable = None, str(exc)
     out = []
     for srv in site.dns.servers():
         where = f"{srv.address}:{srv.port}"
+        if secret is None:
+            out.append(
+                AliasAnswer(
+                    server=where,
+                    error=f"not asked: the TSIG secret ({site.dns.tsig_key.describe()}) to "
+                    f"sign the queries with cannot be read: {unreadable}",
+                )
+            )
+            continue
         try:
-            st = read_alias(site.dns, srv, timeout_s)
+            st = read_alias(site.dns, srv, timeout_s, key_secret=secret)
         except DnsError as exc:
             out.append(AliasAnswer(server=where, error=str(exc)))
         else:
@@ -63,8 +82,11 @@ def _agree(answers: list[AliasAnswer], to: str, epoch: int) -> list[str]:
     ]
 
 
-def move_service_alias(site: Site, expect: list[str], to: str, epoch: int) -> StepResult:
-    """Point the alias at `to` with `epoch` if it holds `expect` (see the module docstring).
+def move_service_alias(
+    site: Site, expect: list[str], to: str, epoch: int, expect_epoch: int | None
+) -> StepResult:
+    """Point the alias at `to` with `epoch` if it holds `expect` and `expect_epoch` (see the
+    module docstring).
 
     Raises:
         AliasChanged: somebody else moved the alias (nothing was changed).
@@ -77,15 +99,15 @@ def move_service_alias(site: Site, expect: list[str], to: str, epoch: int) -> St
     verb = "move-alias"
     host = f"{dns_cfg.server}:{dns_cfg.port}"
     started = now()
-    primary = read_alias(dns_cfg, dns_cfg.servers()[0])
+    secret = dns_cfg.tsig_key.resolve().get_secret_value()
+    primary = read_alias(dns_cfg, dns_cfg.servers()[0], key_secret=secret)
     changed = not (primary.addresses == [to] and primary.epoch == epoch)
     if changed:
-        secret = dns_cfg.tsig_key.resolve().get_secret_value()
         try:
-            move_alias(dns_cfg, secret, expect, to, epoch)
+            move_alias(dns_cfg, secret, expect, to, epoch, expect_epoch=expect_epoch)
         except DnsUnavailable:
             # the connection broke: the update may have been applied
-            again = read_alias(dns_cfg, dns_cfg.servers()[0])
+            again = read_alias(dns_cfg, dns_cfg.servers()[0], key_secret=secret)
             if not (again.addresses == [to] and again.epoch == epoch):
                 raise
     deadline = time.monotonic() + SECONDARIES_WAIT_S
@@ -116,8 +138,9 @@ def move_service_alias(site: Site, expect: list[str], to: str, epoch: int) -> St
         )
         + f"; all {servers} authoritative servers answer it",
         commands=[
-            f"UPDATE {dns_cfg.zone}: prereq {dns_cfg.alias} A {' '.join(expect)}; replace A {to}, "
-            f'TXT "epoch={epoch}" (TSIG {dns_cfg.tsig_key_name})'
+            f"UPDATE {dns_cfg.zone}: prereq {dns_cfg.alias} A {' '.join(expect)}, "
+            + (f'TXT "epoch={expect_epoch}"' if expect_epoch is not None else "no TXT")
+            + f'; replace A {to}, TXT "epoch={epoch}" (TSIG {dns_cfg.tsig_key_name})'
         ]
         if changed
         else [],

@@ -78,7 +78,7 @@ def run_verb(shell: SiteShell, step: Step) -> StepResult:
         return fence_epoch(shell, host, step.epoch)
     if step.verb == "move-alias":
         assert step.epoch is not None
-        return move_service_alias(site, step.expect, step.address, step.epoch)
+        return move_service_alias(site, step.expect, step.address, step.epoch, step.expect_epoch)
     if step.verb == "check-agents":
         return check_agents(shell, host, step.agents, step.others)
     if step.verb == "install-version":

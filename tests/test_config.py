@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import yaml
 
 from config.loader import SiteConfigError, load_site, parse_site
 from config.site import SecretError, SecretRef
+from tests.conftest import require
 
 ROOT = Path(__file__).resolve().parent.parent
 SITES = ROOT / "config" / "sites"
@@ -288,10 +290,86 @@ def test_secret_refs_resolve_without_leaking(
     assert "s3cret" not in repr(value) and "s3cret" not in str(value)
     f = tmp_path / "pw"
     f.write_text("from-file\n")
+    f.chmod(0o600)
     assert SecretRef(file=f).resolve().get_secret_value() == "from-file"
     monkeypatch.delenv("HANDOVER_TEST_SECRET")
     with pytest.raises(SecretError, match="HANDOVER_TEST_SECRET is not set"):
         ref.resolve()
+
+
+def _secret_file(tmp_path: Path, mode: int) -> Path:
+    f = tmp_path / f"secret-{mode:o}"
+    f.write_text("s3cret-value\n")
+    f.chmod(mode)
+    return f
+
+
+def test_a_private_secret_file_is_read(tmp_path: Path) -> None:
+    for mode in (0o600, 0o400):
+        f = _secret_file(tmp_path, mode)
+        assert SecretRef(file=f).resolve().get_secret_value() == "s3cret-value"
+
+
+@pytest.mark.parametrize(
+    ("mode", "says"),
+    [
+        (0o644, "its group may read it; others may read it (mode 0644)"),
+        (0o640, "its group may read it (mode 0640)"),
+        (0o602, "others may write it (mode 0602)"),
+    ],
+)
+def test_a_secret_file_open_to_others_is_refused_naming_the_fix(
+    tmp_path: Path, mode: int, says: str
+) -> None:
+    f = _secret_file(tmp_path, mode)
+    with pytest.raises(SecretError) as info:
+        SecretRef(file=f).resolve()
+    msg = str(info.value)
+    assert f"secret from file {f} is not private: {says}" in msg
+    assert f"run `chmod 600 {f}`" in msg
+    assert "s3cret" not in msg
+
+
+def test_a_secret_file_of_another_user_is_refused_naming_the_fix(tmp_path: Path) -> None:
+    import pwd
+
+    require(os.geteuid() == 0, "root (to give a file to the user nobody)")
+    nobody = pwd.getpwnam("nobody")
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    f = _secret_file(tmp_path, 0o600)
+    os.chown(f, nobody.pw_uid, nobody.pw_gid)
+    with pytest.raises(SecretError) as info:
+        SecretRef(file=f).resolve()
+    msg = str(info.value)
+    assert f"it belongs to nobody (uid {nobody.pw_uid}), not to {me}" in msg
+    assert f"run `chown {me} {f}` as root" in msg
+    # both wrong: both fixes, in one command
+    f.chmod(0o644)
+    with pytest.raises(SecretError, match=rf"`chown {me} {f} && chmod 600 {f}`"):
+        SecretRef(file=f).resolve()
+
+
+def test_a_link_to_a_file_open_to_others_is_refused_naming_the_target(tmp_path: Path) -> None:
+    target = _secret_file(tmp_path, 0o644)
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    with pytest.raises(SecretError) as info:
+        SecretRef(file=link).resolve()
+    msg = str(info.value)
+    assert f"secret from file {link} (a link to {target}) is not private" in msg
+    assert f"`chmod 600 {target}`" in msg
+    # the link to a private file is fine
+    target.chmod(0o600)
+    assert SecretRef(file=link).resolve().get_secret_value() == "s3cret-value"
+
+
+def test_a_fifo_or_a_directory_as_secret_file_is_refused_at_once(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo, 0o600)
+    with pytest.raises(SecretError, match="is not a regular file"):
+        SecretRef(file=fifo).resolve()  # never blocks waiting for a writer
+    with pytest.raises(SecretError, match="is not a regular file"):
+        SecretRef(file=tmp_path).resolve()
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:

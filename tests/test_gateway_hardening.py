@@ -47,11 +47,26 @@ def env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
 def test_an_empty_signing_secret_stops_the_gateway(tmp_path: Path, env: pytest.MonkeyPatch) -> None:
     empty = tmp_path / "signing.secret"
     empty.write_text("\n")
+    empty.chmod(0o600)
     site_file = _site_file(tmp_path, slack__signing_secret={"file": str(empty)})
     with pytest.raises(
         GatewayError, match=r"slack.signing_secret \(file .*signing.secret\) is empty"
     ):
         build(str(site_file))
+
+
+def test_a_webhook_secret_file_others_can_read_stops_the_gateway_naming_the_fix(
+    tmp_path: Path, env: pytest.MonkeyPatch
+) -> None:
+    shared = tmp_path / "webhook.secret"
+    shared.write_text("w" * 24 + "\n")
+    shared.chmod(0o644)
+    site_file = _site_file(tmp_path, alerts__webhook_secret={"file": str(shared)})
+    site, decider, _ = build(str(site_file))
+    with pytest.raises(GatewayError, match=rf"alerts.webhook_secret: .*`chmod 600 {shared}`"):
+        build_intake(site, decider)
+    shared.chmod(0o600)
+    assert build_intake(site, decider) is not None
 
 
 @pytest.mark.parametrize(

@@ -122,6 +122,47 @@ READ_FLOWS = (
 )
 
 
+class CommandLines:
+    """Every distinct command line of the machine's processes, read from /proc as often as it
+    can while the block runs (a short-lived psql included)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.seen: set[bytes] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        import time
+
+        while not self._stop.is_set():
+            for pid in os.listdir("/proc"):
+                if pid.isdigit():
+                    try:
+                        with open(f"/proc/{pid}/cmdline", "rb") as f:
+                            self.seen.add(f.read())
+                    except OSError:
+                        pass  # gone meanwhile
+            time.sleep(0.001)
+
+    def __enter__(self) -> CommandLines:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def holding(self, secret: str) -> list[str]:
+        """The command lines seen that hold `secret` (shown without it)."""
+        return [
+            c.replace(b"\0", b" ").decode(errors="replace").replace(secret, "<secret>")
+            for c in self.seen
+            if secret.encode() in c
+        ]
+
+
 def test_server_on_a_postgresql_it_starts_keeps_its_data_and_stops_it(tmp_path: Path) -> None:
     from infra.pg_cluster import pg_bin_dir
     from infra.prefect_db import ServerDatabase
@@ -142,7 +183,8 @@ def test_server_on_a_postgresql_it_starts_keeps_its_data_and_stops_it(tmp_path: 
     url = f"http://127.0.0.1:{port}/api"
     start = ("server", "start", "--port", str(port), "--db", "postgresql")
     start_pg = (*start, "--pg-port", str(pg_port), "--pg-dir", str(base / "pg"))
-    started = _handover(home, *start_pg)
+    with CommandLines() as cmdlines:
+        started = _handover(home, *start_pg)
     db = ServerDatabase(home, pg_port, base / "pg")
     try:
         assert started.returncode == 0, started.stdout + started.stderr
@@ -150,9 +192,12 @@ def test_server_on_a_postgresql_it_starts_keeps_its_data_and_stops_it(tmp_path: 
         assert f"postgresql+asyncpg://prefect:***@127.0.0.1:{pg_port}/prefect" in started.stdout
         assert (db.password_file.stat().st_mode & 0o777) == 0o600
         assert db.password_file.parent == home and _not_private(home) == []
-        # the password is in neither the output nor the record status prints
+        # the password is in neither the output nor the record status prints, nor on the
+        # command line of any process the start ran (psql setting the role's password)
         password = db.password_file.read_text().strip()
         assert password not in started.stdout
+        assert any(b"psql" in c for c in cmdlines.seen)  # the watch saw the short-lived psql
+        assert cmdlines.holding(password) == []
         status = _handover(home, "server", "status", "--port", str(port))
         assert status.returncode == 0 and "healthy; database postgresql" in status.stdout
         assert password not in status.stdout
@@ -166,12 +211,16 @@ def test_server_on_a_postgresql_it_starts_keeps_its_data_and_stops_it(tmp_path: 
         sqlite_asked = _handover(home, "server", "start", "--port", str(port))
         assert sqlite_asked.returncode == 1 and "server stop` first" in sqlite_asked.stdout
 
-        # a second server (its own home) on the same database, named by URL: the same flows
-        pg_url = db.url().replace("postgresql+asyncpg://", "postgresql://")
-        second = _handover(
-            other, "server", "start", "--port", str(port2), "--db", "postgresql", "--db-url", pg_url
-        )
+        # a second server (its own home) on the same database, named by URL in a private
+        # file: the same flows, and the password on no command line
+        url_file = base / "db-url"
+        url_file.write_text(db.url().replace("postgresql+asyncpg://", "postgresql://") + "\n")
+        url_file.chmod(0o600)
+        second_start = ("server", "start", "--port", str(port2), "--db", "postgresql")
+        with CommandLines() as cmdlines:
+            second = _handover(other, *second_start, "--db-url-file", str(url_file))
         assert second.returncode == 0, second.stdout + second.stderr
+        assert cmdlines.holding(password) == []
         second_url = f"http://127.0.0.1:{port2}/api"
         assert "kept-across-restarts" in _client_call(second_url, other, READ_FLOWS)
         assert "stopped" in _handover(other, "server", "stop").stdout
@@ -195,10 +244,24 @@ def test_server_on_a_postgresql_it_starts_keeps_its_data_and_stops_it(tmp_path: 
 
 def test_server_refuses_a_database_url_it_cannot_use(tmp_path: Path) -> None:
     port = str(free_port())
+    shared = tmp_path / "db-url"
+    shared.write_text("postgresql://u:p@h/db\n")
+    shared.chmod(0o644)
     for argv, said in (
-        (("--db", "postgresql", "--db-url", "mysql://u:p@h/db"), "is not a PostgreSQL URL"),
-        (("--db", "postgresql", "--db-url", "postgresql://u:p@h"), "needs a host and a database"),
-        (("--db-url", "postgresql://u:p@h/db"), "--db-url goes with --db postgresql"),
+        (("--db", "postgresql", "--db-url", "mysql://u@h/db"), "is not a PostgreSQL URL"),
+        (("--db", "postgresql", "--db-url", "postgresql://u@h"), "needs a host and a database"),
+        (("--db-url", "postgresql://u@h/db"), "--db-url goes with --db postgresql"),
+        # a password on the command line: every user can read it in ps
+        (
+            ("--db", "postgresql", "--db-url", "postgresql://u:p@h/db"),
+            "--db-url carries a password",
+        ),
+        (("--db", "postgresql", "--db-url-file", str(shared)), f"`chmod 600 {shared}`"),
+        (("--db-url-file", str(shared)), "--db-url-file goes with --db postgresql"),
+        (
+            ("--db", "postgresql", "--db-url", "postgresql://u@h/db", "--db-url-file", str(shared)),
+            "not both",
+        ),
     ):
         done = _handover(tmp_path / "home", "server", "start", "--port", port, *argv)
         assert done.returncode == 2, done.stdout + done.stderr

@@ -149,7 +149,8 @@ def test_an_alias_changed_behind_the_switch_stops_it(lab: RunningLab) -> None:
     def meddle(kind: str, data: dict[str, Any]) -> None:
         if kind == "step-start" and data["step"].verb == "move-alias":
             # somebody repoints the alias by hand while the switch runs
-            move_alias(dns, secret, [address(lab, before)], elsewhere, 99)
+            now = read_alias(dns, dns.servers()[0])
+            move_alias(dns, secret, [address(lab, before)], elsewhere, 99, expect_epoch=now.epoch)
 
     with progress.sink(meddle):
         r = run(lab)
@@ -160,12 +161,13 @@ def test_an_alias_changed_behind_the_switch_stops_it(lab: RunningLab) -> None:
     # repair for the next tests: the alias back at the host that serves
     serving = r.to
     assert serving is not None
-    move_alias(dns, secret, [elsewhere], address(lab, serving), (r.new_epoch or 0))
+    move_alias(dns, secret, [elsewhere], address(lab, serving), r.new_epoch or 0, expect_epoch=99)
 
 
 def test_a_wrong_tsig_key_is_refused_and_nothing_changes(lab: RunningLab, tmp_path: Path) -> None:
     wrong = tmp_path / "wrong-key"
     wrong.write_text("d3Jvbmcgd3Jvbmcgd3Jvbmcgd3Jvbmcgd3Jvbmcgd3I=\n")
+    wrong.chmod(0o600)
     data = yaml.safe_load(lab.site_file.read_text())
     data["dns"]["tsig_key"] = {"file": str(wrong)}
     site_file = tmp_path / "wrong-key.yaml"
@@ -211,7 +213,7 @@ def test_the_drift_watch_reports_a_record_changed_by_hand(
     to_address = address(lab, r.to)
     secret = dns.tsig_key.resolve().get_secret_value()
     by_hand = address(lab, "fts106")
-    move_alias(dns, secret, [to_address], by_hand, r.new_epoch or 0)
+    move_alias(dns, secret, [to_address], by_hand, r.new_epoch or 0, expect_epoch=r.new_epoch)
     try:
         state = drift_watch(str(lab.site_file), return_state=True)
         result = state.result(raise_on_failure=False)
@@ -234,7 +236,7 @@ def test_the_drift_watch_reports_a_record_changed_by_hand(
         # events reach the server through Prefect's events worker, a moment later
         wait_for(drift_events, 30, "the handover.dns.drift event")
     finally:
-        move_alias(dns, secret, [by_hand], to_address, r.new_epoch or 0)
+        move_alias(dns, secret, [by_hand], to_address, r.new_epoch or 0, expect_epoch=r.new_epoch)
 
 
 def _countdown_site(lab: RunningLab, tmp_path: Path, seconds: int) -> Path:

@@ -51,8 +51,13 @@ def test_planned_switch_disables_enables_then_moves_the_alias() -> None:
     assert disable.address == "127.0.1.1"
     assert disable.seconds == SITE.dns.ttl_s + SITE.frontend.redirect_margin_s  # type: ignore[union-attr]
     assert enable.epoch == alias.epoch == 5
-    # compare-and-set: the update expects the master's address
+    # compare-and-set: the update expects the master's address and the epoch beside it
     assert alias.expect == ["127.0.1.2"] and alias.address == "127.0.1.1"
+    assert alias.expect_epoch == 4
+    assert (
+        "prereq yxrrset fts.lab.handover.test A 127.0.1.2; "
+        'prereq yxrrset fts.lab.handover.test TXT "epoch=4"; '
+    ) in alias.commands[0]
     assert enable.commands == ["fts-frontend enable 5"]
 
 
@@ -143,6 +148,19 @@ def test_the_epoch_is_the_newest_seen_plus_one() -> None:
     plan = plan_switch(SITE, snap, SwitchRequest())
     # the slave's own database read is newer than what the master reported: never reuse it
     assert plan.new_epoch == 10
+    # the update's compare is what the alias holds, not what the database says
+    assert plan.steps[-1].expect_epoch == 4
+
+
+def test_an_alias_without_an_epoch_record_is_compared_as_such() -> None:
+    snap = recorded("master-fts102-healthy")
+    snap.aliases = [a.model_copy(update={"epoch": None}) for a in snap.aliases]
+    plan = plan_switch(SITE, snap, SwitchRequest())
+    assert plan.ok, plan.problems
+    alias = plan.steps[-1]
+    # the update requires that there is no epoch record yet: nothing else can be replayed over
+    assert alias.expect_epoch is None and alias.epoch == 5
+    assert "prereq nxrrset fts.lab.handover.test TXT" in alias.commands[0]
 
 
 class AliasChanged(Exception):

@@ -147,6 +147,9 @@ class Step(BaseModel):
     address: str = ""
     #: move-alias: the addresses the alias must hold now (the compare of compare-and-set)
     expect: list[str] = Field(default_factory=list)
+    #: move-alias: the epoch the alias's TXT record must hold now (None: no TXT record), part of
+    #: the same compare
+    expect_epoch: int | None = None
     #: frontend-disable: how long clients are redirected
     seconds: int = 0
     #: install-version: the version to install; restart-agents: the version each agent must run

@@ -5,6 +5,9 @@ slave on the others. A switch disables the master, enables the slave in its mast
 new service epoch, and repoints the alias with one compare-and-set update that also writes that
 epoch. Every write of a master carries its epoch and the database refuses an older one, so the
 old master cannot write once the new epoch is claimed, even if it never heard of the switch.
+The compare covers the address and the epoch the alias holds (as the primary answered them
+over TSIG): an update captured on the wire and replayed after a later switch, even one back to
+the same address, names an epoch that no longer holds and changes nothing.
 
 The slave is enabled before the alias moves: a client that resolves the alias never meets a
 front end that is not yet the master (the other order leaves fresh clients facing a slave for
@@ -316,15 +319,21 @@ def plan_switch(site: Site, snap: SwitchSnapshot, req: SwitchRequest) -> SwitchP
             verb="move-alias",
             host=to,
             expect=[master_addr],
+            expect_epoch=primary.epoch,
             address=to_addr,
             epoch=new_epoch,
             commands=[
                 f"nsupdate -y {dns.tsig_algorithm}:{dns.tsig_key_name}:… to "
                 f"{dns.server}:{dns.port}: prereq yxrrset {dns.alias} A {master_addr}; "
-                f"update replace {dns.alias} {dns.ttl_s} A {to_addr}; "
+                + (
+                    f'prereq yxrrset {dns.alias} TXT "epoch={primary.epoch}"; '
+                    if primary.epoch is not None
+                    else f"prereq nxrrset {dns.alias} TXT; "
+                )
+                + f"update replace {dns.alias} {dns.ttl_s} A {to_addr}; "
                 f'update replace {dns.alias} {dns.ttl_s} TXT "epoch={new_epoch}"'
             ],
-            pre=f"{dns.alias} points at {master_addr} (compare-and-set)",
+            pre=f"{dns.alias} points at {master_addr} with epoch {primary.epoch} (compare-and-set)",
             post=f"every authoritative server answers {to_addr} with epoch {new_epoch}",
         ),
     ]

@@ -86,8 +86,6 @@ def cmd_exporter(args: argparse.Namespace) -> int:
     """`handover exporter`: the sensors as Prometheus metrics, until interrupted."""
     import logging
 
-    from rich.markup import escape
-
     from infra.exporter import ExporterError, exporter_token, serve_exporter
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
@@ -95,7 +93,7 @@ def cmd_exporter(args: argparse.Namespace) -> int:
     try:
         token = exporter_token(args.address, Path(args.token_file) if args.token_file else None)
     except ExporterError as exc:
-        err.print(f"[red]handover exporter does not start:[/red] {escape(str(exc))}")
+        error("handover exporter does not start:", exc)
         return 2
     try:
         serve_exporter(

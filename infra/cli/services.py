@@ -128,6 +128,46 @@ def cmd_fake_slack(args: argparse.Namespace) -> int:
     return 0
 
 
+def server_db_url(args: argparse.Namespace) -> str | None:
+    """The database URL `server start` was given: `--db-url` (without a password: a command
+    line is readable by every user of the machine) or `--db-url-file` (a private file).
+
+    Raises:
+        infra.prefect_db.ServerDbError: a password on the command line, both options, or a
+            file that is not private (the message names the fix).
+    """
+    from urllib.parse import urlsplit
+
+    from config.private_files import SecretError, read_secret_file
+    from infra.prefect_db import ServerDbError
+
+    if args.db_url is not None and args.db_url_file is not None:
+        raise ServerDbError("give --db-url or --db-url-file, not both")
+    if args.db_url is not None:
+        try:
+            password = urlsplit(args.db_url).password
+        except ValueError:
+            password = None  # check_url says what is wrong with it
+        if password is not None:
+            raise ServerDbError(
+                "--db-url carries a password, which every user of this machine can read on "
+                "the command line (ps, /proc/PID/cmdline), and your shell keeps in its "
+                "history; nothing was started. Put the URL in a file only you can read "
+                "(`install -m 600 /dev/null FILE`, then write the URL into it) and give "
+                "--db-url-file FILE instead"
+            )
+        return str(args.db_url)
+    if args.db_url_file is not None:
+        if args.db != "postgresql":
+            raise ServerDbError("--db-url-file goes with --db postgresql")
+        path = Path(args.db_url_file)
+        try:
+            return read_secret_file(path, f"--db-url-file {path}")
+        except SecretError as exc:
+            raise ServerDbError(str(exc)) from exc
+    return None
+
+
 def cmd_server(args: argparse.Namespace) -> int:
     """`handover server start|stop|status`: a local Prefect server, on its embedded SQLite or on
     PostgreSQL (one it starts, or one named by URL)."""
@@ -157,7 +197,7 @@ def _server_action(args: argparse.Namespace, ps: Any, home: Path, url: str) -> i
                 args.port,
                 home=home,
                 db=args.db,
-                db_url=args.db_url,
+                db_url=server_db_url(args),
                 pg_port=args.pg_port,
                 pg_dir=Path(args.pg_dir) if args.pg_dir else None,
             )
@@ -303,7 +343,14 @@ def register(sub: Any) -> None:
     )
     srv.add_argument(
         "--db-url",
-        help="with --db postgresql: a database run elsewhere, postgresql://USER:PASSWORD@HOST:PORT/DB",
+        help="with --db postgresql: a database run elsewhere, postgresql://USER@HOST:PORT/DB "
+        "(a URL with a password is refused: use --db-url-file)",
+    )
+    srv.add_argument(
+        "--db-url-file",
+        metavar="FILE",
+        help="with --db postgresql: a file holding postgresql://USER:PASSWORD@HOST:PORT/DB, "
+        "yours (or root's) and mode 0600",
     )
     srv.add_argument(
         "--pg-port",

@@ -19,6 +19,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from config.private_files import SecretError, read_secret_file
 from config.site import Dns, DnsServer, Site
 from infra.lab.errors import LabError
 from infra.lab.paths import LabPaths
@@ -118,9 +119,14 @@ zone "{zone}" {{ {zone_body} }};
             raise LabError("named is missing: as root, apt-get install -y bind9")
         self.paths.secrets_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         if not self.key_file.exists():
-            self.key_file.write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
-            self.key_file.chmod(0o600)
-        secret = self.key_file.read_text().strip()
+            # private from its first byte: handover refuses a secret file others may read
+            fd = os.open(self.key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(base64.b64encode(os.urandom(32)).decode() + "\n")
+        try:
+            secret = read_secret_file(self.key_file)
+        except SecretError as exc:
+            raise LabError(str(exc)) from exc
         shutil.rmtree(self.root, ignore_errors=True)
         fe = self.site.frontend
         first = self.site.host(fe.hosts[0]).address if fe else self.site.hosts[0].address

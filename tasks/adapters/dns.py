@@ -1,15 +1,23 @@
 """The service alias in DNS: read it on each authoritative server, and move it with one RFC 2136
-update signed with TSIG whose prerequisite is the address it holds now (compare-and-set).
+update signed with TSIG whose prerequisite is the address and the epoch it holds now
+(compare-and-set).
 
 Contract:
-    * `read_alias(dns, server)` asks one authoritative server (no resolver, no cache) for the
-      alias's A records, its epoch (the TXT record ``epoch=N`` beside it) and the zone's SOA
-      serial.
-    * `move_alias(dns, key, expect, to, epoch)` sends one UPDATE to the primary: prerequisite
-      "the alias's A RRset is exactly `expect`", then the A record and the epoch replaced, in one
-      atomic update. Somebody else changed the alias: `AliasChanged`, with what it holds now, and
-      nothing is changed. The key refused (wrong secret, unknown name): `TsigRefused`, naming the
-      key and the server. No answer within `timeout_s`: `DnsUnavailable`.
+    * `read_alias(dns, server, key_secret=...)` asks one authoritative server (no resolver, no
+      cache) for the alias's A records, its epoch (the TXT record ``epoch=N`` beside it) and the
+      zone's SOA serial. With the key, every query is signed with it and every answer must be
+      signed with it too: an answer that is not (a spoofed one, or a server without the key) is
+      `UnsignedAnswer`, a key the server refuses `TsigRefused`. Without the key the answers are
+      taken as they come (the lab's displays and diagnostics only).
+    * `move_alias(dns, key, expect, to, epoch, expect_epoch=...)` sends one UPDATE to the
+      primary: prerequisites "the alias's A RRset is exactly `expect`" and "its TXT RRset is
+      exactly ``epoch=<expect_epoch>``" (none at all when `expect_epoch` is None), then the A
+      record and the epoch replaced, in one atomic update. Because each switch writes a new
+      epoch, an UPDATE captured on the wire and replayed later (within TSIG's time window) fails
+      its prerequisite once any later switch happened, even one back to the same address.
+      Somebody else changed the alias: `AliasChanged`, with what it holds now, and nothing is
+      changed. The key refused (wrong secret, unknown name): `TsigRefused`, naming the key and
+      the server. No answer within `timeout_s`: `DnsUnavailable`.
     * `replace_addresses(dns, key, expect, addresses)` is the same compare-and-set for a
       round-robin name (several A records, no epoch; `expect` empty: the name has no A record).
     * `check_key(dns, key)` sends the primary an UPDATE whose only content is a prerequisite
@@ -22,11 +30,12 @@ Contract:
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
 if TYPE_CHECKING:
+    from dns.name import Name
     from dns.rcode import Rcode
 
     from config.site import Dns, DnsServer
@@ -44,6 +53,10 @@ class DnsUnavailable(DnsError):
 
 class TsigRefused(DnsError):
     """The server refused the TSIG key (unknown name, wrong secret or algorithm, clock skew)."""
+
+
+class UnsignedAnswer(DnsError):
+    """A signed query got an answer not signed with the key: it is not trusted."""
 
 
 class AliasChanged(DnsError):
@@ -68,33 +81,84 @@ def _fqdn(name: str) -> str:
     return name if name.endswith(".") else name + "."
 
 
-def read_alias(dns_cfg: Dns, server: DnsServer, timeout_s: float = 3.0) -> AliasState:
+def _keyring(dns_cfg: Dns, key_secret: str) -> dict[Name, Any]:
+    import dns.tsigkeyring
+
+    return dns.tsigkeyring.from_text({dns_cfg.tsig_key_name: key_secret})
+
+
+def _tsig_refused(dns_cfg: Dns, where: str, what: str, exc: BaseException) -> TsigRefused:
+    return TsigRefused(
+        f"{where} refused the TSIG key {dns_cfg.tsig_key_name!r} on {what} "
+        f"({type(exc).__name__}); check dns.tsig_key_name, dns.tsig_algorithm and the secret "
+        "dns.tsig_key points at; nothing was changed"
+    )
+
+
+def read_alias(
+    dns_cfg: Dns,
+    server: DnsServer,
+    timeout_s: float = 3.0,
+    *,
+    key_secret: str | None = None,
+) -> AliasState:
     """The alias as `server` answers it (authoritatively).
+
+    Args:
+        dns_cfg: the site's `dns` section.
+        server: the authoritative server to ask.
+        timeout_s: the bound of each query.
+        key_secret: the TSIG secret (base64): sign each query and accept only answers signed
+            with it. None: unsigned queries, answers taken as they come.
 
     Raises:
         DnsUnavailable: no answer within `timeout_s`, or an error answer.
+        TsigRefused: the server refused the key.
+        UnsignedAnswer: an answer to a signed query that is not signed with the key.
     """
     import dns.exception
     import dns.message
+    import dns.name
     import dns.query
     import dns.rcode
     import dns.rdatatype
+    import dns.tsig
 
     alias, zone = _fqdn(dns_cfg.alias), _fqdn(dns_cfg.zone)
     where = f"DNS server {server.address}:{server.port}"
+    keyring = _keyring(dns_cfg, key_secret) if key_secret is not None else None
 
     def ask(name: str, rdtype: str) -> dns.message.Message:
         q = dns.message.make_query(name, rdtype)
+        what = f"a {rdtype} query for {name}"
+        if keyring is not None:
+            q.use_tsig(
+                keyring,
+                keyname=dns.name.from_text(dns_cfg.tsig_key_name),
+                algorithm=dns_cfg.tsig_algorithm,
+            )
         try:
             r = dns.query.tcp(q, server.address, port=server.port, timeout=timeout_s)
+        except dns.tsig.PeerError as exc:
+            raise _tsig_refused(dns_cfg, where, what, exc) from exc
+        except (dns.tsig.BadSignature, dns.message.UnknownTSIGKey, dns.exception.FormError) as exc:
+            if keyring is None:
+                raise DnsUnavailable(f"{where} sent a malformed answer to {what}: {exc}") from exc
+            raise UnsignedAnswer(
+                f"{where} answered {what} (signed with the TSIG key "
+                f"{dns_cfg.tsig_key_name!r}) without a valid signature from that key "
+                f"({type(exc).__name__}: {exc}): the answer is not trusted; check that this "
+                f"server has the key (a `key` clause in its named.conf) and that nothing else "
+                f"answers on {server.address}:{server.port}"
+            ) from exc
         except (dns.exception.DNSException, OSError) as exc:
             raise DnsUnavailable(
-                f"{where} did not answer a {rdtype} query for {name} within {timeout_s:g} s "
+                f"{where} did not answer {what} within {timeout_s:g} s "
                 f"({type(exc).__name__}: {exc}); check that it runs and is reachable"
             ) from exc
         if r.rcode() not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
             raise DnsUnavailable(
-                f"{where} answered {dns.rcode.to_text(r.rcode())} to a {rdtype} query for {name}; "
+                f"{where} answered {dns.rcode.to_text(r.rcode())} to {what}; "
                 "is it authoritative for the zone?"
             )
         return r
@@ -121,14 +185,12 @@ def read_alias(dns_cfg: Dns, server: DnsServer, timeout_s: float = 3.0) -> Alias
 
 def _update(dns_cfg: Dns, key_secret: str) -> tuple[object, str, str]:
     import dns.name
-    import dns.tsigkeyring
     import dns.update
 
     zone, alias = _fqdn(dns_cfg.zone), _fqdn(dns_cfg.alias)
-    keyring = dns.tsigkeyring.from_text({dns_cfg.tsig_key_name: key_secret})
     upd = dns.update.UpdateMessage(
         zone,
-        keyring=keyring,
+        keyring=_keyring(dns_cfg, key_secret),
         keyname=dns.name.from_text(dns_cfg.tsig_key_name),
         keyalgorithm=dns_cfg.tsig_algorithm,
     )
@@ -147,11 +209,7 @@ def _send(dns_cfg: Dns, upd: object, what: str, timeout_s: float) -> Rcode:
     try:
         r = dns.query.tcp(upd, dns_cfg.server, port=dns_cfg.port, timeout=timeout_s)  # type: ignore[arg-type]
     except (dns.tsig.PeerError, dns.tsig.BadSignature) as exc:
-        raise TsigRefused(
-            f"{where} refused the TSIG key {key!r} ({type(exc).__name__}); check "
-            "dns.tsig_key_name, dns.tsig_algorithm and the secret dns.tsig_key points at; "
-            "nothing was changed"
-        ) from exc
+        raise _tsig_refused(dns_cfg, where, what, exc) from exc
     except (dns.exception.DNSException, OSError) as exc:
         raise DnsUnavailable(
             f"{where} did not answer {what} within {timeout_s:g} s "
@@ -194,9 +252,12 @@ def move_alias(
     expect: list[str],
     to: str,
     epoch: int,
+    *,
+    expect_epoch: int | None,
     timeout_s: float = 5.0,
 ) -> AliasState:
-    """Point the alias at `to` and set its epoch, if and only if it holds exactly `expect` now.
+    """Point the alias at `to` and set its epoch, if and only if it holds exactly `expect` and
+    `expect_epoch` now.
 
     Args:
         dns_cfg: the site's `dns` section (primary, zone, alias, TTL, key name and algorithm).
@@ -204,10 +265,12 @@ def move_alias(
         expect: the addresses the alias must hold now (the compare of compare-and-set).
         to: the new address.
         epoch: the new service epoch, written beside the alias in the same update.
+        expect_epoch: the epoch the alias's TXT record must hold now (None: the alias must
+            have no TXT record); part of the compare, so that a replayed update fails.
         timeout_s: the bound of the update.
 
     Returns:
-        What the primary answers afterwards.
+        What the primary answers afterwards (read with the key).
 
     Raises:
         AliasChanged: the alias holds something else now (nothing was changed).
@@ -215,7 +278,9 @@ def move_alias(
         DnsUnavailable: no answer in time, or another error answer (the update may or may not
             have been applied when the connection broke: read the alias again).
     """
-    return replace_addresses(dns_cfg, key_secret, expect, [to], epoch, timeout_s)
+    return replace_addresses(
+        dns_cfg, key_secret, expect, [to], epoch, expect_epoch=expect_epoch, timeout_s=timeout_s
+    )
 
 
 def replace_addresses(
@@ -224,10 +289,13 @@ def replace_addresses(
     expect: list[str],
     addresses: list[str],
     epoch: int | None = None,
+    *,
+    expect_epoch: int | None = None,
     timeout_s: float = 5.0,
 ) -> AliasState:
-    """Replace the alias's A records by `addresses` (a round-robin set), and its epoch when one
-    is given, if and only if it holds exactly `expect` now (`[]`: no A record).
+    """Replace the alias's A records by `addresses` (a round-robin set), if and only if it holds
+    exactly `expect` now (`[]`: no A record); with an `epoch`, also replace its epoch, if and
+    only if its TXT record holds `expect_epoch` now (None: no TXT record).
 
     Raises and returns as `move_alias`.
     """
@@ -236,19 +304,30 @@ def replace_addresses(
 
     upd, _zone, alias = _update(dns_cfg, key_secret)
     where = f"DNS server {dns_cfg.server}:{dns_cfg.port}"
+    # value-dependent prerequisites: their RRs carry TTL 0 (RFC 2136, 2.4.2); all of an
+    # update's prerequisites must hold for any of its changes to apply
     if expect:
-        # a value-dependent prerequisite: its RRs carry TTL 0 (RFC 2136, 2.4.2)
         upd.present(alias, dns.rdataset.from_text("IN", "A", 0, *expect))  # type: ignore[attr-defined]
     else:
         upd.absent(alias, "A")  # type: ignore[attr-defined]
+    if epoch is not None:
+        if expect_epoch is not None:
+            txt = dns.rdataset.from_text("IN", "TXT", 0, f'"epoch={expect_epoch}"')
+            upd.present(alias, txt)  # type: ignore[attr-defined]
+        else:
+            upd.absent(alias, "TXT")  # type: ignore[attr-defined]
     upd.replace(alias, dns_cfg.ttl_s, "A", *addresses)  # type: ignore[attr-defined]
     if epoch is not None:
         upd.replace(alias, dns_cfg.ttl_s, "TXT", f'"epoch={epoch}"')  # type: ignore[attr-defined]
     rcode = _send(dns_cfg, upd, f"the update of {alias}", timeout_s)
+    primary = dns_cfg.servers()[0]
     if rcode in (dns.rcode.NXRRSET, dns.rcode.YXRRSET, dns.rcode.NXDOMAIN):
-        now = read_alias(dns_cfg, dns_cfg.servers()[0], timeout_s)
+        now = read_alias(dns_cfg, primary, timeout_s, key_secret=key_secret)
+        held = ", ".join(expect) or "nothing"
+        if epoch is not None:
+            held += f" with epoch {expect_epoch}" if expect_epoch is not None else " (no epoch)"
         raise AliasChanged(
-            f"{alias} no longer points at {', '.join(expect) or 'nothing'}: {where} has it at "
+            f"{alias} no longer holds {held}: {where} has it at "
             f"{', '.join(now.addresses) or 'nothing'} (epoch {now.epoch}); somebody else moved "
             "it, nothing was changed",
             now,
@@ -258,4 +337,4 @@ def replace_addresses(
             f"{where} answered {dns.rcode.to_text(rcode)} to the update of {alias}; nothing was "
             "changed"
         )
-    return read_alias(dns_cfg, dns_cfg.servers()[0], timeout_s)
+    return read_alias(dns_cfg, primary, timeout_s, key_secret=key_secret)
