@@ -5,13 +5,24 @@ creates it and puts every deployment of deployments/prefect.yaml in it) and each
 worker of that pool. Prefect hands each scheduled run to one worker: the worker proposes the run's
 Pending state and the server accepts one proposal, so two workers never start the same run.
 
-`HandoverWorker` is Prefect's `ProcessWorker` (a pool of type `process`; `prefect worker start`
-also serves it), with one change: a run of one of handover's deployments starts the way
-`handover serve` starts it (`infra/serve.py`): the flow object, imported once, is handed to a
-process forked from a fork server that has imported Prefect and the flows, not `python -m
-prefect.engine`, which imports everything afresh in every run (about 1.5 s on 2 cores). A run of
-a deployment handover does not know (another project's, in a shared pool) starts as Prefect
-starts it.
+`HandoverWorker` takes the runs of a pool of type `process` (Prefect's `ProcessWorker`) and starts
+a run of one of handover's deployments the way `handover serve` starts it (`infra/serve.py`): the
+flow object, imported once, is handed to a process forked from a fork server that has imported
+Prefect and the flows, not `python -m prefect.engine`, which imports everything afresh in every
+run (about 1.5 s on 2 cores).
+
+It runs nothing else. The worker holds the site's keys (SSH, TSIG, Slack, the database), so
+whoever may create deployments through the Prefect API must not be able to make it run their
+code or read those keys:
+
+* a run of a deployment that is not one of handover's (another name, or a name of handover's
+  with another flow) is refused: it ends Failed with the reason, and the worker logs it;
+  nothing of the deployment (its pull steps, its command) runs;
+* a run of handover's deployment runs handover's own flow object with the worker's environment:
+  the job variables of the deployment and the run (`env`, `command`, a working directory) and
+  its pull steps are ignored, and the worker says so. A run's `job_variables.env` could
+  otherwise point the flow's Slack client elsewhere (`HANDOVER_SLACK_API_URL`: the bot token
+  sent away) or widen the site directories (`HANDOVER_SITES_DIRS`).
 """
 
 from __future__ import annotations
@@ -52,19 +63,17 @@ DEFAULT_POOL = "handover"
 
 class FlowObjectStarter:
     """Starts one run by handing its flow object to a child process (Prefect's
-    `run_flow_in_subprocess`, whose process `start_runs_from_forkserver` makes a fork), with the
-    job configuration's environment on top of the worker's."""
+    `run_flow_in_subprocess`, whose process `start_runs_from_forkserver` makes a fork), in the
+    worker's own environment (as Prefect's runner starts a flow object under `serve`)."""
 
     def __init__(
         self,
         flow: Flow[Any, Any],
         deployment_name: str,
-        env: dict[str, str | None],
         control_channel: ControlChannel | None,
     ) -> None:
         self._flow = flow
         self._deployment_name = deployment_name
-        self._env = env
         self._control_channel = control_channel
 
     async def start(
@@ -77,7 +86,6 @@ class FlowObjectStarter:
         from prefect.runner._process_manager import ProcessHandle
 
         env: dict[str, str | None] = {
-            **self._env,
             "PREFECT__DEPLOYMENT_NAME": self._deployment_name,
             # heartbeats, so that a run whose worker dies is known crashed (crash_recovery)
             "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_S),
@@ -116,9 +124,17 @@ def _make_worker_class() -> type[Any]:
     warnings.filterwarnings("ignore", message="Type 'HandoverWorker'", category=UserWarning)
 
     class HandoverWorker(ProcessWorker):
-        """Prefect's process worker; handover's deployments start from the fork server."""
+        """A process-pool worker that runs handover's deployments only, from the fork server."""
 
         flows: ClassVar[dict[str, Flow[Any, Any]]] = {}
+
+        async def _refuse(self, flow_run: FlowRun, why: str) -> ProcessWorkerResult:
+            from prefect.states import Failed
+
+            message = f"refused by handover worker {self.name}: {why}; nothing of it ran"
+            self._logger.warning("flow run %s (%s) %s", flow_run.name, flow_run.id, message)
+            await self.client.set_flow_run_state(flow_run.id, Failed(message=message), force=True)
+            return ProcessWorkerResult(status_code=0, identifier="refused")
 
         async def run(
             self,
@@ -126,14 +142,31 @@ def _make_worker_class() -> type[Any]:
             configuration: ProcessJobConfiguration,
             task_status: anyio.abc.TaskStatus[int] | None = None,
         ) -> ProcessWorkerResult:
-            flow: Flow[Any, Any] | None = None
-            deployment_name = ""
-            if flow_run.deployment_id is not None:
-                deployment = await self.client.read_deployment(flow_run.deployment_id)
-                deployment_name = deployment.name
-                flow = self.flows.get(deployment_name)
-            if flow is None:
-                return await super().run(flow_run, configuration, task_status)
+            if flow_run.deployment_id is None:
+                return await self._refuse(flow_run, "it belongs to no deployment")
+            deployment = await self.client.read_deployment(flow_run.deployment_id)
+            deployment_name = deployment.name
+            flow = self.flows.get(deployment_name)
+            theirs = (await self.client.read_flow(deployment.flow_id)).name
+            if flow is None or theirs != flow.name:
+                return await self._refuse(
+                    flow_run,
+                    f"deployment {theirs}/{deployment_name} is not one of handover's "
+                    f"({', '.join(sorted(self.flows))}); this worker runs handover's only",
+                )
+            ignored = [
+                *(f"job variable {k}" for k in sorted(deployment.job_variables or {})),
+                *(f"the run's job variable {k}" for k in sorted(flow_run.job_variables or {})),
+                *(["the deployment's pull steps"] if deployment.pull_steps else []),
+            ]
+            if ignored:
+                self._logger.warning(
+                    "flow run %s (%s): ignored %s: handover's flows run with the worker's own "
+                    "command and environment",
+                    flow_run.name,
+                    flow_run.id,
+                    ", ".join(ignored),
+                )
             if task_status is None:
                 task_status = anyio.TASK_STATUS_IGNORED
 
@@ -144,9 +177,7 @@ def _make_worker_class() -> type[Any]:
 
             execution: Any = None
             async with FlowRunExecutorContext() as ctx:
-                starter = FlowObjectStarter(
-                    flow, deployment_name, dict(configuration.env), ctx.control_channel
-                )
+                starter = FlowObjectStarter(flow, deployment_name, ctx.control_channel)
                 executor = ctx.create_executor(
                     flow_run, starter, resolve_flow=resolve, propose_submitting=False
                 )

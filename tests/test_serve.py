@@ -307,6 +307,56 @@ def test_two_workers_share_the_pool_and_start_each_run_once(
         wait_for(lambda: _final(run.id), 60, "the rejected run to end")
 
 
+def test_the_worker_runs_handovers_flows_only_and_in_its_own_environment(
+    lab: RunningLab, prefect_api: str, tmp_path: Path
+) -> None:
+    """Whoever may create deployments through the API must not run code on a worker, which holds
+    the site's keys: a deployment of another flow put in the pool (a shell pull step, a command
+    job variable) is refused and runs nothing; a run of handover's own deployment whose job
+    variables set a command and an environment (the Slack API's address and a bot token: the
+    token would be sent there) runs handover's flow in the worker's environment."""
+    from infra.fakeslack import FakeSlack
+
+    pool = "handover-test-workers"  # deployed by the test before (the module's order)
+    marker = tmp_path / "ran"
+    touch = f"touch {marker}"
+    with get_client(sync_client=True) as client:
+        foreign = client.create_deployment(
+            flow_id=client.create_flow_from_name("not-handover"),
+            name="evil",
+            work_pool_name=pool,
+            entrypoint="evil.py:evil",
+            pull_steps=[{"prefect.deployments.steps.run_shell_script": {"script": touch}}],
+            job_variables={"command": touch, "env": {"EVIL": "1"}},
+        )
+    with FakeSlack(tokens={"xoxb-stolen"}) as fake:
+        with workers(lab, prefect_api, pool, ["guard"], tmp_path) as logs:
+            refused = run_deployment(foreign, timeout=0)
+            wait_for(lambda: _final(refused.id), 120, "the foreign run to end")
+            state = _state(refused.id)
+            assert state.is_failed(), state
+            assert "refused by handover worker guard" in (state.message or "")
+            assert "is not one of handover's" in (state.message or "")
+            dry = run_deployment(
+                "clean-move/clean-move",
+                parameters={"from_host": "fts101", "to_host": "fts102", "dry_run": True},
+                job_variables={
+                    "command": touch,
+                    "env": {
+                        "HANDOVER_SLACK_API_URL": fake.base_url,
+                        "HANDOVER_SLACK_BOT_TOKEN": "xoxb-stolen",
+                    },
+                },
+                timeout=0,
+            )
+            wait_for(lambda: _final(dry.id), 120, "the dry run to end")
+            assert _state(dry.id).is_completed(), _state(dry.id)
+            text = logs["guard"].read_text(errors="replace")
+        assert "ignored the run's job variable command, the run's job variable env" in text
+        assert fake.calls == [], [c.method for c in fake.calls]
+    assert not marker.exists()
+
+
 def _worker_pids(home: Path) -> list[int]:
     """The worker processes whose Prefect home is under `home` (this test's)."""
     pids = []
