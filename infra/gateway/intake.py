@@ -36,6 +36,10 @@ MAX_QUEUED_EVENTS = 10_000
 
 log = logging.getLogger("handover.gateway.alerts")
 SLACK_NOTE_EVERY_S = 10.0
+#: an incident whose run Prefect says it does not know (deleted), or whose run id cannot be a
+#: run's, for this long is closed (with an audit line): otherwise it would stay open for ever
+#: and every later alert for its host would only be attached, starting nothing
+RUN_UNREADABLE_CLOSE_S = 60.0
 
 
 class PrefectUnavailable(RuntimeError):
@@ -74,6 +78,8 @@ class AlertIntake:
         #: audit events dropped because Prefect did not take them for too long
         self.events_dropped = 0
         self._slack_noted_at: dict[str, float] = {}
+        #: since when (the book's clock) each incident's run could not be read, by event id
+        self._unreadable_since: dict[str, float] = {}
 
     @property
     def events_queued(self) -> int:
@@ -252,6 +258,9 @@ class AlertIntake:
             del self._slack_noted_at[gone]
         for gone in [r for r in self._slack_backlog if r not in live]:
             del self._slack_backlog[gone]
+        open_ids = {str(inc.event_id) for inc in open_now}
+        for gone in [k for k in self._unreadable_since if k not in open_ids]:
+            del self._unreadable_since[gone]
         for inc in open_now:
             try:
                 if inc.run_id is None:
@@ -260,7 +269,9 @@ class AlertIntake:
                         await self._book(self.incidents.set_run, inc, found)
                 if inc.run_id is None:
                     continue
-                run = await client.read_flow_run(inc.run_id)
+                run = await self._read_run(client, inc)
+                if run is None:
+                    continue
                 finished = bool(run.state and run.state.is_final())
                 await self._book(self.incidents.set_finished, inc, finished)
                 notes: list[str] = await self._book(self.incidents.take_pending, inc)
@@ -272,6 +283,37 @@ class AlertIntake:
                     await self._say_in_slack(client, inc)
             except Exception as exc:  # noqa: BLE001 - keep resolving the others; retry next time
                 log.warning("could not follow the run of incident %s: %s", inc.event_id, exc)
+
+    async def _read_run(self, client: Any, inc: Incident) -> Any:
+        """The incident's run, or None when it cannot be read now; one that Prefect does not
+        know, or whose id is not a run's, for `RUN_UNREADABLE_CLOSE_S` closes the incident.
+        (Prefect not answering closes nothing: its runs may well be running.)"""
+        from prefect.exceptions import ObjectNotFound
+
+        key = str(inc.event_id)
+        try:
+            run_id = uuid.UUID(str(inc.run_id))
+            run = await client.read_flow_run(run_id)
+        except (ValueError, ObjectNotFound) as exc:
+            now = self.incidents.clock()
+            since = self._unreadable_since.setdefault(key, now)
+            if now - since < RUN_UNREADABLE_CLOSE_S:
+                return None
+            await self._book(self.incidents.set_finished, inc, True)
+            del self._unreadable_since[key]
+            why = "Prefect does not know it" if isinstance(exc, ObjectNotFound) else "not a run id"
+            self.audit(
+                source="gateway",
+                result="incident-closed",
+                host=inc.host,
+                incident=key,
+                run=str(inc.run_id),
+                reason=f"its run {inc.run_id} cannot be read ({why}) for "
+                f"{now - since:.0f} s: the next alert for {inc.host} starts a run",
+            )
+            return None
+        self._unreadable_since.pop(key, None)
+        return run
 
     async def run_forever(self, client_factory: Callable[[], Any], every_s: float = 1.0) -> None:
         """The background resolver of the gateway."""
