@@ -25,8 +25,8 @@ from prefect.input import RunInput
 from prefect.states import Running
 from pydantic import BaseModel, Field
 
-from config.site import ProcedurePolicy, Slack
-from flows.approval_seal import is_sealed, site_seal_key
+from config.site import ProcedurePolicy, Site, Slack
+from flows.seals import alert_seal_holds, is_sealed, site_alert_seal_key, site_seal_key
 
 
 class ApprovalInput(RunInput):
@@ -99,6 +99,23 @@ def pre_approved(who: str, source: str) -> ApprovalRecord:
     )
 
 
+def _next_pause_key() -> str:
+    """A pause key no pause of this run has used: ``approval-N``, N counted from the keys the
+    server has recorded for the run (Prefect refuses a keyed pause it has seen and hands back
+    the input of the first, so a second approval under the first one's key would pass as
+    approved by the first approver)."""
+    ctx = FlowRunContext.get()
+    if ctx is None or ctx.flow_run is None:
+        raise RuntimeError("an approval can only be asked for inside a flow run")
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(ctx.flow_run.id)
+    used = set(run.empirical_policy.pause_keys or ())
+    n = len(used) + 1
+    while f"approval-{n}" in used:
+        n += 1
+    return f"approval-{n}"
+
+
 def _unstick_paused_run() -> None:
     ctx = FlowRunContext.get()
     if ctx is None or ctx.flow_run is None:
@@ -120,9 +137,10 @@ def request_approval(
 ) -> ApprovalRecord:
     """Pause the current flow run until a human decides, or the policy's timeout passes.
 
-    A decision counts as the gateway's when it carries the gateway's seal
-    (`flows.approval_seal`); any other is recorded as typed in the Prefect UI, and ignored when
-    the policy says ``approval_via: gateway`` (the run pauses again until its timeout).
+    Every pause has a key of its own (`_next_pause_key`). A decision counts as the gateway's
+    when it carries the gateway's seal for this run and this pause (`flows.seals`); any other is
+    recorded as typed in the Prefect UI, and ignored when the policy says ``approval_via:
+    gateway`` (the run pauses again, under a new key, until its timeout).
 
     Args:
         policy: the procedure's policy (approval timeout, what a timeout does, which decisions
@@ -153,9 +171,9 @@ def request_approval(
     ctx = FlowRunContext.get()
     run_id = str(ctx.flow_run.id) if ctx is not None and ctx.flow_run is not None else ""
     record: ApprovalRecord | None = None
-    pauses = 0
     while record is None:
         left = (deadline - dt.datetime.now(dt.UTC)).total_seconds()
+        pause_key = _next_pause_key()
         try:
             if left < 1:
                 raise FlowPauseTimeout("the approval timeout passed")
@@ -163,8 +181,7 @@ def request_approval(
                 wait_for_input=ApprovalInput,
                 timeout=int(left),
                 poll_interval=poll_interval_s,
-                # each pause needs its own key: Prefect runs a keyed pause once per run
-                key="approval" if pauses == 0 else f"approval-{pauses}",
+                key=pause_key,
             )
         except FlowPauseTimeout:
             _unstick_paused_run()
@@ -178,10 +195,9 @@ def request_approval(
                 waited_s=waited,
             )
             break
-        pauses += 1
         assert answer is not None
         sealed = is_sealed(
-            seal_key, run_id, answer.decision, answer.who, answer.source, answer.seal
+            seal_key, run_id, pause_key, answer.decision, answer.who, answer.source, answer.seal
         )
         if not sealed and policy.approval_via == "gateway":
             logger.warning(
@@ -248,6 +264,17 @@ def approve(
             "and the site's policy requires an approval"
         )
         pause = None
+    if pause is False and policy.approval == "required" and policy.approval_via == "gateway":
+        # the site takes decisions from its Slack approvers only: `--yes` is a claim typed at
+        # a terminal (by whoever $LOGNAME says), recorded as such; the run still asks
+        claim = f"started with --yes by {who or 'unknown'} (as typed)"
+        get_run_logger().warning(
+            "%s: ignored, this site accepts approvals through the gateway only "
+            "(approval_via: gateway); asking in Slack",
+            claim,
+        )
+        progress.emit("step-sentence", sentence=f"{claim}; asking the site's approvers")
+        pause = None
     if not (policy.approval == "required" if pause is None else pause):
         return pre_approved(who, "no approval required" if pause is None else "started with --yes")
     progress.emit("approval-wait", what=what, **event)
@@ -261,3 +288,28 @@ def approve(
     )
     progress.emit("approval", record=record)
     return record
+
+
+def automatic_path_proven(site: Site, alert_id: str, alert_seal: str, host: str) -> bool:
+    """Whether this run may take an automatic path (an automatic switch's countdown, an
+    emergency policy that proceeds when nobody answers): it was called in-process (an operator
+    at the site's terminal, like ``--yes``), or it carries the gateway's seal of the alert
+    `alert_id` about `host`, and was created within the site's `alerts.max_age_s` of it
+    (`flows.seals`). A run created through the Prefect API without that seal gets the site's
+    approval policy, whatever its parameters say."""
+    from flows import progress
+
+    if not progress.created_through_the_api():
+        return True
+    ctx = FlowRunContext.get()
+    created = ctx.flow_run.created if ctx is not None and ctx.flow_run is not None else None
+    if created is None or site.alerts is None:
+        return False
+    return alert_seal_holds(
+        site_alert_seal_key(site.alerts),
+        alert_id,
+        host,
+        alert_seal,
+        created_at=created.timestamp(),
+        max_age_s=site.alerts.max_age_s,
+    )

@@ -31,7 +31,7 @@ from pydantic import Field
 
 from config.site import short_name
 from flows import progress
-from flows.approval import approve
+from flows.approval import approve, automatic_path_proven
 from flows.executor import Executor
 from flows.notify import Mrkdwn, mrkdwn
 from flows.plans.emergency_move import (
@@ -85,6 +85,7 @@ def emergency_move(
     requested_by: str = "",
     pause_for_approval: bool | None = None,
     alert_id: str = "",
+    alert_seal: str = "",
 ) -> State[Any]:
     """Move every agent of `host` to its other host now (see the module docstring).
 
@@ -96,6 +97,9 @@ def emergency_move(
             with an emergency policy, no answer within the timeout means proceed).
         alert_id: the id of the alert event that started the run (set by the deployment's
             trigger; the gateway attaches later alerts for the host to this run).
+        alert_seal: the gateway's seal of that alert (`flows.seals`, set by the trigger): only
+            a run called in-process or carrying it may proceed when an approval the site asks
+            for times out (an emergency policy); any other treats the timeout as a rejection.
 
     Returns:
         A Completed state (completed, rejected) or a Failed one (failed, refused) whose data is
@@ -141,7 +145,8 @@ def emergency_move(
 
         try:
             with holding_service(site, PROCEDURE, subject=host, wait_s=QUEUE_S):
-                return _emergency(run, host, who, pause_for_approval, finish)
+                automatic = automatic_path_proven(site, alert_id, alert_seal, host)
+                return _emergency(run, host, who, pause_for_approval, finish, automatic)
         except ServiceLockError as exc:
             return finish("refused", str(exc))
 
@@ -152,6 +157,7 @@ def _emergency(
     who: str,
     pause: bool | None,
     finish: Finish,
+    automatic: bool = True,
 ) -> State[Any]:
     shell, thread, site = run_.shell, run_.thread, run_.shell.site
     # snapshot: what the host's SSH port does, the host itself if SSH works, its partners
@@ -191,8 +197,19 @@ def _emergency(
     # approve
     what = f"emergency move of {count(len(plan.moves), 'agent')} off {host} (case {plan.case})"
     shown = ", ".join(f"{short_name(m.agent)} → {m.to}" for m in plan.moves) or "none"
+    policy = site.policy(PROCEDURE)
+    if not automatic and policy.on_approval_timeout == "proceed":
+        # silence means "go" only for a failure the gateway vouched for
+        said = (
+            "this run was created through the Prefect API without the gateway's seal of an "
+            "alert: an approval that times out rejects it (the emergency policy's proceed "
+            "holds for alerts only)"
+        )
+        get_run_logger().warning("%s", said)
+        progress.emit("step-sentence", sentence=said)
+        policy = policy.model_copy(update={"on_approval_timeout": "reject"})
     approval = approve(
-        site.policy(PROCEDURE),
+        policy,
         pause,
         who,
         what,

@@ -1,14 +1,26 @@
-"""The gateway's seal on an approval decision: how a paused run tells a Slack click from a form.
+"""The gateway's seals: how a run tells what the gateway vouched for from what anyone typed.
 
-Anyone who reaches Prefect's API can resume a paused run through the UI's form and type any name
-as "who". The gateway, which checked the Slack signature and the approver list, adds a seal to the
-input it resumes with: an HMAC-SHA256, over the run, the decision, who and where, keyed with a key
-derived from the site's Slack signing secret (which the gateway and the runs both resolve from the
-site file; the API never carries it). The run checks the seal: a sealed decision is recorded as
-the gateway's, any other as typed in the Prefect UI, and a site whose policy says
-``approval_via: gateway`` ignores the latter and keeps waiting.
+Anyone who reaches Prefect's API can create a run with any parameters, resume a paused run through
+the UI's form with any "who", or post an event. The gateway, which checked a Slack request's
+signature and the approver list, or an alert's signature, seals what it vouches for with an
+HMAC-SHA256 keyed from a secret of the site that the gateway and the runs both resolve from the
+site file (the API never carries it):
 
-A seal names its run, so one copied from another run's input does not verify.
+* **a decision** (`seal`, `is_sealed`): over the run, the pause it answers, the decision, who
+  and where, keyed from the Slack signing secret. The run checks the seal of the input it
+  resumes with: a sealed decision is recorded as the gateway's, any other as typed in the Prefect
+  UI, and a site whose policy says ``approval_via: gateway`` ignores the latter and keeps
+  waiting. A seal names its run and its pause, so one copied from another run, or from an
+  earlier pause of the same run, does not verify.
+* **an alert** (`alert_seal`, `alert_seal_holds`): over the alert's event id, the host it is
+  about and the moment the gateway admitted it, keyed from the webhook secret. It travels in the
+  event's payload into the runs that the event starts (the gateway's own, and the automations'
+  as their backstop), and only a run whose seal verifies, created within `alerts.max_age_s` of
+  that moment, takes the automatic paths (an automatic switch's countdown, an emergency policy
+  that proceeds when nobody answers) and counts the monitoring, not a person, as its requester.
+
+Keys are derived with a purpose of their own, so no seal is ever a valid signature of Slack's or
+of a webhook sender's.
 """
 
 from __future__ import annotations
@@ -16,19 +28,25 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-from config.site import SecretError, Slack
+from config.site import Alerts, SecretError, Slack
 
-#: keeps this key apart from the signing secret's use for Slack's request signatures
-_PURPOSE = b"handover approval seal v1"
+#: keeps each key apart from the secret's other uses
+_DECISION_PURPOSE = b"handover approval seal v2"
+_ALERT_PURPOSE = b"handover alert seal v1"
+
+
+def _mac(key: bytes, *parts: str) -> str:
+    return hmac.new(key, "\x1f".join(parts).encode(), hashlib.sha256).hexdigest()
 
 
 def seal_key(signing_secret: str) -> bytes:
-    """The key for seals, derived from the Slack signing secret."""
-    return hmac.new(signing_secret.encode(), _PURPOSE, hashlib.sha256).digest()
+    """The key for decision seals, derived from the Slack signing secret."""
+    return hmac.new(signing_secret.encode(), _DECISION_PURPOSE, hashlib.sha256).digest()
 
 
 def site_seal_key(slack: Slack | None) -> bytes | None:
-    """The site's seal key, or None when the site has no Slack section or its secret is unset."""
+    """The site's decision seal key, or None when the site has no Slack section or its secret
+    cannot be read."""
     if slack is None:
         return None
     try:
@@ -38,19 +56,67 @@ def site_seal_key(slack: Slack | None) -> bytes | None:
     return seal_key(secret) if secret.strip() else None
 
 
-def _message(run_id: str, decision: str, who: str, source: str) -> bytes:
-    return "\x1f".join((run_id, decision, who, source)).encode()
-
-
-def seal(key: bytes, run_id: str, decision: str, who: str, source: str) -> str:
-    """The seal of one decision on one run (hex)."""
-    return hmac.new(key, _message(run_id, decision, who, source), hashlib.sha256).hexdigest()
+def seal(key: bytes, run_id: str, pause_key: str, decision: str, who: str, source: str) -> str:
+    """The seal of one decision at one pause of one run (hex)."""
+    return _mac(key, run_id, pause_key, decision, who, source)
 
 
 def is_sealed(
-    key: bytes | None, run_id: str, decision: str, who: str, source: str, given: str
+    key: bytes | None,
+    run_id: str,
+    pause_key: str,
+    decision: str,
+    who: str,
+    source: str,
+    given: str,
 ) -> bool:
-    """Whether `given` is the gateway's seal of this decision on this run."""
-    if key is None or not given:
+    """Whether `given` is the gateway's seal of this decision at this pause of this run."""
+    if key is None or not given or not pause_key:
         return False
-    return hmac.compare_digest(seal(key, run_id, decision, who, source), given)
+    return hmac.compare_digest(seal(key, run_id, pause_key, decision, who, source), given)
+
+
+def alert_seal_key(webhook_secret: str) -> bytes:
+    """The key for alert seals, derived from the webhook secret."""
+    return hmac.new(webhook_secret.encode(), _ALERT_PURPOSE, hashlib.sha256).digest()
+
+
+def site_alert_seal_key(alerts: Alerts | None) -> bytes | None:
+    """The site's alert seal key, or None when the site takes no alerts or its webhook secret
+    cannot be read."""
+    if alerts is None:
+        return None
+    try:
+        secret = alerts.webhook_secret.resolve().get_secret_value()
+    except SecretError:
+        return None
+    return alert_seal_key(secret) if secret.strip() else None
+
+
+def alert_seal(key: bytes, alert_id: str, host: str, admitted_at: float) -> str:
+    """The seal of an alert about `host` admitted at `admitted_at` (epoch seconds):
+    ``SECONDS:HEX``."""
+    at = str(int(admitted_at))
+    return f"{at}:{_mac(key, 'alert', alert_id, host, at)}"
+
+
+def alert_seal_holds(
+    key: bytes | None,
+    alert_id: str,
+    host: str,
+    given: str,
+    *,
+    created_at: float,
+    max_age_s: float,
+) -> bool:
+    """Whether `given` is the gateway's seal of this alert about this host, and the run that
+    carries it was created within `max_age_s` of the alert's admission (a seal read from an old
+    run's parameters cannot start an automatic path later)."""
+    if key is None or not (alert_id and host and given) or ":" not in given:
+        return False
+    at, _, _mac_hex = given.partition(":")
+    if not at.isdigit():
+        return False
+    if not hmac.compare_digest(alert_seal(key, alert_id, host, float(at)), given):
+        return False
+    return -60.0 <= created_at - int(at) <= max_age_s

@@ -16,13 +16,14 @@ import getpass
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.client.schemas.objects import State
 from pydantic import Field
 
 from config.site import Site
 from flows import progress
+from flows.approval import automatic_path_proven
 from flows.executor import Executor
 from flows.notify import Mrkdwn, mrkdwn
 from flows.plans.model import Chain, Ledger, Remedy, steps_markdown
@@ -116,6 +117,7 @@ def switch(
     dry_run: bool = False,
     alert_id: str = "",
     failed_host: str = "",
+    alert_seal: str = "",
 ) -> State[Any]:
     """Switch the service's master role and alias to another front end (module docstring).
 
@@ -130,9 +132,12 @@ def switch(
         dry_run: show the plan and change nothing.
         alert_id: the alert event that started the run, if any.
         failed_host: set by a sensor (the deployment's trigger): the host whose front end
-            failed. The switch is then automatic: it acts only when that host is the master,
-            after the site's opt-out countdown (`frontend.countdown_s`), and asks a human when
-            another automatic switch happened within `frontend.block_s`.
+            failed. The switch acts only when that host is the master; it is automatic (after
+            the site's opt-out countdown, `frontend.countdown_s`; a human decides when another
+            automatic switch happened within `frontend.block_s`) only when called in-process or
+            proven to come from an alert by `alert_seal`; otherwise the site's approval policy
+            applies.
+        alert_seal: the gateway's seal of the alert (`flows.seals`), set by the trigger.
 
     Returns:
         A Completed state (completed, rejected, dry-run) or a Failed one (failed, refused)
@@ -150,6 +155,7 @@ def switch(
     }
     if failed_host and not reason:
         reason = f"the front end of {failed_host} failed ({who})"
+    automatic = bool(failed_host) and automatic_path_proven(site, alert_id, alert_seal, failed_host)
     title = f"switch of {site.dns.alias if site.dns else 'the alias'}" + (f" to {to}" if to else "")
     with procedure_run(site, PROCEDURE, title, who, params) as run:
 
@@ -175,7 +181,7 @@ def switch(
             with holding_service(site, PROCEDURE, part="frontend"):
                 return _switch(
                     run,
-                    SwitchRequest(to=to, mode=mode, reason=reason, automatic=bool(failed_host)),
+                    SwitchRequest(to=to, mode=mode, reason=reason, automatic=automatic),
                     who,
                     pause_for_approval,
                     dry_run,
@@ -198,6 +204,14 @@ def _switch(
     site_file: str = "",
 ) -> State[Any]:
     site = run.shell.site
+    if failed_host and not req.automatic:
+        said = (
+            f"this run names {failed_host} as failed but is not proven to come from an alert "
+            "(created through the Prefect API without the gateway's seal): the site's approval "
+            "policy applies"
+        )
+        get_run_logger().warning("%s", said)
+        progress.emit("step-sentence", sentence=said)
     snap = (
         snapshot_switch(run)
         if site.frontend and site.dns
@@ -245,7 +259,7 @@ def _switch(
         mrkdwn("*Epoch*: {} → {}", plan.old_epoch, plan.new_epoch),
     ]
     policy = site.policy(PROCEDURE)
-    if failed_host:
+    if req.automatic:
         last = last_automatic_switch(site.site)
         flapping = last is not None and (now() - last.at).total_seconds() < site.frontend.block_s
         if flapping:
@@ -323,7 +337,7 @@ def _switch(
         problems.append(f"{plan.master} still answers as the master (its writes are fenced)")
     ok = not problems and not ex.failed_chains
     human += problems
-    if ok and failed_host:
+    if ok and req.automatic:
         remember_automatic_switch(site.site, plan.master, plan.to)
     if ok and plan.new_epoch is not None:
         remember_switch(site.site, plan.to, plan.to_address, plan.new_epoch)

@@ -23,8 +23,8 @@ from slack_sdk.socket_mode.request import SocketModeRequest
 from config.loader import load_site
 from config.site import Site
 from flows import progress
-from flows.approval_seal import seal, seal_key
 from flows.clean_move import CleanMoveResult, clean_move
+from flows.seals import seal, seal_key
 from infra.fakeslack import FakeSlack, interaction_body, signed_headers
 from infra.gateway.app import create_app
 from infra.gateway.decide import Decider
@@ -297,17 +297,23 @@ def _two_person_site(lab: RunningLab, **slack: Any) -> Any:
     )
 
 
-def test_two_person_rule_refuses_a_verified_requester(
+def test_two_person_rule_never_lets_one_approver_decide_a_named_requesters_run(
     lab: RunningLab, slack: FakeSlack, prefect_api: str
 ) -> None:
-    """The run's requester is an OS login the site maps to a Slack user: that user may not
-    approve it."""
-    gw = Gateway(_two_person_site(lab, operators={"alice": APPROVER}))
+    """The run names its requester ("alice", whom the site maps to a Slack user), but a name
+    given with a run is a claim, not an identity: alice's Slack user may not approve it, and
+    another approver, who might have named alice, may not approve it alone."""
+    second = "U0LABOPS2"
+    gw = Gateway(_two_person_site(lab, operators={"alice": APPROVER}, approvers=[APPROVER, second]))
     try:
         th, box = _start_move(lab, requested_by="alice")
         run_id = _wait_for_approval(box)
         status, answer = gw.click(APPROVER, "approve", run_id, slack.response_url())
         assert status == 200 and not answer["ok"] and "Two-person rule" in answer["result"]
+        assert _paused(run_id)
+        status, answer = gw.click(second, "approve", run_id, slack.response_url())
+        assert status == 200 and not answer["ok"], answer
+        assert "second approver" in answer["result"]
         assert _paused(run_id)
     finally:
         if "run_id" in box:
@@ -397,7 +403,9 @@ def test_a_site_that_requires_the_gateway_ignores_forms_typed_into_the_ui(
             forged,
             {
                 **forged,
-                "seal": seal(seal_key(SECRET), other_run, "approve", forged["who"], "Slack"),
+                "seal": seal(
+                    seal_key(SECRET), other_run, "approval-1", "approve", forged["who"], "Slack"
+                ),
             },
             {**forged, "seal": "0" * 64},
         ):
@@ -410,6 +418,39 @@ def test_a_site_that_requires_the_gateway_ignores_forms_typed_into_the_ui(
         th.join(120)
     result: CleanMoveResult = box["result"]
     assert len(ignored) == 3
+    assert result.status == "completed", result.summary
+    assert result.approval is not None and result.approval.source == "Slack"
+    assert result.approval.who == f"<@{APPROVER}>"
+
+
+def test_yes_on_a_site_that_requires_the_gateway_is_a_claim_and_the_run_still_asks(
+    lab: RunningLab, slack: FakeSlack, gateway: Gateway, tmp_path: Any
+) -> None:
+    """`handover run --yes` (pause_for_approval=False, in-process) says "approved" as whoever
+    $LOGNAME names: on a site that takes the gateway's decisions only, the run records the
+    claim and asks in Slack all the same; the approver's click decides."""
+    import yaml
+
+    data = yaml.safe_load(lab.site_file.read_text())
+    data["procedures"]["clean-move"]["approval_via"] = "gateway"
+    gated = tmp_path / "gateway-only-yes.yaml"
+    gated.write_text(yaml.safe_dump(data))
+    said: list[str] = []
+
+    def watch(kind: str, data: dict[str, Any]) -> None:
+        if kind == "step-sentence":
+            said.append(str(data.get("sentence")))
+
+    with progress.sink(watch):
+        th, box = _start_move(
+            lab, site_file=str(gated), pause_for_approval=False, requested_by="mallory"
+        )
+        run_id = _wait_for_approval(box)
+        assert any("started with --yes by mallory (as typed)" in s for s in said), said
+        status, answer = gateway.click(APPROVER, "approve", run_id, slack.response_url())
+        assert status == 200 and answer["ok"], answer
+        th.join(120)
+    result: CleanMoveResult = box["result"]
     assert result.status == "completed", result.summary
     assert result.approval is not None and result.approval.source == "Slack"
     assert result.approval.who == f"<@{APPROVER}>"

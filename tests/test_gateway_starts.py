@@ -32,9 +32,38 @@ def test_an_agent_host_down_starts_its_emergency_move_with_the_triggers_paramete
         "emergency-move": {
             "host": "fts105",
             "alert_id": str(event_id(alert)),
+            "alert_seal": "",  # this gateway seals nothing: no automatic path
             "requested_by": "alert from webhook: fts101 does not answer",
         }
     }
+
+
+def test_the_runs_an_alert_starts_carry_the_gateways_seal_of_it() -> None:
+    """Both runs a front end's host_down starts (and the automations' backstop, from the same
+    event) carry the seal of the alert about that host, and each holds for its run."""
+    import time
+
+    from flows.seals import alert_seal_holds, alert_seal_key
+
+    key = alert_seal_key("a-webhook-secret-of-the-gateway")
+    alert = parse_generic(SITE, generic(host="fts101", kind="host_down"))
+    inc = Incidents(300).admit(alert, "emergency-move")[1]
+    event = alert_event(alert, inc, attached=False, frontend_hosts=FRONTS, alert_key=key)
+    started = {s.deployment: s.parameters for s in starts_for(event, RULES)}
+    move, switch = started["emergency-move"], started["switch"]
+    assert move["alert_seal"] == switch["alert_seal"] != ""
+    for params, host in ((move, move["host"]), (switch, switch["failed_host"])):
+        assert alert_seal_holds(
+            key,
+            str(params["alert_id"]),
+            str(host),
+            str(params["alert_seal"]),
+            created_at=time.time(),
+            max_age_s=600,
+        )
+    # an attached alert's event is no start and carries none
+    attached = alert_event(alert, None, attached=True, frontend_hosts=FRONTS, alert_key=key)
+    assert "alert_seal" not in attached["payload"]
 
 
 def test_a_front_end_host_down_starts_the_move_and_the_switch() -> None:

@@ -329,40 +329,86 @@ def test_a_rerun_after_a_kill_continues_where_it_stopped(lab: RunningLab, prefec
     assert {v for _h, v in versions(lab).values()} == {"4"}
 
 
-def test_after_the_canary_a_human_decides(lab: RunningLab, site_dir: Path) -> None:
+def test_after_the_canary_a_human_decides_again(
+    lab: RunningLab, site_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two approvals in one run (before it, and after the canary), on a site that takes the
+    gateway's decisions only: the first approved, the run upgrades the canary and pauses again,
+    under a pause of its own; the first decision, seal included, resumed again at the second
+    pause is ignored (its seal names the first pause); a reject at the second stops the run with
+    the canary alone upgraded."""
     import threading
 
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (
-        FlowRunFilter,
-        FlowRunFilterState,
-        FlowRunFilterStateType,
-    )
-    from prefect.client.schemas.objects import StateType
     from prefect.flow_runs import resume_flow_run
 
+    from flows import progress
+    from flows.seals import seal, seal_key
+
+    secret = "canary-test-signing-secret-0123456789"
+    monkeypatch.setenv("HANDOVER_SLACK_SIGNING_SECRET", secret)
+    key = seal_key(secret)
     site = variant(
-        lab, site_dir, "canary", upgrade={"canary": "fts105", "approve_after_canary": True}
+        lab,
+        site_dir,
+        "canary",
+        upgrade={"canary": "fts105", "approve_after_canary": True},
+        policy={"approval": "required", "approval_via": "gateway", "approval_timeout_s": 600},
     )
     box: dict[str, Any] = {}
-    worker = threading.Thread(target=lambda: box.update(r=run(lab, site, version="5")))
-    worker.start()
+    ignored: list[dict[str, Any]] = []
 
-    def paused() -> list[Any]:
+    def watch(kind: str, data: dict[str, Any]) -> None:
+        if kind == "approval-wait":
+            box["run_id"] = data["run_id"]
+        elif kind == "approval-ignored":
+            ignored.append(data)
+
+    def target() -> None:
+        with progress.sink(watch):
+            state = rolling_upgrade(str(site), version="5", return_state=True)
+        box["r"] = state.result(raise_on_failure=False)
+
+    def pause_key() -> str | None:
         with get_client(sync_client=True) as client:
-            return client.read_flow_runs(
-                flow_run_filter=FlowRunFilter(
-                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))
-                )
-            )
+            st = client.read_flow_run(box["run_id"]).state
+        return str(st.state_details.pause_key) if st is not None and st.is_paused() else None
 
+    def gateway_says(decision: str, key_now: str) -> dict[str, str]:
+        who = "<@U0LABOPS1>"
+        return {
+            "decision": decision,
+            "who": who,
+            "source": "Slack",
+            "seal": seal(key, str(box["run_id"]), key_now, decision, who, "Slack"),
+        }
+
+    worker = threading.Thread(target=target)
+    worker.start()
     try:
-        [waiting] = wait_for(paused, 120, "the run to ask after its canary")
+        wait_for(lambda: box.get("run_id"), 120, "the run to ask before it starts")
+        first = str(wait_for(pause_key, 60, "the first pause"))
+        assert {v for _h, v in versions(lab).values()} == {"4"}  # nothing before the decision
+        approved = gateway_says("approve", first)
+        resume_flow_run(box["run_id"], run_input=approved)
+        second = str(
+            wait_for(
+                lambda: (pause_key() or first) != first and pause_key(),
+                180,
+                "the run to ask again after its canary",
+            )
+        )
         # the canary alone is on the new version while the run waits
         now = versions(lab)
         assert {v for a, (h, v) in now.items() if h == "fts105"} == {"5"}, now
         assert {v for a, (h, v) in now.items() if h != "fts105"} == {"4"}, now
-        resume_flow_run(waiting.id, run_input={"decision": "reject", "who": "an operator"})
+        # the first decision replayed at the second pause: its seal names the first pause
+        resume_flow_run(box["run_id"], run_input=approved)
+        wait_for(lambda: ignored, 60, "the replayed decision to be ignored")
+        third = str(wait_for(pause_key, 60, "the run to wait again"))
+        assert third not in (first, second)
+        assert {v for a, (h, v) in versions(lab).items() if h != "fts105"} == {"4"}
+        resume_flow_run(box["run_id"], run_input=gateway_says("reject", third))
         worker.join(120)
     finally:
         if worker.is_alive():
@@ -374,6 +420,7 @@ def test_after_the_canary_a_human_decides(lab: RunningLab, site_dir: Path) -> No
     assert r.status == "partial", r.summary
     assert [o.host for o in r.hosts if o.result == "upgraded"] == ["fts105"]
     assert r.left == ["fts101", "fts102", "fts106"] and "after the canary" in r.summary
+    assert len(ignored) == 1
     reset_to_4(lab, "fts105")
 
 

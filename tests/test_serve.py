@@ -100,6 +100,46 @@ def test_served_clean_move_runs_from_the_api(lab: RunningLab, prefect_api: str) 
         assert run.parameters["site_file"] == str(lab.site_file.resolve())
 
 
+def test_a_run_created_through_the_api_takes_no_automatic_path_without_an_alerts_seal(
+    lab: RunningLab, prefect_api: str
+) -> None:
+    """What a sensor's run may do without a human (switch at once, proceed when an approval
+    times out) is for runs the gateway started from an alert it checked: a switch created
+    through the API naming the master as failed, with a made-up seal, waits for the site's
+    approval; an emergency move created through the API proceeds on no timeout."""
+    import yaml
+
+    from tasks.alias import read_aliases
+
+    master = lab.site.host("fts101").address
+    assert read_aliases(lab.site)[0].addresses == [master]
+    data = yaml.safe_load(lab.site_file.read_text())
+    data["procedures"]["emergency-move"].update(
+        {"approval": "required", "approval_timeout_s": 3, "on_approval_timeout": "proceed"}
+    )
+    timing_out = lab.site_file.parent / f"{lab.site_file.stem}-timeout.yaml"
+    timing_out.write_text(yaml.safe_dump(data, sort_keys=False))
+    with serving(lab, prefect_api):
+        switch = run_deployment(
+            "switch/switch",
+            parameters={"failed_host": "fts101", "alert_id": "forged", "alert_seal": "1:00"},
+            timeout=0,
+        )
+        move = run_deployment(
+            "emergency-move/emergency-move",
+            parameters={"site_file": str(timing_out), "host": "fts106"},
+            timeout=0,
+        )
+        wait_for(lambda: _state(switch.id).is_paused(), 90, "the switch to ask for approval")
+        assert read_aliases(lab.site)[0].addresses == [master]  # nothing switched meanwhile
+        resume_flow_run(switch.id, run_input={"decision": "reject", "who": "test"})
+        wait_for(lambda: _final(switch.id) and _final(move.id), 120, "both runs to end")
+    assert "rejected" in (_state(switch.id).message or ""), _state(switch.id).message
+    assert read_aliases(lab.site)[0].addresses == [master]
+    said = _state(move.id).message or ""
+    assert "rejected by policy" in said and "nothing changed" in said, said
+
+
 def paused_move() -> Any:
     """A clean move of fts101's agents to fts102 created through the API, once it waits for its
     approval (the site requires one: a run created through the API cannot switch it off)."""

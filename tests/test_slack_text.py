@@ -19,9 +19,9 @@ from slack_sdk import WebClient
 from config.loader import load_site
 from flows import progress
 from flows.approval import ApprovalRecord, approve
-from flows.approval_seal import seal, seal_key
 from flows.notify import ProcedureThread, mrkdwn
 from flows.result import StepRecord
+from flows.seals import seal, seal_key
 from infra.fakeslack import FakeSlack
 from tasks.adapters.slack import SlackNotifier, reply_ephemeral
 from tests.conftest import wait_for
@@ -179,8 +179,16 @@ def _decide(run_input: dict[str, Any]) -> ApprovalRecord:
     wait_for(paused, 30, "the run to pause")
     decided = dict(run_input)
     if decided.pop("sealed", False):
+        with get_client(sync_client=True) as client:
+            state = client.read_flow_run(run_id).state
+        assert state is not None
         decided["seal"] = seal(
-            seal_key(SECRET), run_id, decided["decision"], decided["who"], decided["source"]
+            seal_key(SECRET),
+            run_id,
+            str(state.state_details.pause_key),
+            decided["decision"],
+            decided["who"],
+            decided["source"],
         )
     resume_flow_run(run_id, run_input=decided)
     th.join(60)

@@ -3,9 +3,16 @@
 `Decider.decide` takes a decision already authenticated by its transport (a Slack request whose
 signature was verified, or a Socket Mode envelope) and checks, in order: the action, the run id,
 that the run exists, belongs to this gateway's site and waits for an approval, that the user is an
-approver (user IDs or a user group from the site file) and, under the two-person rule, not the
-one who requested the run. Only then does it resume the run with the typed input. Every outcome,
+approver (user IDs or a user group from the site file) and, under the two-person rule, that the
+run gets two approvers unless its requester is verified. Only then does it resume the run with
+the typed input, sealed for the run and the pause it answers (`flows.seals`). Every outcome,
 refused or not, is an audit line.
+
+Who requested a run is a parameter (`requested_by`) that whoever creates the run sets freely (the
+CLI's `getpass.getuser()` reads `$LOGNAME`), so it is never taken as an identity: the one
+requester verified is the monitoring, for a run that carries the gateway's seal of the alert that
+started it. Under the two-person rule every other run needs two distinct approvers, and an
+approver that the site's `slack.operators` maps the claimed requester to is not one of them.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from prefect.flow_runs import resume_flow_run
 
 from config.loader import SiteConfigError, load_site_ref
 from config.site import Site
-from flows.approval_seal import seal
+from flows.seals import alert_seal_holds, seal
 
 audit_log = logging.getLogger("handover.audit")
 
@@ -56,10 +63,13 @@ class Decider:
     _locks: dict[str, threading.Lock] = field(default_factory=dict)
     _guard: threading.Lock = field(default_factory=threading.Lock)
     _group_cache: tuple[float, set[str]] = (0.0, set())
-    #: the first approver of each run that needs two (two-person rule, unverified requester)
-    _first_approvals: dict[str, str] = field(default_factory=dict)
-    #: the key of the seal on decisions (`flows.approval_seal`; None: decisions go unsealed)
+    #: the first approver of each pause that needs two (two-person rule, unverified requester),
+    #: by run and pause key
+    _first_approvals: dict[tuple[str, str], str] = field(default_factory=dict)
+    #: the key of the seal on decisions (`flows.seals`; None: decisions go unsealed)
     seal_key: bytes | None = None
+    #: the key of the gateway's seal on alerts (None: no run counts as an alert's)
+    alert_key: bytes | None = None
     #: every audit entry counted by (source, result, HTTP status): the gateway's `/metrics`
     counts: Counter[tuple[str, str, str]] = field(default_factory=Counter)
 
@@ -105,6 +115,23 @@ class Decider:
             allowed |= members
         return allowed
 
+    def _started_by_an_alert(self, run: Any) -> bool:
+        """Whether the run carries the gateway's seal of the alert that started it (its
+        requester is then the monitoring, not a person)."""
+        params = run.parameters or {}
+        alerts = self.site.alerts
+        host = str(params.get("host") or params.get("failed_host") or "")
+        if alerts is None or run.created is None:
+            return False
+        return alert_seal_holds(
+            self.alert_key,
+            str(params.get("alert_id") or ""),
+            host,
+            str(params.get("alert_seal") or ""),
+            created_at=run.created.timestamp(),
+            max_age_s=alerts.max_age_s,
+        )
+
     def decide(
         self, *, user_id: str, user_name: str, action_id: str, value: str, source: str
     ) -> Decision:
@@ -141,36 +168,19 @@ class Decider:
                 "resumed. Ask one of the site's approvers.",
             )
         slack = self.site.slack
-        requester = str((run.parameters or {}).get("requested_by") or "")
-        # the requester as a verified identity: an OS login the site maps to a Slack user
-        verified = slack.operators.get(requester) if slack is not None else None
-        two_person = slack is not None and slack.two_person_rule
-        if two_person and verified == user_id:
+        params = run.parameters or {}
+        requester = str(params.get("requested_by") or "")
+        by_alert = self._started_by_an_alert(run)
+        # a name someone typed: its Slack user (if the site maps it) may not decide, and nobody
+        # else may decide alone
+        claimed = slack.operators.get(requester) if slack is not None else None
+        two_person = slack is not None and slack.two_person_rule and not by_alert
+        if two_person and claimed == user_id:
             return refuse(
                 "own-request", "Two-person rule: you requested this run, someone else must decide."
             )
         approvers_so_far: list[str] = []
         with self._lock_for(str(run_id)):
-            if two_person and verified is None and decision == "approve":
-                # nobody knows who asked: two distinct approvers are needed
-                first = self._first_approvals.get(str(run_id))
-                if first is None:
-                    self._first_approvals[str(run_id)] = user_id
-                    self.record(**base, result="first-approval", requester=requester)
-                    return Decision(
-                        False,
-                        f"Your approval of run {run.name} is recorded. Its requester "
-                        f"({requester or 'unknown'}) is not a verified identity, so a second "
-                        "approver must approve too (two-person rule).",
-                        "second-approver-needed",
-                    )
-                if first == user_id:
-                    return refuse(
-                        "same-approver",
-                        "Two-person rule: you approved this run already; another approver "
-                        "must approve it.",
-                    )
-                approvers_so_far = [first]
             with get_client(sync_client=True) as client:
                 state = client.read_flow_run(run_id).state
             if state is None or not state.is_paused():
@@ -180,6 +190,28 @@ class Decider:
                     f"Run {run.name} is not waiting for a decision (it is {name}); "
                     "it was decided already or has ended.",
                 )
+            pause_key = str(state.state_details.pause_key or "")
+            if two_person and decision == "approve":
+                # nobody knows who asked: two distinct approvers are needed, for this pause
+                first = self._first_approvals.get((str(run_id), pause_key))
+                if first is None:
+                    self._first_approvals[(str(run_id), pause_key)] = user_id
+                    self.record(**base, result="first-approval", requester=requester)
+                    return Decision(
+                        False,
+                        f"Your approval of run {run.name} is recorded. Its requester "
+                        f"({requester or 'unknown'}) is a name given with the run, not a "
+                        "verified identity, so a second approver must approve too (two-person "
+                        "rule).",
+                        "second-approver-needed",
+                    )
+                if first == user_id:
+                    return refuse(
+                        "same-approver",
+                        "Two-person rule: you approved this run already; another approver "
+                        "must approve it.",
+                    )
+                approvers_so_far = [first]
             who = f"<@{user_id}>" if source == "Slack" else user_name or user_id
             if approvers_so_far:
                 who = " and ".join([*(f"<@{u}>" for u in approvers_so_far), who])
@@ -191,7 +223,7 @@ class Decider:
                         "who": who,
                         "comment": "",
                         "source": source,
-                        "seal": seal(self.seal_key, str(run_id), decision, who, source)
+                        "seal": seal(self.seal_key, str(run_id), pause_key, decision, who, source)
                         if self.seal_key is not None
                         else "",
                     },

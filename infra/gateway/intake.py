@@ -16,12 +16,14 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from config.site import Site
 from flows.notify import Mrkdwn, mrkdwn, thread_variable
+from flows.seals import alert_seal
 from infra.gateway.alerts import Alert, event_name, event_resource, gateway_event_name
 from infra.gateway.incidents import Incident, IncidentBook
 from infra.gateway.shared_incidents import IncidentStoreError
@@ -58,6 +60,8 @@ class AlertIntake:
             in it are escaped), or None without Slack.
         starter: creates a new incident's runs (None: Prefect's automations start them from
             the event).
+        alert_key: seals the event of an alert that opens an incident (`flows.seals`): the runs
+            it starts may take their automatic paths.
     """
 
     def __init__(
@@ -67,8 +71,11 @@ class AlertIntake:
         audit: Callable[..., None],
         slack_post: Callable[[str, str, Mrkdwn], None] | None = None,
         starter: RunStarter | None = None,
+        *,
+        alert_key: bytes | None = None,
     ) -> None:
         self.site = site
+        self.alert_key = alert_key
         self.starter = starter
         self.incidents = incidents
         self.audit = audit
@@ -164,6 +171,7 @@ class AlertIntake:
             inc if verdict == "new" else None,
             attached=verdict == "attached",
             frontend_hosts=frozenset(fe.hosts if fe else ()),
+            alert_key=self.alert_key,
         )
         if self.starter is not None and verdict != "attached":
             # the gateway decides what starts: its events are ones no trigger expects
@@ -381,13 +389,19 @@ def alert_event(
     *,
     attached: bool,
     frontend_hosts: frozenset[str] = frozenset(),
+    alert_key: bytes | None = None,
 ) -> dict[str, Any]:
     """The Prefect event of an alert: ``handover.alert.<kind>`` for the one that opens an
     incident (what the deployment triggers expect), ``handover.alert.attached`` for the others
-    (no trigger expects it: the event feed keeps them all)."""
+    (no trigger expects it: the event feed keeps them all). The one that opens an incident
+    carries the gateway's seal (`payload.alert_seal`, with `alert_key`), which the triggers
+    pass to the runs they start."""
     payload = alert.model_dump(mode="json")
+    event_id = str(inc.event_id) if inc else str(uuid.uuid4())
+    if inc is not None and alert_key is not None:
+        payload["alert_seal"] = alert_seal(alert_key, event_id, alert.host, time.time())
     return {
-        "id": str(inc.event_id) if inc else str(uuid.uuid4()),
+        "id": event_id,
         "occurred": dt.datetime.now(dt.UTC).isoformat(),
         "event": "handover.alert.attached" if attached else event_name(alert),
         "resource": event_resource(alert, frontend_hosts),

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from config.loader import load_site
 from config.site import SecretError, SecretRef, Site
-from flows.approval_seal import seal_key
+from flows.seals import alert_seal_key, seal_key, site_alert_seal_key
 from infra.gateway.app import AlertSecrets
 from infra.gateway.decide import Decider
 from infra.gateway.incidents import IncidentBook, Incidents
@@ -81,7 +81,15 @@ def build(site_file: str) -> tuple[Site, Decider, str | None]:
             )
     members = _group_members(site) if site.slack is not None else None
     key = seal_key(secret) if secret else None
-    return site, Decider(site, group_members=members, seal_key=key), secret
+    decider = Decider(
+        site,
+        group_members=members,
+        seal_key=key,
+        # to tell a run an alert started (its requester is the monitoring) from one whose
+        # requester is only a name someone typed
+        alert_key=site_alert_seal_key(site.alerts),
+    )
+    return site, decider, secret
 
 
 RunsFrom = Literal["gateway", "automations"]
@@ -145,7 +153,14 @@ def build_intake(
             book = SharedIncidents(store_url, cfg.dedup_window_s)
         except IncidentStoreError as exc:
             raise GatewayError(str(exc)) from None
-    intake = AlertIntake(site, book, decider.record, post, starter)
+    intake = AlertIntake(
+        site,
+        book,
+        decider.record,
+        post,
+        starter,
+        alert_key=alert_seal_key(secrets.webhook.decode()),
+    )
     return intake, secrets
 
 
