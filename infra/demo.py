@@ -21,6 +21,7 @@ from rich.markup import escape
 
 from config.loader import load_site
 from config.site import short_name as short
+from infra import prefect_server
 from infra.cli import DEFAULT_SITE
 from infra.cli.common import error, note
 from infra.lab.lab import Lab, LabError, missing_prerequisites
@@ -148,6 +149,9 @@ def main() -> int:
         "'rolling-upgrade', their "
         "artifacts)"
         + (" [dim](server started by the demo)[/dim]" if started else "")
+        + "\nThe UI asks for the server's auth string: "
+        + escape(str(prefect_server.HOME / prefect_server.AUTH_FILE))
+        + " (readable by its owner only)"
         + f"\nMove back: .venv/bin/handover run clean-move --from {dst} --to {src}"
         + "\nSwitch back: .venv/bin/handover run switch"
         + "\nTear down: .venv/bin/handover lab down && .venv/bin/handover server stop"
