@@ -65,12 +65,12 @@ def serving(lab: RunningLab, prefect_api: str, *extra: str) -> Iterator[subproce
         def deployed() -> bool:
             # registered by this serve process: an earlier one (another test module) may have
             # left the same deployment with its own site
-            # every deployment the tests run, not only the first registered
+            # every deployment of the file, not only the first registered
             with get_client(sync_client=True) as client:
                 try:
                     deps = [
-                        client.read_deployment_by_name(name)
-                        for name in ("clean-move/clean-move", "site-snapshot/site-snapshot")
+                        client.read_deployment_by_name(f"{d['name']}/{d['name']}")
+                        for d in read_deployments(DEPLOYMENTS_FILE)
                     ]
                 except ObjectNotFound:
                     return False
