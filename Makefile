@@ -39,7 +39,7 @@ lock:
 	{ sed -n '1,/^# `make lock`/p' requirements.lock; \
 	  $(LOCK_VENV)/bin/pip freeze --exclude-editable --exclude handover; } > requirements.lock.new
 	mv requirements.lock.new requirements.lock
-	rm -rf $(LOCK_VENV)
+	rm -rf $(LOCK_VENV) build
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check .
