@@ -285,9 +285,13 @@ def test_the_default_home_is_private_state_not_a_shared_temporary_directory(
 def _start_refused(home: Path, said: str) -> None:
     port = free_port()
     done = _handover(home, "server", "start", "--port", str(port))
-    assert done.returncode == 2, done.stdout + done.stderr
-    assert said in done.stdout, done.stdout
-    assert not prefect_server.healthy(f"http://127.0.0.1:{port}/api")
+    try:
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert said in done.stdout, done.stdout
+        assert not prefect_server.healthy(f"http://127.0.0.1:{port}/api")
+    finally:
+        if prefect_server.healthy(f"http://127.0.0.1:{port}/api"):  # started after all: stop it
+            _handover(home, "server", "stop")
 
 
 def test_a_home_that_is_not_private_is_refused_naming_the_fix(tmp_path: Path) -> None:
