@@ -88,6 +88,39 @@ def exporter_status(port: int, authorization: str | None) -> int:
         return exc.code
 
 
+def wait_for_or_explain(
+    lab: RunningLab, stack: Stack, host: str, predicate: Any, timeout: float, what: str
+) -> Any:
+    """`wait_for`, and on a timeout a failure that says where the loop stopped: what the
+    exporter and Prometheus saw of `host`, the alerts Prometheus holds, and the gateway's
+    audit lines about it."""
+    try:
+        return wait_for(predicate, timeout, what)
+    except pytest.fail.Exception:
+        prometheus = int(lab.lab.record()["monitoring"]["ports"]["prometheus"])
+        seen: dict[str, Any] = {}
+        for query in (
+            f'handover_frontend_answers{{host="{host}"}}',
+            f'handover_frontend_master{{host="{host}"}}',
+            f'max_over_time(handover_frontend_master{{host="{host}"}}[5m])',
+            "handover_sensor_age_seconds",
+            "ALERTS",
+        ):
+            try:
+                seen[query] = [
+                    (r["metric"], r["value"])
+                    for r in api(prometheus, "query", query=query)["result"]
+                ]
+            except OSError as exc:
+                seen[query] = f"no answer: {exc}"
+        lines = stack.gateway_lines(host)[-10:]
+        pytest.fail(
+            f"timed out after {timeout} s waiting for {what}; Prometheus: {seen}; "
+            f"gateway lines about {host}: {lines}",
+            pytrace=False,
+        )
+
+
 def test_the_labs_prometheus_scrapes_the_exporter_with_its_token(lab: RunningLab) -> None:
     mon = lab.lab.record()["monitoring"]
     exporter, prometheus = int(mon["ports"]["exporter"]), int(mon["ports"]["prometheus"])
@@ -212,7 +245,9 @@ def test_a_killed_front_end_starts_one_switch_and_no_move(lab: RunningLab, stack
     since = dt.datetime.now(dt.UTC)
     lab.lab.fault(master, "frontend-down")
     try:
-        [run] = wait_for(lambda: switch_runs(master, since), 120, "the switch from the alert")
+        [run] = wait_for_or_explain(
+            lab, stack, master, lambda: switch_runs(master, since), 120, "the switch from the alert"
+        )
         done = wait_for(lambda: final(run.id), 180, "the switch to end")
         assert done.state is not None and done.state.is_completed(), done.state
         assert alias_host(lab) == other

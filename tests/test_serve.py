@@ -292,6 +292,24 @@ def _final(run_id: object) -> bool:
     return bool(st and st.is_final())
 
 
+def _wait_final_or_explain(run_id: Any, timeout: float, logs: dict[str, Path]) -> None:
+    """Wait for a worker's run to end; on a timeout, fail with its state history and the
+    workers' log tails, which say which worker took it and where it stopped."""
+    try:
+        wait_for(lambda: _final(run_id), timeout, f"run {run_id} to end")
+    except pytest.fail.Exception:
+        with get_client(sync_client=True) as client:
+            history = [
+                (s.type.value, s.name, str(s.timestamp), (s.message or "")[:200])
+                for s in client.read_flow_run_states(run_id)
+            ]
+        tails = {n: log.read_text(errors="replace")[-3000:] for n, log in logs.items()}
+        pytest.fail(
+            f"run {run_id} did not end in {timeout} s; states: {history}; worker logs: {tails}",
+            pytrace=False,
+        )
+
+
 def test_two_workers_share_the_pool_and_start_each_run_once(
     lab: RunningLab, prefect_api: str, tmp_path: Path
 ) -> None:
@@ -318,7 +336,7 @@ def test_two_workers_share_the_pool_and_start_each_run_once(
     with workers(lab, prefect_api, pool, ["worker-a", "worker-b"], tmp_path) as logs:
         runs = [run_deployment("site-snapshot/site-snapshot", timeout=0) for _ in range(6)]
         for run in runs:
-            wait_for(lambda run=run: _final(run.id), 120, f"run {run.id} to end")
+            _wait_final_or_explain(run.id, 120, logs)
         with get_client(sync_client=True) as client:
             states = [client.read_flow_run(r.id).state for r in runs]
         assert all(st is not None and st.is_completed() for st in states), states
