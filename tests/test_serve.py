@@ -27,6 +27,7 @@ from tests.conftest import (
     RunningLab,
     end_transfer,
     place_on_primaries,
+    require,
     submit_long_job,
     wait_for,
 )
@@ -276,13 +277,44 @@ def test_a_dead_front_end_host_also_starts_the_switch() -> None:
     assert "handover.alert.host_down" in deps["emergency-move"].triggers[0].expect
 
 
+@pytest.fixture(scope="module")
+def pool_api() -> Iterator[str]:
+    """Prefect's server on PostgreSQL, as a site that runs workers on several machines has it
+    (`handover server start --db postgresql`): the worker tests take their runs from it. The
+    session's server keeps its SQLite, whose one writer two workers polling every half second
+    and six runs contend for; that set-up is the one-machine demo's, not the workers'."""
+    import shutil
+    import tempfile
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from infra.pg_cluster import pg_bin_dir
+    from infra.ports import free_port
+    from infra.prefect_db import ServerDatabase
+    from infra.prefect_server import RestartableServer
+
+    require(pg_bin_dir() is not None, "a PostgreSQL server (apt-get install postgresql)")
+    work = Path(tempfile.mkdtemp(prefix="handover-test-pool-", dir="/var/tmp"))
+    work.chmod(0o755)  # the server's PostgreSQL runs as postgres: it must reach work/pg
+    db = ServerDatabase(work / "prefect", free_port(), work / "pg")
+    srv = RestartableServer(work / "prefect", {"PREFECT_API_DATABASE_CONNECTION_URL": db.start()})
+    try:
+        srv.start()
+        with temporary_settings(updates={PREFECT_API_URL: srv.url}):
+            yield srv.url
+    finally:
+        srv.stop()
+        db.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def workers(
-    lab: RunningLab, prefect_api: str, pool: str, names: list[str], home: Path
+    lab: RunningLab, api_url: str, pool: str, names: list[str], home: Path
 ) -> Iterator[dict[str, Path]]:
     """`handover worker --pool POOL` processes (`infra.worker.worker_processes`), one run at a
     time each; yields their logs by name."""
-    with worker_processes(prefect_api, lab.site_file, pool, names, home, limit=1) as logs:
+    with worker_processes(api_url, lab.site_file, pool, names, home, limit=1) as logs:
         yield logs
 
 
@@ -311,13 +343,13 @@ def _wait_final_or_explain(run_id: Any, timeout: float, logs: dict[str, Path]) -
 
 
 def test_two_workers_share_the_pool_and_start_each_run_once(
-    lab: RunningLab, prefect_api: str, tmp_path: Path
+    lab: RunningLab, pool_api: str, tmp_path: Path
 ) -> None:
     """`handover deploy --pool` creates the pool and puts the procedures in it; two workers
     (own names and homes) take its runs, each run exactly once, started from their fork
     servers. Last in the module: the deployments stay in the pool (`serving` ignores it)."""
     pool = "handover-test-workers"
-    env = {**os.environ, "PREFECT_API_URL": prefect_api}
+    env = {**os.environ, "PREFECT_API_URL": pool_api}
     deploy = subprocess.run(
         [sys.executable, "-m", "infra.cli", "deploy", "--site", str(lab.site_file), "--pool", pool],
         cwd=ROOT,
@@ -333,7 +365,7 @@ def test_two_workers_share_the_pool_and_start_each_run_once(
         dep = client.read_deployment_by_name("site-snapshot/site-snapshot")
         assert dep.work_pool_name == pool
 
-    with workers(lab, prefect_api, pool, ["worker-a", "worker-b"], tmp_path) as logs:
+    with workers(lab, pool_api, pool, ["worker-a", "worker-b"], tmp_path) as logs:
         runs = [run_deployment("site-snapshot/site-snapshot", timeout=0) for _ in range(6)]
         for run in runs:
             _wait_final_or_explain(run.id, 120, logs)
@@ -366,7 +398,7 @@ def test_two_workers_share_the_pool_and_start_each_run_once(
 
 
 def test_the_worker_runs_handovers_flows_only_and_in_its_own_environment(
-    lab: RunningLab, prefect_api: str, tmp_path: Path
+    lab: RunningLab, pool_api: str, tmp_path: Path
 ) -> None:
     """Whoever may create deployments through the API must not run code on a worker, which holds
     the site's keys: a deployment of another flow put in the pool (a shell pull step, a command
@@ -388,7 +420,7 @@ def test_the_worker_runs_handovers_flows_only_and_in_its_own_environment(
             job_variables={"command": touch, "env": {"EVIL": "1"}},
         )
     with FakeSlack(tokens={"xoxb-stolen"}) as fake:
-        with workers(lab, prefect_api, pool, ["guard"], tmp_path) as logs:
+        with workers(lab, pool_api, pool, ["guard"], tmp_path) as logs:
             refused = run_deployment(foreign, timeout=0)
             wait_for(lambda: _final(refused.id), 120, "the foreign run to end")
             state = _state(refused.id)
@@ -431,7 +463,7 @@ def _worker_pids(home: Path) -> list[int]:
 
 
 def test_a_worker_killed_mid_move_the_procedure_finishes_on_the_other(
-    lab: RunningLab, prefect_api: str, tmp_path: Path
+    lab: RunningLab, pool_api: str, tmp_path: Path
 ) -> None:
     """Both workers of the pool are up; the one running a clean move dies with its machine
     (SIGKILL of its whole process group: worker, fork server and run) while a channel drains.
@@ -445,7 +477,7 @@ def test_a_worker_killed_mid_move_the_procedure_finishes_on_the_other(
     before = lab.lab.score()
     pool = "handover-test-workers"  # deployed by the test before (the module's order)
     job = submit_long_job(lab, "CERN-RAL", 600)
-    with workers(lab, prefect_api, pool, ["crash-a", "crash-b"], tmp_path):
+    with workers(lab, pool_api, pool, ["crash-a", "crash-b"], tmp_path):
         first = paused_move()
         resume_flow_run(first.id, run_input={"decision": "approve", "who": "test"})
         wait_for(
