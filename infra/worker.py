@@ -128,12 +128,21 @@ def _make_worker_class() -> type[Any]:
 
         flows: ClassVar[dict[str, Flow[Any, Any]]] = {}
 
-        async def _refuse(self, flow_run: FlowRun, why: str) -> ProcessWorkerResult:
+        async def _refuse(
+            self,
+            flow_run: FlowRun,
+            why: str,
+            task_status: anyio.abc.TaskStatus[int] | None,
+        ) -> ProcessWorkerResult:
             from prefect.states import Failed
 
             message = f"refused by handover worker {self.name}: {why}; nothing of it ran"
             self._logger.warning("flow run %s (%s) %s", flow_run.name, flow_run.id, message)
             await self.client.set_flow_run_state(flow_run.id, Failed(message=message), force=True)
+            if task_status is not None:
+                # handled, with no process: 0 records no infrastructure PID (Prefect would
+                # otherwise log that the infrastructure never reported the run started)
+                task_status.started(0)
             return ProcessWorkerResult(status_code=0, identifier="refused")
 
         async def run(
@@ -143,7 +152,7 @@ def _make_worker_class() -> type[Any]:
             task_status: anyio.abc.TaskStatus[int] | None = None,
         ) -> ProcessWorkerResult:
             if flow_run.deployment_id is None:
-                return await self._refuse(flow_run, "it belongs to no deployment")
+                return await self._refuse(flow_run, "it belongs to no deployment", task_status)
             deployment = await self.client.read_deployment(flow_run.deployment_id)
             deployment_name = deployment.name
             flow = self.flows.get(deployment_name)
@@ -153,6 +162,7 @@ def _make_worker_class() -> type[Any]:
                     flow_run,
                     f"deployment {theirs}/{deployment_name} is not one of handover's "
                     f"({', '.join(sorted(self.flows))}); this worker runs handover's only",
+                    task_status,
                 )
             ignored = [
                 *(f"job variable {k}" for k in sorted(deployment.job_variables or {})),

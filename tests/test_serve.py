@@ -17,8 +17,8 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
-from prefect.flow_runs import resume_flow_run
 
+from flows.approval import resume_with_input
 from infra.serve import DEPLOYMENTS_FILE, read_deployments
 from infra.worker import worker_processes
 from tasks.site_state import snapshot_site
@@ -133,7 +133,7 @@ def test_a_run_created_through_the_api_takes_no_automatic_path_without_an_alerts
         )
         wait_for(lambda: _state(switch.id).is_paused(), 90, "the switch to ask for approval")
         assert read_aliases(lab.site)[0].addresses == [master]  # nothing switched meanwhile
-        resume_flow_run(switch.id, run_input={"decision": "reject", "who": "test"})
+        resume_with_input(switch.id, run_input={"decision": "reject", "who": "test"})
         wait_for(lambda: _final(switch.id) and _final(move.id), 120, "both runs to end")
     assert "rejected" in (_state(switch.id).message or ""), _state(switch.id).message
     assert read_aliases(lab.site)[0].addresses == [master]
@@ -193,7 +193,7 @@ def test_a_served_run_starts_as_its_start_method_says(
                 {c: _cmdline(c) for c in _children(proc.pid)}
             )
         finally:
-            resume_flow_run(run.id, run_input={"decision": "reject", "who": "test"})
+            resume_with_input(run.id, run_input={"decision": "reject", "who": "test"})
 
         def final() -> bool:
             with get_client(sync_client=True) as client:
@@ -393,7 +393,7 @@ def test_two_workers_share_the_pool_and_start_each_run_once(
                         forked += _children(server)
             assert len(forked) == 1, forked
         finally:
-            resume_flow_run(run.id, run_input={"decision": "reject", "who": "test"})
+            resume_with_input(run.id, run_input={"decision": "reject", "who": "test"})
         wait_for(lambda: _final(run.id), 60, "the rejected run to end")
 
 
@@ -443,6 +443,8 @@ def test_the_worker_runs_handovers_flows_only_and_in_its_own_environment(
             assert _state(dry.id).is_completed(), _state(dry.id)
             text = logs["guard"].read_text(errors="replace")
         assert "ignored the run's job variable command, the run's job variable env" in text
+        # the refusal is the run's handled end, not an infrastructure that never reported
+        assert "Infrastructure returned without reporting" not in text, text
         assert fake.calls == [], [c.method for c in fake.calls]
     assert not marker.exists()
 
@@ -479,7 +481,7 @@ def test_a_worker_killed_mid_move_the_procedure_finishes_on_the_other(
     job = submit_long_job(lab, "CERN-RAL", 600)
     with workers(lab, pool_api, pool, ["crash-a", "crash-b"], tmp_path):
         first = paused_move()
-        resume_flow_run(first.id, run_input={"decision": "approve", "who": "test"})
+        resume_with_input(first.id, run_input={"decision": "approve", "who": "test"})
         wait_for(
             lambda: snapshot_site(lab.shell).channels.get("CERN-RAL") == "Inactive",
             60,
@@ -521,7 +523,7 @@ def test_a_worker_killed_mid_move_the_procedure_finishes_on_the_other(
         assert second.parameters == first.parameters
         # the site requires an approval: the new run asks again, with the live state
         wait_for(lambda: _state(second.id).is_paused(), 90, "the new run to ask for approval")
-        resume_flow_run(second.id, run_input={"decision": "approve", "who": "test"})
+        resume_with_input(second.id, run_input={"decision": "approve", "who": "test"})
         end_transfer(lab, job)
         wait_for(lambda: _state(second.id).is_final(), 180, "the new run to end")
         converged_s = time.monotonic() - killed
