@@ -13,14 +13,15 @@ procedures only). Prefect can leave a timed-out run shown as Paused, so the outc
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 from prefect import get_run_logger
 from prefect.client.orchestration import get_client
 from prefect.context import FlowRunContext
 from prefect.exceptions import FlowPauseTimeout
-from prefect.flow_runs import pause_flow_run
+from prefect.flow_runs import pause_flow_run, resume_flow_run
 from prefect.input import RunInput
 from prefect.states import Running
 from pydantic import BaseModel, Field
@@ -43,6 +44,35 @@ class ApprovalInput(RunInput):
     seal: str = Field(
         default="", max_length=128, description="set by the handover gateway; leave it empty"
     )
+
+
+#: Prefect's answer to a resume with input that arrives between the run's Paused state and the
+#: saving of its input's schema (the pause proposes the state first, then saves the schema)
+SCHEMA_NOT_YET = "Run input schema not found"
+
+
+def resume_with_input(run_id: Any, run_input: dict[str, Any], *, wait_s: float = 5.0) -> None:
+    """Resume a paused run with its approval input (Prefect's `resume_flow_run`), waiting out
+    the moment after the run is Paused and before its input's schema is saved, in which Prefect
+    refuses the input; any other refusal is raised at once.
+
+    Args:
+        run_id: the paused flow run.
+        run_input: the `ApprovalInput` fields.
+        wait_s: how long to retry the refusal of a schema not yet saved.
+
+    Raises:
+        RuntimeError: Prefect refused the resume (the run is not paused, or the input).
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            resume_flow_run(run_id, run_input=run_input)
+            return
+        except RuntimeError as exc:
+            if SCHEMA_NOT_YET not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(0.1)
 
 
 class ApprovalRecord(BaseModel):

@@ -272,7 +272,8 @@ def reject_paused_runs() -> list[str]:
         FlowRunFilterStateType,
     )
     from prefect.client.schemas.objects import StateType
-    from prefect.flow_runs import resume_flow_run
+
+    from flows.approval import resume_with_input
 
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(
@@ -287,7 +288,7 @@ def reject_paused_runs() -> list[str]:
         # a loaded server may fail a request: try a few times before giving the run up
         for attempt in range(5):
             try:
-                resume_flow_run(run.id, run_input={"decision": "reject", "who": "test teardown"})
+                resume_with_input(run.id, run_input={"decision": "reject", "who": "test teardown"})
             except Exception:  # retried, then left for the approval timeout
                 time.sleep(0.5 * (attempt + 1))
                 continue

@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 import uvicorn
 from prefect.client.orchestration import get_client
-from prefect.flow_runs import resume_flow_run
 from slack_sdk.socket_mode.request import SocketModeRequest
 
 from config.loader import load_site
 from config.site import Site
 from flows import progress
+from flows.approval import resume_with_input
 from flows.clean_move import CleanMoveResult, clean_move
 from flows.seals import seal, seal_key
 from infra.fakeslack import FakeSlack, interaction_body, signed_headers
@@ -317,7 +317,7 @@ def test_two_person_rule_never_lets_one_approver_decide_a_named_requesters_run(
         assert _paused(run_id)
     finally:
         if "run_id" in box:
-            resume_flow_run(box["run_id"], run_input={"decision": "reject", "who": "test"})
+            resume_with_input(box["run_id"], run_input={"decision": "reject", "who": "test"})
         th.join(60)
         gw.stop()
     assert box["result"].status == "rejected"
@@ -344,7 +344,7 @@ def test_two_person_rule_needs_two_approvers_for_an_unverified_requester(
         th.join(120)
     finally:
         if "run_id" in box and _paused(str(box["run_id"])):
-            resume_flow_run(box["run_id"], run_input={"decision": "reject", "who": "test"})
+            resume_with_input(box["run_id"], run_input={"decision": "reject", "who": "test"})
         th.join(60)
         gw.stop()
     result: CleanMoveResult = box["result"]
@@ -359,7 +359,7 @@ def test_ui_approval_works_with_slack_down(
     monkeypatch.setenv("HANDOVER_SLACK_API_URL", "http://127.0.0.1:9/api/")
     th, box = _start_move(lab)
     run_id = _wait_for_approval(box)
-    resume_flow_run(
+    resume_with_input(
         run_id,
         run_input={
             "decision": "approve",
@@ -410,7 +410,7 @@ def test_a_site_that_requires_the_gateway_ignores_forms_typed_into_the_ui(
             {**forged, "seal": "0" * 64},
         ):
             seen = len(ignored)
-            resume_flow_run(run_id, run_input=attempt)
+            resume_with_input(run_id, run_input=attempt)
             wait_for(lambda seen=seen: len(ignored) > seen, 30, "the decision to be ignored")
             wait_for(lambda: _paused(run_id), 30, "the run to pause again")
         status, answer = gateway.click(APPROVER, "approve", run_id, slack.response_url())

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.flow_runs import resume_flow_run
 
 from flows import progress
+from flows.approval import resume_with_input
 from flows.clean_move import CleanMoveResult, clean_move
 from infra.move_process import start_clean_move
 from tasks.site_state import snapshot_site
@@ -189,7 +189,7 @@ def test_rejected_approval_changes_nothing(lab: RunningLab) -> None:
     before = placement(lab)
     th, box = _run_in_thread(lab)
     run_id = _wait_paused(box)
-    resume_flow_run(
+    resume_with_input(
         run_id,
         run_input={"decision": "reject", "who": "alice", "comment": "not during the LHC fill"},
     )
@@ -204,7 +204,7 @@ def test_rejected_approval_changes_nothing(lab: RunningLab) -> None:
 def test_approved_through_the_api_form_moves(lab: RunningLab) -> None:
     th, box = _run_in_thread(lab, agents=[P + "CERN-IN2P3"])
     run_id = _wait_paused(box)
-    resume_flow_run(run_id, run_input={"decision": "approve", "who": "bob"})
+    resume_with_input(run_id, run_input={"decision": "approve", "who": "bob"})
     th.join(120)
     result = box["result"]
     assert result.status == "completed", result.summary
@@ -220,7 +220,7 @@ def test_a_second_move_for_the_service_is_refused_naming_the_first(lab: RunningL
         assert second.status == "refused"
         assert str(run_id) in second.summary and "already running for service" in second.summary
     finally:
-        resume_flow_run(run_id, run_input={"decision": "reject", "who": "test"})
+        resume_with_input(run_id, run_input={"decision": "reject", "who": "test"})
         th.join(60)
     assert box["result"].status == "rejected"
 

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 import yaml
-from prefect.flow_runs import resume_flow_run
 
 from flows import progress
+from flows.approval import resume_with_input
 from flows.clean_move import clean_move
 from flows.emergency_move import EmergencyResult, emergency_move
 from flows.fence_host import fence_host
@@ -182,7 +182,7 @@ def test_a_second_procedure_for_the_service_is_refused(lab: RunningLab) -> None:
     finally:
         if "run_id" in box:
             wait_for(lambda: _paused(str(box["run_id"])), 30, "the pause")
-            resume_flow_run(box["run_id"], run_input={"decision": "reject", "who": "test"})
+            resume_with_input(box["run_id"], run_input={"decision": "reject", "who": "test"})
         th.join(60)
 
 
@@ -213,7 +213,7 @@ def first_move_asking(lab: RunningLab, tmp_path: Path) -> Iterator[dict[str, Any
     finally:
         if "run_id" in box:
             wait_for(lambda: _paused(str(box["run_id"])), 30, "the pause")
-            resume_flow_run(box["run_id"], run_input={"decision": "reject", "who": "test"})
+            resume_with_input(box["run_id"], run_input={"decision": "reject", "who": "test"})
         th.join(60)
 
 

@@ -340,9 +340,9 @@ def test_after_the_canary_a_human_decides_again(
     import threading
 
     from prefect.client.orchestration import get_client
-    from prefect.flow_runs import resume_flow_run
 
     from flows import progress
+    from flows.approval import resume_with_input
     from flows.seals import seal, seal_key
 
     secret = "canary-test-signing-secret-0123456789"
@@ -390,7 +390,7 @@ def test_after_the_canary_a_human_decides_again(
         first = str(wait_for(pause_key, 60, "the first pause"))
         assert {v for _h, v in versions(lab).values()} == {"4"}  # nothing before the decision
         approved = gateway_says("approve", first)
-        resume_flow_run(box["run_id"], run_input=approved)
+        resume_with_input(box["run_id"], run_input=approved)
         second = str(
             wait_for(
                 lambda: (pause_key() or first) != first and pause_key(),
@@ -403,12 +403,12 @@ def test_after_the_canary_a_human_decides_again(
         assert {v for a, (h, v) in now.items() if h == "fts105"} == {"5"}, now
         assert {v for a, (h, v) in now.items() if h != "fts105"} == {"4"}, now
         # the first decision replayed at the second pause: its seal names the first pause
-        resume_flow_run(box["run_id"], run_input=approved)
+        resume_with_input(box["run_id"], run_input=approved)
         wait_for(lambda: ignored, 60, "the replayed decision to be ignored")
         third = str(wait_for(pause_key, 60, "the run to wait again"))
         assert third not in (first, second)
         assert {v for a, (h, v) in versions(lab).items() if h != "fts105"} == {"4"}
-        resume_flow_run(box["run_id"], run_input=gateway_says("reject", third))
+        resume_with_input(box["run_id"], run_input=gateway_says("reject", third))
         worker.join(120)
     finally:
         if worker.is_alive():

@@ -13,12 +13,11 @@ from typing import Any
 import pytest
 from prefect import flow
 from prefect.client.orchestration import get_client
-from prefect.flow_runs import resume_flow_run
 from slack_sdk import WebClient
 
 from config.loader import load_site
 from flows import progress
-from flows.approval import ApprovalRecord, approve
+from flows.approval import ApprovalRecord, approve, resume_with_input
 from flows.notify import ProcedureThread, mrkdwn
 from flows.result import StepRecord
 from flows.seals import seal, seal_key
@@ -190,7 +189,7 @@ def _decide(run_input: dict[str, Any]) -> ApprovalRecord:
             decided["who"],
             decided["source"],
         )
-    resume_flow_run(run_id, run_input=decided)
+    resume_with_input(run_id, run_input=decided)
     th.join(60)
     assert not th.is_alive(), "the run did not end after its decision"
     record: ApprovalRecord = box["record"]

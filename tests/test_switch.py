@@ -259,7 +259,8 @@ def test_an_automatic_switch_counts_down_and_can_be_aborted(
         FlowRunFilterStateType,
     )
     from prefect.client.schemas.objects import StateType
-    from prefect.flow_runs import resume_flow_run
+
+    from flows.approval import resume_with_input
 
     before = alias_everywhere(lab)
     master_now = master(lab)
@@ -284,7 +285,7 @@ def test_an_automatic_switch_counts_down_and_can_be_aborted(
 
     [waiting] = wait_for(paused, 60, "the countdown to pause the run")
     # aborted from the Prefect UI (the form's input; the gateway resumes with the same)
-    resume_flow_run(waiting.id, run_input={"decision": "reject", "who": "an operator"})
+    resume_with_input(waiting.id, run_input={"decision": "reject", "who": "an operator"})
     worker.join(120)
     r = box["r"]
     assert isinstance(r, SwitchResult) and r.status == "rejected", r

@@ -77,9 +77,9 @@ class Paused:
 
     def end(self) -> list[str]:
         if self.thread.is_alive() and self.pause_key():
-            from prefect.flow_runs import resume_flow_run
+            from flows.approval import resume_with_input
 
-            resume_flow_run(self.run_id, run_input={"decision": "reject", "who": "teardown"})
+            resume_with_input(self.run_id, run_input={"decision": "reject", "who": "teardown"})
         self.thread.join(60)
         return list(self.box.get("decisions") or [])
 

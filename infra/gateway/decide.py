@@ -29,10 +29,10 @@ from uuid import UUID
 
 from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectNotFound
-from prefect.flow_runs import resume_flow_run
 
 from config.loader import SiteConfigError, load_site_ref
 from config.site import Site
+from flows.approval import resume_with_input
 from flows.seals import alert_seal_holds, seal
 
 audit_log = logging.getLogger("handover.audit")
@@ -216,7 +216,7 @@ class Decider:
             if approvers_so_far:
                 who = " and ".join([*(f"<@{u}>" for u in approvers_so_far), who])
             try:
-                resume_flow_run(
+                resume_with_input(
                     run_id,
                     run_input={
                         "decision": decision,
