@@ -58,8 +58,20 @@ def refused(fn: Any, *args: Any, **kw: Any) -> AlertRefused:
 
 
 def test_a_signed_body_is_accepted() -> None:
+    """The documented signature (what a hook computes with its own HMAC library: sha256 over
+    `<timestamp>.<body>`) is accepted anywhere inside the window, and the same signature under
+    another secret is not."""
+    import hashlib
+    import hmac
+
     body = generic()
-    verify_signature(SECRET, str(NOW), sign(SECRET, NOW, body), body, window_s=300, now=NOW + 10)
+    theirs = "sha256=" + hmac.new(SECRET, f"{NOW}.".encode() + body, hashlib.sha256).hexdigest()
+    assert sign(SECRET, NOW, body) == theirs
+    for now in (NOW, NOW + 10, NOW - 300, NOW + 300):
+        assert verify_signature(SECRET, str(NOW), theirs, body, window_s=300, now=now) is None
+    other = b"another-secret"
+    err = refused(verify_signature, other, str(NOW), theirs, body, window_s=300, now=NOW)
+    assert err.reason == "bad signature"
 
 
 @pytest.mark.parametrize(

@@ -43,8 +43,21 @@ def test_a_run_marked_crashed_is_superseded_before_its_next_step(
     assert "second step" not in seen
 
 
-def test_outside_a_flow_run_nothing_is_checked() -> None:
-    check_current()
+def test_outside_a_flow_run_nothing_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outside a run (a procedure called in-process, a bench) no state is read: the API is not
+    asked, and no check time is recorded."""
+    import prefect.client.orchestration as orchestration
+
+    asked: list[object] = []
+
+    def no_client(*args: object, **kwargs: object) -> None:
+        asked.append(args)
+        raise AssertionError("check_current asked the API outside a flow run")
+
+    monkeypatch.setattr(orchestration, "get_client", no_client)
+    before = dict(attempt._checked)
+    assert check_current() is None
+    assert asked == [] and attempt._checked == before
 
 
 def test_the_automation_stops_after_max_crashes_with_the_same_parameters() -> None:

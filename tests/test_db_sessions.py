@@ -29,42 +29,13 @@ class FakeCursor:
         self.conn = conn
 
     def execute(self, sql: str, params: Any = None) -> None:
+        # the rows the database would answer are the test's: what the product's WHERE clause
+        # keeps is checked on a real engine (test_oracles_where_clause_on_a_real_sql_engine)
         self.conn.executed.append((sql, params))
         self.result = self.conn.rows
-        if "FROM gv$session" in sql:
-            self.result = [r for r in self.conn.rows if _gv_session_where(r, params)]
 
     def fetchall(self) -> list[tuple[Any, ...]]:
         return self.result
-
-
-def _like(value: str, pattern: str) -> bool:
-    """SQL ``value LIKE pattern ESCAPE '\\'``."""
-    import re
-
-    out, i = "", 0
-    while i < len(pattern):
-        c = pattern[i]
-        if c == "\\" and i + 1 < len(pattern):
-            out += re.escape(pattern[i + 1])
-            i += 2
-            continue
-        out += ".*" if c == "%" else "." if c == "_" else re.escape(c)
-        i += 1
-    return re.fullmatch(out, value, re.S) is not None
-
-
-def _gv_session_where(row: tuple[Any, ...], binds: dict[str, Any]) -> bool:
-    """What OracleSessions.SELECT's WHERE clause keeps of a gv$session row, as Oracle would
-    evaluate it: its machine, and its program or module naming the agent."""
-    _sid, _serial, _inst, machine, program, module, _user, _status = row
-    m1, m2, prog, pat = binds["m1"].lower(), binds["m2"].lower(), binds["prog"], binds["pat"]
-    mach = machine.lower()
-    if not (mach == m1 or _like(mach, m1 + ".%") or mach == m2):
-        return False
-    if prog is None:
-        return True
-    return program == prog or module == prog or (program is not None and _like(program, pat))
 
 
 class FakeConnection:
@@ -93,7 +64,7 @@ GV_SESSION = [
         "INACTIVE",
     ),
     (130, 88, 2, "fts101.cern.ch", "sqlplus@fts101", "SQL*Plus", "FTS_AGENT", "ACTIVE"),
-    # other agents whose names CERN-CERN is a prefix of, or matches with "_" as a wildcard
+    # other agents of the machine (the database, not this fake, leaves them out: see below)
     (131, 7, 1, "fts101.cern.ch", f"{P}CERN-CERN2@fts101 (TNS V1-V3)", None, "FTS_AGENT", "ACTIVE"),
     (132, 8, 1, "fts101.cern.ch", f"{P}CERN_CERN@fts101 (TNS V1-V3)", None, "FTS_AGENT", "ACTIVE"),
 ]
@@ -112,15 +83,81 @@ def test_oracle_lists_with_binds_and_kills_by_sid_serial_inst() -> None:
         "prog": P + "CERN-CERN",
         "pat": P + "CERN-CERN@%",
     }
-    # the agent's session, not the operator's sqlplus from the same machine
-    assert [s.id for s in found] == ["123,4567,@1"] and found[0].user == "FTS_AGENT"
+    # each row the database answers becomes a session: "sid,serial#,@inst_id", and the
+    # program, or the module when the program is the driver's
+    assert [s.id for s in found] == ["123,4567,@1", "130,88,@2", "131,7,@1", "132,8,@1"]
+    assert (found[0].user, found[0].state) == ("FTS_AGENT", "INACTIVE")
+    assert found[1].program.startswith("sqlplus")
     every = be.list_sessions(["fts101", "fts101.cern.ch"], None, None)
-    assert [s.id for s in every] == ["123,4567,@1", "130,88,@2", "131,7,@1", "132,8,@1"]
-    assert every[1].program.startswith("sqlplus")
-    assert be.list_sessions(["fts102", "fts102.cern.ch"], None, None) == []
+    assert conn.executed[-1][1]["prog"] is None and conn.executed[-1][1]["pat"] is None
+    assert len(every) == len(GV_SESSION)
     be.kill(found[0])
     assert conn.executed[-1][0] == "ALTER SYSTEM KILL SESSION '123,4567,@1' IMMEDIATE"
     assert conn.closed
+
+
+#: gv$session rows for the real-engine test: (sid, machine, program, module)
+GV_ROWS = [
+    (1, "fts101.cern.ch", f"{P}CERN-CERN@fts101 (TNS V1-V3)", None),
+    (2, "FTS101", "JDBC Thin Client", f"{P}CERN-CERN"),  # named by its module; machine upper-case
+    (3, "fts101.cern.ch", "sqlplus@fts101 (TNS V1-V3)", "SQL*Plus"),  # the operator, not an agent
+    (4, "fts101.cern.ch", f"{P}CERN-CERN2@fts101 (TNS V1-V3)", None),  # a longer name
+    (5, "fts101.cern.ch", f"{P}CERN_CERN@fts101 (TNS V1-V3)", None),  # "_" read as a wildcard
+    (6, "fts1011.cern.ch", f"{P}CERN-CERN@fts1011 (TNS V1-V3)", None),  # another machine
+    (7, "fts101", f"{P}A_B@fts101 (TNS V1-V3)", None),
+    (8, "fts101", f"{P}A-B@fts101 (TNS V1-V3)", None),
+    (9, "fts101", f"{P}AxB@fts101 (TNS V1-V3)", None),
+    (10, "fts101", f"{P}A_B", None),  # the program exactly, without "@host"
+    (11, "fts101.cern.ch", f"{P}A%B@fts101 (TNS V1-V3)", None),
+]
+
+
+@pytest.mark.parametrize(
+    ("program", "expected"),
+    [
+        (P + "CERN-CERN", [1, 2]),
+        (P + "A_B", [7, 10]),
+        (P + "A-B", [8]),
+        (None, [1, 2, 3, 4, 5, 7, 8, 9, 10, 11]),
+    ],
+)
+def test_oracles_where_clause_on_a_real_sql_engine(
+    lab: RunningLab, program: str | None, expected: list[int]
+) -> None:
+    """The product's own SELECT and binds (captured at the driver's boundary), evaluated by the
+    lab's PostgreSQL against a table shaped like gv$session: `LIKE ... ESCAPE` with the
+    product's escaping, so "_" in an agent's name is a literal and a name is not a prefix of
+    another."""
+    conn = FakeConnection()
+    OracleSessions(lambda: conn).list_sessions(["fts101", "fts101.cern.ch"], None, program)
+    [(sql, binds)] = conn.executed
+    with contextlib.closing(lab.lab.db.connect()) as pg:
+        pg.run(
+            'CREATE TEMP TABLE "gv$session" (sid int, "serial#" int, inst_id int, machine text, '
+            "program text, module text, username text, status text, type text)"
+        )
+        for sid, machine, prog, module in GV_ROWS:
+            pg.run(
+                "INSERT INTO \"gv$session\" VALUES (:sid, 1, 1, :m, :p, :mod, 'FTS', 'ACTIVE', "
+                "'USER')",
+                sid=sid,
+                m=machine,
+                p=prog,
+                mod=module,
+            )
+        pg.run(
+            "INSERT INTO \"gv$session\" VALUES (99, 1, 1, 'fts101', :p, NULL, 'SYS', 'ACTIVE', "
+            "'BACKGROUND')",
+            p=f"{P}CERN-CERN@fts101",
+        )
+        # two dialect differences, nothing else: Oracle's `serial#` column quoted, and the
+        # bind tested only with IS NULL given the type Oracle infers and PostgreSQL cannot
+        pg_sql = sql.replace("serial#", '"serial#"').replace(
+            ":prog IS NULL", "CAST(:prog AS text) IS NULL"
+        )
+        assert pg_sql.count("CAST(") == 1
+        rows = pg.run(pg_sql, **binds)
+    assert sorted(int(r[0]) for r in rows) == expected
 
 
 def test_oracle_refuses_malformed_names_before_any_sql() -> None:
@@ -150,7 +187,10 @@ def test_mysql_lists_by_host_and_kills_by_id() -> None:
 def test_lab_sessions_of_one_machine_and_one_agent(lab: RunningLab) -> None:
     h101, h102 = lab.site.host("fts101"), lab.site.host("fts102")
     mine = find_sessions(lab.site, "fts101")
-    assert sorted(s.program for s in mine) == sorted(lab.agents_on("fts101"))
+    # the machine's sessions: its agents', and its front end's where it runs one
+    agents = sorted(s.program for s in mine if s.program.startswith(P))
+    assert agents == sorted(lab.agents_on("fts101"))
+    assert {s.program for s in mine} - set(agents) <= {"fts-frontend"}, mine
     others_before = db_sessions(lab, h102.address)
     one = drop_sessions(lab.site, "fts101", P + "CERN-RAL")
     assert one.sentence.startswith("fts101: killed 1 DB session of CERN-RAL")
