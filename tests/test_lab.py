@@ -192,7 +192,13 @@ def test_second_agent_blocks_on_the_db_lock_until_the_session_is_killed(lab: Run
 
     th = threading.Thread(target=start)
     th.start()
-    time.sleep(0.5)
+    # the backup's agent is connected and waiting for the lock: only then is the primary's
+    # session killed (earlier, the agent could find the lock free without having waited)
+    wait_for(
+        lambda: any(s[1] == CERN_AGENT for s in db_sessions(lab, backup.address)),
+        30,
+        "the backup's agent to connect and wait for the DB lock",
+    )
     assert kill_sessions(lab, primary.address, CERN_AGENT) == 1
     th.join(30)
     assert "result" in outcome, outcome

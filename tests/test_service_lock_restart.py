@@ -112,8 +112,15 @@ def test_the_servers_handover_starts_keep_leases_on_disk(tmp_path: Path) -> None
     """`handover server start`, the benches and this suite's own servers use the on-disk
     lease storage."""
     proc = spawn(tmp_path / "h", "127.0.0.1", free_port(), {})
+    environ = Path(f"/proc/{proc.pid}/environ")
     try:
-        env = Path(f"/proc/{proc.pid}/environ").read_bytes().split(b"\0")
+        # Popen returns once the exec has begun; the kernel sets the new process's environment
+        # a moment later, and until then the file reads empty
+        env = wait_for(
+            lambda: environ.read_bytes().split(b"\0") if environ.read_bytes() else None,
+            10,
+            "the server's environment to be readable",
+        )
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
