@@ -9,23 +9,44 @@ import pytest
 from infra import ports
 
 
+def _own_block(n: int) -> range:
+    """The last `n` ports of this process's block (`tests/run-groups` gives each group its
+    own): ports the other group never takes, and this process's random picks rarely."""
+    block = ports.port_range()
+    return range(block.stop - n, block.stop)
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def test_ports_come_from_the_processs_block_and_are_never_given_twice(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv(ports.RANGE_ENV, "28990-28999")
+    mine = _own_block(10)
+    monkeypatch.setenv(ports.RANGE_ENV, f"{mine.start}-{mine.stop - 1}")
     got = [ports.free_port() for _ in range(5)]
-    assert all(28990 <= p <= 28999 for p in got), got
+    assert all(p in mine for p in got), got
     assert len(set(got)) == 5, got  # not bound by anyone meanwhile, and still never repeated
 
 
 def test_a_port_something_listens_on_is_not_given(monkeypatch: pytest.MonkeyPatch) -> None:
     with socket.socket() as busy:
-        for taken in range(28980, 28989):
-            try:
-                busy.bind(("127.0.0.1", taken))
-                break
-            except OSError:
-                continue
+        # a pair of ports of this process's block, both free: the first is then taken here
+        for taken in _own_block(30)[:-1]:
+            if _bindable(taken + 1):
+                try:
+                    busy.bind(("127.0.0.1", taken))
+                    break
+                except OSError:
+                    continue
+        else:
+            raise AssertionError("no two free ports in a row at the end of this process's block")
         busy.listen()
         monkeypatch.setenv(ports.RANGE_ENV, f"{taken}-{taken + 1}")
         assert ports.free_port() == taken + 1
