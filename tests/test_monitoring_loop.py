@@ -147,7 +147,8 @@ def settled(lab: RunningLab, stack: Stack, host: str, timeout: float = 420) -> N
         return not api(prometheus, "query", query=query)["result"] and not opened_within_window()
 
     try:
-        wait_for(quiet, timeout, f"no host alert in Prometheus and no incident of {host} open")
+        # once a second: each look asks Prefect and Prometheus
+        wait_for(quiet, timeout, f"no host alert in Prometheus and no incident of {host} open", 1.0)
     except pytest.fail.Exception:
         alerts = [r["metric"] for r in api(prometheus, "query", query=query)["result"]]
         pytest.fail(
