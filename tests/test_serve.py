@@ -308,6 +308,26 @@ def pool_api() -> Iterator[str]:
         shutil.rmtree(work, ignore_errors=True)
 
 
+POOL = "handover-test-workers"
+
+
+@pytest.fixture(scope="module")
+def pool_deploy(lab: RunningLab, pool_api: str) -> str:
+    """`handover deploy --site LAB --pool POOL` against `pool_api`, once for the module's
+    worker tests (each may run alone); returns its output."""
+    env = {**os.environ, "PREFECT_API_URL": pool_api}
+    deploy = subprocess.run(
+        [sys.executable, "-m", "infra.cli", "deploy", "--site", str(lab.site_file), "--pool", POOL],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert deploy.returncode == 0, deploy.stdout + deploy.stderr
+    return deploy.stdout
+
+
 @contextlib.contextmanager
 def workers(
     lab: RunningLab, api_url: str, pool: str, names: list[str], home: Path
@@ -343,24 +363,14 @@ def _wait_final_or_explain(run_id: Any, timeout: float, logs: dict[str, Path]) -
 
 
 def test_two_workers_share_the_pool_and_start_each_run_once(
-    lab: RunningLab, pool_api: str, tmp_path: Path
+    lab: RunningLab, pool_api: str, pool_deploy: str, tmp_path: Path
 ) -> None:
     """`handover deploy --pool` creates the pool and puts the procedures in it; two workers
     (own names and homes) take its runs, each run exactly once, started from their fork
-    servers. Last in the module: the deployments stay in the pool (`serving` ignores it)."""
-    pool = "handover-test-workers"
-    env = {**os.environ, "PREFECT_API_URL": pool_api}
-    deploy = subprocess.run(
-        [sys.executable, "-m", "infra.cli", "deploy", "--site", str(lab.site_file), "--pool", pool],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert deploy.returncode == 0, deploy.stdout + deploy.stderr
-    assert f"work pool {pool} created (type process)" in deploy.stdout
-    assert f"(pool {pool}, " in deploy.stdout
+    servers."""
+    pool = POOL
+    assert f"work pool {pool} created (type process)" in pool_deploy
+    assert f"(pool {pool}, " in pool_deploy
     with get_client(sync_client=True) as client:
         dep = client.read_deployment_by_name("site-snapshot/site-snapshot")
         assert dep.work_pool_name == pool
@@ -398,7 +408,7 @@ def test_two_workers_share_the_pool_and_start_each_run_once(
 
 
 def test_the_worker_runs_handovers_flows_only_and_in_its_own_environment(
-    lab: RunningLab, pool_api: str, tmp_path: Path
+    lab: RunningLab, pool_api: str, pool_deploy: str, tmp_path: Path
 ) -> None:
     """Whoever may create deployments through the API must not run code on a worker, which holds
     the site's keys: a deployment of another flow put in the pool (a shell pull step, a command
@@ -407,7 +417,7 @@ def test_the_worker_runs_handovers_flows_only_and_in_its_own_environment(
     token would be sent there) runs handover's flow in the worker's environment."""
     from infra.fakeslack import FakeSlack
 
-    pool = "handover-test-workers"  # deployed by the test before (the module's order)
+    pool = POOL
     marker = tmp_path / "ran"
     touch = f"touch {marker}"
     with get_client(sync_client=True) as client:
@@ -465,7 +475,7 @@ def _worker_pids(home: Path) -> list[int]:
 
 
 def test_a_worker_killed_mid_move_the_procedure_finishes_on_the_other(
-    lab: RunningLab, pool_api: str, tmp_path: Path
+    lab: RunningLab, pool_api: str, pool_deploy: str, tmp_path: Path
 ) -> None:
     """Both workers of the pool are up; the one running a clean move dies with its machine
     (SIGKILL of its whole process group: worker, fork server and run) while a channel drains.
@@ -477,7 +487,7 @@ def test_a_worker_killed_mid_move_the_procedure_finishes_on_the_other(
 
     place_on_primaries(lab)
     before = lab.lab.score()
-    pool = "handover-test-workers"  # deployed by the test before (the module's order)
+    pool = POOL
     job = submit_long_job(lab, "CERN-RAL", 600)
     with workers(lab, pool_api, pool, ["crash-a", "crash-b"], tmp_path):
         first = paused_move()
