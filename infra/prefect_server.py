@@ -36,6 +36,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -411,3 +412,26 @@ class RestartableServer:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
+
+
+@contextlib.contextmanager
+def server_on_postgresql(work: Path) -> Iterator[RestartableServer]:
+    """A temporary server of one's own (tests, benches) on a PostgreSQL of its own, as a site
+    with several workers runs it: the server's home in `work/prefect`, the database in
+    `work/pg` (the postgres user must be able to enter `work`). Yields the started server;
+    stops it, then its database, on exit.
+
+    Raises:
+        infra.prefect_db.ServerDbError: the database could not be set up.
+        RuntimeError: the server did not become healthy (see `wait_healthy`).
+    """
+    from infra.prefect_db import ServerDatabase
+
+    db = ServerDatabase(work / "prefect", free_port(), work / "pg")
+    srv = RestartableServer(work / "prefect", {"PREFECT_API_DATABASE_CONNECTION_URL": db.start()})
+    try:
+        srv.start()
+        yield srv
+    finally:
+        srv.stop()
+        db.stop()

@@ -281,7 +281,7 @@ def test_a_dead_front_end_host_also_starts_the_switch() -> None:
 def pool_api() -> Iterator[str]:
     """Prefect's server on PostgreSQL, as a site that runs workers on several machines has it
     (`handover server start --db postgresql`): the worker tests take their runs from it. The
-    session's server keeps its SQLite, whose one writer two workers polling every half second
+    suite's shared server keeps its SQLite, whose one writer two workers polling every half second
     and six runs contend for; that set-up is the one-machine demo's, not the workers'."""
     import shutil
     import tempfile
@@ -289,22 +289,16 @@ def pool_api() -> Iterator[str]:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from infra.pg_cluster import pg_bin_dir
-    from infra.ports import free_port
-    from infra.prefect_db import ServerDatabase
-    from infra.prefect_server import RestartableServer
+    from infra.prefect_server import server_on_postgresql
 
     require(pg_bin_dir() is not None, "a PostgreSQL server (apt-get install postgresql)")
     work = Path(tempfile.mkdtemp(prefix="handover-test-pool-", dir="/var/tmp"))
     work.chmod(0o755)  # the server's PostgreSQL runs as postgres: it must reach work/pg
-    db = ServerDatabase(work / "prefect", free_port(), work / "pg")
-    srv = RestartableServer(work / "prefect", {"PREFECT_API_DATABASE_CONNECTION_URL": db.start()})
     try:
-        srv.start()
-        with temporary_settings(updates={PREFECT_API_URL: srv.url}):
-            yield srv.url
+        with server_on_postgresql(work) as srv:
+            with temporary_settings(updates={PREFECT_API_URL: srv.url}):
+                yield srv.url
     finally:
-        srv.stop()
-        db.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -20,6 +20,7 @@ moves in the time of one), and how many runs each worker ran.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import statistics
 import tempfile
@@ -145,9 +146,7 @@ def measure_moves(
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from infra.ports import free_port
-    from infra.prefect_db import ServerDatabase
-    from infra.prefect_server import RestartableServer
+    from infra.prefect_server import server_on_postgresql
     from infra.serve import deploy_all
     from infra.worker import worker_processes
 
@@ -155,10 +154,9 @@ def measure_moves(
     work.chmod(0o755)  # the server's PostgreSQL runs as postgres: it must reach work/pg
     sites = _write_sites(lab, services, work / "sites")
     solo = min(solo, services)
-    db = ServerDatabase(work / "prefect", free_port(), work / "pg")
-    srv = RestartableServer(work / "prefect", {"PREFECT_API_DATABASE_CONNECTION_URL": db.start()})
+    servers = contextlib.ExitStack()
     try:
-        srv.start()
+        srv = servers.enter_context(server_on_postgresql(work))
         say(
             f"moves: Prefect server on PostgreSQL at {srv.url}; {services} services of "
             f"{len(sites[0][1].hosts)} hosts"
@@ -206,8 +204,7 @@ def measure_moves(
         if twice:
             problems.append(f"agents served on two hosts: {twice}")
     finally:
-        srv.stop()
-        db.stop()
+        servers.close()
     if problems:
         problems.append(f"the server's and workers' logs: {work}")
     else:
