@@ -454,6 +454,7 @@ def test_two_gateways_share_one_book_and_one_killed_mid_storm_loses_nothing(
         at_second = Counter[str]()
         lock = threading.Lock()
         started = threading.Event()  # the incident's first alert answered: its run is recorded
+        killed = threading.Event()
 
         def send(i: int) -> tuple[str, dict[str, Any]]:
             if i % 2:
@@ -469,8 +470,8 @@ def test_two_gateways_share_one_book_and_one_killed_mid_storm_loses_nothing(
                         # gone mid-storm, once the run has started: a gateway killed between
                         # opening the incident and recording its run is another case (the
                         # incident then holds the host's alerts until its window ends)
-                        if at_second["answered"] >= 50 and started.is_set() and not at_second["k"]:
-                            at_second["k"] = 1
+                        if at_second["answered"] >= 50 and started.is_set() and not killed.is_set():
+                            killed.set()
                             os.killpg(second.pid, signal.SIGKILL)
                     return "second", answer
                 except OSError:

@@ -14,6 +14,7 @@ import datetime as dt
 import json
 import shutil
 import subprocess
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -133,18 +134,12 @@ def settled(lab: RunningLab, stack: Stack, host: str, timeout: float = 420) -> N
     assert lab.site.alerts is not None
     window_s = lab.site.alerts.dedup_window_s
 
-    def opened_within_window() -> list[str]:
-        now = dt.datetime.now(dt.UTC)
-        recent = []
-        for line in stack.gateway_lines('"result": "new"', f'"host": "{host}"'):
-            at = dt.datetime.fromisoformat(json.loads(line.split(" handover.audit ", 1)[1])["at"])
-            if (now - at).total_seconds() < window_s + 5:
-                recent.append(line)
-        return recent
+    def incident_open() -> bool:
+        return time.time() - stack.opened(host) <= window_s + 1
 
     def quiet() -> bool:
         reject_paused_runs()  # an earlier test's run left waiting for a human holds its incident
-        return not api(prometheus, "query", query=query)["result"] and not opened_within_window()
+        return not api(prometheus, "query", query=query)["result"] and not incident_open()
 
     try:
         # once a second: each look asks Prefect and Prometheus
@@ -152,8 +147,9 @@ def settled(lab: RunningLab, stack: Stack, host: str, timeout: float = 420) -> N
     except pytest.fail.Exception:
         alerts = [r["metric"] for r in api(prometheus, "query", query=query)["result"]]
         pytest.fail(
-            f"the site did not settle in {timeout} s: host alerts {alerts}; incidents of {host} "
-            f"opened within the dedup window: {opened_within_window()}",
+            f"the site did not settle in {timeout} s: host alerts {alerts}; the gateway last "
+            f"opened an incident of {host} {time.time() - stack.opened(host):.0f} s ago "
+            f"(dedup window {window_s:g} s)",
             pytrace=False,
         )
 

@@ -116,11 +116,8 @@ def test_the_servers_handover_starts_keep_leases_on_disk(tmp_path: Path) -> None
     try:
         # Popen returns once the exec has begun; the kernel sets the new process's environment
         # a moment later, and until then the file reads empty
-        env = wait_for(
-            lambda: environ.read_bytes().split(b"\0") if environ.read_bytes() else None,
-            10,
-            "the server's environment to be readable",
-        )
+        text = wait_for(environ.read_bytes, 10, "the server's environment to be readable")
+        env = text.split(b"\0")  # type: ignore[attr-defined]
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
