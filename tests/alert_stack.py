@@ -17,8 +17,6 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     DeploymentFilter,
     DeploymentFilterName,
-    FlowRunFilter,
-    FlowRunFilterId,
     LogFilter,
     LogFilterFlowRunId,
 )
@@ -28,7 +26,7 @@ from infra.bench.alert import ServeAndGateway
 from infra.fakeslack import FakeSlack
 from infra.ports import free_port
 from infra.send_alert import alert_body, post_alert
-from tests.conftest import RunningLab
+from tests.conftest import RunningLab, wait_final_or_explain
 
 SECRET = b"alert-test-webhook-secret-0123456789"
 AM_TOKEN = "alert-test-am-token"
@@ -84,6 +82,17 @@ class Stack(ServeAndGateway):
         left = last + window - time.time()
         if left > 0:
             time.sleep(left)
+
+    def wait_final(self, run_id: Any, timeout: float) -> FlowRun:
+        """Wait for a run of this stack to end and return it; on a timeout, fail with the run's
+        states and last log lines and the tails of `handover serve`'s and the gateway's logs."""
+        logs = (
+            {}
+            if self.log_dir is None
+            else {name: self.log_dir / f"{name}.log" for name in ("serve", "gateway")}
+        )
+        run: FlowRun = wait_final_or_explain(run_id, timeout, logs)
+        return run
 
     def send(self, host: str, kind: str = "host_down", **kw: Any) -> tuple[int, dict[str, Any]]:
         self.alerted[host] = time.time()
@@ -159,11 +168,3 @@ def run_logs(run_id: Any) -> list[str]:
             out += [entry.message for entry in page]
             if len(page) < 200:
                 return out
-
-
-def final(run_id: Any) -> FlowRun | None:
-    with get_client(sync_client=True) as client:
-        run = client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id]))
-        )
-    return run[0] if run and run[0].state and run[0].state.is_final() else None

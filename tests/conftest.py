@@ -13,6 +13,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -208,6 +209,50 @@ def wait_for(predicate: object, timeout: float, what: str, interval: float = 0.0
         time.sleep(interval)
 
 
+def final_run(run_id: object) -> Any:
+    """The flow run `run_id` once its state is final (a `FlowRun`), else None."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(run_id)  # type: ignore[arg-type]
+    return run if run.state is not None and run.state.is_final() else None
+
+
+def wait_final_or_explain(run_id: object, timeout: float, logs: dict[str, Path]) -> Any:
+    """Wait for a flow run to end and return it; on a timeout, fail with its state history,
+    the last lines it logged and the tails of `logs` (name -> file: the processes that run it),
+    which say who took the run and where it stopped."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.sorting import LogSort
+
+    try:
+        return wait_for(lambda: final_run(run_id), timeout, f"run {run_id} to end")
+    except pytest.fail.Exception:
+        with get_client(sync_client=True) as client:
+            history = [
+                (s.type.value, s.name, str(s.timestamp), (s.message or "")[:200])
+                for s in client.read_flow_run_states(run_id)  # type: ignore[arg-type]
+            ]
+            newest = client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])),
+                limit=30,
+                sort=LogSort.TIMESTAMP_DESC,
+            )
+            lines = [f"{entry.timestamp} {entry.message[:300]}" for entry in reversed(newest)]
+        tails = {}
+        for name, log in logs.items():
+            try:
+                tails[name] = log.read_text(errors="replace")[-3000:]
+            except OSError as exc:
+                tails[name] = f"unreadable: {exc}"
+        pytest.fail(
+            f"run {run_id} did not end in {timeout} s; states: {history}; its last log lines: "
+            f"{lines}; process logs: {tails}",
+            pytrace=False,
+        )
+
+
 def wait_boot_agents_gave_up(running: RunningLab, host: str, timeout: float = 30) -> None:
     """After a crashed host's reboot: wait until its boot-time `service transfer-agents start`
     has reported every agent as failed (they wait for locks the database still holds).
@@ -319,14 +364,14 @@ def place_on_primaries(running: RunningLab) -> None:
                 by_host.setdefault(h, []).append(a.name)
     for host, names in by_host.items():
         verbs.stop_agents(shell, host, names)
-    for h in site.hosts:
-        backups = [a.name for a in site.service.agents if a.backup == h.name]
-        primaries = [a.name for a in site.service.agents if a.primary == h.name]
+    for box in site.hosts:
+        backups = [a.name for a in site.service.agents if a.backup == box.name]
+        primaries = [a.name for a in site.service.agents if a.primary == box.name]
         if backups:
-            verbs.write_disabled(shell, h.name, backups)
+            verbs.write_disabled(shell, box.name, backups)
         if primaries:
-            verbs.clear_disabled(shell, h.name, primaries)
-            verbs.start_agents(shell, h.name, primaries)
+            verbs.clear_disabled(shell, box.name, primaries)
+            verbs.start_agents(shell, box.name, primaries)
     set_channels(shell, site.hosts[0].name, site.channels, "Active")
 
 

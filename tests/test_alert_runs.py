@@ -30,7 +30,6 @@ from tests.alert_stack import (
     Stack,
     alias_host,
     emergency_runs,
-    final,
     run_logs,
     stack_fixture,
     switch_runs,
@@ -92,7 +91,7 @@ def test_a_storm_of_identical_alerts_starts_exactly_one_run(lab: RunningLab, sta
         30,
         "the incident's event in Prefect",
     )
-    done = wait_for(lambda: final(run.id), 120, "the emergency move to finish")
+    done = stack.wait_final(run.id, 120)
     assert done.state is not None and done.state.is_completed(), done.state
     assert "case A" in (done.state.message or ""), done.state.message
     serving = lab.lab.serving(lab.site, lab.lab.record())
@@ -275,7 +274,7 @@ def test_pacemaker_sensors_start_the_switch_and_the_emergency_move(
             lambda: switch_runs(master, t0) or None, 60, "a switch started by the Pacemaker alert"
         )[0]
         assert "pacemaker" in switched.parameters["requested_by"], switched.parameters
-        done = wait_for(lambda: final(switched.id), 120, "the switch to finish")
+        done = stack.wait_final(switched.id, 120)
         assert done.state is not None and done.state.is_completed(), done.state
         assert "switched from" in (done.state.message or ""), done.state.message
         assert alias_host(lab) != master
@@ -285,7 +284,7 @@ def test_pacemaker_sensors_start_the_switch_and_the_emergency_move(
             lambda: emergency_runs("fts105") or None, 60, "a run started by the fencing alert"
         )[0]
         assert "pacemaker" in run.parameters["requested_by"], run.parameters
-        done = wait_for(lambda: final(run.id), 120, "the emergency move of fts105 to finish")
+        done = stack.wait_final(run.id, 120)
         assert done.state is not None and done.state.is_completed(), done.state
         # the spool's flush lock stays once a flush has run; no alert may stay
         assert list(spool.glob("*.json")) == [], "alerts left in the spool"
@@ -319,7 +318,7 @@ def test_front_end_alerts_switch_once_and_a_flap_waits_for_a_human(
         verdicts = Counter((status, a["alerts"][0]["result"]) for status, a in answers)
         assert verdicts == {(202, "new"): 1, (202, "attached"): 19}, verdicts
         run = wait_for(lambda: switch_runs(first, t0) or None, 90, "the switch to start")[0]
-        done = wait_for(lambda: final(run.id), 120, "the switch to finish")
+        done = stack.wait_final(run.id, 120)
         assert done.state is not None and done.state.is_completed(), done.state
         second = alias_host(lab)
         assert second != first
@@ -358,7 +357,7 @@ def test_front_end_alerts_switch_once_and_a_flap_waits_for_a_human(
             "Anti-flapping" in json.dumps(m.blocks) for m in stack.slack.messages.values()
         ), "no anti-flapping note in Slack"
         assert reject_paused_runs() == [str(flap.id)]
-        done = wait_for(lambda: final(flap.id), 60, "the rejected switch to end")
+        done = stack.wait_final(flap.id, 60)
         assert done.state is not None and "rejected" in (done.state.message or "")
         assert alias_host(lab) == second, "a rejected switch changed the alias"
     finally:
@@ -394,7 +393,7 @@ def test_an_alert_event_from_elsewhere_starts_its_run_through_the_automation(
 
     [run] = wait_for(lambda: mine() or None, 60, "the automation's emergency move")
     assert run.parameters["requested_by"] == "alert from a site monitor: fts105 down"
-    done = wait_for(lambda: final(run.id), 120, "the emergency move to end")
+    done = stack.wait_final(run.id, 120)
     assert done.state is not None and done.state.is_completed(), done.state
     stays(lambda: len(mine()) == 1, NOTHING_S, "one run for the event")
 
@@ -500,7 +499,7 @@ def test_two_gateways_share_one_book_and_one_killed_mid_storm_loses_nothing(
 
         run = wait_for(lambda: ours() or None, 30, "the emergency move")[0]
         assert str(run.id) == new["run_id"]
-        done = wait_for(lambda: final(run.id), 120, "the emergency move to finish")
+        done = stack.wait_final(run.id, 120)
         assert done.state is not None and done.state.is_completed(), done.state
         stays(lambda: len(ours()) == 1, NOTHING_S, "one emergency-move run")
 

@@ -20,7 +20,7 @@ import yaml
 from infra.hagd.daemon import ask
 from infra.lab.lab import hagd_group
 from tasks.http_probe import ask_ready
-from tests.alert_stack import SECRET, Stack, alias_host, final, run_logs, stack_fixture
+from tests.alert_stack import SECRET, Stack, alias_host, run_logs, stack_fixture
 from tests.alert_stack import switch_runs as runs_for
 from tests.conftest import (
     DAEMON_OCTET,
@@ -195,8 +195,7 @@ def test_an_election_runs_the_switch_flow_once(
     wait_for(lambda: serves(lab, BACKUP), 30, f"{BACKUP} elected and serving")
     wait_for(lambda: alias_host(lab) == BACKUP, 120, f"the alias moved to {BACKUP}")
     [run] = wait_for(lambda: runs_for(MASTER, since), 30, "the switch run")
-    wait_for(lambda: final(run.id), 120, "the switch run to end")
-    done = final(run.id)
+    done = stack.wait_final(run.id, 120)
     assert done is not None and done.state is not None and done.state.is_completed(), done
     # the switch fenced from the backup, then enabled it: its daemon stays the master
     stays(

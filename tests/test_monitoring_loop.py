@@ -30,7 +30,6 @@ from tests.alert_stack import (
     Stack,
     alias_host,
     emergency_runs,
-    final,
     stack_fixture,
     switch_runs,
 )
@@ -239,6 +238,8 @@ def test_a_prometheus_without_the_token_sees_the_exporter_down(
         proc.wait(timeout=30)
 
 
+# the waits of a fault test add up: the settle (at most 420 s), the run's start and its end
+@pytest.mark.timeout(420 + 120 + 240 + 60 + 180)
 def test_a_crashed_host_starts_one_emergency_move_with_nothing_typed(
     lab: RunningLab, stack: Stack, tmp_path: Path
 ) -> None:
@@ -257,7 +258,7 @@ def test_a_crashed_host_starts_one_emergency_move_with_nothing_typed(
     lab.lab.fault(HOST, "crash")
     try:
         [run] = wait_for(runs, 120, f"an emergency move of {HOST} from Alertmanager's alert")
-        done = wait_for(lambda: final(run.id), 240, "the emergency move to end")
+        done = stack.wait_final(run.id, 240)
         assert done.state is not None and done.state.is_completed(), done.state
         serving = lab.lab.serving(lab.site, lab.lab.record())
         assert all(serving.get(a) == {BACKUP} for a in moved), serving
@@ -265,12 +266,13 @@ def test_a_crashed_host_starts_one_emergency_move_with_nothing_typed(
         assert stack.gateway_lines('"source": "alertmanager"', '"result": "new"', HOST)
         # the master's front end went down with its host: the switch moved the alias
         [switched] = wait_for(lambda: switch_runs(HOST, since), 60, "the switch run")
-        wait_for(lambda: final(switched.id), 180, "the switch to end")
+        stack.wait_final(switched.id, 180)
         assert alias_host(lab) == BACKUP
     finally:
         lab.lab.heal(HOST)
 
 
+@pytest.mark.timeout(2 * 420 + 120 + 180)
 def test_a_killed_front_end_starts_one_switch_and_no_move(lab: RunningLab, stack: Stack) -> None:
     """The host lives on; only its front end, the master, dies: the alias moves, nothing else."""
     forget_automatic_switches(lab)
@@ -286,7 +288,7 @@ def test_a_killed_front_end_starts_one_switch_and_no_move(lab: RunningLab, stack
         [run] = wait_for_or_explain(
             lab, stack, master, lambda: switch_runs(master, since), 120, "the switch from the alert"
         )
-        done = wait_for(lambda: final(run.id), 180, "the switch to end")
+        done = stack.wait_final(run.id, 180)
         assert done.state is not None and done.state.is_completed(), done.state
         assert alias_host(lab) == other
         assert stack.gateway_lines('"source": "alertmanager"', '"kind": "frontend_down"', master)

@@ -26,9 +26,11 @@ from tests.conftest import (
     ROOT,
     RunningLab,
     end_transfer,
+    final_run,
     place_on_primaries,
     require,
     submit_long_job,
+    wait_final_or_explain,
     wait_for,
 )
 
@@ -134,7 +136,7 @@ def test_a_run_created_through_the_api_takes_no_automatic_path_without_an_alerts
         wait_for(lambda: _state(switch.id).is_paused(), 90, "the switch to ask for approval")
         assert read_aliases(lab.site)[0].addresses == [master]  # nothing switched meanwhile
         resume_with_input(switch.id, run_input={"decision": "reject", "who": "test"})
-        wait_for(lambda: _final(switch.id) and _final(move.id), 120, "both runs to end")
+        wait_for(lambda: final_run(switch.id) and final_run(move.id), 120, "both runs to end")
     assert "rejected" in (_state(switch.id).message or ""), _state(switch.id).message
     assert read_aliases(lab.site)[0].addresses == [master]
     said = _state(move.id).message or ""
@@ -195,12 +197,7 @@ def test_a_served_run_starts_as_its_start_method_says(
         finally:
             resume_with_input(run.id, run_input={"decision": "reject", "who": "test"})
 
-        def final() -> bool:
-            with get_client(sync_client=True) as client:
-                st = client.read_flow_run(run.id).state
-            return bool(st and st.is_final())
-
-        wait_for(final, 60, "the rejected run to end")
+        wait_for(lambda: final_run(run.id), 60, "the rejected run to end")
         with get_client(sync_client=True) as client:
             st = client.read_flow_run(run.id).state
         assert st is not None and st.is_completed() and "rejected by test" in (st.message or "")
@@ -332,30 +329,6 @@ def workers(
         yield logs
 
 
-def _final(run_id: object) -> bool:
-    with get_client(sync_client=True) as client:
-        st = client.read_flow_run(run_id).state  # type: ignore[arg-type]
-    return bool(st and st.is_final())
-
-
-def _wait_final_or_explain(run_id: Any, timeout: float, logs: dict[str, Path]) -> None:
-    """Wait for a worker's run to end; on a timeout, fail with its state history and the
-    workers' log tails, which say which worker took it and where it stopped."""
-    try:
-        wait_for(lambda: _final(run_id), timeout, f"run {run_id} to end")
-    except pytest.fail.Exception:
-        with get_client(sync_client=True) as client:
-            history = [
-                (s.type.value, s.name, str(s.timestamp), (s.message or "")[:200])
-                for s in client.read_flow_run_states(run_id)
-            ]
-        tails = {n: log.read_text(errors="replace")[-3000:] for n, log in logs.items()}
-        pytest.fail(
-            f"run {run_id} did not end in {timeout} s; states: {history}; worker logs: {tails}",
-            pytrace=False,
-        )
-
-
 def test_two_workers_share_the_pool_and_start_each_run_once(
     lab: RunningLab, pool_api: str, pool_deploy: str, tmp_path: Path
 ) -> None:
@@ -372,7 +345,7 @@ def test_two_workers_share_the_pool_and_start_each_run_once(
     with workers(lab, pool_api, pool, ["worker-a", "worker-b"], tmp_path) as logs:
         runs = [run_deployment("site-snapshot/site-snapshot", timeout=0) for _ in range(6)]
         for run in runs:
-            _wait_final_or_explain(run.id, 120, logs)
+            wait_final_or_explain(run.id, 120, logs)
         with get_client(sync_client=True) as client:
             states = [client.read_flow_run(r.id).state for r in runs]
         assert all(st is not None and st.is_completed() for st in states), states
@@ -398,7 +371,7 @@ def test_two_workers_share_the_pool_and_start_each_run_once(
             assert len(forked) == 1, forked
         finally:
             resume_with_input(run.id, run_input={"decision": "reject", "who": "test"})
-        wait_for(lambda: _final(run.id), 60, "the rejected run to end")
+        wait_for(lambda: final_run(run.id), 60, "the rejected run to end")
 
 
 def test_the_worker_runs_handovers_flows_only_and_in_its_own_environment(
@@ -426,7 +399,7 @@ def test_the_worker_runs_handovers_flows_only_and_in_its_own_environment(
     with FakeSlack(tokens={"xoxb-stolen"}) as fake:
         with workers(lab, pool_api, pool, ["guard"], tmp_path) as logs:
             refused = run_deployment(foreign, timeout=0)
-            wait_for(lambda: _final(refused.id), 120, "the foreign run to end")
+            wait_for(lambda: final_run(refused.id), 120, "the foreign run to end")
             state = _state(refused.id)
             assert state.is_failed(), state
             assert "refused by handover worker guard" in (state.message or "")
@@ -443,7 +416,7 @@ def test_the_worker_runs_handovers_flows_only_and_in_its_own_environment(
                 },
                 timeout=0,
             )
-            wait_for(lambda: _final(dry.id), 120, "the dry run to end")
+            wait_for(lambda: final_run(dry.id), 120, "the dry run to end")
             assert _state(dry.id).is_completed(), _state(dry.id)
             text = logs["guard"].read_text(errors="replace")
         assert "ignored the run's job variable command, the run's job variable env" in text
