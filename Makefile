@@ -4,15 +4,23 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: demo test test-serial deps system-deps lint typecheck unit lab-down lock
+.PHONY: demo test test-serial check durations deps system-deps lint typecheck lab-down lock
 
 demo: deps
 	$(PY) -m infra.demo
 
-# the suite as two pytest processes at once (tests/run-groups): about 16 min instead of about
-# 25 on 2 cores; `make test-serial` runs it as one
+# the whole suite, as four pytest processes at once (tests/run-groups); without root it runs
+# what it can and fails, saying how many tests need root; `make test-serial` runs it as one
 test: deps lint typecheck
 	PY=$(PY) bash tests/run-groups
+
+# for every edit: lint and the tests that need no root and no server (the `unit` tier)
+check: $(VENV)/.installed lint
+	$(PY) -m pytest -q -p no:cacheprovider -m unit
+
+# the whole suite, recording each module's time in tests/durations.json (how run-groups splits it)
+durations: deps
+	HANDOVER_RECORD_DURATIONS=1 PY=$(PY) bash tests/run-groups
 
 test-serial: deps lint typecheck
 	$(PY) -m pytest -q
@@ -47,10 +55,6 @@ lint: $(VENV)/.installed
 
 typecheck: $(VENV)/.installed
 	$(PY) -m mypy
-
-# tests that need no server (no root, no lab)
-unit: $(VENV)/.installed
-	$(PY) -m pytest -q tests/test_config.py tests/test_site_state.py
 
 lab-down: $(VENV)/.installed
 	$(VENV)/bin/handover lab down

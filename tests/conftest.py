@@ -51,44 +51,134 @@ LAB_DB_PORT_BASE = 20000
 #: tests that run HA group daemons on the machine put them on 127.DAEMON_OCTET.x.y
 DAEMON_OCTET = int(os.environ.get("HANDOVER_TEST_DAEMON_OCTET") or 100 + os.getpid() % 100)
 
-#: the modules of the second group when `make test` runs two at once (HANDOVER_TEST_GROUP=1 or 2:
-#: the first group is every other module). The modules that start the machine's one Pacemaker
-#: cluster (test_alert_runs, test_switch, test_service_ocf) stay in the first; the split
-#: balances the measured durations of the lab-heavy modules.
-SECOND_GROUP = frozenset(
-    {
-        "test_fault_matrix.py",
-        "test_emergency_move.py",
-        "test_rolling_upgrade.py",
-        "test_clean_move_flow.py",
-        "test_hagd_lab.py",
-        "test_hagd.py",
-        "test_lab.py",
-        "test_lab_lifecycle.py",
-        "test_plan_cases.py",
-        "test_config.py",
-        "test_monitoring_loop.py",
-    }
-)
+#: fixtures that start servers of the test session (a Prefect server, a stack of processes)
+SERVER_FIXTURES = frozenset({"prefect_api", "pool_api", "pool_deploy", "stack"})
+#: the tiers: every test has exactly one, by what it needs (README, "Tests")
+TIERS = ("unit", "server", "lab")
+IS_ROOT = os.geteuid() == 0
+
+
+def _tier(item: pytest.Item) -> str:
+    """The tier of a test: `lab` when it needs root and the lab's Debian packages (marked so, by
+    hand or for using a `lab` fixture), `server` when it starts servers (a Prefect server...),
+    else `unit` (Python alone: what `make check` runs)."""
+    names = set(getattr(item, "fixturenames", ()))
+    if "lab" in names or any(
+        item.get_closest_marker(m) for m in ("lab", "pacemaker", "monitoring")
+    ):
+        return "lab"
+    if names & SERVER_FIXTURES or item.get_closest_marker("server"):
+        return "server"
+    return "unit"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Keep only this process's group of modules (HANDOVER_TEST_GROUP, `tests/run-groups`)."""
+    """Give each test its tier marker; without root (outside CI), leave out the tests that need
+    it (the session then ends non-zero, saying so); keep only this process's group of modules
+    when `make test` runs several at once (HANDOVER_TEST_GROUP of HANDOVER_TEST_GROUPS)."""
+    for item in items:
+        item.add_marker(_tier(item))
+    dropped: list[pytest.Item] = []
+    if not IS_ROOT and not IN_CI:
+        _NEED_ROOT.extend(i for i in items if i.get_closest_marker("lab"))
+        dropped += _NEED_ROOT
     group = os.environ.get("HANDOVER_TEST_GROUP")
-    if not group:
-        return
-    if group not in ("1", "2"):
-        raise pytest.UsageError(f"HANDOVER_TEST_GROUP={group!r}: use 1 or 2")
-    second = group == "2"
-    keep = [i for i in items if (i.path.name in SECOND_GROUP) == second]
-    dropped = [i for i in items if (i.path.name in SECOND_GROUP) != second]
+    if group:
+        dropped += _other_groups(items, int(os.environ.get("HANDOVER_TEST_GROUPS", "2")), group)
     if dropped:
+        gone = set(map(id, dropped))
         config.hook.pytest_deselected(items=dropped)
-    items[:] = keep
+        items[:] = [i for i in items if id(i) not in gone]
 
 
-def require(ok: bool, what: str) -> None:
-    """Skip (developer machine) or fail (CI) when a prerequisite is missing."""
+def _other_groups(items: list[pytest.Item], groups: int, group: str) -> list[pytest.Item]:
+    """The tests of the groups other than `group` (`tests/groups.py` splits the modules)."""
+    from tests.groups import load_durations, split
+
+    if not group.isdigit() or not 1 <= int(group) <= groups:
+        raise pytest.UsageError(f"HANDOVER_TEST_GROUP={group!r}: use 1 to {groups}")
+    counts: dict[str, int] = {}
+    for i in items:
+        counts[i.path.name] = counts.get(i.path.name, 0) + 1
+    # the machine has one Pacemaker cluster: the modules that start it share a group
+    together = {i.path.name for i in items if i.get_closest_marker("pacemaker")}
+    mine = set(split(counts, load_durations(), groups, together)[int(group) - 1])
+    return [i for i in items if i.path.name not in mine]
+
+
+#: the tests left out for want of root (`pytest_collection_modifyitems`)
+_NEED_ROOT: list[pytest.Item] = []
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A run without root that left out tests fails, so nobody mistakes it for the whole suite."""
+    _write_durations()
+    if _NEED_ROOT and session.exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _NEED_ROOT:
+        terminalreporter.write_line(
+            f"{len(_NEED_ROOT)} tests need root and were not run: run `sudo make test` "
+            "(it installs the lab's Debian packages)",
+            red=True,
+            bold=True,
+        )
+
+
+#: seconds per module of this run (setup, call and teardown), for `tests/groups.py`
+_DURATIONS: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    module = report.nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
+    _DURATIONS[module] = _DURATIONS.get(module, 0.0) + report.duration
+
+
+def _write_durations() -> None:
+    """Write this run's durations where `tests/run-groups` asked (HANDOVER_TEST_DURATIONS_OUT)."""
+    out = os.environ.get("HANDOVER_TEST_DURATIONS_OUT")
+    if out and _DURATIONS:
+        import json
+
+        Path(out).write_text(json.dumps(_DURATIONS))
+
+
+#: the test running now (`require` checks its tier)
+_CURRENT: list[pytest.Item] = []
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    _CURRENT[:] = [item]
+
+
+def _check_tier(need: str, what: str) -> None:
+    """Fail a test whose tier does not allow `need` (`server` or `lab`): its marker lies, and
+    `make check` or a run without root would pick it wrongly."""
+    if not _CURRENT:
+        return
+    item = _CURRENT[0]
+    allowed = {"server": ("server", "lab"), "lab": ("lab",)}[need]
+    if not any(item.get_closest_marker(t) for t in allowed):
+        pytest.fail(
+            f"{item.nodeid} needs {what} but is not marked {' or '.join(allowed)} "
+            "(tests/conftest.py: TIERS)",
+            pytrace=False,
+        )
+
+
+def require(ok: bool, what: str, *, need: str = "server") -> None:
+    """Skip (developer machine) or fail (CI) when a prerequisite is missing.
+
+    Args:
+        ok: whether the prerequisite is there.
+        what: what is missing, with the package that provides it.
+        need: the tier the prerequisite makes the test (`server`, or `lab` for root): a test
+            of a lower tier fails, whether the prerequisite is there or not.
+    """
+    _check_tier(need, what)
     if ok:
         return
     if IN_CI:
@@ -99,7 +189,9 @@ def require(ok: bool, what: str) -> None:
 def require_lab() -> None:
     """The lab's prerequisites (root, sshd, PostgreSQL, nft, util-linux)."""
     missing = missing_prerequisites()
-    require(not missing, "; ".join(missing) + " (run `make test` as root: it installs them)")
+    require(
+        not missing, "; ".join(missing) + " (run `make test` as root: it installs them)", need="lab"
+    )
 
 
 def make_test_site(tmp: Path, name: str, octet: int, db_port: int, **lab: object) -> Path:

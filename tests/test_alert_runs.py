@@ -215,6 +215,7 @@ def test_alertmanager_notifications(stack: Stack) -> None:
     stays(lambda: emergency_runs("fts105") == [], NOTHING_S, "no run for a resolved group")
 
 
+@pytest.mark.pacemaker
 def test_pacemaker_sensors_start_the_switch_and_the_emergency_move(
     lab: RunningLab, stack: Stack
 ) -> None:

@@ -330,10 +330,11 @@ def test_a_secret_file_open_to_others_is_refused_naming_the_fix(
     assert "s3cret" not in msg
 
 
+@pytest.mark.lab
 def test_a_secret_file_of_another_user_is_refused_naming_the_fix(tmp_path: Path) -> None:
     import pwd
 
-    require(os.geteuid() == 0, "root (to give a file to the user nobody)")
+    require(os.geteuid() == 0, "root (to give a file to the user nobody)", need="lab")
     nobody = pwd.getpwnam("nobody")
     me = pwd.getpwuid(os.geteuid()).pw_name
     f = _secret_file(tmp_path, 0o600)

@@ -162,6 +162,7 @@ def exporter(site_file: Path, *args: str) -> subprocess.Popen[bytes]:
     )
 
 
+@pytest.mark.server
 def test_the_exporter_refuses_to_start_on_every_interface_without_a_token(
     site_file: Path,
 ) -> None:
@@ -176,6 +177,7 @@ def test_the_exporter_refuses_to_start_on_every_interface_without_a_token(
     assert "is not a loopback address and there is no --token-file" in text, text
 
 
+@pytest.mark.server
 def test_the_exporter_binds_loopback_by_default(site_file: Path) -> None:
     port = free_port()
     proc = exporter(site_file, "--port", str(port), "--interval", "3600")

@@ -16,6 +16,8 @@ import pytest
 from infra.bench.faults import bench_faults
 from tests.conftest import require_lab
 
+pytestmark = pytest.mark.lab
+
 
 @pytest.mark.parametrize(
     ("procedure", "kind", "where", "after"),

@@ -598,6 +598,7 @@ def providers(tmp_path: Path) -> Iterator[dict[str, Provider]]:
             p.stop()
 
 
+@pytest.mark.server
 def test_real_daemons_elect_take_over_and_hand_back(providers: dict[str, Provider]) -> None:
     p30, p20, p10 = providers["p30"], providers["p20"], providers["p10"]
     for p in providers.values():
@@ -678,6 +679,7 @@ def test_real_daemons_elect_take_over_and_hand_back(providers: dict[str, Provide
     wait_for(lambda: p20.serves() or None, DT1 + DT2 + 5, "p20 to take over again")
 
 
+@pytest.mark.server
 def test_a_signed_heartbeat_from_another_members_address_is_dropped(
     providers: dict[str, Provider],
 ) -> None:
@@ -742,6 +744,7 @@ def daemon_config(tmp_path: Path, **extra: Any) -> HagdConfig:
     )
 
 
+@pytest.mark.server
 def test_the_daemon_counts_a_members_life_from_when_its_heartbeat_was_sent(
     tmp_path: Path,
 ) -> None:
@@ -759,6 +762,7 @@ def test_the_daemon_counts_a_members_life_from_when_its_heartbeat_was_sent(
     assert d.status()["groups"]["fts"]["members"]["p20"]["heard_s_ago"] >= 0.9 - d.cfg.skew
 
 
+@pytest.mark.server
 def test_the_control_socket_is_never_open_to_others(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -15,6 +15,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from infra.lab.runtime import HostRuntime, ghost_ports
 from tests.conftest import require
 
@@ -41,8 +43,11 @@ PROBE = textwrap.dedent(
 )
 
 
+@pytest.mark.lab
 def test_a_connection_skips_the_ports_to_avoid() -> None:
-    require(os.geteuid() == 0 and shutil.which("unshare") is not None, "root and unshare(1)")
+    require(
+        os.geteuid() == 0 and shutil.which("unshare") is not None, "root and unshare(1)", need="lab"
+    )
     root = Path(__file__).resolve().parent.parent
     proc = subprocess.run(
         ["unshare", "--net", sys.executable, "-c", PROBE],

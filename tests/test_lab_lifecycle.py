@@ -36,6 +36,7 @@ def site_file(tmp_path: Path) -> Path:
     return make_test_site(tmp_path, "labcycle", 9, LAB_DB_PORT_BASE + 9)
 
 
+@pytest.mark.lab
 def test_up_status_down_leaves_nothing(site_file: Path) -> None:
     up = _cli("lab", "up", "--site", str(site_file), "--json")
     try:

@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from config.loader import load_site
@@ -27,7 +28,9 @@ SITE = load_site(ROOT / "config" / "sites" / "lab.yaml")
 
 def tool(name: str, *args: str) -> subprocess.CompletedProcess[str]:
     path = shutil.which(name)
-    require(path is not None, f"{name} (Debian packages prometheus prometheus-alertmanager)")
+    require(
+        path is not None, f"{name} (Debian packages prometheus prometheus-alertmanager)", need="lab"
+    )
     assert path is not None
     return subprocess.run(
         [path, *args], cwd=MON, capture_output=True, text=True, timeout=120, check=False
@@ -39,6 +42,7 @@ def rules() -> list[dict[str, Any]]:
     return [r for g in data["groups"] for r in g["rules"]]
 
 
+@pytest.mark.monitoring
 def test_promtool_checks_and_unit_tests_the_rules() -> None:
     res = tool("promtool", "check", "rules", "handover-rules.yml")
     assert res.returncode == 0 and "SUCCESS: 6 rules found" in res.stdout, res.stdout + res.stderr
@@ -49,6 +53,7 @@ def test_promtool_checks_and_unit_tests_the_rules() -> None:
     assert tested == {r["alert"] for r in rules()}
 
 
+@pytest.mark.monitoring
 def test_amtool_checks_the_alertmanager_configuration() -> None:
     res = tool("amtool", "check-config", "alertmanager.yml")
     assert res.returncode == 0 and "SUCCESS" in res.stdout, res.stdout + res.stderr
@@ -61,6 +66,7 @@ def test_amtool_checks_the_alertmanager_configuration() -> None:
     assert hook["url"].endswith("/alerts/alertmanager") and hook["send_resolved"] is True
 
 
+@pytest.mark.monitoring
 def test_promtool_checks_the_prometheus_configuration_and_its_bearer_token(
     tmp_path: Path,
 ) -> None:

@@ -44,6 +44,8 @@ from tests.conftest import (
     wait_for,
 )
 
+pytestmark = pytest.mark.monitoring
+
 HOST, BACKUP = "fts101", "fts102"
 
 

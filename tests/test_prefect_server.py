@@ -20,6 +20,8 @@ from infra import prefect_server
 from infra.ports import free_port
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.server
+
 
 def _get(url: str, auth: str | None = None) -> int:
     req = urllib.request.Request(url)
@@ -163,12 +165,17 @@ class CommandLines:
         ]
 
 
+@pytest.mark.lab
 def test_server_on_a_postgresql_it_starts_keeps_its_data_and_stops_it(tmp_path: Path) -> None:
     from infra.pg_cluster import pg_bin_dir
     from infra.prefect_db import ServerDatabase
     from tests.conftest import require
 
-    require(pg_bin_dir() is not None, "a PostgreSQL server (apt-get install postgresql)")
+    require(
+        pg_bin_dir() is not None,
+        "a PostgreSQL server (apt-get install postgresql)",
+        need="lab",
+    )
     # pytest's temporary directories are 0700; PostgreSQL runs as the postgres user
     refused = _handover(
         tmp_path / "home",

@@ -288,7 +288,11 @@ def pool_api() -> Iterator[str]:
     from infra.pg_cluster import pg_bin_dir
     from infra.prefect_server import server_on_postgresql
 
-    require(pg_bin_dir() is not None, "a PostgreSQL server (apt-get install postgresql)")
+    require(
+        pg_bin_dir() is not None,
+        "a PostgreSQL server (apt-get install postgresql)",
+        need="lab",
+    )
     work = Path(tempfile.mkdtemp(prefix="handover-test-pool-", dir="/var/tmp"))
     work.chmod(0o755)  # the server's PostgreSQL runs as postgres: it must reach work/pg
     try:

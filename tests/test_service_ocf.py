@@ -172,6 +172,7 @@ def test_the_front_end_resource_agent_passes_ocf_tester_and_fences_older_masters
     assert subprocess.run([str(agent), "monitor"], env=bad, timeout=30).returncode == 7
 
 
+@pytest.mark.pacemaker
 def test_pacemaker_recovers_a_dead_agent_and_handover_hears_of_it(
     lab: RunningLab, tmp_path: Path
 ) -> None:

@@ -20,11 +20,17 @@ from infra.pg_cluster import PgCluster, pg_bin_dir
 from tests.conftest import require
 from tests.test_alerts import alert
 
+pytestmark = pytest.mark.lab
+
 
 @pytest.fixture(scope="module")
 def store_url() -> Iterator[str]:
     """A PostgreSQL of the module's own with a `handover` database; yields its URL."""
-    require(pg_bin_dir() is not None, "a PostgreSQL server (apt-get install postgresql)")
+    require(
+        pg_bin_dir() is not None,
+        "a PostgreSQL server (apt-get install postgresql)",
+        need="lab",
+    )
     import socket
 
     with socket.socket() as s:

@@ -53,7 +53,7 @@ def _require_sshd() -> None:
         missing.append("root (sshd must run as root; run the tests as root)")
     if not SSHD.exists() or shutil.which("ssh-keygen") is None:
         missing.append("/usr/sbin/sshd and ssh-keygen (apt-get install openssh-server)")
-    require(not missing, "tests/test_ssh.py needs " + " and ".join(missing))
+    require(not missing, "tests/test_ssh.py needs " + " and ".join(missing), need="lab")
 
 
 def _keygen(path: Path) -> Path:

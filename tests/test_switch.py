@@ -297,6 +297,7 @@ def test_an_automatic_switch_counts_down_and_can_be_aborted(
     assert master(lab) != master_now
 
 
+@pytest.mark.pacemaker
 def test_pacemaker_maintenance_mode_keeps_an_automatic_switch_to_a_notice(
     lab: RunningLab, prefect_api: str, tmp_path: Path
 ) -> None:
