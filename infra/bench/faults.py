@@ -214,6 +214,7 @@ def _one_after_crash(site_file: Path, row: Row, warmup_s: float) -> dict[str, An
         score = lab.score()
         out["jobs_lost"] = score.jobs_lost - before.jobs_lost
         out["jobs_lost_allowed"] = "the crashed host's running transfers"
+        out["jobs_lost_elsewhere"] = _lost_elsewhere(lab, {src})
         out["agents_twice"] = len(score.agents_running_twice)
     except Exception as exc:  # noqa: BLE001 - a row that breaks is reported, the matrix goes on
         out["error"] = f"{type(exc).__name__}: {exc}"[:500]
@@ -221,6 +222,21 @@ def _one_after_crash(site_file: Path, row: Row, warmup_s: float) -> dict[str, An
         shell.close()
         _tear_down(lab)
     return out
+
+
+def _lost_elsewhere(lab: Lab, touched: set[str] | None) -> dict[str, int]:
+    """The transfers lost since the score's reset on hosts outside `touched` (the hosts the
+    fault and the procedure may cost transfers on; None: all of them), by host: a row that
+    allows losses still loses none anywhere else."""
+    if touched is None:
+        return {}
+    with contextlib.closing(lab.db.connect(timeout=10)) as conn:
+        rows = conn.run(
+            "SELECT coalesce(host, '?'), count(*) FROM jobs WHERE state = 'Lost' AND finished_at "
+            ">= (SELECT CAST(value AS timestamptz) FROM lab_control WHERE key = 'score_since') "
+            "GROUP BY 1"
+        )
+    return {str(h): int(n) for h, n in rows if h not in touched}
 
 
 def _inject(lab: Lab, row: Row, host: str) -> None:
@@ -390,6 +406,15 @@ def _one(site_file: Path, row: Row, warmup_s: float) -> dict[str, Any]:
             else "what the database fault ends by itself"
             if row.where == "database" or row.fault == "db-unreachable"
             else 0
+        )
+        # an emergency move stops its host's agents without a drain: their transfers may go
+        out["jobs_lost_elsewhere"] = _lost_elsewhere(
+            lab,
+            None
+            if row.where == "database"
+            else {fault_host, src}
+            if proc == "emergency-move"
+            else {fault_host},
         )
         out["agents_twice"] = len(score.agents_running_twice)
     except Exception as exc:  # noqa: BLE001 - a row that breaks is reported, the matrix goes on
@@ -570,6 +595,7 @@ def bench_faults(
         or not r.get("converged")
         or r.get("agents_twice")
         or (r.get("jobs_lost_allowed") == 0 and r.get("jobs_lost"))
+        or r.get("jobs_lost_elsewhere")
         or r.get("report_matches_live") is False
         or (r.get("fault") == "prefect-restart" and r.get("after_restart") != RESTART_OK)
     ]
@@ -581,6 +607,11 @@ def bench_faults(
             f"{r.get('report_matches_live')}, converged {r.get('converged')} "
             f"({r.get('converge_s')} s, {r.get('reruns')} re-runs), jobs lost {r.get('jobs_lost')},"
             f" twice {r.get('agents_twice')}"
+            + (
+                f", lost elsewhere {r['jobs_lost_elsewhere']}"
+                if r.get("jobs_lost_elsewhere")
+                else ""
+            )
             + (f", after the restart {r['after_restart']}" if "after_restart" in r else "")
             + (f", ERROR {r['error']}" if "error" in r else "")
             for r in results
