@@ -9,7 +9,7 @@ PYTHON ?= python3
 demo: deps
 	$(PY) -m infra.demo
 
-# the whole suite, as four pytest processes at once (tests/run-groups); without root it runs
+# the whole suite, as two pytest processes at once (tests/run-groups); without root it runs
 # what it can and fails, saying how many tests need root; `make test-serial` runs it as one
 test: deps lint typecheck
 	PY=$(PY) bash tests/run-groups

@@ -94,12 +94,13 @@ def merge(measured: Iterable[Path], path: Path = DURATIONS_FILE) -> dict[str, fl
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m tests.groups --merge FILE...`` (run-groups); ``python -m tests.groups N``
-    prints the split of the recorded modules into N groups and each group's recorded time."""
+    prints the split of the recorded modules into N groups and each group's recorded time
+    (without the Pacemaker modules' bond, which only a collection of the suite can see)."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m tests.groups")
     parser.add_argument("--merge", nargs="+", type=Path, help="measured durations to record")
-    parser.add_argument("groups", nargs="?", type=int, default=3)
+    parser.add_argument("groups", nargs="?", type=int, default=2)
     args = parser.parse_args(argv)
     if args.merge:
         merged = merge(args.merge)

@@ -101,7 +101,7 @@ def fakes(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
             box["link"].release()
             # the command and its check return after the agent let go: here, once the verb
             # wrote the channel (bounded, for the cases in which it must not write)
-            box["link"].written.wait(2.0)
+            box["link"].written.wait(1.0)
         box["stop_returned"].append(now())
         if box["stop_error"] is not None:
             raise box["stop_error"]

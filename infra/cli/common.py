@@ -32,17 +32,19 @@ def error(lead: object, detail: object = "") -> None:
     text = Text(str(lead), style="red")
     if detail != "":
         text.append(f" {detail}")
-    err.print(text)
+    # never wrapped by rich (at 80 columns when not on a terminal): a path or a command in it
+    # must stay whole to be copied; the terminal wraps what is too long for it
+    err.print(text, soft_wrap=True)
 
 
 def note(message: object) -> None:
     """Print a progress line on stderr (dim), exactly as it reads."""
-    err.print(Text(str(message), style="dim"))
+    err.print(Text(str(message), style="dim"), soft_wrap=True)
 
 
 def say(message: object, style: str = "") -> None:
     """Print a line on stdout exactly as it reads (text from outside: never rich markup)."""
-    out.print(Text(str(message), style=style))
+    out.print(Text(str(message), style=style), soft_wrap=True)
 
 
 def site_path(ref: str) -> str:
