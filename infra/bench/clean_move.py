@@ -310,6 +310,9 @@ def _one(
             elif st.verb != "set-inactive" and (ch in st.channels or agent in st.agents):
                 took = (st.ended_at - st.started_at).total_seconds()
                 steps[st.verb] = round(steps.get(st.verb, 0.0) + took, 3)
+                if st.verb == "hand-over" and "active_after_let_go_s" in st.measures:
+                    # the agent's DB session gone -> its channel written Active (README: 10-40 ms)
+                    steps["active-after-let-go"] = st.measures["active_after_let_go_s"]
                 if st.verb == "wait-drained" and b.get("inactive_at"):
                     # from the last transfer's end to the move knowing it
                     seen = st.ended_at.timestamp() - b["inactive_at"] - b["drain_s"]
@@ -483,7 +486,7 @@ def bench_clean_move(
         *(
             f"    {ch:12} "
             + ", ".join(
-                f"{v} {t:.2f}" for v, t in runs["pipelined"][0]["channels"][ch]["steps_s"].items()
+                f"{v} {t:.3f}" for v, t in runs["pipelined"][0]["channels"][ch]["steps_s"].items()
             )
             for ch in channels
         ),
