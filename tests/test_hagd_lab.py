@@ -80,10 +80,16 @@ def back_normal(lab: RunningLab, host: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while mode(lab, host) != "normal":
         if time.monotonic() > deadline:
+            from infra.lab.observe import host_processes
+
             log = lab.lab.paths.host_dir(host) / "log" / "hagd.log"
             tail = log.read_text()[-3000:] if log.exists() else "(no log)"
+            # whether the reboot got as far as starting the daemon, and what runs there
+            titles = [p.title[:100] for p in host_processes(lab.lab).get(host, [])]
+            booted = lab.lab.paths.host_dir(host) / "booted"
             pytest.fail(
-                f"{host}'s daemon not normal after {timeout} s ({mode(lab, host)}):\n{tail}"
+                f"{host}'s daemon not normal after {timeout} s ({mode(lab, host)}); booted "
+                f"{booted.exists()}; its processes: {titles}\n{tail}"
             )
         time.sleep(0.1)
 
