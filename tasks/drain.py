@@ -91,6 +91,8 @@ class DrainMonitor:
         self._undrained = set(channels)
         #: set by a new waiter: the next poll begins at once instead of at the end of the period
         self._wake = threading.Event()
+        #: a waiter wants a poll now (`_wake` is also set by `expect`, for a new moment)
+        self._poll_now = False
         self._db_thread: threading.Thread | None = None
         self.lost_after_s = lost_after_s
         #: monotonic time of the first of the failed polls in a row (None: the last one worked)
@@ -189,18 +191,27 @@ class DrainMonitor:
         up to a period later."""
         with self._cond:
             self._expected = sorted([*self._expected, *moments])
+        # the loop may be asleep until the end of its period: it works out its next poll again
+        self._wake.set()
 
     def _loop(self) -> None:
         while not self._stop.is_set():
             start = time.monotonic()
             self.poll_once()
-            nxt = start + self.poll_s
-            with self._cond:
-                self._expected = [t for t in self._expected if t > start]
-                if self._expected:
-                    nxt = min(nxt, self._expected[0])
-            self._wake.wait(max(0.0, nxt - time.monotonic()))
-            self._wake.clear()
+            while not self._stop.is_set():
+                nxt = start + self.poll_s
+                with self._cond:
+                    self._expected = [t for t in self._expected if t > start]
+                    if self._expected:
+                        nxt = min(nxt, self._expected[0])
+                self._wake.wait(max(0.0, nxt - time.monotonic()))
+                self._wake.clear()
+                with self._cond:
+                    asked, self._poll_now = self._poll_now, False
+                # a waiter asked for a poll now, or its moment came; else `expect` woke the
+                # loop: the next moment is worked out again
+                if asked or time.monotonic() >= nxt:
+                    break
 
     def wait(self, channels: list[str], since: float, timeout_s: float) -> dict[str, int]:
         """Block until `channels` run no transfer in a poll begun after `since` (monotonic).
@@ -214,6 +225,8 @@ class DrainMonitor:
             Cancelled: when the procedure is cancelled while waiting.
         """
         deadline = since + timeout_s
+        with self._cond:
+            self._poll_now = True
         self._wake.set()  # a poll begun before `since` would not count: one begins now
         with self._cond:
             drained = self._wait(channels, since, timeout_s, deadline)

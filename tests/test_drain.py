@@ -5,6 +5,7 @@ results of the transfers that ended before it is stopped."""
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -163,5 +164,36 @@ def test_while_a_waiter_waits_the_database_is_asked_ahead_of_the_drain() -> None
         waiter.join(timeout=10)
         assert got == [{"CERN-RAL": 0}]
         assert shell.state_reads == 1  # the drained poll used that answer
+    finally:
+        mon.stop()
+
+
+def test_a_poll_begins_when_a_transfer_is_expected_to_end() -> None:
+    """`expect`: besides every `poll_s`, a poll begins at each moment a transfer is expected to
+    end, also when the moments come while the monitor sleeps out its period."""
+    shell = ScriptedShell()
+    polls: list[float] = []  # when each poll began
+    real_run = shell.run
+
+    def run(host: str, command: str, **values: Any) -> CommandResult:
+        if command == "list_processes":
+            polls.append(time.monotonic())
+        return real_run(host, command, **values)
+
+    shell.run = run  # type: ignore[method-assign]
+    # a period far longer than the test: any poll after the first is one `expect` asked for
+    mon = DrainMonitor(shell, "fts101", ["CERN-RAL"], 600.0, threading.Event())  # type: ignore[arg-type]
+    mon.start()
+    try:
+        wait_until = time.monotonic() + 30
+        while not polls and time.monotonic() < wait_until:
+            time.sleep(0.01)
+        assert len(polls) == 1, polls
+        moments = [time.monotonic() + 0.3, time.monotonic() + 0.6]
+        mon.expect(moments)  # the monitor sleeps until its period's end
+        while len(polls) < 3 and time.monotonic() < wait_until:
+            time.sleep(0.01)
+        assert len(polls) == 3, polls
+        assert polls[1] >= moments[0] and polls[2] >= moments[1], (polls, moments)
     finally:
         mon.stop()
