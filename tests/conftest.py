@@ -72,12 +72,16 @@ def _tier(item: pytest.Item) -> str:
     return "unit"
 
 
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Give each test its tier marker as it is collected, before `-m` selects on it."""
+    item.add_marker(_tier(item))
+
+
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Give each test its tier marker; without root (outside CI), leave out the tests that need
+    """After `-m` selected: without root (outside CI), leave out the selected tests that need
     it (the session then ends non-zero, saying so); keep only this process's group of modules
     when `make test` runs several at once (HANDOVER_TEST_GROUP of HANDOVER_TEST_GROUPS)."""
-    for item in items:
-        item.add_marker(_tier(item))
     dropped: list[pytest.Item] = []
     if not IS_ROOT and not IN_CI:
         _NEED_ROOT.extend(i for i in items if i.get_closest_marker("lab"))
