@@ -111,3 +111,19 @@ def test_snapshot_matches_ps_on_each_host(lab: RunningLab) -> None:
     assert set(site_snap.channels.values()) == {"Active"}
     for a in lab.site.service.agents:
         assert site_snap.where(a.name) == [a.primary]
+
+
+def test_the_hosts_commands_run_through_its_command_server(lab: RunningLab) -> None:
+    """Each host starts its command server at boot (`infra.lab.cmdserver`): its socket is
+    there (a client finding it never runs the command itself; `tests/test_cmdserver.py`), the
+    commands answer through it, and it logged no error."""
+    from infra.lab.cmdserver import SOCKET_PATH
+
+    channel = lab.site.channels[0]
+    script = f"test -S {SOCKET_PATH} || exit 9; glite-transfer-channel-list {channel}"
+    for h in lab.site.hosts:
+        res = lab.shell.run_argv(h.name, ["sh", "-c", script])
+        assert res.exit_code == 0, (h.name, res)
+        assert f"Channel: {channel}" in res.stdout
+        log = lab.lab.paths.host_dir(h.name) / "log" / "cmdserver.log"
+        assert log.read_text() == "", (h.name, log.read_text())

@@ -34,6 +34,9 @@ mount -t overlay overlay -o "lowerdir=$LAB_BIN_DIR:/usr/local/bin" /usr/local/bi
 mount -t overlay overlay -o "lowerdir=/opt,upperdir=$D/opt.upper,workdir=$D/opt.work" /opt
 mount -t tmpfs -o mode=755 tmpfs /run
 mkdir -p /run/sshd /run/transfer-agents
+# the host's FTS commands, forked from one warm interpreter (infra.lab.cmdserver); until it
+# listens, and if it dies, each command runs on its own
+"$LAB_PYTHON" -m infra.lab.cmdserver >> "$D/log/cmdserver.log" 2>&1 &
 start_sshd() { /usr/sbin/sshd -D -f "$D/sshd_config" -E "$D/sshd.log" & }
 trap start_sshd USR1
 trap 'kill -KILL -1; exit 0' TERM

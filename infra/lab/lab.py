@@ -25,8 +25,8 @@ import yaml
 
 from config.loader import load_site
 from config.site import Agent, Host, Site
+from infra.lab import cmdclient, faults, firewall, observe, software
 from infra.lab import db as labdb
-from infra.lab import faults, firewall, observe, software
 from infra.lab.derive import derive_site_file, scaled_site
 from infra.lab.dns import LabDns
 from infra.lab.errors import LabError
@@ -75,6 +75,14 @@ __all__ = [
 
 def _quiet(_msg: str) -> None:
     pass
+
+
+def command_script(module: str, *fixed: str, about: str = "") -> str:
+    """A lab host's command: a shell script that runs `module` with `fixed` arguments, then
+    its own, through the host's command server (`infra.lab.cmdserver`; the module itself when
+    no server answers)."""
+    words = " ".join([sys.executable, "-I", "-S", cmdclient.__file__, module, *fixed])
+    return "#!/bin/sh\n" + (f"# {about}\n" if about else "") + f'exec {words} "$@"\n'
 
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -415,15 +423,15 @@ class Lab:
             ("glite-transfer-channel-list", "channel-list"),
         ):
             f = b / name
-            f.write_text(f'#!/bin/sh\nexec {sys.executable} -m infra.lab.hostcmd {sub} "$@"\n')
+            f.write_text(command_script("infra.lab.hostcmd", sub))
             f.chmod(0o755)
         for name, module in (("fts-frontend", "frontend"), ("fts-frontend-ha", "frontend_ha")):
             f = b / name
-            f.write_text(f'#!/bin/sh\nexec {sys.executable} -m infra.lab.{module} "$@"\n')
+            f.write_text(command_script(f"infra.lab.{module}"))
             f.chmod(0o755)
         for name, sub in (("spma_wrapper.sh", "spma"), ("rpm", "rpm")):
             f = b / name
-            f.write_text(f'#!/bin/sh\nexec {sys.executable} -m infra.lab.software {sub} "$@"\n')
+            f.write_text(command_script("infra.lab.software", sub))
             f.chmod(0o755)
 
     def hagd_files(self, site: Site) -> None:
@@ -564,8 +572,11 @@ class Lab:
         yaim = opt / software.CONFIGURE_NODE.relative_to("/opt")
         yaim.parent.mkdir(parents=True, exist_ok=True)
         yaim.write_text(
-            "#!/bin/sh\n# YAIM's configure_node (lab): configure_node SITE-INFO FTA\n"
-            f'exec {sys.executable} -m infra.lab.software configure-node "$@"\n'
+            command_script(
+                "infra.lab.software",
+                "configure-node",
+                about="YAIM's configure_node (lab): configure_node SITE-INFO FTA",
+            )
         )
         yaim.chmod(0o755)
         # the site-info file every host reads at the profile's default path: the lab's shared
@@ -581,16 +592,20 @@ class Lab:
         )
         init_d = upper / "init.d" / "transfer-agents"
         init_d.write_text(
-            "#!/bin/sh\n# FTS transfer agents (lab). start|stop|restart|status [--instance NAME]\n"
-            f'exec {sys.executable} -m infra.lab.hostcmd service "$@"\n'
+            command_script(
+                "infra.lab.hostcmd",
+                "service",
+                about="FTS transfer agents (lab). start|stop|restart|status [--instance NAME]",
+            )
         )
         init_d.chmod(0o755)
         if rt["frontend_port"]:
             assert site.frontend is not None
             fe_init = upper / "init.d" / "fts-frontend"
             fe_init.write_text(
-                "#!/bin/sh\n# FTS web front end (lab). start|stop|status\n"
-                f'exec {sys.executable} -m infra.lab.frontend "$@"\n'
+                command_script(
+                    "infra.lab.frontend", about="FTS web front end (lab). start|stop|status"
+                )
             )
             fe_init.chmod(0o755)
             # the first front-end host starts as the master with the first epoch (the alias
