@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 
 import pytest
 
@@ -21,10 +22,11 @@ LINES = [
 ]
 
 
-def run_locally(lines: list[str], nonce: str) -> CommandResult:
-    """The script run by the local sh, as sshd would run it."""
+def run_locally(lines: list[str], nonce: str, *, script: str | None = None) -> CommandResult:
+    """The script run by the local sh, as sshd would run it; timed by the wall clock."""
+    started = time.monotonic()
     done = subprocess.run(
-        ["sh", "-c", batch_script(lines, nonce)],
+        ["sh", "-c", script or batch_script(lines, nonce)],
         capture_output=True,
         text=True,
         timeout=30,
@@ -36,7 +38,7 @@ def run_locally(lines: list[str], nonce: str) -> CommandResult:
         exit_code=done.returncode,
         stdout=done.stdout,
         stderr=done.stderr,
-        duration_s=0.5,
+        duration_s=round(time.monotonic() - started, 3),
     )
 
 
@@ -51,7 +53,33 @@ def test_each_command_gets_its_exact_output_and_exit_code() -> None:
         (LINES[4], 0, "Bfake 5\nafter\n", ""),
         (LINES[5], 0, "\n\n", ""),
     ]
-    assert {r.duration_s for r in results} == {0.5}
+
+
+def test_each_command_gets_its_own_duration_as_the_host_timed_it() -> None:
+    """The host's uptime around each command (10 ms steps) gives each its own duration: a
+    command sleeping 0.3 s took at least that and longer than its quick neighbours, and none
+    took longer than the whole batch."""
+    nonce = new_nonce()
+    lines = ["true", "sleep 0.3", "echo x"]
+    batch = run_locally(lines, nonce)
+    results = split_batch(batch, lines, nonce)
+    took = {r.command: r.duration_s for r in results}
+    assert took["sleep 0.3"] >= 0.29, took
+    assert all(0 <= t <= batch.duration_s for t in took.values()), (took, batch.duration_s)
+    assert took["true"] < took["sleep 0.3"] and took["echo x"] < took["sleep 0.3"], took
+
+
+def test_without_the_hosts_times_each_command_gets_the_batchs_duration() -> None:
+    """A host without /proc/uptime leaves the times empty: each command then has the whole
+    batch's duration, as the only honest figure."""
+    nonce = new_nonce()
+    lines = ["echo a", "echo b"]
+    script = batch_script(lines, nonce).replace("/proc/uptime", "/nonexistent/uptime")
+    batch = run_locally(lines, nonce, script=script)
+    results = split_batch(batch, lines, nonce)
+    assert [r.stdout for r in results] == ["a\n", "b\n"]
+    assert [r.stderr for r in results] == ["", ""]
+    assert {r.duration_s for r in results} == {batch.duration_s}
 
 
 def test_a_batch_that_stops_early_says_which_command_did_not_finish() -> None:

@@ -11,6 +11,7 @@ into a result per command. Meant for queries: a command of the batch that hangs 
 
 from __future__ import annotations
 
+import contextlib
 import re
 import secrets
 from collections.abc import Sequence
@@ -28,7 +29,10 @@ def batch_script(lines: Sequence[str], nonce: str) -> str:
     as ``sh -c SCRIPT``, so that the remote login shell only parses one quoted word).
 
     For command ``i``: ``B<nonce> i`` on a line of its own on stdout and on stderr, then the
-    command's output, then a newline and ``E<nonce> i RC`` (stdout) / ``E<nonce> i`` (stderr).
+    command's output, then a newline and ``E<nonce> i RC START END`` (stdout) / ``E<nonce> i``
+    (stderr). START and END are the host's uptime before and after the command (``/proc/uptime``,
+    read by the shell's builtin ``read``: no process per command; 10 ms steps); empty where the
+    host has no such file.
     """
     if not lines:
         raise ValueError("a batch needs at least one command")
@@ -39,15 +43,21 @@ def batch_script(lines: Sequence[str], nonce: str) -> str:
         # a subshell each: a command that exits (or changes directory) leaves the rest alone
         parts.append(
             f"printf 'B{nonce} {i}\\n'; printf 'B{nonce} {i}\\n' >&2; "
-            f"( {line} ) </dev/null; "
-            f"printf '\\nE{nonce} {i} %d\\n' $?; printf '\\nE{nonce} {i}\\n' >&2"
+            "_hb0=; read _hb0 _hb 2>/dev/null < /proc/uptime; "
+            f"( {line} ) </dev/null; _hbrc=$?; "
+            "_hb1=; read _hb1 _hb 2>/dev/null < /proc/uptime; "
+            f'printf \'\\nE{nonce} {i} %d %s %s\\n\' "$_hbrc" "$_hb0" "$_hb1"; '
+            f"printf '\\nE{nonce} {i}\\n' >&2"
         )
     return "; ".join(parts)
 
 
-def _sections(text: str, nonce: str, count: int, *, codes: bool) -> list[tuple[str, int | None]]:
-    """Each command's text (and exit code, on stdout) from one stream of the batch."""
-    found: list[tuple[str, int | None]] = []
+def _sections(
+    text: str, nonce: str, count: int, *, codes: bool
+) -> list[tuple[str, int | None, float | None]]:
+    """Each command's text (and, on stdout, its exit code and duration when the host gave
+    its times) from one stream of the batch."""
+    found: list[tuple[str, int | None, float | None]] = []
     pos = 0
     for i in range(count):
         begin = f"B{nonce} {i}\n"
@@ -55,11 +65,16 @@ def _sections(text: str, nonce: str, count: int, *, codes: bool) -> list[tuple[s
         if start < 0:
             break
         body = start + len(begin)
-        end = re.compile(rf"\nE{nonce} {i}" + (r" (-?\d+)" if codes else "") + r"\n")
-        m = end.search(text, body)
+        tail = r" (-?\d+) ([\d.]*) ([\d.]*)" if codes else ""
+        m = re.compile(rf"\nE{nonce} {i}{tail}\n").search(text, body)
         if m is None:
             break
-        found.append((text[body : m.start()], int(m.group(1)) if codes else None))
+        code = took = None
+        if codes:
+            code = int(m.group(1))
+            with contextlib.suppress(ValueError):
+                took = round(max(0.0, float(m.group(3)) - float(m.group(2))), 3)
+        found.append((text[body : m.start()], code, took))
         pos = m.end()
     return found
 
@@ -67,7 +82,8 @@ def _sections(text: str, nonce: str, count: int, *, codes: bool) -> list[tuple[s
 def split_batch(result: CommandResult, lines: Sequence[str], nonce: str) -> list[CommandResult]:
     """The result of each command of a batch (`batch_script`), in order.
 
-    Each result has the whole batch's duration (the commands ran one after the other).
+    Each result has its command's own duration as the host timed it (to 10 ms), or the
+    whole batch's where the host gave no times.
 
     Raises:
         TransientSshError: the batch ended before every command had run (the shell was killed,
@@ -90,7 +106,7 @@ def split_batch(result: CommandResult, lines: Sequence[str], nonce: str) -> list
             exit_code=code if code is not None else -1,
             stdout=o,
             stderr=e,
-            duration_s=result.duration_s,
+            duration_s=result.duration_s if took is None else took,
         )
-        for line, (o, code), (e, _) in zip(lines, out, err, strict=True)
+        for line, (o, code, took), (e, _, _) in zip(lines, out, err, strict=True)
     ]
