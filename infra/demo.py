@@ -52,7 +52,7 @@ def main() -> int:
             f"in {report['seconds']['total']:.1f} s"
         )
     console.print("[dim]starting (or reusing) a local Prefect server...[/dim]")
-    url, started = ensure_server()
+    url, started = ensure_server(port=int(os.environ.get("HANDOVER_PREFECT_PORT", "4200")))
     os.environ["PREFECT_API_URL"] = url
     from flows.site_snapshot import site_snapshot
     from infra.run import run_procedure
