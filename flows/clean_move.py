@@ -32,7 +32,7 @@ from pydantic import Field
 from config.site import ProcedurePolicy, Site, short_name
 from flows import progress
 from flows.approval import approve
-from flows.attempt import Superseded
+from flows.attempt import Superseded, check_not_crash_looping
 from flows.executor import Executor
 from flows.notify import ProcedureThread
 from flows.plans.clean_move import (
@@ -279,6 +279,9 @@ def clean_move(
         return end(result, report_markdown)
 
     if dry_run:
+        # a dry run the crash recovery started is held to the limit a real one is
+        # (`procedure_run` checks that)
+        check_not_crash_looping()
         with SiteShell(site) as shell:
             return _plan_only(shell, req, finish)
     params = {

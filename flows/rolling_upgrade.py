@@ -27,6 +27,7 @@ from pydantic import BaseModel, Field
 
 from config.site import VERSION_RE, Site, short_name
 from flows import progress
+from flows.attempt import check_not_crash_looping
 from flows.executor import Executor
 from flows.notify import esc, mrkdwn
 from flows.plans.emergency_move import EmergencyRequest, partners, plan_emergency_move
@@ -261,6 +262,9 @@ def _upgrade(
     if not plan.todo:
         return finish("completed", plan.notes[0], hosts=already, **known)
     if dry_run:
+        # a dry run the crash recovery started is held to the limit a real one is
+        # (`procedure_run` checks that)
+        check_not_crash_looping()
         return finish("dry-run", "dry run: " + plan.notes[0] + "; nothing changed", **known)
     what = plan.notes[0] + f" on site {site.site}"
     lines = [

@@ -24,6 +24,7 @@ from pydantic import Field
 from config.site import Site
 from flows import progress
 from flows.approval import automatic_path_proven
+from flows.attempt import check_not_crash_looping
 from flows.executor import Executor
 from flows.notify import Mrkdwn, mrkdwn
 from flows.plans.model import Chain, Ledger, Remedy, steps_markdown
@@ -245,6 +246,9 @@ def _switch(
             **known,
         )
     if dry_run:
+        # a dry run the crash recovery started is held to the limit a real one is
+        # (`procedure_run` checks that)
+        check_not_crash_looping()
         return finish("dry-run", "dry run: " + plan.notes[0] + "; nothing changed", **known)
     assert site.dns is not None and site.frontend is not None
     what = f"{plan.mode} switch of {site.dns.alias} from {plan.master} to {plan.to}"

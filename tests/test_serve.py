@@ -538,3 +538,64 @@ def _runs_of(worker_pid: int) -> list[int]:
         if "multiprocessing.forkserver" in _cmdline(server)
         for run in _children(server)
     ]
+
+
+def test_the_recovery_automation_refuses_a_procedure_that_crashed_max_crashes_times(
+    lab: RunningLab, prefect_api: str
+) -> None:
+    """The real recovery automation behind `handover serve`: a dry-run move whose runs crash
+    is started again after its first and second crash (and the new runs complete), but after
+    the third with the same parameters the automation's run refuses to start, saying why."""
+    import uuid
+
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Crashed, Running
+
+    from flows.attempt import MAX_CRASHES
+
+    params = {
+        "from_host": "fts101",
+        "to_host": "fts102",
+        "dry_run": True,
+        "requested_by": f"crash-loop-{uuid.uuid4().hex[:8]}",
+    }
+
+    def reruns(dep_id: Any) -> list[Any]:
+        with get_client(sync_client=True) as client:
+            runs = client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep_id]))
+            )
+        return [
+            r
+            for r in runs
+            if r.parameters.get("requested_by") == params["requested_by"]
+            and r.created_by is not None
+            and "AUTOMATION" in str(r.created_by.type).upper()
+        ]
+
+    with serving(lab, prefect_api):
+        with get_client(sync_client=True) as client:
+            dep = client.read_deployment_by_name("clean-move/clean-move")
+        for n in range(1, MAX_CRASHES + 1):
+            with get_client(sync_client=True) as client:
+                # created Running, so that no one takes it, then crashed as a dead process's is
+                run = client.create_flow_run_from_deployment(
+                    dep.id, parameters=params, state=Running()
+                )
+                client.set_flow_run_state(run.id, Crashed(message="test: crashed"), force=True)
+            again = wait_for(
+                lambda n=n: rs if len(rs := reruns(dep.id)) >= n else None,
+                60,
+                f"the recovery automation's run after crash {n}",
+            )
+            assert len(again) == n, [(r.name, r.parameters) for r in again]
+            newest = max(again, key=lambda r: r.created)
+            state = wait_final_or_explain(newest.id, 180, {}).state
+            assert state is not None
+            if n < MAX_CRASHES:
+                assert state.type == StateType.COMPLETED, (n, state.message)
+            else:
+                assert state.type == StateType.FAILED, state.message
+                assert f"crashed {MAX_CRASHES} times with these parameters" in (
+                    state.message or ""
+                ), state.message
