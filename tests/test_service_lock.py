@@ -83,9 +83,12 @@ def test_a_holder_whose_process_died_here_is_taken_over_at_once(prefect_api: str
             proc.wait(10)
 
 
-def _hold_without_releasing(service: str, holder: dict[str, object] | None) -> str:
-    """Take the service's slot as a holder that then vanished (nothing renews or releases it);
-    record `holder` in the Variable as a real holder would."""
+def hold_without_releasing(
+    service: str, holder: dict[str, object] | None, lease_s: float = 600
+) -> str:
+    """Take the service's slot as a holder that then vanished (nothing renews or releases it,
+    so the server reclaims it `lease_s` after); record `holder` in the Variable as a real
+    holder would."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
     from prefect.concurrency._sync import acquire_concurrency_slots_with_lease
@@ -93,7 +96,7 @@ def _hold_without_releasing(service: str, holder: dict[str, object] | None) -> s
     name = sl.lock_name("locktest", service)
     with get_client(sync_client=True) as client:
         client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
-    lease = acquire_concurrency_slots_with_lease([name], 1, lease_duration=600, strict=True)
+    lease = acquire_concurrency_slots_with_lease([name], 1, lease_duration=lease_s, strict=True)
     if holder is not None:
         with get_client(sync_client=True) as client:
             sl._write_holder(client, name, {**holder, "lease": str(lease.lease_id)})
@@ -112,7 +115,7 @@ def test_a_holder_whose_run_has_ended_is_taken_over_at_once(prefect_api: str) ->
 
     for run_id in (ended(), str(uuid.uuid4())):  # a completed run, a run nobody knows
         service = _service()
-        _hold_without_releasing(
+        hold_without_releasing(
             service,
             {"procedure": "clean-move", "flow_run_id": run_id, "pid": 1, "hostname": "elsewhere"},
         )
@@ -132,13 +135,24 @@ def test_a_holder_whose_run_still_runs_is_not_taken_over(prefect_api: str) -> No
     with get_client(sync_client=True) as client:
         run = client.create_flow_run(holder, state=Running())
     service = _service()
-    _hold_without_releasing(
+    hold_without_releasing(
         service,
         {"procedure": "clean-move", "flow_run_id": str(run.id), "pid": 1, "hostname": "elsewhere"},
     )
     with pytest.raises(sl.ServiceBusy, match=str(run.id)):
         with sl.service_lock("locktest", service, "emergency-move"):
             pytest.fail("took the service from a running holder")
+
+
+def test_procedures_on_different_services_hold_their_locks_at_once(prefect_api: str) -> None:
+    """Each service has its own lock: a move of one service never waits for, nor refuses, a
+    move of another; the first service stays refused to others meanwhile."""
+    first, second = _service(), _service()
+    with sl.service_lock("locktest", first, "clean-move"):
+        with sl.service_lock("locktest", second, "clean-move"):
+            with pytest.raises(sl.ServiceBusy, match=first):
+                with sl.service_lock("locktest", first, "emergency-move"):
+                    pytest.fail("a second holder entered the first service's lock")
 
 
 def test_a_slot_nobody_recorded_is_freed_after_the_orphan_bound(
@@ -148,7 +162,7 @@ def test_a_slot_nobody_recorded_is_freed_after_the_orphan_bound(
     # second or more between the acquisition and the check)
     monkeypatch.setattr(sl, "ORPHAN_AFTER_S", 20.0)
     service = _service()
-    _hold_without_releasing(service, None)
+    hold_without_releasing(service, None)
     with pytest.raises(sl.ServiceBusy, match="not yet recorded its name"):
         with sl.service_lock("locktest", service, "emergency-move"):
             pytest.fail("took a slot that was just acquired")

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from tests.conftest import (
     submit_long_job,
     wait_for,
 )
+from tests.test_service_lock import hold_without_releasing
 
 P = "glite-transfer-channel-agent-urlcopy-"
 STORAGES = {
@@ -106,6 +108,47 @@ def test_a_server_restart_mid_move_leaves_the_service_free(
     assert _slots(name) == 0
     after = lab.lab.score()
     assert after.jobs_lost == before.jobs_lost and after.agents_running_twice == []
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("server", ["on-disk"], indirect=True)
+def test_a_holder_that_died_on_another_machine_is_freed_when_its_lease_runs_out(
+    server: RestartableServer,
+) -> None:
+    """A holder on another machine died (its run still says Running: nobody marked it yet):
+    nothing here can tell it is dead, so its service stays refused, naming it, until the
+    server reclaims its slot, one lease after its last renewal. (The suite's shared server is
+    Prefect's ephemeral one, which runs no lease repossessor: this needs a server as
+    `handover server start` runs it.)"""
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.states import Running
+
+    @flow(name="lock-holder-elsewhere")
+    def holder() -> None:
+        pass
+
+    with get_client(sync_client=True) as client:
+        run = client.create_flow_run(holder, state=Running())
+    service = f"svc-{uuid.uuid4().hex[:8]}"
+    hold_without_releasing(
+        service,
+        {"procedure": "clean-move", "flow_run_id": str(run.id), "pid": 1, "hostname": "elsewhere"},
+        lease_s=60,  # the least the server allows (handover's own is LEASE_S, 60 s too)
+    )
+    with pytest.raises(sl.ServiceBusy, match="on elsewhere"):
+        with sl.service_lock("locktest", service, "emergency-move"):
+            pytest.fail("took the service before the dead holder's lease ran out")
+
+    def free() -> bool:
+        try:
+            with sl.service_lock("locktest", service, "emergency-move"):
+                return True
+        except sl.ServiceBusy:
+            return False
+
+    # the lease, then the server's repossessor loop (15 s by default), and a loaded machine
+    wait_for(free, 150, "the dead holder's slot to be reclaimed")
 
 
 def test_the_servers_handover_starts_keep_leases_on_disk(tmp_path: Path) -> None:
