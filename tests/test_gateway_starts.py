@@ -109,6 +109,7 @@ def test_a_busy_server_is_asked_again_at_once_not_after_prefects_2_s(
     import httpx
     from prefect.exceptions import PrefectHTTPStatusError
 
+    from infra.gateway import starts
     from infra.gateway.starts import _create_quickly
 
     class Client:
@@ -131,7 +132,7 @@ def test_a_busy_server_is_asked_again_at_once_not_after_prefects_2_s(
     async def sleep(seconds: float) -> None:
         waits.append(seconds)
 
-    monkeypatch.setattr(asyncio, "sleep", sleep)
+    monkeypatch.setattr(starts, "_sleep", sleep)
     client = Client(busy=2)
     assert asyncio.run(_create_quickly(client, "dep", {}, "k")) == "run"
     assert waits == [0.1, 0.2]
