@@ -1,7 +1,6 @@
-"""A slice of the fault matrix in CI (`handover bench faults` runs all of it): a pipelined clean
-move whose target loses sshd after its first agent stopped, an emergency move of a crashed
-host, and an emergency move whose target is cut off from the database as its agents start (the
-first run must say it failed, and the run after the heal must start what the first stopped),
+"""A slice of the fault matrix in CI (`handover bench faults` runs all of it, including the
+rows this slice leaves out for time: a target losing sshd after the first agent stopped, a
+target cut off from the database as its agents start): an emergency move of a crashed host,
 and a pipelined move whose source loses sshd while its channels drain (the move gives up and
 sets the channels Active again from the target).
 Each must end converged, with no agent ever on two hosts, no job lost where none may be (and
@@ -23,9 +22,7 @@ pytestmark = pytest.mark.lab
 @pytest.mark.parametrize(
     ("procedure", "kind", "where", "after"),
     [
-        ("clean-move/pipelined", "sshd-down", "target", "stop"),
         ("emergency-move", "crash", "source", "-"),
-        ("emergency-move", "db-unreachable", "target", "clear-disabled"),
         ("clean-move/pipelined", "sshd-down", "source", "set-inactive"),
     ],
 )
