@@ -313,6 +313,21 @@ def test_cli_run_json(lab: RunningLab, prefect_api: str) -> None:
     assert all(result.where[a] == ["fts102"] for a in MOVED)
     assert set(result.channels.values()) == {"Active"}
     assert result.approval is not None and result.approval.decision == "pre-approved"
+    # the run's progress artifact (the bar the UI shows) ended full, described
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[result.flow_run_id])
+            )
+        )
+    progress_bars = [a for a in arts if a.type == "progress"]
+    assert len(progress_bars) == 1, [(a.key, a.type) for a in arts]
+    assert progress_bars[0].key == "clean-move-progress"
+    assert progress_bars[0].data == 100.0
+    assert progress_bars[0].description == f"clean-move on {lab.site.site}"
 
 
 def test_sigterm_mid_move_compensates_and_reports(lab: RunningLab, prefect_api: str) -> None:

@@ -4,6 +4,7 @@ the protocol's trust rules (pure), and real daemons talking UDP on loopback addr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -677,6 +678,38 @@ def test_real_daemons_elect_take_over_and_hand_back(providers: dict[str, Provide
     p30.stop()
     assert not p30.serves()
     wait_for(lambda: p20.serves() or None, DT1 + DT2 + 5, "p20 to take over again")
+
+
+@pytest.mark.server
+def test_a_start_script_that_hangs_past_its_timeout_is_killed_and_the_next_rank_serves(
+    providers: dict[str, Provider],
+) -> None:
+    """The elected p30's start script hangs: the daemon kills it (its whole process group)
+    once the config's `timeout` (5 s) has passed, says so, stops standing, and p20 takes
+    over."""
+    p30, p20 = providers["p30"], providers["p20"]
+    hang = 611  # seconds: a sleep no other test runs, to find it in the process table
+    (p30.dir / "hang-start").write_text(f"{hang}\n")
+
+    def sleepers() -> list[int]:
+        found = []
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit():
+                with contextlib.suppress(OSError):
+                    if (proc / "cmdline").read_bytes() == f"sleep\0{hang}\0".encode():
+                        found.append(int(proc.name))
+        return found
+
+    for p in providers.values():
+        p.start()
+    wait_for(lambda: sleepers() or None, 20, "p30's start script to hang")
+    wait_for(lambda: p20.mode() == "master" or None, 30, "p20 to take over")
+    assert p20.serves() and not p30.serves()
+    assert p30.mode() == "failure"
+    events = p30.status()["groups"]["fts"]["events"]
+    assert any("start did not finish within 5 s" in e for e in events), events
+    assert p30.status()["groups"]["fts"]["script_s"]["start"] >= 5.0
+    assert sleepers() == [], "the hung script outlived its timeout"
 
 
 @pytest.mark.server

@@ -124,3 +124,33 @@ def test_text_from_outside_cannot_mention_or_link_in_slack() -> None:
     rendered = str(blocks)
     assert "<!here>" not in rendered and "<@U0ALL>" not in rendered
     assert esc("a < b > c & d") == "a &lt; b &gt; c &amp; d"
+
+
+def test_the_drain_line_is_one_message_edited_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A draining move's running transfers, through the real slack_sdk to the fake Slack Web
+    API: the first count posts one message in the run's thread, every later one edits that
+    message (no new message per poll), and a later step is a message of its own."""
+    from slack_sdk import WebClient
+
+    from flows.notify import ProcedureThread
+    from infra.fakeslack import FakeSlack
+    from tasks.adapters import slack as slack_adapter
+
+    monkeypatch.setattr(slack_adapter, "PROGRESS_EVERY_S", 0.0)  # every poll may edit
+    with FakeSlack(tokens={"xoxb-t"}) as fake:
+        notifier = SlackNotifier(SITE, WebClient(token="xoxb-t", base_url=fake.base_url, timeout=5))
+        # no run id: the thread then records nothing in Prefect (no server needed)
+        thread = ProcedureThread(notifier, SITE, "clean-move", None, None, "a move", "alice", {})
+        thread.open()
+        for left in (3, 2, 1):
+            thread("drain", {"run_id": None, "host": "fts101", "running": {"CERN-RAL": left}})
+        thread("step-sentence", {"run_id": None, "sentence": "stopped 1 agent (CERN-RAL)"})
+        root = fake.roots()[-1]
+        messages = fake.thread(root.channel, root.ts)
+    drain = [m for m in messages if "running transfers on fts101" in m.text]
+    assert len(drain) == 1, [m.text for m in messages]
+    assert "CERN-RAL 1" in drain[0].text
+    # the versions it replaced, oldest first
+    assert [e["text"][-10:] for e in drain[0].edits] == ["CERN-RAL 3", "CERN-RAL 2"], drain[0].edits
+    assert [m.text for m in messages][-1] == "stopped 1 agent (CERN-RAL)"
+    assert not notifier.failures, notifier.failures

@@ -45,10 +45,12 @@ LAB_OCTET = 244
 
 SERVICE_SCRIPT = """#!/bin/sh
 # the service of group $2 on this provider: a file says it runs; each start and stop is logged
-# first, so that the file's state always has its line in the log
+# first, so that the file's state always has its line in the log; `fail-start` makes a start
+# fail, `hang-start` (holding a number of seconds) makes it hang that long
 D="$(dirname "$0")"
 case "$1" in
-  start) [ -e "$D/fail-start" ] && exit 1
+  start) [ -e "$D/hang-start" ] && exec sleep "$(cat "$D/hang-start")"
+         [ -e "$D/fail-start" ] && exit 1
          echo "start $(date +%s.%N)" >> "$D/service.log"; echo up > "$D/service-$2" ;;
   stop) echo "stop $(date +%s.%N)" >> "$D/service.log"; rm -f "$D/service-$2" ;;
   status) [ -e "$D/service-$2" ] ;;
