@@ -46,6 +46,46 @@ def test_there_are_enough_cases_of_every_procedure() -> None:
     assert by.get("compensation", 0) >= 5, by
 
 
+def test_every_case_says_what_it_pins() -> None:
+    """Each case says in one sentence which facts its expected file pins, for a reviewer who
+    checks the expected JSON by reading it (the planner wrote it)."""
+    missing = [
+        name
+        for name, case in CASES.items()
+        if not isinstance(case.get("pins"), str) or not case["pins"].strip()
+    ]
+    assert not missing, f"cases without a `pins` sentence: {missing}"
+
+
+def _readme_pins_table() -> list[tuple[str, str, str]]:
+    """The rows of README.md's table under "What each recorded plan case pins"."""
+    lines = (ROOT / "README.md").read_text().splitlines()
+    start = lines.index("### What each recorded plan case pins")
+    rows: list[tuple[str, str, str]] = []
+    table = False
+    for line in lines[start + 1 :]:
+        if not line.startswith("|"):
+            if table:
+                break
+            continue
+        table = True
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        assert len(cells) == 3, f"README row without 3 cells: {line!r}"
+        rows.append((cells[0], cells[1], cells[2]))
+    assert rows[:2] == [("case", "procedure", "pins"), ("---", "---", "---")], rows[:2]
+    return rows[2:]
+
+
+def test_the_readme_lists_every_case_and_its_pins() -> None:
+    want = [(name, case["procedure"], case["pins"]) for name, case in CASES.items()]
+    got = _readme_pins_table()
+    diff = [f"README: {g!r}\ncases.yaml: {w!r}" for g, w in zip(got, want, strict=False) if g != w]
+    assert got == want, (
+        "README.md's table of what each plan case pins differs from tests/plan_cases/cases.yaml "
+        f"({len(got)} rows, {len(want)} cases):\n" + "\n".join(diff[:5])
+    )
+
+
 def test_every_expected_file_belongs_to_a_case() -> None:
     stray = {p.stem for p in expected_path("x").parent.glob("*.json")} - set(CASES)
     assert not stray, f"expected files without a case: {sorted(stray)}"
