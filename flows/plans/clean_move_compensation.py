@@ -55,10 +55,11 @@ def compensate_clean_move(
 
     Each agent ends running once with its channel Active: an agent already started on the target
     only has its channel set Active (on the target, else on the source); an agent stopped on the
-    source that the target did not start is started again on the source; an agent still on the
-    source gets its channel Active again (on the source, else on the target: the state is in the
-    database) and its `.disabled` entry cleared. What cannot be done
-    becomes a human action with the exact commands.
+    source that the target did not start is started again on the source (and listed again in the
+    target's `.disabled` file when the run had removed it there); an agent still on the source
+    gets its channel Active again (on the source, else on the target: the state is in the
+    database) and its `.disabled` entry cleared. What cannot be done becomes a human action with
+    the exact commands.
 
     Args:
         site: the site.
@@ -91,6 +92,29 @@ def compensate_clean_move(
         other = step(site, f"compensation/{ch}/set-active", "set-active", dst, [], [ch])
         return set_active(src, ch, fallback=[other])
 
+    def relist_on_target(a: str, label: str) -> list[Step]:
+        # the run removed the agent from the target's `.disabled` file and the agent goes back
+        # to the source: listed again, or a reboot of the target starts a second copy
+        m = next((x for x in moves if x.agent == a), None)
+        cleared = any(
+            s.verb == "clear-disabled" and s.host == dst and a in s.agents and s.id in ledger.done
+            for s in plan.steps
+        )
+        if m is None or not m.listed_on_target or not cleared:
+            return []
+        return [
+            step(
+                site,
+                f"compensation/{label}/write-disabled",
+                "write-disabled",
+                dst,
+                [a],
+                if_fails="continue",
+                human=f"list {a} in {site.commands.disabled_file} on {dst} again, so that a "
+                "reboot of that host does not start it",
+            )
+        ]
+
     def stop_standby(a: str, label: str) -> list[Step]:
         # its start on the target waits for the lock the source's agent holds: it must not
         # take the lock later, when nobody expects it (or give up and be reported dead)
@@ -108,19 +132,7 @@ def compensate_clean_move(
                 f"`{command(site, 'stop_agent', agent=a)}`",
             )
         ]
-        m = next((x for x in moves if x.agent == a), None)
-        if m is not None and m.listed_on_target and f"{label}/clear-disabled" in ledger.done:
-            steps.append(
-                step(
-                    site,
-                    f"compensation/{label}/write-disabled",
-                    "write-disabled",
-                    dst,
-                    [a],
-                    if_fails="continue",
-                )
-            )
-        return steps
+        return steps + relist_on_target(a, label)
 
     def rollback(a: str, ch: str | None, label: str, first: list[Step]) -> Remedy:
         # stopped on the source, the target did not start it: started again on the source
@@ -131,6 +143,7 @@ def compensate_clean_move(
                 site, f"compensation/{label}/clear-disabled", "clear-disabled", src, [a], human=back
             ),
             step(site, f"compensation/{label}/start", "start", src, [a], human=back),
+            *relist_on_target(a, label),
         ]
         if ch and ch not in ledger.active:
             steps.append(set_active_anywhere(ch))
