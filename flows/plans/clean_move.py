@@ -116,6 +116,18 @@ def _classify(
     src, dst = snap.host(req.from_host), snap.host(req.to_host)
     pair = {req.from_host, req.to_host}
     candidates = [a for a in site.service.agents if {a.primary, a.backup} == pair]
+    if req.agents is None and not candidates:
+        # most likely a mistyped host: "nothing to move" would report it done
+        pairs: dict[str, int] = {}
+        for a in site.service.agents:
+            key = " and ".join(sorted((a.primary, a.backup)))
+            pairs[key] = pairs.get(key, 0) + 1
+        where = "; ".join(f"{n} on {k}" for k, n in pairs.items())
+        problems.append(
+            f"no agent of site {site.site} is configured on {req.from_host} and {req.to_host}; "
+            f"an agent moves between its primary and its backup, and the agents are: {where}"
+        )
+        return []
     if req.agents is not None:
         known = {a.name: a for a in site.service.agents}
         chosen = []
