@@ -309,6 +309,16 @@ def plan_emergency_move(
                 "start when it comes back (they cannot serve: the backups hold the locks)",
             )
         )
+    elif case == "C":
+        # nothing left to move (an earlier run moved it all), but the host is still down and
+        # its .disabled file unread: the reminder must not vanish with a second run
+        human.append(
+            fence_human(
+                host,
+                "is down: its .disabled file could not be read, so its agents may try to start "
+                "when it comes back (they cannot serve: the backups hold the locks)",
+            )
+        )
     chans = [m.channel for m in moves if m.channel]
     if chans:
         target = moves[0].to
