@@ -41,10 +41,19 @@ def test_prefect_yaml_declares_the_procedures() -> None:
     assert "site-snapshot" in names
 
 
+#: the log of the `handover serve` a test started last (`serving`)
+SERVE_LOG: dict[str, Path] = {}
+
+
 @contextlib.contextmanager
 def serving(lab: RunningLab, prefect_api: str, *extra: str) -> Iterator[subprocess.Popen[bytes]]:
-    """`handover serve` for the lab's site, until its deployments are registered by it."""
+    """`handover serve` for the lab's site, until its deployments are registered by it. Its
+    output goes to a file (`SERVE_LOG["serve"]`): a pipe nobody reads fills up after a few
+    runs' logs and then blocks the server in the middle of its work."""
     env = {**os.environ, "PREFECT_API_URL": prefect_api}
+    log_path = lab.site_file.parent / f"serve-{time.monotonic_ns()}.log"
+    SERVE_LOG["serve"] = log_path
+    log = open(log_path, "wb")  # closed when the server has stopped
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -59,8 +68,8 @@ def serving(lab: RunningLab, prefect_api: str, *extra: str) -> Iterator[subproce
         ],
         cwd=ROOT,
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stdout=log,
+        stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     try:
@@ -89,6 +98,7 @@ def serving(lab: RunningLab, prefect_api: str, *extra: str) -> Iterator[subproce
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(5)
+        log.close()
 
 
 def test_served_clean_move_runs_from_the_api(lab: RunningLab, prefect_api: str) -> None:
@@ -590,7 +600,7 @@ def test_the_recovery_automation_refuses_a_procedure_that_crashed_max_crashes_ti
             )
             assert len(again) == n, [(r.name, r.parameters) for r in again]
             newest = max(again, key=lambda r: r.created)
-            state = wait_final_or_explain(newest.id, 180, {}).state
+            state = wait_final_or_explain(newest.id, 180, dict(SERVE_LOG)).state
             assert state is not None
             if n < MAX_CRASHES:
                 assert state.type == StateType.COMPLETED, (n, state.message)
