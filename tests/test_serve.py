@@ -289,7 +289,9 @@ def pool_api() -> Iterator[str]:
     """Prefect's server on PostgreSQL, as a site that runs workers on several machines has it
     (`handover server start --db postgresql`): the worker tests take their runs from it. The
     suite's shared server keeps its SQLite, whose one writer two workers polling every half second
-    and six runs contend for; that set-up is the one-machine demo's, not the workers'."""
+    and six runs contend for; that set-up is the one-machine demo's, not the workers'.
+    From its first use to the module's end this process's client points at it: a later test
+    of the module that needs the suite's shared server says so itself."""
     import shutil
     import tempfile
 
@@ -583,7 +585,10 @@ def test_the_recovery_automation_refuses_a_procedure_that_crashed_max_crashes_ti
             and "AUTOMATION" in str(r.created_by.type).upper()
         ]
 
-    with serving(lab, prefect_api):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    # this module's worker tests point the process at their own server for the module's rest
+    with temporary_settings({PREFECT_API_URL: prefect_api}), serving(lab, prefect_api):
         with get_client(sync_client=True) as client:
             dep = client.read_deployment_by_name("clean-move/clean-move")
         for n in range(1, MAX_CRASHES + 1):
