@@ -30,6 +30,7 @@ import contextlib
 import importlib
 import io
 import os
+import random
 import runpy
 import selectors
 import signal
@@ -39,6 +40,10 @@ import traceback
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+
+from setproctitle import setproctitle
+
+from infra.lab import runtime
 
 #: where a lab host's server listens (in the host's own /run, a tmpfs per boot)
 SOCKET_PATH = Path("/run/handover-lab/cmd.sock")
@@ -50,7 +55,7 @@ MODULES = (
     "infra.lab.software",
 )
 #: imported too: what those modules import lazily when a command needs it
-PRELOAD = ("pg8000.native", "infra.lab.db")
+PRELOAD = ("pg8000.native", "infra.lab.db", "infra.lab.agent")
 MAX_MESSAGE = 256 * 1024
 
 
@@ -120,6 +125,11 @@ def _run_worker(request: Request, fds: list[int]) -> int:
     with contextlib.suppress(OSError):
         os.chdir(request.cwd)
     sys.argv = ["-m", *request.argv]
+    # what `ps` showed when the command was an interpreter of its own
+    setproctitle(" ".join([sys.executable, "-m", request.module, *request.argv]))
+    random.seed()  # not the server's sequence, nor another worker's
+    # the agent's modules are imported here: `service transfer-agents start` forks them
+    runtime.FORK_AGENTS = True
     # the module is imported already (that is the point); running it again as __main__ is
     # what `python -m` does, without the warning runpy gives for it
     warnings.filterwarnings("ignore", category=RuntimeWarning, module="runpy")
@@ -257,6 +267,11 @@ def main(argv: list[str] | None = None) -> int:
     modules = tuple(args[1:]) or MODULES
     for name in (*PRELOAD, *modules):
         importlib.import_module(name)
+    # setproctitle finds the memory it may write the title to (argv and the environment after
+    # it) at its first call; made here, while that memory is as exec left it, its workers (and
+    # the agents they fork) can take titles: a worker's environment is replaced, after which it
+    # could not. The title stays the command line it was started with.
+    setproctitle(" ".join(sys.orig_argv))
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     Server(path, modules).serve_forever()

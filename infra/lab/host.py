@@ -43,6 +43,12 @@ trap 'kill -KILL -1; exit 0' TERM
 start_sshd
 echo ready > "$D/booted"
 if [ "${LAB_BOOT_AGENTS:-1}" = 1 ]; then
+  # the start through the command server forks the agents instead of starting interpreters:
+  # wait for it a moment (its imports take a fraction of a second), then go on without it
+  for _ in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do
+    [ -S /run/handover-lab/cmd.sock ] && break
+    sleep 0.1
+  done
   service transfer-agents start > "$D/boot-agents.log" 2>&1 &
   if [ -x /etc/init.d/fts-frontend ]; then
     service fts-frontend start > "$D/boot-frontend.log" 2>&1 &

@@ -16,12 +16,14 @@ import argparse
 import contextlib
 import io
 import os
+import random
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from infra.lab import runtime
 from infra.lab.runtime import (
     RUN_DIR,
     AgentRuntime,
@@ -69,10 +71,87 @@ def _targets(rt: HostRuntime, instance: str | None) -> list[AgentRuntime]:
     raise SystemExit(f"transfer-agents: {instance} is not configured on {rt['host']} ({names})")
 
 
-def _spawn(rt: HostRuntime, name: str, takeover: bool = False) -> subprocess.Popen[bytes]:
+class ForkedAgent:
+    """An agent forked from this process (a command server's worker, which has the agent's
+    modules imported): what `_spawn`'s callers use of a `subprocess.Popen`."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    @classmethod
+    def start(cls, log_path: Path, argv: list[str], takeover: bool) -> ForkedAgent:
+        """Fork and run ``python -m infra.lab.agent ARGV`` in the child: its own session, stdin
+        from /dev/null, output to the log, as the spawned interpreter had them."""
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        pid = os.fork()
+        if pid:
+            return cls(pid)
+        code = 1
+        try:
+            os.setsid()
+            null = os.open(os.devnull, os.O_RDONLY)
+            log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            os.dup2(null, 0)
+            os.dup2(log, 1)
+            os.dup2(log, 2)
+            os.closerange(3, 65536)
+            sys.stdin = open(0, closefd=False)
+            sys.stdout = open(1, "w", closefd=False, buffering=1)
+            sys.stderr = open(2, "w", closefd=False, buffering=1)
+            if takeover:
+                os.environ["LAB_AGENT_TAKEOVER"] = "1"
+            random.seed()  # not the forking process's sequence
+            from infra.lab import agent
+
+            code = agent.main(argv)
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        except BaseException:  # noqa: BLE001 - what the interpreter prints for an uncaught error
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(Exception):
+                    stream.flush()
+            os._exit(code)
+
+    def poll(self) -> int | None:
+        """The exit code once the agent has ended, else None."""
+        if self.returncode is None:
+            with contextlib.suppress(ChildProcessError):
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+                if pid:
+                    self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for the agent to end (`subprocess.TimeoutExpired` after `timeout` seconds)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(f"agent pid {self.pid}", timeout or 0)
+            time.sleep(0.01)
+        assert self.returncode is not None
+        return self.returncode
+
+    def kill(self) -> None:
+        """SIGKILL the agent."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+
+
+def _spawn(
+    rt: HostRuntime, name: str, takeover: bool = False
+) -> subprocess.Popen[bytes] | ForkedAgent:
     with contextlib.suppress(FileNotFoundError):
         state_file(name + ".next" if takeover else name).unlink()
-    with open(Path(rt["log_dir"]) / f"{name}.log", "ab") as log:
+    log_path = Path(rt["log_dir"]) / f"{name}.log"
+    if runtime.FORK_AGENTS and rt["python"] == sys.executable:
+        return ForkedAgent.start(log_path, ["--name", name], takeover)
+    with open(log_path, "ab") as log:
         return subprocess.Popen(
             [rt["python"], "-m", "infra.lab.agent", "--name", name],
             stdin=subprocess.DEVNULL,
@@ -90,7 +169,9 @@ def _prepare(rt: HostRuntime) -> None:
     Path(rt["log_dir"]).mkdir(parents=True, exist_ok=True)
 
 
-def _await_serving(rt: HostRuntime, launched: dict[str, subprocess.Popen[bytes]]) -> int:
+def _await_serving(
+    rt: HostRuntime, launched: dict[str, subprocess.Popen[bytes] | ForkedAgent]
+) -> int:
     """Wait until each launched agent serves or fails (bounded by the lock wait); report each."""
     rc = 0
     deadline = time.monotonic() + rt["lock_wait_s"] + 15
@@ -128,7 +209,7 @@ def start(rt: HostRuntime, instance: str | None) -> int:
     """Start agents; block until each serves or fails (bounded by the lock wait)."""
     disabled = set(read_disabled(rt["disabled_file"]))
     _prepare(rt)
-    launched: dict[str, subprocess.Popen[bytes]] = {}
+    launched: dict[str, subprocess.Popen[bytes] | ForkedAgent] = {}
     rc = 0
     for a in _targets(rt, instance):
         name = a["name"]

@@ -17,6 +17,9 @@ from typing import TypedDict
 RUNTIME_FILE = Path("/etc/transfer-agents/lab.json")
 #: Where agents keep their PID and state files inside a host (the host's own /run).
 RUN_DIR = Path("/run/transfer-agents")
+#: True in a command server's worker (`infra.lab.cmdserver`): the agent's modules are imported
+#: there, so `service transfer-agents start` forks an agent instead of starting an interpreter
+FORK_AGENTS = False
 
 
 class AgentRuntime(TypedDict):
