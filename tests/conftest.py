@@ -88,7 +88,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         dropped += _NEED_ROOT
     group = os.environ.get("HANDOVER_TEST_GROUP")
     if group:
-        dropped += _other_groups(items, int(os.environ.get("HANDOVER_TEST_GROUPS", "2")), group)
+        dropped += _other_groups(items, int(os.environ.get("HANDOVER_TEST_GROUPS", "3")), group)
     if dropped:
         gone = set(map(id, dropped))
         config.hook.pytest_deselected(items=dropped)
