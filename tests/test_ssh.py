@@ -350,7 +350,8 @@ def test_a_batch_gives_each_command_its_own_result_in_one_session(lab: Lab, pool
     assert not marker.exists()
     # one session: the same connection, the same shell around both subshells
     assert results[4].stdout == results[5].stdout
-    assert len({r.duration_s for r in results}) == 1
+    # each command timed on the host (to 10 ms), not the batch's time given to all
+    assert all(0 <= r.duration_s < 5 for r in results), [r.duration_s for r in results]
     # one command is a plain run
     [one] = pool.run_many(lab.a.endpoint, [["echo", "alone"]])
     assert (one.exit_code, one.stdout) == (0, "alone\n")
