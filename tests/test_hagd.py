@@ -40,7 +40,7 @@ from infra.hagd.protocol import (
     group_digest,
 )
 from infra.hagd.report import Reporter
-from tests.conftest import DAEMON_OCTET, ROOT, stays, wait_for
+from tests.conftest import DAEMON_OCTET, IS_ROOT, ROOT, require, stays, wait_for
 
 KEY = b"a-shared-key-of-the-group-0123456789"
 DT1, DT2 = 1.0, 0.5
@@ -710,6 +710,94 @@ def test_a_start_script_that_hangs_past_its_timeout_is_killed_and_the_next_rank_
     assert any("start did not finish within 5 s" in e for e in events), events
     assert p30.status()["groups"]["fts"]["script_s"]["start"] >= 5.0
     assert sleepers() == [], "the hung script outlived its timeout"
+
+
+@pytest.mark.server
+def test_real_daemons_keep_two_groups_apart(providers: dict[str, Provider]) -> None:
+    """Each daemon is a member of two groups with other ranks (fts: p30 > p20 > p10; srm:
+    p20 > p10 > p30): each group elects its own master, and when p30's box dies only fts moves
+    (to p20, which then masters both); srm's master never changes."""
+    ranks = {"p30": 10, "p20": 30, "p10": 20}
+    for name, p in providers.items():
+        cfg = yaml.safe_load(p.config.read_text())
+        cfg["group"]["srm"] = ranks[name]
+        p.config.write_text(yaml.safe_dump(cfg))
+    p30, p20, p10 = providers["p30"], providers["p20"], providers["p10"]
+    for p in providers.values():
+        p.start()
+    wait_for(lambda: p30.mode("fts") == "master" or None, 15, "p30 to master fts")
+    wait_for(lambda: p20.mode("srm") == "master" or None, 15, "p20 to master srm")
+    assert p30.serves("fts") and p20.serves("srm")
+    assert not p30.serves("srm") and not p20.serves("fts") and not p10.serves("fts")
+    wait_for(lambda: p10.mode("srm") == "normal" or None, 15, "p10 up and normal in srm")
+    srm_starts = [e for e in p20.service_log() if e[0] == "start"]
+    p30.stop(signal.SIGKILL)  # its box dies
+    wait_for(lambda: p20.mode("fts") == "master" or None, 30, "p20 to take fts over")
+    assert p20.serves("fts") and p20.serves("srm") and not p10.serves("fts")
+    # srm was not touched: still p20's, its service not restarted, p10 still normal
+    assert p20.mode("srm") == "master" and p10.mode("srm") == "normal"
+    assert p20.status()["groups"]["srm"]["master"] == "p20"
+    starts = [e for e in p20.service_log() if e[0] == "start"]
+    assert len(starts) == len(srm_starts) + 1, (srm_starts, starts)
+
+
+@pytest.mark.lab
+def test_heartbeats_broadcast_on_iface_are_heard_by_the_other_daemon(tmp_path: Path) -> None:
+    """`iface` instead of `peers`: two daemons, each in a network namespace of its own joined
+    by a veth pair (10.77.0.1 and .2 on a /24), broadcast their heartbeats on their interface
+    and hear each other's: one master, the other normal and seeing it alive, for good. (A
+    daemon's socket is bound to its unicast address, which never receives a broadcast: each
+    also listens on its interfaces' broadcast addresses.)"""
+    import shutil
+
+    require(IS_ROOT and shutil.which("ip") is not None, "root and iproute2", need="lab")
+    tag = f"hb{os.getpid() % 100000}"
+    spaces = {"p20": (f"{tag}a", "10.77.0.1"), "p10": (f"{tag}b", "10.77.0.2")}
+
+    def ip(*argv: str) -> None:
+        subprocess.run(["ip", *argv], check=True, capture_output=True, timeout=10)
+
+    ps = make_cluster(tmp_path, DAEMON_OCTET, [20, 10], dt1=DT1, dt2=DT2, names=["p20", "p10"])
+    try:
+        for ns, _ in spaces.values():
+            ip("netns", "add", ns)
+        ip("link", "add", f"{tag}a", "type", "veth", "peer", "name", f"{tag}b")
+        for ns, address in spaces.values():
+            ip("link", "set", ns, "netns", ns)
+            ip("-n", ns, "addr", "add", f"{address}/24", "brd", "+", "dev", ns)
+            ip("-n", ns, "link", "set", ns, "up")
+            ip("-n", ns, "link", "set", "lo", "up")
+        for p in ps:
+            ns, address = spaces[p.name]
+            cfg = yaml.safe_load(p.config.read_text())
+            cfg.update(address=address, peers={}, iface=[ns])
+            p.config.write_text(yaml.safe_dump(cfg))
+            with open(p.dir / "hagd.log", "ab") as log:
+                argv = [sys.executable, "-m", "infra.cli", "hagd", "run", "--config"]
+                p.proc = subprocess.Popen(
+                    ["ip", "netns", "exec", ns, *argv, str(p.config)],
+                    cwd=ROOT,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+        p20, p10 = ps
+        wait_for(lambda: p20.mode() == "master" or None, 20, "p20 to become master")
+        wait_for(lambda: p10.mode() == "normal" or None, 20, "p10 up and normal")
+
+        def hears_p20() -> bool:
+            st = p10.status()["groups"]["fts"]
+            return st["master"] == "p20" and st["members"]["p20"]["alive"]
+
+        wait_for(lambda: hears_p20() or None, 10, "p10 to hear p20's broadcast heartbeats")
+        # without them p10 would elect itself once p20 is silent for dT1 + dT2
+        stays(lambda: p10.mode() == "normal" and p20.serves(), DT1 + DT2 + 1, "one master")
+        assert not p10.serves()
+    finally:
+        for p in ps:
+            p.stop()
+        for ns, _ in spaces.values():
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
 
 
 @pytest.mark.server

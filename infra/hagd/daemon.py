@@ -72,6 +72,19 @@ def broadcast_addresses(ifaces: list[str]) -> list[str]:
     return out
 
 
+class BroadcastListener(asyncio.DatagramProtocol):
+    """What is broadcast on one of the daemon's interfaces, handed to the daemon. The daemon's
+    own socket is bound to its unicast address, and Linux delivers a datagram sent to a
+    broadcast address only to sockets bound to that address (or to any address): without
+    these, no daemon would ever hear a broadcast heartbeat."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.daemon.datagram_received(data, addr)
+
+
 class Daemon(asyncio.DatagramProtocol):
     """One provider's daemon."""
 
@@ -121,8 +134,11 @@ class Daemon(asyncio.DatagramProtocol):
         self.fresh = Freshness(max_age_s=cfg.dt1 + cfg.skew, max_ahead_s=cfg.skew)
         self.counts: Counter[str] = Counter()
         self.transport: asyncio.DatagramTransport | None = None
+        #: the broadcast addresses of its interfaces (`iface`): heartbeats go there, and are
+        #: heard there
+        self.broadcasts = broadcast_addresses(cfg.iface)
         self.targets = [(p, cfg.port) for p in cfg.peers.values()] + [
-            (b, cfg.port) for b in broadcast_addresses(cfg.iface)
+            (b, cfg.port) for b in self.broadcasts
         ]
         self.stopping = asyncio.Event()
         self.logged = {name: 0 for name in self.groups}
@@ -280,6 +296,11 @@ class Daemon(asyncio.DatagramProtocol):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
         sock.bind((self.cfg.address, self.cfg.port))
         await loop.create_datagram_endpoint(lambda: self, sock=sock)
+        for address in self.broadcasts:
+            heard = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            heard.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            heard.bind((address, self.cfg.port))
+            await loop.create_datagram_endpoint(lambda: BroadcastListener(self), sock=heard)
         server = await self._control()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
