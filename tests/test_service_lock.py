@@ -83,6 +83,15 @@ def test_a_holder_whose_process_died_here_is_taken_over_at_once(prefect_api: str
             proc.wait(10)
 
 
+def takes_lock(service: str) -> bool:
+    """Whether another procedure takes the service's lock now (released at once)."""
+    try:
+        with sl.service_lock("locktest", service, "emergency-move"):
+            return True
+    except sl.ServiceBusy:
+        return False
+
+
 def hold_without_releasing(
     service: str, holder: dict[str, object] | None, lease_s: float = 600
 ) -> str:
@@ -168,14 +177,7 @@ def test_a_slot_nobody_recorded_is_freed_after_the_orphan_bound(
             pytest.fail("took a slot that was just acquired")
     monkeypatch.setattr(sl, "ORPHAN_AFTER_S", 1.0)
 
-    def free() -> bool:
-        try:
-            with sl.service_lock("locktest", service, "emergency-move"):
-                return True
-        except sl.ServiceBusy:
-            return False
-
-    wait_for(free, 20, "the orphaned slot to be freed")
+    wait_for(lambda: takes_lock(service), 20, "the orphaned slot to be freed")
 
 
 def test_a_second_host_of_the_same_procedure_waits_for_the_service_others_are_refused(

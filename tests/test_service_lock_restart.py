@@ -36,7 +36,7 @@ from tests.conftest import (
     submit_long_job,
     wait_for,
 )
-from tests.test_service_lock import hold_without_releasing
+from tests.test_service_lock import hold_without_releasing, takes_lock
 
 P = "glite-transfer-channel-agent-urlcopy-"
 STORAGES = {
@@ -140,15 +140,8 @@ def test_a_holder_that_died_on_another_machine_is_freed_when_its_lease_runs_out(
         with sl.service_lock("locktest", service, "emergency-move"):
             pytest.fail("took the service before the dead holder's lease ran out")
 
-    def free() -> bool:
-        try:
-            with sl.service_lock("locktest", service, "emergency-move"):
-                return True
-        except sl.ServiceBusy:
-            return False
-
     # the lease, then the server's repossessor loop (15 s by default), and a loaded machine
-    wait_for(free, 150, "the dead holder's slot to be reclaimed")
+    wait_for(lambda: takes_lock(service), 150, "the dead holder's slot to be reclaimed")
 
 
 def test_the_servers_handover_starts_keep_leases_on_disk(tmp_path: Path) -> None:
