@@ -65,7 +65,8 @@ def test_each_command_gets_its_own_duration_as_the_host_timed_it() -> None:
     results = split_batch(batch, lines, nonce)
     took = {r.command: r.duration_s for r in results}
     assert took["sleep 0.3"] >= 0.29, took
-    assert all(0 <= t <= batch.duration_s for t in took.values()), (took, batch.duration_s)
+    # the host counts in 10 ms steps: one step more than the wall clock is rounding
+    assert all(0 <= t <= batch.duration_s + 0.01 for t in took.values()), (took, batch.duration_s)
     assert took["true"] < took["sleep 0.3"] and took["echo x"] < took["sleep 0.3"], took
 
 
