@@ -1,18 +1,17 @@
 """The one executor: runs any procedure's plan, step by step, and keeps what happened.
 
 `Executor(site, plan, ...).execute()` runs the plan's phases in order; the chains of a phase run
-at the same time, each as a Prefect task; the steps of a chain run in order, each verb a Prefect
-task with the one retry rule (`tasks.verbs.run_step`). For every step it:
+at the same time, each as a Prefect task; the steps of a chain run in order, each verb's act a
+Prefect task with the one retry rule (`tasks.verbs.run_step`). The executor knows no verb by
+name: what a verb does, what it needs of the run (`tasks.run_context.RunContext`: the one drain
+monitor, the transfers' remaining times, the run's bounds) and what it leaves in the ledger are
+the verb's own (`flows.plans.verbs`, `tasks.verbs`). For every step it:
 
 * waits the step's `delay_s` first (cancellable);
-* for ``wait-drained``, waits on one drain monitor that polls the host for all channels, bounded
-  by the drain timeout (``force`` goes on after it, counting the transfers that lose their state);
-* for ``await-cutover``, waits until the channel's running transfers end within the step's drain
-  (`tasks.cutover`), at most until the step's window after the plan began acting;
 * retries a failed step until its `retry_for_s` bound, runs its `fallback` when it fails, and then
   aborts the chain, ends it, or goes on, as the step's `if_fails` says, noting its `human` action;
-* records an outcome sentence (`StepRecord`), updates the `Ledger`, emits a progress event and
-  moves the run's progress artifact.
+* records an outcome sentence (`StepRecord`: ``forced`` when a forced run went past a bound),
+  updates the `Ledger`, emits a progress event and moves the run's progress artifact.
 
 When a chain aborts (a failed step, a drain timeout, cancellation, a lost terminal, SIGTERM), the
 procedure's compensation (a pure function of the plan and the ledger) says what to do for the
@@ -40,24 +39,19 @@ from prefect.exceptions import MissingContextError
 
 from flows import progress
 from flows.attempt import Superseded, check_current
-from flows.plans.model import Chain, Ledger, Phase, Plan, Remedy, Step
+from flows.plans.model import AnyStep, Chain, Ledger, Phase, Plan, Remedy
 from flows.result import AgentOutcome, Outcome, StepRecord
-from tasks.adapters.db import DatabaseUnavailable
 from tasks.adapters.ssh import SshError
-from tasks.cutover import EtaReader, wait_for_cutover
-from tasks.drain import Cancelled, DrainMonitor, DrainTimeout
-from tasks.outcome import StepResult, count, now
+from tasks.drain import Cancelled, DrainMonitor
+from tasks.outcome import StepResult, now
 from tasks.remote import SiteShell
-from tasks.standby import forget as forget_standbys
-from tasks.verbs import run_step
+from tasks.run_context import RunContext
+from tasks.verbs import end_run, step_task
 
 #: the procedure's compensation: (ledger, the failed chain, the error) -> remedies
 Compensate = Callable[[Ledger, Chain, BaseException], list[Remedy]]
 #: pause between two tries of a step that has a `retry_for_s` bound
 RETRY_PAUSE_S = 2.0
-#: extra drain polls after the moment the last running transfer is expected to end (its
-#: process exits a little after the end its start time and duration give)
-DRAIN_END_POLLS_S = (0.02, 0.07, 0.15)
 
 
 class _ChainEnded(Exception):
@@ -116,7 +110,6 @@ class Executor:
         self.records: list[StepRecord] = []
         self.ledger = Ledger()
         self.inactive_at: dict[str, dt.datetime] = {}
-        self.inactive_mono: dict[str, float] = {}
         self.active_at: dict[str, dt.datetime] = {}
         self.outcomes: dict[str, AgentOutcome] = {}
         self.human: list[str] = []
@@ -128,7 +121,7 @@ class Executor:
         self.steps_total = max(1, len(plan.steps))
         self.steps_done = 0
         self.progress_id: Any = None
-        waits = [s for s in plan.steps if s.verb == "wait-drained"]
+        waits = [s for s in plan.steps if s.WATCHES_DRAIN]
         self.drain_host = waits[0].host if waits else ""
         self.monitor = DrainMonitor(
             shell,
@@ -143,16 +136,21 @@ class Executor:
         )
         self._last_table: dict[str, int] | None = None
         self._last_table_at = 0.0
-        #: the running transfers' remaining times, for ``await-cutover`` (read when needed)
-        self.eta: EtaReader | None = None
-        #: when the plan began acting (monotonic): the cut-over window counts from it
-        self.acting_since = time.monotonic()
+        #: what the verbs use of the run (its monitors, bounds and moments)
+        self.ctx = RunContext(
+            shell,
+            cancel=self.cancel,
+            poll_s=poll_s,
+            drain_timeout_s=drain_timeout_s,
+            force=force,
+            monitor=self.monitor,
+        )
 
     # --- bookkeeping ---------------------------------------------------------------------------
 
     def _record(
         self,
-        step: Step,
+        step: AnyStep,
         outcome: Outcome,
         sentence: str,
         started: dt.datetime,
@@ -223,33 +221,30 @@ class Executor:
             description=f"Running transfers per channel on {self.drain_host}",
         )
 
-    def _succeeded(self, step: Step, res: StepResult) -> None:
+    def _succeeded(self, step: AnyStep, res: StepResult) -> None:
         with self.lock:
             self.ledger.record(step)
             self.human.extend(res.human)
             # the moment of the change, not of the check after it: a drain poll begun during
             # that check already counts
             at = res.acted_at or res.ended_at
-            if step.verb == "set-inactive":
+            if step.SETS_CHANNELS == "Inactive":
                 for c in step.channels:
                     self.inactive_at[c] = at
-                    self.inactive_mono[c] = time.monotonic() - max(
+                    self.ctx.inactive_mono[c] = time.monotonic() - max(
                         0.0, (now() - at).total_seconds()
                     )
-            elif step.verb in ("set-active", "hand-over"):
+            elif step.SETS_CHANNELS == "Active":
                 for c in step.channels:
                     self.active_at[c] = at
+            if res.forced_lost is not None:
+                self.jobs_lost += res.forced_lost
+                self.forced = True
 
-    def _partly_done(self, step: Step, exc: BaseException) -> None:
+    def _partly_done(self, step: AnyStep, exc: BaseException) -> None:
         """Note what a failed step did before it failed (a hand-over whose stop worked)."""
-        stopped = getattr(exc, "stopped_agents", None)
-        if stopped:
-            with self.lock:
-                self.ledger.record(
-                    step.model_copy(
-                        update={"verb": "stop", "agents": stopped, "id": f"{step.id}#stop"}
-                    )
-                )
+        with self.lock:
+            step.partly_done(self.ledger, exc)
 
     def critical_path_s(self) -> float:
         """The remote work the plan could not avoid: phases in sequence, the slowest chain of
@@ -265,16 +260,16 @@ class Executor:
 
     # --- one step ------------------------------------------------------------------------------
 
-    def _verb(self, step: Step) -> StepResult:
+    def _verb(self, step: AnyStep) -> StepResult:
         """Run a step's verb; with `retry_for_s`, try again (any error) until the bound."""
         if not step.retry_for_s:
-            result: StepResult = run_step(self.shell, step)
+            result: StepResult = step_task(step)(self.ctx, step)
             return result
         deadline = time.monotonic() + step.retry_for_s
-        once = run_step.with_options(retries=0)
+        once = step_task(step, retries=False)
         while True:
             try:
-                result = once(self.shell, step)
+                result = once(self.ctx, step)
                 return result
             except Exception:
                 if time.monotonic() + RETRY_PAUSE_S >= deadline:
@@ -283,7 +278,7 @@ class Executor:
                 if self.cancel.wait(RETRY_PAUSE_S):
                     raise Cancelled("cancelled while retrying a step") from None
 
-    def _attempt(self, step: Step, started: dt.datetime) -> StepResult | None:
+    def _attempt(self, step: AnyStep, started: dt.datetime) -> StepResult | None:
         """The step's verb, or its fallback when it fails (None: the fallback did the work and
         its steps are recorded); raises when both failed."""
         try:
@@ -314,11 +309,11 @@ class Executor:
             )
         return None
 
-    def _human(self, step: Step, exc: BaseException) -> None:
+    def _human(self, step: AnyStep, exc: BaseException) -> None:
         with self.lock:
             self.human.append(f"{step.human} (last error: {exc})" if step.human else str(exc))
 
-    def run_step(self, step: Step) -> None:
+    def do_step(self, step: AnyStep) -> None:
         """Run one step of a chain (see the module docstring)."""
         if self.cancel.is_set():
             raise Cancelled("the procedure was cancelled")
@@ -327,12 +322,6 @@ class Executor:
         check_current()  # a run marked Crashed and started again elsewhere stops here
         progress.emit("step-start", step=step)
         started = now()
-        if step.verb == "wait-drained":
-            self._wait_drained(step, started)
-            return
-        if step.verb == "await-cutover":
-            self._await_cutover(step, started)
-            return
         try:
             res = self._attempt(step, started)
         except Exception as exc:
@@ -350,89 +339,12 @@ class Executor:
         self._succeeded(step, res)
         self._record(
             step,
-            "done",
+            "forced" if res.forced_lost is not None else "done",
             res.sentence,
             started,
             res=res,
             remote_s=(res.ended_at - res.started_at).total_seconds(),
         )
-
-    def _await_cutover(self, step: Step, started: dt.datetime) -> None:
-        if self.eta is None:
-            self.eta = EtaReader(self.site, max_age_s=min(self.poll_s, 0.5))
-        (channel,) = step.channels
-        try:
-            decision, waited = wait_for_cutover(
-                self.eta,
-                channel,
-                step.drain_s,
-                step.window_s,
-                self.acting_since,
-                self.poll_s,
-                self.cancel,
-                lead_s=step.lead_s,
-            )
-        except InterruptedError as exc:
-            raise Cancelled(str(exc)) from exc
-        when = f"after waiting {waited:.1f} s" if waited >= 0.05 else "at once"
-        if step.lead_s:
-            sentence = (
-                f"{channel}: its cut-over is at most {step.lead_s:g} s away ({when}): "
-                "preparing the target"
-            )
-        else:
-            sentence = f"{channel}: going Inactive {when}: {decision.reason}"
-        res = StepResult(
-            host=step.host,
-            verb=step.verb,
-            sentence=sentence,
-            started_at=started,
-            ended_at=now(),
-            measures={"waited_s": round(waited, 3), "expected_drain_s": decision.drain_s},
-        )
-        self._record(step, "done", sentence, started, res=res, remote_s=waited)
-
-    def _expect_drain_end(self, channels: list[str]) -> None:
-        """Have the drain's poll look when the channels' last running transfer is expected to
-        end (where the site's database tells how long each still needs)."""
-        db = self.site.database
-        if db is None or db.transfer_eta_query is None:
-            return
-        if self.eta is None:
-            self.eta = EtaReader(self.site, max_age_s=min(self.poll_s, 0.5))
-        try:
-            eta = self.eta.read()
-        except DatabaseUnavailable:
-            return  # the regular polls see the drain
-        ends = [r for c in channels for r in eta.get(c, [])]
-        if ends:
-            at = time.monotonic() + max(ends)
-            self.monitor.expect([at + d for d in DRAIN_END_POLLS_S])
-
-    def _wait_drained(self, step: Step, started: dt.datetime) -> None:
-        since = max(self.inactive_mono[c] for c in step.channels)
-        self._expect_drain_end(step.channels)
-        try:
-            sentence, waited = wait_drained_task(
-                self.monitor, step.host, step.channels, since, self.drain_timeout_s
-            )
-            self._record(step, "done", sentence, started, remote_s=waited)
-        except DrainTimeout as exc:
-            if not self.force:
-                raise
-            lost = sum(max(0, n) for n in exc.running.values())
-            with self.lock:
-                self.jobs_lost += lost
-                self.forced = True
-            self._record(
-                step,
-                "forced",
-                f"{step.host}: FORCED after {exc.timeout_s:.0f} s: "
-                f"{count(lost, 'running transfer')} of {', '.join(step.channels)} will lose "
-                "their state",
-                started,
-                remote_s=exc.timeout_s,
-            )
 
     # --- one chain -----------------------------------------------------------------------------
 
@@ -443,7 +355,7 @@ class Executor:
         try:
             for step in chain.steps:
                 failed = step
-                self.run_step(step)
+                self.do_step(step)
         except _ChainEnded:
             return
         except Superseded:
@@ -509,7 +421,7 @@ class Executor:
             key=f"{self.plan.procedure}-progress",
             description=f"{self.plan.procedure} on {self.plan.site}",
         )
-        self.acting_since = time.monotonic()
+        self.ctx.acting_since = time.monotonic()
         if self.monitor.channels:
             self.monitor.start(context_thread)
         try:
@@ -543,7 +455,7 @@ class Executor:
             raise
         finally:
             self.monitor.stop()
-            forget_standbys(self.shell)
+            end_run(self.shell)
             self._update_progress(final=True)
 
 
@@ -553,25 +465,8 @@ def context_thread(target: Callable[[], None]) -> threading.Thread:
     return threading.Thread(target=contextvars.copy_context().run, args=(target,), daemon=True)
 
 
-def _wait_drained(
-    monitor: DrainMonitor, host: str, channels: list[str], since: float, timeout_s: float
-) -> tuple[str, float]:
-    started = time.monotonic()
-    monitor.wait(channels, since, timeout_s)
-    waited = time.monotonic() - started
-    return f"{host}: {', '.join(channels)} drained after {waited:.1f} s", waited
-
-
-wait_drained_task = task(  # type: ignore[call-overload]
-    _wait_drained,
-    name="wait-drained",
-    task_run_name="wait-drained-{host}",
-    cache_policy=NO_CACHE,
-)
-
-
-def _run_chain(run: Executor, chain: Chain, chain_name: str) -> None:
-    run.run_chain(chain)
+def _run_chain(executor: Executor, chain: Chain, chain_name: str) -> None:
+    executor.run_chain(chain)
 
 
 chain_task = task(  # type: ignore[call-overload]

@@ -4,8 +4,8 @@ Every verb reads the host first, acts only on what differs from the wanted state
 host again and fails with `StepFailed` if the post-condition does not hold. Running a verb twice is
 harmless: the second run changes nothing and says so.
 
-The plain functions take a `Site`; the `*_task` objects are the same verbs as Prefect tasks that
-retry only on transient SSH errors.
+They take the run's SSH client; a plan's steps run them through `tasks.verbs`, as Prefect tasks
+that retry only on transient SSH errors.
 """
 
 from __future__ import annotations
@@ -13,10 +13,6 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
-from tasks import remote
 from tasks.adapters.ssh import CommandResult, TransientSshError
 from tasks.outcome import StepFailed, StepResult, count, listing, now, was
 from tasks.remote import SiteShell
@@ -274,19 +270,3 @@ def write_disabled(shell: SiteShell, host: str, agents: list[str]) -> StepResult
 def clear_disabled(shell: SiteShell, host: str, agents: list[str]) -> StepResult:
     """Remove agents from the host's `.disabled` file (the file goes when it would be empty)."""
     return _edit_disabled(shell, host, agents, listed=False)
-
-
-_retry = {**remote.TRANSIENT_RETRIES, "cache_policy": NO_CACHE}
-
-stop_agents_task = task(
-    stop_agents, name="stop-agents", task_run_name="stop-agents-{host}", **_retry
-)  # type: ignore[call-overload]
-start_agents_task = task(
-    start_agents, name="start-agents", task_run_name="start-agents-{host}", **_retry
-)  # type: ignore[call-overload]
-write_disabled_task = task(
-    write_disabled, name="write-disabled", task_run_name="write-disabled-{host}", **_retry
-)  # type: ignore[call-overload]
-clear_disabled_task = task(
-    clear_disabled, name="clear-disabled", task_run_name="clear-disabled-{host}", **_retry
-)  # type: ignore[call-overload]

@@ -7,12 +7,8 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
 from config.site import Site
 from flows.plans.steps import command
-from tasks import remote
 from tasks.outcome import StepFailed, StepResult, count, listing, now, was
 from tasks.remote import SiteShell
 from tasks.site_state import channel_states_from_db, read_channel_state
@@ -144,12 +140,3 @@ def read_states(shell: SiteShell, host: str, channels: list[str]) -> dict[str, s
                 zip(rest, ex.map(lambda c: read_channel_state(shell, host, c), rest), strict=True)
             )
     return got
-
-
-set_channels_task = task(  # type: ignore[call-overload]
-    set_channels,
-    name="set-channels",
-    task_run_name="set-channels-{state}-{host}",
-    cache_policy=NO_CACHE,
-    **remote.TRANSIENT_RETRIES,
-)

@@ -11,10 +11,17 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from config.site import Site
 from flows.plans.cutover import Cutover, decide
 from tasks.adapters.db import DatabaseUnavailable, read_transfer_eta
+from tasks.drain import Cancelled
+from tasks.outcome import StepResult, now
+
+if TYPE_CHECKING:
+    from flows.plans.verbs import AwaitCutover
+    from tasks.run_context import RunContext
 
 
 class EtaReader:
@@ -81,3 +88,42 @@ def wait_for_cutover(
             return d, time.monotonic() - began
         if cancel.wait(max(0.02, min(poll_s, d.after_s))):
             raise InterruptedError("cancelled while waiting for the cut-over")
+
+
+def await_cutover(ctx: RunContext, step: AwaitCutover) -> StepResult:
+    """Wait until the step's channel may go Inactive (its cut-over), or prepare for it.
+
+    Raises:
+        Cancelled: the run was cancelled meanwhile.
+    """
+    started = now()
+    (channel,) = step.channels
+    try:
+        decision, waited = wait_for_cutover(
+            ctx.eta(),
+            channel,
+            step.drain_s,
+            step.window_s,
+            ctx.acting_since,
+            ctx.poll_s,
+            ctx.cancel,
+            lead_s=step.lead_s,
+        )
+    except InterruptedError as exc:
+        raise Cancelled(str(exc)) from exc
+    when = f"after waiting {waited:.1f} s" if waited >= 0.05 else "at once"
+    if step.lead_s:
+        sentence = (
+            f"{channel}: its cut-over is at most {step.lead_s:g} s away ({when}): "
+            "preparing the target"
+        )
+    else:
+        sentence = f"{channel}: going Inactive {when}: {decision.reason}"
+    return StepResult(
+        host=step.host,
+        verb=step.verb,
+        sentence=sentence,
+        started_at=started,
+        ended_at=now(),
+        measures={"waited_s": round(waited, 3), "expected_drain_s": decision.drain_s},
+    )

@@ -22,10 +22,21 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
+from tasks.adapters.db import DatabaseUnavailable
 from tasks.adapters.ssh import SshError
+from tasks.outcome import StepResult, count, now
 from tasks.remote import SiteShell
 from tasks.site_state import read_channel_state, read_host
+
+if TYPE_CHECKING:
+    from flows.plans.verbs import WaitDrained
+    from tasks.run_context import RunContext
+
+#: extra drain polls after the moment the last running transfer is expected to end (its
+#: process exits a little after the end its start time and duration give)
+DRAIN_END_POLLS_S = (0.02, 0.07, 0.15)
 
 
 class DrainTimeout(RuntimeError):
@@ -260,3 +271,68 @@ class DrainMonitor:
                     self.error or (None if self.db_ok else self.db_error),
                 )
             self._cond.wait(timeout=min(left, 0.5))
+
+
+def _expect_drain_end(ctx: RunContext, monitor: DrainMonitor, channels: list[str]) -> None:
+    """Have the drain's poll look when the channels' last running transfer is expected to
+    end (where the site's database tells how long each still needs)."""
+    db = ctx.site.database
+    if db is None or db.transfer_eta_query is None:
+        return
+    try:
+        eta = ctx.eta().read()
+    except DatabaseUnavailable:
+        return  # the regular polls see the drain
+    ends = [r for c in channels for r in eta.get(c, [])]
+    if ends:
+        at = time.monotonic() + max(ends)
+        monitor.expect([at + d for d in DRAIN_END_POLLS_S])
+
+
+def wait_drained(ctx: RunContext, step: WaitDrained) -> StepResult:
+    """Wait until no transfer of the step's channels runs on its host, on the run's monitor.
+
+    The wait counts from the moment the run set the channels Inactive and is bounded by the
+    run's drain timeout; a forced run goes on after it, saying how many running transfers lose
+    their state (`StepResult.forced_lost`).
+
+    Raises:
+        ValueError: the run has no drain monitor.
+        DrainTimeout: the bound passed (and the run is not forced).
+        HostLost: the host could not be reached for too long.
+        Cancelled: the run was cancelled meanwhile.
+    """
+    monitor = ctx.monitor
+    if monitor is None:
+        raise ValueError(f"step {step.id}: the run has no drain monitor")
+    started = now()
+    since = max(ctx.inactive_mono[c] for c in step.channels)
+    _expect_drain_end(ctx, monitor, step.channels)
+    began = time.monotonic()
+    try:
+        monitor.wait(step.channels, since, ctx.drain_timeout_s)
+    except DrainTimeout as exc:
+        if not ctx.force:
+            raise
+        lost = sum(max(0, n) for n in exc.running.values())
+        sentence = (
+            f"{step.host}: FORCED after {exc.timeout_s:.0f} s: "
+            f"{count(lost, 'running transfer')} of {', '.join(step.channels)} will lose "
+            "their state"
+        )
+        return StepResult(
+            host=step.host,
+            verb=step.verb,
+            sentence=sentence,
+            started_at=started,
+            ended_at=now(),
+            forced_lost=lost,
+        )
+    waited = time.monotonic() - began
+    return StepResult(
+        host=step.host,
+        verb=step.verb,
+        sentence=f"{step.host}: {', '.join(step.channels)} drained after {waited:.1f} s",
+        started_at=started,
+        ended_at=now(),
+    )

@@ -30,6 +30,9 @@ class StepResult(BaseModel):
     acted_at: dt.datetime | None = None
     #: what a human must check although the step reached its post-condition
     human: list[str] = Field(default_factory=list)
+    #: the step went on past its bound because the run was forced: this many running
+    #: transfers lose their state (None: it was not forced)
+    forced_lost: int | None = None
 
 
 class StepFailed(RuntimeError):

@@ -392,7 +392,7 @@ def test_hand_over_sets_the_channel_active_when_the_database_sees_the_lock_relea
         assert "stop" not in verbs and "set-active" not in verbs, verbs
         assert verbs[-3:] == ["wait-drained", "hand-over", "await-serving"], verbs
         ho = chain.steps[-2]
-        assert ho.host == "fts101" and ho.others == ["fts102"]
+        assert ho.host == "fts101" and ho.target == "fts102"
         assert ho.channels == [chain.name] and len(ho.agents) == 1
         # the plan shows the stop command and the write, with the condition between them
         assert ho.commands[0] == f"service transfer-agents stop --instance {ho.agents[0]}"

@@ -174,7 +174,10 @@ def test_compensation_after_each_step_of_a_hand_over_chain() -> None:
     # its stop worked, then the channel could not be set: the standby keeps the agent
     partly = Ledger.after(plan, before)
     hand_over = next(x for x in chain.steps if x.verb == "hand-over")
-    partly.record(hand_over.model_copy(update={"verb": "stop", "id": f"{hand_over.id}#stop"}))
+    failure = RuntimeError("CERN-IN2P3 could not be set Active")
+    failure.stopped_agents = hand_over.agents  # type: ignore[attr-defined]
+    hand_over.partly_done(partly, failure)
+    assert f"{hand_over.id}#stop" in partly.done and hand_over.agents[0] in partly.stopped
     assert remedy(partly) == ("moved", ["await-serving@fts102", "set-active@fts101"])
     # done: stopped and Active; only the standby's await can fail after it
     done = Ledger.after(plan, ids["hand-over"])

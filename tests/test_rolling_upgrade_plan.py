@@ -60,7 +60,7 @@ def test_a_rerun_continues_with_the_hosts_not_yet_done() -> None:
         a.name for a in SITE.service.agents if a.primary == "fts102"
     )
     # the pre-check asks the hosts of the agents' backups to answer
-    assert plan.steps_on("fts102")[0].others == ["fts101"]
+    assert plan.steps_on("fts102")[0].backup_hosts == ["fts101"]
 
 
 def test_a_host_installed_but_not_restarted_is_restarted_without_a_new_install() -> None:

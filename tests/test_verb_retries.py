@@ -10,13 +10,14 @@ from prefect import flow
 
 import tasks.verbs
 from config.loader import load_site
-from flows.plans.model import Step
+from flows.plans.verbs import SetActive
 from tasks.adapters.ssh import PermanentSshError, TransientSshError
 from tasks.outcome import StepFailed, StepResult, now
 from tasks.remote import SiteShell
+from tasks.run_context import RunContext
 from tests.conftest import LAB_SITE
 
-STEP = Step(id="t/set-active", verb="set-active", host="fts101", channels=["CERN-CERN"])
+STEP = SetActive(id="t/set-active", host="fts101", channels=["CERN-CERN"])
 
 
 def _flaky(errors: list[BaseException], calls: list[int]) -> Any:
@@ -34,7 +35,7 @@ def _flaky(errors: list[BaseException], calls: list[int]) -> Any:
 
 @flow
 def _run_one() -> str:
-    return str(tasks.verbs.run_step(SiteShell(load_site(LAB_SITE)), STEP).sentence)
+    return str(tasks.verbs.run_step(RunContext(SiteShell(load_site(LAB_SITE))), STEP).sentence)
 
 
 def test_transient_errors_are_retried(prefect_api: str, monkeypatch: pytest.MonkeyPatch) -> None:

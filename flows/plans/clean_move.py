@@ -22,9 +22,9 @@ from pydantic import BaseModel, Field
 
 from config.site import Site
 from flows.plans.cutover import Cutover, decide
-from flows.plans.model import Chain, Phase, Plan, Step, Verb, steps_markdown
+from flows.plans.model import AnyStep, Chain, Phase, Plan, steps_markdown
 from flows.plans.snapshot import SiteSnapshot
-from flows.plans.steps import step
+from flows.plans.verbs import HandOver, step
 
 PROCEDURE = "clean-move"
 #: hot standby with a cut-over window: the standby is launched this long before the cut-over's
@@ -95,19 +95,6 @@ class MovePlan(Plan):
     def channels(self) -> list[str]:
         """The channels the move touches."""
         return [m.channel for m in self.agents if m.channel is not None]
-
-
-def _step(
-    site: Site,
-    sid: str,
-    verb: Verb,
-    host: str,
-    agents: list[str],
-    channels: list[str],
-    *,
-    all_agents: bool = False,
-) -> Step:
-    return step(site, sid, verb, host, agents, channels, all_agents=all_agents)
 
 
 def _classify(
@@ -210,26 +197,26 @@ def _chain_steps(
     *,
     drain: bool = True,
     all_agents: bool = False,
-) -> list[Step]:
+) -> list[AnyStep]:
     """The seed's steps 3-8 for a group of agents (all of them in one step each)."""
-    steps: list[Step] = []
+    steps: list[AnyStep] = []
     src, dst = req.from_host, req.to_host
     moving = [m for m in ms if m.action == "move"]
     starting = [m for m in ms if m.action in ("move", "start")]
     chans = [m.channel for m in ms if m.channel]
     move_chans = [m.channel for m in moving if m.channel]
     if drain and move_chans:
-        steps.append(_step(site, f"{prefix}set-inactive", "set-inactive", src, [], move_chans))
-        steps.append(_step(site, f"{prefix}wait-drained", "wait-drained", src, [], move_chans))
+        steps.append(step(site, f"{prefix}set-inactive", "set-inactive", src, [], move_chans))
+        steps.append(step(site, f"{prefix}wait-drained", "wait-drained", src, [], move_chans))
     if ms:
         # every agent of the move is listed on the source (a no-op where it already is), so a
         # reboot of the source does not start it there again
         steps.append(
-            _step(site, f"{prefix}write-disabled", "write-disabled", src, [m.agent for m in ms], [])
+            step(site, f"{prefix}write-disabled", "write-disabled", src, [m.agent for m in ms], [])
         )
     if moving:
         steps.append(
-            _step(
+            step(
                 site,
                 f"{prefix}stop",
                 "stop",
@@ -241,10 +228,10 @@ def _chain_steps(
         )
     if starting:
         names = [m.agent for m in starting]
-        steps.append(_step(site, f"{prefix}clear-disabled", "clear-disabled", dst, names, []))
-        steps.append(_step(site, f"{prefix}start", "start", dst, names, []))
+        steps.append(step(site, f"{prefix}clear-disabled", "clear-disabled", dst, names, []))
+        steps.append(step(site, f"{prefix}start", "start", dst, names, []))
     if chans:
-        steps.append(_step(site, f"{prefix}set-active", "set-active", dst, [], chans))
+        steps.append(step(site, f"{prefix}set-active", "set-active", dst, [], chans))
     return steps
 
 
@@ -319,7 +306,7 @@ def plan_clean_move(site: Site, snap: SiteSnapshot, req: MoveRequest) -> MovePla
             )
         )
     elif req.mode == "staged":
-        steps: list[Step] = []
+        steps: list[AnyStep] = []
         for m in moves:
             steps += _chain_steps(site, req, [m], f"{m.channel or m.vo}/")
         phases.append(
@@ -378,9 +365,7 @@ def _pipelined(
                 chains=[
                     Chain(
                         name="all channels",
-                        steps=[
-                            _step(site, "all/set-inactive", "set-inactive", src, [], move_chans)
-                        ],
+                        steps=[step(site, "all/set-inactive", "set-inactive", src, [], move_chans)],
                     )
                 ],
             )
@@ -389,9 +374,9 @@ def _pipelined(
     for m in moves:
         label = m.channel or f"vo-{m.vo}"
         p = f"{label}/"
-        steps: list[Step] = []
+        steps: list[AnyStep] = []
         moving = m.action == "move"
-        cut: list[Step] = []
+        cut: list[AnyStep] = []
         if moving and m.channel and drain_aware:
             assert eta is not None
             m.cutover = decide(
@@ -416,7 +401,7 @@ def _pipelined(
         if not (moving and req.hot_standby):
             steps += cut
             if moving and m.channel:
-                steps.append(_step(site, f"{p}wait-drained", "wait-drained", src, [], [m.channel]))
+                steps.append(step(site, f"{p}wait-drained", "wait-drained", src, [], [m.channel]))
             steps += _chain_steps(site, req, [m], p, drain=False)
             chains.append(Chain(name=label, steps=steps))
             continue
@@ -426,7 +411,7 @@ def _pipelined(
         # when that fits inside the agent's lock wait with a margin (else it would give up: it
         # is launched after the drain)
         m.standby_early = drain + req.expected_restart_s + lead <= 0.75 * req.lock_wait_s
-        standby = _step(site, f"{p}start-standby", "start-standby", dst, [m.agent], [])
+        standby = step(site, f"{p}start-standby", "start-standby", dst, [m.agent], [])
         if cut and m.standby_early:
             # the target is prepared while the channel still serves, just before its moment
             steps.append(
@@ -444,8 +429,8 @@ def _pipelined(
             )
         else:
             steps += cut
-        steps.append(_step(site, f"{p}write-disabled", "write-disabled", src, [m.agent], []))
-        steps.append(_step(site, f"{p}clear-disabled", "clear-disabled", dst, [m.agent], []))
+        steps.append(step(site, f"{p}write-disabled", "write-disabled", src, [m.agent], []))
+        steps.append(step(site, f"{p}clear-disabled", "clear-disabled", dst, [m.agent], []))
         if m.standby_early:
             steps.append(standby)
             if cut:
@@ -466,14 +451,14 @@ def _pipelined(
                 )
                 steps.append(cut[1])
         if m.channel:
-            steps.append(_step(site, f"{p}wait-drained", "wait-drained", src, [], [m.channel]))
+            steps.append(step(site, f"{p}wait-drained", "wait-drained", src, [], [m.channel]))
         if not m.standby_early:
             steps.append(standby)
         if m.channel and site.database is not None and site.database.sees_lock_release:
             # the channel goes Active the moment the agent's DB session ends (it can start no
             # transfer without its lock, which the standby takes), not once the stop returned
             steps.append(
-                step(site, f"{p}hand-over", "hand-over", src, [m.agent], [m.channel], others=[dst])
+                step(site, f"{p}hand-over", "hand-over", src, [m.agent], [m.channel], target=dst)
             )
         else:
             # on the channel's critical path: stopped, then verified (no read before)
@@ -481,8 +466,8 @@ def _pipelined(
             if m.channel:
                 # the source's agent is gone: only the standby can take the channel's work,
                 # and pending jobs wait for it in the database meanwhile
-                steps.append(_step(site, f"{p}set-active", "set-active", dst, [], [m.channel]))
-        steps.append(_step(site, f"{p}await-serving", "await-serving", dst, [m.agent], []))
+                steps.append(step(site, f"{p}set-active", "set-active", dst, [], [m.channel]))
+        steps.append(step(site, f"{p}await-serving", "await-serving", dst, [m.agent], []))
         chains.append(Chain(name=label, steps=steps))
     phases.append(Phase(name="move each agent as its channel drains", chains=chains))
     return phases
@@ -538,7 +523,7 @@ def plan_markdown(plan: MovePlan) -> str:
             + (
                 " Each channel goes Active the moment the database shows its agent's session "
                 "from the source ended, while the stop command still runs (hand-over)."
-                if any(s.verb == "hand-over" for s in plan.steps)
+                if any(isinstance(s, HandOver) for s in plan.steps)
                 else ""
             ),
             "",

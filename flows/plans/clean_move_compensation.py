@@ -12,8 +12,9 @@ from typing import Any
 
 from config.site import Site
 from flows.plans.clean_move import AgentMove, MovePlan
-from flows.plans.model import Chain, Ledger, Remedy, Step
-from flows.plans.steps import command, step
+from flows.plans.model import AnyStep, Chain, Ledger, Remedy
+from flows.plans.steps import command
+from flows.plans.verbs import ClearDisabled, step
 
 
 def chain_moves(plan: MovePlan, chain: Chain) -> list[AgentMove]:
@@ -72,7 +73,7 @@ def compensate_clean_move(
     src, dst = plan.from_host, plan.to_host
     remedies: list[Remedy] = []
 
-    def set_active(host: str, ch: str, **options: Any) -> Step:
+    def set_active(host: str, ch: str, **options: Any) -> AnyStep:
         return step(
             site,
             f"compensation/{ch}/set-active",
@@ -85,19 +86,19 @@ def compensate_clean_move(
             **options,
         )
 
-    def set_active_anywhere(ch: str) -> Step:
+    def set_active_anywhere(ch: str) -> AnyStep:
         # a channel's state lives in the database: when the source cannot be reached, the
         # target sets it (a move that fails because its source is lost must not leave the
         # channel Inactive, its agent serving nothing, until somebody notices)
         other = step(site, f"compensation/{ch}/set-active", "set-active", dst, [], [ch])
         return set_active(src, ch, fallback=[other])
 
-    def relist_on_target(a: str, label: str) -> list[Step]:
+    def relist_on_target(a: str, label: str) -> list[AnyStep]:
         # the run removed the agent from the target's `.disabled` file and the agent goes back
         # to the source: listed again, or a reboot of the target starts a second copy
         m = next((x for x in moves if x.agent == a), None)
         cleared = any(
-            s.verb == "clear-disabled" and s.host == dst and a in s.agents and s.id in ledger.done
+            isinstance(s, ClearDisabled) and s.host == dst and a in s.agents and s.id in ledger.done
             for s in plan.steps
         )
         if m is None or not m.listed_on_target or not cleared:
@@ -115,7 +116,7 @@ def compensate_clean_move(
             )
         ]
 
-    def stop_standby(a: str, label: str) -> list[Step]:
+    def stop_standby(a: str, label: str) -> list[AnyStep]:
         # its start on the target waits for the lock the source's agent holds: it must not
         # take the lock later, when nobody expects it (or give up and be reported dead)
         if a not in ledger.standby:
@@ -134,7 +135,7 @@ def compensate_clean_move(
         ]
         return steps + relist_on_target(a, label)
 
-    def rollback(a: str, ch: str | None, label: str, first: list[Step]) -> Remedy:
+    def rollback(a: str, ch: str | None, label: str, first: list[AnyStep]) -> Remedy:
         # stopped on the source, the target did not start it: started again on the source
         back = agent_human(site, plan, a, ch)
         steps = [

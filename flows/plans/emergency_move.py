@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field
 from config.site import Site, short_name
 from flows.plans.model import Chain, Phase, Plan
 from flows.plans.snapshot import HostSnapshot, SiteSnapshot
-from flows.plans.steps import step
+from flows.plans.verbs import step
 
 PROCEDURE = "emergency-move"
 Case = Literal["A", "B", "C"]

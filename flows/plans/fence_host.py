@@ -11,7 +11,7 @@ from pydantic import Field
 from config.site import Site
 from flows.plans.model import Chain, Phase, Plan
 from flows.plans.snapshot import HostSnapshot, SiteSnapshot
-from flows.plans.steps import step
+from flows.plans.verbs import step
 
 PROCEDURE = "fence-host"
 

@@ -21,9 +21,9 @@ import re
 from pydantic import BaseModel, Field
 
 from config.site import Site
-from flows.plans.model import Chain, Phase, Plan, Step, steps_markdown
+from flows.plans.model import AnyStep, Chain, Phase, Plan, steps_markdown
 from flows.plans.snapshot import SiteSnapshot
-from flows.plans.steps import step
+from flows.plans.verbs import step
 
 PROCEDURE = "rolling-upgrade"
 
@@ -146,12 +146,12 @@ def expected_agents(site: Site, snap: UpgradeSnapshot, host: str) -> list[str]:
 
 def host_steps(
     site: Site, host: str, agents: list[str], version: str | None, installed: str | None
-) -> list[Step]:
+) -> list[AnyStep]:
     """One host's steps: check, install (when the version differs), configure, restart."""
     backups = sorted(
         {(a.backup if a.primary == host else a.primary) for a in site.agents_configured_on(host)}
     )
-    steps = [step(site, f"{host}-check", "check-agents", host, agents, others=backups)]
+    steps = [step(site, f"{host}-check", "check-agents", host, agents, backup_hosts=backups)]
     if version is not None and installed != version:
         steps.append(step(site, f"{host}-install", "install-version", host, version=version))
     steps.append(step(site, f"{host}-configure", "configure-node", host))

@@ -43,7 +43,14 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from config.site import Site
-from flows.plans.model import Chain, Ledger, Phase, Plan, Remedy, Step
+from flows.plans.model import AnyStep, Chain, Ledger, Phase, Plan, Remedy
+from flows.plans.verbs import (
+    DropSessions,
+    FenceEpoch,
+    FrontendDisable,
+    FrontendEnable,
+    MoveAlias,
+)
 
 PROCEDURE = "switch"
 #: the program name of the front end's DB sessions (what a fence kills)
@@ -251,12 +258,11 @@ def plan_switch(site: Site, snap: SwitchSnapshot, req: SwitchRequest) -> SwitchP
     new_epoch = old_epoch + 1
     master_addr, to_addr = site.host(master).address, site.host(to).address
     redirect_s = dns.ttl_s + fe.redirect_margin_s
-    steps: list[Step] = []
+    steps: list[AnyStep] = []
     if mode == "planned":
         steps.append(
-            Step(
+            FrontendDisable(
                 id="disable-master",
-                verb="frontend-disable",
                 host=master,
                 address=to_addr,
                 seconds=redirect_s,
@@ -268,9 +274,8 @@ def plan_switch(site: Site, snap: SwitchSnapshot, req: SwitchRequest) -> SwitchP
     else:
         if m is not None and m.reachable:
             steps.append(
-                Step(
+                FrontendDisable(
                     id="disable-master",
-                    verb="frontend-disable",
                     host=master,
                     address="-",
                     commands=[_cmd(site, "frontend_disable", redirect="-", seconds=0)],
@@ -282,9 +287,8 @@ def plan_switch(site: Site, snap: SwitchSnapshot, req: SwitchRequest) -> SwitchP
                 )
             )
         steps += [
-            Step(
+            DropSessions(
                 id="drop-master-sessions",
-                verb="drop-sessions",
                 host=master,
                 agents=[FRONTEND_PROGRAM],
                 commands=[f"kill the DB sessions of {FRONTEND_PROGRAM} from {master}"],
@@ -294,9 +298,8 @@ def plan_switch(site: Site, snap: SwitchSnapshot, req: SwitchRequest) -> SwitchP
                 human=f"kill the DB sessions of {FRONTEND_PROGRAM} from {master} by hand (the "
                 "epoch fences its writes meanwhile)",
             ),
-            Step(
+            FenceEpoch(
                 id="fence",
-                verb="fence-epoch",
                 host=to,
                 epoch=new_epoch,
                 commands=[_cmd(site, "frontend_fence", epoch=new_epoch)],
@@ -305,18 +308,16 @@ def plan_switch(site: Site, snap: SwitchSnapshot, req: SwitchRequest) -> SwitchP
             ),
         ]
     steps += [
-        Step(
+        FrontendEnable(
             id="enable-slave",
-            verb="frontend-enable",
             host=to,
             epoch=new_epoch,
             commands=[_cmd(site, "frontend_enable", epoch=new_epoch)],
             pre=f"the database's epoch is at most {new_epoch}",
             post=f"{to} answers as the master with epoch {new_epoch}; {master} can no longer write",
         ),
-        Step(
+        MoveAlias(
             id="move-alias",
-            verb="move-alias",
             host=to,
             expect=[master_addr],
             expect_epoch=primary.epoch,
@@ -457,9 +458,8 @@ def compensate_switch(plan: SwitchPlan, ledger: Ledger, error: BaseException) ->
             note=f"the alias did not move; {plan.master} is the master again with epoch "
             f"{plan.rollback_epoch}",
             steps=[
-                Step(
+                FrontendEnable(
                     id="re-enable-master",
-                    verb="frontend-enable",
                     host=plan.master,
                     epoch=plan.rollback_epoch,
                     commands=[plan.master_enable_command],
@@ -467,9 +467,8 @@ def compensate_switch(plan: SwitchPlan, ledger: Ledger, error: BaseException) ->
                     human=f"enable the front end of {plan.master} by hand: "
                     f"`{plan.master_enable_command}`",
                 ),
-                Step(
+                FrontendDisable(
                     id="disable-slave",
-                    verb="frontend-disable",
                     host=plan.to,
                     address="-",
                     commands=[plan.slave_disable_command],

@@ -299,23 +299,23 @@ def _one(
         # what the channel's steps after the cut-over took (shared steps count for each)
         steps: dict[str, float] = {}
         said = [
-            st.sentence
-            for st in result.steps
-            if st.verb in ("await-cutover", "await-serving")
-            and (ch in st.channels or agent in st.agents)
+            rec.sentence
+            for rec in result.steps
+            if rec.verb in ("await-cutover", "await-serving")
+            and (ch in rec.channels or agent in rec.agents)
         ]
-        for st in result.steps:
-            if st.verb == "await-cutover" and ch in st.channels:
-                steps["cutover-waited"] = st.measures.get("waited_s", 0.0)
-            elif st.verb != "set-inactive" and (ch in st.channels or agent in st.agents):
-                took = (st.ended_at - st.started_at).total_seconds()
-                steps[st.verb] = round(steps.get(st.verb, 0.0) + took, 3)
-                if st.verb == "hand-over" and "active_after_let_go_s" in st.measures:
+        for rec in result.steps:
+            if rec.verb == "await-cutover" and ch in rec.channels:
+                steps["cutover-waited"] = rec.measures.get("waited_s", 0.0)
+            elif rec.verb != "set-inactive" and (ch in rec.channels or agent in rec.agents):
+                took = (rec.ended_at - rec.started_at).total_seconds()
+                steps[rec.verb] = round(steps.get(rec.verb, 0.0) + took, 3)
+                if rec.verb == "hand-over" and "active_after_let_go_s" in rec.measures:
                     # the agent's DB session gone -> its channel written Active (README: 10-40 ms)
-                    steps["active-after-let-go"] = st.measures["active_after_let_go_s"]
-                if st.verb == "wait-drained" and b.get("inactive_at"):
+                    steps["active-after-let-go"] = rec.measures["active_after_let_go_s"]
+                if rec.verb == "wait-drained" and b.get("inactive_at"):
                     # from the last transfer's end to the move knowing it
-                    seen = st.ended_at.timestamp() - b["inactive_at"] - b["drain_s"]
+                    seen = rec.ended_at.timestamp() - b["inactive_at"] - b["drain_s"]
                     steps["drain-noticed-after"] = round(max(0.0, seen), 3)
         down = float(score.downtime_s.get(ch, 0.0))
         limit = b.get("limit_s", 0.0)
