@@ -52,7 +52,7 @@ STATUS_ICON = {
 
 
 def impact_text(site: Site, plan: MovePlan) -> str:
-    """What stops for users while the move runs, in words (seed 002's component notes)."""
+    """What stops for users while the move runs, in words (and that no job is lost)."""
     chans = [m.channel for m in plan.agents if m.channel]
     vos = [m.vo for m in plan.agents if m.vo]
     parts = []

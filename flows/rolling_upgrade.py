@@ -1,4 +1,4 @@
-"""Flow `rolling-upgrade`: seed 001, host after host, in the maintenance window.
+"""Flow `rolling-upgrade`: upgrade the agents host after host, in the maintenance window.
 
 Check the window (outside it, or in a blackout, the run is refused with the next window's start
 unless forced with a reason, which is recorded); snapshot every host (processes, installed
@@ -132,7 +132,7 @@ def rolling_upgrade(
     pause_for_approval: bool | None = None,
     dry_run: bool = False,
 ) -> State[Any]:
-    """Upgrade the agents' software (or only their configuration) host after host (seed 001).
+    """Upgrade the agents' software (or only their configuration) host after host.
 
     Args:
         site_file: the site file.

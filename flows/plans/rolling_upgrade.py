@@ -1,4 +1,4 @@
-"""rolling-upgrade's plan: seed 001, one host after the other (pure).
+"""rolling-upgrade's plan: one host after the other (pure).
 
 Per host, in order (or in batches): check that its agents serve and that the hosts holding their
 backups answer; install the target version (SPMA); re-render the configuration (YAIM's

@@ -1,6 +1,6 @@
 """One HA group as one provider sees it: members, election by rank, modes (pure; time is given).
 
-The seed's modes: **initial** (just started: listening for `dT1` to learn the group),
+The modes: **initial** (just started: listening for `dT1` to learn the group),
 **normal** (a master is known, or being elected; the service is stopped here), **takeover**
 (elected, or asked by a human: announcing it for `dT2` so that a master that still runs stops,
 then starting the service), **master** (the service runs here), **giveup** (stopping the service:
