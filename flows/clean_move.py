@@ -273,7 +273,7 @@ def clean_move(
             status=status,
             summary=summary,
             ended_at=now(),
-            notifications=threads[0].n.status() if threads else "",
+            notifications=threads[0].notifier.status() if threads else "",
             **kw,
         )
         return end(result, report_markdown)

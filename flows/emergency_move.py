@@ -138,7 +138,7 @@ def emergency_move(
                 ended_at=now(),
                 status=status,
                 summary=summary,
-                notifications=thread.n.status(),
+                notifications=thread.notifier.status(),
                 **kw,
             )
             return end(result, report_markdown)

@@ -178,7 +178,7 @@ def rolling_upgrade(
                 config_only=target is None,
                 on_failure=up.on_failure,
                 forced_reason=force_window,
-                notifications=run.thread.n.status(),
+                notifications=run.thread.notifier.status(),
                 **kw,
             )
             return end(result, report_markdown)

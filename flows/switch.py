@@ -171,7 +171,7 @@ def switch(
                 ended_at=now(),
                 status=status,
                 summary=summary,
-                notifications=run.thread.n.status(),
+                notifications=run.thread.notifier.status(),
                 **kw,
             )
             return end(result, report_markdown)
