@@ -438,22 +438,22 @@ def _after_failure(
         snap = snapshot_host(run.shell, host)
         others = snapshot_site(run.shell, partners(site, host))
         failed_here = [a for a in host_plan.agents if not snap.runs(a)]
-        mplan = plan_emergency_move(
+        move_plan = plan_emergency_move(
             site,
             EmergencyRequest(host=host, reach="open", failed_here=failed_here),
             snap if snap.reachable else None,
             others,
         )
-        if not mplan.ok:
-            human.append(f"{host}: its agents could not be moved: {'; '.join(mplan.problems)}")
+        if not move_plan.ok:
+            human.append(f"{host}: its agents could not be moved: {'; '.join(move_plan.problems)}")
             return []
-        ex = Executor(run.shell, mplan)
+        ex = Executor(run.shell, move_plan)
         ex.execute()
         if ex.failed_chains:
             human.append(f"{host}: moving its agents failed: {'; '.join(ex.human)}")
         else:
             outcome.result = "moved"
-            moved = ", ".join(f"{short_name(m.agent)} → {m.to}" for m in mplan.moves)
+            moved = ", ".join(f"{short_name(m.agent)} → {m.to}" for m in move_plan.moves)
             outcome.note += f"; its agents moved to their backups ({moved or 'none needed'})"
             human.append(
                 f"{host} has the failed version {plan.version or '(config)'} installed and its "
