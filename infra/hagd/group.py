@@ -138,7 +138,11 @@ class Group:
         if leading:
             self.master = next((k for k, m in leading.items() if m.mode == "master"), self.master)
             best = max(leading.items(), key=lambda kv: (kv[1].rank, kv[0]))
-            if self.preempt and best[1].mode == "master" and not self._outranks(*_rk(best)):
+            if (
+                self.preempt
+                and best[1].mode == "master"
+                and not self._outranks(*_name_and_rank(best))
+            ):
                 if not self.yields:
                     self._to("takeover", now, f"pre-empting {best[0]} (rank {best[1].rank})")
             return []
@@ -243,5 +247,5 @@ class Group:
         del self.events[:-50]
 
 
-def _rk(kv: tuple[str, Member]) -> tuple[str, int]:
+def _name_and_rank(kv: tuple[str, Member]) -> tuple[str, int]:
     return kv[0], kv[1].rank
