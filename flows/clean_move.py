@@ -1,10 +1,10 @@
-"""Flow `clean-move`: move agents from one host to another without losing a job (seed 000).
+"""Flow `clean-move`: move agents from one host to another without losing a job.
 
 1. Snapshot both hosts and plan (`flows.plans.clean_move`): pre-checks (both hosts reachable,
    the agents configured on the target and running on the source, none on both) and the steps of
    the chosen mode. A failed pre-check changes nothing and says why; a dry run stops here.
 2. Hold the service (one procedure per service) and ask for approval as the site's policy says.
-3. Execute the plan (`flows.executor`): ``full`` and ``staged`` are seed 000's procedures;
+3. Execute the plan (`flows.executor`): ``full`` and ``staged`` are the procedures done by hand;
    ``pipelined`` moves each agent as soon as its own channel has drained; with the site's
    policy, each channel goes Inactive when its running transfers are about to end (a cut-over
    window) and each agent's start on the target waits for the DB lock before its stop on the
@@ -198,7 +198,7 @@ def clean_move(
     cutover_window_s: float | None = None,
     hot_standby: bool | None = None,
 ) -> State[Any]:
-    """Move agents from `from_host` to `to_host`, as seed 000's clean move, without losing a job.
+    """Move agents from `from_host` to `to_host` without losing a job.
 
     Args:
         site_file: the site file (validated when it loads).
@@ -273,7 +273,7 @@ def clean_move(
             status=status,
             summary=summary,
             ended_at=now(),
-            notifications=threads[0].n.status() if threads else "",
+            notifications=threads[0].notifier.status() if threads else "",
             **kw,
         )
         return end(result, report_markdown)

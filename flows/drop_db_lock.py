@@ -1,5 +1,5 @@
-"""Flow `drop-db-lock` (seed 000, FtsProcedureDropDBLock20): find the database sessions that come
-from a machine (optionally one agent's), show them, kill them, verify they are gone.
+"""Flow `drop-db-lock`: find the database sessions that come from a machine (optionally one
+agent's), show them, kill them, verify they are gone.
 
 The emergency move uses it when the primary cannot be reached and its agents' sessions hold the
 locks the backup's agents wait for.

@@ -1,9 +1,9 @@
-"""Flow `emergency-move`: move every agent of a failed host to its backup now (seed 000).
+"""Flow `emergency-move`: move every agent of a failed host to its backup now.
 
 Running transfers on the failed host are given up (their agent marks them failed when it starts
 on the backup; the VO's retry policy retries them); there is no drain. The flow probes the host's
-SSH port, snapshots what it can, and the planner (`flows.plans.emergency_move`) takes the seed's
-case on its own, saying which and why:
+SSH port, snapshots what it can, and the planner (`flows.plans.emergency_move`) takes the
+case (A, B or C) on its own, saying which and why:
 
 * **A**, the host answers SSH: write the `.disabled` entries, stop its agents, start them on the
   backup.
@@ -138,7 +138,7 @@ def emergency_move(
                 ended_at=now(),
                 status=status,
                 summary=summary,
-                notifications=thread.n.status(),
+                notifications=thread.notifier.status(),
                 **kw,
             )
             return end(result, report_markdown)

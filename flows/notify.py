@@ -52,7 +52,7 @@ STATUS_ICON = {
 
 
 def impact_text(site: Site, plan: MovePlan) -> str:
-    """What stops for users while the move runs, in words (seed 002's component notes)."""
+    """What stops for users while the move runs, in words (and that no job is lost)."""
     chans = [m.channel for m in plan.agents if m.channel]
     vos = [m.vo for m in plan.agents if m.vo]
     parts = []
@@ -270,7 +270,7 @@ class ProcedureThread:
         who: str,
         params: dict[str, Any],
     ) -> None:
-        self.n = notifier
+        self.notifier = notifier
         self.site = site
         self.procedure = procedure
         self.run_id = run_id
@@ -283,31 +283,35 @@ class ProcedureThread:
     def open(self) -> None:
         """Post the thread's first message, and say where the thread is (a Prefect Variable
         named after the run) so that the gateway can note alerts attached to the run in it."""
-        self.n.start(
+        self.notifier.start(
             mrkdwn("{} on {}: {}", self.procedure, self.site.site, self.title),
             root_blocks(self.procedure, self.site, self.title, self.who, self.params, self.run_url),
         )
-        if self.run_id and self.n.root_ts:
-            _remember_thread(self.run_id, self.n.channel_id or self.n.channel, self.n.root_ts)
+        if self.run_id and self.notifier.root_ts:
+            _remember_thread(
+                self.run_id,
+                self.notifier.channel_id or self.notifier.channel,
+                self.notifier.root_ts,
+            )
 
     def __call__(self, kind: str, data: dict[str, Any]) -> None:
         if data.get("run_id") != self.run_id:
             return  # another run's event (runs share the process in tests and `serve`)
         if kind == "step":
             rec = data["record"]
-            self.n.step(esc(rec.sentence), step_blocks(rec.outcome, rec.sentence))
+            self.notifier.step(esc(rec.sentence), step_blocks(rec.outcome, rec.sentence))
         elif kind == "step-sentence":
-            self.n.step(esc(data["sentence"]), step_blocks("done", data["sentence"]))
+            self.notifier.step(esc(data["sentence"]), step_blocks("done", data["sentence"]))
         elif kind == "drain":
             busy = ", ".join(f"{c} {n}" for c, n in data["running"].items())
-            self.n.progress(
+            self.notifier.progress(
                 mrkdwn(":hourglass_flowing_sand: running transfers on {}: {}", data["host"], busy)
             )
         elif kind == "result":
-            if self.run_id and self.n.root_ts:
+            if self.run_id and self.notifier.root_ts:
                 _remember_thread(self.run_id, None, None)
             r = data["result"]
-            self.n.finish(
+            self.notifier.finish(
                 mrkdwn("{}: {}", r.status, r.summary),
                 end_blocks(
                     r.status,
@@ -346,7 +350,7 @@ class ProcedureThread:
         """
         self.what = what
         pol = policy or self.site.policy(self.procedure)
-        self.n.approval(
+        self.notifier.approval(
             mrkdwn("Approval needed: {}", what),
             request_blocks(
                 self.run_id or "",
@@ -358,7 +362,7 @@ class ProcedureThread:
 
     def note(self, sentence: str) -> None:
         """Say one line in the thread (e.g. an alert attached to this run), as text."""
-        self.n.step(esc(sentence), step_blocks("note", sentence))
+        self.notifier.step(esc(sentence), step_blocks("note", sentence))
 
     def request_approval(self, plan: MovePlan, requester: str) -> None:
         """Post the approval request for `plan`."""
@@ -368,7 +372,7 @@ class ProcedureThread:
             f"{self.procedure} of {len(plan.agents)} agent(s), {plan.from_host} → "
             f"{plan.to_host} ({plan.mode})"
         )
-        self.n.approval(
+        self.notifier.approval(
             mrkdwn("Approval needed: {}", self.what),
             approval_blocks(
                 self.run_id or "",
@@ -383,7 +387,7 @@ class ProcedureThread:
 
     def decided(self, record: ApprovalRecord) -> None:
         """Replace the request by the decision, and say it in the thread."""
-        self.n.decided(decision_text(record), decision_blocks(record, self.what))
+        self.notifier.decided(decision_text(record), decision_blocks(record, self.what))
 
 
 def thread_variable(run_id: str) -> str:

@@ -1,4 +1,4 @@
-"""Flow `rolling-upgrade`: seed 001, host after host, in the maintenance window.
+"""Flow `rolling-upgrade`: upgrade the agents host after host, in the maintenance window.
 
 Check the window (outside it, or in a blackout, the run is refused with the next window's start
 unless forced with a reason, which is recorded); snapshot every host (processes, installed
@@ -132,7 +132,7 @@ def rolling_upgrade(
     pause_for_approval: bool | None = None,
     dry_run: bool = False,
 ) -> State[Any]:
-    """Upgrade the agents' software (or only their configuration) host after host (seed 001).
+    """Upgrade the agents' software (or only their configuration) host after host.
 
     Args:
         site_file: the site file.
@@ -178,7 +178,7 @@ def rolling_upgrade(
                 config_only=target is None,
                 on_failure=up.on_failure,
                 forced_reason=force_window,
-                notifications=run.thread.n.status(),
+                notifications=run.thread.notifier.status(),
                 **kw,
             )
             return end(result, report_markdown)
@@ -406,50 +406,54 @@ def _policy_words(site: Site) -> str:
 
 
 def _after_failure(
-    run: Run, plan: UpgradePlan, hp: HostPlan, outcome: HostOutcome, human: list[str]
+    run: Run, plan: UpgradePlan, host_plan: HostPlan, outcome: HostOutcome, human: list[str]
 ) -> list[StepRecord]:
     """Apply the site's `upgrade.on_failure` to a failed host; update its outcome; return the
     records of what was run."""
     site = run.shell.site
-    host = hp.host
+    host = host_plan.host
     policy = site.upgrade.on_failure
-    names = ", ".join(short_name(a) for a in hp.agents) or "none"
-    if policy == "rollback" and hp.installed and hp.installed != plan.version:
-        progress.emit("step-sentence", sentence=f"{host} failed: rolling it back to {hp.installed}")
-        ex = Executor(run.shell, plan_rollback(site, host, hp.agents, hp.installed))
+    names = ", ".join(short_name(a) for a in host_plan.agents) or "none"
+    if policy == "rollback" and host_plan.installed and host_plan.installed != plan.version:
+        progress.emit(
+            "step-sentence", sentence=f"{host} failed: rolling it back to {host_plan.installed}"
+        )
+        ex = Executor(run.shell, plan_rollback(site, host, host_plan.agents, host_plan.installed))
         ex.execute()
         if ex.failed_chains:
             human.append(
-                f"{host}: the rollback to version {hp.installed} failed too ({'; '.join(ex.human)}"
-                f"); its agents ({names}) may not serve: move them "
+                f"{host}: the rollback to version {host_plan.installed} failed too "
+                f"({'; '.join(ex.human)}); its agents ({names}) may not serve: move them "
                 f"(`handover run emergency-move --host {host}`)"
             )
         else:
             outcome.result = "rolled-back"
-            outcome.after = hp.installed
-            outcome.note += f"; rolled back to version {hp.installed}, its agents serve again"
+            outcome.after = host_plan.installed
+            outcome.note += (
+                f"; rolled back to version {host_plan.installed}, its agents serve again"
+            )
         return ex.records
     if policy == "move":
         progress.emit("step-sentence", sentence=f"{host} failed: moving its agents to backups")
         snap = snapshot_host(run.shell, host)
         others = snapshot_site(run.shell, partners(site, host))
-        failed_here = [a for a in hp.agents if not snap.runs(a)]
-        mplan = plan_emergency_move(
+        failed_here = [a for a in host_plan.agents if not snap.runs(a)]
+        move_plan = plan_emergency_move(
             site,
             EmergencyRequest(host=host, reach="open", failed_here=failed_here),
             snap if snap.reachable else None,
             others,
         )
-        if not mplan.ok:
-            human.append(f"{host}: its agents could not be moved: {'; '.join(mplan.problems)}")
+        if not move_plan.ok:
+            human.append(f"{host}: its agents could not be moved: {'; '.join(move_plan.problems)}")
             return []
-        ex = Executor(run.shell, mplan)
+        ex = Executor(run.shell, move_plan)
         ex.execute()
         if ex.failed_chains:
             human.append(f"{host}: moving its agents failed: {'; '.join(ex.human)}")
         else:
             outcome.result = "moved"
-            moved = ", ".join(f"{short_name(m.agent)} → {m.to}" for m in mplan.moves)
+            moved = ", ".join(f"{short_name(m.agent)} → {m.to}" for m in move_plan.moves)
             outcome.note += f"; its agents moved to their backups ({moved or 'none needed'})"
             human.append(
                 f"{host} has the failed version {plan.version or '(config)'} installed and its "
@@ -460,7 +464,7 @@ def _after_failure(
     human.append(
         f"{host} failed ({outcome.note}); the site's policy is to halt: its agents ({names}) "
         f"may not serve. Roll it back (`handover run rolling-upgrade --version "
-        f"{hp.installed or 'PREVIOUS'} --hosts {host} --yes`) or move its agents "
+        f"{host_plan.installed or 'PREVIOUS'} --hosts {host} --yes`) or move its agents "
         f"(`handover run emergency-move --host {host}`)"
     )
     return []

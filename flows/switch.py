@@ -1,4 +1,4 @@
-"""Flow `switch`: move the service's master role and its DNS alias to the slave (seeds 002, 004).
+"""Flow `switch`: move the service's master role and its DNS alias to the slave.
 
 Snapshot (the alias on every authoritative server and its epoch, the TSIG key, each front end's
 role and epoch and the database's), plan (`flows.plans.switch`), approve as the site's policy
@@ -171,7 +171,7 @@ def switch(
                 ended_at=now(),
                 status=status,
                 summary=summary,
-                notifications=run.thread.n.status(),
+                notifications=run.thread.notifier.status(),
                 **kw,
             )
             return end(result, report_markdown)

@@ -6,7 +6,7 @@ off its host onto the backup while transfers keep arriving, with its progress in
 report, and the lab's independent score (jobs lost, agents running twice). Last, a planned
 master-to-slave switch of the web front end and its DNS alias while the lab's clients submit
 through the alias, and what the clients saw (submissions lost, outage, writes by a fenced master).
-Then a rolling upgrade of every agent host to the next version (seed 001), with the database's
+Then a rolling upgrade of every agent host to the next version, with the database's
 own view of each agent's time down.
 """
 
@@ -115,7 +115,7 @@ def main() -> int:
             )
             if c.lost or c.writes_by_fenced_master:
                 switch_code = 1
-    # seed 001: every agent host upgraded one after the other, the transfers kept running
+    # the rolling upgrade: every agent host upgraded one after the other, the transfers kept running
     running = [a.version for h in lab.status().hosts for a in h.agents if a.version]
     now_on = max(set(running), key=running.count) if running else "1"
     target = {"1": "2", "2": "4", "4": "5"}.get(now_on, "2")

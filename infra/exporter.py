@@ -1,4 +1,4 @@
-"""`handover exporter`: seed 002's sensors as Prometheus metrics (``/metrics``).
+"""`handover exporter`: the service's sensors as Prometheus metrics (``/metrics``).
 
 A background thread reads the sensors (`tasks.sensors.read_sensors`, bounded in time) every
 `interval_s`; a scrape answers at once from the last reading and never waits for a host. Metrics

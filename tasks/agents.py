@@ -221,7 +221,7 @@ def _edit_disabled_locked(
         if names:
             content = "".join(f"{n}\n" for n in names)
             res = shell.run_argv(host, site.commands.disabled_argv("write"), stdin=content)
-        else:  # as seed 000 does: no entry left, no file
+        else:  # no entry left: no file, as the manual `rm -f` leaves it
             res = shell.run_argv(host, site.commands.disabled_argv("remove"))
         commands.append(res.command)
         if not res.ok:

@@ -1,4 +1,4 @@
-"""The DB-lock verbs of seed 000: find the sessions that come from a machine, and kill them.
+"""The DB-lock verbs: find the sessions that come from a machine, and kill them.
 
 The backends (PostgreSQL, MariaDB/MySQL, Oracle) are in `tasks.adapters.db`; see its contract.
 """

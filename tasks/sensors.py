@@ -1,4 +1,4 @@
-"""Seed 002's sensors, read through the snapshot path: what `handover exporter` publishes.
+"""The service's sensors, read through the snapshot path: what `handover exporter` publishes.
 
 One reading is the site's snapshot (each host's agents and transfer processes, each channel's
 state), each host's init-script status (which running agent serves), and each front end's role,

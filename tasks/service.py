@@ -1,5 +1,5 @@
-"""`handover service`: seed 002's start/stop/status of the FTS agents on one host, through the SSH
-layer, with OCF's exit codes (`flows.plans.service_status`).
+"""`handover service`: the start/stop/status procedure of the FTS agents on one host, through
+the SSH layer, with OCF's exit codes (`flows.plans.service_status`).
 
 `service_status` reads the host once (snapshot, `agents_status`, `installed_version`) and judges
 each agent; `service_start` and `service_stop` are the procedures' own idempotent verbs

@@ -1,6 +1,6 @@
 """Hot standby: an agent's start launched on the target before its stop on the source.
 
-Seed 000: an agent's start "blocks on the DB lock" while another session holds it, and takes it
+An agent's start blocks on the DB lock while another session holds it, and takes it
 the moment that session lets go. `start_standby` launches the profile's ``start_agent`` on the
 target without waiting for it (the command runs on, in a thread, holding its SSH channel, until
 the agent serves or gives up at its lock wait); `await_serving`, after the source's agent was

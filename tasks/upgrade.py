@@ -1,4 +1,4 @@
-"""Verbs of the rolling upgrade (seed 001): idempotent, verified, each with an outcome sentence.
+"""Verbs of the rolling upgrade: idempotent, verified, each with an outcome sentence.
 
 * `check_agents`: each agent of the host serves, and the hosts of their backups answer SSH.
 * `install_version`: the version is installed (SPMA runs only when another one is).

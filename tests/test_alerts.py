@@ -306,7 +306,7 @@ def test_a_recovery_never_opens_an_incident() -> None:
 
 def test_an_ha_group_report_starts_nothing_and_is_noted_on_the_hosts_incident() -> None:
     from infra.hagd.report import ha_alert
-    from infra.hooks.hook_crm import encode
+    from infra.hooks.crm import encode
 
     body = encode(
         ha_alert(

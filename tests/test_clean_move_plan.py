@@ -93,7 +93,7 @@ def test_pipelined_moves_each_agent_as_its_channel_drains() -> None:
     assert plan.estimated_downtime_s["CERN-CERN"] == 185
 
 
-def test_full_mode_is_the_seed_procedure_with_one_stop_of_every_agent() -> None:
+def test_full_mode_is_the_manual_procedure_with_one_stop_of_every_agent() -> None:
     plan = plan_clean_move(SITE, STEADY, req(mode="full"))
     (phase,) = plan.phases
     (chain,) = phase.chains
@@ -349,7 +349,7 @@ def test_hot_standby_launches_the_start_before_the_stop_within_the_lock_wait() -
     fnal = next(c for c in slow.phases[-1].chains if c.name == "CERN-FNAL")
     verbs = [s.verb for s in fnal.steps]
     assert verbs.index("wait-drained") < verbs.index("start-standby") < verbs.index("stop")
-    # the seed's full procedure stays the reference: no standby there
+    # the full procedure, as done by hand, stays the reference: no standby there
     full = plan_clean_move(SITE, STEADY, req(mode="full", hot_standby=True))
     assert not full.hot_standby and "start-standby" not in [s.verb for s in full.steps]
 

@@ -44,7 +44,7 @@ def test_lab_site_shape() -> None:
     assert site.policy("clean-move").approval == "required"
 
 
-def test_cern_site_has_the_seed_nodes() -> None:
+def test_cern_site_has_the_fts_agent_nodes() -> None:
     site = load_site(SITES / "cern-fts.yaml")
     assert [h.name for h in site.hosts] == ["fts101", "fts102", "fts105"]
     vo_hosts = {a.primary for a in site.service.agents if a.vo}

@@ -1,4 +1,4 @@
-"""The HA group daemon (seed 003): the state machine with a simulated clock and network (pure),
+"""The HA group daemon: the state machine with a simulated clock and network (pure),
 the protocol's trust rules (pure), and real daemons talking UDP on loopback addresses."""
 
 from __future__ import annotations

@@ -26,9 +26,9 @@ import pytest
 from config.loader import load_site
 from infra.gateway.alerts import parse_generic
 from infra.gateway.alerts import sign as gateway_sign
-from infra.hooks.hook_crm import alert_from_crm, classify, encode
-from infra.hooks.hook_delivery import sign
-from infra.hooks.hook_spool import spool
+from infra.hooks.crm import alert_from_crm, classify, encode
+from infra.hooks.delivery import sign
+from infra.hooks.spool import spool
 from infra.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -49,7 +49,7 @@ def test_approval_message_has_plan_estimate_impact_and_two_buttons() -> None:
     assert "fts101" in text and "stop" in text and "No decision within 600 s: rejected" in text
 
 
-def test_impact_follows_seed_002() -> None:
+def test_impact_says_what_stops_and_that_no_job_is_lost() -> None:
     text = impact_text(SITE, _plan())  # type: ignore[arg-type]
     assert "New transfers on CERN-CERN, CERN-RAL, CERN-FNAL, CERN-IN2P3 stop" in text
     assert "no job is lost" in text

@@ -1,4 +1,4 @@
-"""The rolling upgrade (seed 001) on the lab, with load on: the real SPMA and YAIM stand-ins, the
+"""The rolling upgrade on the lab, with load on: the real SPMA and YAIM stand-ins, the
 restart that keeps running transfers, the policies for a failed host, the maintenance windows and
 the schedule. One lab for the module: the tests run in file order and each says the state it
 leaves."""

@@ -1,4 +1,4 @@
-"""Seed 002's start/stop/status procedure on the lab: `handover service` with OCF's exit codes,
+"""The agents' start/stop/status procedure on the lab: `handover service` with OCF's exit codes,
 the OCF resource agent checked by Debian's `ocf-tester`, and run by a real Pacemaker that
 notices a dead agent, recovers it, and has handover's alert agent report the failure.
 

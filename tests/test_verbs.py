@@ -54,7 +54,7 @@ def test_disabled_entries(lab: RunningLab) -> None:
     assert snapshot_host(lab.shell, "fts106").disabled == ["glite-transfer-vo-agent-cms"]
     verbs.clear_disabled(lab.shell, "fts106", ["glite-transfer-vo-agent-cms"])
     assert snapshot_host(lab.shell, "fts106").disabled == []
-    # the file is gone, as seed 000's `rm -f` leaves it
+    # the file is gone, as the manual `rm -f` leaves it
     gone = lab.lab.exec("fts106", ["test", "-e", str(lab.site.commands.disabled_file)])
     assert gone.returncode == 1
     res = verbs.write_disabled(

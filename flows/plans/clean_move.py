@@ -1,11 +1,12 @@
-"""The clean move's plan: a pure function of the site and a snapshot of it (seed 000).
+"""The clean move's plan: a pure function of the site and a snapshot of it.
 
 `plan_clean_move` decides, for each agent, what a move from one host to another still has to do,
 and lays the steps out for the chosen mode:
 
-* ``full``: seed 000's full clean move. Every channel Inactive, wait until none runs a transfer,
-  write the `.disabled` entries, stop the agents, start them on the backup, every channel Active.
-* ``staged``: seed 000's per-agent procedure, one agent after the other.
+* ``full``: the full clean move, as done by hand. Every channel Inactive, wait until none runs a
+  transfer, write the `.disabled` entries, stop the agents, start them on the backup, every
+  channel Active.
+* ``staged``: the per-agent procedure done by hand, one agent after the other.
 * ``pipelined``: every channel Inactive at once; each agent moves the moment its own channel has
   drained, so a channel's downtime is its own drain plus the restart.
 
@@ -198,7 +199,10 @@ def _chain_steps(
     drain: bool = True,
     all_agents: bool = False,
 ) -> list[AnyStep]:
-    """The seed's steps 3-8 for a group of agents (all of them in one step each)."""
+    """A group's move: Inactive, drained, `.disabled`, stop, start on the target, Active.
+
+    All the group's agents or channels in one step each.
+    """
     steps: list[AnyStep] = []
     src, dst = req.from_host, req.to_host
     moving = [m for m in ms if m.action == "move"]

@@ -1,4 +1,4 @@
-"""The emergency move's plan: seed 000's three cases, decided from what a probe saw (pure).
+"""The emergency move's plan: its three cases, decided from what a probe saw (pure).
 
 * **A**, the host answers SSH: write the `.disabled` entries, stop its agents, then start them on
   their other hosts; a start that fails within the lock wait gets the DB sessions of those agents
@@ -29,15 +29,14 @@ Case = Literal["A", "B", "C"]
 Reach = Literal["open", "refused", "silent"]
 
 #: case B: how long after the backups' starts the host's DB sessions are killed, so that the
-#: starts already wait for their locks (seed 000: "with particular emphasis upon the agent that is
-#: currently trying to start")
+#: starts already wait for their locks and take them the moment the kill frees them
 KILL_AFTER_START_S = 1.0
 #: case B: how long to keep trying to stop the host's agents cleanly
 STOP_BOUND_S = 10.0
 
 
 def classify(reach: Reach, ssh_ok: bool) -> tuple[Case, str]:
-    """The seed's case from what the probe saw.
+    """The case (A, B or C) from what the probe saw.
 
     Args:
         reach: what the host's SSH port did: accept, refuse (RST), or stay silent.

@@ -1,4 +1,4 @@
-"""rolling-upgrade's plan: seed 001, one host after the other (pure).
+"""rolling-upgrade's plan: one host after the other (pure).
 
 Per host, in order (or in batches): check that its agents serve and that the hosts holding their
 backups answer; install the target version (SPMA); re-render the configuration (YAIM's
@@ -211,7 +211,7 @@ def plan_rolling_upgrade(site: Site, snap: UpgradeSnapshot, req: UpgradeRequest)
                 "never starts from an unhealthy site: start or move them first"
             )
             continue
-        hp = HostPlan(host=h, installed=u.installed, agents=agents, why="")
+        host_plan = HostPlan(host=h, installed=u.installed, agents=agents, why="")
         if req.version is not None and u.installed == req.version:
             behind = [
                 a
@@ -219,25 +219,27 @@ def plan_rolling_upgrade(site: Site, snap: UpgradeSnapshot, req: UpgradeRequest)
                 if (st := u.status(a)) is not None and st.version not in (None, req.version)
             ]
             if not behind:
-                hp.why = f"already runs version {req.version}"
-                done.append(hp)
+                host_plan.why = f"already runs version {req.version}"
+                done.append(host_plan)
                 continue
-            hp.why = f"version {req.version} installed, {len(behind)} agent(s) to restart on it"
+            host_plan.why = (
+                f"version {req.version} installed, {len(behind)} agent(s) to restart on it"
+            )
         elif req.version is not None:
-            hp.why = f"version {u.installed or 'unknown'} -> {req.version}"
+            host_plan.why = f"version {u.installed or 'unknown'} -> {req.version}"
         else:
-            hp.why = "configuration re-rendered, agents restarted"
-        todo.append(hp)
+            host_plan.why = "configuration re-rendered, agents restarted"
+        todo.append(host_plan)
     if problems:
         return UpgradePlan(**base, ok=False, problems=problems, done=done)
-    hosts = [hp.host for hp in todo]
+    hosts = [host_plan.host for host_plan in todo]
     batches: list[list[str]] = []
     rest = hosts
     if req.canary is not None and req.canary in hosts:
         batches.append([req.canary])
         rest = [h for h in hosts if h != req.canary]
     batches += [rest[i : i + req.batch] for i in range(0, len(rest), req.batch)]
-    by_host = {hp.host: hp for hp in todo}
+    by_host = {host_plan.host: host_plan for host_plan in todo}
     phases = [
         Phase(
             name=f"batch {i + 1}: " + ", ".join(b),

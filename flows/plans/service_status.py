@@ -1,6 +1,6 @@
 """What `handover service status|monitor` says of an agent on a host, with OCF's exit codes (pure).
 
-Seed 002's "start/stop/status procedure" as a resource manager needs it: *status* tells a
+The agents' start/stop/status procedure as a resource manager needs it: *status* tells a
 running agent (0), a cleanly stopped one (7: stopped by the service, or disabled) and a failed
 one (1: it failed to start, or died without being stopped) apart; *monitor* asks more of a
 running agent: that it serves (holds its lock with a live database session). An agent the site

@@ -1,4 +1,4 @@
-"""The master-to-slave switch (seeds 002, 004): its snapshot, request, plan and compensation.
+"""The master-to-slave switch: its snapshot, request, plan and compensation.
 
 The service's web front end runs as the master on one host, behind the DNS alias, and waits as a
 slave on the others. A switch disables the master, enables the slave in its master role with a

@@ -1,6 +1,6 @@
-"""`handover bench clean-move`: seed 000's full procedure against the pipelined mode, plain
-(stop then start, every channel Inactive at once) and with both of its refinements (hot standby
-and the drain-aware cut-over), and all three against the physical limit.
+"""`handover bench clean-move`: the full procedure done by hand against the pipelined mode,
+plain (stop then start, every channel Inactive at once) and with both of its refinements (hot
+standby and the drain-aware cut-over), and all three against the physical limit.
 
 Both run on the same workload: every round starts a fresh bench lab (its own addresses, port
 and state directory, so an operator's lab is untouched) with the load off, then switches it on.
@@ -52,7 +52,7 @@ from infra.lab.lab import Lab, derive_site_file
 from infra.lab.workload import trace
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-#: the pipelined move with both improvements against seed 000's full procedure, and its limit
+#: the pipelined move with both improvements against the full procedure, and its limit
 DOWNTIME_RATIO_TARGET = 0.3
 LIMIT_RATIO_TARGET = 1.15
 OVERHEAD_TARGET = 1.2
@@ -65,7 +65,7 @@ VARIANTS: dict[str, tuple[str, bool, float]] = {
     "pipelined": ("pipelined", True, CUTOVER_WINDOW_S),
 }
 LABELS = {
-    "full": "full (seed 000)",
+    "full": "full (by hand)",
     "pipelined_plain": "pipelined, stop then start, all Inactive at once",
     "pipelined": "pipelined, hot standby + drain-aware cut-over",
 }

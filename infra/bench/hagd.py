@@ -6,7 +6,7 @@ and stopped the service:
 
 * **failover**, for each setting of dT1/dT2 (1 s/1 s and 3 s/2 s by default): three providers
   (ranks 30, 20, 10); each round kills the master (SIGKILL: its box is gone) and times the kill
-  to the next provider's service start, against dT1 + dT2 (the seed's bound, plus the script);
+  to the next provider's service start, against dT1 + dT2 (the daemon's bound, plus the script);
   the killed provider then comes back as a backup;
 * **manual takeover**: `takeover` on a backup: the service's gap between the old master's stop
   and the new one's start (the takeover waits dT2 for the stop);
@@ -386,7 +386,7 @@ def bench_hagd(
     for s in out["settings"]:
         f, g = s["failover_s"], s["manual_takeover_gap_s"]
         bound = s["dt1_s"] + s["dt2_s"]
-        # the seed's bound plus the script's time and a heartbeat's
+        # the daemon's bound plus the script's time and a heartbeat's
         ok = ok and f["p95"] <= bound + 1.0
         lines += [
             f"  dT1 {s['dt1_s']:g} s, dT2 {s['dt2_s']:g} s: master killed -> next master serving "

@@ -1,4 +1,4 @@
-"""`handover bench rolling-upgrade`: seed 001's rolling upgrade on generated labs, timed.
+"""`handover bench rolling-upgrade`: the rolling upgrade on generated labs, timed.
 
 For each size (10 and 50 hosts by default), on a generated lab of its own (each host the primary
 of one channel agent) with the same load whatever the size (`load` jobs/s in total, spread over
@@ -37,7 +37,7 @@ OCTET = 245
 PREFECT_PORT = 20450
 #: the target of the orchestration's share of each host's time
 OVERHEAD_TARGET = 1.1
-#: the agents' time down across a restart (seed 001 accepts 1-2 s)
+#: the agents' time down across a restart (the manual procedure accepts 1-2 s)
 MISSED_P95_TARGET_S = 1.0
 #: act(N)/act(10) within this fraction of N/10
 SCALING_TOLERANCE = 0.10

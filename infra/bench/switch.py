@@ -1,4 +1,4 @@
-"""`handover bench switch`: the master-to-slave switch under load, timed (seeds 002, 004).
+"""`handover bench switch`: the master-to-slave switch under load, timed.
 
 For each alias TTL (the lab's 5 s and the production 60 s by default), on a lab of its own with
 its clients submitting through the alias, a temporary Prefect server (SQLite), and `handover
@@ -10,7 +10,7 @@ serve` + `handover gateway`:
   ``frontend_down`` alert sent at once, as the sensor would; timed: alert -> flow start, flow
   start -> alias updated (the primary answers the new address), alias updated -> first client
   success, and the whole client-visible outage; against the target alert-to-start + 3 s + TTL.
-* a **resolver flood** during one planned switch (seed 004's test): threads ask the alias of
+* a **resolver flood** during one planned switch: threads ask the alias of
   the authoritative servers as fast as they answer; queries sent and lost, and whether each
   thread's answers flip exactly once and never back.
 

@@ -1,4 +1,4 @@
-"""`handover hagd ...`: the HA group daemon (seed 003) and its control commands."""
+"""`handover hagd ...`: the HA group daemon and its control commands."""
 
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ def cmd_hagd(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     """Add the commands of this module to the `handover` parser."""
-    p = sub.add_parser("hagd", help="the HA group daemon (seed 003)")
+    p = sub.add_parser("hagd", help="the HA group daemon")
     hs = p.add_subparsers(dest="hagd_what", required=True)
     r = hs.add_parser("run", help="run the daemon (until SIGTERM)")
     r.add_argument("--config", required=True, help="the daemon's configuration file")

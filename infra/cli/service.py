@@ -116,7 +116,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "service",
         help="start, stop, status or monitor one host's FTS agents (OCF exit codes)",
-        description="Seed 002's start/stop/status procedure over SSH. Exit codes are OCF's: 0 "
+        description="The agents' start/stop/status procedure over SSH. Exit codes are OCF's: 0 "
         "running (monitor: serving), 7 cleanly stopped, 1 failed or the host cannot be asked, "
         "5 not installed, 6 not configured there, 2 bad arguments.",
     )
@@ -132,7 +132,7 @@ def register(sub: Any) -> None:
     p.add_argument("ocf_action", choices=["install"])
     p.add_argument("--ocf-root", default="/usr/lib/ocf", help="OCF_ROOT (default /usr/lib/ocf)")
     p.set_defaults(func=cmd_ocf)
-    p = sub.add_parser("exporter", help="seed 002's sensors as Prometheus metrics (/metrics)")
+    p = sub.add_parser("exporter", help="the service's sensors as Prometheus metrics (/metrics)")
     p.add_argument(
         "--address",
         default="127.0.0.1",

@@ -22,7 +22,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from config.site import AlertKind, AlertmanagerIntake, Site
-from infra.hooks import hook_delivery
+from infra.hooks import delivery
 
 #: a namespace for event ids derived from an alert's identity (the same alert, the same id)
 EVENT_NAMESPACE = uuid.UUID("6f1f4c52-5a43-4a43-9a8e-2f0b7f6c1d11")
@@ -70,7 +70,7 @@ class Alert(BaseModel):
 
 # the hooks sign with the same function (it lives with them: they run on the nodes with the
 # standard library only)
-sign = hook_delivery.sign
+sign = delivery.sign
 
 
 def verify_signature(

@@ -1,1 +1,1 @@
-"""The HA group daemon (seed 003): signed heartbeats, election by rank, takeover and give-up."""
+"""The HA group daemon: signed heartbeats, election by rank, takeover and give-up."""

@@ -1,10 +1,10 @@
-"""The HA group daemon's configuration: the seed's keys, checked at load like a site file.
+"""The HA group daemon's configuration: its keys, checked at load like a site file.
 
 Example (YAML)::
 
     id: fts101                  # this provider's unique id (default: the host name)
     address: 127.0.1.1          # where it listens and sends from
-    port: 3333                  # UDP, the seed's default
+    port: 3333                  # UDP, the default
     peers: {fts102: 127.0.1.2}  # the other members and their addresses: unicast to these
                                 # (where broadcast does not work); a heartbeat is accepted only
                                 # from the address listed for the member it names ...
@@ -210,7 +210,7 @@ def load_config(path: str | Path) -> HagdConfig:
         raise HagdConfigError(f"{path}: {exc}") from None
     if not isinstance(data, dict):
         raise HagdConfigError(
-            f"{path}: not a mapping of the seed's keys (port, group, script, ...)"
+            f"{path}: not a mapping of the daemon's keys (port, group, script, ...)"
         )
     try:
         return HagdConfig.model_validate(data)

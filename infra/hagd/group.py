@@ -1,6 +1,6 @@
 """One HA group as one provider sees it: members, election by rank, modes (pure; time is given).
 
-The seed's modes: **initial** (just started: listening for `dT1` to learn the group),
+The modes: **initial** (just started: listening for `dT1` to learn the group),
 **normal** (a master is known, or being elected; the service is stopped here), **takeover**
 (elected, or asked by a human: announcing it for `dT2` so that a master that still runs stops,
 then starting the service), **master** (the service runs here), **giveup** (stopping the service:
@@ -138,7 +138,11 @@ class Group:
         if leading:
             self.master = next((k for k, m in leading.items() if m.mode == "master"), self.master)
             best = max(leading.items(), key=lambda kv: (kv[1].rank, kv[0]))
-            if self.preempt and best[1].mode == "master" and not self._outranks(*_rk(best)):
+            if (
+                self.preempt
+                and best[1].mode == "master"
+                and not self._outranks(*_name_and_rank(best))
+            ):
                 if not self.yields:
                     self._to("takeover", now, f"pre-empting {best[0]} (rank {best[1].rank})")
             return []
@@ -243,5 +247,5 @@ class Group:
         del self.events[:-50]
 
 
-def _rk(kv: tuple[str, Member]) -> tuple[str, int]:
+def _name_and_rank(kv: tuple[str, Member]) -> tuple[str, int]:
     return kv[0], kv[1].rank

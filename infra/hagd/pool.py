@@ -1,4 +1,4 @@
-"""A stateless pool (seed 003, slide 2): one host name bound to the addresses of every provider
+"""A stateless pool: one host name bound to the addresses of every provider
 that serves, kept by the group (pure; time is given).
 
 Every provider of a pool group serves at once (a web server, a BDII): there is no election of a

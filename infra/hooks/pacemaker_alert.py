@@ -50,7 +50,7 @@ from pathlib import Path
 if not __package__:  # run as a script (Pacemaker) or imported from its directory: find the package
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from infra.hooks.hook_config import (
+from infra.hooks.config import (
     FLUSH_BUDGET_S,
     MAX_BODY_BYTES,
     MIN_SEND_S,
@@ -62,15 +62,15 @@ from infra.hooks.hook_config import (
     log,
     parse_timeout,
 )
-from infra.hooks.hook_crm import (
+from infra.hooks.crm import (
     classify,
     describe,
     encode,
 )
-from infra.hooks.hook_delivery import (
+from infra.hooks.delivery import (
     deliver,
 )
-from infra.hooks.hook_spool import (
+from infra.hooks.spool import (
     flush,
     pending,
     spool,

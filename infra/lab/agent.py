@@ -1,6 +1,6 @@
 """A simulated FTS 2 agent daemon, run inside a lab host by `service transfer-agents start`.
 
-Behaviour that the procedures depend on, as in seed 000:
+Behaviour that the procedures depend on, as the real agent does:
 
 * The agent takes a per-agent lock in the database (a PostgreSQL advisory lock held by its session)
   and cannot start while another session holds it: its start blocks for `lock_wait_s`, then fails.
@@ -293,7 +293,7 @@ class Agent:
         self.adopted.clear()
         self.state("db-lost", reason=str(exc)[:200])
         # a real agent backs off before reconnecting; an agent waiting for the lock elsewhere
-        # (polling every LOCK_POLL_S) takes it first, as seed 000's emergency procedure relies on
+        # (polling every LOCK_POLL_S) takes it first, as the emergency move relies on
         self.last_reconnect = time.monotonic()
 
     def reconnect(self) -> None:

@@ -4,7 +4,7 @@ Both are `named` from Debian's `bind9`, run in the foreground by the lab on the 
 addresses of the site's `dns` section. The primary accepts RFC 2136 updates signed with the lab's
 TSIG key only (generated per lab with `tsig-keygen`, its secret in the lab's secrets directory,
 where the site file's `dns.tsig_key` points); it NOTIFYs the secondary, which transfers the zone
-(seed 004's "DNS multiple masters"). The zone holds the service alias, an A record pointing at the
+(DNS with several masters). The zone holds the service alias, an A record pointing at the
 service's first host, and the service epoch, a TXT record beside it (``epoch=1``).
 """
 

@@ -1,4 +1,4 @@
-"""The FTS web front end of a lab host (seed 002), and its command ``fts-frontend``.
+"""The FTS web front end of a lab host, and its command ``fts-frontend``.
 
 The server (process title ``fts-frontend``) listens on the host's address and the site's
 ``frontend.port``. Its role lives in ``/etc/fts-frontend.role`` (the host's own /etc, so a

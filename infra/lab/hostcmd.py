@@ -4,7 +4,7 @@
   ``/etc/init.d/transfer-agents`` runs ``python -m infra.lab.hostcmd service ...``). ``start``
   honours ``/etc/glite-data-transfer-agents.disabled`` and blocks while an agent waits for its DB
   lock, then reports each agent's outcome; ``stop`` is graceful (SIGTERM, then SIGKILL after 10 s);
-  ``restart`` keeps the running transfers (seed 001: the old instance hands them over to the new
+  ``restart`` keeps the running transfers (the old instance hands them over to the new
   one); ``status`` shows each agent's software version and configuration digest.
 * ``glite-transfer-channel-set -S Active|Inactive CHANNEL`` and ``glite-transfer-channel-list
   CHANNEL`` (state in the database).
@@ -227,7 +227,7 @@ def start(rt: HostRuntime, instance: str | None) -> int:
 
 
 def restart(rt: HostRuntime, instance: str | None) -> int:
-    """Restart agents without losing their running transfers (seed 001).
+    """Restart agents without losing their running transfers.
 
     Each new instance is started first and waits for its DB lock; the old one is then asked
     (SIGHUP) to hand its running transfers over and release the lock, so the agent is down only

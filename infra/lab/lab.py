@@ -580,7 +580,7 @@ class Lab:
         )
         yaim.chmod(0o755)
         # the site-info file every host reads at the profile's default path: the lab's shared
-        # one (the seed's lives on AFS)
+        # one (a real site's lives on AFS)
         shared = opt / "glite" / "yaim" / "etc" / "site-info.def"
         shared.parent.mkdir(parents=True, exist_ok=True)
         shared.symlink_to(self.paths.site_info)

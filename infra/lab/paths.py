@@ -83,7 +83,7 @@ class LabPaths:
     @property
     def site_info(self) -> Path:
         """The YAIM site-info file the agents' configuration is rendered from (shared by every
-        host, as the seed's AFS file is)."""
+        host, as a site's file on AFS is)."""
         return self.root / "yaim" / "site-info.def"
 
     @property

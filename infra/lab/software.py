@@ -1,6 +1,6 @@
 """The agents' software and configuration on a lab host, and the commands that change them.
 
-Seed 001's rolling upgrade, as the lab plays it:
+The rolling upgrade, as the lab plays it:
 
 * **The repository** (``<state>/repo/glite-data-transfer-agents/<VERSION>/``): real files per
   version: ``release.json`` (name, version, release, and ``broken`` with the error a broken
@@ -14,7 +14,7 @@ Seed 001's rolling upgrade, as the lab plays it:
 * **The configuration** (``/etc/glite-data-transfer-agents.d/NAME.conf``): rendered by
   ``/opt/glite/yaim/scripts/configure_node SITE-INFO FTA`` from the installed version's templates
   and the site-info file (shell ``KEY=VALUE`` lines; the lab's lives in ``<state>/yaim``, shared by
-  every host as the seed's AFS file is). It prints what changed in each file, as YAIM does.
+  every host as a site's file on AFS is). It prints what changed in each file, as YAIM does.
 
 An agent reads its version and configuration when it starts (`agent_release`), records them in
 its state file, and stamps each transfer it starts with its version.
@@ -51,7 +51,7 @@ VERSIONS: dict[str, str | None] = {
 
 #: the lab's site-info file at `lab up` (the variables the templates use)
 DEFAULT_SITE_INFO = """\
-# YAIM site-info for the lab's FTA agents (seed 001). configure_node re-renders each agent's
+# YAIM site-info for the lab's FTA agents. configure_node re-renders each agent's
 # configuration from it: edit a value, run `configure_node THIS-FILE FTA`, restart the agents.
 FTA_LOG_LEVEL=INFO
 FTA_TRANSFER_TIMEOUT=3600

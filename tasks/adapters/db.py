@@ -1,4 +1,4 @@
-"""The service's database: list and kill the sessions that come from a machine (seed 000's DB
+"""The service's database: list and kill the sessions that come from a machine (its agents' DB
 lock), read every channel's state in one query (`read_channel_states`, for snapshots), set
 channels' states (`write_channel_states`, where the site allows it), and how long each running
 transfer still needs (`read_transfer_eta`, for a clean move's cut-over).

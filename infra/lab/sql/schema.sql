@@ -35,7 +35,7 @@ CREATE TABLE jobs (
     finished_at  timestamptz,
     host         text,
     agent_pid    integer,
-    -- the version of the agent software that started the transfer (seed 001: the new software
+    -- the version of the agent software that started the transfer (the new software
     -- serves the transfers started after the restart)
     agent_version text,
     lost_reason  text
@@ -76,7 +76,7 @@ CREATE TABLE lab_control (
     value text NOT NULL
 );
 
--- The web front end (seed 002). The service epoch is a fencing token: a master is enabled with an
+-- The web front end. The service epoch is a fencing token: a master is enabled with an
 -- epoch, claims it here, and writes with it; a write whose epoch is older than the current one is
 -- refused, so a master that was switched away from cannot write even if it never heard of it.
 CREATE TABLE service_epoch (

@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import NamedTuple
 
-from infra.hooks.hook_crm import PREFIX
+from infra.hooks.crm import PREFIX
 
 DEFAULT_SPOOL_DIR = "/var/spool/handover-alerts"
 DEFAULT_CONFIG_FILE = "/etc/handover/hooks.env"

@@ -10,14 +10,14 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-from infra.hooks.hook_config import (
+from infra.hooks.config import (
     MAX_SPOOL_FILES,
     MIN_SEND_S,
     Log,
     log,
 )
-from infra.hooks.hook_crm import describe
-from infra.hooks.hook_delivery import (
+from infra.hooks.crm import describe
+from infra.hooks.delivery import (
     deliver,
 )
 
