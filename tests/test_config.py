@@ -146,6 +146,18 @@ MALFORMED: list[tuple[str, dict[str, Any], str, str]] = [
         "not shorter",
     ),
     ("duplicate host", _mutate(["hosts", 3, "name"], "fts101"), "hosts[3].name", "defined twice"),
+    (
+        "a step timeout, which nothing reads",
+        _mutate(["procedures", "clean-move", "step_timeout_s"], 60),
+        "procedures.clean-move.step_timeout_s",
+        "each step is bounded by its verb's own bounds",
+    ),
+    (
+        "the agent user, which nothing reads",
+        {**base(), "commands": {"agent_user": "edguser"}},
+        "commands.agent_user",
+        "remove the line",
+    ),
     ("wrong database kind", _mutate(["database", "kind"], "sqlite"), "database.kind", "oracle"),
     (
         "channel states query that is not one SELECT",

@@ -20,7 +20,6 @@ COMMAND_PLACEHOLDERS: dict[str, frozenset[str]] = {
     "list_processes": frozenset(),
     "channel_state": frozenset({"channel"}),
     "set_channel_state": frozenset({"channel", "state"}),
-    "start_all": frozenset(),
     "stop_all": frozenset(),
     "start_agent": frozenset({"agent"}),
     "stop_agent": frozenset({"agent"}),
@@ -52,7 +51,6 @@ class Commands(SiteModel):
     channel_state: ArgvTemplate = ["glite-transfer-channel-list", "{channel}"]
     channel_state_regex: str = r"State:\s*(\w+)"
     set_channel_state: ArgvTemplate = ["glite-transfer-channel-set", "-S", "{state}", "{channel}"]
-    start_all: ArgvTemplate = ["service", "transfer-agents", "start"]
     stop_all: ArgvTemplate = ["service", "transfer-agents", "stop"]
     start_agent: ArgvTemplate = ["service", "transfer-agents", "start", "--instance", "{agent}"]
     stop_agent: ArgvTemplate = ["service", "transfer-agents", "stop", "--instance", "{agent}"]
@@ -112,7 +110,6 @@ class Commands(SiteModel):
     #: init script gives one); an agent not running with no such line was stopped cleanly
     agent_dead_regex: str = r"^(?P<agent>\S+) is dead(?: \((?P<reason>.*)\))?$"
     disabled_file: Path = Path("/etc/glite-data-transfer-agents.disabled")
-    agent_user: Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")] = "edguser"
     agent_process_regex: str = r"^(glite-transfer-(?:channel-agent-urlcopy|vo-agent)-\S+)"
     transfer_process_regex: str = r"^([A-Za-z0-9][A-Za-z0-9._-]*)__(\S+)"
 

@@ -30,7 +30,6 @@ class ProcedurePolicy(SiteModel):
     #: (and compensates) instead of waiting for `drain_timeout_s`
     drain_host_lost_s: float = Field(default=30.0, gt=0)
     poll_interval_s: float = Field(default=2.0, gt=0)
-    step_timeout_s: float = Field(default=120.0, gt=0)
     #: typical duration of one transfer, for downtime estimates (FTS 2: 3-4 minutes)
     expected_transfer_s: float = Field(default=210.0, ge=0)
     #: typical time to stop an agent and start it elsewhere, for downtime estimates
