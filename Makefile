@@ -49,9 +49,11 @@ lock:
 	mv requirements.lock.new requirements.lock
 	rm -rf $(LOCK_VENV) build
 
+# ruff, and the layers' contracts (pyproject.toml's [tool.importlinter]: nothing imports upward)
 lint: $(VENV)/.installed
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache
 
 typecheck: $(VENV)/.installed
 	$(PY) -m mypy

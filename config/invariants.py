@@ -7,7 +7,6 @@ site model runs it when a file loads (`Site._invariants`), like Patroni checks
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -51,7 +50,6 @@ def site_problems(site: Site) -> list[Problem]:
         *frontend_problems(site),
         *upgrade_problems(site),
         *slack_problems(site),
-        *lab_problems(site),
     ]
 
 
@@ -256,35 +254,3 @@ def slack_problems(site: Site) -> list[Problem]:
             )
         ]
     return []
-
-
-def lab_problems(site: Site) -> list[Problem]:
-    """A lab site: hosts on 127.0.0.0/8, a state directory the hosts can see."""
-    p: list[Problem] = []
-    if site.lab is not None:
-        for i, h in enumerate(site.hosts):
-            try:
-                loopback = ipaddress.ip_address(h.address).is_loopback
-            except ValueError:
-                loopback = False
-            if not loopback or ipaddress.ip_address(h.address).version != 4:
-                p.append(
-                    Problem(
-                        f"hosts[{i}].address",
-                        f"lab host {h.name} has address {h.address}, outside 127.0.0.0/8",
-                        "lab hosts live on loopback addresses such as 127.0.1.1",
-                    )
-                )
-        if not site.lab.state_dir.is_absolute():
-            p.append(
-                Problem("lab.state_dir", "must be an absolute path", "e.g. /var/tmp/handover-lab")
-            )
-        elif str(site.lab.state_dir).startswith(("/tmp/", "/run/")):
-            p.append(
-                Problem(
-                    "lab.state_dir",
-                    "lab hosts mount their own /tmp and /run, which would hide this directory",
-                    "use a directory under /var/tmp or /var/lib",
-                )
-            )
-    return p

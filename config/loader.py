@@ -35,6 +35,29 @@ _FIXES: dict[str, str] = {
 }
 
 
+#: fields that site files of an earlier release set and that nothing reads any more: the field's
+#: path (a pattern), why it went, and the fix; a file that still sets one is refused with these
+#: words rather than with "unknown field"
+_RETIRED: list[tuple[re.Pattern[str], str, str]] = [
+    (
+        re.compile(r"^procedures\.[^.]+\.step_timeout_s$"),
+        "no longer read: each step is bounded by its verb's own bounds (the SSH command timeout, "
+        "the drain, lock and approval timeouts)",
+        "remove the line",
+    ),
+    (
+        re.compile(r"^commands\.start_all$"),
+        "no longer read: agents are started one by one (commands.start_agent)",
+        "remove the line",
+    ),
+    (
+        re.compile(r"^commands\.agent_user$"),
+        "no longer read: the agents' init script runs them as their user",
+        "remove the line",
+    ),
+]
+
+
 class SiteConfigError(ValueError):
     """A site file is malformed. `problems` lists each one with its field path and fix."""
 
@@ -82,6 +105,9 @@ def problems_from_validation(exc: ValidationError) -> list[Problem]:
             fix = "see the message"
         if kind == "extra_forbidden":
             msg = "unknown field"
+            for pattern, why, retired_fix in _RETIRED:
+                if pattern.fullmatch(prefix):
+                    msg, fix = why, retired_fix
         problems.append(Problem(prefix, msg, fix))
     return problems
 

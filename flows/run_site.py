@@ -6,6 +6,7 @@ from __future__ import annotations
 from config.loader import load_reviewed_site, load_site_ref
 from config.site import Site
 from flows import progress
+from tasks.secret_blocks import use_prefect_secret_blocks
 
 
 def load_run_site(site_file: str) -> Site:
@@ -16,6 +17,7 @@ def load_run_site(site_file: str) -> Site:
         SiteConfigError: the file is invalid, or (for a run created through the API) outside
             the site directories.
     """
+    use_prefect_secret_blocks()  # the site's {prefect_secret: ...} references resolve in a run
     if progress.created_through_the_api():
         return load_reviewed_site(site_file)
     return load_site_ref(site_file)

@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from config.loader import SiteConfigError, load_site, parse_site
-from config.site import SecretError, SecretRef
+from config.site import SecretError, SecretRef, read_secret_blocks_with
+from tasks.secret_blocks import use_prefect_secret_blocks
 from tests.conftest import require
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -146,16 +147,16 @@ MALFORMED: list[tuple[str, dict[str, Any], str, str]] = [
     ),
     ("duplicate host", _mutate(["hosts", 3, "name"], "fts101"), "hosts[3].name", "defined twice"),
     (
-        "lab host outside loopback",
-        _mutate(["hosts", 0, "address"], "10.0.0.1"),
-        "hosts[0].address",
-        "outside 127.0.0.0/8",
+        "a step timeout, which nothing reads",
+        _mutate(["procedures", "clean-move", "step_timeout_s"], 60),
+        "procedures.clean-move.step_timeout_s",
+        "each step is bounded by its verb's own bounds",
     ),
     (
-        "lab state under /tmp",
-        _mutate(["lab", "state_dir"], "/tmp/lab"),
-        "lab.state_dir",
-        "/var/tmp",
+        "the agent user, which nothing reads",
+        {**base(), "commands": {"agent_user": "edguser"}},
+        "commands.agent_user",
+        "remove the line",
     ),
     ("wrong database kind", _mutate(["database", "kind"], "sqlite"), "database.kind", "oracle"),
     (
@@ -295,6 +296,18 @@ def test_secret_refs_resolve_without_leaking(
     monkeypatch.delenv("HANDOVER_TEST_SECRET")
     with pytest.raises(SecretError, match="HANDOVER_TEST_SECRET is not set"):
         ref.resolve()
+
+
+def test_a_prefect_secret_is_read_by_the_reader_registered() -> None:
+    ref = SecretRef(prefect_secret="fts-db-password")
+    read_secret_blocks_with(None)
+    try:
+        with pytest.raises(SecretError, match="reads no Prefect blocks"):
+            ref.resolve()
+        read_secret_blocks_with(lambda name: f"value of {name}")
+        assert ref.resolve().get_secret_value() == "value of fts-db-password"
+    finally:
+        use_prefect_secret_blocks()
 
 
 def _secret_file(tmp_path: Path, mode: int) -> Path:

@@ -83,7 +83,6 @@ def test_an_emergency_policy_proceeds_when_nobody_answers(lab: RunningLab, tmp_p
 
 
 def test_case_b_sshd_down_kills_the_sessions_then_fence(lab: RunningLab) -> None:
-    assert lab.site.lab is not None
     lab.lab.fault("fts101", "sshd-down")
     result = run(lab)
     assert result.status == "completed" and result.case == "B", result.summary

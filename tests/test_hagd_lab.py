@@ -19,6 +19,7 @@ import yaml
 
 from infra.hagd.daemon import ask
 from infra.lab.lab import hagd_group
+from infra.lab.settings import lab_settings
 from tasks.http_probe import ask_ready
 from tests.alert_stack import SECRET, Stack, alias_host, run_logs, stack_fixture
 from tests.alert_stack import switch_runs as runs_for
@@ -96,8 +97,7 @@ def back_normal(lab: RunningLab, host: str, timeout: float = 60) -> None:
 
 def settle(lab: RunningLab) -> float:
     """Seconds to watch for something that must not happen (two dT1: a full election)."""
-    assert lab.site.lab is not None
-    return 2 * lab.site.lab.hagd.dt1_s
+    return 2 * lab_settings(lab.site).hagd.dt1_s
 
 
 def test_the_highest_rank_is_elected_and_only_its_front_end_serves(lab: RunningLab) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from infra.lab.settings import lab_settings
 from tasks import agents as verbs
 from tasks.adapters.ssh import TransientSshError
 from tasks.channels import set_channels
@@ -178,7 +179,7 @@ def test_second_agent_blocks_on_the_db_lock_until_the_session_is_killed(lab: Run
     waited = time.monotonic() - t0
     msg = str(info.value)
     assert "could not take the DB lock" in msg and f"from {primary.address}" in msg, msg
-    assert waited >= lab.site.lab.lock_wait_s  # type: ignore[union-attr]
+    assert waited >= lab_settings(lab.site).lock_wait_s
     # now start it again and, while it waits, kill the primary's session for that agent
     import threading
 

@@ -651,9 +651,9 @@ def test_command_leaving_a_daemon_returns(lab: Lab, pool: SshPool) -> None:
 
 
 def test_output_is_capped(lab: Lab, pool: SshPool, monkeypatch: pytest.MonkeyPatch) -> None:
-    import tasks.adapters.ssh as ssh
+    import tasks.adapters.ssh.channel as channel  # where the cap is read
 
-    monkeypatch.setattr(ssh, "MAX_OUTPUT_BYTES", 100_000)
+    monkeypatch.setattr(channel, "MAX_OUTPUT_BYTES", 100_000)
     res = pool.run(lab.a.endpoint, "head -c 1000000 /dev/zero | tr '\\0' x; echo done >&2")
     assert res.ok
     assert res.stdout.startswith("x" * 100_000)

@@ -15,6 +15,7 @@ from infra.bench.clean_move import (
     pick_scenario,
 )
 from infra.lab.lab import derive_site_file
+from infra.lab.settings import lab_settings
 from infra.lab.workload import Workload, trace
 from tests.conftest import ROOT
 
@@ -48,20 +49,24 @@ def test_a_channels_stream_does_not_depend_on_the_others_or_the_ticks(tmp_path) 
     assert all(vo in ("atlas", "cms") for vo, _ in batched_a)
     # another seed, another stream
     assert site.lab is not None
-    transfers = site.lab.transfers.model_copy(update={"seed": site.lab.transfers.seed + 1})
-    other = site.model_copy(update={"lab": site.lab.model_copy(update={"transfers": transfers})})
+    seed = lab_settings(site).transfers.seed
+    other = site.model_copy(
+        update={
+            "lab": {**site.lab, "transfers": {**site.lab.get("transfers", {}), "seed": seed + 1}}
+        }
+    )
     assert trace(other, a, 20) != trace(site, a, 20)
 
 
 def test_the_cut_over_is_clear_of_long_starts_and_finds_long_transfers_running(tmp_path) -> None:  # type: ignore[no-untyped-def]
     site = _bench_site(tmp_path)
-    assert site.lab is not None
+    lab = lab_settings(site)
     moved = [a.channel for a in site.agents_on("fts101") if a.channel]
     sc = pick_scenario(site, moved, 6.0)
     assert sc.start_offset_s >= 6.0
     assert len(sc.long_in_flight_s) >= 2
-    lo = site.lab.transfers.long_s[0]
-    rate = site.lab.jobs_per_second_per_channel
+    lo = lab.transfers.long_s[0]
+    rate = lab.jobs_per_second_per_channel
     for ch in moved:
         for k, d in enumerate(trace(site, ch, 60)):
             if d >= lo:  # a long one: submitted k / rate s after the first submission

@@ -49,6 +49,7 @@ from pydantic import BaseModel
 from config.loader import load_site
 from config.site import Site
 from infra.lab.lab import Lab, derive_site_file
+from infra.lab.settings import lab_settings
 from infra.lab.workload import trace
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -117,13 +118,13 @@ def pick_scenario(site: Site, channels: list[str], earliest_s: float) -> Scenari
     Raises:
         ValueError: no such moment within two minutes of load.
     """
-    assert site.lab is not None
-    rate = site.lab.jobs_per_second_per_channel
+    lab = lab_settings(site)
+    rate = lab.jobs_per_second_per_channel
     horizon = earliest_s + 120.0
     n = int(horizon * rate) + 2
     longs: dict[str, list[tuple[float, float]]] = {}
     for ch in channels:
-        lo = site.lab.transfers.profile(ch).long_s[0]
+        lo = lab.transfers.profile(ch).long_s[0]
         longs[ch] = [(k / rate, d) for k, d in enumerate(trace(site, ch, n)) if d >= lo]
 
     def at(a: float) -> tuple[bool, dict[str, list[float]]]:

@@ -38,6 +38,7 @@ import yaml
 
 from infra.bench.alert import spread
 from infra.lab.lab import Lab, derive_site_file
+from infra.lab.settings import lab_settings
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 KEY = "bench-hagd-shared-key-0123456789abcdef"
@@ -300,8 +301,8 @@ def _lab_rounds(tmp: Path, rounds: int, progress: Callable[[str], None]) -> dict
     progress("lab: up with --hagd")
     lab.up(hagd=True)
     site = lab.site
-    assert site.frontend is not None and site.lab is not None
-    cfg, group = site.lab.hagd, hagd_group(site)
+    assert site.frontend is not None
+    cfg, group = lab_settings(site).hagd, hagd_group(site)
     fronts = site.frontend.hosts[:2]
 
     def view(host: str) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from config.loader import SiteConfigError
 from infra.cli import bench, hagd, lab, procedures, service, services, sitefile
 from infra.cli.common import DEFAULT_SITE, err, error
+from tasks.secret_blocks import use_prefect_secret_blocks
 
 __all__ = ["DEFAULT_SITE", "build_parser", "main"]
 
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `handover` console script."""
     args = build_parser().parse_args(argv)
+    use_prefect_secret_blocks()  # every command may resolve a {prefect_secret: ...} reference
     try:
         return int(args.func(args))
     except SiteConfigError as exc:

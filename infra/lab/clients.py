@@ -38,6 +38,7 @@ from config.loader import load_site
 from config.site import Site
 from infra.lab.db import connect
 from infra.lab.paths import LabPaths
+from infra.lab.settings import lab_settings
 
 RETRY_S = 0.1
 #: redirects followed per attempt (as an HTTP client library does)
@@ -95,8 +96,8 @@ class Clients:
     def __init__(self, paths: LabPaths) -> None:
         self.paths = paths
         self.site = load_site(paths.site_file)
-        assert self.site.lab is not None and self.site.frontend is not None
-        self.lab = self.site.lab
+        assert self.site.frontend is not None
+        self.lab = lab_settings(self.site)
         self.port = self.site.frontend.port
         self.password = paths.db_password.read_text().strip()
         self.conn: Any = None
@@ -157,7 +158,6 @@ class Clients:
 
     def _db(self) -> Any:
         if self.conn is None:
-            assert self.lab is not None
             self.conn = connect(self.lab.db_address, self.lab.db_port, self.password, timeout=3)
         return self.conn
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from infra.lab.errors import LabError
 from infra.lab.host import kill_host, port_open, signal_all
+from infra.lab.settings import lab_settings
 
 if TYPE_CHECKING:
     from infra.lab.lab import Lab
@@ -80,10 +81,10 @@ def inject(lab: Lab, host: str, kind: str) -> str:
         lab._apply_firewall({**rec.get("faults", {}), host: kind}, site, rec.get("ghost_ports"))
         done = f"{host}: its packets to the database are dropped"
     elif kind == "partition":
-        assert site.lab is not None
         lab._apply_firewall({**rec.get("faults", {}), host: kind}, site, rec.get("ghost_ports"))
         done = (
-            f"{host}: its HA group heartbeats (UDP {site.lab.hagd.port}) are dropped both ways; "
+            f"{host}: its HA group heartbeats (UDP {lab_settings(site).hagd.port}) are dropped "
+            "both ways; "
             "everything else passes"
         )
     elif kind == "frontend-down":
@@ -106,8 +107,7 @@ def _wait_unthrottled(lab: Lab, rec: dict[str, Any], host: str) -> None:
     """Wait until the lab daemon no longer throttles `host`: it may have read its control
     before the heal, and stop the host's processes once more. Every stopped process is resumed
     until none has been seen stopped for two of the daemon's ticks (bounded)."""
-    assert lab.site.lab is not None
-    quiet_s = 2 * lab.site.lab.tick_s
+    quiet_s = 2 * lab_settings(lab.site).tick_s
     deadline = time.monotonic() + quiet_s + 10
     calm_since = time.monotonic()
     while time.monotonic() < deadline:

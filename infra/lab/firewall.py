@@ -6,6 +6,7 @@ import subprocess
 
 from config.site import Site
 from infra.lab.errors import LabError
+from infra.lab.settings import lab_settings
 
 
 def table_name(site_name: str) -> str:
@@ -19,7 +20,7 @@ def apply(
     """Replace the lab's table with the rules of its current faults (crash: every packet of the
     host; db-unreachable: its packets to the database; partition: the HA group daemon's UDP
     heartbeats to and from it) and its crashed hosts' dead connections."""
-    assert site.lab is not None
+    lab = lab_settings(site)
     rules = []
     # the TCP connections of a crashed host are dead for good, even after it reboots: the
     # database server must never hear them close (it would release their locks)
@@ -33,14 +34,14 @@ def apply(
         if kind == "crash":
             rules += [f"ip daddr {addr} drop", f"ip saddr {addr} drop"]
         elif kind == "partition":  # the HA group daemon's heartbeats, both ways
-            port = site.lab.hagd.port
+            port = lab.hagd.port
             rules += [
                 f"ip saddr {addr} udp dport {port} drop",
                 f"ip daddr {addr} udp dport {port} drop",
             ]
         elif kind == "db-unreachable":
             rules += [
-                f"ip saddr {addr} ip daddr {site.lab.db_address} tcp dport {site.lab.db_port} drop",
+                f"ip saddr {addr} ip daddr {lab.db_address} tcp dport {lab.db_port} drop",
             ]
     script = (
         f"table inet {table}\ndelete table inet {table}\n"

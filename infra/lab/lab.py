@@ -44,6 +44,7 @@ from infra.lab.host import (
 )
 from infra.lab.paths import EDGUSER_UID, LabPaths
 from infra.lab.runtime import HostRuntime
+from infra.lab.settings import lab_settings
 from infra.lab.views import LabStatus, Score
 
 REQUIRED_COMMANDS = {
@@ -115,7 +116,7 @@ def missing_prerequisites() -> list[str]:
 
 
 class Lab:
-    """A lab for one site (the state directory is `site.lab.state_dir`)."""
+    """A lab for one site (the state directory is the site's `lab.state_dir`)."""
 
     def __init__(self, site: Site) -> None:
         if site.lab is None:
@@ -124,8 +125,9 @@ class Lab:
                 "(e.g. config/sites/lab.yaml)"
             )
         self.base_site = site
-        self.paths = LabPaths(site.lab.state_dir)
-        self.db = labdb.LabDatabase(self.paths, site.lab.db_address, site.lab.db_port)
+        self.settings = lab_settings(site)
+        self.paths = LabPaths(self.settings.state_dir)
+        self.db = labdb.LabDatabase(self.paths, self.settings.db_address, self.settings.db_port)
 
     @classmethod
     def from_file(cls, path: str | Path) -> Lab:
@@ -198,7 +200,6 @@ class Lab:
             progress("a previous lab did not stop cleanly; cleaning up first")
             self.down()
         site = scaled_site(self.base_site, hosts) if hosts else self.base_site
-        assert site.lab is not None
         if hagd and (site.frontend is None or len(site.frontend.hosts) < 2):
             raise LabError(
                 f"--hagd needs a site whose `frontend:` has at least two hosts ({site.site} "
@@ -260,7 +261,7 @@ class Lab:
             phases["hosts"] = time.monotonic() - t1
             t2 = time.monotonic()
             progress("agents: waiting for every agent to serve on its primary host")
-            self._wait_agents(site, rec, site.lab.lock_wait_s + 30)
+            self._wait_agents(site, rec, lab_settings(site).lock_wait_s + 30)
             phases["agents"] = time.monotonic() - t2
             rec["labd_pid"] = self._start_labd()
             self._save(rec)
@@ -483,8 +484,8 @@ class Lab:
         return f"the lab's HA group daemons report to {gateway}"
 
     def _hagd_config(self, site: Site, h: Host) -> dict[str, Any]:
-        assert site.lab is not None and site.frontend is not None
-        cfg = site.lab.hagd
+        assert site.frontend is not None
+        cfg = lab_settings(site).hagd
         fronts = site.frontend.hosts
         return {
             "id": h.name,
@@ -505,7 +506,7 @@ class Lab:
         }
 
     def _prepare_host(self, site: Site, h: Host, *, hagd: bool = False) -> None:
-        assert site.lab is not None
+        lab = lab_settings(site)
         d = self.paths.host_dir(h.name)
         hagd_yaml = self.paths.hagd_config(h.name)
         hagd_yaml.unlink(missing_ok=True)
@@ -547,13 +548,13 @@ class Lab:
             "host": h.name,
             "address": h.address,
             "agents": [{"name": a.name, "channel": a.channel, "vo": a.vo} for a in configured],
-            "db_address": site.lab.db_address,
-            "db_port": site.lab.db_port,
+            "db_address": lab.db_address,
+            "db_port": lab.db_port,
             "db_password_file": str(self.paths.db_password),
             "ghost_ports_file": str(self.paths.ghost_ports),
-            "lock_wait_s": site.lab.lock_wait_s,
-            "tick_s": site.lab.tick_s,
-            "max_active": site.lab.max_active_per_channel,
+            "lock_wait_s": lab.lock_wait_s,
+            "tick_s": lab.tick_s,
+            "max_active": lab.max_active_per_channel,
             "agent_uid": EDGUSER_UID,
             "python": sys.executable,
             "log_dir": str(d / "log"),

@@ -30,6 +30,7 @@ from infra.lab.db import connect
 from infra.lab.host import HostProc, processes_by_namespace, signal_all
 from infra.lab.paths import LabPaths
 from infra.lab.runtime import read_state, serves
+from infra.lab.settings import lab_settings
 from infra.lab.workload import Workload
 
 BACKLOG_CAP = 40
@@ -42,8 +43,7 @@ class LabDaemon:
     def __init__(self, paths: LabPaths) -> None:
         self.paths = paths
         self.site = load_site(paths.site_file)
-        assert self.site.lab is not None
-        self.lab = self.site.lab
+        self.lab = lab_settings(self.site)
         self.conn = connect(
             self.lab.db_address, self.lab.db_port, paths.db_password.read_text().strip()
         )

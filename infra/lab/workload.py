@@ -12,12 +12,12 @@ from __future__ import annotations
 import random
 
 from config.site import Site
+from infra.lab.settings import LabTransfers, lab_settings
 
 
-def draw_duration(rng: random.Random, site: Site, channel: str) -> float:
+def draw_duration(rng: random.Random, transfers: LabTransfers, channel: str) -> float:
     """One transfer duration from the channel's mixture."""
-    assert site.lab is not None
-    t = site.lab.transfers.profile(channel)
+    t = transfers.profile(channel)
     lo, hi = t.long_s if rng.random() < t.long_fraction else t.short_s
     return round(rng.uniform(lo, hi), 2)
 
@@ -26,10 +26,10 @@ class Workload:
     """The jobs the lab submits, channel by channel, in order."""
 
     def __init__(self, site: Site) -> None:
-        assert site.lab is not None
         self.site = site
         self.vos = [a.vo for a in site.service.agents if a.vo]
-        seed = site.lab.transfers.seed
+        self.transfers = lab_settings(site).transfers
+        seed = self.transfers.seed
         self._rngs = {
             ch: random.Random(f"{seed}/{ch}")  # noqa: S311 - a reproducible workload
             for ch in site.channels
@@ -39,7 +39,7 @@ class Workload:
         """The channel's next job: its VO (None when the site has no VO agents) and duration."""
         rng = self._rngs[channel]
         vo = rng.choice(self.vos) if self.vos else None
-        return vo, draw_duration(rng, self.site, channel)
+        return vo, draw_duration(rng, self.transfers, channel)
 
 
 def trace(site: Site, channel: str, n: int) -> list[float]:

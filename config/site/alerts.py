@@ -1,0 +1,92 @@
+"""Alert intake (the gateway): how monitors authenticate, and what each kind of alert starts."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import (
+    Field,
+    StringConstraints,
+    model_validator,
+)
+
+from config.site.base import SiteModel
+from config.site.secrets import SecretRef
+
+#: ``frontend_down``: the service's web front end failed on a host (the switch's sensor);
+#: ``ha_event``: the HA group daemon's election, loss or failure (`infra.hagd.report`): by
+#: default it starts nothing and is noted on the host's open incident
+AlertKind = Literal[
+    "host_down", "service_down", "resource_failed", "frontend_down", "recovered", "ha_event"
+]
+AlertProcedure = Literal["emergency-move", "switch"]
+
+
+DEFAULT_AM_KINDS: dict[str, AlertKind] = {"HostDown": "host_down", "FtsAgentDown": "service_down"}
+# a failure of an agent host (or of one of its resources) moves its agents; a failure of the
+# front end switches the master role and the alias
+DEFAULT_ALERT_PROCEDURES: dict[AlertKind, AlertProcedure] = {
+    "host_down": "emergency-move",
+    "service_down": "emergency-move",
+    "resource_failed": "emergency-move",
+    "frontend_down": "switch",
+}
+
+
+class BasicAuth(SiteModel):
+    """HTTP basic auth as Alertmanager sends it (`http_config.basic_auth`)."""
+
+    username: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    password: SecretRef
+
+
+class AlertmanagerIntake(SiteModel):
+    """How the gateway authenticates Alertmanager, and how its alerts map to handover's kinds."""
+
+    bearer_token: SecretRef | None = None
+    basic_auth: BasicAuth | None = None
+    #: alertname -> kind, for alerts without a `handover_kind` label
+    kinds: dict[str, AlertKind] = Field(default_factory=lambda: dict(DEFAULT_AM_KINDS))
+
+    @model_validator(mode="after")
+    def _one_auth(self) -> AlertmanagerIntake:
+        if (self.bearer_token is None) == (self.basic_auth is None):
+            raise ValueError(
+                "set exactly one of bearer_token or basic_auth (as in Alertmanager's "
+                "webhook_configs[].http_config)"
+            )
+        return self
+
+
+class Alerts(SiteModel):
+    """Alert intake (the gateway) and what alerts start.
+
+    Example:
+        ``alerts: {webhook_secret: {env: HANDOVER_WEBHOOK_SECRET}, dedup_window_s: 300}``
+    """
+
+    #: the HMAC-SHA256 secret of `POST /alerts/webhook` (hooks and generic monitors)
+    webhook_secret: SecretRef
+    alertmanager: AlertmanagerIntake | None = None
+    #: identical alerts for one host within this window start one run; later ones attach to it
+    dedup_window_s: float = Field(default=300.0, ge=1, le=86400)
+    #: the accepted clock skew of signed requests (replay window)
+    signature_window_s: float = Field(default=300.0, ge=10, le=3600)
+    max_body_bytes: int = Field(default=65536, ge=1024, le=1048576)
+    #: an alert whose event is older than this (a spooled one delivered after an outage) is
+    #: recorded, not acted on, unless a fresh probe of its host confirms the failure
+    max_age_s: float = Field(default=600.0, ge=10, le=86400)
+    #: the incident book shared by every gateway of the site: a reference to the URL of a
+    #: PostgreSQL database (postgresql://USER:PASSWORD@HOST:PORT/DATABASE); unset, each gateway
+    #: keeps its own book in memory (one gateway)
+    incident_store: SecretRef | None = None
+    #: what each alert kind starts (`recovered` never starts anything)
+    procedures: dict[AlertKind, AlertProcedure] = Field(
+        default_factory=lambda: dict(DEFAULT_ALERT_PROCEDURES)
+    )
+
+    @model_validator(mode="after")
+    def _recovered_starts_nothing(self) -> Alerts:
+        if "recovered" in self.procedures:
+            raise ValueError("procedures.recovered: a recovered alert never starts a procedure")
+        return self

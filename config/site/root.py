@@ -1,0 +1,99 @@
+"""The root of a site file: every section, the cross-field invariants, and lookups."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import (
+    Field,
+    model_validator,
+)
+
+from config.invariants import InvariantError, Problem
+from config.site.alerts import Alerts
+from config.site.base import HostName, SiteModel
+from config.site.commands import Commands
+from config.site.database import Database
+from config.site.dns import Dns
+from config.site.frontend import Frontend
+from config.site.hosts import Agent, Host, Service
+from config.site.procedures import ProcedurePolicy, Upgrade
+from config.site.slack import Slack
+from config.site.ssh import SshConfig
+
+
+class Site(SiteModel):
+    """A whole site: the root of a site file."""
+
+    site: HostName
+    description: str = ""
+    hosts: list[Host] = Field(min_length=1)
+    service: Service
+    commands: Commands = Field(default_factory=Commands)
+    ssh: SshConfig
+    database: Database | None = None
+    dns: Dns | None = None
+    frontend: Frontend | None = None
+    slack: Slack | None = None
+    alerts: Alerts | None = None
+    upgrade: Upgrade = Field(default_factory=Upgrade)
+    procedures: dict[str, ProcedurePolicy] = Field(default_factory=dict)
+    #: the settings of the lab that simulates this site (a lab site only): test equipment, so
+    #: not part of this schema; kept as given, and read and checked by the lab with its own
+    #: model (`infra.lab.settings.lab_settings`)
+    lab: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _invariants(self) -> Site:
+        problems = self.invariant_problems()
+        if problems:
+            raise InvariantError(problems)
+        return self
+
+    def invariant_problems(self) -> list[Problem]:
+        """Check what single fields cannot: references between fields and consistent bounds
+        (`config.invariants`)."""
+        from config.invariants import site_problems
+
+        return site_problems(self)
+
+    # --- lookups -------------------------------------------------------------------------------
+
+    def host(self, name: str) -> Host:
+        """The host called `name`.
+
+        Raises:
+            KeyError: with the known host names.
+        """
+        for h in self.hosts:
+            if h.name == name:
+                return h
+        raise KeyError(f"no host {name!r} in site {self.site}; hosts: {self.host_names()}")
+
+    def host_names(self) -> str:
+        """Comma-separated host names, for messages."""
+        return ", ".join(h.name for h in self.hosts)
+
+    def agent(self, name: str) -> Agent:
+        """The agent called `name` (KeyError if none)."""
+        for a in self.service.agents:
+            if a.name == name:
+                return a
+        raise KeyError(f"no agent {name!r} in site {self.site}")
+
+    def agents_on(self, host: str) -> list[Agent]:
+        """Agents whose primary host is `host`, in file order."""
+        return [a for a in self.service.agents if a.primary == host]
+
+    def agents_configured_on(self, host: str) -> list[Agent]:
+        """Agents that may run on `host` (as primary or backup)."""
+        return [a for a in self.service.agents if host in (a.primary, a.backup)]
+
+    @property
+    def channels(self) -> list[str]:
+        """All channels served by the site's channel agents."""
+        return [a.channel for a in self.service.agents if a.channel is not None]
+
+    def policy(self, procedure: str) -> ProcedurePolicy:
+        """The policy for a procedure, or the default policy."""
+        return self.procedures.get(procedure, ProcedurePolicy())

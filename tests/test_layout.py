@@ -1,0 +1,66 @@
+"""The code's layout: no product module over 600 lines, and the scripts Pacemaker and Heartbeat
+run directly import the standard library only.
+
+Product code is every module under config/, flows/, tasks/, infra/ and deployments/, except
+the lab (infra/lab/) and the benches (infra/bench/): they are test equipment, not what runs at
+a site, and three of their modules are longer today (infra/lab/lab.py, infra/lab/pacemaker.py,
+infra/bench/faults.py). The layers themselves are import-linter's contracts (pyproject.toml's
+``[tool.importlinter]``, run by ``make lint``); the two scripts below have no ``.py`` suffix, so
+import-linter does not see them.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+from tests.conftest import ROOT
+
+MAX_LINES = 600
+PRODUCT = ("config", "flows", "tasks", "infra", "deployments")
+TEST_EQUIPMENT = (ROOT / "infra" / "lab", ROOT / "infra" / "bench")
+#: run by Pacemaker (the OCF agent) and Heartbeat (the resource script) as they are
+SCRIPTS = (ROOT / "infra" / "ocf" / "fts-frontend", ROOT / "infra" / "hooks" / "handover-switch")
+
+
+def _product_modules() -> list[Path]:
+    return [
+        f
+        for top in PRODUCT
+        for f in sorted((ROOT / top).rglob("*.py"))
+        if not any(f.is_relative_to(d) for d in TEST_EQUIPMENT)
+    ]
+
+
+def test_no_product_module_is_over_600_lines() -> None:
+    modules = _product_modules()
+    assert len(modules) > 50
+    long = {
+        str(f.relative_to(ROOT)): n
+        for f in modules
+        if (n := len(f.read_text().splitlines())) > MAX_LINES
+    }
+    assert not long, (
+        f"modules over {MAX_LINES} lines: {long}; split each along what it holds (a package "
+        "whose __init__ re-exports the public names keeps its imports working)"
+    )
+
+
+def _imported(tree: ast.AST) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_the_scripts_pacemaker_and_heartbeat_run_import_the_standard_library_only() -> None:
+    # handover-switch imports its neighbour pacemaker_alert, which import-linter checks
+    allowed = set(sys.stdlib_module_names) | {"pacemaker_alert"}
+    for script in SCRIPTS:
+        imported = _imported(ast.parse(script.read_text(), str(script)))
+        foreign = sorted(m for m in imported if m.split(".")[0] not in allowed)
+        assert not foreign, f"{script.relative_to(ROOT)} imports {foreign}: standard library only"
