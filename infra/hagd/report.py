@@ -4,7 +4,7 @@ Each report is a generic alert of kind ``ha_event`` (it starts no procedure by d
 gateway notes it on the host's open incident, so it appears in the run's log and Slack thread,
 and always sends it to Prefect's event feed), signed and delivered by the hooks' sender: sent
 at once, or spooled when the gateway cannot take it and sent, in order, with the next one.
-Its settings are the hooks' (`infra.hooks.config`: ``HANDOVER_GATEWAY_URL``,
+Its settings are the hooks' (`infra.hooks.settings`: ``HANDOVER_GATEWAY_URL``,
 ``HANDOVER_SITE``, ``HANDOVER_SERVICE``, the webhook secret, ``HANDOVER_SPOOL_DIR``,
 ``HANDOVER_HOST_MAP`` from provider ids to the site's host names), read from the daemon's
 `report` file at every send, so a file written after the daemon started is used.
@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from infra.hooks.config import load_config
 from infra.hooks.crm import encode
 from infra.hooks.pacemaker_alert import submit
+from infra.hooks.settings import load_config
 
 log = logging.getLogger("handover.hagd")
 

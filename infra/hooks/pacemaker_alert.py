@@ -50,7 +50,15 @@ from pathlib import Path
 if not __package__:  # run as a script (Pacemaker) or imported from its directory: find the package
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from infra.hooks.config import (
+from infra.hooks.crm import (
+    classify,
+    describe,
+    encode,
+)
+from infra.hooks.delivery import (
+    deliver,
+)
+from infra.hooks.settings import (
     FLUSH_BUDGET_S,
     MAX_BODY_BYTES,
     MIN_SEND_S,
@@ -61,14 +69,6 @@ from infra.hooks.config import (
     load_config,
     log,
     parse_timeout,
-)
-from infra.hooks.crm import (
-    classify,
-    describe,
-    encode,
-)
-from infra.hooks.delivery import (
-    deliver,
 )
 from infra.hooks.spool import (
     flush,

@@ -10,15 +10,15 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-from infra.hooks.config import (
+from infra.hooks.crm import describe
+from infra.hooks.delivery import (
+    deliver,
+)
+from infra.hooks.settings import (
     MAX_SPOOL_FILES,
     MIN_SEND_S,
     Log,
     log,
-)
-from infra.hooks.crm import describe
-from infra.hooks.delivery import (
-    deliver,
 )
 
 

@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from infra.hooks.config import read_config_file
+from infra.hooks.settings import read_config_file
 from infra.lab import frontend
 from infra.lab.runtime import HostRuntime, load_runtime
 
