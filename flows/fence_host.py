@@ -1,72 +1,185 @@
 """Flow `fence-host`: a host back after an emergency move must not serve its moved agents again.
 
-Snapshot the host and its agents' other hosts, plan (`flows.plans.fence_host`): list in the host's
-`.disabled` file every agent of it that runs on its other host, and stop those that run on both.
+The same skeleton as every procedure: the run's thread and SSH client, the service lock (no
+other procedure acts on the same agents meanwhile), a snapshot of the host and of its agents'
+other hosts, the plan (`flows.plans.fence_host`: list in the host's `.disabled` file every agent
+of it that runs on its other host, and stop those that run on both), the site's approval policy
+for fence-host, the executor, a verification from a fresh snapshot of the host, the report.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import getpass
+from typing import Any, Literal
 
 from prefect import flow
 from prefect.client.schemas.objects import State
-from prefect.states import Completed, Failed
 
+from config.site import short_name
 from flows.executor import Executor
+from flows.notify import mrkdwn
 from flows.plans.emergency_move import partners
-from flows.plans.fence_host import PROCEDURE, plan_fence_host
-from flows.plans.snapshot import SiteSnapshot
+from flows.plans.fence_host import PROCEDURE, FencePlan, plan_fence_host
+from flows.plans.model import steps_markdown
+from flows.plans.snapshot import HostSnapshot, SiteSnapshot
+from flows.procedure import Run, end, holding_service, procedure_run
 from flows.result import ProcedureResult
 from flows.run_site import load_run_site
+from flows.service_lock import ServiceLockError
 from tasks.outcome import count, now
-from tasks.remote import SiteShell
 from tasks.site_state import snapshot_host, snapshot_site
 
 
+class FenceResult(ProcedureResult):
+    """The typed result of fence-host."""
+
+    procedure: str = PROCEDURE
+    host: str
+    status: Literal["completed", "failed", "refused", "rejected"]
+    plan: FencePlan | None = None
+
+
 @flow(name=PROCEDURE, persist_result=False)
-def fence_host(site_file: str, host: str) -> State[Any]:
+def fence_host(
+    site_file: str,
+    host: str,
+    requested_by: str = "",
+    pause_for_approval: bool | None = None,
+) -> State[Any]:
     """List the host's moved agents in its `.disabled` file and stop those that run twice.
 
+    Args:
+        site_file: the site file.
+        host: the host that came back.
+        requested_by: who asked (an operator, a procedure's report).
+        pause_for_approval: ask a human first (default: the site's policy for fence-host).
+
     Returns:
-        A Completed state whose message says what was fenced, or a Failed one saying why not;
-        its data is the `ProcedureResult`.
+        A Completed state (completed, rejected) or a Failed one (failed, refused) whose message
+        says what was fenced or why not; its data is the `FenceResult`.
     """
     started = now()
     site = load_run_site(site_file)
+    who = requested_by or getpass.getuser()
+
+    def result(status: str, summary: str, **kw: Any) -> FenceResult:
+        return FenceResult(
+            site=site.site,
+            host=host,
+            requested_by=who,
+            status=status,
+            summary=summary,
+            started_at=started,
+            ended_at=now(),
+            **kw,
+        )
+
     if host not in {h.name for h in site.hosts}:
-        return Failed(
-            message=f"refused: no host {host!r} in site {site.site} (hosts: "
-            f"{site.host_names()}); nothing changed"
+        return end(
+            result(
+                "refused",
+                f"refused: no host {host!r} in site {site.site} (hosts: {site.host_names()}); "
+                "nothing changed",
+            ),
+            report_markdown,
         )
-    with SiteShell(site) as shell:
-        snap = snapshot_host(shell, host)
-        others = (
-            snapshot_site(shell, partners(site, host))
-            if snap.reachable
-            else SiteSnapshot(site=site.site, taken_at=now(), hosts=[])
-        )
-        plan = plan_fence_host(site, host, snap, others)
-        if not plan.ok:
-            return Failed(message="; ".join(plan.problems))
-        run = Executor(shell, plan)
-        run.execute()
-    listed = [a for r in run.records if r.verb == "write-disabled" for a in r.changed]
+    with procedure_run(site, PROCEDURE, f"{host} is back", who, {"host": host}) as run:
+        try:
+            with holding_service(site, PROCEDURE, subject=host):
+                found = _fence(run, host, who, pause_for_approval)
+        except ServiceLockError as exc:
+            found = {"status": "refused", "summary": str(exc)}
+        found["notifications"] = run.thread.notifier.status()
+        found["flow_run_id"] = run.thread.run_id
+        return end(result(**found), report_markdown)
+
+
+def _fence(run: Run, host: str, who: str, pause: bool | None) -> dict[str, Any]:
+    """Snapshot, plan, approve, execute, verify; the result's fields."""
+    shell, site = run.shell, run.shell.site
+    snap = snapshot_host(shell, host)
+    others = (
+        snapshot_site(shell, partners(site, host))
+        if snap.reachable
+        else SiteSnapshot(site=site.site, taken_at=now(), hosts=[])
+    )
+    plan = plan_fence_host(site, host, snap, others)
+    if not plan.ok:
+        return {"status": "refused", "summary": "; ".join(plan.problems), "plan": plan}
+    if not plan.moved:
+        return {
+            "status": "completed",
+            "summary": f"{host}: nothing to fence ({plan.configured} agents, none moved)",
+            "plan": plan,
+        }
+    what = f"fence-host of {host}: {count(len(plan.moved), 'agent')} served elsewhere"
+    approval = run.approve(
+        site.policy(PROCEDURE),
+        pause,
+        who,
+        what,
+        [
+            mrkdwn("Site *{}*, requested by {}.", site.site, who),
+            mrkdwn(
+                "*Listed in {}*: {}",
+                site.commands.disabled_file,
+                ", ".join(short_name(a) for a in plan.moved),
+            ),
+            mrkdwn(
+                "*Stopped there* (they run on both hosts): {}",
+                ", ".join(short_name(a) for a in plan.twice) or "none",
+            ),
+        ],
+    )
+    if not approval.approved:
+        return {
+            "status": "rejected",
+            "summary": f"{approval.sentence()}; nothing changed",
+            "approval": approval,
+            "plan": plan,
+        }
+    executor = Executor(shell, plan)
+    executor.execute()
+    after = snapshot_host(shell, host)
+    human = [*executor.human, *_not_fenced(plan, after)]
+    listed = [a for r in executor.records if r.verb == "write-disabled" for a in r.changed]
+    failed = bool(executor.failed_chains) or bool(human)
     summary = (
-        f"{host} fenced: {count(len(plan.moved), 'agent')} served elsewhere are listed in "
+        f"{host}: fencing failed: " + "; ".join(human)
+        if failed
+        else f"{host} fenced: {count(len(plan.moved), 'agent')} served elsewhere are listed in "
         f"{site.commands.disabled_file} ({len(listed)} newly), "
         f"{count(len(plan.twice), 'agent')} stopped there"
-        if plan.moved
-        else f"{host}: nothing to fence ({plan.configured} agents, none moved)"
     )
-    failed = bool(run.failed_chains)
-    result = ProcedureResult(
-        procedure=PROCEDURE,
-        site=site.site,
-        status="failed" if failed else "completed",
-        summary=summary if not failed else f"{host}: fencing failed: " + "; ".join(run.human),
-        steps=run.records,
-        human_actions=run.human,
-        started_at=started,
-        ended_at=now(),
-    )
-    return (Failed if failed else Completed)(message=result.summary, data=result)
+    return {
+        "status": "failed" if failed else "completed",
+        "summary": summary,
+        "approval": approval,
+        "plan": plan,
+        "steps": executor.records,
+        "human_actions": human,
+    }
+
+
+def _not_fenced(plan: FencePlan, after: HostSnapshot) -> list[str]:
+    """What the host still does wrong after the run (pure): each is a human action."""
+    if not after.reachable:
+        return [f"{plan.host} stopped answering ({after.error}); run fence-host again when it does"]
+    out = [
+        f"{a} is not listed in {plan.host}'s .disabled file"
+        for a in plan.moved
+        if a not in after.disabled
+    ]
+    return out + [f"{a} still runs on {plan.host}" for a in plan.twice if after.runs(a)]
+
+
+def report_markdown(r: FenceResult) -> str:
+    """The report as markdown (pure)."""
+    lines = [f"# fence-host {r.host}: {r.status.upper()}", "", r.summary, ""]
+    if r.human_actions:
+        lines += ["## A human must act", ""] + [f"- {h}" for h in r.human_actions] + [""]
+    if r.plan is not None and r.plan.ok and r.plan.phases:
+        lines += ["## The plan", *steps_markdown(r.plan), ""]
+    if r.steps:
+        lines += ["## What was done", ""] + [f"1. {s.sentence}" for s in r.steps]
+    return "\n".join(lines)

@@ -8,7 +8,6 @@ Exit codes: 0 completed (or dry run), 2 partial (the site is consistent but not 
 from __future__ import annotations
 
 import getpass
-import json
 import os
 import signal
 import sys
@@ -193,6 +192,7 @@ def _run_host_procedure(
     from flows.emergency_move import emergency_move
     from flows.emergency_move import report_markdown as emergency_report
     from flows.fence_host import fence_host
+    from flows.fence_host import report_markdown as fence_report
     from flows.rolling_upgrade import report_markdown as upgrade_report
     from flows.rolling_upgrade import rolling_upgrade
     from flows.switch import report_markdown as switch_report
@@ -223,17 +223,13 @@ def _run_host_procedure(
             params.setdefault("requested_by", getpass.getuser())
             state = rolling_upgrade(**params, return_state=True)
         else:
-            state = fence_host(params["site_file"], params["host"], return_state=True)
+            params.setdefault("requested_by", getpass.getuser())
+            state = fence_host(**params, return_state=True)
     result: Any = state.result(raise_on_failure=False)
-    if procedure == "fence-host":
-        if as_json:
-            print(json.dumps({"state": state.type.value, "message": state.message}))
-        else:
-            console.print(Text(state.message or ""))
-        return 0 if state.is_completed() else 1
     reports: dict[str, Callable[[Any], str]] = {
         "switch": switch_report,
         "rolling-upgrade": upgrade_report,
+        "fence-host": fence_report,
     }
     report = reports.get(procedure, emergency_report)
     return _report(console, result, report, ui, as_json=as_json)

@@ -266,3 +266,24 @@ def _paused(run_id: str) -> bool:
     with get_client(sync_client=True) as client:
         st = client.read_flow_run(run_id).state
     return bool(st and st.is_paused())
+
+
+def test_fence_host_waits_for_no_other_procedure(lab: RunningLab) -> None:
+    """fence-host stops agents: it takes the service's lock like every procedure, and a
+    procedure that holds it refuses fence-host at once, with nothing changed."""
+    from flows.service_lock import service_lock
+
+    before = snapshot_site(lab.shell, ["fts101"]).hosts[0]
+    with service_lock(lab.site.site, lab.site.service.name, "clean-move", subject="fts102"):
+        state = fence_host(str(lab.site_file), "fts101", return_state=True)
+    result = state.result(raise_on_failure=False)
+    assert state.is_failed() and result.status == "refused", state.message
+    assert "clean-move" in result.summary and result.steps == []
+    after = snapshot_site(lab.shell, ["fts101"]).hosts[0]
+    assert sorted(a.name for a in after.agents) == sorted(a.name for a in before.agents)
+    assert after.disabled == before.disabled
+    # free again, it runs: the two agents of fts101 that serve on fts102 (their primary) are
+    # listed in its .disabled file already, and none runs twice
+    state = fence_host(str(lab.site_file), "fts101", return_state=True)
+    assert state.is_completed(), state.message
+    assert "(0 newly), 0 agents stopped there" in (state.message or ""), state.message

@@ -53,7 +53,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             error(f"{args.procedure} needs --host")
             return 2
         hp: dict[str, Any] = {"site_file": str(Path(args.site).resolve()), "host": args.host}
-        if args.yes and args.procedure == "emergency-move":
+        if args.yes:
             hp["pause_for_approval"] = False
         return run_procedure(args.procedure, hp, as_json=args.json)
     if not (args.from_host and args.to_host):
