@@ -85,17 +85,17 @@ def _why(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _downtime(run: Executor) -> dict[str, float]:
+def _downtime(executor: Executor) -> dict[str, float]:
     out = {}
-    for ch, t0 in run.inactive_at.items():
-        t1 = run.active_at.get(ch)
+    for ch, t0 in executor.inactive_at.items():
+        t1 = executor.active_at.get(ch)
         if t1 is not None:
             out[ch] = round((t1 - t0).total_seconds(), 2)
     return out
 
 
 def _finalise(
-    site: Site, plan: MovePlan, run: Executor, snap: SiteSnapshot
+    site: Site, plan: MovePlan, executor: Executor, snap: SiteSnapshot
 ) -> tuple[Status, list[AgentOutcome]]:
     """Each agent's outcome against a fresh snapshot, and the move's status."""
     outcomes = []
@@ -103,13 +103,13 @@ def _finalise(
     src = snap.host(plan.from_host) if snap.has(plan.from_host) else None
     if src is not None and not src.reachable and plan.agents:
         # its agents may run or not: a move cannot tell, an emergency move can handle either
-        run.human.append(
+        executor.human.append(
             f"{plan.from_host} does not answer ({src.error}); its agents' state is unknown. If "
             f"it is down, move them with `handover run emergency-move --host {plan.from_host}`"
         )
     for m in plan.agents:
         where = snap.where(m.agent)
-        o = run.outcomes.get(m.agent)
+        o = executor.outcomes.get(m.agent)
         if o is None:
             o = AgentOutcome(
                 agent=m.agent,
@@ -126,11 +126,11 @@ def _finalise(
             status = "failed"
             if len(where) > 1:
                 stop = command(site, "stop_agent", agent=m.agent)
-                run.human.append(
+                executor.human.append(
                     f"{m.agent} runs on {' and '.join(where)}: on {plan.from_host} run `{stop}`"
                 )
             if m.channel and snap.channels.get(m.channel) != "Active":
-                run.human.append(channel_human(site, plan, m.channel))
+                executor.human.append(channel_human(site, plan, m.channel))
         elif o.result in ("left-on-source", "rolled-back") and status == "completed":
             status = "partial"
         elif o.result == "stranded":
@@ -430,7 +430,7 @@ def _move(
             approval=approval,
             channels=snap.channels,
         )
-    run = Executor(
+    executor = Executor(
         shell,
         plan,
         poll_s=poll_s,
@@ -442,35 +442,35 @@ def _move(
     held = _hold_until(start_at)
     act_started = time.monotonic()
     try:
-        run.execute()
+        executor.execute()
     except Superseded:
         raise  # this run was marked Crashed and started again: that run reports
     except BaseException as exc:
         logger.error("clean move interrupted: %r", exc)
         after = snapshot_site(shell, [req.from_host, req.to_host])
-        _, outcomes = _finalise(site, plan, run, after)
+        _, outcomes = _finalise(site, plan, executor, after)
         finish(
             "cancelled",
             f"cancelled ({_why(exc)}); agents now: "
             + ", ".join(f"{o.agent} on {','.join(o.running_on) or 'nowhere'}" for o in outcomes),
             plan=plan,
             approval=approval,
-            steps=run.records,
+            steps=executor.records,
             agents=outcomes,
-            human_actions=run.human,
+            human_actions=executor.human,
             channels=after.channels,
             where={o.agent: o.running_on for o in outcomes},
-            downtime_s=_downtime(run),
+            downtime_s=_downtime(executor),
         )
         raise
     act_wall = time.monotonic() - act_started
     after = snapshot_site_task(shell, [req.from_host, req.to_host])
-    status, outcomes = _finalise(site, plan, run, after)
-    downtime = _downtime(run)
+    status, outcomes = _finalise(site, plan, executor, after)
+    downtime = _downtime(executor)
     timing = Timing(
         flow_wall_s=round(time.monotonic() - flow_started, 3),
         act_wall_s=round(act_wall, 3),
-        critical_path_s=run.critical_path_s(),
+        critical_path_s=executor.critical_path_s(),
         snapshots_s=round(snap.duration_s + after.duration_s, 3),
         human_wait_s=round(approval.waited_s, 3),
         held_s=round(held, 3),
@@ -482,23 +482,23 @@ def _move(
         f"{count(len(moved), 'agent')} of {len(outcomes)} on {req.to_host}"
         + (f", {len(outcomes) - len(moved)} not moved" if len(moved) < len(outcomes) else "")
         + f"; channel downtime max {max(downtime.values(), default=0):.1f} s, total {total:.1f} s; "
-        f"{count(run.jobs_lost, 'job')} lost"
-        + ("; FORCED after drain timeout" if run.forced else "")
-        + ("; a human must act" if run.human else "")
+        f"{count(executor.jobs_lost, 'job')} lost"
+        + ("; FORCED after drain timeout" if executor.forced else "")
+        + ("; a human must act" if executor.human else "")
     )
     return finish(
         status,
         summary,
         plan=plan,
         approval=approval,
-        steps=run.records,
+        steps=executor.records,
         agents=outcomes,
         downtime_s=downtime,
         downtime_total_s=round(total, 2),
         downtime_max_s=max(downtime.values(), default=0.0),
-        jobs_lost=run.jobs_lost,
+        jobs_lost=executor.jobs_lost,
         channels=after.channels,
         where={o.agent: o.running_on for o in outcomes},
-        human_actions=run.human,
+        human_actions=executor.human,
         timing=timing,
     )

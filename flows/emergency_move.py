@@ -152,14 +152,14 @@ def emergency_move(
 
 
 def _emergency(
-    run_: Run,
+    run: Run,
     host: str,
     who: str,
     pause: bool | None,
     finish: Finish,
     automatic: bool = True,
 ) -> State[Any]:
-    shell, thread, site = run_.shell, run_.thread, run_.shell.site
+    shell, thread, site = run.shell, run.thread, run.shell.site
     # snapshot: what the host's SSH port does, the host itself if SSH works, its partners
     h = site.host(host)
     reach = probe_tcp(h.address, h.port, site.ssh.connect_timeout_s)
@@ -238,8 +238,8 @@ def _emergency(
             **known,
         )
     # execute
-    run = Executor(shell, plan)
-    run.execute()
+    executor = Executor(shell, plan)
+    executor.execute()
     # verify: each agent runs on its target, each moved channel is Active there
     after = snapshot_site(shell, plan.targets()) if plan.moves else None
     agents = [
@@ -253,12 +253,16 @@ def _emergency(
     ]
     chans = [m.channel for m in plan.moves if m.channel]
     not_active = [c for c in chans if after is None or after.channels.get(c) != "Active"]
-    ok = all(a.running_on for a in agents) and not run.failed_chains and not not_active
+    ok = all(a.running_on for a in agents) and not executor.failed_chains and not not_active
     killed = sum(
-        len(r.changed) for r in run.records if r.verb == "drop-sessions" and r.outcome == "done"
+        len(r.changed)
+        for r in executor.records
+        if r.verb == "drop-sessions" and r.outcome == "done"
     )
-    lock_wait = run.phase_s.get(plan.phases[0].name) if plan.case != "A" and plan.phases else None
-    human = [*plan.human, *run.human]
+    lock_wait = (
+        executor.phase_s.get(plan.phases[0].name) if plan.case != "A" and plan.phases else None
+    )
+    human = [*plan.human, *executor.human]
     if not_active and after is not None:
         human.append(
             "channel(s) not Active after the move: "
@@ -288,8 +292,8 @@ def _emergency(
         "completed" if ok else "failed",
         summary,
         approval=approval,
-        actions=actions + [r.sentence for r in run.records],
-        steps=run.records,
+        actions=actions + [r.sentence for r in executor.records],
+        steps=executor.records,
         agents=agents,
         where={a.agent: a.running_on for a in agents},
         channels={c: after.channels.get(c, "unknown") for c in chans} if after else {},
