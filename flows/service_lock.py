@@ -54,7 +54,7 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 LEASE_S = float(os.environ.get("HANDOVER_LOCK_LEASE_S", "60"))
 #: the server's lease storage that survives a restart (Prefect's file-based one; the servers
-#: handover starts use it: `infra.prefect_server.LEASE_STORAGE`)
+#: handover starts use it: `infra.prefect_server`)
 LEASE_STORAGE = "prefect.server.concurrency.lease_storage.filesystem"
 #: a slot taken this long ago with no holder recorded is an orphan (a holder records itself
 #: right after it acquires the slot)

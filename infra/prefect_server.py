@@ -48,12 +48,11 @@ from config.private_files import (
     read_private_text,
     write_private_text,
 )
+from flows.service_lock import LEASE_STORAGE
 from infra.ports import free_port
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 4200
-#: Prefect 3.8's file-based lease storage (its default keeps leases in the server's memory)
-LEASE_STORAGE = "prefect.server.concurrency.lease_storage.filesystem"
 #: the files of a home
 AUTH_FILE = "api-auth"
 PID_FILE = "server.pid"

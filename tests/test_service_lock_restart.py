@@ -1,7 +1,7 @@
 """The service lock across a Prefect server restart: a clean move runs while its server is
 stopped and started again; afterwards the service is free and a second procedure runs.
 
-Prefect 3.8 keeps concurrency leases in the server's memory unless told otherwise: a restart
+Prefect keeps concurrency leases in the server's memory unless told otherwise: a restart
 then forgot the lease while the slot stayed taken, and every later procedure for the service was
 refused for good. Both storages are tried: on disk (what `handover server start` configures) and
 the in-memory default (the holder then gives its slot back by name).
