@@ -34,7 +34,6 @@ from flows import progress
 from flows.approval import approve
 from flows.attempt import Superseded, check_not_crash_looping
 from flows.executor import Executor
-from flows.notify import ProcedureThread
 from flows.plans.clean_move import (
     PROCEDURE,
     Mode,
@@ -47,10 +46,9 @@ from flows.plans.clean_move_compensation import chain_moves, channel_human, comp
 from flows.plans.model import Chain, Ledger, Remedy
 from flows.plans.snapshot import SiteSnapshot
 from flows.plans.steps import command
-from flows.procedure import Finish, Run, end, holding_service, procedure_run
+from flows.procedure import Finish, Finisher, Run, locked, procedure_run
 from flows.result import AgentOutcome, ProcedureResult, Status, Timing
 from flows.run_site import load_run_site
-from flows.service_lock import ServiceLockError
 from tasks.adapters.db import DatabaseUnavailable, read_transfer_eta
 from tasks.outcome import count, now
 from tasks.remote import SiteShell
@@ -265,18 +263,7 @@ def clean_move(
         started_at=started,
         flow_run_id=run_id,
     )
-    threads: list[ProcedureThread] = []
-
-    def finish(status: Status, summary: str, **kw: Any) -> State[Any]:
-        result = CleanMoveResult(
-            **base,
-            status=status,
-            summary=summary,
-            ended_at=now(),
-            notifications=threads[0].notifier.status() if threads else "",
-            **kw,
-        )
-        return end(result, report_markdown)
+    finish = Finisher(CleanMoveResult, report_markdown, **base)
 
     if dry_run:
         # a dry run the crash recovery started is held to the limit a real one is
@@ -301,12 +288,13 @@ def clean_move(
             )
         params["start_at"] = start_at.isoformat()
     with procedure_run(site, PROCEDURE, f"{from_host} → {to_host} ({mode})", who, params) as run:
-        threads.append(run.thread)
-        try:
-            with holding_service(site, PROCEDURE):
-                return _move(run, req, policy, poll_s, who, pause_for_approval, finish, start_at)
-        except ServiceLockError as exc:
-            return finish("refused", str(exc))
+        finish.run = run
+        return locked(
+            site,
+            PROCEDURE,
+            finish,
+            lambda: _move(run, req, policy, poll_s, who, pause_for_approval, finish, start_at),
+        )
 
 
 def _snapshot_and_plan(

@@ -16,7 +16,7 @@ from typing import Any, Literal
 from prefect import flow
 from prefect.artifacts import create_table_artifact
 from prefect.client.schemas.objects import State
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from flows.executor import Executor
 from flows.notify import mrkdwn
@@ -28,10 +28,9 @@ from flows.plans.drop_db_lock import (
     sessions_left,
 )
 from flows.plans.model import steps_markdown
-from flows.procedure import Run, end, holding_service, procedure_run
+from flows.procedure import Finish, Finisher, Run, locked, procedure_run
 from flows.result import ProcedureResult, StepRecord
 from flows.run_site import load_run_site
-from flows.service_lock import ServiceLockError
 from tasks.adapters.db import DatabaseUnavailable
 from tasks.db_sessions import find_sessions
 from tasks.outcome import count, now
@@ -51,6 +50,12 @@ class DropDbLockResult(ProcedureResult):
     #: the kill's record (None: nothing was killed)
     step: StepRecord | None = None
     plan: DropDbLockPlan | None = None
+
+    @model_validator(mode="after")
+    def _said(self) -> DropDbLockResult:
+        if not self.sentence:
+            self.sentence = self.summary
+        return self
 
 
 @flow(name=PROCEDURE, persist_result=False)
@@ -81,26 +86,25 @@ def drop_db_lock(
     who = requested_by or getpass.getuser()
     whose = f" of {agent}" if agent else ""
     params = {"host": host, "agent": agent or "", "dry_run": dry_run}
+    finish = Finisher(
+        DropDbLockResult,
+        report_markdown,
+        site=site.site,
+        host=host,
+        agent=agent,
+        dry_run=dry_run,
+        requested_by=who,
+        started_at=started,
+    )
     with procedure_run(site, PROCEDURE, f"DB sessions from {host}{whose}", who, params) as run:
-        try:
-            with holding_service(site, PROCEDURE, subject=host):
-                found = _drop(run, host, agent, dry_run, who, pause_for_approval)
-        except ServiceLockError as exc:
-            found = {"status": "refused", "summary": str(exc)}
-        found.setdefault("sentence", found["summary"])
-        result = DropDbLockResult(
-            site=site.site,
-            host=host,
-            agent=agent,
-            dry_run=dry_run,
-            requested_by=who,
-            flow_run_id=run.thread.run_id,
-            notifications=run.thread.notifier.status(),
-            started_at=started,
-            ended_at=now(),
-            **found,
+        finish.run = run
+        return locked(
+            site,
+            PROCEDURE,
+            finish,
+            lambda: _drop(run, host, agent, dry_run, who, pause_for_approval, finish),
+            subject=host,
         )
-        return end(result, report_markdown)
 
 
 def _listing(run: Run, host: str, agent: str | None) -> list[FoundSession]:
@@ -111,15 +115,21 @@ def _listing(run: Run, host: str, agent: str | None) -> list[FoundSession]:
 
 
 def _drop(
-    run: Run, host: str, agent: str | None, dry_run: bool, who: str, pause: bool | None
-) -> dict[str, Any]:
-    """List, plan, approve, execute, verify; the result's fields."""
+    run: Run,
+    host: str,
+    agent: str | None,
+    dry_run: bool,
+    who: str,
+    pause: bool | None,
+    finish: Finish,
+) -> State[Any]:
+    """List, plan, approve, execute, verify, report."""
     site = run.shell.site
     whose = f" of {agent}" if agent else ""
     try:
         found = _listing(run, host, agent)
     except (DatabaseUnavailable, ValueError) as exc:
-        return {"status": "failed", "summary": f"could not list the DB sessions from {host}: {exc}"}
+        return finish("failed", f"could not list the DB sessions from {host}: {exc}")
     create_table_artifact(
         key="drop-db-lock-sessions",
         table=[s.model_dump() for s in found],
@@ -128,12 +138,12 @@ def _drop(
     plan = plan_drop_db_lock(site, host, agent, found)
     known: dict[str, Any] = {"plan": plan, "found": found}
     if not plan.ok:
-        return {"status": "refused", "summary": "; ".join(plan.problems), **known}
+        return finish("refused", "; ".join(plan.problems), **known)
     if dry_run:
         summary = f"dry run: {count(len(found), 'DB session')} from {host}{whose}; nothing killed"
-        return {"status": "dry-run", "summary": summary, **known}
+        return finish("dry-run", summary, **known)
     if not plan.phases:
-        return {"status": "completed", "summary": "; ".join(plan.notes), **known}
+        return finish("completed", "; ".join(plan.notes), **known)
     what = f"drop-db-lock: kill {count(len(found), 'DB session')} from {host}{whose}"
     approval = run.approve(
         site.policy(PROCEDURE),
@@ -146,12 +156,9 @@ def _drop(
         ],
     )
     if not approval.approved:
-        return {
-            "status": "rejected",
-            "summary": f"{approval.sentence()}; nothing changed",
-            "approval": approval,
-            **known,
-        }
+        return finish(
+            "rejected", f"{approval.sentence()}; nothing changed", approval=approval, **known
+        )
     executor = Executor(run.shell, plan)
     executor.execute()
     kill = next((r for r in executor.records if r.outcome == "done"), None)
@@ -169,16 +176,16 @@ def _drop(
     sentence = (
         kill.sentence if kill is not None else "; ".join(r.sentence for r in executor.records)
     )
-    return {
-        "status": "failed" if failed else "completed",
-        "summary": sentence + ("; a human must act" if failed else ""),
-        "sentence": sentence,
-        "step": kill,
-        "approval": approval,
-        "steps": executor.records,
-        "human_actions": human,
+    return finish(
+        "failed" if failed else "completed",
+        sentence + ("; a human must act" if failed else ""),
+        sentence=sentence,
+        step=kill,
+        approval=approval,
+        steps=executor.records,
+        human_actions=human,
         **known,
-    }
+    )
 
 
 def report_markdown(r: DropDbLockResult) -> str:

@@ -43,10 +43,9 @@ from flows.plans.emergency_move import (
     plan_emergency_move,
 )
 from flows.plans.model import steps_markdown
-from flows.procedure import Finish, Run, end, holding_service, procedure_run
+from flows.procedure import Finish, Finisher, Run, locked, procedure_run
 from flows.result import AgentOutcome, ProcedureResult
 from flows.run_site import load_run_site
-from flows.service_lock import ServiceLockError
 from tasks.db_sessions import DatabaseUnavailable, find_sessions
 from tasks.outcome import count, now
 from tasks.probe import probe_tcp
@@ -108,47 +107,30 @@ def emergency_move(
     started = now()
     site = load_run_site(site_file)
     who = requested_by or getpass.getuser()
+    finish = Finisher(
+        EmergencyResult,
+        report_markdown,
+        site=site.site,
+        host=host,
+        requested_by=who,
+        alert_id=alert_id,
+        started_at=started,
+    )
     if host not in {h.name for h in site.hosts}:  # refused before anything else
-        return end(
-            EmergencyResult(
-                site=site.site,
-                host=host,
-                requested_by=who,
-                alert_id=alert_id,
-                status="refused",
-                summary=f"refused: no host {host!r} in site {site.site} (hosts: "
-                f"{site.host_names()}); nothing changed",
-                started_at=started,
-                ended_at=now(),
-            ),
-            report_markdown,
+        return finish(
+            "refused",
+            f"refused: no host {host!r} in site {site.site} (hosts: {site.host_names()}); "
+            "nothing changed",
         )
     params = {"host": host, "alert": alert_id}
     with procedure_run(site, PROCEDURE, f"{host} failed", who, params) as run:
-        thread = run.thread
+        finish.run = run
 
-        def finish(status: str, summary: str, **kw: Any) -> State[Any]:
-            result = EmergencyResult(
-                site=site.site,
-                host=host,
-                requested_by=who,
-                alert_id=alert_id,
-                flow_run_id=thread.run_id,
-                started_at=started,
-                ended_at=now(),
-                status=status,
-                summary=summary,
-                notifications=thread.notifier.status(),
-                **kw,
-            )
-            return end(result, report_markdown)
+        def body() -> State[Any]:
+            automatic = automatic_path_proven(site, alert_id, alert_seal, host)
+            return _emergency(run, host, who, pause_for_approval, finish, automatic)
 
-        try:
-            with holding_service(site, PROCEDURE, subject=host, wait_s=QUEUE_S):
-                automatic = automatic_path_proven(site, alert_id, alert_seal, host)
-                return _emergency(run, host, who, pause_for_approval, finish, automatic)
-        except ServiceLockError as exc:
-            return finish("refused", str(exc))
+        return locked(site, PROCEDURE, finish, body, subject=host, wait_s=QUEUE_S)
 
 
 def _emergency(

@@ -22,10 +22,9 @@ from flows.plans.emergency_move import partners
 from flows.plans.fence_host import PROCEDURE, FencePlan, plan_fence_host
 from flows.plans.model import steps_markdown
 from flows.plans.snapshot import HostSnapshot, SiteSnapshot
-from flows.procedure import Run, end, holding_service, procedure_run
+from flows.procedure import Finish, Finisher, Run, locked, procedure_run
 from flows.result import ProcedureResult
 from flows.run_site import load_run_site
-from flows.service_lock import ServiceLockError
 from tasks.outcome import count, now
 from tasks.site_state import snapshot_host, snapshot_site
 
@@ -61,41 +60,33 @@ def fence_host(
     started = now()
     site = load_run_site(site_file)
     who = requested_by or getpass.getuser()
-
-    def result(status: str, summary: str, **kw: Any) -> FenceResult:
-        return FenceResult(
-            site=site.site,
-            host=host,
-            requested_by=who,
-            status=status,
-            summary=summary,
-            started_at=started,
-            ended_at=now(),
-            **kw,
-        )
-
+    finish = Finisher(
+        FenceResult,
+        report_markdown,
+        site=site.site,
+        host=host,
+        requested_by=who,
+        started_at=started,
+    )
     if host not in {h.name for h in site.hosts}:
-        return end(
-            result(
-                "refused",
-                f"refused: no host {host!r} in site {site.site} (hosts: {site.host_names()}); "
-                "nothing changed",
-            ),
-            report_markdown,
+        return finish(
+            "refused",
+            f"refused: no host {host!r} in site {site.site} (hosts: {site.host_names()}); "
+            "nothing changed",
         )
     with procedure_run(site, PROCEDURE, f"{host} is back", who, {"host": host}) as run:
-        try:
-            with holding_service(site, PROCEDURE, subject=host):
-                found = _fence(run, host, who, pause_for_approval)
-        except ServiceLockError as exc:
-            found = {"status": "refused", "summary": str(exc)}
-        found["notifications"] = run.thread.notifier.status()
-        found["flow_run_id"] = run.thread.run_id
-        return end(result(**found), report_markdown)
+        finish.run = run
+        return locked(
+            site,
+            PROCEDURE,
+            finish,
+            lambda: _fence(run, host, who, pause_for_approval, finish),
+            subject=host,
+        )
 
 
-def _fence(run: Run, host: str, who: str, pause: bool | None) -> dict[str, Any]:
-    """Snapshot, plan, approve, execute, verify; the result's fields."""
+def _fence(run: Run, host: str, who: str, pause: bool | None, finish: Finish) -> State[Any]:
+    """Snapshot, plan, approve, execute, verify, report."""
     shell, site = run.shell, run.shell.site
     snap = snapshot_host(shell, host)
     others = (
@@ -105,13 +96,13 @@ def _fence(run: Run, host: str, who: str, pause: bool | None) -> dict[str, Any]:
     )
     plan = plan_fence_host(site, host, snap, others)
     if not plan.ok:
-        return {"status": "refused", "summary": "; ".join(plan.problems), "plan": plan}
+        return finish("refused", "; ".join(plan.problems), plan=plan)
     if not plan.moved:
-        return {
-            "status": "completed",
-            "summary": f"{host}: nothing to fence ({plan.configured} agents, none moved)",
-            "plan": plan,
-        }
+        return finish(
+            "completed",
+            f"{host}: nothing to fence ({plan.configured} agents, none moved)",
+            plan=plan,
+        )
     what = f"fence-host of {host}: {count(len(plan.moved), 'agent')} served elsewhere"
     approval = run.approve(
         site.policy(PROCEDURE),
@@ -132,12 +123,9 @@ def _fence(run: Run, host: str, who: str, pause: bool | None) -> dict[str, Any]:
         ],
     )
     if not approval.approved:
-        return {
-            "status": "rejected",
-            "summary": f"{approval.sentence()}; nothing changed",
-            "approval": approval,
-            "plan": plan,
-        }
+        return finish(
+            "rejected", f"{approval.sentence()}; nothing changed", approval=approval, plan=plan
+        )
     executor = Executor(shell, plan)
     executor.execute()
     after = snapshot_host(shell, host)
@@ -151,14 +139,14 @@ def _fence(run: Run, host: str, who: str, pause: bool | None) -> dict[str, Any]:
         f"{site.commands.disabled_file} ({len(listed)} newly), "
         f"{count(len(plan.twice), 'agent')} stopped there"
     )
-    return {
-        "status": "failed" if failed else "completed",
-        "summary": summary,
-        "approval": approval,
-        "plan": plan,
-        "steps": executor.records,
-        "human_actions": human,
-    }
+    return finish(
+        "failed" if failed else "completed",
+        summary,
+        approval=approval,
+        plan=plan,
+        steps=executor.records,
+        human_actions=human,
+    )
 
 
 def _not_fenced(plan: FencePlan, after: HostSnapshot) -> list[str]:

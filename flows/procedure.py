@@ -1,8 +1,16 @@
 """What every procedure's flow does around its plan: its Slack thread, the service lock, the
 SSH connections it opened, and the state it ends in (with its report artifact).
 
-A procedure's flow reads: load the site, `with procedure_run(...)`, snapshot, plan, approve,
-`Executor(...).execute()`, verify, and `end(result, report)`.
+Every procedure has the same skeleton:
+
+    finish = Finisher(XResult, report_markdown, site=..., requested_by=who, started_at=started)
+    with procedure_run(site, PROCEDURE, title, who, params) as run:
+        finish.run = run
+        return locked(site, PROCEDURE, finish, lambda: _x(run, request, finish))
+
+and `_x` snapshots, plans (pure), approves (`Run.approve`), runs `Executor(...).execute()`,
+verifies from a fresh snapshot and returns `finish(status, summary, **fields)`. A refusal of the
+service lock ends the run ``refused`` naming the holder, with nothing changed.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from flows.attempt import check_not_crash_looping
 from flows.notify import Mrkdwn, ProcedureThread
 from flows.result import ProcedureResult
 from flows.service_lock import ServiceLockError, service_lock
+from tasks.outcome import now
 from tasks.remote import SiteShell
 
 #: a flow's `finish(status, summary, **fields)`: builds its result and ends the run
@@ -115,3 +124,52 @@ def end(result: ProcedureResult, report: Callable[[Any], str]) -> State[Any]:
     if result.status in FAILED:
         return Failed(message=result.summary, data=result)
     return Completed(message=result.summary, data=result)
+
+
+class Finisher:
+    """A flow's `finish(status, summary, **fields)`: its typed result from what the run knows,
+    then the run's end (`end`: the report artifact, the ``result`` event, the final state).
+
+    Args:
+        result: the procedure's result model.
+        report: its report (markdown) from the result.
+        **base: the fields every result of the run has (site, who, when it started...).
+    """
+
+    def __init__(
+        self, result: type[ProcedureResult], report: Callable[[Any], str], **base: Any
+    ) -> None:
+        self.result = result
+        self.report = report
+        self.base = base
+        #: the procedure's run once it is open: its thread's run id and notifications go in
+        self.run: Run | None = None
+
+    def __call__(self, status: str, summary: str, **fields: Any) -> State[Any]:
+        """Build the result and end the run with it."""
+        known = dict(self.base)
+        if self.run is not None:
+            known.setdefault("flow_run_id", self.run.thread.run_id)
+            known["notifications"] = self.run.thread.notifier.status()
+        made = self.result(**known, status=status, summary=summary, ended_at=now(), **fields)
+        return end(made, self.report)
+
+
+def locked(
+    site: Site,
+    procedure: str,
+    finish: Finish,
+    body: Callable[[], State[Any]],
+    *,
+    part: str = "",
+    subject: str = "",
+    wait_s: float = 0.0,
+    **refused: Any,
+) -> State[Any]:
+    """Run `body` holding the service (`holding_service`); a refusal of the lock ends the run
+    ``refused``, its message naming the holder (with the `refused` fields in the result)."""
+    try:
+        with holding_service(site, procedure, part, subject=subject, wait_s=wait_s):
+            return body()
+    except ServiceLockError as exc:
+        return finish("refused", str(exc), **refused)

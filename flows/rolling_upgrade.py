@@ -44,10 +44,9 @@ from flows.plans.rolling_upgrade import (
     upgrade_hosts,
 )
 from flows.plans.windows import WindowCheck, check_window, fits
-from flows.procedure import Finish, Run, end, holding_service, procedure_run
+from flows.procedure import Finish, Finisher, Run, locked, procedure_run
 from flows.result import ProcedureResult, StepRecord
 from flows.run_site import load_run_site
-from flows.service_lock import ServiceLockError
 from tasks.outcome import count, now
 from tasks.remote import SiteShell
 from tasks.site_state import snapshot_host, snapshot_site
@@ -163,26 +162,19 @@ def rolling_upgrade(
         "forced": force_window,
     }
     title = f"rolling upgrade to version {target}" if target else "rolling configuration update"
+    finish = Finisher(
+        UpgradeResult,
+        report_markdown,
+        site=site.site,
+        requested_by=who,
+        started_at=started,
+        version=target,
+        config_only=target is None,
+        on_failure=up.on_failure,
+        forced_reason=force_window,
+    )
     with procedure_run(site, PROCEDURE, title, who, params) as run:
-
-        def finish(status: str, summary: str, **kw: Any) -> State[Any]:
-            result = UpgradeResult(
-                site=site.site,
-                requested_by=who,
-                flow_run_id=run.thread.run_id,
-                started_at=started,
-                ended_at=now(),
-                status=status,
-                summary=summary,
-                version=target,
-                config_only=target is None,
-                on_failure=up.on_failure,
-                forced_reason=force_window,
-                notifications=run.thread.notifier.status(),
-                **kw,
-            )
-            return end(result, report_markdown)
-
+        finish.run = run
         if target is not None and not re.fullmatch(VERSION_RE, target):
             return finish(
                 "refused",
@@ -215,21 +207,24 @@ def rolling_upgrade(
             batch=batch or up.batch,
             canary=canary or up.canary,
         )
-        try:
-            with holding_service(site, PROCEDURE):
-                return _upgrade(
-                    run,
-                    req,
-                    window,
-                    max_failures if max_failures is not None else up.max_failures,
-                    who,
-                    pause_for_approval,
-                    dry_run,
-                    bool(force_window),
-                    finish,
-                )
-        except ServiceLockError as exc:
-            return finish("refused", str(exc), window=window)
+        tolerated = max_failures if max_failures is not None else up.max_failures
+        return locked(
+            site,
+            PROCEDURE,
+            finish,
+            lambda: _upgrade(
+                run,
+                req,
+                window,
+                tolerated,
+                who,
+                pause_for_approval,
+                dry_run,
+                bool(force_window),
+                finish,
+            ),
+            window=window,
+        )
 
 
 def _upgrade(

@@ -38,10 +38,9 @@ from flows.plans.switch import (
     compensate_switch,
     plan_switch,
 )
-from flows.procedure import Finish, Run, end, holding_service, procedure_run
+from flows.procedure import Finish, Finisher, Run, locked, procedure_run
 from flows.result import ProcedureResult
 from flows.run_site import load_run_site
-from flows.service_lock import ServiceLockError
 from flows.switch_records import (
     last_automatic_switch,
     remember_automatic_switch,
@@ -158,40 +157,29 @@ def switch(
         reason = f"the front end of {failed_host} failed ({who})"
     automatic = bool(failed_host) and automatic_path_proven(site, alert_id, alert_seal, failed_host)
     title = f"switch of {site.dns.alias if site.dns else 'the alias'}" + (f" to {to}" if to else "")
+    finish = Finisher(
+        SwitchResult,
+        report_markdown,
+        site=site.site,
+        requested_by=who,
+        reason=reason,
+        alert_id=alert_id,
+        started_at=started,
+    )
+    request = SwitchRequest(to=to, mode=mode, reason=reason, automatic=automatic)
     with procedure_run(site, PROCEDURE, title, who, params) as run:
-
-        def finish(status: str, summary: str, **kw: Any) -> State[Any]:
-            result = SwitchResult(
-                site=site.site,
-                requested_by=who,
-                reason=reason,
-                alert_id=alert_id,
-                flow_run_id=run.thread.run_id,
-                started_at=started,
-                ended_at=now(),
-                status=status,
-                summary=summary,
-                notifications=run.thread.notifier.status(),
-                **kw,
-            )
-            return end(result, report_markdown)
-
-        try:
-            # the front end and its alias: a lock of their own, so that a host that died is
-            # switched away from while its agents are moved by the emergency move
-            with holding_service(site, PROCEDURE, part="frontend"):
-                return _switch(
-                    run,
-                    SwitchRequest(to=to, mode=mode, reason=reason, automatic=automatic),
-                    who,
-                    pause_for_approval,
-                    dry_run,
-                    finish,
-                    failed_host,
-                    site_file,
-                )
-        except ServiceLockError as exc:
-            return finish("refused", str(exc))
+        finish.run = run
+        # the front end and its alias: a lock of their own, so that a host that died is
+        # switched away from while its agents are moved by the emergency move
+        return locked(
+            site,
+            PROCEDURE,
+            finish,
+            lambda: _switch(
+                run, request, who, pause_for_approval, dry_run, finish, failed_host, site_file
+            ),
+            part="frontend",
+        )
 
 
 def _switch(

@@ -64,3 +64,30 @@ def test_the_scripts_pacemaker_and_heartbeat_run_import_the_standard_library_onl
         imported = _imported(ast.parse(script.read_text(), str(script)))
         foreign = sorted(m for m in imported if m.split(".")[0] not in allowed)
         assert not foreign, f"{script.relative_to(ROOT)} imports {foreign}: standard library only"
+
+
+#: every procedure's flow, by its module
+PROCEDURE_FLOWS = (
+    "clean_move",
+    "emergency_move",
+    "fence_host",
+    "drop_db_lock",
+    "switch",
+    "rolling_upgrade",
+)
+
+
+def test_every_procedure_has_the_one_skeleton_and_holds_the_service_lock() -> None:
+    """Each flow builds its result with `Finisher`, opens its run with `procedure_run` and acts
+    only inside `locked` (the service lock), with an executor: no flow of its own shape."""
+    for name in PROCEDURE_FLOWS:
+        tree = ast.parse((ROOT / "flows" / f"{name}.py").read_text())
+        called = {
+            n.func.id
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
+        }
+        missing = {"Finisher", "procedure_run", "locked", "Executor"} - called
+        assert not missing, f"flows/{name}.py does not call {sorted(missing)}"
+        # the lock taken by hand (and its refusal caught by hand) is the skeleton's only
+        assert "holding_service" not in called and "service_lock" not in called, name
