@@ -48,11 +48,15 @@ from config.private_files import (
     read_private_text,
     write_private_text,
 )
-from flows.service_lock import LEASE_STORAGE
 from infra.ports import free_port
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 4200
+#: Prefect's file-based lease storage (its default keeps leases in the server's memory); the
+#: service lock names it too (`flows.service_lock.LEASE_STORAGE`), but this module must not
+#: import Prefect: `ensure_server` sets the API's URL and auth string before Prefect reads its
+#: settings, which it does once, when first imported
+LEASE_STORAGE = "prefect.server.concurrency.lease_storage.filesystem"
 #: the files of a home
 AUTH_FILE = "api-auth"
 PID_FILE = "server.pid"

@@ -91,3 +91,23 @@ def test_every_procedure_has_the_one_skeleton_and_holds_the_service_lock() -> No
         assert not missing, f"flows/{name}.py does not call {sorted(missing)}"
         # the lock taken by hand (and its refusal caught by hand) is the skeleton's only
         assert "holding_service" not in called and "service_lock" not in called, name
+
+
+def test_the_demo_and_the_server_starter_import_no_prefect_before_they_set_its_settings() -> None:
+    """`ensure_server` sets the API's URL and auth string in the environment; Prefect reads its
+    settings once, when first imported. A module on the demo's way there that imports Prefect
+    first leaves every run of the demo on a temporary server of its own, not the local one."""
+    import subprocess
+
+    probe = (
+        "import sys, infra.demo, infra.prefect_server\n"
+        "print(sorted(m for m in sys.modules if m == 'prefect' or m.startswith('prefect.')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    assert out.stdout.strip() == "[]", out.stdout[:500]
+    from flows.service_lock import LEASE_STORAGE
+    from infra.prefect_server import LEASE_STORAGE as SERVER_LEASE_STORAGE
+
+    assert SERVER_LEASE_STORAGE == LEASE_STORAGE

@@ -147,9 +147,12 @@ def test_a_run_created_through_the_api_takes_no_automatic_path_without_an_alerts
         assert read_aliases(lab.site)[0].addresses == [master]  # nothing switched meanwhile
         resume_with_input(switch.id, run_input={"decision": "reject", "who": "test"})
         wait_for(lambda: final_run(switch.id) and final_run(move.id), 120, "both runs to end")
-    assert "rejected" in (_state(switch.id).message or ""), _state(switch.id).message
+        # read while serve runs: stopping it cancels, state forced, any run whose process has
+        # not exited yet, even one that has just ended (Prefect's runner at shutdown)
+        switched = _state(switch.id).message or ""
+        said = _state(move.id).message or ""
+    assert "rejected" in switched, switched
     assert read_aliases(lab.site)[0].addresses == [master]
-    said = _state(move.id).message or ""
     assert "rejected by policy" in said and "nothing changed" in said, said
 
 
