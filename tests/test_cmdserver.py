@@ -114,3 +114,48 @@ def test_without_a_server_the_client_runs_the_command_itself(tmp_path: Path) -> 
     out, _ = c.communicate("x", timeout=60)
     assert c.returncode == 3
     assert json.loads(out)["ppid"] != c.pid and json.loads(out)["pid"] == c.pid
+
+
+@pytest.mark.lab
+def test_only_the_servers_user_may_connect() -> None:
+    """A worker runs the client's command as the server's user (root on a lab host): another
+    user's client (an agent's) is refused at connect, whatever the umask the server started
+    with, and runs its command itself. Root (the probe's parent) still connects."""
+    import socket
+    import tempfile
+
+    where = Path(tempfile.mkdtemp(prefix="handover-cmdsrv-"))
+    where.chmod(0o755)  # reachable by anyone: the socket's own mode is what refuses
+    sock = where / "cmd.sock"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "infra.lab.cmdserver", str(sock), "tests.cmd_probe"],
+        cwd=REPO,
+        preexec_fn=lambda: os.umask(0),  # the most permissive start
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not sock.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "no server"
+            time.sleep(0.05)
+        child = os.fork()
+        if child == 0:  # the probe: become nobody, then try to connect
+            code = 2
+            try:
+                os.setgid(65534)
+                os.setuid(65534)
+                probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                probe.connect(str(sock))
+                code = 0
+            except PermissionError:
+                code = 13
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(child, 0)
+        assert os.waitstatus_to_exitcode(status) == 13, "another user connected"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as root:
+            root.connect(str(sock))
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+        sock.unlink(missing_ok=True)
+        where.rmdir()

@@ -164,6 +164,9 @@ class Server:
             tmp.unlink()
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.listener.bind(str(tmp))
+        # only the server's own user (root) may connect: a worker runs the client's command as
+        # the server's user, so another user's client (an agent's) runs its commands itself
+        os.chmod(tmp, 0o600)
         self.listener.listen(128)
         # clients find the socket only once it accepts
         os.replace(tmp, path)
