@@ -42,10 +42,10 @@ from flows.plans.clean_move import (
     plan_clean_move,
     plan_markdown,
 )
-from flows.plans.clean_move_compensation import chain_moves, channel_human, compensate_clean_move
+from flows.plans.clean_move_compensation import chain_moves, compensate_clean_move
 from flows.plans.model import Chain, Ledger, Remedy
 from flows.plans.snapshot import SiteSnapshot
-from flows.plans.steps import command
+from flows.plans.verify import verify_clean_move
 from flows.procedure import Finish, Finisher, Run, locked, procedure_run
 from flows.result import AgentOutcome, ProcedureResult, Status, Timing
 from flows.run_site import load_run_site
@@ -95,45 +95,11 @@ def _downtime(executor: Executor) -> dict[str, float]:
 def _finalise(
     site: Site, plan: MovePlan, executor: Executor, snap: SiteSnapshot
 ) -> tuple[Status, list[AgentOutcome]]:
-    """Each agent's outcome against a fresh snapshot, and the move's status."""
-    outcomes = []
-    status: Status = "completed"
-    src = snap.host(plan.from_host) if snap.has(plan.from_host) else None
-    if src is not None and not src.reachable and plan.agents:
-        # its agents may run or not: a move cannot tell, an emergency move can handle either
-        executor.human.append(
-            f"{plan.from_host} does not answer ({src.error}); its agents' state is unknown. If "
-            f"it is down, move them with `handover run emergency-move --host {plan.from_host}`"
-        )
-    for m in plan.agents:
-        where = snap.where(m.agent)
-        o = executor.outcomes.get(m.agent)
-        if o is None:
-            o = AgentOutcome(
-                agent=m.agent,
-                channel=m.channel,
-                result="finished" if m.action == "finish" else "moved",
-                running_on=where,
-            )
-        o = o.model_copy(update={"running_on": where})
-        outcomes.append(o)
-        if o.result == "in-doubt":  # the channel stays Inactive on purpose; the remedy said why
-            status = "failed"
-            continue
-        if len(where) != 1 or (m.channel and snap.channels.get(m.channel) != "Active"):
-            status = "failed"
-            if len(where) > 1:
-                stop = command(site, "stop_agent", agent=m.agent)
-                executor.human.append(
-                    f"{m.agent} runs on {' and '.join(where)}: on {plan.from_host} run `{stop}`"
-                )
-            if m.channel and snap.channels.get(m.channel) != "Active":
-                executor.human.append(channel_human(site, plan, m.channel))
-        elif o.result in ("left-on-source", "rolled-back") and status == "completed":
-            status = "partial"
-        elif o.result == "stranded":
-            status = "failed"
-    return status, outcomes
+    """The move's verdict from a fresh snapshot (`verify_clean_move`); its human actions join
+    the executor's."""
+    verdict = verify_clean_move(site, plan, executor.outcomes, snap)
+    executor.human.extend(verdict.human)
+    return verdict.status, verdict.agents
 
 
 def report_markdown(r: CleanMoveResult) -> str:

@@ -43,8 +43,9 @@ from flows.plans.emergency_move import (
     plan_emergency_move,
 )
 from flows.plans.model import steps_markdown
+from flows.plans.verify import verify_emergency_move
 from flows.procedure import Finish, Finisher, Run, locked, procedure_run
-from flows.result import AgentOutcome, ProcedureResult
+from flows.result import ProcedureResult
 from flows.run_site import load_run_site
 from tasks.db_sessions import DatabaseUnavailable, find_sessions
 from tasks.outcome import count, now
@@ -224,18 +225,9 @@ def _emergency(
     executor.execute()
     # verify: each agent runs on its target, each moved channel is Active there
     after = snapshot_site(shell, plan.targets()) if plan.moves else None
-    agents = [
-        AgentOutcome(
-            agent=m.agent,
-            channel=m.channel,
-            result="moved" if after and after.host(m.to).runs(m.agent) else "stranded",
-            running_on=[m.to] if after and after.host(m.to).runs(m.agent) else [],
-        )
-        for m in plan.moves
-    ]
-    chans = [m.channel for m in plan.moves if m.channel]
-    not_active = [c for c in chans if after is None or after.channels.get(c) != "Active"]
-    ok = all(a.running_on for a in agents) and not executor.failed_chains and not not_active
+    verdict = verify_emergency_move(plan, after)
+    agents = verdict.agents
+    ok = verdict.status == "completed" and not executor.failed_chains
     killed = sum(
         len(r.changed)
         for r in executor.records
@@ -244,19 +236,7 @@ def _emergency(
     lock_wait = (
         executor.phase_s.get(plan.phases[0].name) if plan.case != "A" and plan.phases else None
     )
-    human = [*plan.human, *executor.human]
-    if not_active and after is not None:
-        human.append(
-            "channel(s) not Active after the move: "
-            + ", ".join(
-                f"{c} ({after.channels[c]})"
-                if c in after.channels
-                else f"{c} (unreadable: {after.channel_errors.get(c, 'not read')})"
-                for c in not_active
-            )
-            + f"; once the agents' hosts reach the database, run `handover run emergency-move "
-            f"--host {host}` again"
-        )
+    human = [*plan.human, *executor.human, *verdict.human]
     transfers = plan.transfers_given_up
     summary = (
         f"{host} (case {plan.case}): "
@@ -278,7 +258,7 @@ def _emergency(
         steps=executor.records,
         agents=agents,
         where={a.agent: a.running_on for a in agents},
-        channels={c: after.channels.get(c, "unknown") for c in chans} if after else {},
+        channels=verdict.channels,
         human_actions=human,
         sessions_killed=killed,
         lock_wait_s=round(lock_wait, 2) if lock_wait is not None else None,

@@ -21,7 +21,8 @@ from flows.notify import mrkdwn
 from flows.plans.emergency_move import partners
 from flows.plans.fence_host import PROCEDURE, FencePlan, plan_fence_host
 from flows.plans.model import steps_markdown
-from flows.plans.snapshot import HostSnapshot, SiteSnapshot
+from flows.plans.snapshot import SiteSnapshot
+from flows.plans.verify import verify_fence_host
 from flows.procedure import Finish, Finisher, Run, locked, procedure_run
 from flows.result import ProcedureResult
 from flows.run_site import load_run_site
@@ -129,7 +130,7 @@ def _fence(run: Run, host: str, who: str, pause: bool | None, finish: Finish) ->
     executor = Executor(shell, plan)
     executor.execute()
     after = snapshot_host(shell, host)
-    human = [*executor.human, *_not_fenced(plan, after)]
+    human = [*executor.human, *verify_fence_host(plan, after).human]
     listed = [a for r in executor.records if r.verb == "write-disabled" for a in r.changed]
     failed = bool(executor.failed_chains) or bool(human)
     summary = (
@@ -147,18 +148,6 @@ def _fence(run: Run, host: str, who: str, pause: bool | None, finish: Finish) ->
         steps=executor.records,
         human_actions=human,
     )
-
-
-def _not_fenced(plan: FencePlan, after: HostSnapshot) -> list[str]:
-    """What the host still does wrong after the run (pure): each is a human action."""
-    if not after.reachable:
-        return [f"{plan.host} stopped answering ({after.error}); run fence-host again when it does"]
-    out = [
-        f"{a} is not listed in {plan.host}'s .disabled file"
-        for a in plan.moved
-        if a not in after.disabled
-    ]
-    return out + [f"{a} still runs on {plan.host}" for a in plan.twice if after.runs(a)]
 
 
 def report_markdown(r: FenceResult) -> str:

@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from flows.approval import ApprovalRecord
-from flows.plans.model import AgentResult
+from flows.plans.model import AgentOutcome
 
 Status = Literal["completed", "partial", "failed", "refused", "rejected", "dry-run", "cancelled"]
 Outcome = Literal["done", "failed", "compensation", "forced", "recovered"]
@@ -63,16 +63,6 @@ class Timing(BaseModel):
         return round(spent / need, 3) if need > 0 else 0.0
 
 
-class AgentOutcome(BaseModel):
-    """Where an agent ended, and how."""
-
-    agent: str
-    channel: str | None
-    result: AgentResult
-    running_on: list[str]
-    note: str = ""
-
-
 class ProcedureResult(BaseModel):
     """What every procedure's run returns (its state's data) and reports."""
 
@@ -92,3 +82,7 @@ class ProcedureResult(BaseModel):
     started_at: dt.datetime
     ended_at: dt.datetime
     flow_run_id: str | None = None
+
+
+#: `AgentOutcome` is the pure core's (its verifications build it); results carry it
+__all__ = ["AgentOutcome", "Outcome", "ProcedureResult", "Status", "StepRecord", "Timing"]

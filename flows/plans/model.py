@@ -29,6 +29,16 @@ from flows.plans.verbs import AnyStep
 AgentResult = Literal["moved", "finished", "left-on-source", "rolled-back", "stranded", "in-doubt"]
 
 
+class AgentOutcome(BaseModel):
+    """Where an agent ended, and how."""
+
+    agent: str
+    channel: str | None
+    result: AgentResult
+    running_on: list[str]
+    note: str = ""
+
+
 class Chain(BaseModel):
     """Steps run one after the other."""
 
@@ -114,6 +124,7 @@ def steps_markdown(plan: Plan) -> list[str]:
 
 
 __all__ = [
+    "AgentOutcome",
     "AgentResult",
     "AnyStep",
     "Chain",
