@@ -350,7 +350,7 @@ def test_front_end_alerts_switch_once_and_a_flap_waits_for_a_human(
                 ),
                 None,
             ),
-            60,
+            120,  # as long as the first switch may take to end: a loaded machine
             "the second switch to wait for a human",
         )
         assert waiting.state.is_paused(), (waiting.state, run_logs(flap.id)[-10:])
