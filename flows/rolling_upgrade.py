@@ -43,6 +43,7 @@ from flows.plans.rolling_upgrade import (
     plan_rolling_upgrade,
     upgrade_hosts,
 )
+from flows.plans.snapshot import HostWithPartners
 from flows.plans.windows import WindowCheck, check_window, fits
 from flows.procedure import Finish, Finisher, Run, locked, procedure_run
 from flows.result import ProcedureResult, StepRecord
@@ -435,9 +436,8 @@ def _after_failure(
         failed_here = [a for a in host_plan.agents if not snap.runs(a)]
         move_plan = plan_emergency_move(
             site,
+            HostWithPartners(host=snap if snap.reachable else None, partners=others),
             EmergencyRequest(host=host, reach="open", failed_here=failed_here),
-            snap if snap.reachable else None,
-            others,
         )
         if not move_plan.ok:
             human.append(f"{host}: its agents could not be moved: {'; '.join(move_plan.problems)}")
