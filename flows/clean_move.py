@@ -103,11 +103,7 @@ def _finalise(
 
 def report_markdown(r: CleanMoveResult) -> str:
     """The final report as markdown (pure)."""
-    lines = [f"# Clean move {r.from_host} -> {r.to_host}: {r.status.upper()}", "", r.summary, ""]
-    if r.approval:
-        lines += [f"Approval: {r.approval.sentence()}", ""]
-    if r.human_actions:
-        lines += ["## A human must act", ""] + [f"- {h}" for h in r.human_actions] + [""]
+    lines = r.report_head(f"Clean move {r.from_host} -> {r.to_host}")
     if r.agents:
         lines += [
             "## Agents",

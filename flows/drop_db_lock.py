@@ -194,9 +194,7 @@ def _drop(
 
 def report_markdown(r: DropDbLockResult) -> str:
     """The report as markdown (pure)."""
-    lines = [f"# drop-db-lock {r.host}: {r.status.upper()}", "", r.summary, ""]
-    if r.human_actions:
-        lines += ["## A human must act", ""] + [f"- {h}" for h in r.human_actions] + [""]
+    lines = r.report_head(f"drop-db-lock {r.host}")
     if r.found:
         lines += ["## Sessions found", ""] + [
             f"- {s.id}: {s.program} from {s.machine}" for s in r.found

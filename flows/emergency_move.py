@@ -282,11 +282,9 @@ def plan_markdown(plan: EmergencyPlan) -> str:
 
 def report_markdown(r: EmergencyResult) -> str:
     """The report as markdown (pure)."""
-    lines = [f"# Emergency move of {r.host}: {r.status.upper()}", "", r.summary, ""]
-    if r.case:
-        lines += [f"Case **{r.case}**: {r.why}.", ""]
-    if r.human_actions:
-        lines += ["## A human must act", ""] + [f"- {h}" for h in r.human_actions] + [""]
+    lines = r.report_head(
+        f"Emergency move of {r.host}", *([f"Case **{r.case}**: {r.why}."] if r.case else [])
+    )
     lines += ["## What was done", ""] + [f"1. {a}" for a in r.actions]
     if r.agents:
         lines += ["", "## Agents", ""] + [

@@ -154,9 +154,7 @@ def _fence(run: Run, host: str, who: str, pause: bool | None, finish: Finish) ->
 
 def report_markdown(r: FenceResult) -> str:
     """The report as markdown (pure)."""
-    lines = [f"# fence-host {r.host}: {r.status.upper()}", "", r.summary, ""]
-    if r.human_actions:
-        lines += ["## A human must act", ""] + [f"- {h}" for h in r.human_actions] + [""]
+    lines = r.report_head(f"fence-host {r.host}")
     if r.plan is not None and r.plan.ok and r.plan.phases:
         lines += ["## The plan", *steps_markdown(r.plan), ""]
     if r.steps:

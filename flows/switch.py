@@ -410,9 +410,7 @@ def plan_markdown(plan: SwitchPlan) -> str:
 
 def report_markdown(r: SwitchResult) -> str:
     """The report as markdown (pure)."""
-    lines = [f"# Switch {r.master or '?'} → {r.to or '?'}: {r.status.upper()}", "", r.summary, ""]
-    if r.human_actions:
-        lines += ["## A human must act", ""] + [f"- {h}" for h in r.human_actions] + [""]
+    lines = r.report_head(f"Switch {r.master or '?'} → {r.to or '?'}")
     lines += ["## What was done", ""] + [f"1. {a}" for a in r.actions]
     if r.agents_move:
         lines += ["", "## The agents", "", r.agents_move]
