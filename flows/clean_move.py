@@ -45,11 +45,12 @@ from flows.plans.clean_move import (
 from flows.plans.clean_move_compensation import compensate_clean_move
 from flows.plans.snapshot import SiteSnapshot
 from flows.plans.verify import verify_clean_move
+from flows.plans.words import count
 from flows.procedure import Finish, Finisher, Run, locked, procedure_run
 from flows.result import AgentOutcome, ProcedureResult, Status, Timing
 from flows.run_site import load_run_site
 from tasks.adapters.db import DatabaseUnavailable, read_transfer_eta
-from tasks.outcome import count, now
+from tasks.outcome import now
 from tasks.remote import SiteShell
 from tasks.site_state import snapshot_site, snapshot_site_task
 

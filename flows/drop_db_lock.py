@@ -30,12 +30,13 @@ from flows.plans.drop_db_lock import (
     sessions_left,
 )
 from flows.plans.model import steps_markdown
+from flows.plans.words import count
 from flows.procedure import Finish, Finisher, Run, locked, procedure_run
 from flows.result import ProcedureResult, StepRecord
 from flows.run_site import load_run_site
 from tasks.adapters.db import DatabaseUnavailable
 from tasks.db_sessions import find_sessions
-from tasks.outcome import count, now
+from tasks.outcome import now
 
 
 class DropDbLockResult(ProcedureResult):

@@ -45,11 +45,12 @@ from flows.plans.emergency_move import (
 from flows.plans.model import steps_markdown
 from flows.plans.snapshot import HostWithPartners
 from flows.plans.verify import verify_emergency_move
+from flows.plans.words import count
 from flows.procedure import Finish, Finisher, Run, locked, procedure_run
 from flows.result import ProcedureResult
 from flows.run_site import load_run_site
 from tasks.db_sessions import DatabaseUnavailable, find_sessions
-from tasks.outcome import count, now
+from tasks.outcome import now
 from tasks.probe import probe_tcp
 from tasks.site_state import HostSnapshot, snapshot_host, snapshot_site
 

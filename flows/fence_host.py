@@ -23,10 +23,11 @@ from flows.plans.fence_host import PROCEDURE, FencePlan, FenceRequest, plan_fenc
 from flows.plans.model import steps_markdown
 from flows.plans.snapshot import HostWithPartners, SiteSnapshot
 from flows.plans.verify import verify_fence_host
+from flows.plans.words import count
 from flows.procedure import Finish, Finisher, Run, locked, procedure_run
 from flows.result import ProcedureResult
 from flows.run_site import load_run_site
-from tasks.outcome import count, now
+from tasks.outcome import now
 from tasks.site_state import snapshot_host, snapshot_site
 
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+from flows.plans.words import count
 from tasks.adapters.ssh import CommandResult, TransientSshError
-from tasks.outcome import StepFailed, StepResult, count, listing, now, was
+from tasks.outcome import StepFailed, StepResult, listing, now, was
 from tasks.remote import SiteShell
 from tasks.site_state import HostSnapshot, snapshot_host
 

@@ -9,7 +9,8 @@ from typing import Literal
 
 from config.site import Site
 from flows.plans.steps import command
-from tasks.outcome import StepFailed, StepResult, count, listing, now, was
+from flows.plans.words import count
+from tasks.outcome import StepFailed, StepResult, listing, now, was
 from tasks.remote import SiteShell
 from tasks.site_state import channel_states_from_db, read_channel_state
 

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from config.site import Site, short_name
+from flows.plans.words import count
 from tasks.adapters.db import (
     DatabaseUnavailable,
     DbSession,
@@ -19,7 +20,7 @@ from tasks.adapters.db import (
     backend_for,
     check_names,
 )
-from tasks.outcome import StepFailed, StepResult, count, now
+from tasks.outcome import StepFailed, StepResult, now
 
 T = TypeVar("T")
 

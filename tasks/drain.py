@@ -24,9 +24,10 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from flows.plans.words import count
 from tasks.adapters.db import DatabaseUnavailable
 from tasks.adapters.ssh import SshError
-from tasks.outcome import StepResult, count, now
+from tasks.outcome import StepResult, now
 from tasks.remote import SiteShell
 from tasks.site_state import read_channel_state, read_host
 

@@ -51,11 +51,6 @@ def _restore(message: str, host: str, verb: str) -> StepFailed:
     return StepFailed(message, host=host, verb=verb)
 
 
-def count(n: int, noun: str) -> str:
-    """``count(1, "agent")`` -> ``"1 agent"``; ``count(3, "agent")`` -> ``"3 agents"``."""
-    return f"{n} {noun}{'' if n == 1 else 's'}"
-
-
 def listing(items: list[str], most: int = 6) -> str:
     """`` (a, b)`` for the items (agents by their short name), or ``""`` when there are none."""
     from config.site import short_name

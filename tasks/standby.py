@@ -17,9 +17,10 @@ import threading
 import time
 from concurrent.futures import Future
 
+from flows.plans.words import count
 from tasks.adapters.ssh import CommandResult
 from tasks.agents import START_TIMEOUT_S, _read, _tail, start_agents, startable, stop_agents
-from tasks.outcome import StepFailed, StepResult, count, listing, now, was
+from tasks.outcome import StepFailed, StepResult, listing, now, was
 from tasks.remote import SiteShell
 
 #: how long a launched start may take to show its agent's process

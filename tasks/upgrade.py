@@ -16,9 +16,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from flows.plans.rolling_upgrade import AgentStatus, UpgradeHost, parse_installed, parse_status
+from flows.plans.words import count
 from tasks.adapters.ssh import CommandResult, SshError
 from tasks.agents import START_TIMEOUT_S
-from tasks.outcome import StepFailed, StepResult, count, listing, now
+from tasks.outcome import StepFailed, StepResult, listing, now
 from tasks.remote import SiteShell
 from tasks.site_state import snapshot_host
 
