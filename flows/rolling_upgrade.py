@@ -44,19 +44,19 @@ from flows.plans.rolling_upgrade import (
     upgrade_hosts,
 )
 from flows.plans.snapshot import HostWithPartners
-from flows.plans.windows import WindowCheck, check_window, fits
+from flows.plans.upgrade_decisions import Settled, before_batch, on_host_failure
+from flows.plans.verify import verify_rolling_upgrade
+from flows.plans.windows import WindowCheck, check_window
+from flows.plans.words import count
 from flows.procedure import Finish, Finisher, Run, locked, procedure_run
 from flows.result import ProcedureResult, StepRecord
 from flows.run_site import load_run_site
-from tasks.outcome import count, now
+from tasks.outcome import now
 from tasks.remote import SiteShell
 from tasks.site_state import snapshot_host, snapshot_site
 from tasks.upgrade import read_upgrade_host
 
 __all__ = ["UpgradeResult", "report_markdown", "rolling_upgrade", "snapshot_upgrade"]
-
-#: a batch is started when the longest host so far, times this, still ends in the window
-ESTIMATE_MARGIN = 1.25
 
 HostResult = Literal["upgraded", "already", "failed", "rolled-back", "moved", "left"]
 
@@ -306,42 +306,46 @@ def _upgrade(
     previous: list[str] = []
 
     def before(phase: Phase) -> str | None:
-        """Between two batches: settle the last one; halt past max_failures; the window; the
-        approval after the canary."""
+        """Between two batches: settle the last one, then the pure decision (`before_batch`);
+        a human asked after the canary decides here."""
         nonlocal previous
         settle(previous)
         previous = [c.name for c in phase.chains]
-        failures = sum(1 for o in outcomes.values() if o.result != "upgraded")
-        if failures > max_failures:
-            return (
-                f"{count(failures, 'host')} failed (the site tolerates {max_failures}): "
-                "the run halts"
+        gate = before_batch(
+            plan,
+            plan.phases.index(phase),
+            [
+                Settled(host=o.host, upgraded=o.result == "upgraded", seconds=o.seconds)
+                for o in outcomes.values()
+            ],
+            max_failures=max_failures,
+            window=window,
+            now=now(),
+            forced=forced,
+            expected_host_s=policy.expected_host_s,
+            approve_after_canary=site.upgrade.approve_after_canary,
+        )
+        if gate.action == "ask":
+            again = run.approve(
+                policy.model_copy(update={"approval": "required"}),
+                True,
+                who,
+                gate.reason,
+                [esc(o.note or o.result) for o in outcomes.values()],
             )
-        done = [o.seconds for o in outcomes.values() if o.result == "upgraded"]
-        estimate = max(done) * ESTIMATE_MARGIN if done else policy.expected_host_s
-        if not forced and not fits(window, now(), estimate):
-            assert window.closes_at is not None
-            return (
-                f"the window closes at {window.closes_at:%H:%M:%S} UTC and a host takes about "
-                f"{estimate:.0f} s: the rest is left for the next window"
-            )
-        after_canary = plan.canary is not None and plan.batches[0] == [plan.canary]
-        if after_canary and len(plan.phases) > 1 and phase is plan.phases[1]:
-            if site.upgrade.approve_after_canary:
-                again = run.approve(
-                    policy.model_copy(update={"approval": "required"}),
-                    True,
-                    who,
-                    f"the canary {plan.canary} is done: continue with the other hosts?",
-                    [esc(o.note or o.result) for o in outcomes.values()],
-                )
-                if not again.approved:
-                    return f"after the canary: {again.sentence()}"
-        return None
+            return None if again.approved else f"after the canary: {again.sentence()}"
+        return gate.reason if gate.action == "halt" else None
 
     ex = Executor(run.shell, plan, before_phase=before)
     ex.execute()
     settle(previous if not ex.stop_reason else [])
+    # verify: every host the run reports done is as reported, read afresh
+    verdict = verify_rolling_upgrade(
+        plan,
+        {h: o.result for h, o in outcomes.items()},
+        snapshot_upgrade(run.shell, upgrade_hosts(site)),
+    )
+    human += verdict.human
     stop_reason = ex.stop_reason
     if stop_reason:
         progress.emit("step-sentence", sentence=stop_reason)
@@ -376,7 +380,9 @@ def _upgrade(
         + (f"; agents down at most {max(values):.2f} s each" if values else "")
         + (f" ({stop_reason})" if stop_reason else "")
     )
-    status = "failed" if bad else ("partial" if left else "completed")
+    if verdict.status == "failed":
+        summary += "; the hosts read afterwards disagree: " + "; ".join(verdict.human)
+    status = "failed" if bad or verdict.status == "failed" else ("partial" if left else "completed")
     return finish(
         status,
         summary,
@@ -408,9 +414,10 @@ def _after_failure(
     records of what was run."""
     site = run.shell.site
     host = host_plan.host
-    policy = site.upgrade.on_failure
+    policy = on_host_failure(site, plan, host_plan)
     names = ", ".join(short_name(a) for a in host_plan.agents) or "none"
-    if policy == "rollback" and host_plan.installed and host_plan.installed != plan.version:
+    if policy == "rollback":
+        assert host_plan.installed is not None
         progress.emit(
             "step-sentence", sentence=f"{host} failed: rolling it back to {host_plan.installed}"
         )

@@ -38,6 +38,7 @@ from flows.plans.switch import (
     compensate_switch,
     plan_switch,
 )
+from flows.plans.verify import SwitchAfter, verify_switch
 from flows.procedure import Finish, Finisher, Run, locked, procedure_run
 from flows.result import ProcedureResult
 from flows.run_site import load_run_site
@@ -298,11 +299,14 @@ def _switch(
     # verify
     assert plan.to is not None and plan.to_address is not None and plan.master is not None
     after = read_aliases(site)
-    lagging = [
-        a for a in after if a.error or a.addresses != [plan.to_address] or a.epoch != plan.new_epoch
-    ]
-    new_master = read_frontend(run.shell, plan.to)
-    old_master = read_frontend(run.shell, plan.master)
+    verdict = verify_switch(
+        plan,
+        SwitchAfter(
+            aliases=after,
+            new_master=read_frontend(run.shell, plan.to),
+            old_master=read_frontend(run.shell, plan.master),
+        ),
+    )
     seen = client_view(site, after[0].addresses[0]) if after and after[0].addresses else None
     client = (
         f"a client resolving {site.dns.alias} now reaches {after[0].addresses[0]}, which "
@@ -311,20 +315,8 @@ def _switch(
         else f"a client resolving {site.dns.alias} now reaches no front end"
     )
     human = [*plan.human, *ex.human]
-    problems: list[str] = []
-    if lagging:
-        problems.append(
-            "servers not answering the new address and epoch: "
-            + "; ".join(f"{a.server} {a.error or a.addresses} epoch {a.epoch}" for a in lagging)
-        )
-    if not (new_master.serving_master and new_master.epoch == plan.new_epoch):
-        problems.append(
-            f"{plan.to} does not serve as the master with epoch {plan.new_epoch} (role "
-            f"{new_master.role}, epoch {new_master.epoch}, database epoch {new_master.db_epoch})"
-        )
-    if old_master.reachable and old_master.role == "master" and old_master.answers:
-        problems.append(f"{plan.master} still answers as the master (its writes are fenced)")
-    ok = not problems and not ex.failed_chains
+    problems = verdict.human
+    ok = verdict.status == "completed" and not ex.failed_chains
     human += problems
     if ok and req.automatic:
         remember_automatic_switch(site.site, plan.master, plan.to)

@@ -17,8 +17,10 @@ from flows.plans.clean_move_compensation import channel_human
 from flows.plans.emergency_move import EmergencyPlan
 from flows.plans.fence_host import FencePlan
 from flows.plans.model import AgentOutcome
+from flows.plans.rolling_upgrade import UpgradePlan, UpgradeSnapshot
 from flows.plans.snapshot import HostSnapshot, SiteSnapshot
 from flows.plans.steps import command
+from flows.plans.switch import AliasAnswer, FrontendState, SwitchPlan
 
 
 class Verdict(BaseModel):
@@ -138,4 +140,92 @@ def verify_fence_host(plan: FencePlan, after: HostSnapshot) -> Verdict:
             for a in plan.moved
             if a not in after.disabled
         ] + [f"{a} still runs on {plan.host}" for a in plan.twice if after.runs(a)]
+    return Verdict(status="failed" if human else "completed", human=human)
+
+
+class SwitchAfter(BaseModel):
+    """What the switch's verification reads after the run."""
+
+    #: every authoritative server's answer for the alias (the primary first)
+    aliases: list[AliasAnswer]
+    #: the front ends of the new master and of the old one
+    new_master: FrontendState
+    old_master: FrontendState
+
+
+def verify_switch(plan: SwitchPlan, after: SwitchAfter) -> Verdict:
+    """Every DNS server answers the new master's address with the new epoch, the new master
+    serves as the master with that epoch, and the old one no longer answers as the master.
+
+    Args:
+        plan: the switch's plan (a switch that acts: master, target, address and epochs set).
+        after: the aliases and both front ends read after the run.
+    """
+    assert plan.master is not None and plan.to is not None
+    human: list[str] = []
+    lagging = [
+        a
+        for a in after.aliases
+        if a.error or a.addresses != [plan.to_address] or a.epoch != plan.new_epoch
+    ]
+    if lagging:
+        human.append(
+            "servers not answering the new address and epoch: "
+            + "; ".join(f"{a.server} {a.error or a.addresses} epoch {a.epoch}" for a in lagging)
+        )
+    new = after.new_master
+    if not (new.serving_master and new.epoch == plan.new_epoch):
+        human.append(
+            f"{plan.to} does not serve as the master with epoch {plan.new_epoch} (role "
+            f"{new.role}, epoch {new.epoch}, database epoch {new.db_epoch})"
+        )
+    old = after.old_master
+    if old.reachable and old.role == "master" and old.answers:
+        human.append(f"{plan.master} still answers as the master (its writes are fenced)")
+    return Verdict(status="failed" if human else "completed", human=human)
+
+
+def verify_rolling_upgrade(
+    plan: UpgradePlan, results: dict[str, str], after: UpgradeSnapshot
+) -> Verdict:
+    """Each host the run reports done is as the report says, read from the hosts afterwards.
+
+    An upgraded host has the target version installed and each of its agents running it (where
+    the agent's status says its version); a rolled-back host has its old version again with its
+    agents running; a host whose agents were moved runs none of them, and each runs elsewhere.
+    A failed or left host is reported as such already and is not judged again.
+
+    Args:
+        plan: the upgrade's plan.
+        results: each host's result as the run settled it (``upgraded``, ``rolled-back``...).
+        after: the hosts read after the run.
+    """
+    human: list[str] = []
+    for hp in plan.todo:
+        result = results.get(hp.host)
+        if result not in ("upgraded", "rolled-back", "moved"):
+            continue
+        seen = after.hosts.get(hp.host)
+        if seen is None or not seen.reachable:
+            why = seen.error if seen is not None else "not read"
+            human.append(f"{hp.host} ({result}) does not answer after the run: {why}")
+            continue
+        if result == "moved":
+            wrong = [a for a in hp.agents if hp.host in after.site.where(a)]
+            nowhere = [a for a in hp.agents if not after.site.where(a)]
+            human += [f"{a} still runs on {hp.host} after its move" for a in wrong]
+            human += [f"{a} runs nowhere after its move from {hp.host}" for a in nowhere]
+            continue
+        version = plan.version if result == "upgraded" else hp.installed
+        if version is not None and seen.installed != version:
+            human.append(
+                f"{hp.host} ({result}) has version {seen.installed or 'unknown'} installed, "
+                f"not {version}"
+            )
+        for a in hp.agents:
+            st = seen.status(a)
+            if st is None:
+                human.append(f"{a} does not run on {hp.host} ({result})")
+            elif version is not None and st.version is not None and st.version != version:
+                human.append(f"{a} on {hp.host} runs version {st.version}, not {version}")
     return Verdict(status="failed" if human else "completed", human=human)
