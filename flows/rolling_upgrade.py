@@ -277,18 +277,18 @@ def _upgrade(
     extra: list[StepRecord] = []
     outcomes: dict[str, HostOutcome] = {}
     human: list[str] = []
-    ex: Executor
+    executor: Executor
 
     def settle(hosts: list[str]) -> None:
         """Record where each host of a finished batch ended; apply the policy to failed ones."""
         for h in hosts:
-            mine = [r for r in ex.records if r.host == h]
+            mine = [r for r in executor.records if r.host == h]
             secs = (
                 (max(r.ended_at for r in mine) - min(r.started_at for r in mine)).total_seconds()
                 if mine
                 else 0.0
             )
-            failed = h in ex.failed_chains
+            failed = h in executor.failed_chains
             outcomes[h] = HostOutcome(
                 host=h,
                 result="failed" if failed else "upgraded",
@@ -336,9 +336,9 @@ def _upgrade(
             return None if again.approved else f"after the canary: {again.sentence()}"
         return gate.reason if gate.action == "halt" else None
 
-    ex = Executor(run.shell, plan, before_phase=before)
-    ex.execute()
-    settle(previous if not ex.stop_reason else [])
+    executor = Executor(run.shell, plan, before_phase=before)
+    executor.execute()
+    settle(previous if not executor.stop_reason else [])
     # verify: every host the run reports done is as reported, read afresh
     verdict = verify_rolling_upgrade(
         plan,
@@ -346,11 +346,11 @@ def _upgrade(
         snapshot_upgrade(run.shell, upgrade_hosts(site)),
     )
     human += verdict.human
-    stop_reason = ex.stop_reason
+    stop_reason = executor.stop_reason
     if stop_reason:
         progress.emit("step-sentence", sentence=stop_reason)
-    left = [c.name for p in plan.phases if p.name in ex.stopped_before for c in p.chains]
-    records = [*ex.records, *extra]
+    left = [c.name for p in plan.phases if p.name in executor.stopped_before for c in p.chains]
+    records = [*executor.records, *extra]
     missed = {
         a: s
         for r in records
@@ -421,12 +421,14 @@ def _after_failure(
         progress.emit(
             "step-sentence", sentence=f"{host} failed: rolling it back to {host_plan.installed}"
         )
-        ex = Executor(run.shell, plan_rollback(site, host, host_plan.agents, host_plan.installed))
-        ex.execute()
-        if ex.failed_chains:
+        executor = Executor(
+            run.shell, plan_rollback(site, host, host_plan.agents, host_plan.installed)
+        )
+        executor.execute()
+        if executor.failed_chains:
             human.append(
                 f"{host}: the rollback to version {host_plan.installed} failed too "
-                f"({'; '.join(ex.human)}); its agents ({names}) may not serve: move them "
+                f"({'; '.join(executor.human)}); its agents ({names}) may not serve: move them "
                 f"(`handover run emergency-move --host {host}`)"
             )
         else:
@@ -435,7 +437,7 @@ def _after_failure(
             outcome.note += (
                 f"; rolled back to version {host_plan.installed}, its agents serve again"
             )
-        return ex.records
+        return executor.records
     if policy == "move":
         progress.emit("step-sentence", sentence=f"{host} failed: moving its agents to backups")
         snap = snapshot_host(run.shell, host)
@@ -449,10 +451,10 @@ def _after_failure(
         if not move_plan.ok:
             human.append(f"{host}: its agents could not be moved: {'; '.join(move_plan.problems)}")
             return []
-        ex = Executor(run.shell, move_plan)
-        ex.execute()
-        if ex.failed_chains:
-            human.append(f"{host}: moving its agents failed: {'; '.join(ex.human)}")
+        executor = Executor(run.shell, move_plan)
+        executor.execute()
+        if executor.failed_chains:
+            human.append(f"{host}: moving its agents failed: {'; '.join(executor.human)}")
         else:
             outcome.result = "moved"
             moved = ", ".join(f"{short_name(m.agent)} → {m.to}" for m in move_plan.moves)
@@ -462,7 +464,7 @@ def _after_failure(
                 f"agents listed in its .disabled file; repair it, then move them back "
                 f"(`handover run clean-move --from BACKUP --to {host}`)"
             )
-        return ex.records
+        return executor.records
     human.append(
         f"{host} failed ({outcome.note}); the site's policy is to halt: its agents ({names}) "
         f"may not serve. Roll it back (`handover run rolling-upgrade --version "

@@ -294,8 +294,8 @@ def _switch(
             "rejected", f"{approval.sentence()}; nothing changed", approval=approval, **known
         )
 
-    ex = Executor(run.shell, plan, compensate=compensate_switch)
-    ex.execute()
+    executor = Executor(run.shell, plan, compensate=compensate_switch)
+    executor.execute()
     # verify
     assert plan.to is not None and plan.to_address is not None and plan.master is not None
     after = read_aliases(site)
@@ -314,9 +314,9 @@ def _switch(
         if seen is not None
         else f"a client resolving {site.dns.alias} now reaches no front end"
     )
-    human = [*plan.human, *ex.human]
+    human = [*plan.human, *executor.human]
     problems = verdict.human
-    ok = verdict.status == "completed" and not ex.failed_chains
+    ok = verdict.status == "completed" and not executor.failed_chains
     human += problems
     if ok and req.automatic:
         remember_automatic_switch(site.site, plan.master, plan.to)
@@ -327,7 +327,7 @@ def _switch(
         f"{plan.old_epoch} -> {plan.new_epoch}"
         if ok
         else f"switch from {plan.master} to {plan.to} did not complete: "
-        + "; ".join(problems or [str(h) for h in ex.human] or ["a step failed"])
+        + "; ".join(problems or [str(h) for h in executor.human] or ["a step failed"])
     )
     status = "completed" if ok else "failed"
     moved = ""
@@ -346,12 +346,15 @@ def _switch(
         summary,
         agents_move=moved,
         approval=approval,
-        steps=ex.records,
-        agents=list(ex.outcomes.values()),
+        steps=executor.records,
+        agents=list(executor.outcomes.values()),
         human_actions=human,
         alias=after,
         client_sees=client,
-        **{**known, "actions": [*known["actions"], *[r.sentence for r in ex.records], client]},
+        **{
+            **known,
+            "actions": [*known["actions"], *[r.sentence for r in executor.records], client],
+        },
     )
 
 
