@@ -8,6 +8,7 @@ Exit codes: 0 completed (or dry run), 2 partial (the site is consistent but not 
 from __future__ import annotations
 
 import getpass
+import importlib
 import os
 import signal
 import sys
@@ -156,7 +157,7 @@ def run_procedure(procedure: str, params: dict[str, Any], *, as_json: bool) -> i
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_FLOW_RUNS_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_TASK_RUNS_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
-    if procedure in ("emergency-move", "fence-host", "switch", "rolling-upgrade"):
+    if procedure in HOST_PROCEDURES:
         return _run_host_procedure(procedure, params, console, ui, as_json=as_json)
     if procedure != "clean-move":
         console.print(f"[red]unknown procedure {procedure!r}[/red]")
@@ -186,17 +187,22 @@ def run_procedure(procedure: str, params: dict[str, Any], *, as_json: bool) -> i
     return _report(console, result, report_markdown, ui, as_json=as_json)
 
 
+#: the procedures `handover run` starts besides the clean move: the module of each, which has
+#: the flow (named as the module) and its `report_markdown`
+HOST_PROCEDURES = {
+    "emergency-move": "flows.emergency_move",
+    "fence-host": "flows.fence_host",
+    "switch": "flows.switch",
+    "rolling-upgrade": "flows.rolling_upgrade",
+    "drop-db-lock": "flows.drop_db_lock",
+}
+
+
 def _run_host_procedure(
     procedure: str, params: dict[str, Any], console: Console, ui: str, *, as_json: bool
 ) -> int:
-    from flows.emergency_move import emergency_move
-    from flows.emergency_move import report_markdown as emergency_report
-    from flows.fence_host import fence_host
-    from flows.fence_host import report_markdown as fence_report
-    from flows.rolling_upgrade import report_markdown as upgrade_report
-    from flows.rolling_upgrade import rolling_upgrade
-    from flows.switch import report_markdown as switch_report
-    from flows.switch import switch
+    module = importlib.import_module(HOST_PROCEDURES[procedure])
+    flow = getattr(module, module.__name__.rpartition(".")[2])
 
     def say(kind: str, data: dict[str, Any]) -> None:
         if kind == "step-sentence":
@@ -212,27 +218,11 @@ def _run_host_procedure(
                 "--yes skips this"
             )
 
+    params.setdefault("requested_by", getpass.getuser())
     with progress.sink(say):
-        if procedure == "emergency-move":
-            params.setdefault("requested_by", getpass.getuser())
-            state = emergency_move(**params, return_state=True)
-        elif procedure == "switch":
-            params.setdefault("requested_by", getpass.getuser())
-            state = switch(**params, return_state=True)
-        elif procedure == "rolling-upgrade":
-            params.setdefault("requested_by", getpass.getuser())
-            state = rolling_upgrade(**params, return_state=True)
-        else:
-            params.setdefault("requested_by", getpass.getuser())
-            state = fence_host(**params, return_state=True)
+        state = flow(**params, return_state=True)
     result: Any = state.result(raise_on_failure=False)
-    reports: dict[str, Callable[[Any], str]] = {
-        "switch": switch_report,
-        "rolling-upgrade": upgrade_report,
-        "fence-host": fence_report,
-    }
-    report = reports.get(procedure, emergency_report)
-    return _report(console, result, report, ui, as_json=as_json)
+    return _report(console, result, module.report_markdown, ui, as_json=as_json)
 
 
 def _report(

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from config.loader import load_site
-from flows.drop_db_lock import drop_db_lock
+from flows.drop_db_lock import DropDbLockResult, drop_db_lock
+from infra.cli import main
 from tasks.db_sessions import (
     DatabaseUnavailable,
     DbSession,
@@ -206,12 +207,18 @@ def test_lab_sessions_of_one_machine_and_one_agent(lab: RunningLab) -> None:
     )
 
 
-def test_drop_db_lock_flow(lab: RunningLab, prefect_api: str) -> None:
+def test_drop_db_lock_flow(
+    lab: RunningLab, prefect_api: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     dry = drop_db_lock(str(lab.site_file), "fts105", dry_run=True)
     assert dry.dry_run and len(dry.found) == 2 and "nothing killed" in dry.sentence
     assert len(find_sessions(lab.site, "fts105")) == 2
-    done = drop_db_lock(str(lab.site_file), "fts105")
-    assert done.step is not None and len(done.step.changed) == 2
+    # from the command line, as an operator runs it
+    capsys.readouterr()
+    argv = ["run", "drop-db-lock", "--site", str(lab.site_file), "--host", "fts105", "--json"]
+    assert main(argv) == 0
+    done = DropDbLockResult.model_validate_json(capsys.readouterr().out)
+    assert done.status == "completed" and done.step is not None and len(done.step.changed) == 2
     assert "killed 2 DB sessions" in done.sentence
     wait_for(lambda: len(find_sessions(lab.site, "fts105")) == 2, 15, "the VO agents to reconnect")
 

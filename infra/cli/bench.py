@@ -104,16 +104,16 @@ def register(sub: Any) -> None:
     bench = sub.add_parser("bench", help="benchmarks")
     bsub = bench.add_subparsers(dest="bench_what", required=True)
     p = bsub.add_parser("lab", help="lab up/down time (medians) and memory")
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=5, help="rounds to measure (medians)")
     p.add_argument("--hosts", type=int, help="also measure a generated lab of N hosts")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
     site_arg(p)
     p = bsub.add_parser("clean-move", help="full vs pipelined clean move: downtime, overhead")
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=3, help="rounds to measure (medians)")
     p.add_argument("--warmup", type=float, default=6.0, help="seconds of load before each move")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p = bsub.add_parser("alert", help="alert -> flow start -> first agent serving (p50, p95)")
-    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=10, help="rounds to measure (medians)")
     p.add_argument(
         "--storm",
         type=int,
@@ -146,7 +146,7 @@ def register(sub: Any) -> None:
         help="who creates the run: the gateway, Prefect's automations (default: both, side "
         "by side)",
     )
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p = bsub.add_parser(
         "switch", help="planned and failover switches under load: client outage, alert -> alias"
     )
@@ -163,7 +163,7 @@ def register(sub: Any) -> None:
         default=8,
         help="resolvers querying during one switch (0: none)",
     )
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p = bsub.add_parser(
         "rolling-upgrade",
         help="rolling upgrades of generated labs: time per host, overhead, agents' time down",
@@ -178,7 +178,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--load", type=float, default=10.0, help="jobs/s submitted in total, whatever the size"
     )
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p = bsub.add_parser(
         "hagd", help="HA group daemon: failover vs dT1 + dT2, manual takeover gap, heartbeat cost"
     )
@@ -187,11 +187,11 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--no-lab", action="store_true", help="skip the rounds on the lab (crash, takeover back)"
     )
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p = bsub.add_parser(
         "scale", help="reading the site (snapshot, sensors) at 4 hosts and at 50, side by side"
     )
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=5, help="rounds to measure (medians)")
     p.add_argument("--hosts", type=int, default=50, help="the large lab's hosts (default 50)")
     p.add_argument(
         "--services",
@@ -201,12 +201,12 @@ def register(sub: Any) -> None:
         "two workers (default 10; 0: no moves)",
     )
     p.add_argument("--solo", type=int, default=3, help="moves timed alone first (default 3)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p = bsub.add_parser(
         "detect", help="a crash to the service restored through Prometheus and Alertmanager"
     )
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--rounds", type=int, default=3, help="rounds to measure (medians)")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p = bsub.add_parser(
         "faults", help="every procedure under faults at its steps: end state, convergence"
     )
@@ -220,7 +220,12 @@ def register(sub: Any) -> None:
         action="append",
         help="only this fault (sshd-down, crash, kill-9, prefect-restart, ...)",
     )
-    p.add_argument("--where", action="append", choices=["source", "target", "database", "run"])
+    p.add_argument(
+        "--where",
+        action="append",
+        choices=["source", "target", "database", "run"],
+        help="only faults at this place (repeatable)",
+    )
     p.add_argument("--after", action="append", help="only faults injected after this step verb")
     p.add_argument("--warmup", type=float, default=3.0, help="seconds of load before each run")
     p.add_argument(
@@ -232,5 +237,5 @@ def register(sub: Any) -> None:
         help="the bench lab's addresses 127.OCTET.0.0/16 (two benches side by side)",
     )
     p.add_argument("--markdown", action="store_true", help="print the rows as a markdown table")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
     bench.set_defaults(func=cmd_bench)

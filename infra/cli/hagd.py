@@ -92,8 +92,8 @@ def register(sub: Any) -> None:
     ):
         c = hs.add_parser(what, help=helptext)
         if what != "status":
-            c.add_argument("group")
+            c.add_argument("group", help="the HA group, as the configuration names it")
         c.add_argument("--control", help="the daemon's control socket (default: its config's)")
         c.add_argument("--config", help="the daemon's configuration file (for its socket)")
-        c.add_argument("--json", action="store_true")
+        c.add_argument("--json", action="store_true", help="print the answer as JSON")
     p.set_defaults(func=cmd_hagd)

@@ -203,14 +203,14 @@ def register(sub: Any) -> None:
         action="store_true",
         help="run handover's exporter, Prometheus and Alertmanager on the lab",
     )
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the answer as JSON")
     site_arg(p)
     for name, helptext in (
         ("down", "stop everything the lab started"),
         ("status", "hosts, agents, channels"),
     ):
         p = lsub.add_parser(name, help=helptext)
-        p.add_argument("--json", action="store_true")
+        p.add_argument("--json", action="store_true", help="print the answer as JSON")
         site_arg(p)
         if name == "down":
             p.add_argument(
@@ -219,12 +219,12 @@ def register(sub: Any) -> None:
                 help="also delete the state directory (database, host roots, logs)",
             )
     p = lsub.add_parser("score", help="jobs done/lost, downtime, agents running twice")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the answer as JSON")
     p.add_argument("--reset", action="store_true", help="start counting again from now")
     site_arg(p)
     p = lsub.add_parser("fault", help="inject a fault into a host")
-    p.add_argument("host")
-    p.add_argument("kind", choices=FAULT_KINDS)
+    p.add_argument("host", help="the lab host (e.g. fts101)")
+    p.add_argument("kind", choices=FAULT_KINDS, help="the fault")
     site_arg(p)
     p = lsub.add_parser(
         "report-to", help="make the lab's HA group daemons report to a gateway (signed alerts)"
@@ -239,19 +239,19 @@ def register(sub: Any) -> None:
     p.add_argument("--token-file", required=True, help="a file holding the Alertmanager token")
     site_arg(p)
     p = lsub.add_parser("heal", help="undo a host's fault (a crashed host reboots)")
-    p.add_argument("host")
+    p.add_argument("host", help="the lab host (e.g. fts101)")
     site_arg(p)
     p = lsub.add_parser("db-fault", help="inject a fault into the database server")
-    p.add_argument("kind", choices=DB_FAULT_KINDS)
+    p.add_argument("kind", choices=DB_FAULT_KINDS, help="the fault")
     site_arg(p)
     p = lsub.add_parser("db-heal", help="undo the database's fault (after a crash it starts)")
     site_arg(p)
     p = lsub.add_parser("load", help="switch the load generator on or off")
-    p.add_argument("state", choices=["on", "off"])
+    p.add_argument("state", choices=["on", "off"], help="the load generator on or off")
     p.add_argument("--rate", type=float, help="jobs per second per channel")
     site_arg(p)
     p = lsub.add_parser("exec", help="run a command inside a host (not over SSH)")
-    p.add_argument("host")
-    p.add_argument("argv", nargs=argparse.REMAINDER)
+    p.add_argument("host", help="the lab host (e.g. fts101)")
+    p.add_argument("argv", nargs=argparse.REMAINDER, help="the command and its arguments")
     site_arg(p)
     lab.set_defaults(func=cmd_lab)

@@ -48,6 +48,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.yes:
             sp["pause_for_approval"] = False
         return run_procedure("switch", sp, as_json=args.json)
+    if args.procedure == "drop-db-lock":
+        if not args.host:
+            error("drop-db-lock needs --host")
+            return 2
+        dp: dict[str, Any] = {
+            "site_file": str(Path(args.site).resolve()),
+            "host": args.host,
+            "agent": args.agent,
+            "dry_run": args.dry_run,
+        }
+        if args.yes:
+            dp["pause_for_approval"] = False
+        return run_procedure("drop-db-lock", dp, as_json=args.json)
     if args.procedure in ("emergency-move", "fence-host"):
         if not args.host:
             error(f"{args.procedure} needs --host")
@@ -87,7 +100,15 @@ def register(sub: Any) -> None:
     p = sub.add_parser("run", help="run a procedure and print its report")
     p.add_argument(
         "procedure",
-        choices=["clean-move", "emergency-move", "fence-host", "switch", "rolling-upgrade"],
+        choices=[
+            "clean-move",
+            "emergency-move",
+            "fence-host",
+            "drop-db-lock",
+            "switch",
+            "rolling-upgrade",
+        ],
+        help="the procedure to run",
     )
     site_arg(p)
     p.add_argument("--from", dest="from_host", help="clean-move: host the agents leave")
@@ -101,8 +122,18 @@ def register(sub: Any) -> None:
         help="switch: fence the master (kill its DB sessions, raise the epoch) instead of a "
         "planned handover (default: planned when the master answers as the master)",
     )
-    p.add_argument("--host", help="emergency-move, fence-host: the failed (or returning) host")
-    p.add_argument("--mode", choices=["pipelined", "full", "staged"], default="pipelined")
+    p.add_argument(
+        "--host",
+        help="emergency-move, fence-host: the failed (or returning) host; drop-db-lock: the "
+        "machine whose DB sessions go",
+    )
+    p.add_argument("--agent", help="drop-db-lock: only this agent's sessions")
+    p.add_argument(
+        "--mode",
+        choices=["pipelined", "full", "staged"],
+        default="pipelined",
+        help="how the clean move goes: channel by channel, all at once, or in stages",
+    )
     p.add_argument("--agents", help="comma-separated agent names (default: all on the host)")
     p.add_argument("--drain-timeout", type=float, help="seconds (default: the site's policy)")
     p.add_argument("--poll-interval", type=float, help="seconds (default: the site's policy)")

@@ -120,16 +120,18 @@ def register(sub: Any) -> None:
         "running (monitor: serving), 7 cleanly stopped, 1 failed or the host cannot be asked, "
         "5 not installed, 6 not configured there, 2 bad arguments.",
     )
-    p.add_argument("action", choices=["start", "stop", "status", "monitor"])
-    p.add_argument("--host", required=True)
+    p.add_argument(
+        "action", choices=["start", "stop", "status", "monitor"], help="what to do (OCF exit codes)"
+    )
+    p.add_argument("--host", required=True, help="the host whose agents these are")
     p.add_argument(
         "--agent", action="append", help="an agent (repeatable; default: every one of the host)"
     )
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the answer as JSON")
     site_arg(p)
     p.set_defaults(func=cmd_service)
     p = sub.add_parser("ocf", help="the OCF resource agents for Pacemaker (install)")
-    p.add_argument("ocf_action", choices=["install"])
+    p.add_argument("ocf_action", choices=["install"], help="install the agents for Pacemaker")
     p.add_argument("--ocf-root", default="/usr/lib/ocf", help="OCF_ROOT (default /usr/lib/ocf)")
     p.set_defaults(func=cmd_ocf)
     p = sub.add_parser("exporter", help="the service's sensors as Prometheus metrics (/metrics)")
@@ -138,7 +140,7 @@ def register(sub: Any) -> None:
         default="127.0.0.1",
         help="the address to listen on (default 127.0.0.1; any other needs --token-file)",
     )
-    p.add_argument("--port", type=int, default=9480)
+    p.add_argument("--port", type=int, default=9480, help="the port /metrics listens on")
     p.add_argument(
         "--token-file",
         help="a file (mode 0600, the exporter's user's) holding the bearer token every request "

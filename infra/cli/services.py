@@ -295,20 +295,21 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser("alert", help="send one signed alert to the gateway")
     site_arg(p)
-    p.add_argument("--host", required=True)
+    p.add_argument("--host", required=True, help="the host the alert is about")
     p.add_argument(
         "--kind",
         default="host_down",
         choices=list(get_args(AlertKind)),
+        help="what the alert says happened (each kind starts its procedure)",
     )
-    p.add_argument("--summary")
-    p.add_argument("--gateway", default="http://127.0.0.1:8787")
+    p.add_argument("--summary", help="the alert's summary line")
+    p.add_argument("--gateway", default="http://127.0.0.1:8787", help="the gateway's base URL")
     p.set_defaults(func=cmd_alert)
 
     p = sub.add_parser("gateway", help="Slack approvals and alerts in (HTTP or Socket Mode)")
     site_arg(p)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8787)
+    p.add_argument("--host", default="127.0.0.1", help="the address to listen on")
+    p.add_argument("--port", type=int, default=8787, help="the port to listen on")
     p.add_argument(
         "--socket-mode",
         action="store_true",
@@ -324,16 +325,18 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_gateway)
 
     p = sub.add_parser("fake-slack", help="a fake Slack Web API on loopback (rehearsals, tests)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8788)
+    p.add_argument("--host", default="127.0.0.1", help="the address to listen on")
+    p.add_argument("--port", type=int, default=8788, help="the port to listen on")
     p.set_defaults(func=cmd_fake_slack)
 
     srv = sub.add_parser(
         "server", help="a local Prefect server (embedded SQLite, or PostgreSQL for production)"
     )
-    srv.add_argument("server_action", choices=["start", "stop", "status"])
-    srv.add_argument("--host", default="127.0.0.1")
-    srv.add_argument("--port", type=int, default=4200)
+    srv.add_argument(
+        "server_action", choices=["start", "stop", "status"], help="what to do with the server"
+    )
+    srv.add_argument("--host", default="127.0.0.1", help="the address to listen on")
+    srv.add_argument("--port", type=int, default=4200, help="the port to listen on")
     srv.add_argument(
         "--db",
         choices=["sqlite", "postgresql"],

@@ -68,10 +68,10 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
 def register(sub: Any) -> None:
     """Add the commands of this module to the `handover` parser."""
     p = sub.add_parser("check-config", help="validate site files")
-    p.add_argument("files", nargs="+")
+    p.add_argument("files", nargs="+", help="the site files to check")
     p.set_defaults(func=cmd_check_config)
 
     p = sub.add_parser("snapshot", help="live snapshot of a site over SSH")
     site_arg(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the snapshot as JSON")
     p.set_defaults(func=cmd_snapshot)
