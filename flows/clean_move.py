@@ -42,8 +42,7 @@ from flows.plans.clean_move import (
     plan_clean_move,
     plan_markdown,
 )
-from flows.plans.clean_move_compensation import chain_moves, compensate_clean_move
-from flows.plans.model import Chain, Ledger, Remedy
+from flows.plans.clean_move_compensation import compensate_clean_move
 from flows.plans.snapshot import SiteSnapshot
 from flows.plans.verify import verify_clean_move
 from flows.procedure import Finish, Finisher, Run, locked, procedure_run
@@ -104,11 +103,7 @@ def _finalise(
 
 def report_markdown(r: CleanMoveResult) -> str:
     """The final report as markdown (pure)."""
-    lines = [f"# Clean move {r.from_host} -> {r.to_host}: {r.status.upper()}", "", r.summary, ""]
-    if r.approval:
-        lines += [f"Approval: {r.approval.sentence()}", ""]
-    if r.human_actions:
-        lines += ["## A human must act", ""] + [f"- {h}" for h in r.human_actions] + [""]
+    lines = r.report_head(f"Clean move {r.from_host} -> {r.to_host}")
     if r.agents:
         lines += [
             "## Agents",
@@ -333,15 +328,6 @@ def _hold_until(start_at: dt.datetime | None) -> float:
     return time.monotonic() - t0
 
 
-def _compensation(site: Site, plan: MovePlan) -> Any:
-    def compensate(ledger: Ledger, chain: Chain, exc: BaseException) -> list[Remedy]:
-        return compensate_clean_move(
-            site, plan, ledger, chain_moves(plan, chain), type(exc).__name__, str(exc)
-        )
-
-    return compensate
-
-
 def _move(
     run_: Run,
     req: MoveRequest,
@@ -391,7 +377,7 @@ def _move(
         drain_timeout_s=plan.drain_timeout_s,
         drain_host_lost_s=policy.drain_host_lost_s,
         force=plan.force,
-        compensate=_compensation(site, plan),
+        compensate=compensate_clean_move,
     )
     held = _hold_until(start_at)
     act_started = time.monotonic()

@@ -22,7 +22,9 @@ from flows.executor import Executor
 from flows.notify import mrkdwn
 from flows.plans.drop_db_lock import (
     PROCEDURE,
+    DbSessions,
     DropDbLockPlan,
+    DropDbLockRequest,
     FoundSession,
     plan_drop_db_lock,
     sessions_left,
@@ -135,7 +137,9 @@ def _drop(
         table=[s.model_dump() for s in found],
         description=f"DB sessions from {host}{whose}",
     )
-    plan = plan_drop_db_lock(site, host, agent, found)
+    plan = plan_drop_db_lock(
+        site, DbSessions(found=found), DropDbLockRequest(host=host, agent=agent)
+    )
     known: dict[str, Any] = {"plan": plan, "found": found}
     if not plan.ok:
         return finish("refused", "; ".join(plan.problems), **known)
@@ -190,9 +194,7 @@ def _drop(
 
 def report_markdown(r: DropDbLockResult) -> str:
     """The report as markdown (pure)."""
-    lines = [f"# drop-db-lock {r.host}: {r.status.upper()}", "", r.summary, ""]
-    if r.human_actions:
-        lines += ["## A human must act", ""] + [f"- {h}" for h in r.human_actions] + [""]
+    lines = r.report_head(f"drop-db-lock {r.host}")
     if r.found:
         lines += ["## Sessions found", ""] + [
             f"- {s.id}: {s.program} from {s.machine}" for s in r.found

@@ -43,6 +43,7 @@ from flows.plans.emergency_move import (
     plan_emergency_move,
 )
 from flows.plans.model import steps_markdown
+from flows.plans.snapshot import HostWithPartners
 from flows.plans.verify import verify_emergency_move
 from flows.procedure import Finish, Finisher, Run, locked, procedure_run
 from flows.result import ProcedureResult
@@ -161,7 +162,9 @@ def _emergency(
             get_run_logger().warning("could not list the DB sessions from %s: %s", host, exc)
     # plan
     plan = plan_emergency_move(
-        site, EmergencyRequest(host=host, reach=reach, sessions_of=sessions_of), snap, others
+        site,
+        HostWithPartners(host=snap, partners=others),
+        EmergencyRequest(host=host, reach=reach, sessions_of=sessions_of),
     )
     create_markdown_artifact(key="emergency-move-plan", markdown=plan_markdown(plan))
     actions = list(plan.notes)
@@ -279,11 +282,9 @@ def plan_markdown(plan: EmergencyPlan) -> str:
 
 def report_markdown(r: EmergencyResult) -> str:
     """The report as markdown (pure)."""
-    lines = [f"# Emergency move of {r.host}: {r.status.upper()}", "", r.summary, ""]
-    if r.case:
-        lines += [f"Case **{r.case}**: {r.why}.", ""]
-    if r.human_actions:
-        lines += ["## A human must act", ""] + [f"- {h}" for h in r.human_actions] + [""]
+    lines = r.report_head(
+        f"Emergency move of {r.host}", *([f"Case **{r.case}**: {r.why}."] if r.case else [])
+    )
     lines += ["## What was done", ""] + [f"1. {a}" for a in r.actions]
     if r.agents:
         lines += ["", "## Agents", ""] + [

@@ -37,9 +37,10 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import MissingContextError
 
+from config.site import Site
 from flows import progress
 from flows.attempt import Superseded, check_current
-from flows.plans.model import AnyStep, Chain, Ledger, Phase, Plan, Remedy
+from flows.plans.model import AnyStep, Chain, Failure, Ledger, Phase, Plan, Remedy
 from flows.result import AgentOutcome, Outcome, StepRecord
 from tasks.adapters.ssh import SshError
 from tasks.drain import Cancelled, DrainMonitor
@@ -48,8 +49,9 @@ from tasks.remote import SiteShell
 from tasks.run_context import RunContext
 from tasks.verbs import end_run, step_task
 
-#: the procedure's compensation: (ledger, the failed chain, the error) -> remedies
-Compensate = Callable[[Ledger, Chain, BaseException], list[Remedy]]
+#: a procedure's compensation, `compensate_<procedure>(site, plan, ledger, failure)`: what to
+#: do for the agents of a failed chain, from what the run has done (pure)
+Compensate = Callable[[Site, Any, Ledger, Failure], list[Remedy]]
 #: pause between two tries of a step that has a `retry_for_s` bound
 RETRY_PAUSE_S = 2.0
 
@@ -379,7 +381,8 @@ class Executor:
             else:
                 with self.lock:
                     ledger = self.ledger.model_copy(deep=True)
-                for remedy in self.compensate_fn(ledger, chain, exc):
+                failure = Failure.of(chain, exc)
+                for remedy in self.compensate_fn(self.shell.site, self.plan, ledger, failure):
                     self.remedy(remedy)
             if not isinstance(exc, Exception):
                 raise

@@ -19,9 +19,9 @@ from config.site import short_name
 from flows.executor import Executor
 from flows.notify import mrkdwn
 from flows.plans.emergency_move import partners
-from flows.plans.fence_host import PROCEDURE, FencePlan, plan_fence_host
+from flows.plans.fence_host import PROCEDURE, FencePlan, FenceRequest, plan_fence_host
 from flows.plans.model import steps_markdown
-from flows.plans.snapshot import SiteSnapshot
+from flows.plans.snapshot import HostWithPartners, SiteSnapshot
 from flows.plans.verify import verify_fence_host
 from flows.procedure import Finish, Finisher, Run, locked, procedure_run
 from flows.result import ProcedureResult
@@ -95,7 +95,9 @@ def _fence(run: Run, host: str, who: str, pause: bool | None, finish: Finish) ->
         if snap.reachable
         else SiteSnapshot(site=site.site, taken_at=now(), hosts=[])
     )
-    plan = plan_fence_host(site, host, snap, others)
+    plan = plan_fence_host(
+        site, HostWithPartners(host=snap, partners=others), FenceRequest(host=host)
+    )
     if not plan.ok:
         return finish("refused", "; ".join(plan.problems), plan=plan)
     if not plan.moved:
@@ -152,9 +154,7 @@ def _fence(run: Run, host: str, who: str, pause: bool | None, finish: Finish) ->
 
 def report_markdown(r: FenceResult) -> str:
     """The report as markdown (pure)."""
-    lines = [f"# fence-host {r.host}: {r.status.upper()}", "", r.summary, ""]
-    if r.human_actions:
-        lines += ["## A human must act", ""] + [f"- {h}" for h in r.human_actions] + [""]
+    lines = r.report_head(f"fence-host {r.host}")
     if r.plan is not None and r.plan.ok and r.plan.phases:
         lines += ["## The plan", *steps_markdown(r.plan), ""]
     if r.steps:

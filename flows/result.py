@@ -83,6 +83,25 @@ class ProcedureResult(BaseModel):
     ended_at: dt.datetime
     flow_run_id: str | None = None
 
+    def report_head(self, title: str, *lead: str) -> list[str]:
+        """The opening of every procedure's report, as markdown lines (pure).
+
+        The title with the status, the summary, the `lead` lines (what else belongs before
+        anything a human reads next), the approval, then what a human must still do.
+
+        Args:
+            title: what ran, e.g. ``Clean move fts101 -> fts102``.
+            lead: lines that follow the summary.
+        """
+        lines = [f"# {title}: {self.status.upper()}", "", self.summary, ""]
+        for line in lead:
+            lines += [line, ""]
+        if self.approval is not None:
+            lines += [f"Approval: {self.approval.sentence()}", ""]
+        if self.human_actions:
+            lines += ["## A human must act", "", *[f"- {h}" for h in self.human_actions], ""]
+        return lines
+
 
 #: `AgentOutcome` is the pure core's (its verifications build it); results carry it
 __all__ = ["AgentOutcome", "Outcome", "ProcedureResult", "Status", "StepRecord", "Timing"]

@@ -43,6 +43,7 @@ from flows.plans.rolling_upgrade import (
     plan_rolling_upgrade,
     upgrade_hosts,
 )
+from flows.plans.snapshot import HostWithPartners
 from flows.plans.windows import WindowCheck, check_window, fits
 from flows.procedure import Finish, Finisher, Run, locked, procedure_run
 from flows.result import ProcedureResult, StepRecord
@@ -435,9 +436,8 @@ def _after_failure(
         failed_here = [a for a in host_plan.agents if not snap.runs(a)]
         move_plan = plan_emergency_move(
             site,
+            HostWithPartners(host=snap if snap.reachable else None, partners=others),
             EmergencyRequest(host=host, reach="open", failed_here=failed_here),
-            snap if snap.reachable else None,
-            others,
         )
         if not move_plan.ok:
             human.append(f"{host}: its agents could not be moved: {'; '.join(move_plan.problems)}")
@@ -468,19 +468,12 @@ def _after_failure(
 def report_markdown(r: UpgradeResult) -> str:
     """The report: what each host did, the agents' time down, what is left."""
     what = f"version {r.version}" if r.version else "configuration only"
-    out = [
-        f"# Rolling upgrade of {r.site}: {r.status.upper()}",
-        "",
-        r.summary,
-        "",
-        f"- {what}; if a host fails: {r.on_failure}",
-    ]
+    facts = [f"- {what}; if a host fails: {r.on_failure}"]
     if r.window is not None:
-        out.append(f"- window: {r.window.sentence()}")
+        facts.append(f"- window: {r.window.sentence()}")
     if r.forced_reason:
-        out.append(f"- **forced outside the window**: {r.forced_reason}")
-    if r.approval is not None:
-        out.append(f"- approval: {r.approval.sentence()}")
+        facts.append(f"- **forced outside the window**: {r.forced_reason}")
+    out = r.report_head(f"Rolling upgrade of {r.site}", "\n".join(facts))
     if r.hosts:
         out += ["", "| host | result | before | after | seconds | remote s | note |"]
         out.append("|---|---|---|---|---|---|---|")
@@ -501,6 +494,4 @@ def report_markdown(r: UpgradeResult) -> str:
             out += ["", f"configure_node on {host}:", *[f"    {ln}" for ln in changed]]
     if r.left:
         out += ["", f"Left for the next run: {', '.join(r.left)}"]
-    if r.human_actions:
-        out += ["", "## What a human must do", *[f"- {h}" for h in r.human_actions]]
     return "\n".join(out) + "\n"

@@ -27,7 +27,7 @@ from flows.approval import automatic_path_proven
 from flows.attempt import check_not_crash_looping
 from flows.executor import Executor
 from flows.notify import Mrkdwn, mrkdwn
-from flows.plans.model import Chain, Ledger, Remedy, steps_markdown
+from flows.plans.model import steps_markdown
 from flows.plans.switch import (
     PROCEDURE,
     AliasAnswer,
@@ -293,10 +293,7 @@ def _switch(
             "rejected", f"{approval.sentence()}; nothing changed", approval=approval, **known
         )
 
-    def compensate(ledger: Ledger, _chain: Chain, exc: BaseException) -> list[Remedy]:
-        return compensate_switch(plan, ledger, exc)
-
-    ex = Executor(run.shell, plan, compensate=compensate)
+    ex = Executor(run.shell, plan, compensate=compensate_switch)
     ex.execute()
     # verify
     assert plan.to is not None and plan.to_address is not None and plan.master is not None
@@ -413,9 +410,7 @@ def plan_markdown(plan: SwitchPlan) -> str:
 
 def report_markdown(r: SwitchResult) -> str:
     """The report as markdown (pure)."""
-    lines = [f"# Switch {r.master or '?'} → {r.to or '?'}: {r.status.upper()}", "", r.summary, ""]
-    if r.human_actions:
-        lines += ["## A human must act", ""] + [f"- {h}" for h in r.human_actions] + [""]
+    lines = r.report_head(f"Switch {r.master or '?'} → {r.to or '?'}")
     lines += ["## What was done", ""] + [f"1. {a}" for a in r.actions]
     if r.agents_move:
         lines += ["", "## The agents", "", r.agents_move]

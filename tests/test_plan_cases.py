@@ -11,7 +11,7 @@ import difflib
 import pytest
 
 from flows.plans.clean_move import MoveRequest, plan_clean_move
-from flows.plans.model import Ledger
+from flows.plans.model import Chain, Failure, Ledger
 from tests.plan_cases import ROOT, cases, dumps, expected_path, run_case, site, snapshot
 
 CASES = cases()
@@ -52,6 +52,10 @@ def test_every_case_says_what_it_pins() -> None:
         if not isinstance(case.get("pins"), str) or not case["pins"].strip()
     ]
     assert not missing, f"cases without a `pins` sentence: {missing}"
+
+
+def _failure(chain: Chain, kind: str) -> Failure:
+    return Failure(chain=chain, kind=kind, message=f"{kind}: test")
 
 
 def _readme_pins_table() -> list[tuple[str, str, str]]:
@@ -100,7 +104,7 @@ def test_a_plan_step_carries_its_commands_and_conditions() -> None:
 def test_compensation_follows_the_ledger_step_by_step() -> None:
     """After each step of one pipelined chain, the remedy for its agent changes as the agent
     goes from the source to the target."""
-    from flows.plans.clean_move_compensation import chain_moves, compensate_clean_move
+    from flows.plans.clean_move_compensation import compensate_clean_move
 
     s = site()
     plan = plan_clean_move(
@@ -111,7 +115,7 @@ def test_compensation_follows_the_ledger_step_by_step() -> None:
     chain = next(c for p in plan.phases for c in p.chains if c.name == "CERN-IN2P3")
     seen: list[tuple[str, str]] = []
     for st in ["all/set-inactive", *(x.id for x in chain.steps)]:
-        [r] = compensate_clean_move(s, plan, Ledger.after(plan, st), chain_moves(plan, chain), "E")
+        [r] = compensate_clean_move(s, plan, Ledger.after(plan, st), _failure(chain, "E"))
         seen.append((st.split("/")[-1], r.result))
     assert seen == [
         ("set-inactive", "left-on-source"),
@@ -123,7 +127,7 @@ def test_compensation_follows_the_ledger_step_by_step() -> None:
         ("set-active", "moved"),
     ]
     last = compensate_clean_move(
-        s, plan, Ledger.after(plan, "CERN-IN2P3/set-active"), chain_moves(plan, chain), "E"
+        s, plan, Ledger.after(plan, "CERN-IN2P3/set-active"), _failure(chain, "E")
     )
     assert last[0].steps == []  # already Active on the target: nothing to undo
 
@@ -133,7 +137,7 @@ def test_compensation_after_each_step_of_a_hand_over_chain() -> None:
     hand-over the agent stays on the source and its standby is stopped; a hand-over that
     failed after its stop (`stopped_agents`) leaves the agent to its standby with the channel
     set Active; after it, the standby's await is all that is left."""
-    from flows.plans.clean_move_compensation import chain_moves, compensate_clean_move
+    from flows.plans.clean_move_compensation import compensate_clean_move
 
     s = site()
     assert s.database is not None
@@ -160,7 +164,7 @@ def test_compensation_after_each_step_of_a_hand_over_chain() -> None:
     before = chain.steps[verbs.index("hand-over") - 1].id  # the standby is launched by then
 
     def remedy(ledger: Ledger) -> tuple[str, list[str]]:
-        [r] = compensate_clean_move(s, plan, ledger, chain_moves(plan, chain), "E")
+        [r] = compensate_clean_move(s, plan, ledger, _failure(chain, "E"))
         return r.result, [f"{x.verb}@{x.host}" for x in r.steps]
 
     # the hand-over failed with its stop refused: the standby goes, the agent stays
@@ -187,7 +191,7 @@ def test_an_agent_whose_stop_was_cut_off_keeps_its_channel_inactive() -> None:
     """The source stopped answering while an agent's stop ran (a frozen host finishes the stop
     when it thaws): setting its channel Active would hand it transfers that the stop then loses,
     so the remedy leaves the channel Inactive and says to re-run the move."""
-    from flows.plans.clean_move_compensation import chain_moves, compensate_clean_move
+    from flows.plans.clean_move_compensation import compensate_clean_move
 
     s = site()
     plan = plan_clean_move(
@@ -199,7 +203,7 @@ def test_an_agent_whose_stop_was_cut_off_keeps_its_channel_inactive() -> None:
     stop = next(x for x in chain.steps if x.verb == "stop")
     ledger = Ledger.after(plan, next(x.id for x in chain.steps if x.verb == "write-disabled"))
     ledger.record_in_doubt(stop)
-    [r] = compensate_clean_move(s, plan, ledger, chain_moves(plan, chain), "TransientSshError")
+    [r] = compensate_clean_move(s, plan, ledger, _failure(chain, "TransientSshError"))
     assert r.result == "in-doubt" and r.steps == []
     assert r.human and "CERN-IN2P3 stays Inactive" in r.human[0]
     assert "run the move again" in r.human[0]
@@ -209,8 +213,7 @@ def test_an_agent_whose_stop_was_cut_off_keeps_its_channel_inactive() -> None:
         s,
         plan,
         Ledger.after(plan, stop.id.replace("stop", "write-disabled")),
-        chain_moves(plan, chain),
-        "StepFailed",
+        _failure(chain, "StepFailed"),
     )
     assert known.result == "left-on-source"
     assert [x.verb for x in known.steps] == ["set-active", "clear-disabled"]

@@ -13,7 +13,7 @@ import pytest
 
 from config.loader import load_site
 from config.site import Site
-from flows.plans.model import Ledger
+from flows.plans.model import Failure, Ledger
 from flows.plans.switch import (
     SwitchPlan,
     SwitchRequest,
@@ -24,6 +24,11 @@ from flows.plans.switch import (
 
 ROOT = Path(__file__).resolve().parent
 SITE: Site = load_site(ROOT.parent / "config/sites/lab.yaml")
+
+
+def _fail(plan: SwitchPlan, error: BaseException) -> Failure:
+    """The switch's one chain failed with `error`."""
+    return Failure.of(plan.phases[-1].chains[0], error)
 
 
 def recorded(name: str) -> SwitchSnapshot:
@@ -176,7 +181,9 @@ def test_a_planned_switch_that_failed_before_the_alias_moved_rolls_back(failed_a
     plan = _planned()
     before = {"enable-slave": "disable-master", "move-alias": "enable-slave"}[failed_at]
     ledger = Ledger.after(plan, before)
-    [remedy] = compensate_switch(plan, ledger, RuntimeError("DNS server did not answer"))
+    [remedy] = compensate_switch(
+        SITE, plan, ledger, _fail(plan, RuntimeError("DNS server did not answer"))
+    )
     assert remedy.result == "rolled-back" and remedy.running_on == ["fts102"]
     re_enable, disable_slave = remedy.steps
     # the old master comes back with an epoch newer than the slave's: the slave is fenced
@@ -187,20 +194,25 @@ def test_a_planned_switch_that_failed_before_the_alias_moved_rolls_back(failed_a
 def test_an_alias_changed_behind_the_switch_changes_nothing_more() -> None:
     plan = _planned()
     ledger = Ledger.after(plan, "enable-slave")
-    [remedy] = compensate_switch(plan, ledger, AliasChanged("now at 127.0.1.5"))
+    [remedy] = compensate_switch(SITE, plan, ledger, _fail(plan, AliasChanged("now at 127.0.1.5")))
     assert remedy.steps == [] and remedy.result == "stranded"
     assert "somebody else" in remedy.human[0] and "127.0.1.5" in remedy.human[0]
 
 
 def test_nothing_to_undo_once_the_alias_moved_or_before_anything_was_done() -> None:
     plan = _planned()
-    assert compensate_switch(plan, Ledger.after(plan, "move-alias"), RuntimeError()) == []
-    assert compensate_switch(plan, Ledger(), RuntimeError()) == []
+    assert (
+        compensate_switch(SITE, plan, Ledger.after(plan, "move-alias"), _fail(plan, RuntimeError()))
+        == []
+    )
+    assert compensate_switch(SITE, plan, Ledger(), _fail(plan, RuntimeError())) == []
 
 
 def test_a_failover_whose_alias_did_not_move_tells_a_human() -> None:
     plan = plan_switch(SITE, recorded("master-fts102-frontend-down"), SwitchRequest())
-    [remedy] = compensate_switch(plan, Ledger.after(plan, "enable-slave"), RuntimeError("x"))
+    [remedy] = compensate_switch(
+        SITE, plan, Ledger.after(plan, "enable-slave"), _fail(plan, RuntimeError("x"))
+    )
     assert remedy.steps == [] and remedy.running_on == ["fts101"]
     assert "--failover" in remedy.human[0]
 

@@ -7,9 +7,9 @@ import pytest
 
 from flows.plans.clean_move import MoveRequest, plan_clean_move
 from flows.plans.emergency_move import EmergencyRequest, plan_emergency_move
-from flows.plans.fence_host import plan_fence_host
+from flows.plans.fence_host import FenceRequest, plan_fence_host
 from flows.plans.model import AgentOutcome
-from flows.plans.snapshot import AgentProcess
+from flows.plans.snapshot import AgentProcess, HostWithPartners
 from flows.plans.verify import verify_clean_move, verify_emergency_move, verify_fence_host
 from tests.plan_cases import site, snapshot
 
@@ -40,7 +40,9 @@ def test_an_emergency_move_checks_every_agent_on_its_target_and_its_channel_acti
     s = site()
     before = snapshot("steady")
     plan = plan_emergency_move(
-        s, EmergencyRequest(host="fts101", reach="open"), before.host("fts101"), before
+        s,
+        HostWithPartners(host=before.host("fts101"), partners=before),
+        EmergencyRequest(host="fts101", reach="open"),
     )
     assert plan.ok and plan.moves
     assert verify_emergency_move(plan, snapshot("moved")).status == "completed"
@@ -61,7 +63,9 @@ def test_an_emergency_move_checks_every_agent_on_its_target_and_its_channel_acti
 def test_fence_host_names_what_the_host_still_does_wrong() -> None:
     s = site()
     after = snapshot("fts101-rebooted")
-    plan = plan_fence_host(s, "fts101", after.host("fts101"), after)
+    plan = plan_fence_host(
+        s, HostWithPartners(host=after.host("fts101"), partners=after), FenceRequest(host="fts101")
+    )
     assert plan.ok and plan.moved and plan.twice
     verdict = verify_fence_host(plan, after.host("fts101"))  # as before the fence: nothing done
     assert verdict.status == "failed"

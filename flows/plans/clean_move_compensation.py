@@ -1,9 +1,9 @@
 """The clean move's compensation: what to do for each agent of a chain that failed (pure).
 
-`compensate_clean_move` reads the plan and the run's `Ledger` and returns one `Remedy` per agent
-of the failed chain (`chain_moves`): each agent ends running once with its channel Active, or,
-where that cannot be done, a human action with the exact commands (`agent_human`,
-`channel_human`). Nothing here does I/O.
+`compensate_clean_move` reads the plan, the run's `Ledger` and the `Failure`, and returns one
+`Remedy` per agent of the failed chain (`chain_moves`): each agent ends running once with its
+channel Active, or, where that cannot be done, a human action with the exact commands
+(`agent_human`, `channel_human`). Nothing here does I/O.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 from config.site import Site
 from flows.plans.clean_move import AgentMove, MovePlan
-from flows.plans.model import AnyStep, Chain, Ledger, Remedy
+from flows.plans.model import AnyStep, Chain, Failure, Ledger, Remedy
 from flows.plans.steps import command
 from flows.plans.verbs import ClearDisabled, step
 
@@ -45,12 +45,7 @@ def agent_human(site: Site, plan: MovePlan, agent: str, channel: str | None) -> 
 
 
 def compensate_clean_move(
-    site: Site,
-    plan: MovePlan,
-    ledger: Ledger,
-    moves: list[AgentMove],
-    reason: str,
-    error: str = "",
+    site: Site, plan: MovePlan, ledger: Ledger, failure: Failure
 ) -> list[Remedy]:
     """What to do for each agent of a chain that failed, from what the run has done (pure).
 
@@ -66,11 +61,11 @@ def compensate_clean_move(
         site: the site.
         plan: the plan that was running.
         ledger: what the run had done when the chain failed.
-        moves: the chain's agents (`chain_moves`).
-        reason: the error's kind, for the notes (e.g. ``DrainTimeout``).
-        error: the error's message, for an agent left on the source.
+        failure: the failed chain (its agents: `chain_moves`) and the error: its kind for the
+            notes (e.g. ``DrainTimeout``), its message for an agent left on the source.
     """
     src, dst = plan.from_host, plan.to_host
+    moves, reason, error = chain_moves(plan, failure.chain), failure.kind, failure.message
     remedies: list[Remedy] = []
 
     def set_active(host: str, ch: str, **options: Any) -> AnyStep:

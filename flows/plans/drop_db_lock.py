@@ -34,17 +34,28 @@ class DropDbLockPlan(Plan):
     found: list[FoundSession]
 
 
-def plan_drop_db_lock(
-    site: Site, host: str, agent: str | None, found: list[FoundSession]
-) -> DropDbLockPlan:
-    """Plan drop-db-lock: kill the sessions `found` from `host` (of `agent` only, when given).
+class DbSessions(BaseModel):
+    """What drop-db-lock plans from: the DB sessions listed from the machine just now."""
+
+    found: list[FoundSession]
+
+
+class DropDbLockRequest(BaseModel):
+    """What drop-db-lock is asked: the machine whose sessions go, or only one agent's there."""
+
+    host: str
+    agent: str | None = None
+
+
+def plan_drop_db_lock(site: Site, snap: DbSessions, req: DropDbLockRequest) -> DropDbLockPlan:
+    """Plan drop-db-lock: kill the sessions found from `req.host` (of `req.agent` only, if set).
 
     Args:
         site: the site (it must declare its database).
-        host: the machine whose sessions go.
-        agent: only this agent's sessions (its program or application name).
-        found: the sessions listed from the machine just now.
+        snap: the sessions listed from the machine just now.
+        req: the machine, and the one agent when only its sessions go.
     """
+    host, agent, found = req.host, req.agent, snap.found
     base = dict(site=site.site, host=host, agent=agent, found=found)
     if site.database is None:
         return DropDbLockPlan(

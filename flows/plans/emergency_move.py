@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 
 from config.site import Site, short_name
 from flows.plans.model import Chain, Phase, Plan
-from flows.plans.snapshot import HostSnapshot, SiteSnapshot
+from flows.plans.snapshot import HostSnapshot, HostWithPartners, SiteSnapshot
 from flows.plans.verbs import step
 
 PROCEDURE = "emergency-move"
@@ -179,24 +179,19 @@ def _start_chains(
     return chains
 
 
-def plan_emergency_move(
-    site: Site,
-    req: EmergencyRequest,
-    host_snap: HostSnapshot | None,
-    others: SiteSnapshot,
-) -> EmergencyPlan:
+def plan_emergency_move(site: Site, snap: HostWithPartners, req: EmergencyRequest) -> EmergencyPlan:
     """Plan the emergency move of `req.host`.
 
     Args:
         site: the site.
+        snap: the host's own snapshot when SSH worked (`host` None otherwise) and a snapshot of
+            the hosts the agents may go to (`partners`), with channel states.
         req: the failed host and what its SSH port did.
-        host_snap: the host's own snapshot when SSH worked (None otherwise).
-        others: a snapshot of the hosts the agents may go to (`partners`), with channel states.
 
     Returns:
         The plan: its case and why, the moves, and the steps for that case.
     """
-    host = req.host
+    host, host_snap, others = req.host, snap.host, snap.partners
     case, why = classify(req.reach, host_snap is not None)
     moves = choose_moves(site, host, host_snap, others, req.sessions_of, req.failed_here)
     names = [m.agent for m in moves]

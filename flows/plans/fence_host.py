@@ -6,11 +6,11 @@ a reboot does not start it), and those that also run on the host are stopped the
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from config.site import Site
 from flows.plans.model import Chain, Phase, Plan
-from flows.plans.snapshot import HostSnapshot, SiteSnapshot
+from flows.plans.snapshot import HostWithPartners
 from flows.plans.verbs import step
 
 PROCEDURE = "fence-host"
@@ -28,26 +28,29 @@ class FencePlan(Plan):
     configured: int = 0
 
 
-def plan_fence_host(
-    site: Site, host: str, host_snap: HostSnapshot, others: SiteSnapshot
-) -> FencePlan:
-    """Plan fence-host for `host`.
+class FenceRequest(BaseModel):
+    """What fence-host is asked: the host that came back."""
+
+    host: str
+
+
+def plan_fence_host(site: Site, snap: HostWithPartners, req: FenceRequest) -> FencePlan:
+    """Plan fence-host for `req.host`.
 
     Args:
         site: the site.
-        host: the host that came back.
-        host_snap: its snapshot (it must be reachable).
-        others: a snapshot of the other hosts of its agents.
+        snap: the host's snapshot (it must be reachable) and its agents' other hosts'.
+        req: the host that came back.
     """
+    host, host_snap, others = req.host, snap.host, snap.partners
     configured = site.agents_configured_on(host)
     base = dict(site=site.site, host=host, configured=len(configured))
-    if not host_snap.reachable:
+    if host_snap is None or not host_snap.reachable:
+        error = host_snap.error if host_snap is not None else "not read"
         return FencePlan(
             **base,
             ok=False,
-            problems=[
-                f"{host} is not reachable ({host_snap.error}); run fence-host again when it is"
-            ],
+            problems=[f"{host} is not reachable ({error}); run fence-host again when it is"],
         )
     if host_snap.disabled_error:
         return FencePlan(

@@ -82,6 +82,21 @@ class Plan(BaseModel):
         return list(dict.fromkeys(s.host for s in self.steps))
 
 
+class Failure(BaseModel):
+    """A chain that failed, as a procedure's compensation sees it."""
+
+    chain: Chain
+    #: the error's kind (its class name, e.g. ``DrainTimeout``, ``AliasChanged``)
+    kind: str
+    #: the error's message
+    message: str
+
+    @classmethod
+    def of(cls, chain: Chain, error: BaseException) -> Failure:
+        """The failure of `chain` by `error`."""
+        return cls(chain=chain, kind=type(error).__name__, message=str(error))
+
+
 class Remedy(BaseModel):
     """Compensation for one agent: steps to run in order, and where they leave the agent.
 

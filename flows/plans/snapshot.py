@@ -135,3 +135,15 @@ def count_transfers(transfers: list[TransferProcess]) -> dict[str, int]:
     for t in transfers:
         counts[t.channel] = counts.get(t.channel, 0) + 1
     return dict(sorted(counts.items()))
+
+
+class HostWithPartners(BaseModel):
+    """What a procedure about one host plans from: the host's own snapshot and its partners'.
+
+    `host` is None when the host could not be read over SSH (its agents' state is then known
+    from the partners only); `partners` holds the hosts its agents may run on instead, with the
+    channel states.
+    """
+
+    host: HostSnapshot | None
+    partners: SiteSnapshot

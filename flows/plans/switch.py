@@ -43,7 +43,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from config.site import Site
-from flows.plans.model import AnyStep, Chain, Ledger, Phase, Plan, Remedy
+from flows.plans.model import AnyStep, Chain, Failure, Ledger, Phase, Plan, Remedy
 from flows.plans.verbs import (
     DropSessions,
     FenceEpoch,
@@ -401,7 +401,9 @@ def _ready_slave(f: FrontendState | None) -> str | None:
     return None
 
 
-def compensate_switch(plan: SwitchPlan, ledger: Ledger, error: BaseException) -> list[Remedy]:
+def compensate_switch(
+    site: Site, plan: SwitchPlan, ledger: Ledger, failure: Failure
+) -> list[Remedy]:
     """What to undo when the switch's chain failed before the alias moved (pure).
 
     * The alias was changed by somebody else (`AliasChanged`): nothing more is changed; a human
@@ -415,7 +417,7 @@ def compensate_switch(plan: SwitchPlan, ledger: Ledger, error: BaseException) ->
     if ledger.alias_moved or (plan.mode == "planned" and "disable-master" not in ledger.done):
         return []
     master_label = f"front end {plan.master}"
-    if type(error).__name__ == "AliasChanged":
+    if failure.kind == "AliasChanged":
         return [
             Remedy(
                 agent=master_label,
@@ -424,7 +426,7 @@ def compensate_switch(plan: SwitchPlan, ledger: Ledger, error: BaseException) ->
                 note="the alias was changed by somebody else during the switch; nothing more "
                 "was changed",
                 human=[
-                    f"the alias was moved by somebody else ({error}); {plan.to} "
+                    f"the alias was moved by somebody else ({failure.message}); {plan.to} "
                     + (
                         f"serves as the master with epoch {plan.new_epoch}"
                         if "enable-slave" in ledger.done

@@ -11,11 +11,11 @@ import yaml
 from config.loader import load_site
 from config.site import Site
 from flows.plans.clean_move import MoveRequest, plan_clean_move
-from flows.plans.clean_move_compensation import chain_moves, compensate_clean_move
+from flows.plans.clean_move_compensation import compensate_clean_move
 from flows.plans.emergency_move import EmergencyRequest, partners, plan_emergency_move
-from flows.plans.fence_host import plan_fence_host
-from flows.plans.model import Ledger
-from flows.plans.snapshot import SiteSnapshot
+from flows.plans.fence_host import FenceRequest, plan_fence_host
+from flows.plans.model import Failure, Ledger
+from flows.plans.snapshot import HostWithPartners, SiteSnapshot
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -57,9 +57,8 @@ def run_case(case: dict[str, Any]) -> Any:
             return plan.model_dump(mode="json")
         chain = next(c for p in plan.phases for c in p.chains if c.name == case["chain"])
         ledger = Ledger.after(plan, case["after_step"])
-        remedies = compensate_clean_move(
-            s, plan, ledger, chain_moves(plan, chain), case["reason"], f"{case['reason']}: test"
-        )
+        failure = Failure(chain=chain, kind=case["reason"], message=f"{case['reason']}: test")
+        remedies = compensate_clean_move(s, plan, ledger, failure)
         return {
             "ledger": ledger.model_dump(mode="json"),
             "remedies": [r.model_dump(mode="json") for r in remedies],
@@ -69,15 +68,13 @@ def run_case(case: dict[str, Any]) -> Any:
         own = snap.host(host) if req["ssh_ok"] else None
         plan = plan_emergency_move(
             s,
+            HostWithPartners(host=own, partners=_part(snap, partners(s, host))),
             EmergencyRequest(host=host, reach=req["reach"]),
-            own,
-            _part(snap, partners(s, host)),
         )
         return plan.model_dump(mode="json")
     if proc == "fence-host":
-        return plan_fence_host(s, host, snap.host(host), _part(snap, partners(s, host))).model_dump(
-            mode="json"
-        )
+        seen = HostWithPartners(host=snap.host(host), partners=_part(snap, partners(s, host)))
+        return plan_fence_host(s, seen, FenceRequest(host=host)).model_dump(mode="json")
     raise ValueError(f"unknown procedure {proc!r}")
 
 
