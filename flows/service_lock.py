@@ -30,12 +30,16 @@ A Prefect server restart must not leave the service locked for good. Three thing
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import contextvars
 import datetime as dt
 import json
+import logging
 import os
 import re
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -44,14 +48,12 @@ from uuid import UUID
 import httpx
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
-from prefect.concurrency._leases import maintain_concurrency_lease
-from prefect.concurrency._sync import acquire_concurrency_slots_with_lease
+from prefect.client.schemas.responses import ConcurrencyLimitWithLeaseResponse
 from prefect.context import FlowRunContext
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 LEASE_S = float(os.environ.get("HANDOVER_LOCK_LEASE_S", "60"))
-#: the server's lease storage that survives a restart (Prefect 3.8's file-based one; the servers
+#: the server's lease storage that survives a restart (Prefect's file-based one; the servers
 #: handover starts use it: `infra.prefect_server`)
 LEASE_STORAGE = "prefect.server.concurrency.lease_storage.filesystem"
 #: a slot taken this long ago with no holder recorded is an orphan (a holder records itself
@@ -62,6 +64,9 @@ ORPHAN_AFTER_S = 30.0
 ACQUIRE_TIMEOUT_S = float(os.environ.get("HANDOVER_LOCK_ACQUIRE_TIMEOUT_S", "30"))
 #: seconds between attempts of a run that waits for the service (`wait_s`)
 QUEUE_POLL_S = 1.0
+#: seconds between renewals of the holder's lease: a renewal that fails is tried again three
+#: times before the lease runs out
+RENEW_EVERY_S = LEASE_S / 4
 
 
 class ServiceLockError(RuntimeError):
@@ -78,8 +83,89 @@ class LockUnavailable(ServiceLockError):
 
 def _slot_taken(exc: BaseException) -> bool:
     """Whether an acquisition error is the server's "slot taken" answer (HTTP 423)."""
-    cause = exc.__cause__
-    return isinstance(cause, httpx.HTTPStatusError) and cause.response.status_code == 423
+    return isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code == 423
+
+
+def _acquire_lease(name: str) -> UUID:
+    """Take the slot of limit `name` with a lease of `LEASE_S`, asking the server once.
+
+    The request runs in a thread of its own, so that `ACQUIRE_TIMEOUT_S` bounds it whole: the
+    Prefect client retries a request that timed out or met a busy server. A lease granted after
+    the bound is given back at once.
+
+    Returns:
+        The lease's id.
+
+    Raises:
+        TimeoutError: the server did not answer within `ACQUIRE_TIMEOUT_S`.
+        httpx.HTTPStatusError: the server refused (423: the slot is taken).
+        LookupError: the server granted no slot (the limit does not exist).
+    """
+    answer: concurrent.futures.Future[UUID] = concurrent.futures.Future()
+
+    def request() -> None:
+        try:
+            with get_client(sync_client=True) as client:
+                response = client.increment_concurrency_slots_with_lease(
+                    [name], 1, "concurrency", LEASE_S
+                )
+            granted = ConcurrencyLimitWithLeaseResponse.model_validate(response.json())
+            if not granted.limits:
+                raise LookupError(f"the server has no concurrency limit {name}")
+        except Exception as exc:  # noqa: BLE001 - the caller's to judge, if it still waits
+            if answer.set_running_or_notify_cancel():
+                answer.set_exception(exc)
+            return
+        if answer.set_running_or_notify_cancel():
+            answer.set_result(granted.lease_id)
+        else:  # the caller gave up meanwhile: nobody holds this lease
+            with contextlib.suppress(httpx.HTTPError, ObjectNotFound):
+                with get_client(sync_client=True) as client:
+                    client.release_concurrency_slots_with_lease(granted.lease_id)
+
+    context = contextvars.copy_context()  # the caller's Prefect settings (API URL) and run
+    threading.Thread(
+        target=context.run, args=(request,), name=f"{name}-acquire", daemon=True
+    ).start()
+    concurrent.futures.wait([answer], timeout=ACQUIRE_TIMEOUT_S)
+    if answer.cancel():
+        raise TimeoutError(f"no answer to the request for {name} within {ACQUIRE_TIMEOUT_S} s")
+    return answer.result()
+
+
+@contextlib.contextmanager
+def _renewing(lease: UUID) -> Iterator[None]:
+    """Renew `lease` every `RENEW_EVERY_S` in a background thread while the block runs.
+
+    A renewal that fails is tried again at the next period; a lease the server no longer knows
+    (a restarted server with in-memory lease storage) is not renewed any more. Either way the
+    block goes on: the holder's Variable still names it, and `_free` gives its slot back.
+    """
+    stop = threading.Event()
+    log = logging.getLogger("handover.service_lock")
+
+    def renew() -> None:
+        while not stop.wait(RENEW_EVERY_S):
+            try:
+                with get_client(sync_client=True) as client:
+                    client.renew_concurrency_lease(lease, LEASE_S)
+            except httpx.HTTPStatusError as exc:
+                if exc.response.status_code == 404:
+                    log.debug("lease %s: the server no longer knows it", lease)
+                    return
+                log.debug("lease %s: renewal failed: %s", lease, exc)
+            except Exception as exc:  # noqa: BLE001 - a renewal never fails the procedure
+                log.debug("lease %s: renewal failed: %s", lease, exc)
+
+    thread = threading.Thread(
+        target=contextvars.copy_context().run, args=(renew,), name=f"renew-{lease}", daemon=True
+    )
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=2)
 
 
 def lock_name(site: str, service: str) -> str:
@@ -196,16 +282,7 @@ def service_lock(
     waiting_for: str | None = None
     while lease is None:
         try:
-            response = acquire_concurrency_slots_with_lease(
-                [name],
-                1,
-                timeout_seconds=ACQUIRE_TIMEOUT_S,
-                strict=True,
-                lease_duration=LEASE_S,
-                max_retries=0,
-                suppress_warnings=True,
-            )
-            lease = response.lease_id
+            lease = _acquire_lease(name)
             break
         except TimeoutError:
             raise LockUnavailable(
@@ -213,7 +290,7 @@ def service_lock(
                 f"of site {site} within {ACQUIRE_TIMEOUT_S:.0f} s; nothing was changed. Check the "
                 "Prefect server (`handover server status`) and run again"
             ) from None
-        except ConcurrencySlotAcquisitionError as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure but "taken" is the API's
             if not _slot_taken(exc):
                 raise LockUnavailable(
                     f"refused: the Prefect API could not lock service {service} of site {site} "
@@ -282,9 +359,7 @@ def service_lock(
     try:
         with get_client(sync_client=True) as client:
             _write_holder(client, name, holder)
-        with maintain_concurrency_lease(
-            lease, LEASE_S, raise_on_lease_renewal_failure=False, suppress_warnings=True
-        ):
+        with _renewing(lease):
             yield
     finally:
         with get_client(sync_client=True) as client:

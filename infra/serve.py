@@ -9,19 +9,16 @@ single-threaded process, started with the serve process, that has imported Prefe
 served flow's module once and forks a ready interpreter for each run. The run itself is the same
 call, with the same arguments, environment and settings as under `spawn` (`--start spawn`,
 Prefect's own start for a flow handed over); only the imports are already done. Flows are
-pickled by reference (`_reduce_flow`). `handover bench alert` measures both start methods side by
-side.
+pickled by reference. Both rely on Prefect's private parts (flows/prefect_private.py). `handover
+bench alert` measures both start methods side by side.
 """
 
 from __future__ import annotations
 
 import asyncio
-import copyreg
 import multiprocessing
 import os
-import pickle
 import re
-import sys
 from importlib import import_module
 from pathlib import Path
 from typing import Any, Literal
@@ -29,6 +26,12 @@ from typing import Any, Literal
 import yaml
 
 from config.site import Site
+from flows.prefect_private import (
+    FLOW_ENGINE,
+    never_signal_ended_processes,
+    pickle_flows_by_reference,
+    start_flow_runs_with,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOYMENTS_FILE = ROOT / "deployments" / "prefect.yaml"
@@ -194,68 +197,24 @@ def deploy_all(site_file: str, pool: str | None = None, path: Path = DEPLOYMENTS
 StartMethod = Literal["forkserver", "spawn"]
 
 
-class _ForkserverForSpawn:
-    """Stands for the `multiprocessing` module inside `prefect.flow_engine`: its
-    `get_context("spawn")` answers the fork server context, everything else is multiprocessing's."""
-
-    def __init__(self, ctx: Any) -> None:
-        self._ctx = ctx
-
-    def get_context(self, method: str | None = None) -> Any:
-        return self._ctx if method == "spawn" else multiprocessing.get_context(method)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(multiprocessing, name)
-
-
-def _module_attribute(module: str, name: str) -> Any:
-    """`module.name`, imported (how a flow pickled by reference is unpickled)."""
-    return getattr(import_module(module), name)
-
-
-def _reduce_flow(fl: Any) -> Any:
-    """Pickle a flow that is its module's attribute by reference, as pickle does functions.
-
-    The runner hands a run's child process the flow object, cloudpickled. A flow object is not
-    the function it wraps, so cloudpickle does not find the function under its name in its
-    module and copies it by value, with only the globals its body names: its parameter
-    annotations (`mode: Mode`) no longer resolve and Prefect refuses the run's parameters. By
-    reference, the child uses the module's own flow, as `python -m prefect.engine` does.
-    """
-    module = getattr(fl.fn, "__module__", None)
-    name = getattr(fl.fn, "__qualname__", None)
-    if module and name and getattr(sys.modules.get(module), name, None) is fl:
-        return (_module_attribute, (module, name))
-    return fl.__reduce_ex__(pickle.DEFAULT_PROTOCOL)
-
-
-def pickle_flows_by_reference() -> None:
-    """Register `_reduce_flow` for Prefect's `Flow` (cloudpickle honours copyreg)."""
-    from prefect import Flow
-
-    copyreg.pickle(Flow, _reduce_flow)
-
-
 def start_runs_from_forkserver(modules: list[str]) -> Any:
     """Make this process start Prefect flow runs from a fork server that has imported `modules`.
 
-    Prefect 3.8's `run_flow_in_subprocess` asks `multiprocessing.get_context("spawn")` for its
+    Prefect's `run_flow_in_subprocess` asks `multiprocessing.get_context("spawn")` for its
     context; this answers the `forkserver` context instead, for `prefect.flow_engine` only
-    (prefect is pinned, and tests/test_serve.py checks the served runs' start method). The fork
-    server is started here, before the runner's threads exist, so that what it forks is a
-    single-threaded process.
+    (`flows.prefect_private.start_flow_runs_with`; tests/test_serve.py checks the served runs'
+    start method). The fork server is started here, before the runner's threads exist, so that
+    what it forks is a single-threaded process.
 
     Returns:
         The fork server context.
     """
-    import prefect.flow_engine
-
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["prefect.flow_engine", "infra.serve", *modules])
+    ctx.set_forkserver_preload([FLOW_ENGINE, "flows.prefect_private", *modules])
     from multiprocessing import forkserver
 
     forkserver.ensure_running()
-    prefect.flow_engine.multiprocessing = _ForkserverForSpawn(ctx)  # type: ignore[attr-defined,assignment]
+    start_flow_runs_with(ctx)
     return ctx
 
 
@@ -293,6 +252,7 @@ def serve_all(
 
     specs = deployment_specs(site_file, path)
     pickle_flows_by_reference()
+    never_signal_ended_processes()
     if start == "forkserver":
         start_runs_from_forkserver(sorted({fl.fn.__module__ for fl, _ in specs}))
     from infra.crash_recovery import HEARTBEAT_S, ensure_automations

@@ -41,74 +41,26 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import anyio
 import anyio.abc
 
+from flows.prefect_private import (
+    never_signal_ended_processes,
+    pickle_flows_by_reference,
+    run_flow_object,
+)
 from infra.crash_recovery import HEARTBEAT_S
 from infra.serve import (
     StartMethod,
     allow_site_dir,
     deployment_specs,
-    pickle_flows_by_reference,
     start_runs_from_forkserver,
 )
 
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import FlowRun
     from prefect.flows import Flow
-    from prefect.runner._control_channel import ControlChannel
-    from prefect.runner._process_manager import ProcessHandle
     from prefect.workers.process import ProcessJobConfiguration, ProcessWorkerResult
 
 #: the work pool handover's deployments go to unless prefect.yaml or `--pool` says otherwise
 DEFAULT_POOL = "handover"
-
-
-class FlowObjectStarter:
-    """Starts one run by handing its flow object to a child process (Prefect's
-    `run_flow_in_subprocess`, whose process `start_runs_from_forkserver` makes a fork), in the
-    worker's own environment (as Prefect's runner starts a flow object under `serve`)."""
-
-    def __init__(
-        self,
-        flow: Flow[Any, Any],
-        deployment_name: str,
-        control_channel: ControlChannel | None,
-    ) -> None:
-        self._flow = flow
-        self._deployment_name = deployment_name
-        self._control_channel = control_channel
-
-    async def start(
-        self,
-        flow_run: FlowRun,
-        task_status: anyio.abc.TaskStatus[ProcessHandle] = anyio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """Start the run's process, report its handle, and wait until it exits."""
-        from prefect.flow_engine import run_flow_in_subprocess
-        from prefect.runner._process_manager import ProcessHandle
-
-        env: dict[str, str | None] = {
-            "PREFECT__DEPLOYMENT_NAME": self._deployment_name,
-            # heartbeats, so that a run whose worker dies is known crashed (crash_recovery)
-            "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_S),
-        }
-        registered = False
-        if self._control_channel is not None:
-            try:
-                port, token = self._control_channel.register(flow_run.id)
-                env["PREFECT__CONTROL_PORT"] = str(port)
-                env["PREFECT__CONTROL_TOKEN"] = token
-                registered = True
-            except RuntimeError:
-                pass  # no control channel: cancellation falls back to killing the process
-        handed_off = False
-        try:
-            process = run_flow_in_subprocess(self._flow, flow_run=flow_run, env=env)
-            task_status.started(ProcessHandle(process))
-            handed_off = True
-            await anyio.to_thread.run_sync(process.join)
-        except BaseException:
-            if registered and not handed_off and self._control_channel is not None:
-                self._control_channel.unregister(flow_run.id)
-            raise
 
 
 def _make_worker_class() -> type[Any]:
@@ -116,7 +68,7 @@ def _make_worker_class() -> type[Any]:
     module without starting a worker)."""
     import warnings
 
-    from prefect.runner._flow_run_executor import FlowRunExecutorContext
+    from prefect.logging.loggers import get_worker_logger
     from prefect.workers.process import ProcessWorker, ProcessWorkerResult
 
     # Prefect registers worker classes by their type; this one keeps ProcessWorker's ("process":
@@ -137,7 +89,9 @@ def _make_worker_class() -> type[Any]:
             from prefect.states import Failed
 
             message = f"refused by handover worker {self.name}: {why}; nothing of it ran"
-            self._logger.warning("flow run %s (%s) %s", flow_run.name, flow_run.id, message)
+            get_worker_logger(self).warning(
+                "flow run %s (%s) %s", flow_run.name, flow_run.id, message
+            )
             await self.client.set_flow_run_state(flow_run.id, Failed(message=message), force=True)
             if task_status is not None:
                 # handled, with no process: 0 records no infrastructure PID (Prefect would
@@ -170,44 +124,22 @@ def _make_worker_class() -> type[Any]:
                 *(["the deployment's pull steps"] if deployment.pull_steps else []),
             ]
             if ignored:
-                self._logger.warning(
+                get_worker_logger(self).warning(
                     "flow run %s (%s): ignored %s: handover's flows run with the worker's own "
                     "command and environment",
                     flow_run.name,
                     flow_run.id,
                     ", ".join(ignored),
                 )
-            if task_status is None:
-                task_status = anyio.TASK_STATUS_IGNORED
-
-            resolved = flow
-
-            async def resolve(_: FlowRun) -> Flow[Any, Any]:
-                return resolved
-
-            execution: Any = None
-            async with FlowRunExecutorContext() as ctx:
-                starter = FlowObjectStarter(flow, deployment_name, ctx.control_channel)
-                executor = ctx.create_executor(
-                    flow_run, starter, resolve_flow=resolve, propose_submitting=False
-                )
-
-                async def execute(
-                    *, task_status: anyio.abc.TaskStatus[Any] = anyio.TASK_STATUS_IGNORED
-                ) -> None:
-                    nonlocal execution
-                    execution = await executor.submit(task_status=task_status)
-
-                async with anyio.create_task_group() as group:
-                    handle = await group.start(execute)
-                    if handle.pid is None:
-                        raise RuntimeError("the flow run's process has no PID")
-                    task_status.started(handle.pid)
-            if execution is None or execution.status_code is None:
-                raise RuntimeError("the flow run's process did not start")
-            return ProcessWorkerResult(
-                status_code=execution.status_code, identifier=str(execution.handle.pid)
+            # heartbeats, so that a run whose worker dies is known crashed (crash_recovery)
+            status_code, pid = await run_flow_object(
+                flow_run,
+                flow,
+                deployment_name=deployment_name,
+                heartbeat_s=HEARTBEAT_S,
+                task_status=task_status if task_status is not None else anyio.TASK_STATUS_IGNORED,
             )
+            return ProcessWorkerResult(status_code=status_code, identifier=str(pid))
 
     return HandoverWorker
 
@@ -239,6 +171,7 @@ def run_worker(
     allow_site_dir(site_file)
     specs = deployment_specs(site_file)
     pickle_flows_by_reference()
+    never_signal_ended_processes()
     worker_class = _make_worker_class()
     worker_class.flows = {str(settings["name"]): fl for fl, settings in specs}
     if start == "forkserver":

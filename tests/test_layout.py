@@ -111,3 +111,30 @@ def test_the_demo_and_the_server_starter_import_no_prefect_before_they_set_its_s
     from infra.prefect_server import LEASE_STORAGE as SERVER_LEASE_STORAGE
 
     assert SERVER_LEASE_STORAGE == LEASE_STORAGE
+
+
+def _private_prefect_names(tree: ast.AST) -> list[str]:
+    """The private parts of Prefect a module imports (a name or module part starting with _)."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("prefect"):
+            dotted = [node.module + "." + a.name for a in node.names]
+        elif isinstance(node, ast.Import):
+            dotted = [a.name for a in node.names if a.name.startswith("prefect")]
+        else:
+            continue
+        found += [d for d in dotted if any(part.startswith("_") for part in d.split("."))]
+    return found
+
+
+def test_prefects_private_names_are_used_in_one_module_only() -> None:
+    """Everything outside flows/prefect_private.py (and its test) uses Prefect's public API."""
+    allowed = {ROOT / "flows" / "prefect_private.py"}
+    used = {
+        str(f.relative_to(ROOT)): names
+        for f in _product_modules() + sorted((ROOT / "infra").rglob("*.py"))
+        if f not in allowed and (names := _private_prefect_names(ast.parse(f.read_text())))
+    }
+    assert used == {}, f"Prefect's private names outside flows/prefect_private.py: {used}"
+    # and the check finds one where it is
+    assert _private_prefect_names(ast.parse((ROOT / "flows" / "prefect_private.py").read_text()))

@@ -222,7 +222,7 @@ def test_a_served_flow_is_pickled_by_reference() -> None:
     import cloudpickle
 
     from flows.clean_move import clean_move
-    from infra.serve import pickle_flows_by_reference
+    from flows.prefect_private import pickle_flows_by_reference
 
     pickle_flows_by_reference()
     data = cloudpickle.dumps(clean_move)

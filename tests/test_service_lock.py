@@ -100,15 +100,13 @@ def hold_without_releasing(
     holder would."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-    from prefect.concurrency._sync import acquire_concurrency_slots_with_lease
 
     name = sl.lock_name("locktest", service)
     with get_client(sync_client=True) as client:
         client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
-    lease = acquire_concurrency_slots_with_lease([name], 1, lease_duration=lease_s, strict=True)
-    if holder is not None:
-        with get_client(sync_client=True) as client:
-            sl._write_holder(client, name, {**holder, "lease": str(lease.lease_id)})
+        granted = client.increment_concurrency_slots_with_lease([name], 1, "concurrency", lease_s)
+        if holder is not None:
+            sl._write_holder(client, name, {**holder, "lease": granted.json()["lease_id"]})
     return name
 
 
