@@ -40,7 +40,7 @@ def page() -> str:
         "|---|---|---|",
     ]
     for m in metrics:
-        labels = ", ".join(f"`{label}`" for label in m._labelnames)  # noqa: SLF001
+        labels = ", ".join(f"`{label}`" for label in m._labelnames)
         what = m.documentation.replace("|", "\\|")
         out.append(f"| `{m.name}` | {labels} | {what} |")
     return "\n".join(out) + "\n"
