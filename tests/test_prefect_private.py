@@ -253,15 +253,27 @@ def test_the_guard_never_signals_an_ended_process_even_when_the_runner_kills_it(
     assert sent == [], f"signals sent to a freed PID: {sent}"
 
 
+def _pause_until_signalled(ready: Any) -> None:
+    import signal
+
+    # a handler the test process installed (Prefect's, for one) is inherited by the fork
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    ready.set()
+    signal.pause()
+
+
 def test_the_guard_still_signals_a_live_process(monkeypatch: pytest.MonkeyPatch) -> None:
     import signal
 
     handle_class = _resolve("prefect.runner._process_manager.ProcessHandle")
     _keep_handle_class(monkeypatch, handle_class)
     prefect_private.never_signal_ended_processes()
-    process = multiprocessing.get_context("fork").Process(target=signal.pause)
+    fork = multiprocessing.get_context("fork")
+    ready = fork.Event()
+    process = fork.Process(target=_pause_until_signalled, args=(ready,))
     process.start()
     try:
+        assert ready.wait(10), "the child did not start"
         handle = handle_class(process)
         assert handle.is_alive()
         handle.graceful_kill()
