@@ -3,7 +3,7 @@
 Prefect may change anything outside its public API in any release. handover pins Prefect
 exactly (pyproject.toml), keeps its uses of Prefect's private parts here, and
 `tests/test_prefect_private.py` checks each of them against the installed Prefect: an upgrade
-that removes or changes one fails there, naming it (README, "Upgrading Prefect"). Everything else
+that removes or changes one fails there, naming it (docs/how-to/upgrade.md). Everything else
 in handover uses Prefect's public API only.
 
 What handover needs that Prefect's public API does not offer:

@@ -53,7 +53,7 @@ DAEMON_OCTET = int(os.environ.get("HANDOVER_TEST_DAEMON_OCTET") or 100 + os.getp
 
 #: fixtures that start servers of the test session (a Prefect server, a stack of processes)
 SERVER_FIXTURES = frozenset({"prefect_api", "pool_api", "pool_deploy", "stack"})
-#: the tiers: every test has exactly one, by what it needs (README, "What is tested how")
+#: the tiers: every test has exactly one, by what it needs (docs/explanations/testing.md)
 TIERS = ("unit", "server", "lab")
 IS_ROOT = os.geteuid() == 0
 

@@ -58,10 +58,10 @@ def _failure(chain: Chain, kind: str) -> Failure:
     return Failure(chain=chain, kind=kind, message=f"{kind}: test")
 
 
-def _readme_pins_table() -> list[tuple[str, str, str]]:
-    """The rows of README.md's table under "What each recorded plan case pins"."""
-    lines = (ROOT / "README.md").read_text().splitlines()
-    start = lines.index("### What each recorded plan case pins")
+def _pins_table() -> list[tuple[str, str, str]]:
+    """The rows of the table under "What each recorded plan case pins" (what is tested how)."""
+    lines = (ROOT / "docs" / "explanations" / "testing.md").read_text().splitlines()
+    start = lines.index("## What each recorded plan case pins")
     rows: list[tuple[str, str, str]] = []
     table = False
     for line in lines[start + 1 :]:
@@ -71,19 +71,19 @@ def _readme_pins_table() -> list[tuple[str, str, str]]:
             continue
         table = True
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        assert len(cells) == 3, f"README row without 3 cells: {line!r}"
+        assert len(cells) == 3, f"row without 3 cells: {line!r}"
         rows.append((cells[0], cells[1], cells[2]))
     assert rows[:2] == [("case", "procedure", "pins"), ("---", "---", "---")], rows[:2]
     return rows[2:]
 
 
-def test_the_readme_lists_every_case_and_its_pins() -> None:
+def test_the_docs_list_every_case_and_its_pins() -> None:
     want = [(name, case["procedure"], case["pins"]) for name, case in CASES.items()]
-    got = _readme_pins_table()
-    diff = [f"README: {g!r}\ncases.yaml: {w!r}" for g, w in zip(got, want, strict=False) if g != w]
+    got = _pins_table()
+    diff = [f"docs: {g!r}\ncases.yaml: {w!r}" for g, w in zip(got, want, strict=False) if g != w]
     assert got == want, (
-        "README.md's table of what each plan case pins differs from tests/plan_cases/cases.yaml "
-        f"({len(got)} rows, {len(want)} cases):\n" + "\n".join(diff[:5])
+        "docs/explanations/testing.md's table of what each plan case pins differs from "
+        f"tests/plan_cases/cases.yaml ({len(got)} rows, {len(want)} cases):\n" + "\n".join(diff[:5])
     )
 
 

@@ -1,7 +1,7 @@
 """The private parts of Prefect that handover relies on (flows/prefect_private.py) are still there
 and still work as handover uses them.
 
-Run after every Prefect upgrade (README, "Upgrading Prefect"): each failure names the part that
+Run after every Prefect upgrade (docs/how-to/upgrade.md): each failure names the part that
 changed, what handover uses it for, and where. No server, no process is started.
 """
 

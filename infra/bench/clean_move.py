@@ -312,7 +312,7 @@ def _one(
                 took = (rec.ended_at - rec.started_at).total_seconds()
                 steps[rec.verb] = round(steps.get(rec.verb, 0.0) + took, 3)
                 if rec.verb == "hand-over" and "active_after_let_go_s" in rec.measures:
-                    # the agent's DB session gone -> its channel written Active (README: 10-40 ms)
+                    # its DB session gone -> its channel written Active (about 10-40 ms)
                     steps["active-after-let-go"] = rec.measures["active_after_let_go_s"]
                 if rec.verb == "wait-drained" and b.get("inactive_at"):
                     # from the last transfer's end to the move knowing it

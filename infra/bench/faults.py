@@ -505,7 +505,7 @@ def _restarted_run(
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> list[str]:
-    """The rows as a markdown table, as the README shows them."""
+    """The rows as a markdown table, as the fault matrix page shows them."""
     out = [
         "| procedure | fault | first run | report = live | converged | jobs lost (allowed) "
         "| twice |",

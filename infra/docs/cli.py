@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from infra.cli import build_parser
@@ -66,7 +67,13 @@ def _command(p: argparse.ArgumentParser, path: str, summary: str, out: list[str]
 
 def page() -> str:
     """The command line's reference, as markdown."""
-    parser = build_parser()
+    # a default read from the environment ($HANDOVER_SITE) is shown as the code's own
+    saved = os.environ.pop("HANDOVER_SITE", None)
+    try:
+        parser = build_parser()
+    finally:
+        if saved is not None:
+            os.environ["HANDOVER_SITE"] = saved
     out = [
         "# Command line",
         "",

@@ -11,8 +11,8 @@ This book lives in the gateway's memory; `shared_incidents.SharedIncidents` keep
 in PostgreSQL for several gateways (`alerts.incident_store`). Prefect keeps the guarantee across
 gateway restarts and between gateways with books of their own: event ids are derived from the
 alert's identity (Prefect evaluates an id once), and the deployment triggers fire once per host
-within the same window (a reactive trigger with threshold 1 and `within`). See README,
-"Alert-triggered runs".
+within the same window (a reactive trigger with threshold 1 and `within`). See
+docs/how-to/alerts.md.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The lab: a simulated FTS site on one machine, started with one command and stopped completely.
 
-See infra/lab/README.md. `Lab` is the programmatic interface used by the
+See docs/explanations/lab-internals.md. `Lab` is the programmatic interface used by the
 CLI (`handover lab ...`), the tests, the demo and the benchmarks.
 """
 
