@@ -82,3 +82,14 @@ def test_no_page_or_product_file_cites_the_design_documents() -> None:
         for m in CITATION.finditer(f.read_text(errors="replace"))
     ]
     assert cited == []
+
+
+def test_every_field_of_the_site_file_says_what_it_is() -> None:
+    """A field added to the site model without a description (or a ``#:`` comment) fails."""
+    rows = [
+        line
+        for line in (DOCS / "reference" / "site-file.md").read_text().splitlines()
+        if line.startswith("| `")
+    ]
+    assert len(rows) > 100
+    assert [r for r in rows if r.rstrip().endswith("|  |")] == []

@@ -36,14 +36,18 @@ DEFAULT_ALERT_PROCEDURES: dict[AlertKind, AlertProcedure] = {
 class BasicAuth(SiteModel):
     """HTTP basic auth as Alertmanager sends it (`http_config.basic_auth`)."""
 
+    #: the user name Alertmanager sends
     username: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    #: its password (a reference, never the value)
     password: SecretRef
 
 
 class AlertmanagerIntake(SiteModel):
     """How the gateway authenticates Alertmanager, and how its alerts map to handover's kinds."""
 
+    #: the bearer token Alertmanager sends (or `basic_auth`)
     bearer_token: SecretRef | None = None
+    #: the user and password Alertmanager sends (or `bearer_token`)
     basic_auth: BasicAuth | None = None
     #: alertname -> kind, for alerts without a `handover_kind` label
     kinds: dict[str, AlertKind] = Field(default_factory=lambda: dict(DEFAULT_AM_KINDS))
@@ -67,11 +71,13 @@ class Alerts(SiteModel):
 
     #: the HMAC-SHA256 secret of `POST /alerts/webhook` (hooks and generic monitors)
     webhook_secret: SecretRef
+    #: how Alertmanager's webhooks are accepted (none: refused)
     alertmanager: AlertmanagerIntake | None = None
     #: identical alerts for one host within this window start one run; later ones attach to it
     dedup_window_s: float = Field(default=300.0, ge=1, le=86400)
     #: the accepted clock skew of signed requests (replay window)
     signature_window_s: float = Field(default=300.0, ge=10, le=3600)
+    #: the largest request body the gateway reads
     max_body_bytes: int = Field(default=65536, ge=1024, le=1048576)
     #: an alert whose event is older than this (a spooled one delivered after an outage) is
     #: recorded, not acted on, unless a fresh probe of its host confirms the failure

@@ -47,12 +47,19 @@ class Commands(SiteModel):
     must be a whole word, so a value can never change the shape of the command.
     """
 
+    #: lists every process with its PID, user and arguments (the snapshot parses it)
     list_processes: ArgvTemplate = ["ps", "-eo", "pid=,user=,args="]
+    #: prints a channel's state (`channel_state_regex` reads it)
     channel_state: ArgvTemplate = ["glite-transfer-channel-list", "{channel}"]
+    #: the first group is the channel's state (`Active`, `Inactive`...)
     channel_state_regex: str = r"State:\s*(\w+)"
+    #: sets a channel's state
     set_channel_state: ArgvTemplate = ["glite-transfer-channel-set", "-S", "{state}", "{channel}"]
+    #: stops every agent of the host
     stop_all: ArgvTemplate = ["service", "transfer-agents", "stop"]
+    #: starts one agent
     start_agent: ArgvTemplate = ["service", "transfer-agents", "start", "--instance", "{agent}"]
+    #: stops one agent
     stop_agent: ArgvTemplate = ["service", "transfer-agents", "stop", "--instance", "{agent}"]
     #: the web front end: its role and epoch as one JSON line (`tasks.frontend`)
     frontend_status: ArgvTemplate = ["fts-frontend", "status"]
@@ -95,11 +102,13 @@ class Commands(SiteModel):
     restart: ArgvTemplate = ["service", "transfer-agents", "restart"]
     #: the installed version: the first group of `installed_version_regex` in its output
     installed_version: ArgvTemplate = ["rpm", "-q", "glite-data-transfer-agents"]
+    #: the first group is the installed version
     installed_version_regex: str = r"^glite-data-transfer-agents-([^-\s]+)-"
     #: each running agent, one line each, parsed by `agent_status_regex` (named groups:
     #: ``agent`` required; ``state``, ``version``, ``config`` and ``down`` (seconds down at its
     #: last restart) used when the init script reports them)
     agents_status: ArgvTemplate = ["service", "transfer-agents", "status"]
+    #: one agent's status line (named groups: see `agents_status`)
     agent_status_regex: str = (
         r"^(?P<agent>\S+) \(pid \d+\) is running \((?P<state>[\w-]+)"
         r"(?:, version (?P<version>\S+), config (?P<config>\w+))?"
@@ -109,8 +118,11 @@ class Commands(SiteModel):
     #: each in the output of `agents_status` (named groups: ``agent``, and ``reason`` when the
     #: init script gives one); an agent not running with no such line was stopped cleanly
     agent_dead_regex: str = r"^(?P<agent>\S+) is dead(?: \((?P<reason>.*)\))?$"
+    #: the file listing the agents the host's init scripts must not start
     disabled_file: Path = Path("/etc/glite-data-transfer-agents.disabled")
+    #: the first group is an agent's name, in a process's arguments
     agent_process_regex: str = r"^(glite-transfer-(?:channel-agent-urlcopy|vo-agent)-\S+)"
+    #: a transfer process's arguments: the first group is its channel
     transfer_process_regex: str = r"^([A-Za-z0-9][A-Za-z0-9._-]*)__(\S+)"
 
     @model_validator(mode="after")

@@ -46,11 +46,18 @@ def _one_channel_update(v: str | None) -> str | None:
 class Database(SiteModel):
     """The service's database; handover uses it to find and kill DB sessions (the DB lock)."""
 
+    #: the database server's kind
     kind: Literal["oracle", "mariadb", "postgresql"]
+    #: its address
     host: str
+    #: its port
     port: int = Field(ge=1, le=65535)
+    #: the database (or Oracle service) name
     database: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.$-]{1,128}$")]
+    #: the account handover connects as (it must list and kill sessions)
     user: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_$#]{1,128}$")]
+    #: the account's password: a reference (`{env: NAME}`, `{file: PATH}`, `{prefect_secret:
+    #: BLOCK}`), never the value
     password: SecretRef
     #: the bound of every database call: connecting, and each query or kill (a hung
     #: `gv$session` query must not hold an emergency move)

@@ -43,7 +43,9 @@ DnsName = Annotated[str, StringConstraints(pattern=DNS_NAME_RE, max_length=254)]
 class DnsServer(SiteModel):
     """One authoritative DNS server."""
 
+    #: the server's address
     address: str
+    #: the server's port
     port: int = Field(default=53, ge=1, le=65535)
 
     _address = field_validator("address")(classmethod(lambda cls, v: dns_server_address(v)))
@@ -54,15 +56,22 @@ class Dns(SiteModel):
 
     #: the primary: where updates go
     server: str
+    #: the primary's port
     port: int = Field(default=53, ge=1, le=65535)
     #: the other authoritative servers (they transfer the zone from the primary); a switch
     #: checks that every one of them answers what it wrote
     secondaries: list[DnsServer] = Field(default_factory=list)
+    #: the zone the alias is in
     zone: DnsName
+    #: the name clients use; it points at the master front end
     alias: DnsName
+    #: the alias's TTL: how long a client may keep the old address after a switch
     ttl_s: int = Field(default=60, ge=1, le=86400)
+    #: the name of the TSIG key allowed to update the zone
     tsig_key_name: DnsName
+    #: the TSIG key's algorithm
     tsig_algorithm: Literal["hmac-sha256", "hmac-sha512", "hmac-sha384"] = "hmac-sha256"
+    #: the TSIG key's secret (a reference, never the value)
     tsig_key: SecretRef
 
     _server = field_validator("server")(classmethod(lambda cls, v: dns_server_address(v)))

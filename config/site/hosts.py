@@ -37,9 +37,13 @@ class HostRole(StrEnum):
 class Host(SiteModel):
     """A machine of the site, reached by SSH."""
 
+    #: the host's short name, as procedures and the other sections name it
     name: HostName
+    #: the address (or DNS name) SSH connects to
     address: str
+    #: the SSH port
     port: int = Field(default=22, ge=1, le=65535)
+    #: what the host is for: `channel-agents`, `vo-agents`, `spare`, `database`, `web`
     roles: list[HostRole] = Field(default_factory=list)
 
     @field_validator("address")
@@ -60,10 +64,15 @@ class Agent(SiteModel):
     or ``glite-transfer-vo-agent-<VO>``.
     """
 
+    #: the channel a channel agent serves (give `channel` or `vo`, not both)
     channel: ChannelName | None = None
+    #: the VO a VO agent serves
     vo: VoName | None = None
+    #: the agent's process name (default: the FTS 2 name built from its channel or VO)
     name: AgentName = ""
+    #: the host the agent normally runs on
     primary: HostName
+    #: the host it moves to (a clean or emergency move, a switch that moves the agents)
     backup: HostName
 
     @model_validator(mode="before")
@@ -91,6 +100,9 @@ class Agent(SiteModel):
 class Service(SiteModel):
     """The service whose agents handover moves."""
 
+    #: the service's name (the service lock is per site and service)
     name: HostName
+    #: the kind of service (the FTS 2 agents)
     kind: Literal["fts2-agents"] = "fts2-agents"
+    #: every agent of the service
     agents: list[Agent] = Field(min_length=1)

@@ -17,18 +17,24 @@ from config.site.windows import Blackout, MaintenanceWindow
 class ProcedurePolicy(SiteModel):
     """Per-procedure policy: approval, its timeout, and the bounds of the procedure's waits."""
 
+    #: whether a run asks a human before it acts
     approval: Literal["required", "none"] = "required"
+    #: how long a run waits for a decision
     approval_timeout_s: float = Field(default=900.0, gt=0)
+    #: what no decision means: `reject`, or `proceed` (emergency procedures only)
     on_approval_timeout: Literal["reject", "proceed"] = "reject"
     #: which decisions count: ``any`` (a Slack approver's click, or the Prefect UI's form) or
     #: ``gateway`` (only a decision the gateway sealed after checking Slack's signature and the
     #: approver list; a form typed into the Prefect UI is logged and the run keeps waiting)
     approval_via: Literal["any", "gateway"] = "any"
+    #: the procedure may proceed on an approval timeout
     emergency: bool = False
+    #: how long a clean move waits for a channel's running transfers to end
     drain_timeout_s: float = Field(default=900.0, gt=0)
     #: how long the drained host may stay unreachable before the move gives up on the drain
     #: (and compensates) instead of waiting for `drain_timeout_s`
     drain_host_lost_s: float = Field(default=30.0, gt=0)
+    #: how often a wait (a drain, an agent's start) looks again
     poll_interval_s: float = Field(default=2.0, gt=0)
     #: typical duration of one transfer, for downtime estimates (FTS 2: 3-4 minutes)
     expected_transfer_s: float = Field(default=210.0, ge=0)
@@ -37,6 +43,7 @@ class ProcedurePolicy(SiteModel):
     #: when the procedure may run: a run outside every window (or in a blackout) is refused
     #: unless forced with a reason; none: any time
     windows: list[MaintenanceWindow] = Field(default_factory=list)
+    #: days on which no window opens (a change freeze)
     blackouts: list[Blackout] = Field(default_factory=list)
     #: how long before a window opens its Slack notice (with the plan) goes out
     notice_s: float = Field(default=1800.0, ge=0, le=7 * 86400)

@@ -25,18 +25,34 @@ from config.site.ssh import SshConfig
 class Site(SiteModel):
     """A whole site: the root of a site file."""
 
+    #: the site's name (in run names, Slack threads, metrics' `site` label and lock names)
     site: HostName
+    #: free text for people reading the file
     description: str = ""
+    #: every machine handover reaches over SSH
     hosts: list[Host] = Field(min_length=1)
+    #: the service whose agents handover moves, and its agents with their primary and backup hosts
     service: Service
+    #: how each verb is done on a host (the command profile; the FTS 2 agents' commands by default)
     commands: Commands = Field(default_factory=Commands)
+    #: how handover logs in to the hosts
     ssh: SshConfig
+    #: the service's database: channel states, the agents' sessions that drop-db-lock kills (none:
+    #: those procedures are refused)
     database: Database | None = None
+    #: the front end's DNS alias and the servers that answer it (the switch needs it)
     dns: Dns | None = None
+    #: the web front end's master and slave (the switch needs it)
     frontend: Frontend | None = None
+    #: the channel, approvers and tokens for threads and approvals in Slack (none: approvals in the
+    #: Prefect UI only)
     slack: Slack | None = None
+    #: what the gateway accepts from monitoring and which procedure each alert starts
     alerts: Alerts | None = None
+    #: the rolling upgrade's settings
     upgrade: Upgrade = Field(default_factory=Upgrade)
+    #: each procedure's policy (approval, bounds of its waits, windows), by procedure name
+    #: (`clean-move`, `emergency-move`, `switch`...)
     procedures: dict[str, ProcedurePolicy] = Field(default_factory=dict)
     #: the settings of the lab that simulates this site (a lab site only): test equipment, so
     #: not part of this schema; kept as given, and read and checked by the lab with its own

@@ -49,8 +49,11 @@ class SecretRef(SiteModel):
         ``password: {env: FTS_DB_PASSWORD}`` or ``password: {file: /etc/handover/db-password}``.
     """
 
+    #: the secret is this environment variable's value
     env: Annotated[str, StringConstraints(pattern=ENV_NAME_RE)] | None = None
+    #: the secret is this file's content (owned by handover's user or root, mode 600)
     file: Path | None = None
+    #: the secret is this Prefect Secret block's value
     prefect_secret: (
         Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,63}$")] | None
     ) = None

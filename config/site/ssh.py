@@ -16,9 +16,15 @@ from config.site.base import SiteModel
 class SshConfig(SiteModel):
     """How handover logs in to hosts. Host keys are checked against `known_hosts`, never added."""
 
+    #: the account handover logs in as (it must be allowed to run the command profile)
     user: Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")] = "root"
+    #: the private key handover logs in with
     key_file: Path
+    #: the hosts' keys: an unknown or changed host key is refused, never added
     known_hosts: Path
+    #: how long a connection (and its login) may take
     connect_timeout_s: float = Field(default=5.0, gt=0, le=120)
+    #: how long one remote command may run before it is reported as timed out
     command_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    #: how many hosts are read or acted on at once
     parallelism: int = Field(default=8, ge=1, le=256)

@@ -35,8 +35,11 @@ class MaintenanceWindow(SiteModel):
         ``{cron: "0 8 * * 2", duration_s: 7200, timezone: Europe/Zurich}`` (Tuesdays 08:00-10:00)
     """
 
+    #: when the window opens, as a cron expression (five fields)
     cron: Annotated[str, StringConstraints(pattern=r"^(\S+\s+){4}\S+$")]
+    #: how long it stays open
     duration_s: float = Field(gt=0, le=7 * 86400)
+    #: the time zone `cron` is read in
     timezone: str = "UTC"
 
     @field_validator("cron")
@@ -67,9 +70,13 @@ class Blackout(SiteModel):
         ``{start: 2026-12-21, end: 2027-01-04, reason: "year-end freeze"}``
     """
 
+    #: the first day of the freeze
     start: dt.date
+    #: the last day of the freeze (included)
     end: dt.date
+    #: why (shown when a run is refused)
     reason: str = ""
+    #: the time zone of `start` and `end`
     timezone: str = "UTC"
 
     @field_validator("timezone")
