@@ -38,6 +38,9 @@ def test_the_reference_shows_what_the_code_declares() -> None:
     assert "## ProcedurePolicy" in site and "| `drain_timeout_s` | float | `900.0` |" in site
     metrics = (DOCS / "reference" / "metrics.md").read_text()
     assert "| `handover_agent_serving` | `site`, `host`, `agent`, `channel`, `vo` |" in metrics
+    alerts = (DOCS / "reference" / "alerts-and-events.md").read_text()
+    assert "| `handover.alert.frontend_down` | an alert of kind `frontend_down`" in alerts
+    assert "| `switch` |" in alerts  # what the switch's trigger expects, read from prefect.yaml
 
 
 def _nav_pages(nav: object) -> list[str]:

@@ -13,12 +13,21 @@ from pydantic import (
 from config.site.base import SiteModel
 from config.site.secrets import SecretRef
 
-#: ``frontend_down``: the service's web front end failed on a host (the switch's sensor);
-#: ``ha_event``: the HA group daemon's election, loss or failure (`infra.hagd.report`): by
-#: default it starts nothing and is noted on the host's open incident
 AlertKind = Literal[
     "host_down", "service_down", "resource_failed", "frontend_down", "recovered", "ha_event"
 ]
+#: what each kind of alert says happened (the gateway's intake and the documentation)
+ALERT_KIND_MEANING: dict[AlertKind, str] = {
+    "host_down": "a host of the site stopped answering (a monitor's host check, Pacemaker's "
+    "node fencing or loss)",
+    "service_down": "the agents' service failed on a host (a monitor's service check)",
+    "resource_failed": "a cluster resource of a host failed (Pacemaker's alert agent)",
+    "frontend_down": "the service's web front end failed on a host (the switch's sensor, "
+    "Heartbeat's takeover script)",
+    "recovered": "a monitor resolved its alert: noted on the host's open incident, starts nothing",
+    "ha_event": "the HA group daemon's election, loss or failure: noted on the host's open "
+    "incident, starts nothing by default",
+}
 AlertProcedure = Literal["emergency-move", "switch"]
 
 

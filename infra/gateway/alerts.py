@@ -283,6 +283,10 @@ def parse_alertmanager(
 # --- events -------------------------------------------------------------------------------------
 
 
+#: the event of an alert that joined a host's open incident (no trigger expects it)
+ATTACHED_EVENT = "handover.alert.attached"
+
+
 def event_name(alert: Alert) -> str:
     """``handover.alert.host_down`` and the like: what the deployments' triggers expect."""
     return f"handover.alert.{alert.kind}"

@@ -24,7 +24,13 @@ from typing import Any, TypeVar
 from config.site import Site
 from flows.notify import Mrkdwn, mrkdwn, thread_variable
 from flows.seals import alert_seal
-from infra.gateway.alerts import Alert, event_name, event_resource, gateway_event_name
+from infra.gateway.alerts import (
+    ATTACHED_EVENT,
+    Alert,
+    event_name,
+    event_resource,
+    gateway_event_name,
+)
 from infra.gateway.incidents import Incident, IncidentBook
 from infra.gateway.shared_incidents import IncidentStoreError
 from infra.gateway.starts import RunStarter
@@ -403,7 +409,7 @@ def alert_event(
     return {
         "id": event_id,
         "occurred": dt.datetime.now(dt.UTC).isoformat(),
-        "event": "handover.alert.attached" if attached else event_name(alert),
+        "event": ATTACHED_EVENT if attached else event_name(alert),
         "resource": event_resource(alert, frontend_hosts),
         "related": [],
         "payload": payload,
