@@ -259,7 +259,9 @@ def test_pacemaker_sensors_start_the_switch_and_the_emergency_move(
             "HANDOVER_SPOOL_DIR": str(spool),
             "HANDOVER_HOST_MAP": f"{os.uname().nodename}={master},ghost-node=fts105",
             "HANDOVER_FRONTEND_RESOURCES": "fts-frontend",
-            "HANDOVER_TIMEOUT_S": "3",
+            # twice the default: on a loaded machine the gateway may take more than 3 s to
+            # answer, and an alert it has not answered is spooled until the next one
+            "HANDOVER_TIMEOUT_S": "6",
         },
         resource_id="fts-frontend",
     )

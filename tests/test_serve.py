@@ -368,7 +368,21 @@ def test_two_workers_share_the_pool_and_start_each_run_once(
         with get_client(sync_client=True) as client:
             states = [client.read_flow_run(r.id).state for r in runs]
         assert all(st is not None and st.is_completed() for st in states), states
-        texts = {name: log.read_text(errors="replace") for name, log in logs.items()}
+
+        def read_logs() -> dict[str, str]:
+            return {name: log.read_text(errors="replace") for name, log in logs.items()}
+
+        # a run's process writes its lines through a buffer it flushes as it exits, which may
+        # be just after the server has its Completed state
+        wait_for(
+            lambda: all(
+                any(f"/runs/flow-run/{run.id}" in text for text in read_logs().values())
+                for run in runs
+            ),
+            15,
+            "every run's own lines in a worker's log",
+        )
+        texts = read_logs()
         for run in runs:
             # both workers may try a run; the server accepts one Pending proposal and aborts the
             # other ("cannot transition to a PENDING state"); the run's own process logs its URL
