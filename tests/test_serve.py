@@ -358,12 +358,28 @@ def _began(run_id: uuid.UUID) -> int:
     return sum("Beginning flow run" in log.message for log in logs)
 
 
+def _forked_runs(home: Path) -> dict[str, list[int]]:
+    """Per worker of this test (by name), the run processes its fork server has started; and
+    each fork server must have imported handover's flows."""
+    found: dict[str, list[int]] = {}
+    for pid in _worker_pids(home):
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        prefect_home = next(e for e in environ if e.startswith(f"PREFECT_HOME={home}/".encode()))
+        name = Path(prefect_home.decode().split("=", 1)[1]).name
+        found[name] = []
+        for server in _children(pid):
+            if "multiprocessing.forkserver" in _cmdline(server):
+                assert "flows.clean_move" in _cmdline(server)
+                found[name] += _children(server)
+    return found
+
+
 def test_two_workers_share_the_pool_and_start_each_run_once(
     lab: RunningLab, pool_api: str, pool_deploy: str, tmp_path: Path
 ) -> None:
     """`handover deploy --pool` creates the pool and puts the procedures in it; two workers
-    (own names and homes) take its runs, each run exactly once, started from their fork
-    servers."""
+    (own names and homes, one run at a time each) take its runs, each run exactly once, started
+    from their fork servers: while one worker holds a paused move, the other takes the runs."""
     pool = POOL
     assert f"work pool {pool} created (type process)" in pool_deploy
     assert f"(pool {pool}, " in pool_deploy
@@ -371,44 +387,46 @@ def test_two_workers_share_the_pool_and_start_each_run_once(
         dep = client.read_deployment_by_name("site-snapshot/site-snapshot")
         assert dep.work_pool_name == pool
 
-    with workers(lab, pool_api, pool, ["worker-a", "worker-b"], tmp_path) as logs:
-        runs = [run_deployment("site-snapshot/site-snapshot", timeout=0) for _ in range(6)]
+    def snapshots(n: int) -> list[Any]:
+        runs = [run_deployment("site-snapshot/site-snapshot", timeout=0) for _ in range(n)]
         for run in runs:
             wait_final_or_explain(run.id, 120, logs)
         with get_client(sync_client=True) as client:
             states = [client.read_flow_run(r.id).state for r in runs]
         assert all(st is not None and st.is_completed() for st in states), states
-
-        texts = {name: log.read_text(errors="replace") for name, log in logs.items()}
         for run in runs:
-            # both workers may try a run; the server accepts one Pending proposal and aborts the
-            # other ("cannot transition to a PENDING state"); the run's own process logs its URL
-            ran = [name for name, text in texts.items() if f"/runs/flow-run/{run.id}" in text]
-            assert len(ran) <= 1, (run.id, ran, texts)
-            # and the run began once: its process's own lines reach the API (batched, so wait)
-            began = wait_for(
-                lambda run=run: _began(run.id),
-                30,
-                f"the lines of run {run.id} in the API (worker logs: {ran or 'none'})",
-            )
-            assert began == 1, (run.id, began, ran)
-        # each worker runs one at a time (--limit 1): six runs cannot all go to one while the
-        # other polls every 0.5 s
-        assert all("Beginning flow run" in text for text in texts.values()), texts
+            # each run began once: its process's own lines reach the API (batched, so wait)
+            began = wait_for(lambda run=run: _began(run.id), 30, f"run {run.id}'s lines")
+            assert began == 1, (run.id, began)
+        return runs
 
-        # a run in progress is a child of one worker's fork server, which imported the flows
-        run = paused_move()
+    def ran_by(run: Any) -> list[str]:
+        return [
+            name
+            for name, log in logs.items()
+            if f"/runs/flow-run/{run.id}" in log.read_text(errors="replace")
+        ]
+
+    with workers(lab, pool_api, pool, ["worker-a", "worker-b"], tmp_path) as logs:
+        # a move paused for its approval holds one worker's only slot, in a process its fork
+        # server started (with handover's flows imported)
+        move = paused_move()
         try:
-            forked = []
-            for pid in _worker_pids(tmp_path):
-                for server in _children(pid):
-                    if "multiprocessing.forkserver" in _cmdline(server):
-                        assert "flows.clean_move" in _cmdline(server)
-                        forked += _children(server)
-            assert len(forked) == 1, forked
+            forked = _forked_runs(tmp_path)
+            busy = [name for name, children in forked.items() if children]
+            assert len(busy) == 1 and len(forked[busy[0]]) == 1, forked
+            [free] = set(logs) - set(busy)
+            # the other worker takes every run meanwhile, each once
+            for run in snapshots(3):
+                wait_for(lambda run=run: ran_by(run), 15, f"run {run.id}'s lines in a log")
+                assert ran_by(run) == [free], (run.id, ran_by(run))
         finally:
-            resume_with_input(run.id, run_input={"decision": "reject", "who": "test"})
-        wait_for(lambda: final_run(run.id), 60, "the rejected run to end")
+            resume_with_input(move.id, run_input={"decision": "reject", "who": "test"})
+        wait_for(lambda: final_run(move.id), 60, "the rejected run to end")
+        # both free again: every run still once, by either
+        for run in snapshots(3):
+            wait_for(lambda run=run: ran_by(run), 15, f"run {run.id}'s lines in a log")
+            assert len(ran_by(run)) == 1, (run.id, ran_by(run))
 
 
 def test_the_worker_runs_handovers_flows_only_and_in_its_own_environment(
