@@ -4,6 +4,9 @@ connection boundary (fake connections that check the SQL and the binds)."""
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +14,6 @@ import pytest
 
 from config.loader import load_site
 from flows.drop_db_lock import DropDbLockResult, drop_db_lock
-from infra.cli import main
 from tasks.db_sessions import (
     DatabaseUnavailable,
     DbSession,
@@ -20,7 +22,7 @@ from tasks.db_sessions import (
     drop_sessions,
     find_sessions,
 )
-from tests.conftest import LAB_SITE, RunningLab, db_sessions, wait_for
+from tests.conftest import LAB_SITE, ROOT, RunningLab, db_sessions, wait_for
 
 P = "glite-transfer-channel-agent-urlcopy-"
 
@@ -207,17 +209,23 @@ def test_lab_sessions_of_one_machine_and_one_agent(lab: RunningLab) -> None:
     )
 
 
-def test_drop_db_lock_flow(
-    lab: RunningLab, prefect_api: str, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_drop_db_lock_flow(lab: RunningLab, prefect_api: str) -> None:
     dry = drop_db_lock(str(lab.site_file), "fts105", dry_run=True)
     assert dry.dry_run and len(dry.found) == 2 and "nothing killed" in dry.sentence
     assert len(find_sessions(lab.site, "fts105")) == 2
-    # from the command line, as an operator runs it
-    capsys.readouterr()
+    # from the command line, as an operator runs it (its own process: `handover run` sets
+    # Prefect's console logging for itself, which must not leak into this test process)
     argv = ["run", "drop-db-lock", "--site", str(lab.site_file), "--host", "fts105", "--json"]
-    assert main(argv) == 0
-    done = DropDbLockResult.model_validate_json(capsys.readouterr().out)
+    cli = subprocess.run(
+        [sys.executable, "-m", "infra.cli", *argv],
+        cwd=ROOT,
+        env={**os.environ, "PREFECT_API_URL": prefect_api},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    done = DropDbLockResult.model_validate_json(cli.stdout)
     assert done.status == "completed" and done.step is not None and len(done.step.changed) == 2
     assert "killed 2 DB sessions" in done.sentence
     wait_for(lambda: len(find_sessions(lab.site, "fts105")) == 2, 15, "the VO agents to reconnect")
