@@ -48,24 +48,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.yes:
             sp["pause_for_approval"] = False
         return run_procedure("switch", sp, as_json=args.json)
-    if args.procedure == "drop-db-lock":
+    if args.procedure in ("emergency-move", "fence-host", "drop-db-lock"):
         if not args.host:
-            error("drop-db-lock needs --host")
-            return 2
-        dp: dict[str, Any] = {
-            "site_file": str(Path(args.site).resolve()),
-            "host": args.host,
-            "agent": args.agent,
-            "dry_run": args.dry_run,
-        }
-        if args.yes:
-            dp["pause_for_approval"] = False
-        return run_procedure("drop-db-lock", dp, as_json=args.json)
-    if args.procedure in ("emergency-move", "fence-host"):
-        if not args.host:
-            error(f"{args.procedure} needs --host")
+            error(f"{args.procedure} needs --host HOST (the site's name of the machine)")
             return 2
         hp: dict[str, Any] = {"site_file": str(Path(args.site).resolve()), "host": args.host}
+        if args.procedure == "drop-db-lock":
+            hp.update(agent=args.agent, dry_run=args.dry_run)
         if args.yes:
             hp["pause_for_approval"] = False
         return run_procedure(args.procedure, hp, as_json=args.json)
