@@ -44,6 +44,17 @@ def alias_everywhere(lab: RunningLab) -> list[tuple[list[str], int | None]]:
     return [(a.addresses, a.epoch) for a in (read_alias(dns, s) for s in dns.servers())]
 
 
+def settled_alias(lab: RunningLab) -> list[tuple[list[str], int | None]]:
+    """The alias on every server, once they agree: a change made straight on the primary
+    reaches the secondary by NOTIFY and a zone transfer, a moment later."""
+
+    def agreed() -> list[tuple[list[str], int | None]] | None:
+        seen = alias_everywhere(lab)
+        return seen if all(s == seen[0] for s in seen) else None
+
+    return wait_for(agreed, 15, "every DNS server to serve the same alias")  # type: ignore[return-value]
+
+
 def address(lab: RunningLab, host: str) -> str:
     return lab.site.host(host).address
 
@@ -158,12 +169,13 @@ def test_an_alias_changed_behind_the_switch_stops_it(lab: RunningLab) -> None:
         r = run(lab)
     assert r.status == "failed"
     # nothing more was changed: the alias stays where the other hand put it
-    assert alias_everywhere(lab) == [([elsewhere], 99)] * 2
+    assert settled_alias(lab) == [([elsewhere], 99)] * 2
     assert any("somebody else" in h and elsewhere in h for h in r.human_actions), r.human_actions
     # repair for the next tests: the alias back at the host that serves
     serving = r.to
     assert serving is not None
     move_alias(dns, secret, [elsewhere], address(lab, serving), r.new_epoch or 0, expect_epoch=99)
+    settled_alias(lab)
 
 
 def test_a_wrong_tsig_key_is_refused_and_nothing_changes(lab: RunningLab, tmp_path: Path) -> None:
@@ -174,7 +186,7 @@ def test_a_wrong_tsig_key_is_refused_and_nothing_changes(lab: RunningLab, tmp_pa
     data["dns"]["tsig_key"] = {"file": str(wrong)}
     site_file = tmp_path / "wrong-key.yaml"
     site_file.write_text(yaml.safe_dump(data))
-    before = alias_everywhere(lab)
+    before = settled_alias(lab)
     r = run(lab, site_file)
     assert r.status == "refused"
     dns = lab.site.dns
@@ -185,7 +197,7 @@ def test_a_wrong_tsig_key_is_refused_and_nothing_changes(lab: RunningLab, tmp_pa
 
 
 def test_a_dns_server_down_changes_nothing_and_says_so(lab: RunningLab) -> None:
-    before = alias_everywhere(lab)
+    before = settled_alias(lab)
     primary = int(lab.lab.record()["dns_pids"]["primary"])
     os.kill(primary, signal.SIGSTOP)
     try:
@@ -264,7 +276,7 @@ def test_an_automatic_switch_counts_down_and_can_be_aborted(
 
     from flows.approval import resume_with_input
 
-    before = alias_everywhere(lab)
+    before = settled_alias(lab)
     master_now = master(lab)
     box: dict[str, Any] = {}
     site_file = _countdown_site(lab, tmp_path, 120)
@@ -335,7 +347,7 @@ def test_pacemaker_maintenance_mode_keeps_an_automatic_switch_to_a_notice(
 
     try:
         maintenance(True)
-        before, failed = alias_everywhere(lab), master(lab)
+        before, failed = settled_alias(lab), master(lab)
         r = run(lab, site_file, failed_host=failed)
         assert r.status == "refused", r.summary
         assert "maintenance mode" in r.summary and "only notifies" in r.summary
