@@ -331,7 +331,8 @@ def test_cli_run_json(lab: RunningLab, prefect_api: str) -> None:
 
 
 def test_sigterm_mid_move_compensates_and_reports(lab: RunningLab, prefect_api: str) -> None:
-    job = submit_long_job(lab, "CERN-CERN", 40)
+    # long enough to outlast a loaded machine's slow start: the test ends it itself
+    job = submit_long_job(lab, "CERN-CERN", 300)
     env = {**os.environ, "PREFECT_API_URL": prefect_api}
     proc = start_clean_move(lab.site_file, "fts101", "fts102", env=env)
     try:

@@ -63,9 +63,14 @@ def status(lab: Lab) -> LabStatus:
         agents = []
         transfers: dict[str, int] = {}
         sshd = False
+        titles = {p.pid: p.title for p in plist}
         for p in plist:
             first = p.title.split(" ", 1)[0]
             if p.title in agent_names:
+                if titles.get(p.ppid) == p.title:
+                    # the agent forking a transfer: until its exec the child shows the agent's
+                    # title; it is the same agent, not a second one
+                    continue
                 st = read_state(p.title, Path(f"/proc/{p.pid}/root")) or {}
                 agents.append(
                     AgentView(
