@@ -475,21 +475,34 @@ def test_a_served_schedule_gets_its_runs_from_handovers_server_and_the_first_run
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    code = (
-        "import json\n"
-        "from prefect.client.orchestration import get_client\n"
-        "from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName\n"
-        "with get_client(sync_client=True) as c:\n"
-        "    runs = c.read_flow_runs(deployment_filter=DeploymentFilter(\n"
-        "        name=DeploymentFilterName(any_=['drift-watch'])))\n"
-        "    print(json.dumps([[r.auto_scheduled, r.state_type.value, r.state_name,\n"
-        "        r.state.message if r.state else ''] for r in runs]))\n"
-    )
+    auth = (home / "api-auth").read_text().strip()
 
     def runs() -> list[list[object]]:
-        import json
+        # in this process (a client in a new one per poll cost a Prefect import each time)
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+        from prefect.settings import (
+            PREFECT_API_AUTH_STRING,
+            PREFECT_API_URL,
+            temporary_settings,
+        )
 
-        return list(json.loads(_client_call(url, home, code)))
+        with temporary_settings({PREFECT_API_URL: url, PREFECT_API_AUTH_STRING: auth}):
+            with get_client(sync_client=True) as c:
+                found = c.read_flow_runs(
+                    deployment_filter=DeploymentFilter(
+                        name=DeploymentFilterName(any_=["drift-watch"])
+                    )
+                )
+        return [
+            [
+                r.auto_scheduled,
+                r.state_type.value if r.state_type else None,
+                r.state_name,
+                r.state.message if r.state else "",
+            ]
+            for r in found
+        ]
 
     try:
         ran = wait_for(

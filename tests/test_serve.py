@@ -102,20 +102,38 @@ def serving(lab: RunningLab, prefect_api: str, *extra: str) -> Iterator[subproce
         log.close()
 
 
-def test_served_clean_move_runs_from_the_api(lab: RunningLab, prefect_api: str) -> None:
-    with serving(lab, prefect_api):
-        run = run_deployment(
-            "clean-move/clean-move",
-            parameters={"from_host": "fts101", "to_host": "fts102", "dry_run": True},
-            timeout=120,
-        )
-        assert run.state is not None and run.state.is_completed(), run.state
-        assert run.state.message and "dry run: would move 4 agents" in run.state.message
-        assert run.parameters["site_file"] == str(lab.site_file.resolve())
+def test_a_run_served_with_spawn_starts_in_a_fresh_interpreter(
+    lab: RunningLab, prefect_api: str
+) -> None:
+    """Its own `handover serve --start spawn`, first in the module: the module's shared serve
+    (`served`, from the next test on) would otherwise take the run too."""
+    with serving(lab, prefect_api, "--start", "spawn") as proc:
+        _started_as(proc, "spawn")
+
+
+@pytest.fixture(scope="module")
+def served(lab: RunningLab, prefect_api: str) -> Iterator[subprocess.Popen[bytes]]:
+    """One `handover serve` (its default start method, the fork server) for the module's tests
+    that need no other options: each waits for its own runs to end, so they can share it."""
+    with serving(lab, prefect_api) as proc:
+        yield proc
+
+
+def test_served_clean_move_runs_from_the_api(
+    lab: RunningLab, served: subprocess.Popen[bytes]
+) -> None:
+    run = run_deployment(
+        "clean-move/clean-move",
+        parameters={"from_host": "fts101", "to_host": "fts102", "dry_run": True},
+        timeout=120,
+    )
+    assert run.state is not None and run.state.is_completed(), run.state
+    assert run.state.message and "dry run: would move 4 agents" in run.state.message
+    assert run.parameters["site_file"] == str(lab.site_file.resolve())
 
 
 def test_a_run_created_through_the_api_takes_no_automatic_path_without_an_alerts_seal(
-    lab: RunningLab, prefect_api: str
+    lab: RunningLab, served: subprocess.Popen[bytes]
 ) -> None:
     """What a sensor's run may do without a human (switch at once, proceed when an approval
     times out) is for runs the gateway started from an alert it checked: a switch created
@@ -133,25 +151,24 @@ def test_a_run_created_through_the_api_takes_no_automatic_path_without_an_alerts
     )
     timing_out = lab.site_file.parent / f"{lab.site_file.stem}-timeout.yaml"
     timing_out.write_text(yaml.safe_dump(data, sort_keys=False))
-    with serving(lab, prefect_api):
-        switch = run_deployment(
-            "switch/switch",
-            parameters={"failed_host": "fts101", "alert_id": "forged", "alert_seal": "1:00"},
-            timeout=0,
-        )
-        move = run_deployment(
-            "emergency-move/emergency-move",
-            parameters={"site_file": str(timing_out), "host": "fts106"},
-            timeout=0,
-        )
-        wait_for(lambda: _state(switch.id).is_paused(), 90, "the switch to ask for approval")
-        assert read_aliases(lab.site)[0].addresses == [master]  # nothing switched meanwhile
-        resume_with_input(switch.id, run_input={"decision": "reject", "who": "test"})
-        wait_for(lambda: final_run(switch.id) and final_run(move.id), 120, "both runs to end")
-        # read while serve runs: stopping it cancels, state forced, any run whose process has
-        # not exited yet, even one that has just ended (Prefect's runner at shutdown)
-        switched = _state(switch.id).message or ""
-        said = _state(move.id).message or ""
+    switch = run_deployment(
+        "switch/switch",
+        parameters={"failed_host": "fts101", "alert_id": "forged", "alert_seal": "1:00"},
+        timeout=0,
+    )
+    move = run_deployment(
+        "emergency-move/emergency-move",
+        parameters={"site_file": str(timing_out), "host": "fts106"},
+        timeout=0,
+    )
+    wait_for(lambda: _state(switch.id).is_paused(), 90, "the switch to ask for approval")
+    assert read_aliases(lab.site)[0].addresses == [master]  # nothing switched meanwhile
+    resume_with_input(switch.id, run_input={"decision": "reject", "who": "test"})
+    wait_for(lambda: final_run(switch.id) and final_run(move.id), 120, "both runs to end")
+    # read while serve runs: stopping it cancels, state forced, any run whose process has
+    # not exited yet, even one that has just ended (Prefect's runner at shutdown)
+    switched = _state(switch.id).message or ""
+    said = _state(move.id).message or ""
     assert "rejected" in switched, switched
     assert read_aliases(lab.site)[0].addresses == [master]
     assert "rejected by policy" in said and "nothing changed" in said, said
@@ -181,40 +198,39 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-@pytest.mark.parametrize("start", ["forkserver", "spawn"])
-def test_a_served_run_starts_as_its_start_method_says(
-    lab: RunningLab, prefect_api: str, start: str
-) -> None:
-    """forkserver: the run's process is forked by the serve process's fork server, which has
-    imported Prefect and the flows; spawn: it is a fresh interpreter started by serve itself."""
-    with serving(lab, prefect_api, "--start", start) as proc:
-        run = paused_move()
-        try:
-            servers = [
-                c for c in _children(proc.pid) if "multiprocessing.forkserver" in _cmdline(c)
+def _started_as(proc: subprocess.Popen[bytes], start: str) -> None:
+    """A move created through the API runs, paused for its approval, in the process `start`
+    says: forked by the serve process's fork server (which has imported Prefect and the flows),
+    or a fresh interpreter serve started itself (spawn); rejected, it ends Completed."""
+    run = paused_move()
+    try:
+        servers = [c for c in _children(proc.pid) if "multiprocessing.forkserver" in _cmdline(c)]
+        if start == "forkserver":
+            assert len(servers) == 1, [_cmdline(c) for c in _children(proc.pid)]
+            preloaded = _cmdline(servers[0])
+            assert "prefect.flow_engine" in preloaded and "flows.clean_move" in preloaded
+            runs = _children(servers[0])
+        else:
+            assert servers == []
+            runs = [
+                c
+                for c in _children(proc.pid)
+                if "multiprocessing" in _cmdline(c) and "resource_tracker" not in _cmdline(c)
             ]
-            if start == "forkserver":
-                assert len(servers) == 1, [_cmdline(c) for c in _children(proc.pid)]
-                preloaded = _cmdline(servers[0])
-                assert "prefect.flow_engine" in preloaded and "flows.clean_move" in preloaded
-                runs = _children(servers[0])
-            else:
-                assert servers == []
-                runs = [
-                    c
-                    for c in _children(proc.pid)
-                    if "multiprocessing" in _cmdline(c) and "resource_tracker" not in _cmdline(c)
-                ]
-            assert len(runs) == 1, "the paused run's process: " + str(
-                {c: _cmdline(c) for c in _children(proc.pid)}
-            )
-        finally:
-            resume_with_input(run.id, run_input={"decision": "reject", "who": "test"})
+        assert len(runs) == 1, "the paused run's process: " + str(
+            {c: _cmdline(c) for c in _children(proc.pid)}
+        )
+    finally:
+        resume_with_input(run.id, run_input={"decision": "reject", "who": "test"})
 
-        wait_for(lambda: final_run(run.id), 60, "the rejected run to end")
-        with get_client(sync_client=True) as client:
-            st = client.read_flow_run(run.id).state
-        assert st is not None and st.is_completed() and "rejected by test" in (st.message or "")
+    wait_for(lambda: final_run(run.id), 60, "the rejected run to end")
+    with get_client(sync_client=True) as client:
+        st = client.read_flow_run(run.id).state
+    assert st is not None and st.is_completed() and "rejected by test" in (st.message or "")
+
+
+def test_a_served_run_is_forked_by_the_fork_server(served: subprocess.Popen[bytes]) -> None:
+    _started_as(served, "forkserver")
 
 
 def test_a_served_flow_is_pickled_by_reference() -> None:
@@ -241,7 +257,7 @@ def test_a_served_flow_is_pickled_by_reference() -> None:
 
 
 def test_a_run_created_through_the_api_loads_only_reviewed_site_files(
-    lab: RunningLab, prefect_api: str, tmp_path: Path
+    lab: RunningLab, served: subprocess.Popen[bytes], tmp_path: Path
 ) -> None:
     """The deployment's site_file parameter pointed at a file outside the site directories
     (here a copy of the lab's own site elsewhere): the run refuses it before reading it."""
@@ -250,18 +266,17 @@ def test_a_run_created_through_the_api_loads_only_reviewed_site_files(
     elsewhere = tmp_path / "not-reviewed" / "site.yaml"
     elsewhere.parent.mkdir()
     shutil.copy(lab.site_file, elsewhere)
-    with serving(lab, prefect_api):
-        run = run_deployment(
-            "site-snapshot/site-snapshot",
-            parameters={"site_file": str(elsewhere)},
-            timeout=120,
-        )
-        # the same site by name: its file is in a site directory (serve's --site directory)
-        named = run_deployment(
-            "site-snapshot/site-snapshot",
-            parameters={"site_file": lab.site_file.stem},
-            timeout=120,
-        )
+    run = run_deployment(
+        "site-snapshot/site-snapshot",
+        parameters={"site_file": str(elsewhere)},
+        timeout=120,
+    )
+    # the same site by name: its file is in a site directory (serve's --site directory)
+    named = run_deployment(
+        "site-snapshot/site-snapshot",
+        parameters={"site_file": lab.site_file.stem},
+        timeout=120,
+    )
     assert run.state is not None and run.state.is_failed(), run.state
     assert "site directories" in (run.state.message or ""), run.state.message
     assert named.state is not None and named.state.is_completed(), named.state
@@ -592,7 +607,7 @@ def _runs_of(worker_pid: int) -> list[int]:
 
 
 def test_the_recovery_automation_refuses_a_procedure_that_crashed_max_crashes_times(
-    lab: RunningLab, prefect_api: str
+    lab: RunningLab, prefect_api: str, served: subprocess.Popen[bytes]
 ) -> None:
     """The real recovery automation behind `handover serve`: a dry-run move whose runs crash
     is started again after its first and second crash (and the new runs complete), but after
@@ -627,7 +642,7 @@ def test_the_recovery_automation_refuses_a_procedure_that_crashed_max_crashes_ti
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     # this module's worker tests point the process at their own server for the module's rest
-    with temporary_settings({PREFECT_API_URL: prefect_api}), serving(lab, prefect_api):
+    with temporary_settings({PREFECT_API_URL: prefect_api}):
         with get_client(sync_client=True) as client:
             dep = client.read_deployment_by_name("clean-move/clean-move")
         for n in range(1, MAX_CRASHES + 1):
