@@ -408,6 +408,42 @@ def test_check_config_cli(tmp_path: Path) -> None:
     assert "fts109" in res.stderr and "fix:" in res.stderr
 
 
+def test_check_config_secrets_reads_each_reference_and_never_prints_a_value(
+    tmp_path: Path,
+) -> None:
+    """`--secrets` reads every reference as a run would: one that reads is listed ok, a file
+    open to others and an unset variable are named with their field path, and no value shows."""
+    data = yaml.safe_load((SITES / "lab.yaml").read_text())
+    good, loose = tmp_path / "tsig", tmp_path / "webhook"
+    good.write_text("c2VjcmV0LXZhbHVlLTEyMzQ1Ng==\n")
+    good.chmod(0o600)
+    loose.write_text("webhook-secret-value-0123456789\n")
+    loose.chmod(0o644)
+    data["dns"]["tsig_key"] = {"file": str(good)}
+    data["alerts"]["webhook_secret"] = {"file": str(loose)}
+    site = tmp_path / "secrets.yaml"
+    site.write_text(yaml.safe_dump(data))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HANDOVER_")}
+    env["HANDOVER_SLACK_BOT_TOKEN"] = "xoxb-bot-token-value"
+    res = subprocess.run(
+        [sys.executable, "-m", "infra.cli", "check-config", "--secrets", str(site)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        env=env,
+    )
+    assert res.returncode == 1, res.stdout + res.stderr
+    said = " ".join((res.stdout + res.stderr).split())
+    assert f"ok dns.tsig_key (file {good}) reads" in said
+    assert "ok slack.bot_token (environment variable HANDOVER_SLACK_BOT_TOKEN) reads" in said
+    assert f"alerts.webhook_secret (file {loose}):" in said and "chmod 600" in said
+    assert "slack.signing_secret (environment variable HANDOVER_SLACK_SIGNING_SECRET):" in said
+    assert "export it first" in said
+    for value in ("c2VjcmV0LXZhbHVl", "webhook-secret-value", "xoxb-bot-token-value"):
+        assert value not in said
+
+
 def test_check_config_prints_what_looks_like_markup_as_it_is(tmp_path: Path) -> None:
     bad = tmp_path / "markup.yaml"
     bad.write_text(yaml.safe_dump(_mutate(["hosts", 0, "name"], "fts1; rm -rf /")))

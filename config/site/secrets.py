@@ -114,3 +114,30 @@ class SecretRef(SiteModel):
                 "blocks: `tasks.secret_blocks`), or reference it by {env: ...} or {file: ...}"
             )
         return SecretStr(reader(str(self.prefect_secret)))
+
+
+def secret_refs(model: object, path: str = "") -> list[tuple[str, SecretRef]]:
+    """Every secret reference in a model, with its field path (`slack.bot_token`), in field order.
+
+    Args:
+        model: a site model (or any pydantic model, list or mapping of them).
+        path: the path of `model` itself (empty for the root).
+
+    Returns:
+        (path, reference) pairs; nothing is resolved.
+    """
+    from pydantic import BaseModel
+
+    if isinstance(model, SecretRef):
+        return [(path, model)]
+    found: list[tuple[str, SecretRef]] = []
+    if isinstance(model, BaseModel):
+        for name in type(model).model_fields:
+            found += secret_refs(getattr(model, name), f"{path}.{name}" if path else name)
+    elif isinstance(model, list | tuple):
+        for i, item in enumerate(model):
+            found += secret_refs(item, f"{path}[{i}]")
+    elif isinstance(model, dict):
+        for key, item in model.items():
+            found += secret_refs(item, f"{path}.{key}" if path else str(key))
+    return found

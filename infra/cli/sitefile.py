@@ -14,7 +14,8 @@ from infra.cli.common import err, error, out, say, site_arg
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    """Validate site files; print each problem with its field path and fix."""
+    """Validate site files; print each problem with its field path and fix. With `--secrets`,
+    read every secret reference too (never printing a value)."""
     rc = 0
     for f in args.files:
         try:
@@ -34,7 +35,26 @@ def cmd_check_config(args: argparse.Namespace) -> int:
                 f"{len(site.service.agents)} agents, {len(site.channels)} channels",
             )
         )
+        if args.secrets and not _check_secrets(site):
+            rc = 1
     return rc
+
+
+def _check_secrets(site: Any) -> bool:
+    """Read each secret reference of `site` now, as a run would; say which can be read."""
+    from config.site import SecretError
+    from config.site.secrets import secret_refs
+
+    ok = True
+    for path, ref in secret_refs(site):
+        try:
+            ref.resolve()
+        except SecretError as exc:
+            ok = False
+            err.print(Text.assemble("  - ", (path, "bold"), f" ({ref.describe()}): {exc}"))
+        else:
+            out.print(Text.assemble("  ", ("ok", "green"), f" {path} ({ref.describe()}) reads"))
+    return ok
 
 
 def cmd_snapshot(args: argparse.Namespace) -> int:
@@ -69,6 +89,12 @@ def register(sub: Any) -> None:
     """Add the commands of this module to the `handover` parser."""
     p = sub.add_parser("check-config", help="validate site files")
     p.add_argument("files", nargs="+", help="the site files to check")
+    p.add_argument(
+        "--secrets",
+        action="store_true",
+        help="also read every secret reference, as the user running this, as a run would "
+        "(values are never printed)",
+    )
     p.set_defaults(func=cmd_check_config)
 
     p = sub.add_parser("snapshot", help="live snapshot of a site over SSH")
