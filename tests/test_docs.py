@@ -96,3 +96,79 @@ def test_every_field_of_the_site_file_says_what_it_is() -> None:
     ]
     assert len(rows) > 100
     assert [r for r in rows if r.rstrip().endswith("|  |")] == []
+
+
+def _record(tmp_path: Path, bench: str, result: dict[str, object]) -> None:
+    import datetime as dt
+
+    from infra.bench.record import Machine, Record
+
+    rec = Record(
+        bench=bench,
+        command=f"handover bench {bench} --record",
+        date=dt.datetime(2026, 12, 7, 3, 0, tzinfo=dt.UTC),
+        commit="0123456789ab",
+        machine=Machine(
+            cpus=2,
+            cpu_model="Xeon",
+            memory_gib=24.0,
+            kernel="6.1",
+            os="Debian GNU/Linux 12 (bookworm)",
+            python="3.11.7",
+            prefect="3.9.1",
+        ),
+        result=result,
+    )
+    (tmp_path / f"{bench}.json").write_text(rec.model_dump_json())
+
+
+def _round(total: float, offsets: dict[str, tuple[float, float]]) -> dict[str, object]:
+    return {
+        "downtime_sum_s": total,
+        "channels": {
+            ch: {"inactive_after_start_s": start, "downtime_s": down, "limit_s": down * 0.9}
+            for ch, (start, down) in offsets.items()
+        },
+    }
+
+
+def test_the_benchmarks_page_renders_each_record_with_its_commit_machine_and_verdict(
+    tmp_path: Path,
+) -> None:
+    from infra.docs import benchmarks
+
+    _record(tmp_path, "lab", {"ok": True, "summary": ["up 12.00 s (target 30 s, ratio 0.40)"]})
+    runs = {
+        "full": [
+            _round(30.0, {"A-B": (0.1, 15.0), "C-D": (0.1, 15.0)}),
+            _round(40.0, {"A-B": (0.1, 20.0), "C-D": (0.1, 20.0)}),
+            _round(35.0, {"A-B": (0.1, 17.0), "C-D": (0.1, 18.0)}),
+        ],
+        "pipelined": [_round(4.0, {"A-B": (2.0, 2.0), "C-D": (0.5, 2.0)})],
+    }
+    _record(tmp_path, "clean-move", {"ok": False, "summary": ["ratio 0.11"], "runs": runs})
+    page = benchmarks.page(tmp_path)
+    assert "| [lab](#lab) | lab up/down time (medians) and memory | 2026-12-07 |" in page
+    assert "`0123456789ab` | met |" in page and "| **missed** |" in page
+    assert "up 12.00 s (target 30 s, ratio 0.40)" in page
+    assert "2 CPUs (Xeon), 24 GiB, Debian GNU/Linux 12 (bookworm)" in page
+    assert "`handover bench switch --record`" in page  # not recorded yet: says how
+    assert f"]({benchmarks.TIMELINE})" in page
+    # the median round of each variant: full's is the 35 s one
+    rows = benchmarks.timeline_rows(benchmarks.load_records(tmp_path)[0])
+    assert [(v, c, d) for v, c, _, d, _ in rows] == [
+        ("full", "A-B", 17.0),
+        ("full", "C-D", 18.0),
+        ("pipelined", "A-B", 2.0),
+        ("pipelined", "C-D", 2.0),
+    ]
+    svg = benchmarks.timeline_svg(tmp_path)
+    assert svg.count("<rect ") == 4 and "C-D: 18.00 s down from 0.10 s" in svg
+
+
+def test_a_bench_record_that_is_not_one_is_named(tmp_path: Path) -> None:
+    from infra.bench.record import load_records
+
+    (tmp_path / "lab.json").write_text('{"bench": "lab"}')
+    with pytest.raises(ValueError, match=r"lab\.json: not a bench record"):
+        load_records(tmp_path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from infra.cli.common import note, print_json, say, site_arg
@@ -88,6 +89,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _print(args: argparse.Namespace, result: dict[str, Any]) -> int:
+    if args.record:
+        from infra.bench.record import record
+
+        name = args.bench_what + ("-storm" if getattr(args, "storm", 0) else "")
+        where = record(name, sys.argv[1:], result)
+        note(f"recorded in {where} (python -m infra.docs renders it into the benchmarks page)")
     if args.json:
         print_json(result)
     elif getattr(args, "markdown", False):
@@ -99,6 +106,16 @@ def _print(args: argparse.Namespace, result: dict[str, Any]) -> int:
     return 0 if result["ok"] else 1
 
 
+def _output_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.add_argument(
+        "--record",
+        action="store_true",
+        help="also keep the figures, with the date, commit and machine, in "
+        "docs/benchmarks/NAME.json (the documentation's benchmarks page)",
+    )
+
+
 def register(sub: Any) -> None:
     """Add the commands of this module to the `handover` parser."""
     bench = sub.add_parser("bench", help="benchmarks")
@@ -106,12 +123,12 @@ def register(sub: Any) -> None:
     p = bsub.add_parser("lab", help="lab up/down time (medians) and memory")
     p.add_argument("--rounds", type=int, default=5, help="rounds to measure (medians)")
     p.add_argument("--hosts", type=int, help="also measure a generated lab of N hosts")
-    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    _output_args(p)
     site_arg(p)
     p = bsub.add_parser("clean-move", help="full vs pipelined clean move: downtime, overhead")
     p.add_argument("--rounds", type=int, default=3, help="rounds to measure (medians)")
     p.add_argument("--warmup", type=float, default=6.0, help="seconds of load before each move")
-    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    _output_args(p)
     p = bsub.add_parser("alert", help="alert -> flow start -> first agent serving (p50, p95)")
     p.add_argument("--rounds", type=int, default=10, help="rounds to measure (medians)")
     p.add_argument(
@@ -146,7 +163,7 @@ def register(sub: Any) -> None:
         help="who creates the run: the gateway, Prefect's automations (default: both, side "
         "by side)",
     )
-    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    _output_args(p)
     p = bsub.add_parser(
         "switch", help="planned and failover switches under load: client outage, alert -> alias"
     )
@@ -163,7 +180,7 @@ def register(sub: Any) -> None:
         default=8,
         help="resolvers querying during one switch (0: none)",
     )
-    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    _output_args(p)
     p = bsub.add_parser(
         "rolling-upgrade",
         help="rolling upgrades of generated labs: time per host, overhead, agents' time down",
@@ -178,7 +195,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--load", type=float, default=10.0, help="jobs/s submitted in total, whatever the size"
     )
-    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    _output_args(p)
     p = bsub.add_parser(
         "hagd", help="HA group daemon: failover vs dT1 + dT2, manual takeover gap, heartbeat cost"
     )
@@ -187,7 +204,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--no-lab", action="store_true", help="skip the rounds on the lab (crash, takeover back)"
     )
-    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    _output_args(p)
     p = bsub.add_parser(
         "scale", help="reading the site (snapshot, sensors) at 4 hosts and at 50, side by side"
     )
@@ -201,12 +218,12 @@ def register(sub: Any) -> None:
         "two workers (default 10; 0: no moves)",
     )
     p.add_argument("--solo", type=int, default=3, help="moves timed alone first (default 3)")
-    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    _output_args(p)
     p = bsub.add_parser(
         "detect", help="a crash to the service restored through Prometheus and Alertmanager"
     )
     p.add_argument("--rounds", type=int, default=3, help="rounds to measure (medians)")
-    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    _output_args(p)
     p = bsub.add_parser(
         "faults", help="every procedure under faults at its steps: end state, convergence"
     )
@@ -237,5 +254,5 @@ def register(sub: Any) -> None:
         help="the bench lab's addresses 127.OCTET.0.0/16 (two benches side by side)",
     )
     p.add_argument("--markdown", action="store_true", help="print the rows as a markdown table")
-    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    _output_args(p)
     bench.set_defaults(func=cmd_bench)

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from infra.docs import alerts, cli, metrics, site_file
+from infra.docs import alerts, benchmarks, cli, metrics, site_file
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 #: each generated page, relative to docs/, and what writes it
@@ -16,6 +16,8 @@ PAGES: dict[str, Callable[[], str]] = {
     "reference/site-file.md": site_file.page,
     "reference/metrics.md": metrics.page,
     "reference/alerts-and-events.md": alerts.page,
+    "benchmarks/index.md": benchmarks.page,
+    f"benchmarks/{benchmarks.TIMELINE}": benchmarks.timeline_svg,
 }
 
 
