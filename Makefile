@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: demo test test-serial check durations deps system-deps lint typecheck lab-down lock docs docs-check
+.PHONY: demo test test-serial check durations deps system-deps lint typecheck lab-down lock docs docs-check screenshots
 
 demo: deps
 	$(PY) -m infra.demo
@@ -24,6 +24,14 @@ durations: deps
 
 test-serial: deps lint typecheck
 	$(PY) -m pytest -q
+
+# the documentation's pictures, from a real run on a lab of their own (infra/screenshots.py);
+# headless Chromium from Debian, installed here when root
+screenshots: deps
+	@command -v chromium-headless-shell >/dev/null || command -v chromium >/dev/null || \
+	  { [ "$$(id -u)" -eq 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium-headless-shell; } || \
+	  { echo "make screenshots needs headless Chromium: apt-get install chromium-headless-shell" >&2; exit 1; }
+	$(PY) -m infra.screenshots
 
 deps: system-deps $(VENV)/.installed
 

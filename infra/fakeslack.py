@@ -186,6 +186,11 @@ class FakeSlack:
         if url.path == "/_fake/record":
             self._json(req, 200, self.record())
             return
+        if url.path == "/_fake/view":
+            from infra.fakeslack_view import page
+
+            self._send(req, 200, page(self.record(), self.users).encode(), "text/html")
+            return
         if not url.path.startswith("/api/"):
             self._json(req, 404, {"ok": False, "error": "unknown_method"})
             return

@@ -101,3 +101,33 @@ def test_record_endpoint(fake: FakeSlack) -> None:
         data = json.loads(resp.read())
     assert data["messages"][0]["text"] == "hello"
     assert data["calls"][0]["method"] == "chat.postMessage"
+
+
+def test_the_view_renders_threads_as_an_operator_sees_them(fake: FakeSlack) -> None:
+    """`GET /_fake/view`: the thread under its first message, mrkdwn and buttons rendered, and
+    text that only looks like markup (already escaped by the sender) shown as text."""
+    from flows.notify import request_blocks
+    from tasks.adapters.slack import Mrkdwn
+
+    c = WebClient(token="xoxb-t", base_url=fake.base_url, timeout=3)
+    root = c.chat_postMessage(channel="#fts-ops-lab", text="*clean move* fts101 → fts102")
+    blocks = request_blocks(
+        "run-1",
+        [Mrkdwn(":raising_hand: *Approval needed*, asked of <@U1>: `a &lt;!channel&gt; b`")],
+        900,
+        "reject",
+    )
+    c.chat_postMessage(channel=root["channel"], thread_ts=root["ts"], text="x", blocks=blocks)
+    base = fake.base_url.removesuffix("/api/")
+    with urllib.request.urlopen(f"{base}/_fake/view", timeout=3) as resp:
+        assert resp.headers["Content-Type"] == "text/html"
+        html = resp.read().decode()
+    assert "<b>clean move</b> fts101 → fts102" in html
+    assert html.index("clean move") < html.index("Approval needed")  # the reply under its root
+    assert '<div class="msg reply">' in html
+    assert "\U0001f64b <b>Approval needed</b>" in html
+    assert '<span class="mention">@U1</span>' in html
+    assert "<code>a &lt;!channel&gt; b</code>" in html  # text, not a channel-wide mention
+    assert '<span class="button primary">Approve</span>' in html
+    assert '<span class="button danger">Reject</span>' in html
+    assert "No decision within 900 s: reject." in html
