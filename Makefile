@@ -28,9 +28,15 @@ test-serial: deps lint typecheck
 # the documentation's pictures, from a real run on a lab of their own (infra/screenshots.py);
 # headless Chromium from Debian, installed here when root
 screenshots: deps
-	@command -v chromium-headless-shell >/dev/null || command -v chromium >/dev/null || \
-	  { [ "$$(id -u)" -eq 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium-headless-shell; } || \
-	  { echo "make screenshots needs headless Chromium: apt-get install chromium-headless-shell" >&2; exit 1; }
+	@if ! command -v chromium-headless-shell >/dev/null || \
+	    [ ! -e /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ]; then \
+	  if [ "$$(id -u)" -eq 0 ]; then \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium-headless-shell fonts-noto-color-emoji; \
+	  else \
+	    echo "make screenshots needs: apt-get install chromium-headless-shell fonts-noto-color-emoji" >&2; \
+	    exit 1; \
+	  fi; \
+	fi
 	$(PY) -m infra.screenshots
 
 deps: system-deps $(VENV)/.installed

@@ -189,7 +189,8 @@ class FakeSlack:
         if url.path == "/_fake/view":
             from infra.fakeslack_view import page
 
-            self._send(req, 200, page(self.record(), self.users).encode(), "text/html")
+            html = page(self.record(), self.users, self.channels)
+            self._send(req, 200, html.encode(), "text/html")
             return
         if not url.path.startswith("/api/"):
             self._json(req, 404, {"ok": False, "error": "unknown_method"})

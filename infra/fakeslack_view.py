@@ -143,18 +143,24 @@ def _message(msg: dict[str, Any], users: dict[str, str], reply: bool) -> str:
     )
 
 
-def page(record: dict[str, Any], users: dict[str, str] | None = None) -> str:
+def page(
+    record: dict[str, Any],
+    users: dict[str, str] | None = None,
+    channels: dict[str, str] | None = None,
+) -> str:
     """Every channel's messages, each thread's replies under its first message, as HTML.
 
     Args:
         record: `FakeSlack.record()`.
         users: Slack user ids to names, for mentions.
+        channels: channel names to ids (`FakeSlack.channels`), to show a channel by its name.
     """
     users = users or {}
+    names = {cid: name.lstrip("#") for name, cid in (channels or {}).items()}
     messages = [m for m in record.get("messages", []) if not m.get("deleted")]
     out = [f"<!doctype html><html><head><meta charset='utf-8'><style>{STYLE}</style></head><body>"]
     for channel in sorted({m["channel"] for m in messages}):
-        out.append(f'<div class="channel"># {escape(channel)}</div>')
+        out.append(f'<div class="channel"># {escape(names.get(channel, channel))}</div>')
         roots = [m for m in messages if m["channel"] == channel and not m.get("thread_ts")]
         for root in roots:
             out.append(_message(root, users, reply=False))

@@ -149,6 +149,9 @@ def spawn(
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         # the service locks' leases outlive a restart (see flows/service_lock.py)
         "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": LEASE_STORAGE,
+        # the UI's pages call the API at this address; Prefect's default names port 4200
+        # whatever port the server listens on
+        "PREFECT_UI_API_URL": api_url(host, port),
         **(extra_env or {}),
     }
     env.pop("PREFECT_API_URL", None)

@@ -115,13 +115,24 @@ class Browser:
         deadline = time.monotonic() + timeout
         while not (self.evaluate("document.readyState") == "complete" and self.evaluate(ready)):
             if time.monotonic() > deadline:
-                raise ScreenshotError(f"{url}: not ready after {timeout:.0f} s ({ready})")
+                shown = " ".join(str(self.evaluate("document.body.innerText") or "").split())
+                raise ScreenshotError(
+                    f"{url}: not ready after {timeout:.0f} s ({ready}); the page shows: "
+                    f"{shown[:400]!r}"
+                )
             time.sleep(0.3)
         time.sleep(settle)  # animations, fonts, the graph's first frames
 
-    def shot(self, path: Path) -> Path:
-        """The viewport as a PNG at `path`."""
-        data = self.call("Page.captureScreenshot", format="png")["data"]
+    def shot(self, path: Path, *, whole_page: bool = False) -> Path:
+        """The viewport (or the whole page) as a PNG at `path`."""
+        params: dict[str, Any] = {"format": "png"}
+        if whole_page:
+            size = self.call("Page.getLayoutMetrics")["cssContentSize"]
+            params.update(
+                captureBeyondViewport=True,
+                clip={"x": 0, "y": 0, "width": WIDTH, "height": size["height"], "scale": 1},
+            )
+        data = self.call("Page.captureScreenshot", **params)["data"]
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(base64.b64decode(data))
         return path
@@ -211,8 +222,7 @@ def take(out: Path = IMAGES, progress: Callable[[str], None] = print) -> list[Pa
             progress("the run's report artifact")
             browser.goto(
                 f"{ui}/artifacts/artifact/{artifact}",
-                ready="document.body.innerText.includes('Where each agent runs') "
-                "|| document.body.innerText.includes('agent')",
+                ready="document.body.innerText.includes('clean-move-report')",
                 settle=2,
             )
             written.append(browser.shot(out / "report-artifact.png"))
@@ -259,7 +269,7 @@ def _move_with_approval(
             seen["run_id"] = run_id
             progress("the approval request, as the fake Slack shows it")
             browser.goto(f"{base}/_fake/view", ready="document.body.innerText.includes('Approve')")
-            written.append(browser.shot(out / "slack-approval.png"))
+            written.append(browser.shot(out / "slack-approval.png", whole_page=True))
             resume_with_input(
                 run_id, run_input={"decision": "approve", "who": "labops", "comment": "go"}
             )
@@ -286,7 +296,7 @@ def _move_with_approval(
 
 
 def _report_artifact(run_id: str) -> str:
-    """The id of the run's report artifact (its markdown report)."""
+    """The id of the run's report artifact (what it did, where each agent runs, the downtime)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
@@ -294,9 +304,9 @@ def _report_artifact(run_id: str) -> str:
         found = client.read_artifacts(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]))
         )
-    reports = [a for a in found if a.type == "markdown"]
+    reports = [a for a in found if a.key == "clean-move-report"]
     if not reports:
-        raise ScreenshotError(f"run {run_id} has no markdown artifact")
+        raise ScreenshotError(f"run {run_id} has no clean-move-report artifact")
     return str(reports[-1].id)
 
 

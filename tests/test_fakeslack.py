@@ -122,6 +122,7 @@ def test_the_view_renders_threads_as_an_operator_sees_them(fake: FakeSlack) -> N
     with urllib.request.urlopen(f"{base}/_fake/view", timeout=3) as resp:
         assert resp.headers["Content-Type"] == "text/html"
         html = resp.read().decode()
+    assert '<div class="channel"># fts-ops-lab</div>' in html
     assert "<b>clean move</b> fts101 → fts102" in html
     assert html.index("clean move") < html.index("Approval needed")  # the reply under its root
     assert '<div class="msg reply">' in html

@@ -155,8 +155,9 @@ def test_a_holder_that_died_on_another_machine_is_freed_when_its_lease_runs_out(
 
 def test_the_servers_handover_starts_keep_leases_on_disk(tmp_path: Path) -> None:
     """`handover server start`, the benches and this suite's own servers use the on-disk
-    lease storage."""
-    proc = spawn(tmp_path / "h", "127.0.0.1", free_port(), {})
+    lease storage; their UI calls the API on the port they listen on, not Prefect's 4200."""
+    port = free_port()
+    proc = spawn(tmp_path / "h", "127.0.0.1", port, {})
     environ = Path(f"/proc/{proc.pid}/environ")
     try:
         # Popen returns once the exec has begun; the kernel sets the new process's environment
@@ -167,3 +168,4 @@ def test_the_servers_handover_starts_keep_leases_on_disk(tmp_path: Path) -> None
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
     assert f"PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE={sl.LEASE_STORAGE}".encode() in env
+    assert f"PREFECT_UI_API_URL=http://127.0.0.1:{port}/api".encode() in env
