@@ -31,7 +31,7 @@ from flows.plans.drop_db_lock import (
 )
 from flows.plans.model import steps_markdown
 from flows.plans.words import count
-from flows.procedure import Finish, Finisher, Run, locked, procedure_run
+from flows.procedure import Finish, Finisher, Run, locked, procedure_run, unknown_host
 from flows.result import ProcedureResult, StepRecord
 from flows.run_site import load_run_site
 from tasks.adapters.db import DatabaseUnavailable
@@ -99,6 +99,8 @@ def drop_db_lock(
         requested_by=who,
         started_at=started,
     )
+    if refusal := unknown_host(site, host):
+        return finish("refused", refusal)
     with procedure_run(site, PROCEDURE, f"DB sessions from {host}{whose}", who, params) as run:
         finish.run = run
         return locked(

@@ -46,7 +46,7 @@ from flows.plans.model import steps_markdown
 from flows.plans.snapshot import HostWithPartners
 from flows.plans.verify import verify_emergency_move
 from flows.plans.words import count
-from flows.procedure import Finish, Finisher, Run, locked, procedure_run
+from flows.procedure import Finish, Finisher, Run, locked, procedure_run, unknown_host
 from flows.result import ProcedureResult
 from flows.run_site import load_run_site
 from tasks.db_sessions import DatabaseUnavailable, find_sessions
@@ -119,12 +119,8 @@ def emergency_move(
         alert_id=alert_id,
         started_at=started,
     )
-    if host not in {h.name for h in site.hosts}:  # refused before anything else
-        return finish(
-            "refused",
-            f"refused: no host {host!r} in site {site.site} (hosts: {site.host_names()}); "
-            "nothing changed",
-        )
+    if refusal := unknown_host(site, host):
+        return finish("refused", refusal)
     params = {"host": host, "alert": alert_id}
     with procedure_run(site, PROCEDURE, f"{host} failed", who, params) as run:
         finish.run = run

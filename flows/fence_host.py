@@ -24,7 +24,7 @@ from flows.plans.model import steps_markdown
 from flows.plans.snapshot import HostWithPartners, SiteSnapshot
 from flows.plans.verify import verify_fence_host
 from flows.plans.words import count
-from flows.procedure import Finish, Finisher, Run, locked, procedure_run
+from flows.procedure import Finish, Finisher, Run, locked, procedure_run, unknown_host
 from flows.result import ProcedureResult
 from flows.run_site import load_run_site
 from tasks.outcome import now
@@ -70,12 +70,8 @@ def fence_host(
         requested_by=who,
         started_at=started,
     )
-    if host not in {h.name for h in site.hosts}:
-        return finish(
-            "refused",
-            f"refused: no host {host!r} in site {site.site} (hosts: {site.host_names()}); "
-            "nothing changed",
-        )
+    if refusal := unknown_host(site, host):
+        return finish("refused", refusal)
     with procedure_run(site, PROCEDURE, f"{host} is back", who, {"host": host}) as run:
         finish.run = run
         return locked(

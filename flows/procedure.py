@@ -69,6 +69,17 @@ class Run:
         )
 
 
+def unknown_host(site: Site, host: str) -> str | None:
+    """The refusal of a procedure asked about a host the site does not have, naming the hosts
+    it has (None: the site has it). Said before anything else is read or locked."""
+    if host in {h.name for h in site.hosts}:
+        return None
+    return (
+        f"refused: no host {host!r} in site {site.site} (hosts: {site.host_names()}); "
+        "nothing changed"
+    )
+
+
 @contextlib.contextmanager
 def procedure_run(
     site: Site, procedure: str, title: str, who: str, params: dict[str, Any]

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from flows.clean_move import CleanMoveResult, clean_move
+from flows.drop_db_lock import DropDbLockResult, drop_db_lock
 from flows.emergency_move import EmergencyResult, emergency_move
 from flows.fence_host import fence_host
 from tests.conftest import LAB_SITE
@@ -22,3 +23,6 @@ def test_an_unknown_host_is_refused_by_every_procedure(prefect_api: str) -> None
     )
     assert isinstance(cm, CleanMoveResult) and cm.status == "refused", cm
     assert "host fts199 is not in site lab" in cm.summary
+    drop = drop_db_lock(str(LAB_SITE), "fts199", return_state=True).result(raise_on_failure=False)
+    assert isinstance(drop, DropDbLockResult) and drop.status == "refused", drop
+    assert "no host 'fts199' in site lab" in drop.summary and "nothing changed" in drop.summary
