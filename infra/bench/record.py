@@ -74,7 +74,7 @@ def machine() -> Machine:
     )
 
 
-def commit() -> str:
+def checked_out() -> str:
     """The checked-out commit, `+changes` when the working tree differs from it."""
 
     def git(*args: str) -> str:
@@ -86,7 +86,14 @@ def commit() -> str:
     return head + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
-def record(bench: str, argv: list[str], result: dict[str, Any], out: Path = RECORDS) -> Path:
+def record(
+    bench: str,
+    argv: list[str],
+    result: dict[str, Any],
+    out: Path = RECORDS,
+    *,
+    commit: str | None = None,
+) -> Path:
     """Write `result` as the latest record of `bench`; returns the file written.
 
     Args:
@@ -94,12 +101,13 @@ def record(bench: str, argv: list[str], result: dict[str, Any], out: Path = RECO
         argv: the command's arguments after `handover` (as typed).
         result: what the bench returned (its `--json`).
         out: the directory of records.
+        commit: the commit measured (`checked_out()` when the bench started; default: now).
     """
     rec = Record(
         bench=bench,
         command="handover " + shlex.join(argv),
         date=dt.datetime.now(dt.UTC).replace(microsecond=0),
-        commit=commit(),
+        commit=commit or checked_out(),
         machine=machine(),
         result=result,
     )

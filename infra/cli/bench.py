@@ -11,6 +11,11 @@ from infra.cli.common import note, print_json, say, site_arg
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """`handover bench lab`: lab up/down times (medians) and memory."""
+    if args.record:
+        from infra.bench.record import checked_out
+
+        # the commit measured: the one checked out when the bench starts
+        args.commit = checked_out()
 
     if args.bench_what == "alert":
         from infra.bench.alert import bench_alert
@@ -93,7 +98,7 @@ def _print(args: argparse.Namespace, result: dict[str, Any]) -> int:
         from infra.bench.record import record
 
         name = args.bench_what + ("-storm" if getattr(args, "storm", 0) else "")
-        where = record(name, sys.argv[1:], result)
+        where = record(name, sys.argv[1:], result, commit=args.commit)
         note(f"recorded in {where} (python -m infra.docs renders it into the benchmarks page)")
     if args.json:
         print_json(result)
