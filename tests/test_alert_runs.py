@@ -516,11 +516,15 @@ def test_two_gateways_share_one_book_and_one_killed_mid_storm_loses_nothing(
                 if "alert attached #" in m
             }
 
-        wait_for(
-            lambda: numbers() == set(range(1, 300)) or None,
-            90,
-            "the 299 attached alerts (#1-#299) in the run's log",
-        )
+        try:
+            wait_for(
+                lambda: numbers() == set(range(1, 300)) or None,
+                90,
+                "the 299 attached alerts (#1-#299) in the run's log",
+            )
+        except pytest.fail.Exception:
+            missing = sorted(set(range(1, 300)) - numbers())
+            pytest.fail(f"attached alerts missing from the run's log after 90 s: {missing}")
     finally:
         if second.poll() is None:
             os.killpg(second.pid, signal.SIGKILL)

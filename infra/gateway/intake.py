@@ -340,16 +340,18 @@ class AlertIntake:
         from prefect.client.schemas.actions import LogCreate
 
         now = dt.datetime.now(dt.UTC)
+        # one microsecond apart: the log is ordered by timestamp, and lines that share one come
+        # back in any order (a reader paging through them by offset may miss some)
         await client.create_logs(
             [
                 LogCreate(
                     name="handover.alerts",
                     level=logging.INFO,
                     message=n,
-                    timestamp=now,
+                    timestamp=now + dt.timedelta(microseconds=i),
                     flow_run_id=run_id,
                 )
-                for n in notes
+                for i, n in enumerate(notes)
             ]
         )
 
