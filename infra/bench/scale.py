@@ -42,6 +42,9 @@ from infra.lab.lab import Lab, derive_site_file
 ROOT = Path(__file__).resolve().parent.parent.parent
 OCTET = 243
 
+#: the large lab's snapshot against the small one's, at most (50 hosts against 4)
+SCALE_TARGET = 2.0
+
 
 def _separate_commands(shell: Any) -> None:
     """The snapshot's reads, one command per round trip (for comparison only)."""
@@ -213,15 +216,19 @@ def bench_scale(
                 for k in keys
             ),
             f"  the {large['hosts']}-host snapshot (warm) against the {small['hosts']}-host one: "
-            f"{ratios['snapshot_warm_s']:.2f}x (target 2x); the empty round trips alone "
-            "(SSH sessions and channels, no reading) "
+            f"{ratios['snapshot_warm_s']:.2f}x (target {SCALE_TARGET:g}x); the empty round "
+            "trips alone (SSH sessions and channels, no reading) "
             f"take {large['empty_round_trip_warm_s']['p50']:.2f} s at {large['hosts']} hosts, "
             f"{large['empty_round_trip_warm_s']['p50'] / small['snapshot_warm_s']['p50']:.1f}x "
             "the 4-host snapshot",
             "  the same with the channel states in one query: "
-            f"{ratios['snapshot_warm_channel_states_in_one_query_s']:.2f}x (target 2x)",
+            f"{ratios['snapshot_warm_channel_states_in_one_query_s']:.2f}x "
+            f"(target {SCALE_TARGET:g}x)",
             *summary_moves,
         ],
-        "ok": not moved or moved["converged"],
+        # the moves converge, and the best snapshot of the large lab is within its target of
+        # the small one's (this 2-core machine runs all 50 hosts' commands: it misses it)
+        "ok": (not moved or moved["converged"])
+        and ratios["snapshot_warm_channel_states_in_one_query_s"] <= SCALE_TARGET,
     }
     return out

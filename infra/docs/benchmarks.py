@@ -22,6 +22,11 @@ VARIANTS = {
     "pipelined": "pipelined, cut-over window and hot standby",
 }
 TIMELINE = "clean-move-timeline.svg"
+#: what a bench's variant measures, where its record has a name of its own
+VARIANT_HELP = {
+    "alert-storm": "an alert storm over several gateways sharing one book: runs started, "
+    "answer latency, memory",
+}
 
 
 def _bench_help() -> dict[str, str]:
@@ -66,7 +71,7 @@ def page(directory: Path = RECORDS) -> str:
     missing = sorted(b for b in helps if b not in names and f"{b}-storm" not in names)
     out += ["| bench | what it measures | recorded | commit | targets |", "|---|---|---|---|---|"]
     for rec in records:
-        what = helps.get(rec.bench.removesuffix("-storm"), "")
+        what = VARIANT_HELP.get(rec.bench) or helps.get(rec.bench, "")
         verdict = "met" if rec.result.get("ok") else "**missed**"
         out.append(
             f"| [{rec.bench}](#{rec.bench}) | {what} | {rec.date:%Y-%m-%d} | "
