@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 
 from config.loader import SiteConfigError
-from infra.cli import bench, hagd, lab, procedures, service, services, sitefile
+from infra.cli import bench, hagd, install, lab, procedures, service, services, sitefile
 from infra.cli.common import DEFAULT_SITE, err, error
 from tasks.secret_blocks import use_prefect_secret_blocks
 
@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     ap = argparse.ArgumentParser(prog="handover", description="The `handover` command line.")
     sub = ap.add_subparsers(dest="command", required=True)
-    for module in (sitefile, lab, procedures, service, services, bench, hagd):
+    for module in (sitefile, lab, procedures, service, services, install, bench, hagd):
         module.register(sub)
     return ap
 

@@ -1,0 +1,66 @@
+"""`handover install`: handover's processes as systemd services on this machine."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from infra.cli.common import error, say, site_arg
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    """Write (or with --dry-run print) the units of the roles asked, and say what to enable."""
+    from config.loader import load_site
+    from infra.install import ROLES, InstallError, Settings, units, write
+
+    site = load_site(args.site)
+    roles = args.role or list(ROLES)
+    s = Settings(
+        site=Path(args.site).resolve(),
+        site_name=site.site,
+        pool=args.pool,
+        user=args.user,
+        etc=Path(args.etc),
+        state=Path(args.state),
+        host=args.api_host,
+        port=args.api_port,
+    )
+    try:
+        if args.dry_run:
+            for name, text in units(roles, s).items():
+                say(f"# {Path(args.unit_dir) / name}")
+                say(text)
+            return 0
+        todo = write(roles, s, Path(args.unit_dir))
+    except InstallError as exc:
+        error("install:", str(exc))
+        return 2
+    say(f"wrote the units of {', '.join(roles)} in {args.unit_dir}; now:")
+    for step in todo:
+        say(f"  {step}")
+    return 0
+
+
+def register(sub: Any) -> None:
+    """Add the commands of this module to the `handover` parser."""
+    from infra.install import ROLES
+
+    p = sub.add_parser("install", help="handover's processes as systemd services (units)")
+    p.add_argument(
+        "--role",
+        action="append",
+        choices=list(ROLES),
+        help="the units of this role (repeatable; default: every role): server (the Prefect "
+        "API and its background services), serve, worker, gateway, exporter, hagd",
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the units, write nothing")
+    p.add_argument("--pool", default="handover", help="the work pool a worker takes runs from")
+    p.add_argument("--user", default="handover", help="the user the services run as")
+    p.add_argument("--etc", default="/etc/handover", help="the configuration directory")
+    p.add_argument("--state", default="/var/lib/handover", help="the state directory (0700)")
+    p.add_argument("--api-host", default="127.0.0.1", help="the Prefect API's address")
+    p.add_argument("--api-port", type=int, default=4200, help="the Prefect API's port")
+    p.add_argument("--unit-dir", default="/etc/systemd/system", help="where the units are written")
+    site_arg(p)
+    p.set_defaults(func=cmd_install)
