@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import http.client
 import json
 import time
 import urllib.error
@@ -42,7 +43,12 @@ def alert_body(
 def post_alert(
     url: str, secret: bytes, body: bytes, *, timeout_s: float = 5.0, timestamp: int | None = None
 ) -> tuple[int, dict[str, Any]]:
-    """POST a signed alert; returns the HTTP status and the gateway's JSON answer."""
+    """POST a signed alert; returns the HTTP status and the gateway's JSON answer.
+
+    Raises:
+        OSError: the gateway did not answer, or its answer was cut off (it died while sending
+            it): the alert counts as not answered, and may be sent again, to it or another.
+    """
     ts = int(time.time()) if timestamp is None else timestamp
     req = urllib.request.Request(  # noqa: S310 - the operator's gateway URL
         url.rstrip("/") + "/alerts/webhook",
@@ -55,7 +61,10 @@ def post_alert(
     )
     try:
         with urllib.request.urlopen(req, timeout=timeout_s) as resp:  # noqa: S310
-            return resp.status, json.loads(resp.read() or b"{}")
+            try:
+                return resp.status, json.loads(resp.read() or b"{}")
+            except http.client.HTTPException as exc:  # IncompleteRead: the body was cut off
+                raise ConnectionError(f"the gateway's answer was cut off: {exc!r}") from exc
     except urllib.error.HTTPError as exc:
         try:
             return exc.code, json.loads(exc.read() or b"{}")

@@ -508,7 +508,9 @@ def test_two_gateways_share_one_book_and_one_killed_mid_storm_loses_nothing(
 
         # each answered alert is noted on the run by whichever gateway's resolver claimed it; a
         # note the killed gateway claimed is written by the other after the claim's bound (30 s),
-        # and one it wrote but had not confirmed may be written twice: every number is there
+        # and one it wrote but had not confirmed may be written twice: every number is there.
+        # An alert the killed gateway admitted but whose answer it never finished is sent again
+        # to the other and attached twice (#300): more numbers than answers, never fewer
         def numbers() -> set[int]:
             return {
                 int(m.split("alert attached #", 1)[1].split(":", 1)[0])
@@ -518,7 +520,7 @@ def test_two_gateways_share_one_book_and_one_killed_mid_storm_loses_nothing(
 
         try:
             wait_for(
-                lambda: numbers() == set(range(1, 300)) or None,
+                lambda: numbers() >= set(range(1, 300)) or None,
                 90,
                 "the 299 attached alerts (#1-#299) in the run's log",
             )
