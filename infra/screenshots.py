@@ -15,6 +15,7 @@ it (its local storage) before the pages are opened.
 from __future__ import annotations
 
 import base64
+import contextlib
 import itertools
 import json
 import os
@@ -139,17 +140,11 @@ class Browser:
 
     def close(self) -> None:
         """Stop the browser (its process group)."""
-        try:
+        from infra.bench.alert import stop_groups
+
+        with contextlib.suppress(AttributeError):  # the websocket was never opened
             self.ws.close()
-        except AttributeError:
-            pass
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, 15)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, 9)
-                self.proc.wait(5)
+        stop_groups([self.proc], grace_s=10)
 
 
 def _wait(what: str, check: Callable[[], Any], timeout: float) -> Any:

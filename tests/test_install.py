@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import urllib.request
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from infra.bench.alert import stop_groups
 from infra.install import ROLES, Settings, units
 from infra.ports import free_port
 from tests.conftest import LAB_SITE, ROOT, require, wait_for
@@ -168,9 +168,4 @@ def test_the_api_units_command_serves_with_the_units_environment(tmp_path: Path)
         wait_for(healthy, 90, "the API unit's command to answer /api/health", interval=0.5)
         assert proc.poll() is None
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+        stop_groups([proc])

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from infra import prefect_server
+from infra.bench.alert import stop_groups
 from infra.ports import free_port
 from tests.conftest import ROOT
 
@@ -519,10 +520,5 @@ def test_a_served_schedule_gets_its_runs_from_handovers_server_and_the_first_run
         server_log = (home / "server.log").read_text()
         assert "Can't evaluate bulk DML statement" not in server_log
     finally:
-        os.killpg(serve.pid, signal.SIGTERM)
-        try:
-            serve.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(serve.pid, signal.SIGKILL)
-            serve.wait(5)
+        stop_groups([serve])
         _handover(home, "server", "stop")

@@ -20,6 +20,7 @@ from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 
 from flows.approval import resume_with_input
+from infra.bench.alert import stop_groups
 from infra.serve import DEPLOYMENTS_FILE, read_deployments
 from infra.worker import worker_processes
 from tasks.site_state import snapshot_site
@@ -93,12 +94,7 @@ def serving(lab: RunningLab, prefect_api: str, *extra: str) -> Iterator[subproce
         wait_for(deployed, 60, "handover serve to register the deployment")
         yield proc
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+        stop_groups([proc])
         log.close()
 
 

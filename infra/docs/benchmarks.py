@@ -7,7 +7,6 @@ never a figure typed by hand.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 from html import escape
 from pathlib import Path
@@ -32,14 +31,11 @@ VARIANT_HELP = {
 def _bench_help() -> dict[str, str]:
     """Each bench's one-line help, from the command line's parser."""
     from infra.cli import build_parser
+    from infra.docs.cli import _subparsers
 
-    def sub(p: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
-        action = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
-        return action.choices[name]  # type: ignore[no-any-return]
-
-    bench = sub(build_parser(), "bench")
-    action = next(a for a in bench._actions if isinstance(a, argparse._SubParsersAction))
-    return {c.dest: c.help or "" for c in action._choices_actions}
+    top = _subparsers(build_parser())
+    bench = _subparsers(top.choices["bench"]) if top else None
+    return {c.dest: c.help or "" for c in bench._choices_actions} if bench else {}
 
 
 def _machine(rec: Record) -> str:
