@@ -163,8 +163,13 @@ def write(roles: list[str], s: Settings, unit_dir: Path) -> list[str]:
         with os.fdopen(fd, "w") as f:
             f.write(template.format(auth=auth, api_url=s.api_url))
         todo.append(f"check {path} (made now, mode 0600): the values it holds are to be filled in")
-    known = subprocess.run(["getent", "passwd", s.user], capture_output=True, check=False)
-    if shutil.which("getent") and known.returncode != 0:
+    if (
+        shutil.which("getent")
+        and subprocess.run(
+            ["getent", "passwd", s.user], capture_output=True, check=False
+        ).returncode
+        != 0
+    ):
         todo.insert(
             0,
             f"useradd --system --home-dir {s.state} --shell /usr/sbin/nologin {s.user}",

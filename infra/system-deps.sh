@@ -8,7 +8,7 @@ set -euo pipefail
 # services are not started here).
 PACKAGES=(openssh-server openssh-client postgresql nftables procps util-linux iproute2 python3-venv
   corosync pacemaker pacemaker-cli-utils resource-agents libxml2-utils bind9 prometheus
-  prometheus-alertmanager)
+  prometheus-alertmanager systemd)
 missing=()
 for p in "${PACKAGES[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
