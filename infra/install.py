@@ -3,8 +3,10 @@
 The unit templates are shipped in deployments/systemd/; this module fills in this machine's paths
 (the interpreter and the `handover` command of the installation that runs it), the site, the
 user, the addresses, and the hardening every unit but the HA group daemon's gets. A role is a
-set of units: `server` (the Prefect API and its background services), `serve` (one machine
-serving the procedures), `worker`, `gateway`, `exporter`, `hagd`.
+set of units: `server` (the database's migration, the Prefect API and its background services),
+`balancer` (HAProxy in front of several API servers), `serve` (one machine serving the
+procedures), `worker`, `gateway`, `exporter`, `hagd`. With `--ha` the server processes share
+Redis (messages, event order, concurrency leases) and the clients use the balancer.
 
 Nothing is enabled or started here: the command writes the units (and the environment files
 they read, when missing, mode 0600) and says what to run. `--dry-run` prints them instead.
@@ -24,7 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TEMPLATES = ROOT / "deployments" / "systemd"
 #: each role and its units, in the order they start
 ROLES: dict[str, tuple[str, ...]] = {
-    "server": ("handover-prefect-api", "handover-prefect-services"),
+    "server": ("handover-prefect-migrate", "handover-prefect-api", "handover-prefect-services"),
+    "balancer": ("handover-balancer",),
     "serve": ("handover-serve",),
     "worker": ("handover-worker",),
     "gateway": ("handover-gateway",),
@@ -54,6 +57,7 @@ ENV_FILES = {
         "PREFECT_SERVER_DATABASE_CONNECTION_URL="
         "postgresql+asyncpg://prefect:PASSWORD@127.0.0.1:5432/prefect\n"
         "PREFECT_SERVER_API_AUTH_STRING=handover:{auth}\n"
+        "{ha}"
     ),
     "client.env": (
         "# how handover's processes reach the Prefect API (this file: mode 0600)\n"
@@ -61,6 +65,22 @@ ENV_FILES = {
         "PREFECT_API_AUTH_STRING=handover:{auth}\n"
     ),
 }
+
+
+#: with --ha, what every Prefect server process adds: Redis for messages, the events' order,
+#: the background services' coordination and the concurrency leases (Prefect's documented set-up
+#: for several API servers; `infra.control_plane` starts the same on one machine)
+HA_ENV = (
+    "# Redis, shared by every API server and the background services (--ha)\n"
+    "PREFECT_MESSAGING_BROKER=prefect_redis.messaging\n"
+    "PREFECT_MESSAGING_CACHE=prefect_redis.messaging\n"
+    "PREFECT_SERVER_EVENTS_CAUSAL_ORDERING=prefect_redis.ordering\n"
+    "PREFECT_REDIS_MESSAGING_HOST=REDIS-HOST\n"
+    "PREFECT_REDIS_MESSAGING_PORT=6379\n"
+    "PREFECT_REDIS_MESSAGING_DB=0\n"
+    "PREFECT_REDIS_MESSAGING_PASSWORD=REDIS-PASSWORD\n"
+    "PREFECT_SERVER_DOCKET_URL=redis://:REDIS-PASSWORD@REDIS-HOST:6379/1\n"
+)
 
 
 class InstallError(RuntimeError):
@@ -84,11 +104,46 @@ class Settings:
     exporter_address: str = "127.0.0.1"
     exporter_port: int = 9480
     python: Path = Path(sys.executable)
+    #: Prefect without a single server: the server processes share Redis, clients use the
+    #: balancer
+    ha: bool = False
+    #: with `ha`: the balancer's address and port (what clients use)
+    balancer: tuple[str, int] = ("127.0.0.1", 4200)
+    #: the API servers the balancer sends to (`host:port` each)
+    api_servers: tuple[str, ...] = ("127.0.0.1:4201", "127.0.0.1:4202")
 
     @property
     def api_url(self) -> str:
-        """The API's URL as the clients on this machine reach it."""
+        """The API's URL as the clients on this machine reach it (the balancer's with `ha`)."""
+        if self.ha:
+            return f"http://{self.balancer[0]}:{self.balancer[1]}/api"
         return f"http://{self.host}:{self.port}/api"
+
+    @property
+    def lease_storage(self) -> str:
+        """Where the server keeps concurrency leases: on disk for one server, in Redis for
+        several."""
+        from flows.service_lock import LEASE_STORAGE
+        from infra.control_plane import LEASE_STORAGE as HA_LEASE_STORAGE
+
+        return HA_LEASE_STORAGE if self.ha else LEASE_STORAGE
+
+
+def balancer_config(s: Settings) -> str:
+    """The balancer's HAProxy configuration for these settings.
+
+    Raises:
+        InstallError: an API server is not `host:port`.
+    """
+    from infra.control_plane import haproxy_config
+
+    servers = []
+    for item in s.api_servers:
+        host, _, port = item.rpartition(":")
+        if not host or not port.isdigit():
+            raise InstallError(f"--api-servers: {item!r} is not HOST:PORT")
+        servers.append((host, int(port)))
+    return haproxy_config(s.balancer[0], s.balancer[1], servers)
 
 
 def render(unit: str, s: Settings) -> str:
@@ -97,8 +152,6 @@ def render(unit: str, s: Settings) -> str:
     Raises:
         InstallError: a template names a value this module does not fill in.
     """
-    from flows.service_lock import LEASE_STORAGE
-
     text = (TEMPLATES / f"{unit}.service").read_text()
     values = {
         "user": s.user,
@@ -116,7 +169,8 @@ def render(unit: str, s: Settings) -> str:
         "gateway_port": str(s.gateway_port),
         "exporter_address": s.exporter_address,
         "exporter_port": str(s.exporter_port),
-        "lease_storage": LEASE_STORAGE,
+        "lease_storage": s.lease_storage,
+        "haproxy": shutil.which("haproxy", path="/usr/sbin:/usr/bin") or "/usr/sbin/haproxy",
         "hardening": HARDENING,
     }
     try:
@@ -161,8 +215,13 @@ def write(roles: list[str], s: Settings, unit_dir: Path) -> list[str]:
             continue
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
-            f.write(template.format(auth=auth, api_url=s.api_url))
+            f.write(template.format(auth=auth, api_url=s.api_url, ha=HA_ENV if s.ha else ""))
         todo.append(f"check {path} (made now, mode 0600): the values it holds are to be filled in")
+    if "balancer" in roles:
+        cfg = s.etc / "haproxy.cfg"
+        cfg.write_text(balancer_config(s))
+        cfg.chmod(0o644)
+        todo.append(f"check {cfg}: the API servers it sends to are {', '.join(s.api_servers)}")
     if (
         shutil.which("getent")
         and subprocess.run(

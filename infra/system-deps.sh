@@ -5,10 +5,11 @@ set -euo pipefail
 # recommends are not installed below: it must be named. resource-agents brings ocf-tester, which
 # checks handover's OCF agent (its meta-data with libxml2-utils' xmllint); prometheus and
 # prometheus-alertmanager bring promtool and amtool, which check infra/monitoring/ (their
-# services are not started here).
+# services are not started here). redis-server and haproxy: Prefect without a single server
+# (`handover server start --ha`), whose parts handover starts itself.
 PACKAGES=(openssh-server openssh-client postgresql nftables procps util-linux iproute2 python3-venv
   corosync pacemaker pacemaker-cli-utils resource-agents libxml2-utils bind9 prometheus
-  prometheus-alertmanager systemd)
+  prometheus-alertmanager systemd redis-server haproxy)
 missing=()
 for p in "${PACKAGES[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then

@@ -12,7 +12,7 @@ from infra.cli.common import error, say, site_arg
 def cmd_install(args: argparse.Namespace) -> int:
     """Write (or with --dry-run print) the units of the roles asked, and say what to enable."""
     from config.loader import load_site
-    from infra.install import ROLES, InstallError, Settings, units, write
+    from infra.install import ROLES, InstallError, Settings, balancer_config, units, write
 
     site = load_site(args.site)
     roles = args.role or list(ROLES)
@@ -25,12 +25,18 @@ def cmd_install(args: argparse.Namespace) -> int:
         state=Path(args.state),
         host=args.api_host,
         port=args.api_port,
+        ha=args.ha,
+        balancer=_host_port(args.balancer),
+        api_servers=tuple(args.api_servers.split(",")),
     )
     try:
         if args.dry_run:
             for name, text in units(roles, s).items():
                 say(f"# {Path(args.unit_dir) / name}")
                 say(text)
+            if "balancer" in roles:
+                say(f"# {Path(args.etc) / 'haproxy.cfg'}")
+                say(balancer_config(s))
             return 0
         todo = write(roles, s, Path(args.unit_dir))
     except InstallError as exc:
@@ -42,6 +48,13 @@ def cmd_install(args: argparse.Namespace) -> int:
     return 0
 
 
+def _host_port(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise SystemExit(f"handover install: --balancer {text!r} is not HOST:PORT")
+    return host, int(port)
+
+
 def register(sub: Any) -> None:
     """Add the commands of this module to the `handover` parser."""
     from infra.install import ROLES
@@ -51,8 +64,27 @@ def register(sub: Any) -> None:
         "--role",
         action="append",
         choices=list(ROLES),
-        help="the units of this role (repeatable; default: every role): server (the Prefect "
-        "API and its background services), serve, worker, gateway, exporter, hagd",
+        help="the units of this role (repeatable; default: every role): server (the "
+        "database's migration, the Prefect API and its background services), balancer "
+        "(HAProxy in front of several API servers), serve, worker, gateway, exporter, hagd",
+    )
+    p.add_argument(
+        "--ha",
+        action="store_true",
+        help="Prefect without a single server: the server processes share Redis (filled in "
+        "prefect-server.env) and the clients use the balancer (--balancer)",
+    )
+    p.add_argument(
+        "--balancer",
+        default="127.0.0.1:4200",
+        metavar="HOST:PORT",
+        help="with --ha: the balancer's address, which clients use (default 127.0.0.1:4200)",
+    )
+    p.add_argument(
+        "--api-servers",
+        default="127.0.0.1:4201,127.0.0.1:4202",
+        metavar="HOST:PORT,...",
+        help="with --role balancer: the API servers it sends to",
     )
     p.add_argument("--dry-run", action="store_true", help="print the units, write nothing")
     p.add_argument("--pool", default="handover", help="the work pool a worker takes runs from")

@@ -188,8 +188,25 @@ def cmd_server(args: argparse.Namespace) -> int:
 
 
 def _server_action(args: argparse.Namespace, ps: Any, home: Path, url: str) -> int:
+    from infra.control_plane import ControlPlane, ControlPlaneError
     from infra.prefect_db import ServerDbError
 
+    plane = ControlPlane.of_home(home)
+    if args.server_action == "start" and args.ha:
+        try:
+            return _start_plane(args, home, plane)
+        except ControlPlaneError as exc:
+            say(f"handover server: {exc}")
+            return 1
+    if args.db is None:
+        args.db = "sqlite"
+    if args.server_action == "start" and plane is not None and any(plane.running().values()):
+        say(
+            f"handover server: a control plane without a single server runs from {home} "
+            f"({plane.url}): `handover server start --ha` keeps it, `handover server stop` "
+            "stops it first"
+        )
+        return 1
     if args.server_action == "start":
         try:
             url, started = ps.ensure_server(
@@ -219,6 +236,14 @@ def _server_action(args: argparse.Namespace, ps: Any, home: Path, url: str) -> i
         )
         return 0
     if args.server_action == "stop":
+        if plane is not None:
+            parts = plane.stop()
+            say(
+                "control plane stopped: " + ", ".join(parts) + " (data kept)"
+                if parts
+                else f"no part of the control plane of {home} is running"
+            )
+            return 0
         stopped = ps.stop_server(home)
         db_stopped = ps.stop_database(home)
         say(
@@ -230,6 +255,12 @@ def _server_action(args: argparse.Namespace, ps: Any, home: Path, url: str) -> i
             + ("; its PostgreSQL stopped (data kept)" if db_stopped else "")
         )
         return 0
+    if plane is not None:
+        say(f"control plane of {home}, clients use {plane.url}:")
+        for line in plane.status():
+            say("  " + line)
+        running = plane.running()
+        return 0 if all(running.values()) and ps.healthy(plane.url) else 1
     up = ps.healthy(url)
     recorded = ps.database_of(home)
     say(
@@ -237,6 +268,46 @@ def _server_action(args: argparse.Namespace, ps: Any, home: Path, url: str) -> i
         + (f"; database {recorded}" if recorded else "")
     )
     return 0 if up else 1
+
+
+def _start_plane(args: argparse.Namespace, home: Path, plane: Any) -> int:
+    """`server start --ha`: start the parts of the plane recorded in `home` that are not
+    running, or a new plane as the options say."""
+    from infra.control_plane import ControlPlane, ControlPlaneError
+
+    if args.db == "sqlite":
+        raise ControlPlaneError(
+            "--ha needs PostgreSQL (several API servers share one database; SQLite cannot be "
+            "shared): leave out --db, or give --db postgresql"
+        )
+    args.db = "postgresql"
+    if plane is None:
+        ports = [int(p) for p in args.api_ports.split(",")] if args.api_ports else None
+        if ports is None:
+            ports = [args.port + i for i in range(1, args.api_servers + 1)]
+        plane = ControlPlane.create(
+            home,
+            host=args.host,
+            port=args.port,
+            api_servers=args.api_servers,
+            api_ports=ports,
+            redis_port=args.redis_port,
+            db_url=server_db_url(args),
+            pg_port=args.pg_port,
+            pg_dir=Path(args.pg_dir) if args.pg_dir else None,
+        )
+        reused = False
+    else:
+        reused = True
+    say(f"starting the control plane from {home}: " + ", ".join(plane.part_names))
+    url = plane.start()
+    say(
+        f"control plane {'running again' if reused else 'started'}: "
+        f"{len(plane.api_names)} API servers behind {url}; export PREFECT_API_URL={url}"
+    )
+    if reused:
+        say("  (as recorded in its home; `handover server stop` first to change its layout)")
+    return 0
 
 
 def register(sub: Any) -> None:
@@ -340,9 +411,35 @@ def register(sub: Any) -> None:
     srv.add_argument(
         "--db",
         choices=["sqlite", "postgresql"],
-        default="sqlite",
+        default=None,
         help="the server's database: sqlite (embedded, the default: demo, one machine) or "
-        "postgresql (a PostgreSQL that handover starts, see --pg-dir, or --db-url)",
+        "postgresql (a PostgreSQL that handover starts, see --pg-dir, or --db-url; the only "
+        "one with --ha)",
+    )
+    srv.add_argument(
+        "--ha",
+        action="store_true",
+        help="with start: no single server: several API servers and the background services "
+        "on PostgreSQL and Redis, behind HAProxy at --host:--port (needs redis-server and "
+        "haproxy)",
+    )
+    srv.add_argument(
+        "--api-servers",
+        type=int,
+        default=2,
+        help="with --ha: how many API servers (default 2)",
+    )
+    srv.add_argument(
+        "--api-ports",
+        default=None,
+        metavar="PORT,PORT",
+        help="with --ha: the API servers' ports on 127.0.0.1 (default: the ports after --port)",
+    )
+    srv.add_argument(
+        "--redis-port",
+        type=int,
+        default=None,
+        help="with --ha: Redis's port on 127.0.0.1 (default: a free one, recorded)",
     )
     srv.add_argument(
         "--db-url",
