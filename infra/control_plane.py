@@ -81,6 +81,8 @@ class PlaneSpec:
         pg_port: with handover's own PostgreSQL, its port (127.0.0.1).
         pg_dir: with handover's own PostgreSQL, its directory (the postgres user must reach it).
         db_url_given: the database is run elsewhere (its URL is kept in the home, 0600).
+        extra_env: settings added to every Prefect server process (tests, benches).
+        metrics_port: the balancer's `/metrics` port on 127.0.0.1 (None: no metrics).
     """
 
     host: str
@@ -91,6 +93,8 @@ class PlaneSpec:
     pg_dir: str | None = None
     db_url_given: bool = False
     extra_env: dict[str, str] = field(default_factory=dict)
+    #: where the balancer's Prometheus metrics answer (127.0.0.1)
+    metrics_port: int | None = None
 
 
 def _healthy(url: str, timeout: float = 2.0) -> bool:
@@ -101,15 +105,23 @@ def _healthy(url: str, timeout: float = 2.0) -> bool:
         return False
 
 
-def haproxy_config(bind_host: str, bind_port: int, servers: list[tuple[str, int]]) -> str:
+def haproxy_config(
+    bind_host: str,
+    bind_port: int,
+    servers: list[tuple[str, int]],
+    metrics: tuple[str, int] | None = None,
+) -> str:
     """The balancer's configuration: HTTP mode, each API server checked at `/api/health` every
-    second (out after two failures, back after two successes), a refused connection retried on
-    another server, websockets (Prefect's event streams) kept open for an hour.
+    second (out after two failures, back after two successes, then given its share of the
+    requests over 10 s), a refused connection retried on another server, websockets (Prefect's
+    event streams) kept open for an hour.
 
     Args:
         bind_host: the address clients connect to.
         bind_port: its port.
         servers: each API server's address and port.
+        metrics: where HAProxy's own Prometheus exporter answers `/metrics` (each API server's
+            state: `haproxy_server_status`), or None for none.
     """
     lines = [
         "global",
@@ -125,11 +137,21 @@ def haproxy_config(bind_host: str, bind_port: int, servers: list[tuple[str, int]
         "frontend prefect",
         f"    bind {bind_host}:{bind_port}",
         "    default_backend prefect_api",
+    ]
+    if metrics is not None:
+        lines += [
+            "frontend metrics",
+            f"    bind {metrics[0]}:{metrics[1]}",
+            "    http-request use-service prometheus-exporter if { path /metrics }",
+        ]
+    lines += [
         "backend prefect_api",
         "    balance roundrobin",
         "    option httpchk GET /api/health",
         "    http-check expect status 200",
-        "    default-server inter 1s fall 2 rise 2",
+        # a server back from a restart gets its share of requests over 10 s, not at once:
+        # its first requests are slower (imports, the database pool)
+        "    default-server inter 1s fall 2 rise 2 slowstart 10s",
     ]
     lines += [f"    server api-{i} {h}:{p} check" for i, (h, p) in enumerate(servers, start=1)]
     return "\n".join(lines) + "\n"
@@ -166,6 +188,8 @@ class ControlPlane:
         self.home = home
         self.spec = spec
         self._db_url = db_url
+        #: each part's log size when this object last started it
+        self._log_from: dict[str, int] = {}
 
     # ---- construction -------------------------------------------------------------------
 
@@ -183,6 +207,7 @@ class ControlPlane:
         pg_port: int | None = None,
         pg_dir: Path | None = None,
         extra_env: dict[str, str] | None = None,
+        metrics_port: int | None = None,
     ) -> ControlPlane:
         """A plane to start from `home` (free loopback ports where none is given).
 
@@ -208,6 +233,7 @@ class ControlPlane:
             pg_dir=None if db_url else str(pg_dir or prefect_db.DEFAULT_PG_DIR),
             db_url_given=db_url is not None,
             extra_env=dict(extra_env or {}),
+            metrics_port=metrics_port or free_port(),
         )
         return cls(home, spec, db_url)
 
@@ -230,6 +256,13 @@ class ControlPlane:
     def api_url(self, index: int) -> str:
         """API server `index`'s own URL (1-based), bypassing the balancer."""
         return f"http://127.0.0.1:{self.spec.api_ports[index - 1]}/api"
+
+    @property
+    def metrics_url(self) -> str | None:
+        """The balancer's Prometheus metrics (each API server's state), or None."""
+        if self.spec.metrics_port is None:
+            return None
+        return f"http://127.0.0.1:{self.spec.metrics_port}/metrics"
 
     @property
     def api_names(self) -> list[str]:
@@ -380,7 +413,10 @@ class ControlPlane:
             return
         if part in self.api_names or part == "services":
             ensure_private_dir(self.home / part)
-        log = open_private_append(self.home / f"{part}.log")
+        log_path = self.home / f"{part}.log"
+        # what this start writes: an earlier start's lines must not read as this one's
+        self._log_from[part] = log_path.stat().st_size if log_path.exists() else 0
+        log = open_private_append(log_path)
         try:
             proc = subprocess.Popen(
                 self._argv(part),
@@ -407,7 +443,7 @@ class ControlPlane:
         if part == "services":
             # the services have no port: they serve once their process has imported Prefect
             # and opened the database (their log says so)
-            return "Starting services" in self.log_tail(part, 4000)
+            return "Starting services" in self._log_since_start(part)
         return True
 
     def _wait_serving(self, part: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
@@ -422,6 +458,14 @@ class ControlPlane:
             f"{part} of the control plane did not start (exit {proc.poll()}); "
             f"its log ({self.home / (part + '.log')}):\n{self.log_tail(part)}"
         )
+
+    def _log_since_start(self, part: str) -> str:
+        try:
+            with open(self.home / f"{part}.log", "rb") as f:
+                f.seek(self._log_from.get(part, 0))
+                return f.read(65536).decode(errors="replace")
+        except OSError:
+            return ""
 
     def log_tail(self, part: str, chars: int = 1500) -> str:
         """The end of `part`'s log."""
@@ -499,6 +543,7 @@ class ControlPlane:
                 self.spec.host,
                 self.spec.port,
                 [("127.0.0.1", p) for p in self.spec.api_ports],
+                ("127.0.0.1", self.spec.metrics_port) if self.spec.metrics_port else None,
             ),
         )
 

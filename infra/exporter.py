@@ -20,8 +20,10 @@ A background thread reads the sensors (`tasks.sensors.read_sensors`, bounded in 
 * ``handover_sensor_read_seconds``, ``handover_sensor_age_seconds``,
   ``handover_sensor_errors``: the reading's own cost, age and what it could not read;
 * with `runs` (the Prefect API of the process): ``handover_runs`` (the procedures' runs of the
-  last 24 hours by procedure and state) and ``handover_approvals_waiting`` (runs paused for a
-  decision, by procedure) (`tasks.run_counts`).
+  last 24 hours by procedure and state), ``handover_approvals_waiting`` (runs paused for a
+  decision, by procedure), ``handover_workers_online`` (per work pool of the procedures'
+  deployments, its online workers) (`tasks.run_counts`), and ``handover_prefect_api_up`` (the
+  API answered the last reading): handover's own health, which the shipped rules page on.
 
 Access: the exporter binds 127.0.0.1 unless told otherwise. With a token file
 (`read_token`), every request must carry ``Authorization: Bearer <token>`` (Prometheus'
@@ -99,7 +101,26 @@ def run_families(site: Site, counts: RunCounts) -> list[GaugeMetricFamily]:
     )
     for procedure, n in sorted(counts.waiting.items()):
         waiting.add_metric([site.site, procedure], float(n))
-    return [runs, waiting]
+    workers = GaugeMetricFamily(
+        "handover_workers_online",
+        "Workers online in each work pool of the procedures' deployments",
+        labels=["site", "pool"],
+    )
+    for pool, n in sorted(counts.workers.items()):
+        workers.add_metric([site.site, pool], float(n))
+    return [runs, waiting, workers]
+
+
+def api_family(site: Site, up: bool) -> GaugeMetricFamily:
+    """``handover_prefect_api_up``: the Prefect API answered the exporter's last reading of the
+    runs (pure)."""
+    api = GaugeMetricFamily(
+        "handover_prefect_api_up",
+        "The Prefect API answered the last reading of the procedures' runs",
+        labels=["site"],
+    )
+    api.add_metric([site.site], 1.0 if up else 0.0)
+    return api
 
 
 def families(
@@ -206,6 +227,8 @@ class SensorCollector(Collector):
         self.site = site
         self.runs = runs
         self.run_counts: RunCounts | None = None
+        #: whether the Prefect API answered the last reading of the runs (None: not read yet)
+        self.api_up: bool | None = None
         self.interval_s = interval_s
         self.timeout_s = timeout_s
         self.reading: SensorReading | None = None
@@ -248,7 +271,9 @@ class SensorCollector(Collector):
 
                     try:
                         self.run_counts = read_run_counts()
+                        self.api_up = True
                     except Exception as exc:  # noqa: BLE001 - the Prefect API may be away: retried
+                        self.api_up = False
                         log.warning("the runs could not be read from Prefect: %r", exc)
                 self._stop.wait(self.interval_s)
 
@@ -258,6 +283,8 @@ class SensorCollector(Collector):
             yield from families(self.site, self.reading, self.rates, time.time())
         if self.run_counts is not None:
             yield from run_families(self.site, self.run_counts)
+        if self.api_up is not None:
+            yield api_family(self.site, self.api_up)
 
 
 #: the shortest token the exporter accepts (as the gateway's secrets)

@@ -111,6 +111,8 @@ class Settings:
     balancer: tuple[str, int] = ("127.0.0.1", 4200)
     #: the API servers the balancer sends to (`host:port` each)
     api_servers: tuple[str, ...] = ("127.0.0.1:4201", "127.0.0.1:4202")
+    #: where the balancer's Prometheus metrics answer (`/metrics`)
+    balancer_metrics: tuple[str, int] = ("127.0.0.1", 8405)
 
     @property
     def api_url(self) -> str:
@@ -143,7 +145,7 @@ def balancer_config(s: Settings) -> str:
         if not host or not port.isdigit():
             raise InstallError(f"--api-servers: {item!r} is not HOST:PORT")
         servers.append((host, int(port)))
-    return haproxy_config(s.balancer[0], s.balancer[1], servers)
+    return haproxy_config(s.balancer[0], s.balancer[1], servers, s.balancer_metrics)
 
 
 def render(unit: str, s: Settings) -> str:

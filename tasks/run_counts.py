@@ -29,6 +29,9 @@ class RunCounts(BaseModel):
     runs: dict[str, dict[str, int]] = Field(default_factory=dict)
     #: runs paused for a decision, by procedure (whenever they started)
     waiting: dict[str, int] = Field(default_factory=dict)
+    #: per work pool of the procedures' deployments, its workers that are online (a site
+    #: served by `handover serve` has no pool, so none)
+    workers: dict[str, int] = Field(default_factory=dict)
 
 
 #: the Prefect API's largest page of runs
@@ -77,6 +80,19 @@ def read_run_counts(window_s: float = 86400.0, limit: int = 1000) -> RunCounts:
                 state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))
             )
         )
+        pools = {
+            d.work_pool_name
+            for d in client.read_deployments(flow_filter=ours, limit=PAGE)
+            if d.work_pool_name
+        }
+        workers = {
+            pool: sum(
+                1
+                for w in client.read_workers_for_work_pool(pool)
+                if str(w.status).upper().endswith("ONLINE")
+            )
+            for pool in sorted(pools)
+        }
     by: dict[str, Counter[str]] = {}
     for r in recent:
         name = flows.get(r.flow_id, "unknown")
@@ -86,4 +102,5 @@ def read_run_counts(window_s: float = 86400.0, limit: int = 1000) -> RunCounts:
         window_s=window_s,
         runs={p: dict(c) for p, c in sorted(by.items())},
         waiting=dict(waiting),
+        workers=workers,
     )

@@ -191,6 +191,14 @@ def test_a_lease_outlives_the_api_server_that_granted_it(plane: ControlPlane) ->
     assert plane.kill("api-1")
     try:
         assert plane.pid("api-1") is None
+        # the balancer takes it out (what HandoverApiServerDown pages on)
+        wait_for(
+            lambda: _server_state(plane, "api-1") == "DOWN",
+            30,
+            "the balancer's metrics to show api-1 down",
+            interval=0.5,
+        )
+        assert _server_state(plane, "api-2") == "UP"
         with temporary_settings({PREFECT_API_URL: plane.api_url(2)}):
             with get_client(sync_client=True) as client:
                 # the other server knows the lease: its holder renews it there, nobody else
@@ -204,6 +212,24 @@ def test_a_lease_outlives_the_api_server_that_granted_it(plane: ControlPlane) ->
     finally:
         plane.start_part("api-1")
     assert _get(f"{plane.api_url(1)}/health") == 200
+    wait_for(
+        lambda: _server_state(plane, "api-1") == "UP",
+        30,
+        "the balancer's metrics to show api-1 back",
+        interval=0.5,
+    )
+
+
+def _server_state(plane: ControlPlane, server: str) -> str | None:
+    """An API server's state in the balancer's own metrics (HAProxy's exporter)."""
+    assert plane.metrics_url is not None
+    with urllib.request.urlopen(plane.metrics_url, timeout=5) as resp:
+        text = resp.read().decode()
+    for line in text.splitlines():
+        if line.startswith("haproxy_server_status{") and f'server="{server}"' in line:
+            if line.rsplit(" ", 1)[1] == "1":
+                return line.split('state="', 1)[1].split('"', 1)[0]
+    return None
 
 
 def _run_flow(name: str, code: str = FLOW) -> subprocess.Popen[str]:

@@ -45,7 +45,7 @@ def rules() -> list[dict[str, Any]]:
 @pytest.mark.monitoring
 def test_promtool_checks_and_unit_tests_the_rules() -> None:
     res = tool("promtool", "check", "rules", "handover-rules.yml")
-    assert res.returncode == 0 and "SUCCESS: 6 rules found" in res.stdout, res.stdout + res.stderr
+    assert res.returncode == 0 and "SUCCESS: 15 rules found" in res.stdout, res.stdout + res.stderr
     res = tool("promtool", "test", "rules", "tests.yml")
     assert res.returncode == 0 and "SUCCESS" in res.stdout, res.stdout + res.stderr
     # every rule has a unit test
@@ -75,8 +75,10 @@ def test_promtool_checks_the_prometheus_configuration_and_its_bearer_token(
     res = tool("promtool", "check", "config", "--syntax-only", "prometheus.yml")
     assert res.returncode == 0 and "SUCCESS" in res.stdout, res.stdout + res.stderr
     cfg = yaml.safe_load((MON / "prometheus.yml").read_text())
-    [job] = cfg["scrape_configs"]
-    assert job["job_name"] == "handover"
+    jobs = {j["job_name"]: j for j in cfg["scrape_configs"]}
+    # the exporter's sensors, and handover's own parts (the rules page when one is gone)
+    assert set(jobs) == {"handover", "handover-gateway", "handover-balancer"}
+    job = jobs["handover"]
     assert job["authorization"]["type"] == "Bearer"
     assert Path(job["authorization"]["credentials_file"]).is_absolute()
     assert cfg["rule_files"] == ["handover-rules.yml"]
@@ -86,13 +88,14 @@ def test_promtool_checks_the_prometheus_configuration_and_its_bearer_token(
     cfg["rule_files"] = [str(MON / "handover-rules.yml")]
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(cfg))
     res = tool("promtool", "check", "config", str(tmp_path / "prometheus.yml"))
-    assert res.returncode == 0 and "SUCCESS: 6 rules found" in res.stdout, res.stdout + res.stderr
+    assert res.returncode == 0 and "SUCCESS: 15 rules found" in res.stdout, res.stdout + res.stderr
 
 
 def test_every_metric_the_rules_use_is_one_the_exporter_publishes() -> None:
     from flows.plans.snapshot import HostSnapshot, SiteSnapshot
     from flows.plans.switch import FrontendState
-    from infra.exporter import families
+    from infra.exporter import api_family, families, run_families
+    from tasks.run_counts import RunCounts
     from tasks.sensors import SensorReading
 
     t = dt.datetime(2026, 12, 2, tzinfo=dt.UTC)
@@ -105,8 +108,16 @@ def test_every_metric_the_rules_use_is_one_the_exporter_publishes() -> None:
         frontends=[FrontendState(host="fts101", reachable=True, epoch=1, db_epoch=1)],
     )
     published = {f.name for f in families(SITE, reading, {"CERN-CERN": 0.0}, t.timestamp())}
+    counts = RunCounts(window_s=60, workers={"handover": 1})
+    published |= {f.name for f in run_families(SITE, counts)}
+    published.add(api_family(SITE, True).name)
     used = {m for r in rules() for m in re.findall(r"\bhandover_[a-z_]+", r["expr"])}
     assert used and used <= published, used - published
+    # the other metrics are the balancer's (HAProxy's exporter) and Prometheus' own `up`
+    others = {
+        m for r in rules() for m in re.findall(r"\b([a-z_]+)\s*(?:\{|==|<)", r["expr"])
+    } - used
+    assert others <= {"haproxy_server_status", "haproxy_backend_active_servers", "up"}, others
 
 
 def test_the_alerts_routed_to_the_gateway_start_the_kind_their_rule_says() -> None:

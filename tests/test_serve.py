@@ -438,6 +438,10 @@ def test_two_workers_share_the_pool_and_start_each_run_once(
         for run in snapshots(3):
             wait_for(lambda run=run: ran_by(run), 15, f"run {run.id}'s lines in a log")
             assert len(ran_by(run)) == 1, (run.id, ran_by(run))
+        # what the exporter publishes as handover's own health: both workers online
+        from tasks.run_counts import read_run_counts
+
+        assert read_run_counts().workers.get(pool) == 2
 
 
 def test_the_worker_runs_handovers_flows_only_and_in_its_own_environment(

@@ -190,6 +190,7 @@ def test_the_exporter_publishes_runs_and_approvals_waiting() -> None:
         window_s=86400,
         runs={"switch": {"Completed": 3, "Failed": 1}, "clean-move": {"Paused": 1}},
         waiting={"clean-move": 1},
+        workers={"handover": 2, "spare-pool": 0},
     )
     got = {
         (smp.name, tuple(sorted(smp.labels.items()))): smp.value
@@ -203,4 +204,11 @@ def test_the_exporter_publishes_runs_and_approvals_waiting() -> None:
     assert (
         got[("handover_approvals_waiting", (("procedure", "clean-move"), ("site", "lab")))] == 1.0
     )
-    assert len(got) == 4
+    # handover's own health: workers online per pool, and whether the API answered
+    assert got[("handover_workers_online", (("pool", "handover"), ("site", "lab")))] == 2.0
+    assert got[("handover_workers_online", (("pool", "spare-pool"), ("site", "lab")))] == 0.0
+    from infra.exporter import api_family
+
+    assert [smp.value for smp in api_family(SITE, False).samples] == [0.0]
+    assert [smp.value for smp in api_family(SITE, True).samples] == [1.0]
+    assert len(got) == 6

@@ -82,6 +82,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
             solo=args.solo,
             progress=note,
         )
+    elif args.bench_what == "control-plane":
+        from infra.bench.control_plane import PARTS, bench_control_plane
+
+        result = bench_control_plane(parts=tuple(args.part or PARTS), progress=note)
     elif args.bench_what == "clean-move":
         from infra.bench.clean_move import bench_clean_move
 
@@ -133,6 +137,17 @@ def register(sub: Any) -> None:
     p = bsub.add_parser("clean-move", help="full vs pipelined clean move: downtime, overhead")
     p.add_argument("--rounds", type=int, default=3, help="rounds to measure (medians)")
     p.add_argument("--warmup", type=float, default=6.0, help="seconds of load before each move")
+    _output_args(p)
+    p = bsub.add_parser(
+        "control-plane",
+        help="kill each part of the control plane in turn mid-move and mid-alerts: lose nothing",
+    )
+    p.add_argument(
+        "--part",
+        action="append",
+        choices=["api", "services", "worker", "gateway", "redis", "postgresql"],
+        help="the rows to run (repeatable; default: every part, in this order)",
+    )
     _output_args(p)
     p = bsub.add_parser("alert", help="alert -> flow start -> first agent serving (p50, p95)")
     p.add_argument("--rounds", type=int, default=10, help="rounds to measure (medians)")

@@ -28,6 +28,7 @@ def cmd_install(args: argparse.Namespace) -> int:
         ha=args.ha,
         balancer=_host_port(args.balancer),
         api_servers=tuple(args.api_servers.split(",")),
+        balancer_metrics=_host_port(args.balancer_metrics),
     )
     try:
         if args.dry_run:
@@ -51,7 +52,7 @@ def cmd_install(args: argparse.Namespace) -> int:
 def _host_port(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     if not host or not port.isdigit():
-        raise SystemExit(f"handover install: --balancer {text!r} is not HOST:PORT")
+        raise SystemExit(f"handover install: {text!r} is not HOST:PORT")
     return host, int(port)
 
 
@@ -85,6 +86,13 @@ def register(sub: Any) -> None:
         default="127.0.0.1:4201,127.0.0.1:4202",
         metavar="HOST:PORT,...",
         help="with --role balancer: the API servers it sends to",
+    )
+    p.add_argument(
+        "--balancer-metrics",
+        default="127.0.0.1:8405",
+        metavar="HOST:PORT",
+        help="with --role balancer: where its Prometheus metrics answer /metrics (each API "
+        "server's state; default 127.0.0.1:8405)",
     )
     p.add_argument("--dry-run", action="store_true", help="print the units, write nothing")
     p.add_argument("--pool", default="handover", help="the work pool a worker takes runs from")

@@ -11,7 +11,7 @@ import datetime as dt
 from pathlib import Path
 
 from config.loader import load_site
-from infra.exporter import families, run_families
+from infra.exporter import api_family, families, run_families
 from tasks.run_counts import RunCounts
 from tasks.sensors import SensorReading
 
@@ -27,6 +27,7 @@ def page() -> str:
     metrics = [
         *families(site, reading, {}, at.timestamp()),
         *run_families(site, RunCounts(window_s=3600)),
+        api_family(site, True),
     ]
     out = [
         "# Metrics",
