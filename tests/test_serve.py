@@ -606,6 +606,95 @@ def _runs_of(worker_pid: int) -> list[int]:
     ]
 
 
+def test_a_paused_run_outlives_its_workers_restart_and_resumes(
+    lab: RunningLab, pool_api: str, pool_deploy: str, tmp_path: Path
+) -> None:
+    """What `systemctl restart handover-worker` does for an upgrade (the unit's KillMode=process):
+    SIGTERM to the worker alone. A clean move paused for its approval keeps waiting in its own
+    process, sending its heartbeats (nothing marks it Crashed); a new worker takes the pool; the
+    approval given afterwards resumes the run, which completes the move."""
+    place_on_primaries(lab)
+    before = lab.lab.score()
+    with workers(lab, pool_api, POOL, ["restart-old"], tmp_path / "old"):
+        move = paused_move()
+        [old] = _worker_pids(tmp_path / "old")
+        [run_process] = _runs_of(old)
+        os.kill(old, signal.SIGTERM)
+        wait_for(lambda: not _alive(old), 30, "the old worker to stop")
+        assert _alive(run_process), "the paused run's process died with its worker"
+        with workers(lab, pool_api, POOL, ["restart-new"], tmp_path / "new"):
+            # past a heartbeat period: the run still sends its own
+            time.sleep(35)
+            assert _state(move.id).is_paused()
+            resume_with_input(move.id, run_input={"decision": "approve", "who": "test"})
+            wait_for(lambda: _state(move.id).is_final(), 180, "the resumed move to end")
+    state = _state(move.id)
+    assert state.is_completed(), state.message
+    snap = snapshot_site(lab.shell)
+    for agent in lab.site.agents_on("fts101"):
+        assert snap.where(agent.name) == ["fts102"], (agent.name, snap.where(agent.name))
+    after = lab.lab.score()
+    assert after.agents_running_twice == []
+    assert after.jobs_lost == before.jobs_lost
+    place_on_primaries(lab)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_a_run_whose_process_died_before_its_first_heartbeat_is_crashed_and_run_again(
+    lab: RunningLab, prefect_api: str, served: subprocess.Popen[bytes]
+) -> None:
+    """A run set Running whose process never sent a heartbeat (killed in the moment after its
+    start, before its first heartbeat left its queue; here: no process at all) is marked
+    Crashed by the heartbeat automation, and the recovery automation starts it again."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.states import Running
+
+    from infra.crash_recovery import DEAD_AFTER_S
+
+    params = {
+        "from_host": "fts101",
+        "to_host": "fts102",
+        "dry_run": True,
+        "requested_by": f"no-heartbeat-{uuid.uuid4().hex[:8]}",
+    }
+    with temporary_settings({PREFECT_API_URL: prefect_api}):
+        with get_client(sync_client=True) as client:
+            dep = client.read_deployment_by_name("clean-move/clean-move")
+            run = client.create_flow_run_from_deployment(dep.id, parameters=params, state=Running())
+        wait_for(
+            lambda: _state(run.id).is_crashed(),
+            DEAD_AFTER_S + 60,
+            "the silent run to be marked Crashed",
+            interval=1,
+        )
+        assert "no heartbeat" in (_state(run.id).message or "")
+
+        def again() -> Any:
+            with get_client(sync_client=True) as client:
+                runs = client.read_flow_runs(
+                    deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id]))
+                )
+            return next(
+                (
+                    r
+                    for r in runs
+                    if r.id != run.id and r.parameters.get("requested_by") == params["requested_by"]
+                ),
+                None,
+            )
+
+        rerun = wait_for(again, 60, "the recovery automation's run", interval=1)
+        state = wait_final_or_explain(rerun.id, 180, dict(SERVE_LOG)).state
+        assert state is not None and state.is_completed(), state
+
+
 def test_the_recovery_automation_refuses_a_procedure_that_crashed_max_crashes_times(
     lab: RunningLab, prefect_api: str, served: subprocess.Popen[bytes]
 ) -> None:
