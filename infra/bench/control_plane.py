@@ -15,7 +15,7 @@ PostgreSQL), all through the balancer's URL. Then, one row per part, in turn:
    `Restart=on-failure` with `RestartSec=5` does. The worker killed is the one running the
    move (its process group: the worker, its fork server and the run), so the move is
    recovered by the crash-recovery automation on the other worker;
-4. the alerts go on `AFTER_S` after the part is back; then every run must end.
+4. the alerts go on until the move has ended and `AFTER_S` more; then every run must end.
 
 Each row says whether the move completed (or was recovered) and converged (every agent of the
 pair on the target only, every channel Active), the jobs lost and agents ever serving twice
@@ -65,7 +65,7 @@ COPIES = 3
 ALERT_HOST = "fts106"
 #: a killed part is started again after this long (systemd's RestartSec of the units)
 RESTART_AFTER_S = 5.0
-#: alerts go on this long after the part is back
+#: alerts go on this long after the move has ended
 AFTER_S = 15.0
 #: the target for alert -> flow start once the part is back
 AFTER_P95_TARGET_S = 2.0
@@ -390,10 +390,13 @@ def _row(
             healthy_s = round(time.monotonic() - killed, 2)
             break
         time.sleep(0.25)
-    time.sleep(AFTER_S)
-    sent = stream.stop()
+    # the alerts go on until the move has ended (a killed worker's move is recovered about a
+    # minute later: the incidents of that minute attach to the one whose run died with it), and
+    # AFTER_S more
     outcome, final = _move_outcome(move, 420)
     progress(f"{part}: the move {outcome}")
+    time.sleep(AFTER_S)
+    sent = stream.stop()
     with contextlib.suppress(RuntimeError):
         _wait_quiet(180)
     after = lab.score()
