@@ -26,6 +26,13 @@ A Prefect server restart must not leave the service locked for good. Three thing
 * a run refused the slot frees it at once when the holder recorded in the Variable is a flow run
   that has finished, crashed or does not exist, or a process on this machine that has died, and
   when the slot has been taken for longer than `ORPHAN_AFTER_S` with no holder recorded at all.
+
+A holder whose run crashed left its procedure half done, and the crash recovery starts the same
+procedure again with the same parameters (`infra/crash_recovery.py`). For `RECOVERY_RESERVE_S`
+after the crash its slot is that new run's: another procedure is refused meanwhile (as it would
+be were the holder alive), so that the recovery does not lose the service to whichever run asks
+first. A run of the recovery itself that finds the service held by a live holder waits for it, up
+to `RECOVERY_WAIT_S`, rather than leave the site half done.
 """
 
 from __future__ import annotations
@@ -67,6 +74,11 @@ QUEUE_POLL_S = 1.0
 #: seconds between renewals of the holder's lease: a renewal that fails is tried again three
 #: times before the lease runs out
 RENEW_EVERY_S = LEASE_S / 4
+#: how long a crashed holder's slot is kept for the run that recovers its procedure (the
+#: recovery automation starts it within seconds of the crash mark)
+RECOVERY_RESERVE_S = 120.0
+#: how long a run of the recovery waits for a service held by another, live, procedure
+RECOVERY_WAIT_S = float(os.environ.get("HANDOVER_LOCK_RECOVERY_WAIT_S", "600"))
 
 
 class ServiceLockError(RuntimeError):
@@ -196,19 +208,50 @@ def _read_holder(client: Any, name: str) -> dict[str, Any] | None:
     return data
 
 
-def _holder_run_over(client: Any, holder: dict[str, Any]) -> str | None:
+def _holder_run_over(client: Any, holder: dict[str, Any]) -> tuple[str | None, Any]:
     """Why the holder's flow run cannot hold the service any more (finished, crashed,
-    unknown), or None when it may still run (or the holder names no run)."""
+    unknown), or None when it may still run (or the holder names no run); and the run read."""
     run_id = holder.get("flow_run_id")
     if not run_id:
-        return None
+        return None, None
     try:
         run = client.read_flow_run(UUID(str(run_id)))
     except (ObjectNotFound, ValueError):
-        return f"its flow run {run_id} does not exist"
+        return f"its flow run {run_id} does not exist", None
     if run.state is not None and run.state.is_final():
-        return f"its flow run {run.name} is {run.state.name}"
-    return None
+        return f"its flow run {run.name} is {run.state.name}", run
+    return None, run
+
+
+def _kept_for_recovery(run: Any, now: dt.datetime, dead: bool = False) -> bool:
+    """Whether a dead holder's slot is kept for the run that recovers its procedure: the holder
+    is a deployment's run (the crash recovery starts those again) that crashed less than
+    `RECOVERY_RESERVE_S` ago, or whose process is known dead (`dead`) and which is not marked
+    yet; and this run is not that recovery (another deployment, or other parameters)."""
+    if run is None or run.state is None or run.deployment_id is None:
+        return False
+    if run.state.is_crashed():
+        if (now - run.state.timestamp).total_seconds() >= RECOVERY_RESERVE_S:
+            return False
+    elif not (dead and not run.state.is_final()):
+        return False
+    ctx = FlowRunContext.get()
+    me = ctx.flow_run if ctx is not None else None
+    return not (
+        me is not None
+        and me.id != run.id
+        and me.deployment_id == run.deployment_id
+        and me.parameters == run.parameters
+    )
+
+
+def _recovering() -> bool:
+    """Whether this run is one the crash recovery started (it finishes a crashed procedure)."""
+    from flows.attempt import RESUME_NAME
+
+    ctx = FlowRunContext.get()
+    by = ctx.flow_run.created_by if ctx is not None and ctx.flow_run is not None else None
+    return by is not None and str(by.display_value or "") == RESUME_NAME
 
 
 def _orphaned(client: Any, name: str) -> bool:
@@ -277,6 +320,9 @@ def service_lock(
                     GlobalConcurrencyLimitCreate(name=name, limit=1)
                 )
     lease: UUID | None = None
+    recovering = _recovering()
+    if recovering:
+        wait_s = max(wait_s, RECOVERY_WAIT_S)
     deadline = time.monotonic() + wait_s
     freed: set[str] = set()  # holders whose slot this run freed (once each)
     waiting_for: str | None = None
@@ -299,10 +345,14 @@ def service_lock(
             with get_client(sync_client=True) as client:
                 holder = _read_holder(client, name)
                 stale = None
-                if holder and _holder_dead_here(holder):
-                    stale = f"its process {holder.get('pid')} has died"
-                elif holder:
-                    stale = _holder_run_over(client, holder)
+                kept = False
+                if holder:
+                    stale, run = _holder_run_over(client, holder)
+                    dead_here = _holder_dead_here(holder)
+                    if dead_here:
+                        stale = f"its process {holder.get('pid')} has died"
+                    if stale and _kept_for_recovery(run, dt.datetime.now(dt.UTC), dead_here):
+                        kept, stale = True, None
                 elif _orphaned(client, name):
                     stale = f"nobody recorded holding it for over {ORPHAN_AFTER_S:.0f} s"
                 key = str(holder.get("lease")) if holder else "nobody"
@@ -316,10 +366,11 @@ def service_lock(
                         if holder:
                             client.delete_variable_by_name(_holder_var(name))
                     continue
-            queued = (
-                holder is not None
-                and holder.get("procedure") == procedure
-                and holder.get("subject", "") != subject
+            queued = holder is not None and (
+                (holder.get("procedure") == procedure and holder.get("subject", "") != subject)
+                # a recovery waits for whatever holds the service: it finishes a half-done
+                # procedure
+                or recovering
             )
             if wait_s > 0 and holder is None and time.monotonic() < deadline:
                 # taken a moment ago by a run that has not yet recorded itself (two hosts'
@@ -338,6 +389,11 @@ def service_lock(
                 if holder
                 else "another run, which holds the lock but has not yet recorded its name"
             )
+            if kept:
+                who += (
+                    ", which crashed: the crash recovery is starting its procedure again, and "
+                    "the service is kept for it"
+                )
             waited = f" (waited {wait_s:.0f} s for it)" if queued and wait_s > 0 else ""
             raise ServiceBusy(
                 f"refused: a procedure is already running for service {service} of site {site}: "

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import uuid
+from typing import Any
 
 import pytest
 
@@ -254,3 +255,126 @@ def test_a_waiting_run_is_not_refused_by_a_holder_not_yet_recorded(
         with pytest.raises(sl.ServiceBusy, match="has not yet recorded its name"):
             with sl.service_lock("locktest", service, "clean-move", subject="h2"):
                 pytest.fail("entered a held lock")
+
+
+def _as_run(monkeypatch: pytest.MonkeyPatch, run: object) -> None:
+    """The lock sees `run` as the flow run it is called from (a deployment's run: what a worker
+    runs; a local flow call has no deployment)."""
+    from types import SimpleNamespace
+
+    class Context:
+        @staticmethod
+        def get() -> object:
+            return SimpleNamespace(flow_run=run)
+
+    monkeypatch.setattr(sl, "FlowRunContext", Context)
+
+
+def _deployment_runs(params: list[dict[str, int]]) -> list[Any]:
+    """Runs of a deployment of their own, created Running (nobody executes them)."""
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.states import Running
+
+    @flow(name="lock-recovery")
+    def procedure(x: int) -> None:
+        del x
+
+    with get_client(sync_client=True) as client:
+        flow_id = client.create_flow(procedure)
+        dep = client.create_deployment(
+            flow_id=flow_id, name=f"lock-recovery-{uuid.uuid4().hex[:8]}"
+        )
+        return [
+            client.create_flow_run_from_deployment(dep, parameters=p, state=Running())
+            for p in params
+        ]
+
+
+def test_a_crashed_holders_service_is_kept_for_the_run_that_recovers_it(
+    prefect_api: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crashed run left its procedure half done: until the crash recovery's run (the same
+    deployment, the same parameters) takes the service, another procedure is refused, as it
+    would be were the holder alive; after `RECOVERY_RESERVE_S` anyone may take it."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Crashed
+
+    crashed, other, recovery = _deployment_runs([{"x": 1}, {"x": 2}, {"x": 1}])
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(crashed.id, Crashed(message="test"), force=True)
+        crashed = client.read_flow_run(crashed.id)
+    service = _service()
+    hold_without_releasing(
+        service,
+        {"procedure": "clean-move", "flow_run_id": str(crashed.id), "pid": 1, "hostname": "x"},
+    )
+    # a local run, and a run of the same deployment with other parameters: refused
+    with pytest.raises(sl.ServiceBusy, match="the crash recovery is starting its procedure"):
+        with sl.service_lock("locktest", service, "emergency-move"):
+            pytest.fail("took the service kept for the recovery")
+    _as_run(monkeypatch, other)
+    with pytest.raises(sl.ServiceBusy, match="kept for it"):
+        with sl.service_lock("locktest", service, "clean-move"):
+            pytest.fail("took the service kept for the recovery")
+    # the recovery takes it over at once
+    _as_run(monkeypatch, recovery)
+    with sl.service_lock("locktest", service, "clean-move"):
+        pass
+    # past the reserve, a crashed holder's service is anyone's
+    service = _service()
+    hold_without_releasing(
+        service,
+        {"procedure": "clean-move", "flow_run_id": str(crashed.id), "pid": 1, "hostname": "x"},
+    )
+    monkeypatch.setattr(sl, "RECOVERY_RESERVE_S", 0.0)
+    _as_run(monkeypatch, other)
+    with sl.service_lock("locktest", service, "emergency-move"):
+        pass
+
+
+def test_a_recovery_waits_for_a_live_holder_instead_of_being_refused(
+    prefect_api: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The crash recovery's run finishes a half-done procedure: a live holder of the service
+    makes it wait (up to `RECOVERY_WAIT_S`), not refuse; it takes the service once released."""
+    import threading
+    import time
+
+    from prefect.client.schemas.objects import CreatedBy
+
+    from flows.attempt import RESUME_NAME
+
+    [run] = _deployment_runs([{"x": 1}])
+    recovery = run.model_copy(
+        update={"created_by": CreatedBy(type="AUTOMATION", display_value=RESUME_NAME)}
+    )
+    service = _service()
+    held = threading.Event()
+    released_at: list[float] = []
+
+    def hold() -> None:
+        with sl.service_lock("locktest", service, "emergency-move"):
+            held.set()
+            time.sleep(3)
+            released_at.append(time.monotonic())
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert held.wait(30)
+        monkeypatch.setattr(sl, "RECOVERY_WAIT_S", 60.0)
+        _as_run(monkeypatch, recovery)
+        with sl.service_lock("locktest", service, "clean-move"):
+            entered = time.monotonic()
+    finally:
+        holder.join(30)
+    assert released_at and entered >= released_at[0]
+    # a run that is no recovery is refused at once by a live holder
+    from prefect.context import FlowRunContext
+
+    monkeypatch.setattr(sl, "FlowRunContext", FlowRunContext)
+    with sl.service_lock("locktest", service, "emergency-move"):
+        with pytest.raises(sl.ServiceBusy):
+            with sl.service_lock("locktest", service, "clean-move"):
+                pytest.fail("a second holder entered")
