@@ -3,11 +3,12 @@ in between.
 
 1. **Dead run -> Crashed.** Every run of handover's deployments sends Prefect's flow-run heartbeat
    every `HEARTBEAT_S` (its minimum; `handover worker` and `handover serve` set it). A run that
-   has sent one, or has been set Running, and then, within `DEAD_AFTER_S`, neither another
-   heartbeat nor a final state is dead (its worker or machine was killed): the automation sets it
-   Crashed. Running counts because a run's first heartbeat leaves its process a moment after the
-   run starts, through a queue: a process killed in that moment sent none, and its run would
-   otherwise stay Running for ever (and its incident open, attaching every later alert). (For a
+   has sent one, or has been taken by a worker (Pending, Submitting) or set Running, and then,
+   within `DEAD_AFTER_S`, neither a heartbeat nor a final state is dead (its worker or machine
+   was killed): the automation sets it Crashed. The states count because a run's first heartbeat
+   leaves its process a moment after the run starts, through a queue: a worker killed while it
+   started the run, or a process killed in that moment, sent none, and its run would otherwise
+   stay Pending or Running for ever (and its incident open, attaching every later alert). (For a
    run that ended with a final state the automation cannot know, the change is refused by the
    server: a final state is never left for Crashed.)
 2. **Crashed -> the same procedure again.** A crashed run of a handover deployment, for that
@@ -57,11 +58,17 @@ def automations() -> list[Any]:
     dead = AutomationCore(
         name=DEAD_NAME,
         description=(
-            f"A run tagged {TAG} that sent a heartbeat, or was set Running, and then nothing "
-            f"for {DEAD_AFTER_S} s (its worker or machine died) is marked Crashed."
+            f"A run tagged {TAG} that sent a heartbeat, or was taken by a worker or set Running, "
+            f"and then nothing for {DEAD_AFTER_S} s (its worker or machine died) is marked "
+            "Crashed."
         ),
         trigger=EventTrigger(
-            after={"prefect.flow-run.heartbeat", "prefect.flow-run.Running"},
+            after={
+                "prefect.flow-run.heartbeat",
+                "prefect.flow-run.Pending",
+                "prefect.flow-run.Submitting",
+                "prefect.flow-run.Running",
+            },
             expect={"prefect.flow-run.heartbeat", *(f"prefect.flow-run.{s}" for s in _FINAL)},
             match=runs,
             match_related=tagged,

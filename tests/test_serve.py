@@ -650,49 +650,66 @@ def _alive(pid: int) -> bool:
 def test_a_run_whose_process_died_before_its_first_heartbeat_is_crashed_and_run_again(
     lab: RunningLab, prefect_api: str, served: subprocess.Popen[bytes]
 ) -> None:
-    """A run set Running whose process never sent a heartbeat (killed in the moment after its
-    start, before its first heartbeat left its queue; here: no process at all) is marked
-    Crashed by the heartbeat automation, and the recovery automation starts it again."""
+    """A run whose process never sent a heartbeat is marked Crashed by the heartbeat automation
+    and started again by the recovery automation: one set Running (its process killed in the
+    moment after its start, before its first heartbeat left its queue) and one a worker was
+    starting (Pending: the worker killed then). Here neither has a process at all."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
-    from prefect.states import Running
+    from prefect.states import Pending, Running
 
     from infra.crash_recovery import DEAD_AFTER_S
 
+    tag = uuid.uuid4().hex[:8]
     params = {
-        "from_host": "fts101",
-        "to_host": "fts102",
-        "dry_run": True,
-        "requested_by": f"no-heartbeat-{uuid.uuid4().hex[:8]}",
+        state: {
+            "from_host": "fts101",
+            "to_host": "fts102",
+            "dry_run": True,
+            "requested_by": f"no-heartbeat-{state}-{tag}",
+        }
+        for state in ("running", "pending")
     }
     with temporary_settings({PREFECT_API_URL: prefect_api}):
         with get_client(sync_client=True) as client:
             dep = client.read_deployment_by_name("clean-move/clean-move")
-            run = client.create_flow_run_from_deployment(dep.id, parameters=params, state=Running())
-        wait_for(
-            lambda: _state(run.id).is_crashed(),
-            DEAD_AFTER_S + 60,
-            "the silent run to be marked Crashed",
-            interval=1,
-        )
-        assert "no heartbeat" in (_state(run.id).message or "")
+            runs = {
+                state: client.create_flow_run_from_deployment(
+                    dep.id,
+                    parameters=p,
+                    state=Running() if state == "running" else Pending(),
+                )
+                for state, p in params.items()
+            }
+        for state, run in runs.items():
+            wait_for(
+                lambda run=run: _state(run.id).is_crashed(),
+                DEAD_AFTER_S + 60,
+                f"the silent {state} run to be marked Crashed",
+                interval=1,
+            )
+            assert "no heartbeat" in (_state(run.id).message or "")
 
-        def again() -> Any:
+        def again(state: str) -> Any:
             with get_client(sync_client=True) as client:
-                runs = client.read_flow_runs(
+                found = client.read_flow_runs(
                     deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id]))
                 )
             return next(
                 (
                     r
-                    for r in runs
-                    if r.id != run.id and r.parameters.get("requested_by") == params["requested_by"]
+                    for r in found
+                    if r.id != runs[state].id
+                    and r.parameters.get("requested_by") == params[state]["requested_by"]
                 ),
                 None,
             )
 
-        rerun = wait_for(again, 60, "the recovery automation's run", interval=1)
-        state = wait_final_or_explain(rerun.id, 180, dict(SERVE_LOG)).state
-        assert state is not None and state.is_completed(), state
+        for state in runs:
+            rerun = wait_for(
+                lambda state=state: again(state), 60, f"the {state} run's recovery", interval=1
+            )
+            final = wait_final_or_explain(rerun.id, 180, dict(SERVE_LOG)).state
+            assert final is not None and final.is_completed(), (state, final)
 
 
 def test_the_recovery_automation_refuses_a_procedure_that_crashed_max_crashes_times(
