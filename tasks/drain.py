@@ -19,6 +19,7 @@ the poll reads it itself.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -30,6 +31,8 @@ from tasks.adapters.ssh import SshError
 from tasks.outcome import StepResult, now
 from tasks.remote import SiteShell
 from tasks.site_state import read_channel_state, read_host
+
+_log = logging.getLogger("handover.drain")
 
 if TYPE_CHECKING:
     from flows.plans.verbs import WaitDrained
@@ -184,7 +187,12 @@ class DrainMonitor:
                     self.unreachable_since = began
             self._cond.notify_all()
         if self.on_poll is not None and snap.reachable:
-            self.on_poll(dict(self.running))
+            try:
+                self.on_poll(dict(self.running))
+            except Exception as exc:  # noqa: BLE001 - see below
+                # the callback publishes progress (a call to the Prefect API): its failure
+                # must not end the polling, or the wait would time out on stale counts
+                _log.warning("the drain's progress could not be reported (%s); polling on", exc)
 
     def _db_loop(self) -> None:
         """Keep the database answer fresh until every channel has been seen drained."""
@@ -209,7 +217,10 @@ class DrainMonitor:
     def _loop(self) -> None:
         while not self._stop.is_set():
             start = time.monotonic()
-            self.poll_once()
+            try:
+                self.poll_once()
+            except Exception as exc:  # noqa: BLE001 - the thread must outlive any one poll
+                _log.warning("a drain poll of %s failed (%r); polling on", self.host, exc)
             while not self._stop.is_set():
                 nxt = start + self.poll_s
                 with self._cond:

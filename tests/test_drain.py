@@ -197,3 +197,32 @@ def test_a_poll_begins_when_a_transfer_is_expected_to_end() -> None:
         assert polls[1] >= moments[0] and polls[2] >= moments[1], (polls, moments)
     finally:
         mon.stop()
+
+
+def test_a_progress_report_that_fails_does_not_stop_the_polling() -> None:
+    """The flow's progress callback calls the Prefect API; an API that fails (a server process
+    lost, Redis restarting) made the polling thread die with it, and the wait then timed out on
+    the last counts though the channel had drained."""
+    shell = ScriptedShell()
+    reports: list[dict[str, int]] = []
+
+    def report(running: dict[str, int]) -> None:
+        reports.append(running)
+        raise RuntimeError("500 Internal Server Error")
+
+    mon = DrainMonitor(
+        shell,  # type: ignore[arg-type]
+        "fts101",
+        ["CERN-RAL"],
+        0.01,
+        threading.Event(),
+        on_poll=report,
+    )
+    mon.start()
+    try:
+        time.sleep(0.1)
+        shell.transfers = 0
+        assert mon.wait(["CERN-RAL"], since=time.monotonic(), timeout_s=5) == {"CERN-RAL": 0}
+    finally:
+        mon.stop()
+    assert len(reports) > 1
