@@ -9,23 +9,16 @@ Its parts, each a process of its own that can die and be started again alone:
   events' causal ordering, the background services' coordination (Docket) and the concurrency
   leases (the service lock's), through the `prefect-redis` integration. It writes an
   append-only file, so a restarted Redis still knows every lease it granted;
-* ``api-1`` ... ``api-N``: `prefect server start --no-services`, each with a home of its own
-  (as if on a machine of its own: nothing but PostgreSQL and Redis is shared);
-* ``services``: `prefect server services start` (the scheduler, late runs, automations'
-  triggers and actions, the lease repossessor);
-* ``balancer``: HAProxy from Debian in front of the API servers, which checks each one's
-  `/api/health` every second, stops sending to one that fails two checks, and sends a request
-  whose connection was refused to another server at once. Clients, workers and gateways use
-  the balancer's URL.
+* ``api-1`` ... ``api-N``: `prefect server start --no-services`, each with a home of its own;
+* ``services``: `prefect server services start` (scheduler, automations, lease repossessor);
+* ``balancer``: HAProxy in front of the API servers (`infra.plane_config`); clients, workers
+  and gateways use its URL.
 
-The schema is migrated once, before any API server starts (``prefect server database upgrade``),
-and no server migrates on start: two servers migrating at once would race.
-
-`handover server start --ha` runs the plane on this machine (every part on loopback), which is
-what the tests and `handover bench control-plane` use; on a site the same parts run as system
-services on several machines (`handover install --role server --ha`, `--role balancer`).
-What the plane is made of is recorded in its private home (`control-plane.json`), so that
-`server stop` and `server status` find every part again.
+The schema is migrated once, before any API server starts: two servers migrating at once would
+race. `handover server start --ha` runs the plane on this machine (every part on loopback), as
+the tests and `handover bench control-plane` do; a site runs the same parts as system services
+(`handover install --role server --ha`, `--role balancer`). The plane is recorded in its
+private home (`control-plane.json`), so that `server stop` and `server status` find every part.
 """
 
 from __future__ import annotations
@@ -52,6 +45,7 @@ from config.private_files import (
     read_private_text,
     write_private_text,
 )
+from infra.plane_config import haproxy_config, redis_config
 from infra.ports import free_port
 
 if TYPE_CHECKING:
@@ -103,75 +97,6 @@ def _healthy(url: str, timeout: float = 2.0) -> bool:
             return bool(resp.status == 200)
     except (urllib.error.URLError, OSError):
         return False
-
-
-def haproxy_config(
-    bind_host: str,
-    bind_port: int,
-    servers: list[tuple[str, int]],
-    metrics: tuple[str, int] | None = None,
-) -> str:
-    """The balancer's configuration: HTTP mode, each API server checked at `/api/health` every
-    second (out after two failures, back after two successes, then given its share of the
-    requests over 10 s), a refused connection retried on another server, websockets (Prefect's
-    event streams) kept open for an hour.
-
-    Args:
-        bind_host: the address clients connect to.
-        bind_port: its port.
-        servers: each API server's address and port.
-        metrics: where HAProxy's own Prometheus exporter answers `/metrics` (each API server's
-            state: `haproxy_server_status`), or None for none.
-    """
-    lines = [
-        "global",
-        "    maxconn 4096",
-        "defaults",
-        "    mode http",
-        "    timeout connect 2s",
-        "    timeout client 120s",
-        "    timeout server 120s",
-        "    timeout tunnel 3600s",
-        "    retries 3",
-        "    option redispatch 1",
-        "frontend prefect",
-        f"    bind {bind_host}:{bind_port}",
-        "    default_backend prefect_api",
-    ]
-    if metrics is not None:
-        lines += [
-            "frontend metrics",
-            f"    bind {metrics[0]}:{metrics[1]}",
-            "    http-request use-service prometheus-exporter if { path /metrics }",
-        ]
-    lines += [
-        "backend prefect_api",
-        "    balance roundrobin",
-        "    option httpchk GET /api/health",
-        "    http-check expect status 200",
-        # a server back from a restart gets its share of requests over 10 s, not at once:
-        # its first requests are slower (imports, the database pool)
-        "    default-server inter 1s fall 2 rise 2 slowstart 10s",
-    ]
-    lines += [f"    server api-{i} {h}:{p} check" for i, (h, p) in enumerate(servers, start=1)]
-    return "\n".join(lines) + "\n"
-
-
-def redis_config(port: int, directory: Path, password: str) -> str:
-    """Redis's configuration: loopback only, a password, an append-only file (a restarted Redis
-    keeps its leases and streams), no snapshots, in the foreground."""
-    return (
-        f"port {port}\n"
-        "bind 127.0.0.1\n"
-        "protected-mode yes\n"
-        f"requirepass {password}\n"
-        f"dir {directory}\n"
-        "appendonly yes\n"
-        "appendfsync everysec\n"
-        'save ""\n'
-        "daemonize no\n"
-        "loglevel warning\n"
-    )
 
 
 class ControlPlane:

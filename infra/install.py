@@ -137,7 +137,7 @@ def balancer_config(s: Settings) -> str:
     Raises:
         InstallError: an API server is not `host:port`.
     """
-    from infra.control_plane import haproxy_config
+    from infra.plane_config import haproxy_config
 
     servers = []
     for item in s.api_servers:

@@ -25,7 +25,8 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-from infra.control_plane import ControlPlane, haproxy_config, redis_config
+from infra.control_plane import ControlPlane
+from infra.plane_config import haproxy_config, redis_config
 from infra.ports import free_port
 from tests.conftest import ROOT, require, wait_for
 
