@@ -16,6 +16,7 @@ service lock ends the run ``refused`` naming the holder, with nothing changed.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -127,10 +128,21 @@ def holding_service(
 
 
 def end(result: ProcedureResult, report: Callable[[Any], str]) -> State[Any]:
-    """Publish the report artifact and the ``result`` progress event; the run's final state."""
-    create_markdown_artifact(
-        key=f"{result.procedure}-report", markdown=report(result), description=result.summary
-    )
+    """Publish the report artifact and the ``result`` progress event; the run's final state.
+
+    The report is published best effort: the work is done by now, and a Prefect API that fails
+    to store the artifact (a server process lost, Redis restarting) must not turn the run's
+    outcome into a failure. The report then goes to the run's log instead.
+    """
+    markdown = report(result)
+    try:
+        create_markdown_artifact(
+            key=f"{result.procedure}-report", markdown=markdown, description=result.summary
+        )
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        logger = logging.getLogger("handover.report")
+        logger.warning("the report could not be published as an artifact (%s); it is:", exc)
+        logger.warning("%s", markdown)
     progress.emit("result", result=result)
     if result.status in FAILED:
         return Failed(message=result.summary, data=result)

@@ -96,3 +96,27 @@ def test_without_approval_or_human_action_the_report_says_neither() -> None:
     )
     text = fence_host.report_markdown(result)
     assert "Approval:" not in text and "A human must act" not in text
+
+
+def test_a_report_the_api_cannot_store_does_not_fail_the_run(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The report is published after the work is done: an API that answers 500 then (a server
+    process lost, Redis restarting) leaves the run's outcome as it was, and the report goes to
+    the log instead."""
+    from flows import procedure
+
+    def refuse(**kw: Any) -> None:
+        raise RuntimeError("Server error '500 Internal Server Error' for url '/api/artifacts/'")
+
+    monkeypatch.setattr(procedure, "create_markdown_artifact", refuse)
+    result = fence_host.FenceResult(
+        site="lab", status="completed", summary="done", host="fts101", started_at=AT, ended_at=AT
+    )
+    with caplog.at_level("WARNING", logger="handover.report"):
+        state = procedure.end(result, fence_host.report_markdown)
+    assert state.is_completed() and state.message == "done"
+    assert "could not be published" in caplog.text
+    assert fence_host.report_markdown(result).splitlines()[0] in caplog.text
+    failed = result.model_copy(update={"status": "failed", "summary": "stopped"})
+    assert procedure.end(failed, fence_host.report_markdown).is_failed()
