@@ -7,8 +7,8 @@ Its parts, each a process of its own that can die and be started again alone:
   one run elsewhere, named by URL);
 * ``redis``: Prefect's messaging (events between the API servers and the services), the
   events' causal ordering, the background services' coordination (Docket) and the concurrency
-  leases (the service lock's), through the `prefect-redis` integration. It writes an
-  append-only file, so a restarted Redis still knows every lease it granted;
+  leases (the service lock's), through the `prefect-redis` integration. Its append-only file
+  is synced before each write is answered, so a restarted Redis knows every lease it granted;
 * ``api-1`` ... ``api-N``: `prefect server start --no-services`, each with a home of its own;
 * ``services``: `prefect server services start` (scheduler, automations, lease repossessor);
 * ``balancer``: HAProxy in front of the API servers (`infra.plane_config`); clients, workers
@@ -32,8 +32,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -47,6 +45,7 @@ from config.private_files import (
 )
 from infra.plane_config import haproxy_config, redis_config
 from infra.ports import free_port
+from infra.prefect_server import healthy, server_argv
 
 if TYPE_CHECKING:
     from infra.prefect_db import ServerDatabase
@@ -89,14 +88,6 @@ class PlaneSpec:
     extra_env: dict[str, str] = field(default_factory=dict)
     #: where the balancer's Prometheus metrics answer (127.0.0.1)
     metrics_port: int | None = None
-
-
-def _healthy(url: str, timeout: float = 2.0) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=timeout) as resp:  # noqa: S310
-            return bool(resp.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
 
 
 class ControlPlane:
@@ -266,18 +257,7 @@ class ControlPlane:
             return [sys.executable, "-m", "prefect", "server", "services", "start"]
         if part in self.api_names:
             port = self.spec.api_ports[int(part.split("-")[1]) - 1]
-            return [
-                sys.executable,
-                "-m",
-                "prefect",
-                "server",
-                "start",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--no-services",
-            ]
+            return server_argv("127.0.0.1", port, "--no-services")
         raise ControlPlaneError(f"no part {part}; the parts are {', '.join(self.part_names)}")
 
     def _env(self, part: str) -> dict[str, str]:
@@ -360,9 +340,9 @@ class ControlPlane:
 
     def _serves(self, part: str) -> bool:
         if part in self.api_names:
-            return _healthy(self.api_url(int(part.split("-")[1])))
+            return healthy(self.api_url(int(part.split("-")[1])))
         if part == "balancer":
-            return _healthy(self.url)
+            return healthy(self.url)
         if part == "redis":
             return self.redis_ping()
         if part == "services":

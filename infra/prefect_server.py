@@ -132,6 +132,12 @@ def _refuse_foreign_listener(host: str, port: int) -> None:
         )
 
 
+def server_argv(host: str, port: int, *options: str) -> list[str]:
+    """The command line of a Prefect API server at host:port (this interpreter's Prefect)."""
+    argv = [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)]
+    return [*argv, *options]
+
+
 def spawn(
     home: Path, host: str, port: int, extra_env: dict[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
@@ -158,17 +164,7 @@ def spawn(
     log = open_private_append(home / LOG_FILE)
     try:
         return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "prefect",
-                "server",
-                "start",
-                "--host",
-                host,
-                "--port",
-                str(port),
-            ],
+            server_argv(host, port),
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=log,
