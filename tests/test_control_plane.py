@@ -6,13 +6,11 @@ through the balancer, the leases across a Redis restart."""
 
 from __future__ import annotations
 
-import base64
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -29,6 +27,7 @@ from infra.control_plane import ControlPlane
 from infra.plane_config import haproxy_config, redis_config
 from infra.ports import free_port
 from tests.conftest import ROOT, require, wait_for
+from tests.test_prefect_server import _get
 
 HANDOVER = [sys.executable, "-m", "infra.cli"]
 #: a flow that talks to the API for about five seconds (a task run every 0.4 s)
@@ -102,17 +101,6 @@ def plane() -> Iterator[ControlPlane]:
         if found is not None:
             found.stop()
         shutil.rmtree(work, ignore_errors=True)
-
-
-def _get(url: str, auth: str | None = None) -> int:
-    req = urllib.request.Request(url)
-    if auth:
-        req.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return int(resp.status)
-    except urllib.error.HTTPError as exc:
-        return exc.code
 
 
 def _environ(pid: int) -> dict[str, str]:
@@ -250,6 +238,26 @@ def _run_flow(name: str, code: str = FLOW) -> subprocess.Popen[str]:
     )
 
 
+def _task_runs_done(name: str) -> int:
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterName,
+        TaskRunFilter,
+        TaskRunFilterState,
+        TaskRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    with get_client(sync_client=True) as client:
+        done = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name])),
+            task_run_filter=TaskRunFilter(
+                state=TaskRunFilterState(type=TaskRunFilterStateType(any_=[StateType.COMPLETED]))
+            ),
+        )
+    return len(done)
+
+
 def _state_of(name: str) -> str | None:
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 
@@ -269,7 +277,8 @@ def test_a_run_goes_on_when_a_server_process_is_killed_under_it(
     proc = _run_flow(name)
     try:
         wait_for(lambda: _state_of(name) == "RUNNING", 90, f"run {name} running", interval=0.5)
-        time.sleep(1)  # a few task runs reported through the balancer first
+        # mid-run: some task runs reported through the balancer first
+        wait_for(lambda: _task_runs_done(name) >= 2, 60, f"{name}'s first tasks", interval=0.2)
         assert plane.kill(victim)
         out, _ = proc.communicate(timeout=120)
     finally:
@@ -290,11 +299,22 @@ def test_redis_restarted_keeps_its_leases_and_the_plane_serves_again(
     name = f"test-plane-{uuid.uuid4().hex[:8]}"
     _limit(name)
     lease = _acquire(name)
-    time.sleep(1.5)  # Redis writes its append-only file every second
     assert plane.kill("redis")
     plane.start_part("redis")
+
+    def renewed() -> bool:
+        # as the lock's holder does: a renewal that fails (an API server whose connection to
+        # Redis is still being made again answers 500) is tried again; a lease Redis lost
+        # would be refused every time (404)
+        try:
+            with get_client(sync_client=True) as client:
+                return client.renew_concurrency_lease(uuid.UUID(lease), 120).status_code == 204
+        except httpx.HTTPStatusError as exc:
+            assert exc.response.status_code != 404, "Redis lost the lease"
+            return False
+
+    wait_for(renewed, 30, "the lease renewed after Redis's restart", interval=0.5)
     with get_client(sync_client=True) as client:
-        assert client.renew_concurrency_lease(uuid.UUID(lease), 120).status_code == 204
         assert _taken(name)
         client.release_concurrency_slots_with_lease(uuid.UUID(lease))
     assert not _taken(name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
 import signal
 import subprocess
@@ -21,6 +22,7 @@ from prefect.exceptions import ObjectNotFound
 
 from flows.approval import resume_with_input
 from infra.bench.alert import stop_groups
+from infra.crash_recovery import HEARTBEAT_S
 from infra.serve import DEPLOYMENTS_FILE, read_deployments
 from infra.worker import worker_processes
 from tasks.site_state import snapshot_site
@@ -622,9 +624,16 @@ def test_a_paused_run_outlives_its_workers_restart_and_resumes(
         os.kill(old, signal.SIGTERM)
         wait_for(lambda: not _alive(old), 30, "the old worker to stop")
         assert _alive(run_process), "the paused run's process died with its worker"
+        stopped = dt.datetime.now(dt.UTC)
         with workers(lab, pool_api, POOL, ["restart-new"], tmp_path / "new"):
-            # past a heartbeat period: the run still sends its own
-            time.sleep(35)
+            # the run sends its own heartbeats: one comes after its worker is gone (a period is
+            # 30 s), so the dead-run automation does not take it for dead
+            wait_for(
+                lambda: _heartbeat_since(move.id, stopped),
+                HEARTBEAT_S + 30,
+                "a heartbeat of the paused run after its worker stopped",
+                interval=1,
+            )
             assert _state(move.id).is_paused()
             resume_with_input(move.id, run_input={"decision": "approve", "who": "test"})
             wait_for(lambda: _state(move.id).is_final(), 180, "the resumed move to end")
@@ -637,6 +646,27 @@ def test_a_paused_run_outlives_its_workers_restart_and_resumes(
     assert after.agents_running_twice == []
     assert after.jobs_lost == before.jobs_lost
     place_on_primaries(lab)
+
+
+def _heartbeat_since(run_id: Any, since: dt.datetime) -> bool:
+    """Whether the run sent a heartbeat after `since`."""
+    from prefect.events.filters import (
+        EventFilter,
+        EventNameFilter,
+        EventOccurredFilter,
+        EventResourceFilter,
+    )
+
+    with get_client(sync_client=True) as client:
+        page = client.read_events(
+            EventFilter(
+                occurred=EventOccurredFilter(since=since),
+                event=EventNameFilter(name=["prefect.flow-run.heartbeat"]),
+                resource=EventResourceFilter(id=[f"prefect.flow-run.{run_id}"]),
+            ),
+            limit=1,
+        )
+    return bool(page.events)
 
 
 def _alive(pid: int) -> bool:
