@@ -44,7 +44,8 @@ def _last_variable(site: str) -> str:
     return f"switch-last-{site}"
 
 
-def _get(name: str) -> object:
+def get_record(name: str) -> object:
+    """The Prefect Variable `name` (None: unset or unreadable)."""
     from prefect.variables import Variable
 
     try:
@@ -53,7 +54,8 @@ def _get(name: str) -> object:
         return None
 
 
-def _set(name: str, value: BaseModel) -> None:
+def set_record(name: str, value: BaseModel) -> None:
+    """Keep `value` in the Prefect Variable `name`, best effort (a failure is logged)."""
     from prefect.variables import Variable
 
     try:
@@ -67,26 +69,28 @@ def _set(name: str, value: BaseModel) -> None:
 
 def last_automatic_switch(site: str) -> AutomaticSwitch | None:
     """The site's last automatic switch, or None (none yet, or it cannot be read)."""
-    value = _get(_automatic_variable(site))
+    value = get_record(_automatic_variable(site))
     return AutomaticSwitch.model_validate(value) if isinstance(value, dict) else None
 
 
 def remember_automatic_switch(site: str, master: str, to: str) -> None:
     """Record an automatic switch that completed."""
     run = progress.current_run_id() or ""
-    _set(_automatic_variable(site), AutomaticSwitch(at=now(), master=master, to=to, run_id=run))
+    set_record(
+        _automatic_variable(site), AutomaticSwitch(at=now(), master=master, to=to, run_id=run)
+    )
 
 
 def last_switch(site: str) -> LastSwitch | None:
     """What the site's last completed switch wrote, or None."""
-    value = _get(_last_variable(site))
+    value = get_record(_last_variable(site))
     return LastSwitch.model_validate(value) if isinstance(value, dict) else None
 
 
 def remember_switch(site: str, host: str, address: str, epoch: int) -> None:
     """Record what a completed switch wrote (the drift watch's reference)."""
     run = progress.current_run_id() or ""
-    _set(
+    set_record(
         _last_variable(site),
         LastSwitch(at=now(), host=host, address=address, epoch=epoch, run_id=run),
     )

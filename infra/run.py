@@ -188,8 +188,10 @@ def run_procedure(procedure: str, params: dict[str, Any], *, as_json: bool) -> i
 
 
 #: the procedures `handover run` starts besides the clean move: the module of each, which has
-#: the flow (named as the module) and its `report_markdown`
+#: the flow (named as the module, or after a colon) and its `report_markdown`
 HOST_PROCEDURES = {
+    "geo-failover": "flows.geo_failover",
+    "geo-failback": "flows.geo_failover:geo_failback",
     "emergency-move": "flows.emergency_move",
     "fence-host": "flows.fence_host",
     "switch": "flows.switch",
@@ -201,8 +203,9 @@ HOST_PROCEDURES = {
 def _run_host_procedure(
     procedure: str, params: dict[str, Any], console: Console, ui: str, *, as_json: bool
 ) -> int:
-    module = importlib.import_module(HOST_PROCEDURES[procedure])
-    flow = getattr(module, module.__name__.rpartition(".")[2])
+    name, _, function = HOST_PROCEDURES[procedure].partition(":")
+    module = importlib.import_module(name)
+    flow = getattr(module, function or module.__name__.rpartition(".")[2])
 
     def say(kind: str, data: dict[str, Any]) -> None:
         if kind == "step-sentence":

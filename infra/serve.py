@@ -61,6 +61,11 @@ def read_deployments(path: Path = DEPLOYMENTS_FILE) -> list[dict[str, Any]]:
                 f"{path}: deployments[{i}].work_pool must be a mapping with a `name` "
                 "(the work pool `handover deploy` creates and `handover worker --pool` serves)"
             )
+        if d.get("site_needs") not in (None, "geo"):
+            raise DeploymentsError(
+                f"{path}: deployments[{i}].site_needs must be geo (the site section without "
+                f"which the deployment is left out; got {d['site_needs']!r})"
+            )
         if d.get("schedule_from") not in (None, "maintenance-windows"):
             raise DeploymentsError(
                 f"{path}: deployments[{i}].schedule_from must be maintenance-windows "
@@ -121,6 +126,8 @@ def deployment_specs(
     site = load_site(site_file)
     out = []
     for d in read_deployments(path):
+        if d.get("site_needs") and getattr(site, d["site_needs"]) is None:
+            continue  # e.g. the geo failover on a site without replicated tools
         fl = load_flow(d["entrypoint"])
         params = {**(d.get("parameters") or {}), "site_file": str(Path(site_file).resolve())}
         settings = {

@@ -43,7 +43,16 @@ from flows.plans.verbs import (
     WaitDrained,
     WriteDisabled,
 )
-from tasks import remote
+from flows.plans.verbs.geo import (
+    AwaitResolvers,
+    DbReadOnly,
+    PromoteReplica,
+    RebuildReplica,
+    ReplicateFrom,
+    RepointNames,
+    WaitApplied,
+)
+from tasks import geo, remote
 from tasks.agents import clear_disabled, start_agents, stop_agents, write_disabled
 from tasks.alias import move_service_alias
 from tasks.channels import set_channels
@@ -173,6 +182,15 @@ ACTS: dict[type[Step], Act] = {
     InstallVersion: Act(_install_version),
     ConfigureNode: Act(_configure_node),
     RestartAgents: Act(_restart_agents),
+    # the geo failover's verbs act on a site's database and on the DNS masters, not over SSH:
+    # each bounds its own connections and is not retried on an SSH error
+    DbReadOnly: Act(lambda ctx, s: geo.db_read_only(ctx.site, s), retry_transient=False),
+    WaitApplied: Act(lambda ctx, s: geo.wait_caught_up(ctx.site, s), retry_transient=False),
+    PromoteReplica: Act(lambda ctx, s: geo.promote_replica(ctx.site, s), retry_transient=False),
+    RepointNames: Act(lambda ctx, s: geo.repoint_names(ctx.site, s), retry_transient=False),
+    AwaitResolvers: Act(lambda ctx, s: geo.await_resolvers(ctx.site, s), retry_transient=False),
+    ReplicateFrom: Act(lambda ctx, s: geo.follow(ctx.site, s), retry_transient=False),
+    RebuildReplica: Act(lambda ctx, s: geo.rebuild(ctx.site, s), retry_transient=False),
 }
 
 _missing = set(VERBS.values()) - set(ACTS)

@@ -56,6 +56,7 @@ from config.site.commands import (
 from config.site.database import Database
 from config.site.dns import DNS_NAME_RE, Dns, DnsName, DnsServer, dns_server_address
 from config.site.frontend import Frontend
+from config.site.geo import Geo, GeoSite, Tool, ToolDatabase, ToolPlacement
 from config.site.hosts import Agent, Host, HostRole, Service
 from config.site.procedures import ProcedurePolicy, Upgrade
 from config.site.root import Site
@@ -95,6 +96,8 @@ __all__ = [
     "DnsName",
     "DnsServer",
     "Frontend",
+    "Geo",
+    "GeoSite",
     "Host",
     "HostName",
     "HostRole",
@@ -108,6 +111,9 @@ __all__ = [
     "SiteModel",
     "Slack",
     "SshConfig",
+    "Tool",
+    "ToolDatabase",
+    "ToolPlacement",
     "Upgrade",
     "Version",
     "VoName",

@@ -102,7 +102,17 @@ class Service(SiteModel):
 
     #: the service's name (the service lock is per site and service)
     name: HostName
-    #: the kind of service (the FTS 2 agents)
-    kind: Literal["fts2-agents"] = "fts2-agents"
-    #: every agent of the service
-    agents: list[Agent] = Field(min_length=1)
+    #: the kind of service: the FTS 2 agents, or web tools replicated between sites (`geo:`,
+    #: no agents)
+    kind: Literal["fts2-agents", "web-tools"] = "fts2-agents"
+    #: every agent of the service (at least one for the FTS 2 agents)
+    agents: list[Agent] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _agents(self) -> Service:
+        if self.kind == "fts2-agents" and not self.agents:
+            raise ValueError(
+                "the FTS 2 agents' service needs at least one agent under `agents:` (or "
+                "`kind: web-tools` for tools replicated between sites)"
+            )
+        return self

@@ -16,6 +16,7 @@ from config.site.commands import Commands
 from config.site.database import Database
 from config.site.dns import Dns
 from config.site.frontend import Frontend
+from config.site.geo import Geo
 from config.site.hosts import Agent, Host, Service
 from config.site.procedures import ProcedurePolicy, Upgrade
 from config.site.slack import Slack
@@ -44,6 +45,8 @@ class Site(SiteModel):
     dns: Dns | None = None
     #: the web front end's master and slave (the switch needs it)
     frontend: Frontend | None = None
+    #: tools replicated between sites and moved between them through DNS (geo failover)
+    geo: Geo | None = None
     #: the channel, approvers and tokens for threads and approvals in Slack (none: approvals in the
     #: Prefect UI only)
     slack: Slack | None = None

@@ -36,6 +36,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.yes:
             up["pause_for_approval"] = False
         return run_procedure("rolling-upgrade", up, as_json=args.json)
+    if args.procedure in ("geo-failover", "geo-failback"):
+        return _geo(args)
     if args.procedure == "switch":
         sp: dict[str, Any] = {
             "site_file": str(Path(args.site).resolve()),
@@ -84,6 +86,35 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run_procedure(args.procedure, params, as_json=args.json)
 
 
+def _geo(args: argparse.Namespace) -> int:
+    """`handover run geo-failover|geo-failback --service T --to SITE`."""
+    from infra.run import run_procedure
+
+    if not (args.service and args.to_host):
+        error(f"{args.procedure} needs --service TOOL and --to SITE (a site of the tool)")
+        return 2
+    gp: dict[str, Any] = {
+        "site_file": str(Path(args.site).resolve()),
+        "service": args.service,
+        "to": args.to_host,
+        "reason": args.reason,
+        "dry_run": args.dry_run,
+    }
+    if args.procedure == "geo-failover":
+        if args.failover and args.planned:
+            error("--planned and --failover exclude each other")
+            return 2
+        if args.failover or args.planned:
+            gp["mode"] = "failover" if args.failover else "planned"
+        if args.max_lag is not None:
+            gp["max_lag_s"] = args.max_lag
+    elif args.keep_dir:
+        gp["keep_dir"] = args.keep_dir
+    if args.yes:
+        gp["pause_for_approval"] = False
+    return run_procedure(args.procedure, gp, as_json=args.json)
+
+
 def register(sub: Any) -> None:
     """Add the commands of this module to the `handover` parser."""
     p = sub.add_parser("run", help="run a procedure and print its report")
@@ -96,20 +127,26 @@ def register(sub: Any) -> None:
             "drop-db-lock",
             "switch",
             "rolling-upgrade",
+            "geo-failover",
+            "geo-failback",
         ],
         help="the procedure to run",
     )
     site_arg(p)
     p.add_argument("--from", dest="from_host", help="clean-move: host the agents leave")
     p.add_argument(
-        "--to", dest="to_host", help="clean-move: host they go to; switch: the new master"
+        "--to",
+        dest="to_host",
+        help="clean-move: host they go to; switch: the new master; geo-failover, geo-failback: "
+        "the site the tool moves to",
     )
     p.add_argument("--reason", default="", help="switch: why (for the thread and the report)")
     p.add_argument(
         "--failover",
         action="store_true",
         help="switch: fence the master (kill its DB sessions, raise the epoch) instead of a "
-        "planned handover (default: planned when the master answers as the master)",
+        "planned handover (default: planned when the master answers as the master); "
+        "geo-failover: promote the target without the active site (it does not answer)",
     )
     p.add_argument(
         "--host",
@@ -150,6 +187,26 @@ def register(sub: Any) -> None:
         "--force",
         action="store_true",
         help="after the drain timeout, move anyway: running transfers lose their state",
+    )
+    g = p.add_argument_group("geo-failover, geo-failback")
+    g.add_argument("--service", help="the replicated tool (a name under geo.tools)")
+    g.add_argument(
+        "--planned",
+        action="store_true",
+        help="geo-failover: the active site answers; it stops writing, the target catches up "
+        "(default when the active site's database answers as the primary)",
+    )
+    g.add_argument(
+        "--max-lag",
+        type=float,
+        metavar="S",
+        help="geo-failover: the loss window accepted without asking, in seconds (default: the "
+        "tool's max_lag_s); beyond it a human approves the stated window",
+    )
+    g.add_argument(
+        "--keep-dir",
+        metavar="DIR",
+        help="geo-failback: where the rebuilt database's old content is kept",
     )
     g = p.add_argument_group("rolling-upgrade")
     g.add_argument("--version", help="the version to install (default: upgrade.target_version)")

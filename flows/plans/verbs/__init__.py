@@ -25,6 +25,15 @@ from flows.plans.verbs.channels import SetActive, SetInactive
 from flows.plans.verbs.db import DropSessions
 from flows.plans.verbs.drain import AwaitCutover, WaitDrained
 from flows.plans.verbs.frontend import FenceEpoch, FrontendDisable, FrontendEnable
+from flows.plans.verbs.geo import (
+    AwaitResolvers,
+    DbReadOnly,
+    PromoteReplica,
+    RebuildReplica,
+    ReplicateFrom,
+    RepointNames,
+    WaitApplied,
+)
 from flows.plans.verbs.standby import AwaitServing, HandOver, StartStandby
 from flows.plans.verbs.upgrade import CheckAgents, ConfigureNode, InstallVersion, RestartAgents
 
@@ -48,7 +57,14 @@ AnyStep = Annotated[
     | CheckAgents
     | InstallVersion
     | ConfigureNode
-    | RestartAgents,
+    | RestartAgents
+    | DbReadOnly
+    | WaitApplied
+    | PromoteReplica
+    | RepointNames
+    | ReplicateFrom
+    | RebuildReplica
+    | AwaitResolvers,
     Field(discriminator="verb"),
 ]
 
@@ -85,10 +101,12 @@ __all__ = [
     "VERBS",
     "AnyStep",
     "AwaitCutover",
+    "AwaitResolvers",
     "AwaitServing",
     "CheckAgents",
     "ClearDisabled",
     "ConfigureNode",
+    "DbReadOnly",
     "DropSessions",
     "FenceEpoch",
     "FrontendDisable",
@@ -96,6 +114,10 @@ __all__ = [
     "HandOver",
     "InstallVersion",
     "MoveAlias",
+    "PromoteReplica",
+    "RebuildReplica",
+    "ReplicateFrom",
+    "RepointNames",
     "RestartAgents",
     "SetActive",
     "SetInactive",
@@ -103,6 +125,7 @@ __all__ = [
     "StartStandby",
     "Step",
     "Stop",
+    "WaitApplied",
     "WaitDrained",
     "WriteDisabled",
     "step",
