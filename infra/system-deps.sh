@@ -6,10 +6,12 @@ set -euo pipefail
 # checks handover's OCF agent (its meta-data with libxml2-utils' xmllint); prometheus and
 # prometheus-alertmanager bring promtool and amtool, which check infra/monitoring/ (their
 # services are not started here). redis-server and haproxy: Prefect without a single server
-# (`handover server start --ha`), whose parts handover starts itself.
+# (`handover server start --ha`), whose parts handover starts itself. mariadb-server: the geo
+# lab's databases (mariadbd, mariadb-install-db; GTID replication between its sites) and the
+# mariadb-dump/mariadb clients handover rebuilds a replica with.
 PACKAGES=(openssh-server openssh-client postgresql nftables procps util-linux iproute2 python3-venv
   corosync pacemaker pacemaker-cli-utils resource-agents libxml2-utils bind9 prometheus
-  prometheus-alertmanager systemd redis-server haproxy)
+  prometheus-alertmanager systemd redis-server haproxy mariadb-server)
 missing=()
 for p in "${PACKAGES[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,8 +13,12 @@ from rich.table import Table
 from rich.text import Text
 
 from config.site import short_name as short
-from infra.cli.common import error, note, out, print_json, say, site_arg
+from infra.cli.common import DEFAULT_SITE, error, note, out, print_json, say, site_arg, site_path
 from infra.lab.faults import DB_FAULT_KINDS, FAULT_KINDS
+
+#: the geo lab's own site file (`handover lab up --geo`)
+GEO_SITE = DEFAULT_SITE.parent / "geo-lab.yaml"
+GEO_FAULTS = ("kill-site", "restore-site", "stop-master", "start-master")
 
 
 def _lab(args: argparse.Namespace) -> Any:
@@ -33,9 +38,87 @@ def cmd_lab(args: argparse.Namespace) -> int:
         return 1
 
 
-def _lab_dispatch(args: argparse.Namespace) -> int:
-    lab = _lab(args)
+def _geo_lab(args: argparse.Namespace, *, default: bool) -> Any:
+    """The geo lab the command means: --site when it is a geo site file; else, when `default`,
+    the one of config/sites/geo-lab.yaml (unless --site named another site); else None."""
+    from config.loader import load_site
+    from infra.lab.geo.lab import GeoLab
+    from infra.lab.lab import LabError
+
+    site = load_site(args.site)
+    if site.geo is not None:
+        return GeoLab(site)
+    if not default:
+        return None
+    if not _default_site(args):
+        raise LabError(f"--site {args.site} has no `geo:` section: give a geo site file")
+    return GeoLab.from_file(GEO_SITE)
+
+
+def _default_site(args: argparse.Namespace) -> bool:
+    """Whether --site is the default one (not given, nor $HANDOVER_SITE set to another)."""
+    default = site_path(os.environ.get("HANDOVER_SITE", str(DEFAULT_SITE)))
+    return Path(args.site).resolve() == Path(default).resolve()
+
+
+def _geo_dispatch(geo: Any, args: argparse.Namespace) -> int:
+    from infra.lab.geo.views import status_lines
+
     action = args.lab_action
+    if action == "up":
+        report = geo.up(progress=note)
+        if args.json:
+            print_json(report)
+            return 0
+        s = report["seconds"]
+        say(
+            f"geo lab up: site {report['site']} in {s['total']:.1f} s (databases "
+            f"{s['databases']:.1f} s, dns {s['dns']:.1f} s, tools {s['tools']:.1f} s)"
+        )
+        for tool, urls in report["tools"].items():
+            say(f"{tool}: " + ", ".join(f"{site} {url}" for site, url in urls.items()))
+        say(f"site file: {report['site_file']}")
+        return 0
+    if action == "geo-fault":
+        do = {
+            "kill-site": geo.kill_site,
+            "restore-site": geo.restore_site,
+            "stop-master": geo.stop_master,
+            "start-master": geo.start_master,
+        }[args.action]
+        say(do(args.geo_site))
+        return 0
+    if action == "down":
+        report = geo.down()
+        if args.purge and not report["leftovers"]:
+            geo.remove_state()
+            report["purged"] = str(geo.paths.root)
+        if args.json:
+            print_json(report)
+        else:
+            left = report["leftovers"]
+            say(
+                f"geo lab down: {report['stopped']} processes stopped in {report['seconds']:.1f}"
+                " s; " + (f"left running: {left}" if left else "nothing left running"),
+                "red" if left else "",
+            )
+        return 0 if not report["leftovers"] else 1
+    st = geo.status()
+    if args.json:
+        print(st.model_dump_json(indent=2))
+    else:
+        for line in status_lines(st):
+            say(line)
+    return 0
+
+
+def _lab_dispatch(args: argparse.Namespace) -> int:
+    action = args.lab_action
+    if action in ("up", "down", "status", "geo-fault"):
+        geo = _geo_lab(args, default=getattr(args, "geo", False) or action == "geo-fault")
+        if geo is not None:
+            return _geo_dispatch(geo, args)
+    lab = _lab(args)
     if action == "up":
         report = lab.up(
             hosts=args.hosts,
@@ -67,6 +150,10 @@ def _lab_dispatch(args: argparse.Namespace) -> int:
         if args.purge and not report["leftovers"]:
             lab.remove_state()
             report["purged"] = str(lab.paths.root)
+        geo = _running_geo(args)
+        if geo is not None:  # the geo lab of geo-lab.yaml runs too: stopped with it
+            report["geo"] = geo.down()
+            report["leftovers"] += report["geo"]["leftovers"]
         if args.json:
             print_json(report)
         else:
@@ -79,6 +166,8 @@ def _lab_dispatch(args: argparse.Namespace) -> int:
                     else (f"left running: {report['leftovers']}", "red"),
                 )
             )
+            if geo is not None:
+                say(f"geo lab down: {report['geo']['stopped']} processes stopped")
         return 0 if not report["leftovers"] else 1
     if action == "status":
         st = lab.status()
@@ -86,6 +175,9 @@ def _lab_dispatch(args: argparse.Namespace) -> int:
             print(st.model_dump_json(indent=2))
             return 0
         _print_status(st)
+        geo = _running_geo(args)
+        if geo is not None:
+            return _geo_dispatch(geo, args)
         return 0
     if action == "score":
         score = lab.score(reset=args.reset)
@@ -132,6 +224,17 @@ def _lab_dispatch(args: argparse.Namespace) -> int:
         sys.stderr.write(res.stderr)
         return int(res.returncode)
     raise AssertionError(action)
+
+
+def _running_geo(args: argparse.Namespace) -> Any:
+    """For `down` and `status` of the default lab: the geo lab of config/sites/geo-lab.yaml
+    when it has a record (it runs, or did not stop cleanly); else (or with --site) None."""
+    from infra.lab.geo.lab import GeoLab
+
+    if not _default_site(args):
+        return None
+    geo = GeoLab.from_file(GEO_SITE)
+    return geo if geo.record() else None
 
 
 def _print_status(st: Any) -> None:
@@ -203,6 +306,12 @@ def register(sub: Any) -> None:
         action="store_true",
         help="run handover's exporter, Prometheus and Alertmanager on the lab",
     )
+    p.add_argument(
+        "--geo",
+        action="store_true",
+        help="the geo lab instead: two sites sharing a replicated tool (config/sites/"
+        "geo-lab.yaml, or --site FILE of a geo site)",
+    )
     p.add_argument("--json", action="store_true", help="print the answer as JSON")
     site_arg(p)
     for name, helptext in (
@@ -211,6 +320,7 @@ def register(sub: Any) -> None:
     ):
         p = lsub.add_parser(name, help=helptext)
         p.add_argument("--json", action="store_true", help="print the answer as JSON")
+        p.add_argument("--geo", action="store_true", help="the geo lab only (lab up --geo)")
         site_arg(p)
         if name == "down":
             p.add_argument(
@@ -218,6 +328,12 @@ def register(sub: Any) -> None:
                 action="store_true",
                 help="also delete the state directory (database, host roots, logs)",
             )
+    p = lsub.add_parser("geo-fault", help="inject a fault into the geo lab (lab up --geo)")
+    p.add_argument(
+        "action", choices=GEO_FAULTS, help="lose or restore a site, stop or start its masters"
+    )
+    p.add_argument("geo_site", metavar="SITE", help="the geo site (e.g. site-a)")
+    site_arg(p)
     p = lsub.add_parser("score", help="jobs done/lost, downtime, agents running twice")
     p.add_argument("--json", action="store_true", help="print the answer as JSON")
     p.add_argument("--reset", action="store_true", help="start counting again from now")
