@@ -61,3 +61,21 @@ def test_command_groups_print_what_they_were_given_as_it_is() -> None:
     assert "[/tmp/x]: not a host of lab (hosts: fts101" in said
     said = _refused(_cli("hagd", "run", "--config", "[/tmp/x][bold]"), 2)
     assert "[/tmp/x][bold]" in said
+
+
+def test_check_remap_refuses_what_it_cannot_check_and_says_the_fix(tmp_path: Path) -> None:
+    """`handover check remap`: a site without `geo:`, a tool the site does not have (printed
+    as given) and a CA file that cannot be read are refusals (2), each naming its fix."""
+    said = _refused(_cli("check", "remap", "--service", "portal", "--site", str(LAB_SITE)), 2)
+    assert "cannot check remap: site lab has no geo section" in said
+    assert "config/sites/geo-lab.yaml" in said
+    geo_lab = ROOT / "config" / "sites" / "geo-lab.yaml"
+    said = _refused(_cli("check", "remap", "--service", "[x]", "--site", str(geo_lab)), 2)
+    assert "no tool '[x]' in geo.tools; tools: portal; name one of them (--service)" in said
+    site = yaml.safe_load(geo_lab.read_text())
+    site["geo"]["tools"][0]["ca_file"] = str(tmp_path / "[no]" / "ca.pem")
+    (tmp_path / "geo.yaml").write_text(yaml.safe_dump(site))
+    said = _refused(
+        _cli("check", "remap", "--service", "portal", "--site", str(tmp_path / "geo.yaml")), 2
+    )
+    assert f"geo.tools[portal].ca_file: {tmp_path}/[no]/ca.pem cannot be used as a CA file" in said

@@ -3,6 +3,8 @@
 Each module holds its commands' options next to their handlers (`register(sub)`):
 
 * `sitefile`: check-config, snapshot
+* `check`: check remap (a geo tool's readiness to be remapped)
+* `status`: the replicated tools' status (where each is active, lag, DNS masters)
 * `lab`: lab up|down|status|score|fault|heal|load|exec
 * `procedures`: run clean-move|emergency-move|fence-host
 * `service`: service start|stop|status|monitor (one host's agents, OCF exit codes)
@@ -18,7 +20,18 @@ import sys
 from collections.abc import Sequence
 
 from config.loader import SiteConfigError
-from infra.cli import bench, hagd, install, lab, procedures, service, services, sitefile
+from infra.cli import (
+    bench,
+    check,
+    hagd,
+    install,
+    lab,
+    procedures,
+    service,
+    services,
+    sitefile,
+    status,
+)
 from infra.cli.common import DEFAULT_SITE, err, error
 from tasks.secret_blocks import use_prefect_secret_blocks
 
@@ -29,7 +42,18 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     ap = argparse.ArgumentParser(prog="handover", description="The `handover` command line.")
     sub = ap.add_subparsers(dest="command", required=True)
-    for module in (sitefile, lab, procedures, service, services, install, bench, hagd):
+    for module in (
+        sitefile,
+        check,
+        status,
+        lab,
+        procedures,
+        service,
+        services,
+        install,
+        bench,
+        hagd,
+    ):
         module.register(sub)
     return ap
 
