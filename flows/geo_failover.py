@@ -16,16 +16,14 @@ import getpass
 from typing import Any, Literal
 
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact
 from prefect.client.schemas.objects import State
 from pydantic import Field
 
 from config.site import Site
 from flows import progress
-from flows.attempt import check_not_crash_looping
 from flows.executor import Executor
 from flows.geo_records import LastGeoFailover, last_lag, remember_geo_failover
-from flows.notify import Mrkdwn, mrkdwn
+from flows.notify import mrkdwn
 from flows.plans.geo_failback import plan_geo_failback
 from flows.plans.geo_failover import (
     FAILBACK,
@@ -39,7 +37,16 @@ from flows.plans.geo_failover import (
 )
 from flows.plans.geo_state import GeoSnapshot, NameAnswer, ToolHealth
 from flows.plans.model import steps_markdown
-from flows.procedure import Finish, Finisher, Run, locked, procedure_run
+from flows.procedure import (
+    Finish,
+    Finisher,
+    Run,
+    locked,
+    procedure_run,
+    refused_or_dry_run,
+    request_lines,
+    show_plan,
+)
 from flows.result import ProcedureResult
 from flows.run_site import load_run_site
 from tasks.geo import read_health, snapshot_geo
@@ -204,9 +211,7 @@ def _body(
     else:
         snap = _snapshot(site, req.tool, req.to)
     plan = (plan_geo_failback if procedure == FAILBACK else plan_geo_failover)(site, snap, req)
-    create_markdown_artifact(key=f"{procedure}-plan", markdown=plan_markdown(plan))
-    for sentence in plan.notes:
-        progress.emit("step-sentence", sentence=sentence)
+    show_plan(plan, plan_markdown(plan))
     known: dict[str, Any] = dict(
         plan=plan,
         mode=plan.mode,
@@ -217,26 +222,16 @@ def _body(
         loss_window=plan.loss_window,
         actions=list(plan.notes),
     )
-    if not plan.ok:
-        return finish(
-            "refused", "pre-checks failed, nothing changed: " + "; ".join(plan.problems), **known
-        )
-    if plan.already_done:
+    if plan.ok and plan.already_done:
         return finish("completed", plan.notes[0], names=snap.names, **known)
-    if dry_run:
-        check_not_crash_looping()
-        return finish("dry-run", "dry run: " + plan.notes[0] + "; nothing changed", **known)
+    ended = refused_or_dry_run(plan, finish, dry_run, **known)
+    if ended is not None:
+        return ended
     assert site.geo is not None and plan.to_site is not None and plan.new_epoch is not None
     tool = site.geo.tool(req.tool)
     what = f"{plan.mode} {procedure} of {tool.name} from {plan.from_site} to {plan.to_site}"
     lines = [
-        mrkdwn(
-            "Site *{}*, requested by {}.{}",
-            site.site,
-            who,
-            mrkdwn(" Reason: {}.", req.reason) if req.reason else Mrkdwn(""),
-        ),
-        *[mrkdwn("- {}", n) for n in plan.notes[1:]],
+        *request_lines(site, who, req.reason, plan.notes[1:]),
         mrkdwn("*Epoch*: {} → {}", plan.old_epoch, plan.new_epoch),
     ]
     policy = site.policy(procedure)
@@ -252,6 +247,11 @@ def _body(
             "rejected", f"{approval.sentence()}; nothing changed", approval=approval, **known
         )
     executor = Executor(run.shell, plan, compensate=compensate_geo)
+    # each phase builds on the one before it (no promotion without the catch-up, no names
+    # moved without the promotion): a failed chain stops the run there
+    executor.before_phase = lambda _phase: (
+        f"{', '.join(executor.failed_chains)} failed" if executor.failed_chains else None
+    )
     executor.execute()
     after = read_names(site.geo, tool)
     health = read_health(tool, plan.to_site)

@@ -32,11 +32,11 @@ from pydantic import BaseModel, Field
 from config.site import Site, Tool
 from flows.geo_records import last_geo_failover, remember_lags
 from flows.plans.geo_failover import current_answer
-from flows.plans.geo_status import GeoToolStatus, geo_status, status_markdown
+from flows.plans.geo_status import GeoToolStatus, status_markdown
 from flows.run_site import load_run_site
 from tasks.adapters.replication import ReplicationError, set_read_only
 from tasks.adapters.slack import SlackNotifier, mrkdwn
-from tasks.geo import snapshot_geo
+from tasks.geo import read_geo_status
 from tasks.geo_dns import repoint
 
 PROCEDURE = "geo-watch"
@@ -50,12 +50,6 @@ class GeoWatchResult(BaseModel):
     summary: str
     repaired: list[str] = Field(default_factory=list)
     statuses: list[GeoToolStatus] = Field(default_factory=list)
-
-
-def read_status(site: Site) -> list[GeoToolStatus]:
-    """Every tool's status now (no change)."""
-    assert site.geo is not None
-    return [geo_status(t, snapshot_geo(site, t.name)) for t in site.geo.tools]
 
 
 def repair(site: Site, tool: Tool, st: GeoToolStatus) -> list[str]:
@@ -117,14 +111,14 @@ def geo_watch(site_file: str, repair_drift: bool = True) -> State[Any]:
     if site.geo is None:
         result = GeoWatchResult(site=site.site, summary=f"site {site.site} has no `geo:` tools")
         return Completed(message=result.summary, data=result)
-    statuses = read_status(site)
+    statuses = read_geo_status(site)
     repaired: list[str] = []
     for tool, st in zip(site.geo.tools, statuses, strict=True):
         remember_lags(site.site, st.lags)
         if repair_drift and not st.ok:
             repaired += repair(site, tool, st)
     if repaired:
-        statuses = read_status(site)
+        statuses = read_geo_status(site)
     create_markdown_artifact(
         key="replication-status",
         markdown=status_markdown(statuses)

@@ -30,7 +30,8 @@ from config.site import ProcedurePolicy, Site
 from flows import progress
 from flows.approval import ApprovalRecord, approve
 from flows.attempt import check_not_crash_looping
-from flows.notify import Mrkdwn, ProcedureThread
+from flows.notify import Mrkdwn, ProcedureThread, mrkdwn
+from flows.plans.model import Plan
 from flows.result import ProcedureResult
 from flows.service_lock import ServiceLockError, service_lock
 from tasks.outcome import now
@@ -196,3 +197,40 @@ def locked(
             return body()
     except ServiceLockError as exc:
         return finish("refused", str(exc), **refused)
+
+
+def show_plan(plan: Plan, markdown: str) -> None:
+    """The plan as the run's ``<procedure>-plan`` artifact, and its notes as the run's first
+    sentences (the thread and the terminal)."""
+    create_markdown_artifact(key=f"{plan.procedure}-plan", markdown=markdown)
+    for sentence in plan.notes:
+        progress.emit("step-sentence", sentence=sentence)
+
+
+def refused_or_dry_run(
+    plan: Plan, finish: Finish, dry_run: bool, /, **known: Any
+) -> State[Any] | None:
+    """The run's end when the plan was refused (nothing changed) or is a dry run; None when
+    the procedure goes on. A dry run the crash recovery started is held to the limit a real one
+    is (`check_not_crash_looping`)."""
+    if not plan.ok:
+        return finish(
+            "refused", "pre-checks failed, nothing changed: " + "; ".join(plan.problems), **known
+        )
+    if dry_run:
+        check_not_crash_looping()
+        return finish("dry-run", "dry run: " + plan.notes[0] + "; nothing changed", **known)
+    return None
+
+
+def request_lines(site: Site, who: str, reason: str, notes: list[str]) -> list[Mrkdwn]:
+    """The opening of an approval request: the site, who asked and why, then `notes`."""
+    return [
+        mrkdwn(
+            "Site *{}*, requested by {}.{}",
+            site.site,
+            who,
+            mrkdwn(" Reason: {}.", reason) if reason else Mrkdwn(""),
+        ),
+        *[mrkdwn("- {}", n) for n in notes],
+    ]

@@ -17,16 +17,14 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact
 from prefect.client.schemas.objects import State
 from pydantic import Field
 
 from config.site import Site
 from flows import progress
 from flows.approval import automatic_path_proven
-from flows.attempt import check_not_crash_looping
 from flows.executor import Executor
-from flows.notify import Mrkdwn, mrkdwn
+from flows.notify import mrkdwn
 from flows.plans.model import steps_markdown
 from flows.plans.switch import (
     PROCEDURE,
@@ -39,7 +37,16 @@ from flows.plans.switch import (
     plan_switch,
 )
 from flows.plans.verify import SwitchAfter, verify_switch
-from flows.procedure import Finish, Finisher, Run, locked, procedure_run
+from flows.procedure import (
+    Finish,
+    Finisher,
+    Run,
+    locked,
+    procedure_run,
+    refused_or_dry_run,
+    request_lines,
+    show_plan,
+)
 from flows.result import ProcedureResult
 from flows.run_site import load_run_site
 from flows.switch_records import (
@@ -208,9 +215,7 @@ def _switch(
         else SwitchSnapshot(aliases=[], frontends={})
     )
     plan = plan_switch(site, snap, req)
-    create_markdown_artifact(key="switch-plan", markdown=plan_markdown(plan))
-    for sentence in plan.notes:
-        progress.emit("step-sentence", sentence=sentence)
+    show_plan(plan, plan_markdown(plan))
     known: dict[str, Any] = dict(
         plan=plan,
         mode=plan.mode,
@@ -220,13 +225,9 @@ def _switch(
         new_epoch=plan.new_epoch,
         actions=list(plan.notes),
     )
-    if not plan.ok:
-        return finish(
-            "refused", "pre-checks failed, nothing changed: " + "; ".join(plan.problems), **known
-        )
-    if plan.already_done:
+    if plan.ok and plan.already_done:
         return finish("completed", plan.notes[0], alias=snap.aliases, **known)
-    if failed_host and plan.master != failed_host:
+    if plan.ok and failed_host and plan.master != failed_host:
         return finish(
             "completed",
             f"the front end of {failed_host} failed, but the alias points at {plan.master}: "
@@ -234,21 +235,13 @@ def _switch(
             alias=snap.aliases,
             **known,
         )
-    if dry_run:
-        # a dry run the crash recovery started is held to the limit a real one is
-        # (`procedure_run` checks that)
-        check_not_crash_looping()
-        return finish("dry-run", "dry run: " + plan.notes[0] + "; nothing changed", **known)
+    ended = refused_or_dry_run(plan, finish, dry_run, **known)
+    if ended is not None:
+        return ended
     assert site.dns is not None and site.frontend is not None
     what = f"{plan.mode} switch of {site.dns.alias} from {plan.master} to {plan.to}"
     lines = [
-        mrkdwn(
-            "Site *{}*, requested by {}.{}",
-            site.site,
-            who,
-            mrkdwn(" Reason: {}.", req.reason) if req.reason else Mrkdwn(""),
-        ),
-        *[mrkdwn("- {}", n) for n in plan.notes[1:]],
+        *request_lines(site, who, req.reason, plan.notes[1:]),
         mrkdwn("*Epoch*: {} → {}", plan.old_epoch, plan.new_epoch),
     ]
     policy = site.policy(PROCEDURE)

@@ -201,6 +201,7 @@ def families(
     errors = g("handover_sensor_errors", "What the last reading could not read", [])
     errors.add_metric([s], float(len(reading.errors)))
     return [
+        *geo_families(site, reading),
         host_up,
         running,
         serving,
@@ -215,6 +216,102 @@ def families(
         took,
         age,
         errors,
+    ]
+
+
+def geo_families(site: Site, reading: SensorReading) -> list[GaugeMetricFamily]:
+    """The replicated tools' metrics of one reading (pure; none for a site without `geo:`)."""
+    if site.geo is None:
+        return []
+    s = site.site
+
+    def g(name: str, doc: str, labels: list[str]) -> GaugeMetricFamily:
+        return GaugeMetricFamily(name, doc, labels=["site", *labels])
+
+    active = g("handover_geo_active", "The tool's names point at this site", ["tool", "geo_site"])
+    epoch = g("handover_geo_epoch", "The newest epoch the masters answer for the tool", ["tool"])
+    db_up = g("handover_geo_database_up", "The site's database answers", ["tool", "geo_site"])
+    writable = g(
+        "handover_geo_database_writable",
+        "The site's database is writable (1 at the active site only)",
+        ["tool", "geo_site"],
+    )
+    running = g(
+        "handover_replication_running",
+        "Both replication threads of the site's replica run",
+        ["tool", "geo_site"],
+    )
+    lag = g(
+        "handover_replication_lag_seconds",
+        "Seconds the site's replica is behind, as it reports them",
+        ["tool", "geo_site"],
+    )
+    behind = g(
+        "handover_replication_behind_transactions",
+        "Transactions of the primary the site's replica has not applied",
+        ["tool", "geo_site"],
+    )
+    error = g(
+        "handover_replication_error",
+        "The site's replica reports an error (its text is in `handover status`)",
+        ["tool", "geo_site"],
+    )
+    serving = g(
+        "handover_geo_tool_serving", "The site's health page answers 200", ["tool", "geo_site"]
+    )
+    master_up = g(
+        "handover_geo_master_up",
+        "The DNS master answers (signed) for the tool's names",
+        ["tool", "geo_site", "master"],
+    )
+    master_behind = g(
+        "handover_geo_master_behind",
+        "The DNS master answers an older epoch or another address than the newest",
+        ["tool", "geo_site", "master"],
+    )
+    for st in reading.geo:
+        if st.epoch is not None:
+            epoch.add_metric([s, st.tool], float(st.epoch))
+        for gs, db in st.snapshot.databases.items():
+            active.add_metric([s, st.tool, gs], 1.0 if gs == st.active_site else 0.0)
+            db_up.add_metric([s, st.tool, gs], 1.0 if db.reachable else 0.0)
+            if db.reachable:
+                writable.add_metric([s, st.tool, gs], 1.0 if db.read_only is False else 0.0)
+            if db.is_replica:
+                running.add_metric([s, st.tool, gs], 1.0 if db.replicating else 0.0)
+                error.add_metric([s, st.tool, gs], 1.0 if db.last_error else 0.0)
+        for r in st.lags:
+            if r.seconds is not None:
+                lag.add_metric([s, st.tool, r.site], r.seconds)
+            if r.transactions is not None:
+                behind.add_metric([s, st.tool, r.site], float(r.transactions))
+        for gs, h in st.snapshot.health.items():
+            serving.add_metric([s, st.tool, gs], 1.0 if h.serving else 0.0)
+        seen: set[str] = set()
+        late = {b.split(" ")[1] for b in st.masters_behind}
+        for a in st.snapshot.names:
+            if a.master in seen:
+                continue
+            seen.add(a.master)
+            mine = [x for x in st.snapshot.names if x.master == a.master]
+            master_up.add_metric(
+                [s, st.tool, a.site, a.master], 0.0 if any(x.error for x in mine) else 1.0
+            )
+            master_behind.add_metric(
+                [s, st.tool, a.site, a.master], 1.0 if a.master in late else 0.0
+            )
+    return [
+        active,
+        epoch,
+        db_up,
+        writable,
+        running,
+        lag,
+        behind,
+        error,
+        serving,
+        master_up,
+        master_behind,
     ]
 
 

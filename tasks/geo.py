@@ -16,6 +16,7 @@ from pathlib import Path
 
 from config.site import Site, Tool
 from flows.plans.geo_state import GeoSnapshot, ToolHealth
+from flows.plans.geo_status import GeoToolStatus, geo_status
 from flows.plans.verbs import (
     AwaitResolvers,
     DbReadOnly,
@@ -354,6 +355,12 @@ def snapshot_geo(site: Site, tool_name: str) -> GeoSnapshot:
             names=names.result(),
             databases={s: f.result() for s, f in dbs.items()},
             health={s: f.result() for s, f in health.items()},
-            keys=ok,
+            key_ok=ok,
             key_errors=errors,
         )
+
+
+def read_geo_status(site: Site) -> list[GeoToolStatus]:
+    """Every replicated tool's status now (`flows.plans.geo_status`); nothing is changed."""
+    assert site.geo is not None
+    return [geo_status(t, snapshot_geo(site, t.name)) for t in site.geo.tools]

@@ -63,10 +63,17 @@ def _secret(geo: Geo) -> tuple[str | None, str]:
         return None, f"the TSIG secret ({geo.tsig_key.describe()}) cannot be read: {exc}"
 
 
-def read_names(geo: Geo, tool: Tool, timeout_s: float = QUERY_TIMEOUT_S) -> list[NameAnswer]:
-    """Every name of `tool` on every master (module docstring)."""
+def read_name(geo: Geo, name: str, timeout_s: float = QUERY_TIMEOUT_S) -> list[NameAnswer]:
+    """`name` on every master, side by side (module docstring)."""
+    return read_names(geo, [name], timeout_s)
+
+
+def read_names(
+    geo: Geo, tool: Tool | list[str], timeout_s: float = QUERY_TIMEOUT_S
+) -> list[NameAnswer]:
+    """Every name of `tool` (or every name listed) on every master (module docstring)."""
     secret, why = _secret(geo)
-    masters = geo.masters()
+    names = tool.names if isinstance(tool, Tool) else tool
 
     def one(site: str, m: DnsServer, name: str) -> NameAnswer:
         where = master_id(m)
@@ -80,7 +87,7 @@ def read_names(geo: Geo, tool: Tool, timeout_s: float = QUERY_TIMEOUT_S) -> list
             site=site, master=where, name=name, addresses=st.addresses, epoch=st.epoch
         )
 
-    jobs = [(s, m, n) for s, m in masters for n in tool.names]
+    jobs = [(s, m, n) for s, m in geo.masters() for n in names]
     with ThreadPoolExecutor(max_workers=min(16, len(jobs))) as ex:
         return list(ex.map(lambda j: one(*j), jobs))
 

@@ -17,11 +17,13 @@ from concurrent.futures import TimeoutError as FutureTimeout
 
 from pydantic import BaseModel, Field
 
+from flows.plans.geo_status import GeoToolStatus
 from flows.plans.rolling_upgrade import parse_status
 from flows.plans.snapshot import HostSnapshot, SiteSnapshot
 from flows.plans.switch import FrontendState
 from tasks.adapters.ssh import CommandResult, SshError
 from tasks.frontend import frontend_state
+from tasks.geo import read_geo_status
 from tasks.outcome import now
 from tasks.remote import SiteShell
 from tasks.site_state import Query, channel_state, read_host, spread_channels
@@ -38,6 +40,8 @@ class SensorReading(BaseModel):
     frontends: list[FrontendState] = Field(default_factory=list)
     #: what could not be read in time, or at all
     errors: list[str] = Field(default_factory=list)
+    #: each replicated tool's status (a site with `geo:`)
+    geo: list[GeoToolStatus] = Field(default_factory=list)
 
 
 def read_sensors(shell: SiteShell, timeout_s: float = 20.0) -> SensorReading:
@@ -53,7 +57,9 @@ def read_sensors(shell: SiteShell, timeout_s: float = 20.0) -> SensorReading:
     started = time.monotonic()
     deadline = started + timeout_s
     fronts = set(site.frontend.hosts if site.frontend else [])
-    hosts = [h.name for h in site.hosts]
+    # a site of replicated web tools is read through its databases, masters and health pages:
+    # its hosts run no agents to read over SSH
+    hosts = [] if site.service.kind == "web-tools" else [h.name for h in site.hosts]
     assigned = spread_channels(site.channels, hosts)
 
     def left() -> float:
@@ -69,8 +75,9 @@ def read_sensors(shell: SiteShell, timeout_s: float = 20.0) -> SensorReading:
     errors: list[str] = []
     reading = SensorReading(taken_at=now(), duration_s=0.0)
     channels: dict[str, str] = {}
-    ex = ThreadPoolExecutor(max_workers=max(1, min(site.ssh.parallelism, len(hosts))))
+    ex = ThreadPoolExecutor(max_workers=max(1, min(site.ssh.parallelism, len(hosts))) + 1)
     try:
+        geo = ex.submit(read_geo_status, site) if site.geo is not None else None
         futures = {h: ex.submit(one, h) for h in hosts}
         snaps: list[HostSnapshot] = []
         for host, f in futures.items():
@@ -114,6 +121,11 @@ def read_sensors(shell: SiteShell, timeout_s: float = 20.0) -> SensorReading:
                     channels[channel] = channel_state(site, host, channel, res)
                 except SshError as exc:
                     errors.append(f"channel {channel}: {exc}")
+        if geo is not None:
+            try:
+                reading.geo = geo.result(timeout=left())
+            except FutureTimeout:
+                errors.append(f"the replicated tools: no answer within {timeout_s:g} s")
         reading.snapshot = SiteSnapshot(
             site=site.site,
             taken_at=reading.taken_at,

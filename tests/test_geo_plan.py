@@ -102,7 +102,7 @@ def snap(**kw) -> GeoSnapshot:
         tool="portal",
         names=names(),
         databases={"site-a": primary(), "site-b": replica()},
-        keys={MA: True, MB: True},
+        key_ok={MA: True, MB: True},
     )
     fields.update(kw)
     return GeoSnapshot(**fields)
@@ -155,7 +155,7 @@ def test_a_failover_of_an_unreachable_site_within_the_lag_bound_goes_ahead_witho
     s = snap(
         names=names(a="timed out"),
         databases={"site-a": silent("site-a", A), "site-b": replica(io_running="Connecting")},
-        keys={MA: None, MB: True},
+        key_ok={MA: None, MB: True},
         last_lag={"site-b": lag},
     )
     plan = plan_geo_failover(SITE, s, req())
@@ -231,7 +231,7 @@ def test_a_silent_master_does_not_stop_the_failover_but_no_master_at_all_does():
 
 
 def test_a_master_that_refuses_the_key_refuses_the_plan():
-    s = snap(keys={MA: True, MB: False}, key_errors={MB: "BADKEY"})
+    s = snap(key_ok={MA: True, MB: False}, key_errors={MB: "BADKEY"})
     plan = plan_geo_failover(SITE, s, req())
     assert (
         not plan.ok and "refused the TSIG key" in plan.problems[0] and "BADKEY" in plan.problems[0]

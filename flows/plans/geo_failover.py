@@ -162,7 +162,7 @@ def plan_geo_failover(site: Site, snap: GeoSnapshot, req: GeoRequest) -> GeoPlan
         )
     refused_keys = [
         f"{m}: {snap.key_errors.get(m, 'the TSIG key was refused')}"
-        for m, ok in snap.keys.items()
+        for m, ok in snap.key_ok.items()
         if ok is False
     ]
     if refused_keys:

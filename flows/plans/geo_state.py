@@ -97,8 +97,9 @@ class GeoSnapshot(BaseModel):
     names: list[NameAnswer] = Field(default_factory=list)
     databases: dict[str, DatabaseState] = Field(default_factory=dict)
     health: dict[str, ToolHealth] = Field(default_factory=dict)
-    #: per master (``site address:port``), whether it accepted the TSIG key (None: not asked)
-    keys: dict[str, bool | None] = Field(default_factory=dict)
+    #: per master (``address:port``), whether it accepted the TSIG key (None: it did not
+    #: answer). Not called `keys`: a model with a `keys` attribute passes for a mapping
+    key_ok: dict[str, bool | None] = Field(default_factory=dict)
     key_errors: dict[str, str] = Field(default_factory=dict)
     #: the last sensor reading of each replica's lag, by site (what a failover of an
     #: unreachable primary states as its loss window)

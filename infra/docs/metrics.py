@@ -11,12 +11,14 @@ import datetime as dt
 from pathlib import Path
 
 from config.loader import load_site
-from infra.exporter import api_family, families, run_families
+from infra.exporter import api_family, families, geo_families, run_families
 from tasks.run_counts import RunCounts
 from tasks.sensors import SensorReading
 
-#: the site the families are built for (labels and help texts do not depend on it)
+#: the sites the families are built for (labels and help texts do not depend on them): the
+#: FTS lab, and the geo lab for the replicated tools' families
 SITE_FILE = Path(__file__).resolve().parents[2] / "config" / "sites" / "lab.yaml"
+GEO_SITE_FILE = SITE_FILE.with_name("geo-lab.yaml")
 
 
 def page() -> str:
@@ -28,6 +30,7 @@ def page() -> str:
         *families(site, reading, {}, at.timestamp()),
         *run_families(site, RunCounts(window_s=3600)),
         api_family(site, True),
+        *geo_families(load_site(GEO_SITE_FILE), reading),
     ]
     out = [
         "# Metrics",
@@ -35,7 +38,9 @@ def page() -> str:
         "Generated from the exporter (`infra/exporter.py`) by `python -m infra.docs`: what "
         "`handover exporter` serves on `/metrics`, every metric a gauge. `handover_runs` and "
         "`handover_approvals_waiting` come from the Prefect API; the others from the last "
-        "reading of the site's sensors (SSH snapshots of the hosts and the front ends' status).",
+        "reading of the site's sensors (SSH snapshots of the hosts and the front ends' status; for "
+        "a site with replicated tools, `handover_geo_*` and `handover_replication_*` from each "
+        "tool's databases, DNS masters and health pages).",
         "",
         "| metric | labels | what it says |",
         "|---|---|---|",

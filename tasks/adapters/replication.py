@@ -321,7 +321,13 @@ def rebuild_replica(tool: Tool, site: str, source: str, keep: Path, timeout_s: f
 
         def run(argv: list[str], what: str, **kw: Any) -> None:
             try:
-                proc = subprocess.run(argv, capture_output=True, timeout=timeout_s, **kw)
+                proc = subprocess.run(
+                    argv,
+                    stdout=kw.pop("stdout", subprocess.PIPE),
+                    stderr=subprocess.PIPE,
+                    timeout=timeout_s,
+                    **kw,
+                )
             except subprocess.TimeoutExpired as exc:
                 raise ReplicationError(f"{what} took more than {timeout_s:g} s") from exc
             if proc.returncode != 0:
@@ -380,17 +386,16 @@ def rebuild_replica(tool: Tool, site: str, source: str, keep: Path, timeout_s: f
 
 
 def _dumped_position(dump_file: Path) -> str:
-    """The GTID position a `mariadb-dump --gtid --master-data=2` file was taken at."""
+    """The GTID position a `mariadb-dump --gtid --master-data=2` file was taken at (the client
+    writes it, commented out, at the end of the dump)."""
     import re
 
     with open(dump_file, "rb") as f:
-        for raw in f:
-            line = raw.decode(errors="replace")
-            m = re.search(r"gtid_slave_pos\s*=\s*'([^']*)'", line)
-            if m:
-                return m.group(1)
-            if line.startswith("CREATE DATABASE"):
-                break
-    raise ReplicationError(
-        f"the dump {dump_file} names no GTID position (mariadb-dump --gtid --master-data)"
-    )
+        f.seek(max(0, dump_file.stat().st_size - 65536))
+        tail = f.read().decode(errors="replace")
+    found = re.findall(r"gtid_slave_pos\s*=\s*'([^']*)'", tail)
+    if not found:
+        raise ReplicationError(
+            f"the dump {dump_file} names no GTID position (mariadb-dump --gtid --master-data)"
+        )
+    return str(found[-1])
