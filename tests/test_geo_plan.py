@@ -31,6 +31,7 @@ from flows.plans.geo_state import (
     replica_lags,
     transactions_behind,
 )
+from flows.plans.geo_status import geo_status
 from flows.plans.model import Failure, Ledger
 
 ROOT = Path(__file__).resolve().parent
@@ -384,3 +385,64 @@ def test_replica_lags_reads_seconds_and_transactions_against_the_one_primary():
     ]
     lost = replica_lags("portal", {"site-a": silent("site-a", A), "site-b": replica()})
     assert [(x.primary, x.transactions) for x in lost] == [(None, None), (None, None)]
+
+
+# --- states recorded on the geo lab -------------------------------------------------------------
+# `plan_cases/geo/NAME.json` were read with `tasks.geo.snapshot_geo` from a geo lab started from
+# config/sites/geo-lab.yaml: healthy (portal active at site-a, epoch 1, site-b replicating);
+# master-b-down (site-b's master stopped); site-a-killed (site-a's tool, database and master
+# killed at once); site-a-back-stale (after site-b was promoted with epoch 2 and the names moved
+# on site-b's master alone, site-a restored from its data, writable, its master still at epoch 1).
+
+
+def recorded(name: str) -> GeoSnapshot:
+    return GeoSnapshot.model_validate_json(
+        (ROOT / "plan_cases" / "geo" / f"{name}.json").read_text()
+    )
+
+
+def test_recorded_healthy_plans_a_planned_failover_with_the_read_positions():
+    snap = recorded("healthy")
+    assert snap.databases["site-b"].replicating and snap.databases["site-a"].primary
+    plan = plan_geo_failover(SITE, snap, req())
+    assert plan.ok and plan.mode == "planned" and (plan.old_epoch, plan.new_epoch) == (1, 2)
+    assert ids(plan)[:3] == ["source-read-only", "catch-up", "promote"]
+    [lag] = replica_lags("portal", snap.databases)
+    assert (lag.primary, lag.transactions, lag.replicating) == ("site-a", 0, True)
+
+
+def test_recorded_master_down_is_left_behind_not_a_refusal():
+    plan = plan_geo_failover(SITE, recorded("master-b-down"), req())
+    assert plan.ok and plan.masters_silent == [f"site-b {MB}"]
+
+
+def test_recorded_killed_site_is_a_failover_that_asks_without_a_reading_and_not_with_one():
+    snap = recorded("site-a-killed")
+    assert not snap.databases["site-a"].reachable
+    assert snap.databases["site-b"].is_replica and not snap.databases["site-b"].replicating
+    plan = plan_geo_failover(SITE, snap, req())
+    assert plan.ok and plan.mode == "failover" and plan.needs_loss_approval
+    assert ids(plan) == ["promote", "repoint-names", "await-resolvers"]
+    reading = ReplicaLag(
+        tool="portal",
+        site="site-b",
+        primary="site-a",
+        taken_at=T0,
+        seconds=0,
+        transactions=0,
+        replicating=True,
+    )
+    snap.last_lag["site-b"] = reading
+    assert not plan_geo_failover(SITE, snap, req()).needs_loss_approval
+
+
+def test_recorded_stale_site_back_is_seen_and_failed_back_through_a_rebuild():
+    snap = recorded("site-a-back-stale")
+    st = geo_status(SITE.geo.tool("portal"), snap)
+    assert (st.active_site, st.epoch) == ("site-b", 2)
+    assert any("2 writable primaries" in p for p in st.problems), st.problems
+    assert st.masters_behind and all(MA in m for m in st.masters_behind)
+    # moving to site-a again is refused until it is rebuilt; the failback rebuilds it
+    assert not plan_geo_failover(SITE, snap, req(to="site-a")).ok
+    back = plan_geo_failback(SITE, snap, req(to="site-a"))
+    assert back.ok and ids(back)[0] == "rebuild" and back.new_epoch == 3
