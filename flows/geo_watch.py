@@ -14,8 +14,9 @@ as its loss window, `flows.geo_records`); and brings the site back in line:
   the active site's (a site that came back after a failover), is set read-only. Its tool
   refused writes already (its epoch is old); now its database does too.
 
-What is still wrong after that is emitted as ``handover.geo.drift`` and said in Slack, and
-the run ends Failed so it shows in the UI.
+Both repairs hold the tool's failover lock: a failover or failback that runs is left alone, and
+the next watch looks again. What is still wrong after that is emitted as ``handover.geo.drift``
+and said in Slack, and the run ends Failed so it shows in the UI.
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ from config.site import Site, Tool
 from flows.geo_records import last_geo_failover, remember_lags
 from flows.plans.geo_failover import current_answer
 from flows.plans.geo_status import GeoToolStatus, status_markdown
+from flows.procedure import holding_service
 from flows.run_site import load_run_site
+from flows.service_lock import ServiceLockError
 from tasks.adapters.replication import ReplicationError, set_read_only
 from tasks.adapters.slack import SlackNotifier, mrkdwn
 from tasks.geo import read_geo_status
@@ -116,7 +119,12 @@ def geo_watch(site_file: str, repair_drift: bool = True) -> State[Any]:
     for tool, st in zip(site.geo.tools, statuses, strict=True):
         remember_lags(site.site, st.lags)
         if repair_drift and not st.ok:
-            repaired += repair(site, tool, st)
+            # the tool's failover lock: a failover or failback that runs is not repaired under it
+            try:
+                with holding_service(site, PROCEDURE, f"geo-{tool.name}", subject=tool.name):
+                    repaired += repair(site, tool, st)
+            except ServiceLockError as exc:
+                repaired.append(f"{tool.name}: not repaired now: {exc}")
     if repaired:
         statuses = read_geo_status(site)
     create_markdown_artifact(
