@@ -259,6 +259,11 @@ def geo_families(site: Site, reading: SensorReading) -> list[GaugeMetricFamily]:
     serving = g(
         "handover_geo_tool_serving", "The site's health page answers 200", ["tool", "geo_site"]
     )
+    max_lag = g(
+        "handover_geo_max_lag_seconds",
+        "The tool's max_lag_s: the loss window a failover accepts without asking",
+        ["tool"],
+    )
     master_up = g(
         "handover_geo_master_up",
         "The DNS master answers (signed) for the tool's names",
@@ -269,6 +274,8 @@ def geo_families(site: Site, reading: SensorReading) -> list[GaugeMetricFamily]:
         "The DNS master answers an older epoch or another address than the newest",
         ["tool", "geo_site", "master"],
     )
+    for t in site.geo.tools:
+        max_lag.add_metric([s, t.name], t.max_lag_s)
     for st in reading.geo:
         if st.epoch is not None:
             epoch.add_metric([s, st.tool], float(st.epoch))
@@ -310,6 +317,7 @@ def geo_families(site: Site, reading: SensorReading) -> list[GaugeMetricFamily]:
         behind,
         error,
         serving,
+        max_lag,
         master_up,
         master_behind,
     ]

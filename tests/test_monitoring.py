@@ -45,7 +45,7 @@ def rules() -> list[dict[str, Any]]:
 @pytest.mark.monitoring
 def test_promtool_checks_and_unit_tests_the_rules() -> None:
     res = tool("promtool", "check", "rules", "handover-rules.yml")
-    assert res.returncode == 0 and "SUCCESS: 15 rules found" in res.stdout, res.stdout + res.stderr
+    assert res.returncode == 0 and "SUCCESS: 20 rules found" in res.stdout, res.stdout + res.stderr
     res = tool("promtool", "test", "rules", "tests.yml")
     assert res.returncode == 0 and "SUCCESS" in res.stdout, res.stdout + res.stderr
     # every rule has a unit test
@@ -88,13 +88,13 @@ def test_promtool_checks_the_prometheus_configuration_and_its_bearer_token(
     cfg["rule_files"] = [str(MON / "handover-rules.yml")]
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(cfg))
     res = tool("promtool", "check", "config", str(tmp_path / "prometheus.yml"))
-    assert res.returncode == 0 and "SUCCESS: 15 rules found" in res.stdout, res.stdout + res.stderr
+    assert res.returncode == 0 and "SUCCESS: 20 rules found" in res.stdout, res.stdout + res.stderr
 
 
 def test_every_metric_the_rules_use_is_one_the_exporter_publishes() -> None:
     from flows.plans.snapshot import HostSnapshot, SiteSnapshot
     from flows.plans.switch import FrontendState
-    from infra.exporter import api_family, families, run_families
+    from infra.exporter import api_family, families, geo_families, run_families
     from tasks.run_counts import RunCounts
     from tasks.sensors import SensorReading
 
@@ -111,6 +111,9 @@ def test_every_metric_the_rules_use_is_one_the_exporter_publishes() -> None:
     counts = RunCounts(window_s=60, workers={"handover": 1})
     published |= {f.name for f in run_families(SITE, counts)}
     published.add(api_family(SITE, True).name)
+    # the replicated tools' metrics (a site with `geo:`)
+    geo = load_site(ROOT / "config" / "sites" / "geo-lab.yaml")
+    published |= {f.name for f in geo_families(geo, reading)}
     used = {m for r in rules() for m in re.findall(r"\bhandover_[a-z_]+", r["expr"])}
     assert used and used <= published, used - published
     # the other metrics are the balancer's (HAProxy's exporter) and Prometheus' own `up`
