@@ -86,6 +86,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from infra.bench.control_plane import PARTS, bench_control_plane
 
         result = bench_control_plane(parts=tuple(args.part or PARTS), progress=note)
+    elif args.bench_what == "geo":
+        from infra.bench.geo import bench_geo
+        from infra.bench.geo_figures import ROWS
+
+        result = bench_geo(rounds=args.rounds, parts=tuple(args.part or ROWS), progress=note)
     elif args.bench_what == "clean-move":
         from infra.bench.clean_move import bench_clean_move
 
@@ -123,6 +128,17 @@ def _output_args(p: argparse.ArgumentParser) -> None:
         help="also keep the figures, with the date, commit and machine, in "
         "docs/benchmarks/NAME.json (the documentation's benchmarks page)",
     )
+
+
+def _positive(text: str) -> int:
+    """A count of 1 or more (an argparse type)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of 1 or more")
+    return n
 
 
 def register(sub: Any) -> None:
@@ -199,6 +215,23 @@ def register(sub: Any) -> None:
         type=int,
         default=8,
         help="resolvers querying during one switch (0: none)",
+    )
+    _output_args(p)
+    p = bsub.add_parser(
+        "geo",
+        help="geo failover of a replicated tool under load: outage, writes lost, fenced "
+        "accepts, resolver flood",
+    )
+    p.add_argument(
+        "--rounds",
+        type=_positive,
+        help="rounds per row (default 3, and 2 for the 60 s TTL row: a round takes over a minute)",
+    )
+    p.add_argument(
+        "--part",
+        action="append",
+        choices=["planned", "killed-ttl5", "killed-ttl60", "master-down", "flood"],
+        help="the rows to run (repeatable; default: every row, in this order)",
     )
     _output_args(p)
     p = bsub.add_parser(
