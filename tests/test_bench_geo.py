@@ -147,10 +147,13 @@ def killed(lost: int, outside: int) -> KilledRound:
 
 @pytest.mark.unit
 def test_a_killed_site_may_lose_the_writes_its_window_covers_and_no_other() -> None:
-    r = row("killed-ttl5", [killed(lost=3, outside=0), killed(lost=0, outside=0)])
-    assert r.ok and r.figures["lost"] == Spread(median=1.5, min=0.0, max=3.0)
+    r = row("killed-ttl5", [killed(lost=3, outside=0), killed(lost=5, outside=0)])
+    assert r.ok and r.figures["lost"] == Spread(median=4.0, min=3.0, max=5.0)
     assert r.figures["serving_s"] == Spread()  # no round measured it
     assert not row("killed-ttl60", [killed(lost=1, outside=1)]).ok
+    # the link is cut before the kill: a round that lost nothing checked no window
+    nothing = row("killed-ttl5", [killed(lost=3, outside=0), killed(lost=0, outside=0)])
+    assert not nothing.checks["the writes of the cut link lost (the window checked)"]
 
 
 def flood(once: int, back: int = 0, lost: int = 0, queries: int = 5000) -> FloodRound:

@@ -158,6 +158,15 @@ def test_a_killed_site_fails_over_within_its_window_and_comes_back_fenced(
         assert watch.statuses, watch
         reading = last_lag(g.site.site, g.tool.name, b)
         assert reading is not None and reading.seconds is not None, reading
+        # the link between the sites is cut after the reading, then site a is lost: what a
+        # acknowledged meanwhile never reached b
+        g.lab.sql(b, "STOP SLAVE IO_THREAD")
+        cut = len(load.outcomes())
+        wait_for(
+            lambda: sum(o.ok and o.site == a for o in load.outcomes()[cut:]) >= 5,
+            15,
+            "writes acknowledged by a after the cut",
+        )
         killed_at = dt.datetime.now(dt.UTC)
         g.lab.kill_site(a)
         r = run(geo_failover, g, to=b, max_lag_s=30)
@@ -175,6 +184,7 @@ def test_a_killed_site_fails_over_within_its_window_and_comes_back_fenced(
     # replicated point, before the kill
     window_start = reading.taken_at - dt.timedelta(seconds=reading.seconds or 0)
     lost = [o for o in outcomes if o.id in set(s.lost_ids)]
+    assert len(lost) >= 5, s  # the writes a took after the cut
     assert all(o.site == a for o in lost), lost
     assert all(window_start.timestamp() - 1 <= o.done <= killed_at.timestamp() for o in lost)
     # a comes back from its data: its tool refuses writes (the masters name b, epoch 3)
@@ -191,6 +201,8 @@ def test_a_killed_site_fails_over_within_its_window_and_comes_back_fenced(
     assert "rebuild" in {x.step for x in back.steps}
     kept = list((tmp_path / "kept").glob("*.sql"))
     assert len(kept) == 1 and b"CREATE TABLE" in kept[0].read_bytes()
+    # the writes a took that b never received are not thrown away unseen: they are in the file
+    assert all(o.id.encode() in kept[0].read_bytes() for o in lost)
     serving_at(g, a)
     assert {x["id"] for x in g.lab.rows(b)} <= {x["id"] for x in g.lab.rows(a)}
 

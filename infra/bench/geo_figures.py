@@ -276,6 +276,10 @@ def checks(row: RowName, rounds: Sequence[Round]) -> dict[str, bool]:
         out["writes lost only within the stated window"] = all(
             isinstance(r, KilledRound) and r.lost_outside_window == 0 for r in rounds
         )
+        # the link is cut before the kill: a round that lost nothing checked no window
+        out["the writes of the cut link lost (the window checked)"] = all(
+            isinstance(r, KilledRound) and r.lost > 0 for r in rounds
+        )
     else:
         out["writes lost 0"] = all(getattr(r, "lost", 1) == 0 for r in rounds)
     out["writes accepted by a fenced side 0"] = all(

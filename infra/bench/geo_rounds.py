@@ -291,9 +291,15 @@ class Probe:
             self._thread.join(15)
 
 
+#: how long before the kill the link between the sites is cut (the writes of that second are
+#: the ones a failover of the lost site loses)
+CUT_S = 1.0
+
+
 def killed_round(g: BenchLab, i: int) -> KilledRound:
-    """The active site killed under the clients' writes and failed over; then, untimed, the
-    site restored and the tool brought back (`geo_failback`)."""
+    """The active site killed under the clients' writes and failed over, its link to the
+    target cut `CUT_S` before; then, untimed, the site restored and the tool brought back
+    (`geo_failback`)."""
     from flows.geo_failover import geo_failback, geo_failover
     from flows.geo_records import last_lag
     from infra.lab.geo.clients import score
@@ -307,6 +313,11 @@ def killed_round(g: BenchLab, i: int) -> KilledRound:
             reading = last_lag(g.site.site, g.tool.name, b)
             if reading is None or reading.seconds is None:
                 raise RuntimeError(f"the watch left no lag reading of {b}: {reading}")
+            # the link between the sites cut after the reading, and the site lost CUT_S later:
+            # what it acknowledged meanwhile never reached the target (the loss the window
+            # states: acknowledged after the reading)
+            g.lab.sql(b, "STOP SLAVE IO_THREAD")
+            time.sleep(CUT_S)
             probe.prime()
             killed = time.time()
             g.lab.kill_site(a)

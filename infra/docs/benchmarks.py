@@ -29,8 +29,9 @@ VARIANT_HELP = {
 #: a bench's targets, where its verdict (met or missed) stands for checks its lines list
 #: rather than for figures against a bound; shown at the head of its section
 TARGETS = {
-    "geo": "in every row and round: writes lost 0 (a killed site: only writes its failover's "
-    "stated loss window covers) and writes accepted by a fenced side 0; the masters left behind "
+    "geo": "in every row and round: writes lost 0 (a killed site, whose link to the target is "
+    "cut 1 s before it is lost: only the writes its failover's stated loss window covers, and "
+    "some) and writes accepted by a fenced side 0; the masters left behind "
     "repaired by the watch; in the resolver flood, at least 1,000 queries a round, none lost "
     "(no answer within 2 s) and every client's answers flipped from the old address to the new "
     "one exactly once. Timings are reported (median, min-max), not bounded.",
