@@ -167,8 +167,9 @@ def test_a_killed_site_fails_over_within_its_window_and_comes_back_fenced(
             15,
             "writes acknowledged by a after the cut",
         )
-        killed_at = dt.datetime.now(dt.UTC)
         g.lab.kill_site(a)
+        # a write answered while the kill ran was acknowledged before the site was lost
+        killed_at = dt.datetime.now(dt.UTC)
         r = run(geo_failover, g, to=b, max_lag_s=30)
         assert r.status == "completed", r.summary
         assert r.mode == "failover" and "behind" in r.loss_window
@@ -181,12 +182,16 @@ def test_a_killed_site_fails_over_within_its_window_and_comes_back_fenced(
     s = scored(g, outcomes, b, r)
     assert s.fenced_accepts == 0, s
     # every lost write was acknowledged by a in the stated window: after the last reading's
-    # replicated point, before the kill
+    # replicated point, before it was lost
     window_start = reading.taken_at - dt.timedelta(seconds=reading.seconds or 0)
     lost = [o for o in outcomes if o.id in set(s.lost_ids)]
     assert len(lost) >= 5, s  # the writes a took after the cut
     assert all(o.site == a for o in lost), lost
-    assert all(window_start.timestamp() - 1 <= o.done <= killed_at.timestamp() for o in lost)
+    assert all(window_start.timestamp() - 1 <= o.done <= killed_at.timestamp() for o in lost), (
+        window_start.timestamp(),
+        killed_at.timestamp(),
+        [(o.id, o.sent, o.done) for o in lost],
+    )
     # a comes back from its data: its tool refuses writes (the masters name b, epoch 3)
     g.lab.restore_site(a, writable=True)
     direct = write_once(
@@ -205,6 +210,43 @@ def test_a_killed_site_fails_over_within_its_window_and_comes_back_fenced(
     assert all(o.id.encode() in kept[0].read_bytes() for o in lost)
     serving_at(g, a)
     assert {x["id"] for x in g.lab.rows(b)} <= {x["id"] for x in g.lab.rows(a)}
+
+
+def test_a_loss_window_nobody_can_state_waits_for_a_human_and_a_rejection_changes_nothing(
+    geo_lab: RunningGeoLab,
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from prefect.variables import Variable
+
+    from tests.conftest import reject_paused_runs
+
+    g = geo_lab
+    a, b = g.sites
+    # no reading of b's lag on record: the loss window is unknown
+    Variable.unset(f"geo-lag-{g.site.site}-{g.tool.name}-{b}")
+    before = where(g)
+    g.lab.kill_site(a)
+    try:
+        with ThreadPoolExecutor(1) as ex:
+            # the site's policy would approve nothing by itself here: a human must decide
+            running = ex.submit(
+                lambda: geo_failover(
+                    str(g.site_file), service=g.tool.name, to=b, return_state=True
+                ).result(raise_on_failure=False)
+            )
+            wait_for(lambda: reject_paused_runs() or running.done(), 30, "the paused failover")
+            r = running.result(timeout=60)
+        assert isinstance(r, GeoResult) and r.status == "rejected", r
+        assert "unknown: no replication reading" in r.loss_window
+        # nothing changed: the names where they were, b still a read-only replica
+        assert [x for x in where(g) if x[0] != f"127.0.0.1:{g.geo.sites[0].masters[0].port}"] == [
+            x for x in before if x[0] != f"127.0.0.1:{g.geo.sites[0].masters[0].port}"
+        ]
+        assert g.lab.sql(b, "SELECT @@global.read_only") == [(1,)]
+    finally:
+        g.lab.restore_site(a, writable=True)
+    serving_at(g, a)
 
 
 def test_the_remap_check_lists_the_planted_link_and_the_certificate_mismatch(

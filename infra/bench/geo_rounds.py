@@ -321,6 +321,8 @@ def killed_round(g: BenchLab, i: int) -> KilledRound:
             probe.prime()
             killed = time.time()
             g.lab.kill_site(a)
+            # a write answered while the kill ran was acknowledged before the site was lost
+            lost_at = time.time()
             probe.start()
             r, took = g.run(geo_failover, to=b, max_lag_s=MAX_LAG_S, reason="bench geo: killed")
             if r.mode != "failover":
@@ -347,7 +349,7 @@ def killed_round(g: BenchLab, i: int) -> KilledRound:
         reading_age_s=round(killed - reading.taken_at.timestamp(), 3),
         acknowledged=s.acknowledged,
         lost=s.lost,
-        lost_outside_window=outside_window(lost, a, start, killed),
+        lost_outside_window=outside_window(lost, a, start, lost_at),
         fenced_accepts=s.fenced_accepts,
     )
     # back as the round found it (untimed): the site from its data, the watch, the failback
