@@ -26,8 +26,11 @@ it reports can change the new run's state. A run this automation started refuses
 the same procedure with the same parameters crashed `MAX_CRASHES` times in the last hour, so a
 procedure that kills its own process is not started again for ever.
 
-Both automations match runs tagged `handover` (every deployment of deployments/prefect.yaml).
-`handover deploy` and `handover serve` create them (idempotent: replaced by name).
+Both automations match runs tagged `handover` (every deployment of deployments/prefect.yaml, of
+every site), and name no deployment: the second infers it from the crashed run, so a crashed run
+of site B's deployment (`infra.serve.deployment_name`) starts B's again, with B's site file.
+`handover deploy` and `handover serve` create them, once for all sites (idempotent: replaced by
+name).
 """
 
 from __future__ import annotations

@@ -94,6 +94,8 @@ class Settings:
     site: Path
     site_name: str
     pool: str = "handover"
+    #: more sites that the serve, worker and gateway units serve besides `site` (file, name)
+    more_sites: tuple[tuple[Path, str], ...] = ()
     user: str = "handover"
     etc: Path = Path("/etc/handover")
     state: Path = Path("/var/lib/handover")
@@ -113,6 +115,11 @@ class Settings:
     api_servers: tuple[str, ...] = ("127.0.0.1:4201", "127.0.0.1:4202")
     #: where the balancer's Prometheus metrics answer (`/metrics`)
     balancer_metrics: tuple[str, int] = ("127.0.0.1", 8405)
+
+    @property
+    def all_sites(self) -> tuple[tuple[Path, str], ...]:
+        """Every site the serve, worker and gateway units serve: `site`, then `more_sites`."""
+        return ((self.site, self.site_name), *self.more_sites)
 
     @property
     def api_url(self) -> str:
@@ -166,6 +173,9 @@ def render(unit: str, s: Settings) -> str:
         "handover": str(s.python.parent / "handover"),
         "site": str(s.site),
         "site_name": s.site_name,
+        "site_args": " ".join(f"--site {f}" for f, _ in s.all_sites),
+        "site_names": ("sites " if s.more_sites else "site ")
+        + ", ".join(n for _, n in s.all_sites),
         "pool": s.pool,
         "gateway_host": s.gateway_host,
         "gateway_port": str(s.gateway_port),
@@ -183,8 +193,22 @@ def render(unit: str, s: Settings) -> str:
         ) from None
 
 
+#: the roles whose unit reads one site (the others serve every site given)
+ONE_SITE_ROLES = ("exporter",)
+
+
 def units(roles: list[str], s: Settings) -> dict[str, str]:
-    """Each unit's file name and text, for the roles asked (in their order)."""
+    """Each unit's file name and text, for the roles asked (in their order).
+
+    Raises:
+        InstallError: a role whose unit reads one site (the exporter) asked with several.
+    """
+    one = [r for r in roles if r in ONE_SITE_ROLES]
+    if one and s.more_sites:
+        raise InstallError(
+            f"the {', '.join(one)} unit reads one site: install it with one --site (its "
+            "--role alone), the serve, worker and gateway units with every site"
+        )
     out: dict[str, str] = {}
     for role in roles:
         for unit in ROLES[role]:

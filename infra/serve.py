@@ -1,5 +1,10 @@
 """`handover serve`: serve every deployment of deployments/prefect.yaml from one process.
 
+Each entry of the file becomes one deployment per site and service, named by
+`deployment_name` (``clean-move@lab:fts-lab``), so that several sites registered on one Prefect
+server live side by side, each with its own `site_file` parameter and its own triggers; one
+`handover serve` may serve several sites (`serve_all`).
+
 Every flow run gets a process of its own. `prefect.serve()` starts it with `python -m
 prefect.engine`, which imports Prefect and the flow's module afresh: about 1.5 s on a 2-core
 machine, most of an alert's way to its emergency move. `handover serve` instead registers each
@@ -19,6 +24,7 @@ import asyncio
 import multiprocessing
 import os
 import re
+from collections.abc import Sequence
 from importlib import import_module
 from pathlib import Path
 from typing import Any, Literal
@@ -38,7 +44,38 @@ DEPLOYMENTS_FILE = ROOT / "deployments" / "prefect.yaml"
 
 
 class DeploymentsError(ValueError):
-    """deployments/prefect.yaml is malformed; the message names the entry and the field."""
+    """deployments/prefect.yaml is malformed, or two site files would register the same
+    deployments; the message names the entry and the field, or the two files."""
+
+
+#: an entry's name in deployments/prefect.yaml (its flow's name): no ``@`` nor ``:``, which
+#: separate it from the site and the service in a deployment's name
+ENTRY_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+
+
+def deployment_name(entry: str, site: Site) -> str:
+    """The name of an entry's deployment for one site and service: ``<entry>@<site>:<service>``,
+    e.g. ``clean-move@lab:fts-lab``.
+
+    The one place a deployment's name is made: the gateway, the workers and the tools that find
+    a deployment by name call it. Prefect accepts ``@`` and ``:`` in a deployment's name (it
+    refuses ``/ % & < >``), in the API's lookup by name (``clean-move/clean-move@lab:fts-lab``)
+    and in ``prefect deployment run``; a site's and a service's names are lower-case letters,
+    digits and ``-`` (`config.site.HostName`), so the name splits back unambiguously
+    (`deployment_entry`). The procedure comes first, so that the UI's list, sorted by name,
+    groups each procedure's sites together, and ``clean-move@*`` matches it everywhere.
+
+    Example:
+        >>> deployment_name("clean-move", load_site("config/sites/lab.yaml"))  # doctest: +SKIP
+        'clean-move@lab:fts-lab'
+    """
+    return f"{entry}@{site.site}:{site.service.name}"
+
+
+def deployment_entry(name: str) -> str:
+    """The entry (procedure) of a deployment's name: ``clean-move`` for
+    ``clean-move@lab:fts-lab`` (a name without a site is its own entry)."""
+    return name.partition("@")[0]
 
 
 def read_deployments(path: Path = DEPLOYMENTS_FILE) -> list[dict[str, Any]]:
@@ -51,6 +88,11 @@ def read_deployments(path: Path = DEPLOYMENTS_FILE) -> list[dict[str, Any]]:
         for key in ("name", "entrypoint"):
             if not isinstance(d.get(key), str):
                 raise DeploymentsError(f"{path}: deployments[{i}].{key} is missing")
+        if not ENTRY_NAME_RE.fullmatch(d["name"]):
+            raise DeploymentsError(
+                f"{path}: deployments[{i}].name must be lower-case letters, digits and - "
+                f"(each site's deployment is named <name>@<site>:<service>; got {d['name']!r})"
+            )
         if not re.fullmatch(r"[A-Za-z0-9_/]+\.py:[A-Za-z_][A-Za-z0-9_]*", d["entrypoint"]):
             raise DeploymentsError(
                 f"{path}: deployments[{i}].entrypoint must look like flows/file.py:function"
@@ -92,8 +134,9 @@ def load_flow(entrypoint: str) -> Any:
 
 
 def site_triggers(name: str, specs: list[dict[str, Any]], site: Site) -> list[Any]:
-    """A deployment's `triggers:` for one site: each matches only that site's events
-    (``handover.site``) and its window is the site's `alerts.dedup_window_s`.
+    """An entry's `triggers:` for one site and service: each matches only the events of that
+    site and service (``handover.site``, ``handover.service``) and its window is the site's
+    `alerts.dedup_window_s`.
 
     Raises:
         DeploymentsError: a trigger is malformed (the message names it).
@@ -103,8 +146,12 @@ def site_triggers(name: str, specs: list[dict[str, Any]], site: Site) -> list[An
 
     out = []
     for i, spec in enumerate(specs, start=1):
-        spec = {**spec, "name": spec.get("name") or f"{name}: {site.site} alert {i}"}
-        spec["match"] = {**(spec.get("match") or {}), "handover.site": site.site}
+        spec = {**spec, "name": spec.get("name") or f"{deployment_name(name, site)}: alert {i}"}
+        spec["match"] = {
+            **(spec.get("match") or {}),
+            "handover.site": site.site,
+            "handover.service": site.service.name,
+        }
         if site.alerts is not None and spec.get("posture", "Reactive") == "Reactive":
             spec["within"] = site.alerts.dedup_window_s
         try:
@@ -117,8 +164,9 @@ def site_triggers(name: str, specs: list[dict[str, Any]], site: Site) -> list[An
 def deployment_specs(
     site_file: str, path: Path = DEPLOYMENTS_FILE
 ) -> list[tuple[Any, dict[str, Any]]]:
-    """Each entry's flow and its deployment settings, with `site_file` as the default site and
-    the entry's triggers (automations) bound to that site."""
+    """Each entry's flow and its deployment settings for one site: named by `deployment_name`,
+    with `site_file` as the default site, tagged with the site and the service, and the entry's
+    triggers (automations) bound to that site and service."""
     from prefect.types.entrypoint import EntrypointType
 
     from config.loader import load_site
@@ -131,9 +179,10 @@ def deployment_specs(
         fl = load_flow(d["entrypoint"])
         params = {**(d.get("parameters") or {}), "site_file": str(Path(site_file).resolve())}
         settings = {
-            "name": d["name"],
+            "name": deployment_name(d["name"], site),
             "parameters": params,
-            "tags": d.get("tags") or [],
+            # the UI filters deployments and runs by tag: a site's and a service's at a click
+            "tags": [*(d.get("tags") or []), f"site:{site.site}", f"service:{site.service.name}"],
             "description": d.get("description"),
             "concurrency_limit": d.get("concurrency_limit"),
             "entrypoint_type": EntrypointType.MODULE_PATH,
@@ -152,6 +201,44 @@ def deployment_specs(
 def build_deployments(site_file: str, path: Path = DEPLOYMENTS_FILE) -> list[Any]:
     """RunnerDeployments for every entry (see `deployment_specs`)."""
     return [fl.to_deployment(**settings) for fl, settings in deployment_specs(site_file, path)]
+
+
+def sites_specs(
+    site_files: str | Sequence[str], path: Path = DEPLOYMENTS_FILE
+) -> list[tuple[Any, dict[str, Any]]]:
+    """`deployment_specs` of several sites at once (one `handover serve` or worker for them all).
+
+    Raises:
+        DeploymentsError: two of the files are the same site and service (`distinct_sites`).
+    """
+    files = [site_files] if isinstance(site_files, str) else list(site_files)
+    distinct_sites(files)
+    return [spec for f in files for spec in deployment_specs(f, path)]
+
+
+def distinct_sites(site_files: Sequence[str]) -> list[Site]:
+    """The sites of the files, each site and service once.
+
+    Raises:
+        DeploymentsError: two of the files are the same site and service (their deployments
+            would be one another's), naming both.
+        config.loader.SiteConfigError: a file is not a valid site file.
+    """
+    from config.loader import load_site
+
+    seen: dict[tuple[str, str], str] = {}
+    out = []
+    for f in site_files:
+        site = load_site(f)
+        key = (site.site, site.service.name)
+        if key in seen:
+            raise DeploymentsError(
+                f"{f} and {seen[key]} are both site {key[0]}, service {key[1]}: their deployments "
+                "would be the same ones; give each site and service once"
+            )
+        seen[key] = f
+        out.append(site)
+    return out
 
 
 def ensure_work_pool(name: str) -> bool:
@@ -174,6 +261,43 @@ def ensure_work_pool(name: str) -> bool:
         return True
 
 
+def retire_plain_deployments(site_file: str, path: Path = DEPLOYMENTS_FILE) -> list[str]:
+    """Delete this site's deployments of the naming before `deployment_name` (an entry's plain
+    name, ``clean-move``, whose `site_file` is this site's), and their automations: left in
+    place, their triggers would still create runs that nothing serves.
+
+    Returns:
+        One line per deployment deleted.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterName,
+        FlowFilter,
+        FlowFilterName,
+    )
+    from prefect.exceptions import ObjectNotFound
+
+    entries = [d["name"] for d in read_deployments(path)]
+    mine = str(Path(site_file).resolve())
+    lines = []
+    with get_client(sync_client=True) as client:
+        ours = FlowFilter(name=FlowFilterName(any_=entries))
+        flows = {f.id: f.name for f in client.read_flows(flow_filter=ours)}
+        for dep in client.read_deployments(
+            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=entries))
+        ):
+            if flows.get(dep.flow_id) != dep.name or dep.parameters.get("site_file") != mine:
+                continue  # not handover's, or another site's (that site retires it)
+            client.delete_resource_owned_automations(f"prefect.deployment.{dep.id}")
+            try:
+                client.delete_deployment(dep.id)
+            except ObjectNotFound:
+                continue  # another deploy retired it meanwhile
+            lines.append(f"{dep.name}/{dep.name} {dep.id} deleted: named as before per site")
+    return lines
+
+
 def deploy_all(site_file: str, pool: str | None = None, path: Path = DEPLOYMENTS_FILE) -> list[str]:
     """Register every deployment and its automations with the configured Prefect API
     (idempotent: a deployment is updated in place, its automations replaced), each in its work
@@ -185,10 +309,10 @@ def deploy_all(site_file: str, pool: str | None = None, path: Path = DEPLOYMENTS
     from infra.crash_recovery import ensure_automations
 
     entries = {d["name"]: d for d in read_deployments(path)}
-    lines = ensure_automations()
+    lines = ensure_automations() + retire_plain_deployments(site_file, path)
     created: set[str] = set()
     for dep in build_deployments(site_file, path):
-        pool_name = pool or (entries[dep.name].get("work_pool") or {}).get("name")
+        pool_name = pool or (entries[deployment_entry(dep.name)].get("work_pool") or {}).get("name")
         if pool_name and pool_name not in created:
             if ensure_work_pool(pool_name):
                 lines.append(f"work pool {pool_name} created (type process)")
@@ -235,17 +359,19 @@ def allow_site_dir(site_file: str) -> None:
 
 
 def serve_all(
-    site_file: str,
+    site_files: str | Sequence[str],
     *,
     poll_s: float = 0.5,
     limit: int | None = None,
     start: StartMethod = "forkserver",
     path: Path = DEPLOYMENTS_FILE,
 ) -> None:
-    """Serve every deployment until interrupted; poll for scheduled runs every `poll_s` seconds.
+    """Serve every deployment of every site until interrupted; poll for scheduled runs every
+    `poll_s` seconds.
 
     Args:
-        site_file: the site the deployments run for.
+        site_files: the sites the deployments run for (a file, or several: each site's
+            deployments are its own, `deployment_name`).
         path: the deployments file (deployments/prefect.yaml).
         poll_s: seconds between checks for runs to start.
         limit: at most this many runs at once.
@@ -253,11 +379,13 @@ def serve_all(
             docstring) or `spawn` (Prefect's own way).
     """
     os.environ.setdefault("PREFECT_RUNNER_POLL_FREQUENCY", str(max(1, int(poll_s))))
-    allow_site_dir(site_file)
+    files = [site_files] if isinstance(site_files, str) else list(site_files)
+    for f in files:
+        allow_site_dir(f)
     from prefect.exceptions import TerminationSignal
     from prefect.runner import Runner
 
-    specs = deployment_specs(site_file, path)
+    specs = sites_specs(files, path)
     pickle_flows_by_reference()
     never_signal_ended_processes()
     if start == "forkserver":
@@ -265,6 +393,9 @@ def serve_all(
     from infra.crash_recovery import HEARTBEAT_S, ensure_automations
 
     ensure_automations()
+    for f in files:
+        for line in retire_plain_deployments(f, path):
+            print(f"handover serve: {line}", flush=True)
     # heartbeats, so that a run whose process dies is known crashed and started again
     runner = Runner(
         pause_on_shutdown=False, limit=limit, query_seconds=poll_s, heartbeat_seconds=HEARTBEAT_S

@@ -15,9 +15,11 @@ It runs nothing else. The worker holds the site's keys (SSH, TSIG, Slack, the da
 whoever may create deployments through the Prefect API must not be able to make it run their
 code or read those keys:
 
-* a run of a deployment that is not one of handover's (another name, or a name of handover's
-  with another flow) is refused: it ends Failed with the reason, and the worker logs it;
-  nothing of the deployment (its pull steps, its command) runs;
+* a run of a deployment that is not one of handover's for the worker's sites (another name,
+  another site's deployment, or a name of handover's with another flow) is refused: it ends
+  Failed with the reason, and the worker logs it; nothing of the deployment (its pull steps,
+  its command) runs. A pool whose deployments are of several sites has workers given every one
+  of them (`--site` repeated), or each site has a pool of its own;
 * a run of handover's deployment runs handover's own flow object with the worker's environment:
   the job variables of the deployment and the run (`env`, `command`, a working directory) and
   its pull steps are ignored, and the worker says so. A run's `job_variables.env` could
@@ -34,7 +36,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -50,7 +52,7 @@ from infra.crash_recovery import HEARTBEAT_S
 from infra.serve import (
     StartMethod,
     allow_site_dir,
-    deployment_specs,
+    sites_specs,
     start_runs_from_forkserver,
 )
 
@@ -114,8 +116,9 @@ def _make_worker_class() -> type[Any]:
             if flow is None or theirs != flow.name:
                 return await self._refuse(
                     flow_run,
-                    f"deployment {theirs}/{deployment_name} is not one of handover's "
-                    f"({', '.join(sorted(self.flows))}); this worker runs handover's only",
+                    f"deployment {theirs}/{deployment_name} is not one of handover's for "
+                    f"this worker's sites ({', '.join(sorted(self.flows))}); this worker runs "
+                    "those only",
                     task_status,
                 )
             ignored = [
@@ -145,7 +148,7 @@ def _make_worker_class() -> type[Any]:
 
 
 def run_worker(
-    site_file: str,
+    site_files: str | Sequence[str],
     pool: str = DEFAULT_POOL,
     *,
     name: str | None = None,
@@ -156,9 +159,11 @@ def run_worker(
     """Run a worker of `pool` until interrupted.
 
     Args:
-        site_file: the site whose deployments this worker starts from its fork server (the runs
-            carry their own site file in their parameters; this one only says which flows to
-            import, and lets the runs load site files from its directory).
+        site_files: the sites whose deployments this worker starts from its fork server (a
+            file, or several; each site's deployments are its own, `infra.serve.deployment_name`;
+            a run of another site's deployment is refused). The runs carry their own site file
+            in their parameters; these say which deployments and flows, and let the runs load
+            site files from their directories.
         pool: the work pool to take runs from.
         name: the worker's name (unique per machine: two processes of one name are one worker to
             Prefect); default `handover-<host name>-<pid>`.
@@ -168,8 +173,10 @@ def run_worker(
     """
     # before Prefect reads its settings: how often the worker asks for runs
     os.environ["PREFECT_WORKER_QUERY_SECONDS"] = str(poll_s)
-    allow_site_dir(site_file)
-    specs = deployment_specs(site_file)
+    files = [site_files] if isinstance(site_files, str) else list(site_files)
+    for f in files:
+        allow_site_dir(f)
+    specs = sites_specs(files)
     pickle_flows_by_reference()
     never_signal_ended_processes()
     worker_class = _make_worker_class()
@@ -184,7 +191,7 @@ def run_worker(
 
     print(
         f"handover worker {worker_name}: pool {pool}, polling every {poll_s:g} s, runs start by "
-        f"{start}; site {Path(site_file).resolve()}",
+        f"{start}; site {', '.join(str(Path(f).resolve()) for f in files)}",
         flush=True,
     )
     try:

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
-    DeploymentFilter,
-    DeploymentFilterName,
+    FlowFilter,
+    FlowFilterName,
     LogFilter,
     LogFilterFlowRunId,
 )
@@ -125,9 +125,10 @@ def stack_fixture(
 
 
 def emergency_runs(host: str | None = None) -> list[FlowRun]:
+    """The emergency moves of every site's deployment (of `host` only, when given)."""
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(
-            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["emergency-move"]))
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["emergency-move"]))
         )
     return [r for r in runs if host is None or r.parameters.get("host") == host]
 
@@ -136,9 +137,7 @@ def switch_runs(failed_host: str, since: dt.datetime) -> list[FlowRun]:
     """The switch runs an alert for `failed_host` started after `since` (a host that dies
     also starts one: earlier tests' runs are not this test's)."""
     with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(
-            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["switch"]))
-        )
+        runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["switch"])))
     return [
         r
         for r in runs

@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from config.loader import load_site
 from infra.bench.alert import stop_groups
-from infra.install import ROLES, Settings, units
+from infra.install import ROLES, InstallError, Settings, units
 from infra.ports import free_port
+from infra.serve import deployment_name
 from tests.conftest import LAB_SITE, ROOT, require, wait_for
 
 pytestmark = pytest.mark.server
@@ -98,6 +100,37 @@ def test_handovers_command_lines_are_ones_its_parser_accepts() -> None:
         assert Path(argv[0]) == Path(sys.executable).parent / "handover"
         args = build_parser().parse_args(argv[1:])  # exits (fails the test) on a bad option
         assert args.command == COMMANDS[name], name
+
+
+def test_the_serve_worker_and_gateway_units_serve_every_site_given() -> None:
+    """`handover install --site A --site B`: one serve, worker and gateway for both sites (each
+    site's deployments are its own); the exporter, which reads one site, is refused with
+    several and installed site by site."""
+    from infra.cli import build_parser
+
+    geo = ROOT / "config" / "sites" / "geo-lab.yaml"
+    s = _settings(more_sites=((geo, "geo-lab"),))
+    written = units(["serve", "worker", "gateway"], s)
+    for name, text in written.items():
+        [start] = _lines(text, "ExecStart")
+        args = build_parser().parse_args(shlex.split(start)[1:])
+        assert args.site == [str(LAB_SITE.resolve()), str(geo)], name
+        assert _lines(text, "Description")[0].endswith("sites lab, geo-lab"), name
+    with pytest.raises(InstallError, match="reads one site"):
+        units(["exporter"], s)
+    out = subprocess.run(
+        [
+            *(sys.executable, "-m", "infra.cli", "install", "--dry-run"),
+            *("--site", "lab", "--site", "geo-lab"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "handover-exporter.service" not in out.stdout
+    assert "# /etc/systemd/system/handover-gateway.service" in out.stdout
 
 
 def test_the_dry_run_prints_each_roles_units() -> None:
@@ -273,7 +306,8 @@ def test_each_units_command_runs_with_the_units_environment(tmp_path: Path) -> N
             def served() -> bool:
                 alive("handover-serve")
                 with get_client(sync_client=True) as client:
-                    return any(d.name == "clean-move" for d in client.read_deployments())
+                    wanted = deployment_name("clean-move", load_site(LAB_SITE))
+                    return any(d.name == wanted for d in client.read_deployments())
 
             def worker_up() -> bool:
                 alive("handover-worker")

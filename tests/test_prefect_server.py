@@ -432,7 +432,8 @@ def test_a_served_schedule_gets_its_runs_from_handovers_server_and_the_first_run
     SQLAlchemy 2.1, Prefect 3.8's scheduler created none."""
     import yaml
 
-    from infra.serve import DEPLOYMENTS_FILE
+    from config.loader import load_site
+    from infra.serve import DEPLOYMENTS_FILE, deployment_name
     from tests.conftest import LAB_SITE, wait_for
 
     home = tmp_path / "home"
@@ -477,6 +478,7 @@ def test_a_served_schedule_gets_its_runs_from_handovers_server_and_the_first_run
             start_new_session=True,
         )
     auth = (home / "api-auth").read_text().strip()
+    watch_name = deployment_name("drift-watch", load_site(site_file))
 
     def runs() -> list[list[object]]:
         # in this process (a client in a new one per poll cost a Prefect import each time)
@@ -491,9 +493,7 @@ def test_a_served_schedule_gets_its_runs_from_handovers_server_and_the_first_run
         with temporary_settings({PREFECT_API_URL: url, PREFECT_API_AUTH_STRING: auth}):
             with get_client(sync_client=True) as c:
                 found = c.read_flow_runs(
-                    deployment_filter=DeploymentFilter(
-                        name=DeploymentFilterName(any_=["drift-watch"])
-                    )
+                    deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[watch_name]))
                 )
         return [
             [

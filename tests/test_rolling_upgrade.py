@@ -22,7 +22,7 @@ import yaml
 from flows.plans.windows import check_window
 from flows.rolling_upgrade import UpgradeResult, report_markdown, rolling_upgrade
 from infra.lab import software
-from infra.serve import deployment_specs
+from infra.serve import deployment_entry, deployment_specs
 from tests.conftest import ROOT, RunningLab, wait_for
 
 HOSTS = ["fts101", "fts102", "fts105", "fts106"]
@@ -242,7 +242,7 @@ def test_the_schedule_opens_with_the_window_and_its_run_checks_it(
         upgrade={"target_version": "4"},
         policy={"windows": [window, {**window, "timezone": "Europe/Zurich"}]},
     )
-    specs = {s["name"]: s for _fl, s in deployment_specs(str(site))}
+    specs = {deployment_entry(s["name"]): s for _fl, s in deployment_specs(str(site))}
     schedules = specs["rolling-upgrade"]["schedules"]
     assert [(s.cron, s.timezone) for s in schedules] == [
         (window["cron"], "UTC"),

@@ -20,10 +20,11 @@ from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 
+from config.site import Site
 from flows.approval import resume_with_input
 from infra.bench.alert import stop_groups
 from infra.crash_recovery import HEARTBEAT_S
-from infra.serve import DEPLOYMENTS_FILE, read_deployments
+from infra.serve import DEPLOYMENTS_FILE, deployment_name, read_deployments
 from infra.worker import worker_processes
 from tasks.site_state import snapshot_site
 from tests.conftest import (
@@ -37,6 +38,11 @@ from tests.conftest import (
     wait_final_or_explain,
     wait_for,
 )
+
+
+def full_name(entry: str, site: Site) -> str:
+    """``<flow>/<deployment>`` of a site's deployment of an entry, as the API looks it up."""
+    return f"{entry}/{deployment_name(entry, site)}"
 
 
 def test_prefect_yaml_declares_the_procedures() -> None:
@@ -79,14 +85,15 @@ def serving(lab: RunningLab, prefect_api: str, *extra: str) -> Iterator[subproce
     try:
 
         def deployed() -> bool:
-            # registered by this serve process: an earlier one (another test module) may have
-            # left the same deployment with its own site
+            # registered by this serve process: the lab's own deployments (another test
+            # module's lab of the same site and service may have left them with its file)
             # every deployment of the file, not only the first registered
             with get_client(sync_client=True) as client:
                 try:
                     deps = [
-                        client.read_deployment_by_name(f"{d['name']}/{d['name']}")
+                        client.read_deployment_by_name(full_name(d["name"], lab.site))
                         for d in read_deployments(DEPLOYMENTS_FILE)
+                        if not d.get("site_needs")
                     ]
                 except ObjectNotFound:
                     return False
@@ -106,7 +113,7 @@ def test_a_run_served_with_spawn_starts_in_a_fresh_interpreter(
     """Its own `handover serve --start spawn`, first in the module: the module's shared serve
     (`served`, from the next test on) would otherwise take the run too."""
     with serving(lab, prefect_api, "--start", "spawn") as proc:
-        _started_as(proc, "spawn")
+        _started_as(proc, "spawn", lab.site)
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +128,7 @@ def test_served_clean_move_runs_from_the_api(
     lab: RunningLab, served: subprocess.Popen[bytes]
 ) -> None:
     run = run_deployment(
-        "clean-move/clean-move",
+        full_name("clean-move", lab.site),
         parameters={"from_host": "fts101", "to_host": "fts102", "dry_run": True},
         timeout=120,
     )
@@ -150,12 +157,12 @@ def test_a_run_created_through_the_api_takes_no_automatic_path_without_an_alerts
     timing_out = lab.site_file.parent / f"{lab.site_file.stem}-timeout.yaml"
     timing_out.write_text(yaml.safe_dump(data, sort_keys=False))
     switch = run_deployment(
-        "switch/switch",
+        full_name("switch", lab.site),
         parameters={"failed_host": "fts101", "alert_id": "forged", "alert_seal": "1:00"},
         timeout=0,
     )
     move = run_deployment(
-        "emergency-move/emergency-move",
+        full_name("emergency-move", lab.site),
         parameters={"site_file": str(timing_out), "host": "fts106"},
         timeout=0,
     )
@@ -172,11 +179,11 @@ def test_a_run_created_through_the_api_takes_no_automatic_path_without_an_alerts
     assert "rejected by policy" in said and "nothing changed" in said, said
 
 
-def paused_move() -> Any:
+def paused_move(site: Site) -> Any:
     """A clean move of fts101's agents to fts102 created through the API, once it waits for its
     approval (the site requires one: a run created through the API cannot switch it off)."""
     run = run_deployment(
-        "clean-move/clean-move",
+        full_name("clean-move", site),
         parameters={"from_host": "fts101", "to_host": "fts102", "pause_for_approval": False},
         timeout=0,
     )
@@ -196,11 +203,11 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def _started_as(proc: subprocess.Popen[bytes], start: str) -> None:
+def _started_as(proc: subprocess.Popen[bytes], start: str, site: Site) -> None:
     """A move created through the API runs, paused for its approval, in the process `start`
     says: forked by the serve process's fork server (which has imported Prefect and the flows),
     or a fresh interpreter serve started itself (spawn); rejected, it ends Completed."""
-    run = paused_move()
+    run = paused_move(site)
     try:
         servers = [c for c in _children(proc.pid) if "multiprocessing.forkserver" in _cmdline(c)]
         if start == "forkserver":
@@ -227,8 +234,10 @@ def _started_as(proc: subprocess.Popen[bytes], start: str) -> None:
     assert st is not None and st.is_completed() and "rejected by test" in (st.message or "")
 
 
-def test_a_served_run_is_forked_by_the_fork_server(served: subprocess.Popen[bytes]) -> None:
-    _started_as(served, "forkserver")
+def test_a_served_run_is_forked_by_the_fork_server(
+    lab: RunningLab, served: subprocess.Popen[bytes]
+) -> None:
+    _started_as(served, "forkserver", lab.site)
 
 
 def test_a_served_flow_is_pickled_by_reference() -> None:
@@ -265,13 +274,13 @@ def test_a_run_created_through_the_api_loads_only_reviewed_site_files(
     elsewhere.parent.mkdir()
     shutil.copy(lab.site_file, elsewhere)
     run = run_deployment(
-        "site-snapshot/site-snapshot",
+        full_name("site-snapshot", lab.site),
         parameters={"site_file": str(elsewhere)},
         timeout=120,
     )
     # the same site by name: its file is in a site directory (serve's --site directory)
     named = run_deployment(
-        "site-snapshot/site-snapshot",
+        full_name("site-snapshot", lab.site),
         parameters={"site_file": lab.site_file.stem},
         timeout=120,
     )
@@ -281,9 +290,12 @@ def test_a_run_created_through_the_api_loads_only_reviewed_site_files(
 
 
 def test_the_drift_watch_is_scheduled_and_the_switch_triggered() -> None:
-    from infra.serve import build_deployments
+    from infra.serve import build_deployments, deployment_entry
 
-    deps = {d.name: d for d in build_deployments(str(ROOT / "config" / "sites" / "lab.yaml"))}
+    deps = {
+        deployment_entry(d.name): d
+        for d in build_deployments(str(ROOT / "config" / "sites" / "lab.yaml"))
+    }
     [schedule] = deps["drift-watch"].schedules
     assert schedule.schedule.interval.total_seconds() == 300
     [trigger] = deps["switch"].triggers
@@ -292,9 +304,12 @@ def test_the_drift_watch_is_scheduled_and_the_switch_triggered() -> None:
 
 
 def test_a_dead_front_end_host_also_starts_the_switch() -> None:
-    from infra.serve import build_deployments
+    from infra.serve import build_deployments, deployment_entry
 
-    deps = {d.name: d for d in build_deployments(str(ROOT / "config" / "sites" / "lab.yaml"))}
+    deps = {
+        deployment_entry(d.name): d
+        for d in build_deployments(str(ROOT / "config" / "sites" / "lab.yaml"))
+    }
     [trigger] = deps["switch"].triggers
     assert "handover.alert.host_down" in trigger.expect
     assert trigger.match["handover.frontend"] in ("true", ["true"])
@@ -397,11 +412,11 @@ def test_two_workers_share_the_pool_and_start_each_run_once(
     assert f"work pool {pool} created (type process)" in pool_deploy
     assert f"(pool {pool}, " in pool_deploy
     with get_client(sync_client=True) as client:
-        dep = client.read_deployment_by_name("site-snapshot/site-snapshot")
+        dep = client.read_deployment_by_name(full_name("site-snapshot", lab.site))
         assert dep.work_pool_name == pool
 
     def snapshots(n: int) -> list[Any]:
-        runs = [run_deployment("site-snapshot/site-snapshot", timeout=0) for _ in range(n)]
+        runs = [run_deployment(full_name("site-snapshot", lab.site), timeout=0) for _ in range(n)]
         for run in runs:
             wait_final_or_explain(run.id, 120, logs)
         with get_client(sync_client=True) as client:
@@ -423,7 +438,7 @@ def test_two_workers_share_the_pool_and_start_each_run_once(
     with workers(lab, pool_api, pool, ["worker-a", "worker-b"], tmp_path) as logs:
         # a move paused for its approval holds one worker's only slot, in a process its fork
         # server started (with handover's flows imported)
-        move = paused_move()
+        move = paused_move(lab.site)
         try:
             forked = _forked_runs(tmp_path)
             busy = [name for name, children in forked.items() if children]
@@ -477,7 +492,7 @@ def test_the_worker_runs_handovers_flows_only_and_in_its_own_environment(
             assert "refused by handover worker guard" in (state.message or "")
             assert "is not one of handover's" in (state.message or "")
             dry = run_deployment(
-                "clean-move/clean-move",
+                full_name("clean-move", lab.site),
                 parameters={"from_host": "fts101", "to_host": "fts102", "dry_run": True},
                 job_variables={
                     "command": touch,
@@ -529,7 +544,7 @@ def test_a_worker_killed_mid_move_the_procedure_finishes_on_the_other(
     pool = POOL
     job = submit_long_job(lab, "CERN-RAL", 600)
     with workers(lab, pool_api, pool, ["crash-a", "crash-b"], tmp_path):
-        first = paused_move()
+        first = paused_move(lab.site)
         resume_with_input(first.id, run_input={"decision": "approve", "who": "test"})
         wait_for(
             lambda: snapshot_site(lab.shell).channels.get("CERN-RAL") == "Inactive",
@@ -618,7 +633,7 @@ def test_a_paused_run_outlives_its_workers_restart_and_resumes(
     place_on_primaries(lab)
     before = lab.lab.score()
     with workers(lab, pool_api, POOL, ["restart-old"], tmp_path / "old"):
-        move = paused_move()
+        move = paused_move(lab.site)
         [old] = _worker_pids(tmp_path / "old")
         [run_process] = _runs_of(old)
         os.kill(old, signal.SIGTERM)
@@ -701,7 +716,7 @@ def test_a_run_whose_process_died_before_its_first_heartbeat_is_crashed_and_run_
     }
     with temporary_settings({PREFECT_API_URL: prefect_api}):
         with get_client(sync_client=True) as client:
-            dep = client.read_deployment_by_name("clean-move/clean-move")
+            dep = client.read_deployment_by_name(full_name("clean-move", lab.site))
             runs = {
                 state: client.create_flow_run_from_deployment(
                     dep.id,
@@ -780,7 +795,7 @@ def test_the_recovery_automation_refuses_a_procedure_that_crashed_max_crashes_ti
     # this module's worker tests point the process at their own server for the module's rest
     with temporary_settings({PREFECT_API_URL: prefect_api}):
         with get_client(sync_client=True) as client:
-            dep = client.read_deployment_by_name("clean-move/clean-move")
+            dep = client.read_deployment_by_name(full_name("clean-move", lab.site))
         for n in range(1, MAX_CRASHES + 1):
             with get_client(sync_client=True) as client:
                 # created Running, so that no one takes it, then crashed as a dead process's is

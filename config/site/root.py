@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from pydantic import (
     Field,
+    field_validator,
     model_validator,
 )
 
@@ -61,6 +63,25 @@ class Site(SiteModel):
     #: not part of this schema; kept as given, and read and checked by the lab with its own
     #: model (`infra.lab.settings.lab_settings`)
     lab: dict[str, Any] | None = None
+
+    @field_validator("lab")
+    @classmethod
+    def _finite(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The lab's settings are kept as given, and written back out as JSON (the lab's copy
+        of the site): an infinite or NaN number, which JSON cannot hold, is refused here."""
+
+        def walk(node: Any, where: str) -> None:
+            if isinstance(node, float) and not math.isfinite(node):
+                raise ValueError(f"{where} is {node}: give a finite number")
+            if isinstance(node, dict):
+                for k, x in node.items():
+                    walk(x, f"{where}.{k}")
+            elif isinstance(node, list):
+                for i, x in enumerate(node):
+                    walk(x, f"{where}[{i}]")
+
+        walk(v, "lab")
+        return v
 
     @model_validator(mode="after")
     def _invariants(self) -> Site:

@@ -127,7 +127,8 @@ class ServeAndGateway:
         from prefect.client.orchestration import get_client
         from prefect.exceptions import ObjectNotFound
 
-        from infra.serve import read_deployments
+        from config.loader import load_site
+        from infra.serve import deployment_name, read_deployments
 
         for p in self.procs:
             if p.poll() is not None:
@@ -138,10 +139,11 @@ class ServeAndGateway:
         except OSError:
             return False
         triggered = [d["name"] for d in read_deployments() if d.get("triggers")]
+        site = load_site(self.site_file)
         with get_client(sync_client=True) as client:
             for name in triggered:
                 try:
-                    dep = client.read_deployment_by_name(f"{name}/{name}")
+                    dep = client.read_deployment_by_name(f"{name}/{deployment_name(name, site)}")
                 except ObjectNotFound:
                     return False
                 # registered by this serve process, not left by an earlier one with another site
@@ -404,26 +406,26 @@ def bench_alert(
     return out
 
 
-def final_run_of_alert(event: str, deadline: float, deployment: str) -> Any:
-    """The run of `deployment` an alert started, once it is final (re-read in full), or None
+def final_run_of_alert(event: str, deadline: float, procedure: str) -> Any:
+    """The run of `procedure` an alert started, once it is final (re-read in full), or None
     by `deadline` (`time.monotonic`). (A front-end host's alert starts two: the emergency move
     and the switch.)"""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
-        DeploymentFilter,
-        DeploymentFilterName,
+        FlowFilter,
+        FlowFilterName,
         FlowRunFilter,
         FlowRunFilterId,
     )
     from prefect.client.schemas.sorting import FlowRunSort
 
-    only = DeploymentFilter(name=DeploymentFilterName(any_=[deployment]))
+    only = FlowFilter(name=FlowFilterName(any_=[procedure]))
     with get_client(sync_client=True) as client:
         while time.monotonic() < deadline:
             runs = [
                 r
                 for r in client.read_flow_runs(
-                    deployment_filter=only, limit=20, sort=FlowRunSort.EXPECTED_START_TIME_DESC
+                    flow_filter=only, limit=20, sort=FlowRunSort.EXPECTED_START_TIME_DESC
                 )
                 if r.parameters.get("alert_id") == event
             ]

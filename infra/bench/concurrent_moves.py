@@ -37,7 +37,7 @@ from infra.lab.lab import Lab
 
 #: the work pool of the bench's own server
 POOL = "handover-bench-moves"
-DEPLOYMENT = "emergency-move/emergency-move"
+DEPLOYMENT = "emergency-move"
 
 
 def _write_sites(lab: Lab, services: int, out: Path) -> list[tuple[Path, Any]]:
@@ -147,7 +147,7 @@ def measure_moves(
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from infra.prefect_server import server_on_postgresql
-    from infra.serve import deploy_all
+    from infra.serve import deploy_all, deployment_name
     from infra.worker import worker_processes
 
     work = Path(tempfile.mkdtemp(prefix="handover-bench-moves-", dir="/var/tmp"))
@@ -169,7 +169,9 @@ def measure_moves(
                 srv.url, sites[0][0], POOL, names, work / "workers", limit=limit
             ) as logs:
                 with get_client(sync_client=True) as client:
-                    deployment_id = client.read_deployment_by_name(DEPLOYMENT).id
+                    deployment_id = client.read_deployment_by_name(
+                        f"{DEPLOYMENT}/{deployment_name(DEPLOYMENT, sites[0][1])}"
+                    ).id
 
                 def create(path: Path, host: str) -> Any:
                     with get_client(sync_client=True) as client:

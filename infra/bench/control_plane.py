@@ -261,13 +261,13 @@ def _converged(lab: Lab, to_host: str) -> list[str]:
     return wrong
 
 
-def _runs(deployment: str, since: dt.datetime) -> list[Any]:
+def _runs(procedure: str, since: dt.datetime) -> list[Any]:
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(
-            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[deployment])),
+            flow_filter=FlowFilter(name=FlowFilterName(any_=[procedure])),
             limit=200,
         )
     return [r for r in runs if r.created is not None and r.created >= since]

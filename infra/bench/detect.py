@@ -50,11 +50,11 @@ def _site(tmp: Path) -> Path:
 
 def _runs_since(since: dt.datetime) -> list[Any]:
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(
-            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["emergency-move"]))
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["emergency-move"]))
         )
     return [
         r for r in runs if r.parameters.get("host") == HOST and r.created and r.created >= since

@@ -235,10 +235,10 @@ def bench_storm(
 
 def _runs_for(host: str) -> int:
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(
-            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["emergency-move"]))
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["emergency-move"]))
         )
     return sum(1 for r in runs if r.parameters.get("host") == host)

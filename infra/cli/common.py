@@ -74,6 +74,24 @@ def site_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def sites_arg(p: argparse.ArgumentParser, what: str = "") -> None:
+    """The repeatable --site option (`sites_of` gives its files; default: $HANDOVER_SITE, else
+    the lab's site file)."""
+    p.add_argument(
+        "--site",
+        type=site_path,
+        action="append",
+        default=None,
+        help="site file, or a site's name in the site directories; repeat it for several "
+        f"sites{what} (default: $HANDOVER_SITE or config/sites/lab.yaml)",
+    )
+
+
+def sites_of(args: argparse.Namespace) -> list[str]:
+    """The site files of a repeatable --site (`sites_arg`), the default when none was given."""
+    return list(args.site or [os.environ.get("HANDOVER_SITE", str(DEFAULT_SITE))])
+
+
 def print_json(data: Any) -> None:
     """Print data as indented JSON."""
     print(json.dumps(data, indent=2, default=str))

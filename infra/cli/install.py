@@ -6,19 +6,30 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from infra.cli.common import error, say, site_arg
+from infra.cli.common import error, say, sites_arg, sites_of
 
 
 def cmd_install(args: argparse.Namespace) -> int:
     """Write (or with --dry-run print) the units of the roles asked, and say what to enable."""
     from config.loader import load_site
-    from infra.install import ROLES, InstallError, Settings, balancer_config, units, write
+    from infra.install import (
+        ONE_SITE_ROLES,
+        ROLES,
+        InstallError,
+        Settings,
+        balancer_config,
+        units,
+        write,
+    )
 
-    site = load_site(args.site)
-    roles = args.role or list(ROLES)
+    files = sites_of(args)
+    named = [(Path(f).resolve(), load_site(f).site) for f in files]
+    # with several sites, the roles that read one site are installed site by site
+    roles = args.role or [r for r in ROLES if len(files) == 1 or r not in ONE_SITE_ROLES]
     s = Settings(
-        site=Path(args.site).resolve(),
-        site_name=site.site,
+        site=named[0][0],
+        site_name=named[0][1],
+        more_sites=tuple(named[1:]),
         pool=args.pool,
         user=args.user,
         etc=Path(args.etc),
@@ -43,6 +54,12 @@ def cmd_install(args: argparse.Namespace) -> int:
     except InstallError as exc:
         error("install:", str(exc))
         return 2
+    left = [r for r in ONE_SITE_ROLES if r not in roles and len(files) > 1]
+    if left:
+        todo.append(
+            f"the {', '.join(left)} unit reads one site: `handover install --role "
+            f"{left[0]} --site SITE` for the site it is to read"
+        )
     say(f"wrote the units of {', '.join(roles)} in {args.unit_dir}; now:")
     for step in todo:
         say(f"  {step}")
@@ -102,5 +119,9 @@ def register(sub: Any) -> None:
     p.add_argument("--api-host", default="127.0.0.1", help="the Prefect API's address")
     p.add_argument("--api-port", type=int, default=4200, help="the Prefect API's port")
     p.add_argument("--unit-dir", default="/etc/systemd/system", help="where the units are written")
-    site_arg(p)
+    sites_arg(
+        p,
+        ": the serve, worker and gateway units serve every site given, the exporter's is "
+        "installed site by site",
+    )
     p.set_defaults(func=cmd_install)

@@ -10,30 +10,39 @@ from typing import Any, get_args
 
 from config.loader import load_site
 from config.site import AlertKind
-from infra.cli.common import err, error, print_json, say, site_arg
+from infra.cli.common import err, error, print_json, say, site_arg, sites_arg, sites_of
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """`handover serve`: serve every deployment from one process."""
+    """`handover serve`: serve every deployment of every site given from one process."""
     from infra.run import configure_api
-    from infra.serve import serve_all
+    from infra.serve import DeploymentsError, serve_all
 
-    load_site(args.site)
+    sites = sites_of(args)
+    for f in sites:
+        load_site(f)
     configure_api(err)
-    serve_all(args.site, poll_s=args.poll_interval, limit=args.limit, start=args.start)
+    try:
+        serve_all(sites, poll_s=args.poll_interval, limit=args.limit, start=args.start)
+    except DeploymentsError as exc:
+        error(exc)
+        return 2
     return 0
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    """`handover deploy`: register the deployments and their automations (idempotent)."""
+    """`handover deploy`: register the deployments of every site given and their automations
+    (idempotent)."""
     from infra.run import configure_api
-    from infra.serve import DeploymentsError, deploy_all
+    from infra.serve import DeploymentsError, deploy_all, distinct_sites
 
-    load_site(args.site)
+    sites = sites_of(args)
     configure_api(err)
     try:
-        for line in deploy_all(args.site, pool=args.pool):
-            say(line)
+        distinct_sites(sites)  # two files of one site and service: refused before anything
+        for f in sites:
+            for line in deploy_all(f, pool=args.pool):
+                say(line)
     except DeploymentsError as exc:
         error(exc)
         return 2
@@ -43,18 +52,25 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     """`handover worker --pool NAME`: take the pool's runs, started from a fork server."""
     from infra.run import configure_api
+    from infra.serve import DeploymentsError
     from infra.worker import run_worker
 
-    load_site(args.site)
+    sites = sites_of(args)
+    for f in sites:
+        load_site(f)
     configure_api(err)
-    run_worker(
-        args.site,
-        args.pool,
-        name=args.name,
-        limit=args.limit,
-        poll_s=args.poll_interval,
-        start=args.start,
-    )
+    try:
+        run_worker(
+            sites,
+            args.pool,
+            name=args.name,
+            limit=args.limit,
+            poll_s=args.poll_interval,
+            start=args.start,
+        )
+    except DeploymentsError as exc:
+        error(exc)
+        return 2
     return 0
 
 
@@ -89,16 +105,19 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     from infra.gateway.server import GatewayError, serve_http, serve_socket_mode
     from infra.run import configure_api
 
+    sites = sites_of(args)
     configure_api(err)
     try:
         if args.socket_mode:
-            serve_socket_mode(args.site)
+            if len(sites) > 1:
+                raise GatewayError("Socket Mode serves one site: give one --site")
+            serve_socket_mode(sites[0])
         else:
             err.print(
-                f"gateway for {args.site} on http://{args.host}:{args.port} "
+                f"gateway for {', '.join(sites)} on http://{args.host}:{args.port} "
                 "(POST /slack/interactions, /alerts/webhook, /alerts/alertmanager; GET /healthz)"
             )
-            serve_http(args.site, args.host, args.port, args.runs_from)
+            serve_http(sites, args.host, args.port, args.runs_from)
     except GatewayError as exc:
         error("gateway:", exc)
         return 1
@@ -313,7 +332,7 @@ def _start_plane(args: argparse.Namespace, home: Path, plane: Any) -> int:
 def register(sub: Any) -> None:
     """Add the commands of this module to the `handover` parser."""
     p = sub.add_parser("serve", help="serve the deployments of deployments/prefect.yaml")
-    site_arg(p)
+    sites_arg(p, ": each site's deployments are its own, PROCEDURE@SITE:SERVICE")
     p.add_argument(
         "--poll-interval",
         type=float,
@@ -334,7 +353,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "deploy", help="register the deployments and their automations with the Prefect API"
     )
-    site_arg(p)
+    sites_arg(p, ": each site's deployments are its own, PROCEDURE@SITE:SERVICE")
     p.add_argument(
         "--pool",
         default=None,
@@ -346,7 +365,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "worker", help="a Prefect worker of the procedures' work pool (several machines)"
     )
-    site_arg(p)
+    sites_arg(p, ": it runs the deployments of these sites only")
     p.add_argument("--pool", default="handover", help="the work pool (default handover)")
     p.add_argument("--name", default=None, help="the worker's name (default handover-HOST-PID)")
     p.add_argument("--limit", type=int, default=None, help="at most this many runs at once")
@@ -378,7 +397,7 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_alert)
 
     p = sub.add_parser("gateway", help="Slack approvals and alerts in (HTTP or Socket Mode)")
-    site_arg(p)
+    sites_arg(p, ": an alert goes to the site its labels name (site, service)")
     p.add_argument("--host", default="127.0.0.1", help="the address to listen on")
     p.add_argument("--port", type=int, default=8787, help="the port to listen on")
     p.add_argument(

@@ -227,17 +227,39 @@ def parse_alertmanager(
     Raises:
         AlertRefused: 400 when the payload is not Alertmanager's version 4 webhook.
     """
+    found, refused = alertmanager_alerts(site, intake, read_alertmanager(body))
+    return [alert for _, alert in found], refused
+
+
+def read_alertmanager(body: bytes) -> AlertmanagerPayload:
+    """An Alertmanager notification's payload.
+
+    Raises:
+        AlertRefused: 400 when the payload is not Alertmanager's version 4 webhook.
+    """
     try:
-        payload = AlertmanagerPayload.model_validate_json(body)
+        return AlertmanagerPayload.model_validate_json(body)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(x) for x in first["loc"]) or "body"
         raise AlertRefused(
             400, f"not an Alertmanager v4 webhook: {where}: {first['msg']}"
         ) from None
-    alerts: list[Alert] = []
+
+
+def alertmanager_alerts(
+    site: Site,
+    intake: AlertmanagerIntake,
+    payload: AlertmanagerPayload,
+    only: set[int] | None = None,
+) -> tuple[list[tuple[int, Alert]], list[str]]:
+    """The alerts of a notification for `site` (those at the positions `only`, or all), each
+    with its position, and why any were refused (see `parse_alertmanager`)."""
+    alerts: list[tuple[int, Alert]] = []
     refused: list[str] = []
     for i, a in enumerate(payload.alerts):
+        if only is not None and i not in only:
+            continue
         lb = a.labels
         name = lb.get("alertname", "")
         kind: str | None = lb.get("handover_kind") or intake.kinds.get(name)
@@ -252,27 +274,30 @@ def parse_alertmanager(
             continue
         try:
             alerts.append(
-                _validated(
-                    site,
-                    {
-                        "site": lb.get("site", site.site),
-                        "host": host,
-                        "service": lb.get("service", site.service.name),
-                        "kind": kind,
-                        "severity": lb.get("severity", "critical"),
-                        "time": a.endsAt if a.status == "resolved" and a.endsAt else a.startsAt,
-                        "summary": a.annotations.get("summary")
-                        or a.annotations.get("description")
-                        or name,
-                        "source": "alertmanager",
-                        "dedup_key": f"{a.fingerprint or name}@{a.startsAt.isoformat()}",
-                        "extra": {
-                            "labels": lb,
-                            "annotations": a.annotations,
-                            "group_key": payload.groupKey,
-                            "generator_url": a.generatorURL,
+                (
+                    i,
+                    _validated(
+                        site,
+                        {
+                            "site": lb.get("site", site.site),
+                            "host": host,
+                            "service": lb.get("service", site.service.name),
+                            "kind": kind,
+                            "severity": lb.get("severity", "critical"),
+                            "time": a.endsAt if a.status == "resolved" and a.endsAt else a.startsAt,
+                            "summary": a.annotations.get("summary")
+                            or a.annotations.get("description")
+                            or name,
+                            "source": "alertmanager",
+                            "dedup_key": f"{a.fingerprint or name}@{a.startsAt.isoformat()}",
+                            "extra": {
+                                "labels": lb,
+                                "annotations": a.annotations,
+                                "group_key": payload.groupKey,
+                                "generator_url": a.generatorURL,
+                            },
                         },
-                    },
+                    ),
                 )
             )
         except AlertRefused as exc:

@@ -12,7 +12,10 @@ Slack interactions:
 (slack_sdk's verifier: HMAC-SHA256 over ``v0:timestamp:body``, 5-minute window against replay),
 parses the interaction, and hands it to the `Decider`; it answers Slack at once (Slack wants an
 answer within 3 s) and tells a refused user why in an ephemeral reply on the interaction's
-``response_url``. ``GET /healthz`` says whether it runs and for which site.
+``response_url``. ``GET /healthz`` says whether it runs and for which sites.
+
+One gateway may serve several sites (`create_sites_app`): each request goes to the site it names
+and is checked with that site's credentials only (`infra.gateway.sites`).
 
 A request with a bad signature or a stale timestamp gets 401, a malformed one 400; neither reaches
 Prefect. Secrets come from the site file's references and are never logged.
@@ -31,27 +34,25 @@ from typing import Any
 
 from fastapi import BackgroundTasks, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from slack_sdk.signature import SignatureVerifier
 from starlette.concurrency import run_in_threadpool
 
 from config.site import Site
-from infra.gateway.alerts import (
-    Alert,
-    AlertRefused,
-    check_basic_or_bearer,
-    parse_alertmanager,
-    parse_generic,
-    verify_signature,
-)
+from infra.gateway.alerts import Alert
 from infra.gateway.decide import Decider
 from infra.gateway.intake import AlertIntake, PrefectUnavailable
+from infra.gateway.sites import MAX_BODY, WINDOW_S, AlertSecrets, Refused, SiteGateway, Sites
 from tasks.adapters.slack import reply_ephemeral
 
 log = logging.getLogger("handover.gateway")
-#: Slack requests: the replay window and the largest body, unless the site's `alerts` section
-#: sets them (`signature_window_s`, `max_body_bytes`)
-WINDOW_S = 300.0
-MAX_BODY = 64 * 1024
+__all__ = [
+    "MAX_BODY",
+    "WINDOW_S",
+    "AlertSecrets",
+    "create_app",
+    "create_sites_app",
+    "gateway_metrics",
+    "parse_interaction",
+]
 
 
 def parse_interaction(body: bytes) -> dict[str, Any]:
@@ -81,17 +82,6 @@ def parse_interaction(body: bytes) -> dict[str, Any]:
     return payload
 
 
-class AlertSecrets:
-    """The resolved credentials of the alert endpoints (never logged)."""
-
-    def __init__(
-        self, webhook: bytes, am_token: str | None = None, am_password: str | None = None
-    ) -> None:
-        self.webhook = webhook
-        self.am_token = am_token
-        self.am_password = am_password
-
-
 def create_app(
     site: Site,
     signing_secret: str | None,
@@ -99,7 +89,7 @@ def create_app(
     intake: AlertIntake | None = None,
     alert_secrets: AlertSecrets | None = None,
 ) -> FastAPI:
-    """The gateway's FastAPI application for one site.
+    """The gateway's FastAPI application for one site (`create_sites_app` for several).
 
     Args:
         site: the site.
@@ -108,26 +98,36 @@ def create_app(
         intake: alert intake (None: no alert endpoints).
         alert_secrets: the webhook secret and Alertmanager's credentials.
     """
+    return create_sites_app(
+        Sites([SiteGateway(site, signing_secret, decider, intake, alert_secrets)])
+    )
+
+
+def create_sites_app(sites: Sites) -> FastAPI:
+    """The gateway's FastAPI application for its sites: each request is routed to its site and
+    checked with that site's credentials (`infra.gateway.sites`)."""
     state: dict[str, Any] = {}
-    window_s = site.alerts.signature_window_s if site.alerts else WINDOW_S
-    max_body = site.alerts.max_body_bytes if site.alerts else MAX_BODY
+    intakes = [g.intake for g in sites.gateways if g.intake is not None]
+    alert_sites = sites.alert_sites
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        if intake is None:
+        if not intakes:
             yield
             return
         from prefect.client.orchestration import get_client
 
         async with get_client() as client:
             state["client"] = client
-            if intake.starter is not None:
-                # bounded: a Prefect API that is down must not hold the gateway's start
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(intake.starter.warm(client), 5)
+            # bounded: a Prefect API that is down must not hold the gateway's start
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    asyncio.gather(*(i.starter.warm(client) for i in intakes if i.starter)), 5
+                )
             tasks = [
-                asyncio.create_task(intake.run_forever(get_client)),
-                asyncio.create_task(intake.send_events_forever(client)),
+                asyncio.create_task(job)
+                for i in intakes
+                for job in (i.run_forever(get_client), i.send_events_forever(client))
             ]
             try:
                 yield
@@ -140,131 +140,148 @@ def create_app(
                 # what is still queued goes now (bounded: a Prefect API that is down must not
                 # hold the gateway's stop)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(intake.drain_events(client), 5)
+                    await asyncio.wait_for(
+                        asyncio.gather(*(i.drain_events(client) for i in intakes)), 5
+                    )
 
     app = FastAPI(title="handover gateway", docs_url=None, redoc_url=None, lifespan=lifespan)
-    verifier = SignatureVerifier(signing_secret or "unused: no Slack signing secret")
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
-        return {"ok": True, "site": site.site}
+        return {
+            "ok": True,
+            "site": sites.first.site.site,
+            "sites": [
+                {"site": g.site.site, "service": g.site.service.name} for g in sites.gateways
+            ],
+        }
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:
         """The gateway's own counters for Prometheus (`gateway_metrics`)."""
         from prometheus_client import CONTENT_TYPE_LATEST
 
-        return Response(gateway_metrics(site, decider, intake), media_type=CONTENT_TYPE_LATEST)
+        return Response(gateway_metrics(sites), media_type=CONTENT_TYPE_LATEST)
 
-    def refused(status: int, reason: str, source: str, peer: str) -> JSONResponse:
-        decider.record(source=source, peer=peer, result="refused", status=status, reason=reason)
-        return JSONResponse({"ok": False, "error": reason}, status_code=status)
+    def refused(exc: Refused, source: str, peer: str) -> JSONResponse:
+        exc.by.decider.record(
+            source=source, peer=peer, result="refused", status=exc.status, reason=exc.reason
+        )
+        return JSONResponse({"ok": False, "error": exc.reason}, status_code=exc.status)
 
-    async def accept_all(alerts: list[Alert], source: str, peer: str) -> JSONResponse:
-        assert intake is not None
+    async def accept_all(
+        alerts: list[tuple[SiteGateway, Alert]], source: str, peer: str
+    ) -> JSONResponse:
         results = []
-        for alert in alerts:
+        for gw, alert in alerts:
+            assert gw.intake is not None
             try:
-                results.append(await intake.accept(alert, state["client"]))
+                results.append(await gw.intake.accept(alert, state["client"]))
             except PrefectUnavailable as exc:
-                return refused(503, str(exc), source, peer)
+                return refused(Refused(503, str(exc), gw), source, peer)
         return JSONResponse({"ok": True, "alerts": results}, status_code=202)
 
-    if intake is not None and alert_secrets is not None:
-        assert site.alerts is not None
-        cfg = site.alerts
+    if alert_sites:
+        max_alert_body = max(g.max_body for g in alert_sites)
 
         @app.post("/alerts/webhook")
         async def alert_webhook(request: Request) -> JSONResponse:
             peer = request.client.host if request.client else "?"
-            body = await _bounded_body(request, cfg.max_body_bytes)
-            if body is None:
-                return refused(413, f"body over {cfg.max_body_bytes} bytes", "webhook", peer)
+            body = await _bounded_body(request, max_alert_body)
             try:
-                verify_signature(
-                    alert_secrets.webhook,
+                if body is None:
+                    raise Refused(413, f"body over {max_alert_body} bytes", alert_sites[0])
+                gw, alert = sites.webhook(
                     request.headers.get("X-Handover-Timestamp", ""),
                     request.headers.get("X-Handover-Signature", ""),
                     body,
-                    window_s=cfg.signature_window_s,
                     now=time.time(),
                 )
-                alert = parse_generic(site, body)
-            except AlertRefused as exc:
-                return refused(exc.status, exc.reason, "webhook", peer)
-            return await accept_all([alert], alert.source, peer)
+            except Refused as exc:
+                return refused(exc, "webhook", peer)
+            return await accept_all([(gw, alert)], alert.source, peer)
 
         @app.post("/alerts/alertmanager")
         async def alert_alertmanager(request: Request) -> JSONResponse:
             peer = request.client.host if request.client else "?"
-            if cfg.alertmanager is None:
-                return refused(404, "no alerts.alertmanager in the site file", "alertmanager", peer)
-            body = await _bounded_body(request, cfg.max_body_bytes)
-            if body is None:
-                return refused(413, f"body over {cfg.max_body_bytes} bytes", "alertmanager", peer)
+            if not any(g.site.alerts and g.site.alerts.alertmanager for g in alert_sites):
+                nowhere = Refused(404, "no alerts.alertmanager in the site file", sites.first)
+                return refused(nowhere, "alertmanager", peer)
+            body = await _bounded_body(request, max_alert_body)
             try:
-                check_basic_or_bearer(
-                    cfg.alertmanager,
-                    request.headers.get("Authorization", ""),
-                    alert_secrets.am_token,
-                    alert_secrets.am_password,
+                if body is None:
+                    raise Refused(413, f"body over {max_alert_body} bytes", alert_sites[0])
+                alerts, problems = sites.alertmanager(
+                    request.headers.get("Authorization", ""), body
                 )
-                alerts, problems = parse_alertmanager(site, cfg.alertmanager, body)
-            except AlertRefused as exc:
-                return refused(exc.status, exc.reason, "alertmanager", peer)
-            for p in problems:
-                decider.record(source="alertmanager", peer=peer, result="refused", reason=p)
+            except Refused as exc:
+                return refused(exc, "alertmanager", peer)
+            for gw, p in problems:
+                gw.decider.record(source="alertmanager", peer=peer, result="refused", reason=p)
             if not alerts:
-                return refused(422, "; ".join(problems), "alertmanager", peer)
+                reason = "; ".join(p for _, p in problems)
+                return refused(Refused(422, reason, problems[0][0]), "alertmanager", peer)
             resp = await accept_all(alerts, "alertmanager", peer)
             if problems and resp.status_code == 202:
                 data = json.loads(bytes(resp.body))
-                data["refused"] = problems
+                data["refused"] = [p for _, p in problems]
                 return JSONResponse(data, status_code=202)
             return resp
 
-    @app.post("/slack/interactions", include_in_schema=signing_secret is not None)
+    slack_body = max(g.max_body for g in sites.gateways)
+    has_slack = any(g.signing_secret is not None for g in sites.gateways)
+
+    @app.post("/slack/interactions", include_in_schema=has_slack)
     async def interactions(request: Request, background: BackgroundTasks) -> JSONResponse:
-        ts = request.headers.get("X-Slack-Request-Timestamp", "")
-        sig = request.headers.get("X-Slack-Signature", "")
         peer = request.client.host if request.client else "?"
 
-        def refuse(status: int, reason: str) -> JSONResponse:
-            decider.record(source="Slack", peer=peer, result="refused", reason=reason)
-            return JSONResponse({"ok": False, "error": reason}, status_code=status)
+        def refuse(exc: Refused) -> JSONResponse:
+            exc.by.decider.record(source="Slack", peer=peer, result="refused", reason=exc.reason)
+            return JSONResponse({"ok": False, "error": exc.reason}, status_code=exc.status)
 
-        if signing_secret is None:
-            return refuse(404, "this gateway has no Slack signing secret")
+        if not has_slack:
+            return refuse(Refused(404, "this gateway has no Slack signing secret", sites.first))
         # read no more than the limit: a huge body is refused without being read in full
-        body = await _bounded_body(request, max_body)
+        body = await _bounded_body(request, slack_body)
         if body is None:
-            return refuse(413, f"body over {max_body} bytes")
+            return refuse(Refused(413, f"body over {slack_body} bytes", sites.first))
         try:
-            age = abs(time.time() - int(ts))
-        except ValueError:
-            return refuse(401, "missing or malformed X-Slack-Request-Timestamp")
-        if age > window_s:
-            return refuse(401, f"stale request: timestamp {int(age)} s away (replay?)")
-        if not verifier.is_valid(body=body, timestamp=ts, signature=sig):
-            return refuse(401, "bad signature")
+            signed = sites.slack(
+                request.headers.get("X-Slack-Request-Timestamp", ""),
+                request.headers.get("X-Slack-Signature", ""),
+                body,
+                now=time.time(),
+            )
+        except Refused as exc:
+            return refuse(exc)
         try:
             payload = parse_interaction(body)
         except (ValueError, UnicodeDecodeError) as exc:
-            return refuse(400, f"malformed interaction: {exc}")
+            return refuse(Refused(400, f"malformed interaction: {exc}", signed[0]))
         action = payload["actions"][0]
         user = payload["user"]
-        try:
-            decision = await run_in_threadpool(
-                decider.decide,
-                user_id=user["id"],
-                user_name=str(user.get("username") or user.get("name") or ""),
-                action_id=str(action.get("action_id", "")),
-                value=str(action.get("value", "")),
-                source="Slack",
-            )
-        except Exception as exc:  # noqa: BLE001 - the Prefect API failed: say so, resume nothing
-            log.warning("could not decide on a click: %s", exc)
-            return refuse(503, "the Prefect API did not answer; nothing was resumed; click again")
+        for gw in signed:
+            try:
+                decision = await run_in_threadpool(
+                    gw.decider.decide,
+                    user_id=user["id"],
+                    user_name=str(user.get("username") or user.get("name") or ""),
+                    action_id=str(action.get("action_id", "")),
+                    value=str(action.get("value", "")),
+                    source="Slack",
+                )
+            except Exception as exc:  # noqa: BLE001 - the Prefect API failed: say so, resume nothing
+                log.warning("could not decide on a click: %s", exc)
+                return refuse(
+                    Refused(
+                        503,
+                        "the Prefect API did not answer; nothing was resumed; click again",
+                        gw,
+                    )
+                )
+            # one Slack app for several sites: the run's own site decides
+            if decision.reason != "other-site":
+                break
         if not decision.resumed and isinstance(payload.get("response_url"), str):
             background.add_task(reply_ephemeral, payload["response_url"], decision.message)
         return JSONResponse({"ok": decision.resumed, "result": decision.message})
@@ -287,12 +304,12 @@ async def _bounded_body(request: Request, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def gateway_metrics(site: Site, decider: Decider, intake: AlertIntake | None) -> bytes:
+def gateway_metrics(sites: Sites) -> bytes:
     """``handover_gateway_requests_total`` (every alert and interaction the gateway answered,
-    by source, result and HTTP status: new, attached, noted, stale, refused, resumed, ...) and
-    ``handover_gateway_incidents_open``, ``handover_gateway_events_queued`` and
+    by site, source, result and HTTP status: new, attached, noted, stale, refused, resumed, ...)
+    and ``handover_gateway_incidents_open``, ``handover_gateway_events_queued`` and
     ``handover_gateway_events_dropped_total`` (attached alerts' audit events waiting for, or
-    lost to, a Prefect API that does not take them), in Prometheus' text format."""
+    lost to, a Prefect API that does not take them), per site, in Prometheus' text format."""
     from prometheus_client import generate_latest
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
     from prometheus_client.registry import Collector, CollectorRegistry
@@ -304,31 +321,33 @@ def gateway_metrics(site: Site, decider: Decider, intake: AlertIntake | None) ->
                 "Alerts and interactions the gateway answered, by source, result and status",
                 labels=["site", "source", "result", "status"],
             )
-            for (source, result, status), n in sorted(decider.counts.items()):
-                requests.add_metric([site.site, source, result, status], float(n))
+            for g in sites.gateways:
+                for (source, result, status), n in sorted(g.decider.counts.items()):
+                    requests.add_metric([g.site.site, source, result, status], float(n))
             yield requests
-            if intake is not None:
-                open_ = GaugeMetricFamily(
-                    "handover_gateway_incidents_open",
-                    "Incidents open (an alert started a run that has not finished)",
-                    labels=["site"],
-                )
-                open_.add_metric([site.site], float(len(intake.incidents.open_incidents())))
-                yield open_
-                queued = GaugeMetricFamily(
-                    "handover_gateway_events_queued",
-                    "Audit events of attached alerts not yet taken by Prefect",
-                    labels=["site"],
-                )
-                queued.add_metric([site.site], float(intake.events_queued))
-                yield queued
-                dropped = CounterMetricFamily(
-                    "handover_gateway_events_dropped",
-                    "Audit events dropped because Prefect did not take them for too long",
-                    labels=["site"],
-                )
-                dropped.add_metric([site.site], float(intake.events_dropped))
-                yield dropped
+            with_intake = [(g.site.site, g.intake) for g in sites.gateways if g.intake]
+            if not with_intake:
+                return
+            open_ = GaugeMetricFamily(
+                "handover_gateway_incidents_open",
+                "Incidents open (an alert started a run that has not finished)",
+                labels=["site"],
+            )
+            queued = GaugeMetricFamily(
+                "handover_gateway_events_queued",
+                "Audit events of attached alerts not yet taken by Prefect",
+                labels=["site"],
+            )
+            dropped = CounterMetricFamily(
+                "handover_gateway_events_dropped",
+                "Audit events dropped because Prefect did not take them for too long",
+                labels=["site"],
+            )
+            for name, intake in with_intake:
+                open_.add_metric([name], float(len(intake.incidents.open_incidents())))
+                queued.add_metric([name], float(intake.events_queued))
+                dropped.add_metric([name], float(intake.events_dropped))
+            yield from (open_, queued, dropped)
 
     registry = CollectorRegistry()
     registry.register(_Gateway())

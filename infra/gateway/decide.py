@@ -156,10 +156,12 @@ class Decider:
                 return refuse("unknown-run", f"No run {run_id} is known; nothing was resumed.")
         site_file = (run.parameters or {}).get("site_file")
         try:
-            run_site = load_site_ref(site_file).site if site_file else None
+            loaded = load_site_ref(site_file) if site_file else None
         except SiteConfigError:
-            run_site = None
-        if run_site != self.site.site:
+            loaded = None
+        # a site and service: two site files of one site name (two services) decide apart
+        run_site = (loaded.site, loaded.service.name) if loaded else None
+        if run_site != (self.site.site, self.site.service.name):
             return refuse("other-site", f"Run {run.name} is not a run of site {self.site.site}.")
         if user_id not in self.approvers():
             return refuse(

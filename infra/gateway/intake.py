@@ -34,6 +34,7 @@ from infra.gateway.alerts import (
 from infra.gateway.incidents import Incident, IncidentBook
 from infra.gateway.shared_incidents import IncidentStoreError
 from infra.gateway.starts import RunStarter
+from infra.serve import deployment_name
 from tasks.probe import sshd_greets
 
 T = TypeVar("T")
@@ -278,7 +279,7 @@ class AlertIntake:
         for inc in open_now:
             try:
                 if inc.run_id is None:
-                    found = await _find_run(client, inc)
+                    found = await _find_run(client, inc, deployment_name(inc.procedure, self.site))
                     if found is not None:
                         await self._book(self.incidents.set_run, inc, found)
                 if inc.run_id is None:
@@ -418,13 +419,14 @@ def alert_event(
     }
 
 
-async def _find_run(client: Any, inc: Incident) -> str | None:
-    """The flow run the incident's event started (its `alert_id` parameter is the event id)."""
+async def _find_run(client: Any, inc: Incident, deployment: str) -> str | None:
+    """The flow run the incident's event started of `deployment` (the site's deployment of
+    the incident's procedure; its `alert_id` parameter is the event id)."""
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
     from prefect.client.schemas.sorting import FlowRunSort
 
     runs = await client.read_flow_runs(
-        deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[inc.procedure])),
+        deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[deployment])),
         sort=FlowRunSort.EXPECTED_START_TIME_DESC,
         limit=50,
     )

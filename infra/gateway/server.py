@@ -1,17 +1,19 @@
-"""`handover gateway`: run the gateway for a site, over HTTP or Slack's Socket Mode."""
+"""`handover gateway`: run the gateway for one site or several, over HTTP (or one site over
+Slack's Socket Mode)."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from config.loader import load_site
 from config.site import SecretError, SecretRef, Site
 from flows.seals import alert_seal_key, seal_key, site_alert_seal_key
-from infra.gateway.app import AlertSecrets
 from infra.gateway.decide import Decider
 from infra.gateway.incidents import IncidentBook, Incidents
 from infra.gateway.intake import AlertIntake
+from infra.gateway.sites import AlertSecrets, SiteGateway, Sites, SitesError
 from infra.gateway.starts import RunStarter
 
 
@@ -164,20 +166,41 @@ def build_intake(
     return intake, secrets
 
 
+def build_sites(site_files: str | Sequence[str], runs_from: RunsFrom = "gateway") -> Sites:
+    """Every site's gateway (its decider, Slack signing secret, alert intake and credentials),
+    each resolved now.
+
+    Raises:
+        GatewayError: a site cannot be served (a secret missing), or the sites cannot be served
+            together (the same site and service twice, shared alert credentials).
+    """
+    gateways = []
+    for f in [site_files] if isinstance(site_files, str) else site_files:
+        site, decider, secret = build(f)
+        built = build_intake(site, decider, runs_from)
+        intake, alert_secrets = built if built else (None, None)
+        gateways.append(SiteGateway(site, secret, decider, intake, alert_secrets))
+    try:
+        return Sites(gateways)
+    except SitesError as exc:
+        raise GatewayError(str(exc)) from None
+
+
 def serve_http(
-    site_file: str, host: str = "127.0.0.1", port: int = 8787, runs_from: RunsFrom = "gateway"
+    site_files: str | Sequence[str],
+    host: str = "127.0.0.1",
+    port: int = 8787,
+    runs_from: RunsFrom = "gateway",
 ) -> None:
-    """Serve `POST /slack/interactions`, `POST /alerts/*` and `GET /healthz` until interrupted."""
+    """Serve `POST /slack/interactions`, `POST /alerts/*` and `GET /healthz` for every site
+    given until interrupted; each alert goes to the site it names (`infra.gateway.sites`)."""
     import uvicorn
 
-    from infra.gateway.app import create_app
+    from infra.gateway.app import create_sites_app
 
-    site, decider, secret = build(site_file)
-    built = build_intake(site, decider, runs_from)
-    intake, alert_secrets = built if built else (None, None)
+    sites = build_sites(site_files, runs_from)
     _log_to_stderr()
-    app = create_app(site, secret, decider, intake, alert_secrets)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    uvicorn.run(create_sites_app(sites), host=host, port=port, log_level="warning")
 
 
 def serve_socket_mode(site_file: str) -> None:

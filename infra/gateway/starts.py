@@ -10,11 +10,13 @@ against `match`, with Prefect's own `ResourceSpecification`), and each matching 
 `parameters` are rendered from the event with Jinja, as Prefect renders them. So the decision
 has one source, the deployments file.
 
-Each run is created with an idempotency key derived from the incident's event id (itself derived
-from the alert's identity): the same alert through a retried request, or through two gateways at
-once, creates one run per deployment, and Prefect answers the existing run to the second
-creation. The gateway's own events are then ``handover.gateway.<kind>`` (the feed keeps them; no
-trigger expects them); ``handover.alert.<kind>`` events that reach Prefect another way still
+Each run is created from the site's own deployment (`infra.serve.deployment_name`: one per site
+and service) with an idempotency key derived from the incident's event id (itself derived from
+the alert's identity, site included) and that deployment's name: the same alert through a
+retried request, or through two gateways at once, creates one run per deployment, and Prefect
+answers the existing run to the second creation; another site's alert is another key. The
+gateway's own events are then ``handover.gateway.<kind>`` (the feed keeps them; no trigger
+expects them); ``handover.alert.<kind>`` events that reach Prefect another way still
 start their procedures through the automations, which stay as the backstop.
 """
 
@@ -34,7 +36,8 @@ log = logging.getLogger("handover.gateway.starts")
 
 @dataclass(frozen=True)
 class Start:
-    """One run to create: the deployment's name and the run's parameters."""
+    """One run to create: the deployments file's entry (the procedure; the site's deployment
+    of it is `infra.serve.deployment_name`) and the run's parameters."""
 
     deployment: str
     parameters: dict[str, Any]
@@ -102,33 +105,49 @@ def starts_for(event: dict[str, Any], rules: list[_Trigger]) -> list[Start]:
 
 
 def idempotency_key(event_id: str, deployment: str) -> str:
-    """The key of the run a deployment gets for an incident (the same for every gateway)."""
+    """The key of the run a deployment gets for an incident (the same for every gateway):
+    `deployment` is the site's deployment's name (`infra.serve.deployment_name`), so the key
+    names the site and the service."""
     return f"handover incident {event_id} {deployment}"
 
 
 class RunStarter:
-    """Creates an incident's runs through the Prefect API (deployment ids looked up once)."""
+    """Creates an incident's runs of one site's deployments through the Prefect API
+    (deployment ids looked up once)."""
 
     def __init__(self, site: Site, path: Path | None = None) -> None:
+        self.site = site
         self.rules = triggers(site, path)
         self._ids: dict[str, Any] = {}
 
-    async def deployment_id(self, client: Any, name: str) -> Any:
-        """The id of the deployment called `name` (the served ones are unique by name)."""
-        if name not in self._ids:
+    def name_of(self, entry: str) -> str:
+        """The name of this site's deployment of an entry (`infra.serve.deployment_name`)."""
+        from infra.serve import deployment_name
+
+        return deployment_name(entry, self.site)
+
+    async def deployment_id(self, client: Any, entry: str) -> Any:
+        """The id of this site's deployment of `entry` (unique by name: one per site and
+        service)."""
+        if entry not in self._ids:
             from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
 
+            name = self.name_of(entry)
             found = await client.read_deployments(
                 deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[name]))
             )
             if not found:
-                raise LookupError(f"no deployment {name!r}: is `handover serve` running?")
-            self._ids[name] = found[0].id
-        return self._ids[name]
+                raise LookupError(
+                    f"no deployment {name!r}: is `handover serve --site {self.site.site}` "
+                    "running (or was `handover deploy` run for the site)?"
+                )
+            self._ids[entry] = found[0].id
+        return self._ids[entry]
 
     async def warm(self, client: Any) -> None:
-        """Look every triggered deployment up now (at the gateway's start), so that the first
-        alert only creates its runs; one not served yet is looked up at its first alert."""
+        """Look every triggered deployment of the site up now (at the gateway's start), so that
+        the first alert only creates its runs; one not served yet is looked up at its first
+        alert."""
         for name in sorted({t.deployment for t in self.rules}):
             try:
                 await self.deployment_id(client, name)
@@ -136,13 +155,14 @@ class RunStarter:
                 log.info("deployment %s not looked up yet: %s", name, exc)
 
     def deployments_for(self, event: dict[str, Any]) -> list[str]:
-        """The deployments whose triggers the event fires, in trigger order."""
+        """The entries (procedures) whose triggers the event fires, in trigger order."""
         return [s.deployment for s in starts_for(event, self.rules)]
 
     async def start(
         self, client: Any, event: dict[str, Any], only: set[str] | None = None
     ) -> list[tuple[str, str]]:
-        """Create the event's runs; (deployment, run id) for each, in trigger order.
+        """Create the event's runs of this site's deployments; (entry, run id) for each, in
+        trigger order (`only`: these entries only).
 
         Raises:
             Exception: the Prefect API did not create a run (the caller answers 503; a retry
@@ -153,9 +173,8 @@ class RunStarter:
             if only is not None and s.deployment not in only:
                 continue
             dep_id = await self.deployment_id(client, s.deployment)
-            run = await _create_quickly(
-                client, dep_id, s.parameters, idempotency_key(event["id"], s.deployment)
-            )
+            key = idempotency_key(event["id"], self.name_of(s.deployment))
+            run = await _create_quickly(client, dep_id, s.parameters, key)
             created.append((s.deployment, str(run.id)))
         return created
 
