@@ -49,7 +49,7 @@ from flows.procedure import (
 )
 from flows.result import ProcedureResult
 from flows.run_site import load_run_site
-from tasks.geo import read_health, snapshot_geo
+from tasks.geo import await_health, snapshot_geo
 from tasks.geo_dns import read_names
 from tasks.outcome import now
 
@@ -254,7 +254,7 @@ def _body(
     )
     executor.execute()
     after = read_names(site.geo, tool)
-    health = read_health(tool, plan.to_site)
+    health = await_health(tool, plan.to_site, max(2.0, site.geo.verify_margin_s))
     problems = _verify(plan, after, health)
     behind = sorted({f"{a.site} {a.master}" for a in after if a.error})
     ok = not problems and not executor.failed_chains

@@ -335,6 +335,18 @@ def read_health(tool: Tool, site_name: str, timeout_s: float = 3.0) -> ToolHealt
         return ToolHealth(site=site_name, address=address, error=f"{type(exc).__name__}: {exc}")
 
 
+def await_health(tool: Tool, site_name: str, timeout_s: float) -> ToolHealth:
+    """The health page of the tool at `site_name`, asked until it answers 200 or `timeout_s`
+    passed (a tool notices that the names moved when it next reads the masters); the last
+    answer."""
+    deadline = time.monotonic() + timeout_s
+    health = read_health(tool, site_name)
+    while not health.serving and time.monotonic() < deadline:
+        time.sleep(0.25)
+        health = read_health(tool, site_name)
+    return health
+
+
 def snapshot_geo(site: Site, tool_name: str) -> GeoSnapshot:
     """The names on every master, the key on every master, each site's database and health
     page, read side by side (the last lag reading and the remap check are added by the

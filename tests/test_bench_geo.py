@@ -273,7 +273,7 @@ def test_a_planned_round_and_a_paced_flood_on_a_bench_geo_lab(
 
     require_geo_lab()
     with bench_lab(tmp_path, 5, octet=next(_lab_numbers)) as g:
-        g.flood_threads, g.flood_pause_s = 2, 0.05
+        g.flood_threads, g.flood_pause_s, g.flood_min_queries = 2, 0.05, 200
         p = planned_round(g, 0)
         f = flood_round(g, 1)
         assert not g.keep

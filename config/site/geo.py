@@ -140,7 +140,8 @@ class Geo(SiteModel):
     tools: list[Tool] = Field(min_length=1)
     #: how long a planned failover waits for the target to apply everything its source wrote
     catch_up_s: float = Field(default=60.0, gt=0, le=3600)
-    #: how long beyond the TTL the resolvers may take to answer the new address
+    #: how long beyond the TTL the resolvers may take to answer the new address, and how long
+    #: (at least 2 s) the target's health page may take to answer 200 once the names moved
     verify_margin_s: float = Field(default=5.0, ge=0, le=3600)
     #: the automatic control switch: a site is dead once the monitoring path has said so for
     #: this long (its hosts and its DNS masters all alerting)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
 
 from infra.bench.geo_figures import (
+    FLOOD_MIN_QUERIES,
     FloodRound,
     KilledRound,
     MasterDownRound,
@@ -101,6 +102,8 @@ class BenchLab:
         #: resolver answers; a test paces a small flood)
         self.flood_threads = FLOOD_THREADS
         self.flood_pause_s = 0.0
+        #: the flood goes on after the failover until this many queries were sent (bounded)
+        self.flood_min_queries = FLOOD_MIN_QUERIES
 
     def address(self, site: str) -> str:
         """The tool's address at `site`."""
@@ -406,6 +409,7 @@ def _flood_process(
     ready: Event,
     stop: Event,
     out: Queue[list[ThreadCount]],
+    total: Any = None,
 ) -> None:
     """The flood's process: `threads` threads query `name` until `stop` (each waiting
     `pause_s` between queries); each puts its counts and its answers (repeats left out) on
@@ -426,6 +430,9 @@ def _flood_process(
         answers: list[str] = []
         while not halt.is_set():
             sent += 1
+            if total is not None:
+                with total.get_lock():
+                    total.value += 1
             try:
                 r = dns.query.udp(
                     dns.message.make_query(qname, "A"), address, port=port, timeout=QUERY_TIMEOUT_S
@@ -468,10 +475,21 @@ def flood_round(g: BenchLab, _i: int) -> FloodRound:
     via = g.resolver(g.sites[0])
     ctx = multiprocessing.get_context("spawn")
     ready, stop = ctx.Event(), ctx.Event()
+    sent = ctx.Value("l", 0)
     out: Queue[list[ThreadCount]] = ctx.Queue()
     proc = ctx.Process(
         target=_flood_process,
-        args=(via.address, via.port, g.name, g.flood_threads, g.flood_pause_s, ready, stop, out),
+        args=(
+            via.address,
+            via.port,
+            g.name,
+            g.flood_threads,
+            g.flood_pause_s,
+            ready,
+            stop,
+            out,
+            sent,
+        ),
         name="geo-bench-flood",
         daemon=True,
     )
@@ -483,6 +501,11 @@ def flood_round(g: BenchLab, _i: int) -> FloodRound:
         time.sleep(1.0)
         _result, took = g.run(geo_failover, to=b, reason="bench geo: resolver flood")
         time.sleep(1.0)
+        # a failover quicker than the flood's minimum: the queries after it count as well (the
+        # answers must not flip back)
+        deadline = time.monotonic() + 60
+        while sent.value < g.flood_min_queries and time.monotonic() < deadline:
+            time.sleep(0.1)
         lasted = time.monotonic() - began
         stop.set()
         threads = out.get(timeout=QUERY_TIMEOUT_S + 30)
