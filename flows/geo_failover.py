@@ -108,6 +108,8 @@ def geo_failover(
     requested_by: str = "",
     pause_for_approval: bool | None = None,
     dry_run: bool = False,
+    automatic: bool = False,
+    ask: bool = False,
 ) -> State[Any]:
     """Move the tool `service` to the site `to` (module docstring).
 
@@ -122,12 +124,26 @@ def geo_failover(
         requested_by: who or what asked.
         pause_for_approval: ask a human first (default: the site's policy).
         dry_run: show the plan and change nothing.
+        automatic: started by the automatic control switch (`flows.geo_site_down`): the
+            site's countdown (`geo.countdown_s`) instead of its approval policy. Taken only in
+            a run called in-process (the control switch's subflow); a run created through the
+            Prefect API gets the site's approval policy whatever this says.
+        ask: with `automatic`, a human decides (anti-flapping).
 
     Returns:
         A Completed state (completed, rejected, dry-run) or a Failed one (failed, refused)
         whose data is the `GeoResult`.
     """
-    req = GeoRequest(tool=service, to=to, mode=mode, max_lag_s=max_lag_s, reason=reason)
+    req = GeoRequest(
+        tool=service,
+        to=to,
+        mode=mode,
+        max_lag_s=max_lag_s,
+        reason=reason,
+        automatic=automatic and not progress.created_through_the_api(),
+    )
+    if ask and req.automatic:
+        pause_for_approval = True
     return _run(PROCEDURE, site_file, req, requested_by, pause_for_approval, dry_run)
 
 
@@ -235,6 +251,28 @@ def _body(
         mrkdwn("*Epoch*: {} → {}", plan.old_epoch, plan.new_epoch),
     ]
     policy = site.policy(procedure)
+    if req.automatic and pause is not True:
+        # the control switch's word is the decision, after the site's countdown
+        if site.geo.countdown_s > 0:
+            what = (
+                f"failing {tool.name} over to {plan.to_site} in {site.geo.countdown_s} s unless "
+                "aborted (Reject aborts, Approve fails over now)"
+            )
+            policy = policy.model_copy(
+                update={
+                    "approval": "required",
+                    "approval_timeout_s": float(site.geo.countdown_s),
+                    "on_approval_timeout": "proceed",
+                    "emergency": True,
+                }
+            )
+            pause = True
+        else:
+            policy = policy.model_copy(update={"approval": "none"})
+            pause = None
+    elif req.automatic:
+        lines.append(mrkdwn("*Anti-flapping*: {}", req.reason))
+        policy = policy.model_copy(update={"approval": "required", "on_approval_timeout": "reject"})
     if plan.needs_loss_approval:
         # a loss beyond what may be accepted without asking: a human decides, whatever the
         # site's policy, and a request left unanswered is not a yes

@@ -60,3 +60,37 @@ def free_port(address: str = "127.0.0.1") -> int:
             _given.add(port)
             return port
     raise RuntimeError(f"no free port in {ports.start}-{ports.stop - 1} on {address}")
+
+
+def _free_everywhere(address: str, port: int) -> bool:
+    """Whether nothing holds `port` at `address`, over TCP or UDP (a DNS server takes both)."""
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind((address, port))
+            except OSError:
+                return False
+    return True
+
+
+def free_port_block(count: int, address: str = "127.0.0.1") -> int:
+    """The first of `count` consecutive ports, each free at `address` over TCP and UDP now and
+    none handed out by this process before; all of them are handed out (`free_port` never gives
+    one of them later, so a server of the block that restarts finds its port).
+
+    Raises:
+        RuntimeError: no such block in 200 random starts within the block.
+    """
+    ports = port_range()
+    starts = range(ports.start, ports.stop - count + 1)
+    with _lock:
+        for base in random.sample(starts, min(200, len(starts))):
+            block = range(base, base + count)
+            if any(p in _given for p in block):
+                continue
+            if all(_free_everywhere(address, p) for p in block):
+                _given.update(block)
+                return base
+    raise RuntimeError(
+        f"no {count} consecutive free ports in {ports.start}-{ports.stop - 1} on {address}"
+    )

@@ -25,7 +25,6 @@ CI (``CI=true``).
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ from config.loader import load_site
 from config.site import DnsServer, Site, Tool
 from infra.lab.geo.derive import derive_geo_site_file, port_count
 from infra.lab.geo.lab import APT_PACKAGES, GeoLab, missing_prerequisites
-from infra.ports import free_port, port_range
+from infra.ports import free_port_block
 from tests.conftest import ROOT, _lab_numbers, require
 
 GEO_SITE = ROOT / "config" / "sites" / "geo-lab.yaml"
@@ -53,32 +52,6 @@ def require_geo_lab() -> None:
     )
 
 
-def _free_everywhere(port: int) -> bool:
-    """Whether nothing holds `port` on 127.0.0.1, over TCP or UDP (the DNS servers take both)."""
-    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
-        with socket.socket(socket.AF_INET, kind) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                return False
-    return True
-
-
-def port_block(count: int, tries: int = 100) -> int:
-    """The first of `count` consecutive ports free on 127.0.0.1 (TCP and UDP), starting at a
-    port `infra.ports.free_port` hands out (this process's block, never handed out twice).
-
-    Raises:
-        RuntimeError: no such block was found.
-    """
-    stop = port_range().stop
-    for _ in range(tries):
-        base = free_port()
-        if base + count <= stop and all(_free_everywhere(p) for p in range(base, base + count)):
-            return base
-    raise RuntimeError(f"no {count} consecutive free ports in this process's block")
-
-
 def derive_test_site(tmp: Path, octet: int | None = None) -> Path:
     """A copy of the geo lab site for a test lab (module docstring): its own octet, ports and
     state directory."""
@@ -88,7 +61,7 @@ def derive_test_site(tmp: Path, octet: int | None = None) -> Path:
         GEO_SITE,
         tmp / f"geotest{n}.yaml",
         n,
-        port_block(count),
+        free_port_block(count),
         state_dir=Path("/var/tmp/handover-lab") / f"geotest{n}-{os.getpid()}",
         name=f"geotest{n}",
     )

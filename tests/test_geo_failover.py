@@ -212,6 +212,43 @@ def test_a_killed_site_fails_over_within_its_window_and_comes_back_fenced(
     assert {x["id"] for x in g.lab.rows(b)} <= {x["id"] for x in g.lab.rows(a)}
 
 
+def test_the_control_switch_fails_a_lost_sites_tool_over_and_leaves_a_live_site_alone(
+    geo_lab: RunningGeoLab, tmp_path: Path
+) -> None:
+    from flows.geo_site_down import SiteDownResult, geo_site_down
+
+    g = geo_lab
+    a, b = g.sites
+
+    def control(site: str) -> SiteDownResult:
+        r = geo_site_down(str(g.site_file), geo_site=site, return_state=True)
+        out = r.result(raise_on_failure=False)
+        assert isinstance(out, SiteDownResult), out
+        return out
+
+    # site a answers: the monitoring path's word alone changes nothing
+    alive = control(a)
+    assert alive.status == "refused" and not alive.plan.confirmed and alive.failovers == []
+    assert "not lost by handover's own reading" in alive.summary
+    before = where(g)
+    assert all(addrs == [g.address(a)] for _m, addrs, _e in before)
+    # site a lost (a reading on record): its tool fails over to b without a human (the lab's
+    # countdown is 0), although the site's policy for geo-failover asks for approval
+    geo_watch(str(g.site_file), return_state=True)
+    g.lab.kill_site(a)
+    try:
+        lost = control(a)
+        assert lost.status == "completed", lost.summary
+        assert lost.automatic and [f.to_site for f in lost.failovers] == [b]
+        assert lost.failovers[0].approval is not None
+        serving_at(g, b)
+    finally:
+        g.lab.restore_site(a, writable=True)
+    back = run(geo_failback, g, to=a, keep_dir=str(tmp_path / "kept"))
+    assert back.status == "completed", back.summary
+    serving_at(g, a)
+
+
 def test_a_loss_window_nobody_can_state_waits_for_a_human_and_a_rejection_changes_nothing(
     geo_lab: RunningGeoLab,
 ) -> None:

@@ -446,3 +446,75 @@ def test_recorded_stale_site_back_is_seen_and_failed_back_through_a_rebuild():
     assert not plan_geo_failover(SITE, snap, req(to="site-a")).ok
     back = plan_geo_failback(SITE, snap, req(to="site-a"))
     assert back.ok and ids(back)[0] == "rebuild" and back.new_epoch == 3
+
+
+# --- the automatic control switch's decision ----------------------------------------------------
+
+
+def statuses(name: str) -> list:
+    from flows.plans.geo_status import geo_status
+
+    return [geo_status(SITE.geo.tool("portal"), recorded(name))]
+
+
+NOW = dt.datetime(2026, 12, 7, 12, 0, tzinfo=dt.UTC)
+
+
+def test_a_lost_site_confirmed_by_the_reading_fails_its_tools_over_to_their_replica():
+    from flows.plans.geo_site_down import plan_site_down
+
+    plan = plan_site_down(SITE, "site-a", statuses("site-a-killed"), {}, NOW)
+    assert plan.confirmed and plan.problems == []
+    [d] = plan.decisions
+    assert (d.tool, d.action, d.to) == ("portal", "failover", "site-b")
+    assert d.sentence.endswith("at once")  # the lab's countdown is 0
+
+
+def test_a_site_any_part_of_which_answers_is_not_lost():
+    from flows.plans.geo_site_down import plan_site_down
+
+    for name, site in (("healthy", "site-a"), ("master-b-down", "site-b")):
+        plan = plan_site_down(SITE, site, statuses(name), {}, NOW)
+        assert not plan.confirmed and plan.failovers == [], name
+        assert "not lost by handover's own reading" in plan.problems[0]
+    # site-b's master is down, but its database and tool answer: named
+    plan = plan_site_down(SITE, "site-b", statuses("master-b-down"), {}, NOW)
+    assert "the database of portal at site-b" in plan.problems[0]
+
+
+def test_a_second_automatic_failover_within_the_block_asks_a_human():
+    from flows.plans.geo_site_down import plan_site_down
+
+    recent = {"portal": NOW - dt.timedelta(seconds=60)}
+    [d] = plan_site_down(SITE, "site-a", statuses("site-a-killed"), recent, NOW).decisions
+    assert d.action == "ask" and d.to == "site-b" and "within geo.block_s = 600 s" in d.sentence
+    old = {"portal": NOW - dt.timedelta(seconds=601)}
+    [d] = plan_site_down(SITE, "site-a", statuses("site-a-killed"), old, NOW).decisions
+    assert d.action == "failover"
+
+
+def test_tools_active_elsewhere_are_left_and_a_tool_without_a_replica_is_refused():
+    from flows.plans.geo_site_down import plan_site_down
+
+    # portal is active at site-b in this state; site-a (stale, but here reported lost) holds none
+    snap = recorded("site-a-back-stale")
+    silent_a = snap.model_copy(deep=True)
+    silent_a.databases["site-a"] = silent("site-a", A)
+    silent_a.health["site-a"] = silent_a.health["site-a"].model_copy(
+        update={"status": None, "error": "refused"}
+    )
+    silent_a.names = [
+        n if n.site != "site-a" else n.model_copy(update={"error": "timeout"}) for n in snap.names
+    ]
+    from flows.plans.geo_status import geo_status
+
+    tool = SITE.geo.tool("portal")
+    [d] = plan_site_down(SITE, "site-a", [geo_status(tool, silent_a)], {}, NOW).decisions
+    assert d.action == "nothing" and "active at site-b" in d.sentence
+    # lost site-a while active there, and site-b no replica: nothing to fail over to
+    killed = recorded("site-a-killed")
+    killed.databases["site-b"] = killed.databases["site-b"].model_copy(update={"is_replica": False})
+    [d] = plan_site_down(SITE, "site-a", [geo_status(tool, killed)], {}, NOW).decisions
+    assert d.action == "refused" and "no other site's database answers as its replica" in d.sentence
+    unknown = plan_site_down(SITE, "site-z", [geo_status(tool, killed)], {}, NOW)
+    assert not unknown.confirmed and "no geo site 'site-z'" in unknown.problems[0]

@@ -59,3 +59,15 @@ def test_a_malformed_block_is_refused_naming_the_variable(
     monkeypatch.setenv(ports.RANGE_ENV, bad)
     with pytest.raises(ValueError, match=ports.RANGE_ENV):
         ports.free_port()
+
+
+def test_a_block_of_ports_is_free_over_tcp_and_udp_and_never_handed_out_again() -> None:
+    base = ports.free_port_block(6)
+    block = set(range(base, base + 6))
+    assert block <= set(ports.port_range())
+    # none of the block comes out of free_port (a server of the block that restarts finds its
+    # port), and no second block overlaps it
+    seen = {ports.free_port() for _ in range(50)}
+    assert not seen & block
+    other = ports.free_port_block(6)
+    assert not set(range(other, other + 6)) & block

@@ -37,7 +37,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -70,34 +69,6 @@ Progress = Callable[[str], None]
 
 def _quiet(_msg: str) -> None:
     pass
-
-
-def _free_everywhere(port: int) -> bool:
-    """Whether nothing holds `port` on 127.0.0.1, over TCP or UDP (named takes both)."""
-    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
-        with socket.socket(socket.AF_INET, kind) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                return False
-    return True
-
-
-def port_block(count: int, tries: int = 100) -> int:
-    """The first of `count` consecutive ports free on 127.0.0.1 (TCP and UDP), from a port
-    `infra.ports.free_port` hands out.
-
-    Raises:
-        RuntimeError: no such block was found.
-    """
-    from infra.ports import free_port, port_range
-
-    stop = port_range().stop
-    for _ in range(tries):
-        base = free_port()
-        if base + count <= stop and all(_free_everywhere(p) for p in range(base, base + count)):
-            return base
-    raise RuntimeError(f"no {count} consecutive free ports for the bench's geo lab")
 
 
 def _round_line(row: RowName, i: int, n: int, r: Round) -> str:
@@ -139,13 +110,14 @@ def bench_lab(
     """
     from infra.lab.geo.derive import derive_geo_site_file, port_count
     from infra.lab.geo.lab import GeoLab
+    from infra.ports import free_port_block
 
     state = Path("/var/tmp/handover-lab") / f"bench-geo{ttl}-{os.getpid()}"
     site_file = derive_geo_site_file(
         GEO_SITE,
         work / f"benchgeo{ttl}.yaml",
         octet,
-        port_block(port_count(yaml.safe_load(GEO_SITE.read_text()))),
+        free_port_block(port_count(yaml.safe_load(GEO_SITE.read_text()))),
         state_dir=state,
         name=f"benchgeo{ttl}",
     )
