@@ -320,6 +320,37 @@ def approve(
     return record
 
 
+def automatic_policy(
+    policy: ProcedurePolicy, countdown_s: float, flapping: str = ""
+) -> tuple[ProcedurePolicy, bool | None]:
+    """The approval policy of a run an automatic path started (a sensor's switch, the control
+    switch's geo failover), and the run's `pause` argument.
+
+    With `flapping` (why another automatic run was too recent) a human decides, and a request
+    left unanswered is a no. Otherwise the site's countdown: announced, aborted by a Reject,
+    gone ahead when nobody answers; with no countdown, at once without asking (the alert's word
+    is the decision: a run created through the API would otherwise fall back on the site's
+    policy).
+    """
+    if flapping:
+        return policy.model_copy(
+            update={"approval": "required", "on_approval_timeout": "reject"}
+        ), True
+    if countdown_s > 0:
+        return (
+            policy.model_copy(
+                update={
+                    "approval": "required",
+                    "approval_timeout_s": float(countdown_s),
+                    "on_approval_timeout": "proceed",
+                    "emergency": True,
+                }
+            ),
+            True,
+        )
+    return policy.model_copy(update={"approval": "none"}), None
+
+
 def automatic_path_proven(site: Site, alert_id: str, alert_seal: str, host: str) -> bool:
     """Whether this run may take an automatic path (an automatic switch's countdown, an
     emergency policy that proceeds when nobody answers): it was called in-process (an operator

@@ -13,6 +13,7 @@ site's tool no longer accepts writes (its database is read-only, or its epoch is
 from __future__ import annotations
 
 import getpass
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
 from prefect import flow
@@ -21,6 +22,7 @@ from pydantic import Field
 
 from config.site import Site
 from flows import progress
+from flows.approval import automatic_policy
 from flows.executor import Executor
 from flows.geo_records import LastGeoFailover, last_lag, remember_geo_failover
 from flows.notify import mrkdwn
@@ -81,19 +83,28 @@ class GeoResult(ProcedureResult):
     actions: list[str] = Field(default_factory=list)
 
 
-def _snapshot(site: Site, tool: str, to: str) -> GeoSnapshot:
-    snap = snapshot_geo(site, tool)
-    lag = last_lag(site.site, tool, to)
-    if lag is not None:
-        snap.last_lag[to] = lag
-    try:
-        from tasks.remap import check_remap
+#: the remap check the plan shows is bounded tightly (a failover of a lost site must not wait
+#: on its silent pages): each request, and the whole crawl; `handover check remap` goes further
+REMAP_REQUEST_S = 2.0
+REMAP_TOTAL_S = 10.0
 
-        report = check_remap(site, tool)
-        snap.remap = [report.summary]
-        snap.remap_ready = report.ready
-    except Exception as exc:  # noqa: BLE001 - readiness is shown, never blocks
-        snap.remap = [f"the remap check could not run: {exc}"]
+
+def _snapshot(site: Site, tool: str, to: str) -> GeoSnapshot:
+    from tasks.remap import check_remap
+
+    with ThreadPoolExecutor(max_workers=1) as ex:
+        # the crawl runs beside the reads of the databases, masters and health pages
+        remap = ex.submit(check_remap, site, tool, timeout_s=REMAP_REQUEST_S, total_s=REMAP_TOTAL_S)
+        snap = snapshot_geo(site, tool)
+        lag = last_lag(site.site, tool, to)
+        if lag is not None:
+            snap.last_lag[to] = lag
+        try:
+            report = remap.result()
+            snap.remap = [report.summary]
+            snap.remap_ready = report.ready
+        except Exception as exc:  # noqa: BLE001 - readiness is shown, never blocks
+            snap.remap = [f"the remap check could not run: {exc}"]
     return snap
 
 
@@ -109,7 +120,7 @@ def geo_failover(
     pause_for_approval: bool | None = None,
     dry_run: bool = False,
     automatic: bool = False,
-    ask: bool = False,
+    flapping: str = "",
 ) -> State[Any]:
     """Move the tool `service` to the site `to` (module docstring).
 
@@ -128,7 +139,8 @@ def geo_failover(
             site's countdown (`geo.countdown_s`) instead of its approval policy. Taken only in
             a run called in-process (the control switch's subflow); a run created through the
             Prefect API gets the site's approval policy whatever this says.
-        ask: with `automatic`, a human decides (anti-flapping).
+        flapping: with `automatic`, why a human decides (another automatic failover of the
+            tool was too recent).
 
     Returns:
         A Completed state (completed, rejected, dry-run) or a Failed one (failed, refused)
@@ -141,9 +153,8 @@ def geo_failover(
         max_lag_s=max_lag_s,
         reason=reason,
         automatic=automatic and not progress.created_through_the_api(),
+        flapping=flapping,
     )
-    if ask and req.automatic:
-        pause_for_approval = True
     return _run(PROCEDURE, site_file, req, requested_by, pause_for_approval, dry_run)
 
 
@@ -251,28 +262,15 @@ def _body(
         mrkdwn("*Epoch*: {} → {}", plan.old_epoch, plan.new_epoch),
     ]
     policy = site.policy(procedure)
-    if req.automatic and pause is not True:
-        # the control switch's word is the decision, after the site's countdown
-        if site.geo.countdown_s > 0:
+    if req.automatic:
+        if req.flapping:
+            lines.append(mrkdwn("*Anti-flapping*: {}", req.flapping))
+        elif site.geo.countdown_s > 0:
             what = (
                 f"failing {tool.name} over to {plan.to_site} in {site.geo.countdown_s} s unless "
                 "aborted (Reject aborts, Approve fails over now)"
             )
-            policy = policy.model_copy(
-                update={
-                    "approval": "required",
-                    "approval_timeout_s": float(site.geo.countdown_s),
-                    "on_approval_timeout": "proceed",
-                    "emergency": True,
-                }
-            )
-            pause = True
-        else:
-            policy = policy.model_copy(update={"approval": "none"})
-            pause = None
-    elif req.automatic:
-        lines.append(mrkdwn("*Anti-flapping*: {}", req.reason))
-        policy = policy.model_copy(update={"approval": "required", "on_approval_timeout": "reject"})
+        policy, pause = automatic_policy(policy, site.geo.countdown_s, req.flapping)
     if plan.needs_loss_approval:
         # a loss beyond what may be accepted without asking: a human decides, whatever the
         # site's policy, and a request left unanswered is not a yes

@@ -102,7 +102,7 @@ def geo_site_down(
             # a run whose alert is not proven asks a human, like a failover by hand
             pause_for_approval=None if automatic else True,
             automatic=automatic,
-            ask=d.action == "ask",
+            flapping=d.sentence if d.action == "ask" else "",
             return_state=True,
         )
         ran = state.result(raise_on_failure=False)

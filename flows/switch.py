@@ -22,7 +22,7 @@ from pydantic import Field
 
 from config.site import Site
 from flows import progress
-from flows.approval import automatic_path_proven
+from flows.approval import automatic_path_proven, automatic_policy
 from flows.executor import Executor
 from flows.notify import mrkdwn
 from flows.plans.model import steps_markdown
@@ -258,29 +258,14 @@ def _switch(
             )
             lines.append(mrkdwn("*Anti-flapping*: {}", why))
             progress.emit("step-sentence", sentence=why)
-            policy = policy.model_copy(
-                update={"approval": "required", "on_approval_timeout": "reject"}
-            )
-            pause = True
-        elif site.frontend.countdown_s > 0:
-            what = (
-                f"switching {site.dns.alias} to {plan.to} in {site.frontend.countdown_s} s "
-                "unless aborted (Reject aborts, Approve switches now)"
-            )
-            policy = policy.model_copy(
-                update={
-                    "approval": "required",
-                    "approval_timeout_s": float(site.frontend.countdown_s),
-                    "on_approval_timeout": "proceed",
-                    "emergency": True,
-                }
-            )
-            pause = True
         else:
-            # no countdown: the sensor's word is the decision (a run created through the API
-            # would otherwise fall back on the site's approval policy)
-            policy = policy.model_copy(update={"approval": "none"})
-            pause = None
+            why = ""
+            if site.frontend.countdown_s > 0:
+                what = (
+                    f"switching {site.dns.alias} to {plan.to} in {site.frontend.countdown_s} s "
+                    "unless aborted (Reject aborts, Approve switches now)"
+                )
+        policy, pause = automatic_policy(policy, site.frontend.countdown_s, why)
     approval = run.approve(policy, pause, who, what, lines)
     if not approval.approved:
         return finish(

@@ -74,6 +74,8 @@ class GeoRequest(BaseModel):
     reason: str = ""
     #: started by the monitoring path (the automatic control switch)
     automatic: bool = False
+    #: an automatic run a human decides: why (another automatic failover was too recent)
+    flapping: str = ""
     #: where a rebuilt replica's old content is kept
     keep_dir: str = "/var/lib/handover/geo-kept"
 
@@ -244,7 +246,7 @@ def plan_geo_failover(site: Site, snap: GeoSnapshot, req: GeoRequest) -> GeoPlan
                 f"may take to catch up (geo.catch_up_s = {geo.catch_up_s:g} s); wait and plan "
                 "again",
             )
-    problems = _minimum_problems(site, snap, req.to, from_site, mode)
+    problems = _minimum_problems(site, snap, req.to)
     if problems:
         return refused(plan, *problems)
     new_epoch = old_epoch if promoted_here else old_epoch + 1
@@ -306,11 +308,9 @@ def _already(plan: GeoPlan, tool: Tool, snap: GeoSnapshot, req: GeoRequest, epoc
     )
 
 
-def _minimum_problems(
-    site: Site, snap: GeoSnapshot, to: str, from_site: str, mode: Mode
-) -> list[str]:
-    """The target site (and, in a planned failover, every site) must have at least its
-    `min_masters` masters answering."""
+def _minimum_problems(site: Site, snap: GeoSnapshot, to: str) -> list[str]:
+    """The target site must have at least its `min_masters` masters answering (another site's
+    silent masters are left behind and repaired later)."""
     assert site.geo is not None
     out = []
     for gs in site.geo.sites:

@@ -51,9 +51,6 @@ class PromoteReplica(Step):
         "the site's database replicates from nobody, is writable and holds the step's epoch"
     )
 
-    def done(self, ledger: Ledger) -> None:
-        ledger.add("started", [f"{self.tool}@{self.host}"])
-
 
 class RepointNames(Step):
     """Point the tool's names at the site's address with the new epoch, on every master
