@@ -27,6 +27,7 @@ import yaml
 
 from config.loader import load_site
 from config.site import DnsServer, Tool
+from config.site.secrets import SecretRef
 from infra.lab.tls import issue_cert, make_ca
 from infra.ports import free_port
 from tasks.remap import ResolveFailed, certificates, check_remap, crawl, dns_resolve, page_links
@@ -326,7 +327,7 @@ def test_links_come_from_href_src_and_action_each_once() -> None:
     assert page_links(page) == ["https://base.example.test/", "/a", "/i.png", "/f", "/map"]
 
 
-def test_a_name_nobody_answers_is_said_with_whom_was_asked() -> None:
+def test_a_name_nobody_answers_is_said_with_whom_was_asked(tmp_path: Path) -> None:
     site = load_site(GEO_LAB)
     assert site.geo is not None
     dead = [DnsServer(address="127.0.0.1", port=free_port()) for _ in range(2)]
@@ -334,7 +335,12 @@ def test_a_name_nobody_answers_is_said_with_whom_was_asked() -> None:
         s.model_copy(update={"masters": [m], "resolvers": []})
         for s, m in zip(site.geo.sites, dead, strict=True)
     ]
-    geo = site.geo.model_copy(update={"sites": sites})
+    # a key of its own (the masters are asked with signed queries; no geo lab need have run)
+    key_file = tmp_path / "tsig-key"
+    key_file.write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
+    key_file.chmod(0o600)
+    key = SecretRef(file=key_file)
+    geo = site.geo.model_copy(update={"sites": sites, "tsig_key": key})
     with pytest.raises(ResolveFailed) as caught:
         dns_resolve(geo, timeout_s=0.5)(PORTAL)
     said = str(caught.value)
