@@ -351,13 +351,13 @@ def automatic_policy(
     return policy.model_copy(update={"approval": "none"}), None
 
 
-def automatic_path_proven(site: Site, alert_id: str, alert_seal: str, host: str) -> bool:
+def automatic_path_proven(site: Site, alert_id: str, alert_seal: str, subject: str) -> bool:
     """Whether this run may take an automatic path (an automatic switch's countdown, an
-    emergency policy that proceeds when nobody answers): it was called in-process (an operator
-    at the site's terminal, like ``--yes``), or it carries the gateway's seal of the alert
-    `alert_id` about `host`, and was created within the site's `alerts.max_age_s` of it
-    (`flows.seals`). A run created through the Prefect API without that seal gets the site's
-    approval policy, whatever its parameters say."""
+    emergency policy that proceeds when nobody answers): it was called in-process (an operator at
+    the site's terminal, like ``--yes``), or it carries the gateway's seal of the alert `alert_id`
+    about `subject` (a host's name, or `flows.seals.geo_site_subject`), and was created within the
+    site's `alerts.max_age_s` of it (`flows.seals`). A run created through the Prefect API without
+    that seal gets the site's approval policy, whatever its parameters say."""
     from flows import progress
 
     if not progress.created_through_the_api():
@@ -369,7 +369,7 @@ def automatic_path_proven(site: Site, alert_id: str, alert_seal: str, host: str)
     return alert_seal_holds(
         site_alert_seal_key(site.alerts),
         alert_id,
-        host,
+        subject,
         alert_seal,
         created_at=created.timestamp(),
         max_age_s=site.alerts.max_age_s,

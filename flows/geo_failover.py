@@ -85,6 +85,8 @@ class GeoResult(ProcedureResult):
 
 #: the remap check the plan shows is bounded tightly (a failover of a lost site must not wait
 #: on its silent pages): each request, and the whole crawl; `handover check remap` goes further
+#: how long a failover waits for the geo watch's repair to let the tool go
+WATCH_WAIT_S = 60.0
 REMAP_REQUEST_S = 2.0
 REMAP_TOTAL_S = 10.0
 
@@ -220,6 +222,10 @@ def _run(
             finish,
             lambda: _body(run, procedure, req, who, pause, dry_run, finish),
             part=f"geo-{req.tool}",
+            # the watch holds the tool for a repair of a few seconds (more when a site is lost
+            # and its reads time out): a failover waits for it rather than being refused
+            wait_s=WATCH_WAIT_S,
+            behind=frozenset({"geo-watch"}),
         )
 
 

@@ -29,6 +29,7 @@ from flows.geo_failover import GeoResult, geo_failover
 from flows.geo_records import last_geo_failover
 from flows.plans.geo_site_down import SiteDownPlan, plan_site_down
 from flows.run_site import load_run_site
+from flows.seals import geo_site_subject
 from tasks.geo import read_geo_status
 from tasks.outcome import now
 
@@ -72,7 +73,7 @@ def geo_site_down(
     """
     site = load_run_site(site_file)
     who = requested_by or getpass.getuser()
-    automatic = automatic_path_proven(site, alert_id, alert_seal, geo_site)
+    automatic = automatic_path_proven(site, alert_id, alert_seal, geo_site_subject(geo_site))
     if site.geo is None:
         plan = SiteDownPlan(
             site=site.site,

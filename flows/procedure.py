@@ -102,7 +102,13 @@ def procedure_run(
 
 @contextlib.contextmanager
 def holding_service(
-    site: Site, procedure: str, part: str = "", *, subject: str = "", wait_s: float = 0.0
+    site: Site,
+    procedure: str,
+    part: str = "",
+    *,
+    subject: str = "",
+    wait_s: float = 0.0,
+    behind: frozenset[str] = frozenset(),
 ) -> Iterator[None]:
     """Hold the site's service for the block (one procedure per service at a time).
 
@@ -113,7 +119,8 @@ def holding_service(
             its own (``frontend``: the switch runs beside an emergency move of the same host).
         subject: what the procedure works on (a host), recorded with the holder.
         wait_s: wait up to this long while the same procedure holds the service for another
-            subject (`flows.service_lock.service_lock`).
+            subject, or while one of `behind` holds it (`flows.service_lock.service_lock`).
+        behind: procedures waited for as well (short repairs).
 
     Raises:
         ServiceLockError: another procedure holds it, or the Prefect API did not answer; the
@@ -121,7 +128,9 @@ def holding_service(
     """
     service = f"{site.service.name}-{part}" if part else site.service.name
     try:
-        with service_lock(site.site, service, procedure, subject=subject, wait_s=wait_s):
+        with service_lock(
+            site.site, service, procedure, subject=subject, wait_s=wait_s, behind=behind
+        ):
             yield
     except ServiceLockError as exc:
         get_run_logger().error("%s", exc)
@@ -188,12 +197,13 @@ def locked(
     part: str = "",
     subject: str = "",
     wait_s: float = 0.0,
+    behind: frozenset[str] = frozenset(),
     **refused: Any,
 ) -> State[Any]:
     """Run `body` holding the service (`holding_service`); a refusal of the lock ends the run
     ``refused``, its message naming the holder (with the `refused` fields in the result)."""
     try:
-        with holding_service(site, procedure, part, subject=subject, wait_s=wait_s):
+        with holding_service(site, procedure, part, subject=subject, wait_s=wait_s, behind=behind):
             return body()
     except ServiceLockError as exc:
         return finish("refused", str(exc), **refused)

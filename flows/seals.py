@@ -12,12 +12,13 @@ site file (the API never carries it):
   UI, and a site whose policy says ``approval_via: gateway`` ignores the latter and keeps
   waiting. A seal names its run and its pause, so one copied from another run, or from an
   earlier pause of the same run, does not verify.
-* **an alert** (`alert_seal`, `alert_seal_holds`): over the alert's event id, the host it is
-  about and the moment the gateway admitted it, keyed from the webhook secret. It travels in the
-  event's payload into the runs that the event starts (the gateway's own, and the automations'
-  as their backstop), and only a run whose seal verifies, created within `alerts.max_age_s` of
-  that moment, takes the automatic paths (an automatic switch's countdown, an emergency policy
-  that proceeds when nobody answers) and counts the monitoring, not a person, as its requester.
+* **an alert** (`alert_seal`, `alert_seal_holds`): over the alert's event id, the host or geo
+  site it is about (`geo_site_subject`) and the moment the gateway admitted it, keyed from the
+  webhook secret. It travels in the event's payload into the runs that the event starts (the
+  gateway's own, and the automations' as their backstop), and only a run whose seal verifies,
+  created within `alerts.max_age_s` of that moment, takes the automatic paths (an automatic switch's
+  countdown, an emergency policy that proceeds when nobody answers) and counts the monitoring, not a
+  person, as its requester.
 
 Keys are derived with a purpose of their own, so no seal is ever a valid signature of Slack's or
 of a webhook sender's.
@@ -93,30 +94,37 @@ def site_alert_seal_key(alerts: Alerts | None) -> bytes | None:
     return alert_seal_key(secret) if secret.strip() else None
 
 
-def alert_seal(key: bytes, alert_id: str, host: str, admitted_at: float) -> str:
-    """The seal of an alert about `host` admitted at `admitted_at` (epoch seconds):
-    ``SECONDS:HEX``."""
+def geo_site_subject(name: str) -> str:
+    """What an alert about the geo site `name` is about, as its seal and incident name it:
+    ``geo-site:NAME``. A host's name has no colon (`config.site.HostName`), so a seal of a host
+    alert never verifies for a geo site of the same name, nor the other way round."""
+    return f"geo-site:{name}"
+
+
+def alert_seal(key: bytes, alert_id: str, subject: str, admitted_at: float) -> str:
+    """The seal of an alert about `subject` (a host's name, or `geo_site_subject`) admitted at
+    `admitted_at` (epoch seconds): ``SECONDS:HEX``."""
     at = str(int(admitted_at))
-    return f"{at}:{_mac(key, 'alert', alert_id, host, at)}"
+    return f"{at}:{_mac(key, 'alert', alert_id, subject, at)}"
 
 
 def alert_seal_holds(
     key: bytes | None,
     alert_id: str,
-    host: str,
+    subject: str,
     given: str,
     *,
     created_at: float,
     max_age_s: float,
 ) -> bool:
-    """Whether `given` is the gateway's seal of this alert about this host, and the run that
+    """Whether `given` is the gateway's seal of this alert about `subject`, and the run that
     carries it was created within `max_age_s` of the alert's admission (a seal read from an old
     run's parameters cannot start an automatic path later)."""
-    if key is None or not (alert_id and host and given) or ":" not in given:
+    if key is None or not (alert_id and subject and given) or ":" not in given:
         return False
     at, _, _mac_hex = given.partition(":")
     if not at.isdigit():
         return False
-    if not hmac.compare_digest(alert_seal(key, alert_id, host, float(at)), given):
+    if not hmac.compare_digest(alert_seal(key, alert_id, subject, float(at)), given):
         return False
     return -60.0 <= created_at - int(at) <= max_age_s

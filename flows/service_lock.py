@@ -6,10 +6,11 @@ the holder renews in the background: a killed flow stops renewing and the server
 Prefect Variable, so a refusal names the run that holds the service, and so a run on the same
 machine can take over at once from a holder whose process has died.
 
-A busy service refuses at once, with one exception the caller asks for (`wait_s`): a run of the
+A busy service refuses at once, with exceptions the caller asks for (`wait_s`): a run of the
 same procedure for another subject waits, bounded, for the holder to let go (a second host's
 emergency move behind the first's, so that two boxes of one service lost together are both
-moved). Each service has its own limit: procedures on different services never wait for each
+moved), and so does a run behind a short repair it names (`behind`: a geo failover behind the geo
+watch). Each service has its own limit: procedures on different services never wait for each
 other.
 
 Only the server's own answer "the slot is taken" (HTTP 423) means busy. A server that is slow to
@@ -291,7 +292,13 @@ def _holder_dead_here(holder: dict[str, Any]) -> bool:
 
 @contextlib.contextmanager
 def service_lock(
-    site: str, service: str, procedure: str, *, subject: str = "", wait_s: float = 0.0
+    site: str,
+    service: str,
+    procedure: str,
+    *,
+    subject: str = "",
+    wait_s: float = 0.0,
+    behind: frozenset[str] = frozenset(),
 ) -> Iterator[None]:
     """Hold the service for the duration of the block, or raise.
 
@@ -303,6 +310,8 @@ def service_lock(
         wait_s: while the service is held by the same procedure for another subject (a second
             host's emergency move behind the first's), wait up to this long for it instead of
             being refused; anything else holding the service refuses at once.
+        behind: procedures this run also waits for, up to `wait_s` (short read-and-repair
+            runs such as the geo watch: a failover waits for its repair rather than failing).
 
     Raises:
         ServiceBusy: another procedure holds the service (or still held it after `wait_s`); the
@@ -368,6 +377,7 @@ def service_lock(
                     continue
             queued = holder is not None and (
                 (holder.get("procedure") == procedure and holder.get("subject", "") != subject)
+                or holder.get("procedure") in behind
                 # a recovery waits for whatever holds the service: it finishes a half-done
                 # procedure
                 or recovering

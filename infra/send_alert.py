@@ -23,17 +23,20 @@ def alert_body(
     severity: str = "critical",
     source: str = "handover-cli",
     when: dt.datetime | None = None,
+    geo_site: str = "",
     **extra: Any,
 ) -> bytes:
-    """A generic alert body (the `/alerts/webhook` interface)."""
+    """A generic alert body (the `/alerts/webhook` interface): about `host`, or about the geo
+    site `geo_site` (a ``site_down``; `host` is then left out)."""
+    about = {"geo_site": geo_site} if geo_site else {"host": host}
     body = {
         "site": site,
-        "host": host,
+        **about,
         "service": service,
         "kind": kind,
         "severity": severity,
         "time": (when or dt.datetime.now(dt.UTC)).isoformat(),
-        "summary": summary or f"{host}: {kind.replace('_', ' ')}",
+        "summary": summary or f"{geo_site or host}: {kind.replace('_', ' ')}",
         "source": source,
         **extra,
     }

@@ -103,10 +103,10 @@ def read_deployments(path: Path = DEPLOYMENTS_FILE) -> list[dict[str, Any]]:
                 f"{path}: deployments[{i}].work_pool must be a mapping with a `name` "
                 "(the work pool `handover deploy` creates and `handover worker --pool` serves)"
             )
-        if d.get("site_needs") not in (None, "geo"):
+        if d.get("site_needs") not in (None, *SITE_NEEDS):
             raise DeploymentsError(
-                f"{path}: deployments[{i}].site_needs must be geo (the site section without "
-                f"which the deployment is left out; got {d['site_needs']!r})"
+                f"{path}: deployments[{i}].site_needs must be one of {', '.join(SITE_NEEDS)} "
+                f"(what a site must have for the deployment to be its; got {d['site_needs']!r})"
             )
         if d.get("schedule_from") not in (None, "maintenance-windows"):
             raise DeploymentsError(
@@ -114,6 +114,22 @@ def read_deployments(path: Path = DEPLOYMENTS_FILE) -> list[dict[str, Any]]:
                 f"(got {d['schedule_from']!r})"
             )
     return entries
+
+
+#: what an entry's `site_needs` may ask of a site: the FTS agents (`service.kind:
+#: fts2-agents`), or tools replicated between sites (a `geo:` section)
+SITE_NEEDS = ("agents", "geo")
+
+
+def entry_applies(entry: dict[str, Any], site: Site) -> bool:
+    """Whether a deployments file entry is one of `site`'s deployments: the site has what its
+    `site_needs` asks (`SITE_NEEDS`; no `site_needs`: every site)."""
+    need = entry.get("site_needs")
+    if need == "agents":
+        return site.service.kind == "fts2-agents"
+    if need == "geo":
+        return site.geo is not None
+    return True
 
 
 def window_schedules(name: str, site: Site) -> list[Any]:
@@ -174,7 +190,7 @@ def deployment_specs(
     site = load_site(site_file)
     out = []
     for d in read_deployments(path):
-        if d.get("site_needs") and getattr(site, d["site_needs"]) is None:
+        if not entry_applies(d, site):
             continue  # e.g. the geo failover on a site without replicated tools
         fl = load_flow(d["entrypoint"])
         params = {**(d.get("parameters") or {}), "site_file": str(Path(site_file).resolve())}

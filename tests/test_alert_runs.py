@@ -415,7 +415,7 @@ def test_two_gateways_share_one_book_and_one_killed_mid_storm_loses_nothing(
     book = SharedIncidents(stack.env["HANDOVER_INCIDENT_STORE"], 30)
     try:
         wait_for(
-            lambda: not [i for i in book.open_incidents() if i.host == "fts105"],
+            lambda: not [i for i in book.open_incidents() if i.subject == "fts105"],
             180,
             "fts105's earlier incidents to close",
             interval=1.0,

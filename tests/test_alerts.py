@@ -258,6 +258,94 @@ def test_an_alert_becomes_an_event_naming_site_host_and_service() -> None:
     assert event_id(a) == event_id(alert()) != event_id(alert(when="2026-11-23T02:00:00Z"))
 
 
+GEO: Site = load_site(Path(__file__).resolve().parent.parent / "config/sites/geo-lab.yaml")
+
+
+def geo_generic(**over: Any) -> bytes:
+    body = {
+        "site": "geo-lab",
+        "geo_site": "site-a",
+        "service": "ops-tools",
+        "kind": "site_down",
+        "time": T,
+        "summary": "site-a is lost",
+        **over,
+    }
+    return json.dumps({k: v for k, v in body.items() if v is not None}).encode()
+
+
+def test_a_lost_geo_site_is_an_alert_about_the_geo_site_not_a_host() -> None:
+    a = parse_generic(GEO, geo_generic())
+    assert (a.geo_site, a.host, a.subject) == ("site-a", "", "geo-site:site-a")
+    assert event_name(a) == "handover.alert.site_down"
+    assert event_resource(a) == {
+        "prefect.resource.id": "handover.geo-site.geo-lab.site-a",
+        "prefect.resource.name": "site-a",
+        "handover.site": "geo-lab",
+        "handover.geo_site": "site-a",
+        "handover.service": "ops-tools",
+    }
+    # one incident per geo site: the other tools' alerts of the same loss attach to it, and a
+    # host alert of the same name (were there one) is another incident
+    book = Incidents(300, Clock())
+    assert book.admit(a, "geo-site-down")[0] == "new"
+    assert book.admit(parse_generic(GEO, geo_generic(tool="cic")), "geo-site-down")[0] == "attached"
+    assert (
+        book.admit(parse_generic(GEO, geo_generic(geo_site="site-b")), "geo-site-down")[0] == "new"
+    )
+    # Alertmanager's HandoverGeoSiteDown: the geo_site label, not the exporter's instance
+    labels = {
+        "alertname": "HandoverGeoSiteDown",
+        "site": "geo-lab",
+        "tool": "portal",
+        "geo_site": "site-b",
+        "instance": "127.0.0.1:9464",
+        "handover_kind": "site_down",
+    }
+    assert GEO.alerts is not None and GEO.alerts.alertmanager is not None
+    for status, kind in (("firing", "site_down"), ("resolved", "recovered")):
+        body = json.dumps(
+            {
+                "version": "4",
+                "status": status,
+                "alerts": [{"status": status, "labels": labels, "startsAt": T}],
+            }
+        ).encode()
+        [got], why = parse_alertmanager(GEO, GEO.alerts.alertmanager, body)
+        assert why == [] and (got.kind, got.geo_site, got.host) == (kind, "site-b", "")
+
+
+def test_each_site_starts_only_the_procedures_it_has() -> None:
+    from infra.gateway.intake import AlertIntake
+
+    def starts(site: Site, body: bytes) -> str | None:
+        return AlertIntake(site, Incidents(300), lambda **_: None).procedure_for(
+            parse_generic(site, body)
+        )
+
+    assert starts(GEO, geo_generic()) == "geo-site-down"
+    # a host of a site of web tools: no agents to move, recorded only
+    assert starts(GEO, geo_generic(geo_site=None, host="tool-a", kind="host_down")) is None
+    assert starts(SITE, generic()) == "emergency-move"
+
+
+@pytest.mark.parametrize(
+    ("site", "body", "reason"),
+    [
+        ("geo", geo_generic(geo_site="site-z"), "unknown geo site 'site-z'"),
+        ("geo", geo_generic(host="tool-a"), "a host or a geo_site, not both"),
+        ("geo", geo_generic(geo_site=None), "missing field(s): geo_site"),
+        # a geo site named for another kind: the kinds that name a host
+        ("geo", geo_generic(kind="host_down"), "a host_down alert names a host"),
+        ("lab", generic(host=None, geo_site="site-a", kind="site_down"), "has no geo sites"),
+        ("lab", generic(host=None), "missing field(s): host (or geo_site"),
+    ],
+)
+def test_geo_site_alerts_are_refused_precisely(site: str, body: bytes, reason: str) -> None:
+    exc = refused(parse_generic, GEO if site == "geo" else SITE, body)
+    assert exc.status == 422 and reason in exc.reason, exc.reason
+
+
 class Clock:
     def __init__(self) -> None:
         self.t = 1000.0

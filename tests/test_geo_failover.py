@@ -10,7 +10,11 @@ site failed over within its loss window, its return fenced, then the failback; t
 from __future__ import annotations
 
 import datetime as dt
+import json
+import os
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -212,41 +216,129 @@ def test_a_killed_site_fails_over_within_its_window_and_comes_back_fenced(
     assert {x["id"] for x in g.lab.rows(b)} <= {x["id"] for x in g.lab.rows(a)}
 
 
-def test_the_control_switch_fails_a_lost_sites_tool_over_and_leaves_a_live_site_alone(
-    geo_lab: RunningGeoLab, tmp_path: Path
+def test_the_control_switch_leaves_a_live_site_alone_and_a_lost_sites_alert_fails_it_over(
+    geo_lab: RunningGeoLab, prefect_api: str, tmp_path: Path
 ) -> None:
+    """The monitoring path end to end: Alertmanager's HandoverGeoSiteDown at the gateway, the
+    incident and its sealed event, the served `geo-site-down` run, and its failover taking the
+    automatic path (the site's policy asks a human for a failover by hand)."""
     from flows.geo_site_down import SiteDownResult, geo_site_down
+    from infra.bench.alert import ServeAndGateway
+    from infra.fakeslack import FakeSlack
+    from infra.ports import free_port
+    from tests.conftest import wait_final_or_explain
 
     g = geo_lab
     a, b = g.sites
-
-    def control(site: str) -> SiteDownResult:
-        r = geo_site_down(str(g.site_file), geo_site=site, return_state=True)
-        out = r.result(raise_on_failure=False)
-        assert isinstance(out, SiteDownResult), out
-        return out
-
     # site a answers: the monitoring path's word alone changes nothing
-    alive = control(a)
-    assert alive.status == "refused" and not alive.plan.confirmed and alive.failovers == []
-    assert "not lost by handover's own reading" in alive.summary
-    before = where(g)
-    assert all(addrs == [g.address(a)] for _m, addrs, _e in before)
-    # site a lost (a reading on record): its tool fails over to b without a human (the lab's
-    # countdown is 0), although the site's policy for geo-failover asks for approval
-    geo_watch(str(g.site_file), return_state=True)
-    g.lab.kill_site(a)
-    try:
-        lost = control(a)
-        assert lost.status == "completed", lost.summary
-        assert lost.automatic and [f.to_site for f in lost.failovers] == [b]
-        assert lost.failovers[0].approval is not None
-        serving_at(g, b)
-    finally:
-        g.lab.restore_site(a, writable=True)
+    alive = geo_site_down(str(g.site_file), geo_site=a, return_state=True)
+    out = alive.result(raise_on_failure=False)
+    assert isinstance(out, SiteDownResult), out
+    assert out.status == "refused" and not out.plan.confirmed and out.failovers == []
+    assert "not lost by handover's own reading" in out.summary
+    assert all(addrs == [g.address(a)] for _m, addrs, _e in where(g))
+    geo_watch(str(g.site_file), return_state=True)  # a reading on record: the loss window
+    since = dt.datetime.now(dt.UTC)
+    logs = tmp_path / "stack"
+    with FakeSlack(tokens={"xoxb-geo-test"}) as slack:
+        stack = ServeAndGateway(
+            g.site_file,
+            free_port(),
+            log_dir=logs,
+            env={
+                **os.environ,
+                "PREFECT_API_URL": prefect_api,
+                "HANDOVER_WEBHOOK_SECRET": "geo-test-webhook-secret-0123456789",
+                "HANDOVER_ALERTMANAGER_TOKEN": AM_TOKEN,
+                "HANDOVER_SLACK_API_URL": slack.base_url,
+                "HANDOVER_SLACK_BOT_TOKEN": "xoxb-geo-test",
+                "HANDOVER_SLACK_SIGNING_SECRET": "geo-test-slack-signing-secret",
+            },
+        ).start()
+        try:
+            g.lab.kill_site(a)
+            try:
+                status, answer = post_alertmanager(stack.url, lost(g, a, "1"))
+                assert status == 202, answer
+                [first] = answer["alerts"]
+                assert (first["result"], first["starts"]) == ("new", "geo-site-down"), first
+                # the loss reported again (another fingerprint): one incident per geo site
+                status, again = post_alertmanager(stack.url, lost(g, a, "2"))
+                assert [x["result"] for x in again["alerts"]] == ["attached"], again
+                done = wait_final_or_explain(
+                    first["run_id"], 300, {n: logs / f"{n}.log" for n in ("serve", "gateway")}
+                )
+                assert done.state is not None and done.state.is_completed(), done.state
+                assert done.parameters["geo_site"] == a and done.parameters["alert_seal"]
+                serving_at(g, b)
+                # its failover took the automatic path: the seal held, nobody approved
+                [failover] = geo_failover_runs(since)
+                assert failover.parameters["automatic"] is True, failover.parameters
+                assert failover.parameters["to"] == b
+            finally:
+                g.lab.restore_site(a, writable=True)
+        finally:
+            stack.stop()
     back = run(geo_failback, g, to=a, keep_dir=str(tmp_path / "kept"))
     assert back.status == "completed", back.summary
     serving_at(g, a)
+
+
+AM_TOKEN = "geo-test-am-token"
+
+
+def lost(g: RunningGeoLab, geo_site: str, fingerprint: str) -> bytes:
+    """Alertmanager's notification of HandoverGeoSiteDown for `geo_site` (the rule's labels)."""
+    return json.dumps(
+        {
+            "version": "4",
+            "status": "firing",
+            "receiver": "handover",
+            "groupKey": "{}:{}",
+            "alerts": [
+                {
+                    "status": "firing",
+                    "labels": {
+                        "alertname": "HandoverGeoSiteDown",
+                        "site": g.site.site,
+                        "tool": g.tool.name,
+                        "geo_site": geo_site,
+                        "handover_kind": "site_down",
+                        "severity": "critical",
+                    },
+                    "annotations": {"summary": f"site {geo_site} is lost for {g.tool.name}"},
+                    "startsAt": dt.datetime.now(dt.UTC).isoformat(),
+                    "fingerprint": fingerprint,
+                }
+            ],
+        }
+    ).encode()
+
+
+def post_alertmanager(url: str, body: bytes) -> tuple[int, dict[str, Any]]:
+    """POST a notification to the gateway's Alertmanager endpoint; its status and answer."""
+    req = urllib.request.Request(
+        url + "/alerts/alertmanager",
+        data=body,
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {AM_TOKEN}"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def geo_failover_runs(since: dt.datetime) -> list[Any]:
+    """The geo-failover runs created after `since`."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["geo-failover"]))
+        )
+    return [r for r in runs if r.created is not None and r.created >= since]
 
 
 def test_a_loss_window_nobody_can_state_waits_for_a_human_and_a_rejection_changes_nothing(

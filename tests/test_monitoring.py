@@ -24,6 +24,7 @@ from tests.conftest import ROOT, require
 
 MON = ROOT / "infra" / "monitoring"
 SITE = load_site(ROOT / "config" / "sites" / "lab.yaml")
+GEO_SITE = load_site(ROOT / "config" / "sites" / "geo-lab.yaml")
 
 
 def tool(name: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -124,10 +125,20 @@ def test_every_metric_the_rules_use_is_one_the_exporter_publishes() -> None:
 
 
 def test_the_alerts_routed_to_the_gateway_start_the_kind_their_rule_says() -> None:
-    assert SITE.alerts is not None and SITE.alerts.alertmanager is not None
-    intake: AlertmanagerIntake = SITE.alerts.alertmanager
     for r in rules():
-        labels = {"alertname": r["alert"], "site": "lab", "host": "fts101", **r["labels"]}
+        # a lost geo site's alert names the geo site, the others a host (and an exporter)
+        geo = r["labels"].get("handover_kind") == "site_down"
+        site = GEO_SITE if geo else SITE
+        assert site.alerts is not None and site.alerts.alertmanager is not None
+        intake: AlertmanagerIntake = site.alerts.alertmanager
+        about = {"geo_site": "site-a", "tool": "portal"} if geo else {"host": "fts101"}
+        labels = {
+            "alertname": r["alert"],
+            "site": site.site,
+            "instance": "127.0.0.1:9464",
+            **about,
+            **r["labels"],
+        }
         body = json.dumps(
             {
                 "version": "4",
@@ -142,10 +153,12 @@ def test_the_alerts_routed_to_the_gateway_start_the_kind_their_rule_says() -> No
                 ],
             }
         ).encode()
-        alerts, refused = parse_alertmanager(SITE, intake, body)
+        alerts, refused = parse_alertmanager(site, intake, body)
         if "handover_kind" in r["labels"]:
             assert not refused and [a.kind for a in alerts] == [r["labels"]["handover_kind"]]
-            assert SITE.alerts.procedures.get(alerts[0].kind) is not None, r["alert"]
+            assert site.alerts.procedures.get(alerts[0].kind) is not None, r["alert"]
+            if geo:
+                assert (alerts[0].geo_site, alerts[0].host) == ("site-a", "")
         else:
             # not routed to the gateway (alertmanager.yml), and refused if it were
             assert alerts == [] and refused, r["alert"]

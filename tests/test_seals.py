@@ -9,6 +9,7 @@ from flows.seals import (
     alert_seal,
     alert_seal_holds,
     alert_seal_key,
+    geo_site_subject,
     is_sealed,
     seal,
     seal_key,
@@ -87,6 +88,17 @@ def test_an_alert_seal_holds_for_its_alert_and_host_in_a_run_created_soon_after(
 def test_an_alert_seal_holds_for_nothing_else(alert_id: str, host: str, created_at: float) -> None:
     given = alert_seal(AKEY, EVENT, "fts101", 1_000_000.0)
     assert not alert_seal_holds(AKEY, alert_id, host, given, created_at=created_at, max_age_s=600)
+
+
+def test_a_host_alerts_seal_never_holds_for_a_geo_site_of_the_same_name() -> None:
+    # a geo site named like a host: the seal of the host's alert (the same event id copied into
+    # a geo-site-down run) does not take the control switch's automatic path, nor the other way
+    host = alert_seal(AKEY, EVENT, "site-a", 1_000_000.0)
+    geo = alert_seal(AKEY, EVENT, geo_site_subject("site-a"), 1_000_000.0)
+    when = {"created_at": 1_000_002.0, "max_age_s": 600}
+    assert not alert_seal_holds(AKEY, EVENT, geo_site_subject("site-a"), host, **when)
+    assert not alert_seal_holds(AKEY, EVENT, "site-a", geo, **when)
+    assert alert_seal_holds(AKEY, EVENT, geo_site_subject("site-a"), geo, **when)
 
 
 def test_a_forged_or_altered_alert_seal_never_holds() -> None:

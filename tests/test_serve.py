@@ -20,14 +20,16 @@ from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 
+from config.loader import load_site
 from config.site import Site
 from flows.approval import resume_with_input
 from infra.bench.alert import stop_groups
 from infra.crash_recovery import HEARTBEAT_S
-from infra.serve import DEPLOYMENTS_FILE, deployment_name, read_deployments
+from infra.serve import DEPLOYMENTS_FILE, deployment_name, entry_applies, read_deployments
 from infra.worker import worker_processes
 from tasks.site_state import snapshot_site
 from tests.conftest import (
+    LAB_SITE,
     ROOT,
     RunningLab,
     end_transfer,
@@ -93,7 +95,7 @@ def serving(lab: RunningLab, prefect_api: str, *extra: str) -> Iterator[subproce
                     deps = [
                         client.read_deployment_by_name(full_name(d["name"], lab.site))
                         for d in read_deployments(DEPLOYMENTS_FILE)
-                        if not d.get("site_needs")
+                        if entry_applies(d, lab.site)
                     ]
                 except ObjectNotFound:
                     return False
@@ -314,6 +316,47 @@ def test_a_dead_front_end_host_also_starts_the_switch() -> None:
     assert "handover.alert.host_down" in trigger.expect
     assert trigger.match["handover.frontend"] in ("true", ["true"])
     assert "handover.alert.host_down" in deps["emergency-move"].triggers[0].expect
+
+
+def test_a_site_of_web_tools_gets_the_geo_deployments_and_its_lost_site_trigger() -> None:
+    from infra.gateway.starts import RunStarter, starts_for
+    from infra.serve import build_deployments, deployment_entry
+
+    geo = {
+        deployment_entry(d.name): d
+        for d in build_deployments(str(ROOT / "config" / "sites" / "geo-lab.yaml"))
+    }
+    # the agents' procedures are not a site of web tools', nor the geo ones a site's without geo
+    assert set(geo) == {"geo-failover", "geo-failback", "geo-watch", "geo-site-down"}
+    lab = {deployment_entry(d.name) for d in build_deployments(str(LAB_SITE))}
+    assert not {n for n in lab if n.startswith("geo-")} and "emergency-move" in lab
+    [trigger] = geo["geo-site-down"].triggers
+    assert list(trigger.expect) == ["handover.alert.site_down"]
+    # the gateway decides from the same triggers: a site_down event starts geo-site-down with the
+    # geo site, its seal and its alert id; a host's event starts nothing on this site
+    starter = RunStarter(load_site(ROOT / "config" / "sites" / "geo-lab.yaml"))
+    resource = {
+        "prefect.resource.id": "handover.geo-site.geo-lab.site-a",
+        "handover.site": "geo-lab",
+        "handover.service": "ops-tools",
+        "handover.geo_site": "site-a",
+    }
+    event = {
+        "id": "e1",
+        "event": "handover.alert.site_down",
+        "resource": resource,
+        "payload": {"alert_seal": "1:ab", "source": "alertmanager", "summary": "site-a lost"},
+    }
+    [start] = starts_for(event, starter.rules)
+    assert start.deployment == "geo-site-down"
+    assert start.parameters["geo_site"] == "site-a"
+    assert (start.parameters["alert_id"], start.parameters["alert_seal"]) == ("e1", "1:ab")
+    host_event = {
+        **event,
+        "event": "handover.alert.host_down",
+        "resource": {**resource, "prefect.resource.id": "handover.host.geo-lab.tool-a"},
+    }
+    assert starts_for(host_event, starter.rules) == []
 
 
 @pytest.fixture(scope="module")

@@ -218,6 +218,39 @@ def test_a_second_host_of_the_same_procedure_waits_for_the_service_others_are_re
                 pytest.fail("entered a held lock")
 
 
+def test_a_failover_waits_for_the_watchs_repair_and_nothing_else(prefect_api: str) -> None:
+    """The geo watch repairs under the tool's lock for a few seconds: a failover behind it waits
+    (bounded) instead of being refused; one that does not name it is refused at once."""
+    import threading
+    import time
+
+    service = _service()
+    got: dict[str, float] = {}
+
+    def failover() -> None:
+        with sl.service_lock(
+            "locktest", service, "geo-failover", wait_s=60, behind=frozenset({"geo-watch"})
+        ):
+            got["at"] = time.monotonic()
+
+    with sl.service_lock("locktest", service, "geo-watch", subject="portal"):
+        with pytest.raises(sl.ServiceBusy):
+            with sl.service_lock("locktest", service, "geo-failback", wait_s=60):
+                pytest.fail("a run that does not wait for the watch entered the lock")
+        th = threading.Thread(target=failover)
+        th.start()
+        time.sleep(2.5)
+        assert "at" not in got  # it waits while the watch repairs
+        left = time.monotonic()
+    th.join(30)
+    assert "at" in got and got["at"] >= left
+    # the watch waits for nobody: a failover holding the tool refuses it at once
+    with sl.service_lock("locktest", service, "geo-failover"):
+        with pytest.raises(sl.ServiceBusy):
+            with sl.service_lock("locktest", service, "geo-watch", behind=frozenset({"x"})):
+                pytest.fail("the watch entered a held lock")
+
+
 def test_a_waiting_run_is_not_refused_by_a_holder_not_yet_recorded(
     prefect_api: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -32,6 +32,7 @@ from infra.serve import (
     DEPLOYMENTS_FILE,
     deployment_entry,
     deployment_name,
+    entry_applies,
     read_deployments,
     site_triggers,
 )
@@ -204,7 +205,7 @@ def deployed(sites: dict[str, Path], prefect_api: str) -> dict[str, dict[str, An
                     f"{d['name']}/{deployment_name(d['name'], site)}"
                 )
                 for d in read_deployments(DEPLOYMENTS_FILE)
-                if not d.get("site_needs")
+                if entry_applies(d, site)
             }
     return out
 

@@ -79,7 +79,7 @@ def test_the_same_rules_as_the_memory_book(books: tuple[SharedIncidents, SharedI
     b.notes_written(first)
     # a run that has not finished keeps its incident open past the window
     a.set_run(first, "run-1")
-    assert {i.run_id for i in b.open_incidents() if i.host == "fts101"} == {"run-1"}
+    assert {i.run_id for i in b.open_incidents() if i.subject == "fts101"} == {"run-1"}
 
 
 def test_the_window_and_the_run_decide_when_an_incident_is_over(store_url: str) -> None:
@@ -114,7 +114,7 @@ def test_a_storm_split_over_two_gateways_opens_one_incident(
     with ThreadPoolExecutor(max_workers=16) as ex:
         verdicts = list(ex.map(lambda job: job[0].admit(job[1], "emergency-move")[0], storm))
     assert Counter(verdicts) == {"new": 1, "attached": 999}
-    (inc,) = [i for i in a.open_incidents() if i.host == "fts101"]
+    (inc,) = [i for i in a.open_incidents() if i.subject == "fts101"]
     assert inc.attached == 999 and sum(inc.sources.values()) == 1000
     assert len(a.take_pending(inc)) + len(b.take_pending(inc)) == 999
 
@@ -144,7 +144,7 @@ def test_a_gateway_lost_mid_storm_loses_nothing_it_answered(
         except IncidentStoreError:
             answered.append(b.admit(alert(), "emergency-move")[0])  # the sender retries at B
     assert Counter(answered) == {"new": 1, "attached": 299}
-    (inc,) = [i for i in b.open_incidents() if i.host == "fts101"]
+    (inc,) = [i for i in b.open_incidents() if i.subject == "fts101"]
     assert inc.attached == 299
 
 

@@ -14,7 +14,13 @@ from config.site.base import SiteModel
 from config.site.secrets import SecretRef
 
 AlertKind = Literal[
-    "host_down", "service_down", "resource_failed", "frontend_down", "recovered", "ha_event"
+    "host_down",
+    "service_down",
+    "resource_failed",
+    "frontend_down",
+    "site_down",
+    "recovered",
+    "ha_event",
 ]
 #: what each kind of alert says happened (the gateway's intake and the documentation)
 ALERT_KIND_MEANING: dict[AlertKind, str] = {
@@ -24,21 +30,31 @@ ALERT_KIND_MEANING: dict[AlertKind, str] = {
     "resource_failed": "a cluster resource of a host failed (Pacemaker's alert agent)",
     "frontend_down": "the service's web front end failed on a host (the switch's sensor, "
     "Heartbeat's takeover script)",
+    "site_down": "a site of the tools replicated between sites (`geo:`) is lost: its tools, "
+    "databases and DNS masters stopped answering for the site's bound (the alert names the geo "
+    "site, not a host)",
     "recovered": "a monitor resolved its alert: noted on the host's open incident, starts nothing",
     "ha_event": "the HA group daemon's election, loss or failure: noted on the host's open "
     "incident, starts nothing by default",
 }
-AlertProcedure = Literal["emergency-move", "switch"]
+AlertProcedure = Literal["emergency-move", "switch", "geo-site-down"]
 
 
-DEFAULT_AM_KINDS: dict[str, AlertKind] = {"HostDown": "host_down", "FtsAgentDown": "service_down"}
+DEFAULT_AM_KINDS: dict[str, AlertKind] = {
+    "HostDown": "host_down",
+    "FtsAgentDown": "service_down",
+    "HandoverGeoSiteDown": "site_down",
+}
 # a failure of an agent host (or of one of its resources) moves its agents; a failure of the
-# front end switches the master role and the alias
+# front end switches the master role and the alias; a lost geo site fails its tools over. A
+# procedure the site does not have (the agents' on a site of web tools, the geo control switch
+# on a site without `geo:`) is not started: the alert is recorded
 DEFAULT_ALERT_PROCEDURES: dict[AlertKind, AlertProcedure] = {
     "host_down": "emergency-move",
     "service_down": "emergency-move",
     "resource_failed": "emergency-move",
     "frontend_down": "switch",
+    "site_down": "geo-site-down",
 }
 
 
@@ -101,7 +117,15 @@ class Alerts(SiteModel):
     )
 
     @model_validator(mode="after")
-    def _recovered_starts_nothing(self) -> Alerts:
+    def _procedures_fit(self) -> Alerts:
         if "recovered" in self.procedures:
             raise ValueError("procedures.recovered: a recovered alert never starts a procedure")
+        for kind, procedure in self.procedures.items():
+            # a site_down names a geo site, every other kind a host: each procedure takes one
+            if (kind == "site_down") != (procedure == "geo-site-down"):
+                raise ValueError(
+                    f"procedures.{kind}: {procedure} cannot be started by a {kind} alert (a "
+                    "site_down names a geo site and starts geo-site-down only; the other kinds "
+                    "name a host and start emergency-move or switch)"
+                )
         return self

@@ -128,7 +128,7 @@ class ServeAndGateway:
         from prefect.exceptions import ObjectNotFound
 
         from config.loader import load_site
-        from infra.serve import deployment_name, read_deployments
+        from infra.serve import deployment_name, entry_applies, read_deployments
 
         for p in self.procs:
             if p.poll() is not None:
@@ -138,8 +138,10 @@ class ServeAndGateway:
                 pass
         except OSError:
             return False
-        triggered = [d["name"] for d in read_deployments() if d.get("triggers")]
         site = load_site(self.site_file)
+        triggered = [
+            d["name"] for d in read_deployments() if d.get("triggers") and entry_applies(d, site)
+        ]
         with get_client(sync_client=True) as client:
             for name in triggered:
                 try:

@@ -89,7 +89,12 @@ def cmd_alert(args: argparse.Namespace) -> int:
         error(f"alerts.webhook_secret: {exc}")
         return 2
     body = alert_body(
-        site.site, args.host, site.service.name, args.kind, summary=args.summary or ""
+        site.site,
+        args.host or "",
+        site.service.name,
+        args.kind,
+        summary=args.summary or "",
+        geo_site=args.geo_site or "",
     )
     try:
         status, answer = post_alert(args.gateway, secret, body)
@@ -385,7 +390,9 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser("alert", help="send one signed alert to the gateway")
     site_arg(p)
-    p.add_argument("--host", required=True, help="the host the alert is about")
+    about = p.add_mutually_exclusive_group(required=True)
+    about.add_argument("--host", help="the host the alert is about")
+    about.add_argument("--geo-site", help="the geo site a site_down alert is about")
     p.add_argument(
         "--kind",
         default="host_down",

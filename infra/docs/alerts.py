@@ -69,7 +69,11 @@ def page() -> str:
         "|---|---|---|",
     ]
     events = [
-        (f"handover.alert.{kind}", f"an alert of kind `{kind}` opens a host's incident")
+        (
+            f"handover.alert.{kind}",
+            f"an alert of kind `{kind}` opens "
+            + ("a geo site's incident" if kind == "site_down" else "a host's incident"),
+        )
         for kind in get_args(AlertKind)
         if kind in DEFAULT_ALERT_PROCEDURES
     ]

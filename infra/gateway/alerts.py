@@ -1,9 +1,9 @@
 """Alerts in: the generic signed webhook and Alertmanager's webhook, checked and normalised (pure).
 
-Every source ends as the same `Alert`: site, host, service, kind, severity, time, summary, and
-whatever else the sender put in (kept). An alert becomes one Prefect event whose resource names
-the site, the host and the service (`event_for`); automations declared with the deployments
-match on those labels.
+Every source ends as the same `Alert`: site, host (or, for a ``site_down``, the geo site), service,
+kind, severity, time, summary, and whatever else the sender put in (kept). An alert becomes one
+Prefect event whose resource names the site, the host or geo site and the service
+(`event_resource`); automations declared with the deployments match on those labels.
 
 The generic webhook's signature (a stable interface; the Pacemaker and Heartbeat hooks speak it):
 ``X-Handover-Timestamp: <Unix seconds>`` and ``X-Handover-Signature: sha256=<hex>``, the hex
@@ -19,9 +19,10 @@ import json
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from config.site import AlertKind, AlertmanagerIntake, Site
+from flows.seals import geo_site_subject
 from infra.hooks import delivery
 
 #: a namespace for event ids derived from an alert's identity (the same alert, the same id)
@@ -43,7 +44,10 @@ class Alert(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     site: str = Field(min_length=1, max_length=63)
-    host: str = Field(min_length=1, max_length=253)
+    #: the host the alert is about (every kind but ``site_down``)
+    host: str = Field(default="", max_length=253)
+    #: the geo site the alert is about (a ``site_down``, or its ``recovered``)
+    geo_site: str = Field(default="", max_length=63)
     service: str = Field(min_length=1, max_length=63)
     kind: AlertKind
     severity: str = Field(default="critical", max_length=32)
@@ -60,9 +64,28 @@ class Alert(BaseModel):
     def _aware(cls, v: dt.datetime) -> dt.datetime:
         return v if v.tzinfo else v.replace(tzinfo=dt.UTC)
 
+    @model_validator(mode="after")
+    def _one_subject(self) -> Alert:
+        if bool(self.host) == bool(self.geo_site):
+            raise ValueError("an alert names a host or a geo site (geo_site), not both nor neither")
+        if self.kind == "site_down" and not self.geo_site:
+            raise ValueError("a site_down alert names a geo site (geo_site), not a host")
+        if self.geo_site and self.kind not in ("site_down", "recovered"):
+            raise ValueError(f"a {self.kind} alert names a host, not a geo site")
+        return self
+
+    @property
+    def subject(self) -> str:
+        """What the alert is about, as its incident and its seal name it: the host's name, or
+        ``geo-site:NAME`` (`flows.seals.geo_site_subject`; a host's name has no colon, so a geo
+        site never shares a host's incident or seal)."""
+        return geo_site_subject(self.geo_site) if self.geo_site else self.host
+
     def identity(self) -> str:
         """The same alert reported again (a repeat, a retry) has the same identity."""
-        return "/".join((self.site, self.host, self.kind, self.dedup_key or self.time.isoformat()))
+        return "/".join(
+            (self.site, self.subject, self.kind, self.dedup_key or self.time.isoformat())
+        )
 
 
 # --- signatures ---------------------------------------------------------------------------------
@@ -133,8 +156,8 @@ def check_basic_or_bearer(
 
 # --- parsing ------------------------------------------------------------------------------------
 
-GENERIC_FIELDS = {"site", "host", "service", "kind", "severity", "time", "summary"}
-REQUIRED = ("site", "host", "service", "kind", "time")
+GENERIC_FIELDS = {"site", "host", "geo_site", "service", "kind", "severity", "time", "summary"}
+REQUIRED = ("site", "service", "kind", "time")
 
 
 def _known_host(site: Site, name: str) -> str:
@@ -150,12 +173,36 @@ def _known_host(site: Site, name: str) -> str:
     )
 
 
+def _known_geo_site(site: Site, name: str) -> str:
+    """`name`, a geo site of the site's `geo:` section."""
+    if site.geo is None:
+        raise AlertRefused(
+            422, f"site {site.site} has no geo sites (a geo_site alert needs the site's `geo:`)"
+        )
+    known = [s.name for s in site.geo.sites]
+    if name not in known:
+        raise AlertRefused(
+            422, f"unknown geo site {name!r} for site {site.site} (known: {', '.join(known)})"
+        )
+    return name
+
+
 def _validated(site: Site, data: dict[str, Any]) -> Alert:
     if data.get("site") != site.site:
         raise AlertRefused(
             422, f"unknown site {data.get('site')!r} (this gateway serves {site.site})"
         )
-    data["host"] = _known_host(site, str(data.get("host")))
+    if data.get("geo_site") or data.get("kind") == "site_down":
+        if data.get("host"):
+            raise AlertRefused(422, "an alert names a host or a geo_site, not both")
+        if not data.get("geo_site"):
+            raise AlertRefused(422, "missing field(s): geo_site (a site_down names a geo site)")
+        data["geo_site"] = _known_geo_site(site, str(data["geo_site"]))
+        data["host"] = ""
+    elif not data.get("host"):
+        raise AlertRefused(422, "missing field(s): host (or geo_site, for a site_down)")
+    else:
+        data["host"] = _known_host(site, str(data.get("host")))
     if data.get("service") != site.service.name:
         raise AlertRefused(
             422,
@@ -220,9 +267,9 @@ def parse_alertmanager(
 ) -> tuple[list[Alert], list[str]]:
     """The alerts of one Alertmanager notification (a group), and why any were refused.
 
-    Labels used: ``site`` (default: this site), ``host`` (or ``instance``, without its port),
-    ``service`` (default: the site's), ``handover_kind`` (else `intake.kinds[alertname]`),
-    ``severity``; a resolved alert becomes kind ``recovered``.
+    Labels used: ``site`` (default: this site), ``host`` (or ``instance``, without its port;
+    ``geo_site`` for a ``site_down``), ``service`` (default: the site's), ``handover_kind`` (else
+    `intake.kinds[alertname]`), ``severity``; a resolved alert becomes kind ``recovered``.
 
     Raises:
         AlertRefused: 400 when the payload is not Alertmanager's version 4 webhook.
@@ -263,9 +310,11 @@ def alertmanager_alerts(
         lb = a.labels
         name = lb.get("alertname", "")
         kind: str | None = lb.get("handover_kind") or intake.kinds.get(name)
+        # a lost geo site names the site (its `geo_site` label), not the exporter's instance
+        about_geo_site = kind == "site_down"
         if a.status == "resolved":
             kind = "recovered"
-        host = lb.get("host") or lb.get("instance", "").rsplit(":", 1)[0]
+        host = "" if about_geo_site else lb.get("host") or lb.get("instance", "").rsplit(":", 1)[0]
         if kind is None:
             refused.append(
                 f"alerts[{i}] ({name or 'no alertname'}): no handover_kind label and no kind "
@@ -281,6 +330,7 @@ def alertmanager_alerts(
                         {
                             "site": lb.get("site", site.site),
                             "host": host,
+                            "geo_site": lb.get("geo_site", "") if about_geo_site else "",
                             "service": lb.get("service", site.service.name),
                             "kind": kind,
                             "severity": lb.get("severity", "critical"),
@@ -327,7 +377,16 @@ def gateway_event_name(alert: Alert) -> str:
 def event_resource(alert: Alert, frontend_hosts: frozenset[str] = frozenset()) -> dict[str, str]:
     """The event's resource: the host of the site, with the labels automations match on
     (``handover.frontend`` says whether the host is one of the site's front ends: a host that
-    dies there starts the switch as well as the emergency move)."""
+    dies there starts the switch as well as the emergency move); for an alert about a geo site,
+    ``handover.geo-site.SITE.NAME`` with the label ``handover.geo_site``."""
+    if alert.geo_site:
+        return {
+            "prefect.resource.id": f"handover.geo-site.{alert.site}.{alert.geo_site}",
+            "prefect.resource.name": alert.geo_site,
+            "handover.site": alert.site,
+            "handover.geo_site": alert.geo_site,
+            "handover.service": alert.service,
+        }
     return {
         "prefect.resource.id": f"handover.host.{alert.site}.{alert.host}",
         "prefect.resource.name": alert.host,

@@ -33,7 +33,7 @@ from prefect.exceptions import ObjectNotFound
 from config.loader import SiteConfigError, load_site_ref
 from config.site import Site
 from flows.approval import resume_with_input
-from flows.seals import alert_seal_holds, seal
+from flows.seals import alert_seal_holds, geo_site_subject, seal
 
 audit_log = logging.getLogger("handover.audit")
 
@@ -120,13 +120,15 @@ class Decider:
         requester is then the monitoring, not a person)."""
         params = run.parameters or {}
         alerts = self.site.alerts
-        host = str(params.get("host") or params.get("failed_host") or "")
+        subject = str(params.get("host") or params.get("failed_host") or "")
+        if not subject and params.get("geo_site"):
+            subject = geo_site_subject(str(params["geo_site"]))
         if alerts is None or run.created is None:
             return False
         return alert_seal_holds(
             self.alert_key,
             str(params.get("alert_id") or ""),
-            host,
+            subject,
             str(params.get("alert_seal") or ""),
             created_at=run.created.timestamp(),
             max_age_s=alerts.max_age_s,

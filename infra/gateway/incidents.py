@@ -1,11 +1,11 @@
-"""Exactly one run per host and procedure: the gateway's incident book.
+"""Exactly one run per host (or geo site) and procedure: the gateway's incident book.
 
-An incident is what one failure of one host is to handover: the first alert opens it and becomes
-the Prefect event that starts the procedure; every alert that reports the same failure while the
-incident is open (within the dedup window, or for as long as its run has not finished) is
-attached to it instead: counted, noted in the run's log and Slack thread, and never sent to
-Prefect as a new start. A `recovered` alert, or any kind that starts no procedure (the HA group
-daemon's ``ha_event``), never opens an incident; it is noted on an open one.
+An incident is what one failure of one host, or the loss of one geo site, is to handover: the first
+alert opens it and becomes the Prefect event that starts the procedure; every alert that reports the
+same failure while the incident is open (within the dedup window, or for as long as its run has not
+finished) is attached to it instead: counted, noted in the run's log and Slack thread, and never
+sent to Prefect as a new start. A `recovered` alert, or any kind that starts no procedure (the HA
+group daemon's ``ha_event``), never opens an incident; it is noted on an open one.
 
 This book lives in the gateway's memory; `shared_incidents.SharedIncidents` keeps the same book
 in PostgreSQL for several gateways (`alerts.incident_store`). Prefect keeps the guarantee across
@@ -30,10 +30,11 @@ from infra.gateway.alerts import Alert, event_id
 
 @dataclass
 class Incident:
-    """One failure of one host, and the run it started."""
+    """One failure of one host (or the loss of a geo site), and the run it started."""
 
     site: str
-    host: str
+    #: what failed: a host's name, or ``geo-site:NAME`` (`Alert.subject`)
+    subject: str
     procedure: str
     event_id: uuid.UUID
     opened_at: float
@@ -47,8 +48,8 @@ class Incident:
 
     @property
     def key(self) -> tuple[str, str, str]:
-        """What identifies the incident: site, host, procedure."""
-        return (self.site, self.host, self.procedure)
+        """What identifies the incident: site, subject, procedure."""
+        return (self.site, self.subject, self.procedure)
 
 
 Verdict = Literal["new", "attached", "noted", "ignored"]
@@ -99,13 +100,15 @@ class Incidents:
         with self._lock:
             if procedure is None:  # a recovery or a report: note it where a run is going on
                 for inc in self._open.values():
-                    if (inc.site, inc.host) == (alert.site, alert.host) and self._is_open(inc, now):
+                    if (inc.site, inc.subject) == (alert.site, alert.subject) and self._is_open(
+                        inc, now
+                    ):
                         inc.sources[alert.source] += 1
                         what = "recovery reported" if alert.kind == "recovered" else "noted"
                         inc.pending.append(_sentence(what, alert))
                         return "noted", inc
                 return "ignored", None
-            key = (alert.site, alert.host, procedure)
+            key = (alert.site, alert.subject, procedure)
             held = self._open.get(key)
             if held is not None and self._is_open(held, now):
                 held.attached += 1
@@ -116,7 +119,7 @@ class Incidents:
                 return "attached", held
             inc = Incident(
                 site=alert.site,
-                host=alert.host,
+                subject=alert.subject,
                 procedure=procedure,
                 event_id=event_id(alert),
                 opened_at=now,
@@ -163,6 +166,6 @@ class Incidents:
 def _sentence(what: str, alert: Alert) -> str:
     summary = f": {alert.summary}" if alert.summary else ""
     return (
-        f"{what}: {alert.kind} for {alert.host} from {alert.source} "
+        f"{what}: {alert.kind} for {alert.geo_site or alert.host} from {alert.source} "
         f"({alert.severity}, {alert.time:%H:%M:%S} UTC){summary}"
     )

@@ -34,7 +34,7 @@ from infra.gateway.alerts import (
 from infra.gateway.incidents import Incident, IncidentBook
 from infra.gateway.shared_incidents import IncidentStoreError
 from infra.gateway.starts import RunStarter
-from infra.serve import deployment_name
+from infra.serve import deployment_name, entry_applies, read_deployments
 from tasks.probe import sshd_greets
 
 T = TypeVar("T")
@@ -94,6 +94,8 @@ class AlertIntake:
         self._slack_noted_at: dict[str, float] = {}
         #: since when (the book's clock) each incident's run could not be read, by event id
         self._unreadable_since: dict[str, float] = {}
+        #: the procedures the site has a deployment of
+        self._deployments = {d["name"] for d in read_deployments() if entry_applies(d, site)}
 
     @property
     def events_queued(self) -> int:
@@ -142,9 +144,13 @@ class AlertIntake:
         return fn(*args)
 
     def procedure_for(self, alert: Alert) -> str | None:
-        """The procedure an alert's kind starts (None: it starts nothing)."""
+        """The procedure an alert's kind starts (None: it starts nothing): the site's
+        `alerts.procedures`, when the procedure is one of the site's deployments (the agents'
+        procedures are not a site of web tools', the geo control switch not a site's without
+        `geo:`)."""
         assert self.site.alerts is not None
-        return self.site.alerts.procedures.get(alert.kind)
+        procedure = self.site.alerts.procedures.get(alert.kind)
+        return procedure if procedure in self._deployments else None
 
     async def accept(self, alert: Alert, client: Any) -> dict[str, Any]:
         """Admit one valid alert: send its event when it opens an incident, else attach it.
@@ -160,15 +166,15 @@ class AlertIntake:
                     source=alert.source,
                     result="stale",
                     kind=alert.kind,
-                    host=alert.host,
+                    **_about(alert),
                     reason=stale,
                 )
-                return {"ok": True, "result": "stale", "host": alert.host, "reason": stale}
+                return {"ok": True, "result": "stale", **_about(alert), "reason": stale}
         try:
             verdict, inc = await self._book(self.incidents.admit, alert, procedure)
         except IncidentStoreError as exc:  # nothing recorded: the sender retries (503)
             raise PrefectUnavailable(f"the incident book did not answer: {exc}") from exc
-        answer: dict[str, Any] = {"ok": True, "result": verdict, "host": alert.host}
+        answer: dict[str, Any] = {"ok": True, "result": verdict, **_about(alert)}
         if inc is not None:
             answer["incident"] = str(inc.event_id)
             answer["run_id"] = inc.run_id
@@ -229,7 +235,7 @@ class AlertIntake:
             source=alert.source,
             result=verdict,
             kind=alert.kind,
-            host=alert.host,
+            **_about(alert),
             incident=answer.get("incident"),
             event=answer.get("event_id"),
         )
@@ -320,11 +326,11 @@ class AlertIntake:
             self.audit(
                 source="gateway",
                 result="incident-closed",
-                host=inc.host,
+                subject=inc.subject,
                 incident=key,
                 run=str(inc.run_id),
                 reason=f"its run {inc.run_id} cannot be read ({why}) for "
-                f"{now - since:.0f} s: the next alert for {inc.host} starts a run",
+                f"{now - since:.0f} s: the next alert for {inc.subject} starts a run",
             )
             return None
         self._unreadable_since.pop(key, None)
@@ -392,6 +398,11 @@ class AlertIntake:
         self._slack_noted_at[inc.run_id] = mono
 
 
+def _about(alert: Alert) -> dict[str, str]:
+    """What an answer and an audit line say the alert is about: its host, or its geo site."""
+    return {"geo_site": alert.geo_site} if alert.geo_site else {"host": alert.host}
+
+
 def alert_event(
     alert: Alert,
     inc: Incident | None,
@@ -408,7 +419,7 @@ def alert_event(
     payload = alert.model_dump(mode="json")
     event_id = str(inc.event_id) if inc else str(uuid.uuid4())
     if inc is not None and alert_key is not None:
-        payload["alert_seal"] = alert_seal(alert_key, event_id, alert.host, time.time())
+        payload["alert_seal"] = alert_seal(alert_key, event_id, alert.subject, time.time())
     return {
         "id": event_id,
         "occurred": dt.datetime.now(dt.UTC).isoformat(),

@@ -7,7 +7,8 @@ would be split over several books and a late alert at another gateway would star
 `SharedIncidents` keeps the same book in a PostgreSQL database every gateway reaches
 (`alerts.incident_store` in the site file: a secret reference to its URL), with the same rules:
 
-* one row per (site, host, procedure): deciding new / attached is one transaction holding that
+* one row per (site, subject, procedure) (the column `host` holds the subject: a host's name or
+  ``geo-site:NAME``): deciding new / attached is one transaction holding that
   row's lock, so two gateways admitting alerts of one failure at the same moment give one "new";
 * time is the database's clock, the same for every gateway;
 * notes for the run's log and Slack thread are rows claimed by whichever gateway's resolver
@@ -41,6 +42,7 @@ SCHEMA = """
 SELECT pg_advisory_xact_lock(7218063);
 CREATE TABLE IF NOT EXISTS handover_incidents (
     site text NOT NULL,
+    -- the incident's subject (Alert.subject): a host's name, or geo-site:NAME
     host text NOT NULL,
     procedure text NOT NULL,
     event_id uuid NOT NULL,
@@ -176,7 +178,7 @@ class SharedIncidents:
         sources = row[7] if isinstance(row[7], dict) else json.loads(row[7])
         return Incident(
             site=row[0],
-            host=row[1],
+            subject=row[1],
             procedure=row[2],
             event_id=uuid.UUID(str(row[3])),
             opened_at=float(row[4]),
@@ -221,14 +223,14 @@ class SharedIncidents:
                     f"SELECT {_COLUMNS} FROM handover_incidents WHERE site = :s AND host = :h "
                     f"AND {self._open_sql()} ORDER BY opened_at DESC LIMIT 1 FOR UPDATE",
                     s=alert.site,
-                    h=alert.host,
+                    h=alert.subject,
                 )
                 if not rows:
                     return "ignored", None
                 row = count_source(conn, (rows[0][0], rows[0][1], rows[0][2]), 0)
                 note(conn, row, "recovery reported" if alert.kind == "recovered" else "noted")
                 return "noted", self._incident(row)
-            key = (alert.site, alert.host, procedure)
+            key = (alert.site, alert.subject, procedure)
             new_id = str(event_id(alert))
             first = alert.model_dump_json()
             inserted = conn.run(
@@ -284,7 +286,7 @@ class SharedIncidents:
                 "DELETE FROM handover_incidents WHERE site = :s AND host = :h AND procedure = :p "
                 "AND event_id = :e",
                 s=inc.site,
-                h=inc.host,
+                h=inc.subject,
                 p=inc.procedure,
                 e=str(inc.event_id),
             )
@@ -309,7 +311,7 @@ class SharedIncidents:
                 "procedure = :p AND event_id = :e",
                 v=value,
                 s=inc.site,
-                h=inc.host,
+                h=inc.subject,
                 p=inc.procedure,
                 e=str(inc.event_id),
             )
@@ -340,7 +342,7 @@ class SharedIncidents:
                 "claimed_at < clock_timestamp() - make_interval(secs => CAST(:c AS double "
                 "precision))) RETURNING id, sentence",
                 s=inc.site,
-                h=inc.host,
+                h=inc.subject,
                 p=inc.procedure,
                 e=str(inc.event_id),
                 c=CLAIM_S,

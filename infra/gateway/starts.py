@@ -52,12 +52,14 @@ class _Trigger:
 
 
 def triggers(site: Site, path: Path | None = None) -> list[_Trigger]:
-    """Every deployment trigger of the deployments file, bound to `site` as `handover serve`
-    binds them (`infra.serve.site_triggers`)."""
-    from infra.serve import DEPLOYMENTS_FILE, read_deployments, site_triggers
+    """Every deployment trigger of the site's entries of the deployments file, bound to `site`
+    as `handover serve` binds them (`infra.serve.site_triggers`)."""
+    from infra.serve import DEPLOYMENTS_FILE, entry_applies, read_deployments, site_triggers
 
     out = []
     for d in read_deployments(path or DEPLOYMENTS_FILE):
+        if not entry_applies(d, site):
+            continue  # not one of the site's deployments (`handover serve` leaves it out)
         for t in site_triggers(d["name"], d.get("triggers") or [], site):
             out.append(
                 _Trigger(
