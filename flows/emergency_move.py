@@ -7,11 +7,13 @@ case (A, B or C) on its own, saying which and why:
 
 * **A**, the host answers SSH: write the `.disabled` entries, stop its agents, start them on the
   backup.
-* **B**, the host answers on the network but SSH does not work: start the agents on the backup
-  (their start blocks on the DB lock still held by the host's sessions), kill the host's DB
-  sessions while they wait, then try, with a bound, to stop the host's agents cleanly.
-* **C**, the host does not answer at all: start the agents on the backup; those that do not start
-  within the lock wait get case B's DB-session kill and are started again.
+* **B**, the host answers on the network but SSH does not work: launch the agents on the backup
+  as hot standbys (each waits for the DB lock still held by the host's sessions), kill the host's
+  DB sessions while they wait, collect each standby as it takes its lock and set its channels
+  Active, then try, with a bound, to stop the host's agents cleanly.
+* **C**, the host does not answer at all (a probe bounded by `ssh.probe_timeout_s`): the same
+  standbys, kill and collection; the host is recorded as unreachable for the run, so nothing
+  waits on a connect to it.
 
 The site's policy says whether to run at once or to ask first; an emergency policy may proceed when
 nobody answers within the approval timeout. Afterwards every agent runs on its backup and its
@@ -22,6 +24,7 @@ when the host comes back).
 from __future__ import annotations
 
 import getpass
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger
@@ -141,15 +144,23 @@ def _emergency(
     automatic: bool = True,
 ) -> State[Any]:
     shell, thread, site = run.shell, run.thread, run.shell.site
-    # snapshot: what the host's SSH port does, the host itself if SSH works, its partners
+    # snapshot: what the host's SSH port does (a short probe: a silent host costs its bound
+    # once, and is recorded so that no step of the run waits on a connect to it), the host
+    # itself if SSH works, and its partners, read meanwhile
     h = site.host(host)
-    reach = probe_tcp(h.address, h.port, site.ssh.connect_timeout_s)
-    snap: HostSnapshot | None = None
-    if reach == "open":
-        snap = snapshot_host(shell, host)
-        if not snap.reachable:
-            snap = None
-    others = snapshot_site(shell, partners(site, host))
+    with ThreadPoolExecutor(max_workers=1) as ex:
+        read_partners = ex.submit(snapshot_site, shell, partners(site, host))
+        reach = probe_tcp(h.address, h.port, site.ssh.probe_timeout_s)
+        if reach == "silent":
+            shell.mark_unreachable(
+                host, f"its SSH port did not answer within {site.ssh.probe_timeout_s:g} s"
+            )
+        snap: HostSnapshot | None = None
+        if reach == "open":
+            snap = snapshot_host(shell, host)
+            if not snap.reachable:
+                snap = None
+        others = read_partners.result()
     sessions_of: list[str] = []
     if snap is not None and site.database is not None:
         # which agents still have a DB session from the host: one that runs nowhere was lost

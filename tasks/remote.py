@@ -18,12 +18,18 @@ from typing import Any
 from config.site import Site
 from tasks.adapters.ssh import (
     CommandResult,
+    PermanentSshError,
     SshEndpoint,
     SshError,
     SshPool,
     SshSettings,
     TransientSshError,
 )
+
+
+class HostUnreachable(PermanentSshError):
+    """The run recorded the host as not answering (`SiteShell.mark_unreachable`): the command
+    was not sent, and no connect waited for it."""
 
 
 def ssh_settings(site: Site) -> SshSettings:
@@ -60,6 +66,22 @@ class SiteShell:
     def __init__(self, site: Site, pool: SshPool | None = None) -> None:
         self.site = site
         self.pool = pool if pool is not None else SshPool(ssh_settings(site))
+        #: the hosts this run found not answering, and why: no step connects to them again
+        self.unreachable: dict[str, str] = {}
+
+    def mark_unreachable(self, host: str, why: str) -> None:
+        """Record that `host` does not answer (a probe found its port silent): every later
+        command for it in this run fails at once with `HostUnreachable` instead of waiting for
+        a connect timeout, and is not retried."""
+        self.unreachable[host] = why
+        self.pool.drop(host)
+
+    def _reachable(self, host: str, what: str) -> None:
+        why = self.unreachable.get(host)
+        if why is not None:
+            raise HostUnreachable(
+                f"{host}: not tried ({why}, recorded by this run)", host=host, command=what
+            )
 
     def run(
         self,
@@ -72,6 +94,7 @@ class SiteShell:
     ) -> CommandResult:
         """Run a command-profile command (`Commands.argv(command, **values)`) on a host."""
         argv = self.site.commands.argv(command, **values)
+        self._reachable(host, command)
         return self.pool.run(endpoint(self.site, host), argv, timeout=timeout, stdin=stdin)
 
     def run_argv(
@@ -83,6 +106,7 @@ class SiteShell:
         stdin: str | None = None,
     ) -> CommandResult:
         """Run an argv (each word quoted) on a host."""
+        self._reachable(host, argv[0] if argv else "")
         return self.pool.run(endpoint(self.site, host), argv, timeout=timeout, stdin=stdin)
 
     def run_many(
@@ -97,6 +121,7 @@ class SiteShell:
         argvs = [
             c if isinstance(c, list) else self.site.commands.argv(c[0], **c[1]) for c in commands
         ]
+        self._reachable(host, "read")
         return self.pool.run_many(endpoint(self.site, host), argvs, timeout=timeout)
 
     def drop(self, host: str) -> None:

@@ -10,10 +10,13 @@ host is left out of this reading (and said in `errors`); the next reading tries 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -25,6 +28,7 @@ from tasks.adapters.ssh import CommandResult, SshError
 from tasks.frontend import frontend_state
 from tasks.geo import read_geo_status
 from tasks.outcome import now
+from tasks.probe import probe_tcp
 from tasks.remote import SiteShell
 from tasks.site_state import Query, channel_state, read_host, spread_channels
 
@@ -51,7 +55,9 @@ def read_sensors(shell: SiteShell, timeout_s: float = 20.0) -> SensorReading:
     front end's state (a front-end host) and the states of a few channels (`spread_channels`).
     Each host is read on its own: a host that does not answer within the bound is reported
     unreachable, and only that host (a reading that waited for it would make every host look
-    down to the alert rules).
+    down to the alert rules). A host whose read has not answered within `ssh.probe_timeout_s`
+    gets a TCP connect to its SSH port with the same bound; a silent one is reported
+    unreachable at once (`_probe`): a dead host reads as down within twice that bound.
     """
     site = shell.site
     started = time.monotonic()
@@ -65,12 +71,21 @@ def read_sensors(shell: SiteShell, timeout_s: float = 20.0) -> SensorReading:
     def left() -> float:
         return max(0.1, deadline - time.monotonic())
 
+    #: the hosts found silent by the probe of a slow read, and why
+    silent: dict[str, str] = {}
+
     def one(host: str) -> tuple[HostSnapshot, list[CommandResult]]:
         extra: list[Query] = [("agents_status", {})]
         if host in fronts:
             extra.append(("frontend_status", {}))
         extra += [("channel_state", {"channel": c}) for c in assigned[host]]
-        return read_host(shell, host, extra)
+        probe = threading.Timer(site.ssh.probe_timeout_s, _probe, (shell, host, silent))
+        probe.daemon = True
+        probe.start()
+        try:
+            return read_host(shell, host, extra)
+        finally:
+            probe.cancel()
 
     errors: list[str] = []
     reading = SensorReading(taken_at=now(), duration_s=0.0)
@@ -81,6 +96,23 @@ def read_sensors(shell: SiteShell, timeout_s: float = 20.0) -> SensorReading:
         futures = {h: ex.submit(one, h) for h in hosts}
         snaps: list[HostSnapshot] = []
         for host, f in futures.items():
+            _until_done_or_silent(f, host, silent, deadline)
+            if host in silent:
+                errors.append(f"{host}: {silent[host]}")
+                snaps.append(
+                    HostSnapshot(
+                        host=host,
+                        reachable=False,
+                        error=silent[host],
+                        error_kind="transient",
+                        taken_at=now(),
+                    )
+                )
+                if host in fronts:
+                    reading.frontends.append(
+                        FrontendState(host=host, reachable=False, error=silent[host])
+                    )
+                continue
             try:
                 snap, rest = f.result(timeout=left())
             except (FutureTimeout, SshError) as exc:
@@ -139,3 +171,25 @@ def read_sensors(shell: SiteShell, timeout_s: float = 20.0) -> SensorReading:
     reading.errors = errors
     reading.duration_s = round(time.monotonic() - started, 3)
     return reading
+
+
+def _probe(shell: SiteShell, host: str, silent: dict[str, str]) -> None:
+    """A host's read has not answered within `ssh.probe_timeout_s`: a TCP connect to its SSH
+    port, with the same bound, tells a slow host (it answers: its read goes on) from a down or
+    cut-off one (silent: recorded, and its cached connection dropped, which ends the read). A
+    host that answers its read in time is never probed: a healthy site sees no extra
+    connection."""
+    site = shell.site
+    h, bound = site.host(host), site.ssh.probe_timeout_s
+    if probe_tcp(h.address, h.port, bound) == "silent":
+        silent[host] = f"its SSH port did not answer within {bound:g} s"
+        shell.drop(host)
+
+
+def _until_done_or_silent(
+    f: Future[Any], host: str, silent: dict[str, str], deadline: float
+) -> None:
+    """Wait for a host's read until it ends, the host is found silent, or the deadline."""
+    while not f.done() and host not in silent and time.monotonic() < deadline:
+        with contextlib.suppress(FutureTimeout):
+            f.result(timeout=min(0.05, max(0.0, deadline - time.monotonic())))

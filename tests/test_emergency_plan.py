@@ -70,3 +70,76 @@ def test_case_a_an_agent_the_host_lost_moves_one_stopped_by_hand_stays() -> None
         SITE, "fts101", rebooted, others(host("fts102", ON_102)), sessions_of=[ON_101[0]]
     )
     assert [m.agent for m in moves] == [ON_101[0], *ON_101[2:]]
+
+
+def test_case_c_launches_standbys_frees_the_locks_and_sends_nothing_to_the_host() -> None:
+    from flows.plans.emergency_move import (
+        KILL_AFTER_LAUNCH_S,
+        EmergencyRequest,
+        plan_emergency_move,
+    )
+    from flows.plans.snapshot import HostWithPartners
+
+    plan = plan_emergency_move(
+        SITE,
+        HostWithPartners(host=None, partners=others(host("fts102", []))),
+        EmergencyRequest(host="fts101", reach="silent"),
+    )
+    assert plan.case == "C" and [p.name for p in plan.phases] == [
+        "launch the standbys on the backups",
+        "free their DB locks and collect them",
+    ]
+    launch, collect = plan.phases
+    assert [s.verb for c in launch.chains for s in c.steps] == ["clear-disabled", "start-standby"]
+    [kill] = collect.chains[0].steps
+    # every session of the host, once the standbys ask for their locks
+    assert (kill.verb, kill.host, kill.agents, kill.delay_s) == (
+        "drop-sessions",
+        "fts101",
+        [],
+        KILL_AFTER_LAUNCH_S,
+    )
+    [(await_, active)] = [c.steps for c in collect.chains[1:]]
+    assert (await_.verb, await_.host, active.verb) == ("await-serving", "fts102", "set-active")
+    assert [s.verb for s in await_.fallback] == ["drop-sessions", "start"]
+    assert sorted(active.channels) == sorted(SITE.agent(a).channel or "" for a in await_.agents)
+    # the host is down: the only step naming it goes to the database, not over SSH
+    steps = [s for p in plan.phases for c in p.chains for s in c.steps]
+    assert {s.verb for s in steps if s.host == "fts101"} == {"drop-sessions"}
+
+
+def test_a_host_recorded_unreachable_is_never_connected_to_again_in_the_run() -> None:
+    import pytest
+
+    from tasks.remote import HostUnreachable, SiteShell
+
+    class NoConnect:
+        """The pool must not be asked for the recorded host (a connect would wait its bound)."""
+
+        def __init__(self) -> None:
+            self.asked: list[str] = []
+
+        def run(self, ep: object, *a: object, **k: object) -> object:
+            self.asked.append(getattr(ep, "host", "?"))
+            raise AssertionError("connected")
+
+        run_many = run
+
+        def drop(self, host: str) -> None:
+            pass
+
+    pool = NoConnect()
+    shell = SiteShell(SITE, pool=pool)  # type: ignore[arg-type]
+    shell.mark_unreachable("fts101", "its SSH port did not answer within 0.5 s")
+    for call in (
+        lambda: shell.run("fts101", "list_processes"),
+        lambda: shell.run_argv("fts101", ["true"]),
+        lambda: shell.run_many("fts101", [["true"]]),
+    ):
+        with pytest.raises(HostUnreachable, match=r"did not answer within 0\.5 s"):
+            call()
+    assert pool.asked == []
+    # the other hosts are not affected: their commands go to the pool
+    with pytest.raises(AssertionError, match="connected"):
+        shell.run("fts102", "list_processes")
+    assert pool.asked == ["fts102"]

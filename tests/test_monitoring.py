@@ -11,6 +11,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -162,3 +163,56 @@ def test_the_alerts_routed_to_the_gateway_start_the_kind_their_rule_says() -> No
         else:
             # not routed to the gateway (alertmanager.yml), and refused if it were
             assert alerts == [] and refused, r["alert"]
+
+
+@pytest.mark.monitoring
+def test_the_rules_take_the_sites_for_and_refuse_an_unknown_alert(tmp_path: Path) -> None:
+    from config.site import Alerts, SecretRef
+    from infra.rules import RulesError, prometheus_duration, site_rules
+
+    def fors(site: Any) -> dict[str, str]:
+        return {r["alert"]: r["for"] for g in site_rules(site)["groups"] for r in g["rules"]}
+
+    shipped = {r["alert"]: r["for"] for r in rules()}
+    lab = fors(SITE)
+    # the lab's seconds where it sets them, the shipped minute elsewhere
+    assert (lab["HandoverHostDown"], lab["HandoverFrontendDown"]) == ("2s", "2s")
+    assert shipped["HandoverHostDown"] == "1m"
+    assert {k: v for k, v in lab.items() if k not in SITE.alerts.rule_for_s} == {  # type: ignore[union-attr]
+        k: v
+        for k, v in shipped.items()
+        if k not in SITE.alerts.rule_for_s  # type: ignore[union-attr]
+    }
+    # a lost geo site waits for the site's own bound
+    assert GEO_SITE.geo is not None
+    assert fors(GEO_SITE)["HandoverGeoSiteDown"] == prometheus_duration(GEO_SITE.geo.dead_after_s)
+    assert [prometheus_duration(x) for x in (60, 1.5, 0.25)] == ["60s", "1500ms", "250ms"]
+    wrong = SITE.model_copy(
+        update={
+            "alerts": Alerts(webhook_secret=SecretRef(env="X"), rule_for_s={"HandoverHostDwn": 5})
+        }
+    )
+    with pytest.raises(RulesError, match=r"HandoverHostDwn is not a rule.*HandoverHostDown"):
+        site_rules(wrong)
+    # what `handover rules` writes is a rules file promtool accepts
+    out = tmp_path / "rules.yml"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "infra.cli",
+            "rules",
+            "--site",
+            str(ROOT / "config/sites/lab.yaml"),
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    checked = tool("promtool", "check", "rules", str(out))
+    assert checked.returncode == 0 and "SUCCESS: 20 rules found" in checked.stdout, checked

@@ -264,6 +264,20 @@ def test_a_crashed_host_starts_one_emergency_move_with_nothing_typed(
 
     lab.lab.fault(HOST, "crash")
     try:
+        # the sensors' reading: the silent host is found by the probe of its slow read, not
+        # waited for to the reading's bound; every other host is read
+        from tasks.remote import SiteShell
+        from tasks.sensors import read_sensors
+
+        with SiteShell(lab.site) as shell:
+            reading = read_sensors(shell, 20)
+        assert reading.snapshot is not None
+        by_host = {h.host: h for h in reading.snapshot.hosts}
+        assert not by_host[HOST].reachable
+        assert by_host[HOST].error == (
+            f"its SSH port did not answer within {lab.site.ssh.probe_timeout_s:g} s"
+        )
+        assert all(h.reachable for n, h in by_host.items() if n != HOST), reading.errors
         [run] = wait_for(runs, 120, f"an emergency move of {HOST} from Alertmanager's alert")
         done = stack.wait_final(run.id, 240)
         assert done.state is not None and done.state.is_completed(), done.state

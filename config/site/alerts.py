@@ -111,6 +111,14 @@ class Alerts(SiteModel):
     #: PostgreSQL database (postgresql://USER:PASSWORD@HOST:PORT/DATABASE); unset, each gateway
     #: keeps its own book in memory (one gateway)
     incident_store: SecretRef | None = None
+    #: the `for:` of the shipped Prometheus rules for this site, by alert name, in seconds, as
+    #: `handover rules` renders them (e.g. ``{HandoverHostDown: 60}``): how long a failure
+    #: must last before the alert fires. An alert not named keeps the shipped value;
+    #: ``HandoverGeoSiteDown`` defaults to `geo.dead_after_s`
+    rule_for_s: dict[
+        Annotated[str, StringConstraints(pattern=r"^Handover[A-Za-z]+$")],
+        Annotated[float, Field(gt=0, le=86400)],
+    ] = Field(default_factory=dict)
     #: what each alert kind starts (`recovered` never starts anything)
     procedures: dict[AlertKind, AlertProcedure] = Field(
         default_factory=lambda: dict(DEFAULT_ALERT_PROCEDURES)

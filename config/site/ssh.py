@@ -24,6 +24,10 @@ class SshConfig(SiteModel):
     known_hosts: Path
     #: how long a connection (and its login) may take
     connect_timeout_s: float = Field(default=5.0, gt=0, le=120)
+    #: how long the emergency move's first probe waits for a failed host's SSH port to answer
+    #: (accept or refuse) before taking it for down: on a network that answers a connect in
+    #: milliseconds, a second is ample, and every second here is a second of the move
+    probe_timeout_s: float = Field(default=1.0, gt=0, le=30)
     #: how long one remote command may run before it is reported as timed out
     command_timeout_s: float = Field(default=30.0, gt=0, le=3600)
     #: how many hosts are read or acted on at once

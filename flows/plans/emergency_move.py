@@ -4,13 +4,18 @@
   their other hosts; a start that fails within the lock wait gets the DB sessions of those agents
   from the host killed (a host that crashed and rebooted left them open) and is started again.
 * **B**, the host answers on the network but SSH does not work (refused, or the login hangs):
-  start the agents on their other hosts (each start blocks on the DB lock the host's sessions
-  still hold) and, a moment later, kill the host's DB sessions while they wait; then try, within a
-  bound, to stop the host's agents cleanly, and leave it to a human if that never works.
-* **C**, the host does not answer at all: start the agents on their other hosts; a start that
-  fails within the lock wait gets case B's DB-session kill and is started again.
+  launch the agents on their other hosts as hot standbys (each start waits for the DB lock the
+  host's sessions still hold), kill the host's DB sessions once they wait, collect each standby
+  the moment it holds its lock and set its channels Active; then try, within a bound, to stop the
+  host's agents cleanly, and leave it to a human if that never works.
+* **C**, the host does not answer at all: the same hot standbys, kill and collection, with nothing
+  sent to the host (the run records it as unreachable: no step waits on a connect to it).
 
-Then every channel of the moved agents is set Active. Nothing here does I/O.
+The DB lock is what makes B and C safe at once: only the lock's holder serves, a standby only
+waits for it, and an agent of the host whose session was killed cannot take it back from the
+standby that holds it. A standby that gave up is started again; one that cannot take its lock
+gets the host's sessions of its agents killed again and is started once more. In case A every
+channel of the moved agents is set Active at the end. Nothing here does I/O.
 """
 
 from __future__ import annotations
@@ -22,15 +27,16 @@ from pydantic import BaseModel, Field
 from config.site import Site, short_name
 from flows.plans.model import Chain, Phase, Plan
 from flows.plans.snapshot import HostSnapshot, HostWithPartners, SiteSnapshot
-from flows.plans.verbs import step
+from flows.plans.verbs import AnyStep, step
 
 PROCEDURE = "emergency-move"
 Case = Literal["A", "B", "C"]
 Reach = Literal["open", "refused", "silent"]
 
-#: case B: how long after the backups' starts the host's DB sessions are killed, so that the
-#: starts already wait for their locks and take them the moment the kill frees them
-KILL_AFTER_START_S = 1.0
+#: cases B and C: how long after the standbys' processes run the host's DB sessions are
+#: killed, so that each standby already asks for its lock and takes it the moment the kill frees
+#: it (an agent of the host whose session was killed reconnects after a back-off, behind it)
+KILL_AFTER_LAUNCH_S = 0.3
 #: case B: how long to keep trying to stop the host's agents cleanly
 STOP_BOUND_S = 10.0
 
@@ -143,30 +149,31 @@ def fence_human(host: str, why: str) -> str:
     return f"{host} {why}. When it is up, run `handover run fence-host --host {host}`"
 
 
-def _start_chains(
-    site: Site,
-    host: str,
-    moves: list[Move],
-    *,
-    kill_on_failure: Literal["none", "host", "agents"],
-) -> list[Chain]:
-    """Per target: clear the `.disabled` entries, start; with `kill_on_failure`, a start that
-    fails gets the DB sessions of the failed host killed (all of them, or only those of the
-    agents being started) and is tried again."""
-    by_target: dict[str, list[str]] = {}
+def _by_target(moves: list[Move]) -> list[tuple[str, list[Move]]]:
+    """The moves grouped by the host they go to, in name order."""
+    out: dict[str, list[Move]] = {}
     for m in moves:
-        by_target.setdefault(m.to, []).append(m.agent)
+        out.setdefault(m.to, []).append(m)
+    return sorted(out.items())
+
+
+def _start_again(site: Site, host: str, target: str, names: list[str]) -> list[AnyStep]:
+    """The fallback of a start that did not take its locks: the DB sessions of those agents
+    from the failed host killed (a host that crashed and rebooted, or one cut off, left them
+    open), then the start again."""
+    return [
+        step(site, f"{target}/drop-sessions", "drop-sessions", host, names),
+        step(site, f"{target}/start-again", "start", target, names),
+    ]
+
+
+def _start_chains(site: Site, host: str, moves: list[Move]) -> list[Chain]:
+    """Case A, per target: clear the `.disabled` entries and start (`_start_again` if that
+    fails)."""
     chains = []
-    for target, names in sorted(by_target.items()):
-        scope = names if kill_on_failure == "agents" else []
-        fallback = (
-            [
-                step(site, f"{target}/drop-sessions", "drop-sessions", host, scope),
-                step(site, f"{target}/start-again", "start", target, names),
-            ]
-            if kill_on_failure != "none"
-            else []
-        )
+    for target, ms in _by_target(moves):
+        names = [m.agent for m in ms]
+        fallback = _start_again(site, host, target, names)
         chains.append(
             Chain(
                 name=f"start on {target}",
@@ -177,6 +184,56 @@ def _start_chains(
             )
         )
     return chains
+
+
+def _standby_phases(site: Site, host: str, moves: list[Move]) -> list[Phase]:
+    """Cases B and C: launch the standbys on the targets, then kill the host's DB sessions while
+    each target collects its standbys and sets their channels Active (each target on its own,
+    the moment its agents hold their locks; `_start_again` for a standby that cannot)."""
+    launch, collect = [], [Chain(name=f"free the locks of {host}", steps=[_kill(site, host)])]
+    for target, ms in _by_target(moves):
+        names = [m.agent for m in ms]
+        chans = [m.channel for m in ms if m.channel]
+        launch.append(
+            Chain(
+                name=f"standbys on {target}",
+                steps=[
+                    step(site, f"{target}/clear-disabled", "clear-disabled", target, names),
+                    step(site, f"{target}/start-standby", "start-standby", target, names),
+                ],
+            )
+        )
+        steps = [
+            step(
+                site,
+                f"{target}/await-serving",
+                "await-serving",
+                target,
+                names,
+                fallback=_start_again(site, host, target, names),
+            )
+        ]
+        if chans:
+            steps.append(
+                step(
+                    site,
+                    f"{target}/set-active",
+                    "set-active",
+                    target,
+                    [],
+                    chans,
+                    if_fails="continue",
+                )
+            )
+        collect.append(Chain(name=f"collect on {target}", steps=steps))
+    return [
+        Phase(name="launch the standbys on the backups", chains=launch),
+        Phase(name="free their DB locks and collect them", chains=collect),
+    ]
+
+
+def _kill(site: Site, host: str) -> AnyStep:
+    return step(site, f"{host}/drop-sessions", "drop-sessions", host, delay_s=KILL_AFTER_LAUNCH_S)
 
 
 def plan_emergency_move(site: Site, snap: HostWithPartners, req: EmergencyRequest) -> EmergencyPlan:
@@ -236,7 +293,7 @@ def plan_emergency_move(site: Site, snap: HostWithPartners, req: EmergencyReques
         phases.append(
             Phase(
                 name="start them on their backups",
-                chains=_start_chains(site, host, moves, kill_on_failure="agents"),
+                chains=_start_chains(site, host, moves),
             )
         )
     elif moves and case == "B":
@@ -245,18 +302,7 @@ def plan_emergency_move(site: Site, snap: HostWithPartners, req: EmergencyReques
             "reconnect to the DB and cannot serve (the backups hold the locks). When "
             f"{host} is reachable, run `handover run fence-host --host {host}`"
         )
-        kill = step(
-            site, f"{host}/drop-sessions", "drop-sessions", host, delay_s=KILL_AFTER_START_S
-        )
-        phases.append(
-            Phase(
-                name="start on the backups and free their DB locks",
-                chains=[
-                    *_start_chains(site, host, moves, kill_on_failure="none"),
-                    Chain(name=f"free the locks of {host}", steps=[kill]),
-                ],
-            )
-        )
+        phases += _standby_phases(site, host, moves)
         phases.append(
             Phase(
                 name=f"stop the agents on {host} when it lets us",
@@ -290,12 +336,7 @@ def plan_emergency_move(site: Site, snap: HostWithPartners, req: EmergencyReques
             )
         )
     elif moves:
-        phases.append(
-            Phase(
-                name="start on the backups (free the locks if they do not start)",
-                chains=_start_chains(site, host, moves, kill_on_failure="host"),
-            )
-        )
+        phases += _standby_phases(site, host, moves)
         human.append(
             fence_human(
                 host,
@@ -314,7 +355,7 @@ def plan_emergency_move(site: Site, snap: HostWithPartners, req: EmergencyReques
             )
         )
     chans = [m.channel for m in moves if m.channel]
-    if chans:
+    if chans and case == "A":  # B and C set them as each target collects its standbys
         target = moves[0].to
         phases.append(
             Phase(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,24 @@ def cmd_exporter(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rules(args: argparse.Namespace) -> int:
+    """`handover rules`: the shipped Prometheus rules with the site's `for:` bounds."""
+    from infra.rules import RulesError, rules_text
+
+    site = load_site(args.site)
+    try:
+        text = rules_text(site)
+    except RulesError as exc:
+        error(str(exc))
+        return 2
+    if args.out:
+        Path(args.out).write_text(text)
+        say(f"wrote {args.out}: load it in Prometheus' rule_files (`promtool check rules` first)")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def register(sub: Any) -> None:
     """Add `handover service`, `handover ocf` and `handover exporter` to the parser."""
     p = sub.add_parser(
@@ -157,3 +176,10 @@ def register(sub: Any) -> None:
     )
     site_arg(p)
     p.set_defaults(func=cmd_exporter)
+    p = sub.add_parser(
+        "rules",
+        help="the shipped Prometheus alert rules with the site's `for:` (alerts.rule_for_s)",
+    )
+    site_arg(p)
+    p.add_argument("--out", help="write the rules to this file (default: standard output)")
+    p.set_defaults(func=cmd_rules)

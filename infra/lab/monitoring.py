@@ -6,8 +6,9 @@ on handover's sensors, so that a fault reaches the gateway with nothing typed.
 * Prometheus scrapes it every second as the shipped configuration does
   (`infra/monitoring/prometheus.yml`: the token from a ``credentials_file``) and evaluates the
   shipped rules
-  (`infra/monitoring/handover-rules.yml`) every second, with the lab's shorter ``for`` (a crash
-  is acted on after 3 s of a host down, not a minute);
+  (`infra/monitoring/handover-rules.yml`) every second, with the lab site's shorter ``for``
+  (`alerts.rule_for_s`, `handover rules`: a crash is acted on after 2 s of a host down, not a
+  minute);
 * Alertmanager routes the alerts that carry ``handover_kind`` as the shipped configuration does
   (`infra/monitoring/alertmanager.yml`), to the gateway that `route_to` names (with its bearer
   token in a file); until then to no receiver.
@@ -32,32 +33,21 @@ from typing import Any
 
 import yaml
 
+from config.loader import load_site
 from infra.lab.errors import LabError
 from infra.lab.host import alive
 from infra.ports import free_port
+from infra.rules import rules_text
 
 ROOT = Path(__file__).resolve().parents[2]
-RULES = ROOT / "infra" / "monitoring" / "handover-rules.yml"
 ALERTMANAGER = ROOT / "infra" / "monitoring" / "alertmanager.yml"
 PROMETHEUS = ROOT / "infra" / "monitoring" / "prometheus.yml"
-#: the lab's `for` of the rules that start procedures (the shipped ones wait a minute)
-LAB_FOR = {"HandoverHostDown": "3s", "HandoverFrontendDown": "2s"}
 BINARIES = {"prometheus": "prometheus", "alertmanager": "prometheus-alertmanager"}
 
 
 def missing() -> list[str]:
     """The binaries the lab's monitoring needs and does not find."""
     return [f"{b} (Debian package {b})" for b in BINARIES.values() if shutil.which(b) is None]
-
-
-def lab_rules() -> dict[str, Any]:
-    """The shipped rules with the lab's shorter `for`."""
-    data: dict[str, Any] = yaml.safe_load(RULES.read_text())
-    for group in data["groups"]:
-        for rule in group["rules"]:
-            if rule["alert"] in LAB_FOR:
-                rule["for"] = LAB_FOR[rule["alert"]]
-    return data
 
 
 def prometheus_config(
@@ -125,7 +115,7 @@ class LabMonitoring:
             raise LabError("--monitoring needs " + "; ".join(absent))
         self.dir.mkdir(parents=True, exist_ok=True)
         ports = {"exporter": free_port(), "prometheus": free_port(), "alertmanager": free_port()}
-        (self.dir / "rules.yml").write_text(yaml.safe_dump(lab_rules(), sort_keys=False))
+        (self.dir / "rules.yml").write_text(rules_text(load_site(self.site_file)))
         self.token = write_token(self.token_file)
         (self.dir / "prometheus.yml").write_text(
             yaml.safe_dump(
