@@ -89,3 +89,39 @@ def test_the_limit_counts_only_time_with_pending_work() -> None:
     waits = [(-3.0, -1.0), (-0.5, 1.0), (2.0, 3.5), (3.0, 4.0), (6.0, 9.0)]
     assert pending_within(waits, 0.0, 5.0) == pytest.approx(1.0 + 2.0)
     assert pending_within([(1.0, 10.0)], 0.0, 5.0) == pytest.approx(4.0)
+
+
+def test_the_estimates_error_leaves_the_durations_and_stays_within_its_bound(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    exact = _bench_site(tmp_path)
+    wrong = load_site(
+        derive_site_file(
+            ROOT / "config" / "sites" / "lab.yaml",
+            tmp_path / "bench-eta.yaml",
+            name="benchmove",
+            octet=250,
+            db_port=20250,
+            state_dir=Path("/var/tmp/handover-lab/bench-workload-test"),  # never started
+            lab={**WORKLOAD, "transfers": {**WORKLOAD["transfers"], "eta_error": 0.3}},
+        )
+    )
+    ch = exact.channels[0]
+    w0, w1 = Workload(exact), Workload(wrong)
+    jobs0 = [(w0.next_job(ch), w0.eta_factor(ch)) for _ in range(200)]
+    jobs1 = [(w1.next_job(ch), w1.eta_factor(ch)) for _ in range(200)]
+    # the same transfers whatever the error: only what the estimate says of them differs
+    assert [j for j, _ in jobs0] == [j for j, _ in jobs1]
+    assert {f for _, f in jobs0} == {1.0}
+    factors = [f for _, f in jobs1]
+    assert all(0.7 <= f <= 1.3 for f in factors) and min(factors) < 0.8 and max(factors) > 1.2
+    # drawn per transfer, the same on every run
+    w2 = Workload(wrong)
+    assert [(w2.next_job(ch), w2.eta_factor(ch))[1] for _ in range(200)] == factors
+
+
+def test_the_bench_runs_the_pipelined_move_at_each_error_of_the_estimates() -> None:
+    from infra.bench.clean_move import VARIANTS, eta_variant, variants
+
+    assert variants(()) == VARIANTS
+    chosen = variants((0.3, 0.6))
+    assert chosen[eta_variant(0.3)] == ("pipelined", True, VARIANTS["pipelined"][2], 0.3)
+    assert list(chosen) == [*VARIANTS, "pipelined_eta30", "pipelined_eta60"]

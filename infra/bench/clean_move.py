@@ -59,17 +59,39 @@ LIMIT_RATIO_TARGET = 1.15
 OVERHEAD_TARGET = 1.2
 #: how much later than its start a channel may go Inactive (the pipelined move's cut-over)
 CUTOVER_WINDOW_S = 20.0
-#: the variants measured, each: (mode, hot standby, cut-over window)
-VARIANTS: dict[str, tuple[str, bool, float]] = {
-    "full": ("full", False, 0.0),
-    "pipelined_plain": ("pipelined", False, 0.0),
-    "pipelined": ("pipelined", True, CUTOVER_WINDOW_S),
+#: the variants measured, each: (mode, hot standby, cut-over window, the estimates' error)
+VARIANTS: dict[str, tuple[str, bool, float, float]] = {
+    "full": ("full", False, 0.0, 0.0),
+    "pipelined_plain": ("pipelined", False, 0.0, 0.0),
+    "pipelined": ("pipelined", True, CUTOVER_WINDOW_S, 0.0),
 }
 LABELS = {
     "full": "full (by hand)",
     "pipelined_plain": "pipelined, stop then start, all Inactive at once",
-    "pipelined": "pipelined, hot standby + drain-aware cut-over",
+    "pipelined": "pipelined, hot standby + drain-aware cut-over (exact estimates)",
 }
+#: the pipelined move against its limit when the estimates of the transfers' ends are off by
+#: up to this fraction (`--eta-error`); errors not listed are measured and reported only
+ETA_LIMIT_TARGETS = {0.3: 1.3}
+
+
+def eta_variant(error: float) -> str:
+    """The name of the pipelined variant whose estimates are off by up to `error`."""
+    return f"pipelined_eta{round(error * 100)}"
+
+
+def variants(eta_errors: tuple[float, ...]) -> dict[str, tuple[str, bool, float, float]]:
+    """The variants of one invocation: `VARIANTS`, and the pipelined move at each error."""
+    out = dict(VARIANTS)
+    for e in eta_errors:
+        if e > 0:
+            out[eta_variant(e)] = ("pipelined", True, CUTOVER_WINDOW_S, e)
+            LABELS[eta_variant(e)] = (
+                f"pipelined, hot standby + cut-over, estimates off by up to {e:.0%}"
+            )
+    return out
+
+
 SOURCE, TARGET = "fts101", "fts102"
 #: an agent the move does not touch, restarted to measure the fastest hand-over
 CALIBRATION_AGENT = "glite-transfer-channel-agent-urlcopy-CERN-PIC"
@@ -256,11 +278,14 @@ def _breakdown(
 
 
 def _one(
-    site_file: Path, variant: str, scenario: Scenario, channels: dict[str, str]
+    site_file: Path,
+    variant: tuple[str, str, bool, float],
+    scenario: Scenario,
+    channels: dict[str, str],
 ) -> dict[str, Any]:
     from flows.clean_move import CleanMoveResult, clean_move
 
-    mode, hot, window = VARIANTS[variant]
+    name, mode, hot, window = variant
     lab = Lab.from_file(site_file)
     lab.up()
     try:
@@ -286,7 +311,7 @@ def _one(
                 s.sentence for s in getattr(result, "steps", []) if s.outcome == "failed"
             )
             summary = getattr(result, "summary", result)
-            raise RuntimeError(f"{variant} move did not complete: {summary}; {detail}")
+            raise RuntimeError(f"{name} move did not complete: {summary}; {detail}")
         time.sleep(0.5)  # one more score tick after the last channel is Active
         score = lab.score()
         per = _breakdown(lab, channels, start_at - dt.timedelta(seconds=5), fastest)
@@ -336,7 +361,7 @@ def _one(
     total = sum(r["downtime_s"] for r in rows.values())
     limit = sum(r["limit_s"] for r in rows.values())
     return {
-        "variant": variant,
+        "variant": name,
         "mode": mode,
         "downtime_sum_s": round(total, 2),
         "downtime_max_s": round(max((r["downtime_s"] for r in rows.values()), default=0.0), 2),
@@ -356,28 +381,38 @@ def _one(
 
 
 def bench_clean_move(
-    *, rounds: int = 3, warmup_s: float = 6.0, progress: Callable[[str], None] = lambda m: None
+    *,
+    rounds: int = 3,
+    warmup_s: float = 6.0,
+    eta_errors: tuple[float, ...] = (),
+    progress: Callable[[str], None] = lambda m: None,
 ) -> dict[str, Any]:
-    """Run `rounds` moves of each variant (`VARIANTS`) on the same workload and scenario (the
-    start no earlier than `warmup_s` after the load's first submission); return medians and
-    ratios."""
+    """Run `rounds` moves of each variant (`variants`: with the pipelined move at each of
+    `eta_errors` too) on the same workload and scenario (the start no earlier than `warmup_s`
+    after the load's first submission); return medians and ratios."""
     from rich.console import Console
 
     from infra.run import configure_api
 
     configure_api(Console(stderr=True))
     tmp = Path(tempfile.mkdtemp(prefix="handover-bench-"))
-    site_file = derive_site_file(
-        ROOT / "config" / "sites" / "lab.yaml",
-        tmp / "bench.yaml",
-        name="benchmove",
-        octet=250,
-        db_port=20250,  # below the ephemeral port range, as the tests' labs
-        state_dir=Path(f"/var/tmp/handover-lab/bench-{os.getpid()}"),
-        lab=WORKLOAD,
-        procedures={"clean-move": {"poll_interval_s": 0.1, "cutover_drain_s": 2.0}},
-        database=BENCH_DATABASE,
-    )
+    chosen = variants(eta_errors)
+    # one site per error of the estimates: the same lab, workload and scenario otherwise
+    site_files = {
+        e: derive_site_file(
+            ROOT / "config" / "sites" / "lab.yaml",
+            tmp / f"bench-eta{round(e * 100)}.yaml",
+            name="benchmove",
+            octet=250,
+            db_port=20250,  # below the ephemeral port range, as the tests' labs
+            state_dir=Path(f"/var/tmp/handover-lab/bench-{os.getpid()}"),
+            lab={**WORKLOAD, "transfers": {**WORKLOAD["transfers"], "eta_error": e}},
+            procedures={"clean-move": {"poll_interval_s": 0.1, "cutover_drain_s": 2.0}},
+            database=BENCH_DATABASE,
+        )
+        for e in sorted({v[3] for v in chosen.values()})
+    }
+    site_file = site_files[0.0]
     site = load_site(site_file)
     channels = {a.channel: a.name for a in site.agents_on(SOURCE) if a.channel}
     scenario = pick_scenario(site, list(channels), warmup_s)
@@ -389,11 +424,11 @@ def bench_clean_move(
             or "none on the moved channels"
         )
     )
-    runs: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
+    runs: dict[str, list[dict[str, Any]]] = {v: [] for v in chosen}
     for i in range(rounds):
-        for mode in VARIANTS:
+        for mode, (kind, hot, window, error) in chosen.items():
             progress(f"round {i + 1}/{rounds}: {LABELS[mode]}")
-            one = _one(site_file, mode, scenario, channels)
+            one = _one(site_files[error], (mode, kind, hot, window), scenario, channels)
             progress(
                 f"  downtime sum {one['downtime_sum_s']:.2f} s, limit {one['limit_sum_s']:.2f} s"
                 + ("; LATE: the flow reached the start after it" if one["late"] else "")
@@ -443,10 +478,20 @@ def bench_clean_move(
     plain = out["pipelined_plain"]["downtime_sum_s"]
     out["plain_downtime_ratio"] = round(plain / full, 3) if full else None
     out["runs"] = runs
+    out["eta_errors"] = {
+        eta_variant(e): {"error": e, "to_limit": out[eta_variant(e)]["to_limit"]}
+        for e in eta_errors
+        if e > 0
+    }
     ok = (
         out["downtime_ratio"] is not None
         and out["downtime_ratio"] <= DOWNTIME_RATIO_TARGET
         and out["pipelined"]["to_limit"] <= LIMIT_RATIO_TARGET
+        and all(
+            out[eta_variant(e)]["to_limit"] <= t
+            for e, t in ETA_LIMIT_TARGETS.items()
+            if eta_variant(e) in out
+        )
         and all(out[m]["jobs_lost"] == 0 for m in runs)
         and all(out[m]["agents_running_twice"] == 0 for m in runs)
         and all(out[m]["overhead_ratio"] <= OVERHEAD_TARGET for m in runs)
@@ -467,9 +512,16 @@ def bench_clean_move(
             f"serving twice {out[m]['agents_running_twice']}; flow {out[m]['flow_wall_s']:5.2f} s "
             f"over critical path {out[m]['critical_path_s']:5.2f} s: overhead "
             f"{out[m]['overhead_ratio']:.3f} (target <= {OVERHEAD_TARGET})"
-            for m in VARIANTS
+            for m in chosen
         ),
-        *(f"    {m}: {LABELS[m]}" for m in VARIANTS),
+        *(f"    {m}: {LABELS[m]}" for m in chosen),
+        *(
+            f"  pipelined with estimates off by up to {e:.0%} / its limit: "
+            f"{out[eta_variant(e)]['to_limit']}"
+            + (f" (target <= {ETA_LIMIT_TARGETS[e]})" if e in ETA_LIMIT_TARGETS else "")
+            for e in eta_errors
+            if e > 0
+        ),
         f"  pipelined / full total downtime: {out['downtime_ratio']} "
         f"(target <= {DOWNTIME_RATIO_TARGET}); pipelined / its limit: "
         f"{out['pipelined']['to_limit']} (target <= {LIMIT_RATIO_TARGET}); "

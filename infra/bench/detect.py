@@ -100,6 +100,10 @@ def _round(
                 (run.start_time.timestamp() if run.start_time else restored) - t0, 2
             ),
             "fault_to_restored_s": round(restored - t0, 2),
+            # the emergency move alone: the run's start to the last agent serving
+            "flow_start_to_restored_s": round(
+                restored - (run.start_time.timestamp() if run.start_time else restored), 2
+            ),
         }
         progress(
             f"round {i + 1}: crash -> gateway ~{out['fault_to_gateway_s']:.0f} s, run created "

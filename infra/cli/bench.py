@@ -94,7 +94,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     elif args.bench_what == "clean-move":
         from infra.bench.clean_move import bench_clean_move
 
-        result = bench_clean_move(rounds=args.rounds, warmup_s=args.warmup, progress=note)
+        result = bench_clean_move(
+            rounds=args.rounds,
+            warmup_s=args.warmup,
+            eta_errors=tuple(args.eta_error or ()),
+            progress=note,
+        )
     else:
         from infra.bench.lab import bench_lab
 
@@ -153,6 +158,14 @@ def register(sub: Any) -> None:
     p = bsub.add_parser("clean-move", help="full vs pipelined clean move: downtime, overhead")
     p.add_argument("--rounds", type=int, default=3, help="rounds to measure (medians)")
     p.add_argument("--warmup", type=float, default=6.0, help="seconds of load before each move")
+    p.add_argument(
+        "--eta-error",
+        type=float,
+        action="append",
+        help="also run the pipelined move with each transfer's estimated end off by up to "
+        "this fraction of its duration (repeatable, e.g. 0.3 and 0.6; the lab's "
+        "transfers.eta_error)",
+    )
     _output_args(p)
     p = bsub.add_parser(
         "control-plane",

@@ -79,7 +79,7 @@ class LabDaemon:
                 "GROUP BY channel"
             )
         )
-        rows: list[tuple[str, str | None, str, float]] = []
+        rows: list[tuple[str, str | None, str, float, float]] = []
         for ch in self.site.channels:
             self.owed[ch] += rate * dt
             n = int(self.owed[ch])
@@ -88,16 +88,18 @@ class LabDaemon:
                 continue
             for _ in range(n):
                 vo, duration = self.workload.next_job(ch)
-                rows.append((ch, vo, "Submitted" if vo else "Pending", duration))
+                eta = self.workload.eta_factor(ch)
+                rows.append((ch, vo, "Submitted" if vo else "Pending", duration, eta))
         if rows:
             self.conn.run(
-                "INSERT INTO jobs (channel, vo, state, duration_s) SELECT * FROM "
+                "INSERT INTO jobs (channel, vo, state, duration_s, eta_factor) SELECT * FROM "
                 "unnest(CAST(:c AS text[]), CAST(:v AS text[]), CAST(:s AS text[]), "
-                "CAST(:d AS real[]))",
+                "CAST(:d AS real[]), CAST(:e AS real[]))",
                 c=[r[0] for r in rows],
                 v=[r[1] for r in rows],
                 s=[r[2] for r in rows],
                 d=[r[3] for r in rows],
+                e=[r[4] for r in rows],
             )
 
     # --- score ---------------------------------------------------------------------------------

@@ -41,6 +41,11 @@ class LabTransfers(TransferProfile):
 
     seed: int = 42
     per_channel: dict[str, TransferProfile] = Field(default_factory=dict)
+    #: how far off the site's estimate of each transfer's end is: the lab's
+    #: `database.transfer_eta_query` reads each running transfer's end as its duration times a
+    #: factor drawn per transfer, uniformly in [1 - eta_error, 1 + eta_error] (0: exact, which a
+    #: real site never is: it estimates from size and rate)
+    eta_error: float = Field(default=0.0, ge=0, lt=1)
 
     def profile(self, channel: str) -> TransferProfile:
         """The profile of one channel."""

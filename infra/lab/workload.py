@@ -34,12 +34,24 @@ class Workload:
             ch: random.Random(f"{seed}/{ch}")  # noqa: S311 - a reproducible workload
             for ch in site.channels
         }
+        # the estimates' errors from a stream of their own: the durations are the same at
+        # every `eta_error`, so one workload is measured with exact and with wrong estimates
+        self._eta_rngs = {
+            ch: random.Random(f"{seed}/{ch}/eta")  # noqa: S311 - a reproducible workload
+            for ch in site.channels
+        }
 
     def next_job(self, channel: str) -> tuple[str | None, float]:
         """The channel's next job: its VO (None when the site has no VO agents) and duration."""
         rng = self._rngs[channel]
         vo = rng.choice(self.vos) if self.vos else None
         return vo, draw_duration(rng, self.transfers, channel)
+
+    def eta_factor(self, channel: str) -> float:
+        """What the estimate of the channel's next job's duration is off by: a factor in
+        [1 - eta_error, 1 + eta_error] (1 when the lab's estimates are exact)."""
+        e = self.transfers.eta_error
+        return round(1.0 + self._eta_rngs[channel].uniform(-e, e), 4) if e else 1.0
 
 
 def trace(site: Site, channel: str, n: int) -> list[float]:

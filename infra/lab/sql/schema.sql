@@ -38,7 +38,11 @@ CREATE TABLE jobs (
     -- the version of the agent software that started the transfer (the new software
     -- serves the transfers started after the restart)
     agent_version text,
-    lost_reason  text
+    lost_reason  text,
+    -- what the site's estimate of the transfer's duration is off by (its end as a real site
+    -- estimates it, from size and rate): the lab's transfer_eta_query reads duration_s *
+    -- eta_factor; 1 is the exact end (lab.eta_error)
+    eta_factor   real NOT NULL DEFAULT 1
 );
 CREATE INDEX jobs_channel_state ON jobs (channel, state);
 CREATE INDEX jobs_vo_state ON jobs (vo, state);
