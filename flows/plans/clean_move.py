@@ -25,6 +25,7 @@ from config.site import Site
 from flows.plans.cutover import Cutover, decide
 from flows.plans.model import AnyStep, Chain, Phase, Plan, steps_markdown
 from flows.plans.snapshot import SiteSnapshot
+from flows.plans.start_again import start_again
 from flows.plans.verbs import HandOver, step
 
 PROCEDURE = "clean-move"
@@ -233,7 +234,19 @@ def _chain_steps(
     if starting:
         names = [m.agent for m in starting]
         steps.append(step(site, f"{prefix}clear-disabled", "clear-disabled", dst, names, []))
-        steps.append(step(site, f"{prefix}start", "start", dst, names, []))
+        # once the stop is verified, a session of these agents from the source is stale (a
+        # source cut off from the database, a database that froze, leave one holding the lock)
+        steps.append(
+            step(
+                site,
+                f"{prefix}start",
+                "start",
+                dst,
+                names,
+                [],
+                fallback=start_again(site, prefix, src, dst, names),
+            )
+        )
     if chans:
         steps.append(step(site, f"{prefix}set-active", "set-active", dst, [], chans))
     return steps
@@ -471,7 +484,17 @@ def _pipelined(
                 # the source's agent is gone: only the standby can take the channel's work,
                 # and pending jobs wait for it in the database meanwhile
                 steps.append(step(site, f"{p}set-active", "set-active", dst, [], [m.channel]))
-        steps.append(step(site, f"{p}await-serving", "await-serving", dst, [m.agent], []))
+        steps.append(
+            step(
+                site,
+                f"{p}await-serving",
+                "await-serving",
+                dst,
+                [m.agent],
+                [],
+                fallback=start_again(site, p, src, dst, [m.agent]),
+            )
+        )
         chains.append(Chain(name=label, steps=steps))
     phases.append(Phase(name="move each agent as its channel drains", chains=chains))
     return phases

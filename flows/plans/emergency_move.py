@@ -27,6 +27,7 @@ from pydantic import BaseModel, Field
 from config.site import Site, short_name
 from flows.plans.model import Chain, Phase, Plan
 from flows.plans.snapshot import HostSnapshot, HostWithPartners, SiteSnapshot
+from flows.plans.start_again import start_again
 from flows.plans.verbs import AnyStep, step
 
 PROCEDURE = "emergency-move"
@@ -157,23 +158,13 @@ def _by_target(moves: list[Move]) -> list[tuple[str, list[Move]]]:
     return sorted(out.items())
 
 
-def _start_again(site: Site, host: str, target: str, names: list[str]) -> list[AnyStep]:
-    """The fallback of a start that did not take its locks: the DB sessions of those agents
-    from the failed host killed (a host that crashed and rebooted, or one cut off, left them
-    open), then the start again."""
-    return [
-        step(site, f"{target}/drop-sessions", "drop-sessions", host, names),
-        step(site, f"{target}/start-again", "start", target, names),
-    ]
-
-
 def _start_chains(site: Site, host: str, moves: list[Move]) -> list[Chain]:
-    """Case A, per target: clear the `.disabled` entries and start (`_start_again` if that
+    """Case A, per target: clear the `.disabled` entries and start (`start_again` if that
     fails)."""
     chains = []
     for target, ms in _by_target(moves):
         names = [m.agent for m in ms]
-        fallback = _start_again(site, host, target, names)
+        fallback = start_again(site, f"{target}/", host, target, names)
         chains.append(
             Chain(
                 name=f"start on {target}",
@@ -189,7 +180,7 @@ def _start_chains(site: Site, host: str, moves: list[Move]) -> list[Chain]:
 def _standby_phases(site: Site, host: str, moves: list[Move]) -> list[Phase]:
     """Cases B and C: launch the standbys on the targets, then kill the host's DB sessions while
     each target collects its standbys and sets their channels Active (each target on its own,
-    the moment its agents hold their locks; `_start_again` for a standby that cannot)."""
+    the moment its agents hold their locks; `start_again` for a standby that cannot)."""
     launch, collect = [], [Chain(name=f"free the locks of {host}", steps=[_kill(site, host)])]
     for target, ms in _by_target(moves):
         names = [m.agent for m in ms]
@@ -210,7 +201,7 @@ def _standby_phases(site: Site, host: str, moves: list[Move]) -> list[Phase]:
                 "await-serving",
                 target,
                 names,
-                fallback=_start_again(site, host, target, names),
+                fallback=start_again(site, f"{target}/", host, target, names),
             )
         ]
         if chans:
