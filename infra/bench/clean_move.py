@@ -478,8 +478,15 @@ def bench_clean_move(
     plain = out["pipelined_plain"]["downtime_sum_s"]
     out["plain_downtime_ratio"] = round(plain / full, 3) if full else None
     out["runs"] = runs
+    exact = out["pipelined"]["downtime_sum_s"]
     out["eta_errors"] = {
-        eta_variant(e): {"error": e, "to_limit": out[eta_variant(e)]["to_limit"]}
+        eta_variant(e): {
+            "error": e,
+            "to_limit": out[eta_variant(e)]["to_limit"],
+            # what the wrong estimates cost: against the same move with exact ones, and the full
+            "to_exact": round(out[eta_variant(e)]["downtime_sum_s"] / exact, 2) if exact else None,
+            "to_full": round(out[eta_variant(e)]["downtime_sum_s"] / full, 3) if full else None,
+        }
         for e in eta_errors
         if e > 0
     }
@@ -519,6 +526,8 @@ def bench_clean_move(
             f"  pipelined with estimates off by up to {e:.0%} / its limit: "
             f"{out[eta_variant(e)]['to_limit']}"
             + (f" (target <= {ETA_LIMIT_TARGETS[e]})" if e in ETA_LIMIT_TARGETS else "")
+            + f"; / exact estimates {out['eta_errors'][eta_variant(e)]['to_exact']}; / full "
+            f"{out['eta_errors'][eta_variant(e)]['to_full']}"
             for e in eta_errors
             if e > 0
         ),

@@ -288,7 +288,7 @@ def register(sub: Any) -> None:
     p = bsub.add_parser(
         "detect", help="a crash to the service restored through Prometheus and Alertmanager"
     )
-    p.add_argument("--rounds", type=int, default=3, help="rounds to measure (medians)")
+    p.add_argument("--rounds", type=int, default=5, help="rounds to measure (medians)")
     _output_args(p)
     p = bsub.add_parser(
         "faults", help="every procedure under faults at its steps: end state, convergence"

@@ -1,14 +1,13 @@
 """The lab's monitoring (`handover lab up --monitoring`): Debian's Prometheus and Alertmanager
 on handover's sensors, so that a fault reaches the gateway with nothing typed.
 
-* `handover exporter` reads the lab every second (`infra.exporter`), and answers requests that
+* `handover exporter` reads the lab every half second (`infra.exporter`), and answers requests that
   carry its bearer token (``<state>/monitoring/exporter.token``, made at each start) only;
-* Prometheus scrapes it every second as the shipped configuration does
+* Prometheus scrapes it every half second as the shipped configuration does
   (`infra/monitoring/prometheus.yml`: the token from a ``credentials_file``) and evaluates the
-  shipped rules
-  (`infra/monitoring/handover-rules.yml`) every second, with the lab site's shorter ``for``
-  (`alerts.rule_for_s`, `handover rules`: a crash is acted on after 2 s of a host down, not a
-  minute);
+  shipped rules (`infra/monitoring/handover-rules.yml`) every half second, with the lab site's
+  shorter ``for`` (`alerts.rule_for_s`, `handover rules`: a crash is acted on after 2 s of a host
+  down, not a minute);
 * Alertmanager routes the alerts that carry ``handover_kind`` as the shipped configuration does
   (`infra/monitoring/alertmanager.yml`), to the gateway that `route_to` names (with its bearer
   token in a file); until then to no receiver.
@@ -54,9 +53,9 @@ def prometheus_config(
     exporter_port: int, alertmanager_port: int, rules: Path, token_file: Path
 ) -> dict[str, Any]:
     """The shipped Prometheus configuration with the lab's addresses, rules, token file and
-    one-second intervals."""
+    half-second intervals."""
     data: dict[str, Any] = yaml.safe_load(PROMETHEUS.read_text())
-    data["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+    data["global"] = {"scrape_interval": "500ms", "evaluation_interval": "500ms"}
     data["rule_files"] = [str(rules)]
     [am] = data["alerting"]["alertmanagers"]
     am["static_configs"] = [{"targets": [f"127.0.0.1:{alertmanager_port}"]}]
@@ -142,7 +141,7 @@ class LabMonitoring:
                     "--port",
                     str(ports["exporter"]),
                     "--interval",
-                    "1",
+                    "0.5",
                     "--timeout",
                     "5",
                     "--runs",
