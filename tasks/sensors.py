@@ -14,6 +14,7 @@ import contextlib
 import datetime as dt
 import threading
 import time
+import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
@@ -31,6 +32,13 @@ from tasks.outcome import now
 from tasks.probe import probe_tcp
 from tasks.remote import SiteShell
 from tasks.site_state import Query, channel_state, read_host, spread_channels
+
+#: a host's read is probed once it has taken this many times its last read (and at least
+#: `ssh.probe_timeout_s`): on a large site, where reads queue and take a second, a healthy host
+#: is not probed at every reading
+PROBE_AFTER_USUAL = 3.0
+#: each shell's hosts' last read times (a reading's shell lives as long as the exporter)
+_read_s: weakref.WeakKeyDictionary[SiteShell, dict[str, float]] = weakref.WeakKeyDictionary()
 
 
 class SensorReading(BaseModel):
@@ -56,8 +64,9 @@ def read_sensors(shell: SiteShell, timeout_s: float = 20.0) -> SensorReading:
     Each host is read on its own: a host that does not answer within the bound is reported
     unreachable, and only that host (a reading that waited for it would make every host look
     down to the alert rules). A host whose read has not answered within `ssh.probe_timeout_s`
-    gets a TCP connect to its SSH port with the same bound; a silent one is reported
-    unreachable at once (`_probe`): a dead host reads as down within twice that bound.
+    (or three times its last read, when that is longer) gets a TCP connect to its SSH port with
+    the same bound; a silent one is reported unreachable at once (`_probe`): a dead host reads
+    as down within about twice that bound.
     """
     site = shell.site
     started = time.monotonic()
@@ -79,13 +88,19 @@ def read_sensors(shell: SiteShell, timeout_s: float = 20.0) -> SensorReading:
         if host in fronts:
             extra.append(("frontend_status", {}))
         extra += [("channel_state", {"channel": c}) for c in assigned[host]]
-        probe = threading.Timer(site.ssh.probe_timeout_s, _probe, (shell, host, silent))
+        usual = _read_s.setdefault(shell, {}).get(host, 0.0)
+        after = max(site.ssh.probe_timeout_s, PROBE_AFTER_USUAL * usual)
+        probe = threading.Timer(after, _probe, (shell, host, silent))
         probe.daemon = True
         probe.start()
+        began = time.monotonic()
         try:
-            return read_host(shell, host, extra)
+            out = read_host(shell, host, extra)
         finally:
             probe.cancel()
+        if out[0].reachable:
+            _read_s[shell][host] = time.monotonic() - began
+        return out
 
     errors: list[str] = []
     reading = SensorReading(taken_at=now(), duration_s=0.0)
@@ -177,7 +192,7 @@ def _probe(shell: SiteShell, host: str, silent: dict[str, str]) -> None:
     """A host's read has not answered within `ssh.probe_timeout_s`: a TCP connect to its SSH
     port, with the same bound, tells a slow host (it answers: its read goes on) from a down or
     cut-off one (silent: recorded, and its cached connection dropped, which ends the read). A
-    host that answers its read in time is never probed: a healthy site sees no extra
+    host that answers its read in its usual time is never probed: a healthy site sees no extra
     connection."""
     site = shell.site
     h, bound = site.host(host), site.ssh.probe_timeout_s
