@@ -159,7 +159,8 @@ class AlertIntake:
             PrefectUnavailable: the event could not be sent (nothing is recorded as sent).
         """
         procedure = self.procedure_for(alert)
-        if procedure is not None:
+        if procedure is not None and self._maybe_stale(alert):
+            # only an old alert may need a probe of its host: a thread then, not the event loop
             stale = await asyncio.to_thread(self.stale_reason, alert)
             if stale:
                 self.audit(
@@ -240,6 +241,15 @@ class AlertIntake:
             event=answer.get("event_id"),
         )
         return answer
+
+    def _maybe_stale(self, alert: Alert) -> bool:
+        """Whether `stale_reason` has anything to check (an old alert not from Alertmanager):
+        a fresh alert, the storm's every one, is admitted without a thread's round trip."""
+        assert self.site.alerts is not None
+        if alert.source == "alertmanager":
+            return False
+        age = (dt.datetime.now(dt.UTC) - alert.time).total_seconds()
+        return age > self.site.alerts.max_age_s
 
     def stale_reason(self, alert: Alert) -> str | None:
         """Why an old alert is not acted on, or None (fresh, or its failure confirmed now).
