@@ -159,7 +159,7 @@ class AlertIntake:
             PrefectUnavailable: the event could not be sent (nothing is recorded as sent).
         """
         procedure = self.procedure_for(alert)
-        if procedure is not None and self._maybe_stale(alert):
+        if procedure is not None and self._age_over_bound(alert) is not None:
             # only an old alert may need a probe of its host: a thread then, not the event loop
             stale = await asyncio.to_thread(self.stale_reason, alert)
             if stale:
@@ -242,14 +242,16 @@ class AlertIntake:
         )
         return answer
 
-    def _maybe_stale(self, alert: Alert) -> bool:
-        """Whether `stale_reason` has anything to check (an old alert not from Alertmanager):
-        a fresh alert, the storm's every one, is admitted without a thread's round trip."""
+    def _age_over_bound(self, alert: Alert) -> float | None:
+        """The alert's age when it is over `alerts.max_age_s` and not Alertmanager's (whose
+        notifications are current by nature: it re-sends what still fires, whatever their
+        ``startsAt``); None otherwise. Only such an alert may be stale (`stale_reason`): a fresh
+        one, the storm's every one, is admitted without a thread's round trip."""
         assert self.site.alerts is not None
         if alert.source == "alertmanager":
-            return False
+            return None
         age = (dt.datetime.now(dt.UTC) - alert.time).total_seconds()
-        return age > self.site.alerts.max_age_s
+        return age if age > self.site.alerts.max_age_s else None
 
     def stale_reason(self, alert: Alert) -> str | None:
         """Why an old alert is not acted on, or None (fresh, or its failure confirmed now).
@@ -257,16 +259,14 @@ class AlertIntake:
         An alert older than `alerts.max_age_s` (a spooled one delivered after an outage, a
         monitor's late repeat) starts nothing unless a fresh probe confirms it: for
         ``host_down``, the host's sshd does not greet; other kinds cannot be confirmed from
-        here, so an old one is only recorded. Alertmanager's notifications are current by
-        nature (it re-sends what still fires), whatever their ``startsAt``.
+        here, so an old one is only recorded. Alertmanager's notifications are never old
+        (`_age_over_bound`).
         """
         assert self.site.alerts is not None
-        if alert.source == "alertmanager":
-            return None  # Alertmanager sends what fires now; startsAt is when it began
-        age = (dt.datetime.now(dt.UTC) - alert.time).total_seconds()
-        limit = self.site.alerts.max_age_s
-        if age <= limit:
+        age = self._age_over_bound(alert)
+        if age is None:
             return None
+        limit = self.site.alerts.max_age_s
         if alert.kind == "host_down":
             h = self.site.host(alert.host)
             if not sshd_greets(h.address, h.port, self.site.ssh.connect_timeout_s):
