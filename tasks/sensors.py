@@ -112,24 +112,12 @@ def read_sensors(shell: SiteShell, timeout_s: float = 20.0) -> SensorReading:
         snaps: list[HostSnapshot] = []
         for host, f in futures.items():
             _until_done_or_silent(f, host, silent, deadline)
-            if host in silent:
-                errors.append(f"{host}: {silent[host]}")
-                snaps.append(
-                    HostSnapshot(
-                        host=host,
-                        reachable=False,
-                        error=silent[host],
-                        error_kind="transient",
-                        taken_at=now(),
-                    )
-                )
-                if host in fronts:
-                    reading.frontends.append(
-                        FrontendState(host=host, reachable=False, error=silent[host])
-                    )
-                continue
+            rest: list[CommandResult]
             try:
-                snap, rest = f.result(timeout=left())
+                if host in silent:  # as a host whose connect failed: not waited for further
+                    snap, rest = _silent_snapshot(host, silent[host]), []
+                else:
+                    snap, rest = f.result(timeout=left())
             except (FutureTimeout, SshError) as exc:
                 why = (
                     f"no answer within {timeout_s:g} s"
@@ -208,3 +196,10 @@ def _until_done_or_silent(
     while not f.done() and host not in silent and time.monotonic() < deadline:
         with contextlib.suppress(FutureTimeout):
             f.result(timeout=min(0.05, max(0.0, deadline - time.monotonic())))
+
+
+def _silent_snapshot(host: str, why: str) -> HostSnapshot:
+    """The snapshot of a host the probe found silent."""
+    return HostSnapshot(
+        host=host, reachable=False, error=why, error_kind="transient", taken_at=now()
+    )
