@@ -20,16 +20,16 @@ from infra.lab.workload import Workload, trace
 from tests.conftest import ROOT
 
 
-def _bench_site(tmp_path):  # type: ignore[no-untyped-def]
+def _bench_site(tmp_path, eta_error: float = 0.0):  # type: ignore[no-untyped-def]
     return load_site(
         derive_site_file(
             ROOT / "config" / "sites" / "lab.yaml",
-            tmp_path / "bench.yaml",
+            tmp_path / f"bench-eta{round(eta_error * 100)}.yaml",
             name="benchmove",
             octet=250,
             db_port=20250,
             state_dir=Path("/var/tmp/handover-lab/bench-workload-test"),  # never started
-            lab=WORKLOAD,
+            lab={**WORKLOAD, "transfers": {**WORKLOAD["transfers"], "eta_error": eta_error}},
         )
     )
 
@@ -92,18 +92,7 @@ def test_the_limit_counts_only_time_with_pending_work() -> None:
 
 
 def test_the_estimates_error_leaves_the_durations_and_stays_within_its_bound(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    exact = _bench_site(tmp_path)
-    wrong = load_site(
-        derive_site_file(
-            ROOT / "config" / "sites" / "lab.yaml",
-            tmp_path / "bench-eta.yaml",
-            name="benchmove",
-            octet=250,
-            db_port=20250,
-            state_dir=Path("/var/tmp/handover-lab/bench-workload-test"),  # never started
-            lab={**WORKLOAD, "transfers": {**WORKLOAD["transfers"], "eta_error": 0.3}},
-        )
-    )
+    exact, wrong = _bench_site(tmp_path), _bench_site(tmp_path, 0.3)
     ch = exact.channels[0]
     w0, w1 = Workload(exact), Workload(wrong)
     jobs0 = [(w0.next_job(ch), w0.eta_factor(ch)) for _ in range(200)]
