@@ -250,21 +250,24 @@ def start_lab(
     alerts: dict[str, object] | None = None,
     *,
     hagd: bool = False,
+    hagd_watch: list[str] | None = None,
     monitoring: bool = False,
 ) -> Iterator[RunningLab]:
     """The `lab` fixture's body; `alerts` overrides fields of the site's `alerts:` section (a
     module whose alerts must not fall into an earlier test's dedup window); `hagd` runs the HA
-    group daemon on the front-end hosts."""
+    group daemon on the front-end hosts, and on the `hagd_watch` hosts in a watch group."""
     require_lab()
     tmp = tmp_path_factory.mktemp("lab")
     # one address block and DB port per module, so a module's leftovers cannot disturb another
     n = next(_lab_numbers)
     site_file = make_test_site(tmp, f"labtest{n}", n, LAB_DB_PORT_BASE + n)
-    if alerts:
+    if alerts or hagd_watch:
         import yaml
 
         data = yaml.safe_load(site_file.read_text())
-        data["alerts"].update(alerts)
+        data["alerts"].update(alerts or {})
+        if hagd_watch:
+            data["lab"].setdefault("hagd", {})["watch"] = hagd_watch
         site_file.write_text(yaml.safe_dump(data, sort_keys=False))
     running = RunningLab(site_file)
     running.lab.up(hagd=hagd, monitoring=monitoring)

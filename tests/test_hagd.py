@@ -552,6 +552,17 @@ def test_config_errors_name_the_field_and_the_fix(tmp_path: Path) -> None:
             {"peers": peers, "pool": {"g": {**pool, "addresses": {"p30": "127.0.0.9"}}}},
             r"pool.g.addresses.p30: 127.0.0.9, but this provider serves at 127.0.0.1",
         ),
+        # a watch group: no service, its losses reported (so a report file), named in `group`
+        ({"peers": peers, "watch": ["w"], "report": "/x"}, "watch: w is not in `group`"),
+        ({"peers": peers, "watch": ["g"]}, "report: a watch group reports its lost members"),
+        (
+            {"peers": peers, "group": {"g": 30, "w": 1}, "watch": ["w"], "script": None},
+            "script: give the service script of group g",
+        ),
+        (
+            {"peers": peers, "watch": ["g"], "report": "/x", "pool": {"g": pool}},
+            "watch: g is a pool",
+        ),
     ):
         f.write_text(yaml.safe_dump({**good, **bad}))
         with pytest.raises(HagdConfigError, match=needle):
@@ -574,6 +585,34 @@ def test_config_errors_name_the_field_and_the_fix(tmp_path: Path) -> None:
         )
     )
     assert load_config(f).pool_allowed("g") == {"p20": "10.0.0.2"}
+    # a daemon of watch groups only needs no script
+    watcher = {**good, "peers": peers, "watch": ["g"], "report": "/etc/handover/hooks.env"}
+    del watcher["script"]
+    f.write_text(yaml.safe_dump(watcher))
+    assert load_config(f).script is None
+
+
+def test_a_member_lost_from_a_watch_group_is_a_host_down_about_its_host() -> None:
+    """What the gateway is told: a lost watched host starts its procedure; a lost member of a
+    served group (the front end's) is an event noted on the incident."""
+    import datetime as dt
+
+    from infra.hagd.report import ha_alert
+
+    common = {
+        "site": "s",
+        "service": "fts",
+        "host": "fts105",
+        "provider": "fts106",
+        "group": "fts-agents",
+        "detail": "fts105 (rank 20, normal) not heard for 2 s",
+        "now": dt.datetime(2026, 12, 7, tzinfo=dt.UTC),
+        "seq": 1,
+    }
+    lost = ha_alert(**common, what="lost", watch=True)  # type: ignore[arg-type]
+    assert (lost["kind"], lost["host"], lost["severity"]) == ("host_down", "fts105", "critical")
+    assert ha_alert(**common, what="lost")["kind"] == "ha_event"  # type: ignore[arg-type]
+    assert ha_alert(**common, what="master", watch=True)["kind"] == "ha_event"  # type: ignore[arg-type]
 
 
 # --- real daemons on loopback addresses ----------------------------------------------------------

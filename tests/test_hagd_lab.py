@@ -21,7 +21,7 @@ from infra.hagd.daemon import ask
 from infra.lab.lab import hagd_group
 from infra.lab.settings import lab_settings
 from tasks.http_probe import ask_ready
-from tests.alert_stack import SECRET, Stack, alias_host, run_logs, stack_fixture
+from tests.alert_stack import SECRET, Stack, alias_host, emergency_runs, run_logs, stack_fixture
 from tests.alert_stack import switch_runs as runs_for
 from tests.conftest import (
     DAEMON_OCTET,
@@ -33,11 +33,15 @@ from tests.conftest import (
 )
 
 MASTER, BACKUP = "fts101", "fts102"
+#: the VO agents' host and its backup: their daemons watch each other (`lab.hagd.watch`)
+VO, VO_BACKUP = "fts105", "fts106"
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningLab]:
-    yield from start_lab(tmp_path_factory, alerts={"dedup_window_s": 30}, hagd=True)
+    yield from start_lab(
+        tmp_path_factory, alerts={"dedup_window_s": 30}, hagd=True, hagd_watch=[VO, VO_BACKUP]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -47,10 +51,10 @@ def stack(
     yield from stack_fixture(lab, prefect_api, tmp_path_factory)
 
 
-def group(lab: RunningLab, host: str) -> dict[str, Any]:
-    """A host's daemon's view of the front end's group (`handover hagd status --json`)."""
+def group(lab: RunningLab, host: str, name: str | None = None) -> dict[str, Any]:
+    """A host's daemon's view of a group (default: the front end's; `handover hagd status`)."""
     answer = ask(str(lab.lab.paths.hagd_control(host)), "status")
-    view: dict[str, Any] = answer["groups"][hagd_group(lab.site)]
+    view: dict[str, Any] = answer["groups"][name or hagd_group(lab.site)]
     return view
 
 
@@ -219,6 +223,34 @@ def test_an_election_runs_the_switch_flow_once(
     )
     lab.lab.heal(MASTER)
     back_normal(lab, MASTER)
+
+
+def test_a_lost_agents_host_is_reported_by_its_watcher_and_its_agents_moved(
+    lab: RunningLab, stack: Stack, tmp_path: Path
+) -> None:
+    """The VO agents' host and its backup watch each other (a watch group: no service, no
+    script). The host crashes: the backup's daemon reports it lost as `host_down` within dT1,
+    and the gateway starts its emergency move; nothing is typed. A lost front end stays an
+    `ha_event` (the previous test), a lost watched host is a `host_down`."""
+    secret = tmp_path / "webhook.secret"
+    secret.write_bytes(SECRET)
+    lab.lab.report_to(stack.url, secret)
+    watch = ask(str(lab.lab.paths.hagd_control(VO_BACKUP)), "status")["groups"]
+    [name] = watch  # the backup runs no front end: the watch group only
+    wait_for(
+        lambda: group(lab, VO_BACKUP, name)["members"].get(VO, {}).get("alive"), 20, f"{VO} heard"
+    )
+    vo = [a.name for a in lab.site.agents_on(VO)]
+    lab.lab.fault(VO, "crash")
+    [run] = wait_for(lambda: emergency_runs(VO), 60, f"an emergency move of {VO}")
+    assert "hagd" in run.parameters["requested_by"], run.parameters
+    done = stack.wait_final(run.id, 120)
+    assert done.state is not None and done.state.is_completed(), done.state
+    serving = lab.lab.serving(lab.site, lab.lab.record())
+    assert vo and all(serving.get(a) == {VO_BACKUP} for a in vo), serving
+    assert stack.gateway_lines('"source": "hagd"', '"kind": "host_down"', f'"host": "{VO}"')
+    assert name.endswith("-agents") and group(lab, VO_BACKUP, name)["members"][VO]["alive"] is False
+    lab.lab.heal(VO)
 
 
 def test_a_stateless_pool_loses_and_regains_providers_in_dns(

@@ -63,9 +63,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
             hosts=tuple(args.hosts or (10, 50)), rounds=args.rounds, load=args.load, progress=note
         )
     elif args.bench_what == "detect":
-        from infra.bench.detect import bench_detect
+        from infra.bench.detect import PATHS, bench_detect
 
-        result = bench_detect(rounds=args.rounds, progress=note)
+        result = bench_detect(rounds=args.rounds, paths=tuple(args.path or PATHS), progress=note)
     elif args.bench_what == "hagd":
         from infra.bench.hagd import bench_hagd
 
@@ -285,10 +285,14 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--solo", type=int, default=3, help="moves timed alone first (default 3)")
     _output_args(p)
-    p = bsub.add_parser(
-        "detect", help="a crash to the service restored through Prometheus and Alertmanager"
+    p = bsub.add_parser("detect", help="a crash to the service restored, by each detection path")
+    p.add_argument("--rounds", type=int, default=5, help="rounds per path (medians)")
+    p.add_argument(
+        "--path",
+        action="append",
+        choices=("exporter", "hagd", "pacemaker"),
+        help="only this detection path (repeatable; default: every path this machine can run)",
     )
-    p.add_argument("--rounds", type=int, default=5, help="rounds to measure (medians)")
     _output_args(p)
     p = bsub.add_parser(
         "faults", help="every procedure under faults at its steps: end state, convergence"

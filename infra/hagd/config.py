@@ -9,7 +9,7 @@ Example (YAML)::
                                 # (where broadcast does not work); a heartbeat is accepted only
                                 # from the address listed for the member it names ...
     iface: []                   # ... and/or broadcast on these interfaces
-    group: {fts-frontend: 30}   # groups and this provider's rank in each (highest wins)
+    group: {fts-frontend: 30, fts-agents: 10}   # groups and this provider's rank in each
     script: /usr/local/sbin/fts-frontend-ha   # SCRIPT start|stop|status GROUP
     timeout: 10                 # seconds the script may take; a hang is a failed start
     debug: 2                    # 0-5
@@ -23,6 +23,9 @@ Example (YAML)::
     check: 2                    # the master runs `SCRIPT status GROUP` this often (0: never)
     check_failures: 2           # ... and gives up when this many fail in a row
     report: /etc/handover/hooks.env   # elections and losses go to the gateway (hooks' settings)
+    watch: [fts-agents]         # groups whose members only watch each other: no script runs,
+                                # and a member lost is reported as `host_down` (its host's
+                                # procedure for a lost host starts: the agents' emergency move)
     pool:                       # stateless pools among the groups: a round-robin name each
       bdii:
         address: 192.0.2.11     # where this provider's service answers (default: address)
@@ -94,7 +97,8 @@ class HagdConfig(BaseModel):
     peers: dict[Name, IPv4] = Field(default_factory=dict)
     iface: list[Name] = Field(default_factory=list)
     group: dict[Name, int] = Field(min_length=1)
-    script: Path
+    #: the groups' service script (every group but the `watch` ones has one)
+    script: Path | None = None
     timeout: float = Field(default=10.0, gt=0, le=600)
     debug: int = Field(default=2, ge=0, le=5)
     key: SecretRef
@@ -109,6 +113,10 @@ class HagdConfig(BaseModel):
     check_failures: int = Field(default=2, ge=1, le=100)
     report: Path | None = None
     pool: dict[Name, PoolConfig] = Field(default_factory=dict)
+    #: groups whose members only watch each other (the agents' hosts): an election runs, but
+    #: no script; a member not heard for dT1 is reported as a `host_down` alert about its host
+    #: instead of an `ha_event`, so the gateway starts the site's procedure for a lost host
+    watch: list[Name] = Field(default_factory=list)
 
     def pool_address(self, group: str) -> str:
         """Where this provider serves a pool group."""
@@ -133,8 +141,24 @@ class HagdConfig(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> HagdConfig:
-        if not self.script.is_absolute():
+        served = [g for g in self.group if g not in self.watch]
+        if self.script is None and served:
+            raise ValueError(
+                f"script: give the service script of group {served[0]} (only `watch` groups "
+                "run none)"
+            )
+        if self.script is not None and not self.script.is_absolute():
             raise ValueError(f"script: {self.script} must be an absolute path")
+        for g in self.watch:
+            if g not in self.group:
+                raise ValueError(f"watch: {g} is not in `group`; give it a rank there")
+            if g in self.pool:
+                raise ValueError(f"watch: {g} is a pool; a group is one or the other")
+        if self.watch and self.report is None:
+            raise ValueError(
+                "report: a watch group reports its lost members to the gateway; give the "
+                "hooks' settings file (report: /etc/handover/hooks.env)"
+            )
         if self.interval * 3 > self.dt1:
             raise ValueError(
                 f"interval: {self.interval:g} s leaves fewer than 3 heartbeats in dT1 "

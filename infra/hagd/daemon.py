@@ -18,7 +18,9 @@ is a group's master it runs ``SCRIPT status GROUP`` every `check` seconds; a sta
 (or hangs) makes it give up and stop standing (`infra.hagd.group`). Elections, members lost and
 failures go to the gateway when `report` is set (`infra.hagd.report`). A group listed under
 `pool` is a stateless pool: no election, every member serves, and the highest live rank keeps
-the pool's round-robin name in DNS (`infra.hagd.pool_keeper`).
+the pool's round-robin name in DNS (`infra.hagd.pool_keeper`). A group listed under `watch` has
+no service: its members (the agents' hosts) only watch each other, no script runs for it, and a
+member lost is reported as a ``host_down`` about its host (`infra.hagd.report`).
 """
 
 from __future__ import annotations
@@ -94,7 +96,7 @@ class Daemon(asyncio.DatagramProtocol):
         self.boot = secrets.token_hex(8)
         self.seq = 0
         now = time.time()
-        self.reporter = Reporter(cfg.report, cfg.id)
+        self.reporter = Reporter(cfg.report, cfg.id, watch=frozenset(cfg.watch))
         self.groups = {
             name: Group(
                 name=name,
@@ -203,6 +205,9 @@ class Daemon(asyncio.DatagramProtocol):
         Its environment says who runs it and who was the group's master (``HAGD_ID``,
         ``HAGD_GROUP``, ``HAGD_MASTER``): `handover-switch` asks for the switch away from it.
         """
+        if group in self.cfg.watch:
+            return True, "a watch group: nothing to run"
+        assert self.cfg.script is not None  # checked at load for every group but watch ones
         g = self.groups.get(group)  # None: a stateless pool (no master)
         env = {
             **os.environ,

@@ -2,9 +2,11 @@
 
 Each report is a generic alert of kind ``ha_event`` (it starts no procedure by default; the
 gateway notes it on the host's open incident, so it appears in the run's log and Slack thread,
-and always sends it to Prefect's event feed), signed and delivered by the hooks' sender: sent
-at once, or spooled when the gateway cannot take it and sent, in order, with the next one.
-Its settings are the hooks' (`infra.hooks.settings`: ``HANDOVER_GATEWAY_URL``,
+and always sends it to Prefect's event feed), except a member lost from a `watch` group (the
+agents' hosts watching each other), which is a ``host_down`` about that member's host and
+starts the site's procedure for a lost host. Reports are signed and delivered by the hooks'
+sender: sent at once, or spooled when the gateway cannot take it and sent, in order, with the
+next one. Their settings are the hooks' (`infra.hooks.settings`: ``HANDOVER_GATEWAY_URL``,
 ``HANDOVER_SITE``, ``HANDOVER_SERVICE``, the webhook secret, ``HANDOVER_SPOOL_DIR``,
 ``HANDOVER_HOST_MAP`` from provider ids to the site's host names), read from the daemon's
 `report` file at every send, so a file written after the daemon started is used.
@@ -47,13 +49,19 @@ def ha_alert(
     detail: str,
     now: dt.datetime,
     seq: int,
+    watch: bool = False,
 ) -> dict[str, Any]:
-    """The generic alert of one group event (`host`: the site's host the event is about)."""
+    """The generic alert of one group event (`host`: the site's host the event is about).
+
+    A member lost from a `watch` group is a ``host_down`` about that member's host: the
+    gateway starts the site's procedure for a lost host. Every other event is an ``ha_event``.
+    """
+    host_down = watch and what == "lost"
     return {
         "site": site,
         "host": host,
         "service": service,
-        "kind": "ha_event",
+        "kind": "host_down" if host_down else "ha_event",
         "severity": SEVERITY.get(what, "info"),
         "time": now.isoformat(),
         "summary": f"hagd group {group} on {provider}: {what}: {detail}",
@@ -66,9 +74,13 @@ def ha_alert(
 class Reporter:
     """Sends a daemon's reports in order (a no-op without a `report` file)."""
 
-    def __init__(self, report_file: Path | None, provider: str) -> None:
+    def __init__(
+        self, report_file: Path | None, provider: str, *, watch: frozenset[str] = frozenset()
+    ) -> None:
         self.report_file = report_file
         self.provider = provider
+        #: the watch groups: a member lost there is reported as ``host_down``
+        self.watch = watch
         self.queue: asyncio.Queue[tuple[str, str, What, str]] = asyncio.Queue()
         self.seq = 0
         self.outcomes: dict[str, int] = {}
@@ -106,6 +118,7 @@ class Reporter:
                 detail=detail,
                 now=dt.datetime.now(dt.UTC),
                 seq=self.seq,
+                watch=group in self.watch,
             )
         )
         outcome = submit(

@@ -200,10 +200,16 @@ class Lab:
             progress("a previous lab did not stop cleanly; cleaning up first")
             self.down()
         site = scaled_site(self.base_site, hosts) if hosts else self.base_site
-        if hagd and (site.frontend is None or len(site.frontend.hosts) < 2):
+        if (
+            hagd
+            and (site.frontend is None or len(site.frontend.hosts) < 2)
+            and not lab_settings(site).hagd.watch
+        ):
             raise LabError(
-                f"--hagd needs a site whose `frontend:` has at least two hosts ({site.site} "
-                "has " + ("none" if site.frontend is None else "one") + ")"
+                f"--hagd needs a site whose `frontend:` has at least two hosts, or hosts in "
+                f"`lab.hagd.watch` ({site.site} has "
+                + ("no front end" if site.frontend is None else "one front-end host")
+                + " and no watch)"
             )
         t0 = time.monotonic()
         phases: dict[str, float] = {}
@@ -289,10 +295,7 @@ class Lab:
             "hosts": [h.name for h in site.hosts],
             "agents": len(site.service.agents),
             "seconds": {k: round(v, 2) for k, v in phases.items()},
-            "hagd": {
-                h: str(self.paths.hagd_control(h))
-                for h in (site.frontend.hosts if hagd and site.frontend else [])
-            },
+            "hagd": {h: str(self.paths.hagd_control(h)) for h in hagd_hosts(site) if hagd},
         }
 
     def _frontend_answers(self, site: Site) -> bool:
@@ -484,16 +487,27 @@ class Lab:
         return f"the lab's HA group daemons report to {gateway}"
 
     def _hagd_config(self, site: Site, h: Host) -> dict[str, Any]:
-        assert site.frontend is not None
+        """A host's daemon: the front end's group on front-end hosts, the watch group on the
+        watched agents' hosts (either or both)."""
         cfg = lab_settings(site).hagd
-        fronts = site.frontend.hosts
+        fronts = site.frontend.hosts if site.frontend is not None else []
+        groups: dict[str, int] = {}
+        peers: set[str] = set()
+        if h.name in fronts:
+            groups[hagd_group(site)] = 10 * (len(fronts) - fronts.index(h.name))
+            peers.update(fronts)
+        if h.name in cfg.watch:
+            groups[hagd_watch_group(site)] = 10 * (len(cfg.watch) - cfg.watch.index(h.name))
+            peers.update(cfg.watch)
+        peers.discard(h.name)
         return {
             "id": h.name,
             "address": h.address,
             "port": cfg.port,
-            "peers": {o: site.host(o).address for o in fronts if o != h.name},
-            "group": {hagd_group(site): 10 * (len(fronts) - fronts.index(h.name))},
-            "script": str(self.paths.bin_dir / "fts-frontend-ha"),
+            "peers": {o: site.host(o).address for o in sorted(peers)},
+            "group": groups,
+            **({"script": str(self.paths.bin_dir / "fts-frontend-ha")} if h.name in fronts else {}),
+            **({"watch": [hagd_watch_group(site)]} if h.name in cfg.watch else {}),
             "timeout": cfg.timeout_s,
             "debug": 3,
             "key": {"file": str(self.paths.hagd_key)},
@@ -510,7 +524,7 @@ class Lab:
         d = self.paths.host_dir(h.name)
         hagd_yaml = self.paths.hagd_config(h.name)
         hagd_yaml.unlink(missing_ok=True)
-        if hagd and site.frontend is not None and h.name in site.frontend.hosts:
+        if hagd and h.name in hagd_hosts(site):
             d.mkdir(parents=True, exist_ok=True)
             hagd_yaml.write_text(yaml.safe_dump(self._hagd_config(site, h), sort_keys=False))
         for sub in ("etc.upper", "etc.work", "opt.upper", "opt.work"):
@@ -832,6 +846,19 @@ class Lab:
 def hagd_group(site: Site) -> str:
     """The HA group of the lab's front end."""
     return f"{site.service.name}-frontend"
+
+
+def hagd_watch_group(site: Site) -> str:
+    """The watch group of the lab's agents' hosts (`lab.hagd.watch`)."""
+    return f"{site.service.name}-agents"
+
+
+def hagd_hosts(site: Site) -> list[str]:
+    """The hosts that run the HA group daemon with `--hagd`: the front ends and the watched."""
+    fronts = site.frontend.hosts if site.frontend is not None else []
+    return [
+        h.name for h in site.hosts if h.name in fronts or h.name in lab_settings(site).hagd.watch
+    ]
 
 
 def agent_names(agents: list[Agent]) -> list[str]:

@@ -127,6 +127,7 @@ class OneNodeCluster:
         resource_id: str = "fts-agents",
         resource_type: str = "ocf:pacemaker:Dummy",
         resource_params: Mapping[str, str] | None = None,
+        resource_meta: Mapping[str, str] | None = None,
         monitor_interval: str = "1s",
         dc_deadtime: str = "500ms",
         transport: str = "udpu",
@@ -152,6 +153,7 @@ class OneNodeCluster:
             resource_type: its agent, ``class:provider:type`` (default the Dummy, whose
                 ``state`` file `fail_resource` deletes).
             resource_params: its instance attributes (default for the Dummy: its state file).
+            resource_meta: its meta attributes (e.g. ``is-managed: "false"``: monitored only).
             monitor_interval: interval of its recurring monitor.
             dc_deadtime: cluster option; it only shortens the *first* election
                 if it is already in the CIB when pacemakerd starts (see ``preseed``).
@@ -172,6 +174,7 @@ class OneNodeCluster:
         self.resource_id = resource_id
         self.resource_type = resource_type
         self.resource_params = dict(resource_params) if resource_params is not None else None
+        self.resource_meta = dict(resource_meta or {})
         self.monitor_interval = monitor_interval
         self.dc_deadtime = dc_deadtime
         self.transport = transport
@@ -267,6 +270,7 @@ class OneNodeCluster:
         r = resource_id or self.resource_id
         klass, provider, kind = (resource_type or self.resource_type).split(":")
         params = resource_params if resource_id else self.resource_params
+        meta = meta if resource_id else (meta or self.resource_meta)
         if params is None:
             params = {"state": str(self.state_file)} if kind == "Dummy" else {}
         nv = "".join(

@@ -55,9 +55,13 @@ class LabTransfers(TransferProfile):
 class LabHagd(SiteModel):
     """The HA group daemon on the lab's front-end hosts (`handover lab up --hagd`): the group's
     timings in seconds. The group is the front end's; ranks follow `frontend.hosts` (first
-    highest)."""
+    highest). Hosts listed in `watch` run it too, in a watch group of their own."""
 
     port: int = Field(default=3333, ge=1024, le=65535)
+    #: agents' hosts whose daemons watch each other (group ``SERVICE-agents``, no service): a
+    #: host among them lost is reported by the others as ``host_down``, which starts its
+    #: emergency move (a detection path beside the monitoring's)
+    watch: list[str] = Field(default_factory=list)
     dt1_s: float = Field(default=2.0, gt=0, le=60)
     dt2_s: float = Field(default=1.0, ge=0, le=60)
     interval_s: float = Field(default=0.3, gt=0, le=10)
@@ -109,6 +113,24 @@ def lab_problems(site: Site, lab: LabSettings) -> list[Problem]:
                     "lab hosts live on loopback addresses such as 127.0.1.1",
                 )
             )
+    names = {h.name for h in site.hosts}
+    for i, w in enumerate(lab.hagd.watch):
+        if w not in names:
+            p.append(
+                Problem(
+                    f"lab.hagd.watch[{i}]",
+                    f"{w} is not a host of the site",
+                    f"name hosts of `hosts:` ({', '.join(sorted(names))})",
+                )
+            )
+    if len(lab.hagd.watch) == 1:
+        p.append(
+            Problem(
+                "lab.hagd.watch",
+                "one host has nobody to watch it",
+                "list at least two hosts (a host and its agents' backup), or none",
+            )
+        )
     if not lab.state_dir.is_absolute():
         p.append(Problem("lab.state_dir", "must be an absolute path", "e.g. /var/tmp/handover-lab"))
     elif str(lab.state_dir).startswith(("/tmp/", "/run/")):
