@@ -67,7 +67,7 @@ class Stack(ServeAndGateway):
         latest = 0.0
         for line in self.gateway_lines(f'"host": "{host}"', '"result": "new"'):
             audit = json.loads(line.split("handover.audit ", 1)[1])
-            # second resolution: the next second bounds the arrival
+            # a second's margin: the alert's event reaches Prefect's triggers after the line
             latest = max(latest, dt.datetime.fromisoformat(audit["at"]).timestamp() + 1)
         return latest
 

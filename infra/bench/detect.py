@@ -2,7 +2,7 @@
 
 Each round starts a fresh lab, routes its detector to a real `handover gateway` beside
 `handover serve` on a temporary Prefect server, crashes the VO agents' host, and times, from the
-crash: the gateway's incident opened (its audit line, to the second), the emergency move's run
+crash: the gateway's incident opened (its audit line, to the millisecond), the emergency move's run
 created and started (Prefect's times), and the host's agents serving again on their backup (the
 lab's own count, polled every 0.2 s); and the emergency move alone, from its run's start.
 Nothing is typed between the crash and the end. The detection paths (`PATHS`):
@@ -213,7 +213,7 @@ def _round(
         at = max(dt.datetime.fromisoformat(a["at"]).timestamp() for a in opened)
         started = run.start_time.timestamp() if run.start_time else restored
         out = {
-            "fault_to_gateway_s": round(at - t0, 1),
+            "fault_to_gateway_s": round(at - t0, 2),
             "fault_to_run_created_s": round(run.created.timestamp() - t0, 2),
             "fault_to_flow_start_s": round(started - t0, 2),
             "fault_to_restored_s": round(restored - t0, 2),
@@ -221,7 +221,7 @@ def _round(
             "flow_start_to_restored_s": round(restored - started, 2),
         }
         progress(
-            f"{path} round {i + 1}: crash -> gateway ~{out['fault_to_gateway_s']:.0f} s, run "
+            f"{path} round {i + 1}: crash -> gateway {out['fault_to_gateway_s']:.2f} s, run "
             f"created {out['fault_to_run_created_s']:.2f} s, flow start "
             f"{out['fault_to_flow_start_s']:.2f} s, agents serving on {BACKUP} "
             f"{out['fault_to_restored_s']:.2f} s"

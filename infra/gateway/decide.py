@@ -79,7 +79,7 @@ class Decider:
 
     def record(self, **entry: Any) -> None:
         """Append an audit entry and write it as one JSON log line."""
-        entry = {"at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), **entry}
+        entry = {"at": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"), **entry}
         key = (
             str(entry.get("source", "")),
             str(entry.get("result", "")),
