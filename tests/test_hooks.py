@@ -232,7 +232,7 @@ def test_node_lost_sends_a_signed_host_down_through_the_shebang(
     assert alert["site"] == "lab" and alert["service"] == "fts-lab"
     assert (alert["kind"], alert["host"], alert["severity"]) == ("host_down", "fts101", "critical")
     assert alert["source"] == "pacemaker"
-    assert alert["dedup_key"] == "pacemaker:1:host_down:node1:"
+    assert alert["dedup_key"] == "pacemaker:1@1700000000.1:host_down:node1:"
     assert alert["time"] == "2023-11-14T22:13:20.000001+00:00"
     assert alert["pacemaker"]["node"] == "node1" and alert["pacemaker"]["desc"] == "lost"
     assert "delivered host_down fts101" in proc.stderr
@@ -321,8 +321,8 @@ def test_flush_sends_the_spool(hooks: Hooks, tmp_path: Path) -> None:
         proc, _ = hooks.run(AGENT, "--flush", env=hooks.env(HANDOVER_GATEWAY_URL=down))
         assert proc.returncode == 0
         assert [a["dedup_key"] for a in expect_delivered(gw, 2)] == [
-            "pacemaker:4:host_down:node1:",
-            "pacemaker:5:host_down:node1:",
+            "pacemaker:4@1700000000.1:host_down:node1:",
+            "pacemaker:5@1700000000.1:host_down:node1:",
         ]
         assert "flush: 2 sent, 0 dropped, 0 left" in proc.stderr
         assert hooks.spooled() == []
@@ -475,11 +475,17 @@ def test_dedup_key_is_stable_for_the_same_event() -> None:
     again = _map({**MONITOR_FAILED, "CRM_alert_recipient": "another-gateway"})
     assert first is not None and again is not None
     assert (
-        first["dedup_key"] == again["dedup_key"] == "pacemaker:3:resource_failed:node2:fts-agents"
+        first["dedup_key"]
+        == again["dedup_key"]
+        == "pacemaker:3@1700000000.1:resource_failed:node2:fts-agents"
     )
     assert encode(first) == encode(_map(MONITOR_FAILED) or {})
     other = _map({**MONITOR_FAILED, "CRM_alert_node_sequence": "9"})
     assert other is not None and other["dedup_key"] != first["dedup_key"]
+    # Pacemaker restarted: its node sequence starts again, and a later failure with a sequence
+    # seen before is a new alert, not a repeat (the gateway would drop its event as one)
+    later = _map({**MONITOR_FAILED, "CRM_alert_timestamp_epoch": "1700086400"})
+    assert later is not None and later["dedup_key"] != first["dedup_key"]
 
 
 @pytest.mark.parametrize(

@@ -133,9 +133,11 @@ def classify(
             return None, f"{rsc} {op} on {node} {outcome} ({desc}): not an alert"
         extra["resource"] = rsc
 
-    sequence = env.get(PREFIX + "node_sequence", "") or (
-        env.get(PREFIX + "timestamp_epoch", "") + "." + env.get(PREFIX + "timestamp_usec", "")
-    )
+    # the node's sequence starts again with Pacemaker: with the event's own time, a failure
+    # after a restart is never taken for a repeat of an earlier one (a retry of the same
+    # alert has both the same)
+    stamp = env.get(PREFIX + "timestamp_epoch", "") + "." + env.get(PREFIX + "timestamp_usec", "")
+    sequence = "@".join(x for x in (env.get(PREFIX + "node_sequence", ""), stamp) if x != ".")
     alert: dict[str, Any] = {
         "site": site,
         "host": host,
