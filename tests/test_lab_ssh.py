@@ -127,3 +127,58 @@ def test_the_hosts_commands_run_through_its_command_server(lab: RunningLab) -> N
         assert f"Channel: {channel}" in res.stdout
         log = lab.lab.paths.host_dir(h.name) / "log" / "cmdserver.log"
         assert log.read_text() == "", (h.name, log.read_text())
+
+
+def test_init_drafts_the_lab_site_and_its_filled_draft_plans_as_the_lab_site_file(
+    lab: RunningLab, tmp_path: Path
+) -> None:
+    """`handover init` reads the lab's hosts (read-only; one address answers nothing) and writes
+    a draft: `check-config` names its TODOs; filled in, its agents are the lab site's and a
+    clean move plans exactly as with the lab's own site file."""
+    import yaml
+
+    from config.loader import load_site
+    from flows.plans.clean_move import MoveRequest, plan_clean_move
+    from infra.cli import main
+
+    site = lab.site
+    assert site.database is not None
+    db = site.database
+    ghost = f"{site.hosts[0].address.rsplit('.', 1)[0]}.99"  # nothing listens there
+    hosts = [f"{h.name}={h.address}:{h.port}" for h in site.hosts] + [f"ghost={ghost}:2222"]
+    draft = tmp_path / "draft.yaml"
+    argv = ["init", "--hosts", ",".join(hosts), "--key", str(site.ssh.key_file)]
+    argv += ["--known-hosts", str(site.ssh.known_hosts), "--name", site.site]
+    argv += ["--service", site.service.name, "--timeout", "2", "--out", str(draft)]
+    argv += ["--db", f"postgresql://{db.user}@{db.host}:{db.port}/{db.database}"]
+    # what a write would change: the agents' files in /etc (the `.disabled` file among them)
+    look = [
+        "sh",
+        "-c",
+        "stat -c '%n %Y %s' /etc/glite-data-transfer-agents.disabled /etc/transfer-agents/* 2>&1",
+    ]
+    before = {h.name: lab.shell.run_argv(h.name, look).stdout for h in site.hosts}
+    assert main(argv) == 1  # one host did not answer: said, and listed in the draft
+    text = draft.read_text()
+    assert "# ghost did not answer: no SSH greeting" in text
+    assert main(["check-config", str(draft)]) == 1
+    data = yaml.safe_load(text)
+    data["hosts"] = [h for h in data["hosts"] if h["name"] != "ghost"]
+    data["database"]["password"] = db.password.model_dump(mode="json", exclude_none=True)
+    assert site.dns is not None
+    data["dns"] = site.dns.model_dump(mode="json", exclude_defaults=True)
+    del data["slack"]
+    filled = tmp_path / "filled.yaml"
+    filled.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert main(["check-config", str(filled)]) == 0
+    mine = load_site(filled)
+    assert {(a.name, a.primary, a.backup) for a in mine.service.agents} == {
+        (a.name, a.primary, a.backup) for a in site.service.agents
+    }
+    assert mine.frontend is not None and site.frontend is not None
+    assert mine.frontend.hosts == site.frontend.hosts
+    snap = snapshot_site(lab.shell)
+    req = MoveRequest(from_host="fts101", to_host="fts102")
+    assert plan_clean_move(mine, snap, req) == plan_clean_move(site, snap, req)
+    # nothing was written on the hosts
+    assert before == {h.name: lab.shell.run_argv(h.name, look).stdout for h in site.hosts}

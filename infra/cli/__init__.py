@@ -2,7 +2,7 @@
 
 Each module holds its commands' options next to their handlers (`register(sub)`):
 
-* `sitefile`: check-config, snapshot
+* `sitefile`: check-config, init, snapshot
 * `check`: check remap (a geo tool's readiness to be remapped)
 * `status`: the replicated tools' status (where each is active, lag, DNS masters)
 * `lab`: lab up|down|status|score|fault|heal|load|exec
