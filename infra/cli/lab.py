@@ -13,7 +13,17 @@ from rich.table import Table
 from rich.text import Text
 
 from config.site import short_name as short
-from infra.cli.common import DEFAULT_SITE, error, note, out, print_json, say, site_arg, site_path
+from infra.cli.common import (
+    DEFAULT_SITE,
+    err,
+    error,
+    note,
+    out,
+    print_json,
+    say,
+    site_arg,
+    site_path,
+)
 from infra.lab.faults import DB_FAULT_KINDS, FAULT_KINDS
 
 #: the geo lab's own site file (`handover lab up --geo`)
@@ -118,6 +128,8 @@ def _lab_dispatch(args: argparse.Namespace) -> int:
         geo = _geo_lab(args, default=getattr(args, "geo", False) or action == "geo-fault")
         if geo is not None:
             return _geo_dispatch(geo, args)
+    if action == "twin":
+        return _twin(args)
     lab = _lab(args)
     if action == "up":
         report = lab.up(
@@ -290,6 +302,47 @@ def _print_status(st: Any) -> None:
         out.print(ch)
 
 
+def _twin(args: argparse.Namespace) -> int:
+    """Write the twin's lab site file of --site, then bring the twin up (`infra.lab.twin`)."""
+    from config.loader import load_site
+    from infra.lab.lab import Lab
+    from infra.lab.twin import TwinRefused, write_twin
+
+    site = load_site(args.site)
+    target = Path(args.out or f"/var/tmp/handover-lab/{site.site}-twin.yaml")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        twin = write_twin(
+            Path(args.site),
+            octet=args.octet,
+            out=target,
+            snapshot_file=Path(args.snapshot) if args.snapshot else None,
+            state_dir=Path(args.state_dir) if args.state_dir else None,
+        )
+    except TwinRefused as exc:
+        error("refused", f"{exc.source}: the lab cannot mirror it")
+        for p in exc.problems:
+            err.print(f"  - {p.path}: {p.message}\n      fix: {p.fix}")
+        return 2
+    except ValueError as exc:  # a snapshot file that is not one
+        error("refused", f"--snapshot {args.snapshot}: {exc}")
+        return 2
+    say(f"the twin's site file: {twin}")
+    if args.no_up:
+        return 0
+    report = Lab.from_file(twin).up(progress=note)
+    if args.json:
+        print_json(report)
+        return 0
+    say(
+        f"twin of {site.site} up: site {report['site']}, {len(report['hosts'])} hosts "
+        f"({', '.join(report['hosts'])}), {report['agents']} agents serving, in "
+        f"{report['seconds']['total']:.1f} s; `handover lab status --site {twin}`, "
+        f"`handover lab down --site {twin}`"
+    )
+    return 0
+
+
 def register(sub: Any) -> None:
     """Add the commands of this module to the `handover` parser."""
     lab = sub.add_parser("lab", help="the simulated site")
@@ -328,6 +381,29 @@ def register(sub: Any) -> None:
                 action="store_true",
                 help="also delete the state directory (database, host roots, logs)",
             )
+    p = lsub.add_parser(
+        "twin", help="a lab that mirrors a real site (its hosts, agents, front end, alias)"
+    )
+    site_arg(p)
+    p.add_argument(
+        "--snapshot",
+        help="the real site's snapshot (`handover snapshot --json`): the twin's load per "
+        "channel is shaped like its running transfers",
+    )
+    p.add_argument(
+        "--octet",
+        type=int,
+        default=240,
+        choices=range(200, 255),
+        metavar="200-254",
+        help="the twin's addresses 127.0.OCTET.N (default 240)",
+    )
+    p.add_argument(
+        "--out", help="the twin's site file (default /var/tmp/handover-lab/SITE-twin.yaml)"
+    )
+    p.add_argument("--state-dir", help="the twin's state (default /var/tmp/handover-lab/SITE-twin)")
+    p.add_argument("--no-up", action="store_true", help="write the twin's site file only")
+    p.add_argument("--json", action="store_true", help="print the answer as JSON")
     p = lsub.add_parser("geo-fault", help="inject a fault into the geo lab (lab up --geo)")
     p.add_argument(
         "action", choices=GEO_FAULTS, help="lose or restore a site, stop or start its masters"

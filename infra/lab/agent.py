@@ -255,7 +255,8 @@ class Agent:
             )
             for jid in done:
                 self.transfers.pop(jid, None)
-        free = self.rt["max_active"] - len(self.transfers) - len(self.adopted)
+        most = self.spec.get("max_active", self.rt["max_active"])
+        free = most - len(self.transfers) - len(self.adopted)
         if free <= 0:
             return
         rows = conn.run(

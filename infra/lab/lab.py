@@ -43,8 +43,8 @@ from infra.lab.host import (
     signal_all,
 )
 from infra.lab.paths import EDGUSER_UID, LabPaths
-from infra.lab.runtime import HostRuntime
-from infra.lab.settings import lab_settings
+from infra.lab.runtime import AgentRuntime, HostRuntime
+from infra.lab.settings import LabSettings, lab_settings
 from infra.lab.views import LabStatus, Score
 
 REQUIRED_COMMANDS = {
@@ -251,7 +251,7 @@ class Lab:
             self._write_bin()
             # the agents' software repository and the site-info file: a new lab's hosts all run
             # version 1 with the default configuration
-            software.write_repository(self.paths.repo_dir)
+            software.write_repository(self.paths.repo_dir, lab_settings(site).extra_versions)
             self.paths.site_info.parent.mkdir(parents=True, exist_ok=True)
             self.paths.site_info.write_text(software.DEFAULT_SITE_INFO)
             self._apply_firewall({}, site)
@@ -561,7 +561,7 @@ class Lab:
         rt: HostRuntime = {
             "host": h.name,
             "address": h.address,
-            "agents": [{"name": a.name, "channel": a.channel, "vo": a.vo} for a in configured],
+            "agents": [agent_runtime(a, lab) for a in configured],
             "db_address": lab.db_address,
             "db_port": lab.db_port,
             "db_password_file": str(self.paths.db_password),
@@ -841,6 +841,14 @@ class Lab:
             timeout=timeout,
             check=False,
         )
+
+
+def agent_runtime(a: Agent, lab: LabSettings) -> AgentRuntime:
+    """What a host's init script knows of one agent it runs."""
+    spec: AgentRuntime = {"name": a.name, "channel": a.channel, "vo": a.vo}
+    if a.channel in lab.active_per_channel:
+        spec["max_active"] = lab.active_per_channel[a.channel]
+    return spec
 
 
 def hagd_group(site: Site) -> str:

@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 #: Where the runtime file lives inside a host (in the host's own /etc).
 RUNTIME_FILE = Path("/etc/transfer-agents/lab.json")
@@ -28,6 +28,8 @@ class AgentRuntime(TypedDict):
     name: str
     channel: str | None
     vo: str | None
+    #: the most transfers it runs at once (default: the host's `max_active`)
+    max_active: NotRequired[int]
 
 
 class HostRuntime(TypedDict):

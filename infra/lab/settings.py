@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, StringConstraints, ValidationError, model_validator
 
 from config.invariants import Problem
 from config.loader import SiteConfigError, load_site, problems_from_validation
@@ -94,6 +95,16 @@ class LabSettings(SiteModel):
     tick_s: float = Field(default=0.2, gt=0, le=5)
     transfers: LabTransfers = Field(default_factory=LabTransfers)
     hagd: LabHagd = Field(default_factory=LabHagd)
+    #: versions the lab's package repository carries beside its own (1 to 5), all sound: a
+    #: twin's site's upgrade target (`infra.lab.twin`)
+    extra_versions: list[
+        Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][\w.+~]{0,39}$")]
+    ] = Field(default_factory=list)
+    #: per channel, the most transfers its agent runs at once (default
+    #: `max_active_per_channel`): a twin's load shaped like its site's snapshot
+    active_per_channel: dict[str, Annotated[int, Field(ge=1, le=1000)]] = Field(
+        default_factory=dict
+    )
 
 
 def lab_problems(site: Site, lab: LabSettings) -> list[Problem]:

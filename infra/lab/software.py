@@ -29,6 +29,7 @@ import os
 import re
 import shutil
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TypedDict
 
@@ -103,9 +104,10 @@ class AgentSpec(TypedDict):
 # --- the repository (written by `lab up`) -------------------------------------------------------
 
 
-def write_repository(repo: Path) -> None:
-    """Write the lab's package repository: one directory of real files per version."""
-    for version, broken in VERSIONS.items():
+def write_repository(repo: Path, extra: Sequence[str] = ()) -> None:
+    """Write the lab's package repository: one directory of real files per version (its own,
+    and the `extra` ones, sound)."""
+    for version, broken in {**VERSIONS, **dict.fromkeys(extra)}.items():
         d = repo / PACKAGE / version
         (d / "templates").mkdir(parents=True, exist_ok=True)
         release: Release = {

@@ -1,0 +1,153 @@
+"""`handover lab twin`: a lab that mirrors a real site, from its site file and a recorded
+snapshot of it (`tests/plan_cases/snapshots/cern-fts-production.json`, taken on the twin of
+`config/sites/cern-fts.yaml` under the lab's load)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from config.loader import load_site, parse_site
+from flows.plans.clean_move import MoveRequest, plan_clean_move
+from flows.plans.snapshot import SiteSnapshot
+from infra.lab.settings import lab_settings
+from infra.lab.twin import TwinRefused, twin_site_data
+from tests.conftest import ROOT, require_lab
+
+CERN = ROOT / "config" / "sites" / "cern-fts.yaml"
+SNAPSHOT = ROOT / "tests" / "plan_cases" / "snapshots" / "cern-fts-production.json"
+
+
+def recorded() -> SiteSnapshot:
+    return SiteSnapshot.model_validate_json(SNAPSHOT.read_text())
+
+
+def differences(a: Any, b: Any, path: str = "") -> list[str]:
+    """Where two plans (as data) differ, leaf by leaf."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [
+            d
+            for k in sorted(set(a) | set(b))
+            for d in differences(a.get(k), b.get(k), f"{path}.{k}")
+        ]
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [
+            d
+            for i, (x, y) in enumerate(zip(a, b, strict=True))
+            for d in differences(x, y, f"{path}[{i}]")
+        ]
+    return [] if a == b else [f"{path}: {a!r} | {b!r}"]
+
+
+@pytest.mark.unit
+def test_the_twin_keeps_the_names_and_maps_the_addresses() -> None:
+    real = load_site(CERN)
+    data = twin_site_data(
+        real, octet=240, state_dir=Path("/var/tmp/handover-lab/t"), snapshot=recorded()
+    )
+    twin = parse_site(data)
+    lab = lab_settings(twin)  # a valid lab site
+    assert twin.site == "cern-fts-twin"
+    assert [h.name for h in twin.hosts] == [h.name for h in real.hosts]
+    assert [h.address for h in twin.hosts] == ["127.0.240.1", "127.0.240.2", "127.0.240.3"]
+    assert twin.service == real.service
+    assert twin.frontend is not None and real.frontend is not None
+    assert (twin.frontend.hosts, twin.frontend.move_agents) == (real.frontend.hosts, "follow")
+    assert twin.dns is not None and real.dns is not None
+    assert (twin.dns.zone, twin.dns.alias, twin.dns.ttl_s) == ("cern.ch", "fts.cern.ch", 60)
+    assert twin.dns.server == "127.0.0.1"
+    assert twin.slack is None and twin.database is not None and twin.database.kind == "postgresql"
+    assert twin.upgrade == real.upgrade and lab.extra_versions == ["2.1.0"]
+    # the load shaped like the snapshot's running transfers, per channel
+    assert lab.active_per_channel == {
+        "CERN-CERN": 2,
+        "CERN-CNAF": 1,
+        "CERN-FNAL": 2,
+        "CERN-IN2P3": 2,
+        "CERN-PIC": 2,
+        "CERN-RAL": 3,
+    }
+
+
+@pytest.mark.unit
+def test_a_clean_move_plans_on_the_twin_as_on_the_site_but_for_the_site_and_database() -> None:
+    """What rehearsing on the twin rests on: the same snapshot gives the same plan, the site's
+    name and the database's kind (the lab's PostgreSQL for the site's Oracle) aside."""
+    real = load_site(CERN)
+    twin = parse_site(
+        twin_site_data(real, octet=240, state_dir=Path("/var/tmp/x"), snapshot=recorded())
+    )
+    for mode in ("pipelined", "full", "staged"):
+        req = MoveRequest(from_host="fts101", to_host="fts102", mode=mode)
+        diff = differences(
+            plan_clean_move(real, recorded(), req).model_dump(mode="json"),
+            plan_clean_move(twin, recorded(), req).model_dump(mode="json"),
+        )
+        assert diff[-1] == ".site: 'cern-fts' | 'cern-fts-twin'", diff
+        assert diff[:-1] and all(
+            "'oracle: kill the sessions" in d and "'postgresql: kill the sessions" in d
+            for d in diff[:-1]
+        ), diff
+
+
+@pytest.mark.unit
+def test_a_site_the_lab_cannot_mirror_is_refused_with_each_reason() -> None:
+    data = yaml.safe_load(CERN.read_text())
+    data["commands"]["stop_all"] = ["/usr/local/sbin/fts-stop-everything"]
+    with pytest.raises(TwinRefused) as exc:
+        twin_site_data(parse_site(data), octet=240, state_dir=Path("/var/tmp/x"))
+    [p] = exc.value.problems
+    assert p.path == "commands.stop_all" and "fts-stop-everything" in p.message
+    geo = load_site(ROOT / "config" / "sites" / "geo-lab.yaml")
+    with pytest.raises(TwinRefused, match="geo lab"):
+        twin_site_data(geo, octet=240, state_dir=Path("/var/tmp/x"))
+    other = recorded().model_copy(deep=True)
+    other.hosts[0].host = "elsewhere01"
+    with pytest.raises(TwinRefused, match="hosts elsewhere01 are not the site's"):
+        twin_site_data(load_site(CERN), octet=240, state_dir=Path("/var/tmp/x"), snapshot=other)
+
+
+@pytest.mark.lab
+def test_the_twin_comes_up_with_the_sites_agents_on_their_primaries(tmp_path: Path) -> None:
+    """`handover lab twin` of the CERN site file and its recorded snapshot: a lab of its three
+    hosts, each agent serving on its primary, the upgrade's target in the package repository,
+    each channel's agent running at most as many transfers as the snapshot saw."""
+    from infra.cli import main
+    from infra.lab.lab import Lab
+
+    require_lab()
+    out = tmp_path / "twin.yaml"
+    argv = ["lab", "twin", "--site", str(CERN), "--snapshot", str(SNAPSHOT), "--octet", "239"]
+    # never the state of a twin an operator runs
+    argv += ["--state-dir", f"/var/tmp/handover-lab/twintest-{os.getpid()}"]
+    assert main([*argv, "--out", str(out)]) == 0
+    lab = Lab.from_file(out)
+    try:
+        site = lab.site
+        serving = lab.serving(site, lab.record())
+        assert {a.name: serving.get(a.name) for a in site.service.agents} == {
+            a.name: {a.primary} for a in site.service.agents
+        }
+        assert (lab.paths.repo_dir / "glite-data-transfer-agents" / "2.1.0").is_dir()
+        rt = json.loads(
+            (
+                lab.paths.host_dir("fts101") / "etc.upper" / "transfer-agents" / "lab.json"
+            ).read_text()
+        )
+        assert {a["channel"]: a.get("max_active") for a in rt["agents"] if a["channel"]} == {
+            "CERN-CERN": 2,
+            "CERN-RAL": 3,
+            "CERN-FNAL": 2,
+            "CERN-IN2P3": 2,
+            "CERN-PIC": 2,
+            "CERN-CNAF": 1,
+        }
+    finally:
+        report = lab.down()
+        lab.remove_state()
+    assert report["leftovers"] == [], report
