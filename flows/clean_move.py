@@ -43,6 +43,7 @@ from flows.plans.clean_move import (
     plan_markdown,
 )
 from flows.plans.clean_move_compensation import compensate_clean_move
+from flows.plans.rehearsal import rehearsal_refusal
 from flows.plans.snapshot import SiteSnapshot
 from flows.plans.verify import verify_clean_move
 from flows.plans.words import count
@@ -51,6 +52,7 @@ from flows.result import AgentOutcome, ProcedureResult, Status, Timing
 from flows.run_site import load_run_site
 from tasks.adapters.db import DatabaseUnavailable, read_transfer_eta
 from tasks.outcome import now
+from tasks.rehearsals import read_rehearsal
 from tasks.remote import SiteShell
 from tasks.site_state import snapshot_site, snapshot_site_task
 
@@ -196,21 +198,16 @@ def clean_move(
     run_id = progress.current_run_id()
     site = load_run_site(site_file)
     policy = site.policy(PROCEDURE)
-    req = MoveRequest(
+    req = move_request(
+        site,
         from_host=from_host,
         to_host=to_host,
         agents=agents,
         mode=mode,
-        drain_timeout_s=drain_timeout_s or policy.drain_timeout_s,
+        drain_timeout_s=drain_timeout_s,
         force=force_after_drain_timeout,
-        expected_transfer_s=policy.expected_transfer_s,
-        expected_restart_s=policy.expected_restart_s,
-        cutover_window_s=(
-            policy.cutover_window_s if cutover_window_s is None else cutover_window_s
-        ),
-        cutover_drain_s=policy.cutover_drain_s,
-        hot_standby=policy.hot_standby if hot_standby is None else hot_standby,
-        lock_wait_s=policy.agent_lock_wait_s,
+        cutover_window_s=cutover_window_s,
+        hot_standby=hot_standby,
     )
     poll_s = poll_interval_s or policy.poll_interval_s
     who = requested_by or getpass.getuser()
@@ -257,6 +254,39 @@ def clean_move(
             finish,
             lambda: _move(run, req, policy, poll_s, who, pause_for_approval, finish, start_at),
         )
+
+
+def move_request(
+    site: Site,
+    *,
+    from_host: str,
+    to_host: str,
+    agents: list[str] | None = None,
+    mode: Mode = "pipelined",
+    drain_timeout_s: float | None = None,
+    force: bool = False,
+    cutover_window_s: float | None = None,
+    hot_standby: bool | None = None,
+) -> MoveRequest:
+    """The planner's request for a run with these parameters under the site's policy (what a
+    run plans with, and what a rehearsal plans the real site with)."""
+    policy = site.policy(PROCEDURE)
+    return MoveRequest(
+        from_host=from_host,
+        to_host=to_host,
+        agents=agents,
+        mode=mode,
+        drain_timeout_s=drain_timeout_s or policy.drain_timeout_s,
+        force=force,
+        expected_transfer_s=policy.expected_transfer_s,
+        expected_restart_s=policy.expected_restart_s,
+        cutover_window_s=(
+            policy.cutover_window_s if cutover_window_s is None else cutover_window_s
+        ),
+        cutover_drain_s=policy.cutover_drain_s,
+        hot_standby=policy.hot_standby if hot_standby is None else hot_standby,
+        lock_wait_s=policy.agent_lock_wait_s,
+    )
 
 
 def _snapshot_and_plan(
@@ -352,12 +382,28 @@ def _move(
             plan=plan,
             channels=snap.channels,
         )
+    rehearsed = ""
+    if policy.rehearse == "required":
+        record = read_rehearsal(site.site, PROCEDURE)
+        why = rehearsal_refusal(
+            record,
+            plan,
+            now=dt.datetime.now(dt.UTC),
+            within_s=policy.rehearse_within_s,
+            command=f"handover rehearse clean-move --site {site.site} --from {req.from_host} "
+            f"--to {req.to_host} --mode {req.mode}",
+        )
+        if why is not None:
+            return finish("refused", f"refused: {why}; nothing changed", plan=plan)
+        assert record is not None
+        rehearsed = f"; {record.sentence()}"
+        logger.info("%s", record.sentence())
     approval = approve(
         policy,
         pause,
         requested_by,
         f"clean move of {count(len(plan.agents), 'agent')} {req.from_host} -> "
-        f"{req.to_host} ({req.mode}), est. {plan.estimated_duration_s:.0f} s",
+        f"{req.to_host} ({req.mode}), est. {plan.estimated_duration_s:.0f} s{rehearsed}",
         announce=lambda: thread.request_approval(plan, requested_by),
         conclude=thread.decided,
         slack=site.slack,

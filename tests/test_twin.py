@@ -122,7 +122,7 @@ def test_the_twin_comes_up_with_the_sites_agents_on_their_primaries(tmp_path: Pa
 
     require_lab()
     out = tmp_path / "twin.yaml"
-    argv = ["lab", "twin", "--site", str(CERN), "--snapshot", str(SNAPSHOT), "--octet", "239"]
+    argv = ["lab", "twin", "--site", str(CERN), "--snapshot", str(SNAPSHOT), "--octet", "241"]
     # never the state of a twin an operator runs
     argv += ["--state-dir", f"/var/tmp/handover-lab/twintest-{os.getpid()}"]
     assert main([*argv, "--out", str(out)]) == 0
@@ -147,6 +147,111 @@ def test_the_twin_comes_up_with_the_sites_agents_on_their_primaries(tmp_path: Pa
             "CERN-PIC": 2,
             "CERN-CNAF": 1,
         }
+    finally:
+        report = lab.down()
+        lab.remove_state()
+    assert report["leftovers"] == [], report
+
+
+@pytest.mark.unit
+def test_the_plans_compared_and_a_rehearsal_clearing_only_its_own_plan() -> None:
+    import datetime as dt
+
+    from flows.plans.rehearsal import (
+        RehearsalRecord,
+        compare_plans,
+        fingerprint,
+        rehearsal_refusal,
+    )
+
+    real = load_site(CERN)
+    twin = parse_site(
+        twin_site_data(real, octet=240, state_dir=Path("/var/tmp/x"), snapshot=recorded())
+    )
+    req = MoveRequest(from_host="fts101", to_host="fts102", mode="full")
+    mine, theirs = plan_clean_move(real, recorded(), req), plan_clean_move(twin, recorded(), req)
+    cmp = compare_plans(mine, theirs)
+    assert cmp.matches and cmp.unexplained == [] and fingerprint(mine) == fingerprint(theirs)
+    assert {d.explained for d in cmp.differences} == {
+        "the twin's site is named after the site, with -twin",
+        "the twin's database is the lab's PostgreSQL, the site's oracle",
+    }
+    # a twin whose agent moves elsewhere is not the site: unexplained, no match
+    moved = twin.model_dump(mode="json", exclude_defaults=True)
+    moved["service"]["agents"][0]["backup"] = "fts105"
+    other = parse_site(moved)
+    bad = compare_plans(mine, plan_clean_move(other, recorded(), req))
+    assert not bad.matches and bad.unexplained
+    now = dt.datetime(2026, 12, 7, 21, 40, tzinfo=dt.UTC)
+    rec = RehearsalRecord(
+        site="cern-fts",
+        procedure="clean-move",
+        fingerprint=fingerprint(mine),
+        at=now,
+        passed=True,
+        plans_match=True,
+        jobs_lost=0,
+        agents_twice=0,
+        downtime_s={"CERN-RAL": 4.3},
+    )
+    cmd = "handover rehearse clean-move ..."
+    assert "requires a rehearsal" in str(
+        rehearsal_refusal(None, mine, now=now, within_s=60, command=cmd)
+    )
+    assert rehearsal_refusal(rec, mine, now=now, within_s=60, command=cmd) is None
+    staged = plan_clean_move(real, recorded(), req.model_copy(update={"mode": "staged"}))
+    assert "another plan" in str(rehearsal_refusal(rec, staged, now=now, within_s=60, command=cmd))
+    later = now + dt.timedelta(hours=2)
+    assert "h old" in str(rehearsal_refusal(rec, mine, now=later, within_s=3600, command=cmd))
+    failed = rec.model_copy(update={"passed": False, "jobs_lost": 2})
+    assert "failed" in str(rehearsal_refusal(failed, mine, now=now, within_s=60, command=cmd))
+    assert rec.sentence() == (
+        "rehearsed at 21:40 UTC on the twin: 0 lost, 0 serving twice, 4.3 s downtime at most"
+    )
+
+
+@pytest.mark.lab
+def test_a_rehearsed_clean_move_passes_and_an_unrehearsed_one_is_refused(
+    prefect_api: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`handover rehearse clean-move` of the CERN site from its recorded snapshot: the real plan
+    and the twin's match, the move runs on the twin with nothing lost, and the rehearsal is kept
+    for the real site. Then, on a site whose policy requires a rehearsal (the twin itself, which
+    was never rehearsed), a clean move is refused before anything changes."""
+    from flows.clean_move import clean_move
+    from infra.cli import main
+    from infra.lab.lab import Lab
+    from tasks.rehearsals import read_rehearsal
+
+    require_lab()
+    monkeypatch.setenv("PREFECT_API_URL", prefect_api)
+    state = Path(f"/var/tmp/handover-lab/rehearsetest-{os.getpid()}")
+    argv = ["rehearse", "clean-move", "--site", str(CERN), "--snapshot", str(SNAPSHOT)]
+    argv += ["--from", "fts101", "--to", "fts102", "--mode", "full", "--octet", "242"]
+    argv += ["--state-dir", str(state), "--keep"]
+    assert main(argv) == 0
+    record = read_rehearsal("cern-fts", "clean-move")
+    assert record is not None and record.passed and record.plans_match
+    assert (record.jobs_lost, record.agents_twice) == (0, 0)
+    assert set(record.downtime_s) <= {"CERN-CERN", "CERN-RAL", "CERN-FNAL"}
+    assert (state / "site.yaml").exists(), "the twin was not kept (--keep)"
+    lab = Lab.from_file(state / "site.yaml")
+    try:
+        data = yaml.safe_load((state / "site.yaml").read_text())
+        data["procedures"]["clean-move"]["rehearse"] = "required"
+        required = tmp_path / "required.yaml"
+        required.write_text(yaml.safe_dump(data, sort_keys=False))
+        refused = clean_move(
+            site_file=str(required),
+            from_host="fts102",
+            to_host="fts101",
+            mode="full",
+            pause_for_approval=False,
+            return_state=True,
+        )
+        assert "requires a rehearsal on the twin first" in (refused.message or ""), refused
+        serving = lab.serving(lab.site, lab.record())
+        assert serving.get("glite-transfer-channel-agent-urlcopy-CERN-CERN") == {"fts102"}
     finally:
         report = lab.down()
         lab.remove_state()

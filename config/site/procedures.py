@@ -27,6 +27,12 @@ class ProcedurePolicy(SiteModel):
     #: ``gateway`` (only a decision the gateway sealed after checking Slack's signature and the
     #: approver list; a form typed into the Prefect UI is logged and the run keeps waiting)
     approval_via: Literal["any", "gateway"] = "any"
+    #: ``required``: a run goes ahead only after a passed rehearsal of the same plan on the
+    #: site's twin (`handover rehearse`), at most `rehearse_within_s` old; its approval
+    #: message names the rehearsal (the clean move)
+    rehearse: Literal["optional", "required"] = "optional"
+    #: how old a rehearsal may be to clear a run
+    rehearse_within_s: float = Field(default=86400.0, gt=0, le=30 * 86400)
     #: the procedure may proceed on an approval timeout
     emergency: bool = False
     #: how long a clean move waits for a channel's running transfers to end

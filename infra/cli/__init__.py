@@ -5,8 +5,8 @@ Each module holds its commands' options next to their handlers (`register(sub)`)
 * `sitefile`: check-config, init, snapshot
 * `check`: check remap (a geo tool's readiness to be remapped)
 * `status`: the replicated tools' status (where each is active, lag, DNS masters)
-* `lab`: lab up|down|status|score|fault|heal|load|exec
-* `procedures`: run clean-move|emergency-move|fence-host
+* `lab`: lab up|down|status|score|fault|heal|load|exec|twin
+* `procedures`: run clean-move|emergency-move|fence-host|..., rehearse clean-move
 * `service`: service start|stop|status|monitor (one host's agents, OCF exit codes)
 * `services`: serve, deploy, gateway, alert, fake-slack, server
 * `bench`: bench lab|clean-move|alert|switch|rolling-upgrade|hagd|faults

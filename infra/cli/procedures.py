@@ -226,3 +226,62 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--json", action="store_true", help="print the typed result as JSON")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "rehearse",
+        help="plan a procedure for the real site, run it on the site's twin, compare and score",
+    )
+    p.add_argument("procedure", choices=["clean-move"], help="the procedure to rehearse")
+    site_arg(p)
+    p.add_argument("--from", dest="from_host", required=True, help="the host to move from")
+    p.add_argument("--to", dest="to_host", required=True, help="the host to move to")
+    p.add_argument("--mode", choices=["pipelined", "full", "staged"], default="pipelined")
+    p.add_argument(
+        "--snapshot",
+        help="a recorded snapshot of the real site (`handover snapshot --json`) instead of "
+        "reading it over SSH",
+    )
+    p.add_argument(
+        "--octet",
+        type=int,
+        default=240,
+        choices=range(200, 255),
+        metavar="200-254",
+        help="the twin's addresses 127.0.OCTET.N (default 240)",
+    )
+    p.add_argument("--state-dir", help="the twin's state (default /var/tmp/handover-lab/SITE-twin)")
+    p.add_argument("--keep", action="store_true", help="leave the twin up afterwards")
+    p.add_argument("--json", action="store_true", help="print the rehearsal as JSON")
+    p.set_defaults(func=cmd_rehearse)
+
+
+def cmd_rehearse(args: argparse.Namespace) -> int:
+    """`handover rehearse clean-move ...`: 0 when the rehearsal passed, 1 when it did not."""
+    from rich.console import Console
+
+    from infra.cli.common import note, say
+    from infra.run import configure_api
+
+    load_site(args.site)  # a malformed site file is reported before anything starts
+    # before Prefect is imported: its settings are read once, at its import
+    configure_api(Console(stderr=True, highlight=False))
+    from infra.rehearse import as_json, publish, rehearse_clean_move
+
+    r = rehearse_clean_move(
+        Path(args.site),
+        from_host=args.from_host,
+        to_host=args.to_host,
+        mode=args.mode,
+        snapshot_file=Path(args.snapshot) if args.snapshot else None,
+        octet=args.octet,
+        state_dir=Path(args.state_dir) if args.state_dir else None,
+        keep=args.keep,
+        progress=note,
+    )
+    record = publish(r)
+    if args.json:
+        print(as_json(r))
+    else:
+        print(r.markdown)
+        say(record.sentence(), "green" if record.passed else "red")
+    return 0 if record.passed else 1
