@@ -74,6 +74,19 @@ def site_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def twin_args(p: argparse.ArgumentParser) -> None:
+    """Where a site's twin lives: --octet (its addresses) and --state-dir."""
+    p.add_argument(
+        "--octet",
+        type=int,
+        default=240,
+        choices=range(200, 255),
+        metavar="200-254",
+        help="the twin's addresses 127.0.OCTET.N (default 240)",
+    )
+    p.add_argument("--state-dir", help="the twin's state (default /var/tmp/handover-lab/SITE-twin)")
+
+
 def sites_arg(p: argparse.ArgumentParser, what: str = "") -> None:
     """The repeatable --site option (`sites_of` gives its files; default: $HANDOVER_SITE, else
     the lab's site file)."""

@@ -23,6 +23,7 @@ from infra.cli.common import (
     say,
     site_arg,
     site_path,
+    twin_args,
 )
 from infra.lab.faults import DB_FAULT_KINDS, FAULT_KINDS
 
@@ -390,18 +391,10 @@ def register(sub: Any) -> None:
         help="the real site's snapshot (`handover snapshot --json`): the twin's load per "
         "channel is shaped like its running transfers",
     )
-    p.add_argument(
-        "--octet",
-        type=int,
-        default=240,
-        choices=range(200, 255),
-        metavar="200-254",
-        help="the twin's addresses 127.0.OCTET.N (default 240)",
-    )
+    twin_args(p)
     p.add_argument(
         "--out", help="the twin's site file (default /var/tmp/handover-lab/SITE-twin.yaml)"
     )
-    p.add_argument("--state-dir", help="the twin's state (default /var/tmp/handover-lab/SITE-twin)")
     p.add_argument("--no-up", action="store_true", help="write the twin's site file only")
     p.add_argument("--json", action="store_true", help="print the answer as JSON")
     p = lsub.add_parser("geo-fault", help="inject a fault into the geo lab (lab up --geo)")

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from config.loader import load_site
-from infra.cli.common import error, site_arg
+from infra.cli.common import error, site_arg, twin_args
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -241,15 +241,7 @@ def register(sub: Any) -> None:
         help="a recorded snapshot of the real site (`handover snapshot --json`) instead of "
         "reading it over SSH",
     )
-    p.add_argument(
-        "--octet",
-        type=int,
-        default=240,
-        choices=range(200, 255),
-        metavar="200-254",
-        help="the twin's addresses 127.0.OCTET.N (default 240)",
-    )
-    p.add_argument("--state-dir", help="the twin's state (default /var/tmp/handover-lab/SITE-twin)")
+    twin_args(p)
     p.add_argument("--keep", action="store_true", help="leave the twin up afterwards")
     p.add_argument("--json", action="store_true", help="print the rehearsal as JSON")
     p.set_defaults(func=cmd_rehearse)
