@@ -1,17 +1,20 @@
-"""`handover rehearse clean-move`: tonight's move, planned for the real site, run on its twin.
+"""`handover rehearse clean-move|rolling-upgrade`: tonight's intervention, planned for the real
+site, run on its twin.
 
 1. The real site's plan: from a snapshot of the real site (read over SSH, read-only; or a
    recorded one, `--snapshot`) and the run's parameters under the site's policy, as a run
-   would plan it (`flows.clean_move.move_request`).
-2. The twin (`infra.lab.twin`): a lab that mirrors the site, its load shaped on that snapshot;
-   its own snapshot and plan with the same parameters; the two plans compared
-   (`flows.plans.rehearsal.compare_plans`): any difference is listed, with why the twin makes it
-   or "unexplained".
+   would plan it (`Rehearsable`: the clean move's request is `flows.clean_move.move_request`;
+   the rolling upgrade's reads each host's installed version too).
+2. The twin (`infra.lab.twin`): a lab that mirrors the site, its load shaped on that snapshot
+   (and, for an upgrade, each host on its installed version); its own snapshot and plan with
+   the same parameters; the two plans compared (`flows.plans.rehearsal.compare_plans`): any
+   difference is listed, with why the twin makes it or "unexplained".
 3. The same procedure run on the twin, with nothing asked, and the lab's score: jobs lost,
    agents serving twice, each channel's downtime.
 4. The report, side by side: printed, and a Prefect artifact an approver can be shown; the
    record (`RehearsalRecord`) kept as the site's last rehearsal of the procedure, which a run of
-   a site with ``rehearse: required`` checks. The twin is stopped at the end (`keep`: left up).
+   a site with ``rehearse: required`` checks (the clean move). The twin is stopped at the end
+   (`keep`: left up).
 
 A rehearsal passes when the plans match, the run on the twin completed, no job was lost and no
 agent served twice.
@@ -24,13 +27,16 @@ import json
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from prefect import flow
 from pydantic import BaseModel
 
-from flows.plans.clean_move import Mode, MovePlan, plan_clean_move
+from config.site import Site
+from flows.plans.clean_move import Mode, plan_clean_move
+from flows.plans.model import Plan
 from flows.plans.rehearsal import (
     PlanComparison,
     RehearsalRecord,
@@ -43,65 +49,138 @@ from infra.lab.twin import busiest
 
 
 class Rehearsal(BaseModel):
-    """What `rehearse_clean_move` found."""
+    """What a rehearsal found."""
 
     record: RehearsalRecord
-    real_plan: MovePlan
-    twin_plan: MovePlan | None = None
+    real_plan: Plan
+    twin_plan: Plan | None = None
     comparison: PlanComparison | None = None
+    #: each channel's downtime the real plan estimates (the clean move's)
+    estimated_s: dict[str, float] = {}
     #: how the run on the twin ended (its state's message)
     twin_run: str = ""
     twin_site_file: str = ""
     markdown: str = ""
 
 
-def _snapshot(site_file: Path, snapshot_file: Path | None) -> SiteSnapshot:
-    from config.loader import load_site
-    from tasks.remote import SiteShell
+@dataclass(frozen=True)
+class Rehearsable:
+    """How one procedure is rehearsed: its snapshot, its plan, its run on the twin."""
+
+    #: the procedure's name
+    name: str
+    #: what is rehearsed, in words
+    what: str
+    #: a snapshot of a site (the real one, or the twin) read through a shell
+    read: Callable[[Any], BaseModel]
+    #: a recorded snapshot (`--snapshot`) from its JSON
+    parse: Callable[[str], BaseModel]
+    #: the site snapshot within it (the twin's load is shaped on its running transfers)
+    site_snapshot: Callable[[Any], SiteSnapshot]
+    #: the plan a run would make on a site from a snapshot
+    plan: Callable[[Site, Any], Plan]
+    #: the procedure run on the twin (its site file), asking nobody
+    run: Callable[[str], Any]
+
+
+def clean_move_rehearsal(from_host: str, to_host: str, mode: Mode) -> Rehearsable:
+    """A clean move of `from_host`'s agents to `to_host` (`flows.clean_move`)."""
+    from flows.clean_move import clean_move, move_request
     from tasks.site_state import snapshot_site
 
-    if snapshot_file is not None:
-        return SiteSnapshot.model_validate_json(snapshot_file.read_text())
-    with SiteShell(load_site(site_file)) as shell:
-        return snapshot_site(shell)
+    def plan(site: Site, snap: Any) -> Plan:
+        req = move_request(site, from_host=from_host, to_host=to_host, mode=mode)
+        return plan_clean_move(site, snap, req)
+
+    return Rehearsable(
+        name="clean-move",
+        what=f"the clean move {from_host} -> {to_host} ({mode})",
+        read=snapshot_site,
+        parse=SiteSnapshot.model_validate_json,
+        site_snapshot=lambda snap: snap,
+        plan=plan,
+        run=lambda twin_file: clean_move(
+            site_file=twin_file,
+            from_host=from_host,
+            to_host=to_host,
+            mode=mode,
+            pause_for_approval=False,
+            requested_by="handover rehearse",
+            return_state=True,
+        ),
+    )
+
+
+def upgrade_rehearsal(version: str | None, hosts: list[str] | None = None) -> Rehearsable:
+    """A rolling upgrade to `version` (default: the site's target) (`flows.rolling_upgrade`)."""
+    from flows.plans.rolling_upgrade import (
+        UpgradeRequest,
+        UpgradeSnapshot,
+        plan_rolling_upgrade,
+        upgrade_hosts,
+    )
+    from flows.rolling_upgrade import rolling_upgrade, snapshot_upgrade
+
+    def plan(site: Site, snap: Any) -> Plan:
+        up = site.upgrade
+        req = UpgradeRequest(
+            version=version or up.target_version,
+            hosts=hosts or [],
+            batch=up.batch,
+            canary=up.canary,
+        )
+        return plan_rolling_upgrade(site, snap, req)
+
+    return Rehearsable(
+        name="rolling-upgrade",
+        what=f"the rolling upgrade to version {version or 'the site target'}",
+        read=lambda shell: snapshot_upgrade(shell, upgrade_hosts(shell.site)),
+        parse=UpgradeSnapshot.model_validate_json,
+        site_snapshot=lambda snap: snap.site,
+        plan=plan,
+        run=lambda twin_file: rolling_upgrade(
+            site_file=twin_file,
+            version=version,
+            hosts=hosts,
+            pause_for_approval=False,
+            requested_by="handover rehearse",
+            return_state=True,
+        ),
+    )
 
 
 #: how long the twin's load may take to look like the real snapshot's
 LOAD_WAIT_S = 20.0
 
 
-def _loaded(shell: Any, want: dict[str, int], progress: Callable[[str], None]) -> SiteSnapshot:
-    """The twin's snapshot once every channel that ran transfers in the real snapshot runs some
+def _loaded(shell: Any, want: dict[str, int], progress: Callable[[str], None]) -> None:
+    """Wait until every channel that ran transfers in the real snapshot runs some on the twin
     (bounded by `LOAD_WAIT_S`: the plan's steps do not depend on it, its estimates do)."""
     from tasks.site_state import snapshot_site
 
     deadline = time.monotonic() + LOAD_WAIT_S
     while True:
-        snap = snapshot_site(shell)
-        have = busiest(snap)
+        have = busiest(snapshot_site(shell))
         idle = sorted(c for c, n in want.items() if n > 0 and have.get(c, 0) == 0)
         if not idle or time.monotonic() > deadline:
             if idle:
                 progress(f"the twin's load: no transfer running yet on {', '.join(idle)}")
-            return snap
+            return
         time.sleep(0.5)
 
 
-def rehearse_clean_move(
+def rehearse(
     site_file: Path,
+    proc: Rehearsable,
     *,
-    from_host: str,
-    to_host: str,
-    mode: Mode = "pipelined",
     snapshot_file: Path | None = None,
     octet: int = 240,
     state_dir: Path | None = None,
     keep: bool = False,
     progress: Callable[[str], None] = lambda m: None,
 ) -> Rehearsal:
-    """Rehearse a clean move of the site in `site_file` on its twin (module docstring)."""
+    """Rehearse `proc` for the site in `site_file` on its twin (module docstring)."""
     from config.loader import load_site
-    from flows.clean_move import clean_move, move_request
     from infra.lab.lab import Lab
     from infra.lab.twin import write_twin
     from tasks.remote import SiteShell
@@ -111,24 +190,28 @@ def rehearse_clean_move(
         "the real site's snapshot: "
         + (str(snapshot_file) if snapshot_file else "read over SSH (read-only)")
     )
-    real_snap = _snapshot(site_file, snapshot_file)
-    real_req = move_request(real, from_host=from_host, to_host=to_host, mode=mode)
-    real_plan = plan_clean_move(real, real_snap, real_req)
-    at = dt.datetime.now(dt.UTC)
+    if snapshot_file is not None:
+        real_snap = proc.parse(snapshot_file.read_text())
+    else:
+        with SiteShell(real) as shell:
+            real_snap = proc.read(shell)
+    real_plan = proc.plan(real, real_snap)
     record = RehearsalRecord(
         site=real.site,
-        procedure="clean-move",
+        procedure=proc.name,
         fingerprint=fingerprint(real_plan),
-        at=at,
+        at=dt.datetime.now(dt.UTC),
         passed=False,
         plans_match=False,
         jobs_lost=0,
         agents_twice=0,
     )
+    estimated = dict(getattr(real_plan, "estimated_downtime_s", {}))
     if not real_plan.ok:
         out = Rehearsal(
             record=record,
             real_plan=real_plan,
+            estimated_s=estimated,
             twin_run="not run: the real plan is refused: " + "; ".join(real_plan.problems),
         )
         out.markdown = report_markdown(out)
@@ -145,9 +228,9 @@ def rehearse_clean_move(
     try:
         twin = lab.site
         with SiteShell(twin) as shell:
-            twin_snap = _loaded(shell, busiest(real_snap), progress)
-        twin_req = move_request(twin, from_host=from_host, to_host=to_host, mode=mode)
-        twin_plan = plan_clean_move(twin, twin_snap, twin_req)
+            _loaded(shell, busiest(proc.site_snapshot(real_snap)), progress)
+            twin_snap = proc.read(shell)
+        twin_plan = proc.plan(twin, twin_snap)
         comparison = compare_plans(real_plan, twin_plan)
         progress(
             "the plans match"
@@ -155,16 +238,8 @@ def rehearse_clean_move(
             else f"the plans differ: {len(comparison.unexplained)} unexplained difference(s)"
         )
         lab.score(reset=True)
-        progress(f"the clean move {from_host} -> {to_host} ({mode}) on the twin")
-        state = clean_move(
-            site_file=str(twin_file),
-            pause_for_approval=False,
-            requested_by="handover rehearse",
-            return_state=True,
-            from_host=from_host,
-            to_host=to_host,
-            mode=mode,
-        )
+        progress(f"{proc.what} on the twin")
+        state = proc.run(str(twin_file))
         score = lab.score()
         completed = state.is_completed()
         twice = len(score.agents_running_twice)
@@ -182,6 +257,7 @@ def rehearse_clean_move(
             real_plan=real_plan,
             twin_plan=twin_plan,
             comparison=comparison,
+            estimated_s=estimated,
             twin_run=f"{state.name}: {state.message or ''}".strip(),
             twin_site_file=str(twin_file),
         )
@@ -218,7 +294,7 @@ def report_markdown(r: Rehearsal) -> str:
     """The rehearsal's report: verdict, the plans side by side, differences, the score."""
     rec = r.record
     lines = [
-        f"# Rehearsal of a clean move of {rec.site} on its twin",
+        f"# Rehearsal of a {rec.procedure} of {rec.site} on its twin",
         "",
         f"**{'PASSED' if rec.passed else 'FAILED'}**: {rec.sentence()}",
         f"- plan fingerprint `{rec.fingerprint}`; the run on the twin: {r.twin_run or '-'}",
@@ -240,9 +316,9 @@ def report_markdown(r: Rehearsal) -> str:
         ] or ["- none"]
     if rec.downtime_s:
         lines += ["", "| channel | downtime on the twin | the plan's estimate |", "|---|---|---|"]
-        est = r.real_plan.estimated_downtime_s
         for c, s in sorted(rec.downtime_s.items()):
-            lines.append(f"| {c} | {s:.2f} s | {est.get(c, 0.0):.2f} s |")
+            est = f"{r.estimated_s[c]:.2f} s" if c in r.estimated_s else "-"
+            lines.append(f"| {c} | {s:.2f} s | {est} |")
     lines += [
         "",
         "The real site's downtime follows its own transfers' durations: the plan's estimate is "

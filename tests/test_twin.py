@@ -21,6 +21,7 @@ from tests.conftest import ROOT, require_lab
 
 CERN = ROOT / "config" / "sites" / "cern-fts.yaml"
 SNAPSHOT = ROOT / "tests" / "plan_cases" / "snapshots" / "cern-fts-production.json"
+UPGRADE = ROOT / "tests" / "plan_cases" / "snapshots" / "cern-fts-upgrade.json"
 
 
 def recorded() -> SiteSnapshot:
@@ -62,7 +63,8 @@ def test_the_twin_keeps_the_names_and_maps_the_addresses() -> None:
     assert (twin.dns.zone, twin.dns.alias, twin.dns.ttl_s) == ("cern.ch", "fts.cern.ch", 60)
     assert twin.dns.server == "127.0.0.1"
     assert twin.slack is None and twin.database is not None and twin.database.kind == "postgresql"
-    assert twin.upgrade == real.upgrade and lab.extra_versions == ["2.1.0"]
+    assert twin.upgrade == real.upgrade.model_copy(update={"approve_after_canary": False})
+    assert lab.extra_versions == ["2.1.0"]
     # the load shaped like the snapshot's running transfers, per channel
     assert lab.active_per_channel == {
         "CERN-CERN": 2,
@@ -211,13 +213,14 @@ def test_the_plans_compared_and_a_rehearsal_clearing_only_its_own_plan() -> None
 
 
 @pytest.mark.lab
-def test_a_rehearsed_clean_move_passes_and_an_unrehearsed_one_is_refused(
+def test_rehearsals_pass_and_an_unrehearsed_move_is_refused(
     prefect_api: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`handover rehearse clean-move` of the CERN site from its recorded snapshot: the real plan
     and the twin's match, the move runs on the twin with nothing lost, and the rehearsal is kept
-    for the real site. Then, on a site whose policy requires a rehearsal (the twin itself, which
-    was never rehearsed), a clean move is refused before anything changes."""
+    for the real site. On a site whose policy requires a rehearsal (the twin itself, which was
+    never rehearsed), a clean move is refused before anything changes. Then `handover rehearse
+    rolling-upgrade` from a recorded upgrade snapshot passes too."""
     from flows.clean_move import clean_move
     from infra.cli import main
     from infra.lab.lab import Lab
@@ -256,3 +259,9 @@ def test_a_rehearsed_clean_move_passes_and_an_unrehearsed_one_is_refused(
         report = lab.down()
         lab.remove_state()
     assert report["leftovers"] == [], report
+    # the rolling upgrade to the site's target, from a recorded upgrade snapshot (each host on
+    # 2.0.3): the twin's hosts run 2.0.3, the plans match, every host ends on 2.1.0
+    argv = ["rehearse", "rolling-upgrade", "--site", str(CERN), "--snapshot", str(UPGRADE)]
+    assert main([*argv, "--octet", "253", "--state-dir", f"{state}-up"]) == 0
+    up = read_rehearsal("cern-fts", "rolling-upgrade")
+    assert up is not None and up.passed and up.plans_match and up.jobs_lost == 0

@@ -231,11 +231,17 @@ def register(sub: Any) -> None:
         "rehearse",
         help="plan a procedure for the real site, run it on the site's twin, compare and score",
     )
-    p.add_argument("procedure", choices=["clean-move"], help="the procedure to rehearse")
+    p.add_argument(
+        "procedure", choices=["clean-move", "rolling-upgrade"], help="the procedure to rehearse"
+    )
     site_arg(p)
-    p.add_argument("--from", dest="from_host", required=True, help="the host to move from")
-    p.add_argument("--to", dest="to_host", required=True, help="the host to move to")
-    p.add_argument("--mode", choices=["pipelined", "full", "staged"], default="pipelined")
+    g = p.add_argument_group("clean-move")
+    g.add_argument("--from", dest="from_host", help="the host to move from")
+    g.add_argument("--to", dest="to_host", help="the host to move to")
+    g.add_argument("--mode", choices=["pipelined", "full", "staged"], default="pipelined")
+    g = p.add_argument_group("rolling-upgrade")
+    g.add_argument("--version", help="the version to install (default: upgrade.target_version)")
+    g.add_argument("--hosts", help="only these hosts, in this order (comma-separated)")
     p.add_argument(
         "--snapshot",
         help="a recorded snapshot of the real site (`handover snapshot --json`) instead of "
@@ -248,7 +254,8 @@ def register(sub: Any) -> None:
 
 
 def cmd_rehearse(args: argparse.Namespace) -> int:
-    """`handover rehearse clean-move ...`: 0 when the rehearsal passed, 1 when it did not."""
+    """`handover rehearse clean-move|rolling-upgrade ...`: 0 when the rehearsal passed, 1 when
+    it did not."""
     from rich.console import Console
 
     from infra.cli.common import note, say
@@ -257,13 +264,26 @@ def cmd_rehearse(args: argparse.Namespace) -> int:
     load_site(args.site)  # a malformed site file is reported before anything starts
     # before Prefect is imported: its settings are read once, at its import
     configure_api(Console(stderr=True, highlight=False))
-    from infra.rehearse import as_json, publish, rehearse_clean_move
+    from infra.rehearse import (
+        as_json,
+        clean_move_rehearsal,
+        publish,
+        rehearse,
+        upgrade_rehearsal,
+    )
 
-    r = rehearse_clean_move(
+    if args.procedure == "clean-move":
+        if not (args.from_host and args.to_host):
+            error("rehearse clean-move needs --from and --to")
+            return 2
+        proc = clean_move_rehearsal(args.from_host, args.to_host, args.mode)
+    else:
+        hosts = [h.strip() for h in (args.hosts or "").split(",") if h.strip()]
+        proc = upgrade_rehearsal(args.version, hosts or None)
+
+    r = rehearse(
         Path(args.site),
-        from_host=args.from_host,
-        to_host=args.to_host,
-        mode=args.mode,
+        proc,
         snapshot_file=Path(args.snapshot) if args.snapshot else None,
         octet=args.octet,
         state_dir=Path(args.state_dir) if args.state_dir else None,

@@ -582,7 +582,9 @@ class Lab:
         # the first version of the agents' software, installed and configured as on a new box
         opt = d / "opt.upper"
         software.install_into(
-            self.paths.repo_dir, "1", opt / software.INSTALLED_DIR.relative_to("/opt")
+            self.paths.repo_dir,
+            lab.installed.get(h.name, "1"),
+            opt / software.INSTALLED_DIR.relative_to("/opt"),
         )
         yaim = opt / software.CONFIGURE_NODE.relative_to("/opt")
         yaim.parent.mkdir(parents=True, exist_ok=True)

@@ -100,6 +100,9 @@ class LabSettings(SiteModel):
     extra_versions: list[
         Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][\w.+~]{0,39}$")]
     ] = Field(default_factory=list)
+    #: per host, the version a new lab's host runs (default 1; one of the repository's): a
+    #: twin's hosts run their site's versions
+    installed: dict[str, str] = Field(default_factory=dict)
     #: per channel, the most transfers its agent runs at once (default
     #: `max_active_per_channel`): a twin's load shaped like its site's snapshot
     active_per_channel: dict[str, Annotated[int, Field(ge=1, le=1000)]] = Field(
@@ -132,6 +135,25 @@ def lab_problems(site: Site, lab: LabSettings) -> list[Problem]:
                     f"lab.hagd.watch[{i}]",
                     f"{w} is not a host of the site",
                     f"name hosts of `hosts:` ({', '.join(sorted(names))})",
+                )
+            )
+    from infra.lab.software import VERSIONS
+
+    carried = {*VERSIONS, *lab.extra_versions}
+    for host, version in lab.installed.items():
+        if host not in names:
+            p.append(
+                Problem(
+                    f"lab.installed.{host}", "not a host of the site", "name a host of `hosts:`"
+                )
+            )
+        if version not in carried:
+            p.append(
+                Problem(
+                    f"lab.installed.{host}",
+                    f"version {version} is not in the lab's repository "
+                    f"({', '.join(sorted(carried))})",
+                    "add it to lab.extra_versions",
                 )
             )
     if len(lab.hagd.watch) == 1:

@@ -11,10 +11,11 @@ depends on and replaces what only the real site has:
   database to the lab's PostgreSQL (with the lab's queries), the DNS servers to the lab's BIND9,
   the SSH key and known hosts to the lab's;
 * left out: Slack (a rehearsal asks nobody: a decision taken through the gateway only becomes
-  one taken anywhere) and the site's secrets (the lab makes its own); maintenance windows and
-  blackouts (a rehearsal runs now);
+  one taken anywhere, and an upgrade does not stop for one after its canary), the site's
+  secrets (the lab makes its own), maintenance windows and blackouts (a rehearsal runs now);
 * from a snapshot of the real site (`handover snapshot --json`), when given: the most transfers
-  each channel's agent runs at once, so the twin's load is shaped like the site's.
+  each channel's agent runs at once, so the twin's load is shaped like the site's; from an
+  upgrade's snapshot (`read_snapshot`), also the version each host runs.
 
 A site the lab cannot mirror is refused with every reason (`TwinRefused`): a site of web tools
 (its geo lab mirrors it), a command profile that differs from the FTS 2 commands the lab's hosts
@@ -23,6 +24,7 @@ implement (each command named), more hosts than the lab's block holds.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +103,7 @@ def twin_site_data(
     octet: int,
     state_dir: Path,
     snapshot: SiteSnapshot | None = None,
+    installed: Mapping[str, str] | None = None,
     source: str = "",
 ) -> dict[str, Any]:
     """The lab site file (as data) of `site`'s twin (module docstring).
@@ -162,6 +165,8 @@ def twin_site_data(
     data.pop("slack", None)
     if "upgrade" in real:
         data["upgrade"] = real["upgrade"]
+        # a rehearsal asks nobody, after the canary either
+        data["upgrade"]["approve_after_canary"] = False
     policies = real.get("procedures", {})
     for policy in policies.values():
         policy.pop("windows", None)  # a rehearsal runs now
@@ -174,12 +179,37 @@ def twin_site_data(
     move = data["procedures"].setdefault("clean-move", {})
     # the lab's agents give up waiting for their DB lock after lab.lock_wait_s
     move["agent_lock_wait_s"] = lab["lock_wait_s"]
-    if site.upgrade.target_version:
-        lab["extra_versions"] = [site.upgrade.target_version]
+    from infra.lab.software import VERSIONS
+
+    versions = [site.upgrade.target_version, *(installed or {}).values()]
+    extra = sorted({v for v in versions if v and v not in VERSIONS})
+    if extra:
+        lab["extra_versions"] = extra
+    if installed:
+        lab["installed"] = dict(installed)
     if snapshot is not None:
         counts = busiest(snapshot)
         lab["active_per_channel"] = {c: max(1, n) for c, n in sorted(counts.items())}
     return data
+
+
+def read_snapshot(path: Path) -> tuple[SiteSnapshot, dict[str, str] | None]:
+    """A recorded snapshot: a site's (`handover snapshot --json`), or an upgrade's (with each
+    host's installed version, then also returned).
+
+    Raises:
+        ValueError: the file is neither.
+    """
+    from pydantic import ValidationError
+
+    from flows.plans.rolling_upgrade import UpgradeSnapshot
+
+    text = path.read_text()
+    try:
+        up = UpgradeSnapshot.model_validate_json(text)
+    except ValidationError:
+        return SiteSnapshot.model_validate_json(text), None
+    return up.site, {h: u.installed for h, u in up.hosts.items() if u.installed}
 
 
 def write_twin(
@@ -201,12 +231,17 @@ def write_twin(
     from config.loader import load_site
 
     site = load_site(site_file)
-    snapshot = None
+    snapshot, installed = None, None
     if snapshot_file is not None:
-        snapshot = SiteSnapshot.model_validate_json(snapshot_file.read_text())
+        snapshot, installed = read_snapshot(snapshot_file)
     state_dir = state_dir or Path("/var/tmp/handover-lab") / f"{site.site}-twin"
     data = twin_site_data(
-        site, octet=octet, state_dir=state_dir, snapshot=snapshot, source=str(site_file)
+        site,
+        octet=octet,
+        state_dir=state_dir,
+        snapshot=snapshot,
+        installed=installed,
+        source=str(site_file),
     )
     out.write_text(
         f"# the lab's twin of {site_file} (`handover lab twin`): regenerated, not edited\n"
