@@ -144,11 +144,21 @@ def test_an_unreachable_host_fails_the_pre_checks(down: str) -> None:
     assert any(f"{down} is unreachable" in p and "emergency move" in p for p in plan.problems)
 
 
-def test_an_agent_running_on_both_hosts_fails_the_pre_checks() -> None:
+def test_an_agent_running_on_both_hosts_of_the_move_is_moved_on() -> None:
+    """fts102 rebooted after a move rolled back while it was down: its boot started a copy that
+    waits for the DB lock fts101's holds. A re-run of the move goes on: the copy on fts102 is
+    its standby, fts101's is drained and stopped (one of them holds the lock, always)."""
     snap = recorded(host("fts101", ON_101), host("fts102", [*ON_102, ON_101[0]]))
     plan = plan_clean_move(SITE, snap, req())
-    assert not plan.ok
-    assert any(ON_101[0] in p and "runs on both" in p for p in plan.problems)
+    assert plan.ok, plan.problems
+    cern = next(m for m in plan.agents if m.agent == ON_101[0])
+    assert (cern.state, cern.action) == ("on-source", "move")
+    assert any(
+        ON_101[0] in n and "runs on both" in n and "a copy fts102 started" in n for n in plan.notes
+    )
+    assert any(
+        s.verb == "stop" and s.host == "fts101" and ON_101[0] in s.agents for s in plan.steps
+    )
 
 
 def test_rerun_after_a_crash_finishes_what_was_left() -> None:
@@ -366,9 +376,10 @@ def test_the_standby_of_an_interrupted_move_is_not_an_agent_running_twice() -> N
     ral = next(m for m in plan.agents if m.agent == ON_101[1])
     assert ral.state == "on-source" and ral.action == "move"
     assert any("standby of an interrupted move" in n for n in plan.notes)
-    # on both hosts without that trace: refused, as before
+    # on both hosts without that trace: a copy the target started, the move goes on too
     both = recorded(host("fts101", ON_101), host("fts102", [*ON_102, ON_101[1]]))
-    assert not plan_clean_move(SITE, both, req()).ok
+    again = plan_clean_move(SITE, both, req())
+    assert again.ok and any("a copy fts102 started" in n for n in again.notes)
 
 
 def test_hand_over_sets_the_channel_active_when_the_database_sees_the_lock_released() -> None:

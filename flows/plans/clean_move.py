@@ -136,21 +136,22 @@ def _classify(
     for a in candidates:
         on_src, on_dst = src.runs(a.name), dst.runs(a.name)
         ch_state = snap.channels.get(a.channel) if a.channel else None
-        interrupted = a.name in src.disabled and a.name not in dst.disabled
-        if on_src and on_dst and interrupted:
-            # a hot-standby move was interrupted: the target's agent waits for the DB lock the
-            # source's holds (or holds it, the source's waiting); the move goes on from there
+        if on_src and on_dst:
+            # one copy holds the DB lock, the other waits for it: the target's copy is a
+            # standby (of an interrupted move, or started by the target's boot after a move
+            # rolled back while that host was down), or it serves and the source's waits.
+            # Either way the move's end is the target's copy alone: the move goes on, and the
+            # source's copy is stopped after its drain
+            why = (
+                "the standby of an interrupted move"
+                if a.name in src.disabled
+                else f"a copy {req.to_host} started at its boot, or in a run that did not finish"
+            )
             notes.append(
-                f"{a.name} runs on both hosts, listed in {req.from_host}'s .disabled file: the "
-                "standby of an interrupted move; the move goes on"
+                f"{a.name} runs on both {req.from_host} and {req.to_host} ({why}); only one holds "
+                f"the DB lock: the move goes on and stops it on {req.from_host}"
             )
             on_dst = False
-        if on_src and on_dst:
-            problems.append(
-                f"{a.name} runs on both {req.from_host} and {req.to_host}; stop the one that "
-                "should not run (one of them cannot hold the DB lock) and plan again"
-            )
-            continue
         if on_src:
             state: AgentState = "on-source"
             action: Literal["move", "start", "finish"] = "move"
