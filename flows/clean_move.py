@@ -43,7 +43,6 @@ from flows.plans.clean_move import (
     plan_markdown,
 )
 from flows.plans.clean_move_compensation import compensate_clean_move
-from flows.plans.rehearsal import rehearsal_refusal
 from flows.plans.snapshot import SiteSnapshot
 from flows.plans.verify import verify_clean_move
 from flows.plans.words import count
@@ -52,7 +51,7 @@ from flows.result import AgentOutcome, ProcedureResult, Status, Timing
 from flows.run_site import load_run_site
 from tasks.adapters.db import DatabaseUnavailable, read_transfer_eta
 from tasks.outcome import now
-from tasks.rehearsals import read_rehearsal
+from tasks.rehearsals import rehearsal_gate
 from tasks.remote import SiteShell
 from tasks.site_state import snapshot_site, snapshot_site_task
 
@@ -382,28 +381,25 @@ def _move(
             plan=plan,
             channels=snap.channels,
         )
-    rehearsed = ""
-    if policy.rehearse == "required":
-        record = read_rehearsal(site.site, PROCEDURE)
-        why = rehearsal_refusal(
-            record,
-            plan,
-            now=dt.datetime.now(dt.UTC),
-            within_s=policy.rehearse_within_s,
-            command=f"handover rehearse clean-move --site {site.site} --from {req.from_host} "
-            f"--to {req.to_host} --mode {req.mode}",
-        )
-        if why is not None:
-            return finish("refused", f"refused: {why}; nothing changed", plan=plan)
-        assert record is not None
-        rehearsed = f"; {record.sentence()}"
-        logger.info("%s", record.sentence())
+    refusal, rehearsed = rehearsal_gate(
+        site.site,
+        PROCEDURE,
+        policy,
+        plan,
+        f"handover rehearse clean-move --site {site.site} --from {req.from_host} --to "
+        f"{req.to_host} --mode {req.mode}",
+    )
+    if refusal is not None:
+        return finish("refused", f"refused: {refusal}; nothing changed", plan=plan)
+    if rehearsed:
+        logger.info("%s", rehearsed)
     approval = approve(
         policy,
         pause,
         requested_by,
         f"clean move of {count(len(plan.agents), 'agent')} {req.from_host} -> "
-        f"{req.to_host} ({req.mode}), est. {plan.estimated_duration_s:.0f} s{rehearsed}",
+        f"{req.to_host} ({req.mode}), est. {plan.estimated_duration_s:.0f} s"
+        + (f"; {rehearsed}" if rehearsed else ""),
         announce=lambda: thread.request_approval(plan, requested_by),
         conclude=thread.decided,
         slack=site.slack,

@@ -52,6 +52,7 @@ from flows.procedure import Finish, Finisher, Run, locked, procedure_run
 from flows.result import ProcedureResult, StepRecord
 from flows.run_site import load_run_site
 from tasks.outcome import now
+from tasks.rehearsals import rehearsal_gate
 from tasks.remote import SiteShell
 from tasks.site_state import snapshot_host, snapshot_site
 from tasks.upgrade import read_upgrade_host
@@ -262,7 +263,17 @@ def _upgrade(
         # (`procedure_run` checks that)
         check_not_crash_looping()
         return finish("dry-run", "dry run: " + plan.notes[0] + "; nothing changed", **known)
-    what = plan.notes[0] + f" on site {site.site}"
+    refusal, rehearsed = rehearsal_gate(
+        site.site,
+        PROCEDURE,
+        policy,
+        plan,
+        f"handover rehearse rolling-upgrade --site {site.site}"
+        + (f" --version {req.version}" if req.version else ""),
+    )
+    if refusal is not None:
+        return finish("refused", f"refused: {refusal}; nothing changed", **known)
+    what = plan.notes[0] + f" on site {site.site}" + (f"; {rehearsed}" if rehearsed else "")
     lines = [
         mrkdwn("Site *{}*, requested by {}.", site.site, who),
         mrkdwn("*Window*: {}{}", window.sentence(), " (FORCED)" if forced else ""),

@@ -265,3 +265,24 @@ def test_rehearsals_pass_and_an_unrehearsed_move_is_refused(
     assert main([*argv, "--octet", "253", "--state-dir", f"{state}-up"]) == 0
     up = read_rehearsal("cern-fts", "rolling-upgrade")
     assert up is not None and up.passed and up.plans_match and up.jobs_lost == 0
+    # what a run of the real site with `rehearse: required` is told: its plan was rehearsed
+    # (the upgrade), or another one was (a staged move, when the full one was rehearsed)
+    from config.site import ProcedurePolicy
+    from flows.plans.rolling_upgrade import UpgradeRequest, UpgradeSnapshot, plan_rolling_upgrade
+    from tasks.rehearsals import rehearsal_gate
+
+    real = load_site(CERN)
+    required = ProcedurePolicy(rehearse="required")
+    snap = UpgradeSnapshot.model_validate_json(UPGRADE.read_text())
+    upgrade = plan_rolling_upgrade(
+        real, snap, UpgradeRequest(version="2.1.0", batch=1, canary="fts105")
+    )
+    assert rehearsal_gate("cern-fts", "rolling-upgrade", required, upgrade, "cmd") == (
+        None,
+        up.sentence(),
+    )
+    staged = plan_clean_move(
+        real, recorded(), MoveRequest(from_host="fts101", to_host="fts102", mode="staged")
+    )
+    refusal, _ = rehearsal_gate("cern-fts", "clean-move", required, staged, "cmd")
+    assert refusal is not None and "was of another plan" in refusal

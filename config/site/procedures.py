@@ -29,7 +29,7 @@ class ProcedurePolicy(SiteModel):
     approval_via: Literal["any", "gateway"] = "any"
     #: ``required``: a run goes ahead only after a passed rehearsal of the same plan on the
     #: site's twin (`handover rehearse`), at most `rehearse_within_s` old; its approval
-    #: message names the rehearsal (the clean move)
+    #: message names the rehearsal (the clean move and the rolling upgrade)
     rehearse: Literal["optional", "required"] = "optional"
     #: how old a rehearsal may be to clear a run
     rehearse_within_s: float = Field(default=86400.0, gt=0, le=30 * 86400)
