@@ -213,8 +213,14 @@ def _one_after_crash(site_file: Path, row: Row, warmup_s: float) -> dict[str, An
         time.sleep(0.5)
         score = lab.score()
         out["jobs_lost"] = score.jobs_lost - before.jobs_lost
-        out["jobs_lost_allowed"] = "the crashed host's running transfers"
-        out["jobs_lost_elsewhere"] = _lost_elsewhere(lab, {src})
+        out["jobs_lost_allowed"] = "the crashed host's running transfers" + (
+            ", and what the database fault ends by itself" if row.where == "database" else ""
+        )
+        # a database that hangs or crashes makes every host's agents drop their sessions (as
+        # in a clean move's database rows): its losses may be anywhere
+        out["jobs_lost_elsewhere"] = _lost_elsewhere(
+            lab, None if row.where == "database" else {src}
+        )
         out["agents_twice"] = len(score.agents_running_twice)
     except Exception as exc:  # noqa: BLE001 - a row that breaks is reported, the matrix goes on
         out["error"] = f"{type(exc).__name__}: {exc}"[:500]
