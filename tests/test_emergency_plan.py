@@ -101,7 +101,13 @@ def test_case_c_launches_standbys_frees_the_locks_and_sends_nothing_to_the_host(
     )
     [(await_, active)] = [c.steps for c in collect.chains[1:]]
     assert (await_.verb, await_.host, active.verb) == ("await-serving", "fts102", "set-active")
-    assert [s.verb for s in await_.fallback] == ["drop-sessions", "start"]
+    # a standby that cannot take its lock: the sessions from the dead host and any left on the
+    # backup by an earlier crash are killed, and it is started again
+    assert [(s.verb, s.host) for s in await_.fallback] == [
+        ("drop-sessions", "fts101"),
+        ("drop-sessions", "fts102"),
+        ("start", "fts102"),
+    ]
     assert sorted(active.channels) == sorted(SITE.agent(a).channel or "" for a in await_.agents)
     # the host is down: the only step naming it goes to the database, not over SSH
     steps = [s for p in plan.phases for c in p.chains for s in c.steps]
