@@ -405,7 +405,10 @@ def _one(site_file: Path, row: Row, warmup_s: float) -> dict[str, Any]:
         out["jobs_lost"] = score.jobs_lost - before.jobs_lost
         out["jobs_lost_allowed"] = (
             "the host's running transfers"
-            if proc == "emergency-move" or (row.where == "source" and row.fault == "crash")
+            # a crashed host's transfers die with it, whichever end of the move it was (a
+            # target also runs agents of its own): `jobs_lost_elsewhere` checks no other host
+            # lost any
+            if proc == "emergency-move" or (row.fault == "crash" and row.where != "database")
             # a database that hangs or crashes, or a host cut off from it, for more than a few
             # seconds makes the agents concerned drop their sessions, and their running
             # transfers' state is lost, move or no move
