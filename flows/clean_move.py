@@ -47,11 +47,11 @@ from flows.plans.snapshot import SiteSnapshot
 from flows.plans.verify import verify_clean_move
 from flows.plans.words import count
 from flows.procedure import Finish, Finisher, Run, locked, procedure_run
+from flows.rehearsal_gate import rehearsal_gate
 from flows.result import AgentOutcome, ProcedureResult, Status, Timing
 from flows.run_site import load_run_site
 from tasks.adapters.db import DatabaseUnavailable, read_transfer_eta
 from tasks.outcome import now
-from tasks.rehearsals import rehearsal_gate
 from tasks.remote import SiteShell
 from tasks.site_state import snapshot_site, snapshot_site_task
 
@@ -382,7 +382,7 @@ def _move(
             channels=snap.channels,
         )
     refusal, rehearsed = rehearsal_gate(
-        site.site,
+        site,
         PROCEDURE,
         policy,
         plan,

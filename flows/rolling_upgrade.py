@@ -49,10 +49,10 @@ from flows.plans.verify import verify_rolling_upgrade
 from flows.plans.windows import WindowCheck, check_window
 from flows.plans.words import count
 from flows.procedure import Finish, Finisher, Run, locked, procedure_run
+from flows.rehearsal_gate import rehearsal_gate
 from flows.result import ProcedureResult, StepRecord
 from flows.run_site import load_run_site
 from tasks.outcome import now
-from tasks.rehearsals import rehearsal_gate
 from tasks.remote import SiteShell
 from tasks.site_state import snapshot_host, snapshot_site
 from tasks.upgrade import read_upgrade_host
@@ -264,7 +264,7 @@ def _upgrade(
         check_not_crash_looping()
         return finish("dry-run", "dry run: " + plan.notes[0] + "; nothing changed", **known)
     refusal, rehearsed = rehearsal_gate(
-        site.site,
+        site,
         PROCEDURE,
         policy,
         plan,

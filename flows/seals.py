@@ -20,6 +20,12 @@ site file (the API never carries it):
   countdown, an emergency policy that proceeds when nobody answers) and counts the monitoring, not a
   person, as its requester.
 
+* **a rehearsal** (`rehearsal_seal`, `rehearsal_seal_holds`): over the site, the procedure, the
+  plan's fingerprint, when it ran and whether it passed, keyed from the webhook secret (else the
+  Slack signing secret). `handover rehearse`, run by an operator who has the site's secrets,
+  seals its record; a run whose policy says ``rehearse: required`` counts only a record whose
+  seal verifies, so a Prefect Variable written through the API clears nothing.
+
 Keys are derived with a purpose of their own, so no seal is ever a valid signature of Slack's or
 of a webhook sender's.
 """
@@ -29,11 +35,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-from config.site import Alerts, SecretError, Slack
+from config.site import Alerts, SecretError, Site, Slack
 
 #: keeps each key apart from the secret's other uses
 _DECISION_PURPOSE = b"handover approval seal v2"
 _ALERT_PURPOSE = b"handover alert seal v1"
+_REHEARSAL_PURPOSE = b"handover rehearsal seal v1"
 
 
 def _mac(key: bytes, *parts: str) -> str:
@@ -128,3 +135,43 @@ def alert_seal_holds(
     if not hmac.compare_digest(alert_seal(key, alert_id, subject, float(at)), given):
         return False
     return -60.0 <= created_at - int(at) <= max_age_s
+
+
+def site_rehearsal_seal_key(site: Site) -> bytes | None:
+    """The site's rehearsal seal key: from its webhook secret, else its Slack signing secret;
+    None when it has neither or neither can be read."""
+    refs = []
+    if site.alerts is not None:
+        refs.append(site.alerts.webhook_secret)
+    if site.slack is not None:
+        refs.append(site.slack.signing_secret)
+    for ref in refs:
+        try:
+            secret = ref.resolve().get_secret_value()
+        except SecretError:
+            continue
+        if secret.strip():
+            return hmac.new(secret.encode(), _REHEARSAL_PURPOSE, hashlib.sha256).digest()
+    return None
+
+
+def rehearsal_seal(
+    key: bytes, site: str, procedure: str, fingerprint: str, at: str, passed: bool
+) -> str:
+    """The seal of a rehearsal's record (hex); `at` is its time in ISO format."""
+    return _mac(key, "rehearsal", site, procedure, fingerprint, at, "passed" if passed else "no")
+
+
+def rehearsal_seal_holds(
+    key: bytes | None,
+    site: str,
+    procedure: str,
+    fingerprint: str,
+    at: str,
+    passed: bool,
+    given: str,
+) -> bool:
+    """Whether `given` is the seal `handover rehearse` put on this record."""
+    if key is None or not given:
+        return False
+    return hmac.compare_digest(rehearsal_seal(key, site, procedure, fingerprint, at, passed), given)

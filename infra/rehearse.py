@@ -216,15 +216,21 @@ def rehearse(
         )
         out.markdown = report_markdown(out)
         return out
-    work = Path(tempfile.mkdtemp(prefix="handover-rehearse-"))
-    snap_file = work / "real-snapshot.json"
-    snap_file.write_text(real_snap.model_dump_json())
-    twin_file = write_twin(
-        site_file, octet=octet, out=work / "twin.yaml", snapshot_file=snap_file, state_dir=state_dir
-    )
+    with tempfile.TemporaryDirectory(prefix="handover-rehearse-") as work:
+        snap_file = Path(work) / "real-snapshot.json"
+        snap_file.write_text(real_snap.model_dump_json())
+        written = write_twin(
+            site_file,
+            octet=octet,
+            out=Path(work) / "twin.yaml",
+            snapshot_file=snap_file,
+            state_dir=state_dir,
+        )
+        lab = Lab.from_file(written)
+        lab.up(progress=progress)
+    # the lab keeps its own copy of the twin's site file, in its state directory
+    twin_file = lab.paths.site_file
     progress(f"the twin: {twin_file}")
-    lab = Lab.from_file(twin_file)
-    lab.up(progress=progress)
     try:
         twin = lab.site
         with SiteShell(twin) as shell:
@@ -265,8 +271,26 @@ def rehearse(
         if not keep:
             lab.down()
             lab.remove_state()
+    out.record = _sealed(real, out.record, progress)
     out.markdown = report_markdown(out)
     return out
+
+
+def _sealed(
+    site: Site, record: RehearsalRecord, progress: Callable[[str], None]
+) -> RehearsalRecord:
+    """The record with its seal (`flows.seals.rehearsal_seal`), keyed from the real site's
+    secrets; unsealed, and said so, when they cannot be read here."""
+    from flows.seals import rehearsal_seal, site_rehearsal_seal_key
+
+    key = site_rehearsal_seal_key(site)
+    if key is None:
+        progress(
+            "the site's webhook secret and Slack signing secret cannot be read here: the record "
+            "is not sealed, and a run whose policy requires a rehearsal will not count it"
+        )
+        return record
+    return record.model_copy(update={"seal": rehearsal_seal(key, *record.sealed_fields)})
 
 
 @flow(name="rehearsal", log_prints=False)

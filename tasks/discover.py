@@ -114,12 +114,8 @@ def read_one(shell: SiteShell, name: str) -> HostReading:
             "frontend_role": state.role if state.reachable and state.running else None,
         }
     )
-    channels = [
-        what
-        for a in reading.running
-        if (k := agent_kind(a)) is not None and k[0] == "channel"
-        for what in [k[1]]
-    ]
+    kinds = [agent_kind(a) for a in reading.running]
+    channels = [k[1] for k in kinds if k is not None and k[0] == "channel"]
     if channels:
         try:
             results = shell.run_many(name, [("channel_state", {"channel": ch}) for ch in channels])

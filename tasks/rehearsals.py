@@ -3,7 +3,6 @@ record (`flows.plans.rehearsal.RehearsalRecord`), so that a run on any worker ca
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 
 from prefect.client.orchestration import get_client
@@ -11,9 +10,7 @@ from prefect.client.schemas.actions import VariableCreate, VariableUpdate
 from prefect.exceptions import ObjectAlreadyExists
 from pydantic import ValidationError
 
-from config.site import ProcedurePolicy
-from flows.plans.model import Plan
-from flows.plans.rehearsal import RehearsalRecord, rehearsal_refusal
+from flows.plans.rehearsal import RehearsalRecord
 
 
 def variable_name(site: str, procedure: str) -> str:
@@ -43,31 +40,3 @@ def keep_rehearsal(record: RehearsalRecord) -> None:
             client.create_variable(VariableCreate(name=name, value=value))
         except ObjectAlreadyExists:
             client.update_variable(VariableUpdate(name=name, value=value))
-
-
-def rehearsal_gate(
-    site: str, procedure: str, policy: ProcedurePolicy, plan: Plan, command: str
-) -> tuple[str | None, str]:
-    """What a run's policy says of rehearsals: (why it may not go ahead, None when it may; what
-    its approval says of the rehearsal, "" when the policy does not ask for one).
-
-    Args:
-        site: the site's name.
-        procedure: the procedure's name.
-        policy: the procedure's policy (`rehearse`, `rehearse_within_s`).
-        plan: the run's plan.
-        command: the command that rehearses this run, for the refusal.
-    """
-    if policy.rehearse != "required":
-        return None, ""
-    record = read_rehearsal(site, procedure)
-    why = rehearsal_refusal(
-        record,
-        plan,
-        now=dt.datetime.now(dt.UTC),
-        within_s=policy.rehearse_within_s,
-        command=command,
-    )
-    if why is not None or record is None:
-        return why, ""
-    return None, record.sentence()

@@ -198,15 +198,25 @@ def test_the_plans_compared_and_a_rehearsal_clearing_only_its_own_plan() -> None
     )
     cmd = "handover rehearse clean-move ..."
     assert "requires a rehearsal" in str(
-        rehearsal_refusal(None, mine, now=now, within_s=60, command=cmd)
+        rehearsal_refusal(None, mine, now=now, within_s=60, command=cmd, sealed=True)
     )
-    assert rehearsal_refusal(rec, mine, now=now, within_s=60, command=cmd) is None
+    assert rehearsal_refusal(rec, mine, now=now, within_s=60, command=cmd, sealed=True) is None
+    # a record without `handover rehearse`'s seal (a Variable written through the API) clears
+    # nothing, however good it looks
+    forged = rehearsal_refusal(rec, mine, now=now, within_s=60, command=cmd, sealed=False)
+    assert "does not carry the seal of `handover rehearse`" in str(forged)
     staged = plan_clean_move(real, recorded(), req.model_copy(update={"mode": "staged"}))
-    assert "another plan" in str(rehearsal_refusal(rec, staged, now=now, within_s=60, command=cmd))
+    assert "another plan" in str(
+        rehearsal_refusal(rec, staged, now=now, within_s=60, command=cmd, sealed=True)
+    )
     later = now + dt.timedelta(hours=2)
-    assert "h old" in str(rehearsal_refusal(rec, mine, now=later, within_s=3600, command=cmd))
+    assert "h old" in str(
+        rehearsal_refusal(rec, mine, now=later, within_s=3600, command=cmd, sealed=True)
+    )
     failed = rec.model_copy(update={"passed": False, "jobs_lost": 2})
-    assert "failed" in str(rehearsal_refusal(failed, mine, now=now, within_s=60, command=cmd))
+    assert "failed" in str(
+        rehearsal_refusal(failed, mine, now=now, within_s=60, command=cmd, sealed=True)
+    )
     assert rec.sentence() == (
         "rehearsed at 21:40 UTC on the twin: 0 lost, 0 serving twice, 4.3 s downtime at most"
     )
@@ -228,6 +238,11 @@ def test_rehearsals_pass_and_an_unrehearsed_move_is_refused(
 
     require_lab()
     monkeypatch.setenv("PREFECT_API_URL", prefect_api)
+    # the CERN site's Slack signing secret is a Prefect Secret block: the rehearsal's seal is
+    # keyed from it (its webhook secret's file does not exist here)
+    from prefect.blocks.system import Secret
+
+    Secret(value="rehearsal-test-signing-secret").save("fts-slack-signing-secret", overwrite=True)
     state = Path(f"/var/tmp/handover-lab/rehearsetest-{os.getpid()}")
     argv = ["rehearse", "clean-move", "--site", str(CERN), "--snapshot", str(SNAPSHOT)]
     argv += ["--from", "fts101", "--to", "fts102", "--mode", "full", "--octet", "242"]
@@ -269,7 +284,8 @@ def test_rehearsals_pass_and_an_unrehearsed_move_is_refused(
     # (the upgrade), or another one was (a staged move, when the full one was rehearsed)
     from config.site import ProcedurePolicy
     from flows.plans.rolling_upgrade import UpgradeRequest, UpgradeSnapshot, plan_rolling_upgrade
-    from tasks.rehearsals import rehearsal_gate
+    from flows.rehearsal_gate import rehearsal_gate
+    from tasks.rehearsals import keep_rehearsal
 
     real = load_site(CERN)
     required = ProcedurePolicy(rehearse="required")
@@ -277,12 +293,17 @@ def test_rehearsals_pass_and_an_unrehearsed_move_is_refused(
     upgrade = plan_rolling_upgrade(
         real, snap, UpgradeRequest(version="2.1.0", batch=1, canary="fts105")
     )
-    assert rehearsal_gate("cern-fts", "rolling-upgrade", required, upgrade, "cmd") == (
+    assert up.seal and rehearsal_gate(real, "rolling-upgrade", required, upgrade, "cmd") == (
         None,
         up.sentence(),
     )
     staged = plan_clean_move(
         real, recorded(), MoveRequest(from_host="fts101", to_host="fts102", mode="staged")
     )
-    refusal, _ = rehearsal_gate("cern-fts", "clean-move", required, staged, "cmd")
+    refusal, _ = rehearsal_gate(real, "clean-move", required, staged, "cmd")
     assert refusal is not None and "was of another plan" in refusal
+    # the same record written through the API without the seal, or with a forged one
+    for seal in ("", "0" * 64):
+        keep_rehearsal(up.model_copy(update={"seal": seal}))
+        refusal, _ = rehearsal_gate(real, "rolling-upgrade", required, upgrade, "cmd")
+        assert refusal is not None and "does not carry the seal" in refusal

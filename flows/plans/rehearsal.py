@@ -65,6 +65,13 @@ class RehearsalRecord(BaseModel):
     downtime_s: dict[str, float] = Field(default_factory=dict)
     #: where its report is (the artifact's key, and its URL when the API has a UI)
     report: str = ""
+    #: `handover rehearse`'s seal over the fields a run checks (`flows.seals.rehearsal_seal`)
+    seal: str = ""
+
+    @property
+    def sealed_fields(self) -> tuple[str, str, str, str, bool]:
+        """What the seal covers: site, procedure, fingerprint, time (ISO), passed."""
+        return (self.site, self.procedure, self.fingerprint, self.at.isoformat(), self.passed)
 
     def sentence(self) -> str:
         """How an approver is told about it."""
@@ -151,6 +158,7 @@ def rehearsal_refusal(
     now: dt.datetime,
     within_s: float,
     command: str,
+    sealed: bool,
 ) -> str | None:
     """Why a run whose policy requires a rehearsal may not go ahead (None: it may).
 
@@ -160,9 +168,16 @@ def rehearsal_refusal(
         now: the time now.
         within_s: how old a rehearsal may be.
         command: the command that rehearses this run, for the message.
+        sealed: whether the record carries `handover rehearse`'s seal (`flows.seals`).
     """
     if record is None:
         return f"this site requires a rehearsal on the twin first: run `{command}`"
+    if not sealed:
+        return (
+            "the last rehearsal's record does not carry the seal of `handover rehearse` (it was "
+            "written another way, or with other site secrets); rehearse with the site's "
+            f"secrets readable: `{command}`"
+        )
     age = (now - record.at).total_seconds()
     if record.fingerprint != fingerprint(plan):
         return (
