@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+from flows.plans.rolling_upgrade import AgentStatus, parse_status
 from flows.plans.words import count
 from tasks.adapters.ssh import CommandResult, TransientSshError
 from tasks.outcome import StepFailed, StepResult, listing, now, was
@@ -30,6 +31,17 @@ def _read(shell: SiteShell, host: str, verb: str) -> HostSnapshot:
             raise TransientSshError(f"{verb}: {snap.error}", host=host)
         raise StepFailed(f"{verb}: {snap.error}", host=host, verb=verb)
     return snap
+
+
+def read_status(shell: SiteShell, host: str) -> tuple[list[AgentStatus], str]:
+    """The running agents as the host's init script reports them (the profile's
+    `agents_status`), and the command that was run.
+
+    Raises:
+        SshError: the host could not be reached.
+    """
+    res = shell.run(host, "agents_status")
+    return parse_status(res.stdout, shell.site.commands.agent_status_regex), res.command
 
 
 def _check_configured(shell: SiteShell, host: str, agents: list[str], verb: str) -> None:

@@ -19,7 +19,15 @@ from concurrent.futures import Future
 
 from flows.plans.words import count
 from tasks.adapters.ssh import CommandResult
-from tasks.agents import START_TIMEOUT_S, _read, _tail, start_agents, startable, stop_agents
+from tasks.agents import (
+    START_TIMEOUT_S,
+    _read,
+    _tail,
+    read_status,
+    start_agents,
+    startable,
+    stop_agents,
+)
 from tasks.outcome import StepFailed, StepResult, listing, now, was
 from tasks.remote import SiteShell
 
@@ -148,8 +156,12 @@ def await_serving(shell: SiteShell, host: str, agents: list[str]) -> StepResult:
     """Wait for each agent's standby to serve on `host`; start again those whose standby gave
     up (or that this process never launched).
 
+    An agent that already ran on `host` (a copy started by the host's boot, or by an earlier
+    run) is waited for until it serves; a copy that only waits for a lock a stale session holds
+    gives up at its lock wait, and the step fails so that its fallback kills that session.
+
     Pre-condition: the agents no longer run on the source (their lock is free or being
-    released). Post-condition: each agent runs on `host`.
+    released). Post-condition: each agent serves on `host`.
     """
     verb = "await-serving"
     started = now()
@@ -171,15 +183,31 @@ def await_serving(shell: SiteShell, host: str, agents: list[str]) -> StepResult:
         else:
             gave_up[a] = f"`{res.command}` exited {res.exit_code}: {_tail(res)}"
     again: StepResult | None = None
+    waited: dict[str, str] = {}
+    ran: list[str] = []
     if gave_up:
         # the source's agent is stopped: the lock is free, a plain start takes it at once
         again = start_agents(shell, host, list(gave_up))
+        # a copy that ran already (started by the host's boot, or by an earlier run) is left
+        # alone by that start, and may only wait for a lock a stale session holds
+        ran = [a for a in again.unchanged if a in gave_up]
+        waited = _until_serving(shell, host, ran)
     after = _read(shell, host, verb)
-    missing = [a for a in agents if not after.runs(a)]
+    missing = [a for a in agents if not after.runs(a) or a in waited]
     if missing:
         raise StepFailed(
-            f"{host}: {', '.join(missing)} not running after its start; "
-            + "; ".join(f"{a}: {gave_up.get(a, 'its standby reported serving')}" for a in missing),
+            f"{host}: {', '.join(missing)} not serving after its start; "
+            + "; ".join(
+                f"{a}: "
+                + (
+                    f"it runs but is {waited[a]} after {START_TIMEOUT_S:g} s"
+                    if a in waited
+                    else "the copy already running there waited for its DB lock and gave up"
+                    if a in ran
+                    else gave_up.get(a, "its standby reported serving")
+                )
+                for a in missing
+            ),
             host=host,
             verb=verb,
         )
@@ -200,6 +228,26 @@ def await_serving(shell: SiteShell, host: str, agents: list[str]) -> StepResult:
         started_at=started,
         ended_at=now(),
     )
+
+
+def _until_serving(shell: SiteShell, host: str, agents: list[str]) -> dict[str, str]:
+    """Wait until each of `agents` that runs on the host serves, or runs no more (a copy that
+    waited for its DB lock in vain gives up at its lock wait); those still running without
+    serving after `START_TIMEOUT_S`, with the state their status gives."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while agents:
+        statuses, _ = read_status(shell, host)
+        by_name = {s.agent: s for s in statuses}
+        snap = _read(shell, host, "await-serving")
+        waiting = {
+            a: by_name[a].state
+            for a in agents
+            if snap.runs(a) and a in by_name and not by_name[a].serving
+        }
+        if not waiting or time.monotonic() >= deadline:
+            return waiting
+        time.sleep(0.25)
+    return {}
 
 
 def forget(shell: SiteShell) -> None:

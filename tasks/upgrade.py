@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from flows.plans.rolling_upgrade import AgentStatus, UpgradeHost, parse_installed, parse_status
 from flows.plans.words import count
 from tasks.adapters.ssh import CommandResult, SshError
-from tasks.agents import START_TIMEOUT_S
+from tasks.agents import START_TIMEOUT_S, read_status
 from tasks.outcome import StepFailed, StepResult, listing, now
 from tasks.remote import SiteShell
 from tasks.site_state import snapshot_host
@@ -51,14 +51,8 @@ def read_upgrade_host(shell: SiteShell, host: str) -> UpgradeHost:
     )
 
 
-def _status(shell: SiteShell, host: str) -> tuple[list[AgentStatus], str]:
-    res = shell.run(host, "agents_status")
-    return parse_status(res.stdout, shell.site.commands.agent_status_regex), res.command
-
-
 def _serving(st: AgentStatus | None) -> bool:
-    # an init script that does not report the state: running is all it can say
-    return st is not None and st.state in ("", "serving")
+    return st is not None and st.serving
 
 
 def check_agents(shell: SiteShell, host: str, agents: list[str], others: list[str]) -> StepResult:
@@ -66,7 +60,7 @@ def check_agents(shell: SiteShell, host: str, agents: list[str], others: list[st
     verb = "check-agents"
     started = now()
     with ThreadPoolExecutor(max_workers=1 + min(8, len(others) or 1)) as ex:
-        status = ex.submit(_status, shell, host)
+        status = ex.submit(read_status, shell, host)
         peers = list(ex.map(lambda h: snapshot_host(shell, h), others))
         statuses, command = status.result()
     by_name = {s.agent: s for s in statuses}
@@ -198,7 +192,7 @@ def restart_agents(
     t0 = time.monotonic()
     res = shell.run(host, "restart", timeout=START_TIMEOUT_S)
     took = time.monotonic() - t0
-    statuses, status_cmd = _status(shell, host)
+    statuses, status_cmd = read_status(shell, host)
     by_name = {s.agent: s for s in statuses}
     installed = None
     if version is not None and any(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from prefect import flow
 
@@ -140,6 +142,54 @@ def test_a_standby_waits_for_the_lock_and_takes_it_when_the_primary_lets_go(
         verbs.stop_agents(lab.shell, "fts102", [PIC])
         served = await_serving(lab.shell, "fts101", [PIC])
         assert served.sentence == "fts101: 1 standby (CERN-PIC) took the DB lock"
+        assert lab.lab.score().agents_running_twice == []
+    finally:
+        place_on_primaries(lab)
+
+
+def test_a_copy_already_running_that_waits_for_a_stale_lock_is_not_counted_as_serving(
+    lab: RunningLab,
+) -> None:
+    """A rebooted host's boot started CERN-PIC again while its session from before the crash
+    still holds the DB lock: the copy runs but only waits. `await_serving` waits for it, and
+    fails once it gave up, so that the step's fallback kills the stale session and starts it
+    again (which then serves)."""
+    import contextlib
+    import threading
+
+    from tasks.db_sessions import drop_sessions
+    from tasks.standby import await_serving
+    from tests.conftest import place_on_primaries
+
+    address = lab.site.host("fts101").address
+    try:
+        verbs.stop_agents(lab.shell, "fts102", [PIC])
+        verbs.clear_disabled(lab.shell, "fts101", [PIC])
+        # the crashed copy's session: from fts101, in the agent's name, holding its lock
+        stale = lab.lab.db.connect(source_address=address, application_name=PIC)
+        with contextlib.closing(stale):
+            stale.run("SELECT pg_advisory_lock(hashtext(:n))", n=PIC)
+            boot = threading.Thread(
+                target=lambda: lab.shell.run("fts101", "start_agent", agent=PIC, timeout=60)
+            )
+            boot.start()
+            deadline = time.monotonic() + 20
+            while not snapshot_host(lab.shell, "fts101").runs(PIC):
+                assert time.monotonic() < deadline, "the boot's copy never ran"
+                time.sleep(0.1)
+            with pytest.raises(StepFailed) as failed:
+                await_serving(lab.shell, "fts101", [PIC])
+            assert "waited for its DB lock and gave up" in str(failed.value), failed.value
+            assert not snapshot_host(lab.shell, "fts101").runs(PIC)
+            boot.join(30)
+            # the fallback: the stale session killed, a plain start takes the lock
+            dropped = drop_sessions(lab.site, "fts101", PIC)
+            assert dropped.changed, dropped.sentence
+        started = verbs.start_agents(lab.shell, "fts101", [PIC])
+        assert started.changed == [PIC], started.sentence
+        await_serving(lab.shell, "fts101", [PIC])  # the copy that runs now serves: it passes
+        [status] = [s for s in verbs.read_status(lab.shell, "fts101")[0] if s.agent == PIC]
+        assert status.serving, status
         assert lab.lab.score().agents_running_twice == []
     finally:
         place_on_primaries(lab)

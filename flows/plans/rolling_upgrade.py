@@ -39,6 +39,12 @@ class AgentStatus(BaseModel):
     #: seconds it was down at its last restart (when the status says)
     down_s: float | None = None
 
+    @property
+    def serving(self) -> bool:
+        """Whether it serves: an init script that does not report the state says only that the
+        agent runs, which is all that can be asked of it."""
+        return self.state in ("", "serving")
+
 
 class UpgradeHost(BaseModel):
     """What the upgrade needs of one host beside its process snapshot."""

@@ -34,13 +34,14 @@ class StartStandby(Step):
 
 
 class AwaitServing(Step):
-    """Collect the standbys' word: each agent runs (it took its lock, or was started again)."""
+    """Collect the standbys' word: each agent serves (it took its lock, or was started again)."""
 
     verb: Literal["await-serving"] = "await-serving"
 
     PRE: ClassVar[str] = "the source's agents are stopped"
     POST: ClassVar[str] = (
-        "each agent runs on the host (its standby took the DB lock, or it was started again)"
+        "each agent serves on the host (its standby took the DB lock, it was started again, or "
+        "a copy already running there took it)"
     )
 
     def planned_commands(self, site: Site) -> list[str]:
