@@ -11,7 +11,8 @@ and lays the steps out for the chosen mode:
   drained, so a channel's downtime is its own drain plus the restart.
 
 A re-run after a crash converges because the plan is derived from what is live: an agent already
-on the target only has the move finished (its channel set Active), an agent stopped on the source
+on the target only has the move finished (it must serve there, and its channel is set Active),
+an agent stopped on the source
 but not yet started on the target is started there, and so on. Nothing here does I/O.
 """
 
@@ -67,7 +68,8 @@ class AgentMove(BaseModel):
     running_transfers: int = 0
     channel_state: str | None = None
     #: "move": the whole procedure; "start": stopped on the source, start it on the target;
-    #: "finish": already on the target, only make sure its channel is Active.
+    #: "finish": already on the target, only make sure it serves there (not listed in the
+    #: target's `.disabled`) and its channel is Active.
     action: Literal["move", "start", "finish"]
     estimated_drain_s: float = 0.0
     #: pipelined with a cut-over window: when its channel is expected to go Inactive and why
@@ -209,6 +211,7 @@ def _chain_steps(
     src, dst = req.from_host, req.to_host
     moving = [m for m in ms if m.action == "move"]
     starting = [m for m in ms if m.action in ("move", "start")]
+    finishing = [m for m in ms if m.action == "finish"]
     chans = [m.channel for m in ms if m.channel]
     move_chans = [m.channel for m in moving if m.channel]
     if drain and move_chans:
@@ -232,9 +235,12 @@ def _chain_steps(
                 all_agents=all_agents,
             )
         )
+    if starting or finishing:
+        # the target is where each of them lives after the move: its boot must start them
+        listed = [m.agent for m in starting + finishing]
+        steps.append(step(site, f"{prefix}clear-disabled", "clear-disabled", dst, listed, []))
     if starting:
         names = [m.agent for m in starting]
-        steps.append(step(site, f"{prefix}clear-disabled", "clear-disabled", dst, names, []))
         # once the stop is verified, a session of these agents from the source is stale (a
         # source cut off from the database, a database that froze, leave one holding the lock)
         steps.append(
@@ -246,6 +252,21 @@ def _chain_steps(
                 names,
                 [],
                 fallback=start_again(site, prefix, src, dst, names),
+            )
+        )
+    if finishing:
+        names = [m.agent for m in finishing]
+        # a copy already running on the target counts once it serves: one its boot started
+        # after a crash may only wait for a lock its own stale session holds
+        steps.append(
+            step(
+                site,
+                f"{prefix}await-serving",
+                "await-serving",
+                dst,
+                names,
+                [],
+                fallback=start_again(site, f"{prefix}finish/", src, dst, names),
             )
         )
     if chans:
