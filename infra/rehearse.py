@@ -45,7 +45,7 @@ from flows.plans.rehearsal import (
     plan_shape,
 )
 from flows.plans.snapshot import SiteSnapshot
-from infra.lab.twin import busiest
+from infra.lab.twin import busiest, twin_load
 
 
 class Rehearsal(BaseModel):
@@ -60,6 +60,8 @@ class Rehearsal(BaseModel):
     #: how the run on the twin ended (its state's message)
     twin_run: str = ""
     twin_site_file: str = ""
+    #: the twin's load shaped on the real snapshot, in words (`infra.lab.twin.TwinLoad`)
+    load: str = ""
     markdown: str = ""
 
 
@@ -216,6 +218,8 @@ def rehearse(
         )
         out.markdown = report_markdown(out)
         return out
+    load = twin_load(proc.site_snapshot(real_snap)).sentence()
+    progress(load)
     with tempfile.TemporaryDirectory(prefix="handover-rehearse-") as work:
         snap_file = Path(work) / "real-snapshot.json"
         snap_file.write_text(real_snap.model_dump_json())
@@ -266,6 +270,7 @@ def rehearse(
             estimated_s=estimated,
             twin_run=f"{state.name}: {state.message or ''}".strip(),
             twin_site_file=str(twin_file),
+            load=load,
         )
     finally:
         if not keep:
@@ -322,6 +327,7 @@ def report_markdown(r: Rehearsal) -> str:
         "",
         f"**{'PASSED' if rec.passed else 'FAILED'}**: {rec.sentence()}",
         f"- plan fingerprint `{rec.fingerprint}`; the run on the twin: {r.twin_run or '-'}",
+        *([f"- {r.load}"] if r.load else []),
         "",
         "| step | real site | twin |",
         "|---|---|---|",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from config.site import Commands
+from flows.plans.snapshot import parse_etime
 from tasks.site_state import parse_disabled, parse_processes
 
 # `ps -eo pid=,user=,args=` as recorded on a lab host during a transfer burst
@@ -34,6 +35,39 @@ def test_agents_and_transfers_are_parsed() -> None:
         ("CERN-RAL", "9"),
         ("CERN-RAL", "12"),
     ]
+
+
+# `ps -eo pid=,user=,etime=,args=` (the default profile's): each process's elapsed time too
+RECORDED_PS_ETIME = """\
+      1 root          10:05 bash /var/tmp/handover-lab/lab/hosts/fts101/init.sh
+     15 edguser    09:58:01 glite-transfer-channel-agent-urlcopy-CERN-RAL
+     21 edguser  2-01:00:00 CERN-RAL__9 5.52
+     26 edguser       00:07 CERN-RAL__12 0.52
+     27 edguser  CERN-RAL__13 0.52
+     28 edguser       00:03 12:00 not a transfer
+"""
+
+
+def test_the_elapsed_time_column_gives_each_transfer_its_age() -> None:
+    agents, transfers = parse_processes(RECORDED_PS_ETIME, Commands())
+    assert [(a.name, a.pid) for a in agents] == [
+        ("glite-transfer-channel-agent-urlcopy-CERN-RAL", 15)
+    ]
+    # a line without the column (another listing's) still parses, with no age
+    assert [(t.transfer_id, t.age_s) for t in transfers] == [
+        ("9", 2 * 86400 + 3600.0),
+        ("12", 7.0),
+        ("13", None),
+    ]
+    assert [parse_etime(x) for x in ("00:07", "01:02:03", "3-00:00:01", "5.52", "1:2:3:4")] == [
+        7.0,
+        3723.0,
+        259201.0,
+        None,
+        None,
+    ]
+    # the three-column listing of older profiles gives no ages
+    assert {t.age_s for t in parse_processes(RECORDED_PS, Commands())[1]} == {None}
 
 
 def test_a_grep_for_an_agent_is_not_an_agent() -> None:

@@ -105,6 +105,10 @@ def test_a_site_the_lab_cannot_mirror_is_refused_with_each_reason() -> None:
         twin_site_data(parse_site(data), octet=240, state_dir=Path("/var/tmp/x"))
     [p] = exc.value.problems
     assert p.path == "commands.stop_all" and "fts-stop-everything" in p.message
+    # a listing without the elapsed time (an older profile's) is still the lab's `ps`
+    data = yaml.safe_load(CERN.read_text())
+    data["commands"]["list_processes"] = ["ps", "-eo", "pid=,user=,args="]
+    assert twin_site_data(parse_site(data), octet=240, state_dir=Path("/var/tmp/x"))
     geo = load_site(ROOT / "config" / "sites" / "geo-lab.yaml")
     with pytest.raises(TwinRefused, match="geo lab"):
         twin_site_data(geo, octet=240, state_dir=Path("/var/tmp/x"))
@@ -112,6 +116,38 @@ def test_a_site_the_lab_cannot_mirror_is_refused_with_each_reason() -> None:
     other.hosts[0].host = "elsewhere01"
     with pytest.raises(TwinRefused, match="hosts elsewhere01 are not the site's"):
         twin_site_data(load_site(CERN), octet=240, state_dir=Path("/var/tmp/x"), snapshot=other)
+
+
+@pytest.mark.unit
+def test_the_twins_transfers_last_as_long_as_the_sites_from_their_ages() -> None:
+    """Each channel's transfers on the twin last about as long as the site's, estimated from
+    the ages `ps` gave (and the remaining times, when the database gave them); transfers of
+    minutes are scaled down, all by one factor, and the report says so."""
+    from flows.plans.snapshot import TransferProcess
+    from infra.lab.twin import MAX_TWIN_TRANSFER_S, channel_duration, twin_load
+
+    # steady load: ages uniform over the duration, the oldest of n is n/(n+1) of it
+    assert channel_duration([2.0, 4.0, 6.0], None) == 8.0
+    # with what each still needs: mean age + mean remaining time
+    assert channel_duration([2.0, 4.0], [5.0, 3.0]) == 7.0
+    snap = recorded().model_copy(deep=True)
+    fts101 = snap.host("fts101")
+    fts101.transfer_processes = [
+        TransferProcess(channel="CERN-FNAL", transfer_id=str(i), pid=100 + i, age_s=age)
+        for i, age in enumerate((60.0, 300.0, 540.0))  # transatlantic: minutes
+    ] + [TransferProcess(channel="CERN-RAL", transfer_id="9", pid=99, age_s=30.0)]
+    load = twin_load(snap)
+    assert load.durations_s == {"CERN-FNAL": 720.0, "CERN-RAL": 60.0}
+    assert load.scale == 720.0 / MAX_TWIN_TRANSFER_S
+    assert "36 times shorter than the site's" in load.sentence(), load.sentence()
+    data = twin_site_data(load_site(CERN), octet=240, state_dir=Path("/var/tmp/x"), snapshot=snap)
+    transfers = lab_settings(parse_site(data)).transfers
+    assert transfers.profile("CERN-FNAL").short_s == (15.0, 25.0)  # 720 s / 36, +-25 %
+    assert transfers.profile("CERN-RAL").long_s == (1.25, 2.083)
+    assert transfers.profile("CERN-CNAF") == transfers  # no ages: the lab's durations
+    assert "36 times shorter" in data["description"]
+    # a snapshot without ages (a listing without the elapsed time) shapes the counts only
+    assert twin_load(recorded()).durations_s == {}
 
 
 @pytest.mark.lab

@@ -47,8 +47,9 @@ class Commands(SiteModel):
     must be a whole word, so a value can never change the shape of the command.
     """
 
-    #: lists every process with its PID, user and arguments (the snapshot parses it)
-    list_processes: ArgvTemplate = ["ps", "-eo", "pid=,user=,args="]
+    #: lists every process with its PID, user, elapsed time and arguments (the snapshot parses
+    #: it; the elapsed time, `ps`'s ``etime``, is optional: it gives the running transfers' ages)
+    list_processes: ArgvTemplate = ["ps", "-eo", "pid=,user=,etime=,args="]
     #: prints a channel's state (`channel_state_regex` reads it)
     channel_state: ArgvTemplate = ["glite-transfer-channel-list", "{channel}"]
     #: the first group is the channel's state (`Active`, `Inactive`...)

@@ -31,6 +31,8 @@ class TransferProcess(BaseModel):
     channel: str
     transfer_id: str
     pid: int
+    #: how long it has run, in seconds (None: the process listing has no elapsed time)
+    age_s: float | None = None
 
 
 class HostSnapshot(BaseModel):
@@ -89,10 +91,26 @@ class SiteSnapshot(BaseModel):
         return [h.host for h in self.hosts if h.runs(agent)]
 
 
+#: `ps`'s elapsed time, ``[[DD-]hh:]mm:ss``
+_ETIME = re.compile(r"^(?:(?:(\d+)-)?(\d+):)?(\d+):(\d+)$")
+
+
+def parse_etime(text: str) -> float | None:
+    """Seconds from `ps`'s ``etime`` (``[[DD-]hh:]mm:ss``); None when it is not one."""
+    m = _ETIME.match(text)
+    if m is None:
+        return None
+    days, hours, minutes, seconds = (int(g) if g else 0 for g in m.groups())
+    return float(((days * 24 + hours) * 60 + minutes) * 60 + seconds)
+
+
 def parse_processes(
     text: str, commands: Commands
 ) -> tuple[list[AgentProcess], list[TransferProcess]]:
-    """Parse ``ps -eo pid=,user=,args=`` output into agent and transfer processes.
+    """Parse ``ps -eo pid=,user=,etime=,args=`` output into agent and transfer processes.
+
+    The elapsed-time column is optional: ``ps -eo pid=,user=,args=`` (a profile written before
+    it, or a `ps` without it) parses too, and its transfers have no age.
 
     Args:
         text: the command's stdout.
@@ -106,17 +124,21 @@ def parse_processes(
     agents: list[AgentProcess] = []
     transfers: list[TransferProcess] = []
     for line in text.splitlines():
-        parts = line.split(None, 2)
+        parts = line.split(None, 3)
         if len(parts) < 3 or not parts[0].isdigit():
             continue
-        pid, user, args = int(parts[0]), parts[1], parts[2]
+        pid, user = int(parts[0]), parts[1]
+        age = parse_etime(parts[2]) if len(parts) == 4 else None
+        args = parts[3] if age is not None else line.split(None, 2)[2]
         m = agent_re.match(args)
         if m and args.split(None, 1)[0] == m.group(1):
             agents.append(AgentProcess(name=m.group(1), pid=pid, user=user))
             continue
         t = transfer_re.match(args)
         if t:
-            transfers.append(TransferProcess(channel=t.group(1), transfer_id=t.group(2), pid=pid))
+            transfers.append(
+                TransferProcess(channel=t.group(1), transfer_id=t.group(2), pid=pid, age_s=age)
+            )
     return agents, transfers
 
 

@@ -329,6 +329,10 @@ def _twin(args: argparse.Namespace) -> int:
         error("refused", f"--snapshot {args.snapshot}: {exc}")
         return 2
     say(f"the twin's site file: {twin}")
+    if args.snapshot:
+        from infra.lab.twin import read_snapshot, twin_load
+
+        say(twin_load(read_snapshot(Path(args.snapshot))[0]).sentence())
     if args.no_up:
         return 0
     report = Lab.from_file(twin).up(progress=note)

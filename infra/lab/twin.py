@@ -13,9 +13,12 @@ depends on and replaces what only the real site has:
 * left out: Slack (a rehearsal asks nobody: a decision taken through the gateway only becomes
   one taken anywhere, and an upgrade does not stop for one after its canary), the site's
   secrets (the lab makes its own), maintenance windows and blackouts (a rehearsal runs now);
-* from a snapshot of the real site (`handover snapshot --json`), when given: the most transfers
-  each channel's agent runs at once, so the twin's load is shaped like the site's; from an
-  upgrade's snapshot (`read_snapshot`), also the version each host runs.
+* from a snapshot of the real site (`handover snapshot --json`), when given: the twin's load
+  (`twin_load`): per channel, as many transfers at once as the site's agent runs, each lasting
+  about as long as the site's do (estimated from their ages, `ps`'s elapsed time, and from
+  the time they still need when the site's database tells it), on a time scale that keeps a
+  rehearsal within minutes; from an upgrade's snapshot (`read_snapshot`), also the version
+  each host runs.
 
 A site the lab cannot mirror is refused with every reason (`TwinRefused`): a site of web tools
 (its geo lab mirrors it), a command profile that differs from the FTS 2 commands the lab's hosts
@@ -29,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
 
 from config.invariants import Problem
 from config.site import Site
@@ -40,6 +44,11 @@ ROOT = Path(__file__).resolve().parents[2]
 #: takes
 TEMPLATE = ROOT / "config" / "sites" / "lab.yaml"
 MAX_HOSTS = 250
+#: the longest transfer a twin runs (seconds): a site's transfers of an hour would make every
+#: rehearsal wait an hour for its drains; longer ones are scaled down, all by one factor
+MAX_TWIN_TRANSFER_S = 20.0
+#: the shortest (`ps` gives ages to the second: a transfer that has just started reads 0)
+MIN_TWIN_TRANSFER_S = 0.5
 
 
 class TwinRefused(ValueError):
@@ -67,6 +76,8 @@ def twin_problems(site: Site) -> list[Problem]:
     default = Commands()
     for field in Commands.model_fields:
         mine, lab = getattr(site.commands, field), getattr(default, field)
+        if field == "list_processes" and mine[:1] == ["ps"]:
+            continue  # the lab's hosts run procps' ps: any of its listings parses the same
         if mine != lab:
             problems.append(
                 Problem(
@@ -86,6 +97,70 @@ def twin_problems(site: Site) -> list[Problem]:
             )
         )
     return problems
+
+
+class TwinLoad(BaseModel):
+    """The twin's load, shaped on a snapshot's running transfers (`twin_load`)."""
+
+    #: per channel, the most transfers its agent runs at once: as many as the site ran
+    active: dict[str, int] = {}
+    #: per channel whose transfers' ages the snapshot gives, the site's transfer duration
+    #: estimated from them (seconds)
+    durations_s: dict[str, float] = {}
+    #: how many times shorter than the site's the twin's transfers are (1: as long)
+    scale: float = 1.0
+
+    def sentence(self) -> str:
+        """One line for the terminal and the rehearsal's report."""
+        if not self.active:
+            return "the twin's load: the lab's (no snapshot)"
+        per = ", ".join(
+            f"{c} {n}"
+            + (f" of ~{self.durations_s[c] / self.scale:.1f} s" if c in self.durations_s else "")
+            for c, n in sorted(self.active.items())
+        )
+        out = f"the twin's load, transfers at once per channel: {per}"
+        if not self.durations_s:
+            return out + " (the snapshot gives no ages: the lab's durations)"
+        if self.scale > 1:
+            out += (
+                f"; {self.scale:.3g} times shorter than the site's (its longest "
+                f"~{max(self.durations_s.values()):.0f} s), so a drain on the twin takes "
+                f"1/{self.scale:.3g} of the site's"
+            )
+        return out
+
+
+def channel_duration(ages: list[float], etas: list[float] | None) -> float:
+    """A channel's transfer duration estimated from its running transfers' ages (and what they
+    still need, when the site's database says): in a steady load, an age is uniform over a
+    transfer's duration, so the oldest of n running transfers is n/(n+1) of it; with the
+    remaining times, each running transfer's mean age plus mean remaining time is."""
+    if etas:
+        return sum(ages) / len(ages) + sum(etas) / len(etas)
+    return max(ages) * (len(ages) + 1) / len(ages)
+
+
+def twin_load(snapshot: SiteSnapshot) -> TwinLoad:
+    """The twin's load from the real site's snapshot: per channel as many transfers at once as
+    the site runs, each lasting about as long as the site's (from their ages), all scaled down
+    by one factor when the longest would exceed `MAX_TWIN_TRANSFER_S`."""
+    ages: dict[str, list[float]] = {}
+    for h in snapshot.hosts:
+        for t in h.transfer_processes:
+            if t.age_s is not None:
+                ages.setdefault(t.channel, []).append(t.age_s)
+    etas = snapshot.transfer_eta or {}
+    durations = {
+        c: round(max(MIN_TWIN_TRANSFER_S, channel_duration(a, etas.get(c))), 3)
+        for c, a in sorted(ages.items())
+    }
+    longest = max(durations.values(), default=0.0)
+    return TwinLoad(
+        active={c: max(1, n) for c, n in sorted(busiest(snapshot).items())},
+        durations_s=durations,
+        scale=round(max(1.0, longest / MAX_TWIN_TRANSFER_S), 3),
+    )
 
 
 def busiest(snapshot: SiteSnapshot) -> dict[str, int]:
@@ -188,8 +263,19 @@ def twin_site_data(
     if installed:
         lab["installed"] = dict(installed)
     if snapshot is not None:
-        counts = busiest(snapshot)
-        lab["active_per_channel"] = {c: max(1, n) for c, n in sorted(counts.items())}
+        load = twin_load(snapshot)
+        lab["active_per_channel"] = load.active
+        for c, d in load.durations_s.items():
+            # each around the site's duration (+-25 %, so the channel's transfers do not end
+            # in step), on the twin's time scale
+            span = [round(0.75 * d / load.scale, 3), round(1.25 * d / load.scale, 3)]
+            lab["transfers"].setdefault("per_channel", {})[c] = {
+                "short_s": span,
+                "long_s": span,
+                "long_fraction": 0.0,
+            }
+        said = load.sentence()
+        data["description"] += f" {said[0].upper()}{said[1:]}."
     return data
 
 
