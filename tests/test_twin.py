@@ -67,13 +67,17 @@ def test_the_twin_keeps_the_names_and_maps_the_addresses() -> None:
     assert lab.extra_versions == ["2.1.0"]
     # the load shaped like the snapshot's running transfers, per channel
     assert lab.active_per_channel == {
-        "CERN-CERN": 2,
+        "CERN-CERN": 3,
         "CERN-CNAF": 1,
-        "CERN-FNAL": 2,
+        "CERN-FNAL": 4,
         "CERN-IN2P3": 2,
         "CERN-PIC": 2,
         "CERN-RAL": 3,
     }
+    # and how long they run, from their ages: the transatlantic channel's the longest (its
+    # oldest of 4 had run 13 s: 16.25 s), scaled down to the twin's 10 s
+    assert lab.transfers.profile("CERN-FNAL").short_s == (7.5, 12.5)
+    assert lab.transfers.profile("CERN-CNAF").short_s == (0.375, 0.625)  # one, just begun
 
 
 @pytest.mark.unit
@@ -135,19 +139,33 @@ def test_the_twins_transfers_last_as_long_as_the_sites_from_their_ages() -> None
     fts101.transfer_processes = [
         TransferProcess(channel="CERN-FNAL", transfer_id=str(i), pid=100 + i, age_s=age)
         for i, age in enumerate((60.0, 300.0, 540.0))  # transatlantic: minutes
-    ] + [TransferProcess(channel="CERN-RAL", transfer_id="9", pid=99, age_s=30.0)]
+    ] + [TransferProcess(channel="CERN-RAL", transfer_id="9", pid=99, age_s=15.0)]
+    # CERN-CERN's listed without its age (another listing's line)
+    fts101.transfer_processes.append(TransferProcess(channel="CERN-CERN", transfer_id="1", pid=9))
     load = twin_load(snap)
-    assert load.durations_s == {"CERN-FNAL": 720.0, "CERN-RAL": 60.0}
+    assert load.durations_s == {
+        "CERN-FNAL": 720.0,
+        "CERN-RAL": 30.0,
+        # fts102's, as recorded: seconds
+        "CERN-CNAF": 0.0,
+        "CERN-IN2P3": 1.5,
+        "CERN-PIC": 1.5,
+    }
     assert load.scale == 720.0 / MAX_TWIN_TRANSFER_S
-    assert "36 times shorter than the site's" in load.sentence(), load.sentence()
+    assert "72 times shorter than the site's" in load.sentence(), load.sentence()
     data = twin_site_data(load_site(CERN), octet=240, state_dir=Path("/var/tmp/x"), snapshot=snap)
     transfers = lab_settings(parse_site(data)).transfers
-    assert transfers.profile("CERN-FNAL").short_s == (15.0, 25.0)  # 720 s / 36, +-25 %
-    assert transfers.profile("CERN-RAL").long_s == (1.25, 2.083)
-    assert transfers.profile("CERN-CNAF") == transfers  # no ages: the lab's durations
-    assert "36 times shorter" in data["description"]
+    assert transfers.profile("CERN-FNAL").short_s == (7.5, 12.5)  # 720 s / 72, +-25 %
+    # 30 s / 72 is shorter than the shortest a twin runs
+    assert transfers.profile("CERN-RAL").long_s == (0.375, 0.625)
+    assert transfers.profile("CERN-CNAF").short_s == (0.375, 0.625)
+    assert transfers.profile("CERN-CERN") == transfers  # no ages: the lab's durations
+    assert "72 times shorter" in data["description"]
     # a snapshot without ages (a listing without the elapsed time) shapes the counts only
-    assert twin_load(recorded()).durations_s == {}
+    for h in snap.hosts:
+        h.transfer_processes = [t.model_copy(update={"age_s": None}) for t in h.transfer_processes]
+    assert twin_load(snap).durations_s == {} and twin_load(snap).scale == 1.0
+    assert "the snapshot gives no ages" in twin_load(snap).sentence()
 
 
 @pytest.mark.lab
@@ -178,9 +196,9 @@ def test_the_twin_comes_up_with_the_sites_agents_on_their_primaries(tmp_path: Pa
             ).read_text()
         )
         assert {a["channel"]: a.get("max_active") for a in rt["agents"] if a["channel"]} == {
-            "CERN-CERN": 2,
+            "CERN-CERN": 3,
             "CERN-RAL": 3,
-            "CERN-FNAL": 2,
+            "CERN-FNAL": 4,
             "CERN-IN2P3": 2,
             "CERN-PIC": 2,
             "CERN-CNAF": 1,
@@ -292,6 +310,10 @@ def test_rehearsals_pass_and_an_unrehearsed_move_is_refused(
     lab = Lab.from_file(state / "site.yaml")
     try:
         data = yaml.safe_load((state / "site.yaml").read_text())
+        # the twin ran the snapshot's load: the transatlantic channel's transfers the longest
+        fnal = data["lab"]["transfers"]["per_channel"]["CERN-FNAL"]
+        assert fnal["short_s"] == fnal["long_s"] == [7.5, 12.5], fnal
+        assert "1.62 times shorter than the site's" in data["description"], data["description"]
         data["procedures"]["clean-move"]["rehearse"] = "required"
         required = tmp_path / "required.yaml"
         required.write_text(yaml.safe_dump(data, sort_keys=False))

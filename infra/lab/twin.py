@@ -44,10 +44,11 @@ ROOT = Path(__file__).resolve().parents[2]
 #: takes
 TEMPLATE = ROOT / "config" / "sites" / "lab.yaml"
 MAX_HOSTS = 250
-#: the longest transfer a twin runs (seconds): a site's transfers of an hour would make every
-#: rehearsal wait an hour for its drains; longer ones are scaled down, all by one factor
-MAX_TWIN_TRANSFER_S = 20.0
-#: the shortest (`ps` gives ages to the second: a transfer that has just started reads 0)
+#: the longest transfer a twin runs (seconds; the lab's own long transfers last 4-8 s): a
+#: site's transfers of an hour would make every rehearsal wait an hour for its drains; longer
+#: ones are scaled down, all by one factor
+MAX_TWIN_TRANSFER_S = 10.0
+#: the shortest (`ps` gives ages to the second, and a scaled-down minute is short)
 MIN_TWIN_TRANSFER_S = 0.5
 
 
@@ -110,13 +111,16 @@ class TwinLoad(BaseModel):
     #: how many times shorter than the site's the twin's transfers are (1: as long)
     scale: float = 1.0
 
+    def twin_s(self, channel: str) -> float:
+        """How long a transfer of `channel` lasts on the twin (its duration known)."""
+        return round(max(MIN_TWIN_TRANSFER_S, self.durations_s[channel] / self.scale), 3)
+
     def sentence(self) -> str:
         """One line for the terminal and the rehearsal's report."""
         if not self.active:
             return "the twin's load: the lab's (no snapshot)"
         per = ", ".join(
-            f"{c} {n}"
-            + (f" of ~{self.durations_s[c] / self.scale:.1f} s" if c in self.durations_s else "")
+            f"{c} {n}" + (f" of ~{self.twin_s(c):.1f} s" if c in self.durations_s else "")
             for c, n in sorted(self.active.items())
         )
         out = f"the twin's load, transfers at once per channel: {per}"
@@ -151,10 +155,7 @@ def twin_load(snapshot: SiteSnapshot) -> TwinLoad:
             if t.age_s is not None:
                 ages.setdefault(t.channel, []).append(t.age_s)
     etas = snapshot.transfer_eta or {}
-    durations = {
-        c: round(max(MIN_TWIN_TRANSFER_S, channel_duration(a, etas.get(c))), 3)
-        for c, a in sorted(ages.items())
-    }
+    durations = {c: round(channel_duration(a, etas.get(c)), 3) for c, a in sorted(ages.items())}
     longest = max(durations.values(), default=0.0)
     return TwinLoad(
         active={c: max(1, n) for c, n in sorted(busiest(snapshot).items())},
@@ -265,10 +266,10 @@ def twin_site_data(
     if snapshot is not None:
         load = twin_load(snapshot)
         lab["active_per_channel"] = load.active
-        for c, d in load.durations_s.items():
+        for c in load.durations_s:
             # each around the site's duration (+-25 %, so the channel's transfers do not end
             # in step), on the twin's time scale
-            span = [round(0.75 * d / load.scale, 3), round(1.25 * d / load.scale, 3)]
+            span = [round(0.75 * load.twin_s(c), 3), round(1.25 * load.twin_s(c), 3)]
             lab["transfers"].setdefault("per_channel", {})[c] = {
                 "short_s": span,
                 "long_s": span,
