@@ -62,6 +62,8 @@ class Rehearsal(BaseModel):
     twin_site_file: str = ""
     #: the twin's load shaped on the real snapshot, in words (`infra.lab.twin.TwinLoad`)
     load: str = ""
+    #: how many times shorter than the site's the twin's transfers were (1: as long)
+    scale: float = 1.0
     markdown: str = ""
 
 
@@ -218,7 +220,8 @@ def rehearse(
         )
         out.markdown = report_markdown(out)
         return out
-    load = twin_load(proc.site_snapshot(real_snap)).sentence()
+    shaped = twin_load(proc.site_snapshot(real_snap))
+    load = shaped.sentence()
     progress(load)
     with tempfile.TemporaryDirectory(prefix="handover-rehearse-") as work:
         snap_file = Path(work) / "real-snapshot.json"
@@ -271,6 +274,7 @@ def rehearse(
             twin_run=f"{state.name}: {state.message or ''}".strip(),
             twin_site_file=str(twin_file),
             load=load,
+            scale=shaped.scale,
         )
     finally:
         if not keep:
@@ -344,15 +348,29 @@ def report_markdown(r: Rehearsal) -> str:
             f"- `{d.path}`: {d.real[:80]} / {d.twin[:80]}: " + (d.explained or "**unexplained**")
             for d in r.comparison.differences
         ] or ["- none"]
+    scaled = r.scale > 1
     if rec.downtime_s:
-        lines += ["", "| channel | downtime on the twin | the plan's estimate |", "|---|---|---|"]
+        head = "| channel | downtime on the twin | the plan's estimate |"
+        rule = "|---|---|---|"
+        if scaled:
+            head += f" the twin's, {r.scale:.3g} times longer |"
+            rule += "---|"
+        lines += ["", head, rule]
         for c, s in sorted(rec.downtime_s.items()):
             est = f"{r.estimated_s[c]:.2f} s" if c in r.estimated_s else "-"
-            lines.append(f"| {c} | {s:.2f} s | {est} |")
+            lines.append(
+                f"| {c} | {s:.2f} s | {est} |" + (f" {s * r.scale:.1f} s |" if scaled else "")
+            )
     lines += [
         "",
         "The real site's downtime follows its own transfers' durations: the plan's estimate is "
-        "its figure; the twin's measures the same steps under the snapshot's load.",
+        "its figure; the twin's measures the same steps under the snapshot's load"
+        + (
+            f", its transfers {r.scale:.3g} times shorter than the site's: the last column puts "
+            "the twin's on the site's clock (a bound: the steps' own seconds are scaled too)."
+            if scaled
+            else "."
+        ),
     ]
     return "\n".join(lines) + "\n"
 

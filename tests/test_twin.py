@@ -168,6 +168,40 @@ def test_the_twins_transfers_last_as_long_as_the_sites_from_their_ages() -> None
     assert "the snapshot gives no ages" in twin_load(snap).sentence()
 
 
+@pytest.mark.unit
+def test_the_rehearsals_report_puts_the_twins_downtime_on_the_sites_clock() -> None:
+    """On a twin whose transfers ran shorter than the site's, the report gives each channel's
+    downtime on the twin, the plan's estimate, and the twin's scaled back to the site's clock."""
+    import datetime as dt
+
+    from flows.plans.rehearsal import RehearsalRecord
+    from infra.rehearse import Rehearsal, report_markdown
+
+    real = load_site(CERN)
+    plan = plan_clean_move(real, recorded(), MoveRequest(from_host="fts101", to_host="fts102"))
+    record = RehearsalRecord(
+        site="cern-fts",
+        procedure="clean-move",
+        fingerprint="f",
+        at=dt.datetime(2026, 12, 7, 21, 40, tzinfo=dt.UTC),
+        passed=True,
+        plans_match=True,
+        jobs_lost=0,
+        agents_twice=0,
+        downtime_s={"CERN-FNAL": 8.0, "CERN-CERN": 0.6},
+    )
+    scaled = report_markdown(
+        Rehearsal(record=record, real_plan=plan, load="the twin's load: ...", scale=1.625)
+    )
+    assert (
+        "| channel | downtime on the twin | the plan's estimate | the twin's, 1.62 times" in scaled
+    )
+    assert "| CERN-FNAL | 8.00 s | " in scaled and " 13.0 s |" in scaled, scaled
+    assert "- the twin's load: ..." in scaled
+    plain = report_markdown(Rehearsal(record=record, real_plan=plan))
+    assert "times longer" not in plain and plain.rstrip().endswith("under the snapshot's load.")
+
+
 @pytest.mark.lab
 def test_the_twin_comes_up_with_the_sites_agents_on_their_primaries(tmp_path: Path) -> None:
     """`handover lab twin` of the CERN site file and its recorded snapshot: a lab of its three
