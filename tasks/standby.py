@@ -212,12 +212,15 @@ def await_serving(shell: SiteShell, host: str, agents: list[str]) -> StepResult:
             verb=verb,
         )
     sentence = f"{host}: {count(len(served), 'standby')}{listing(served)} took the DB lock"
-    if gave_up:
+    restarted = {a: why for a, why in gave_up.items() if a not in ran}
+    if restarted:
         sentence += (
-            f"; {len(gave_up)} started again ("
-            + "; ".join(f"{a}: {why}" for a, why in gave_up.items())[:400]
+            f"; {len(restarted)} started again ("
+            + "; ".join(f"{a}: {why}" for a, why in restarted.items())[:400]
             + ")"
         )
+    if ran:
+        sentence += f"; {len(ran)} already running there, now serving{listing(ran)}"
     return StepResult(
         host=host,
         verb=verb,

@@ -187,7 +187,8 @@ def test_a_copy_already_running_that_waits_for_a_stale_lock_is_not_counted_as_se
             assert dropped.changed, dropped.sentence
         started = verbs.start_agents(lab.shell, "fts101", [PIC])
         assert started.changed == [PIC], started.sentence
-        await_serving(lab.shell, "fts101", [PIC])  # the copy that runs now serves: it passes
+        served = await_serving(lab.shell, "fts101", [PIC])  # the copy that runs now serves
+        assert served.sentence.endswith("1 already running there, now serving (CERN-PIC)"), served
         [status] = [s for s in verbs.read_status(lab.shell, "fts101")[0] if s.agent == PIC]
         assert status.serving, status
         assert lab.lab.score().agents_running_twice == []
