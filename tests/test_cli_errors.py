@@ -1,6 +1,6 @@
 """The command line prints its errors exactly as they read: a pattern's ``[a-z]``, a path's
 ``[x]`` or ``[/tmp/x]`` are never taken for rich markup (eaten, or a MarkupError instead of the
-error)."""
+error); and a command stopped with SIGTERM ends through its clean-up."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from config.site import HOST_NAME_RE
@@ -79,3 +80,60 @@ def test_check_remap_refuses_what_it_cannot_check_and_says_the_fix(tmp_path: Pat
         _cli("check", "remap", "--service", "portal", "--site", str(tmp_path / "geo.yaml")), 2
     )
     assert f"geo.tools[portal].ca_file: {tmp_path}/[no]/ca.pem cannot be used as a CA file" in said
+
+
+SIGTERMED = """
+import sys, time
+from pathlib import Path
+from prefect import flow
+from infra.cli.common import exit_on_sigterm
+
+out = Path(sys.argv[1])
+exit_on_sigterm()
+
+
+@flow(name="sigterm-under-a-flow")
+def held() -> None:
+    (out / "running").touch()
+    time.sleep(120)
+
+
+try:
+    held()
+finally:
+    (out / "cleaned-up").touch()
+"""
+
+
+@pytest.mark.server
+def test_a_command_stopped_with_sigterm_under_a_flow_runs_its_clean_up(
+    prefect_api: str, tmp_path: Path
+) -> None:
+    """What a bench or a rehearsal does with its lab: a SIGTERM while a Prefect flow runs ends
+    the command through its ``finally`` (exit 143). Without `exit_on_sigterm`, Prefect marks the
+    run Crashed and hands the signal back to Python's default handler, which ends the process
+    on the spot: the lab stayed up."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SIGTERMED, str(tmp_path)],
+        cwd=ROOT,
+        env={**os.environ, "PREFECT_API_URL": prefect_api},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "running").exists():
+            assert proc.poll() is None, proc.communicate()[0]
+            assert time.monotonic() < deadline, "the flow never started"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert (tmp_path / "cleaned-up").exists(), out
+    assert proc.returncode == 128 + signal.SIGTERM, (proc.returncode, out)

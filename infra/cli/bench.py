@@ -6,11 +6,12 @@ import argparse
 import sys
 from typing import Any
 
-from infra.cli.common import note, print_json, say, site_arg
+from infra.cli.common import exit_on_sigterm, note, print_json, say, site_arg
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """`handover bench lab`: lab up/down times (medians) and memory."""
+    exit_on_sigterm()  # a bench stopped with SIGTERM takes its lab down
     if args.record:
         from infra.bench.record import checked_out
 

@@ -105,6 +105,23 @@ def sites_of(args: argparse.Namespace) -> list[str]:
     return list(args.site or [os.environ.get("HANDOVER_SITE", str(DEFAULT_SITE))])
 
 
+def exit_on_sigterm() -> None:
+    """Make SIGTERM end this command through its clean-up, as Ctrl-C does.
+
+    A command that starts a lab (a bench, a rehearsal's twin) stops it in a ``finally`` block.
+    Python's default SIGTERM ends the process without running one; and a Prefect flow running
+    when the signal comes hands it back to the previous handler once it has marked the run
+    Crashed. With this handler, either way a `SystemExit` (exit 143) unwinds the command.
+    """
+    import signal
+    import sys
+
+    def leave(signum: int, _frame: object) -> None:
+        sys.exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, leave)
+
+
 def print_json(data: Any) -> None:
     """Print data as indented JSON."""
     print(json.dumps(data, indent=2, default=str))

@@ -258,10 +258,11 @@ def cmd_rehearse(args: argparse.Namespace) -> int:
     it did not."""
     from rich.console import Console
 
-    from infra.cli.common import note, say
+    from infra.cli.common import exit_on_sigterm, note, say
     from infra.run import configure_api
 
     load_site(args.site)  # a malformed site file is reported before anything starts
+    exit_on_sigterm()  # a rehearsal stopped with SIGTERM takes its twin down (unless --keep)
     # before Prefect is imported: its settings are read once, at its import
     configure_api(Console(stderr=True, highlight=False))
     from infra.rehearse import (

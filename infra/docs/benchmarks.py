@@ -70,7 +70,8 @@ def page(directory: Path = RECORDS) -> str:
         "`--record` (`handover bench clean-move --record`); `python -m infra.docs` renders the",
         "records here. Figures measured on a shared, noisy machine: read the medians, the spread",
         "and the ratios (measured side by side in one run), not a single timing. The history of a",
-        "figure is the history of its file in git.",
+        "figure is the history of its file in git. A bench stopped by hand (Ctrl-C, or SIGTERM",
+        "while one of its flows runs) takes its labs down before it exits.",
         "",
     ]
     names = [r.bench for r in records]
