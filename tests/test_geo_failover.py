@@ -165,11 +165,12 @@ def test_a_killed_site_fails_over_within_its_window_and_comes_back_fenced(
         # the link between the sites is cut after the reading, then site a is lost: what a
         # acknowledged meanwhile never reached b
         g.lab.sql(b, "STOP SLAVE IO_THREAD")
-        cut = len(load.outcomes())
+        # sent after the cut: a write sent before it and answered after may have reached b
+        cut_at = time.time()
         wait_for(
-            lambda: sum(o.ok and o.site == a for o in load.outcomes()[cut:]) >= 5,
+            lambda: sum(o.ok and o.site == a and o.sent >= cut_at for o in load.outcomes()) >= 5,
             15,
-            "writes acknowledged by a after the cut",
+            "writes sent after the cut and acknowledged by a",
         )
         g.lab.kill_site(a)
         # a write answered while the kill ran was acknowledged before the site was lost
