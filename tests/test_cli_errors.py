@@ -114,7 +114,8 @@ def test_a_command_stopped_with_sigterm_under_a_flow_runs_its_clean_up(
     run Crashed and hands the signal back to Python's default handler, which ends the process
     on the spot: the lab stayed up."""
     import signal
-    import time
+
+    from tests.conftest import wait_for
 
     proc = subprocess.Popen(
         [sys.executable, "-c", SIGTERMED, str(tmp_path)],
@@ -125,11 +126,12 @@ def test_a_command_stopped_with_sigterm_under_a_flow_runs_its_clean_up(
         text=True,
     )
     try:
-        deadline = time.monotonic() + 60
-        while not (tmp_path / "running").exists():
-            assert proc.poll() is None, proc.communicate()[0]
-            assert time.monotonic() < deadline, "the flow never started"
-            time.sleep(0.1)
+        wait_for(
+            lambda: (tmp_path / "running").exists() or proc.poll() is not None,
+            60,
+            "the flow to start",
+        )
+        assert proc.poll() is None, proc.communicate()[0]
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
     finally:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -113,8 +115,6 @@ def exit_on_sigterm() -> None:
     when the signal comes hands it back to the previous handler once it has marked the run
     Crashed. With this handler, either way a `SystemExit` (exit 143) unwinds the command.
     """
-    import signal
-    import sys
 
     def leave(signum: int, _frame: object) -> None:
         sys.exit(128 + signum)
